@@ -1,0 +1,311 @@
+//! Activity analysis: a variable is active when it depends on a differentiated
+//! input (varied) and the output depends on it (useful). Only active variables get
+//! an adjoint; everything else is a constant of the reverse sweep.
+//!
+//! Both directions run to a fixed point, so loop-carried values (an RNN's hidden
+//! state) become active however late in the loop the dependence appears.
+
+use crate::ctxt::Ctxt;
+use crate::ir::*;
+
+/// The active variables of `f`, indexed by [`Var`].
+pub struct Activity {
+    pub active: Vec<bool>,
+}
+
+impl Activity {
+    pub fn is_active(&self, a: &Atom) -> bool {
+        a.var().is_some_and(|v| self.active[v.0 as usize])
+    }
+}
+
+/// Runs the analysis, reporting uses the transform cannot differentiate (an active
+/// operand without a pullback, a closure of `mapv` that reads an active value).
+pub fn analyze(cx: &Ctxt, f: &Func) -> Activity {
+    let n = f.vars.len();
+    let mut varied = vec![false; n];
+    for p in &f.params {
+        varied[p.var.0 as usize] = p.active;
+    }
+    while forward(&f.body, &mut varied) {}
+    let mut useful = vec![false; n];
+    mark_output(&f.body, &mut useful);
+    while backward(&f.body, &mut useful) {}
+    let active = (0..n).map(|i| varied[i] && useful[i]).collect();
+    let act = Activity { active };
+    check(cx, f, &f.body, &act);
+    act
+}
+
+fn is(set: &[bool], a: &Atom) -> bool {
+    a.var().is_some_and(|v| set[v.0 as usize])
+}
+
+fn set(set: &mut [bool], v: Var) -> bool {
+    let old = set[v.0 as usize];
+    set[v.0 as usize] = true;
+    !old
+}
+
+/// Operands of a statement that carry derivatives into its results.
+fn inputs(op: &Op) -> Vec<&Atom> {
+    match op {
+        Op::Prim { rule, operands, .. } => {
+            if rule.operands == 0 {
+                operands.iter().map(|a| &a.atom).collect()
+            } else {
+                operands.iter().enumerate().filter(|(i, _)| rule.pullbacks.get(*i).is_some_and(|p| p.is_some())).map(|(_, a)| &a.atom).collect()
+            }
+        }
+        Op::Call(c) => call_inputs(c),
+        Op::Const(_) => Vec::new(),
+        Op::MapV { recv, .. } => vec![recv],
+    }
+}
+
+fn call_inputs(c: &Call) -> Vec<&Atom> {
+    c.args.iter().map(|a| &a.atom).collect()
+}
+
+fn leaves(b: &Block, out: &mut Vec<*const Leaf>) {
+    match &b.tail {
+        Tail::Leaf(l) => out.push(l as *const Leaf),
+        Tail::Branch(br) => br.arms.iter().for_each(|a| leaves(a, out)),
+    }
+}
+
+fn leaf_atoms(l: &Leaf) -> Vec<Atom> {
+    let mut atoms = Vec::new();
+    if let Some(v) = &l.value {
+        v.flatten(&mut atoms);
+    }
+    atoms.extend(l.carries.iter().cloned());
+    atoms
+}
+
+fn each_leaf(b: &Block, f: &mut dyn FnMut(&Leaf)) {
+    match &b.tail {
+        Tail::Leaf(l) => f(l),
+        Tail::Branch(br) => br.arms.iter().for_each(|a| each_leaf(a, f)),
+    }
+}
+
+fn forward(b: &Block, varied: &mut Vec<bool>) -> bool {
+    let mut changed = false;
+    for s in &b.stmts {
+        match s {
+            Stmt::Let { dst, op, .. } => {
+                if inputs(op).iter().any(|a| is(varied, a)) {
+                    changed |= set(varied, *dst);
+                }
+            }
+            Stmt::LetTuple { dsts, call, .. } => {
+                if call_inputs(call).iter().any(|a| is(varied, a)) {
+                    for d in dsts {
+                        changed |= set(varied, *d);
+                    }
+                }
+            }
+            Stmt::If { branch, phis } => {
+                for arm in &branch.arms {
+                    changed |= forward(arm, varied);
+                    each_leaf(arm, &mut |l| {
+                        for (phi, a) in phis.iter().zip(leaf_atoms(l)) {
+                            if is(varied, &a) {
+                                changed |= set(varied, *phi);
+                            }
+                        }
+                    });
+                }
+            }
+            Stmt::Loop(lp) => {
+                for c in &lp.carries {
+                    if is(varied, &c.init) {
+                        changed |= set(varied, c.inner);
+                    }
+                }
+                changed |= forward(&lp.body, varied);
+                each_leaf(&lp.body, &mut |l| {
+                    for (c, a) in lp.carries.iter().zip(&l.carries) {
+                        if is(varied, a) {
+                            changed |= set(varied, c.inner);
+                        }
+                    }
+                    if let (Some(v), Some(val)) = (lp.value, &l.value) {
+                        let mut atoms = Vec::new();
+                        val.flatten(&mut atoms);
+                        if atoms.iter().any(|a| is(varied, a)) {
+                            changed |= set(varied, v);
+                        }
+                    }
+                });
+                for c in &lp.carries {
+                    if varied[c.inner.0 as usize] {
+                        changed |= set(varied, c.out);
+                    }
+                }
+            }
+        }
+    }
+    if let Tail::Branch(br) = &b.tail {
+        for arm in &br.arms {
+            changed |= forward(arm, varied);
+        }
+    }
+    changed
+}
+
+/// The function's output values are useful.
+fn mark_output(b: &Block, useful: &mut [bool]) {
+    each_leaf(b, &mut |l| {
+        if let Some(v) = &l.value {
+            let mut atoms = Vec::new();
+            v.flatten(&mut atoms);
+            for a in atoms {
+                if let Some(v) = a.var() {
+                    useful[v.0 as usize] = true;
+                }
+            }
+        }
+    });
+}
+
+fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
+    let mut changed = false;
+    if let Tail::Branch(br) = &b.tail {
+        for arm in &br.arms {
+            changed |= backward(arm, useful);
+        }
+    }
+    for s in b.stmts.iter().rev() {
+        match s {
+            Stmt::Let { dst, op, .. } => {
+                if useful[dst.0 as usize] {
+                    for a in inputs(op) {
+                        if let Some(v) = a.var() {
+                            changed |= set(useful, v);
+                        }
+                    }
+                }
+            }
+            Stmt::LetTuple { dsts, call, .. } => {
+                if dsts.iter().any(|d| useful[d.0 as usize]) {
+                    for a in call_inputs(call) {
+                        if let Some(v) = a.var() {
+                            changed |= set(useful, v);
+                        }
+                    }
+                }
+            }
+            Stmt::If { branch, phis } => {
+                for arm in &branch.arms {
+                    each_leaf(arm, &mut |l| {
+                        for (phi, a) in phis.iter().zip(leaf_atoms(l)) {
+                            if useful[phi.0 as usize] {
+                                if let Some(v) = a.var() {
+                                    changed |= set(useful, v);
+                                }
+                            }
+                        }
+                    });
+                    changed |= backward(arm, useful);
+                }
+            }
+            Stmt::Loop(lp) => {
+                for c in &lp.carries {
+                    if useful[c.out.0 as usize] {
+                        changed |= set(useful, c.inner);
+                    }
+                }
+                let mut ls = Vec::new();
+                leaves(&lp.body, &mut ls);
+                each_leaf(&lp.body, &mut |l| {
+                    for (c, a) in lp.carries.iter().zip(&l.carries) {
+                        if useful[c.inner.0 as usize] || useful[c.out.0 as usize] {
+                            if let Some(v) = a.var() {
+                                changed |= set(useful, v);
+                            }
+                        }
+                    }
+                    if let (Some(v), Some(val)) = (lp.value, &l.value) {
+                        if useful[v.0 as usize] {
+                            let mut atoms = Vec::new();
+                            val.flatten(&mut atoms);
+                            for a in atoms {
+                                if let Some(v) = a.var() {
+                                    changed |= set(useful, v);
+                                }
+                            }
+                        }
+                    }
+                });
+                changed |= backward(&lp.body, useful);
+                for c in &lp.carries {
+                    if useful[c.inner.0 as usize] {
+                        if let Some(v) = c.init.var() {
+                            changed |= set(useful, v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    changed
+}
+
+fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
+    for s in &b.stmts {
+        match s {
+            Stmt::Let { dst, op, span } => match op {
+                Op::Prim { rule, operands, native, .. } => {
+                    if !act.active[dst.0 as usize] {
+                        continue;
+                    }
+                    for (i, a) in operands.iter().enumerate() {
+                        if act.is_active(&a.atom) && rule.pullbacks.get(i).is_some_and(|p| p.is_none()) {
+                            let what = match native {
+                                Native::Method { name, .. } => format!("`{name}`"),
+                                _ => "this operation".to_string(),
+                            };
+                            cx.error(*span, format!("{what} is not differentiated with respect to argument {i}; make it a constant or wrap it in `no_grad(..)`"));
+                        }
+                    }
+                }
+                Op::Call(c) => {
+                    if let Callee::Method { receiver, name, .. } = &c.callee {
+                        if act.is_active(&receiver.atom) {
+                            cx.error(c.span, format!("no derivative rule for the method `{name}` on a differentiated value; use a supported operation, a #[differentiable] function, or `no_grad(..)`"));
+                        }
+                    }
+                }
+                Op::MapV { closure, .. } => {
+                    for (_, outer) in &closure.free {
+                        if act.active[outer.0 as usize] {
+                            cx.error(*span, format!("the closure of `mapv` reads `{}`, which is differentiated; only the element may be differentiated inside `mapv`", f.name(*outer)));
+                        }
+                    }
+                }
+                Op::Const(_) => {}
+            },
+            Stmt::LetTuple { call, .. } => {
+                if let Callee::Method { receiver, name, .. } = &call.callee {
+                    if act.is_active(&receiver.atom) {
+                        cx.error(call.span, format!("no derivative rule for the method `{name}` on a differentiated value"));
+                    }
+                }
+            }
+            Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| check(cx, f, a, act)),
+            Stmt::Loop(lp) => {
+                check(cx, f, &lp.body, act);
+                if let Some(v) = lp.value {
+                    if act.active[v.0 as usize] {
+                        cx.error(lp.span, "a loop whose `break` value is differentiated is not supported; assign the value to a variable before `break`");
+                    }
+                }
+            }
+        }
+    }
+    if let Tail::Branch(br) = &b.tail {
+        br.arms.iter().for_each(|a| check(cx, f, a, act));
+    }
+}

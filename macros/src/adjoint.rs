@@ -1,0 +1,1067 @@
+//! The primal and adjoint code of a lowered body.
+//!
+//! The reverse sweep is generated first, block by block, so each block knows what
+//! its reverse reads; the primal then saves exactly that: straight-line values stay
+//! locals the pullback closure captures, an `if` returns the taken arm's values in a
+//! `Branch` enum, a loop pushes one tuple per iteration. Adjoints are plain locals:
+//! the first contribution initialises one, later ones add into it, and a value whose
+//! adjoint was never initialised contributes nothing, so no pullback runs for it.
+
+use crate::activity::Activity;
+use crate::ir::*;
+use crate::ops::{Read, Style};
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, ToTokens};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use syn::Ident;
+
+/// Something the reverse sweep reads from the primal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Slot {
+    Var(Var),
+    /// The pullback of the call defining this variable.
+    Pb(Var),
+    /// The per-iteration records of loop `k`.
+    Tape(usize),
+    /// The arm record of branch `k`.
+    Br(usize),
+}
+
+/// The generated code of one body.
+pub struct Generated {
+    /// Statements computing the primal.
+    pub primal: TokenStream,
+    /// The output value, after `primal`.
+    pub output: TokenStream,
+    /// The pullback's body: reads `__ct`, evaluates to the tuple of parameter
+    /// cotangents (`()` for constant parameters).
+    pub reverse: TokenStream,
+}
+
+pub fn generate(f: &Func, act: &Activity) -> Generated {
+    let mut g = Gen::new(f, act);
+    g.run()
+}
+
+struct Gen<'a> {
+    f: &'a Func,
+    act: &'a Activity,
+    defs: HashMap<Var, &'a Op>,
+    loop_ids: HashMap<*const Loop, usize>,
+    br_ids: HashMap<*const Branching, usize>,
+    /// Record slots of each block whose reverse reads something it defines.
+    records: HashMap<*const Block, Vec<Slot>>,
+    /// Branches and loops with a reverse sweep (others run plain).
+    recorded: HashSet<usize>,
+    taped: HashSet<usize>,
+    reads_all: BTreeSet<Slot>,
+    bars: Vec<Ident>,
+    next_id: usize,
+    payloads: usize,
+}
+
+/// The state of one block's reverse sweep.
+struct Rev {
+    local: HashSet<Var>,
+    init: HashSet<Var>,
+    reads: BTreeSet<Slot>,
+    outer: BTreeSet<Var>,
+    code: Vec<TokenStream>,
+    remat: HashSet<Var>,
+}
+
+impl Rev {
+    fn new(local: HashSet<Var>) -> Self {
+        Rev { local, init: HashSet::new(), reads: BTreeSet::new(), outer: BTreeSet::new(), code: Vec::new(), remat: HashSet::new() }
+    }
+}
+
+type Seeds<'s> = &'s dyn Fn(&Leaf) -> Vec<(Atom, TokenStream)>;
+
+/// What a leaf passes on: given the leaf and how to write an atom moved out of
+/// its block.
+type Payload<'p> = &'p dyn Fn(&Gen, &Leaf, &dyn Fn(&Atom) -> TokenStream) -> Vec<TokenStream>;
+
+impl<'a> Gen<'a> {
+    fn new(f: &'a Func, act: &'a Activity) -> Self {
+        let names: HashSet<String> = f.vars.iter().map(|v| v.name.to_string()).collect();
+        let bars = f
+            .vars
+            .iter()
+            .map(|v| {
+                let name = v.name.to_string();
+                let plain = format!("{name}_bar");
+                if names.contains(&plain) { format_ident!("__{}_bar", name) } else { Ident::new(&plain, Span::call_site()) }
+            })
+            .collect();
+        let mut defs = HashMap::new();
+        collect_defs(&f.body, &mut defs);
+        Gen {
+            f,
+            act,
+            defs,
+            loop_ids: HashMap::new(),
+            br_ids: HashMap::new(),
+            records: HashMap::new(),
+            recorded: HashSet::new(),
+            taped: HashSet::new(),
+            reads_all: BTreeSet::new(),
+            bars,
+            next_id: 0,
+            payloads: 0,
+        }
+    }
+
+    fn name(&self, v: Var) -> &Ident {
+        self.f.name(v)
+    }
+
+    fn bar(&self, v: Var) -> &Ident {
+        &self.bars[v.0 as usize]
+    }
+
+    fn active(&self, v: Var) -> bool {
+        self.act.active[v.0 as usize]
+    }
+
+    fn slot_name(&self, s: Slot) -> TokenStream {
+        match s {
+            Slot::Var(v) => self.name(v).to_token_stream(),
+            Slot::Pb(v) => format_ident!("__{}_pb", self.name(v).to_string().trim_start_matches('_')).to_token_stream(),
+            Slot::Tape(k) => format_ident!("__tape{}", k).to_token_stream(),
+            Slot::Br(k) => format_ident!("__br{}", k).to_token_stream(),
+        }
+    }
+
+    fn loop_id(&mut self, lp: &Loop) -> usize {
+        let key = lp as *const Loop;
+        if let Some(id) = self.loop_ids.get(&key) {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.loop_ids.insert(key, id);
+        id
+    }
+
+    fn br_id(&mut self, br: &Branching) -> usize {
+        let key = br as *const Branching;
+        if let Some(id) = self.br_ids.get(&key) {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.br_ids.insert(key, id);
+        id
+    }
+
+    fn atom(&self, a: &Atom) -> TokenStream {
+        match a {
+            Atom::Var(v) => self.name(*v).to_token_stream(),
+            Atom::Lit(t) => t.clone(),
+        }
+    }
+
+    // ----- the whole body -----
+
+    fn run(&mut self) -> Generated {
+        let f = self.f;
+        // Reverse first: it decides what the primal saves.
+        let mut top_local = HashSet::new();
+        for p in &f.params {
+            top_local.insert(p.var);
+        }
+        block_defs(&f.body, &mut top_local);
+        let mut rev = Rev::new(top_local);
+        let out_shape = first_value(&f.body);
+        let mut out_atoms = Vec::new();
+        if let Some(v) = &out_shape {
+            v.flatten(&mut out_atoms);
+        }
+        let cts: Vec<Ident> = (0..out_atoms.len()).map(|j| format_ident!("__ct{}", j)).collect();
+        let seeds = |l: &Leaf| -> Vec<(Atom, TokenStream)> {
+            let mut atoms = Vec::new();
+            if let Some(v) = &l.value {
+                v.flatten(&mut atoms);
+            }
+            atoms.into_iter().zip(&cts).map(|(a, c)| (a, c.to_token_stream())).collect()
+        };
+        self.rev_block(&mut rev, &f.body, &seeds);
+        let cots: Vec<TokenStream> = f
+            .params
+            .iter()
+            .map(|p| {
+                if !p.active {
+                    quote!(())
+                } else if rev.init.contains(&p.var) {
+                    self.bar(p.var).to_token_stream()
+                } else {
+                    let x = self.name(p.var);
+                    rev.reads.insert(Slot::Var(p.var));
+                    quote!(::adjoint::__private::zeros(&#x))
+                }
+            })
+            .collect();
+        self.reads_all.extend(rev.reads.iter().copied());
+        let code = &rev.code;
+        let ct_pat = match &out_shape {
+            Some(shape) => shape_pattern(shape, &mut cts.iter()),
+            None => quote!(_),
+        };
+        let reverse = quote! {
+            let #ct_pat = __ct;
+            #(#code)*
+            (#(#cots,)*)
+        };
+
+        // Then the primal.
+        let mut primal = self.primal_stmts(&f.body.stmts);
+        let output_atoms: Vec<TokenStream> = match &f.body.tail {
+            Tail::Leaf(l) => {
+                let mut atoms = Vec::new();
+                if let Some(v) = &l.value {
+                    v.flatten(&mut atoms);
+                }
+                atoms.iter().map(|a| self.by_value(a, false, &[])).collect()
+            }
+            Tail::Branch(br) => {
+                let n = out_atoms.len();
+                let payload = |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
+                    let mut atoms = Vec::new();
+                    if let Some(v) = &l.value {
+                        v.flatten(&mut atoms);
+                    }
+                    atoms.iter().map(moved).collect()
+                };
+                let (names, expr) = self.branch_expr(br, n, &payload);
+                primal.extend(expr);
+                names.into_iter().map(|n| n.to_token_stream()).collect()
+            }
+        };
+        let output = match &out_shape {
+            Some(shape) => rebuild_tokens(shape, &mut output_atoms.into_iter()),
+            None => quote!(()),
+        };
+        Generated { primal, output, reverse }
+    }
+
+    // ----- reverse -----
+
+    fn contribute(&self, r: &mut Rev, a: &Atom, expr: TokenStream) {
+        let Some(v) = a.var() else { return };
+        if !self.active(v) {
+            return;
+        }
+        let bar = self.bar(v);
+        if r.local.contains(&v) {
+            if r.init.insert(v) {
+                r.code.push(quote!(let mut #bar = #expr;));
+            } else {
+                r.code.push(quote!(::adjoint::__private::acc(&mut #bar, #expr);));
+            }
+        } else {
+            r.outer.insert(v);
+            r.code.push(quote!(::adjoint::__private::acc(&mut #bar, #expr);));
+        }
+    }
+
+    /// Makes sure `v`'s adjoint exists, zero if nothing contributed yet.
+    fn ensure_init(&self, r: &mut Rev, v: Var) {
+        if r.local.contains(&v) {
+            if r.init.insert(v) {
+                let bar = self.bar(v);
+                let x = self.read_var(r, v);
+                r.code.push(quote!(let mut #bar = ::adjoint::__private::zeros(&#x);));
+            }
+        } else {
+            r.outer.insert(v);
+        }
+    }
+
+    /// Reads a primal variable in the reverse sweep: views are recomputed from their
+    /// source rather than saved.
+    fn read_var(&self, r: &mut Rev, v: Var) -> TokenStream {
+        let name = self.name(v).to_token_stream();
+        if let Some(Op::Prim { rule, operands, consts, .. }) = self.defs.get(&v) {
+            if rule.view {
+                if r.remat.insert(v) {
+                    let fwd = self.prim_call(r, rule, operands, consts);
+                    r.code.push(quote!(let #name = #fwd;));
+                }
+                return name;
+            }
+        }
+        r.reads.insert(Slot::Var(v));
+        name
+    }
+
+    fn read_atom(&self, r: &mut Rev, a: &Atom) -> TokenStream {
+        match a {
+            Atom::Var(v) => self.read_var(r, *v),
+            Atom::Lit(t) => t.clone(),
+        }
+    }
+
+    fn read_slot(&self, r: &mut Rev, s: Slot) -> TokenStream {
+        r.reads.insert(s);
+        self.slot_name(s)
+    }
+
+    /// `__private::f(&x, &y, consts..)`, reading the operands in the reverse sweep.
+    fn prim_call(&self, r: &mut Rev, rule: &crate::ops::Rule, operands: &[Arg], consts: &[Atom]) -> TokenStream {
+        let f = Ident::new(rule.func, Span::call_site());
+        let ops: Vec<TokenStream> = operands.iter().map(|a| self.read_atom(r, &a.atom)).collect();
+        let cs: Vec<TokenStream> = consts.iter().map(|c| self.read_atom(r, c)).collect();
+        fwd_call(rule, &f, &ops, &cs)
+    }
+
+    fn rev_block(&mut self, r: &mut Rev, b: &'a Block, seeds: Seeds) {
+        match &b.tail {
+            Tail::Leaf(l) => {
+                for (a, e) in seeds(l) {
+                    self.contribute(r, &a, e);
+                }
+            }
+            Tail::Branch(br) => self.rev_branch(r, br, seeds, &[]),
+        }
+        for s in b.stmts.iter().rev() {
+            self.rev_stmt(r, s);
+        }
+    }
+
+    fn rev_stmt(&mut self, r: &mut Rev, s: &'a Stmt) {
+        match s {
+            Stmt::Let { dst, op, .. } => {
+                if !self.active(*dst) || !r.init.contains(dst) {
+                    return;
+                }
+                match op {
+                    Op::Prim { rule, operands, consts, .. } => self.rev_prim(r, *dst, rule, operands, consts),
+                    Op::Call(call) => {
+                        let pb = self.read_slot(r, Slot::Pb(*dst));
+                        let bar = self.bar(*dst);
+                        self.rev_call(r, call, pb, bar.to_token_stream());
+                    }
+                    Op::MapV { recv, closure, .. } => {
+                        let x = self.read_atom(r, recv);
+                        for (_, outer) in &closure.free {
+                            self.read_var(r, *outer);
+                        }
+                        let bar = self.bar(*dst);
+                        let pb = mapv_pullback(closure);
+                        self.contribute(r, recv, quote!(::adjoint::__private::mapv_pb(&#x, #bar, #pb)));
+                    }
+                    Op::Const(_) => {}
+                }
+            }
+            Stmt::LetTuple { dsts, call, .. } => {
+                if !dsts.iter().any(|d| self.active(*d) && r.init.contains(d)) {
+                    return;
+                }
+                let cts: Vec<TokenStream> = dsts
+                    .iter()
+                    .map(|d| {
+                        if r.init.contains(d) {
+                            self.bar(*d).to_token_stream()
+                        } else {
+                            let x = self.read_var(r, *d);
+                            quote!(::adjoint::__private::zeros(&#x))
+                        }
+                    })
+                    .collect();
+                let pb = self.read_slot(r, Slot::Pb(dsts[0]));
+                self.rev_call(r, call, pb, quote!((#(#cts,)*)));
+            }
+            Stmt::If { branch, phis } => {
+                let phi_seeds: Vec<Option<TokenStream>> = phis
+                    .iter()
+                    .map(|p| (self.active(*p) && r.init.contains(p)).then(|| self.bar(*p).to_token_stream()))
+                    .collect();
+                let seeds = |l: &Leaf| -> Vec<(Atom, TokenStream)> {
+                    let mut atoms = Vec::new();
+                    if let Some(v) = &l.value {
+                        v.flatten(&mut atoms);
+                    }
+                    atoms.extend(l.carries.iter().cloned());
+                    atoms.into_iter().zip(&phi_seeds).filter_map(|(a, s)| s.clone().map(|s| (a, s))).collect()
+                };
+                self.rev_branch(r, branch, &seeds, &[]);
+            }
+            Stmt::Loop(lp) => self.rev_loop(r, lp),
+        }
+    }
+
+    fn rev_prim(&mut self, r: &mut Rev, dst: Var, rule: &crate::ops::Rule, operands: &[Arg], consts: &[Atom]) {
+        let bar = self.bar(dst).clone();
+        if rule.operands == 0 {
+            // concatenate / stack: one pullback gives every piece.
+            let pb = rule.pullbacks[0].as_ref().expect("variadic rules have a pullback");
+            let f = Ident::new(pb.func, Span::call_site());
+            let xs: Vec<TokenStream> = operands.iter().map(|a| self.read_atom(r, &a.atom)).collect();
+            let axis = self.read_atom(r, &consts[0]);
+            let pieces: Vec<Ident> = (0..operands.len()).map(|i| format_ident!("{}_{}", bar, i)).collect();
+            r.code.push(quote!(let [#(#pieces),*] = ::adjoint::__private::#f(#axis, [#(&#xs),*], #bar);));
+            for (a, p) in operands.iter().zip(&pieces) {
+                self.contribute(r, &a.atom, p.to_token_stream());
+            }
+            return;
+        }
+        let pbs: Vec<(usize, &crate::ops::Pullback)> = operands
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| self.act.is_active(&a.atom))
+            .filter_map(|(i, _)| rule.pullbacks.get(i).and_then(|p| p.as_ref()).map(|p| (i, p)))
+            .collect();
+        let n = pbs.len();
+        for (k, (i, pb)) in pbs.into_iter().enumerate() {
+            let ct = if k + 1 == n { quote!(#bar) } else { quote!(#bar.clone()) };
+            let f = Ident::new(pb.func, Span::call_site());
+            let mut args: Vec<TokenStream> = Vec::new();
+            for read in pb.reads {
+                args.push(match read {
+                    Read::Operand(j) => {
+                        let x = self.read_atom(r, &operands[*j].atom);
+                        quote!(&#x)
+                    }
+                    Read::Out => {
+                        let y = self.read_var(r, dst);
+                        quote!(&#y)
+                    }
+                    Read::Const(j) => {
+                        let c = self.read_atom(r, &consts[*j]);
+                        if rule.consts_by_ref { quote!(&#c) } else { c }
+                    }
+                });
+            }
+            let target = &operands[i].atom;
+            match pb.style {
+                Style::Returns => {
+                    let expr = quote!(::adjoint::__private::#f(#(#args,)* #ct));
+                    self.contribute(r, target, expr);
+                }
+                Style::AddsInto => {
+                    let v = target.var().expect("active operands are variables");
+                    self.ensure_init(r, v);
+                    let acc = self.bar(v);
+                    r.code.push(quote!(::adjoint::__private::#f(&mut #acc, #(#args,)* #ct);));
+                }
+            }
+        }
+    }
+
+    fn rev_call(&mut self, r: &mut Rev, call: &Call, pb: TokenStream, ct: TokenStream) {
+        let mut pats = Vec::new();
+        let mut gets = Vec::new();
+        for (i, a) in call.args.iter().enumerate() {
+            if self.act.is_active(&a.atom) {
+                let c = format_ident!("__c{}", i);
+                pats.push(c.to_token_stream());
+                gets.push((a.atom.clone(), c));
+            } else {
+                pats.push(quote!(_));
+            }
+        }
+        r.code.push(quote!(let (#(#pats,)*) = #pb(#ct);));
+        for (a, c) in gets {
+            self.contribute(r, &a, c.to_token_stream());
+        }
+    }
+
+    /// The reverse of a branch: a `match` on its record, each arm running its
+    /// block's reverse. Values of enclosing blocks that arms contribute to are
+    /// zeroed before it when nothing contributed yet.
+    fn rev_branch(&mut self, r: &mut Rev, br: &'a Branching, seeds: Seeds, extra_local: &[Var]) {
+        let _ = extra_local;
+        let id = self.br_id(br);
+        let mut arms_code = Vec::new();
+        let mut any = false;
+        let mut pre_zero = BTreeSet::new();
+        for (i, arm) in br.arms.iter().enumerate() {
+            let mut local = HashSet::new();
+            block_defs(arm, &mut local);
+            if let BranchKind::Match { binds, .. } = &br.kind {
+                local.extend(binds[i].iter().copied());
+            }
+            let mut sub = Rev::new(local);
+            self.rev_block(&mut sub, arm, seeds);
+            let record: Vec<Slot> = sub.reads.iter().copied().filter(|s| slot_local(s, &sub.local, self)).collect();
+            for s in &sub.reads {
+                if !slot_local(s, &sub.local, self) {
+                    r.reads.insert(*s);
+                }
+            }
+            for v in &sub.outer {
+                if r.local.contains(v) {
+                    if !r.init.contains(v) {
+                        pre_zero.insert(*v);
+                    }
+                } else {
+                    r.outer.insert(*v);
+                }
+            }
+            any |= !sub.code.is_empty() || !record.is_empty();
+            self.reads_all.extend(sub.reads.iter().copied());
+            self.records.insert(arm as *const Block, record.clone());
+            arms_code.push((record, sub.code));
+        }
+        if !any {
+            return;
+        }
+        self.recorded.insert(id);
+        for v in pre_zero {
+            self.ensure_init(r, v);
+        }
+        let n = br.arms.len();
+        let enum_name = format_ident!("Branch{}", n);
+        let arms = arms_code.into_iter().enumerate().map(|(i, (record, code))| {
+            let variant = format_ident!("Arm{}", i);
+            let names: Vec<TokenStream> = record.iter().map(|s| self.slot_name(*s)).collect();
+            quote!(::adjoint::__private::#enum_name::#variant((#(#names,)*)) => { #(#code)* })
+        });
+        let rec = self.read_slot(r, Slot::Br(id));
+        r.code.push(quote!(match #rec { #(#arms)* }));
+    }
+
+    fn rev_loop(&mut self, r: &mut Rev, lp: &'a Loop) {
+        let id = self.loop_id(lp);
+        let carries: Vec<&Carry> =
+            lp.carries.iter().filter(|c| self.active(c.inner) || self.active(c.out)).collect();
+        let carry_bars: Vec<Ident> = carries.iter().map(|c| format_ident!("{}_carry", self.bar(c.out))).collect();
+        let mut local = HashSet::new();
+        block_defs(&lp.body, &mut local);
+        for c in &lp.carries {
+            local.insert(c.inner);
+        }
+        if let LoopKind::For { binds, .. } = &lp.kind {
+            local.extend(binds.iter().copied());
+        }
+        let mut sub = Rev::new(local);
+        let seeds = |l: &Leaf| -> Vec<(Atom, TokenStream)> {
+            let mut out = Vec::new();
+            for (c, bar) in carries.iter().zip(&carry_bars) {
+                if let Some(pos) = lp.carries.iter().position(|x| std::ptr::eq(x, *c)) {
+                    out.push((l.carries[pos].clone(), bar.to_token_stream()));
+                }
+            }
+            out
+        };
+        self.rev_block(&mut sub, &lp.body, &seeds);
+        for (c, bar) in carries.iter().zip(&carry_bars) {
+            if sub.init.contains(&c.inner) {
+                let inner_bar = self.bar(c.inner);
+                sub.code.push(quote!(#bar = #inner_bar;));
+            } else {
+                let x = self.read_var(&mut sub, c.inner);
+                sub.code.push(quote!(#bar = ::adjoint::__private::zeros(&#x);));
+            }
+        }
+        if sub.code.is_empty() || (carries.is_empty() && sub.outer.is_empty()) {
+            return;
+        }
+        self.taped.insert(id);
+        let record: Vec<Slot> = sub.reads.iter().copied().filter(|s| slot_local(s, &sub.local, self)).collect();
+        for s in &sub.reads {
+            if !slot_local(s, &sub.local, self) {
+                r.reads.insert(*s);
+            }
+        }
+        self.reads_all.extend(sub.reads.iter().copied());
+        self.records.insert(&lp.body as *const Block, record.clone());
+        for (c, bar) in carries.iter().zip(&carry_bars) {
+            if r.init.contains(&c.out) {
+                let out_bar = self.bar(c.out);
+                r.code.push(quote!(let mut #bar = #out_bar;));
+            } else {
+                let x = self.read_var(r, c.out);
+                r.code.push(quote!(let mut #bar = ::adjoint::__private::zeros(&#x);));
+            }
+        }
+        let outer: Vec<Var> = sub.outer.iter().copied().collect();
+        for v in outer {
+            if r.local.contains(&v) {
+                self.ensure_init(r, v);
+            } else {
+                r.outer.insert(v);
+            }
+        }
+        let tape = self.read_slot(r, Slot::Tape(id));
+        let names: Vec<TokenStream> = record.iter().map(|s| self.slot_name(*s)).collect();
+        let code = &sub.code;
+        r.code.push(quote!(for (#(#names,)*) in #tape.into_iter().rev() { #(#code)* }));
+        for (c, bar) in carries.iter().zip(&carry_bars) {
+            self.contribute(r, &c.init, bar.to_token_stream());
+        }
+    }
+
+    // ----- primal -----
+
+    /// An atom used by value: a variable the reverse sweep also reads, or one that
+    /// belongs to an enclosing block, is cloned (free for `Copy` scalars).
+    fn by_value(&self, a: &Atom, outer: bool, also_moved: &[Slot]) -> TokenStream {
+        match a {
+            Atom::Var(v) => {
+                let name = self.name(*v);
+                if outer || also_moved.contains(&Slot::Var(*v)) || self.reads_all.contains(&Slot::Var(*v)) {
+                    quote!(#name.clone())
+                } else {
+                    quote!(#name)
+                }
+            }
+            Atom::Lit(t) => t.clone(),
+        }
+    }
+
+    /// An argument as the user wrote it (`&x` or `x`); a moved variable the reverse
+    /// sweep reads is cloned.
+    fn arg(&self, a: &Arg) -> TokenStream {
+        if a.by_ref {
+            let x = self.atom(&a.atom);
+            quote!(&#x)
+        } else {
+            self.by_value(&a.atom, false, &[])
+        }
+    }
+
+    fn primal_stmts(&mut self, stmts: &'a [Stmt]) -> TokenStream {
+        let mut out = TokenStream::new();
+        for s in stmts {
+            out.extend(self.primal_stmt(s));
+        }
+        out
+    }
+
+    fn primal_stmt(&mut self, s: &'a Stmt) -> TokenStream {
+        match s {
+            Stmt::Let { dst, op, .. } => {
+                let name = self.name(*dst).clone();
+                let active = self.active(*dst);
+                match op {
+                    Op::Prim { rule, operands, consts, native } => {
+                        if active {
+                            let f = Ident::new(rule.func, Span::call_site());
+                            let ops: Vec<TokenStream> = operands.iter().map(|a| self.atom(&a.atom)).collect();
+                            let cs: Vec<TokenStream> = consts.iter().map(|c| self.by_value(c, false, &[])).collect();
+                            let call = fwd_call(rule, &f, &ops, &cs);
+                            quote!(let #name = #call;)
+                        } else {
+                            let e = self.native(native, operands, consts);
+                            quote!(let #name = #e;)
+                        }
+                    }
+                    Op::Call(call) => {
+                        let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
+                        if active {
+                            let f = self.companion(&call.callee);
+                            let pb = self.slot_name(Slot::Pb(*dst));
+                            quote!(let (#name, #pb) = #f(#(#args),*);)
+                        } else {
+                            let f = self.plain(&call.callee);
+                            quote!(let #name = #f(#(#args),*);)
+                        }
+                    }
+                    Op::Const(t) => quote!(let #name = #t;),
+                    Op::MapV { recv, native, .. } => {
+                        let x = self.atom(recv);
+                        if active {
+                            quote!(let #name = ::adjoint::__private::mapv(&#x, #native);)
+                        } else {
+                            quote!(let #name = #x.mapv(#native);)
+                        }
+                    }
+                }
+            }
+            Stmt::LetTuple { dsts, call, .. } => {
+                let names: Vec<&Ident> = dsts.iter().map(|d| self.name(*d)).collect();
+                let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
+                if dsts.iter().any(|d| self.active(*d)) {
+                    let f = self.companion(&call.callee);
+                    let pb = self.slot_name(Slot::Pb(dsts[0]));
+                    quote!(let ((#(#names,)*), #pb) = #f(#(#args),*);)
+                } else {
+                    let f = self.plain(&call.callee);
+                    quote!(let (#(#names,)*) = #f(#(#args),*);)
+                }
+            }
+            Stmt::If { branch, phis } => {
+                let payload = |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
+                    let mut atoms = Vec::new();
+                    if let Some(v) = &l.value {
+                        v.flatten(&mut atoms);
+                    }
+                    atoms.extend(l.carries.iter().cloned());
+                    atoms.iter().map(moved).collect()
+                };
+                let (names, expr) = self.branch_expr(branch, phis.len(), &payload);
+                let phi_names: Vec<&Ident> = phis.iter().map(|p| self.name(*p)).collect();
+                quote!(#expr let (#(#phi_names,)*) = (#(#names,)*);)
+            }
+            Stmt::Loop(lp) => self.primal_loop(lp),
+        }
+    }
+
+    /// Emits `let (payload.., record) = if .. { .. } else { .. };` and returns the
+    /// payload's names and the statement.
+    fn branch_expr(
+        &mut self,
+        br: &'a Branching,
+        n_payload: usize,
+        payload: Payload,
+    ) -> (Vec<Ident>, TokenStream) {
+        let id = self.br_id(br);
+        let recorded = self.recorded.contains(&id);
+        let n = br.arms.len();
+        let mut arm_exprs = Vec::new();
+        for (i, arm) in br.arms.iter().enumerate() {
+            let record = recorded.then(|| (n, i));
+            arm_exprs.push(self.arm_expr(arm, n_payload, payload, record));
+        }
+        let names: Vec<Ident> = (0..n_payload)
+            .map(|_| {
+                self.payloads += 1;
+                format_ident!("__p{}", self.payloads)
+            })
+            .collect();
+        let rec = recorded.then(|| self.slot_name(Slot::Br(id)));
+        let rec_pat = rec.iter();
+        let expr = match &br.kind {
+            BranchKind::If { cond } => {
+                let (a, b) = (&arm_exprs[0], &arm_exprs[1]);
+                quote!(if #cond #a else #b)
+            }
+            BranchKind::Match { scrutinee, pats, .. } => {
+                quote!(match #scrutinee { #(#pats => #arm_exprs)* })
+            }
+        };
+        (names.clone(), quote!(let (#(#names,)* #(#rec_pat,)*) = #expr;))
+    }
+
+    /// An arm as a block expression: its statements, then `(payload.., record)`.
+    fn arm_expr(
+        &mut self,
+        b: &'a Block,
+        n_payload: usize,
+        payload: Payload,
+        record: Option<(usize, usize)>,
+    ) -> TokenStream {
+        let stmts = self.primal_stmts(&b.stmts);
+        let slots = self.records.get(&(b as *const Block)).cloned().unwrap_or_default();
+        let mut local = HashSet::new();
+        block_defs(b, &mut local);
+        let (pre, values) = match &b.tail {
+            Tail::Leaf(l) => {
+                // A value that is also recorded, or that belongs to an enclosing block, is cloned.
+                let moved = |a: &Atom| match a.var() {
+                    Some(v) => self.by_value(a, !local.contains(&v), &slots),
+                    None => self.by_value(a, false, &[]),
+                };
+                (TokenStream::new(), payload(self, l, &moved))
+            }
+            Tail::Branch(br) => {
+                let (names, expr) = self.branch_expr(br, n_payload, payload);
+                (expr, names.into_iter().map(|n| n.to_token_stream()).collect())
+            }
+        };
+        let rec = record.map(|(n, i)| {
+            let names: Vec<TokenStream> = slots.iter().map(|s| self.slot_name(*s)).collect();
+            let enum_name = format_ident!("Branch{}", n);
+            let variant = format_ident!("Arm{}", i);
+            quote!(::adjoint::__private::#enum_name::#variant((#(#names,)*)))
+        });
+        let rec = rec.iter();
+        quote!({ #stmts #pre (#(#values,)* #(#rec,)*) })
+    }
+
+    fn primal_loop(&mut self, lp: &'a Loop) -> TokenStream {
+        let id = self.loop_id(lp);
+        let taped = self.taped.contains(&id);
+        let tape = self.slot_name(Slot::Tape(id));
+        let carry_vars: Vec<Ident> = (0..lp.carries.len()).map(|k| format_ident!("__carry{}_{}", id, k)).collect();
+        let mut out = TokenStream::new();
+        for (c, cv) in lp.carries.iter().zip(&carry_vars) {
+            let init = self.by_value(&c.init, true, &[]);
+            out.extend(quote!(let mut #cv = #init;));
+        }
+        let mut body = TokenStream::new();
+        for (c, cv) in lp.carries.iter().zip(&carry_vars) {
+            let inner = self.name(c.inner);
+            body.extend(quote!(let #inner = #cv;));
+        }
+        body.extend(self.primal_stmts(&lp.body.stmts));
+        let record = self.records.get(&(&lp.body as *const Block)).cloned().unwrap_or_default();
+        let has_value = lp.value.is_some();
+        // The leaf: save the record, pass the carries on, leave if it breaks.
+        let leaf_code = |g: &Gen, nexts: Vec<TokenStream>, exit: TokenStream| -> TokenStream {
+            let names: Vec<TokenStream> = record.iter().map(|s| g.slot_name(*s)).collect();
+            let push = if taped { quote!(#tape.push((#(#names,)*));) } else { TokenStream::new() };
+            let assigns = carry_vars.iter().zip(nexts).map(|(cv, n)| quote!(#cv = #n;));
+            quote!(#push #(#assigns)* #exit)
+        };
+        match &lp.body.tail {
+            Tail::Leaf(l) => {
+                let mut local = HashSet::new();
+                block_defs(&lp.body, &mut local);
+                local.extend(lp.carries.iter().map(|c| c.inner));
+                let nexts = l
+                    .carries
+                    .iter()
+                    .map(|a| self.by_value(a, a.var().is_some_and(|v| !local.contains(&v)), &record))
+                    .collect();
+                let exit = match (l.kind, &l.value) {
+                    (LeafKind::Break, Some(v)) if has_value => {
+                        let v = self.val_tokens(v);
+                        quote!(break #v;)
+                    }
+                    (LeafKind::Break, _) => quote!(break;),
+                    _ => TokenStream::new(),
+                };
+                body.extend(leaf_code(self, nexts, exit));
+            }
+            Tail::Branch(br) => {
+                let n = lp.carries.len();
+                let payload = |g: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
+                    let mut v: Vec<TokenStream> = l.carries.iter().map(moved).collect();
+                    v.push(match (l.kind, &l.value) {
+                        (LeafKind::Break, Some(val)) if has_value => {
+                            let t = g.val_tokens(val);
+                            quote!(::core::option::Option::Some(#t))
+                        }
+                        (LeafKind::Break, _) if has_value => quote!(::core::option::Option::None),
+                        (LeafKind::Break, _) => quote!(true),
+                        _ if has_value => quote!(::core::option::Option::None),
+                        _ => quote!(false),
+                    });
+                    v
+                };
+                let (names, expr) = self.branch_expr(br, n + 1, &payload);
+                body.extend(expr);
+                let nexts = names[..n].iter().map(|n| n.to_token_stream()).collect();
+                let flag = &names[n];
+                let exit = if has_value {
+                    quote!(if let ::core::option::Option::Some(__v) = #flag { break __v; })
+                } else {
+                    quote!(if #flag { break; })
+                };
+                body.extend(leaf_code(self, nexts, exit));
+            }
+        }
+        let value = lp.value.map(|v| self.name(v).clone());
+        let head = match &lp.kind {
+            LoopKind::For { pat, iter, .. } => {
+                if taped {
+                    let it = format_ident!("__iter{}", id);
+                    out.extend(quote! {
+                        let #it = ::core::iter::IntoIterator::into_iter(#iter);
+                        let mut #tape = ::std::vec::Vec::with_capacity(::core::iter::Iterator::size_hint(&#it).0);
+                    });
+                    quote!(for #pat in #it)
+                } else {
+                    quote!(for #pat in #iter)
+                }
+            }
+            LoopKind::Loop => {
+                if taped {
+                    out.extend(quote!(let mut #tape = ::std::vec::Vec::new();));
+                }
+                quote!(loop)
+            }
+        };
+        match value {
+            Some(v) => out.extend(quote!(let #v = #head { #body };)),
+            None => out.extend(quote!(#head { #body })),
+        }
+        for (c, cv) in lp.carries.iter().zip(&carry_vars) {
+            let o = self.name(c.out);
+            out.extend(quote!(let #o = #cv;));
+        }
+        out
+    }
+
+    fn val_tokens(&self, v: &Val) -> TokenStream {
+        match v {
+            Val::Atom(a) => self.by_value(a, false, &[]),
+            Val::Tuple(vs) => {
+                let items = vs.iter().map(|v| self.val_tokens(v));
+                quote!((#(#items,)*))
+            }
+        }
+    }
+
+    fn native(&self, native: &Native, operands: &[Arg], consts: &[Atom]) -> TokenStream {
+        let ops: Vec<TokenStream> = operands.iter().map(|a| self.arg(a)).collect();
+        let cs: Vec<TokenStream> = consts.iter().map(|c| self.by_value(c, false, &[])).collect();
+        match native {
+            Native::Method { name, suffix } => {
+                let recv = self.atom(&operands[0].atom);
+                let args = ops[1..].iter().chain(&cs);
+                quote!(#recv.#name(#(#args),*) #suffix)
+            }
+            Native::Binary(op) => {
+                let (a, b) = (&ops[0], &ops[1]);
+                quote!(#a #op #b)
+            }
+            Native::Neg => {
+                let a = &ops[0];
+                quote!(-#a)
+            }
+            Native::Index => {
+                let a = self.atom(&operands[0].atom);
+                let i = &cs[0];
+                quote!(#a[#i])
+            }
+            Native::Cast(t) => {
+                let a = &ops[0];
+                quote!((#a as #t))
+            }
+            Native::Function(path) => quote!(#path(#(#ops,)* #(#cs),*)),
+            Native::Variadic(path) => {
+                let axis = &cs[0];
+                let views = operands.iter().map(|a| {
+                    let x = self.atom(&a.atom);
+                    quote!(#x.view())
+                });
+                quote!(#path(#axis, &[#(#views),*]).unwrap())
+            }
+        }
+    }
+
+    fn companion(&self, callee: &Callee) -> TokenStream {
+        match callee {
+            Callee::Path { prefix, name, generics } => {
+                let c = companion_ident(name, "vjp");
+                quote!(#prefix #c #generics)
+            }
+            Callee::Method { receiver, name, generics } => {
+                let r = self.arg(receiver);
+                let c = companion_ident(name, "vjp");
+                quote!(#r.#c #generics)
+            }
+        }
+    }
+
+    fn plain(&self, callee: &Callee) -> TokenStream {
+        match callee {
+            Callee::Path { prefix, name, generics } => quote!(#prefix #name #generics),
+            Callee::Method { receiver, name, generics } => {
+                let r = self.arg(receiver);
+                quote!(#r.#name #generics)
+            }
+        }
+    }
+}
+
+/// The companion of `name`: `__name_vjp`, `__name_grad`, ...
+pub fn companion_ident(name: &Ident, what: &str) -> Ident {
+    let raw = name.to_string();
+    let raw = raw.trim_start_matches("r#");
+    Ident::new(&format!("__{raw}_{what}"), name.span())
+}
+
+/// `__private::f(&x, &y, c..)`, with the special forms of casts and variadics.
+fn fwd_call(rule: &crate::ops::Rule, f: &Ident, ops: &[TokenStream], consts: &[TokenStream]) -> TokenStream {
+    match rule.func {
+        "cast" => {
+            let (x, t) = (&ops[0], &consts[0]);
+            quote!(::adjoint::__private::cast::<#t, _>(&#x))
+        }
+        "concatenate" | "stack" => {
+            let axis = &consts[0];
+            quote!(::adjoint::__private::#f(#axis, [#(&#ops),*]))
+        }
+        _ => {
+            let cs = consts.iter().map(|c| if rule.consts_by_ref { quote!(&#c) } else { c.clone() });
+            quote!(::adjoint::__private::#f(#(&#ops,)* #(#cs),*))
+        }
+    }
+}
+
+/// The pullback closure of a `mapv` element function: `|v, g| dv`, recomputing the
+/// element's primal then running its reverse sweep.
+fn mapv_pullback(closure: &Func) -> TokenStream {
+    let act = crate::activity::Activity { active: closure_activity(closure) };
+    let g = generate(closure, &act);
+    let param = closure.name(closure.params[0].var);
+    let (primal, reverse) = (&g.primal, &g.reverse);
+    quote!(|#param, __ct| {
+        #primal
+        let (__dv,) = { #reverse };
+        __dv
+    })
+}
+
+fn closure_activity(closure: &Func) -> Vec<bool> {
+    // Re-running the analysis is cheap; errors were reported with the outer body.
+    let cx = crate::ctxt::Ctxt::default();
+    let a = crate::activity::analyze(&cx, closure);
+    let _ = cx.check();
+    a.active
+}
+
+fn slot_local(s: &Slot, local: &HashSet<Var>, g: &Gen) -> bool {
+    match s {
+        Slot::Var(v) | Slot::Pb(v) => local.contains(v),
+        Slot::Tape(_) | Slot::Br(_) => {
+            let _ = g;
+            true
+        }
+    }
+}
+
+fn collect_defs<'a>(b: &'a Block, defs: &mut HashMap<Var, &'a Op>) {
+    for s in &b.stmts {
+        match s {
+            Stmt::Let { dst, op, .. } => {
+                defs.insert(*dst, op);
+            }
+            Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| collect_defs(a, defs)),
+            Stmt::Loop(lp) => collect_defs(&lp.body, defs),
+            Stmt::LetTuple { .. } => {}
+        }
+    }
+    if let Tail::Branch(br) = &b.tail {
+        br.arms.iter().for_each(|a| collect_defs(a, defs));
+    }
+}
+
+/// The variables a block defines at its own level (not inside nested blocks).
+fn block_defs(b: &Block, out: &mut HashSet<Var>) {
+    for s in &b.stmts {
+        match s {
+            Stmt::Let { dst, .. } => {
+                out.insert(*dst);
+            }
+            Stmt::LetTuple { dsts, .. } => out.extend(dsts.iter().copied()),
+            Stmt::If { phis, .. } => out.extend(phis.iter().copied()),
+            Stmt::Loop(lp) => {
+                out.extend(lp.carries.iter().map(|c| c.out));
+                out.extend(lp.value);
+            }
+        }
+    }
+}
+
+fn first_value(b: &Block) -> Option<Val> {
+    match &b.tail {
+        Tail::Leaf(l) => l.value.clone(),
+        Tail::Branch(br) => br.arms.iter().find_map(first_value),
+    }
+}
+
+fn shape_pattern(v: &Val, names: &mut std::slice::Iter<Ident>) -> TokenStream {
+    match v {
+        Val::Atom(_) => names.next().map(|n| n.to_token_stream()).unwrap_or(quote!(_)),
+        Val::Tuple(vs) => {
+            let items = vs.iter().map(|v| shape_pattern(v, names));
+            quote!((#(#items,)*))
+        }
+    }
+}
+
+fn rebuild_tokens(v: &Val, atoms: &mut impl Iterator<Item = TokenStream>) -> TokenStream {
+    match v {
+        Val::Atom(_) => atoms.next().unwrap_or(quote!(())),
+        Val::Tuple(vs) => {
+            let items = vs.iter().map(|v| rebuild_tokens(v, atoms));
+            quote!((#(#items,)*))
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! Expansion: the items `#[differentiable]` writes next to a function or an impl
+//! (`__f_vjp`, `__f_grad`, `__f_value_and_grad`), and the closure forms of `grad!`,
+//! `value_and_grad!` and `vjp!`.
+
+use crate::activity;
+use crate::adjoint::{self, companion_ident};
+use crate::ctxt::Ctxt;
+use crate::ir::{Func, Tail, Val};
+use crate::lower::{self, ParamSpec};
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, ToTokens};
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{FnArg, Ident, ImplItem, Item, ItemFn, ItemImpl, Pat, ReturnType, Signature, Token, Type};
+
+/// `#[differentiable]` on a function or an inherent impl.
+pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let cx = Ctxt::default();
+    if !attr.is_empty() {
+        cx.error_at(&attr, "#[differentiable] takes no arguments");
+    }
+    let item: Item = match syn::parse2(item.clone()) {
+        Ok(i) => i,
+        Err(e) => return e.into_compile_error(),
+    };
+    let out = match item {
+        Item::Fn(f) => expand_fn(&cx, f),
+        Item::Impl(i) => expand_impl(&cx, i),
+        other => {
+            cx.error_at(&other, "#[differentiable] applies to a function or an inherent `impl` block");
+            other.into_token_stream()
+        }
+    };
+    let errors = cx.into_compile_errors();
+    quote!(#out #errors)
+}
+
+/// A parameter of a differentiated signature.
+struct ParamInfo {
+    pat: Pat,
+    ty: Type,
+    active: bool,
+}
+
+/// Strips `#[no_grad]` from the parameters (it is not a real attribute) and says
+/// which parameters are differentiated.
+fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
+    let generics: Vec<String> = sig.generics.type_params().map(|t| t.ident.to_string()).collect();
+    let mut out = Vec::new();
+    for arg in sig.inputs.iter_mut() {
+        let FnArg::Typed(pt) = arg else { continue };
+        let before = pt.attrs.len();
+        pt.attrs.retain(|a| !a.path().is_ident("no_grad"));
+        let no_grad = pt.attrs.len() != before;
+        let active = !no_grad && differentiable_type(&pt.ty, &generics);
+        let pat = match &*pt.pat {
+            Pat::Ident(p) => {
+                let mut p = p.clone();
+                p.mutability = None;
+                Pat::Ident(p)
+            }
+            Pat::Wild(_) => pt.pat.as_ref().clone(),
+            other => {
+                cx.error_at(other, "differentiable parameters must be plain names; destructure in the body");
+                other.clone()
+            }
+        };
+        out.push(ParamInfo { pat, ty: (*pt.ty).clone(), active });
+    }
+    out
+}
+
+/// Whether a parameter of this type is differentiated: it mentions `f32`, `f64` or
+/// one of the function's type parameters. Integers, shapes, models and scopes
+/// are constants; `#[no_grad]` makes any parameter one.
+fn differentiable_type(ty: &Type, generics: &[String]) -> bool {
+    fn walk(t: TokenStream, generics: &[String]) -> bool {
+        t.into_iter().any(|tt| match tt {
+            proc_macro2::TokenTree::Ident(i) => {
+                let s = i.to_string();
+                s == "f32" || s == "f64" || generics.contains(&s)
+            }
+            proc_macro2::TokenTree::Group(g) => walk(g.stream(), generics),
+            _ => false,
+        })
+    }
+    walk(ty.to_token_stream(), generics)
+}
+
+/// Lowers, analyses and generates one function body.
+fn generate(cx: &Ctxt, params: &[ParamInfo], body: &syn::Block, aux: bool) -> Option<(Func, adjoint::Generated)> {
+    let specs: Vec<ParamSpec> = params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active }).collect();
+    let mut func = lower::lower(cx, &specs, body);
+    func.aux = aux;
+    if aux && !matches!(output_shape(&func), Some(Val::Tuple(v)) if v.len() == 2) {
+        cx.error(body.span(), "with `has_aux`, the function must return a pair `(value, aux)`");
+        return None;
+    }
+    if cx.has_errors() {
+        return None;
+    }
+    let act = activity::analyze(cx, &func);
+    if cx.has_errors() {
+        return None;
+    }
+    let generated = adjoint::generate(&func, &act);
+    Some((func, generated))
+}
+
+fn output_shape(f: &Func) -> Option<Val> {
+    fn first(b: &crate::ir::Block) -> Option<Val> {
+        match &b.tail {
+            Tail::Leaf(l) => l.value.clone(),
+            Tail::Branch(br) => br.arms.iter().find_map(first),
+        }
+    }
+    first(&f.body)
+}
+
+fn expand_fn(cx: &Ctxt, mut f: ItemFn) -> TokenStream {
+    check_signature(cx, &f.sig);
+    let params = params(cx, &mut f.sig);
+    let companions = if cx.has_errors() { None } else { companions(cx, &f.vis, &f.sig, &params, &f.block, false) };
+    quote!(#f #companions)
+}
+
+fn check_signature(cx: &Ctxt, sig: &Signature) {
+    if let Some(u) = &sig.unsafety {
+        cx.error_at(u, "an `unsafe fn` cannot be #[differentiable]");
+    }
+    if let Some(a) = &sig.asyncness {
+        cx.error_at(a, "an `async fn` cannot be #[differentiable]");
+    }
+    if let ReturnType::Default = sig.output {
+        cx.error_at(&sig.ident, "a #[differentiable] function must return the value to differentiate");
+    }
+}
+
+/// The companions of one function or method.
+fn companions(
+    cx: &Ctxt,
+    vis: &syn::Visibility,
+    sig: &Signature,
+    params: &[ParamInfo],
+    body: &syn::Block,
+    method: bool,
+) -> Option<TokenStream> {
+    let (_, g) = generate(cx, params, body, false)?;
+    let ReturnType::Type(_, ret) = &sig.output else { return None };
+    let name = &sig.ident;
+    let (vjp, grad, vg) = (companion_ident(name, "vjp"), companion_ident(name, "grad"), companion_ident(name, "value_and_grad"));
+    let generics = &sig.generics;
+    let where_clause = &generics.where_clause;
+    let receiver = sig.receiver().map(|r| quote!(#r,));
+    let args: Vec<TokenStream> = params
+        .iter()
+        .map(|p| {
+            let (pat, ty) = (&p.pat, &p.ty);
+            quote!(#pat: #ty)
+        })
+        .collect();
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let cots: Vec<TokenStream> = params
+        .iter()
+        .map(|p| if p.active { let ty = &p.ty; quote!(::adjoint::Cot<#ty>) } else { quote!(()) })
+        .collect();
+    let active: Vec<usize> = params.iter().enumerate().filter(|(_, p)| p.active).map(|(i, _)| i).collect();
+    let grad_ty: Vec<&TokenStream> = active.iter().map(|i| &cots[*i]).collect();
+    let grad_ty = if grad_ty.len() == 1 { grad_ty[0].clone() } else { quote!((#(#grad_ty,)*)) };
+    let picks: Vec<TokenStream> =
+        (0..params.len()).map(|i| if active.contains(&i) { format_ident!("__g{}", i).to_token_stream() } else { quote!(_) }).collect();
+    let picked: Vec<Ident> = active.iter().map(|i| format_ident!("__g{}", i)).collect();
+    let picked = if picked.len() == 1 { picked[0].to_token_stream() } else { quote!((#(#picked,)*)) };
+    let call = if method { quote!(self.#vjp) } else { quote!(#vjp) };
+    // `__f_grad` is generic over the output it seeds, so a function with a
+    // non-scalar output still compiles and only a call to `grad!` reports it.
+    let mut grad_generics = generics.clone();
+    grad_generics.params.push(syn::parse_quote!(__O));
+    grad_generics.make_where_clause().predicates.push(syn::parse_quote!(#ret: ::adjoint::__private::GradOf<__O>));
+    let grad_where = &grad_generics.where_clause;
+    let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
+    let doc_vjp = format!("The value of [`{name}`] and its pullback (generated by `#[differentiable]`).");
+    let doc_grad = format!("The gradient of [`{name}`] with respect to its differentiated arguments (generated by `#[differentiable]`).");
+    let doc_vg = format!("The value and gradient of [`{name}`] (generated by `#[differentiable]`).");
+    let _ = receiver.is_some();
+    Some(quote! {
+        #[doc = #doc_vjp]
+        #[doc(hidden)]
+        #[allow(unused_mut, unused_variables, unused_parens, clippy::all)]
+        #vis fn #vjp #generics (#receiver #(#args),*)
+            -> (#ret, impl ::core::ops::FnOnce(::adjoint::Cot<#ret>) -> (#(#cots,)*))
+            #where_clause
+        {
+            #primal
+            (#output, move |__ct: ::adjoint::Cot<#ret>| { #reverse })
+        }
+
+        #[doc = #doc_grad]
+        #[doc(hidden)]
+        #[allow(clippy::all)]
+        #vis fn #grad #grad_generics (#receiver #(#args),*) -> #grad_ty
+            #grad_where
+        {
+            let (__out, __pb) = #call(#(#names),*);
+            let (#(#picks,)*) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
+            #picked
+        }
+
+        #[doc = #doc_vg]
+        #[doc(hidden)]
+        #[allow(clippy::all)]
+        #vis fn #vg #grad_generics (#receiver #(#args),*) -> (#ret, #grad_ty)
+            #grad_where
+        {
+            let (__out, __pb) = #call(#(#names),*);
+            let (#(#picks,)*) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
+            (__out, #picked)
+        }
+    })
+}
+
+fn param_name(p: &Pat) -> TokenStream {
+    match p {
+        Pat::Ident(i) => i.ident.to_token_stream(),
+        other => other.to_token_stream(),
+    }
+}
+
+fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
+    if let Some((_, path, _)) = &item.trait_ {
+        cx.error_at(path, "#[differentiable] applies to inherent impls; put the differentiable methods in an `impl Type` block");
+        return item.into_token_stream();
+    }
+    let mut extra = Vec::new();
+    for it in item.items.iter_mut() {
+        let ImplItem::Fn(m) = it else { continue };
+        check_signature(cx, &m.sig);
+        match m.sig.receiver() {
+            Some(r) if r.reference.is_some() && r.mutability.is_none() => {}
+            Some(r) => cx.error_at(r, "a #[differentiable] method takes `&self`"),
+            None => {}
+        }
+        let params = params(cx, &mut m.sig);
+        if cx.has_errors() {
+            continue;
+        }
+        if let Some(c) = companions(cx, &m.vis, &m.sig, &params, &m.block, m.sig.receiver().is_some()) {
+            extra.push(c);
+        }
+    }
+    if extra.is_empty() {
+        return item.into_token_stream();
+    }
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    let self_ty = &item.self_ty;
+    quote! {
+        #item
+        impl #impl_generics #self_ty #where_clause {
+            #(#extra)*
+        }
+    }
+}
+
+// ----- grad!, value_and_grad!, vjp! -----
+
+/// Which transform a macro call asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    Grad,
+    ValueAndGrad,
+    Vjp,
+}
+
+/// `grad!(f)`, `grad!(path::f)`, or `grad!(|x, y| body, wrt = [x], has_aux)`.
+struct TransformInput {
+    target: syn::Expr,
+    wrt: Option<Vec<Ident>>,
+    has_aux: bool,
+}
+
+impl Parse for TransformInput {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let target: syn::Expr = input.parse()?;
+        let mut wrt = None;
+        let mut has_aux = false;
+        while input.peek(Token![,]) {
+            input.parse::<Token![,]>()?;
+            if input.is_empty() {
+                break;
+            }
+            let key: Ident = input.parse()?;
+            match key.to_string().as_str() {
+                "wrt" => {
+                    input.parse::<Token![=]>()?;
+                    let content;
+                    syn::bracketed!(content in input);
+                    let names: Punctuated<Ident, Token![,]> = content.parse_terminated(Ident::parse, Token![,])?;
+                    wrt = Some(names.into_iter().collect());
+                }
+                "has_aux" => {
+                    if input.peek(Token![=]) {
+                        input.parse::<Token![=]>()?;
+                        let b: syn::LitBool = input.parse()?;
+                        has_aux = b.value;
+                    } else {
+                        has_aux = true;
+                    }
+                }
+                other => {
+                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`: expected `wrt = [..]` or `has_aux`")));
+                }
+            }
+        }
+        Ok(TransformInput { target, wrt, has_aux })
+    }
+}
+
+pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
+    let input: TransformInput = match syn::parse2(input) {
+        Ok(i) => i,
+        Err(e) => return e.into_compile_error(),
+    };
+    let cx = Ctxt::default();
+    let out = match &input.target {
+        syn::Expr::Path(p) => {
+            if input.wrt.is_some() || input.has_aux {
+                cx.error_at(p, "`wrt` and `has_aux` take the closure form: `grad!(|x, y| f(x, y), wrt = [x])`");
+                TokenStream::new()
+            } else {
+                let mut path = p.path.clone();
+                let last = path.segments.last_mut().expect("a path has a segment");
+                last.ident = companion_ident(
+                    &last.ident,
+                    match which {
+                        Transform::Grad => "grad",
+                        Transform::ValueAndGrad => "value_and_grad",
+                        Transform::Vjp => "vjp",
+                    },
+                );
+                last.ident.set_span(p.span());
+                path.into_token_stream()
+            }
+        }
+        syn::Expr::Closure(c) => closure_transform(&cx, which, c, &input),
+        other => {
+            cx.error_at(other, "expected a function path (`grad!(f)`) or a closure (`grad!(|x| ..)`)");
+            TokenStream::new()
+        }
+    };
+    let errors = cx.into_compile_errors();
+    if errors.is_empty() {
+        out
+    } else {
+        errors
+    }
+}
+
+fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &TransformInput) -> TokenStream {
+    let mut params = Vec::new();
+    for p in &c.inputs {
+        let (pat, ty) = match p {
+            Pat::Type(t) => ((*t.pat).clone(), Some((*t.ty).clone())),
+            other => (other.clone(), None),
+        };
+        let name = match &pat {
+            Pat::Ident(i) => i.ident.to_string(),
+            other => {
+                cx.error_at(other, "closure parameters must be plain names");
+                return TokenStream::new();
+            }
+        };
+        let active = input.wrt.as_ref().is_none_or(|w| w.iter().any(|i| *i == name));
+        params.push((pat, ty, active, name));
+    }
+    if let Some(wrt) = &input.wrt {
+        for w in wrt {
+            if !params.iter().any(|p| p.3 == w.to_string()) {
+                cx.error_at(w, format!("`{w}` is not a parameter of the closure"));
+            }
+        }
+    }
+    let infos: Vec<ParamInfo> = params
+        .iter()
+        .map(|(pat, ty, active, _)| ParamInfo { pat: pat.clone(), ty: ty.clone().unwrap_or(Type::Verbatim(quote!(_))), active: *active })
+        .collect();
+    let body: syn::Block = match &*c.body {
+        syn::Expr::Block(b) => b.block.clone(),
+        other => syn::parse_quote_spanned!(other.span()=> { #other }),
+    };
+    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux) else { return TokenStream::new() };
+    let closure_params = c.inputs.iter();
+    let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
+    // The cotangents of the differentiated parameters, in `wrt` order.
+    let order: Vec<usize> = match &input.wrt {
+        Some(w) => w.iter().filter_map(|w| params.iter().position(|p| p.3 == w.to_string())).collect(),
+        None => (0..params.len()).collect(),
+    };
+    let picks: Vec<TokenStream> =
+        (0..params.len()).map(|i| if order.contains(&i) { format_ident!("__g{}", i).to_token_stream() } else { quote!(_) }).collect();
+    let picked: Vec<Ident> = order.iter().map(|i| format_ident!("__g{}", i)).collect();
+    let picked = if picked.len() == 1 { picked[0].to_token_stream() } else { quote!((#(#picked,)*)) };
+    let span = Span::call_site();
+    let (value_pat, seed) = if input.has_aux {
+        (quote!((__value, __aux)), quote!(::adjoint::__private::grad_seed(&__value)))
+    } else {
+        (quote!(__value), quote!(::adjoint::__private::grad_seed(&__value)))
+    };
+    let body = match which {
+        Transform::Grad | Transform::ValueAndGrad => {
+            let result = match (which, input.has_aux) {
+                (Transform::Grad, false) => quote!(#picked),
+                (Transform::Grad, true) => quote!((#picked, __aux)),
+                (_, false) => quote!((__value, #picked)),
+                (_, true) => quote!(((__value, __aux), #picked)),
+            };
+            quote_spanned_block(span, quote! {
+                #primal
+                let #value_pat = #output;
+                let __ct = #seed;
+                let (#(#picks,)*) = { #reverse };
+                #result
+            })
+        }
+        Transform::Vjp => {
+            let (out, ret) = if input.has_aux {
+                (quote!((__value, __aux)), quote!((__value, __pb, __aux)))
+            } else {
+                (quote!(__value), quote!((__value, __pb)))
+            };
+            quote_spanned_block(span, quote! {
+                #primal
+                let #out = #output;
+                let __pb = move |__ct| {
+                    let (#(#picks,)*) = { #reverse };
+                    #picked
+                };
+                #ret
+            })
+        }
+    };
+    quote!(#[allow(unused_mut, unused_variables, unused_parens)] move |#(#closure_params),*| #body)
+}
+
+fn quote_spanned_block(_span: Span, body: TokenStream) -> TokenStream {
+    quote!({ #body })
+}

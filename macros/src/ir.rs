@@ -1,0 +1,226 @@
+//! The A-normal-form IR a body lowers to: every statement applies one operation to
+//! named atoms, control flow is structured (`if`/`match` with recorded arms, loops
+//! with carried values), and spans live beside the variables for errors.
+
+use proc_macro2::{Span, TokenStream};
+use syn::Ident;
+
+/// A variable: an index into [`Func::vars`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Var(pub u32);
+
+/// What a variable is called in the generated code, and where the user wrote it.
+pub struct VarInfo {
+    pub name: Ident,
+    pub span: Span,
+}
+
+/// An operand: a variable or a literal written inline.
+#[derive(Clone, Debug)]
+pub enum Atom {
+    Var(Var),
+    Lit(TokenStream),
+}
+
+impl Atom {
+    pub fn var(&self) -> Option<Var> {
+        match self {
+            Atom::Var(v) => Some(*v),
+            Atom::Lit(_) => None,
+        }
+    }
+}
+
+/// A value during lowering: an atom, or a tuple of values that exists only at
+/// compile time (`let t = (a, b); t.0` is `a`).
+#[derive(Clone, Debug)]
+pub enum Val {
+    Atom(Atom),
+    Tuple(Vec<Val>),
+}
+
+impl Val {
+    /// The atoms, depth first.
+    pub fn flatten(&self, out: &mut Vec<Atom>) {
+        match self {
+            Val::Atom(a) => out.push(a.clone()),
+            Val::Tuple(vs) => vs.iter().for_each(|v| v.flatten(out)),
+        }
+    }
+
+    /// A value of `self`'s shape holding `atoms` in order.
+    pub fn rebuild(&self, atoms: &mut impl Iterator<Item = Atom>) -> Val {
+        match self {
+            Val::Atom(_) => Val::Atom(atoms.next().expect("rebuild: as many atoms as the shape")),
+            Val::Tuple(vs) => Val::Tuple(vs.iter().map(|v| v.rebuild(atoms)).collect()),
+        }
+    }
+}
+
+/// A function or closure body in IR.
+pub struct Func {
+    pub vars: Vec<VarInfo>,
+    pub params: Vec<Param>,
+    pub body: Block,
+    /// For a closure: the enclosing body's variables it reads, as (here, there).
+    pub free: Vec<(Var, Var)>,
+    /// The output is `(value, aux)` and only `value` is differentiated.
+    pub aux: bool,
+    /// Where the output's value came from, for errors.
+    pub span: Span,
+}
+
+/// A parameter: its variable, and whether it is differentiated.
+pub struct Param {
+    pub var: Var,
+    pub active: bool,
+}
+
+/// A sequence of statements ending in a [`Tail`].
+pub struct Block {
+    pub stmts: Vec<Stmt>,
+    pub tail: Tail,
+}
+
+/// How a block ends: a leaf, or a branch whose arms end the block.
+pub enum Tail {
+    Leaf(Leaf),
+    Branch(Box<Branching>),
+}
+
+/// Where control goes at the end of a block, with the values it carries: the
+/// block's value (function output, `if` value, `break` value) and the current
+/// values of the region's carried variables (loop carries, `if` phis).
+pub struct Leaf {
+    pub kind: LeafKind,
+    pub value: Option<Val>,
+    pub carries: Vec<Atom>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafKind {
+    /// The end of the block: its value flows out (function return, `if` value, next iteration).
+    Fallthrough,
+    Break,
+    Continue,
+    Return,
+}
+
+/// An `if`/`else` or a `match` on a constant: which arm runs is recorded for the
+/// reverse sweep.
+pub struct Branching {
+    pub kind: BranchKind,
+    pub arms: Vec<Block>,
+    pub span: Span,
+}
+
+pub enum BranchKind {
+    /// `if cond { arms[0] } else { arms[1] }`.
+    If { cond: TokenStream },
+    /// `match scrutinee { pats[i] => arms[i] }`.
+    Match { scrutinee: TokenStream, pats: Vec<TokenStream>, binds: Vec<Vec<Var>> },
+}
+
+/// One statement.
+pub enum Stmt {
+    /// `let dst = op;`
+    Let { dst: Var, op: Op, span: Span },
+    /// `let (dsts..) = call;`: a differentiable call whose result is destructured.
+    LetTuple { dsts: Vec<Var>, call: Call, span: Span },
+    /// A branch in statement position: each arm's leaf gives the values of `phis`
+    /// (the branch's value, then the outer variables it assigns).
+    If { branch: Branching, phis: Vec<Var> },
+    /// A loop.
+    Loop(Loop),
+}
+
+/// A loop with the variables it carries from one iteration to the next.
+pub struct Loop {
+    pub kind: LoopKind,
+    pub carries: Vec<Carry>,
+    pub body: Block,
+    /// The loop's value (`break v`), if it is used.
+    pub value: Option<Var>,
+    pub span: Span,
+}
+
+pub enum LoopKind {
+    /// `for pat in iter` over constants.
+    For { pat: TokenStream, iter: TokenStream, binds: Vec<Var> },
+    /// `loop` (and `while`, lowered to `loop { if !cond { break } .. }`).
+    Loop,
+}
+
+/// A carried variable: its value before the loop, its name at the top of each
+/// iteration, and its name after the loop. Leaves give its next value.
+pub struct Carry {
+    pub init: Atom,
+    pub inner: Var,
+    pub out: Var,
+}
+
+/// An argument of a call, and whether the user passed it by reference.
+#[derive(Clone, Debug)]
+pub struct Arg {
+    pub atom: Atom,
+    pub by_ref: bool,
+}
+
+/// What a statement computes.
+pub enum Op {
+    /// A rule from the table, applied to operands and constant arguments.
+    Prim { rule: &'static crate::ops::Rule, operands: Vec<Arg>, consts: Vec<Atom>, native: Native },
+    /// A call that is differentiated through its generated companion when an argument
+    /// is active, and called as written otherwise.
+    Call(Call),
+    /// A constant expression, emitted as written (with variables renamed).
+    Const(TokenStream),
+    /// `x.mapv(closure)` with a differentiable scalar closure.
+    MapV { recv: Atom, closure: Box<Func>, native: TokenStream },
+}
+
+/// A call to a function or method that may be `#[differentiable]`.
+pub struct Call {
+    /// `f`, `path::f`, or a method name called on `receiver`.
+    pub callee: Callee,
+    pub args: Vec<Arg>,
+    pub span: Span,
+}
+
+pub enum Callee {
+    /// A free function: its path up to the last segment, the last segment, and turbofish.
+    Path { prefix: TokenStream, name: Ident, generics: TokenStream },
+    /// A method on `receiver` (`self.helper(x)`, `layer.forward(x)`).
+    Method { receiver: Arg, name: Ident, generics: TokenStream },
+}
+
+/// How to write an operation as the user did, for when none of its operands is
+/// active.
+#[derive(Clone, Debug)]
+pub enum Native {
+    /// `recv.name(args)` with the operands then constants as arguments; `suffix` is
+    /// appended (`.unwrap()`).
+    Method { name: Ident, suffix: TokenStream },
+    /// `lhs op rhs`.
+    Binary(TokenStream),
+    /// `-x`.
+    Neg,
+    /// `x[idx]`.
+    Index,
+    /// `x as T`.
+    Cast(TokenStream),
+    /// `path(operands.., consts..)`.
+    Function(TokenStream),
+    /// `path(const0, &[operands..]).unwrap()` (`concatenate`, `stack`).
+    Variadic(TokenStream),
+}
+
+impl Func {
+    pub fn name(&self, v: Var) -> &Ident {
+        &self.vars[v.0 as usize].name
+    }
+
+    pub fn span(&self, v: Var) -> Span {
+        self.vars[v.0 as usize].span
+    }
+}

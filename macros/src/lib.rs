@@ -1,0 +1,44 @@
+//! The procedural macros of adjoint: `#[differentiable]` and the transforms
+//! `grad!`, `value_and_grad!`, `vjp!`. Use them through the `adjoint` crate.
+//!
+//! The stages, one module each: `lower` (syn to an A-normal-form IR), `activity`
+//! (which values carry derivatives), `adjoint` (primal and reverse code) and
+//! `expand` (the items and closures written out). `ops` is the table of
+//! primitives and how their pullbacks are wired; `ctxt` collects errors.
+
+mod activity;
+mod adjoint;
+mod ctxt;
+mod expand;
+mod ir;
+mod lower;
+mod ops;
+
+use proc_macro::TokenStream;
+
+/// Generates the gradient of a function, or of every method of an inherent impl.
+/// See the `adjoint` crate for the supported Rust and the generated items.
+#[proc_macro_attribute]
+pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::differentiable(attr.into(), item.into()).into()
+}
+
+/// `grad!(f)`: a function returning the gradient of `f` with respect to its
+/// differentiated arguments. `grad!(|x, y| body, wrt = [x], has_aux)` for a closure.
+#[proc_macro]
+pub fn grad(input: TokenStream) -> TokenStream {
+    expand::transform(expand::Transform::Grad, input.into()).into()
+}
+
+/// `value_and_grad!(f)`: like `grad!`, returning `(value, gradient)`.
+#[proc_macro]
+pub fn value_and_grad(input: TokenStream) -> TokenStream {
+    expand::transform(expand::Transform::ValueAndGrad, input.into()).into()
+}
+
+/// `vjp!(f)`: a function returning `(value, pullback)`; the pullback maps the
+/// output's cotangent to the arguments' cotangents.
+#[proc_macro]
+pub fn vjp(input: TokenStream) -> TokenStream {
+    expand::transform(expand::Transform::Vjp, input.into()).into()
+}

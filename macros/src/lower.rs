@@ -1,0 +1,1378 @@
+//! Lowering: a function or closure body (syn) to the A-normal-form IR.
+//!
+//! Every subexpression gets a name; shadowing and assignment make new names; tuples
+//! that are built and taken apart in the body exist only at compile time; `while`
+//! becomes `loop { if !cond { break } .. }`; and a branch that may `return`, `break`
+//! or `continue` takes the rest of its block into its arms, so every leaf of the
+//! IR knows where control goes next.
+
+use crate::ctxt::Ctxt;
+use crate::ir::*;
+use crate::ops::{self, Rule};
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::{format_ident, quote, ToTokens};
+use std::collections::{HashMap, HashSet};
+use syn::spanned::Spanned;
+use syn::parse::Parser;
+use syn::{BinOp, Expr, Pat, UnOp};
+
+/// A parameter to lower: its pattern and whether it is differentiated.
+pub struct ParamSpec<'a> {
+    pub pat: &'a Pat,
+    pub active: bool,
+}
+
+/// The variables of an enclosing body that a closure may read.
+pub type OuterEnv = HashMap<String, (Val, Vec<(Var, Ident)>)>;
+use syn::Ident;
+
+/// Lowers a body with the given parameters.
+pub fn lower(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block) -> Func {
+    lower_with(cx, params, body, OuterEnv::new())
+}
+
+fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEnv) -> Func {
+    let mut taken = HashSet::new();
+    collect_idents(body.to_token_stream(), &mut taken);
+    for (_, names) in outer.values() {
+        taken.extend(names.iter().map(|(_, n)| n.to_string()));
+    }
+    let mut l = Lowerer { cx, vars: Vec::new(), scopes: vec![HashMap::new()], taken, temps: 0, outer, free: Vec::new() };
+    let params = params.iter().filter_map(|p| l.bind_param(p.pat, p.active)).collect();
+    let body_ir = l.block(&body.stmts, &Region::default(), LeafKind::Return);
+    Func { vars: l.vars, params, body: body_ir, free: l.free, aux: false, span: body.span() }
+}
+
+/// A region's carried variables: the outer variables its leaves report, named by
+/// the depth of the scope they live in.
+#[derive(Default, Clone)]
+struct Region {
+    carries: Vec<(usize, String)>,
+}
+
+struct Lowerer<'c> {
+    cx: &'c Ctxt,
+    vars: Vec<VarInfo>,
+    scopes: Vec<HashMap<String, Val>>,
+    taken: HashSet<String>,
+    temps: u32,
+    outer: OuterEnv,
+    free: Vec<(Var, Var)>,
+}
+
+type Stmts = Vec<Stmt>;
+
+impl Lowerer<'_> {
+    // ----- names and environment -----
+
+    fn fresh_named(&mut self, base: &str, span: Span) -> Var {
+        let mut name = base.to_string();
+        let mut k = 1;
+        while self.taken.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.taken.insert(name.clone());
+        let id = Var(self.vars.len() as u32);
+        self.vars.push(VarInfo { name: Ident::new(&name, Span::call_site()), span });
+        id
+    }
+
+    fn fresh_user(&mut self, ident: &Ident) -> Var {
+        // The first binding keeps the user's name; later ones get a suffix.
+        let base = ident.to_string();
+        if !self.vars.iter().any(|v| v.name == base) {
+            self.taken.remove(&base);
+        }
+        self.fresh_named(&base, ident.span())
+    }
+
+    fn temp(&mut self, span: Span) -> Var {
+        let n = self.temps;
+        self.temps += 1;
+        self.fresh_named(&format!("__t{n}"), span)
+    }
+
+    fn lookup(&mut self, name: &str) -> Option<Val> {
+        for scope in self.scopes.iter().rev() {
+            if let Some(v) = scope.get(name) {
+                return Some(v.clone());
+            }
+        }
+        let (val, names) = self.outer.get(name)?.clone();
+        // A closure reads an enclosing variable: give it a variable here, same name.
+        let mut map = HashMap::new();
+        for (outer_var, ident) in names {
+            let id = Var(self.vars.len() as u32);
+            self.vars.push(VarInfo { name: ident, span: Span::call_site() });
+            self.free.push((id, outer_var));
+            map.insert(outer_var, id);
+        }
+        let val = remap(&val, &map);
+        self.scopes[0].insert(name.to_string(), val.clone());
+        Some(val)
+    }
+
+    fn is_local(&self, name: &str) -> bool {
+        self.scopes.iter().any(|s| s.contains_key(name)) || self.outer.contains_key(name)
+    }
+
+    fn bind(&mut self, name: String, val: Val) {
+        self.scopes.last_mut().expect("a scope").insert(name, val);
+    }
+
+    /// Rebinds an existing variable (assignment) in the scope that holds it.
+    fn assign(&mut self, name: &str, val: Val, span: Span) {
+        for scope in self.scopes.iter_mut().rev() {
+            if let Some(slot) = scope.get_mut(name) {
+                *slot = val;
+                return;
+            }
+        }
+        self.cx.error(span, format!("cannot assign to `{name}`: it is not a local variable of this function"));
+    }
+
+    fn scope_of(&self, name: &str) -> Option<usize> {
+        (0..self.scopes.len()).rev().find(|&d| self.scopes[d].contains_key(name))
+    }
+
+    fn bind_param(&mut self, pat: &Pat, active: bool) -> Option<Param> {
+        match pat {
+            Pat::Ident(p) => {
+                let var = self.fresh_user(&p.ident);
+                self.bind(p.ident.to_string(), Val::Atom(Atom::Var(var)));
+                Some(Param { var, active })
+            }
+            Pat::Type(t) => self.bind_param(&t.pat, active),
+            Pat::Wild(w) => {
+                let var = self.temp(w.span());
+                Some(Param { var, active })
+            }
+            other => {
+                self.cx.error_at(other, "differentiable parameters must be plain names; destructure in the body");
+                None
+            }
+        }
+    }
+
+    fn atom(&mut self, v: Val, span: Span) -> Atom {
+        match v {
+            Val::Atom(a) => a,
+            Val::Tuple(_) => {
+                self.cx.error(span, "a tuple cannot be used here; take its fields apart first");
+                Atom::Lit(quote!(()))
+            }
+        }
+    }
+
+    fn emit(&mut self, out: &mut Stmts, op: Op, span: Span) -> Atom {
+        let dst = self.temp(span);
+        out.push(Stmt::Let { dst, op, span });
+        Atom::Var(dst)
+    }
+
+    /// The tokens of `e` with local variables renamed to their current names: for
+    /// expressions emitted as written (constants, conditions, indices).
+    fn verbatim(&mut self, tokens: TokenStream) -> TokenStream {
+        let mut out = TokenStream::new();
+        let mut prev_dot = false;
+        let trees: Vec<TokenTree> = tokens.into_iter().collect();
+        for (i, tt) in trees.iter().enumerate() {
+            match tt {
+                TokenTree::Ident(id) => {
+                    let next_is_path = matches!(trees.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':' || p.as_char() == '!');
+                    let name = id.to_string();
+                    if !prev_dot && !next_is_path && self.is_local(&name) {
+                        let val = self.lookup(&name).expect("is_local");
+                        out.extend(self.val_tokens(&val));
+                    } else {
+                        out.extend(std::iter::once(tt.clone()));
+                    }
+                    prev_dot = false;
+                }
+                TokenTree::Group(g) => {
+                    let inner = self.verbatim(g.stream());
+                    let mut ng = proc_macro2::Group::new(g.delimiter(), inner);
+                    ng.set_span(g.span());
+                    out.extend(std::iter::once(TokenTree::Group(ng)));
+                    prev_dot = false;
+                }
+                TokenTree::Punct(p) => {
+                    prev_dot = p.as_char() == '.';
+                    out.extend(std::iter::once(tt.clone()));
+                }
+                TokenTree::Literal(_) => {
+                    prev_dot = false;
+                    out.extend(std::iter::once(tt.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn val_tokens(&self, v: &Val) -> TokenStream {
+        match v {
+            Val::Atom(Atom::Var(var)) => self.vars[var.0 as usize].name.to_token_stream(),
+            Val::Atom(Atom::Lit(t)) => t.clone(),
+            Val::Tuple(vs) => {
+                let items = vs.iter().map(|v| self.val_tokens(v));
+                quote!((#(#items,)*))
+            }
+        }
+    }
+
+    /// Whether `e` reads a local variable (else it is a constant).
+    fn mentions_local(&self, tokens: TokenStream) -> bool {
+        let trees: Vec<TokenTree> = tokens.into_iter().collect();
+        let mut prev_dot = false;
+        for (i, tt) in trees.iter().enumerate() {
+            match tt {
+                TokenTree::Ident(id) => {
+                    let next_is_path = matches!(trees.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':' || p.as_char() == '!');
+                    if !prev_dot && !next_is_path && self.is_local(&id.to_string()) {
+                        return true;
+                    }
+                    prev_dot = false;
+                }
+                TokenTree::Group(g) => {
+                    if self.mentions_local(g.stream()) {
+                        return true;
+                    }
+                    prev_dot = false;
+                }
+                TokenTree::Punct(p) => prev_dot = p.as_char() == '.',
+                TokenTree::Literal(_) => prev_dot = false,
+            }
+        }
+        false
+    }
+
+    /// A constant expression: inline if it is a literal or a path, else bound once.
+    fn constant(&mut self, out: &mut Stmts, e: &Expr) -> Atom {
+        match e {
+            Expr::Lit(_) | Expr::Path(_) => Atom::Lit(self.verbatim(e.to_token_stream())),
+            _ => {
+                let tokens = self.verbatim(e.to_token_stream());
+                self.emit(out, Op::Const(tokens), e.span())
+            }
+        }
+    }
+
+    /// A constant argument (an axis, an index, an exponent): a local variable by
+    /// name, else a constant expression.
+    fn const_atom(&mut self, out: &mut Stmts, e: &Expr) -> Atom {
+        if let Expr::Path(p) = e {
+            if let Some(id) = p.path.get_ident() {
+                if let Some(Val::Atom(a)) = self.lookup(&id.to_string()) {
+                    return a;
+                }
+            }
+        }
+        if let Expr::Lit(_) = e {
+            return Atom::Lit(e.to_token_stream());
+        }
+        let tokens = self.verbatim(e.to_token_stream());
+        self.emit(out, Op::Const(tokens), e.span())
+    }
+
+    // ----- blocks and statements -----
+
+    /// Lowers `stmts` in a new scope. The block's value (its last expression) goes
+    /// to a leaf of kind `end`.
+    fn block(&mut self, stmts: &[syn::Stmt], region: &Region, end: LeafKind) -> Block {
+        self.scopes.push(HashMap::new());
+        let mut out = Vec::new();
+        let tail = self.stmts(&mut out, stmts, region, end);
+        self.scopes.pop();
+        Block { stmts: out, tail }
+    }
+
+    fn stmts(&mut self, out: &mut Stmts, stmts: &[syn::Stmt], region: &Region, end: LeafKind) -> Tail {
+        for (i, stmt) in stmts.iter().enumerate() {
+            let last = i + 1 == stmts.len();
+            match stmt {
+                syn::Stmt::Local(local) => self.local(out, local),
+                syn::Stmt::Item(item) => {
+                    self.cx.error_at(item, "items inside a #[differentiable] body are not supported; move them outside");
+                }
+                syn::Stmt::Macro(m) => {
+                    // A statement macro (`println!`, `assert!`): emitted as written.
+                    let tokens = self.verbatim(m.to_token_stream());
+                    self.emit(out, Op::Const(tokens), m.span());
+                }
+                syn::Stmt::Expr(e, semi) => {
+                    if let Some(tail) = self.diverging(out, e, &stmts[i + 1..], region, end) {
+                        return tail;
+                    }
+                    match e {
+                        Expr::Return(r) => {
+                            let value = match &r.expr {
+                                Some(e) => self.expr(out, e),
+                                None => Val::Tuple(vec![]),
+                            };
+                            return self.leaf(LeafKind::Return, Some(value), region);
+                        }
+                        Expr::Break(b) => {
+                            if b.label.is_some() {
+                                self.cx.error_at(b, "labelled `break` is not supported in a #[differentiable] body");
+                            }
+                            let value = b.expr.as_ref().map(|e| self.expr(out, e));
+                            return self.leaf(LeafKind::Break, value, region);
+                        }
+                        Expr::Continue(c) => {
+                            if c.label.is_some() {
+                                self.cx.error_at(c, "labelled `continue` is not supported in a #[differentiable] body");
+                            }
+                            return self.leaf(LeafKind::Continue, None, region);
+                        }
+                        _ => {}
+                    }
+                    if last && semi.is_none() {
+                        let value = self.expr(out, e);
+                        return self.leaf(end, Some(value), region);
+                    }
+                    self.expr(out, e);
+                }
+            }
+        }
+        self.leaf(end, None, region)
+    }
+
+    fn leaf(&mut self, kind: LeafKind, value: Option<Val>, region: &Region) -> Tail {
+        let carries = region
+            .carries
+            .iter()
+            .map(|(depth, name)| match self.scopes[*depth].get(name) {
+                Some(Val::Atom(a)) => a.clone(),
+                _ => Atom::Lit(quote!(())),
+            })
+            .collect();
+        Tail::Leaf(Leaf { kind, value, carries })
+    }
+
+    /// An `if` or `match` that may leave its block early: its arms take the rest of
+    /// the block, and it ends the block.
+    fn diverging(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        rest: &[syn::Stmt],
+        region: &Region,
+        end: LeafKind,
+    ) -> Option<Tail> {
+        if !matches!(e, Expr::If(_) | Expr::Match(_)) || !may_diverge(e) {
+            return None;
+        }
+        let with_rest = |mut arm: Vec<syn::Stmt>| {
+            if let Some(syn::Stmt::Expr(e, None)) = arm.last().cloned() {
+                if !rest.is_empty() {
+                    let n = arm.len();
+                    arm[n - 1] = syn::Stmt::Expr(e, Some(Default::default()));
+                }
+            }
+            arm.extend(rest.iter().cloned());
+            arm
+        };
+        let branch = match e {
+            Expr::If(i) => {
+                let cond = self.condition(&i.cond);
+                let then = self.block(&with_rest(i.then_branch.stmts.clone()), region, end);
+                let els = self.block(&with_rest(else_stmts(&i.else_branch)), region, end);
+                Branching { kind: BranchKind::If { cond }, arms: vec![then, els], span: i.span() }
+            }
+            Expr::Match(m) => {
+                let (scrutinee, pats) = self.match_head(out, m);
+                let mut arms = Vec::new();
+                let mut binds = Vec::new();
+                for arm in &m.arms {
+                    self.scopes.push(HashMap::new());
+                    binds.push(self.bind_pattern_names(&arm.pat));
+                    arms.push(self.block(&with_rest(arm_stmts(&arm.body)), region, end));
+                    self.scopes.pop();
+                }
+                Branching { kind: BranchKind::Match { scrutinee, pats, binds }, arms, span: m.span() }
+            }
+            _ => return None,
+        };
+        Some(Tail::Branch(Box::new(branch)))
+    }
+
+    fn condition(&mut self, cond: &Expr) -> TokenStream {
+        if let Expr::Let(l) = cond {
+            self.cx.error_at(l, "`if let` is not supported in a #[differentiable] body; use `match`");
+        }
+        self.verbatim(cond.to_token_stream())
+    }
+
+    fn match_head(&mut self, _out: &mut Stmts, m: &syn::ExprMatch) -> (TokenStream, Vec<TokenStream>) {
+        let scrutinee = self.verbatim(m.expr.to_token_stream());
+        let pats = m
+            .arms
+            .iter()
+            .map(|arm| {
+                let pat = &arm.pat;
+                match &arm.guard {
+                    Some((_, g)) => {
+                        let g = self.verbatim(g.to_token_stream());
+                        quote!(#pat if #g)
+                    }
+                    None => quote!(#pat),
+                }
+            })
+            .collect();
+        (scrutinee, pats)
+    }
+
+    /// Binds the names a pattern (`match` arm, `for` loop) introduces: constants,
+    /// named exactly as the user wrote them since the pattern is emitted as written.
+    fn bind_pattern_names(&mut self, pat: &Pat) -> Vec<Var> {
+        let mut names = Vec::new();
+        pattern_names(pat, &mut names);
+        names
+            .into_iter()
+            .map(|n| {
+                let id = Var(self.vars.len() as u32);
+                self.vars.push(VarInfo { name: Ident::new(&n.to_string(), Span::call_site()), span: n.span() });
+                self.taken.insert(n.to_string());
+                self.bind(n.to_string(), Val::Atom(Atom::Var(id)));
+                id
+            })
+            .collect()
+    }
+
+    fn local(&mut self, out: &mut Stmts, local: &syn::Local) {
+        let Some(init) = &local.init else {
+            self.cx.error_at(local, "a `let` without a value is not supported in a #[differentiable] body");
+            return;
+        };
+        if let Some((_, diverge)) = &init.diverge {
+            self.cx.error_at(diverge, "`let .. else` is not supported in a #[differentiable] body");
+        }
+        let pat = strip_type(&local.pat);
+        if let (Pat::Tuple(pt), Expr::Call(_) | Expr::MethodCall(_)) = (pat, &*init.expr) {
+            if let Some(call) = self.call_target(out, &init.expr) {
+                // `let (a, b) = f(x);`: one statement with a name per field.
+                let mut dsts = Vec::new();
+                let mut binds = Vec::new();
+                for p in &pt.elems {
+                    match strip_type(p) {
+                        Pat::Ident(id) => {
+                            let v = self.fresh_user(&id.ident);
+                            dsts.push(v);
+                            binds.push(Some(id.ident.to_string()));
+                        }
+                        Pat::Wild(w) => {
+                            dsts.push(self.temp(w.span()));
+                            binds.push(None);
+                        }
+                        other => {
+                            self.cx.error_at(other, "only names and `_` may take apart a call's tuple");
+                            return;
+                        }
+                    }
+                }
+                out.push(Stmt::LetTuple { dsts: dsts.clone(), call, span: init.expr.span() });
+                for (d, b) in dsts.into_iter().zip(binds) {
+                    if let Some(name) = b {
+                        self.bind(name, Val::Atom(Atom::Var(d)));
+                    }
+                }
+                return;
+            }
+        }
+        let val = self.expr(out, &init.expr);
+        self.bind_pat(out, pat, val);
+    }
+
+    fn bind_pat(&mut self, out: &mut Stmts, pat: &Pat, val: Val) {
+        match strip_type(pat) {
+            Pat::Ident(id) => {
+                if id.by_ref.is_some() || id.subpat.is_some() {
+                    self.cx.error_at(id, "`ref` and `@` patterns are not supported in a #[differentiable] body");
+                }
+                // A fresh name, so the reverse sweep can still read the value it shadows.
+                // A value just computed takes the user's name; an existing one is shared.
+                if let Val::Atom(Atom::Var(v)) = &val {
+                    if self.is_fresh_temp(*v) {
+                        self.rename_temp(*v, &id.ident);
+                    }
+                }
+                let _ = &out;
+                self.bind(id.ident.to_string(), val);
+            }
+            Pat::Wild(_) => {}
+            Pat::Tuple(pt) => match val {
+                Val::Tuple(vs) if vs.len() == pt.elems.len() => {
+                    for (p, v) in pt.elems.iter().zip(vs) {
+                        self.bind_pat(out, p, v);
+                    }
+                }
+                _ => self.cx.error_at(pt, "this tuple pattern does not match the value's shape"),
+            },
+            Pat::Paren(p) => self.bind_pat(out, &p.pat, val),
+            other => self.cx.error_at(other, "only names, `_` and tuples may be bound in a #[differentiable] body"),
+        }
+    }
+
+    // ----- expressions -----
+
+    fn expr(&mut self, out: &mut Stmts, e: &Expr) -> Val {
+        let span = e.span();
+        match e {
+            Expr::Paren(p) => self.expr(out, &p.expr),
+            Expr::Group(g) => self.expr(out, &g.expr),
+            Expr::Lit(_) => Val::Atom(Atom::Lit(e.to_token_stream())),
+            Expr::Path(p) => {
+                if let Some(id) = p.path.get_ident() {
+                    if let Some(v) = self.lookup(&id.to_string()) {
+                        return v;
+                    }
+                }
+                Val::Atom(Atom::Lit(e.to_token_stream()))
+            }
+            Expr::Reference(r) => self.expr(out, &r.expr),
+            Expr::Unary(u) => match u.op {
+                UnOp::Deref(_) => self.expr(out, &u.expr),
+                UnOp::Neg(_) => {
+                    if let Expr::Lit(_) = &*u.expr {
+                        return Val::Atom(Atom::Lit(e.to_token_stream()));
+                    }
+                    let x = self.operand(out, &u.expr);
+                    Val::Atom(self.prim(out, &ops::NEG, vec![x], vec![], Native::Neg, span))
+                }
+                _ => Val::Atom(self.constant(out, e)),
+            },
+            Expr::Binary(b) => self.binary(out, b),
+            Expr::Assign(a) => {
+                self.assign_to(out, &a.left, &a.right, None);
+                Val::Tuple(vec![])
+            }
+            Expr::Tuple(t) => Val::Tuple(t.elems.iter().map(|e| self.expr(out, e)).collect()),
+            Expr::Field(f) => {
+                let base = match &*f.base {
+                    Expr::Path(p) if p.path.is_ident("self") => return Val::Atom(self.constant(out, e)),
+                    other => self.expr(out, other),
+                };
+                match (&f.member, base) {
+                    (syn::Member::Unnamed(i), Val::Tuple(vs)) if (i.index as usize) < vs.len() => vs[i.index as usize].clone(),
+                    (_, Val::Atom(Atom::Lit(_))) => Val::Atom(self.constant(out, e)),
+                    _ => {
+                        if self.mentions_local(f.base.to_token_stream()) {
+                            self.cx.error_at(f, "field access on a differentiated value is not supported; take tuples apart with `let (a, b) = ..`");
+                        }
+                        Val::Atom(self.constant(out, e))
+                    }
+                }
+            }
+            Expr::Block(b) => {
+                if b.label.is_some() {
+                    self.cx.error_at(b, "labelled blocks are not supported in a #[differentiable] body");
+                }
+                self.inline_block(out, &b.block.stmts)
+            }
+            Expr::Unsafe(u) => {
+                self.cx.error_at(u, "`unsafe` blocks cannot be differentiated; move the unsafe code into a function with a #[custom_vjp] rule");
+                Val::Tuple(vec![])
+            }
+            Expr::If(i) => self.branch_stmt(out, e, Some(i), None),
+            Expr::Match(m) => self.branch_stmt(out, e, None, Some(m)),
+            Expr::ForLoop(_) | Expr::While(_) | Expr::Loop(_) => self.loop_stmt(out, e),
+            Expr::MethodCall(m) => self.method_call(out, m),
+            Expr::Call(c) => self.call(out, c),
+            Expr::Index(ix) => {
+                if !self.mentions_local(ix.expr.to_token_stream()) {
+                    return Val::Atom(self.constant(out, e));
+                }
+                let base = self.operand(out, &ix.expr);
+                let idx = self.const_atom(out, &ix.index);
+                Val::Atom(self.prim(out, &ops::INDEX, vec![base], vec![idx], Native::Index, span))
+            }
+            Expr::Cast(c) => {
+                let ty = c.ty.to_token_stream().to_string();
+                if (ty == "f32" || ty == "f64") && self.mentions_local(c.expr.to_token_stream()) {
+                    let x = self.operand(out, &c.expr);
+                    let t = c.ty.to_token_stream();
+                    Val::Atom(self.prim(out, &ops::CAST, vec![x], vec![Atom::Lit(t.clone())], Native::Cast(t), span))
+                } else {
+                    Val::Atom(self.constant(out, e))
+                }
+            }
+            Expr::Closure(c) => {
+                self.cx.error_at(c, "closures are only differentiated as the argument of `mapv`; write a #[differentiable] function instead");
+                Val::Tuple(vec![])
+            }
+            Expr::Return(_) | Expr::Break(_) | Expr::Continue(_) => {
+                self.cx.error_at(e, "`return`, `break` and `continue` must be statements of their own in a #[differentiable] body");
+                Val::Tuple(vec![])
+            }
+            Expr::Try(t) => {
+                self.cx.error_at(t, "the `?` operator is not supported in a #[differentiable] body");
+                Val::Tuple(vec![])
+            }
+            Expr::Macro(_) | Expr::Array(_) | Expr::Repeat(_) | Expr::Range(_) | Expr::Struct(_) => {
+                if matches!(e, Expr::Array(_) | Expr::Struct(_)) && self.mentions_local(e.to_token_stream()) {
+                    self.cx.error_at(e, "arrays and structs of differentiated values are not supported; use ndarray arrays or tuples");
+                }
+                Val::Atom(self.constant(out, e))
+            }
+            Expr::Async(_) | Expr::Await(_) | Expr::Yield(_) | Expr::TryBlock(_) | Expr::Const(_) => {
+                self.cx.error_at(e, "this expression is not supported in a #[differentiable] body");
+                Val::Tuple(vec![])
+            }
+            Expr::Let(l) => {
+                self.cx.error_at(l, "`let` expressions are not supported in a #[differentiable] body");
+                Val::Tuple(vec![])
+            }
+            _ => {
+                self.cx.error_at(e, "this expression is not supported in a #[differentiable] body");
+                Val::Tuple(vec![])
+            }
+        }
+    }
+
+    /// A block whose statements join the current list (its scope ends after it).
+    fn inline_block(&mut self, out: &mut Stmts, stmts: &[syn::Stmt]) -> Val {
+        self.scopes.push(HashMap::new());
+        let mut value = Val::Tuple(vec![]);
+        for (i, stmt) in stmts.iter().enumerate() {
+            match stmt {
+                syn::Stmt::Local(l) => self.local(out, l),
+                syn::Stmt::Expr(e, semi) => {
+                    if matches!(e, Expr::Return(_) | Expr::Break(_) | Expr::Continue(_)) || may_diverge(e) {
+                        self.cx.error_at(e, "`return`, `break` and `continue` inside a block expression are not supported; move them into an `if` of their own");
+                        continue;
+                    }
+                    let v = self.expr(out, e);
+                    if i + 1 == stmts.len() && semi.is_none() {
+                        value = v;
+                    }
+                }
+                syn::Stmt::Macro(m) => {
+                    let tokens = self.verbatim(m.to_token_stream());
+                    self.emit(out, Op::Const(tokens), m.span());
+                }
+                syn::Stmt::Item(item) => {
+                    self.cx.error_at(item, "items inside a #[differentiable] body are not supported; move them outside");
+                }
+            }
+        }
+        self.scopes.pop();
+        value
+    }
+
+    fn binary(&mut self, out: &mut Stmts, b: &syn::ExprBinary) -> Val {
+        let span = b.span();
+        let (rule, sym, assign): (&'static Rule, TokenStream, bool) = match b.op {
+            BinOp::Add(_) => (&ops::ADD, quote!(+), false),
+            BinOp::Sub(_) => (&ops::SUB, quote!(-), false),
+            BinOp::Mul(_) => (&ops::MUL, quote!(*), false),
+            BinOp::Div(_) => (&ops::DIV, quote!(/), false),
+            BinOp::AddAssign(_) => (&ops::ADD, quote!(+), true),
+            BinOp::SubAssign(_) => (&ops::SUB, quote!(-), true),
+            BinOp::MulAssign(_) => (&ops::MUL, quote!(*), true),
+            BinOp::DivAssign(_) => (&ops::DIV, quote!(/), true),
+            BinOp::Rem(_) | BinOp::RemAssign(_) if self.mentions_local(b.to_token_stream()) => {
+                self.cx.error_at(b, "`%` has no derivative rule; wrap it in `no_grad(..)` if its operands are constants");
+                return Val::Tuple(vec![]);
+            }
+            _ => {
+                if matches!(
+                    b.op,
+                    BinOp::BitAndAssign(_) | BinOp::BitOrAssign(_) | BinOp::BitXorAssign(_) | BinOp::ShlAssign(_) | BinOp::ShrAssign(_) | BinOp::RemAssign(_)
+                ) {
+                    // Integer bookkeeping such as `mask |= 1`: a constant update.
+                    let e = Expr::Binary(b.clone());
+                    let new = self.constant_update(out, &e, &b.left);
+                    return new;
+                }
+                return Val::Atom(self.constant(out, &Expr::Binary(b.clone())));
+            }
+        };
+        if assign {
+            let e = Expr::Binary(syn::ExprBinary {
+                attrs: vec![],
+                left: b.left.clone(),
+                op: match b.op {
+                    BinOp::AddAssign(_) => BinOp::Add(Default::default()),
+                    BinOp::SubAssign(_) => BinOp::Sub(Default::default()),
+                    BinOp::MulAssign(_) => BinOp::Mul(Default::default()),
+                    _ => BinOp::Div(Default::default()),
+                },
+                right: b.right.clone(),
+            });
+            self.assign_to(out, &b.left, &e, Some(span));
+            return Val::Tuple(vec![]);
+        }
+        if !self.mentions_local(b.to_token_stream()) {
+            return Val::Atom(self.constant(out, &Expr::Binary(b.clone())));
+        }
+        let l = self.operand(out, &b.left);
+        let r = self.operand(out, &b.right);
+        Val::Atom(self.prim(out, rule, vec![l, r], vec![], Native::Binary(sym), span))
+    }
+
+    fn constant_update(&mut self, out: &mut Stmts, e: &Expr, left: &Expr) -> Val {
+        let Expr::Path(p) = left else {
+            self.cx.error_at(left, "only local variables may be assigned in a #[differentiable] body");
+            return Val::Tuple(vec![]);
+        };
+        let Some(id) = p.path.get_ident() else { return Val::Tuple(vec![]) };
+        // `x op= y` as `{ let mut t = x; t op= y; t }`.
+        let cur = self.verbatim(left.to_token_stream());
+        let Expr::Binary(b) = e else { return Val::Tuple(vec![]) };
+        let op = &b.op;
+        let rhs = self.verbatim(b.right.to_token_stream());
+        let dst = self.emit(out, Op::Const(quote!({ let mut __v = #cur; __v #op #rhs; __v })), e.span());
+        self.assign(&id.to_string(), Val::Atom(dst), e.span());
+        Val::Tuple(vec![])
+    }
+
+    fn assign_to(&mut self, out: &mut Stmts, left: &Expr, right: &Expr, _span: Option<Span>) {
+        match left {
+            Expr::Path(p) if p.path.get_ident().is_some() => {
+                let name = p.path.get_ident().expect("checked").to_string();
+                let v = self.expr(out, right);
+                // A fresh name for the new value, so the old one stays readable.
+                if let Val::Atom(Atom::Var(var)) = &v {
+                    if self.is_fresh_temp(*var) {
+                        let id = p.path.get_ident().expect("checked").clone();
+                        self.rename_temp(*var, &id);
+                    }
+                }
+                self.assign(&name, v, left.span());
+            }
+            Expr::Tuple(t) => {
+                let v = self.expr(out, right);
+                match v {
+                    Val::Tuple(vs) if vs.len() == t.elems.len() => {
+                        for (l, v) in t.elems.iter().zip(vs) {
+                            if let Expr::Path(p) = l {
+                                if let Some(id) = p.path.get_ident() {
+                                    self.assign(&id.to_string(), v, l.span());
+                                    continue;
+                                }
+                            }
+                            if !matches!(l, Expr::Infer(_)) {
+                                self.cx.error_at(l, "only local variables may be assigned in a #[differentiable] body");
+                            }
+                        }
+                    }
+                    _ => self.cx.error_at(t, "this tuple assignment does not match the value's shape"),
+                }
+            }
+            Expr::Index(ix) => {
+                self.cx.error_at(ix, "writing into an array element is not supported in a #[differentiable] body; build the array from differentiable operations (e.g. `concatenate`, `stack`, `mapv`)");
+            }
+            Expr::Field(f) => {
+                self.cx.error_at(f, "assigning to a field is not supported in a #[differentiable] body");
+            }
+            other => self.cx.error_at(other, "only local variables may be assigned in a #[differentiable] body"),
+        }
+    }
+
+    /// Whether `var` is a temporary just made for an expression (so it may take a
+    /// user's name instead of being copied).
+    fn is_fresh_temp(&self, var: Var) -> bool {
+        self.vars[var.0 as usize].name.to_string().starts_with("__t")
+    }
+
+    fn rename_temp(&mut self, var: Var, to: &Ident) {
+        let base = to.to_string();
+        let mut name = base.clone();
+        let mut k = 1;
+        while self.taken.contains(&name) && self.vars.iter().any(|v| v.name == name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.taken.insert(name.clone());
+        self.vars[var.0 as usize].name = Ident::new(&name, Span::call_site());
+    }
+
+    fn prim(&mut self, out: &mut Stmts, rule: &'static Rule, operands: Vec<Arg>, consts: Vec<Atom>, native: Native, span: Span) -> Atom {
+        self.emit(out, Op::Prim { rule, operands, consts, native }, span)
+    }
+
+    /// An operand: its atom, and whether the user wrote `&` before it.
+    fn operand(&mut self, out: &mut Stmts, e: &Expr) -> Arg {
+        let by_ref = matches!(e, Expr::Reference(_));
+        let v = self.expr(out, e);
+        Arg { atom: self.atom(v, e.span()), by_ref }
+    }
+
+    fn args(&mut self, out: &mut Stmts, args: impl IntoIterator<Item = Expr>) -> Vec<Arg> {
+        args.into_iter()
+            .map(|a| {
+                let by_ref = matches!(a, Expr::Reference(_));
+                let span = a.span();
+                let v = self.expr(out, &a);
+                Arg { atom: self.atom(v, span), by_ref }
+            })
+            .collect()
+    }
+
+    fn method_call(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
+        let span = m.span();
+        let name = m.method.to_string();
+        if !self.mentions_local(m.to_token_stream()) {
+            return Val::Atom(self.constant(out, &Expr::MethodCall(m.clone())));
+        }
+        let recv_is_self = matches!(&*m.receiver, Expr::Path(p) if p.path.is_ident("self"));
+        if (name == "unwrap" || name == "expect") && !recv_is_self {
+            if let Expr::MethodCall(inner) = &*m.receiver {
+                if let Some(rule) = ops::unwrapped_method(&inner.method.to_string()) {
+                    let suffix = m.method.to_token_stream();
+                    let args = m.args.iter().map(|a| self.verbatim(a.to_token_stream()));
+                    let suffix = quote!(.#suffix(#(#args),*));
+                    return self.method_prim(out, inner, rule, suffix);
+                }
+            }
+            if let Expr::Call(c) = &*m.receiver {
+                if let Some(v) = self.variadic(out, c) {
+                    return v;
+                }
+            }
+        }
+        if recv_is_self {
+            return self.method_companion(out, m);
+        }
+        if ops::IDENTITY_METHODS.contains(&name.as_str()) && m.args.is_empty() {
+            return self.expr(out, &m.receiver);
+        }
+        if ops::CONSTANT_METHODS.contains(&name.as_str()) {
+            return Val::Atom(self.constant(out, &Expr::MethodCall(m.clone())));
+        }
+        if name == "mapv" {
+            return self.mapv(out, m);
+        }
+        if let Some(u) = ops::unwrapped_method(&name) {
+            let _ = u;
+            self.cx.error_at(&m.method, format!("`{name}` returns an Option or Result: call `.unwrap()` on it directly, as in `x.{name}(..).unwrap()`"));
+            return Val::Tuple(vec![]);
+        }
+        if let Some(rule) = ops::method(&name) {
+            return self.method_prim(out, m, rule, TokenStream::new());
+        }
+        let _ = span;
+        self.method_companion(out, m)
+    }
+
+    fn method_prim(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall, rule: &'static Rule, suffix: TokenStream) -> Val {
+        let span = m.span();
+        let n_operand_args = rule.operands.saturating_sub(1);
+        if m.args.len() < n_operand_args {
+            self.cx.error_at(m, format!("`{}` takes {} argument(s) here", m.method, n_operand_args));
+            return Val::Tuple(vec![]);
+        }
+        let mut operands = vec![self.operand(out, &m.receiver)];
+        for a in m.args.iter().take(n_operand_args) {
+            operands.push(self.operand(out, a));
+        }
+        let consts = m.args.iter().skip(n_operand_args).map(|a| self.const_atom(out, a)).collect();
+        let native = Native::Method { name: m.method.clone(), suffix };
+        Val::Atom(self.prim(out, rule, operands, consts, native, span))
+    }
+
+    fn method_companion(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
+        let span = m.span();
+        let recv_by_ref = matches!(&*m.receiver, Expr::Reference(_));
+        let recv = self.expr(out, &m.receiver);
+        let receiver = Arg { atom: self.atom(recv, span), by_ref: recv_by_ref };
+        let args = self.args(out, m.args.iter().cloned());
+        let generics = m.turbofish.to_token_stream();
+        let call = Call { callee: Callee::Method { receiver, name: m.method.clone(), generics }, args, span };
+        Val::Atom(self.emit(out, Op::Call(call), span))
+    }
+
+    fn call_target(&mut self, out: &mut Stmts, e: &Expr) -> Option<Call> {
+        match e {
+            Expr::Call(c) => {
+                let Expr::Path(p) = &*c.func else { return None };
+                let last = p.path.segments.last()?;
+                let name = last.ident.to_string();
+                if name == "no_grad" || ops::function(&name).is_some() || ops::elementwise_function(&name).is_some() {
+                    return None;
+                }
+                Some(self.path_call(out, c))
+            }
+            Expr::MethodCall(m) => {
+                let name = m.method.to_string();
+                if ops::method(&name).is_some() && !matches!(&*m.receiver, Expr::Path(p) if p.path.is_ident("self")) {
+                    return None;
+                }
+                let recv_by_ref = matches!(&*m.receiver, Expr::Reference(_));
+                let recv = self.expr(out, &m.receiver);
+                let receiver = Arg { atom: self.atom(recv, m.span()), by_ref: recv_by_ref };
+                let args = self.args(out, m.args.iter().cloned());
+                let generics = m.turbofish.to_token_stream();
+                Some(Call { callee: Callee::Method { receiver, name: m.method.clone(), generics }, args, span: m.span() })
+            }
+            _ => None,
+        }
+    }
+
+    fn path_call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Call {
+        let Expr::Path(p) = &*c.func else { unreachable!("checked by the caller") };
+        let mut path = p.path.clone();
+        let last = path.segments.pop().expect("a path has a segment").into_value();
+        let prefix = path.to_token_stream();
+        let prefix = if path.segments.is_empty() { TokenStream::new() } else { quote!(#prefix ::) };
+        let generics = last.arguments.to_token_stream();
+        let args = self.args(out, c.args.iter().cloned());
+        Call { callee: Callee::Path { prefix, name: last.ident, generics }, args, span: c.span() }
+    }
+
+    fn call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Val {
+        let span = c.span();
+        let Expr::Path(p) = &*c.func else {
+            self.cx.error_at(&c.func, "only calls of named functions can be differentiated");
+            return Val::Tuple(vec![]);
+        };
+        let segs: Vec<String> = p.path.segments.iter().map(|s| s.ident.to_string()).collect();
+        let name = segs.last().cloned().unwrap_or_default();
+        if name == "no_grad" {
+            if c.args.len() != 1 {
+                self.cx.error_at(c, "`no_grad` takes one argument");
+            }
+            let tokens = self.verbatim(c.args.to_token_stream());
+            return Val::Atom(self.emit(out, Op::Const(quote!((#tokens))), span));
+        }
+        if !self.mentions_local(c.args.to_token_stream()) {
+            return Val::Atom(self.constant(out, &Expr::Call(c.clone())));
+        }
+        // `f64::sin(x)`, `f32::max(a, b)`: a method of the table called as a function.
+        if segs.len() == 2 && (segs[0] == "f32" || segs[0] == "f64") {
+            if let (Some(rule), Some(first)) = (ops::method(&name), c.args.first()) {
+                let m: syn::ExprMethodCall = syn::ExprMethodCall {
+                    attrs: vec![],
+                    receiver: Box::new(first.clone()),
+                    dot_token: Default::default(),
+                    method: Ident::new(&name, p.span()),
+                    turbofish: None,
+                    paren_token: c.paren_token,
+                    args: c.args.iter().skip(1).cloned().collect(),
+                };
+                return self.method_prim(out, &m, rule, TokenStream::new());
+            }
+        }
+        if let Some(rule) = ops::function(&name).or_else(|| ops::elementwise_function(&name)) {
+            if c.args.len() < rule.operands {
+                self.cx.error_at(c, format!("`{name}` takes {} argument(s)", rule.operands));
+                return Val::Tuple(vec![]);
+            }
+            let operands = c.args.iter().take(rule.operands).map(|a| self.operand(out, a)).collect();
+            let consts = c.args.iter().skip(rule.operands).map(|a| self.const_atom(out, a)).collect();
+            let native = Native::Function(c.func.to_token_stream());
+            return Val::Atom(self.prim(out, rule, operands, consts, native, span));
+        }
+        if name == "concatenate" || name == "stack" {
+            self.cx.error_at(c, format!("`{name}` returns a Result: call `.unwrap()` on it directly"));
+            return Val::Tuple(vec![]);
+        }
+        let call = self.path_call(out, c);
+        Val::Atom(self.emit(out, Op::Call(call), span))
+    }
+
+    /// `concatenate(axis, &[a, b, ..]).unwrap()` and `stack(..)`.
+    fn variadic(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Option<Val> {
+        let Expr::Path(p) = &*c.func else { return None };
+        let name = p.path.segments.last()?.ident.to_string();
+        let rule = match name.as_str() {
+            "concatenate" => &ops::CONCATENATE,
+            "stack" => &ops::STACK,
+            _ => return None,
+        };
+        let span = c.span();
+        let (Some(axis), Some(list)) = (c.args.first(), c.args.iter().nth(1)) else {
+            self.cx.error_at(c, format!("`{name}` takes an axis and a list of arrays"));
+            return Some(Val::Tuple(vec![]));
+        };
+        let list = match list {
+            Expr::Reference(r) => &*r.expr,
+            other => other,
+        };
+        let Expr::Array(items) = list else {
+            self.cx.error_at(list, format!("`{name}` is differentiated with a literal list of arrays: `{name}(axis, &[a.view(), b.view()])`"));
+            return Some(Val::Tuple(vec![]));
+        };
+        let operands = items.elems.iter().map(|item| self.operand(out, item)).collect();
+        let axis = self.const_atom(out, axis);
+        let native = Native::Variadic(c.func.to_token_stream());
+        Some(Val::Atom(self.prim(out, rule, operands, vec![axis], native, span)))
+    }
+
+    fn mapv(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
+        let span = m.span();
+        let Some(Expr::Closure(cl)) = m.args.first() else {
+            self.cx.error_at(m, "`mapv` is differentiated with a closure argument: `x.mapv(|v| ..)`");
+            return Val::Tuple(vec![]);
+        };
+        if cl.inputs.len() != 1 {
+            self.cx.error_at(&cl.inputs, "the closure of `mapv` takes one argument");
+            return Val::Tuple(vec![]);
+        }
+        let recv = self.expr(out, &m.receiver);
+        let recv = self.atom(recv, span);
+        // The closure sees this body's variables by their current names.
+        let mut env = OuterEnv::new();
+        for scope in &self.scopes {
+            for (k, v) in scope {
+                let mut atoms = Vec::new();
+                v.flatten(&mut atoms);
+                let names = atoms.iter().filter_map(|a| a.var()).map(|var| (var, self.vars[var.0 as usize].name.clone())).collect();
+                env.insert(k.clone(), (v.clone(), names));
+            }
+        }
+        let block: syn::Block = match &*cl.body {
+            Expr::Block(b) => b.block.clone(),
+            other => syn::parse_quote_spanned!(other.span()=> { #other }),
+        };
+        let params = [ParamSpec { pat: &cl.inputs[0], active: true }];
+        let closure = lower_with(self.cx, &params, &block, env);
+        let native = self.verbatim(cl.to_token_stream());
+        Val::Atom(self.emit(out, Op::MapV { recv, closure: Box::new(closure), native }, span))
+    }
+
+    // ----- control flow -----
+
+    /// The outer variables that `stmts` assign, by the scope they live in.
+    fn assigned_outer(&self, tokens: TokenStream) -> Vec<(usize, String)> {
+        let mut names = Vec::new();
+        assigned_names(tokens, &mut names);
+        let mut seen = HashSet::new();
+        names
+            .into_iter()
+            .filter(|n| seen.insert(n.clone()))
+            .filter_map(|n| self.scope_of(&n).map(|d| (d, n)))
+            .filter(|(_, n)| matches!(self.scopes.iter().rev().find_map(|s| s.get(n)), Some(Val::Atom(Atom::Var(_)))))
+            .collect()
+    }
+
+    /// An `if` or `match` in expression position: its arms give the value and the
+    /// new values of the outer variables they assign.
+    fn branch_stmt(&mut self, out: &mut Stmts, e: &Expr, i: Option<&syn::ExprIf>, m: Option<&syn::ExprMatch>) -> Val {
+        if may_diverge(e) {
+            self.cx.error_at(e, "a branch that may `return`, `break` or `continue` must be a statement of its own");
+            return Val::Tuple(vec![]);
+        }
+        let region = Region { carries: self.assigned_outer(e.to_token_stream()) };
+        let before: Vec<Val> = region.carries.iter().map(|(d, n)| self.scopes[*d][n].clone()).collect();
+        let mut arm_blocks = Vec::new();
+        let kind = if let Some(i) = i {
+            let cond = self.condition(&i.cond);
+            arm_blocks.push(self.block(&i.then_branch.stmts, &region, LeafKind::Fallthrough));
+            self.restore(&region, &before);
+            arm_blocks.push(self.block(&else_stmts(&i.else_branch), &region, LeafKind::Fallthrough));
+            self.restore(&region, &before);
+            BranchKind::If { cond }
+        } else {
+            let m = m.expect("an if or a match");
+            let (scrutinee, pats) = self.match_head(out, m);
+            let mut binds = Vec::new();
+            for arm in &m.arms {
+                self.scopes.push(HashMap::new());
+                binds.push(self.bind_pattern_names(&arm.pat));
+                arm_blocks.push(self.block(&arm_stmts(&arm.body), &region, LeafKind::Fallthrough));
+                self.scopes.pop();
+                self.restore(&region, &before);
+            }
+            BranchKind::Match { scrutinee, pats, binds }
+        };
+        if arm_blocks.len() > 8 {
+            self.cx.error_at(e, "a differentiated `match` may have at most 8 arms");
+        }
+        // The value's shape comes from the first arm; every arm must agree.
+        let shape = leaf_values(&arm_blocks).into_iter().next().flatten();
+        let mut value_atoms = Vec::new();
+        if let Some(shape) = &shape {
+            shape.flatten(&mut value_atoms);
+        }
+        let n_value = value_atoms.len();
+        for v in leaf_values(&arm_blocks) {
+            let mut atoms = Vec::new();
+            if let Some(v) = v {
+                v.flatten(&mut atoms);
+            }
+            if atoms.len() != n_value {
+                self.cx.error_at(e, "the arms of this branch give values of different shapes");
+                return Val::Tuple(vec![]);
+            }
+        }
+        let mut phis = Vec::new();
+        for _ in 0..n_value {
+            phis.push(self.temp(e.span()));
+        }
+        for (depth, name) in &region.carries {
+            let id = Ident::new(name, Span::call_site());
+            let v = self.fresh_user(&id);
+            phis.push(v);
+            self.scopes[*depth].insert(name.clone(), Val::Atom(Atom::Var(v)));
+        }
+        let value = match shape {
+            Some(shape) => shape.rebuild(&mut phis[..n_value].iter().map(|v| Atom::Var(*v))),
+            None => Val::Tuple(vec![]),
+        };
+        out.push(Stmt::If { branch: Branching { kind, arms: arm_blocks, span: e.span() }, phis });
+        value
+    }
+
+    fn restore(&mut self, region: &Region, before: &[Val]) {
+        for ((d, n), v) in region.carries.iter().zip(before) {
+            self.scopes[*d].insert(n.clone(), v.clone());
+        }
+    }
+
+    fn loop_stmt(&mut self, out: &mut Stmts, e: &Expr) -> Val {
+        let span = e.span();
+        let (kind, body_stmts, label): (LoopKind, Vec<syn::Stmt>, _) = match e {
+            Expr::ForLoop(f) => {
+                let pat = f.pat.to_token_stream();
+                let iter = self.verbatim(f.expr.to_token_stream());
+                (LoopKind::For { pat, iter, binds: Vec::new() }, f.body.stmts.clone(), &f.label)
+            }
+            Expr::While(w) => {
+                let cond = &w.cond;
+                if let Expr::Let(l) = &**cond {
+                    self.cx.error_at(l, "`while let` is not supported in a #[differentiable] body");
+                }
+                let mut stmts: Vec<syn::Stmt> = vec![syn::parse_quote_spanned!(cond.span()=> if !(#cond) { break; })];
+                stmts.extend(w.body.stmts.iter().cloned());
+                (LoopKind::Loop, stmts, &w.label)
+            }
+            Expr::Loop(l) => (LoopKind::Loop, l.body.stmts.clone(), &l.label),
+            _ => unreachable!("a loop"),
+        };
+        if let Some(label) = label {
+            self.cx.error_at(label, "labelled loops are not supported in a #[differentiable] body");
+        }
+        if contains_return(&body_stmts) {
+            self.cx.error_at(e, "`return` inside a loop is not supported in a #[differentiable] body; `break` with a value instead");
+            return Val::Tuple(vec![]);
+        }
+        let body_tokens = quote!(#(#body_stmts)*);
+        let region = Region { carries: self.assigned_outer(body_tokens) };
+        let mut carries = Vec::new();
+        for (depth, name) in &region.carries {
+            let Some(Val::Atom(init)) = self.scopes[*depth].get(name).cloned() else { continue };
+            let id = Ident::new(name, Span::call_site());
+            let inner = self.fresh_user(&id);
+            self.scopes[*depth].insert(name.clone(), Val::Atom(Atom::Var(inner)));
+            carries.push((init, inner));
+        }
+        self.scopes.push(HashMap::new());
+        let mut kind = kind;
+        if let LoopKind::For { pat, binds, .. } = &mut kind {
+            // The loop variable: a constant, named as the user wrote it.
+            let p = Pat::parse_single.parse2(pat.clone()).unwrap_or(Pat::Verbatim(pat.clone()));
+            *binds = self.bind_pattern_names(&p);
+        }
+        let body = self.block(&body_stmts, &region, LeafKind::Continue);
+        self.scopes.pop();
+        let mut carries_ir = Vec::new();
+        for ((depth, name), (init, inner)) in region.carries.iter().zip(carries) {
+            let id = Ident::new(name, Span::call_site());
+            let out_var = self.fresh_user(&id);
+            self.scopes[*depth].insert(name.clone(), Val::Atom(Atom::Var(out_var)));
+            carries_ir.push(Carry { init, inner, out: out_var });
+        }
+        let has_value = leaf_values(std::slice::from_ref(&body)).into_iter().any(|v| v.is_some());
+        let value = has_value.then(|| self.temp(span));
+        out.push(Stmt::Loop(Loop { kind, carries: carries_ir, body, value, span }));
+        match value {
+            Some(v) => Val::Atom(Atom::Var(v)),
+            None => Val::Tuple(vec![]),
+        }
+    }
+}
+
+/// The values at the fallthrough (or break) leaves of blocks, in order.
+fn leaf_values(blocks: &[Block]) -> Vec<Option<Val>> {
+    fn walk(b: &Block, out: &mut Vec<Option<Val>>) {
+        match &b.tail {
+            Tail::Leaf(l) => {
+                if matches!(l.kind, LeafKind::Fallthrough | LeafKind::Break) {
+                    out.push(l.value.clone());
+                }
+            }
+            Tail::Branch(br) => br.arms.iter().for_each(|a| walk(a, out)),
+        }
+    }
+    let mut out = Vec::new();
+    blocks.iter().for_each(|b| walk(b, &mut out));
+    out
+}
+
+fn remap(v: &Val, map: &HashMap<Var, Var>) -> Val {
+    match v {
+        Val::Atom(Atom::Var(x)) => Val::Atom(Atom::Var(*map.get(x).unwrap_or(x))),
+        Val::Atom(a) => Val::Atom(a.clone()),
+        Val::Tuple(vs) => Val::Tuple(vs.iter().map(|v| remap(v, map)).collect()),
+    }
+}
+
+fn strip_type(p: &Pat) -> &Pat {
+    match p {
+        Pat::Type(t) => strip_type(&t.pat),
+        Pat::Paren(p) => strip_type(&p.pat),
+        other => other,
+    }
+}
+
+fn else_stmts(e: &Option<(syn::token::Else, Box<Expr>)>) -> Vec<syn::Stmt> {
+    match e {
+        None => Vec::new(),
+        Some((_, e)) => match &**e {
+            Expr::Block(b) => b.block.stmts.clone(),
+            other => vec![syn::Stmt::Expr(other.clone(), None)],
+        },
+    }
+}
+
+fn arm_stmts(body: &Expr) -> Vec<syn::Stmt> {
+    match body {
+        Expr::Block(b) if b.label.is_none() => b.block.stmts.clone(),
+        other => vec![syn::Stmt::Expr(other.clone(), None)],
+    }
+}
+
+fn pattern_names(p: &Pat, out: &mut Vec<Ident>) {
+    match p {
+        Pat::Ident(i) => {
+            // A lone capitalised name is a constant or variant, not a binding.
+            if !i.ident.to_string().starts_with(char::is_uppercase) {
+                out.push(i.ident.clone());
+            }
+            if let Some((_, sub)) = &i.subpat {
+                pattern_names(sub, out);
+            }
+        }
+        Pat::Tuple(t) => t.elems.iter().for_each(|p| pattern_names(p, out)),
+        Pat::TupleStruct(t) => t.elems.iter().for_each(|p| pattern_names(p, out)),
+        Pat::Struct(s) => s.fields.iter().for_each(|f| pattern_names(&f.pat, out)),
+        Pat::Or(o) => {
+            if let Some(first) = o.cases.first() {
+                pattern_names(first, out)
+            }
+        }
+        Pat::Type(t) => pattern_names(&t.pat, out),
+        Pat::Paren(p) => pattern_names(&p.pat, out),
+        Pat::Reference(r) => pattern_names(&r.pat, out),
+        Pat::Slice(s) => s.elems.iter().for_each(|p| pattern_names(p, out)),
+        _ => {}
+    }
+}
+
+/// Every identifier in `tokens`, so generated names avoid the user's.
+fn collect_idents(tokens: TokenStream, out: &mut HashSet<String>) {
+    for tt in tokens {
+        match tt {
+            TokenTree::Ident(i) => {
+                out.insert(i.to_string());
+            }
+            TokenTree::Group(g) => collect_idents(g.stream(), out),
+            _ => {}
+        }
+    }
+}
+
+/// Names assigned with `=` or `op=` in `tokens` (conservatively: `name =`,
+/// `name +=`, ...), outside closures' own bindings.
+fn assigned_names(tokens: TokenStream, out: &mut Vec<String>) {
+    let file: Result<syn::Block, _> = syn::parse2(quote!({ #tokens }));
+    if let Ok(block) = file {
+        struct V<'a>(&'a mut Vec<String>);
+        impl<'ast> syn::visit::Visit<'ast> for V<'_> {
+            fn visit_expr_assign(&mut self, a: &'ast syn::ExprAssign) {
+                collect_lhs(&a.left, self.0);
+                syn::visit::visit_expr_assign(self, a);
+            }
+            fn visit_expr_binary(&mut self, b: &'ast syn::ExprBinary) {
+                use BinOp::*;
+                if matches!(
+                    b.op,
+                    AddAssign(_) | SubAssign(_) | MulAssign(_) | DivAssign(_) | RemAssign(_) | BitAndAssign(_) | BitOrAssign(_) | BitXorAssign(_) | ShlAssign(_) | ShrAssign(_)
+                ) {
+                    collect_lhs(&b.left, self.0);
+                }
+                syn::visit::visit_expr_binary(self, b);
+            }
+            fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}
+        }
+        fn collect_lhs(e: &Expr, out: &mut Vec<String>) {
+            match e {
+                Expr::Path(p) => {
+                    if let Some(id) = p.path.get_ident() {
+                        out.push(id.to_string());
+                    }
+                }
+                Expr::Tuple(t) => t.elems.iter().for_each(|e| collect_lhs(e, out)),
+                Expr::Paren(p) => collect_lhs(&p.expr, out),
+                _ => {}
+            }
+        }
+        syn::visit::Visit::visit_block(&mut V(out), &block);
+    }
+}
+
+/// Whether `e` may leave its enclosing block early: a `return`, or a `break` or
+/// `continue` that is not inside a loop of its own.
+pub fn may_diverge(e: &Expr) -> bool {
+    struct V {
+        found: bool,
+        loops: usize,
+    }
+    impl<'ast> syn::visit::Visit<'ast> for V {
+        fn visit_expr_return(&mut self, _: &'ast syn::ExprReturn) {
+            self.found = true;
+        }
+        fn visit_expr_break(&mut self, b: &'ast syn::ExprBreak) {
+            if self.loops == 0 {
+                self.found = true;
+            }
+            syn::visit::visit_expr_break(self, b);
+        }
+        fn visit_expr_continue(&mut self, _: &'ast syn::ExprContinue) {
+            if self.loops == 0 {
+                self.found = true;
+            }
+        }
+        fn visit_expr_for_loop(&mut self, f: &'ast syn::ExprForLoop) {
+            self.loops += 1;
+            syn::visit::visit_expr_for_loop(self, f);
+            self.loops -= 1;
+        }
+        fn visit_expr_while(&mut self, w: &'ast syn::ExprWhile) {
+            self.loops += 1;
+            syn::visit::visit_expr_while(self, w);
+            self.loops -= 1;
+        }
+        fn visit_expr_loop(&mut self, l: &'ast syn::ExprLoop) {
+            self.loops += 1;
+            syn::visit::visit_expr_loop(self, l);
+            self.loops -= 1;
+        }
+        fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}
+    }
+    let mut v = V { found: false, loops: 0 };
+    syn::visit::Visit::visit_expr(&mut v, e);
+    v.found
+}
+
+fn contains_return(stmts: &[syn::Stmt]) -> bool {
+    struct V(bool);
+    impl<'ast> syn::visit::Visit<'ast> for V {
+        fn visit_expr_return(&mut self, _: &'ast syn::ExprReturn) {
+            self.0 = true;
+        }
+        fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}
+    }
+    let mut v = V(false);
+    for s in stmts {
+        syn::visit::Visit::visit_stmt(&mut v, s);
+    }
+    v.0
+}
+
+#[allow(unused)]
+fn _unused(_: Span) -> Ident {
+    format_ident!("_")
+}

@@ -1,0 +1,180 @@
+//! The primitives the macro knows by name, and how each pullback is wired: which
+//! runtime function it calls and what it reads. The mathematics lives in the
+//! runtime (`adjoint::rules`); this table only says what to pass.
+
+/// What a pullback reads besides the cotangent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// An operand, by reference.
+    Operand(usize),
+    /// The primitive's output, by reference.
+    Out,
+    /// A constant argument.
+    Const(usize),
+}
+
+/// How a pullback delivers its operand's contribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// Returns the contribution.
+    Returns,
+    /// Adds it into the operand's adjoint in place (`fn pb(&mut acc, ..)`).
+    AddsInto,
+}
+
+/// The pullback for one operand.
+#[derive(Debug)]
+pub struct Pullback {
+    pub func: &'static str,
+    pub reads: &'static [Read],
+    pub style: Style,
+}
+
+/// A primitive: the runtime function computing it and one pullback per operand
+/// (`None` where the operand must be constant).
+#[derive(Debug)]
+pub struct Rule {
+    pub func: &'static str,
+    pub operands: usize,
+    pub pullbacks: &'static [Option<Pullback>],
+    /// Constants are passed by reference (`slice`'s `SliceInfo`).
+    pub consts_by_ref: bool,
+    /// The result borrows its operand (a view): the reverse sweep recomputes it
+    /// from the operand instead of saving it.
+    pub view: bool,
+}
+
+use Read::{Const, Operand, Out};
+
+macro_rules! pb {
+    ($f:literal [$($r:expr),*]) => {
+        Some(Pullback { func: $f, reads: &[$($r),*], style: Style::Returns })
+    };
+    (into $f:literal [$($r:expr),*]) => {
+        Some(Pullback { func: $f, reads: &[$($r),*], style: Style::AddsInto })
+    };
+}
+
+macro_rules! rule {
+    ($f:literal, $n:literal, [$($pb:expr),*]) => {
+        Rule { func: $f, operands: $n, pullbacks: &[$($pb),*], consts_by_ref: false, view: false }
+    };
+}
+
+impl Rule {
+    /// Marks the result as a view of its operand.
+    const fn view(mut self) -> Self {
+        self.view = true;
+        self
+    }
+
+    /// Marks the constants as passed by reference.
+    const fn consts_by_ref(mut self) -> Self {
+        self.consts_by_ref = true;
+        self
+    }
+}
+
+pub static ADD: Rule = rule!("add", 2, [pb!("add_pb_lhs" [Operand(0)]), pb!("add_pb_rhs" [Operand(1)])]);
+pub static SUB: Rule = rule!("sub", 2, [pb!("sub_pb_lhs" [Operand(0)]), pb!("sub_pb_rhs" [Operand(1)])]);
+pub static MUL: Rule =
+    rule!("mul", 2, [pb!("mul_pb_lhs" [Operand(0), Operand(1)]), pb!("mul_pb_rhs" [Operand(0), Operand(1)])]);
+pub static DIV: Rule =
+    rule!("div", 2, [pb!("div_pb_lhs" [Operand(0), Operand(1)]), pb!("div_pb_rhs" [Operand(1), Out])]);
+pub static NEG: Rule = rule!("neg", 1, [pb!("neg_pb" [Operand(0)])]);
+pub static INDEX: Rule = rule!("index", 1, [pb!(into "index_pb" [Const(0)])]);
+pub static CAST: Rule = rule!("cast", 1, [pb!("cast_pb" [Operand(0)])]);
+
+macro_rules! unary_table {
+    ($($name:literal => $pbf:literal($read:expr)),* $(,)?) => {
+        static UNARY: &[(&str, Rule)] = &[
+            $(($name, rule!($name, 1, [pb!($pbf [$read])])),)*
+        ];
+    };
+}
+
+unary_table! {
+    "exp" => "exp_pb"(Out), "exp_m1" => "exp_m1_pb"(Out), "ln" => "ln_pb"(Operand(0)),
+    "ln_1p" => "ln_1p_pb"(Operand(0)), "log2" => "log2_pb"(Operand(0)), "log10" => "log10_pb"(Operand(0)),
+    "sqrt" => "sqrt_pb"(Out), "cbrt" => "cbrt_pb"(Out), "recip" => "recip_pb"(Out),
+    "sin" => "sin_pb"(Operand(0)), "cos" => "cos_pb"(Operand(0)), "tan" => "tan_pb"(Out),
+    "asin" => "asin_pb"(Operand(0)), "acos" => "acos_pb"(Operand(0)), "atan" => "atan_pb"(Operand(0)),
+    "sinh" => "sinh_pb"(Operand(0)), "cosh" => "cosh_pb"(Operand(0)), "tanh" => "tanh_pb"(Out),
+    "abs" => "abs_pb"(Operand(0)),
+    "relu" => "relu_pb"(Operand(0)), "sigmoid" => "sigmoid_pb"(Out), "softplus" => "softplus_pb"(Operand(0)),
+}
+
+static METHODS: &[(&str, Rule)] = &[
+    ("powi", rule!("powi", 1, [pb!("powi_pb" [Operand(0), Const(0)])])),
+    ("powf", rule!("powf", 2, [pb!("powf_pb_lhs" [Operand(0), Operand(1)]), pb!("powf_pb_rhs" [Operand(0), Out])])),
+    ("atan2", rule!("atan2", 2, [pb!("atan2_pb_lhs" [Operand(0), Operand(1)]), pb!("atan2_pb_rhs" [Operand(0), Operand(1)])])),
+    ("hypot", rule!("hypot", 2, [pb!("hypot_pb_lhs" [Operand(0), Operand(1)]), pb!("hypot_pb_rhs" [Operand(0), Operand(1)])])),
+    ("max", rule!("max", 2, [pb!("max_pb_lhs" [Operand(0), Operand(1)]), pb!("max_pb_rhs" [Operand(0), Operand(1)])])),
+    ("min", rule!("min", 2, [pb!("min_pb_lhs" [Operand(0), Operand(1)]), pb!("min_pb_rhs" [Operand(0), Operand(1)])])),
+    ("clamp", rule!("clamp", 3, [pb!("clamp_pb" [Operand(0), Operand(1), Operand(2)]), None, None])),
+    ("mul_add", rule!("mul_add", 3, [pb!("mul_add_pb_a" [Operand(1)]), pb!("mul_add_pb_b" [Operand(0)]), pb!("mul_add_pb_c" [])])),
+    ("dot", rule!("dot", 2, [pb!("dot_pb_lhs" [Operand(0), Operand(1)]), pb!("dot_pb_rhs" [Operand(0), Operand(1)])])),
+    ("t", rule!("t", 1, [pb!("t_pb" [])]).view()),
+    ("reversed_axes", rule!("t", 1, [pb!("t_pb" [])]).view()),
+    ("sum", rule!("sum", 1, [pb!("sum_pb" [Operand(0)])])),
+    ("sum_axis", rule!("sum_axis", 1, [pb!("sum_axis_pb" [Operand(0), Const(0)])])),
+    ("insert_axis", rule!("insert_axis", 1, [pb!("insert_axis_pb" [Operand(0), Const(0)])]).view()),
+    ("slice", rule!("slice", 1, [pb!(into "slice_pb" [Const(0)])]).view().consts_by_ref()),
+    ("row", rule!("row", 1, [pb!(into "row_pb" [Const(0)])]).view()),
+    ("column", rule!("column", 1, [pb!(into "column_pb" [Const(0)])]).view()),
+    ("index_axis", rule!("index_axis", 1, [pb!(into "index_axis_pb" [Const(0), Const(1)])]).view()),
+];
+
+/// Methods that return an `Option`/`Result` the user unwraps: `x.mean().unwrap()`
+/// is one primitive.
+static UNWRAPPED: &[(&str, Rule)] = &[
+    ("mean", rule!("mean", 1, [pb!("mean_pb" [Operand(0)])])),
+    ("mean_axis", rule!("mean_axis", 1, [pb!("mean_axis_pb" [Operand(0), Const(0)])])),
+    ("to_shape", rule!("reshape", 1, [pb!("reshape_pb" [Operand(0)])]).view()),
+    ("into_shape_with_order", rule!("reshape", 1, [pb!("reshape_pb" [Operand(0)])]).view()),
+];
+
+/// Free functions of `adjoint::nn` (the operands first, then constants).
+static FUNCTIONS: &[(&str, Rule)] = &[
+    ("softmax", rule!("softmax", 1, [pb!("softmax_pb" [Out, Const(0)])])),
+    ("log_softmax", rule!("log_softmax", 1, [pb!("log_softmax_pb" [Out, Const(0)])])),
+    ("logsumexp", rule!("logsumexp", 1, [pb!("logsumexp_pb" [Operand(0), Const(0)])])),
+];
+
+/// `concatenate(axis, &[..])` and `stack(axis, &[..])`: any number of operands.
+pub static CONCATENATE: Rule = rule!("concatenate", 0, [pb!("concatenate_pb" [])]);
+pub static STACK: Rule = rule!("stack", 0, [pb!("stack_pb" [])]);
+
+/// Methods whose result has no derivative (shapes, tests, rounding): a call on an
+/// active value is a constant.
+pub static CONSTANT_METHODS: &[&str] = &[
+    "len", "len_of", "is_empty", "shape", "dim", "raw_dim", "ndim", "nrows", "ncols", "strides", "is_nan",
+    "is_finite", "is_infinite", "is_sign_positive", "is_sign_negative", "signum", "floor", "ceil", "round",
+    "trunc", "fract", "is_standard_layout", "argmax", "iter", "partial_cmp", "total_cmp",
+];
+
+/// Methods that return their receiver's value unchanged (`x.view()`, `x.clone()`).
+pub static IDENTITY_METHODS: &[&str] = &["view", "clone", "to_owned", "into_owned", "as_ref", "borrow"];
+
+/// The rule for method `name` with `args` arguments, if it is a primitive.
+pub fn method(name: &str) -> Option<&'static Rule> {
+    UNARY.iter().chain(METHODS).find(|(n, _)| *n == name).map(|(_, r)| r)
+}
+
+/// The rule for a method the user unwraps (`mean`, `mean_axis`, reshapes).
+pub fn unwrapped_method(name: &str) -> Option<&'static Rule> {
+    UNWRAPPED.iter().find(|(n, _)| *n == name).map(|(_, r)| r)
+}
+
+/// The rule for a free function of `adjoint::nn` called by its last path segment.
+pub fn function(name: &str) -> Option<&'static Rule> {
+    FUNCTIONS.iter().find(|(n, _)| *n == name).map(|(_, r)| r)
+}
+
+/// Elementwise functions callable both as `relu(&x)` and as methods of the table.
+pub fn elementwise_function(name: &str) -> Option<&'static Rule> {
+    match name {
+        "relu" | "sigmoid" | "softplus" => method(name),
+        _ => None,
+    }
+}

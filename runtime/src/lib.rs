@@ -1,0 +1,87 @@
+//! adjoint: compile-time reverse-mode automatic differentiation for Rust.
+//!
+//! Put `#[differentiable]` on a numeric function written the ordinary way, over
+//! `f32`/`f64` scalars and `ndarray` arrays, and the macro writes its gradient
+//! next to it when the crate compiles: no tape, no graph, no dynamic dispatch.
+//!
+//! ```
+//! use adjoint::prelude::*;
+//!
+//! #[differentiable]
+//! fn f(x: f64, y: f64) -> f64 {
+//!     let z = x * y;
+//!     z.sin() + y
+//! }
+//!
+//! let (gx, gy) = grad!(f)(0.5, 2.0);
+//! assert!((gx - 2.0 * 1.0f64.cos()).abs() < 1e-12);
+//! assert!((gy - (0.5 * 1.0f64.cos() + 1.0)).abs() < 1e-12);
+//! ```
+//!
+//! See the README for the supported Rust, the transforms and how to read the
+//! generated code.
+
+pub mod check;
+pub mod control;
+pub mod rules;
+pub mod transforms;
+pub mod value;
+
+pub use adjoint_macros::{differentiable, grad, value_and_grad, vjp};
+pub use value::{Cot, Real, Value};
+
+/// Functions with derivative rules that `#[differentiable]` code may call.
+pub mod nn {
+    pub use crate::rules::elementwise::{relu, sigmoid, softplus};
+    pub use crate::rules::nn::{log_softmax, logsumexp, softmax};
+}
+
+/// Stops the gradient: `no_grad(x)` is `x`, but the transform treats it as a
+/// constant, like `jax.lax.stop_gradient`.
+#[inline(always)]
+pub fn no_grad<T>(x: T) -> T {
+    x
+}
+
+/// Everything a user of `#[differentiable]` needs: `use adjoint::prelude::*;`.
+pub mod prelude {
+    pub use crate::nn::*;
+    pub use crate::no_grad;
+    pub use crate::{differentiable, grad, value_and_grad, vjp};
+}
+
+/// What the generated code calls. Not a public API: names here change freely.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::control::*;
+    pub use crate::rules::elementwise::*;
+    pub use crate::rules::linalg::*;
+    pub use crate::rules::nn::*;
+    pub use crate::rules::reduce::*;
+    pub use crate::rules::shape::*;
+    pub use crate::transforms::{grad_seed, GradOf, ScalarOutput};
+    pub use crate::value::{Accumulate, Cot, Value};
+
+    /// `*acc += ct`.
+    #[inline(always)]
+    pub fn acc<T: Accumulate>(acc: &mut T, ct: T) {
+        acc.accumulate(ct)
+    }
+
+    /// A zero cotangent shaped like `x`.
+    #[inline(always)]
+    pub fn zeros<X: Value>(x: &X) -> X::Cot {
+        x.zeros()
+    }
+
+    /// A float literal in `x`'s element type.
+    #[inline(always)]
+    pub fn lit<X: Value>(_like: &X, v: f64) -> <X::Primal as Elementwise>::Elem
+    where
+        X::Primal: Elementwise,
+    {
+        crate::value::Real::lit(v)
+    }
+
+    pub use ndarray;
+}

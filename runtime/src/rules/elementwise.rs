@@ -1,0 +1,601 @@
+//! Elementwise rules: unary float maths, `+ - * /` with broadcasting, the scalar
+//! binary methods (`powf`, `atan2`, `hypot`, `max`, `min`, `clamp`, `mul_add`) and
+//! casts. Each forward function sits beside its pullback.
+//!
+//! A pullback takes the cotangent by value and reuses its buffer where it can.
+
+use crate::value::{Real, Unbroadcast, Value};
+use ndarray::{Array, ArrayBase, Data, DimMax, Dimension};
+use num_traits::Float;
+
+/// Values whose float maths applies element by element: `f32`, `f64` and arrays.
+pub trait Elementwise {
+    /// The element type.
+    type Elem: Real;
+    /// An owned value of the same shape (the type of results and cotangents).
+    type Owned: Elementwise<Elem = Self::Elem, Owned = Self::Owned>;
+    /// `f` applied to every element.
+    fn map(&self, f: impl Fn(Self::Elem) -> Self::Elem) -> Self::Owned;
+    /// `ct[i] = f(ct[i], self[i])`, in place on `ct`, which has `self`'s shape.
+    fn pull(&self, ct: Self::Owned, f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem) -> Self::Owned;
+    /// The sum over all elements of `f(self[i], other[i])`.
+    fn zip_sum(&self, other: &Self::Owned, f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem) -> Self::Elem;
+}
+
+macro_rules! scalar_elementwise {
+    ($($t:ty),*) => {$(
+        impl Elementwise for $t {
+            type Elem = $t;
+            type Owned = $t;
+            #[inline(always)]
+            fn map(&self, f: impl Fn($t) -> $t) -> $t {
+                f(*self)
+            }
+            #[inline(always)]
+            fn pull(&self, ct: $t, f: impl Fn($t, $t) -> $t) -> $t {
+                f(ct, *self)
+            }
+            #[inline(always)]
+            fn zip_sum(&self, other: &$t, f: impl Fn($t, $t) -> $t) -> $t {
+                f(*self, *other)
+            }
+        }
+    )*};
+}
+scalar_elementwise!(f32, f64);
+
+impl<A: Real, S: Data<Elem = A>, D: Dimension> Elementwise for ArrayBase<S, D> {
+    type Elem = A;
+    type Owned = Array<A, D>;
+    #[inline]
+    fn map(&self, f: impl Fn(A) -> A) -> Array<A, D> {
+        self.mapv(f)
+    }
+    #[inline]
+    fn pull(&self, mut ct: Array<A, D>, f: impl Fn(A, A) -> A) -> Array<A, D> {
+        ct.zip_mut_with(self, |g, &x| *g = f(*g, x));
+        ct
+    }
+    #[inline]
+    fn zip_sum(&self, other: &Array<A, D>, f: impl Fn(A, A) -> A) -> A {
+        let mut acc = A::zero();
+        ndarray::Zip::from(self).and(other).for_each(|&x, &y| acc += f(x, y));
+        acc
+    }
+}
+
+type Owned<X> = <<X as Value>::Primal as Elementwise>::Owned;
+type Elem<X> = <<X as Value>::Primal as Elementwise>::Elem;
+
+/// Declares unary elementwise functions and their pullbacks. `x` names the input
+/// and `y` the output; a pullback takes whichever its formula reads.
+macro_rules! unary {
+    ($($(#[$doc:meta])* $name:ident, $pb:ident($r:ident) = |$g:ident, $v:ident| $d:expr;)*) => {$(
+        $(#[$doc])*
+        #[inline]
+        pub fn $name<X: Value>(x: &X) -> Owned<X>
+        where
+            X::Primal: Elementwise,
+        {
+            x.primal().map(|v| unary!(@fwd $name v))
+        }
+
+        #[doc = concat!("Pullback of [`", stringify!($name), "`], given the ",
+            unary!(@which $r), " and the output's cotangent.")]
+        #[inline]
+        pub fn $pb<X: Value>($r: &X, ct: Owned<X>) -> Owned<X>
+        where
+            X::Primal: Elementwise,
+        {
+            $r.primal().pull(ct, |$g, $v| $d)
+        }
+    )*};
+    (@which x) => { "input" };
+    (@which y) => { "output" };
+    (@fwd neg $v:ident) => { -$v };
+    (@fwd relu $v:ident) => { if $v > num_traits::Zero::zero() { $v } else { num_traits::Zero::zero() } };
+    (@fwd sigmoid $v:ident) => { sigmoid_scalar($v) };
+    (@fwd softplus $v:ident) => { softplus_scalar($v) };
+    (@fwd $name:ident $v:ident) => { $v.$name() };
+}
+
+#[inline(always)]
+fn sigmoid_scalar<A: Real>(v: A) -> A {
+    // exp of a non-positive number only, so large |v| neither overflows nor loses the tail.
+    if v >= A::zero() {
+        A::one() / (A::one() + (-v).exp())
+    } else {
+        let e = v.exp();
+        e / (A::one() + e)
+    }
+}
+
+#[inline(always)]
+fn softplus_scalar<A: Real>(v: A) -> A {
+    // log(1 + e^v) = max(v, 0) + log1p(e^-|v|), stable for every v.
+    v.max(A::zero()) + (-v.abs()).exp().ln_1p()
+}
+
+#[inline(always)]
+fn sign<A: Real>(v: A) -> A {
+    // JAX's sign: 0 at 0, so |x| has derivative 0 there.
+    if v > A::zero() {
+        A::one()
+    } else if v < A::zero() {
+        -A::one()
+    } else {
+        A::zero()
+    }
+}
+
+#[inline(always)]
+fn two<A: Real>() -> A {
+    A::one() + A::one()
+}
+
+unary! {
+    /// `-x`.
+    neg, neg_pb(x) = |g, _x| -g;
+    /// `e^x`.
+    exp, exp_pb(y) = |g, y| g * y;
+    /// `e^x - 1`.
+    exp_m1, exp_m1_pb(y) = |g, y| g * (y + Elem::<X>::one());
+    /// Natural logarithm.
+    ln, ln_pb(x) = |g, x| g / x;
+    /// `ln(1 + x)`.
+    ln_1p, ln_1p_pb(x) = |g, x| g / (x + Elem::<X>::one());
+    /// Base-2 logarithm.
+    log2, log2_pb(x) = |g, x| g / (x * Elem::<X>::lit(std::f64::consts::LN_2));
+    /// Base-10 logarithm.
+    log10, log10_pb(x) = |g, x| g / (x * Elem::<X>::lit(std::f64::consts::LN_10));
+    /// Square root.
+    sqrt, sqrt_pb(y) = |g, y| g / (two::<Elem<X>>() * y);
+    /// Cube root.
+    cbrt, cbrt_pb(y) = |g, y| g / (Elem::<X>::lit(3.0) * y * y);
+    /// `1 / x`.
+    recip, recip_pb(y) = |g, y| -g * y * y;
+    /// Sine.
+    sin, sin_pb(x) = |g, x| g * x.cos();
+    /// Cosine.
+    cos, cos_pb(x) = |g, x| -g * x.sin();
+    /// Tangent.
+    tan, tan_pb(y) = |g, y| g * (Elem::<X>::one() + y * y);
+    /// Arcsine.
+    asin, asin_pb(x) = |g, x| g / (Elem::<X>::one() - x * x).sqrt();
+    /// Arccosine.
+    acos, acos_pb(x) = |g, x| -g / (Elem::<X>::one() - x * x).sqrt();
+    /// Arctangent.
+    atan, atan_pb(x) = |g, x| g / (Elem::<X>::one() + x * x);
+    /// Hyperbolic sine.
+    sinh, sinh_pb(x) = |g, x| g * x.cosh();
+    /// Hyperbolic cosine.
+    cosh, cosh_pb(x) = |g, x| g * x.sinh();
+    /// Hyperbolic tangent.
+    tanh, tanh_pb(y) = |g, y| g * (Elem::<X>::one() - y * y);
+    /// Absolute value (derivative 0 at 0, as in JAX).
+    abs, abs_pb(x) = |g, x| g * sign(x);
+    /// `max(x, 0)` (derivative 0 at 0, as in JAX).
+    relu, relu_pb(x) = |g, x| if x > Elem::<X>::zero() { g } else { Elem::<X>::zero() };
+    /// The logistic function `1 / (1 + e^-x)`.
+    sigmoid, sigmoid_pb(y) = |g, y| g * y * (Elem::<X>::one() - y);
+    /// `ln(1 + e^x)`, computed stably.
+    softplus, softplus_pb(x) = |g, x| g * sigmoid_scalar(x);
+}
+
+/// `x^n` for an integer `n`.
+#[inline]
+pub fn powi<X: Value>(x: &X, n: i32) -> Owned<X>
+where
+    X::Primal: Elementwise,
+{
+    x.primal().map(|v| v.powi(n))
+}
+
+/// Pullback of [`powi`].
+#[inline]
+pub fn powi_pb<X: Value>(x: &X, n: i32, ct: Owned<X>) -> Owned<X>
+where
+    X::Primal: Elementwise,
+{
+    let nf = Elem::<X>::lit(n as f64);
+    x.primal().pull(ct, |g, v| g * nf * v.powi(n - 1))
+}
+
+/// `x^p` for a scalar `p`.
+#[inline]
+pub fn powf<X: Value, P: Value<Primal = Elem<X>>>(x: &X, p: &P) -> Owned<X>
+where
+    X::Primal: Elementwise,
+{
+    let p = *p.primal();
+    x.primal().map(|v| v.powf(p))
+}
+
+/// Pullback of [`powf`] for the base.
+#[inline]
+pub fn powf_pb_lhs<X: Value, P: Value<Primal = Elem<X>>>(x: &X, p: &P, ct: Owned<X>) -> Owned<X>
+where
+    X::Primal: Elementwise,
+{
+    let p = *p.primal();
+    x.primal().pull(ct, |g, v| g * p * v.powf(p - Elem::<X>::one()))
+}
+
+/// Pullback of [`powf`] for the exponent: the sum of `g * y * ln x`.
+#[inline]
+pub fn powf_pb_rhs<X: Value>(x: &X, y: &Owned<X>, ct: Owned<X>) -> Elem<X>
+where
+    X::Primal: Elementwise,
+{
+    let gy = y.pull(ct, |g, y| g * y);
+    x.primal().zip_sum(&gy, |x, gy| gy * x.ln())
+}
+
+/// Elementwise arithmetic with NumPy broadcasting between scalars and arrays.
+#[diagnostic::on_unimplemented(
+    message = "no arithmetic rule between `{Self}` and `{Rhs}`",
+    note = "adjoint differentiates `+ - * /` between f32/f64 scalars and ndarray arrays of the same float type"
+)]
+pub trait Arith<Rhs: ?Sized> {
+    /// The (broadcast) result.
+    type Output;
+    /// `self + rhs`.
+    fn add(&self, rhs: &Rhs) -> Self::Output;
+    /// `self - rhs`.
+    fn sub(&self, rhs: &Rhs) -> Self::Output;
+    /// `self * rhs`.
+    fn mul(&self, rhs: &Rhs) -> Self::Output;
+    /// `self / rhs`.
+    fn div(&self, rhs: &Rhs) -> Self::Output;
+}
+
+macro_rules! scalar_arith {
+    ($($t:ty),*) => {$(
+        impl Arith<$t> for $t {
+            type Output = $t;
+            #[inline(always)] fn add(&self, r: &$t) -> $t { self + r }
+            #[inline(always)] fn sub(&self, r: &$t) -> $t { self - r }
+            #[inline(always)] fn mul(&self, r: &$t) -> $t { self * r }
+            #[inline(always)] fn div(&self, r: &$t) -> $t { self / r }
+        }
+        impl<S: Data<Elem = $t>, D: Dimension> Arith<ArrayBase<S, D>> for $t {
+            type Output = Array<$t, D>;
+            #[inline] fn add(&self, r: &ArrayBase<S, D>) -> Array<$t, D> { *self + r }
+            #[inline] fn sub(&self, r: &ArrayBase<S, D>) -> Array<$t, D> { *self - r }
+            #[inline] fn mul(&self, r: &ArrayBase<S, D>) -> Array<$t, D> { *self * r }
+            #[inline] fn div(&self, r: &ArrayBase<S, D>) -> Array<$t, D> { *self / r }
+        }
+        impl<S: Data<Elem = $t>, D: Dimension> Arith<$t> for ArrayBase<S, D> {
+            type Output = Array<$t, D>;
+            #[inline] fn add(&self, r: &$t) -> Array<$t, D> { self + *r }
+            #[inline] fn sub(&self, r: &$t) -> Array<$t, D> { self - *r }
+            #[inline] fn mul(&self, r: &$t) -> Array<$t, D> { self * *r }
+            #[inline] fn div(&self, r: &$t) -> Array<$t, D> { self / *r }
+        }
+    )*};
+}
+scalar_arith!(f32, f64);
+
+impl<A, S, S2, D, E> Arith<ArrayBase<S2, E>> for ArrayBase<S, D>
+where
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension + DimMax<E>,
+    E: Dimension,
+{
+    type Output = Array<A, <D as DimMax<E>>::Output>;
+    #[inline]
+    fn add(&self, r: &ArrayBase<S2, E>) -> Self::Output {
+        self + r
+    }
+    #[inline]
+    fn sub(&self, r: &ArrayBase<S2, E>) -> Self::Output {
+        self - r
+    }
+    #[inline]
+    fn mul(&self, r: &ArrayBase<S2, E>) -> Self::Output {
+        self * r
+    }
+    #[inline]
+    fn div(&self, r: &ArrayBase<S2, E>) -> Self::Output {
+        self / r
+    }
+}
+
+/// Combines a cotangent with an operand elementwise, in place.
+pub trait CtZip<Rhs: ?Sized>: Sized {
+    /// The element type.
+    type Elem: Real;
+    /// `self[i] = f(self[i], rhs[i])`, with `rhs` broadcast to `self`'s shape.
+    fn ct_zip(self, rhs: &Rhs, f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem) -> Self;
+}
+
+macro_rules! scalar_ct_zip {
+    ($($t:ty),*) => {$(
+        impl CtZip<$t> for $t {
+            type Elem = $t;
+            #[inline(always)]
+            fn ct_zip(self, r: &$t, f: impl Fn($t, $t) -> $t) -> $t { f(self, *r) }
+        }
+        impl<D: Dimension> CtZip<$t> for Array<$t, D> {
+            type Elem = $t;
+            #[inline]
+            fn ct_zip(mut self, r: &$t, f: impl Fn($t, $t) -> $t) -> Self {
+                let r = *r;
+                self.mapv_inplace(|g| f(g, r));
+                self
+            }
+        }
+    )*};
+}
+scalar_ct_zip!(f32, f64);
+
+impl<A: Real, S: Data<Elem = A>, D: Dimension, E: Dimension> CtZip<ArrayBase<S, E>> for Array<A, D> {
+    type Elem = A;
+    #[inline]
+    fn ct_zip(mut self, r: &ArrayBase<S, E>, f: impl Fn(A, A) -> A) -> Self {
+        self.zip_mut_with(r, |g, &r| *g = f(*g, r));
+        self
+    }
+}
+
+type ArithOut<X, Y> = <<X as Value>::Primal as Arith<<Y as Value>::Primal>>::Output;
+type UnbCot<X, Ct> = <<X as Value>::Primal as Unbroadcast<Ct>>::Cot;
+
+macro_rules! arith_fwd {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[inline]
+        pub fn $name<X: Value, Y: Value>(x: &X, y: &Y) -> ArithOut<X, Y>
+        where
+            X::Primal: Arith<Y::Primal>,
+        {
+            x.primal().$name(y.primal())
+        }
+    )*};
+}
+arith_fwd! {
+    /// `x + y`, broadcasting.
+    add;
+    /// `x - y`, broadcasting.
+    sub;
+    /// `x * y`, broadcasting.
+    mul;
+    /// `x / y`, broadcasting.
+    div;
+}
+
+/// Pullback of [`add`] (and of [`sub`]) for the left operand.
+#[inline]
+pub fn add_pb_lhs<X: Value, Ct>(x: &X, ct: Ct) -> UnbCot<X, Ct>
+where
+    X::Primal: Unbroadcast<Ct>,
+{
+    x.primal().unbroadcast(ct)
+}
+
+/// Pullback of [`add`] for the right operand.
+#[inline]
+pub fn add_pb_rhs<Y: Value, Ct>(y: &Y, ct: Ct) -> UnbCot<Y, Ct>
+where
+    Y::Primal: Unbroadcast<Ct>,
+{
+    y.primal().unbroadcast(ct)
+}
+
+/// Pullback of [`sub`] for the left operand.
+#[inline]
+pub fn sub_pb_lhs<X: Value, Ct>(x: &X, ct: Ct) -> UnbCot<X, Ct>
+where
+    X::Primal: Unbroadcast<Ct>,
+{
+    x.primal().unbroadcast(ct)
+}
+
+/// Pullback of [`sub`] for the right operand.
+#[inline]
+pub fn sub_pb_rhs<Y: Value, Ct>(y: &Y, ct: Ct) -> UnbCot<Y, Ct>
+where
+    Y::Primal: Unbroadcast<Ct>,
+    Ct: Elementwise<Owned = Ct>,
+{
+    y.primal().unbroadcast(ct.map(|g| -g))
+}
+
+/// Pullback of [`mul`] for the left operand: `ct * y`, reduced to `x`'s shape.
+#[inline]
+pub fn mul_pb_lhs<X: Value, Y: Value, Ct>(x: &X, y: &Y, ct: Ct) -> UnbCot<X, Ct>
+where
+    X::Primal: Unbroadcast<Ct>,
+    Ct: CtZip<Y::Primal>,
+{
+    x.primal().unbroadcast(ct.ct_zip(y.primal(), |g, y| g * y))
+}
+
+/// Pullback of [`mul`] for the right operand: `ct * x`, reduced to `y`'s shape.
+#[inline]
+pub fn mul_pb_rhs<X: Value, Y: Value, Ct>(x: &X, y: &Y, ct: Ct) -> UnbCot<Y, Ct>
+where
+    Y::Primal: Unbroadcast<Ct>,
+    Ct: CtZip<X::Primal>,
+{
+    y.primal().unbroadcast(ct.ct_zip(x.primal(), |g, x| g * x))
+}
+
+/// Pullback of [`div`] for the left operand: `ct / y`, reduced to `x`'s shape.
+#[inline]
+pub fn div_pb_lhs<X: Value, Y: Value, Ct>(x: &X, y: &Y, ct: Ct) -> UnbCot<X, Ct>
+where
+    X::Primal: Unbroadcast<Ct>,
+    Ct: CtZip<Y::Primal>,
+{
+    x.primal().unbroadcast(ct.ct_zip(y.primal(), |g, y| g / y))
+}
+
+/// Pullback of [`div`] for the right operand: `-ct * out / y`, reduced to `y`'s shape.
+#[inline]
+pub fn div_pb_rhs<Y: Value, O: Value, Ct>(y: &Y, out: &O, ct: Ct) -> UnbCot<Y, Ct>
+where
+    Y::Primal: Unbroadcast<Ct>,
+    Ct: CtZip<O::Primal> + CtZip<Y::Primal, Elem = <Ct as CtZip<O::Primal>>::Elem>,
+{
+    let t = ct.ct_zip(out.primal(), |g, o| -g * o);
+    y.primal().unbroadcast(CtZip::<Y::Primal>::ct_zip(t, y.primal(), |t, y| t / y))
+}
+
+/// A scalar operand: `f32` or `f64` behind any references.
+pub trait Scalar: Value<Primal = Self::Real> {
+    /// The float type.
+    type Real: Real;
+    /// The value.
+    #[inline(always)]
+    fn get(&self) -> Self::Real {
+        *self.primal()
+    }
+}
+impl<T: Value + ?Sized> Scalar for T
+where
+    T::Primal: Real,
+{
+    type Real = T::Primal;
+}
+
+/// Declares binary scalar methods with both pullbacks (`x`, `y` the operands, `o`
+/// the output, `g` the cotangent).
+macro_rules! scalar_binary {
+    ($($(#[$doc:meta])* $name:ident = |$x:ident, $y:ident| $f:expr,
+       $pbl:ident = |$g1:ident, $x1:ident, $y1:ident| $dl:expr,
+       $pbr:ident = |$g2:ident, $x2:ident, $y2:ident| $dr:expr;)*) => {$(
+        $(#[$doc])*
+        #[inline(always)]
+        pub fn $name<X: Scalar, Y: Scalar<Real = X::Real>>(x: &X, y: &Y) -> X::Real {
+            let ($x, $y) = (x.get(), y.get());
+            $f
+        }
+        #[doc = concat!("Pullback of [`", stringify!($name), "`] for the receiver.")]
+        #[inline(always)]
+        pub fn $pbl<X: Scalar, Y: Scalar<Real = X::Real>>(x: &X, y: &Y, ct: X::Real) -> X::Real {
+            let ($g1, $x1, $y1) = (ct, x.get(), y.get());
+            $dl
+        }
+        #[doc = concat!("Pullback of [`", stringify!($name), "`] for the argument.")]
+        #[inline(always)]
+        pub fn $pbr<X: Scalar, Y: Scalar<Real = X::Real>>(x: &X, y: &Y, ct: X::Real) -> X::Real {
+            let ($g2, $x2, $y2) = (ct, x.get(), y.get());
+            $dr
+        }
+    )*};
+}
+
+#[inline(always)]
+fn tie_share<A: Real>(winner: bool, tie: bool) -> A {
+    // JAX splits the cotangent evenly between tied operands of max and min.
+    if tie {
+        A::lit(0.5)
+    } else if winner {
+        A::one()
+    } else {
+        A::zero()
+    }
+}
+
+scalar_binary! {
+    /// `y.atan2(x)`: the angle of the point `(x, y)`.
+    atan2 = |y, x| y.atan2(x),
+    atan2_pb_lhs = |g, y, x| g * x / (x * x + y * y),
+    atan2_pb_rhs = |g, y, x| -g * y / (x * x + y * y);
+    /// `sqrt(x^2 + y^2)`.
+    hypot = |x, y| x.hypot(y),
+    hypot_pb_lhs = |g, x, y| g * x / x.hypot(y),
+    hypot_pb_rhs = |g, x, y| g * y / x.hypot(y);
+    /// The larger of two scalars.
+    max = |x, y| x.max(y),
+    max_pb_lhs = |g, x, y| g * tie_share(x > y, x == y),
+    max_pb_rhs = |g, x, y| g * tie_share(y > x, x == y);
+    /// The smaller of two scalars.
+    min = |x, y| x.min(y),
+    min_pb_lhs = |g, x, y| g * tie_share(x < y, x == y),
+    min_pb_rhs = |g, x, y| g * tie_share(y < x, x == y);
+    /// `x^y` for scalars.
+    powf_scalar = |x, y| x.powf(y),
+    powf_scalar_pb_lhs = |g, x, y| g * y * x.powf(y - X::Real::one()),
+    powf_scalar_pb_rhs = |g, x, y| g * x.powf(y) * x.ln();
+}
+
+use num_traits::One;
+
+/// `x.clamp(lo, hi)`.
+#[inline(always)]
+pub fn clamp<X: Scalar, L: Scalar<Real = X::Real>, H: Scalar<Real = X::Real>>(x: &X, lo: &L, hi: &H) -> X::Real {
+    x.get().max(lo.get()).min(hi.get())
+}
+
+/// Pullback of [`clamp`] for the clamped value (the bounds are constants).
+#[inline(always)]
+pub fn clamp_pb<X: Scalar, L: Scalar<Real = X::Real>, H: Scalar<Real = X::Real>>(
+    x: &X,
+    lo: &L,
+    hi: &H,
+    ct: X::Real,
+) -> X::Real {
+    let x = x.get();
+    if lo.get() <= x && x <= hi.get() { ct } else { X::Real::zero() }
+}
+
+use num_traits::Zero;
+
+/// `a * b + c` (the fused multiply-add of `f64::mul_add`).
+#[inline(always)]
+pub fn mul_add<A: Scalar, B: Scalar<Real = A::Real>, C: Scalar<Real = A::Real>>(a: &A, b: &B, c: &C) -> A::Real {
+    a.get().mul_add(b.get(), c.get())
+}
+
+/// Pullback of [`mul_add`] for `a`.
+#[inline(always)]
+pub fn mul_add_pb_a<B: Scalar>(b: &B, ct: B::Real) -> B::Real {
+    ct * b.get()
+}
+
+/// Pullback of [`mul_add`] for `b`.
+#[inline(always)]
+pub fn mul_add_pb_b<A: Scalar>(a: &A, ct: A::Real) -> A::Real {
+    ct * a.get()
+}
+
+/// Pullback of [`mul_add`] for `c`.
+#[inline(always)]
+pub fn mul_add_pb_c<T: Real>(ct: T) -> T {
+    ct
+}
+
+/// `x as T` between float types.
+#[inline(always)]
+pub fn cast<T: Real, X: Scalar>(x: &X) -> T {
+    T::lit(x.get().as_f64())
+}
+
+/// Pullback of [`cast`]: the cotangent converted back to `x`'s type.
+#[inline(always)]
+pub fn cast_pb<X: Scalar, T: Real>(_x: &X, ct: T) -> X::Real {
+    X::Real::lit(ct.as_f64())
+}
+
+/// `x.mapv(f)` where `f` is differentiable scalar code.
+#[inline]
+pub fn mapv<X: Value>(x: &X, f: impl Fn(Elem<X>) -> Elem<X>) -> Owned<X>
+where
+    X::Primal: Elementwise,
+{
+    x.primal().map(f)
+}
+
+/// Pullback of [`mapv`]: `df(v, g)` is the element function's pullback at `v` applied
+/// to the cotangent `g`, run element by element in one pass.
+#[inline]
+pub fn mapv_pb<X: Value>(x: &X, ct: Owned<X>, df: impl Fn(Elem<X>, Elem<X>) -> Elem<X>) -> Owned<X>
+where
+    X::Primal: Elementwise,
+{
+    x.primal().pull(ct, |g, v| df(v, g))
+}

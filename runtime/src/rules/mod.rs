@@ -1,0 +1,8 @@
+//! The rule table: every primitive's forward function beside its pullback, grouped
+//! by family. The code `#[differentiable]` generates calls these by name.
+
+pub mod elementwise;
+pub mod linalg;
+pub mod nn;
+pub mod reduce;
+pub mod shape;

@@ -1,0 +1,75 @@
+//! Neural-network functions along an axis: `softmax`, `log_softmax`, `logsumexp`.
+//! (`relu`, `sigmoid` and `softplus` are elementwise and live with their family.)
+
+use crate::value::{Real, Value};
+use ndarray::{Array, ArrayBase, Axis, Data, RemoveAxis};
+
+fn max_axis<A: Real, S: Data<Elem = A>, D: RemoveAxis>(x: &ArrayBase<S, D>, axis: Axis) -> Array<A, D> {
+    let m = x.fold_axis(axis, A::neg_infinity(), |&m, &v| m.max(v));
+    let mut out = Array::zeros(x.raw_dim());
+    out.zip_mut_with(&m.insert_axis(axis), |o, &m| *o = if m.is_finite() { m } else { A::zero() });
+    out
+}
+
+/// `log(sum(exp(x)))` along `axis`, computed stably.
+pub fn logsumexp<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+    x: &X,
+    axis: Axis,
+) -> Array<A, D::Smaller> {
+    let x = x.primal();
+    let m = max_axis(x, axis);
+    let s = (x - &m).mapv(A::exp).sum_axis(axis);
+    s.mapv(A::ln) + &m.index_axis(axis, 0)
+}
+
+/// Pullback of [`logsumexp`]: the cotangent times `softmax(x)`.
+pub fn logsumexp_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+    x: &X,
+    axis: Axis,
+    ct: Array<A, D::Smaller>,
+) -> Array<A, D> {
+    let mut y = softmax(x, axis);
+    y.zip_mut_with(&ct.insert_axis(axis), |y, &g| *y *= g);
+    y
+}
+
+/// `exp(x) / sum(exp(x))` along `axis`.
+pub fn softmax<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+    x: &X,
+    axis: Axis,
+) -> Array<A, D> {
+    let x = x.primal();
+    let mut e = x - &max_axis(x, axis);
+    e.mapv_inplace(A::exp);
+    let s = e.sum_axis(axis);
+    e.zip_mut_with(&s.insert_axis(axis), |e, &s| *e /= s);
+    e
+}
+
+/// Pullback of [`softmax`], given its output `y`: `y * (g - sum(g * y))`.
+pub fn softmax_pb<A: Real, D: RemoveAxis>(y: &Array<A, D>, axis: Axis, ct: Array<A, D>) -> Array<A, D> {
+    let dot = (&ct * y).sum_axis(axis);
+    let mut out = ct;
+    out.zip_mut_with(&dot.insert_axis(axis), |g, &d| *g -= d);
+    out *= y;
+    out
+}
+
+/// `x - logsumexp(x)` along `axis`.
+pub fn log_softmax<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+    x: &X,
+    axis: Axis,
+) -> Array<A, D> {
+    let lse = logsumexp(x, axis);
+    let mut y = x.primal().to_owned();
+    y.zip_mut_with(&lse.insert_axis(axis), |v, &l| *v -= l);
+    y
+}
+
+/// Pullback of [`log_softmax`], given its output `y`: `g - exp(y) * sum(g)`.
+pub fn log_softmax_pb<A: Real, D: RemoveAxis>(y: &Array<A, D>, axis: Axis, ct: Array<A, D>) -> Array<A, D> {
+    let total = ct.sum_axis(axis).insert_axis(axis);
+    let mut out = y.mapv(A::exp);
+    out.zip_mut_with(&total, |p, &s| *p *= s);
+    ct - out
+}

@@ -1,0 +1,84 @@
+//! Reductions: `sum`, `mean`, `sum_axis`, `mean_axis`, and their pullbacks, which
+//! spread the cotangent back over the reduced elements or axis.
+
+use crate::value::{Real, Value};
+use ndarray::{Array, ArrayBase, Axis, Data, Dimension, RemoveAxis};
+
+/// The sum of all elements.
+#[inline]
+pub fn sum<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(x: &X) -> A {
+    x.primal().sum()
+}
+
+/// Pullback of [`sum`]: the cotangent, at every element.
+#[inline]
+pub fn sum_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(
+    x: &X,
+    ct: A,
+) -> Array<A, D> {
+    Array::from_elem(x.primal().raw_dim(), ct)
+}
+
+/// The mean of all elements (`x.mean().unwrap()`); NaN for an empty array, as in JAX.
+#[inline]
+pub fn mean<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(x: &X) -> A {
+    let x = x.primal();
+    x.sum() / A::lit(x.len() as f64)
+}
+
+/// Pullback of [`mean`].
+#[inline]
+pub fn mean_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(
+    x: &X,
+    ct: A,
+) -> Array<A, D> {
+    let x = x.primal();
+    Array::from_elem(x.raw_dim(), ct / A::lit(x.len() as f64))
+}
+
+/// The sums along `axis`.
+#[inline]
+pub fn sum_axis<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+    x: &X,
+    axis: Axis,
+) -> Array<A, D::Smaller> {
+    x.primal().sum_axis(axis)
+}
+
+/// Pullback of [`sum_axis`]: the cotangent broadcast back along `axis`.
+#[inline]
+pub fn sum_axis_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+    x: &X,
+    axis: Axis,
+    ct: Array<A, D::Smaller>,
+) -> Array<A, D> {
+    spread(x.primal().raw_dim(), axis, ct, A::one())
+}
+
+/// The means along `axis` (`x.mean_axis(axis).unwrap()`).
+#[inline]
+pub fn mean_axis<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+    x: &X,
+    axis: Axis,
+) -> Array<A, D::Smaller> {
+    let x = x.primal();
+    x.sum_axis(axis) / A::lit(x.len_of(axis) as f64)
+}
+
+/// Pullback of [`mean_axis`].
+#[inline]
+pub fn mean_axis_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+    x: &X,
+    axis: Axis,
+    ct: Array<A, D::Smaller>,
+) -> Array<A, D> {
+    let x = x.primal();
+    spread(x.raw_dim(), axis, ct, A::one() / A::lit(x.len_of(axis) as f64))
+}
+
+/// An array of shape `dim` holding `scale * ct`, repeated along `axis`.
+pub(crate) fn spread<A: Real, D: Dimension, E: Dimension>(dim: D, axis: Axis, ct: Array<A, E>, scale: A) -> Array<A, D> {
+    let mut out = Array::zeros(dim);
+    out.zip_mut_with(&ct.insert_axis(axis), |o, &g| *o = g * scale);
+    out
+}

@@ -1,0 +1,207 @@
+//! Shape and indexing: `insert_axis`, reshapes, `slice`, `row`, `column`,
+//! `index_axis`, element reads, `concatenate` and `stack`.
+//!
+//! Reads return views, which the reverse sweep recomputes instead of saving. Their
+//! pullbacks add the cotangent into the source's adjoint in place (`*_pb` taking
+//! `&mut`), so reading many elements in a loop costs one adjoint, not one per read.
+
+use crate::value::{Real, Value};
+use ndarray::{
+    Array, ArrayBase, ArrayView, Axis, CowArray, Data, Dimension, IntoDimension, NdIndex, RemoveAxis,
+    SliceArg,
+};
+
+/// Moves `a` into the dimension type `D`; the shapes agree by construction.
+fn into_dim<A, E: Dimension, D: Dimension>(a: Array<A, E>) -> Array<A, D> {
+    a.into_dimensionality::<D>()
+        .expect("adjoint: a pullback restores its operand's rank by construction")
+}
+
+/// `x.insert_axis(axis)`, a view.
+#[inline]
+pub fn insert_axis<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: Dimension + 'a>(
+    x: &'a X,
+    axis: Axis,
+) -> ArrayView<'a, A, D::Larger> {
+    x.primal().view().insert_axis(axis)
+}
+
+/// Pullback of [`insert_axis`].
+#[inline]
+pub fn insert_axis_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(
+    _x: &X,
+    axis: Axis,
+    ct: Array<A, D::Larger>,
+) -> Array<A, D> {
+    into_dim(ct.into_dyn().remove_axis(axis))
+}
+
+/// `x.to_shape(shape).unwrap()` and `x.into_shape_with_order(shape).unwrap()`:
+/// row-major reshape, a view when the layout allows.
+///
+/// # Panics
+/// When the element counts differ, as `unwrap` on ndarray's error would.
+#[inline]
+pub fn reshape<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: Dimension + 'a, E: IntoDimension>(
+    x: &'a X,
+    shape: E,
+) -> CowArray<'a, A, E::Dim> {
+    match x.primal().to_shape(shape.into_dimension()) {
+        Ok(y) => y,
+        Err(e) => panic!("adjoint: reshape: {e}"),
+    }
+}
+
+/// Pullback of [`reshape`]: the cotangent reshaped back to `x`'s shape.
+#[inline]
+pub fn reshape_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension, E: Dimension>(
+    x: &X,
+    ct: Array<A, E>,
+) -> Array<A, D> {
+    let dim = x.primal().raw_dim();
+    match ct.to_shape(dim.clone()) {
+        Ok(y) => y.into_owned(),
+        Err(_) => unreachable_sizes(),
+    }
+}
+
+fn unreachable_sizes<T>() -> T {
+    panic!("adjoint: a reshape's cotangent has its operand's size by construction")
+}
+
+/// `x.slice(info)`, a view.
+#[inline]
+pub fn slice<'a, X, A, S, D, I>(x: &'a X, info: &I) -> ArrayView<'a, A, I::OutDim>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A> + 'a,
+    D: Dimension + 'a,
+    I: SliceArg<D>,
+{
+    x.primal().slice(info)
+}
+
+/// Pullback of [`slice`]: adds `ct` into the sliced region of `acc`.
+#[inline]
+pub fn slice_pb<A: Real, D: Dimension, I: SliceArg<D>>(acc: &mut Array<A, D>, info: &I, ct: Array<A, I::OutDim>) {
+    let mut region = acc.slice_mut(info);
+    region += &ct;
+}
+
+/// `x.index_axis(axis, i)`, a view.
+#[inline]
+pub fn index_axis<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: RemoveAxis + 'a>(
+    x: &'a X,
+    axis: Axis,
+    i: usize,
+) -> ArrayView<'a, A, D::Smaller> {
+    x.primal().index_axis(axis, i)
+}
+
+/// Pullback of [`index_axis`], [`row`] and [`column`]: adds `ct` into that subview.
+#[inline]
+pub fn index_axis_pb<A: Real, D: RemoveAxis>(acc: &mut Array<A, D>, axis: Axis, i: usize, ct: Array<A, D::Smaller>) {
+    let mut sub = acc.index_axis_mut(axis, i);
+    sub += &ct;
+}
+
+/// `x.row(i)`, a view.
+#[inline]
+pub fn row<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: RemoveAxis + 'a>(
+    x: &'a X,
+    i: usize,
+) -> ArrayView<'a, A, D::Smaller> {
+    x.primal().index_axis(Axis(0), i)
+}
+
+/// `x.column(i)`, a view.
+#[inline]
+pub fn column<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: RemoveAxis + 'a>(
+    x: &'a X,
+    i: usize,
+) -> ArrayView<'a, A, D::Smaller> {
+    x.primal().index_axis(Axis(1), i)
+}
+
+/// Pullback of [`row`].
+#[inline]
+pub fn row_pb<A: Real, D: RemoveAxis>(acc: &mut Array<A, D>, i: usize, ct: Array<A, D::Smaller>) {
+    index_axis_pb(acc, Axis(0), i, ct)
+}
+
+/// Pullback of [`column`].
+#[inline]
+pub fn column_pb<A: Real, D: RemoveAxis>(acc: &mut Array<A, D>, i: usize, ct: Array<A, D::Smaller>) {
+    index_axis_pb(acc, Axis(1), i, ct)
+}
+
+/// `x[i]`: one element.
+#[inline(always)]
+pub fn index<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension, I: NdIndex<D>>(
+    x: &X,
+    i: I,
+) -> A {
+    x.primal()[i]
+}
+
+/// Pullback of [`index`]: adds `ct` to element `i` of `acc`.
+#[inline(always)]
+pub fn index_pb<A: Real, D: Dimension, I: NdIndex<D>>(acc: &mut Array<A, D>, i: I, ct: A) {
+    acc[i] += ct;
+}
+
+/// `ndarray::concatenate(axis, &[..]).unwrap()`.
+///
+/// # Panics
+/// When the shapes disagree off `axis`, as `unwrap` on ndarray's error would.
+pub fn concatenate<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis, const N: usize>(
+    axis: Axis,
+    xs: [&X; N],
+) -> Array<A, D> {
+    let views = xs.map(|x| x.primal().view());
+    match ndarray::concatenate(axis, &views) {
+        Ok(y) => y,
+        Err(e) => panic!("adjoint: concatenate: {e}"),
+    }
+}
+
+/// Pullback of [`concatenate`]: the cotangent split back into the pieces.
+pub fn concatenate_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis, const N: usize>(
+    axis: Axis,
+    xs: [&X; N],
+    ct: Array<A, D>,
+) -> [Array<A, D>; N] {
+    let mut start = 0;
+    xs.map(|x| {
+        let len = x.primal().len_of(axis);
+        let piece = ct.slice_axis(axis, ndarray::Slice::from(start..start + len)).to_owned();
+        start += len;
+        piece
+    })
+}
+
+/// `ndarray::stack(axis, &[..]).unwrap()`.
+///
+/// # Panics
+/// When the shapes differ, as `unwrap` on ndarray's error would.
+pub fn stack<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension, const N: usize>(
+    axis: Axis,
+    xs: [&X; N],
+) -> Array<A, D::Larger> {
+    let views = xs.map(|x| x.primal().view());
+    match ndarray::stack(axis, &views) {
+        Ok(y) => y,
+        Err(e) => panic!("adjoint: stack: {e}"),
+    }
+}
+
+/// Pullback of [`stack`]: one slice of the cotangent per piece.
+pub fn stack_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension, const N: usize>(
+    axis: Axis,
+    _xs: [&X; N],
+    ct: Array<A, D::Larger>,
+) -> [Array<A, D>; N] {
+    let ct = ct.into_dyn();
+    std::array::from_fn(|k| into_dim(ct.index_axis(axis, k).to_owned()))
+}

@@ -1,0 +1,282 @@
+//! What can be differentiated: scalars, arrays and tuples, their cotangents, and how
+//! cotangents are zeroed, accumulated and reduced to an input's shape.
+//!
+//! The macro sees no types, so the code it generates names only the traits here and
+//! rustc picks the impl: `f32`, `f64`, `ndarray` arrays of any dimension and storage
+//! (owned, views, shared), references to any of them, and tuples.
+
+use ndarray::{Array, ArrayBase, Data, Dimension, IxDyn, LinalgScalar, ScalarOperand};
+use num_traits::{Float, FromPrimitive};
+use std::fmt::{Debug, Display};
+use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+/// The floating-point element types: `f32` and `f64`.
+pub trait Real:
+    Float
+    + FromPrimitive
+    + LinalgScalar
+    + ScalarOperand
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Debug
+    + Display
+    + Default
+    + Send
+    + Sync
+    + 'static
+{
+    /// `v` converted to this type (exact for small constants such as `2.0`).
+    fn lit(v: f64) -> Self;
+    /// This value as an `f64` (exact for `f32` and `f64`).
+    fn as_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn lit(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn lit(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn as_f64(self) -> f64 {
+        self
+    }
+}
+
+/// A value the transform can differentiate, or a reference to one.
+///
+/// `Primal` is the value behind any number of references (`&&Array2<f64>` has the
+/// primal `Array2<f64>`); `Cot` is its cotangent, always owned (`Array2<f64>` for an
+/// `ArrayView2<f64>`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be differentiated",
+    label = "not an f32, f64, ndarray array of floats, or a tuple of them",
+    note = "mark arguments of other types `#[no_grad]`, or wrap the expression in `no_grad(..)`"
+)]
+pub trait Value {
+    /// The value behind references.
+    type Primal;
+    /// The owned cotangent.
+    type Cot;
+    /// The value behind references.
+    fn primal(&self) -> &Self::Primal;
+    /// A zero cotangent of this value's shape.
+    fn zeros(&self) -> Self::Cot;
+}
+
+impl Value for f32 {
+    type Primal = f32;
+    type Cot = f32;
+    #[inline(always)]
+    fn primal(&self) -> &f32 {
+        self
+    }
+    #[inline(always)]
+    fn zeros(&self) -> f32 {
+        0.0
+    }
+}
+
+impl Value for f64 {
+    type Primal = f64;
+    type Cot = f64;
+    #[inline(always)]
+    fn primal(&self) -> &f64 {
+        self
+    }
+    #[inline(always)]
+    fn zeros(&self) -> f64 {
+        0.0
+    }
+}
+
+impl<A: Real, S: Data<Elem = A>, D: Dimension> Value for ArrayBase<S, D> {
+    type Primal = ArrayBase<S, D>;
+    type Cot = Array<A, D>;
+    #[inline(always)]
+    fn primal(&self) -> &Self {
+        self
+    }
+    fn zeros(&self) -> Array<A, D> {
+        Array::zeros(self.raw_dim())
+    }
+}
+
+impl<T: Value + ?Sized> Value for &T {
+    type Primal = T::Primal;
+    type Cot = T::Cot;
+    #[inline(always)]
+    fn primal(&self) -> &T::Primal {
+        (**self).primal()
+    }
+    #[inline(always)]
+    fn zeros(&self) -> T::Cot {
+        (**self).zeros()
+    }
+}
+
+impl<T: Value + ?Sized> Value for &mut T {
+    type Primal = T::Primal;
+    type Cot = T::Cot;
+    #[inline(always)]
+    fn primal(&self) -> &T::Primal {
+        (**self).primal()
+    }
+    #[inline(always)]
+    fn zeros(&self) -> T::Cot {
+        (**self).zeros()
+    }
+}
+
+impl Value for () {
+    type Primal = ();
+    type Cot = ();
+    fn primal(&self) -> &() {
+        self
+    }
+    fn zeros(&self) {}
+}
+
+macro_rules! tuple_value {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: Value),+> Value for ($($t,)+) {
+            type Primal = Self;
+            type Cot = ($($t::Cot,)+);
+            #[inline(always)]
+            fn primal(&self) -> &Self {
+                self
+            }
+            #[inline(always)]
+            fn zeros(&self) -> Self::Cot {
+                ($(self.$i.zeros(),)+)
+            }
+        }
+        impl<$($t: Accumulate),+> Accumulate for ($($t,)+) {
+            #[inline(always)]
+            fn accumulate(&mut self, other: Self) {
+                $(self.$i.accumulate(other.$i);)+
+            }
+        }
+    };
+}
+tuple_value!(A 0);
+tuple_value!(A 0, B 1);
+tuple_value!(A 0, B 1, C 2);
+tuple_value!(A 0, B 1, C 2, D 3);
+tuple_value!(A 0, B 1, C 2, D 3, E 4);
+tuple_value!(A 0, B 1, C 2, D 3, E 4, F 5);
+tuple_value!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple_value!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+
+/// The cotangent of a value: `<T as Value>::Cot`.
+pub type Cot<T> = <T as Value>::Cot;
+
+/// Cotangents add up: the reverse sweep adds every contribution to a value's adjoint.
+pub trait Accumulate {
+    /// `self += other`, in place.
+    fn accumulate(&mut self, other: Self);
+}
+
+impl Accumulate for f32 {
+    #[inline(always)]
+    fn accumulate(&mut self, other: Self) {
+        *self += other;
+    }
+}
+
+impl Accumulate for f64 {
+    #[inline(always)]
+    fn accumulate(&mut self, other: Self) {
+        *self += other;
+    }
+}
+
+impl Accumulate for () {
+    fn accumulate(&mut self, _: Self) {}
+}
+
+impl<A: Real, D: Dimension> Accumulate for Array<A, D> {
+    #[inline]
+    fn accumulate(&mut self, other: Self) {
+        *self += &other;
+    }
+}
+
+/// Reduces a cotangent of a broadcast result to the shape of one operand, by summing
+/// over the axes broadcasting added or stretched (JAX's `_unbroadcast`).
+pub trait Unbroadcast<Ct> {
+    /// The cotangent for `self`.
+    type Cot;
+    /// Sums `ct` down to `self`'s shape.
+    fn unbroadcast(&self, ct: Ct) -> Self::Cot;
+}
+
+macro_rules! scalar_unbroadcast {
+    ($($t:ty),*) => {$(
+        impl Unbroadcast<$t> for $t {
+            type Cot = $t;
+            #[inline(always)]
+            fn unbroadcast(&self, ct: $t) -> $t {
+                ct
+            }
+        }
+        impl<E: Dimension> Unbroadcast<Array<$t, E>> for $t {
+            type Cot = $t;
+            #[inline]
+            fn unbroadcast(&self, ct: Array<$t, E>) -> $t {
+                ct.sum()
+            }
+        }
+    )*};
+}
+scalar_unbroadcast!(f32, f64);
+
+impl<A: Real, S: Data<Elem = A>, D: Dimension, E: Dimension> Unbroadcast<Array<A, E>>
+    for ArrayBase<S, D>
+{
+    type Cot = Array<A, D>;
+    fn unbroadcast(&self, ct: Array<A, E>) -> Array<A, D> {
+        unbroadcast_to(ct, &self.raw_dim())
+    }
+}
+
+impl<A: Real, S: Data<Elem = A>, D: Dimension> Unbroadcast<A> for ArrayBase<S, D> {
+    type Cot = Array<A, D>;
+    fn unbroadcast(&self, ct: A) -> Array<A, D> {
+        // Only reached when a 0-dimensional array met scalars.
+        Array::from_elem(self.raw_dim(), ct)
+    }
+}
+
+/// Sums `ct` over the leading axes and the length-1 axes of `dim` that broadcasting
+/// stretched, returning an array of shape `dim`. A cotangent that already has the
+/// shape is moved, not copied.
+pub(crate) fn unbroadcast_to<A: Real, E: Dimension, D: Dimension>(ct: Array<A, E>, dim: &D) -> Array<A, D> {
+    let mut ct: Array<A, IxDyn> = ct.into_dyn();
+    if ct.shape() != dim.slice() {
+        let lead = ct.ndim() - dim.ndim();
+        for _ in 0..lead {
+            ct = ct.sum_axis(ndarray::Axis(0));
+        }
+        for (axis, &len) in dim.slice().iter().enumerate() {
+            if len == 1 && ct.shape()[axis] != 1 {
+                ct = ct.sum_axis(ndarray::Axis(axis)).insert_axis(ndarray::Axis(axis));
+            }
+        }
+    }
+    // The rank now matches `dim`, so only the dimension type changes.
+    ct.into_dimensionality::<D>()
+        .expect("adjoint: unbroadcast reaches the operand's rank by construction")
+}
