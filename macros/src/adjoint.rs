@@ -155,6 +155,20 @@ impl<'a> Gen<'a> {
         id
     }
 
+    /// Operand `j` in the primal; a float literal takes the type of a variable operand.
+    fn operand(&self, operands: &[Arg], j: usize) -> TokenStream {
+        match &operands[j].atom {
+            Atom::Lit(t) if is_float_literal(t) => match operands.iter().find_map(|a| a.atom.var()) {
+                Some(v) => {
+                    let like = self.name(v);
+                    quote!(::adjoint::__private::lit(&#like, #t))
+                }
+                None => t.clone(),
+            },
+            a => self.atom(a),
+        }
+    }
+
     fn atom(&self, a: &Atom) -> TokenStream {
         match a {
             Atom::Var(v) => self.name(*v).to_token_stream(),
@@ -302,6 +316,21 @@ impl<'a> Gen<'a> {
         }
     }
 
+    /// Operand `j` in the reverse sweep; a float literal takes the type of a
+    /// variable operand (`2.0` beside an `f32` array is an `f32`).
+    fn read_operand(&self, r: &mut Rev, operands: &[Arg], j: usize) -> TokenStream {
+        match &operands[j].atom {
+            Atom::Lit(t) if is_float_literal(t) => match operands.iter().find_map(|a| a.atom.var()) {
+                Some(v) => {
+                    let like = self.read_var(r, v);
+                    quote!(::adjoint::__private::lit(&#like, #t))
+                }
+                None => t.clone(),
+            },
+            a => self.read_atom(r, a),
+        }
+    }
+
     fn read_slot(&self, r: &mut Rev, s: Slot) -> TokenStream {
         r.reads.insert(s);
         self.slot_name(s)
@@ -310,7 +339,7 @@ impl<'a> Gen<'a> {
     /// `__private::f(&x, &y, consts..)`, reading the operands in the reverse sweep.
     fn prim_call(&self, r: &mut Rev, rule: &crate::ops::Rule, operands: &[Arg], consts: &[Atom]) -> TokenStream {
         let f = Ident::new(rule.func, Span::call_site());
-        let ops: Vec<TokenStream> = operands.iter().map(|a| self.read_atom(r, &a.atom)).collect();
+        let ops: Vec<TokenStream> = (0..operands.len()).map(|j| self.read_operand(r, operands, j)).collect();
         let cs: Vec<TokenStream> = consts.iter().map(|c| self.read_atom(r, c)).collect();
         fwd_call(rule, &f, &ops, &cs)
     }
@@ -414,13 +443,13 @@ impl<'a> Gen<'a> {
             .collect();
         let n = pbs.len();
         for (k, (i, pb)) in pbs.into_iter().enumerate() {
-            let ct = if k + 1 == n { quote!(#bar) } else { quote!(#bar.clone()) };
+            let ct = if k + 1 == n { quote!(#bar) } else { quote!(::core::clone::Clone::clone(&#bar)) };
             let f = Ident::new(pb.func, Span::call_site());
             let mut args: Vec<TokenStream> = Vec::new();
             for read in pb.reads {
                 args.push(match read {
                     Read::Operand(j) => {
-                        let x = self.read_atom(r, &operands[*j].atom);
+                        let x = self.read_operand(r, operands, *j);
                         quote!(&#x)
                     }
                     Read::Out => {
@@ -602,7 +631,7 @@ impl<'a> Gen<'a> {
             Atom::Var(v) => {
                 let name = self.name(*v);
                 if outer || also_moved.contains(&Slot::Var(*v)) || self.reads_all.contains(&Slot::Var(*v)) {
-                    quote!(#name.clone())
+                    quote!(::core::clone::Clone::clone(&#name))
                 } else {
                     quote!(#name)
                 }
@@ -639,7 +668,7 @@ impl<'a> Gen<'a> {
                     Op::Prim { rule, operands, consts, native } => {
                         if active {
                             let f = Ident::new(rule.func, Span::call_site());
-                            let ops: Vec<TokenStream> = operands.iter().map(|a| self.atom(&a.atom)).collect();
+                            let ops: Vec<TokenStream> = (0..operands.len()).map(|j| self.operand(operands, j)).collect();
                             let cs: Vec<TokenStream> = consts.iter().map(|c| self.by_value(c, false, &[])).collect();
                             let call = fwd_call(rule, &f, &ops, &cs);
                             quote!(let #name = #call;)
@@ -793,8 +822,9 @@ impl<'a> Gen<'a> {
         let leaf_code = |g: &Gen, nexts: Vec<TokenStream>, exit: TokenStream| -> TokenStream {
             let names: Vec<TokenStream> = record.iter().map(|s| g.slot_name(*s)).collect();
             let push = if taped { quote!(#tape.push((#(#names,)*));) } else { TokenStream::new() };
+            // Carries first: a value also recorded is cloned into the carry, then moved.
             let assigns = carry_vars.iter().zip(nexts).map(|(cv, n)| quote!(#cv = #n;));
-            quote!(#push #(#assigns)* #exit)
+            quote!(#(#assigns)* #push #exit)
         };
         match &lp.body.tail {
             Tail::Leaf(l) => {
@@ -946,6 +976,15 @@ impl<'a> Gen<'a> {
                 quote!(#r.#name #generics)
             }
         }
+    }
+}
+
+/// Whether `t` is a float literal such as `2.0` or `-1.5e3`.
+fn is_float_literal(t: &TokenStream) -> bool {
+    match syn::parse2::<syn::Expr>(t.clone()) {
+        Ok(syn::Expr::Lit(l)) => matches!(l.lit, syn::Lit::Float(_)),
+        Ok(syn::Expr::Unary(u)) => matches!(&*u.expr, syn::Expr::Lit(l) if matches!(l.lit, syn::Lit::Float(_))),
+        _ => false,
     }
 }
 

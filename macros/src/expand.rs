@@ -150,7 +150,23 @@ fn companions(
     let ReturnType::Type(_, ret) = &sig.output else { return None };
     let name = &sig.ident;
     let (vjp, grad, vg) = (companion_ident(name, "vjp"), companion_ident(name, "grad"), companion_ident(name, "value_and_grad"));
-    let generics = &sig.generics;
+    // Elided lifetimes would be ambiguous in the companions' return types (which
+    // name the parameters' cotangents): name each one.
+    let mut generics = sig.generics.clone();
+    let mut named = NameLifetimes { fresh: Vec::new() };
+    let params: Vec<ParamInfo> = params
+        .iter()
+        .map(|p| {
+            let mut ty = p.ty.clone();
+            syn::visit_mut::VisitMut::visit_type_mut(&mut named, &mut ty);
+            ParamInfo { pat: p.pat.clone(), ty, active: p.active }
+        })
+        .collect();
+    let params = &params[..];
+    for (k, lt) in named.fresh.into_iter().enumerate() {
+        generics.params.insert(k, syn::GenericParam::Lifetime(syn::LifetimeParam::new(lt)));
+    }
+    let generics = &generics;
     let where_clause = &generics.where_clause;
     let receiver = sig.receiver().map(|r| quote!(#r,));
     let args: Vec<TokenStream> = params
@@ -218,6 +234,53 @@ fn companions(
             (__out, #picked)
         }
     })
+}
+
+/// Gives every elided lifetime of a type a name: `&T`, `'_`, and ndarray's view
+/// types written without their lifetime (`ArrayView2<f64>`).
+struct NameLifetimes {
+    fresh: Vec<syn::Lifetime>,
+}
+
+impl NameLifetimes {
+    fn next(&mut self) -> syn::Lifetime {
+        let lt = syn::Lifetime::new(&format!("'__l{}", self.fresh.len()), Span::call_site());
+        self.fresh.push(lt.clone());
+        lt
+    }
+}
+
+impl syn::visit_mut::VisitMut for NameLifetimes {
+    fn visit_type_reference_mut(&mut self, r: &mut syn::TypeReference) {
+        if r.lifetime.is_none() {
+            r.lifetime = Some(self.next());
+        }
+        syn::visit_mut::visit_type_reference_mut(self, r);
+    }
+
+    fn visit_lifetime_mut(&mut self, lt: &mut syn::Lifetime) {
+        if lt.ident == "_" {
+            *lt = self.next();
+        }
+    }
+
+    fn visit_path_segment_mut(&mut self, seg: &mut syn::PathSegment) {
+        let name = seg.ident.to_string();
+        let is_view = name.starts_with("ArrayView") || name.starts_with("CowArray");
+        if is_view {
+            match &mut seg.arguments {
+                syn::PathArguments::AngleBracketed(args) => {
+                    if !args.args.iter().any(|a| matches!(a, syn::GenericArgument::Lifetime(_))) {
+                        let lt = self.next();
+                        args.args.insert(0, syn::GenericArgument::Lifetime(lt));
+                    }
+                }
+                syn::PathArguments::None => {}
+                syn::PathArguments::Parenthesized(_) => {}
+            }
+        }
+        syn::visit_mut::visit_path_segment_mut(self, seg);
+    }
 }
 
 fn param_name(p: &Pat) -> TokenStream {

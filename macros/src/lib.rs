@@ -13,6 +13,8 @@ mod expand;
 mod ir;
 mod lower;
 mod ops;
+#[cfg(test)]
+mod tests;
 
 use proc_macro::TokenStream;
 

@@ -1043,7 +1043,7 @@ impl Lowerer<'_> {
             .into_iter()
             .filter(|n| seen.insert(n.clone()))
             .filter_map(|n| self.scope_of(&n).map(|d| (d, n)))
-            .filter(|(_, n)| matches!(self.scopes.iter().rev().find_map(|s| s.get(n)), Some(Val::Atom(Atom::Var(_)))))
+            .filter(|(_, n)| matches!(self.scopes.iter().rev().find_map(|s| s.get(n)), Some(Val::Atom(_))))
             .collect()
     }
 

@@ -1,1 +1,61 @@
+//! Helpers shared by the integration tests: the JAX/Flax reference results and
+//! approximate comparison.
 
+use ndarray::{ArrayD, IxDyn};
+use serde_json::Value as Json;
+
+/// One case of `reference/engine.json` or `reference/modules.json`.
+pub fn reference(file: &str, case: &str) -> Json {
+    let path = format!("{}/reference/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let all: Json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"));
+    all.get(case).cloned().unwrap_or_else(|| panic!("no case {case} in {file}"))
+}
+
+/// A nested JSON list (or number) as an array of the given shape.
+pub fn array(value: &Json) -> ArrayD<f64> {
+    fn flat(v: &Json, out: &mut Vec<f64>, shape: &mut Vec<usize>, depth: usize) {
+        match v {
+            Json::Array(items) => {
+                if shape.len() == depth {
+                    shape.push(items.len());
+                }
+                for i in items {
+                    flat(i, out, shape, depth + 1);
+                }
+            }
+            Json::Number(n) => out.push(n.as_f64().expect("a number")),
+            Json::Bool(b) => out.push(if *b { 1.0 } else { 0.0 }),
+            other => panic!("not a number: {other}"),
+        }
+    }
+    let mut out = Vec::new();
+    let mut shape = Vec::new();
+    flat(value, &mut out, &mut shape, 0);
+    ArrayD::from_shape_vec(IxDyn(&shape), out).expect("a rectangular list")
+}
+
+/// The input `name` of a case.
+pub fn input(case: &Json, name: &str) -> ArrayD<f64> {
+    array(&case["inputs"][name]["value"])
+}
+
+/// The reference gradient for input `name` of an engine case.
+pub fn grad(case: &Json, name: &str) -> ArrayD<f64> {
+    array(&case["grads"][name]["value"])
+}
+
+/// Asserts `|a - b| <= rtol * max(|a|, |b|)` elementwise (with a tiny absolute floor
+/// for exact zeros).
+pub fn assert_close(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>, rtol: f64) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+        let tol = rtol * g.abs().max(w.abs()) + 1e-15;
+        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g:e}, want {w:e} (rtol {rtol:e})");
+    }
+}
+
+/// A scalar as a 0-dimensional array, for [`assert_close`].
+pub fn scalar(v: f64) -> ArrayD<f64> {
+    ArrayD::from_elem(IxDyn(&[]), v)
+}

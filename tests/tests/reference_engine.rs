@@ -1,0 +1,222 @@
+//! Every case of `reference/engine.json` (JAX, float64), ported: the value and every
+//! gradient must agree within 1e-9 relative.
+
+use adjoint::prelude::*;
+use adjoint_tests::{assert_close, grad, input, reference, scalar};
+use ndarray::{Array1, Array2, Array3, ArrayD, Axis, Ix1, Ix2, Ix3};
+
+const RTOL: f64 = 1e-9;
+
+fn a1(a: ArrayD<f64>) -> Array1<f64> {
+    a.into_dimensionality::<Ix1>().unwrap()
+}
+fn a2(a: ArrayD<f64>) -> Array2<f64> {
+    a.into_dimensionality::<Ix2>().unwrap()
+}
+fn a3(a: ArrayD<f64>) -> Array3<f64> {
+    a.into_dimensionality::<Ix3>().unwrap()
+}
+fn s(a: ArrayD<f64>) -> f64 {
+    a.into_iter().next().unwrap()
+}
+
+#[differentiable]
+fn scalar_mix(x: f64, y: f64) -> f64 {
+    x * y + x.sin() * y.exp() / (1.0 + x * x)
+}
+
+#[test]
+fn reference_scalar_mix() {
+    let case = reference("engine.json", "scalar_mix");
+    let (x, y) = (s(input(&case, "x")), s(input(&case, "y")));
+    let (v, (gx, gy)) = value_and_grad!(scalar_mix)(x, y);
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("x", &scalar(gx), &grad(&case, "x"), RTOL);
+    assert_close("y", &scalar(gy), &grad(&case, "y"), RTOL);
+}
+
+#[differentiable]
+fn branch(x: f64) -> f64 {
+    if x > 1.0 { x * x * x } else { 2.0 * x - 1.0 }
+}
+
+#[test]
+fn reference_branch() {
+    for name in ["branch_hi", "branch_lo"] {
+        let case = reference("engine.json", name);
+        let x = s(input(&case, "x"));
+        let (v, gx) = value_and_grad!(branch)(x);
+        assert_close(name, &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+        assert_close(name, &scalar(gx), &grad(&case, "x"), RTOL);
+    }
+}
+
+#[differentiable]
+fn horner(x: f64) -> f64 {
+    // Coefficients 8, 7, ..., 1, highest degree first.
+    let mut acc = 0.0;
+    for c in (1..=8).rev() {
+        acc = acc * x + c as f64;
+    }
+    acc
+}
+
+#[test]
+fn reference_horner_loop() {
+    let case = reference("engine.json", "horner_loop");
+    let (v, gx) = value_and_grad!(horner)(s(input(&case, "x")));
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("x", &scalar(gx), &grad(&case, "x"), RTOL);
+}
+
+#[differentiable]
+fn newton_sqrt(a: f64) -> f64 {
+    let mut z = a;
+    let mut i = 0;
+    while i < 6 {
+        z = 0.5 * (z + a / z);
+        i += 1;
+    }
+    z
+}
+
+#[test]
+fn reference_newton_sqrt() {
+    let case = reference("engine.json", "newton_sqrt");
+    let (v, ga) = value_and_grad!(newton_sqrt)(s(input(&case, "a")));
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("a", &scalar(ga), &grad(&case, "a"), RTOL);
+}
+
+#[differentiable]
+fn dense_tanh(w: &Array2<f64>, b: &Array1<f64>, x: &Array2<f64>) -> f64 {
+    let h = (x.dot(w) + b).tanh();
+    (&h * &h).sum()
+}
+
+#[test]
+fn reference_dense_tanh() {
+    let case = reference("engine.json", "dense_tanh");
+    let (w, b, x) = (a2(input(&case, "w")), a1(input(&case, "b")), a2(input(&case, "x")));
+    let (v, (gw, gb, gx)) = value_and_grad!(dense_tanh)(&w, &b, &x);
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("w", &gw.into_dyn(), &grad(&case, "w"), RTOL);
+    assert_close("b", &gb.into_dyn(), &grad(&case, "b"), RTOL);
+    assert_close("x", &gx.into_dyn(), &grad(&case, "x"), RTOL);
+}
+
+#[differentiable]
+fn softmax_xent(logits: &Array2<f64>, #[no_grad] labels: &[usize]) -> f64 {
+    let logp = log_softmax(logits, Axis(1));
+    let mut total = 0.0;
+    for i in 0..labels.len() {
+        total = total + logp[[i, labels[i]]];
+    }
+    -total / labels.len() as f64
+}
+
+#[test]
+fn reference_softmax_xent() {
+    let case = reference("engine.json", "softmax_xent");
+    let logits = a2(input(&case, "logits"));
+    let (v, g) = value_and_grad!(softmax_xent)(&logits, &[2, 0, 3]);
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("logits", &g.into_dyn(), &grad(&case, "logits"), RTOL);
+}
+
+#[differentiable]
+fn broadcast(a: &Array2<f64>, b: &Array2<f64>, c: &Array1<f64>) -> f64 {
+    let t = (a + b) * c;
+    (&t * &t).sum() / 2.0
+}
+
+#[test]
+fn reference_broadcast() {
+    let case = reference("engine.json", "broadcast");
+    let (a, b, c) = (a2(input(&case, "a")), a2(input(&case, "b")), a1(input(&case, "c")));
+    let (v, (ga, gb, gc)) = value_and_grad!(broadcast)(&a, &b, &c);
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("a", &ga.into_dyn(), &grad(&case, "a"), RTOL);
+    assert_close("b", &gb.into_dyn(), &grad(&case, "b"), RTOL);
+    assert_close("c", &gc.into_dyn(), &grad(&case, "c"), RTOL);
+}
+
+#[differentiable]
+fn reductions(x: &Array2<f64>) -> f64 {
+    let col_mean = x.mean_axis(Axis(0)).unwrap();
+    let row_sum = x.sum_axis(Axis(1));
+    (&col_mean * &col_mean).sum() + row_sum.mean().unwrap() * x.mean().unwrap()
+}
+
+#[test]
+fn reference_reductions() {
+    let case = reference("engine.json", "reductions");
+    let x = a2(input(&case, "x"));
+    let (v, g) = value_and_grad!(reductions)(&x);
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("x", &g.into_dyn(), &grad(&case, "x"), RTOL);
+}
+
+#[differentiable]
+fn rnn(w: &Array2<f64>, u: &Array2<f64>, xs: &Array3<f64>) -> f64 {
+    let mut h = Array2::<f64>::zeros((2, 4));
+    for t in 0..5 {
+        h = (h.dot(w) + xs.index_axis(Axis(0), t).dot(u)).tanh();
+    }
+    (&h * &h).sum()
+}
+
+#[test]
+fn reference_rnn() {
+    let case = reference("engine.json", "rnn");
+    let (w, u, xs) = (a2(input(&case, "w")), a2(input(&case, "u")), a3(input(&case, "xs")));
+    let (v, (gw, gu, gxs)) = value_and_grad!(rnn)(&w, &u, &xs);
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("w", &gw.into_dyn(), &grad(&case, "w"), RTOL);
+    assert_close("u", &gu.into_dyn(), &grad(&case, "u"), RTOL);
+    assert_close("xs", &gxs.into_dyn(), &grad(&case, "xs"), RTOL);
+}
+
+#[differentiable]
+fn elementwise_closure(x: &Array1<f64>) -> f64 {
+    x.mapv(|v| v.sin() * v + v.exp() / (1.0 + v * v)).sum()
+}
+
+#[test]
+fn reference_elementwise_closure() {
+    let case = reference("engine.json", "elementwise_closure");
+    let x = a1(input(&case, "x"));
+    let (v, g) = value_and_grad!(elementwise_closure)(&x);
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("x", &g.into_dyn(), &grad(&case, "x"), RTOL);
+}
+
+#[differentiable]
+fn matmul_transpose(a: &Array2<f64>, b: &Array2<f64>, c: &Array2<f64>) -> f64 {
+    a.dot(&b.t()).dot(c).sum()
+}
+
+#[test]
+fn reference_matmul_transpose() {
+    let case = reference("engine.json", "matmul_transpose");
+    let (a, b, c) = (a2(input(&case, "a")), a2(input(&case, "b")), a2(input(&case, "c")));
+    let (v, (ga, gb, gc)) = value_and_grad!(matmul_transpose)(&a, &b, &c);
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("a", &ga.into_dyn(), &grad(&case, "a"), RTOL);
+    assert_close("b", &gb.into_dyn(), &grad(&case, "b"), RTOL);
+    assert_close("c", &gc.into_dyn(), &grad(&case, "c"), RTOL);
+}
+
+#[differentiable]
+fn relu_max_abs(x: &Array1<f64>) -> f64 {
+    (relu(x) * 3.0 + x.abs() + (x * x + 1.0).sqrt()).sum()
+}
+
+#[test]
+fn reference_relu_max_abs() {
+    let case = reference("engine.json", "relu_max_abs");
+    let x = a1(input(&case, "x"));
+    let (v, g) = value_and_grad!(relu_max_abs)(&x);
+    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close("x", &g.into_dyn(), &grad(&case, "x"), RTOL);
+}
