@@ -29,7 +29,7 @@ pub fn analyze(cx: &Ctxt, f: &Func) -> Activity {
     }
     while forward(&f.body, &mut varied) {}
     let mut useful = vec![false; n];
-    mark_output(&f.body, &mut useful);
+    mark_output(&f.body, f.aux, &mut useful);
     while backward(&f.body, &mut useful) {}
     let active = (0..n).map(|i| varied[i] && useful[i]).collect();
     let act = Activity { active };
@@ -156,11 +156,14 @@ fn forward(b: &Block, varied: &mut Vec<bool>) -> bool {
 }
 
 /// The function's output values are useful.
-fn mark_output(b: &Block, useful: &mut [bool]) {
+fn mark_output(b: &Block, aux: bool, useful: &mut [bool]) {
     each_leaf(b, &mut |l| {
+        if !matches!(l.kind, LeafKind::Return | LeafKind::Fallthrough) {
+            return;
+        }
         if let Some(v) = &l.value {
             let mut atoms = Vec::new();
-            v.flatten(&mut atoms);
+            crate::adjoint::differentiated(v, aux).flatten(&mut atoms);
             for a in atoms {
                 if let Some(v) = a.var() {
                     useful[v.0 as usize] = true;

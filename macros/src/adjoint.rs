@@ -192,11 +192,18 @@ impl<'a> Gen<'a> {
         if let Some(v) = &out_shape {
             v.flatten(&mut out_atoms);
         }
-        let cts: Vec<Ident> = (0..out_atoms.len()).map(|j| format_ident!("__ct{}", j)).collect();
+        // With `has_aux`, only the value (the pair's first half) has a cotangent.
+        let ct_shape = out_shape.as_ref().map(|v| differentiated(v, f.aux).clone());
+        let mut ct_atoms = Vec::new();
+        if let Some(v) = &ct_shape {
+            v.flatten(&mut ct_atoms);
+        }
+        let cts: Vec<Ident> = (0..ct_atoms.len()).map(|j| format_ident!("__ct{}", j)).collect();
+        let aux = f.aux;
         let seeds = |l: &Leaf| -> Vec<(Atom, TokenStream)> {
             let mut atoms = Vec::new();
             if let Some(v) = &l.value {
-                v.flatten(&mut atoms);
+                differentiated(v, aux).flatten(&mut atoms);
             }
             atoms.into_iter().zip(&cts).map(|(a, c)| (a, c.to_token_stream())).collect()
         };
@@ -218,7 +225,7 @@ impl<'a> Gen<'a> {
             .collect();
         self.reads_all.extend(rev.reads.iter().copied());
         let code = &rev.code;
-        let ct_pat = match &out_shape {
+        let ct_pat = match &ct_shape {
             Some(shape) => shape_pattern(shape, &mut cts.iter()),
             None => quote!(_),
         };
@@ -1075,6 +1082,15 @@ fn block_defs(b: &Block, out: &mut HashSet<Var>) {
                 out.extend(lp.value);
             }
         }
+    }
+}
+
+/// The part of an output that is differentiated: all of it, or with `has_aux`
+/// the first half of the pair.
+pub fn differentiated(v: &Val, aux: bool) -> &Val {
+    match (aux, v) {
+        (true, Val::Tuple(vs)) if vs.len() == 2 => &vs[0],
+        _ => v,
     }
 }
 

@@ -502,7 +502,11 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
             })
         }
     };
-    quote!(#[allow(unused_mut, unused_variables, unused_parens)] move |#(#closure_params),*| #body)
+    quote!({
+        #[allow(unused_mut, unused_variables, unused_parens)]
+        let __f = move |#(#closure_params),*| #body;
+        __f
+    })
 }
 
 fn quote_spanned_block(_span: Span, body: TokenStream) -> TokenStream {

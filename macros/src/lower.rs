@@ -65,7 +65,10 @@ type Stmts = Vec<Stmt>;
 impl Lowerer<'_> {
     // ----- names and environment -----
 
-    fn fresh_named(&mut self, base: &str, span: Span) -> Var {
+    /// A new variable named `base` (or `base_k` if taken). User names keep the
+    /// user's span, so they resolve like the user's own tokens (also inside
+    /// `macro_rules!`); generated names are the macro's.
+    fn fresh_named(&mut self, base: &str, span: Span, user: bool) -> Var {
         let mut name = base.to_string();
         let mut k = 1;
         while self.taken.contains(&name) {
@@ -74,7 +77,8 @@ impl Lowerer<'_> {
         }
         self.taken.insert(name.clone());
         let id = Var(self.vars.len() as u32);
-        self.vars.push(VarInfo { name: Ident::new(&name, Span::call_site()), span });
+        let ident_span = if user { span } else { Span::call_site() };
+        self.vars.push(VarInfo { name: Ident::new(&name, ident_span), span });
         id
     }
 
@@ -84,13 +88,13 @@ impl Lowerer<'_> {
         if !self.vars.iter().any(|v| v.name == base) {
             self.taken.remove(&base);
         }
-        self.fresh_named(&base, ident.span())
+        self.fresh_named(&base, ident.span(), true)
     }
 
     fn temp(&mut self, span: Span) -> Var {
         let n = self.temps;
         self.temps += 1;
-        self.fresh_named(&format!("__t{n}"), span)
+        self.fresh_named(&format!("__t{n}"), span, false)
     }
 
     fn lookup(&mut self, name: &str) -> Option<Val> {
@@ -432,7 +436,7 @@ impl Lowerer<'_> {
             .into_iter()
             .map(|n| {
                 let id = Var(self.vars.len() as u32);
-                self.vars.push(VarInfo { name: Ident::new(&n.to_string(), Span::call_site()), span: n.span() });
+                self.vars.push(VarInfo { name: n.clone(), span: n.span() });
                 self.taken.insert(n.to_string());
                 self.bind(n.to_string(), Val::Atom(Atom::Var(id)));
                 id
@@ -785,7 +789,7 @@ impl Lowerer<'_> {
             k += 1;
         }
         self.taken.insert(name.clone());
-        self.vars[var.0 as usize].name = Ident::new(&name, Span::call_site());
+        self.vars[var.0 as usize].name = Ident::new(&name, to.span());
     }
 
     fn prim(&mut self, out: &mut Stmts, rule: &'static Rule, operands: Vec<Arg>, consts: Vec<Atom>, native: Native, span: Span) -> Atom {
@@ -914,8 +918,9 @@ impl Lowerer<'_> {
         let Expr::Path(p) = &*c.func else { unreachable!("checked by the caller") };
         let mut path = p.path.clone();
         let last = path.segments.pop().expect("a path has a segment").into_value();
-        let prefix = path.to_token_stream();
-        let prefix = if path.segments.is_empty() { TokenStream::new() } else { quote!(#prefix ::) };
+        let leading = path.leading_colon;
+        let segs = path.segments.iter();
+        let prefix = quote!(#leading #(#segs ::)*);
         let generics = last.arguments.to_token_stream();
         let args = self.args(out, c.args.iter().cloned());
         Call { callee: Callee::Path { prefix, name: last.ident, generics }, args, span: c.span() }
