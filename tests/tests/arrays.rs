@@ -1,0 +1,201 @@
+//! Array code: broadcasting, float maths, `mapv`, `dot` in every rank
+//! combination, reductions, shapes, reads, `concatenate`/`stack` and the `nn`
+//! functions, each checked against central differences.
+
+use adjoint::check::{check_grad, Tolerance};
+use adjoint::prelude::*;
+use ndarray::{array, concatenate, s, stack, Array, Array1, Array2, Axis, Dimension};
+
+fn pattern<D: Dimension>(shape: D, seed: usize) -> Array<f64, D> {
+    let n = shape.size();
+    let v: Vec<f64> = (0..n).map(|i| (((i * 7919 + seed * 104729) % 1000) as f64) / 500.0 - 1.0).collect();
+    Array::from_shape_vec(shape, v).unwrap()
+}
+
+fn tol() -> Tolerance {
+    Tolerance { step: 1e-6, rtol: 1e-6, atol: 1e-8 }
+}
+
+#[differentiable]
+fn broadcasting(a: &Array2<f64>, b: &Array1<f64>, c: f64) -> f64 {
+    let x = a + b; // (3, 4) + (4,)
+    let y = &x * c - b / 2.0; // array-scalar, array-array
+    let z = 1.0 - &y / (a * a + 1.0); // scalar-array
+    let w = c / (&z * &z + 1.0);
+    (&w * &y).sum()
+}
+
+#[test]
+fn elementwise_with_broadcasting() {
+    let (a, b, c) = (pattern(ndarray::Ix2(3, 4), 1), pattern(ndarray::Ix1(4), 2), 0.7);
+    let g = grad!(broadcasting)(&a, &b, c);
+    let f = |(a, b, c): &(Array2<f64>, Array1<f64>, f64)| broadcasting(a, b, *c);
+    check_grad(f, &(a, b, c), &g, tol()).unwrap();
+}
+
+#[differentiable]
+fn float_maths(x: &Array1<f64>) -> f64 {
+    let p = x.mapv(|v| v * v + 1.0); // positive
+    let a = x.exp() + x.sin() * x.cos() + x.tanh() + x.abs() + x.atan();
+    let b = p.ln() + p.sqrt() + p.powi(3) + p.powf(1.5) + p.recip() + p.log2() + p.cbrt();
+    let c = (x * 0.5).asin() + (x * 0.5).acos() + x.sinh() + x.cosh() + x.exp_m1() + p.ln_1p() + p.log10();
+    (a * b + c).sum()
+}
+
+#[test]
+fn float_maths_methods() {
+    let x = pattern(ndarray::Ix1(5), 3);
+    let g = grad!(float_maths)(&x);
+    check_grad(|x: &Array1<f64>| float_maths(x), &x, &g, tol()).unwrap();
+}
+
+#[differentiable]
+fn fused_closure(x: &Array1<f64>, k: f64) -> f64 {
+    let y = x.mapv(|v| {
+        let s = v.sin();
+        if v > 0.0 { s * v } else { s.exp() }
+    });
+    (y * k).sum()
+}
+
+#[test]
+fn mapv_with_a_differentiable_closure() {
+    let x = pattern(ndarray::Ix1(6), 4);
+    let (gx, gk) = grad!(fused_closure)(&x, 1.3);
+    let f = |(x, k): &(Array1<f64>, f64)| fused_closure(x, *k);
+    check_grad(f, &(x, 1.3), &(gx, gk), tol()).unwrap();
+}
+
+#[differentiable]
+fn dots(m: &Array2<f64>, n: &Array2<f64>, u: &Array1<f64>, v: &Array1<f64>) -> f64 {
+    let mm = m.dot(n); // (3, 4) . (4, 2)
+    let mv = m.dot(v); // (3, 4) . (4,)
+    let vm = u.dot(m); // (3,) . (3, 4)
+    let vv = v.dot(v);
+    mm.sum() + (&mv * &mv).sum() + vm.dot(v) * vv + m.t().dot(u).sum() + n.view().reversed_axes().sum()
+}
+
+#[test]
+fn dot_in_every_rank_combination_and_transpose() {
+    let (m, n) = (pattern(ndarray::Ix2(3, 4), 5), pattern(ndarray::Ix2(4, 2), 6));
+    let (u, v) = (pattern(ndarray::Ix1(3), 7), pattern(ndarray::Ix1(4), 8));
+    let g = grad!(dots)(&m, &n, &u, &v);
+    let f = |(m, n, u, v): &(Array2<f64>, Array2<f64>, Array1<f64>, Array1<f64>)| dots(m, n, u, v);
+    check_grad(f, &(m, n, u, v), &g, tol()).unwrap();
+}
+
+#[differentiable]
+fn reductions_and_shapes(x: &Array2<f64>) -> f64 {
+    let rows = x.sum_axis(Axis(1)); // (3,)
+    let cols = x.mean_axis(Axis(0)).unwrap(); // (4,)
+    let col = cols.insert_axis(Axis(0)); // (1, 4)
+    let flat = x.to_shape(12).unwrap();
+    let back = flat.into_shape_with_order((4, 3)).unwrap();
+    let sq = &back * &back;
+    (x * &col).sum() + (&rows * &rows).sum() + x.mean().unwrap() * sq.mean().unwrap()
+}
+
+#[test]
+fn reductions_reshapes_and_insert_axis() {
+    let x = pattern(ndarray::Ix2(3, 4), 9);
+    let g = grad!(reductions_and_shapes)(&x);
+    check_grad(|x: &Array2<f64>| reductions_and_shapes(x), &x, &g, tol()).unwrap();
+}
+
+#[differentiable]
+fn reads(x: &Array2<f64>, v: &Array1<f64>) -> f64 {
+    let block = x.slice(s![1.., ..2]); // (2, 2)
+    let r = x.row(0);
+    let c = x.column(2);
+    let plane = x.index_axis(Axis(0), 2);
+    let mut total = 0.0;
+    for i in 0..v.len() {
+        total = total + v[i] * x[[i % 3, i]];
+    }
+    (&block * &block).sum() + r.dot(v) + c.sum() * plane.sum() + total
+}
+
+#[test]
+fn slices_rows_columns_and_element_reads() {
+    let (x, v) = (pattern(ndarray::Ix2(3, 4), 10), pattern(ndarray::Ix1(4), 11));
+    let g = grad!(reads)(&x, &v);
+    let f = |(x, v): &(Array2<f64>, Array1<f64>)| reads(x, v);
+    check_grad(f, &(x, v), &g, tol()).unwrap();
+}
+
+#[differentiable]
+fn joins(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
+    let c = concatenate(Axis(0), &[a.view(), b.view()]).unwrap(); // (5, 3)
+    let d = stack(Axis(1), &[a.view(), a.view()]).unwrap(); // (2, 2, 3)
+    let ones = Array2::<f64>::ones((5, 3));
+    let fill = Array2::from_elem((5, 3), 0.5);
+    ((&c * &c) * &ones + &fill * &c).sum() + d.sum_axis(Axis(1)).sum() * 0.5
+}
+
+#[test]
+fn concatenate_stack_and_constant_arrays() {
+    let (a, b) = (pattern(ndarray::Ix2(2, 3), 12), pattern(ndarray::Ix2(3, 3), 13));
+    let g = grad!(joins)(&a, &b);
+    let f = |(a, b): &(Array2<f64>, Array2<f64>)| joins(a, b);
+    check_grad(f, &(a, b), &g, tol()).unwrap();
+}
+
+#[differentiable]
+fn nn_functions(x: &Array2<f64>, w: &Array2<f64>) -> f64 {
+    let h = x.dot(w);
+    let p = softmax(&h, Axis(1));
+    let lp = log_softmax(&h, Axis(0));
+    let l = logsumexp(&h, Axis(1));
+    let act = relu(&h) + sigmoid(&h) * softplus(&h);
+    (&p * &lp).sum() + l.sum() + (act * &p).sum()
+}
+
+#[test]
+fn softmax_log_softmax_logsumexp_and_activations() {
+    let (x, w) = (pattern(ndarray::Ix2(3, 4), 14), pattern(ndarray::Ix2(4, 5), 15));
+    let g = grad!(nn_functions)(&x, &w);
+    let f = |(x, w): &(Array2<f64>, Array2<f64>)| nn_functions(x, w);
+    check_grad(f, &(x, w), &g, tol()).unwrap();
+}
+
+#[differentiable]
+fn owned_and_views(x: Array1<f64>, y: ndarray::ArrayView1<f64>) -> f64 {
+    let z = x.clone() * 2.0;
+    let v = z.view();
+    (&v * &y).sum() + x.to_owned().sum()
+}
+
+#[test]
+fn owned_arguments_and_views() {
+    let (x, y) = (pattern(ndarray::Ix1(3), 16), pattern(ndarray::Ix1(3), 17));
+    let (gx, gy) = grad!(owned_and_views)(x.clone(), y.view());
+    assert_eq!(gx, &y * 2.0 + 1.0);
+    assert_eq!(gy, &x * 2.0);
+}
+
+#[differentiable]
+fn mlp(w1: &Array2<f32>, w2: &Array2<f32>, x: &Array2<f32>) -> f32 {
+    let h = relu(&x.dot(w1));
+    let y = h.dot(w2).tanh();
+    (&y * &y).mean().unwrap()
+}
+
+#[test]
+fn f32_arrays_agree_with_f64() {
+    let (w1, w2, x) = (pattern(ndarray::Ix2(3, 4), 18), pattern(ndarray::Ix2(4, 2), 19), pattern(ndarray::Ix2(5, 3), 20));
+    let (g1, g2, _) = grad!(mlp)(&w1.mapv(|v| v as f32), &w2.mapv(|v| v as f32), &x.mapv(|v| v as f32));
+    let f64_version = |(w1, w2): &(Array2<f64>, Array2<f64>)| {
+        let h = x.dot(w1).mapv(|v| v.max(0.0));
+        let y = h.dot(w2).tanh();
+        (&y * &y).mean().unwrap()
+    };
+    let g = (g1.mapv(|v| v as f64), g2.mapv(|v| v as f64));
+    check_grad(f64_version, &(w1, w2), &g, Tolerance { step: 1e-6, rtol: 1e-4, atol: 1e-5 }).unwrap();
+}
+
+#[test]
+fn vjp_of_a_vector_function() {
+    let (y, pb) = vjp!(|x: Array1<f64>| x.mapv(|v| v * v) * 3.0)(array![1.0, 2.0]);
+    assert_eq!(y, array![3.0, 12.0]);
+    assert_eq!(pb(array![1.0, 0.5]), array![6.0, 6.0]);
+}
