@@ -25,6 +25,12 @@ pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::differentiable(attr.into(), item.into()).into()
 }
 
+/// A user-given reverse rule: `#[custom_vjp(fwd = f_fwd, bwd = f_bwd)]` on `f`.
+#[proc_macro_attribute]
+pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::custom_vjp(attr.into(), item.into()).into()
+}
+
 /// `grad!(f)`: a function returning the gradient of `f` with respect to its
 /// differentiated arguments. `grad!(|x, y| body, wrt = [x], has_aux)` for a closure.
 #[proc_macro]

@@ -27,7 +27,7 @@ pub mod rules;
 pub mod transforms;
 pub mod value;
 
-pub use adjoint_macros::{differentiable, grad, value_and_grad, vjp};
+pub use adjoint_macros::{custom_vjp, differentiable, grad, value_and_grad, vjp};
 pub use value::{Cot, Real, Value};
 
 /// Functions with derivative rules that `#[differentiable]` code may call.
@@ -47,7 +47,7 @@ pub fn no_grad<T>(x: T) -> T {
 pub mod prelude {
     pub use crate::nn::*;
     pub use crate::no_grad;
-    pub use crate::{differentiable, grad, value_and_grad, vjp};
+    pub use crate::{custom_vjp, differentiable, grad, value_and_grad, vjp};
 }
 
 /// What the generated code calls. Not a public API: names here change freely.
