@@ -11,11 +11,23 @@ use crate::ir::*;
 /// The active variables of `f`, indexed by [`Var`].
 pub struct Activity {
     pub active: Vec<bool>,
+    varied: Vec<bool>,
+    useful: Vec<bool>,
 }
 
 impl Activity {
     pub fn is_active(&self, a: &Atom) -> bool {
         a.var().is_some_and(|v| self.active[v.0 as usize])
+    }
+
+    /// Whether `a` depends on a differentiated input (whether or not the output
+    /// depends on it).
+    fn is_varied(&self, a: &Atom) -> bool {
+        a.var().is_some_and(|v| self.varied[v.0 as usize])
+    }
+
+    fn is_useful(&self, v: Var) -> bool {
+        self.useful[v.0 as usize]
     }
 }
 
@@ -32,7 +44,7 @@ pub fn analyze(cx: &Ctxt, f: &Func) -> Activity {
     mark_output(&f.body, f.aux, &mut useful);
     while backward(&f.body, &mut useful) {}
     let active = (0..n).map(|i| varied[i] && useful[i]).collect();
-    let act = Activity { active };
+    let act = Activity { active, varied, useful };
     check(cx, f, &f.body, &act);
     act
 }
@@ -260,12 +272,13 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
     for s in &b.stmts {
         match s {
             Stmt::Let { dst, op, span } => match op {
+                // A derivative the rules cannot give, flowing into a used result.
                 Op::Prim { rule, operands, native, .. } => {
-                    if !act.active[dst.0 as usize] {
+                    if !act.is_useful(*dst) {
                         continue;
                     }
                     for (i, a) in operands.iter().enumerate() {
-                        if act.is_active(&a.atom) && rule.pullbacks.get(i).is_some_and(|p| p.is_none()) {
+                        if act.is_varied(&a.atom) && rule.pullbacks.get(i).is_some_and(|p| p.is_none()) {
                             let what = match native {
                                 Native::Method { name, .. } => format!("`{name}`"),
                                 _ => "this operation".to_string(),
@@ -276,23 +289,23 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                 }
                 Op::Call(c) => {
                     if let Callee::Method { receiver, name, .. } = &c.callee {
-                        if act.is_active(&receiver.atom) {
+                        if act.is_useful(*dst) && act.is_varied(&receiver.atom) {
                             cx.error(c.span, format!("no derivative rule for the method `{name}` on a differentiated value; use a supported operation, a #[differentiable] function, or `no_grad(..)`"));
                         }
                     }
                 }
                 Op::MapV { closure, .. } => {
                     for (_, outer) in &closure.free {
-                        if act.active[outer.0 as usize] {
+                        if act.is_useful(*dst) && act.varied[outer.0 as usize] {
                             cx.error(*span, format!("the closure of `mapv` reads `{}`, which is differentiated; only the element may be differentiated inside `mapv`", f.name(*outer)));
                         }
                     }
                 }
                 Op::Const(_) => {}
             },
-            Stmt::LetTuple { call, .. } => {
+            Stmt::LetTuple { dsts, call, .. } => {
                 if let Callee::Method { receiver, name, .. } = &call.callee {
-                    if act.is_active(&receiver.atom) {
+                    if dsts.iter().any(|d| act.is_useful(*d)) && act.is_varied(&receiver.atom) {
                         cx.error(call.span, format!("no derivative rule for the method `{name}` on a differentiated value"));
                     }
                 }

@@ -1023,7 +1023,8 @@ fn fwd_call(rule: &crate::ops::Rule, f: &Ident, ops: &[TokenStream], consts: &[T
 /// The pullback closure of a `mapv` element function: `|v, g| dv`, recomputing the
 /// element's primal then running its reverse sweep.
 fn mapv_pullback(closure: &Func) -> TokenStream {
-    let act = crate::activity::Activity { active: closure_activity(closure) };
+    // Errors of the closure were reported with the enclosing body.
+    let act = crate::activity::analyze(&crate::ctxt::Ctxt::default(), closure);
     let g = generate(closure, &act);
     let param = closure.name(closure.params[0].var);
     let (primal, reverse) = (&g.primal, &g.reverse);
@@ -1032,14 +1033,6 @@ fn mapv_pullback(closure: &Func) -> TokenStream {
         let (__dv,) = { #reverse };
         __dv
     })
-}
-
-fn closure_activity(closure: &Func) -> Vec<bool> {
-    // Re-running the analysis is cheap; errors were reported with the outer body.
-    let cx = crate::ctxt::Ctxt::default();
-    let a = crate::activity::analyze(&cx, closure);
-    let _ = cx.check();
-    a.active
 }
 
 fn slot_local(s: &Slot, local: &HashSet<Var>, g: &Gen) -> bool {

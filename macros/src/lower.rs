@@ -62,6 +62,12 @@ struct Lowerer<'c> {
 
 type Stmts = Vec<Stmt>;
 
+/// The value of an expression that was reported as an error: usable anywhere, so
+/// one mistake makes one message.
+fn poison() -> Val {
+    Val::Atom(Atom::Lit(quote!(())))
+}
+
 impl Lowerer<'_> {
     // ----- names and environment -----
 
@@ -576,7 +582,7 @@ impl Lowerer<'_> {
             }
             Expr::Unsafe(u) => {
                 self.cx.error_at(u, "`unsafe` blocks cannot be differentiated; move the unsafe code into a function with a #[custom_vjp] rule");
-                Val::Tuple(vec![])
+                poison()
             }
             Expr::If(i) => self.branch_stmt(out, e, Some(i), None),
             Expr::Match(m) => self.branch_stmt(out, e, None, Some(m)),
@@ -603,15 +609,15 @@ impl Lowerer<'_> {
             }
             Expr::Closure(c) => {
                 self.cx.error_at(c, "closures are only differentiated as the argument of `mapv`; write a #[differentiable] function instead");
-                Val::Tuple(vec![])
+                poison()
             }
             Expr::Return(_) | Expr::Break(_) | Expr::Continue(_) => {
                 self.cx.error_at(e, "`return`, `break` and `continue` must be statements of their own in a #[differentiable] body");
-                Val::Tuple(vec![])
+                poison()
             }
             Expr::Try(t) => {
                 self.cx.error_at(t, "the `?` operator is not supported in a #[differentiable] body");
-                Val::Tuple(vec![])
+                poison()
             }
             Expr::Macro(_) | Expr::Array(_) | Expr::Repeat(_) | Expr::Range(_) | Expr::Struct(_) => {
                 if matches!(e, Expr::Array(_) | Expr::Struct(_)) && self.mentions_local(e.to_token_stream()) {
@@ -621,15 +627,15 @@ impl Lowerer<'_> {
             }
             Expr::Async(_) | Expr::Await(_) | Expr::Yield(_) | Expr::TryBlock(_) | Expr::Const(_) => {
                 self.cx.error_at(e, "this expression is not supported in a #[differentiable] body");
-                Val::Tuple(vec![])
+                poison()
             }
             Expr::Let(l) => {
                 self.cx.error_at(l, "`let` expressions are not supported in a #[differentiable] body");
-                Val::Tuple(vec![])
+                poison()
             }
             _ => {
                 self.cx.error_at(e, "this expression is not supported in a #[differentiable] body");
-                Val::Tuple(vec![])
+                poison()
             }
         }
     }
@@ -677,7 +683,7 @@ impl Lowerer<'_> {
             BinOp::DivAssign(_) => (&ops::DIV, quote!(/), true),
             BinOp::Rem(_) | BinOp::RemAssign(_) if self.mentions_local(b.to_token_stream()) => {
                 self.cx.error_at(b, "`%` has no derivative rule; wrap it in `no_grad(..)` if its operands are constants");
-                return Val::Tuple(vec![]);
+                return poison();
             }
             _ => {
                 if matches!(
@@ -718,7 +724,7 @@ impl Lowerer<'_> {
     fn constant_update(&mut self, out: &mut Stmts, e: &Expr, left: &Expr) -> Val {
         let Expr::Path(p) = left else {
             self.cx.error_at(left, "only local variables may be assigned in a #[differentiable] body");
-            return Val::Tuple(vec![]);
+            return poison();
         };
         let Some(id) = p.path.get_ident() else { return Val::Tuple(vec![]) };
         // `x op= y` as `{ let mut t = x; t op= y; t }`.
@@ -851,7 +857,7 @@ impl Lowerer<'_> {
         if let Some(u) = ops::unwrapped_method(&name) {
             let _ = u;
             self.cx.error_at(&m.method, format!("`{name}` returns an Option or Result: call `.unwrap()` on it directly, as in `x.{name}(..).unwrap()`"));
-            return Val::Tuple(vec![]);
+            return poison();
         }
         if let Some(rule) = ops::method(&name) {
             return self.method_prim(out, m, rule, TokenStream::new());
@@ -861,11 +867,11 @@ impl Lowerer<'_> {
     }
 
     fn method_prim(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall, rule: &'static Rule, suffix: TokenStream) -> Val {
-        let span = m.span();
+        let span = m.method.span();
         let n_operand_args = rule.operands.saturating_sub(1);
         if m.args.len() < n_operand_args {
             self.cx.error_at(m, format!("`{}` takes {} argument(s) here", m.method, n_operand_args));
-            return Val::Tuple(vec![]);
+            return poison();
         }
         let mut operands = vec![self.operand(out, &m.receiver)];
         for a in m.args.iter().take(n_operand_args) {
@@ -877,7 +883,7 @@ impl Lowerer<'_> {
     }
 
     fn method_companion(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
-        let span = m.span();
+        let span = m.method.span();
         let recv_by_ref = matches!(&*m.receiver, Expr::Reference(_));
         let recv = self.expr(out, &m.receiver);
         let receiver = Arg { atom: self.atom(recv, span), by_ref: recv_by_ref };
@@ -930,7 +936,7 @@ impl Lowerer<'_> {
         let span = c.span();
         let Expr::Path(p) = &*c.func else {
             self.cx.error_at(&c.func, "only calls of named functions can be differentiated");
-            return Val::Tuple(vec![]);
+            return poison();
         };
         let segs: Vec<String> = p.path.segments.iter().map(|s| s.ident.to_string()).collect();
         let name = segs.last().cloned().unwrap_or_default();
@@ -962,7 +968,7 @@ impl Lowerer<'_> {
         if let Some(rule) = ops::function(&name).or_else(|| ops::elementwise_function(&name)) {
             if c.args.len() < rule.operands {
                 self.cx.error_at(c, format!("`{name}` takes {} argument(s)", rule.operands));
-                return Val::Tuple(vec![]);
+                return poison();
             }
             let operands = c.args.iter().take(rule.operands).map(|a| self.operand(out, a)).collect();
             let consts = c.args.iter().skip(rule.operands).map(|a| self.const_atom(out, a)).collect();
@@ -971,7 +977,7 @@ impl Lowerer<'_> {
         }
         if name == "concatenate" || name == "stack" {
             self.cx.error_at(c, format!("`{name}` returns a Result: call `.unwrap()` on it directly"));
-            return Val::Tuple(vec![]);
+            return poison();
         }
         let call = self.path_call(out, c);
         Val::Atom(self.emit(out, Op::Call(call), span))
@@ -989,7 +995,7 @@ impl Lowerer<'_> {
         let span = c.span();
         let (Some(axis), Some(list)) = (c.args.first(), c.args.iter().nth(1)) else {
             self.cx.error_at(c, format!("`{name}` takes an axis and a list of arrays"));
-            return Some(Val::Tuple(vec![]));
+            return Some(poison());
         };
         let list = match list {
             Expr::Reference(r) => &*r.expr,
@@ -997,7 +1003,7 @@ impl Lowerer<'_> {
         };
         let Expr::Array(items) = list else {
             self.cx.error_at(list, format!("`{name}` is differentiated with a literal list of arrays: `{name}(axis, &[a.view(), b.view()])`"));
-            return Some(Val::Tuple(vec![]));
+            return Some(poison());
         };
         let operands = items.elems.iter().map(|item| self.operand(out, item)).collect();
         let axis = self.const_atom(out, axis);
@@ -1006,14 +1012,14 @@ impl Lowerer<'_> {
     }
 
     fn mapv(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
-        let span = m.span();
+        let span = m.method.span();
         let Some(Expr::Closure(cl)) = m.args.first() else {
             self.cx.error_at(m, "`mapv` is differentiated with a closure argument: `x.mapv(|v| ..)`");
-            return Val::Tuple(vec![]);
+            return poison();
         };
         if cl.inputs.len() != 1 {
             self.cx.error_at(&cl.inputs, "the closure of `mapv` takes one argument");
-            return Val::Tuple(vec![]);
+            return poison();
         }
         let recv = self.expr(out, &m.receiver);
         let recv = self.atom(recv, span);
@@ -1057,7 +1063,7 @@ impl Lowerer<'_> {
     fn branch_stmt(&mut self, out: &mut Stmts, e: &Expr, i: Option<&syn::ExprIf>, m: Option<&syn::ExprMatch>) -> Val {
         if may_diverge(e) {
             self.cx.error_at(e, "a branch that may `return`, `break` or `continue` must be a statement of its own");
-            return Val::Tuple(vec![]);
+            return poison();
         }
         let region = Region { carries: self.assigned_outer(e.to_token_stream()) };
         let before: Vec<Val> = region.carries.iter().map(|(d, n)| self.scopes[*d][n].clone()).collect();
@@ -1099,7 +1105,7 @@ impl Lowerer<'_> {
             }
             if atoms.len() != n_value {
                 self.cx.error_at(e, "the arms of this branch give values of different shapes");
-                return Val::Tuple(vec![]);
+                return poison();
             }
         }
         let mut phis = Vec::new();
@@ -1151,7 +1157,7 @@ impl Lowerer<'_> {
         }
         if contains_return(&body_stmts) {
             self.cx.error_at(e, "`return` inside a loop is not supported in a #[differentiable] body; `break` with a value instead");
-            return Val::Tuple(vec![]);
+            return poison();
         }
         let body_tokens = quote!(#(#body_stmts)*);
         let region = Region { carries: self.assigned_outer(body_tokens) };

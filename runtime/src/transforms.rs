@@ -31,6 +31,11 @@ impl ScalarOutput for f64 {
 /// The seed of `grad!`: implemented exactly when `Self` is a scalar output, so that
 /// the generated `__f_grad` of a function with a non-scalar output compiles, and
 /// calling it reports [`ScalarOutput`]'s message.
+#[diagnostic::on_unimplemented(
+    message = "grad! needs a scalar output, but the function returns `{Self}`",
+    label = "not an f32 or f64",
+    note = "use vjp! for a function with a non-scalar output, and pass the output's cotangent yourself"
+)]
 pub trait GradOf<O>: Value {
     /// The cotangent `1`.
     fn grad_seed(&self) -> Self::Cot;

@@ -1,0 +1,8 @@
+use adjoint::prelude::*;
+
+#[differentiable]
+struct S {
+    x: f64,
+}
+
+fn main() {}
