@@ -1,0 +1,1 @@
+//! Runnable examples of adjoint: see the `[[example]]` targets.
