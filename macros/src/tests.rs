@@ -23,33 +23,44 @@ fn scalar_mix() {
     expect_test::expect_file!["../snapshots/scalar_mix.rs"].assert_eq(&out);
 }
 
-/// Prints an expansion, for debugging: `cargo test -p adjoint-macros show -- --nocapture`.
-#[allow(dead_code)]
-fn show(item: TokenStream) {
-    println!("{}", expand(item));
+#[test]
+fn loop_carried_rnn() {
+    // Each iteration saves only what its reverse reads; views are recomputed.
+    let out = expand(quote! {
+        fn rnn(w: &Array2<f64>, u: &Array2<f64>, xs: &Array3<f64>) -> f64 {
+            let mut h = Array2::<f64>::zeros((2, 4));
+            for t in 0..5 {
+                h = (h.dot(w) + xs.index_axis(Axis(0), t).dot(u)).tanh();
+            }
+            (&h * &h).sum()
+        }
+    });
+    expect_test::expect_file!["../snapshots/rnn.rs"].assert_eq(&out);
 }
 
 #[test]
-fn show_rnn() {
-    if std::env::var("ADJOINT_SHOW").is_ok() {
-        show(quote! {
-            fn rnn(w: &Array2<f64>, u: &Array2<f64>, xs: &Array3<f64>) -> f64 {
-                let mut h = Array2::<f64>::zeros((2, 4));
-                for t in 0..5 {
-                    h = (h.dot(w) + xs.index_axis(Axis(0), t).dot(u)).tanh();
-                }
-                (&h * &h).sum()
+fn constants_get_no_adjoint() {
+    // `c` is a constant matrix: `x.dot(&c)` computes one cotangent, not two, and
+    // the labels and their loop index never get adjoints.
+    let out = expand(quote! {
+        fn xent(x: &Array2<f64>, #[no_grad] c: &Array2<f64>, #[no_grad] labels: &[usize]) -> f64 {
+            let logp = log_softmax(&x.dot(c), Axis(1));
+            let mut total = 0.0;
+            for i in 0..labels.len() {
+                total = total + logp[[i, labels[i]]];
             }
-        });
-        show(quote! {
-            fn softmax_xent(logits: &Array2<f64>, #[no_grad] labels: &[usize]) -> f64 {
-                let logp = log_softmax(logits, Axis(1));
-                let mut total = 0.0;
-                for i in 0..labels.len() {
-                    total = total + logp[[i, labels[i]]];
-                }
-                -total / labels.len() as f64
-            }
-        });
-    }
+            -total
+        }
+    });
+    expect_test::expect_file!["../snapshots/constants.rs"].assert_eq(&out);
+}
+
+#[test]
+fn branch_records_the_arm() {
+    let out = expand(quote! {
+        fn branch(x: f64) -> f64 {
+            if x > 1.0 { x * x * x } else { 2.0 * x - 1.0 }
+        }
+    });
+    expect_test::expect_file!["../snapshots/branch.rs"].assert_eq(&out);
 }
