@@ -670,6 +670,10 @@ impl<'a> Gen<'a> {
         match s {
             Stmt::Let { dst, op, .. } => {
                 let name = self.name(*dst).clone();
+                let name = match &self.f.vars[dst.0 as usize].ty {
+                    Some(ty) => quote!(#name: #ty),
+                    None => name.to_token_stream(),
+                };
                 let active = self.active(*dst);
                 match op {
                     Op::Prim { rule, operands, consts, native } => {

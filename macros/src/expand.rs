@@ -37,15 +37,15 @@ pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// A parameter of a differentiated signature.
-struct ParamInfo {
-    pat: Pat,
-    ty: Type,
-    active: bool,
+pub(crate) struct ParamInfo {
+    pub(crate) pat: Pat,
+    pub(crate) ty: Type,
+    pub(crate) active: bool,
 }
 
 /// Strips `#[no_grad]` from the parameters (it is not a real attribute) and says
 /// which parameters are differentiated.
-fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
+pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
     let generics: Vec<String> = sig.generics.type_params().map(|t| t.ident.to_string()).collect();
     let mut out = Vec::new();
     for arg in sig.inputs.iter_mut() {
@@ -125,7 +125,7 @@ fn expand_fn(cx: &Ctxt, mut f: ItemFn) -> TokenStream {
     quote!(#f #companions)
 }
 
-fn check_signature(cx: &Ctxt, sig: &Signature) {
+pub(crate) fn check_signature(cx: &Ctxt, sig: &Signature) {
     if let Some(u) = &sig.unsafety {
         cx.error_at(u, "an `unsafe fn` cannot be #[differentiable]");
     }
@@ -138,7 +138,7 @@ fn check_signature(cx: &Ctxt, sig: &Signature) {
 }
 
 /// The companions of one function or method.
-fn companions(
+pub(crate) fn companions(
     cx: &Ctxt,
     vis: &syn::Visibility,
     sig: &Signature,
@@ -157,29 +157,45 @@ fn companions(
 }
 
 /// `__f_vjp` with the given body, and `__f_grad`, `__f_value_and_grad` on top of it.
-fn companion_items(vis: &syn::Visibility, sig: &Signature, params: &[ParamInfo], vjp_body: TokenStream, method: bool) -> TokenStream {
+pub(crate) fn companion_items(vis: &syn::Visibility, sig: &Signature, params: &[ParamInfo], vjp_body: TokenStream, method: bool) -> TokenStream {
     let ReturnType::Type(_, ret) = &sig.output else { return TokenStream::new() };
     let name = &sig.ident;
     let (vjp, grad, vg) = (companion_ident(name, "vjp"), companion_ident(name, "grad"), companion_ident(name, "value_and_grad"));
     // Elided lifetimes would be ambiguous in the companions' return types (which
-    // name the parameters' cotangents): name each one.
+    // name the parameters' cotangents): name each one. The pullback does not borrow
+    // the scope (`cx: &mut Scope`), so it says exactly what it captures.
     let mut generics = sig.generics.clone();
     let mut named = NameLifetimes { fresh: Vec::new() };
+    let mut scope_lifetimes = Vec::new();
     let params: Vec<ParamInfo> = params
         .iter()
         .map(|p| {
             let mut ty = p.ty.clone();
+            let before = named.fresh.len();
             syn::visit_mut::VisitMut::visit_type_mut(&mut named, &mut ty);
+            if mentions_scope(&ty) {
+                scope_lifetimes.extend(named.fresh[before..].iter().cloned());
+            }
             ParamInfo { pat: p.pat.clone(), ty, active: p.active }
         })
         .collect();
     let params = &params[..];
-    for (k, lt) in named.fresh.into_iter().enumerate() {
-        generics.params.insert(k, syn::GenericParam::Lifetime(syn::LifetimeParam::new(lt)));
+    let receiver_lt = syn::Lifetime::new("'__s", Span::call_site());
+    if method {
+        named.fresh.push(receiver_lt.clone());
     }
+    for (k, lt) in named.fresh.iter().enumerate() {
+        generics.params.insert(k, syn::GenericParam::Lifetime(syn::LifetimeParam::new(lt.clone())));
+    }
+    let precise = (!scope_lifetimes.is_empty()).then(|| {
+        let lts = generics.lifetimes().map(|l| &l.lifetime).filter(|l| !scope_lifetimes.contains(l));
+        let tys = generics.type_params().map(|t| &t.ident);
+        let cs = generics.const_params().map(|c| &c.ident);
+        quote!(+ use<#(#lts,)* #(#tys,)* #(#cs,)*>)
+    });
     let generics = &generics;
     let where_clause = &generics.where_clause;
-    let receiver = sig.receiver().map(|r| quote!(#r,));
+    let receiver = sig.receiver().map(|_| quote!(&#receiver_lt self,));
     let args: Vec<TokenStream> = params
         .iter()
         .map(|p| {
@@ -214,7 +230,7 @@ fn companion_items(vis: &syn::Visibility, sig: &Signature, params: &[ParamInfo],
         #[doc(hidden)]
         #[allow(unused_mut, unused_variables, unused_parens, clippy::all)]
         #vis fn #vjp #generics (#receiver #(#args),*)
-            -> (#ret, impl ::core::ops::FnOnce(::adjoint::Cot<#ret>) -> (#(#cots,)*))
+            -> (#ret, impl ::core::ops::FnOnce(::adjoint::Cot<#ret>) -> (#(#cots,)*) #precise)
             #where_clause
         {
             #vjp_body
@@ -312,8 +328,8 @@ impl Parse for CustomRule {
 
 /// Gives every elided lifetime of a type a name: `&T`, `'_`, and ndarray's view
 /// types written without their lifetime (`ArrayView2<f64>`).
-struct NameLifetimes {
-    fresh: Vec<syn::Lifetime>,
+pub(crate) struct NameLifetimes {
+    pub(crate) fresh: Vec<syn::Lifetime>,
 }
 
 impl NameLifetimes {
@@ -340,7 +356,7 @@ impl syn::visit_mut::VisitMut for NameLifetimes {
 
     fn visit_path_segment_mut(&mut self, seg: &mut syn::PathSegment) {
         let name = seg.ident.to_string();
-        let is_view = name.starts_with("ArrayView") || name.starts_with("CowArray");
+        let is_view = name.starts_with("ArrayView") || name.starts_with("CowArray") || name == "Scope";
         if is_view {
             match &mut seg.arguments {
                 syn::PathArguments::AngleBracketed(args) => {
@@ -348,6 +364,10 @@ impl syn::visit_mut::VisitMut for NameLifetimes {
                         let lt = self.next();
                         args.args.insert(0, syn::GenericArgument::Lifetime(lt));
                     }
+                }
+                syn::PathArguments::None if name == "Scope" => {
+                    let lt = self.next();
+                    seg.arguments = syn::PathArguments::AngleBracketed(syn::parse_quote!(<#lt>));
                 }
                 syn::PathArguments::None => {}
                 syn::PathArguments::Parenthesized(_) => {}
@@ -357,7 +377,19 @@ impl syn::visit_mut::VisitMut for NameLifetimes {
     }
 }
 
-fn param_name(p: &Pat) -> TokenStream {
+/// Whether a type mentions `Scope` (a module's scope parameter).
+pub(crate) fn mentions_scope(ty: &Type) -> bool {
+    fn walk(t: TokenStream) -> bool {
+        t.into_iter().any(|tt| match tt {
+            proc_macro2::TokenTree::Ident(i) => i == "Scope",
+            proc_macro2::TokenTree::Group(g) => walk(g.stream()),
+            _ => false,
+        })
+    }
+    walk(ty.to_token_stream())
+}
+
+pub(crate) fn param_name(p: &Pat) -> TokenStream {
     match p {
         Pat::Ident(i) => i.ident.to_token_stream(),
         other => other.to_token_stream(),
@@ -370,6 +402,8 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
         return item.into_token_stream();
     }
     let mut extra = Vec::new();
+    let self_ty = item.self_ty.clone();
+    let _ = &self_ty;
     for it in item.items.iter_mut() {
         let ImplItem::Fn(m) = it else { continue };
         check_signature(cx, &m.sig);
@@ -380,6 +414,10 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
         }
         let params = params(cx, &mut m.sig);
         if cx.has_errors() {
+            continue;
+        }
+        if crate::module::is_module_call(&m.sig) {
+            extra.push(crate::module::module_items(cx, &self_ty, m, &params));
             continue;
         }
         if let Some(c) = companions(cx, &m.vis, &m.sig, &params, &m.block, m.sig.receiver().is_some()) {
@@ -409,47 +447,59 @@ pub enum Transform {
     Vjp,
 }
 
-/// `grad!(f)`, `grad!(path::f)`, or `grad!(|x, y| body, wrt = [x], has_aux)`.
+/// `grad!(f)`, `grad!(path::f)`, `grad!(|x, y| body, wrt = [x], has_aux)`, or the
+/// lifted form inside a module: `grad!(cx, |mdl, cx, x| body, Module, x)`.
 struct TransformInput {
-    target: syn::Expr,
+    positional: Vec<syn::Expr>,
     wrt: Option<Vec<Ident>>,
     has_aux: bool,
 }
 
 impl Parse for TransformInput {
     fn parse(input: ParseStream) -> syn::Result<Self> {
-        let target: syn::Expr = input.parse()?;
-        let mut wrt = None;
-        let mut has_aux = false;
-        while input.peek(Token![,]) {
-            input.parse::<Token![,]>()?;
-            if input.is_empty() {
-                break;
-            }
-            let key: Ident = input.parse()?;
-            match key.to_string().as_str() {
-                "wrt" => {
-                    input.parse::<Token![=]>()?;
-                    let content;
-                    syn::bracketed!(content in input);
-                    let names: Punctuated<Ident, Token![,]> = content.parse_terminated(Ident::parse, Token![,])?;
-                    wrt = Some(names.into_iter().collect());
-                }
-                "has_aux" => {
-                    if input.peek(Token![=]) {
-                        input.parse::<Token![=]>()?;
-                        let b: syn::LitBool = input.parse()?;
-                        has_aux = b.value;
-                    } else {
-                        has_aux = true;
+        let items: Punctuated<syn::Expr, Token![,]> = Punctuated::parse_terminated(input)?;
+        let mut out = TransformInput { positional: Vec::new(), wrt: None, has_aux: false };
+        for item in items {
+            match &item {
+                syn::Expr::Path(p) if p.path.is_ident("has_aux") => out.has_aux = true,
+                syn::Expr::Assign(a) => {
+                    let key = match &*a.left {
+                        syn::Expr::Path(p) => p.path.get_ident().cloned(),
+                        _ => None,
+                    };
+                    let Some(key) = key else {
+                        return Err(syn::Error::new_spanned(&a.left, "expected an option name: `wrt` or `has_aux`"));
+                    };
+                    match key.to_string().as_str() {
+                        "wrt" => {
+                            let syn::Expr::Array(arr) = &*a.right else {
+                                return Err(syn::Error::new_spanned(&a.right, "`wrt` takes a list of parameter names: `wrt = [x, y]`"));
+                            };
+                            let mut names = Vec::new();
+                            for e in &arr.elems {
+                                match e {
+                                    syn::Expr::Path(p) if p.path.get_ident().is_some() => names.push(p.path.get_ident().cloned().expect("checked")),
+                                    other => return Err(syn::Error::new_spanned(other, "`wrt` takes parameter names")),
+                                }
+                            }
+                            out.wrt = Some(names);
+                        }
+                        "has_aux" => match &*a.right {
+                            syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }) => out.has_aux = b.value,
+                            other => return Err(syn::Error::new_spanned(other, "`has_aux` takes `true` or `false`")),
+                        },
+                        other => {
+                            return Err(syn::Error::new(key.span(), format!("unknown option `{other}`: expected `wrt = [..]` or `has_aux`")));
+                        }
                     }
                 }
-                other => {
-                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`: expected `wrt = [..]` or `has_aux`")));
-                }
+                _ => out.positional.push(item),
             }
         }
-        Ok(TransformInput { target, wrt, has_aux })
+        if out.positional.is_empty() {
+            return Err(input.error("expected a function path, a closure, or `cx, |mdl, cx, ..| .., Module, args..`"));
+        }
+        Ok(out)
     }
 }
 
@@ -459,30 +509,38 @@ pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
         Err(e) => return e.into_compile_error(),
     };
     let cx = Ctxt::default();
-    let out = match &input.target {
-        syn::Expr::Path(p) => {
-            if input.wrt.is_some() || input.has_aux {
-                cx.error_at(p, "`wrt` and `has_aux` take the closure form: `grad!(|x, y| f(x, y), wrt = [x])`");
-                TokenStream::new()
-            } else {
-                let mut path = p.path.clone();
-                let last = path.segments.last_mut().expect("a path has a segment");
-                last.ident = companion_ident(
-                    &last.ident,
-                    match which {
-                        Transform::Grad => "grad",
-                        Transform::ValueAndGrad => "value_and_grad",
-                        Transform::Vjp => "vjp",
-                    },
-                );
-                last.ident.set_span(p.span());
-                path.into_token_stream()
+    let lifted = input.positional.len() >= 3 && matches!(input.positional[1], syn::Expr::Closure(_));
+    let out = if lifted {
+        lifted_transform(&cx, which, &input)
+    } else if input.positional.len() > 1 {
+        cx.error_at(&input.positional[1], "expected options after the function (`wrt = [..]`, `has_aux`); inside a module write `grad!(cx, |mdl, cx, x| .., Module, x)`");
+        TokenStream::new()
+    } else {
+        match &input.positional[0] {
+            syn::Expr::Path(p) => {
+                if input.wrt.is_some() || input.has_aux {
+                    cx.error_at(p, "`wrt` and `has_aux` take the closure form: `grad!(|x, y| f(x, y), wrt = [x])`");
+                    TokenStream::new()
+                } else {
+                    let mut path = p.path.clone();
+                    let last = path.segments.last_mut().expect("a path has a segment");
+                    last.ident = companion_ident(
+                        &last.ident,
+                        match which {
+                            Transform::Grad => "grad",
+                            Transform::ValueAndGrad => "value_and_grad",
+                            Transform::Vjp => "vjp",
+                        },
+                    );
+                    last.ident.set_span(p.span());
+                    path.into_token_stream()
+                }
             }
-        }
-        syn::Expr::Closure(c) => closure_transform(&cx, which, c, &input),
-        other => {
-            cx.error_at(other, "expected a function path (`grad!(f)`) or a closure (`grad!(|x| ..)`)");
-            TokenStream::new()
+            syn::Expr::Closure(c) => closure_transform(&cx, which, c, &input),
+            other => {
+                cx.error_at(other, "expected a function path (`grad!(f)`) or a closure (`grad!(|x| ..)`)");
+                TokenStream::new()
+            }
         }
     };
     let errors = cx.into_compile_errors();
@@ -491,6 +549,74 @@ pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
     } else {
         errors
     }
+}
+
+/// The lifted transform of a module, as `flax.linen.grad`: inside `call`,
+/// `grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), Child, x, y)` differentiates the
+/// child with respect to the primals only; the child's variables are read from the
+/// scope as constants, and what it writes to mutable collections stays written.
+/// The result has one cotangent per primal (a 1-tuple for one primal).
+fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> TokenStream {
+    let scope = &input.positional[0];
+    let syn::Expr::Closure(c) = &input.positional[1] else { return TokenStream::new() };
+    let module = &input.positional[2];
+    let args = &input.positional[3..];
+    if c.inputs.len() != args.len() + 2 {
+        cx.error_at(
+            &c.inputs,
+            format!("the closure takes the module, the scope and {} primal(s): `|mdl, cx, ..|`", args.len()),
+        );
+        return TokenStream::new();
+    }
+    if which == Transform::Vjp {
+        cx.error_at(&input.positional[1], "vjp! inside a module is not supported yet; use grad! or value_and_grad!");
+        return TokenStream::new();
+    }
+    let mut infos = Vec::new();
+    let mut names = Vec::new();
+    for (i, p) in c.inputs.iter().enumerate() {
+        let pat = match p {
+            Pat::Type(t) => (*t.pat).clone(),
+            other => other.clone(),
+        };
+        let Pat::Ident(id) = &pat else {
+            cx.error_at(p, "closure parameters must be plain names");
+            return TokenStream::new();
+        };
+        names.push(id.ident.clone());
+        infos.push(ParamInfo { pat: pat.clone(), ty: Type::Verbatim(quote!(_)), active: i >= 2 });
+    }
+    let body: syn::Block = match &*c.body {
+        syn::Expr::Block(b) => b.block.clone(),
+        other => syn::parse_quote_spanned!(other.span()=> { #other }),
+    };
+    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux) else { return TokenStream::new() };
+    let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
+    let temps: Vec<Ident> = (0..args.len()).map(|i| format_ident!("__primal{}", i)).collect();
+    let (mdl, cxn) = (&names[0], &names[1]);
+    let primals = &names[2..];
+    let grads: Vec<Ident> = (0..args.len()).map(|i| format_ident!("__g{}", i)).collect();
+    let (value_pat, result) = match (which, input.has_aux) {
+        (Transform::Grad, false) => (quote!(__value), quote!((#(#grads,)*))),
+        (Transform::Grad, true) => (quote!((__value, __aux)), quote!(((#(#grads,)*), __aux))),
+        (_, false) => (quote!(__value), quote!((__value, (#(#grads,)*)))),
+        (_, true) => (quote!((__value, __aux)), quote!(((__value, __aux), (#(#grads,)*)))),
+    };
+    quote!({
+        let (#(#temps,)*) = (#(#args,)*);
+        let #mdl = &(#module);
+        let #cxn: &mut ::adjoint::Scope = &mut *(#scope);
+        #(let #primals = #temps;)*
+        #[allow(unused_mut, unused_variables, unused_parens)]
+        let __result = {
+            #primal
+            let #value_pat = #output;
+            let __ct = ::adjoint::__private::grad_seed(&__value);
+            let (_, _, #(#grads,)*) = { #reverse };
+            #result
+        };
+        __result
+    })
 }
 
 fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &TransformInput) -> TokenStream {

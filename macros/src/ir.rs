@@ -12,7 +12,8 @@ pub struct Var(pub u32);
 /// What a variable is called in the generated code, and where the user wrote it.
 pub struct VarInfo {
     pub name: Ident,
-    pub span: Span,
+    /// The type the user wrote on its `let`, if any.
+    pub ty: Option<syn::Type>,
 }
 
 /// An operand: a variable or a literal written inline.
@@ -66,8 +67,6 @@ pub struct Func {
     pub free: Vec<(Var, Var)>,
     /// The output is `(value, aux)` and only `value` is differentiated.
     pub aux: bool,
-    /// Where the output's value came from, for errors.
-    pub span: Span,
 }
 
 /// A parameter: its variable, and whether it is differentiated.
@@ -111,7 +110,6 @@ pub enum LeafKind {
 pub struct Branching {
     pub kind: BranchKind,
     pub arms: Vec<Block>,
-    pub span: Span,
 }
 
 pub enum BranchKind {
@@ -126,7 +124,7 @@ pub enum Stmt {
     /// `let dst = op;`
     Let { dst: Var, op: Op, span: Span },
     /// `let (dsts..) = call;`: a differentiable call whose result is destructured.
-    LetTuple { dsts: Vec<Var>, call: Call, span: Span },
+    LetTuple { dsts: Vec<Var>, call: Call },
     /// A branch in statement position: each arm's leaf gives the values of `phis`
     /// (the branch's value, then the outer variables it assigns).
     If { branch: Branching, phis: Vec<Var> },
@@ -220,7 +218,4 @@ impl Func {
         &self.vars[v.0 as usize].name
     }
 
-    pub fn span(&self, v: Var) -> Span {
-        self.vars[v.0 as usize].span
-    }
 }

@@ -12,6 +12,7 @@ mod ctxt;
 mod expand;
 mod ir;
 mod lower;
+mod module;
 mod ops;
 #[cfg(test)]
 mod tests;

@@ -40,7 +40,7 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
     let mut l = Lowerer { cx, vars: Vec::new(), scopes: vec![HashMap::new()], taken, temps: 0, outer, free: Vec::new() };
     let params = params.iter().filter_map(|p| l.bind_param(p.pat, p.active)).collect();
     let body_ir = l.block(&body.stmts, &Region::default(), LeafKind::Return);
-    Func { vars: l.vars, params, body: body_ir, free: l.free, aux: false, span: body.span() }
+    Func { vars: l.vars, params, body: body_ir, free: l.free, aux: false }
 }
 
 /// A region's carried variables: the outer variables its leaves report, named by
@@ -84,7 +84,7 @@ impl Lowerer<'_> {
         self.taken.insert(name.clone());
         let id = Var(self.vars.len() as u32);
         let ident_span = if user { span } else { Span::call_site() };
-        self.vars.push(VarInfo { name: Ident::new(&name, ident_span), span });
+        self.vars.push(VarInfo { name: Ident::new(&name, ident_span), ty: None });
         id
     }
 
@@ -114,7 +114,7 @@ impl Lowerer<'_> {
         let mut map = HashMap::new();
         for (outer_var, ident) in names {
             let id = Var(self.vars.len() as u32);
-            self.vars.push(VarInfo { name: ident, span: Span::call_site() });
+            self.vars.push(VarInfo { name: ident, ty: None });
             self.free.push((id, outer_var));
             map.insert(outer_var, id);
         }
@@ -388,7 +388,7 @@ impl Lowerer<'_> {
                 let cond = self.condition(&i.cond);
                 let then = self.block(&with_rest(i.then_branch.stmts.clone()), region, end);
                 let els = self.block(&with_rest(else_stmts(&i.else_branch)), region, end);
-                Branching { kind: BranchKind::If { cond }, arms: vec![then, els], span: i.span() }
+                Branching { kind: BranchKind::If { cond }, arms: vec![then, els] }
             }
             Expr::Match(m) => {
                 let (scrutinee, pats) = self.match_head(out, m);
@@ -400,7 +400,7 @@ impl Lowerer<'_> {
                     arms.push(self.block(&with_rest(arm_stmts(&arm.body)), region, end));
                     self.scopes.pop();
                 }
-                Branching { kind: BranchKind::Match { scrutinee, pats, binds }, arms, span: m.span() }
+                Branching { kind: BranchKind::Match { scrutinee, pats, binds }, arms }
             }
             _ => return None,
         };
@@ -442,7 +442,7 @@ impl Lowerer<'_> {
             .into_iter()
             .map(|n| {
                 let id = Var(self.vars.len() as u32);
-                self.vars.push(VarInfo { name: n.clone(), span: n.span() });
+                self.vars.push(VarInfo { name: n.clone(), ty: None });
                 self.taken.insert(n.to_string());
                 self.bind(n.to_string(), Val::Atom(Atom::Var(id)));
                 id
@@ -481,7 +481,7 @@ impl Lowerer<'_> {
                         }
                     }
                 }
-                out.push(Stmt::LetTuple { dsts: dsts.clone(), call, span: init.expr.span() });
+                out.push(Stmt::LetTuple { dsts: dsts.clone(), call });
                 for (d, b) in dsts.into_iter().zip(binds) {
                     if let Some(name) = b {
                         self.bind(name, Val::Atom(Atom::Var(d)));
@@ -491,10 +491,16 @@ impl Lowerer<'_> {
             }
         }
         let val = self.expr(out, &init.expr);
-        self.bind_pat(out, pat, val);
+        self.bind_pat(out, &local.pat, val);
     }
 
     fn bind_pat(&mut self, out: &mut Stmts, pat: &Pat, val: Val) {
+        if let (Pat::Type(t), Val::Atom(Atom::Var(v))) = (pat, &val) {
+            // `let p: f32 = ..`: the annotation may be what fixes the type.
+            if self.is_fresh_temp(*v) {
+                self.vars[v.0 as usize].ty = Some((*t.ty).clone());
+            }
+        }
         match strip_type(pat) {
             Pat::Ident(id) => {
                 if id.by_ref.is_some() || id.subpat.is_some() {
@@ -813,6 +819,14 @@ impl Lowerer<'_> {
         args.into_iter()
             .map(|a| {
                 let by_ref = matches!(a, Expr::Reference(_));
+                // A constant argument (a shape `(3, 4)`, a name) is passed as written.
+                if !self.mentions_local(a.to_token_stream()) || matches!(a, Expr::Tuple(_)) {
+                    let inner = match &a {
+                        Expr::Reference(r) => &*r.expr,
+                        other => other,
+                    };
+                    return Arg { atom: self.constant(out, inner), by_ref };
+                }
                 let span = a.span();
                 let v = self.expr(out, &a);
                 Arg { atom: self.atom(v, span), by_ref }
@@ -914,7 +928,7 @@ impl Lowerer<'_> {
                 let receiver = Arg { atom: self.atom(recv, m.span()), by_ref: recv_by_ref };
                 let args = self.args(out, m.args.iter().cloned());
                 let generics = m.turbofish.to_token_stream();
-                Some(Call { callee: Callee::Method { receiver, name: m.method.clone(), generics }, args, span: m.span() })
+                Some(Call { callee: Callee::Method { receiver, name: m.method.clone(), generics }, args, span: m.method.span() })
             }
             _ => None,
         }
@@ -1122,7 +1136,7 @@ impl Lowerer<'_> {
             Some(shape) => shape.rebuild(&mut phis[..n_value].iter().map(|v| Atom::Var(*v))),
             None => Val::Tuple(vec![]),
         };
-        out.push(Stmt::If { branch: Branching { kind, arms: arm_blocks, span: e.span() }, phis });
+        out.push(Stmt::If { branch: Branching { kind, arms: arm_blocks }, phis });
         value
     }
 

@@ -21,13 +21,18 @@
 //! See the README for the supported Rust, the transforms and how to read the
 //! generated code.
 
+extern crate self as adjoint;
+
 pub mod check;
 pub mod control;
+pub mod init;
 pub mod rules;
+pub mod scope;
 pub mod transforms;
 pub mod value;
 
 pub use adjoint_macros::{custom_vjp, differentiable, grad, value_and_grad, vjp};
+pub use scope::{Scope, ScopeError, Variables};
 pub use value::{Cot, Real, Value};
 
 /// Functions with derivative rules that `#[differentiable]` code may call.
@@ -46,7 +51,9 @@ pub fn no_grad<T>(x: T) -> T {
 /// Everything a user of `#[differentiable]` needs: `use adjoint::prelude::*;`.
 pub mod prelude {
     pub use crate::nn::*;
+    pub use crate::init;
     pub use crate::no_grad;
+    pub use crate::scope::{Scope, ScopeError, Variables};
     pub use crate::{custom_vjp, differentiable, grad, value_and_grad, vjp};
 }
 

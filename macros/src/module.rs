@@ -1,0 +1,184 @@
+//! Modules: what `#[differentiable]` adds to an impl whose `call` takes a scope
+//! (`fn call(&self, cx: &mut Scope, ..)`), as Flax's linen modules.
+//!
+//! `call` runs in the module's own child scope (`TypeName_k`, or the field's name for
+//! a submodule held in a field), the body moves to `__call_body`, and the module
+//! gets `init`, `apply` and `apply_with`, plus the companions the transforms call.
+
+use crate::ctxt::Ctxt;
+use crate::expand::{companion_items, companions, param_name, ParamInfo};
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+use syn::visit_mut::VisitMut;
+use syn::{FnArg, ImplItemFn, ReturnType, Signature, Type};
+
+/// Whether `sig` is a module's `call`: named `call`, with a `Scope` parameter.
+pub fn is_module_call(sig: &Signature) -> bool {
+    sig.ident == "call" && sig.inputs.iter().any(|a| matches!(a, FnArg::Typed(t) if crate::expand::mentions_scope(&t.ty)))
+}
+
+/// The module's items; `m` (the user's `call`) becomes the wrapper that enters the
+/// module's scope.
+pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[ParamInfo]) -> TokenStream {
+    let type_name = match self_ty {
+        Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default(),
+        _ => String::new(),
+    };
+    if type_name.is_empty() {
+        cx.error_at(self_ty, "a module must be a named type");
+        return TokenStream::new();
+    }
+    let scope_pos = params.iter().position(|p| crate::expand::mentions_scope(&p.ty));
+    let Some(scope_pos) = scope_pos else { return TokenStream::new() };
+    if scope_pos != 0 {
+        cx.error_at(&m.sig.inputs, "a module's `call` takes the scope first: `fn call(&self, cx: &mut Scope, ..)`");
+        return TokenStream::new();
+    }
+    let ReturnType::Type(_, ret) = &m.sig.output else { return TokenStream::new() };
+    let ret = ret.clone();
+
+    // Submodules held in fields are named by the field, as Flax's setup attributes.
+    let mut body = m.block.clone();
+    FieldNames.visit_block_mut(&mut body);
+
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let scope = &names[0];
+    let inputs: Vec<TokenStream> = params.iter().map(|p| {
+        let (pat, ty) = (&p.pat, &p.ty);
+        quote!(#pat: #ty)
+    }).collect();
+    let rest_inputs = &inputs[1..];
+    let rest = &names[1..];
+    let vis = &m.vis;
+
+    let mut body_sig = m.sig.clone();
+    body_sig.ident = format_ident!("__call_body");
+    let Some(body_companions) = companions(cx, &syn::parse_quote!(pub), &body_sig, params, &body, true) else {
+        return TokenStream::new();
+    };
+
+    // `call` itself: the body in the module's auto-named child scope.
+    m.block = syn::parse_quote!({
+        #scope.enter_auto(#type_name);
+        let __out = self.__call_body(#(#names),*);
+        #scope.exit();
+        __out
+    });
+
+    let mut named_sig = m.sig.clone();
+    named_sig.ident = format_ident!("__call_named");
+    named_sig.inputs.insert(2, syn::parse_quote!(__name: &str));
+    let mut named_params: Vec<ParamInfo> = params.iter().map(|p| ParamInfo { pat: p.pat.clone(), ty: p.ty.clone(), active: p.active }).collect();
+    named_params.insert(1, ParamInfo { pat: syn::parse_quote!(__name), ty: syn::parse_quote!(&str), active: false });
+
+    let body_vjp = crate::adjoint::companion_ident(&format_ident!("__call_body"), "vjp");
+    let call_vjp = companion_items(
+        &syn::parse_quote!(pub),
+        &m.sig,
+        params,
+        quote! {
+            #scope.enter_auto(#type_name);
+            let __out = self.#body_vjp(#(#names),*);
+            #scope.exit();
+            __out
+        },
+        true,
+    );
+    let named_vjp = companion_items(
+        &syn::parse_quote!(pub),
+        &named_sig,
+        &named_params,
+        {
+            // The body's pullback, with a `()` cotangent for the name.
+            let cs: Vec<proc_macro2::Ident> = (0..names.len()).map(|i| format_ident!("__c{}", i)).collect();
+            let (first, others) = (&cs[0], &cs[1..]);
+            quote! {
+                #scope.enter(__name);
+                let (__out, __pb) = self.#body_vjp(#(#names),*);
+                #scope.exit();
+                (__out, move |__ct| {
+                    let (#(#cs,)*) = __pb(__ct);
+                    (#first, (), #(#others,)*)
+                })
+            }
+        },
+        true,
+    );
+    let body_block = &body;
+    let generics = &m.sig.generics;
+    let where_clause = &m.sig.generics.where_clause;
+    let body_inputs = &m.sig.inputs;
+    quote! {
+        #[doc(hidden)]
+        #[allow(clippy::all)]
+        pub fn __call_body #generics (#body_inputs) -> #ret #where_clause #body_block
+
+        #[doc(hidden)]
+        pub fn __call_named #generics (&self, #scope: &mut ::adjoint::Scope, __name: &str, #(#rest_inputs),*) -> #ret #where_clause {
+            #scope.enter(__name);
+            let __out = self.__call_body(#(#names),*);
+            #scope.exit();
+            __out
+        }
+
+        #body_companions
+        #call_vjp
+        #named_vjp
+
+        /// Creates the module's variables by running it once on example inputs, as
+        /// Flax's `Module.init`: parameters from their initializers (random streams
+        /// derived from `seed`), every collection writable.
+        #vis fn init #generics (&self, seed: u64, #(#rest_inputs),*) -> ::core::result::Result<::adjoint::Variables, ::adjoint::ScopeError> #where_clause {
+            let mut __vars = ::adjoint::Variables::new();
+            let mut __cx = ::adjoint::Scope::for_init(&mut __vars, seed);
+            let _ = self.__call_body(&mut __cx, #(#rest),*);
+            __cx.finish()?;
+            ::core::result::Result::Ok(__vars)
+        }
+
+        /// Runs the module on `variables`, as Flax's `Module.apply`: nothing is
+        /// written and no random stream is available.
+        #vis fn apply #generics (&self, variables: &::adjoint::Variables, #(#rest_inputs),*) -> ::core::result::Result<#ret, ::adjoint::ScopeError> #where_clause {
+            // Leaves are shared arrays: this clone copies no parameter data.
+            let mut __vars = variables.clone();
+            let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, ::adjoint::scope::Mutable::Only(::core::default::Default::default()), ::core::default::Default::default());
+            let __out = self.__call_body(&mut __cx, #(#rest),*);
+            __cx.finish()?;
+            ::core::result::Result::Ok(__out)
+        }
+
+        /// Runs the module with writable collections and random streams, returning the
+        /// output and the mutable collections after the run (Flax's
+        /// `apply(.., mutable=[..], rngs={..})`).
+        #vis fn apply_with #generics (&self, variables: &::adjoint::Variables, options: &::adjoint::scope::ApplyOptions, #(#rest_inputs),*) -> ::core::result::Result<(#ret, ::adjoint::Variables), ::adjoint::ScopeError> #where_clause {
+            let mut __vars = variables.clone();
+            let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, options.mutability(), options.rng_seeds());
+            let __out = self.__call_body(&mut __cx, #(#rest),*);
+            __cx.finish()?;
+            let __mutated = options.mutated(&__vars);
+            ::core::result::Result::Ok((__out, __mutated))
+        }
+    }
+}
+
+/// `self.field.call(cx, ..)` → `self.field.__call_named(cx, "field", ..)`.
+struct FieldNames;
+
+impl VisitMut for FieldNames {
+    fn visit_expr_method_call_mut(&mut self, m: &mut syn::ExprMethodCall) {
+        syn::visit_mut::visit_expr_method_call_mut(self, m);
+        if m.method != "call" {
+            return;
+        }
+        if let syn::Expr::Field(f) = &*m.receiver {
+            if matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self")) {
+                if let syn::Member::Named(field) = &f.member {
+                    let name = field.to_string();
+                    m.method = format_ident!("__call_named", span = m.method.span());
+                    let lit = syn::LitStr::new(&name, field.span());
+                    m.args.insert(1, syn::parse_quote!(#lit));
+                }
+            }
+        }
+    }
+}

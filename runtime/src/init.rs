@@ -1,0 +1,207 @@
+//! Initializers, as `flax.linen.initializers` (JAX's `jax.nn.initializers`), with the
+//! same fan-in/fan-out conventions: the input axis is the second to last, the output
+//! axis the last, and other axes form the receptive field.
+
+use ndarray::{ArrayD, IxDyn};
+use rand_distr::{Distribution, StandardNormal, Uniform};
+
+/// The random generator of initializers and `make_rng`: ChaCha8, reproducible across
+/// platforms for a given seed.
+pub type Rng = rand_chacha::ChaCha8Rng;
+
+/// Produces a parameter's initial value from a random generator and a shape.
+pub trait Initializer {
+    /// An array of `shape` (`[]` for a scalar).
+    fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64>;
+}
+
+impl<F: Fn(&mut Rng, &[usize]) -> ArrayD<f64>> Initializer for F {
+    fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64> {
+        self(rng, shape)
+    }
+}
+
+/// All zeros.
+#[allow(non_upper_case_globals)]
+pub const zeros: Constant = Constant(0.0);
+
+/// All ones.
+#[allow(non_upper_case_globals)]
+pub const ones: Constant = Constant(1.0);
+
+/// Every element `value`.
+#[derive(Clone, Copy, Debug)]
+pub struct Constant(pub f64);
+
+/// Every element `value` (Flax's `constant`).
+pub fn constant(value: f64) -> Constant {
+    Constant(value)
+}
+
+impl Initializer for Constant {
+    fn sample(&self, _: &mut Rng, shape: &[usize]) -> ArrayD<f64> {
+        ArrayD::from_elem(IxDyn(shape), self.0)
+    }
+}
+
+/// Normal with mean 0 and standard deviation `stddev` (Flax's default: 1e-2).
+#[derive(Clone, Copy, Debug)]
+pub struct Normal(pub f64);
+
+/// Normal with mean 0 and standard deviation `stddev`.
+pub fn normal(stddev: f64) -> Normal {
+    Normal(stddev)
+}
+
+impl Initializer for Normal {
+    fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64> {
+        ArrayD::from_shape_simple_fn(IxDyn(shape), || { let z: f64 = StandardNormal.sample(rng); self.0 * z })
+    }
+}
+
+/// Uniform on `[0, scale)` (Flax's default scale: 1e-2).
+#[derive(Clone, Copy, Debug)]
+pub struct UniformInit(pub f64);
+
+/// Uniform on `[0, scale)`.
+pub fn uniform(scale: f64) -> UniformInit {
+    UniformInit(scale)
+}
+
+impl Initializer for UniformInit {
+    fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64> {
+        uniform_array(rng, shape, 0.0, self.0)
+    }
+}
+
+/// Normal truncated to two standard deviations, then scaled by `stddev`.
+#[derive(Clone, Copy, Debug)]
+pub struct TruncatedNormal(pub f64);
+
+/// Normal truncated to `[-2, 2]`, scaled by `stddev` (Flax's `truncated_normal`).
+pub fn truncated_normal(stddev: f64) -> TruncatedNormal {
+    TruncatedNormal(stddev)
+}
+
+impl Initializer for TruncatedNormal {
+    fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64> {
+        ArrayD::from_shape_simple_fn(IxDyn(shape), || self.0 * truncated(rng))
+    }
+}
+
+fn truncated(rng: &mut Rng) -> f64 {
+    loop {
+        let v: f64 = StandardNormal.sample(rng);
+        if (-2.0..=2.0).contains(&v) {
+            return v;
+        }
+    }
+}
+
+fn uniform_array(rng: &mut Rng, shape: &[usize], lo: f64, hi: f64) -> ArrayD<f64> {
+    match Uniform::new(lo, hi) {
+        Ok(u) => ArrayD::from_shape_simple_fn(IxDyn(shape), || u.sample(rng)),
+        // An empty range (scale 0): every element is `lo`.
+        Err(_) => ArrayD::from_elem(IxDyn(shape), lo),
+    }
+}
+
+/// Which fan the variance divides by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FanMode {
+    FanIn,
+    FanOut,
+    FanAvg,
+}
+
+/// Which distribution the variance scaling samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distribution_ {
+    TruncatedNormal,
+    Normal,
+    Uniform,
+}
+
+pub use Distribution_ as Dist;
+
+/// JAX's `variance_scaling(scale, mode, distribution)`.
+#[derive(Clone, Copy, Debug)]
+pub struct VarianceScaling {
+    pub scale: f64,
+    pub mode: FanMode,
+    pub distribution: Dist,
+}
+
+/// The variance-scaling family that `lecun_*`, `glorot_*` and `he_*` are made of.
+pub fn variance_scaling(scale: f64, mode: FanMode, distribution: Dist) -> VarianceScaling {
+    VarianceScaling { scale, mode, distribution }
+}
+
+/// `(fan_in, fan_out)` of a shape: the second to last and last axes times the
+/// receptive field (the product of the others).
+pub fn fans(shape: &[usize]) -> (f64, f64) {
+    match shape.len() {
+        0 => (1.0, 1.0),
+        1 => (shape[0] as f64, shape[0] as f64),
+        n => {
+            let receptive: usize = shape[..n - 2].iter().product();
+            ((shape[n - 2] * receptive) as f64, (shape[n - 1] * receptive) as f64)
+        }
+    }
+}
+
+impl Initializer for VarianceScaling {
+    fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64> {
+        let (fan_in, fan_out) = fans(shape);
+        let denom = match self.mode {
+            FanMode::FanIn => fan_in,
+            FanMode::FanOut => fan_out,
+            FanMode::FanAvg => (fan_in + fan_out) / 2.0,
+        };
+        let variance = self.scale / denom.max(1.0);
+        match self.distribution {
+            // The standard deviation of a standard normal truncated to [-2, 2].
+            Dist::TruncatedNormal => TruncatedNormal(variance.sqrt() / 0.879_625_661_034_239_8).sample(rng, shape),
+            Dist::Normal => Normal(variance.sqrt()).sample(rng, shape),
+            Dist::Uniform => {
+                let limit = (3.0 * variance).sqrt();
+                uniform_array(rng, shape, -limit, limit)
+            }
+        }
+    }
+}
+
+/// LeCun normal: variance `1 / fan_in`, truncated normal (Flax's default kernel init).
+pub fn lecun_normal() -> VarianceScaling {
+    variance_scaling(1.0, FanMode::FanIn, Dist::TruncatedNormal)
+}
+
+/// LeCun uniform: variance `1 / fan_in`, uniform.
+pub fn lecun_uniform() -> VarianceScaling {
+    variance_scaling(1.0, FanMode::FanIn, Dist::Uniform)
+}
+
+/// Glorot (Xavier) normal: variance `2 / (fan_in + fan_out)`, truncated normal.
+pub fn glorot_normal() -> VarianceScaling {
+    variance_scaling(1.0, FanMode::FanAvg, Dist::TruncatedNormal)
+}
+
+/// Glorot (Xavier) uniform: variance `2 / (fan_in + fan_out)`, uniform.
+pub fn glorot_uniform() -> VarianceScaling {
+    variance_scaling(1.0, FanMode::FanAvg, Dist::Uniform)
+}
+
+/// He (Kaiming) normal: variance `2 / fan_in`, truncated normal.
+pub fn he_normal() -> VarianceScaling {
+    variance_scaling(2.0, FanMode::FanIn, Dist::TruncatedNormal)
+}
+
+/// He (Kaiming) uniform: variance `2 / fan_in`, uniform.
+pub fn he_uniform() -> VarianceScaling {
+    variance_scaling(2.0, FanMode::FanIn, Dist::Uniform)
+}
+
+pub use glorot_normal as xavier_normal;
+pub use glorot_uniform as xavier_uniform;
+pub use he_normal as kaiming_normal;
+pub use he_uniform as kaiming_uniform;

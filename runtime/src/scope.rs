@@ -1,0 +1,713 @@
+//! Parameter scopes, as Flax's `flax.core.scope`: [`Variables`] holds every variable
+//! by collection and path (`params` → `Dense_0/kernel`), and a [`Scope`] is a cursor
+//! into it that modules read parameters and state through, names children
+//! (`TypeName_k`, counted per parent and type) and derives random keys.
+
+use crate::init::{Initializer, Rng};
+use ndarray::{ArcArray, Array, ArrayD, Dimension, IntoDimension, IxDyn};
+use rand::SeedableRng;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+/// A runtime misuse of scopes or variables, naming the variable's path.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScopeError {
+    /// `apply` read a parameter the variables do not hold.
+    #[error("parameter `{path}` not found in collection `params`: init the module first, or check the variables' paths")]
+    ParamNotFound { path: String },
+    /// A stored variable's shape differs from the one the module asks for.
+    #[error("variable `{collection}/{path}` has shape {found:?}, but the module asks for shape {expected:?}")]
+    ShapeMismatch { collection: String, path: String, expected: Vec<usize>, found: Vec<usize> },
+    /// A stored variable's element type differs from the one the module asks for.
+    #[error("variable `{collection}/{path}` holds {found} values, but the module asks for {expected}")]
+    TypeMismatch { collection: String, path: String, expected: &'static str, found: &'static str },
+    /// A variable of a collection that was not passed (and is not mutable).
+    #[error("collection `{collection}` not found while reading `{path}`: pass it in the variables, or make it mutable")]
+    CollectionNotFound { collection: String, path: String },
+    /// A write to a collection that is not mutable in this `apply`.
+    #[error("cannot write `{collection}/{path}`: collection `{collection}` is immutable here; list it in `mutable` when applying")]
+    ImmutableCollection { collection: String, path: String },
+    /// `make_rng` of a stream that was not provided.
+    #[error("RNG stream `{stream}` was not provided (asked for at `{path}`): pass it in `rngs` when applying")]
+    UnknownRngStream { stream: String, path: String },
+    /// Variables whose structure is not a tree of leaves.
+    #[error("invalid variables: {reason}")]
+    InvalidVariables { reason: String },
+}
+
+/// One stored variable: an array of `f32`, `f64` or integers (scalars have shape `[]`).
+/// Arrays are shared, never copied, when a module reads them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Leaf {
+    F32(ArcArray<f32, IxDyn>),
+    F64(ArcArray<f64, IxDyn>),
+    I64(ArcArray<i64, IxDyn>),
+}
+
+impl Leaf {
+    /// The shape (`[]` for a scalar).
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Leaf::F32(a) => a.shape(),
+            Leaf::F64(a) => a.shape(),
+            Leaf::I64(a) => a.shape(),
+        }
+    }
+
+    /// The element type's name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Leaf::F32(_) => "f32",
+            Leaf::F64(_) => "f64",
+            Leaf::I64(_) => "integer",
+        }
+    }
+
+    /// The values as `f64`, flattened in row-major order.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match self {
+            Leaf::F32(a) => a.iter().map(|&v| v as f64).collect(),
+            Leaf::F64(a) => a.iter().copied().collect(),
+            Leaf::I64(a) => a.iter().map(|&v| v as f64).collect(),
+        }
+    }
+
+    fn zeros_like(&self) -> Leaf {
+        match self {
+            Leaf::F32(a) => Leaf::F32(ArcArray::zeros(a.raw_dim())),
+            Leaf::F64(a) => Leaf::F64(ArcArray::zeros(a.raw_dim())),
+            Leaf::I64(a) => Leaf::I64(ArcArray::zeros(a.raw_dim())),
+        }
+    }
+
+    fn add(&mut self, other: &Leaf) {
+        match (self, other) {
+            (Leaf::F32(a), Leaf::F32(b)) if a.shape() == b.shape() => *a = (&*a + b).into_shared(),
+            (Leaf::F64(a), Leaf::F64(b)) if a.shape() == b.shape() => *a = (&*a + b).into_shared(),
+            (Leaf::I64(a), Leaf::I64(b)) if a.shape() == b.shape() => *a = (&*a + b).into_shared(),
+            _ => {}
+        }
+    }
+}
+
+/// A value that can be stored in [`Variables`] and read back.
+pub trait Stored: Sized {
+    /// The element type's name, for errors.
+    const KIND: &'static str;
+    /// Moves the value into a leaf.
+    fn into_leaf(self) -> Leaf;
+    /// Reads a leaf, sharing its data where the type allows. `None` if the element
+    /// type or rank differs.
+    fn from_leaf(leaf: &Leaf) -> Option<Self>;
+    /// A value of `shape` from an initializer's `f64` sample.
+    fn from_sample(sample: ArrayD<f64>) -> Option<Self>;
+}
+
+macro_rules! scalar_stored {
+    ($($t:ty => $variant:ident as $store:ty, $kind:literal;)*) => {$(
+        impl Stored for $t {
+            const KIND: &'static str = $kind;
+            fn into_leaf(self) -> Leaf {
+                Leaf::$variant(ArcArray::from_elem(IxDyn(&[]), self as $store))
+            }
+            fn from_leaf(leaf: &Leaf) -> Option<Self> {
+                match leaf {
+                    Leaf::$variant(a) if a.ndim() == 0 => a.iter().next().map(|&v| v as $t),
+                    _ => None,
+                }
+            }
+            fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
+                (sample.ndim() == 0).then(|| sample.iter().next().map(|&v| v as $t)).flatten()
+            }
+        }
+    )*};
+}
+
+scalar_stored! {
+    f32 => F32 as f32, "f32";
+    f64 => F64 as f64, "f64";
+    i32 => I64 as i64, "integer";
+    i64 => I64 as i64, "integer";
+    u32 => I64 as i64, "integer";
+    usize => I64 as i64, "integer";
+}
+
+macro_rules! array_stored {
+    ($($t:ty => $variant:ident;)*) => {$(
+        impl<D: Dimension> Stored for ArcArray<$t, D> {
+            const KIND: &'static str = stringify!($t);
+            fn into_leaf(self) -> Leaf {
+                Leaf::$variant(self.into_dyn())
+            }
+            fn from_leaf(leaf: &Leaf) -> Option<Self> {
+                match leaf {
+                    Leaf::$variant(a) => a.clone().into_dimensionality::<D>().ok(),
+                    _ => None,
+                }
+            }
+            fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
+                sample.mapv(|v| v as $t).into_shared().into_dimensionality::<D>().ok()
+            }
+        }
+
+        /// Reading into an owned array copies; prefer `ArcArray`, which shares.
+        impl<D: Dimension> Stored for Array<$t, D> {
+            const KIND: &'static str = stringify!($t);
+            fn into_leaf(self) -> Leaf {
+                Leaf::$variant(self.into_dyn().into_shared())
+            }
+            fn from_leaf(leaf: &Leaf) -> Option<Self> {
+                match leaf {
+                    Leaf::$variant(a) => a.to_owned().into_dimensionality::<D>().ok(),
+                    _ => None,
+                }
+            }
+            fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
+                sample.mapv(|v| v as $t).into_dimensionality::<D>().ok()
+            }
+        }
+    )*};
+}
+
+array_stored! {
+    f32 => F32;
+    f64 => F64;
+}
+
+/// Every variable of a module tree: collection → path → leaf, as Flax's
+/// `{"params": {"Dense_0": {"kernel": ..}}}` with paths joined by `/`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Variables {
+    collections: BTreeMap<String, BTreeMap<String, Leaf>>,
+}
+
+impl Variables {
+    /// No variables.
+    pub fn new() -> Self {
+        Variables::default()
+    }
+
+    /// Adds a variable (builder style), e.g. `Variables::new().with("params", "LearnScale_0/scale", 1.5)`.
+    ///
+    /// # Errors
+    /// [`ScopeError::InvalidVariables`] when a path is both a leaf and a subtree.
+    pub fn with(mut self, collection: &str, path: &str, value: impl Stored) -> Result<Self, ScopeError> {
+        self.insert(collection, path, value.into_leaf())?;
+        Ok(self)
+    }
+
+    /// Stores `leaf` at `collection/path`.
+    ///
+    /// # Errors
+    /// [`ScopeError::InvalidVariables`] when the path is empty, or is both a leaf and
+    /// a subtree.
+    pub fn insert(&mut self, collection: &str, path: &str, leaf: Leaf) -> Result<(), ScopeError> {
+        if path.is_empty() || path.split('/').any(str::is_empty) {
+            return Err(ScopeError::InvalidVariables { reason: format!("`{collection}/{path}` is not a path of names") });
+        }
+        let coll = self.collections.entry(collection.to_string()).or_default();
+        let prefix = format!("{path}/");
+        if coll.keys().any(|k| k.starts_with(&prefix)) || ancestors(path).any(|a| coll.contains_key(a)) {
+            return Err(ScopeError::InvalidVariables {
+                reason: format!("`{collection}/{path}` would be both a variable and a module's subtree"),
+            });
+        }
+        coll.insert(path.to_string(), leaf);
+        Ok(())
+    }
+
+    /// The leaf at `collection/path`.
+    pub fn get(&self, collection: &str, path: &str) -> Option<&Leaf> {
+        self.collections.get(collection)?.get(path)
+    }
+
+    /// The variable at `collection/path` as a `T`.
+    ///
+    /// # Errors
+    /// When the collection or variable is missing, or holds another type.
+    pub fn read<T: Stored>(&self, collection: &str, path: &str) -> Result<T, ScopeError> {
+        let coll = self
+            .collections
+            .get(collection)
+            .ok_or_else(|| ScopeError::CollectionNotFound { collection: collection.into(), path: path.into() })?;
+        let leaf = coll.get(path).ok_or_else(|| match collection {
+            "params" => ScopeError::ParamNotFound { path: path.into() },
+            _ => ScopeError::CollectionNotFound { collection: collection.into(), path: path.into() },
+        })?;
+        T::from_leaf(leaf).ok_or_else(|| ScopeError::TypeMismatch {
+            collection: collection.into(),
+            path: path.into(),
+            expected: T::KIND,
+            found: leaf.kind(),
+        })
+    }
+
+    /// The names of the collections.
+    pub fn collections(&self) -> impl Iterator<Item = &str> {
+        self.collections.keys().map(String::as_str)
+    }
+
+    /// The `(path, leaf)` pairs of a collection, in path order.
+    pub fn iter(&self, collection: &str) -> impl Iterator<Item = (&str, &Leaf)> {
+        self.collections.get(collection).into_iter().flat_map(|c| c.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    /// Only the named collections.
+    pub fn only(&self, names: &[&str]) -> Variables {
+        let collections =
+            self.collections.iter().filter(|(k, _)| names.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        Variables { collections }
+    }
+
+    /// The variables under `prefix/` of every collection, with the prefix removed.
+    pub fn subtree(&self, prefix: &str) -> Variables {
+        let mut out = Variables::new();
+        let p = format!("{prefix}/");
+        for (c, coll) in &self.collections {
+            for (k, v) in coll {
+                if let Some(rest) = k.strip_prefix(&p) {
+                    out.collections.entry(c.clone()).or_default().insert(rest.to_string(), v.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// `self + other`, leaf by leaf (cotangents add up); leaves only in `other` are copied.
+    pub fn accumulate(&mut self, other: &Variables) {
+        for (c, coll) in &other.collections {
+            let mine = self.collections.entry(c.clone()).or_default();
+            for (k, v) in coll {
+                match mine.get_mut(k) {
+                    Some(m) => m.add(v),
+                    None => {
+                        mine.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same tree with every leaf zero.
+    pub fn zeros_like(&self) -> Variables {
+        let collections = self
+            .collections
+            .iter()
+            .map(|(c, coll)| (c.clone(), coll.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect()))
+            .collect();
+        Variables { collections }
+    }
+
+    /// The shapes, as the nested tree Flax prints for `jax.tree_util.tree_map(jnp.shape, ..)`.
+    pub fn shapes(&self) -> String {
+        self.render(&|leaf| format!("{:?}", leaf.shape()))
+    }
+
+    fn render(&self, leaf_text: &dyn Fn(&Leaf) -> String) -> String {
+        #[derive(Default)]
+        struct Node {
+            leaf: Option<String>,
+            children: BTreeMap<String, Node>,
+        }
+        fn show(n: &Node) -> String {
+            if let Some(l) = &n.leaf {
+                return l.clone();
+            }
+            let items: Vec<String> = n.children.iter().map(|(k, v)| format!("\"{k}\": {}", show(v))).collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        let mut root = Node::default();
+        for (c, coll) in &self.collections {
+            let cnode = root.children.entry(c.clone()).or_default();
+            for (path, leaf) in coll {
+                let mut node = &mut *cnode;
+                for part in path.split('/') {
+                    node = node.children.entry(part.to_string()).or_default();
+                }
+                node.leaf = Some(leaf_text(leaf));
+            }
+        }
+        show(&root)
+    }
+}
+
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.char_indices().filter(|(_, c)| *c == '/').map(move |(i, _)| &path[..i])
+}
+
+impl fmt::Display for Variables {
+    /// The nested tree, as Flax prints it: `{"params": {"LearnScale_0": {"scale": 0.0}}}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.render(&|leaf| {
+            let values = leaf.to_f64_vec();
+            let fmt_one = |v: f64| match leaf {
+                Leaf::I64(_) => format!("{}", v as i64),
+                _ => format!("{v:?}"),
+            };
+            if leaf.shape().is_empty() {
+                values.first().map(|v| fmt_one(*v)).unwrap_or_default()
+            } else {
+                nested_list(leaf.shape(), &values, &fmt_one)
+            }
+        });
+        f.write_str(&text)
+    }
+}
+
+fn nested_list(shape: &[usize], values: &[f64], fmt_one: &dyn Fn(f64) -> String) -> String {
+    if shape.len() == 1 {
+        let items: Vec<String> = values.iter().map(|v| fmt_one(*v)).collect();
+        return format!("[{}]", items.join(", "));
+    }
+    let stride: usize = shape[1..].iter().product();
+    let items: Vec<String> =
+        (0..shape[0]).map(|i| nested_list(&shape[1..], &values[i * stride..(i + 1) * stride], fmt_one)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Which collections an `apply` may write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutable {
+    /// Every collection (as during `init`).
+    All,
+    /// The listed ones.
+    Only(BTreeSet<String>),
+}
+
+impl Mutable {
+    fn allows(&self, collection: &str) -> bool {
+        match self {
+            Mutable::All => true,
+            Mutable::Only(s) => s.contains(collection),
+        }
+    }
+}
+
+/// A cursor into [`Variables`]: the current module's path, its children's names, its
+/// random streams. Modules receive one as `cx: &mut Scope` in `call`.
+///
+/// Errors do not interrupt the module: the first one is kept, the read returns a
+/// zero of the asked shape, and `init`/`apply` return the error.
+pub struct Scope<'v> {
+    vars: &'v mut Variables,
+    path: Vec<String>,
+    counters: HashMap<String, usize>,
+    initializing: bool,
+    mutable: Mutable,
+    rngs: BTreeMap<String, u64>,
+    rng_counters: HashMap<String, u64>,
+    error: Option<ScopeError>,
+    last_child: Option<String>,
+}
+
+/// The path of a variable, for the reverse sweep to add its cotangent into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VarPath {
+    pub collection: &'static str,
+    pub path: String,
+}
+
+impl<'v> Scope<'v> {
+    /// A root scope that creates missing variables: every collection is mutable and
+    /// every random stream derives from `seed`.
+    pub fn for_init(vars: &'v mut Variables, seed: u64) -> Self {
+        let mut rngs = BTreeMap::new();
+        rngs.insert("params".to_string(), seed);
+        Scope::new(vars, true, Mutable::All, rngs)
+    }
+
+    /// A root scope over existing variables: only `mutable` collections may be
+    /// written, and only `rngs` streams may be drawn.
+    pub fn for_apply(vars: &'v mut Variables, mutable: Mutable, rngs: BTreeMap<String, u64>) -> Self {
+        Scope::new(vars, false, mutable, rngs)
+    }
+
+    fn new(vars: &'v mut Variables, initializing: bool, mutable: Mutable, rngs: BTreeMap<String, u64>) -> Self {
+        Scope {
+            vars,
+            path: Vec::new(),
+            counters: HashMap::new(),
+            initializing,
+            mutable,
+            rngs,
+            rng_counters: HashMap::new(),
+            error: None,
+            last_child: None,
+        }
+    }
+
+    /// Whether this scope creates missing variables (`init`).
+    pub fn is_initializing(&self) -> bool {
+        self.initializing
+    }
+
+    /// The current module's path, `/`-joined (empty at the root).
+    pub fn path(&self) -> String {
+        self.path.join("/")
+    }
+
+    fn path_to(&self, name: &str) -> String {
+        if self.path.is_empty() { name.to_string() } else { format!("{}/{name}", self.path()) }
+    }
+
+    fn fail(&mut self, e: ScopeError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    /// The first error so far.
+    pub fn error(&self) -> Option<&ScopeError> {
+        self.error.as_ref()
+    }
+
+    /// `Ok` if nothing went wrong, else the first error.
+    pub fn finish(self) -> Result<(), ScopeError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The next auto name for a child of type `type_name` under the current module:
+    /// `TypeName_0`, `TypeName_1`, ... counted per parent and type, as Flax does.
+    pub fn auto_name(&mut self, type_name: &str) -> String {
+        let key = format!("{}\u{0}{type_name}", self.path());
+        let k = self.counters.entry(key).or_insert(0);
+        let name = format!("{type_name}_{k}");
+        *k += 1;
+        name
+    }
+
+    /// Enters the child `name` (a submodule's scope).
+    pub fn enter(&mut self, name: &str) {
+        self.path.push(name.to_string());
+        self.last_child = Some(name.to_string());
+    }
+
+    /// Enters the next auto-named child of type `type_name`.
+    pub fn enter_auto(&mut self, type_name: &str) {
+        let name = self.auto_name(type_name);
+        self.enter(&name);
+    }
+
+    /// Leaves the current child.
+    pub fn exit(&mut self) {
+        if let Some(name) = self.path.pop() {
+            self.last_child = Some(name);
+        }
+    }
+
+    /// The name of the child most recently entered or left.
+    pub fn last_child(&self) -> Option<&str> {
+        self.last_child.as_deref()
+    }
+
+    /// Gets parameter `name` of the current module, creating it with `init` during
+    /// `init` (Flax's `self.param`). The stored shape must equal `shape`.
+    ///
+    /// ```
+    /// use adjoint::scope::{Scope, Variables};
+    /// use adjoint::init;
+    /// let mut vars = Variables::new();
+    /// let mut cx = Scope::for_init(&mut vars, 0);
+    /// let w: ndarray::ArcArray2<f64> = cx.param("kernel", init::lecun_normal(), (3, 4));
+    /// assert_eq!(w.shape(), &[3, 4]);
+    /// cx.finish().unwrap();
+    /// assert_eq!(vars.shapes(), r#"{"params": {"kernel": [3, 4]}}"#);
+    /// ```
+    pub fn param<T: Stored>(&mut self, name: &str, init: impl Initializer, shape: impl IntoDimension) -> T {
+        self.param_at(name, init, shape).0
+    }
+
+    /// [`Scope::param`], also returning where the parameter lives (for the reverse
+    /// sweep of a transform that differentiates parameters).
+    pub fn param_at<T: Stored>(&mut self, name: &str, init: impl Initializer, shape: impl IntoDimension) -> (T, VarPath) {
+        let shape = shape.into_dimension().into_dyn();
+        let path = self.path_to(name);
+        let at = VarPath { collection: "params", path: path.clone() };
+        if let Some(leaf) = self.vars.get("params", &path) {
+            if leaf.shape() != shape.slice() {
+                let found = leaf.shape().to_vec();
+                self.fail(ScopeError::ShapeMismatch { collection: "params".into(), path, expected: shape.slice().to_vec(), found });
+                return (placeholder(&shape), at);
+            }
+            return match T::from_leaf(leaf) {
+                Some(v) => (v, at),
+                None => {
+                    let found = leaf.kind();
+                    self.fail(ScopeError::TypeMismatch { collection: "params".into(), path, expected: T::KIND, found });
+                    (placeholder(&shape), at)
+                }
+            };
+        }
+        if !self.initializing {
+            self.fail(ScopeError::ParamNotFound { path });
+            return (placeholder(&shape), at);
+        }
+        let mut rng = self.rng_for("params", &path);
+        let sample = init.sample(&mut rng, shape.slice());
+        let value: T = match T::from_sample(sample) {
+            Some(v) => v,
+            None => {
+                self.fail(ScopeError::ShapeMismatch {
+                    collection: "params".into(),
+                    path,
+                    expected: shape.slice().to_vec(),
+                    found: vec![],
+                });
+                return (placeholder(&shape), at);
+            }
+        };
+        let leaf = value.into_leaf();
+        let value = T::from_leaf(&leaf).unwrap_or_else(|| placeholder(&shape));
+        if let Err(e) = self.vars.insert("params", &path, leaf) {
+            self.fail(e);
+        }
+        (value, at)
+    }
+
+    /// Gets variable `name` of `collection`, creating it with `init` if the collection
+    /// is mutable (Flax's `self.variable(..).value`).
+    pub fn variable<T: Stored>(&mut self, collection: &str, name: &str, init: impl FnOnce() -> T) -> T {
+        let path = self.path_to(name);
+        if let Some(leaf) = self.vars.get(collection, &path) {
+            return match T::from_leaf(leaf) {
+                Some(v) => v,
+                None => {
+                    let found = leaf.kind();
+                    self.fail(ScopeError::TypeMismatch { collection: collection.into(), path, expected: T::KIND, found });
+                    init()
+                }
+            };
+        }
+        let value = init();
+        if self.mutable.allows(collection) {
+            let leaf = value.into_leaf();
+            let out = T::from_leaf(&leaf);
+            if let Err(e) = self.vars.insert(collection, &path, leaf) {
+                self.fail(e);
+            }
+            return out.unwrap_or_else(|| unreachable_roundtrip());
+        }
+        self.fail(ScopeError::CollectionNotFound { collection: collection.into(), path });
+        value
+    }
+
+    /// Writes variable `name` of `collection` (Flax's `var.value = ..`).
+    pub fn put<T: Stored>(&mut self, collection: &str, name: &str, value: T) {
+        let path = self.path_to(name);
+        if !self.mutable.allows(collection) {
+            self.fail(ScopeError::ImmutableCollection { collection: collection.into(), path });
+            return;
+        }
+        if let Err(e) = self.vars.insert(collection, &path, value.into_leaf()) {
+            self.fail(e);
+        }
+    }
+
+    /// Records an intermediate value under `collection/name/k` if the collection is
+    /// mutable, and does nothing otherwise (Flax's `self.sow`).
+    pub fn sow<T: Stored>(&mut self, collection: &str, name: &str, value: T) {
+        if !self.mutable.allows(collection) {
+            return;
+        }
+        let base = self.path_to(name);
+        let k = self.vars.iter(collection).filter(|(p, _)| p.strip_prefix(&base).is_some_and(|r| r.starts_with('/'))).count();
+        if let Err(e) = self.vars.insert(collection, &format!("{base}/{k}"), value.into_leaf()) {
+            self.fail(e);
+        }
+    }
+
+    /// A random generator for stream `stream`, derived from the stream's seed, this
+    /// module's path and how many keys it drew before (Flax's `make_rng`).
+    pub fn make_rng(&mut self, stream: &str) -> Rng {
+        let path = self.path();
+        if !self.rngs.contains_key(stream) && !self.initializing {
+            self.fail(ScopeError::UnknownRngStream { stream: stream.into(), path });
+            return Rng::seed_from_u64(0);
+        }
+        let k = self.rng_counters.entry(format!("{stream}\u{0}{path}")).or_insert(0);
+        *k += 1;
+        let tag = format!("{path}#{k}");
+        self.rng_for(stream, &tag)
+    }
+
+    fn rng_for(&self, stream: &str, tag: &str) -> Rng {
+        let seed = self.rngs.get(stream).or_else(|| self.rngs.get("params")).copied().unwrap_or(0);
+        Rng::seed_from_u64(fold_in(fold_in(seed, stream), tag))
+    }
+}
+
+fn unreachable_roundtrip<T>() -> T {
+    panic!("adjoint: a stored value reads back as its own type")
+}
+
+fn placeholder<T: Stored>(shape: &IxDyn) -> T {
+    // A zero of the asked shape; it is never returned to the user (the error is).
+    T::from_sample(ArrayD::zeros(shape.clone()))
+        .or_else(|| T::from_sample(ArrayD::zeros(IxDyn(&[]))))
+        .unwrap_or_else(|| panic!("adjoint: every stored type has a zero"))
+}
+
+/// Derives a new seed from `seed` and `data` (Flax's `fold_in`): FNV-1a over the
+/// bytes, finished with SplitMix64 so nearby inputs give unrelated seeds.
+pub fn fold_in(seed: u64, data: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in data.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Options of a module's `apply_with`: the collections it may write (returned after
+/// the run) and the seeds of its random streams.
+///
+/// ```
+/// use adjoint::scope::ApplyOptions;
+/// let opts = ApplyOptions::new().mutable(["batch_stats"]).rng("dropout", 7);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    mutable: BTreeSet<String>,
+    rngs: BTreeMap<String, u64>,
+}
+
+impl ApplyOptions {
+    /// Nothing mutable, no random streams.
+    pub fn new() -> Self {
+        ApplyOptions::default()
+    }
+
+    /// Makes these collections writable.
+    pub fn mutable<S: Into<String>>(mut self, collections: impl IntoIterator<Item = S>) -> Self {
+        self.mutable.extend(collections.into_iter().map(Into::into));
+        self
+    }
+
+    /// Provides random stream `stream` with `seed`.
+    pub fn rng(mut self, stream: &str, seed: u64) -> Self {
+        self.rngs.insert(stream.to_string(), seed);
+        self
+    }
+
+    /// The writable collections, for a scope.
+    pub fn mutability(&self) -> Mutable {
+        Mutable::Only(self.mutable.clone())
+    }
+
+    /// The random streams' seeds, for a scope.
+    pub fn rng_seeds(&self) -> BTreeMap<String, u64> {
+        self.rngs.clone()
+    }
+
+    /// The mutable collections of `vars`.
+    pub fn mutated(&self, vars: &Variables) -> Variables {
+        let names: Vec<&str> = self.mutable.iter().map(String::as_str).collect();
+        vars.only(&names)
+    }
+}
