@@ -670,9 +670,11 @@ impl<'a> Gen<'a> {
         match s {
             Stmt::Let { dst, op, .. } => {
                 let name = self.name(*dst).clone();
-                let name = match &self.f.vars[dst.0 as usize].ty {
-                    Some(ty) => quote!(#name: #ty),
-                    None => name.to_token_stream(),
+                let info = &self.f.vars[dst.0 as usize];
+                let mutability = info.mutable.then(|| quote!(mut));
+                let name = match &info.ty {
+                    Some(ty) => quote!(#mutability #name: #ty),
+                    None => quote!(#mutability #name),
                 };
                 let active = self.active(*dst);
                 match op {

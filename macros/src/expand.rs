@@ -91,6 +91,14 @@ fn differentiable_type(ty: &Type, generics: &[String]) -> bool {
 /// Lowers, analyses and generates one function body.
 fn generate(cx: &Ctxt, params: &[ParamInfo], body: &syn::Block, aux: bool) -> Option<(Func, adjoint::Generated)> {
     let specs: Vec<ParamSpec> = params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active }).collect();
+    // With `has_aux` the body returns a pair, perhaps from a call: take it apart.
+    let aux_body: syn::Block;
+    let body = if aux {
+        aux_body = syn::parse_quote!({ let (__value, __aux) = #body; (__value, __aux) });
+        &aux_body
+    } else {
+        body
+    };
     let mut func = lower::lower(cx, &specs, body);
     func.aux = aux;
     if aux && !matches!(output_shape(&func), Some(Val::Tuple(v)) if v.len() == 2) {

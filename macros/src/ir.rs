@@ -14,6 +14,8 @@ pub struct VarInfo {
     pub name: Ident,
     /// The type the user wrote on its `let`, if any.
     pub ty: Option<syn::Type>,
+    /// Declared `let mut` (a constant the code mutates through `&mut`).
+    pub mutable: bool,
 }
 
 /// An operand: a variable or a literal written inline.

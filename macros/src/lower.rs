@@ -84,7 +84,7 @@ impl Lowerer<'_> {
         self.taken.insert(name.clone());
         let id = Var(self.vars.len() as u32);
         let ident_span = if user { span } else { Span::call_site() };
-        self.vars.push(VarInfo { name: Ident::new(&name, ident_span), ty: None });
+        self.vars.push(VarInfo { name: Ident::new(&name, ident_span), ty: None, mutable: false });
         id
     }
 
@@ -114,7 +114,7 @@ impl Lowerer<'_> {
         let mut map = HashMap::new();
         for (outer_var, ident) in names {
             let id = Var(self.vars.len() as u32);
-            self.vars.push(VarInfo { name: ident, ty: None });
+            self.vars.push(VarInfo { name: ident, ty: None, mutable: false });
             self.free.push((id, outer_var));
             map.insert(outer_var, id);
         }
@@ -442,7 +442,7 @@ impl Lowerer<'_> {
             .into_iter()
             .map(|n| {
                 let id = Var(self.vars.len() as u32);
-                self.vars.push(VarInfo { name: n.clone(), ty: None });
+                self.vars.push(VarInfo { name: n.clone(), ty: None, mutable: false });
                 self.taken.insert(n.to_string());
                 self.bind(n.to_string(), Val::Atom(Atom::Var(id)));
                 id
@@ -506,6 +506,9 @@ impl Lowerer<'_> {
                 if id.by_ref.is_some() || id.subpat.is_some() {
                     self.cx.error_at(id, "`ref` and `@` patterns are not supported in a #[differentiable] body");
                 }
+                if let (Some(_), Val::Atom(Atom::Var(v))) = (&id.mutability, &val) {
+                    self.vars[v.0 as usize].mutable = true;
+                }
                 // A fresh name, so the reverse sweep can still read the value it shadows.
                 // A value just computed takes the user's name; an existing one is shared.
                 if let Val::Atom(Atom::Var(v)) = &val {
@@ -523,11 +526,46 @@ impl Lowerer<'_> {
                         self.bind_pat(out, p, v);
                     }
                 }
+                Val::Atom(Atom::Var(v)) => {
+                    // A tuple computed at run time: a call's result is destructured by
+                    // the call itself; a constant's by its fields.
+                    let fields = self.split_runtime_tuple(out, v, pt.elems.len(), pt);
+                    for (p, f) in pt.elems.iter().zip(fields) {
+                        self.bind_pat(out, p, f);
+                    }
+                }
                 _ => self.cx.error_at(pt, "this tuple pattern does not match the value's shape"),
             },
             Pat::Paren(p) => self.bind_pat(out, &p.pat, val),
             other => self.cx.error_at(other, "only names, `_` and tuples may be bound in a #[differentiable] body"),
         }
+    }
+
+    /// The fields of variable `v`, a tuple of `n` values produced at run time.
+    fn split_runtime_tuple(&mut self, out: &mut Stmts, v: Var, n: usize, at: &syn::PatTuple) -> Vec<Val> {
+        let last_is_call = matches!(out.last(), Some(Stmt::Let { dst, op: Op::Call(_), .. }) if *dst == v);
+        if last_is_call {
+            let Some(Stmt::Let { op: Op::Call(call), .. }) = out.pop() else { unreachable!("checked") };
+            let dsts: Vec<Var> = (0..n).map(|_| self.temp(at.span())).collect();
+            out.push(Stmt::LetTuple { dsts: dsts.clone(), call });
+            return dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect();
+        }
+        let is_const = self.defined_as_const(out, v);
+        if !is_const {
+            self.cx.error_at(at, "take this tuple apart where it is made (`let (a, b) = f(x);`), not later");
+            return (0..n).map(|_| poison()).collect();
+        }
+        let name = self.vars[v.0 as usize].name.clone();
+        (0..n)
+            .map(|i| {
+                let idx = syn::Index::from(i);
+                Val::Atom(self.emit(out, Op::Const(quote!(#name.#idx)), at.span()))
+            })
+            .collect()
+    }
+
+    fn defined_as_const(&self, out: &Stmts, v: Var) -> bool {
+        out.iter().rev().any(|s| matches!(s, Stmt::Let { dst, op: Op::Const(_), .. } if *dst == v))
     }
 
     // ----- expressions -----

@@ -1,0 +1,216 @@
+//! Flax modules and lifted transforms, ported from `reference/modules.json`
+//! (Flax linen, float64): the variables trees `init` builds and the outputs.
+//! Plus one test per runtime error a user can run into.
+
+use adjoint::prelude::*;
+use adjoint::scope::ApplyOptions;
+use adjoint_tests::{array, assert_close, reference, scalar};
+use ndarray::Array1;
+
+const RTOL: f64 = 1e-9;
+
+// ----- seed_example: nn.grad over a child module -----
+
+struct LearnScale;
+
+#[differentiable]
+impl LearnScale {
+    fn call(&self, cx: &mut Scope, x: f64, y: f64) -> f64 {
+        let p: f64 = cx.param("scale", init::zeros, ());
+        p * x * y
+    }
+}
+
+struct Foo;
+
+#[differentiable]
+impl Foo {
+    fn call(&self, cx: &mut Scope, x: f64, y: f64) -> (f64, f64) {
+        grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), LearnScale, x, y)
+    }
+}
+
+#[test]
+fn seed_example() {
+    let case = reference("modules.json", "seed_example");
+    let vars = Foo.init(0, 2.0, 3.0).unwrap();
+    assert_eq!(vars.shapes(), r#"{"params": {"LearnScale_0": {"scale": []}}}"#);
+    assert_eq!(vars.to_string(), r#"{"params": {"LearnScale_0": {"scale": 0.0}}}"#);
+    assert_eq!(vars.to_string(), case["init_variables"].to_string().replace(':', ": ").replace(',', ", "));
+
+    let scale = case["variables"]["params"]["LearnScale_0"]["scale"].as_f64().unwrap();
+    let vars = Variables::new().with("params", "LearnScale_0/scale", scale).unwrap();
+    let (gx, gy) = Foo.apply(&vars, 2.0, 3.0).unwrap();
+    let want = array(&case["output"]);
+    assert_close("output", &ndarray::arr1(&[gx, gy]).into_dyn(), &want, RTOL);
+}
+
+// ----- grad_aux: has_aux with grad! and value_and_grad! -----
+
+struct LearnScaleAux;
+
+#[differentiable]
+impl LearnScaleAux {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>, y: &Array1<f64>) -> (f64, f64) {
+        let p: f64 = cx.param("scale", init::ones, ());
+        ((x * y * p).sum(), p)
+    }
+}
+
+struct FooAux;
+
+type AuxOut = (Array1<f64>, Array1<f64>, f64, f64, f64, Array1<f64>, Array1<f64>);
+
+#[differentiable]
+impl FooAux {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>, y: &Array1<f64>) -> AuxOut {
+        let ((gx, gy), aux) = grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), LearnScaleAux, x, y, has_aux);
+        let ((z, aux2), (gx2, gy2)) = value_and_grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), LearnScaleAux, x, y, has_aux);
+        no_grad((gx, gy, aux, z, aux2, gx2, gy2))
+    }
+}
+
+#[test]
+fn grad_aux() {
+    let case = reference("modules.json", "grad_aux");
+    let x = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
+    let y = array(&case["inputs"]["y"]).into_dimensionality().unwrap();
+    let init = FooAux.init(0, &x, &y).unwrap();
+    assert_eq!(init.shapes(), r#"{"params": {"LearnScaleAux_0": {"scale": []}, "LearnScaleAux_1": {"scale": []}}}"#);
+
+    let vars = Variables::new()
+        .with("params", "LearnScaleAux_0/scale", 2.0)
+        .and_then(|v| v.with("params", "LearnScaleAux_1/scale", -0.5))
+        .unwrap();
+    let (gx, gy, aux, z, aux2, gx2, gy2) = FooAux.apply(&vars, &x, &y).unwrap();
+    let out = &case["output"];
+    assert_close("x_grad", &gx.into_dyn(), &array(&out["x_grad"]), RTOL);
+    assert_close("y_grad", &gy.into_dyn(), &array(&out["y_grad"]), RTOL);
+    assert_close("aux", &scalar(aux), &array(&out["aux"]), RTOL);
+    assert_close("value2", &scalar(z), &array(&out["value2"]), RTOL);
+    assert_close("aux2", &scalar(aux2), &array(&out["aux2"]), RTOL);
+    assert_close("x_grad2", &gx2.into_dyn(), &array(&out["x_grad2"]), RTOL);
+    assert_close("y_grad2", &gy2.into_dyn(), &array(&out["y_grad2"]), RTOL);
+}
+
+// ----- mutable_inside_grad: a collection written inside grad! is published -----
+
+struct Counting;
+
+#[differentiable]
+impl Counting {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let count: i32 = cx.variable("batch_stats", "count", || 0);
+        cx.put("batch_stats", "count", count + 1);
+        let p: f64 = cx.param("scale", init::ones, ());
+        (x * p).sum()
+    }
+}
+
+struct FooCount;
+
+#[differentiable]
+impl FooCount {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), Counting, x);
+        g
+    }
+}
+
+#[test]
+fn mutable_inside_grad() {
+    let case = reference("modules.json", "mutable_inside_grad");
+    let x: Array1<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
+    let vars = FooCount.init(0, &x).unwrap();
+    assert_eq!(vars.to_string(), r#"{"batch_stats": {"Counting_0": {"count": 1}}, "params": {"Counting_0": {"scale": 1.0}}}"#);
+
+    let (g, mutated) = FooCount.apply_with(&vars, &ApplyOptions::new().mutable(["batch_stats"]), &x).unwrap();
+    assert_close("output", &g.into_dyn(), &array(&case["output"]), RTOL);
+    assert_eq!(mutated.to_string(), r#"{"batch_stats": {"Counting_0": {"count": 2}}}"#);
+}
+
+// ----- typed errors, each naming the variable -----
+
+#[test]
+fn missing_parameter_names_its_path() {
+    let err = Foo.apply(&Variables::new(), 2.0, 3.0).unwrap_err();
+    assert_eq!(err, ScopeError::ParamNotFound { path: "LearnScale_0/scale".into() });
+    assert_eq!(
+        err.to_string(),
+        "parameter `LearnScale_0/scale` not found in collection `params`: init the module first, or check the variables' paths"
+    );
+}
+
+#[test]
+fn shape_mismatch_names_both_shapes() {
+    let vars = Variables::new().with("params", "LearnScale_0/scale", ndarray::arr1(&[1.0, 2.0])).unwrap();
+    let err = Foo.apply(&vars, 2.0, 3.0).unwrap_err();
+    assert_eq!(
+        err,
+        ScopeError::ShapeMismatch { collection: "params".into(), path: "LearnScale_0/scale".into(), expected: vec![], found: vec![2] }
+    );
+    assert_eq!(err.to_string(), "variable `params/LearnScale_0/scale` has shape [2], but the module asks for shape []");
+}
+
+#[test]
+fn missing_collection_is_reported() {
+    let x = ndarray::arr1(&[1.0, 2.0]);
+    let vars = FooCount.init(0, &x).unwrap().only(&["params"]);
+    let err = FooCount.apply(&vars, &x).unwrap_err();
+    assert_eq!(err, ScopeError::CollectionNotFound { collection: "batch_stats".into(), path: "Counting_0/count".into() });
+}
+
+#[test]
+fn writing_an_immutable_collection_is_reported() {
+    let x = ndarray::arr1(&[1.0, 2.0]);
+    let vars = FooCount.init(0, &x).unwrap();
+    let err = FooCount.apply(&vars, &x).unwrap_err();
+    assert_eq!(err, ScopeError::ImmutableCollection { collection: "batch_stats".into(), path: "Counting_0/count".into() });
+    assert_eq!(
+        err.to_string(),
+        "cannot write `batch_stats/Counting_0/count`: collection `batch_stats` is immutable here; list it in `mutable` when applying"
+    );
+}
+
+struct Noisy;
+
+#[differentiable]
+impl Noisy {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        let mut rng = cx.make_rng("dropout");
+        let keep = no_grad(rand_bit(&mut rng));
+        x * keep
+    }
+}
+
+fn rand_bit(rng: &mut adjoint::init::Rng) -> f64 {
+    use rand::Rng;
+    if rng.random::<f64>() < 0.5 { 0.0 } else { 2.0 }
+}
+
+#[test]
+fn unknown_rng_stream_is_reported_and_given_streams_are_deterministic() {
+    let vars = Noisy.init(0, 1.0).unwrap();
+    let err = Noisy.apply(&vars, 1.0).unwrap_err();
+    assert_eq!(err, ScopeError::UnknownRngStream { stream: "dropout".into(), path: String::new() });
+    let opts = ApplyOptions::new().rng("dropout", 7);
+    let a = Noisy.apply_with(&vars, &opts, 1.0).unwrap().0;
+    let b = Noisy.apply_with(&vars, &opts, 1.0).unwrap().0;
+    assert_eq!(a, b);
+}
+
+#[test]
+fn invalid_variables_are_rejected() {
+    let err = Variables::new().with("params", "a", 1.0).and_then(|v| v.with("params", "a/b", 2.0)).unwrap_err();
+    assert_eq!(err, ScopeError::InvalidVariables { reason: "`params/a/b` would be both a variable and a module's subtree".into() });
+}
+
+#[test]
+fn wrong_element_type_is_reported() {
+    let vars = Variables::new().with("params", "LearnScale_0/scale", 1.5f32).unwrap();
+    let err = Foo.apply(&vars, 2.0, 3.0).unwrap_err();
+    assert_eq!(
+        err,
+        ScopeError::TypeMismatch { collection: "params".into(), path: "LearnScale_0/scale".into(), expected: "f64", found: "f32" }
+    );
+}
