@@ -22,7 +22,7 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
             ::adjoint::Cot<&'__l2 Array3<f64>>,
         ),
 ) {
-    let h = Array2::<f64>::zeros((2, 4));
+    let mut h = Array2::<f64>::zeros((2, 4));
     let mut __carry0_0 = ::core::clone::Clone::clone(&h);
     let __iter0 = ::core::iter::IntoIterator::into_iter(0..5);
     let mut __tape0 = ::std::vec::Vec::with_capacity(
