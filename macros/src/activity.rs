@@ -39,7 +39,7 @@ pub fn analyze(cx: &Ctxt, f: &Func) -> Activity {
     for p in &f.params {
         varied[p.var.0 as usize] = p.active;
     }
-    while forward(&f.body, &mut varied) {}
+    while forward(&f.body, f.params_active, &mut varied) {}
     let mut useful = vec![false; n];
     mark_output(&f.body, f.aux, &mut useful);
     while backward(&f.body, &mut useful) {}
@@ -69,6 +69,7 @@ fn inputs(op: &Op) -> Vec<&Atom> {
                 operands.iter().enumerate().filter(|(i, _)| rule.pullbacks.get(*i).is_some_and(|p| p.is_some())).map(|(_, a)| &a.atom).collect()
             }
         }
+        Op::Call(c) if c.scoped == Scoped::Param => Vec::new(),
         Op::Call(c) => call_inputs(c),
         Op::Const(_) => Vec::new(),
         Op::MapV { recv, .. } => vec![recv],
@@ -102,17 +103,20 @@ fn each_leaf(b: &Block, f: &mut dyn FnMut(&Leaf)) {
     }
 }
 
-fn forward(b: &Block, varied: &mut Vec<bool>) -> bool {
+fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
     let mut changed = false;
     for s in &b.stmts {
         match s {
             Stmt::Let { dst, op, .. } => {
-                if inputs(op).iter().any(|a| is(varied, a)) {
+                // With parameters differentiated, a parameter read and a submodule's
+                // output vary whatever their arguments.
+                let from_params = params && matches!(op, Op::Call(c) if matches!(c.scoped, Scoped::Param | Scoped::Module));
+                if from_params || inputs(op).iter().any(|a| is(varied, a)) {
                     changed |= set(varied, *dst);
                 }
             }
             Stmt::LetTuple { dsts, call, .. } => {
-                if call_inputs(call).iter().any(|a| is(varied, a)) {
+                if (params && call.scoped == Scoped::Module) || call_inputs(call).iter().any(|a| is(varied, a)) {
                     for d in dsts {
                         changed |= set(varied, *d);
                     }
@@ -120,7 +124,7 @@ fn forward(b: &Block, varied: &mut Vec<bool>) -> bool {
             }
             Stmt::If { branch, phis } => {
                 for arm in &branch.arms {
-                    changed |= forward(arm, varied);
+                    changed |= forward(arm, params, varied);
                     each_leaf(arm, &mut |l| {
                         for (phi, a) in phis.iter().zip(leaf_atoms(l)) {
                             if is(varied, &a) {
@@ -136,7 +140,7 @@ fn forward(b: &Block, varied: &mut Vec<bool>) -> bool {
                         changed |= set(varied, c.inner);
                     }
                 }
-                changed |= forward(&lp.body, varied);
+                changed |= forward(&lp.body, params, varied);
                 each_leaf(&lp.body, &mut |l| {
                     for (c, a) in lp.carries.iter().zip(&l.carries) {
                         if is(varied, a) {
@@ -161,7 +165,7 @@ fn forward(b: &Block, varied: &mut Vec<bool>) -> bool {
     }
     if let Tail::Branch(br) = &b.tail {
         for arm in &br.arms {
-            changed |= forward(arm, varied);
+            changed |= forward(arm, params, varied);
         }
     }
     changed

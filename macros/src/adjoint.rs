@@ -36,6 +36,8 @@ pub struct Generated {
     /// The pullback's body: reads `__ct`, evaluates to the tuple of parameter
     /// cotangents (`()` for constant parameters).
     pub reverse: TokenStream,
+    /// The parameters the pullback reads (and so captures).
+    pub captured_params: Vec<Ident>,
 }
 
 pub fn generate(f: &Func, act: &Activity) -> Generated {
@@ -229,10 +231,17 @@ impl<'a> Gen<'a> {
             Some(shape) => shape_pattern(shape, &mut cts.iter()),
             None => quote!(_),
         };
+        // With parameters differentiated, their cotangents come first, as `Variables`.
+        let (vars_bar, vars_cot) = if f.params_active {
+            (quote!(let mut __vars_bar = ::adjoint::Variables::new();), quote!(__vars_bar,))
+        } else {
+            (TokenStream::new(), TokenStream::new())
+        };
         let reverse = quote! {
             let #ct_pat = __ct;
+            #vars_bar
             #(#code)*
-            (#(#cots,)*)
+            (#vars_cot #(#cots,)*)
         };
 
         // Then the primal.
@@ -263,7 +272,13 @@ impl<'a> Gen<'a> {
             Some(shape) => rebuild_tokens(shape, &mut output_atoms.into_iter()),
             None => quote!(()),
         };
-        Generated { primal, output, reverse }
+        let captured_params = f
+            .params
+            .iter()
+            .filter(|p| self.reads_all.contains(&Slot::Var(p.var)))
+            .map(|p| self.name(p.var).clone())
+            .collect();
+        Generated { primal, output, reverse, captured_params }
     }
 
     // ----- reverse -----
@@ -373,6 +388,11 @@ impl<'a> Gen<'a> {
                 }
                 match op {
                     Op::Prim { rule, operands, consts, .. } => self.rev_prim(r, *dst, rule, operands, consts),
+                    Op::Call(call) if call.scoped == Scoped::Param => {
+                        let at = self.read_slot(r, Slot::Pb(*dst));
+                        let bar = self.bar(*dst);
+                        r.code.push(quote!(::adjoint::__private::add_param(&mut __vars_bar, &#at, #bar);));
+                    }
                     Op::Call(call) => {
                         let pb = self.read_slot(r, Slot::Pb(*dst));
                         let bar = self.bar(*dst);
@@ -497,7 +517,13 @@ impl<'a> Gen<'a> {
                 pats.push(quote!(_));
             }
         }
-        r.code.push(quote!(let (#(#pats,)*) = #pb(#ct);));
+        if self.f.params_active && call.scoped == Scoped::Module {
+            // A submodule's parameter cotangents join this module's.
+            r.code.push(quote!(let (__cv, #(#pats,)*) = #pb(#ct);));
+            r.code.push(quote!(::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);));
+        } else {
+            r.code.push(quote!(let (#(#pats,)*) = #pb(#ct);));
+        }
         for (a, c) in gets {
             self.contribute(r, &a, c.to_token_stream());
         }
@@ -672,6 +698,8 @@ impl<'a> Gen<'a> {
                 let name = self.name(*dst).clone();
                 let info = &self.f.vars[dst.0 as usize];
                 let mutability = info.mutable.then(|| quote!(mut));
+                let plain_name = quote!(#mutability #name);
+                let pair_ty = info.ty.as_ref().map(|ty| quote!(: (#ty, _)));
                 let name = match &info.ty {
                     Some(ty) => quote!(#mutability #name: #ty),
                     None => quote!(#mutability #name),
@@ -693,9 +721,12 @@ impl<'a> Gen<'a> {
                     Op::Call(call) => {
                         let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
                         if active {
-                            let f = self.companion(&call.callee);
+                            let f = self.companion_for(call);
                             let pb = self.slot_name(Slot::Pb(*dst));
-                            quote!(let (#name, #pb) = #f(#(#args),*);)
+                            quote!(let (#plain_name, #pb) #pair_ty = #f(#(#args),*);)
+                        } else if call.scoped == Scoped::Apply {
+                            let f = self.plain(&call.callee);
+                            quote!(let #name = #f(#(#args),*).unwrap();)
                         } else {
                             let f = self.plain(&call.callee);
                             quote!(let #name = #f(#(#args),*);)
@@ -716,7 +747,7 @@ impl<'a> Gen<'a> {
                 let names: Vec<&Ident> = dsts.iter().map(|d| self.name(*d)).collect();
                 let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
                 if dsts.iter().any(|d| self.active(*d)) {
-                    let f = self.companion(&call.callee);
+                    let f = self.companion_for(call);
                     let pb = self.slot_name(Slot::Pb(dsts[0]));
                     quote!(let ((#(#names,)*), #pb) = #f(#(#args),*);)
                 } else {
@@ -967,15 +998,33 @@ impl<'a> Gen<'a> {
         }
     }
 
-    fn companion(&self, callee: &Callee) -> TokenStream {
+    /// What an active call calls: the callee's companion, `param_at` for a parameter
+    /// read, the parameter-differentiating companion of a submodule.
+    fn companion_for(&self, call: &Call) -> TokenStream {
+        match (call.scoped, &call.callee) {
+            (Scoped::Param, Callee::Method { receiver, generics, .. }) => {
+                let r = self.arg(receiver);
+                quote!(#r.param_at #generics)
+            }
+            (Scoped::Module, Callee::Method { receiver, name, generics }) if self.f.params_active => {
+                let r = self.arg(receiver);
+                let c = companion_ident(name, "vjp_params");
+                quote!(#r.#c #generics)
+            }
+            // A nested call's pullback must not borrow this body's locals.
+            (_, callee) => self.companion(callee, "vjp_owned"),
+        }
+    }
+
+    fn companion(&self, callee: &Callee, what: &str) -> TokenStream {
         match callee {
             Callee::Path { prefix, name, generics } => {
-                let c = companion_ident(name, "vjp");
+                let c = companion_ident(name, what);
                 quote!(#prefix #c #generics)
             }
             Callee::Method { receiver, name, generics } => {
                 let r = self.arg(receiver);
-                let c = companion_ident(name, "vjp");
+                let c = companion_ident(name, what);
                 quote!(#r.#c #generics)
             }
         }

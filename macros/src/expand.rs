@@ -12,6 +12,7 @@ use quote::{format_ident, quote, ToTokens};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
 use syn::{FnArg, Ident, ImplItem, Item, ItemFn, ItemImpl, Pat, ReturnType, Signature, Token, Type};
 
 /// `#[differentiable]` on a function or an inherent impl.
@@ -41,6 +42,8 @@ pub(crate) struct ParamInfo {
     pub(crate) pat: Pat,
     pub(crate) ty: Type,
     pub(crate) active: bool,
+    /// The module's scope (`cx: &mut Scope`).
+    pub(crate) scope: bool,
 }
 
 /// Strips `#[no_grad]` from the parameters (it is not a real attribute) and says
@@ -66,7 +69,8 @@ pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
                 other.clone()
             }
         };
-        out.push(ParamInfo { pat, ty: (*pt.ty).clone(), active });
+        let scope = mentions_scope(&pt.ty);
+        out.push(ParamInfo { pat, ty: (*pt.ty).clone(), active, scope });
     }
     out
 }
@@ -89,8 +93,14 @@ fn differentiable_type(ty: &Type, generics: &[String]) -> bool {
 }
 
 /// Lowers, analyses and generates one function body.
-fn generate(cx: &Ctxt, params: &[ParamInfo], body: &syn::Block, aux: bool) -> Option<(Func, adjoint::Generated)> {
-    let specs: Vec<ParamSpec> = params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active }).collect();
+pub(crate) fn generate(
+    cx: &Ctxt,
+    params: &[ParamInfo],
+    body: &syn::Block,
+    aux: bool,
+    params_active: bool,
+) -> Option<(Func, adjoint::Generated)> {
+    let specs: Vec<ParamSpec> = params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope }).collect();
     // With `has_aux` the body returns a pair, perhaps from a call: take it apart.
     let aux_body: syn::Block;
     let body = if aux {
@@ -101,6 +111,7 @@ fn generate(cx: &Ctxt, params: &[ParamInfo], body: &syn::Block, aux: bool) -> Op
     };
     let mut func = lower::lower(cx, &specs, body);
     func.aux = aux;
+    func.params_active = params_active;
     if aux && !matches!(output_shape(&func), Some(Val::Tuple(v)) if v.len() == 2) {
         cx.error(body.span(), "with `has_aux`, the function must return a pair `(value, aux)`");
         return None;
@@ -129,7 +140,7 @@ fn output_shape(f: &Func) -> Option<Val> {
 fn expand_fn(cx: &Ctxt, mut f: ItemFn) -> TokenStream {
     check_signature(cx, &f.sig);
     let params = params(cx, &mut f.sig);
-    let companions = if cx.has_errors() { None } else { companions(cx, &f.vis, &f.sig, &params, &f.block, false) };
+    let companions = if cx.has_errors() { None } else { companions(cx, &f.vis, &f.sig, &params, &f.block, false, false, false) };
     quote!(#f #companions)
 }
 
@@ -153,22 +164,86 @@ pub(crate) fn companions(
     params: &[ParamInfo],
     body: &syn::Block,
     method: bool,
+    params_active: bool,
+    owned_only: bool,
 ) -> Option<TokenStream> {
-    let (_, g) = generate(cx, params, body, false)?;
+    let (_, g) = generate(cx, params, body, false, params_active)?;
     let ReturnType::Type(_, ret) = &sig.output else { return None };
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
-    let vjp_body = quote! {
+    let closure = quote!(move |__ct: ::adjoint::Cot<#ret>| { #reverse });
+    // The owning variant copies the reference arguments its pullback reads, so the
+    // pullback borrows nothing from its caller: what a nested call needs.
+    let owned_refs: Vec<&Ident> = g
+        .captured_params
+        .iter()
+        .filter(|n| params.iter().any(|p| param_name(&p.pat).to_string() == n.to_string() && is_borrowed_type(&p.ty)))
+        .collect();
+    let owned_body = quote! {
         #primal
-        (#output, move |__ct: ::adjoint::Cot<#ret>| { #reverse })
+        #(let #owned_refs = ::adjoint::__private::own(&#owned_refs);)*
+        (#output, #closure)
     };
-    Some(companion_items(vis, sig, params, vjp_body, method))
+    if params_active {
+        return Some(companion_items(vis, sig, params, owned_body, method, Flavor::Params));
+    }
+    if owned_only {
+        return Some(companion_items(vis, sig, params, owned_body, method, Flavor::Owned));
+    }
+    let borrowing_body = quote! {
+        #primal
+        (#output, #closure)
+    };
+    let mut out = companion_items(vis, sig, params, borrowing_body, method, Flavor::Borrowing);
+    out.extend(companion_items(vis, sig, params, owned_body, method, Flavor::Owned));
+    Some(out)
+}
+
+/// Which companion `companion_items` writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// `__f_vjp`, `__f_grad`, `__f_value_and_grad`: the pullback may borrow the
+    /// arguments (no copies; what `grad!(f)` calls).
+    Borrowing,
+    /// `__f_vjp_owned`: the pullback owns what it reads (what nested calls call).
+    Owned,
+    /// `__f_vjp_params`: owned, and parameter cotangents come first as `Variables`.
+    Params,
+}
+
+/// Whether a parameter type borrows (`&T`, a view): the owning companion copies it.
+fn is_borrowed_type(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(_) => true,
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| {
+            let n = s.ident.to_string();
+            n.starts_with("ArrayView") || n.starts_with("CowArray")
+        }),
+        _ => false,
+    }
 }
 
 /// `__f_vjp` with the given body, and `__f_grad`, `__f_value_and_grad` on top of it.
-pub(crate) fn companion_items(vis: &syn::Visibility, sig: &Signature, params: &[ParamInfo], vjp_body: TokenStream, method: bool) -> TokenStream {
+pub(crate) fn companion_items(
+    vis: &syn::Visibility,
+    sig: &Signature,
+    params: &[ParamInfo],
+    vjp_body: TokenStream,
+    method: bool,
+    flavor: Flavor,
+) -> TokenStream {
+    let var_cots = flavor == Flavor::Params;
+    let owned = flavor != Flavor::Borrowing;
     let ReturnType::Type(_, ret) = &sig.output else { return TokenStream::new() };
     let name = &sig.ident;
-    let (vjp, grad, vg) = (companion_ident(name, "vjp"), companion_ident(name, "grad"), companion_ident(name, "value_and_grad"));
+    let vjp = companion_ident(
+        name,
+        match flavor {
+            Flavor::Borrowing => "vjp",
+            Flavor::Owned => "vjp_owned",
+            Flavor::Params => "vjp_params",
+        },
+    );
+    let (grad, vg) = (companion_ident(name, "grad"), companion_ident(name, "value_and_grad"));
     // Elided lifetimes would be ambiguous in the companions' return types (which
     // name the parameters' cotangents): name each one. The pullback does not borrow
     // the scope (`cx: &mut Scope`), so it says exactly what it captures.
@@ -184,7 +259,7 @@ pub(crate) fn companion_items(vis: &syn::Visibility, sig: &Signature, params: &[
             if mentions_scope(&ty) {
                 scope_lifetimes.extend(named.fresh[before..].iter().cloned());
             }
-            ParamInfo { pat: p.pat.clone(), ty, active: p.active }
+            ParamInfo { pat: p.pat.clone(), ty, active: p.active, scope: p.scope }
         })
         .collect();
     let params = &params[..];
@@ -195,8 +270,9 @@ pub(crate) fn companion_items(vis: &syn::Visibility, sig: &Signature, params: &[
     for (k, lt) in named.fresh.iter().enumerate() {
         generics.params.insert(k, syn::GenericParam::Lifetime(syn::LifetimeParam::new(lt.clone())));
     }
-    let precise = (!scope_lifetimes.is_empty()).then(|| {
-        let lts = generics.lifetimes().map(|l| &l.lifetime).filter(|l| !scope_lifetimes.contains(l));
+    // An owning pullback captures no lifetime; a borrowing one all but the scope's.
+    let precise = (owned || !scope_lifetimes.is_empty()).then(|| {
+        let lts = generics.lifetimes().map(|l| &l.lifetime).filter(|l| !owned && !scope_lifetimes.contains(l));
         let tys = generics.type_params().map(|t| &t.ident);
         let cs = generics.const_params().map(|c| &c.ident);
         quote!(+ use<#(#lts,)* #(#tys,)* #(#cs,)*>)
@@ -212,9 +288,20 @@ pub(crate) fn companion_items(vis: &syn::Visibility, sig: &Signature, params: &[
         })
         .collect();
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    // A cotangent type does not depend on the argument's lifetimes (`Cot<&'a
+    // Array2<f64>>` is `Array2<f64>`): writing them `'static` keeps them out of the
+    // pullback's captures.
     let cots: Vec<TokenStream> = params
         .iter()
-        .map(|p| if p.active { let ty = &p.ty; quote!(::adjoint::Cot<#ty>) } else { quote!(()) })
+        .map(|p| {
+            if p.active {
+                let mut ty = p.ty.clone();
+                StaticLifetimes.visit_type_mut(&mut ty);
+                quote!(::adjoint::Cot<#ty>)
+            } else {
+                quote!(())
+            }
+        })
         .collect();
     let active: Vec<usize> = params.iter().enumerate().filter(|(_, p)| p.active).map(|(i, _)| i).collect();
     let grad_ty: Vec<&TokenStream> = active.iter().map(|i| &cots[*i]).collect();
@@ -230,20 +317,12 @@ pub(crate) fn companion_items(vis: &syn::Visibility, sig: &Signature, params: &[
     grad_generics.params.push(syn::parse_quote!(__O));
     grad_generics.make_where_clause().predicates.push(syn::parse_quote!(#ret: ::adjoint::__private::GradOf<__O>));
     let grad_where = &grad_generics.where_clause;
+    let var_cot_ty = var_cots.then(|| quote!(::adjoint::Variables,));
     let doc_vjp = format!("The value of [`{name}`] and its pullback (generated by `#[differentiable]`).");
     let doc_grad = format!("The gradient of [`{name}`] with respect to its differentiated arguments (generated by `#[differentiable]`).");
     let doc_vg = format!("The value and gradient of [`{name}`] (generated by `#[differentiable]`).");
-    quote! {
-        #[doc = #doc_vjp]
-        #[doc(hidden)]
-        #[allow(unused_mut, unused_variables, unused_parens, clippy::all)]
-        #vis fn #vjp #generics (#receiver #(#args),*)
-            -> (#ret, impl ::core::ops::FnOnce(::adjoint::Cot<#ret>) -> (#(#cots,)*) #precise)
-            #where_clause
-        {
-            #vjp_body
-        }
-
+    // Only the borrowing flavor has grad and value_and_grad: what `grad!(f)` calls.
+    let grads = (flavor == Flavor::Borrowing).then(|| quote! {
         #[doc = #doc_grad]
         #[doc(hidden)]
         #[allow(clippy::all)]
@@ -265,6 +344,19 @@ pub(crate) fn companion_items(vis: &syn::Visibility, sig: &Signature, params: &[
             let (#(#picks,)*) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
             (__out, #picked)
         }
+    });
+    quote! {
+        #[doc = #doc_vjp]
+        #[doc(hidden)]
+        #[allow(unused_mut, unused_variables, unused_parens, clippy::all)]
+        #vis fn #vjp #generics (#receiver #(#args),*)
+            -> (#ret, impl ::core::ops::FnOnce(::adjoint::Cot<#ret>) -> (#var_cot_ty #(#cots,)*) #precise)
+            #where_clause
+        {
+            #vjp_body
+        }
+
+        #grads
     }
 }
 
@@ -296,7 +388,9 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
                 let (__out, __res) = #fwd(#(#names),*);
                 (__out, move |__ct: ::adjoint::Cot<#ret>| #bwd(__res, __ct))
             };
-            companion_items(&f.vis, &f.sig, &params, body, false)
+            let mut out = companion_items(&f.vis, &f.sig, &params, body.clone(), false, Flavor::Borrowing);
+            out.extend(companion_items(&f.vis, &f.sig, &params, body, false, Flavor::Owned));
+            out
         }
         _ => TokenStream::new(),
     };
@@ -385,6 +479,15 @@ impl syn::visit_mut::VisitMut for NameLifetimes {
     }
 }
 
+/// Replaces every lifetime of a type with `'static`.
+struct StaticLifetimes;
+
+impl syn::visit_mut::VisitMut for StaticLifetimes {
+    fn visit_lifetime_mut(&mut self, lt: &mut syn::Lifetime) {
+        *lt = syn::Lifetime::new("'static", lt.span());
+    }
+}
+
 /// Whether a type mentions `Scope` (a module's scope parameter).
 pub(crate) fn mentions_scope(ty: &Type) -> bool {
     fn walk(t: TokenStream) -> bool {
@@ -428,7 +531,7 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
             extra.push(crate::module::module_items(cx, &self_ty, m, &params));
             continue;
         }
-        if let Some(c) = companions(cx, &m.vis, &m.sig, &params, &m.block, m.sig.receiver().is_some()) {
+        if let Some(c) = companions(cx, &m.vis, &m.sig, &params, &m.block, m.sig.receiver().is_some(), false, false) {
             extra.push(c);
         }
     }
@@ -461,12 +564,14 @@ struct TransformInput {
     positional: Vec<syn::Expr>,
     wrt: Option<Vec<Ident>>,
     has_aux: bool,
+    /// The collections a lifted `vjp!` returns cotangents for (Flax's `vjp_variables`).
+    vjp_variables: Option<Vec<syn::LitStr>>,
 }
 
 impl Parse for TransformInput {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let items: Punctuated<syn::Expr, Token![,]> = Punctuated::parse_terminated(input)?;
-        let mut out = TransformInput { positional: Vec::new(), wrt: None, has_aux: false };
+        let mut out = TransformInput { positional: Vec::new(), wrt: None, has_aux: false, vjp_variables: None };
         for item in items {
             match &item {
                 syn::Expr::Path(p) if p.path.is_ident("has_aux") => out.has_aux = true,
@@ -492,12 +597,29 @@ impl Parse for TransformInput {
                             }
                             out.wrt = Some(names);
                         }
+                        "vjp_variables" => {
+                            let items: Vec<syn::Expr> = match &*a.right {
+                                syn::Expr::Array(arr) => arr.elems.iter().cloned().collect(),
+                                other => vec![other.clone()],
+                            };
+                            let mut names = Vec::new();
+                            for e in items {
+                                match e {
+                                    syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => names.push(s),
+                                    other => return Err(syn::Error::new_spanned(other, "`vjp_variables` takes collection names: `vjp_variables = [\"params\"]`")),
+                                }
+                            }
+                            out.vjp_variables = Some(names);
+                        }
                         "has_aux" => match &*a.right {
                             syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }) => out.has_aux = b.value,
                             other => return Err(syn::Error::new_spanned(other, "`has_aux` takes `true` or `false`")),
                         },
                         other => {
-                            return Err(syn::Error::new(key.span(), format!("unknown option `{other}`: expected `wrt = [..]` or `has_aux`")));
+                            return Err(syn::Error::new(
+                                key.span(),
+                                format!("unknown option `{other}`: expected `wrt = [..]`, `has_aux` or (in a module) `vjp_variables = [..]`"),
+                            ));
                         }
                     }
                 }
@@ -576,10 +698,6 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
         );
         return TokenStream::new();
     }
-    if which == Transform::Vjp {
-        cx.error_at(&input.positional[1], "vjp! inside a module is not supported yet; use grad! or value_and_grad!");
-        return TokenStream::new();
-    }
     let mut infos = Vec::new();
     let mut names = Vec::new();
     for (i, p) in c.inputs.iter().enumerate() {
@@ -592,13 +710,15 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
             return TokenStream::new();
         };
         names.push(id.ident.clone());
-        infos.push(ParamInfo { pat: pat.clone(), ty: Type::Verbatim(quote!(_)), active: i >= 2 });
+        infos.push(ParamInfo { pat: pat.clone(), ty: Type::Verbatim(quote!(_)), active: i >= 2, scope: i == 1 });
     }
     let body: syn::Block = match &*c.body {
         syn::Expr::Block(b) => b.block.clone(),
         other => syn::parse_quote_spanned!(other.span()=> { #other }),
     };
-    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux) else { return TokenStream::new() };
+    // vjp! differentiates the child's parameters too; grad! treats them as constants.
+    let params_active = which == Transform::Vjp;
+    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux, params_active) else { return TokenStream::new() };
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
     let temps: Vec<Ident> = (0..args.len()).map(|i| format_ident!("__primal{}", i)).collect();
     let (mdl, cxn) = (&names[0], &names[1]);
@@ -610,19 +730,42 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
         (_, false) => (quote!(__value), quote!((__value, (#(#grads,)*)))),
         (_, true) => (quote!((__value, __aux)), quote!(((__value, __aux), (#(#grads,)*)))),
     };
+    let computation = if which == Transform::Vjp {
+        let collections = match &input.vjp_variables {
+            Some(names) => quote!(&[#(#names),*]),
+            None => quote!(&["params"]),
+        };
+        let (out, ret) = if input.has_aux {
+            (quote!((__value, __aux)), quote!((__value, __pb, __aux)))
+        } else {
+            (quote!(__value), quote!((__value, __pb)))
+        };
+        quote! {
+            #primal
+            let #out = #output;
+            let __child = #cxn.last_child_path();
+            let __pb = move |__ct| {
+                let (__vars_bar, _, _, #(#grads,)*) = { #reverse };
+                (::adjoint::__private::vjp_variables(&__vars_bar, &__child, #collections), #(#grads,)*)
+            };
+            #ret
+        }
+    } else {
+        quote! {
+            #primal
+            let #value_pat = #output;
+            let __ct = ::adjoint::__private::grad_seed(&__value);
+            let (_, _, #(#grads,)*) = { #reverse };
+            #result
+        }
+    };
     quote!({
         let (#(#temps,)*) = (#(#args,)*);
         let #mdl = &(#module);
         let #cxn: &mut ::adjoint::Scope = &mut *(#scope);
         #(let #primals = #temps;)*
         #[allow(unused_mut, unused_variables, unused_parens)]
-        let __result = {
-            #primal
-            let #value_pat = #output;
-            let __ct = ::adjoint::__private::grad_seed(&__value);
-            let (_, _, #(#grads,)*) = { #reverse };
-            #result
-        };
+        let __result = { #computation };
         __result
     })
 }
@@ -653,13 +796,18 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
     }
     let infos: Vec<ParamInfo> = params
         .iter()
-        .map(|(pat, ty, active, _)| ParamInfo { pat: pat.clone(), ty: ty.clone().unwrap_or(Type::Verbatim(quote!(_))), active: *active })
+        .map(|(pat, ty, active, _)| ParamInfo {
+            pat: pat.clone(),
+            ty: ty.clone().unwrap_or(Type::Verbatim(quote!(_))),
+            active: *active,
+            scope: ty.as_ref().is_some_and(mentions_scope),
+        })
         .collect();
     let body: syn::Block = match &*c.body {
         syn::Expr::Block(b) => b.block.clone(),
         other => syn::parse_quote_spanned!(other.span()=> { #other }),
     };
-    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux) else { return TokenStream::new() };
+    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux, false) else { return TokenStream::new() };
     let closure_params = c.inputs.iter();
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
     // The cotangents of the differentiated parameters, in `wrt` order.
@@ -710,9 +858,11 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
             })
         }
     };
+    // grad! and value_and_grad! borrow the environment; vjp!'s pullback owns it.
+    let mover = (which == Transform::Vjp).then(|| quote!(move));
     quote!({
         #[allow(unused_mut, unused_variables, unused_parens)]
-        let __f = move |#(#closure_params),*| #body;
+        let __f = #mover |#(#closure_params),*| #body;
         __f
     })
 }

@@ -69,6 +69,9 @@ pub struct Func {
     pub free: Vec<(Var, Var)>,
     /// The output is `(value, aux)` and only `value` is differentiated.
     pub aux: bool,
+    /// Parameters read through the scope are differentiated (their cotangents are
+    /// returned as `Variables`).
+    pub params_active: bool,
 }
 
 /// A parameter: its variable, and whether it is differentiated.
@@ -185,6 +188,21 @@ pub struct Call {
     pub callee: Callee,
     pub args: Vec<Arg>,
     pub span: Span,
+    pub scoped: Scoped,
+}
+
+/// How a call involves a module's scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scoped {
+    /// An ordinary call.
+    No,
+    /// A submodule's `call` (the scope is an argument): its parameters vary with the
+    /// parent's when parameters are differentiated.
+    Module,
+    /// `cx.param(..)`: a parameter read.
+    Param,
+    /// `module.apply(variables, ..).unwrap()`: a whole module applied to variables.
+    Apply,
 }
 
 pub enum Callee {

@@ -20,6 +20,8 @@ use syn::{BinOp, Expr, Pat, UnOp};
 pub struct ParamSpec<'a> {
     pub pat: &'a Pat,
     pub active: bool,
+    /// The module's scope (`cx: &mut Scope`).
+    pub scope: bool,
 }
 
 /// The variables of an enclosing body that a closure may read.
@@ -37,10 +39,19 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
     for (_, names) in outer.values() {
         taken.extend(names.iter().map(|(_, n)| n.to_string()));
     }
-    let mut l = Lowerer { cx, vars: Vec::new(), scopes: vec![HashMap::new()], taken, temps: 0, outer, free: Vec::new() };
-    let params = params.iter().filter_map(|p| l.bind_param(p.pat, p.active)).collect();
+    let mut l = Lowerer { cx, vars: Vec::new(), scopes: vec![HashMap::new()], taken, temps: 0, outer, free: Vec::new(), scopes_vars: Vec::new() };
+    let params = params
+        .iter()
+        .filter_map(|p| {
+            let param = l.bind_param(p.pat, p.active)?;
+            if p.scope {
+                l.scopes_vars.push(param.var);
+            }
+            Some(param)
+        })
+        .collect();
     let body_ir = l.block(&body.stmts, &Region::default(), LeafKind::Return);
-    Func { vars: l.vars, params, body: body_ir, free: l.free, aux: false }
+    Func { vars: l.vars, params, body: body_ir, free: l.free, aux: false, params_active: false }
 }
 
 /// A region's carried variables: the outer variables its leaves report, named by
@@ -58,6 +69,8 @@ struct Lowerer<'c> {
     temps: u32,
     outer: OuterEnv,
     free: Vec<(Var, Var)>,
+    /// The variables holding the module's scope.
+    scopes_vars: Vec<Var>,
 }
 
 type Stmts = Vec<Stmt>;
@@ -604,7 +617,10 @@ impl Lowerer<'_> {
             Expr::Tuple(t) => Val::Tuple(t.elems.iter().map(|e| self.expr(out, e)).collect()),
             Expr::Field(f) => {
                 let base = match &*f.base {
-                    Expr::Path(p) if p.path.is_ident("self") => return Val::Atom(self.constant(out, e)),
+                    // A module's field (a hyperparameter): a copy, so nothing borrows `self`.
+                    Expr::Path(p) if p.path.is_ident("self") => {
+                        return Val::Atom(self.emit(out, Op::Const(quote!(::core::clone::Clone::clone(&#e))), e.span()));
+                    }
                     other => self.expr(out, other),
                 };
                 match (&f.member, base) {
@@ -893,6 +909,19 @@ impl Lowerer<'_> {
                     return v;
                 }
             }
+            if let Expr::MethodCall(inner) = &*m.receiver {
+                if inner.method == "apply" && self.mentions_local(inner.args.to_token_stream()) {
+                    // `model.apply(vars, x).unwrap()`: the module applied to variables.
+                    let span = inner.method.span();
+                    let recv_by_ref = matches!(&*inner.receiver, Expr::Reference(_));
+                    let recv = self.expr(out, &inner.receiver);
+                    let receiver = Arg { atom: self.atom(recv, span), by_ref: recv_by_ref };
+                    let args = self.args(out, inner.args.iter().cloned());
+                    let generics = inner.turbofish.to_token_stream();
+                    let call = Call { callee: Callee::Method { receiver, name: inner.method.clone(), generics }, args, span, scoped: Scoped::Apply };
+                    return Val::Atom(self.emit(out, Op::Call(call), span));
+                }
+            }
         }
         if recv_is_self {
             return self.method_companion(out, m);
@@ -934,6 +963,18 @@ impl Lowerer<'_> {
         Val::Atom(self.prim(out, rule, operands, consts, native, span))
     }
 
+    /// How a call involves the scope: `cx.param(..)`, or a submodule's call taking `cx`.
+    fn scoped(&self, receiver: Option<&Arg>, name: &Ident, args: &[Arg]) -> Scoped {
+        let is_scope = |a: &Arg| a.atom.var().is_some_and(|v| self.scopes_vars.contains(&v));
+        if receiver.is_some_and(is_scope) {
+            return if name == "param" { Scoped::Param } else { Scoped::No };
+        }
+        if args.iter().any(is_scope) {
+            return Scoped::Module;
+        }
+        Scoped::No
+    }
+
     fn method_companion(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
         let span = m.method.span();
         let recv_by_ref = matches!(&*m.receiver, Expr::Reference(_));
@@ -941,7 +982,8 @@ impl Lowerer<'_> {
         let receiver = Arg { atom: self.atom(recv, span), by_ref: recv_by_ref };
         let args = self.args(out, m.args.iter().cloned());
         let generics = m.turbofish.to_token_stream();
-        let call = Call { callee: Callee::Method { receiver, name: m.method.clone(), generics }, args, span };
+        let scoped = self.scoped(Some(&receiver), &m.method, &args);
+        let call = Call { callee: Callee::Method { receiver, name: m.method.clone(), generics }, args, span, scoped };
         Val::Atom(self.emit(out, Op::Call(call), span))
     }
 
@@ -966,7 +1008,8 @@ impl Lowerer<'_> {
                 let receiver = Arg { atom: self.atom(recv, m.span()), by_ref: recv_by_ref };
                 let args = self.args(out, m.args.iter().cloned());
                 let generics = m.turbofish.to_token_stream();
-                Some(Call { callee: Callee::Method { receiver, name: m.method.clone(), generics }, args, span: m.method.span() })
+                let scoped = self.scoped(Some(&receiver), &m.method, &args);
+                Some(Call { callee: Callee::Method { receiver, name: m.method.clone(), generics }, args, span: m.method.span(), scoped })
             }
             _ => None,
         }
@@ -981,7 +1024,8 @@ impl Lowerer<'_> {
         let prefix = quote!(#leading #(#segs ::)*);
         let generics = last.arguments.to_token_stream();
         let args = self.args(out, c.args.iter().cloned());
-        Call { callee: Callee::Path { prefix, name: last.ident, generics }, args, span: c.span() }
+        let scoped = self.scoped(None, &last.ident, &args);
+        Call { callee: Callee::Path { prefix, name: last.ident, generics }, args, span: c.span(), scoped }
     }
 
     fn call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Val {
@@ -1089,7 +1133,7 @@ impl Lowerer<'_> {
             Expr::Block(b) => b.block.clone(),
             other => syn::parse_quote_spanned!(other.span()=> { #other }),
         };
-        let params = [ParamSpec { pat: &cl.inputs[0], active: true }];
+        let params = [ParamSpec { pat: &cl.inputs[0], active: true, scope: false }];
         let closure = lower_with(self.cx, &params, &block, env);
         let native = self.verbatim(cl.to_token_stream());
         Val::Atom(self.emit(out, Op::MapV { recv, closure: Box::new(closure), native }, span))

@@ -6,7 +6,7 @@
 //! gets `init`, `apply` and `apply_with`, plus the companions the transforms call.
 
 use crate::ctxt::Ctxt;
-use crate::expand::{companion_items, companions, param_name, ParamInfo};
+use crate::expand::{companion_items, companions, param_name, Flavor, ParamInfo};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::visit_mut::VisitMut;
@@ -53,9 +53,18 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
 
     let mut body_sig = m.sig.clone();
     body_sig.ident = format_ident!("__call_body");
-    let Some(body_companions) = companions(cx, &syn::parse_quote!(pub), &body_sig, params, &body, true) else {
+    let public: syn::Visibility = syn::parse_quote!(pub);
+    // Two flavors of the body's vjp: parameters constant (inside `grad!`), and
+    // parameters differentiated (their cotangents returned as `Variables`).
+    let Some(body_inputs_vjp) = companions(cx, &public, &body_sig, params, &body, true, false, true) else {
         return TokenStream::new();
     };
+    let Some(body_params_vjp) = companions(cx, &public, &body_sig, params, &body, true, true, true) else {
+        return TokenStream::new();
+    };
+    let body_ident = format_ident!("__call_body");
+    let (body_vjp, body_vjp_params) =
+        (crate::adjoint::companion_ident(&body_ident, "vjp_owned"), crate::adjoint::companion_ident(&body_ident, "vjp_params"));
 
     // `call` itself: the body in the module's auto-named child scope.
     m.block = syn::parse_quote!({
@@ -68,42 +77,83 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
     let mut named_sig = m.sig.clone();
     named_sig.ident = format_ident!("__call_named");
     named_sig.inputs.insert(2, syn::parse_quote!(__name: &str));
-    let mut named_params: Vec<ParamInfo> = params.iter().map(|p| ParamInfo { pat: p.pat.clone(), ty: p.ty.clone(), active: p.active }).collect();
-    named_params.insert(1, ParamInfo { pat: syn::parse_quote!(__name), ty: syn::parse_quote!(&str), active: false });
+    let mut named_params: Vec<ParamInfo> =
+        params.iter().map(|p| ParamInfo { pat: p.pat.clone(), ty: p.ty.clone(), active: p.active, scope: p.scope }).collect();
+    named_params.insert(1, ParamInfo { pat: syn::parse_quote!(__name), ty: syn::parse_quote!(&str), active: false, scope: false });
 
-    let body_vjp = crate::adjoint::companion_ident(&format_ident!("__call_body"), "vjp");
-    let call_vjp = companion_items(
-        &syn::parse_quote!(pub),
-        &m.sig,
-        params,
-        quote! {
-            #scope.enter_auto(#type_name);
-            let __out = self.#body_vjp(#(#names),*);
-            #scope.exit();
-            __out
-        },
-        true,
-    );
-    let named_vjp = companion_items(
-        &syn::parse_quote!(pub),
-        &named_sig,
-        &named_params,
-        {
-            // The body's pullback, with a `()` cotangent for the name.
-            let cs: Vec<proc_macro2::Ident> = (0..names.len()).map(|i| format_ident!("__c{}", i)).collect();
-            let (first, others) = (&cs[0], &cs[1..]);
+    let mut wrappers = TokenStream::new();
+    for (flavor, companion) in [(Flavor::Owned, &body_vjp), (Flavor::Params, &body_vjp_params)] {
+        let var_cots = flavor == Flavor::Params;
+        wrappers.extend(companion_items(
+            &public,
+            &m.sig,
+            params,
+            quote! {
+                #scope.enter_auto(#type_name);
+                let __out = self.#companion(#(#names),*);
+                #scope.exit();
+                __out
+            },
+            true,
+            flavor,
+        ));
+        // The body's pullback, with a `()` cotangent for the name.
+        let cs: Vec<proc_macro2::Ident> = (0..names.len()).map(|i| format_ident!("__c{}", i)).collect();
+        let (first, others) = (&cs[0], &cs[1..]);
+        let (vars_pat, vars_out) = if var_cots { (quote!(__v,), quote!(__v,)) } else { (TokenStream::new(), TokenStream::new()) };
+        wrappers.extend(companion_items(
+            &public,
+            &named_sig,
+            &named_params,
             quote! {
                 #scope.enter(__name);
-                let (__out, __pb) = self.#body_vjp(#(#names),*);
+                let (__out, __pb) = self.#companion(#(#names),*);
                 #scope.exit();
                 (__out, move |__ct| {
-                    let (#(#cs,)*) = __pb(__ct);
-                    (#first, (), #(#others,)*)
+                    let (#vars_pat #(#cs,)*) = __pb(__ct);
+                    (#vars_out #first, (), #(#others,)*)
                 })
+            },
+            true,
+            flavor,
+        ));
+    }
+
+    // `model.apply(variables, ..).unwrap()` inside a transform: the gradient with
+    // respect to the variables (the training path) and the inputs.
+    let mut apply_sig = m.sig.clone();
+    apply_sig.ident = format_ident!("apply");
+    apply_sig.inputs = syn::parse_quote!(&self, variables: &::adjoint::Variables, #(#rest_inputs),*);
+    let mut apply_params: Vec<ParamInfo> = vec![ParamInfo {
+        pat: syn::parse_quote!(variables),
+        ty: syn::parse_quote!(&::adjoint::Variables),
+        active: true,
+        scope: false,
+    }];
+    apply_params.extend(params[1..].iter().map(|p| ParamInfo { pat: p.pat.clone(), ty: p.ty.clone(), active: p.active, scope: p.scope }));
+    let cs: Vec<proc_macro2::Ident> = (0..rest.len()).map(|i| format_ident!("__c{}", i)).collect();
+    let apply_vjp = companion_items(
+        &public,
+        &apply_sig,
+        &apply_params,
+        quote! {
+            // Leaves are shared arrays: this clone copies no parameter data.
+            let mut __vars = variables.clone();
+            let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, ::adjoint::scope::Mutable::Only(::core::default::Default::default()), ::core::default::Default::default());
+            let (__out, __pb) = self.#body_vjp_params(&mut __cx, #(#rest),*);
+            if let ::core::result::Result::Err(e) = __cx.finish() {
+                // The caller wrote `apply(..).unwrap()`.
+                ::core::panic!("called `Result::unwrap()` on an `Err` value: {e}");
             }
+            (__out, move |__ct| {
+                let (__v, _, #(#cs,)*) = __pb(__ct);
+                (__v, #(#cs,)*)
+            })
         },
         true,
+        Flavor::Owned,
     );
+
     let body_block = &body;
     let generics = &m.sig.generics;
     let where_clause = &m.sig.generics.where_clause;
@@ -121,9 +171,10 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
             __out
         }
 
-        #body_companions
-        #call_vjp
-        #named_vjp
+        #body_inputs_vjp
+        #body_params_vjp
+        #wrappers
+        #apply_vjp
 
         /// Creates the module's variables by running it once on example inputs, as
         /// Flax's `Module.init`: parameters from their initializers (random streams

@@ -26,6 +26,7 @@ extern crate self as adjoint;
 pub mod check;
 pub mod control;
 pub mod init;
+pub mod modules;
 pub mod rules;
 pub mod scope;
 pub mod transforms;
@@ -67,7 +68,14 @@ pub mod __private {
     pub use crate::rules::reduce::*;
     pub use crate::rules::shape::*;
     pub use crate::transforms::{grad_seed, GradOf, ScalarOutput};
-    pub use crate::value::{Accumulate, Cot, Value};
+    pub use crate::scope::{add_param, vjp_variables};
+    pub use crate::value::{Accumulate, Cot, Own, Value};
+
+    /// An owned copy of `x` (see [`Own`]).
+    #[inline(always)]
+    pub fn own<T: Own + ?Sized>(x: &T) -> T::Owned {
+        x.own()
+    }
 
     /// `*acc += ct`.
     #[inline(always)]

@@ -711,3 +711,77 @@ impl ApplyOptions {
         vars.only(&names)
     }
 }
+
+impl crate::value::Value for Variables {
+    type Primal = Variables;
+    type Cot = Variables;
+    fn primal(&self) -> &Variables {
+        self
+    }
+    /// A tree of zeros shaped like the variables.
+    fn zeros(&self) -> Variables {
+        self.zeros_like()
+    }
+}
+
+impl crate::value::Accumulate for Variables {
+    fn accumulate(&mut self, other: Self) {
+        Variables::accumulate(self, &other)
+    }
+}
+
+/// A parameter's cotangent, stored as a leaf of a `Variables` tree.
+pub trait ParamCot {
+    fn into_leaf(self) -> Leaf;
+}
+
+impl ParamCot for f32 {
+    fn into_leaf(self) -> Leaf {
+        Stored::into_leaf(self)
+    }
+}
+
+impl ParamCot for f64 {
+    fn into_leaf(self) -> Leaf {
+        Stored::into_leaf(self)
+    }
+}
+
+impl<A: crate::value::Real, D: Dimension> ParamCot for Array<A, D>
+where
+    Array<A, D>: Stored,
+{
+    fn into_leaf(self) -> Leaf {
+        Stored::into_leaf(self)
+    }
+}
+
+/// Adds the cotangent of the parameter at `at` into `acc`.
+pub fn add_param(acc: &mut Variables, at: &VarPath, ct: impl ParamCot) {
+    let leaf = ct.into_leaf();
+    let coll = acc.collections.entry(at.collection.to_string()).or_default();
+    match coll.get_mut(&at.path) {
+        Some(existing) => existing.add(&leaf),
+        None => {
+            coll.insert(at.path.clone(), leaf);
+        }
+    }
+}
+
+impl Scope<'_> {
+    /// The full path of the child most recently left (`Parent/Child_0`).
+    pub fn last_child_path(&self) -> String {
+        match (&self.last_child, self.path.is_empty()) {
+            (Some(c), true) => c.clone(),
+            (Some(c), false) => format!("{}/{c}", self.path()),
+            (None, _) => self.path(),
+        }
+    }
+}
+
+/// The cotangents a lifted `vjp!` returns: the listed collections of the child at
+/// `child`, with paths relative to the child (Flax's `vjp_variables`).
+pub fn vjp_variables(cots: &Variables, child: &str, collections: &[&str]) -> Variables {
+    let only = cots.only(collections);
+    if child.is_empty() { only } else { only.subtree(child) }
+}

@@ -280,3 +280,51 @@ pub(crate) fn unbroadcast_to<A: Real, E: Dimension, D: Dimension>(ct: Array<A, E
     ct.into_dimensionality::<D>()
         .expect("adjoint: unbroadcast reaches the operand's rank by construction")
 }
+
+/// An owned copy of a value behind references: what a nested pullback keeps of a
+/// reference argument it reads, so that it borrows nothing from its caller.
+pub trait Own {
+    /// The owned value.
+    type Owned;
+    /// Copies (or shares) the value.
+    fn own(&self) -> Self::Owned;
+}
+
+impl Own for f32 {
+    type Owned = f32;
+    #[inline(always)]
+    fn own(&self) -> f32 {
+        *self
+    }
+}
+
+impl Own for f64 {
+    type Owned = f64;
+    #[inline(always)]
+    fn own(&self) -> f64 {
+        *self
+    }
+}
+
+impl<A: Clone, S: Data<Elem = A>, D: Dimension> Own for ArrayBase<S, D> {
+    type Owned = Array<A, D>;
+    fn own(&self) -> Array<A, D> {
+        self.to_owned()
+    }
+}
+
+impl<T: Own + ?Sized> Own for &T {
+    type Owned = T::Owned;
+    #[inline(always)]
+    fn own(&self) -> T::Owned {
+        (**self).own()
+    }
+}
+
+impl Own for crate::scope::Variables {
+    type Owned = crate::scope::Variables;
+    /// Leaves are shared arrays: no parameter data is copied.
+    fn own(&self) -> Self {
+        self.clone()
+    }
+}

@@ -214,3 +214,90 @@ fn wrong_element_type_is_reported() {
         ScopeError::TypeMismatch { collection: "params".into(), path: "LearnScale_0/scale".into(), expected: "f64", found: "f32" }
     );
 }
+
+// ----- vjp_params: nn.vjp gives cotangents for the params collection -----
+
+struct Bar;
+
+#[differentiable]
+impl Bar {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>, y: &Array1<f64>) -> Array1<f64> {
+        let p: f64 = cx.param("test", init::constant(0.5), ());
+        let _counter: i32 = cx.variable("state", "counter", || 0);
+        x * y * p
+    }
+}
+
+struct FooVjp;
+
+#[differentiable]
+impl FooVjp {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>, y: &Array1<f64>) -> (Variables, Array1<f64>, Array1<f64>) {
+        let (z, bwd) = vjp!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), Bar, x, y);
+        no_grad(bwd(Array1::ones(z.len())))
+    }
+}
+
+#[test]
+fn vjp_params() {
+    let case = reference("modules.json", "vjp_params");
+    let x: Array1<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
+    let y: Array1<f64> = array(&case["inputs"]["y"]).into_dimensionality().unwrap();
+    let vars = FooVjp.init(0, &x, &y).unwrap();
+    assert_eq!(vars.to_string(), r#"{"params": {"Bar_0": {"test": 0.5}}, "state": {"Bar_0": {"counter": 0}}}"#);
+    let (params_grad, x_grad, y_grad) = FooVjp.apply(&vars, &x, &y).unwrap();
+    assert_eq!(params_grad.to_string(), r#"{"params": {"test": 32.0}}"#);
+    assert_close("x_grad", &x_grad.into_dyn(), &array(&case["x_grad"]), RTOL);
+    assert_close("y_grad", &y_grad.into_dyn(), &array(&case["y_grad"]), RTOL);
+}
+
+// ----- training: parameter gradients of apply, shaped like the params tree -----
+
+use adjoint::modules::Dense;
+use ndarray::Array2;
+
+struct Mlp;
+
+#[differentiable]
+impl Mlp {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let h = Dense::new(8).call(cx, x).tanh();
+        Dense::new(2).call(cx, &h)
+    }
+}
+
+#[differentiable]
+fn mse(pred: &Array2<f64>, #[no_grad] target: &Array2<f64>) -> f64 {
+    let d = pred - target;
+    (&d * &d).mean().unwrap()
+}
+
+#[differentiable]
+fn mlp_by_hand(w1: &Array2<f64>, b1: &Array1<f64>, w2: &Array2<f64>, b2: &Array1<f64>, #[no_grad] x: &Array2<f64>, #[no_grad] t: &Array2<f64>) -> f64 {
+    let h = (x.dot(w1) + b1).tanh();
+    let d = h.dot(w2) + b2 - t;
+    (&d * &d).mean().unwrap()
+}
+
+#[test]
+fn parameter_gradients_of_apply_match_the_same_model_written_by_hand() {
+    let x = Array2::from_shape_fn((5, 3), |(i, j)| ((i * 3 + j) as f64 * 0.37).sin());
+    let t = Array2::from_shape_fn((5, 2), |(i, j)| ((i + j) as f64 * 0.5).cos());
+    let vars = Mlp.init(42, &x).unwrap();
+    assert_eq!(vars.shapes(), r#"{"params": {"Dense_0": {"bias": [8], "kernel": [3, 8]}, "Dense_1": {"bias": [2], "kernel": [8, 2]}}}"#);
+
+    let (loss, grads) = value_and_grad!(|v: &Variables| mse(&Mlp.apply(v, &x).unwrap(), &t))(&vars);
+    assert_eq!(grads.shapes(), vars.shapes());
+
+    let w1: Array2<f64> = vars.read("params", "Dense_0/kernel").unwrap();
+    let b1: Array1<f64> = vars.read("params", "Dense_0/bias").unwrap();
+    let w2: Array2<f64> = vars.read("params", "Dense_1/kernel").unwrap();
+    let b2: Array1<f64> = vars.read("params", "Dense_1/bias").unwrap();
+    let (l2, (gw1, gb1, gw2, gb2)) = value_and_grad!(mlp_by_hand)(&w1, &b1, &w2, &b2, &x, &t);
+    assert_close("loss", &scalar(loss), &scalar(l2), 1e-12);
+    let read = |p: &str| grads.read::<ndarray::ArrayD<f64>>("params", p).unwrap();
+    assert_close("Dense_0/kernel", &read("Dense_0/kernel"), &gw1.into_dyn(), 1e-12);
+    assert_close("Dense_0/bias", &read("Dense_0/bias"), &gb1.into_dyn(), 1e-12);
+    assert_close("Dense_1/kernel", &read("Dense_1/kernel"), &gw2.into_dyn(), 1e-12);
+    assert_close("Dense_1/bias", &read("Dense_1/bias"), &gb2.into_dyn(), 1e-12);
+}
