@@ -71,7 +71,7 @@ fn inputs(op: &Op) -> Vec<&Atom> {
         }
         Op::Call(c) if c.scoped == Scoped::Param => Vec::new(),
         Op::Call(c) => call_inputs(c),
-        Op::Const(_) => Vec::new(),
+        Op::Const(_) | Op::Lifted(_) => Vec::new(),
         Op::MapV { recv, .. } => vec![recv],
     }
 }
@@ -110,7 +110,8 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
             Stmt::Let { dst, op, .. } => {
                 // With parameters differentiated, a parameter read and a submodule's
                 // output vary whatever their arguments.
-                let from_params = params && matches!(op, Op::Call(c) if matches!(c.scoped, Scoped::Param | Scoped::Module));
+                let from_params = params
+                    && (matches!(op, Op::Lifted(_)) || matches!(op, Op::Call(c) if matches!(c.scoped, Scoped::Param | Scoped::Module)));
                 if from_params || inputs(op).iter().any(|a| is(varied, a)) {
                     changed |= set(varied, *dst);
                 }
@@ -305,7 +306,7 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                         }
                     }
                 }
-                Op::Const(_) => {}
+                Op::Const(_) | Op::Lifted(_) => {}
             },
             Stmt::LetTuple { dsts, call, .. } => {
                 if let Callee::Method { receiver, name, .. } = &call.callee {

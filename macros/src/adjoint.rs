@@ -407,6 +407,9 @@ impl<'a> Gen<'a> {
                         let pb = mapv_pullback(closure);
                         self.contribute(r, recv, quote!(::adjoint::__private::mapv_pb(&#x, #bar, #pb)));
                     }
+                    Op::Lifted(_) => {
+                        r.code.push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
+                    }
                     Op::Const(_) => {}
                 }
             }
@@ -732,7 +735,7 @@ impl<'a> Gen<'a> {
                             quote!(let #name = #f(#(#args),*);)
                         }
                     }
-                    Op::Const(t) => quote!(let #name = #t;),
+                    Op::Const(t) | Op::Lifted(t) => quote!(let #name = #t;),
                     Op::MapV { recv, native, .. } => {
                         let x = self.atom(recv);
                         if active {
@@ -752,7 +755,8 @@ impl<'a> Gen<'a> {
                     quote!(let ((#(#names,)*), #pb) = #f(#(#args),*);)
                 } else {
                     let f = self.plain(&call.callee);
-                    quote!(let (#(#names,)*) = #f(#(#args),*);)
+                    let unwrap = (call.scoped == Scoped::Apply).then(|| quote!(.unwrap()));
+                    quote!(let (#(#names,)*) = #f(#(#args),*) #unwrap;)
                 }
             }
             Stmt::If { branch, phis } => {

@@ -178,6 +178,11 @@ pub enum Op {
     Call(Call),
     /// A constant expression, emitted as written (with variables renamed).
     Const(TokenStream),
+    /// A lifted transform (`grad!(cx, ..)`) inside a module, emitted as written. Its
+    /// result depends on the module's parameters, and differentiating through it
+    /// (second order) is not supported yet: with parameters differentiated, its
+    /// cotangent marks the parameter gradients as unusable instead of dropping it.
+    Lifted(TokenStream),
     /// `x.mapv(closure)` with a differentiable scalar closure.
     MapV { recv: Atom, closure: Box<Func>, native: TokenStream },
 }

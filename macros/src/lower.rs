@@ -568,17 +568,20 @@ impl Lowerer<'_> {
             self.cx.error_at(at, "take this tuple apart where it is made (`let (a, b) = f(x);`), not later");
             return (0..n).map(|_| poison()).collect();
         }
+        let lifted = out.iter().rev().any(|s| matches!(s, Stmt::Let { dst, op: Op::Lifted(_), .. } if *dst == v));
         let name = self.vars[v.0 as usize].name.clone();
         (0..n)
             .map(|i| {
                 let idx = syn::Index::from(i);
-                Val::Atom(self.emit(out, Op::Const(quote!(#name.#idx)), at.span()))
+                let field = quote!(#name.#idx);
+                let op = if lifted { Op::Lifted(field) } else { Op::Const(field) };
+                Val::Atom(self.emit(out, op, at.span()))
             })
             .collect()
     }
 
     fn defined_as_const(&self, out: &Stmts, v: Var) -> bool {
-        out.iter().rev().any(|s| matches!(s, Stmt::Let { dst, op: Op::Const(_), .. } if *dst == v))
+        out.iter().rev().any(|s| matches!(s, Stmt::Let { dst, op: Op::Const(_) | Op::Lifted(_), .. } if *dst == v))
     }
 
     // ----- expressions -----
@@ -678,6 +681,10 @@ impl Lowerer<'_> {
             Expr::Try(t) => {
                 self.cx.error_at(t, "the `?` operator is not supported in a #[differentiable] body");
                 poison()
+            }
+            Expr::Macro(m) if ["grad", "value_and_grad", "vjp"].iter().any(|n| m.mac.path.is_ident(n)) && !self.scopes_vars.is_empty() => {
+                let tokens = self.verbatim(e.to_token_stream());
+                Val::Atom(self.emit(out, Op::Lifted(tokens), e.span()))
             }
             Expr::Macro(_) | Expr::Array(_) | Expr::Repeat(_) | Expr::Range(_) | Expr::Struct(_) => {
                 if matches!(e, Expr::Array(_) | Expr::Struct(_)) && self.mentions_local(e.to_token_stream()) {
@@ -1001,6 +1008,10 @@ impl Lowerer<'_> {
             Expr::MethodCall(m) => {
                 let name = m.method.to_string();
                 if ops::method(&name).is_some() && !matches!(&*m.receiver, Expr::Path(p) if p.path.is_ident("self")) {
+                    return None;
+                }
+                if name == "unwrap" || name == "expect" {
+                    // `apply(..).unwrap()` and fused primitives: lowered as expressions.
                     return None;
                 }
                 let recv_by_ref = matches!(&*m.receiver, Expr::Reference(_));

@@ -68,7 +68,7 @@ pub mod __private {
     pub use crate::rules::reduce::*;
     pub use crate::rules::shape::*;
     pub use crate::transforms::{grad_seed, GradOf, ScalarOutput};
-    pub use crate::scope::{add_param, vjp_variables};
+    pub use crate::scope::{add_param, second_order, vjp_variables};
     pub use crate::value::{Accumulate, Cot, Own, Value};
 
     /// An owned copy of `x` (see [`Own`]).

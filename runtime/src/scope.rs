@@ -33,6 +33,10 @@ pub enum ScopeError {
     /// Variables whose structure is not a tree of leaves.
     #[error("invalid variables: {reason}")]
     InvalidVariables { reason: String },
+    /// Gradients that would flow through a lifted transform (`grad!` inside a module
+    /// differentiated with respect to its parameters: second order).
+    #[error("these gradients flow through a lifted grad!/vjp! inside a module (second order), which adjoint does not differentiate yet")]
+    SecondOrderUnsupported,
 }
 
 /// One stored variable: an array of `f32`, `f64` or integers (scalars have shape `[]`).
@@ -179,6 +183,8 @@ array_stored! {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Variables {
     collections: BTreeMap<String, BTreeMap<String, Leaf>>,
+    /// Set on gradients that are incomplete (see [`ScopeError::SecondOrderUnsupported`]).
+    unsupported: bool,
 }
 
 impl Variables {
@@ -226,6 +232,9 @@ impl Variables {
     /// # Errors
     /// When the collection or variable is missing, or holds another type.
     pub fn read<T: Stored>(&self, collection: &str, path: &str) -> Result<T, ScopeError> {
+        if self.unsupported {
+            return Err(ScopeError::SecondOrderUnsupported);
+        }
         let coll = self
             .collections
             .get(collection)
@@ -242,6 +251,11 @@ impl Variables {
         })
     }
 
+    /// Why these variables (gradients) must not be used, if they must not.
+    pub fn error(&self) -> Option<ScopeError> {
+        self.unsupported.then_some(ScopeError::SecondOrderUnsupported)
+    }
+
     /// The names of the collections.
     pub fn collections(&self) -> impl Iterator<Item = &str> {
         self.collections.keys().map(String::as_str)
@@ -256,12 +270,12 @@ impl Variables {
     pub fn only(&self, names: &[&str]) -> Variables {
         let collections =
             self.collections.iter().filter(|(k, _)| names.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-        Variables { collections }
+        Variables { collections, unsupported: self.unsupported }
     }
 
     /// The variables under `prefix/` of every collection, with the prefix removed.
     pub fn subtree(&self, prefix: &str) -> Variables {
-        let mut out = Variables::new();
+        let mut out = Variables { unsupported: self.unsupported, ..Variables::new() };
         let p = format!("{prefix}/");
         for (c, coll) in &self.collections {
             for (k, v) in coll {
@@ -275,6 +289,7 @@ impl Variables {
 
     /// `self + other`, leaf by leaf (cotangents add up); leaves only in `other` are copied.
     pub fn accumulate(&mut self, other: &Variables) {
+        self.unsupported |= other.unsupported;
         for (c, coll) in &other.collections {
             let mine = self.collections.entry(c.clone()).or_default();
             for (k, v) in coll {
@@ -295,7 +310,7 @@ impl Variables {
             .iter()
             .map(|(c, coll)| (c.clone(), coll.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect()))
             .collect();
-        Variables { collections }
+        Variables { collections, unsupported: false }
     }
 
     /// The shapes, as the nested tree Flax prints for `jax.tree_util.tree_map(jnp.shape, ..)`.
@@ -338,6 +353,9 @@ fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 impl fmt::Display for Variables {
     /// The nested tree, as Flax prints it: `{"params": {"LearnScale_0": {"scale": 0.0}}}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.unsupported {
+            return write!(f, "<unusable gradients: {}>", ScopeError::SecondOrderUnsupported);
+        }
         let text = self.render(&|leaf| {
             let values = leaf.to_f64_vec();
             let fmt_one = |v: f64| match leaf {
@@ -777,6 +795,11 @@ impl Scope<'_> {
             (None, _) => self.path(),
         }
     }
+}
+
+/// Marks parameter gradients that would flow through a lifted transform.
+pub fn second_order(acc: &mut Variables) {
+    acc.unsupported = true;
 }
 
 /// The cotangents a lifted `vjp!` returns: the listed collections of the child at

@@ -301,3 +301,17 @@ fn parameter_gradients_of_apply_match_the_same_model_written_by_hand() {
     assert_close("Dense_1/kernel", &read("Dense_1/kernel"), &gw2.into_dyn(), 1e-12);
     assert_close("Dense_1/bias", &read("Dense_1/bias"), &gb2.into_dyn(), 1e-12);
 }
+
+// ----- second order through a lifted grad! is reported, never silently zero -----
+
+#[test]
+fn gradients_through_a_lifted_grad_are_a_typed_error() {
+    // seed_example's d_sum_output_d_params (5.0 in Flax) needs second order.
+    let vars = Variables::new().with("params", "LearnScale_0/scale", 1.5).unwrap();
+    let (_, grads) = value_and_grad!(|v: &Variables| {
+        let (gx, gy) = Foo.apply(v, 2.0, 3.0).unwrap();
+        gx + gy
+    })(&vars);
+    assert_eq!(grads.error(), Some(ScopeError::SecondOrderUnsupported));
+    assert_eq!(grads.read::<f64>("params", "LearnScale_0/scale"), Err(ScopeError::SecondOrderUnsupported));
+}
