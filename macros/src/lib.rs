@@ -14,6 +14,7 @@ mod ir;
 mod lower;
 mod module;
 mod ops;
+mod vmap;
 #[cfg(test)]
 mod tests;
 
@@ -50,4 +51,12 @@ pub fn value_and_grad(input: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn vjp(input: TokenStream) -> TokenStream {
     expand::transform(expand::Transform::Vjp, input.into()).into()
+}
+
+/// `vmap!(f, in_axes = [None, 0, ..])`: `f` mapped over axis `k` of the arguments
+/// marked `k` (the others broadcast), outputs stacked along a new axis 0, as
+/// `jax.vmap`. With `grad!`, per-example gradients.
+#[proc_macro]
+pub fn vmap(input: TokenStream) -> TokenStream {
+    vmap::vmap(input.into()).into()
 }

@@ -23,6 +23,7 @@
 
 extern crate self as adjoint;
 
+pub mod batch;
 pub mod check;
 pub mod control;
 pub mod init;
@@ -32,7 +33,7 @@ pub mod scope;
 pub mod transforms;
 pub mod value;
 
-pub use adjoint_macros::{custom_vjp, differentiable, grad, value_and_grad, vjp};
+pub use adjoint_macros::{custom_vjp, differentiable, grad, value_and_grad, vjp, vmap};
 pub use scope::{Scope, ScopeError, Variables};
 pub use value::{Cot, Real, Value};
 
@@ -55,12 +56,13 @@ pub mod prelude {
     pub use crate::init;
     pub use crate::no_grad;
     pub use crate::scope::{Scope, ScopeError, Variables};
-    pub use crate::{custom_vjp, differentiable, grad, value_and_grad, vjp};
+    pub use crate::{custom_vjp, differentiable, grad, value_and_grad, vjp, vmap};
 }
 
 /// What the generated code calls. Not a public API: names here change freely.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::batch::{batch_len, common_len, stack_outputs, unbatch};
     pub use crate::control::*;
     pub use crate::rules::elementwise::*;
     pub use crate::rules::linalg::*;

@@ -315,3 +315,23 @@ fn gradients_through_a_lifted_grad_are_a_typed_error() {
     assert_eq!(grads.error(), Some(ScopeError::SecondOrderUnsupported));
     assert_eq!(grads.read::<f64>("params", "LearnScale_0/scale"), Err(ScopeError::SecondOrderUnsupported));
 }
+
+// ----- per_example_grads: vmap! of grad!, per example and summed -----
+
+#[differentiable]
+fn per_example_loss(w: &Array1<f64>, #[no_grad] x: ndarray::ArrayView1<f64>, #[no_grad] t: f64) -> f64 {
+    let e = x.dot(w).tanh() - t;
+    e * e
+}
+
+#[test]
+fn per_example_grads() {
+    let case = reference("modules.json", "per_example_grads");
+    let w: Array1<f64> = array(&case["inputs"]["w"]).into_dimensionality().unwrap();
+    let x: Array2<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
+    let t: Array1<f64> = array(&case["inputs"]["t"]).into_dimensionality().unwrap();
+    let per_example = vmap!(grad!(per_example_loss), in_axes = [None, 0, 0])(&w, &x, &t);
+    assert_close("per_example", &per_example.clone().into_dyn(), &array(&case["per_example_w_grad"]), RTOL);
+    let reduced = per_example.sum_axis(ndarray::Axis(0));
+    assert_close("reduced", &reduced.into_dyn(), &array(&case["reduced_w_grad"]), RTOL);
+}
