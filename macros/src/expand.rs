@@ -556,6 +556,7 @@ pub enum Transform {
     Grad,
     ValueAndGrad,
     Vjp,
+    Jvp,
 }
 
 /// `grad!(f)`, `grad!(path::f)`, `grad!(|x, y| body, wrt = [x], has_aux)`, or the
@@ -640,7 +641,17 @@ pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
     };
     let cx = Ctxt::default();
     let lifted = input.positional.len() >= 3 && matches!(input.positional[1], syn::Expr::Closure(_));
-    let out = if lifted {
+    let out = if which == Transform::Jvp {
+        if lifted && input.positional.len() == 6 {
+            lifted_jvp(&cx, &input)
+        } else {
+            cx.error(
+                Span::call_site(),
+                "jvp! takes `cx, |mdl, cx, x..| body, Module, (primals..), (tangents..), variable_tangents` inside a module",
+            );
+            TokenStream::new()
+        }
+    } else if lifted {
         lifted_transform(&cx, which, &input)
     } else if input.positional.len() > 1 {
         cx.error_at(&input.positional[1], "expected options after the function (`wrt = [..]`, `has_aux`); inside a module write `grad!(cx, |mdl, cx, x| .., Module, x)`");
@@ -659,7 +670,7 @@ pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
                         match which {
                             Transform::Grad => "grad",
                             Transform::ValueAndGrad => "value_and_grad",
-                            Transform::Vjp => "vjp",
+                            Transform::Vjp | Transform::Jvp => "vjp",
                         },
                     );
                     last.ident.set_span(p.span());
@@ -770,6 +781,81 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
     })
 }
 
+/// The lifted forward-mode transform, as `flax.linen.jvp`:
+/// `jvp!(cx, |mdl, cx, x| body, Child, (x,), (tx,), variable_tangents)` gives
+/// `(output, output_tangent)` for tangents of the primals and of the child's
+/// parameters (`variable_tangents`, a `Variables` tree relative to the child).
+///
+/// The tangent is assembled from vector-Jacobian products, one per output element,
+/// each re-running the child under the same names: exact, and as cheap as forward
+/// mode for small outputs only.
+fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
+    let scope = &input.positional[0];
+    let syn::Expr::Closure(c) = &input.positional[1] else { return TokenStream::new() };
+    let module = &input.positional[2];
+    let (primals_tuple, tangents_tuple, var_tangents) = (&input.positional[3], &input.positional[4], &input.positional[5]);
+    let n = c.inputs.len().saturating_sub(2);
+    let tuple_len = |e: &syn::Expr| match e {
+        syn::Expr::Tuple(t) => Some(t.elems.len()),
+        _ => None,
+    };
+    if tuple_len(primals_tuple) != Some(n) || tuple_len(tangents_tuple) != Some(n) {
+        cx.error_at(primals_tuple, format!("jvp! takes the primals and the tangents as tuples of {n}: `(x,), (tx,)`"));
+        return TokenStream::new();
+    }
+    let mut infos = Vec::new();
+    let mut names = Vec::new();
+    for (i, p) in c.inputs.iter().enumerate() {
+        let pat = match p {
+            Pat::Type(t) => (*t.pat).clone(),
+            other => other.clone(),
+        };
+        let Pat::Ident(id) = &pat else {
+            cx.error_at(p, "closure parameters must be plain names");
+            return TokenStream::new();
+        };
+        names.push(id.ident.clone());
+        infos.push(ParamInfo { pat: pat.clone(), ty: Type::Verbatim(quote!(_)), active: i >= 2, scope: i == 1 });
+    }
+    let body: syn::Block = match &*c.body {
+        syn::Expr::Block(b) => b.block.clone(),
+        other => syn::parse_quote_spanned!(other.span()=> { #other }),
+    };
+    let Some((_, g)) = generate(cx, &infos, &body, false, true) else { return TokenStream::new() };
+    let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
+    let (mdl, cxn) = (&names[0], &names[1]);
+    let primals = &names[2..];
+    let temps: Vec<Ident> = (0..n).map(|i| format_ident!("__primal{}", i)).collect();
+    let tangents: Vec<Ident> = (0..n).map(|i| format_ident!("__tangent{}", i)).collect();
+    let grads: Vec<Ident> = (0..n).map(|i| format_ident!("__g{}", i)).collect();
+    quote!({
+        let (#(#temps,)*) = #primals_tuple;
+        let (#(#tangents,)*) = #tangents_tuple;
+        let __var_tangents: &::adjoint::Variables = &(#var_tangents);
+        let #mdl = &(#module);
+        let #cxn: &mut ::adjoint::Scope = &mut *(#scope);
+        let __mark = #cxn.mark();
+        let mut __components: ::std::vec::Vec<f64> = ::std::vec::Vec::new();
+        #[allow(unused_mut, unused_variables, unused_parens)]
+        let __value = loop {
+            #cxn.reset_to(&__mark);
+            #(let #primals = ::core::clone::Clone::clone(&#temps);)*
+            #primal
+            let __value = #output;
+            let __child = #cxn.last_child_path();
+            let __ct = ::adjoint::__private::unit_cot(&__value, __components.len());
+            let (__vars_bar, _, _, #(#grads,)*) = { #reverse };
+            let __vars_bar = ::adjoint::__private::vjp_variables(&__vars_bar, &__child, &["params"]);
+            __components.push(::adjoint::__private::inner(&__vars_bar, __var_tangents) #(+ ::adjoint::__private::inner(&#grads, &#tangents))*);
+            if __components.len() >= ::adjoint::__private::basis_len(&__value) {
+                break __value;
+            }
+        };
+        let __tangent = ::adjoint::__private::from_components(&__value, &__components);
+        (__value, __tangent)
+    })
+}
+
 fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &TransformInput) -> TokenStream {
     let mut params = Vec::new();
     for p in &c.inputs {
@@ -841,7 +927,7 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
                 #result
             })
         }
-        Transform::Vjp => {
+        Transform::Vjp | Transform::Jvp => {
             let (out, ret) = if input.has_aux {
                 (quote!((__value, __aux)), quote!((__value, __pb, __aux)))
             } else {

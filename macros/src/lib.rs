@@ -53,6 +53,13 @@ pub fn vjp(input: TokenStream) -> TokenStream {
     expand::transform(expand::Transform::Vjp, input.into()).into()
 }
 
+/// `jvp!(cx, |mdl, cx, x| body, Child, (x,), (tx,), variable_tangents)` inside a
+/// module: `(output, output_tangent)`, as `flax.linen.jvp`.
+#[proc_macro]
+pub fn jvp(input: TokenStream) -> TokenStream {
+    expand::transform(expand::Transform::Jvp, input.into()).into()
+}
+
 /// `vmap!(f, in_axes = [None, 0, ..])`: `f` mapped over axis `k` of the arguments
 /// marked `k` (the others broadcast), outputs stacked along a new axis 0, as
 /// `jax.vmap`. With `grad!`, per-example gradients.

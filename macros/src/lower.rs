@@ -682,7 +682,7 @@ impl Lowerer<'_> {
                 self.cx.error_at(t, "the `?` operator is not supported in a #[differentiable] body");
                 poison()
             }
-            Expr::Macro(m) if ["grad", "value_and_grad", "vjp"].iter().any(|n| m.mac.path.is_ident(n)) && !self.scopes_vars.is_empty() => {
+            Expr::Macro(m) if ["grad", "value_and_grad", "vjp", "jvp"].iter().any(|n| m.mac.path.is_ident(n)) && !self.scopes_vars.is_empty() => {
                 let tokens = self.verbatim(e.to_token_stream());
                 Val::Atom(self.emit(out, Op::Lifted(tokens), e.span()))
             }

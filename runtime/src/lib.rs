@@ -33,7 +33,7 @@ pub mod scope;
 pub mod transforms;
 pub mod value;
 
-pub use adjoint_macros::{custom_vjp, differentiable, grad, value_and_grad, vjp, vmap};
+pub use adjoint_macros::{custom_vjp, differentiable, grad, jvp, value_and_grad, vjp, vmap};
 pub use scope::{Scope, ScopeError, Variables};
 pub use value::{Cot, Real, Value};
 
@@ -56,7 +56,7 @@ pub mod prelude {
     pub use crate::init;
     pub use crate::no_grad;
     pub use crate::scope::{Scope, ScopeError, Variables};
-    pub use crate::{custom_vjp, differentiable, grad, value_and_grad, vjp, vmap};
+    pub use crate::{custom_vjp, differentiable, grad, jvp, value_and_grad, vjp, vmap};
 }
 
 /// What the generated code calls. Not a public API: names here change freely.
@@ -69,7 +69,7 @@ pub mod __private {
     pub use crate::rules::nn::*;
     pub use crate::rules::reduce::*;
     pub use crate::rules::shape::*;
-    pub use crate::transforms::{grad_seed, GradOf, ScalarOutput};
+    pub use crate::transforms::{basis_len, from_components, grad_seed, inner, unit_cot, GradOf, ScalarOutput};
     pub use crate::scope::{add_param, second_order, vjp_variables};
     pub use crate::value::{Accumulate, Cot, Own, Value};
 

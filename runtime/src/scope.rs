@@ -786,7 +786,26 @@ pub fn add_param(acc: &mut Variables, at: &VarPath, ct: impl ParamCot) {
     }
 }
 
+/// Where a scope's naming and random streams stood, to run a child again under
+/// the same names (as `jvp!` does).
+#[derive(Clone, Debug)]
+pub struct ScopeMark {
+    counters: HashMap<String, usize>,
+    rng_counters: HashMap<String, u64>,
+}
+
 impl Scope<'_> {
+    /// The current naming and random-stream counters.
+    pub fn mark(&self) -> ScopeMark {
+        ScopeMark { counters: self.counters.clone(), rng_counters: self.rng_counters.clone() }
+    }
+
+    /// Returns the counters to `mark`: children get the same names again.
+    pub fn reset_to(&mut self, mark: &ScopeMark) {
+        self.counters = mark.counters.clone();
+        self.rng_counters = mark.rng_counters.clone();
+    }
+
     /// The full path of the child most recently left (`Parent/Child_0`).
     pub fn last_child_path(&self) -> String {
         match (&self.last_child, self.path.is_empty()) {

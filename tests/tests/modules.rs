@@ -335,3 +335,38 @@ fn per_example_grads() {
     let reduced = per_example.sum_axis(ndarray::Axis(0));
     assert_close("reduced", &reduced.into_dyn(), &array(&case["reduced_w_grad"]), RTOL);
 }
+
+// ----- jvp_params: nn.jvp with a tangent on the params -----
+
+struct BarJ;
+
+#[differentiable]
+impl BarJ {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+        let p: f64 = cx.param("test", init::zeros, ());
+        let _counter: i32 = cx.variable("state", "counter", || 0);
+        x * p
+    }
+}
+
+struct FooJvp;
+
+#[differentiable]
+impl FooJvp {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+        let params_t = no_grad(Variables::new().with("params", "test", 1.0).unwrap_or_default());
+        let zeros = no_grad(Array1::zeros(x.len()));
+        let (_, out_t) = jvp!(cx, |mdl, cx, x| mdl.call(cx, x), BarJ, (x,), (zeros,), params_t);
+        out_t
+    }
+}
+
+#[test]
+fn jvp_params() {
+    let case = reference("modules.json", "jvp_params");
+    let x: Array1<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
+    let vars = FooJvp.init(0, &x).unwrap();
+    assert_eq!(vars.to_string(), r#"{"params": {"BarJ_0": {"test": 0.0}}, "state": {"BarJ_0": {"counter": 0}}}"#);
+    let out = FooJvp.apply(&vars, &x).unwrap();
+    assert_close("output", &out.into_dyn(), &array(&case["output"]), RTOL);
+}
