@@ -567,12 +567,16 @@ struct TransformInput {
     has_aux: bool,
     /// The collections a lifted `vjp!` returns cotangents for (Flax's `vjp_variables`).
     vjp_variables: Option<Vec<syn::LitStr>>,
+    /// The collections visible inside a lifted transform (Flax's `variables`).
+    variables: Option<Vec<syn::LitStr>>,
+    /// The random streams that pass into a lifted transform (Flax's `rngs`).
+    rngs: Option<Vec<syn::LitStr>>,
 }
 
 impl Parse for TransformInput {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let items: Punctuated<syn::Expr, Token![,]> = Punctuated::parse_terminated(input)?;
-        let mut out = TransformInput { positional: Vec::new(), wrt: None, has_aux: false, vjp_variables: None };
+        let mut out = TransformInput { positional: Vec::new(), wrt: None, has_aux: false, vjp_variables: None, variables: None, rngs: None };
         for item in items {
             match &item {
                 syn::Expr::Path(p) if p.path.is_ident("has_aux") => out.has_aux = true,
@@ -598,7 +602,7 @@ impl Parse for TransformInput {
                             }
                             out.wrt = Some(names);
                         }
-                        "vjp_variables" => {
+                        "vjp_variables" | "variables" | "rngs" => {
                             let items: Vec<syn::Expr> = match &*a.right {
                                 syn::Expr::Array(arr) => arr.elems.iter().cloned().collect(),
                                 other => vec![other.clone()],
@@ -607,10 +611,14 @@ impl Parse for TransformInput {
                             for e in items {
                                 match e {
                                     syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => names.push(s),
-                                    other => return Err(syn::Error::new_spanned(other, "`vjp_variables` takes collection names: `vjp_variables = [\"params\"]`")),
+                                    other => return Err(syn::Error::new_spanned(other, format!("`{key}` takes names: `{key} = [\"params\"]`"))),
                                 }
                             }
-                            out.vjp_variables = Some(names);
+                            match key.to_string().as_str() {
+                                "vjp_variables" => out.vjp_variables = Some(names),
+                                "variables" => out.variables = Some(names),
+                                _ => out.rngs = Some(names),
+                            }
                         }
                         "has_aux" => match &*a.right {
                             syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }) => out.has_aux = b.value,
@@ -619,7 +627,7 @@ impl Parse for TransformInput {
                         other => {
                             return Err(syn::Error::new(
                                 key.span(),
-                                format!("unknown option `{other}`: expected `wrt = [..]`, `has_aux` or (in a module) `vjp_variables = [..]`"),
+                                format!("unknown option `{other}`: expected `wrt = [..]`, `has_aux`, or in a module `variables`, `rngs`, `vjp_variables`"),
                             ));
                         }
                     }
@@ -770,13 +778,20 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
             #result
         }
     };
+    let option = |names: &Option<Vec<syn::LitStr>>| match names {
+        Some(n) => quote!(::core::option::Option::Some(&[#(#n),*][..])),
+        None => quote!(::core::option::Option::None),
+    };
+    let (visible, rngs) = (option(&input.variables), option(&input.rngs));
     quote!({
         let (#(#temps,)*) = (#(#args,)*);
         let #mdl = &(#module);
         let #cxn: &mut ::adjoint::Scope = &mut *(#scope);
         #(let #primals = #temps;)*
+        let __restriction = #cxn.restrict(#visible, #rngs);
         #[allow(unused_mut, unused_variables, unused_parens)]
         let __result = { #computation };
+        #cxn.unrestrict(__restriction);
         __result
     })
 }

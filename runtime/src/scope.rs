@@ -416,6 +416,16 @@ pub struct Scope<'v> {
     rng_counters: HashMap<String, u64>,
     error: Option<ScopeError>,
     last_child: Option<String>,
+    /// Inside a lifted transform: the collections and random streams it lets through.
+    visible: Option<BTreeSet<String>>,
+    visible_rngs: Option<BTreeSet<String>>,
+}
+
+/// The collections and streams a lifted transform hid, to restore after it.
+#[derive(Clone, Debug)]
+pub struct Restriction {
+    visible: Option<BTreeSet<String>>,
+    visible_rngs: Option<BTreeSet<String>>,
 }
 
 /// The path of a variable, for the reverse sweep to add its cotangent into.
@@ -451,7 +461,33 @@ impl<'v> Scope<'v> {
             rng_counters: HashMap::new(),
             error: None,
             last_child: None,
+            visible: None,
+            visible_rngs: None,
         }
+    }
+
+    /// Lets only `collections` (all if `None`) and `rngs` (all if `None`) through,
+    /// until [`Scope::unrestrict`]: what a lifted transform's `variables` and `rngs`
+    /// options do.
+    pub fn restrict(&mut self, collections: Option<&[&str]>, rngs: Option<&[&str]>) -> Restriction {
+        let old = Restriction { visible: self.visible.clone(), visible_rngs: self.visible_rngs.clone() };
+        if let Some(c) = collections {
+            self.visible = Some(c.iter().map(|s| s.to_string()).collect());
+        }
+        if let Some(r) = rngs {
+            self.visible_rngs = Some(r.iter().map(|s| s.to_string()).collect());
+        }
+        old
+    }
+
+    /// Undoes [`Scope::restrict`].
+    pub fn unrestrict(&mut self, old: Restriction) {
+        self.visible = old.visible;
+        self.visible_rngs = old.visible_rngs;
+    }
+
+    fn sees(&self, collection: &str) -> bool {
+        self.visible.as_ref().is_none_or(|v| v.contains(collection))
     }
 
     /// Whether this scope creates missing variables (`init`).
@@ -544,6 +580,10 @@ impl<'v> Scope<'v> {
         let shape = shape.into_dimension().into_dyn();
         let path = self.path_to(name);
         let at = VarPath { collection: "params", path: path.clone() };
+        if !self.sees("params") {
+            self.fail(ScopeError::CollectionNotFound { collection: "params".into(), path });
+            return (placeholder(&shape), at);
+        }
         if let Some(leaf) = self.vars.get("params", &path) {
             if leaf.shape() != shape.slice() {
                 let found = leaf.shape().to_vec();
@@ -589,6 +629,10 @@ impl<'v> Scope<'v> {
     /// is mutable (Flax's `self.variable(..).value`).
     pub fn variable<T: Stored>(&mut self, collection: &str, name: &str, init: impl FnOnce() -> T) -> T {
         let path = self.path_to(name);
+        if !self.sees(collection) {
+            self.fail(ScopeError::CollectionNotFound { collection: collection.into(), path });
+            return init();
+        }
         if let Some(leaf) = self.vars.get(collection, &path) {
             return match T::from_leaf(leaf) {
                 Some(v) => v,
@@ -615,7 +659,7 @@ impl<'v> Scope<'v> {
     /// Writes variable `name` of `collection` (Flax's `var.value = ..`).
     pub fn put<T: Stored>(&mut self, collection: &str, name: &str, value: T) {
         let path = self.path_to(name);
-        if !self.mutable.allows(collection) {
+        if !self.mutable.allows(collection) || !self.sees(collection) {
             self.fail(ScopeError::ImmutableCollection { collection: collection.into(), path });
             return;
         }
@@ -641,7 +685,8 @@ impl<'v> Scope<'v> {
     /// module's path and how many keys it drew before (Flax's `make_rng`).
     pub fn make_rng(&mut self, stream: &str) -> Rng {
         let path = self.path();
-        if !self.rngs.contains_key(stream) && !self.initializing {
+        let passes = self.visible_rngs.as_ref().is_none_or(|v| v.contains(stream));
+        if !passes || (!self.rngs.contains_key(stream) && !self.initializing) {
             self.fail(ScopeError::UnknownRngStream { stream: stream.into(), path });
             return Rng::seed_from_u64(0);
         }

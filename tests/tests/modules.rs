@@ -370,3 +370,88 @@ fn jvp_params() {
     let out = FooJvp.apply(&vars, &x).unwrap();
     assert_close("output", &out.into_dyn(), &array(&case["output"]), RTOL);
 }
+
+// ----- lifted transforms: visible collections and random streams -----
+
+struct Hidden;
+
+#[differentiable]
+impl Hidden {
+    fn call(&self, cx: &mut Scope, x: f64) -> (f64, f64) {
+        grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), LearnScale, x, x, variables = ["batch_stats"])
+    }
+}
+
+#[test]
+fn collections_a_lifted_transform_hides_are_not_found_inside() {
+    let vars = Variables::new().with("params", "LearnScale_0/scale", 1.5).unwrap();
+    let err = Hidden.apply(&vars, 2.0).unwrap_err();
+    assert_eq!(err, ScopeError::CollectionNotFound { collection: "params".into(), path: "LearnScale_0/scale".into() });
+}
+
+struct NoisyParent;
+
+#[differentiable]
+impl NoisyParent {
+    fn call(&self, cx: &mut Scope, x: f64) -> (f64,) {
+        grad!(cx, |mdl, cx, x| mdl.call(cx, x), Noisy, x, rngs = ["params"])
+    }
+}
+
+#[test]
+fn random_streams_a_lifted_transform_does_not_pass_are_unknown_inside() {
+    let vars = Variables::new();
+    let err = NoisyParent.apply_with(&vars, &ApplyOptions::new().rng("dropout", 1), 2.0).unwrap_err();
+    assert_eq!(err, ScopeError::UnknownRngStream { stream: "dropout".into(), path: "Noisy_0".into() });
+}
+
+// ----- initializers: Flax's fan conventions, deterministic per seed and path -----
+
+#[test]
+fn initializers_follow_flax_fans_and_are_deterministic() {
+    use adjoint::init::{fans, Initializer};
+    assert_eq!(fans(&[3, 5]), (3.0, 5.0));
+    assert_eq!(fans(&[2, 2, 3, 5]), (12.0, 20.0)); // receptive field 2 * 2
+    let mut rng = <adjoint::init::Rng as rand::SeedableRng>::seed_from_u64(0);
+    let sample = |init: &dyn Initializer, rng: &mut adjoint::init::Rng| init.sample(rng, &[400, 300]);
+    let var = |a: &ndarray::ArrayD<f64>| a.mapv(|v| v * v).mean().unwrap();
+    // Variance scale / fan: 1/400 (lecun), 2/400 (he), 2/700 (glorot), within 5%.
+    for (init, want) in [
+        (&adjoint::init::lecun_normal() as &dyn Initializer, 1.0 / 400.0),
+        (&adjoint::init::he_normal(), 2.0 / 400.0),
+        (&adjoint::init::glorot_uniform(), 2.0 / 700.0),
+        (&adjoint::init::he_uniform(), 2.0 / 400.0),
+    ] {
+        let v = var(&sample(init, &mut rng));
+        assert!((v / want - 1.0).abs() < 0.05, "variance {v}, want {want}");
+    }
+    let t = adjoint::init::truncated_normal(1.0).sample(&mut rng, &[10_000]);
+    assert!(t.iter().all(|v| v.abs() <= 2.0));
+    let u = adjoint::init::uniform(0.5).sample(&mut rng, &[10_000]);
+    assert!(u.iter().all(|v| (0.0..0.5).contains(v)));
+    assert_eq!(adjoint::init::constant(0.25).sample(&mut rng, &[2]), ndarray::arr1(&[0.25, 0.25]).into_dyn());
+
+    // The same seed gives the same parameters; another seed, others.
+    let x = Array2::<f64>::ones((2, 3));
+    assert_eq!(Mlp.init(3, &x).unwrap(), Mlp.init(3, &x).unwrap());
+    assert_ne!(Mlp.init(3, &x).unwrap(), Mlp.init(4, &x).unwrap());
+}
+
+struct Sowing;
+
+#[differentiable]
+impl Sowing {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        let y = x * 2.0;
+        cx.sow("intermediates", "y", y);
+        y + 1.0
+    }
+}
+
+#[test]
+fn sow_records_intermediates_when_the_collection_is_mutable() {
+    let vars = Variables::new();
+    let (_, mutated) = Sowing.apply_with(&vars, &ApplyOptions::new().mutable(["intermediates"]), 1.5).unwrap();
+    assert_eq!(mutated.to_string(), r#"{"intermediates": {"y": {"0": 3.0}}}"#);
+    assert_eq!(Sowing.apply(&vars, 1.5).unwrap(), 4.0);
+}
