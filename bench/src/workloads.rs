@@ -1,0 +1,300 @@
+//! The workloads W1-W4 of the benchmark issue, each written three ways.
+
+use crate::Workload;
+use adjoint::prelude::*;
+use ndarray::{Array1, Array2, Array3, Axis};
+use std::hint::black_box;
+
+fn pattern2(r: usize, c: usize, seed: usize, scale: f64) -> Array2<f64> {
+    Array2::from_shape_fn((r, c), |(i, j)| ((((i * c + j) * 7919 + seed * 104_729) % 1000) as f64 / 500.0 - 1.0) * scale)
+}
+
+fn pattern1(n: usize, seed: usize, scale: f64) -> Array1<f64> {
+    Array1::from_shape_fn(n, |i| (((i * 7919 + seed * 104_729) % 1000) as f64 / 500.0 - 1.0) * scale)
+}
+
+fn assert_close(what: &str, a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0), "{what}[{i}]: adjoint {x}, hand-written {y}");
+    }
+}
+
+fn flat<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> Vec<f64> {
+    a.iter().copied().collect()
+}
+
+// ----- W1: extended Rosenbrock, n = 1000, a scalar loop -----
+
+#[differentiable]
+fn rosenbrock(x: &Array1<f64>) -> f64 {
+    let mut s = 0.0;
+    for i in 0..x.len() - 1 {
+        let a = x[i + 1] - x[i] * x[i];
+        let b = 1.0 - x[i];
+        s += 100.0 * a * a + b * b;
+    }
+    s
+}
+
+fn rosenbrock_grad_by_hand(x: &Array1<f64>) -> Array1<f64> {
+    let mut g = Array1::zeros(x.len());
+    for i in 0..x.len() - 1 {
+        let a = x[i + 1] - x[i] * x[i];
+        let b = 1.0 - x[i];
+        g[i] += -400.0 * x[i] * a - 2.0 * b;
+        g[i + 1] += 200.0 * a;
+    }
+    g
+}
+
+fn w1() -> Workload {
+    let x = pattern1(1000, 1, 1.5);
+    assert_close("W1", &flat(&grad!(rosenbrock)(&x)), &flat(&rosenbrock_grad_by_hand(&x)));
+    let (x1, x2, x3) = (x.clone(), x.clone(), x);
+    Workload {
+        name: "W1 Rosenbrock n=1000 (scalar loop)",
+        runs: 2000,
+        adjoint: Box::new(move || {
+            black_box(grad!(rosenbrock)(black_box(&x1)));
+        }),
+        hand: Box::new(move || {
+            black_box(rosenbrock_grad_by_hand(black_box(&x2)));
+        }),
+        primal: Box::new(move || {
+            black_box(rosenbrock(black_box(&x3)));
+        }),
+    }
+}
+
+// ----- W2: MLP 2 -> 32 -> 32 -> 1, tanh, batch 1, MSE -----
+
+#[differentiable]
+#[allow(clippy::too_many_arguments)]
+fn mlp_tanh(
+    w1: &Array2<f64>,
+    b1: &Array1<f64>,
+    w2: &Array2<f64>,
+    b2: &Array1<f64>,
+    w3: &Array2<f64>,
+    b3: &Array1<f64>,
+    #[no_grad] x: &Array2<f64>,
+    #[no_grad] t: &Array2<f64>,
+) -> f64 {
+    let h1 = (x.dot(w1) + b1).tanh();
+    let h2 = (h1.dot(w2) + b2).tanh();
+    let d = h2.dot(w3) + b3 - t;
+    (&d * &d).mean().unwrap()
+}
+
+type MlpGrads = (Array2<f64>, Array1<f64>, Array2<f64>, Array1<f64>, Array2<f64>, Array1<f64>);
+
+#[allow(clippy::too_many_arguments)]
+fn mlp_tanh_grad_by_hand(
+    w1: &Array2<f64>,
+    b1: &Array1<f64>,
+    w2: &Array2<f64>,
+    b2: &Array1<f64>,
+    w3: &Array2<f64>,
+    b3: &Array1<f64>,
+    x: &Array2<f64>,
+    t: &Array2<f64>,
+) -> MlpGrads {
+    let h1 = (x.dot(w1) + b1).tanh();
+    let h2 = (h1.dot(w2) + b2).tanh();
+    let d = h2.dot(w3) + b3 - t;
+    let gy = d * (2.0 / t.len() as f64);
+    let gw3 = h2.t().dot(&gy);
+    let gb3 = gy.sum_axis(Axis(0));
+    let gh2 = gy.dot(&w3.t()) * (1.0 - &h2 * &h2);
+    let gw2 = h1.t().dot(&gh2);
+    let gb2 = gh2.sum_axis(Axis(0));
+    let gh1 = gh2.dot(&w2.t()) * (1.0 - &h1 * &h1);
+    let gw1 = x.t().dot(&gh1);
+    let gb1 = gh1.sum_axis(Axis(0));
+    (gw1, gb1, gw2, gb2, gw3, gb3)
+}
+
+fn w2() -> Workload {
+    let p = (
+        pattern2(2, 32, 1, 0.7),
+        pattern1(32, 2, 0.1),
+        pattern2(32, 32, 3, 0.2),
+        pattern1(32, 4, 0.1),
+        pattern2(32, 1, 5, 0.2),
+        pattern1(1, 6, 0.1),
+    );
+    let (x, t) = (pattern2(1, 2, 7, 1.0), pattern2(1, 1, 8, 1.0));
+    let a = grad!(mlp_tanh)(&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, &x, &t);
+    let h = mlp_tanh_grad_by_hand(&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, &x, &t);
+    assert_close("W2 w1", &flat(&a.0), &flat(&h.0));
+    assert_close("W2 b1", &flat(&a.1), &flat(&h.1));
+    assert_close("W2 w3", &flat(&a.4), &flat(&h.4));
+    let (pa, pb, pc) = (p.clone(), p.clone(), p);
+    let (xa, xb, xc) = (x.clone(), x.clone(), x);
+    let (ta, tb, tc) = (t.clone(), t.clone(), t);
+    Workload {
+        name: "W2 MLP 2-32-32-1 tanh, batch 1",
+        runs: 20_000,
+        adjoint: Box::new(move || {
+            black_box(grad!(mlp_tanh)(&pa.0, &pa.1, &pa.2, &pa.3, &pa.4, &pa.5, black_box(&xa), &ta));
+        }),
+        hand: Box::new(move || {
+            black_box(mlp_tanh_grad_by_hand(&pb.0, &pb.1, &pb.2, &pb.3, &pb.4, &pb.5, black_box(&xb), &tb));
+        }),
+        primal: Box::new(move || {
+            black_box(mlp_tanh(&pc.0, &pc.1, &pc.2, &pc.3, &pc.4, &pc.5, black_box(&xc), &tc));
+        }),
+    }
+}
+
+// ----- W3: MLP 784 -> 256 -> 256 -> 10, relu, batch 128, softmax cross-entropy -----
+
+#[differentiable]
+#[allow(clippy::too_many_arguments)]
+fn mlp_xent(
+    w1: &Array2<f64>,
+    b1: &Array1<f64>,
+    w2: &Array2<f64>,
+    b2: &Array1<f64>,
+    w3: &Array2<f64>,
+    b3: &Array1<f64>,
+    #[no_grad] x: &Array2<f64>,
+    #[no_grad] onehot: &Array2<f64>,
+) -> f64 {
+    let h1 = relu(&(x.dot(w1) + b1));
+    let h2 = relu(&(h1.dot(w2) + b2));
+    let logp = log_softmax(&(h2.dot(w3) + b3), Axis(1));
+    -(&logp * onehot).sum() / x.nrows() as f64
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mlp_xent_grad_by_hand(
+    w1: &Array2<f64>,
+    b1: &Array1<f64>,
+    w2: &Array2<f64>,
+    b2: &Array1<f64>,
+    w3: &Array2<f64>,
+    b3: &Array1<f64>,
+    x: &Array2<f64>,
+    onehot: &Array2<f64>,
+) -> MlpGrads {
+    let z1 = x.dot(w1) + b1;
+    let h1 = z1.mapv(|v| v.max(0.0));
+    let z2 = h1.dot(w2) + b2;
+    let h2 = z2.mapv(|v| v.max(0.0));
+    let logits = h2.dot(w3) + b3;
+    let mut p = logits.clone();
+    for mut row in p.rows_mut() {
+        let m = row.fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+        row.mapv_inplace(|v| (v - m).exp());
+        let s = row.sum();
+        row /= s;
+    }
+    let gl = (p - onehot) / x.nrows() as f64;
+    let gw3 = h2.t().dot(&gl);
+    let gb3 = gl.sum_axis(Axis(0));
+    let mut gh2 = gl.dot(&w3.t());
+    gh2.zip_mut_with(&z2, |g, &z| if z <= 0.0 { *g = 0.0 });
+    let gw2 = h1.t().dot(&gh2);
+    let gb2 = gh2.sum_axis(Axis(0));
+    let mut gh1 = gh2.dot(&w2.t());
+    gh1.zip_mut_with(&z1, |g, &z| if z <= 0.0 { *g = 0.0 });
+    let gw1 = x.t().dot(&gh1);
+    let gb1 = gh1.sum_axis(Axis(0));
+    (gw1, gb1, gw2, gb2, gw3, gb3)
+}
+
+fn w3() -> Workload {
+    let p = (
+        pattern2(784, 256, 1, 0.05),
+        pattern1(256, 2, 0.1),
+        pattern2(256, 256, 3, 0.1),
+        pattern1(256, 4, 0.1),
+        pattern2(256, 10, 5, 0.1),
+        pattern1(10, 6, 0.1),
+    );
+    let x = pattern2(128, 784, 7, 1.0);
+    let onehot = Array2::from_shape_fn((128, 10), |(i, j)| if (i * 7) % 10 == j { 1.0 } else { 0.0 });
+    let a = grad!(mlp_xent)(&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, &x, &onehot);
+    let h = mlp_xent_grad_by_hand(&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, &x, &onehot);
+    assert_close("W3 w1", &flat(&a.0), &flat(&h.0));
+    assert_close("W3 b2", &flat(&a.3), &flat(&h.3));
+    assert_close("W3 w3", &flat(&a.4), &flat(&h.4));
+    let (pa, pb, pc) = (p.clone(), p.clone(), p);
+    let (xa, xb, xc) = (x.clone(), x.clone(), x);
+    let (ta, tb, tc) = (onehot.clone(), onehot.clone(), onehot);
+    Workload {
+        name: "W3 MLP 784-256-256-10 relu, batch 128, xent",
+        runs: 60,
+        adjoint: Box::new(move || {
+            black_box(grad!(mlp_xent)(&pa.0, &pa.1, &pa.2, &pa.3, &pa.4, &pa.5, black_box(&xa), &ta));
+        }),
+        hand: Box::new(move || {
+            black_box(mlp_xent_grad_by_hand(&pb.0, &pb.1, &pb.2, &pb.3, &pb.4, &pb.5, black_box(&xb), &tb));
+        }),
+        primal: Box::new(move || {
+            black_box(mlp_xent(&pc.0, &pc.1, &pc.2, &pc.3, &pc.4, &pc.5, black_box(&xc), &tc));
+        }),
+    }
+}
+
+// ----- W4: tanh RNN, hidden 64, input 32, batch 16, 50 steps -----
+
+#[differentiable]
+fn rnn(w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>, #[no_grad] xs: &Array3<f64>) -> f64 {
+    let mut h = Array2::<f64>::zeros((xs.len_of(Axis(1)), w.nrows()));
+    for t in 0..xs.len_of(Axis(0)) {
+        h = (h.dot(w) + xs.index_axis(Axis(0), t).dot(u) + b).tanh();
+    }
+    (&h * &h).sum()
+}
+
+fn rnn_grad_by_hand(w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>, xs: &Array3<f64>) -> (Array2<f64>, Array2<f64>, Array1<f64>) {
+    let steps = xs.len_of(Axis(0));
+    let mut hs = Vec::with_capacity(steps + 1);
+    hs.push(Array2::<f64>::zeros((xs.len_of(Axis(1)), w.nrows())));
+    for t in 0..steps {
+        let h = (hs[t].dot(w) + xs.index_axis(Axis(0), t).dot(u) + b).tanh();
+        hs.push(h);
+    }
+    let mut gh = &hs[steps] * 2.0;
+    let (mut gw, mut gu, mut gb) = (Array2::zeros(w.raw_dim()), Array2::zeros(u.raw_dim()), Array1::zeros(b.len()));
+    for t in (0..steps).rev() {
+        let h = &hs[t + 1];
+        let gz = gh * (1.0 - h * h);
+        gw += &hs[t].t().dot(&gz);
+        gu += &xs.index_axis(Axis(0), t).t().dot(&gz);
+        gb += &gz.sum_axis(Axis(0));
+        gh = gz.dot(&w.t());
+    }
+    (gw, gu, gb)
+}
+
+fn w4() -> Workload {
+    let (w, u, b) = (pattern2(64, 64, 1, 0.15), pattern2(32, 64, 2, 0.2), pattern1(64, 3, 0.1));
+    let xs = Array3::from_shape_fn((50, 16, 32), |(t, i, j)| ((((t * 16 + i) * 32 + j) * 7919 % 1000) as f64 / 500.0 - 1.0));
+    let a = grad!(rnn)(&w, &u, &b, &xs);
+    let h = rnn_grad_by_hand(&w, &u, &b, &xs);
+    assert_close("W4 w", &flat(&a.0), &flat(&h.0));
+    assert_close("W4 u", &flat(&a.1), &flat(&h.1));
+    assert_close("W4 b", &flat(&a.2), &flat(&h.2));
+    let (wa, wb, wc) = ((w.clone(), u.clone(), b.clone(), xs.clone()), (w.clone(), u.clone(), b.clone(), xs.clone()), (w, u, b, xs));
+    Workload {
+        name: "W4 tanh RNN h64 in32 batch16 50 steps",
+        runs: 200,
+        adjoint: Box::new(move || {
+            black_box(grad!(rnn)(&wa.0, &wa.1, &wa.2, black_box(&wa.3)));
+        }),
+        hand: Box::new(move || {
+            black_box(rnn_grad_by_hand(&wb.0, &wb.1, &wb.2, black_box(&wb.3)));
+        }),
+        primal: Box::new(move || {
+            black_box(rnn(&wc.0, &wc.1, &wc.2, black_box(&wc.3)));
+        }),
+    }
+}
+
+pub fn all() -> Vec<Workload> {
+    vec![w1(), w2(), w3(), w4()]
+}
