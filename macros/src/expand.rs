@@ -717,24 +717,7 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
         );
         return TokenStream::new();
     }
-    let mut infos = Vec::new();
-    let mut names = Vec::new();
-    for (i, p) in c.inputs.iter().enumerate() {
-        let pat = match p {
-            Pat::Type(t) => (*t.pat).clone(),
-            other => other.clone(),
-        };
-        let Pat::Ident(id) = &pat else {
-            cx.error_at(p, "closure parameters must be plain names");
-            return TokenStream::new();
-        };
-        names.push(id.ident.clone());
-        infos.push(ParamInfo { pat: pat.clone(), ty: Type::Verbatim(quote!(_)), active: i >= 2, scope: i == 1 });
-    }
-    let body: syn::Block = match &*c.body {
-        syn::Expr::Block(b) => b.block.clone(),
-        other => syn::parse_quote_spanned!(other.span()=> { #other }),
-    };
+    let Some((names, infos, body)) = lifted_closure(cx, c) else { return TokenStream::new() };
     // vjp! differentiates the child's parameters too; grad! treats them as constants.
     let params_active = which == Transform::Vjp;
     let Some((_, g)) = generate(cx, &infos, &body, input.has_aux, params_active) else { return TokenStream::new() };
@@ -796,6 +779,31 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
     })
 }
 
+/// The closure of a lifted transform, `|mdl, cx, primals..| body`: its parameter
+/// names, their roles (the module and the scope constant, the primals
+/// differentiated) and its body as a block.
+fn lifted_closure(cx: &Ctxt, c: &syn::ExprClosure) -> Option<(Vec<Ident>, Vec<ParamInfo>, syn::Block)> {
+    let mut infos = Vec::new();
+    let mut names = Vec::new();
+    for (i, p) in c.inputs.iter().enumerate() {
+        let pat = match p {
+            Pat::Type(t) => (*t.pat).clone(),
+            other => other.clone(),
+        };
+        let Pat::Ident(id) = &pat else {
+            cx.error_at(p, "closure parameters must be plain names");
+            return None;
+        };
+        names.push(id.ident.clone());
+        infos.push(ParamInfo { pat: pat.clone(), ty: Type::Verbatim(quote!(_)), active: i >= 2, scope: i == 1 });
+    }
+    let body: syn::Block = match &*c.body {
+        syn::Expr::Block(b) => b.block.clone(),
+        other => syn::parse_quote_spanned!(other.span()=> { #other }),
+    };
+    Some((names, infos, body))
+}
+
 /// The lifted forward-mode transform, as `flax.linen.jvp`:
 /// `jvp!(cx, |mdl, cx, x| body, Child, (x,), (tx,), variable_tangents)` gives
 /// `(output, output_tangent)` for tangents of the primals and of the child's
@@ -818,24 +826,7 @@ fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
         cx.error_at(primals_tuple, format!("jvp! takes the primals and the tangents as tuples of {n}: `(x,), (tx,)`"));
         return TokenStream::new();
     }
-    let mut infos = Vec::new();
-    let mut names = Vec::new();
-    for (i, p) in c.inputs.iter().enumerate() {
-        let pat = match p {
-            Pat::Type(t) => (*t.pat).clone(),
-            other => other.clone(),
-        };
-        let Pat::Ident(id) = &pat else {
-            cx.error_at(p, "closure parameters must be plain names");
-            return TokenStream::new();
-        };
-        names.push(id.ident.clone());
-        infos.push(ParamInfo { pat: pat.clone(), ty: Type::Verbatim(quote!(_)), active: i >= 2, scope: i == 1 });
-    }
-    let body: syn::Block = match &*c.body {
-        syn::Expr::Block(b) => b.block.clone(),
-        other => syn::parse_quote_spanned!(other.span()=> { #other }),
-    };
+    let Some((names, infos, body)) = lifted_closure(cx, c) else { return TokenStream::new() };
     let Some((_, g)) = generate(cx, &infos, &body, false, true) else { return TokenStream::new() };
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
     let (mdl, cxn) = (&names[0], &names[1]);
