@@ -7,17 +7,20 @@ fn branch(x: f64) -> f64 {
 fn __branch_vjp(
     x: f64,
 ) -> (f64, impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<f64>,)) {
+    let x_shape = ::adjoint::__private::shape_of(&x);
     let (__p1, __br0) = if x > 1.0 {
         let __t0 = ::adjoint::__private::mul(&x, &x);
+        let __t0_shape = ::adjoint::__private::shape_of(&__t0);
         let __t1 = ::adjoint::__private::mul(&__t0, &x);
-        (__t1, ::adjoint::__private::Branch2::Arm0((__t0,)))
+        (__t1, ::adjoint::__private::Branch2::Arm0((__t0, __t0_shape)))
     } else {
         let __t2 = ::adjoint::__private::mul(&::adjoint::__private::lit(&x, 2.0), &x);
+        let __t2_shape = ::adjoint::__private::shape_of(&__t2);
         let __t3 = ::adjoint::__private::sub(
             &__t2,
             &::adjoint::__private::lit(&__t2, 1.0),
         );
-        (__t3, ::adjoint::__private::Branch2::Arm1((__t2,)))
+        (__t3, ::adjoint::__private::Branch2::Arm1((__t2_shape,)))
     };
     let (__t4,) = (__p1,);
     (
@@ -27,38 +30,41 @@ fn __branch_vjp(
             let mut __t4_bar = __ct0;
             let mut x_bar = ::adjoint::__private::zeros(&x);
             match __br0 {
-                ::adjoint::__private::Branch2::Arm0((__t0,)) => {
+                ::adjoint::__private::Branch2::Arm0((__t0, __t0_shape)) => {
                     let mut __t1_bar = __t4_bar;
                     let mut __t0_bar = ::adjoint::__private::mul_pb_lhs(
-                        &__t0,
+                        &__t0_shape,
                         &x,
                         ::core::clone::Clone::clone(&__t1_bar),
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
-                        ::adjoint::__private::mul_pb_rhs(&__t0, &x, __t1_bar),
+                        ::adjoint::__private::mul_pb_rhs(&__t0, &x_shape, __t1_bar),
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_lhs(
-                            &x,
+                            &x_shape,
                             &x,
                             ::core::clone::Clone::clone(&__t0_bar),
                         ),
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
-                        ::adjoint::__private::mul_pb_rhs(&x, &x, __t0_bar),
+                        ::adjoint::__private::mul_pb_rhs(&x, &x_shape, __t0_bar),
                     );
                 }
-                ::adjoint::__private::Branch2::Arm1((__t2,)) => {
+                ::adjoint::__private::Branch2::Arm1((__t2_shape,)) => {
                     let mut __t3_bar = __t4_bar;
-                    let mut __t2_bar = ::adjoint::__private::sub_pb_lhs(&__t2, __t3_bar);
+                    let mut __t2_bar = ::adjoint::__private::sub_pb_lhs(
+                        &__t2_shape,
+                        __t3_bar,
+                    );
                     ::adjoint::__private::acc(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_rhs(
                             &::adjoint::__private::lit(&x, 2.0),
-                            &x,
+                            &x_shape,
                             __t2_bar,
                         ),
                     );
@@ -99,17 +105,20 @@ fn __branch_vjp_owned(
     f64,
     impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<f64>,) + use<>,
 ) {
+    let x_shape = ::adjoint::__private::shape_of(&x);
     let (__p1, __br0) = if x > 1.0 {
         let __t0 = ::adjoint::__private::mul(&x, &x);
+        let __t0_shape = ::adjoint::__private::shape_of(&__t0);
         let __t1 = ::adjoint::__private::mul(&__t0, &x);
-        (__t1, ::adjoint::__private::Branch2::Arm0((__t0,)))
+        (__t1, ::adjoint::__private::Branch2::Arm0((__t0, __t0_shape)))
     } else {
         let __t2 = ::adjoint::__private::mul(&::adjoint::__private::lit(&x, 2.0), &x);
+        let __t2_shape = ::adjoint::__private::shape_of(&__t2);
         let __t3 = ::adjoint::__private::sub(
             &__t2,
             &::adjoint::__private::lit(&__t2, 1.0),
         );
-        (__t3, ::adjoint::__private::Branch2::Arm1((__t2,)))
+        (__t3, ::adjoint::__private::Branch2::Arm1((__t2_shape,)))
     };
     let (__t4,) = (__p1,);
     (
@@ -119,38 +128,41 @@ fn __branch_vjp_owned(
             let mut __t4_bar = __ct0;
             let mut x_bar = ::adjoint::__private::zeros(&x);
             match __br0 {
-                ::adjoint::__private::Branch2::Arm0((__t0,)) => {
+                ::adjoint::__private::Branch2::Arm0((__t0, __t0_shape)) => {
                     let mut __t1_bar = __t4_bar;
                     let mut __t0_bar = ::adjoint::__private::mul_pb_lhs(
-                        &__t0,
+                        &__t0_shape,
                         &x,
                         ::core::clone::Clone::clone(&__t1_bar),
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
-                        ::adjoint::__private::mul_pb_rhs(&__t0, &x, __t1_bar),
+                        ::adjoint::__private::mul_pb_rhs(&__t0, &x_shape, __t1_bar),
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_lhs(
-                            &x,
+                            &x_shape,
                             &x,
                             ::core::clone::Clone::clone(&__t0_bar),
                         ),
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
-                        ::adjoint::__private::mul_pb_rhs(&x, &x, __t0_bar),
+                        ::adjoint::__private::mul_pb_rhs(&x, &x_shape, __t0_bar),
                     );
                 }
-                ::adjoint::__private::Branch2::Arm1((__t2,)) => {
+                ::adjoint::__private::Branch2::Arm1((__t2_shape,)) => {
                     let mut __t3_bar = __t4_bar;
-                    let mut __t2_bar = ::adjoint::__private::sub_pb_lhs(&__t2, __t3_bar);
+                    let mut __t2_bar = ::adjoint::__private::sub_pb_lhs(
+                        &__t2_shape,
+                        __t3_bar,
+                    );
                     ::adjoint::__private::acc(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_rhs(
                             &::adjoint::__private::lit(&x, 2.0),
-                            &x,
+                            &x_shape,
                             __t2_bar,
                         ),
                     );

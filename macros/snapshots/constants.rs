@@ -32,14 +32,16 @@ fn __xent_vjp<'__l0, '__l1, '__l2>(
     );
     for i in __iter0 {
         let total = __carry0_0;
+        let total_shape = ::adjoint::__private::shape_of(&total);
         let __t3 = [i, labels[i]];
         let __t4 = ::adjoint::__private::index(
             &logp,
             ::core::clone::Clone::clone(&__t3),
         );
+        let __t4_shape = ::adjoint::__private::shape_of(&__t4);
         let total_1 = ::adjoint::__private::add(&total, &__t4);
         __carry0_0 = total_1;
-        __tape0.push((total, __t3, __t4));
+        __tape0.push((__t3, total_shape, __t4_shape));
     }
     let total_2 = __carry0_0;
     let __t6 = ::adjoint::__private::neg(&total_2);
@@ -51,13 +53,16 @@ fn __xent_vjp<'__l0, '__l1, '__l2>(
             let mut total_2_bar = ::adjoint::__private::neg_pb(&total_2, __t6_bar);
             let mut total_2_bar_carry = total_2_bar;
             let mut logp_bar = ::adjoint::__private::zeros(&logp);
-            for (total, __t3, __t4) in __tape0.into_iter().rev() {
+            for (__t3, total_shape, __t4_shape) in __tape0.into_iter().rev() {
                 let mut total_1_bar = total_2_bar_carry;
                 let mut total_bar = ::adjoint::__private::add_pb_lhs(
-                    &total,
+                    &total_shape,
                     ::core::clone::Clone::clone(&total_1_bar),
                 );
-                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4, total_1_bar);
+                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(
+                    &__t4_shape,
+                    total_1_bar,
+                );
                 ::adjoint::__private::index_pb(&mut logp_bar, __t3, __t4_bar);
                 total_2_bar_carry = total_bar;
             }
@@ -127,14 +132,16 @@ fn __xent_vjp_owned<'__l0, '__l1, '__l2>(
     );
     for i in __iter0 {
         let total = __carry0_0;
+        let total_shape = ::adjoint::__private::shape_of(&total);
         let __t3 = [i, labels[i]];
         let __t4 = ::adjoint::__private::index(
             &logp,
             ::core::clone::Clone::clone(&__t3),
         );
+        let __t4_shape = ::adjoint::__private::shape_of(&__t4);
         let total_1 = ::adjoint::__private::add(&total, &__t4);
         __carry0_0 = total_1;
-        __tape0.push((total, __t3, __t4));
+        __tape0.push((__t3, total_shape, __t4_shape));
     }
     let total_2 = __carry0_0;
     let __t6 = ::adjoint::__private::neg(&total_2);
@@ -148,13 +155,16 @@ fn __xent_vjp_owned<'__l0, '__l1, '__l2>(
             let mut total_2_bar = ::adjoint::__private::neg_pb(&total_2, __t6_bar);
             let mut total_2_bar_carry = total_2_bar;
             let mut logp_bar = ::adjoint::__private::zeros(&logp);
-            for (total, __t3, __t4) in __tape0.into_iter().rev() {
+            for (__t3, total_shape, __t4_shape) in __tape0.into_iter().rev() {
                 let mut total_1_bar = total_2_bar_carry;
                 let mut total_bar = ::adjoint::__private::add_pb_lhs(
-                    &total,
+                    &total_shape,
                     ::core::clone::Clone::clone(&total_1_bar),
                 );
-                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4, total_1_bar);
+                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(
+                    &__t4_shape,
+                    total_1_bar,
+                );
                 ::adjoint::__private::index_pb(&mut logp_bar, __t3, __t4_bar);
                 total_2_bar_carry = total_bar;
             }

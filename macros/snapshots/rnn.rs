@@ -31,6 +31,7 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
     for t in __iter0 {
         let h_1 = __carry0_0;
         let __t1 = ::adjoint::__private::dot(&h_1, &w);
+        let __t1_shape = ::adjoint::__private::shape_of(&__t1);
         let __t2 = Axis(0);
         let __t3 = ::adjoint::__private::index_axis(
             &xs,
@@ -38,41 +39,48 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
             ::core::clone::Clone::clone(&t),
         );
         let __t4 = ::adjoint::__private::dot(&__t3, &u);
+        let __t4_shape = ::adjoint::__private::shape_of(&__t4);
         let __t5 = ::adjoint::__private::add(&__t1, &__t4);
         let h_2 = ::adjoint::__private::tanh(&__t5);
         __carry0_0 = ::core::clone::Clone::clone(&h_2);
-        __tape0.push((h_1, t, __t1, __t2, __t4, h_2));
+        __tape0.push((h_1, t, __t2, h_2, __t1_shape, __t4_shape));
     }
     let h_3 = __carry0_0;
+    let h_3_shape = ::adjoint::__private::shape_of(&h_3);
     let __t7 = ::adjoint::__private::mul(&h_3, &h_3);
+    let __t7_shape = ::adjoint::__private::shape_of(&__t7);
     let __t8 = ::adjoint::__private::sum(&__t7);
     (
         __t8,
         move |__ct: ::adjoint::Cot<f64>| {
             let __ct0 = __ct;
             let mut __t8_bar = __ct0;
-            let mut __t7_bar = ::adjoint::__private::sum_pb(&__t7, __t8_bar);
+            let mut __t7_bar = ::adjoint::__private::sum_pb(&__t7_shape, __t8_bar);
             let mut h_3_bar = ::adjoint::__private::mul_pb_lhs(
-                &h_3,
+                &h_3_shape,
                 &h_3,
                 ::core::clone::Clone::clone(&__t7_bar),
             );
             ::adjoint::__private::acc(
                 &mut h_3_bar,
-                ::adjoint::__private::mul_pb_rhs(&h_3, &h_3, __t7_bar),
+                ::adjoint::__private::mul_pb_rhs(&h_3, &h_3_shape, __t7_bar),
             );
             let mut h_3_bar_carry = h_3_bar;
             let mut w_bar = ::adjoint::__private::zeros(&w);
             let mut u_bar = ::adjoint::__private::zeros(&u);
             let mut xs_bar = ::adjoint::__private::zeros(&xs);
-            for (h_1, t, __t1, __t2, __t4, h_2) in __tape0.into_iter().rev() {
+            for (h_1, t, __t2, h_2, __t1_shape, __t4_shape) in __tape0.into_iter().rev()
+            {
                 let mut h_2_bar = h_3_bar_carry;
                 let mut __t5_bar = ::adjoint::__private::tanh_pb(&h_2, h_2_bar);
                 let mut __t1_bar = ::adjoint::__private::add_pb_lhs(
-                    &__t1,
+                    &__t1_shape,
                     ::core::clone::Clone::clone(&__t5_bar),
                 );
-                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4, __t5_bar);
+                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(
+                    &__t4_shape,
+                    __t5_bar,
+                );
                 let __t3 = ::adjoint::__private::index_axis(&xs, __t2, t);
                 let mut __t3_bar = ::adjoint::__private::dot_pb_lhs(
                     &__t3,
@@ -170,6 +178,7 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
     for t in __iter0 {
         let h_1 = __carry0_0;
         let __t1 = ::adjoint::__private::dot(&h_1, &w);
+        let __t1_shape = ::adjoint::__private::shape_of(&__t1);
         let __t2 = Axis(0);
         let __t3 = ::adjoint::__private::index_axis(
             &xs,
@@ -177,13 +186,16 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
             ::core::clone::Clone::clone(&t),
         );
         let __t4 = ::adjoint::__private::dot(&__t3, &u);
+        let __t4_shape = ::adjoint::__private::shape_of(&__t4);
         let __t5 = ::adjoint::__private::add(&__t1, &__t4);
         let h_2 = ::adjoint::__private::tanh(&__t5);
         __carry0_0 = ::core::clone::Clone::clone(&h_2);
-        __tape0.push((h_1, t, __t1, __t2, __t4, h_2));
+        __tape0.push((h_1, t, __t2, h_2, __t1_shape, __t4_shape));
     }
     let h_3 = __carry0_0;
+    let h_3_shape = ::adjoint::__private::shape_of(&h_3);
     let __t7 = ::adjoint::__private::mul(&h_3, &h_3);
+    let __t7_shape = ::adjoint::__private::shape_of(&__t7);
     let __t8 = ::adjoint::__private::sum(&__t7);
     let w = ::adjoint::__private::own(&w);
     let u = ::adjoint::__private::own(&u);
@@ -193,28 +205,32 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
         move |__ct: ::adjoint::Cot<f64>| {
             let __ct0 = __ct;
             let mut __t8_bar = __ct0;
-            let mut __t7_bar = ::adjoint::__private::sum_pb(&__t7, __t8_bar);
+            let mut __t7_bar = ::adjoint::__private::sum_pb(&__t7_shape, __t8_bar);
             let mut h_3_bar = ::adjoint::__private::mul_pb_lhs(
-                &h_3,
+                &h_3_shape,
                 &h_3,
                 ::core::clone::Clone::clone(&__t7_bar),
             );
             ::adjoint::__private::acc(
                 &mut h_3_bar,
-                ::adjoint::__private::mul_pb_rhs(&h_3, &h_3, __t7_bar),
+                ::adjoint::__private::mul_pb_rhs(&h_3, &h_3_shape, __t7_bar),
             );
             let mut h_3_bar_carry = h_3_bar;
             let mut w_bar = ::adjoint::__private::zeros(&w);
             let mut u_bar = ::adjoint::__private::zeros(&u);
             let mut xs_bar = ::adjoint::__private::zeros(&xs);
-            for (h_1, t, __t1, __t2, __t4, h_2) in __tape0.into_iter().rev() {
+            for (h_1, t, __t2, h_2, __t1_shape, __t4_shape) in __tape0.into_iter().rev()
+            {
                 let mut h_2_bar = h_3_bar_carry;
                 let mut __t5_bar = ::adjoint::__private::tanh_pb(&h_2, h_2_bar);
                 let mut __t1_bar = ::adjoint::__private::add_pb_lhs(
-                    &__t1,
+                    &__t1_shape,
                     ::core::clone::Clone::clone(&__t5_bar),
                 );
-                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4, __t5_bar);
+                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(
+                    &__t4_shape,
+                    __t5_bar,
+                );
                 let __t3 = ::adjoint::__private::index_axis(&xs, __t2, t);
                 let mut __t3_bar = ::adjoint::__private::dot_pb_lhs(
                     &__t3,

@@ -13,13 +13,21 @@ fn __scalar_mix_vjp(
         ::adjoint::Cot<f64>,
     ) -> (::adjoint::Cot<f64>, ::adjoint::Cot<f64>),
 ) {
+    let x_shape = ::adjoint::__private::shape_of(&x);
+    let y_shape = ::adjoint::__private::shape_of(&y);
     let __t0 = ::adjoint::__private::mul(&x, &y);
+    let __t0_shape = ::adjoint::__private::shape_of(&__t0);
     let __t1 = ::adjoint::__private::sin(&x);
+    let __t1_shape = ::adjoint::__private::shape_of(&__t1);
     let __t2 = ::adjoint::__private::exp(&y);
+    let __t2_shape = ::adjoint::__private::shape_of(&__t2);
     let __t3 = ::adjoint::__private::mul(&__t1, &__t2);
+    let __t3_shape = ::adjoint::__private::shape_of(&__t3);
     let __t4 = ::adjoint::__private::mul(&x, &x);
+    let __t4_shape = ::adjoint::__private::shape_of(&__t4);
     let __t5 = ::adjoint::__private::add(&::adjoint::__private::lit(&__t4, 1.0), &__t4);
     let __t6 = ::adjoint::__private::div(&__t3, &__t5);
+    let __t6_shape = ::adjoint::__private::shape_of(&__t6);
     let __t7 = ::adjoint::__private::add(&__t0, &__t6);
     (
         __t7,
@@ -27,32 +35,36 @@ fn __scalar_mix_vjp(
             let __ct0 = __ct;
             let mut __t7_bar = __ct0;
             let mut __t0_bar = ::adjoint::__private::add_pb_lhs(
-                &__t0,
+                &__t0_shape,
                 ::core::clone::Clone::clone(&__t7_bar),
             );
-            let mut __t6_bar = ::adjoint::__private::add_pb_rhs(&__t6, __t7_bar);
+            let mut __t6_bar = ::adjoint::__private::add_pb_rhs(&__t6_shape, __t7_bar);
             let mut __t3_bar = ::adjoint::__private::div_pb_lhs(
-                &__t3,
+                &__t3_shape,
                 &__t5,
                 ::core::clone::Clone::clone(&__t6_bar),
             );
             let mut __t5_bar = ::adjoint::__private::div_pb_rhs(&__t5, &__t6, __t6_bar);
-            let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4, __t5_bar);
+            let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4_shape, __t5_bar);
             let mut x_bar = ::adjoint::__private::mul_pb_lhs(
-                &x,
+                &x_shape,
                 &x,
                 ::core::clone::Clone::clone(&__t4_bar),
             );
             ::adjoint::__private::acc(
                 &mut x_bar,
-                ::adjoint::__private::mul_pb_rhs(&x, &x, __t4_bar),
+                ::adjoint::__private::mul_pb_rhs(&x, &x_shape, __t4_bar),
             );
             let mut __t1_bar = ::adjoint::__private::mul_pb_lhs(
-                &__t1,
+                &__t1_shape,
                 &__t2,
                 ::core::clone::Clone::clone(&__t3_bar),
             );
-            let mut __t2_bar = ::adjoint::__private::mul_pb_rhs(&__t1, &__t2, __t3_bar);
+            let mut __t2_bar = ::adjoint::__private::mul_pb_rhs(
+                &__t1,
+                &__t2_shape,
+                __t3_bar,
+            );
             let mut y_bar = ::adjoint::__private::exp_pb(&__t2, __t2_bar);
             ::adjoint::__private::acc(
                 &mut x_bar,
@@ -61,14 +73,14 @@ fn __scalar_mix_vjp(
             ::adjoint::__private::acc(
                 &mut x_bar,
                 ::adjoint::__private::mul_pb_lhs(
-                    &x,
+                    &x_shape,
                     &y,
                     ::core::clone::Clone::clone(&__t0_bar),
                 ),
             );
             ::adjoint::__private::acc(
                 &mut y_bar,
-                ::adjoint::__private::mul_pb_rhs(&x, &y, __t0_bar),
+                ::adjoint::__private::mul_pb_rhs(&x, &y_shape, __t0_bar),
             );
             (x_bar, y_bar)
         },
@@ -111,13 +123,21 @@ fn __scalar_mix_vjp_owned(
         ::adjoint::Cot<f64>,
     ) -> (::adjoint::Cot<f64>, ::adjoint::Cot<f64>) + use<>,
 ) {
+    let x_shape = ::adjoint::__private::shape_of(&x);
+    let y_shape = ::adjoint::__private::shape_of(&y);
     let __t0 = ::adjoint::__private::mul(&x, &y);
+    let __t0_shape = ::adjoint::__private::shape_of(&__t0);
     let __t1 = ::adjoint::__private::sin(&x);
+    let __t1_shape = ::adjoint::__private::shape_of(&__t1);
     let __t2 = ::adjoint::__private::exp(&y);
+    let __t2_shape = ::adjoint::__private::shape_of(&__t2);
     let __t3 = ::adjoint::__private::mul(&__t1, &__t2);
+    let __t3_shape = ::adjoint::__private::shape_of(&__t3);
     let __t4 = ::adjoint::__private::mul(&x, &x);
+    let __t4_shape = ::adjoint::__private::shape_of(&__t4);
     let __t5 = ::adjoint::__private::add(&::adjoint::__private::lit(&__t4, 1.0), &__t4);
     let __t6 = ::adjoint::__private::div(&__t3, &__t5);
+    let __t6_shape = ::adjoint::__private::shape_of(&__t6);
     let __t7 = ::adjoint::__private::add(&__t0, &__t6);
     (
         __t7,
@@ -125,32 +145,36 @@ fn __scalar_mix_vjp_owned(
             let __ct0 = __ct;
             let mut __t7_bar = __ct0;
             let mut __t0_bar = ::adjoint::__private::add_pb_lhs(
-                &__t0,
+                &__t0_shape,
                 ::core::clone::Clone::clone(&__t7_bar),
             );
-            let mut __t6_bar = ::adjoint::__private::add_pb_rhs(&__t6, __t7_bar);
+            let mut __t6_bar = ::adjoint::__private::add_pb_rhs(&__t6_shape, __t7_bar);
             let mut __t3_bar = ::adjoint::__private::div_pb_lhs(
-                &__t3,
+                &__t3_shape,
                 &__t5,
                 ::core::clone::Clone::clone(&__t6_bar),
             );
             let mut __t5_bar = ::adjoint::__private::div_pb_rhs(&__t5, &__t6, __t6_bar);
-            let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4, __t5_bar);
+            let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4_shape, __t5_bar);
             let mut x_bar = ::adjoint::__private::mul_pb_lhs(
-                &x,
+                &x_shape,
                 &x,
                 ::core::clone::Clone::clone(&__t4_bar),
             );
             ::adjoint::__private::acc(
                 &mut x_bar,
-                ::adjoint::__private::mul_pb_rhs(&x, &x, __t4_bar),
+                ::adjoint::__private::mul_pb_rhs(&x, &x_shape, __t4_bar),
             );
             let mut __t1_bar = ::adjoint::__private::mul_pb_lhs(
-                &__t1,
+                &__t1_shape,
                 &__t2,
                 ::core::clone::Clone::clone(&__t3_bar),
             );
-            let mut __t2_bar = ::adjoint::__private::mul_pb_rhs(&__t1, &__t2, __t3_bar);
+            let mut __t2_bar = ::adjoint::__private::mul_pb_rhs(
+                &__t1,
+                &__t2_shape,
+                __t3_bar,
+            );
             let mut y_bar = ::adjoint::__private::exp_pb(&__t2, __t2_bar);
             ::adjoint::__private::acc(
                 &mut x_bar,
@@ -159,14 +183,14 @@ fn __scalar_mix_vjp_owned(
             ::adjoint::__private::acc(
                 &mut x_bar,
                 ::adjoint::__private::mul_pb_lhs(
-                    &x,
+                    &x_shape,
                     &y,
                     ::core::clone::Clone::clone(&__t0_bar),
                 ),
             );
             ::adjoint::__private::acc(
                 &mut y_bar,
-                ::adjoint::__private::mul_pb_rhs(&x, &y, __t0_bar),
+                ::adjoint::__private::mul_pb_rhs(&x, &y_shape, __t0_bar),
             );
             (x_bar, y_bar)
         },

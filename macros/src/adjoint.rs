@@ -25,6 +25,8 @@ enum Slot {
     Tape(usize),
     /// The arm record of branch `k`.
     Br(usize),
+    /// The shape of this variable.
+    Shape(Var),
 }
 
 /// The generated code of one body.
@@ -132,6 +134,7 @@ impl<'a> Gen<'a> {
             Slot::Pb(v) => format_ident!("__{}_pb", self.name(v).to_string().trim_start_matches('_')).to_token_stream(),
             Slot::Tape(k) => format_ident!("__tape{}", k).to_token_stream(),
             Slot::Br(k) => format_ident!("__br{}", k).to_token_stream(),
+            Slot::Shape(v) => format_ident!("{}_shape", self.name(v)).to_token_stream(),
         }
     }
 
@@ -245,7 +248,9 @@ impl<'a> Gen<'a> {
         };
 
         // Then the primal.
-        let mut primal = self.primal_stmts(&f.body.stmts);
+        let params: Vec<Var> = f.params.iter().map(|p| p.var).collect();
+        let mut primal = self.shapes_of(&params);
+        primal.extend(self.primal_stmts(&f.body.stmts));
         let output_atoms: Vec<TokenStream> = match &f.body.tail {
             Tail::Leaf(l) => {
                 let mut atoms = Vec::new();
@@ -486,6 +491,16 @@ impl<'a> Gen<'a> {
                         let y = self.read_var(r, dst);
                         quote!(&#y)
                     }
+                    Read::Shape(j) => match &operands[*j].atom {
+                        Atom::Var(v) => {
+                            let s = self.read_slot(r, Slot::Shape(*v));
+                            quote!(&#s)
+                        }
+                        Atom::Lit(_) => {
+                            let x = self.read_operand(r, operands, *j);
+                            quote!(&::adjoint::__private::shape_of(&#x))
+                        }
+                    },
                     Read::Const(j) => {
                         let c = self.read_atom(r, &consts[*j]);
                         if rule.consts_by_ref { quote!(&#c) } else { c }
@@ -691,6 +706,25 @@ impl<'a> Gen<'a> {
         let mut out = TokenStream::new();
         for s in stmts {
             out.extend(self.primal_stmt(s));
+            let defined: Vec<Var> = match s {
+                Stmt::Let { dst, .. } => vec![*dst],
+                Stmt::LetTuple { dsts, .. } => dsts.clone(),
+                Stmt::If { phis, .. } => phis.clone(),
+                Stmt::Loop(lp) => lp.carries.iter().map(|c| c.out).chain(lp.value).collect(),
+            };
+            out.extend(self.shapes_of(&defined));
+        }
+        out
+    }
+
+    /// `let x_shape = shape_of(&x);` for the variables whose shape the reverse reads.
+    fn shapes_of(&self, vars: &[Var]) -> TokenStream {
+        let mut out = TokenStream::new();
+        for v in vars {
+            if self.reads_all.contains(&Slot::Shape(*v)) {
+                let (name, shape) = (self.name(*v), self.slot_name(Slot::Shape(*v)));
+                out.extend(quote!(let #shape = ::adjoint::__private::shape_of(&#name);));
+            }
         }
         out
     }
@@ -863,6 +897,8 @@ impl<'a> Gen<'a> {
             let inner = self.name(c.inner);
             body.extend(quote!(let #inner = #cv;));
         }
+        let inners: Vec<Var> = lp.carries.iter().map(|c| c.inner).collect();
+        body.extend(self.shapes_of(&inners));
         body.extend(self.primal_stmts(&lp.body.stmts));
         let record = self.records.get(&(&lp.body as *const Block)).cloned().unwrap_or_default();
         let has_value = lp.value.is_some();
@@ -1096,7 +1132,7 @@ fn mapv_pullback(closure: &Func) -> TokenStream {
 
 fn slot_local(s: &Slot, local: &HashSet<Var>, g: &Gen) -> bool {
     match s {
-        Slot::Var(v) | Slot::Pb(v) => local.contains(v),
+        Slot::Var(v) | Slot::Pb(v) | Slot::Shape(v) => local.contains(v),
         Slot::Tape(_) | Slot::Br(_) => {
             let _ = g;
             true

@@ -7,6 +7,9 @@
 pub enum Read {
     /// An operand, by reference.
     Operand(usize),
+    /// An operand's shape (zero-sized for a scalar), by reference: what `+`, `-` and
+    /// reductions need, so the operand itself need not be kept.
+    Shape(usize),
     /// The primitive's output, by reference.
     Out,
     /// A constant argument.
@@ -44,7 +47,7 @@ pub struct Rule {
     pub view: bool,
 }
 
-use Read::{Const, Operand, Out};
+use Read::{Const, Operand, Out, Shape};
 
 macro_rules! pb {
     ($f:literal [$($r:expr),*]) => {
@@ -75,12 +78,12 @@ impl Rule {
     }
 }
 
-pub static ADD: Rule = rule!("add", 2, [pb!("add_pb_lhs" [Operand(0)]), pb!("add_pb_rhs" [Operand(1)])]);
-pub static SUB: Rule = rule!("sub", 2, [pb!("sub_pb_lhs" [Operand(0)]), pb!("sub_pb_rhs" [Operand(1)])]);
+pub static ADD: Rule = rule!("add", 2, [pb!("add_pb_lhs" [Shape(0)]), pb!("add_pb_rhs" [Shape(1)])]);
+pub static SUB: Rule = rule!("sub", 2, [pb!("sub_pb_lhs" [Shape(0)]), pb!("sub_pb_rhs" [Shape(1)])]);
 pub static MUL: Rule =
-    rule!("mul", 2, [pb!("mul_pb_lhs" [Operand(0), Operand(1)]), pb!("mul_pb_rhs" [Operand(0), Operand(1)])]);
+    rule!("mul", 2, [pb!("mul_pb_lhs" [Shape(0), Operand(1)]), pb!("mul_pb_rhs" [Operand(0), Shape(1)])]);
 pub static DIV: Rule =
-    rule!("div", 2, [pb!("div_pb_lhs" [Operand(0), Operand(1)]), pb!("div_pb_rhs" [Operand(1), Out])]);
+    rule!("div", 2, [pb!("div_pb_lhs" [Shape(0), Operand(1)]), pb!("div_pb_rhs" [Operand(1), Out])]);
 pub static NEG: Rule = rule!("neg", 1, [pb!("neg_pb" [Operand(0)])]);
 pub static INDEX: Rule = rule!("index", 1, [pb!(into "index_pb" [Const(0)])]);
 pub static CAST: Rule = rule!("cast", 1, [pb!("cast_pb" [Operand(0)])]);
@@ -116,9 +119,9 @@ static METHODS: &[(&str, Rule)] = &[
     ("dot", rule!("dot", 2, [pb!("dot_pb_lhs" [Operand(0), Operand(1)]), pb!("dot_pb_rhs" [Operand(0), Operand(1)])])),
     ("t", rule!("t", 1, [pb!("t_pb" [])]).view()),
     ("reversed_axes", rule!("t", 1, [pb!("t_pb" [])]).view()),
-    ("sum", rule!("sum", 1, [pb!("sum_pb" [Operand(0)])])),
-    ("sum_axis", rule!("sum_axis", 1, [pb!("sum_axis_pb" [Operand(0), Const(0)])])),
-    ("insert_axis", rule!("insert_axis", 1, [pb!("insert_axis_pb" [Operand(0), Const(0)])]).view()),
+    ("sum", rule!("sum", 1, [pb!("sum_pb" [Shape(0)])])),
+    ("sum_axis", rule!("sum_axis", 1, [pb!("sum_axis_pb" [Shape(0), Const(0)])])),
+    ("insert_axis", rule!("insert_axis", 1, [pb!("insert_axis_pb" [Shape(0), Const(0)])]).view()),
     ("slice", rule!("slice", 1, [pb!(into "slice_pb" [Const(0)])]).view().consts_by_ref()),
     ("row", rule!("row", 1, [pb!(into "row_pb" [Const(0)])]).view()),
     ("column", rule!("column", 1, [pb!(into "column_pb" [Const(0)])]).view()),
@@ -128,10 +131,10 @@ static METHODS: &[(&str, Rule)] = &[
 /// Methods that return an `Option`/`Result` the user unwraps: `x.mean().unwrap()`
 /// is one primitive.
 static UNWRAPPED: &[(&str, Rule)] = &[
-    ("mean", rule!("mean", 1, [pb!("mean_pb" [Operand(0)])])),
-    ("mean_axis", rule!("mean_axis", 1, [pb!("mean_axis_pb" [Operand(0), Const(0)])])),
-    ("to_shape", rule!("reshape", 1, [pb!("reshape_pb" [Operand(0)])]).view()),
-    ("into_shape_with_order", rule!("reshape", 1, [pb!("reshape_pb" [Operand(0)])]).view()),
+    ("mean", rule!("mean", 1, [pb!("mean_pb" [Shape(0)])])),
+    ("mean_axis", rule!("mean_axis", 1, [pb!("mean_axis_pb" [Shape(0), Const(0)])])),
+    ("to_shape", rule!("reshape", 1, [pb!("reshape_pb" [Shape(0)])]).view()),
+    ("into_shape_with_order", rule!("reshape", 1, [pb!("reshape_pb" [Shape(0)])]).view()),
 ];
 
 /// Free functions of `adjoint::nn` (the operands first, then constants).

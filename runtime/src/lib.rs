@@ -85,6 +85,15 @@ pub mod __private {
         acc.accumulate(ct)
     }
 
+    /// The shape of `x` (zero-sized for a scalar).
+    #[inline(always)]
+    pub fn shape_of<X: Value>(x: &X) -> <X::Primal as crate::value::ShapeOf>::Shape
+    where
+        X::Primal: crate::value::ShapeOf,
+    {
+        crate::value::ShapeOf::shape_of(x.primal())
+    }
+
     /// A zero cotangent shaped like `x`.
     #[inline(always)]
     pub fn zeros<X: Value>(x: &X) -> X::Cot {

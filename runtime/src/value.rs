@@ -214,25 +214,70 @@ impl<A: Real, D: Dimension> Accumulate for Array<A, D> {
     }
 }
 
+/// The shape of a value: all a pullback of `+`, `-` or a reduction needs to know
+/// about its operand. A scalar's shape is zero-sized, so saving it costs nothing.
+pub trait ShapeOf {
+    /// The shape.
+    type Shape: Clone;
+    /// This value's shape.
+    fn shape_of(&self) -> Self::Shape;
+}
+
+/// The shape of an `A` scalar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScalarShape<A>(std::marker::PhantomData<A>);
+
+/// The shape of an array of `A`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArrayShape<A, D>(pub D, std::marker::PhantomData<A>);
+
+macro_rules! scalar_shape_of {
+    ($($t:ty),*) => {$(
+        impl ShapeOf for $t {
+            type Shape = ScalarShape<$t>;
+            #[inline(always)]
+            fn shape_of(&self) -> ScalarShape<$t> {
+                ScalarShape(std::marker::PhantomData)
+            }
+        }
+    )*};
+}
+scalar_shape_of!(f32, f64);
+
+impl<A: Real, S: Data<Elem = A>, D: Dimension> ShapeOf for ArrayBase<S, D> {
+    type Shape = ArrayShape<A, D>;
+    #[inline]
+    fn shape_of(&self) -> ArrayShape<A, D> {
+        ArrayShape(self.raw_dim(), std::marker::PhantomData)
+    }
+}
+
+impl<A: Real, D: Dimension> ArrayShape<A, D> {
+    /// The number of elements.
+    pub fn size(&self) -> usize {
+        self.0.size()
+    }
+}
+
 /// Reduces a cotangent of a broadcast result to the shape of one operand, by summing
 /// over the axes broadcasting added or stretched (JAX's `_unbroadcast`).
 pub trait Unbroadcast<Ct> {
-    /// The cotangent for `self`.
+    /// The cotangent for the operand.
     type Cot;
-    /// Sums `ct` down to `self`'s shape.
+    /// Sums `ct` down to this shape.
     fn unbroadcast(&self, ct: Ct) -> Self::Cot;
 }
 
 macro_rules! scalar_unbroadcast {
     ($($t:ty),*) => {$(
-        impl Unbroadcast<$t> for $t {
+        impl Unbroadcast<$t> for ScalarShape<$t> {
             type Cot = $t;
             #[inline(always)]
             fn unbroadcast(&self, ct: $t) -> $t {
                 ct
             }
         }
-        impl<E: Dimension> Unbroadcast<Array<$t, E>> for $t {
+        impl<E: Dimension> Unbroadcast<Array<$t, E>> for ScalarShape<$t> {
             type Cot = $t;
             #[inline]
             fn unbroadcast(&self, ct: Array<$t, E>) -> $t {
@@ -243,20 +288,18 @@ macro_rules! scalar_unbroadcast {
 }
 scalar_unbroadcast!(f32, f64);
 
-impl<A: Real, S: Data<Elem = A>, D: Dimension, E: Dimension> Unbroadcast<Array<A, E>>
-    for ArrayBase<S, D>
-{
+impl<A: Real, D: Dimension, E: Dimension> Unbroadcast<Array<A, E>> for ArrayShape<A, D> {
     type Cot = Array<A, D>;
     fn unbroadcast(&self, ct: Array<A, E>) -> Array<A, D> {
-        unbroadcast_to(ct, &self.raw_dim())
+        unbroadcast_to(ct, &self.0)
     }
 }
 
-impl<A: Real, S: Data<Elem = A>, D: Dimension> Unbroadcast<A> for ArrayBase<S, D> {
+impl<A: Real, D: Dimension> Unbroadcast<A> for ArrayShape<A, D> {
     type Cot = Array<A, D>;
     fn unbroadcast(&self, ct: A) -> Array<A, D> {
         // Only reached when a 0-dimensional array met scalars.
-        Array::from_elem(self.raw_dim(), ct)
+        Array::from_elem(self.0.clone(), ct)
     }
 }
 

@@ -5,6 +5,9 @@
 //! A pullback takes the cotangent by value and reuses its buffer where it can.
 
 use crate::value::{Real, Unbroadcast, Value};
+
+// Pullbacks of `+`, `-` and one side of `*` and `/` take the operand's shape (see
+// `crate::value::ShapeOf`), not the operand: only the shape is needed.
 use ndarray::{Array, ArrayBase, Data, DimMax, Dimension};
 use num_traits::Float;
 
@@ -341,7 +344,7 @@ impl<A: Real, S: Data<Elem = A>, D: Dimension, E: Dimension> CtZip<ArrayBase<S, 
 }
 
 type ArithOut<X, Y> = <<X as Value>::Primal as Arith<<Y as Value>::Primal>>::Output;
-type UnbCot<X, Ct> = <<X as Value>::Primal as Unbroadcast<Ct>>::Cot;
+type UnbCot<S, Ct> = <S as Unbroadcast<Ct>>::Cot;
 
 macro_rules! arith_fwd {
     ($($(#[$doc:meta])* $name:ident;)*) => {$(
@@ -366,82 +369,71 @@ arith_fwd! {
     div;
 }
 
-/// Pullback of [`add`] (and of [`sub`]) for the left operand.
+/// Pullback of [`add`] for the left operand, given its shape.
 #[inline]
-pub fn add_pb_lhs<X: Value, Ct>(x: &X, ct: Ct) -> UnbCot<X, Ct>
-where
-    X::Primal: Unbroadcast<Ct>,
-{
-    x.primal().unbroadcast(ct)
+pub fn add_pb_lhs<S: Unbroadcast<Ct>, Ct>(x: &S, ct: Ct) -> UnbCot<S, Ct> {
+    x.unbroadcast(ct)
 }
 
-/// Pullback of [`add`] for the right operand.
+/// Pullback of [`add`] for the right operand, given its shape.
 #[inline]
-pub fn add_pb_rhs<Y: Value, Ct>(y: &Y, ct: Ct) -> UnbCot<Y, Ct>
-where
-    Y::Primal: Unbroadcast<Ct>,
-{
-    y.primal().unbroadcast(ct)
+pub fn add_pb_rhs<S: Unbroadcast<Ct>, Ct>(y: &S, ct: Ct) -> UnbCot<S, Ct> {
+    y.unbroadcast(ct)
 }
 
-/// Pullback of [`sub`] for the left operand.
+/// Pullback of [`sub`] for the left operand, given its shape.
 #[inline]
-pub fn sub_pb_lhs<X: Value, Ct>(x: &X, ct: Ct) -> UnbCot<X, Ct>
-where
-    X::Primal: Unbroadcast<Ct>,
-{
-    x.primal().unbroadcast(ct)
+pub fn sub_pb_lhs<S: Unbroadcast<Ct>, Ct>(x: &S, ct: Ct) -> UnbCot<S, Ct> {
+    x.unbroadcast(ct)
 }
 
-/// Pullback of [`sub`] for the right operand.
+/// Pullback of [`sub`] for the right operand, given its shape.
 #[inline]
-pub fn sub_pb_rhs<Y: Value, Ct>(y: &Y, ct: Ct) -> UnbCot<Y, Ct>
+pub fn sub_pb_rhs<S: Unbroadcast<Ct>, Ct>(y: &S, ct: Ct) -> UnbCot<S, Ct>
 where
-    Y::Primal: Unbroadcast<Ct>,
     Ct: Elementwise<Owned = Ct>,
 {
-    y.primal().unbroadcast(ct.map(|g| -g))
+    y.unbroadcast(ct.map(|g| -g))
 }
 
-/// Pullback of [`mul`] for the left operand: `ct * y`, reduced to `x`'s shape.
+/// Pullback of [`mul`] for the left operand (given its shape): `ct * y`, reduced.
 #[inline]
-pub fn mul_pb_lhs<X: Value, Y: Value, Ct>(x: &X, y: &Y, ct: Ct) -> UnbCot<X, Ct>
+pub fn mul_pb_lhs<S: Unbroadcast<Ct>, Y: Value, Ct>(x: &S, y: &Y, ct: Ct) -> UnbCot<S, Ct>
 where
-    X::Primal: Unbroadcast<Ct>,
     Ct: CtZip<Y::Primal>,
 {
-    x.primal().unbroadcast(ct.ct_zip(y.primal(), |g, y| g * y))
+    x.unbroadcast(ct.ct_zip(y.primal(), |g, y| g * y))
 }
 
-/// Pullback of [`mul`] for the right operand: `ct * x`, reduced to `y`'s shape.
+/// Pullback of [`mul`] for the right operand (given its shape): `ct * x`, reduced.
 #[inline]
-pub fn mul_pb_rhs<X: Value, Y: Value, Ct>(x: &X, y: &Y, ct: Ct) -> UnbCot<Y, Ct>
+pub fn mul_pb_rhs<X: Value, S: Unbroadcast<Ct>, Ct>(x: &X, y: &S, ct: Ct) -> UnbCot<S, Ct>
 where
-    Y::Primal: Unbroadcast<Ct>,
     Ct: CtZip<X::Primal>,
 {
-    y.primal().unbroadcast(ct.ct_zip(x.primal(), |g, x| g * x))
+    y.unbroadcast(ct.ct_zip(x.primal(), |g, x| g * x))
 }
 
-/// Pullback of [`div`] for the left operand: `ct / y`, reduced to `x`'s shape.
+/// Pullback of [`div`] for the left operand (given its shape): `ct / y`, reduced.
 #[inline]
-pub fn div_pb_lhs<X: Value, Y: Value, Ct>(x: &X, y: &Y, ct: Ct) -> UnbCot<X, Ct>
+pub fn div_pb_lhs<S: Unbroadcast<Ct>, Y: Value, Ct>(x: &S, y: &Y, ct: Ct) -> UnbCot<S, Ct>
 where
-    X::Primal: Unbroadcast<Ct>,
     Ct: CtZip<Y::Primal>,
 {
-    x.primal().unbroadcast(ct.ct_zip(y.primal(), |g, y| g / y))
+    x.unbroadcast(ct.ct_zip(y.primal(), |g, y| g / y))
 }
 
 /// Pullback of [`div`] for the right operand: `-ct * out / y`, reduced to `y`'s shape.
 #[inline]
-pub fn div_pb_rhs<Y: Value, O: Value, Ct>(y: &Y, out: &O, ct: Ct) -> UnbCot<Y, Ct>
+pub fn div_pb_rhs<Y: Value, O: Value, Ct>(y: &Y, out: &O, ct: Ct) -> <<Y::Primal as crate::value::ShapeOf>::Shape as Unbroadcast<Ct>>::Cot
 where
-    Y::Primal: Unbroadcast<Ct>,
+    Y::Primal: crate::value::ShapeOf,
+    <Y::Primal as crate::value::ShapeOf>::Shape: Unbroadcast<Ct>,
     Ct: CtZip<O::Primal> + CtZip<Y::Primal, Elem = <Ct as CtZip<O::Primal>>::Elem>,
 {
     let t = ct.ct_zip(out.primal(), |g, o| -g * o);
-    y.primal().unbroadcast(CtZip::<Y::Primal>::ct_zip(t, y.primal(), |t, y| t / y))
+    let shape = crate::value::ShapeOf::shape_of(y.primal());
+    shape.unbroadcast(CtZip::<Y::Primal>::ct_zip(t, y.primal(), |t, y| t / y))
 }
 
 /// A scalar operand: `f32` or `f64` behind any references.

@@ -1,7 +1,7 @@
 //! Reductions: `sum`, `mean`, `sum_axis`, `mean_axis`, and their pullbacks, which
 //! spread the cotangent back over the reduced elements or axis.
 
-use crate::value::{Real, Value};
+use crate::value::{ArrayShape, Real, Value};
 use ndarray::{Array, ArrayBase, Axis, Data, Dimension, RemoveAxis};
 
 /// The sum of all elements.
@@ -10,13 +10,10 @@ pub fn sum<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Di
     x.primal().sum()
 }
 
-/// Pullback of [`sum`]: the cotangent, at every element.
+/// Pullback of [`sum`] (given the operand's shape): the cotangent, at every element.
 #[inline]
-pub fn sum_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(
-    x: &X,
-    ct: A,
-) -> Array<A, D> {
-    Array::from_elem(x.primal().raw_dim(), ct)
+pub fn sum_pb<A: Real, D: Dimension>(x: &ArrayShape<A, D>, ct: A) -> Array<A, D> {
+    Array::from_elem(x.0.clone(), ct)
 }
 
 /// The mean of all elements (`x.mean().unwrap()`); NaN for an empty array, as in JAX.
@@ -26,14 +23,10 @@ pub fn mean<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: D
     x.sum() / A::lit(x.len() as f64)
 }
 
-/// Pullback of [`mean`].
+/// Pullback of [`mean`] (given the operand's shape).
 #[inline]
-pub fn mean_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(
-    x: &X,
-    ct: A,
-) -> Array<A, D> {
-    let x = x.primal();
-    Array::from_elem(x.raw_dim(), ct / A::lit(x.len() as f64))
+pub fn mean_pb<A: Real, D: Dimension>(x: &ArrayShape<A, D>, ct: A) -> Array<A, D> {
+    Array::from_elem(x.0.clone(), ct / A::lit(x.size() as f64))
 }
 
 /// The sums along `axis`.
@@ -45,14 +38,11 @@ pub fn sum_axis<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, 
     x.primal().sum_axis(axis)
 }
 
-/// Pullback of [`sum_axis`]: the cotangent broadcast back along `axis`.
+/// Pullback of [`sum_axis`] (given the operand's shape): the cotangent broadcast
+/// back along `axis`.
 #[inline]
-pub fn sum_axis_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
-    x: &X,
-    axis: Axis,
-    ct: Array<A, D::Smaller>,
-) -> Array<A, D> {
-    spread(x.primal().raw_dim(), axis, ct, A::one())
+pub fn sum_axis_pb<A: Real, D: RemoveAxis>(x: &ArrayShape<A, D>, axis: Axis, ct: Array<A, D::Smaller>) -> Array<A, D> {
+    spread(x.0.clone(), axis, ct, A::one())
 }
 
 /// The means along `axis` (`x.mean_axis(axis).unwrap()`).
@@ -65,15 +55,11 @@ pub fn mean_axis<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>,
     x.sum_axis(axis) / A::lit(x.len_of(axis) as f64)
 }
 
-/// Pullback of [`mean_axis`].
+/// Pullback of [`mean_axis`] (given the operand's shape).
 #[inline]
-pub fn mean_axis_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
-    x: &X,
-    axis: Axis,
-    ct: Array<A, D::Smaller>,
-) -> Array<A, D> {
-    let x = x.primal();
-    spread(x.raw_dim(), axis, ct, A::one() / A::lit(x.len_of(axis) as f64))
+pub fn mean_axis_pb<A: Real, D: RemoveAxis>(x: &ArrayShape<A, D>, axis: Axis, ct: Array<A, D::Smaller>) -> Array<A, D> {
+    let n = x.0[axis.index()];
+    spread(x.0.clone(), axis, ct, A::one() / A::lit(n as f64))
 }
 
 /// An array of shape `dim` holding `scale * ct`, repeated along `axis`.

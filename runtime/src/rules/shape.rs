@@ -5,7 +5,7 @@
 //! pullbacks add the cotangent into the source's adjoint in place (`*_pb` taking
 //! `&mut`), so reading many elements in a loop costs one adjoint, not one per read.
 
-use crate::value::{Real, Value};
+use crate::value::{ArrayShape, Real, Value};
 use ndarray::{
     Array, ArrayBase, ArrayView, Axis, CowArray, Data, Dimension, IntoDimension, NdIndex, RemoveAxis,
     SliceArg,
@@ -26,13 +26,9 @@ pub fn insert_axis<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem
     x.primal().view().insert_axis(axis)
 }
 
-/// Pullback of [`insert_axis`].
+/// Pullback of [`insert_axis`] (given the operand's shape).
 #[inline]
-pub fn insert_axis_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(
-    _x: &X,
-    axis: Axis,
-    ct: Array<A, D::Larger>,
-) -> Array<A, D> {
+pub fn insert_axis_pb<A: Real, D: Dimension>(_x: &ArrayShape<A, D>, axis: Axis, ct: Array<A, D::Larger>) -> Array<A, D> {
     into_dim(ct.into_dyn().remove_axis(axis))
 }
 
@@ -52,13 +48,10 @@ pub fn reshape<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A
     }
 }
 
-/// Pullback of [`reshape`]: the cotangent reshaped back to `x`'s shape.
+/// Pullback of [`reshape`] (given the operand's shape): the cotangent reshaped back.
 #[inline]
-pub fn reshape_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension, E: Dimension>(
-    x: &X,
-    ct: Array<A, E>,
-) -> Array<A, D> {
-    let dim = x.primal().raw_dim();
+pub fn reshape_pb<A: Real, D: Dimension, E: Dimension>(x: &ArrayShape<A, D>, ct: Array<A, E>) -> Array<A, D> {
+    let dim = x.0.clone();
     match ct.to_shape(dim.clone()) {
         Ok(y) => y.into_owned(),
         Err(_) => unreachable_sizes(),
