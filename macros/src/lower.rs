@@ -39,7 +39,7 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
     for (_, names) in outer.values() {
         taken.extend(names.iter().map(|(_, n)| n.to_string()));
     }
-    let mut l = Lowerer { cx, vars: Vec::new(), scopes: vec![HashMap::new()], taken, temps: 0, outer, free: Vec::new(), scopes_vars: Vec::new() };
+    let mut l = Lowerer { cx, vars: Vec::new(), scopes: vec![HashMap::new()], taken, temps: 0, outer, free: Vec::new(), scopes_vars: Vec::new(), memo: vec![HashMap::new()] };
     let params = params
         .iter()
         .filter_map(|p| {
@@ -71,6 +71,9 @@ struct Lowerer<'c> {
     free: Vec<(Var, Var)>,
     /// The variables holding the module's scope.
     scopes_vars: Vec<Var>,
+    /// Primitives already computed in each enclosing block, by operation and
+    /// operands: the same pure operation on the same values is computed once.
+    memo: Vec<HashMap<String, Var>>,
 }
 
 type Stmts = Vec<Stmt>;
@@ -83,6 +86,16 @@ fn poison() -> Val {
 
 impl Lowerer<'_> {
     // ----- names and environment -----
+
+    fn push_scope(&mut self) {
+        self.scopes.push(HashMap::new());
+        self.memo.push(HashMap::new());
+    }
+
+    fn pop_scope(&mut self) {
+        self.scopes.pop();
+        self.memo.pop();
+    }
 
     /// A new variable named `base` (or `base_k` if taken). User names keep the
     /// user's span, so they resolve like the user's own tokens (also inside
@@ -303,10 +316,10 @@ impl Lowerer<'_> {
     /// Lowers `stmts` in a new scope. The block's value (its last expression) goes
     /// to a leaf of kind `end`.
     fn block(&mut self, stmts: &[syn::Stmt], region: &Region, end: LeafKind) -> Block {
-        self.scopes.push(HashMap::new());
+        self.push_scope();
         let mut out = Vec::new();
         let tail = self.stmts(&mut out, stmts, region, end);
-        self.scopes.pop();
+        self.pop_scope();
         Block { stmts: out, tail }
     }
 
@@ -408,10 +421,10 @@ impl Lowerer<'_> {
                 let mut arms = Vec::new();
                 let mut binds = Vec::new();
                 for arm in &m.arms {
-                    self.scopes.push(HashMap::new());
+                    self.push_scope();
                     binds.push(self.bind_pattern_names(&arm.pat));
                     arms.push(self.block(&with_rest(arm_stmts(&arm.body)), region, end));
-                    self.scopes.pop();
+                    self.pop_scope();
                 }
                 Branching { kind: BranchKind::Match { scrutinee, pats, binds }, arms }
             }
@@ -709,7 +722,7 @@ impl Lowerer<'_> {
 
     /// A block whose statements join the current list (its scope ends after it).
     fn inline_block(&mut self, out: &mut Stmts, stmts: &[syn::Stmt]) -> Val {
-        self.scopes.push(HashMap::new());
+        self.push_scope();
         let mut value = Val::Tuple(vec![]);
         for (i, stmt) in stmts.iter().enumerate() {
             match stmt {
@@ -733,7 +746,7 @@ impl Lowerer<'_> {
                 }
             }
         }
-        self.scopes.pop();
+        self.pop_scope();
         value
     }
 
@@ -866,7 +879,23 @@ impl Lowerer<'_> {
     }
 
     fn prim(&mut self, out: &mut Stmts, rule: &'static Rule, operands: Vec<Arg>, consts: Vec<Atom>, native: Native, span: Span) -> Atom {
-        self.emit(out, Op::Prim { rule, operands, consts, native }, span)
+        let key = {
+            let atom_key = |a: &Atom| match a {
+                Atom::Var(v) => format!("v{}", v.0),
+                Atom::Lit(t) => t.to_string(),
+            };
+            let ops: Vec<String> = operands.iter().map(|a| atom_key(&a.atom)).collect();
+            let cs: Vec<String> = consts.iter().map(atom_key).collect();
+            format!("{}({})[{}]", rule.func, ops.join(","), cs.join(","))
+        };
+        if let Some(v) = self.memo.iter().rev().find_map(|m| m.get(&key)) {
+            return Atom::Var(*v);
+        }
+        let atom = self.emit(out, Op::Prim { rule, operands, consts, native }, span);
+        if let (Atom::Var(v), Some(m)) = (&atom, self.memo.last_mut()) {
+            m.insert(key, *v);
+        }
+        atom
     }
 
     /// An operand: its atom, and whether the user wrote `&` before it.
@@ -1187,10 +1216,10 @@ impl Lowerer<'_> {
             let (scrutinee, pats) = self.match_head(out, m);
             let mut binds = Vec::new();
             for arm in &m.arms {
-                self.scopes.push(HashMap::new());
+                self.push_scope();
                 binds.push(self.bind_pattern_names(&arm.pat));
                 arm_blocks.push(self.block(&arm_stmts(&arm.body), &region, LeafKind::Fallthrough));
-                self.scopes.pop();
+                self.pop_scope();
                 self.restore(&region, &before);
             }
             BranchKind::Match { scrutinee, pats, binds }
@@ -1276,7 +1305,7 @@ impl Lowerer<'_> {
             self.scopes[*depth].insert(name.clone(), Val::Atom(Atom::Var(inner)));
             carries.push((init, inner));
         }
-        self.scopes.push(HashMap::new());
+        self.push_scope();
         let mut kind = kind;
         if let LoopKind::For { pat, binds, .. } = &mut kind {
             // The loop variable: a constant, named as the user wrote it.
@@ -1284,7 +1313,7 @@ impl Lowerer<'_> {
             *binds = self.bind_pattern_names(&p);
         }
         let body = self.block(&body_stmts, &region, LeafKind::Continue);
-        self.scopes.pop();
+        self.pop_scope();
         let mut carries_ir = Vec::new();
         for ((depth, name), (init, inner)) in region.carries.iter().zip(carries) {
             let id = Ident::new(name, Span::call_site());

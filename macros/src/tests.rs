@@ -64,3 +64,19 @@ fn branch_records_the_arm() {
     });
     expect_test::expect_file!["../snapshots/branch.rs"].assert_eq(&out);
 }
+
+#[test]
+fn scalar_loop_rosenbrock() {
+    let out = expand(quote! {
+        fn rosenbrock(x: &Array1<f64>) -> f64 {
+            let mut s = 0.0;
+            for i in 0..x.len() - 1 {
+                let a = x[i + 1] - x[i] * x[i];
+                let b = 1.0 - x[i];
+                s += 100.0 * a * a + b * b;
+            }
+            s
+        }
+    });
+    expect_test::expect_file!["../snapshots/rosenbrock.rs"].assert_eq(&out);
+}
