@@ -7,7 +7,6 @@ fn branch(x: f64) -> f64 {
 fn __branch_vjp(
     x: f64,
 ) -> (f64, impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<f64>,)) {
-    let x_shape = ::adjoint::__private::shape_of(&x);
     let (__p1, __br0) = if x > 1.0 {
         let __t0 = ::adjoint::__private::mul(&x, &x);
         let __t0_shape = ::adjoint::__private::shape_of(&__t0);
@@ -39,19 +38,27 @@ fn __branch_vjp(
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
-                        ::adjoint::__private::mul_pb_rhs(&__t0, &x_shape, __t1_bar),
+                        ::adjoint::__private::mul_pb_rhs(
+                            &__t0,
+                            &::adjoint::__private::shape_of(&x),
+                            __t1_bar,
+                        ),
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_lhs(
-                            &x_shape,
+                            &::adjoint::__private::shape_of(&x),
                             &x,
                             ::core::clone::Clone::clone(&__t0_bar),
                         ),
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
-                        ::adjoint::__private::mul_pb_rhs(&x, &x_shape, __t0_bar),
+                        ::adjoint::__private::mul_pb_rhs(
+                            &x,
+                            &::adjoint::__private::shape_of(&x),
+                            __t0_bar,
+                        ),
                     );
                 }
                 ::adjoint::__private::Branch2::Arm1((__t2_shape,)) => {
@@ -64,7 +71,7 @@ fn __branch_vjp(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_rhs(
                             &::adjoint::__private::lit(&x, 2.0),
-                            &x_shape,
+                            &::adjoint::__private::shape_of(&x),
                             __t2_bar,
                         ),
                     );
@@ -105,7 +112,6 @@ fn __branch_vjp_owned(
     f64,
     impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<f64>,) + use<>,
 ) {
-    let x_shape = ::adjoint::__private::shape_of(&x);
     let (__p1, __br0) = if x > 1.0 {
         let __t0 = ::adjoint::__private::mul(&x, &x);
         let __t0_shape = ::adjoint::__private::shape_of(&__t0);
@@ -137,19 +143,27 @@ fn __branch_vjp_owned(
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
-                        ::adjoint::__private::mul_pb_rhs(&__t0, &x_shape, __t1_bar),
+                        ::adjoint::__private::mul_pb_rhs(
+                            &__t0,
+                            &::adjoint::__private::shape_of(&x),
+                            __t1_bar,
+                        ),
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_lhs(
-                            &x_shape,
+                            &::adjoint::__private::shape_of(&x),
                             &x,
                             ::core::clone::Clone::clone(&__t0_bar),
                         ),
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
-                        ::adjoint::__private::mul_pb_rhs(&x, &x_shape, __t0_bar),
+                        ::adjoint::__private::mul_pb_rhs(
+                            &x,
+                            &::adjoint::__private::shape_of(&x),
+                            __t0_bar,
+                        ),
                     );
                 }
                 ::adjoint::__private::Branch2::Arm1((__t2_shape,)) => {
@@ -162,7 +176,7 @@ fn __branch_vjp_owned(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_rhs(
                             &::adjoint::__private::lit(&x, 2.0),
-                            &x_shape,
+                            &::adjoint::__private::shape_of(&x),
                             __t2_bar,
                         ),
                     );

@@ -46,7 +46,6 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
         __tape0.push((h_1, t, __t2, h_2, __t1_shape, __t4_shape));
     }
     let h_3 = __carry0_0;
-    let h_3_shape = ::adjoint::__private::shape_of(&h_3);
     let __t7 = ::adjoint::__private::mul(&h_3, &h_3);
     let __t7_shape = ::adjoint::__private::shape_of(&__t7);
     let __t8 = ::adjoint::__private::sum(&__t7);
@@ -57,13 +56,17 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
             let mut __t8_bar = __ct0;
             let mut __t7_bar = ::adjoint::__private::sum_pb(&__t7_shape, __t8_bar);
             let mut h_3_bar = ::adjoint::__private::mul_pb_lhs(
-                &h_3_shape,
+                &::adjoint::__private::shape_of(&h_3),
                 &h_3,
                 ::core::clone::Clone::clone(&__t7_bar),
             );
             ::adjoint::__private::acc(
                 &mut h_3_bar,
-                ::adjoint::__private::mul_pb_rhs(&h_3, &h_3_shape, __t7_bar),
+                ::adjoint::__private::mul_pb_rhs(
+                    &h_3,
+                    &::adjoint::__private::shape_of(&h_3),
+                    __t7_bar,
+                ),
             );
             let mut h_3_bar_carry = h_3_bar;
             let mut w_bar = ::adjoint::__private::zeros(&w);
@@ -193,7 +196,6 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
         __tape0.push((h_1, t, __t2, h_2, __t1_shape, __t4_shape));
     }
     let h_3 = __carry0_0;
-    let h_3_shape = ::adjoint::__private::shape_of(&h_3);
     let __t7 = ::adjoint::__private::mul(&h_3, &h_3);
     let __t7_shape = ::adjoint::__private::shape_of(&__t7);
     let __t8 = ::adjoint::__private::sum(&__t7);
@@ -207,13 +209,17 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
             let mut __t8_bar = __ct0;
             let mut __t7_bar = ::adjoint::__private::sum_pb(&__t7_shape, __t8_bar);
             let mut h_3_bar = ::adjoint::__private::mul_pb_lhs(
-                &h_3_shape,
+                &::adjoint::__private::shape_of(&h_3),
                 &h_3,
                 ::core::clone::Clone::clone(&__t7_bar),
             );
             ::adjoint::__private::acc(
                 &mut h_3_bar,
-                ::adjoint::__private::mul_pb_rhs(&h_3, &h_3_shape, __t7_bar),
+                ::adjoint::__private::mul_pb_rhs(
+                    &h_3,
+                    &::adjoint::__private::shape_of(&h_3),
+                    __t7_bar,
+                ),
             );
             let mut h_3_bar_carry = h_3_bar;
             let mut w_bar = ::adjoint::__private::zeros(&w);

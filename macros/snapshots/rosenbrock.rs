@@ -34,9 +34,7 @@ fn __rosenbrock_vjp<'__l0>(
         let __t3 = ::adjoint::__private::mul(&__t2, &__t2);
         let __t3_shape = ::adjoint::__private::shape_of(&__t3);
         let a = ::adjoint::__private::sub(&__t1, &__t3);
-        let a_shape = ::adjoint::__private::shape_of(&a);
         let b = ::adjoint::__private::sub(&::adjoint::__private::lit(&__t2, 1.0), &__t2);
-        let b_shape = ::adjoint::__private::shape_of(&b);
         let __t6 = ::adjoint::__private::mul(&::adjoint::__private::lit(&a, 100.0), &a);
         let __t6_shape = ::adjoint::__private::shape_of(&__t6);
         let __t7 = ::adjoint::__private::mul(&__t6, &a);
@@ -59,8 +57,6 @@ fn __rosenbrock_vjp<'__l0>(
                 __t1_shape,
                 __t2_shape,
                 __t3_shape,
-                a_shape,
-                b_shape,
                 __t6_shape,
                 __t7_shape,
                 __t8_shape,
@@ -86,8 +82,6 @@ fn __rosenbrock_vjp<'__l0>(
                 __t1_shape,
                 __t2_shape,
                 __t3_shape,
-                a_shape,
-                b_shape,
                 __t6_shape,
                 __t7_shape,
                 __t8_shape,
@@ -111,13 +105,17 @@ fn __rosenbrock_vjp<'__l0>(
                     __t9_bar,
                 );
                 let mut b_bar = ::adjoint::__private::mul_pb_lhs(
-                    &b_shape,
+                    &::adjoint::__private::shape_of(&b),
                     &b,
                     ::core::clone::Clone::clone(&__t8_bar),
                 );
                 ::adjoint::__private::acc(
                     &mut b_bar,
-                    ::adjoint::__private::mul_pb_rhs(&b, &b_shape, __t8_bar),
+                    ::adjoint::__private::mul_pb_rhs(
+                        &b,
+                        &::adjoint::__private::shape_of(&b),
+                        __t8_bar,
+                    ),
                 );
                 let mut __t6_bar = ::adjoint::__private::mul_pb_lhs(
                     &__t6_shape,
@@ -126,14 +124,14 @@ fn __rosenbrock_vjp<'__l0>(
                 );
                 let mut a_bar = ::adjoint::__private::mul_pb_rhs(
                     &__t6,
-                    &a_shape,
+                    &::adjoint::__private::shape_of(&a),
                     __t7_bar,
                 );
                 ::adjoint::__private::acc(
                     &mut a_bar,
                     ::adjoint::__private::mul_pb_rhs(
                         &::adjoint::__private::lit(&a, 100.0),
-                        &a_shape,
+                        &::adjoint::__private::shape_of(&a),
                         __t6_bar,
                     ),
                 );
@@ -146,14 +144,18 @@ fn __rosenbrock_vjp<'__l0>(
                 ::adjoint::__private::acc(
                     &mut __t2_bar,
                     ::adjoint::__private::mul_pb_lhs(
-                        &__t2_shape,
+                        &::adjoint::__private::shape_of(&__t2),
                         &__t2,
                         ::core::clone::Clone::clone(&__t3_bar),
                     ),
                 );
                 ::adjoint::__private::acc(
                     &mut __t2_bar,
-                    ::adjoint::__private::mul_pb_rhs(&__t2, &__t2_shape, __t3_bar),
+                    ::adjoint::__private::mul_pb_rhs(
+                        &__t2,
+                        &::adjoint::__private::shape_of(&__t2),
+                        __t3_bar,
+                    ),
                 );
                 ::adjoint::__private::index_pb(&mut x_bar, i, __t2_bar);
                 ::adjoint::__private::index_pb(&mut x_bar, __t0, __t1_bar);
@@ -216,9 +218,7 @@ fn __rosenbrock_vjp_owned<'__l0>(
         let __t3 = ::adjoint::__private::mul(&__t2, &__t2);
         let __t3_shape = ::adjoint::__private::shape_of(&__t3);
         let a = ::adjoint::__private::sub(&__t1, &__t3);
-        let a_shape = ::adjoint::__private::shape_of(&a);
         let b = ::adjoint::__private::sub(&::adjoint::__private::lit(&__t2, 1.0), &__t2);
-        let b_shape = ::adjoint::__private::shape_of(&b);
         let __t6 = ::adjoint::__private::mul(&::adjoint::__private::lit(&a, 100.0), &a);
         let __t6_shape = ::adjoint::__private::shape_of(&__t6);
         let __t7 = ::adjoint::__private::mul(&__t6, &a);
@@ -241,8 +241,6 @@ fn __rosenbrock_vjp_owned<'__l0>(
                 __t1_shape,
                 __t2_shape,
                 __t3_shape,
-                a_shape,
-                b_shape,
                 __t6_shape,
                 __t7_shape,
                 __t8_shape,
@@ -269,8 +267,6 @@ fn __rosenbrock_vjp_owned<'__l0>(
                 __t1_shape,
                 __t2_shape,
                 __t3_shape,
-                a_shape,
-                b_shape,
                 __t6_shape,
                 __t7_shape,
                 __t8_shape,
@@ -294,13 +290,17 @@ fn __rosenbrock_vjp_owned<'__l0>(
                     __t9_bar,
                 );
                 let mut b_bar = ::adjoint::__private::mul_pb_lhs(
-                    &b_shape,
+                    &::adjoint::__private::shape_of(&b),
                     &b,
                     ::core::clone::Clone::clone(&__t8_bar),
                 );
                 ::adjoint::__private::acc(
                     &mut b_bar,
-                    ::adjoint::__private::mul_pb_rhs(&b, &b_shape, __t8_bar),
+                    ::adjoint::__private::mul_pb_rhs(
+                        &b,
+                        &::adjoint::__private::shape_of(&b),
+                        __t8_bar,
+                    ),
                 );
                 let mut __t6_bar = ::adjoint::__private::mul_pb_lhs(
                     &__t6_shape,
@@ -309,14 +309,14 @@ fn __rosenbrock_vjp_owned<'__l0>(
                 );
                 let mut a_bar = ::adjoint::__private::mul_pb_rhs(
                     &__t6,
-                    &a_shape,
+                    &::adjoint::__private::shape_of(&a),
                     __t7_bar,
                 );
                 ::adjoint::__private::acc(
                     &mut a_bar,
                     ::adjoint::__private::mul_pb_rhs(
                         &::adjoint::__private::lit(&a, 100.0),
-                        &a_shape,
+                        &::adjoint::__private::shape_of(&a),
                         __t6_bar,
                     ),
                 );
@@ -329,14 +329,18 @@ fn __rosenbrock_vjp_owned<'__l0>(
                 ::adjoint::__private::acc(
                     &mut __t2_bar,
                     ::adjoint::__private::mul_pb_lhs(
-                        &__t2_shape,
+                        &::adjoint::__private::shape_of(&__t2),
                         &__t2,
                         ::core::clone::Clone::clone(&__t3_bar),
                     ),
                 );
                 ::adjoint::__private::acc(
                     &mut __t2_bar,
-                    ::adjoint::__private::mul_pb_rhs(&__t2, &__t2_shape, __t3_bar),
+                    ::adjoint::__private::mul_pb_rhs(
+                        &__t2,
+                        &::adjoint::__private::shape_of(&__t2),
+                        __t3_bar,
+                    ),
                 );
                 ::adjoint::__private::index_pb(&mut x_bar, i, __t2_bar);
                 ::adjoint::__private::index_pb(&mut x_bar, __t0, __t1_bar);

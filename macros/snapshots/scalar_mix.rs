@@ -13,14 +13,11 @@ fn __scalar_mix_vjp(
         ::adjoint::Cot<f64>,
     ) -> (::adjoint::Cot<f64>, ::adjoint::Cot<f64>),
 ) {
-    let x_shape = ::adjoint::__private::shape_of(&x);
-    let y_shape = ::adjoint::__private::shape_of(&y);
     let __t0 = ::adjoint::__private::mul(&x, &y);
     let __t0_shape = ::adjoint::__private::shape_of(&__t0);
     let __t1 = ::adjoint::__private::sin(&x);
     let __t1_shape = ::adjoint::__private::shape_of(&__t1);
     let __t2 = ::adjoint::__private::exp(&y);
-    let __t2_shape = ::adjoint::__private::shape_of(&__t2);
     let __t3 = ::adjoint::__private::mul(&__t1, &__t2);
     let __t3_shape = ::adjoint::__private::shape_of(&__t3);
     let __t4 = ::adjoint::__private::mul(&x, &x);
@@ -47,13 +44,17 @@ fn __scalar_mix_vjp(
             let mut __t5_bar = ::adjoint::__private::div_pb_rhs(&__t5, &__t6, __t6_bar);
             let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4_shape, __t5_bar);
             let mut x_bar = ::adjoint::__private::mul_pb_lhs(
-                &x_shape,
+                &::adjoint::__private::shape_of(&x),
                 &x,
                 ::core::clone::Clone::clone(&__t4_bar),
             );
             ::adjoint::__private::acc(
                 &mut x_bar,
-                ::adjoint::__private::mul_pb_rhs(&x, &x_shape, __t4_bar),
+                ::adjoint::__private::mul_pb_rhs(
+                    &x,
+                    &::adjoint::__private::shape_of(&x),
+                    __t4_bar,
+                ),
             );
             let mut __t1_bar = ::adjoint::__private::mul_pb_lhs(
                 &__t1_shape,
@@ -62,7 +63,7 @@ fn __scalar_mix_vjp(
             );
             let mut __t2_bar = ::adjoint::__private::mul_pb_rhs(
                 &__t1,
-                &__t2_shape,
+                &::adjoint::__private::shape_of(&__t2),
                 __t3_bar,
             );
             let mut y_bar = ::adjoint::__private::exp_pb(&__t2, __t2_bar);
@@ -73,14 +74,18 @@ fn __scalar_mix_vjp(
             ::adjoint::__private::acc(
                 &mut x_bar,
                 ::adjoint::__private::mul_pb_lhs(
-                    &x_shape,
+                    &::adjoint::__private::shape_of(&x),
                     &y,
                     ::core::clone::Clone::clone(&__t0_bar),
                 ),
             );
             ::adjoint::__private::acc(
                 &mut y_bar,
-                ::adjoint::__private::mul_pb_rhs(&x, &y_shape, __t0_bar),
+                ::adjoint::__private::mul_pb_rhs(
+                    &x,
+                    &::adjoint::__private::shape_of(&y),
+                    __t0_bar,
+                ),
             );
             (x_bar, y_bar)
         },
@@ -123,14 +128,11 @@ fn __scalar_mix_vjp_owned(
         ::adjoint::Cot<f64>,
     ) -> (::adjoint::Cot<f64>, ::adjoint::Cot<f64>) + use<>,
 ) {
-    let x_shape = ::adjoint::__private::shape_of(&x);
-    let y_shape = ::adjoint::__private::shape_of(&y);
     let __t0 = ::adjoint::__private::mul(&x, &y);
     let __t0_shape = ::adjoint::__private::shape_of(&__t0);
     let __t1 = ::adjoint::__private::sin(&x);
     let __t1_shape = ::adjoint::__private::shape_of(&__t1);
     let __t2 = ::adjoint::__private::exp(&y);
-    let __t2_shape = ::adjoint::__private::shape_of(&__t2);
     let __t3 = ::adjoint::__private::mul(&__t1, &__t2);
     let __t3_shape = ::adjoint::__private::shape_of(&__t3);
     let __t4 = ::adjoint::__private::mul(&x, &x);
@@ -157,13 +159,17 @@ fn __scalar_mix_vjp_owned(
             let mut __t5_bar = ::adjoint::__private::div_pb_rhs(&__t5, &__t6, __t6_bar);
             let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4_shape, __t5_bar);
             let mut x_bar = ::adjoint::__private::mul_pb_lhs(
-                &x_shape,
+                &::adjoint::__private::shape_of(&x),
                 &x,
                 ::core::clone::Clone::clone(&__t4_bar),
             );
             ::adjoint::__private::acc(
                 &mut x_bar,
-                ::adjoint::__private::mul_pb_rhs(&x, &x_shape, __t4_bar),
+                ::adjoint::__private::mul_pb_rhs(
+                    &x,
+                    &::adjoint::__private::shape_of(&x),
+                    __t4_bar,
+                ),
             );
             let mut __t1_bar = ::adjoint::__private::mul_pb_lhs(
                 &__t1_shape,
@@ -172,7 +178,7 @@ fn __scalar_mix_vjp_owned(
             );
             let mut __t2_bar = ::adjoint::__private::mul_pb_rhs(
                 &__t1,
-                &__t2_shape,
+                &::adjoint::__private::shape_of(&__t2),
                 __t3_bar,
             );
             let mut y_bar = ::adjoint::__private::exp_pb(&__t2, __t2_bar);
@@ -183,14 +189,18 @@ fn __scalar_mix_vjp_owned(
             ::adjoint::__private::acc(
                 &mut x_bar,
                 ::adjoint::__private::mul_pb_lhs(
-                    &x_shape,
+                    &::adjoint::__private::shape_of(&x),
                     &y,
                     ::core::clone::Clone::clone(&__t0_bar),
                 ),
             );
             ::adjoint::__private::acc(
                 &mut y_bar,
-                ::adjoint::__private::mul_pb_rhs(&x, &y_shape, __t0_bar),
+                ::adjoint::__private::mul_pb_rhs(
+                    &x,
+                    &::adjoint::__private::shape_of(&y),
+                    __t0_bar,
+                ),
             );
             (x_bar, y_bar)
         },

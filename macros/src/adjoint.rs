@@ -480,6 +480,17 @@ impl<'a> Gen<'a> {
         for (k, (i, pb)) in pbs.into_iter().enumerate() {
             let ct = if k + 1 == n { quote!(#bar) } else { quote!(::core::clone::Clone::clone(&#bar)) };
             let f = Ident::new(pb.func, Span::call_site());
+            // Values this pullback reads anyway give their shapes inline, without a
+            // separate saved shape.
+            let read_values: Vec<Var> = pb
+                .reads
+                .iter()
+                .filter_map(|rd| match rd {
+                    Read::Operand(j) => operands[*j].atom.var(),
+                    Read::Out => Some(dst),
+                    _ => None,
+                })
+                .collect();
             let mut args: Vec<TokenStream> = Vec::new();
             for read in pb.reads {
                 args.push(match read {
@@ -492,6 +503,10 @@ impl<'a> Gen<'a> {
                         quote!(&#y)
                     }
                     Read::Shape(j) => match &operands[*j].atom {
+                        Atom::Var(v) if read_values.contains(v) || r.reads.contains(&Slot::Var(*v)) => {
+                            let x = self.read_var(r, *v);
+                            quote!(&::adjoint::__private::shape_of(&#x))
+                        }
                         Atom::Var(v) => {
                             let s = self.read_slot(r, Slot::Shape(*v));
                             quote!(&#s)
