@@ -8,20 +8,34 @@ mod workloads;
 
 use std::time::Instant;
 
-/// Median seconds per call over `runs` calls, after warming up.
-fn median(mut f: impl FnMut(), runs: usize) -> f64 {
-    for _ in 0..runs.div_ceil(10).max(3) {
-        f();
-    }
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
+/// Median seconds per call of each function. The functions take turns in rounds
+/// (a batch of calls each), so a slow spell of the machine touches all of them
+/// alike and their ratios stay meaningful.
+fn medians(fs: &mut [&mut dyn FnMut()], runs: usize) -> Vec<f64> {
+    const ROUNDS: usize = 21;
+    let batch = (runs / ROUNDS).max(1);
+    for f in fs.iter_mut() {
+        for _ in 0..batch {
             f();
-            start.elapsed().as_secs_f64()
+        }
+    }
+    let mut times = vec![Vec::with_capacity(ROUNDS); fs.len()];
+    for _ in 0..ROUNDS {
+        for (f, t) in fs.iter_mut().zip(times.iter_mut()) {
+            let start = Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            t.push(start.elapsed().as_secs_f64() / batch as f64);
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(|a, b| a.total_cmp(b));
+            t[t.len() / 2]
         })
-        .collect();
-    times.sort_by(|a, b| a.total_cmp(b));
-    times[times.len() / 2]
+        .collect()
 }
 
 /// Peak bytes allocated at once during one call.
@@ -50,9 +64,8 @@ fn main() {
         if filter.as_deref().is_some_and(|f| !w.name.contains(f)) {
             continue;
         }
-        let a = median(&mut w.adjoint, w.runs);
-        let h = median(&mut w.hand, w.runs);
-        let p = median(&mut w.primal, w.runs);
+        let m = medians(&mut [&mut w.adjoint, &mut w.hand, &mut w.primal], w.runs);
+        let (a, h, p) = (m[0], m[1], m[2]);
         let (ma, mh) = (peak_bytes(&mut w.adjoint), peak_bytes(&mut w.hand));
         println!(
             "| {} | {} | {} | {} | {:.2} | {:.2} | {:.1} / {:.1} KiB |",

@@ -2,6 +2,8 @@
 
 use crate::Workload;
 use adjoint::prelude::*;
+// The hand-written gradients use the same vectorising tanh as the generated code.
+use adjoint::rules::kernels;
 use ndarray::{Array1, Array2, Array3, Axis};
 use std::hint::black_box;
 
@@ -100,8 +102,8 @@ fn mlp_tanh_grad_by_hand(
     x: &Array2<f64>,
     t: &Array2<f64>,
 ) -> MlpGrads {
-    let h1 = (x.dot(w1) + b1).tanh();
-    let h2 = (h1.dot(w2) + b2).tanh();
+    let h1 = (x.dot(w1) + b1).mapv(kernels::tanh);
+    let h2 = (h1.dot(w2) + b2).mapv(kernels::tanh);
     let d = h2.dot(w3) + b3 - t;
     let gy = d * (2.0 / t.len() as f64);
     let gw3 = h2.t().dot(&gy);
@@ -255,7 +257,7 @@ fn rnn_grad_by_hand(w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>, xs: &Arra
     let mut hs = Vec::with_capacity(steps + 1);
     hs.push(Array2::<f64>::zeros((xs.len_of(Axis(1)), w.nrows())));
     for t in 0..steps {
-        let h = (hs[t].dot(w) + xs.index_axis(Axis(0), t).dot(u) + b).tanh();
+        let h = (hs[t].dot(w) + xs.index_axis(Axis(0), t).dot(u) + b).mapv(kernels::tanh);
         hs.push(h);
     }
     let mut gh = &hs[steps] * 2.0;

@@ -31,6 +31,12 @@ pub trait Real:
     fn lit(v: f64) -> Self;
     /// This value as an `f64` (exact for `f32` and `f64`).
     fn as_f64(self) -> f64;
+    /// `e^self`, by the vectorising kernel (`rules::kernels`).
+    fn vexp(self) -> Self;
+    /// `e^self - 1`, by the vectorising kernel.
+    fn vexp_m1(self) -> Self;
+    /// `tanh(self)`, by the vectorising kernel.
+    fn vtanh(self) -> Self;
 }
 
 impl Real for f32 {
@@ -42,6 +48,18 @@ impl Real for f32 {
     fn as_f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
+    fn vexp(self) -> Self {
+        crate::rules::kernels::exp(self as f64) as f32
+    }
+    #[inline(always)]
+    fn vexp_m1(self) -> Self {
+        crate::rules::kernels::exp_m1(self as f64) as f32
+    }
+    #[inline(always)]
+    fn vtanh(self) -> Self {
+        crate::rules::kernels::tanh(self as f64) as f32
+    }
 }
 
 impl Real for f64 {
@@ -52,6 +70,18 @@ impl Real for f64 {
     #[inline(always)]
     fn as_f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn vexp(self) -> Self {
+        crate::rules::kernels::exp(self)
+    }
+    #[inline(always)]
+    fn vexp_m1(self) -> Self {
+        crate::rules::kernels::exp_m1(self)
+    }
+    #[inline(always)]
+    fn vtanh(self) -> Self {
+        crate::rules::kernels::tanh(self)
     }
 }
 

@@ -96,6 +96,9 @@ macro_rules! unary {
     (@which x) => { "input" };
     (@which y) => { "output" };
     (@fwd neg $v:ident) => { -$v };
+    (@fwd exp $v:ident) => { Real::vexp($v) };
+    (@fwd exp_m1 $v:ident) => { Real::vexp_m1($v) };
+    (@fwd tanh $v:ident) => { Real::vtanh($v) };
     (@fwd relu $v:ident) => { if $v > num_traits::Zero::zero() { $v } else { num_traits::Zero::zero() } };
     (@fwd sigmoid $v:ident) => { sigmoid_scalar($v) };
     (@fwd softplus $v:ident) => { softplus_scalar($v) };
@@ -104,13 +107,11 @@ macro_rules! unary {
 
 #[inline(always)]
 fn sigmoid_scalar<A: Real>(v: A) -> A {
-    // exp of a non-positive number only, so large |v| neither overflows nor loses the tail.
-    if v >= A::zero() {
-        A::one() / (A::one() + (-v).exp())
-    } else {
-        let e = v.exp();
-        e / (A::one() + e)
-    }
+    // exp of a non-positive number only, so large |v| neither overflows nor loses
+    // the tail; a select rather than a branch, so it vectorises.
+    let e = Real::vexp(-v.abs());
+    let s = A::one() / (A::one() + e);
+    if v >= A::zero() { s } else { e * s }
 }
 
 #[inline(always)]

@@ -2,6 +2,7 @@
 //! by family. The code `#[differentiable]` generates calls these by name.
 
 pub mod elementwise;
+pub mod kernels;
 pub mod linalg;
 pub mod nn;
 pub mod reduce;

@@ -18,7 +18,7 @@ pub fn logsumexp<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>,
 ) -> Array<A, D::Smaller> {
     let x = x.primal();
     let m = max_axis(x, axis);
-    let s = (x - &m).mapv(A::exp).sum_axis(axis);
+    let s = (x - &m).mapv(Real::vexp).sum_axis(axis);
     s.mapv(A::ln) + &m.index_axis(axis, 0)
 }
 
@@ -40,7 +40,7 @@ pub fn softmax<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D
 ) -> Array<A, D> {
     let x = x.primal();
     let mut e = x - &max_axis(x, axis);
-    e.mapv_inplace(A::exp);
+    e.mapv_inplace(Real::vexp);
     let s = e.sum_axis(axis);
     e.zip_mut_with(&s.insert_axis(axis), |e, &s| *e /= s);
     e
@@ -69,7 +69,7 @@ pub fn log_softmax<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A
 /// Pullback of [`log_softmax`], given its output `y`: `g - exp(y) * sum(g)`.
 pub fn log_softmax_pb<A: Real, D: RemoveAxis>(y: &Array<A, D>, axis: Axis, ct: Array<A, D>) -> Array<A, D> {
     let total = ct.sum_axis(axis).insert_axis(axis);
-    let mut out = y.mapv(A::exp);
+    let mut out = y.mapv(Real::vexp);
     out.zip_mut_with(&total, |p, &s| *p *= s);
     ct - out
 }
