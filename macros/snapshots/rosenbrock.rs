@@ -34,6 +34,7 @@ fn __rosenbrock_vjp<'__l0>(
         let __t3 = ::adjoint::__private::mul(&__t2, &__t2);
         let __t3_shape = ::adjoint::__private::shape_of(&__t3);
         let a = ::adjoint::__private::sub(&__t1, &__t3);
+        let a_shape = ::adjoint::__private::shape_of(&a);
         let b = ::adjoint::__private::sub(&::adjoint::__private::lit(&__t2, 1.0), &__t2);
         let __t6 = ::adjoint::__private::mul(&::adjoint::__private::lit(&a, 100.0), &a);
         let __t6_shape = ::adjoint::__private::shape_of(&__t6);
@@ -49,14 +50,11 @@ fn __rosenbrock_vjp<'__l0>(
             .push((
                 i,
                 __t0,
-                __t2,
-                a,
-                b,
-                __t6,
                 s_shape,
                 __t1_shape,
                 __t2_shape,
                 __t3_shape,
+                a_shape,
                 __t6_shape,
                 __t7_shape,
                 __t8_shape,
@@ -74,14 +72,11 @@ fn __rosenbrock_vjp<'__l0>(
             for (
                 i,
                 __t0,
-                __t2,
-                a,
-                b,
-                __t6,
                 s_shape,
                 __t1_shape,
                 __t2_shape,
                 __t3_shape,
+                a_shape,
                 __t6_shape,
                 __t7_shape,
                 __t8_shape,
@@ -104,6 +99,11 @@ fn __rosenbrock_vjp<'__l0>(
                     &__t8_shape,
                     __t9_bar,
                 );
+                let __t2 = ::adjoint::__private::index(&x, i);
+                let b = ::adjoint::__private::sub(
+                    &::adjoint::__private::lit(&__t2, 1.0),
+                    &__t2,
+                );
                 let mut b_bar = ::adjoint::__private::mul_pb_lhs(
                     &::adjoint::__private::shape_of(&b),
                     &b,
@@ -117,21 +117,28 @@ fn __rosenbrock_vjp<'__l0>(
                         __t8_bar,
                     ),
                 );
+                let __t1 = ::adjoint::__private::index(&x, __t0);
+                let __t3 = ::adjoint::__private::mul(&__t2, &__t2);
+                let a = ::adjoint::__private::sub(&__t1, &__t3);
                 let mut __t6_bar = ::adjoint::__private::mul_pb_lhs(
                     &__t6_shape,
                     &a,
                     ::core::clone::Clone::clone(&__t7_bar),
                 );
+                let __t6 = ::adjoint::__private::mul(
+                    &::adjoint::__private::lit(&a, 100.0),
+                    &a,
+                );
                 let mut a_bar = ::adjoint::__private::mul_pb_rhs(
                     &__t6,
-                    &::adjoint::__private::shape_of(&a),
+                    &a_shape,
                     __t7_bar,
                 );
                 ::adjoint::__private::acc(
                     &mut a_bar,
                     ::adjoint::__private::mul_pb_rhs(
                         &::adjoint::__private::lit(&a, 100.0),
-                        &::adjoint::__private::shape_of(&a),
+                        &a_shape,
                         __t6_bar,
                     ),
                 );
@@ -218,6 +225,7 @@ fn __rosenbrock_vjp_owned<'__l0>(
         let __t3 = ::adjoint::__private::mul(&__t2, &__t2);
         let __t3_shape = ::adjoint::__private::shape_of(&__t3);
         let a = ::adjoint::__private::sub(&__t1, &__t3);
+        let a_shape = ::adjoint::__private::shape_of(&a);
         let b = ::adjoint::__private::sub(&::adjoint::__private::lit(&__t2, 1.0), &__t2);
         let __t6 = ::adjoint::__private::mul(&::adjoint::__private::lit(&a, 100.0), &a);
         let __t6_shape = ::adjoint::__private::shape_of(&__t6);
@@ -233,14 +241,11 @@ fn __rosenbrock_vjp_owned<'__l0>(
             .push((
                 i,
                 __t0,
-                __t2,
-                a,
-                b,
-                __t6,
                 s_shape,
                 __t1_shape,
                 __t2_shape,
                 __t3_shape,
+                a_shape,
                 __t6_shape,
                 __t7_shape,
                 __t8_shape,
@@ -259,14 +264,11 @@ fn __rosenbrock_vjp_owned<'__l0>(
             for (
                 i,
                 __t0,
-                __t2,
-                a,
-                b,
-                __t6,
                 s_shape,
                 __t1_shape,
                 __t2_shape,
                 __t3_shape,
+                a_shape,
                 __t6_shape,
                 __t7_shape,
                 __t8_shape,
@@ -289,6 +291,11 @@ fn __rosenbrock_vjp_owned<'__l0>(
                     &__t8_shape,
                     __t9_bar,
                 );
+                let __t2 = ::adjoint::__private::index(&x, i);
+                let b = ::adjoint::__private::sub(
+                    &::adjoint::__private::lit(&__t2, 1.0),
+                    &__t2,
+                );
                 let mut b_bar = ::adjoint::__private::mul_pb_lhs(
                     &::adjoint::__private::shape_of(&b),
                     &b,
@@ -302,21 +309,28 @@ fn __rosenbrock_vjp_owned<'__l0>(
                         __t8_bar,
                     ),
                 );
+                let __t1 = ::adjoint::__private::index(&x, __t0);
+                let __t3 = ::adjoint::__private::mul(&__t2, &__t2);
+                let a = ::adjoint::__private::sub(&__t1, &__t3);
                 let mut __t6_bar = ::adjoint::__private::mul_pb_lhs(
                     &__t6_shape,
                     &a,
                     ::core::clone::Clone::clone(&__t7_bar),
                 );
+                let __t6 = ::adjoint::__private::mul(
+                    &::adjoint::__private::lit(&a, 100.0),
+                    &a,
+                );
                 let mut a_bar = ::adjoint::__private::mul_pb_rhs(
                     &__t6,
-                    &::adjoint::__private::shape_of(&a),
+                    &a_shape,
                     __t7_bar,
                 );
                 ::adjoint::__private::acc(
                     &mut a_bar,
                     ::adjoint::__private::mul_pb_rhs(
                         &::adjoint::__private::lit(&a, 100.0),
-                        &::adjoint::__private::shape_of(&a),
+                        &a_shape,
                         __t6_bar,
                     ),
                 );

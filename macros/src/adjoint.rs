@@ -60,6 +60,8 @@ struct Gen<'a> {
     taped: HashSet<usize>,
     reads_all: BTreeSet<Slot>,
     bars: Vec<Ident>,
+    /// Variables known to be float scalars computed elementwise (cheap to recompute).
+    scalar: Vec<bool>,
     next_id: usize,
     payloads: usize,
 }
@@ -72,11 +74,21 @@ struct Rev {
     outer: BTreeSet<Var>,
     code: Vec<TokenStream>,
     remat: HashSet<Var>,
+    /// Inside a loop's reverse sweep, where recomputing a scalar beats saving it.
+    in_loop: bool,
 }
 
 impl Rev {
-    fn new(local: HashSet<Var>) -> Self {
-        Rev { local, init: HashSet::new(), reads: BTreeSet::new(), outer: BTreeSet::new(), code: Vec::new(), remat: HashSet::new() }
+    fn new(local: HashSet<Var>, in_loop: bool) -> Self {
+        Rev {
+            local,
+            init: HashSet::new(),
+            reads: BTreeSet::new(),
+            outer: BTreeSet::new(),
+            code: Vec::new(),
+            remat: HashSet::new(),
+            in_loop,
+        }
     }
 }
 
@@ -100,6 +112,7 @@ impl<'a> Gen<'a> {
             .collect();
         let mut defs = HashMap::new();
         collect_defs(&f.body, &mut defs);
+        let scalar = scalars(f, &defs);
         Gen {
             f,
             act,
@@ -111,6 +124,7 @@ impl<'a> Gen<'a> {
             taped: HashSet::new(),
             reads_all: BTreeSet::new(),
             bars,
+            scalar,
             next_id: 0,
             payloads: 0,
         }
@@ -191,7 +205,7 @@ impl<'a> Gen<'a> {
             top_local.insert(p.var);
         }
         block_defs(&f.body, &mut top_local);
-        let mut rev = Rev::new(top_local);
+        let mut rev = Rev::new(top_local, false);
         let out_shape = first_value(&f.body);
         let mut out_atoms = Vec::new();
         if let Some(v) = &out_shape {
@@ -324,7 +338,9 @@ impl<'a> Gen<'a> {
     fn read_var(&self, r: &mut Rev, v: Var) -> TokenStream {
         let name = self.name(v).to_token_stream();
         if let Some(Op::Prim { rule, operands, consts, .. }) = self.defs.get(&v) {
-            if rule.view {
+            // Views are recomputed (they borrow); so are scalars in a loop: a few
+            // flops beat a push and a pop per iteration.
+            if rule.view || (r.in_loop && self.scalar[v.0 as usize]) {
                 if r.remat.insert(v) {
                     let fwd = self.prim_call(r, rule, operands, consts);
                     r.code.push(quote!(let #name = #fwd;));
@@ -577,7 +593,7 @@ impl<'a> Gen<'a> {
             if let BranchKind::Match { binds, .. } = &br.kind {
                 local.extend(binds[i].iter().copied());
             }
-            let mut sub = Rev::new(local);
+            let mut sub = Rev::new(local, r.in_loop);
             self.rev_block(&mut sub, arm, seeds);
             let record: Vec<Slot> = sub.reads.iter().copied().filter(|s| slot_local(s, &sub.local, self)).collect();
             for s in &sub.reads {
@@ -630,7 +646,7 @@ impl<'a> Gen<'a> {
         if let LoopKind::For { binds, .. } = &lp.kind {
             local.extend(binds.iter().copied());
         }
-        let mut sub = Rev::new(local);
+        let mut sub = Rev::new(local, true);
         let seeds = |l: &Leaf| -> Vec<(Atom, TokenStream)> {
             let mut out = Vec::new();
             for (c, bar) in carries.iter().zip(&carry_bars) {
@@ -1153,6 +1169,34 @@ fn slot_local(s: &Slot, local: &HashSet<Var>, g: &Gen) -> bool {
             true
         }
     }
+}
+
+/// The variables that are float scalars computed elementwise: element reads, scalar
+/// parameters, and elementwise primitives of those (to a fixed point).
+fn scalars(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
+    let mut scalar = vec![false; f.vars.len()];
+    for p in &f.params {
+        scalar[p.var.0 as usize] = p.scalar;
+    }
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for (v, op) in defs {
+            if scalar[v.0 as usize] {
+                continue;
+            }
+            let Op::Prim { rule, operands, .. } = op else { continue };
+            let is_scalar = rule.func == "index"
+                || (rule.elementwise
+                    && operands.iter().any(|a| a.atom.var().is_some())
+                    && operands.iter().all(|a| a.atom.var().is_none_or(|o| scalar[o.0 as usize])));
+            if is_scalar {
+                scalar[v.0 as usize] = true;
+                changed = true;
+            }
+        }
+    }
+    scalar
 }
 
 fn collect_defs<'a>(b: &'a Block, defs: &mut HashMap<Var, &'a Op>) {

@@ -100,7 +100,8 @@ pub(crate) fn generate(
     aux: bool,
     params_active: bool,
 ) -> Option<(Func, adjoint::Generated)> {
-    let specs: Vec<ParamSpec> = params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope }).collect();
+    let specs: Vec<ParamSpec> =
+        params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope, scalar: is_float_scalar(&p.ty) }).collect();
     // With `has_aux` the body returns a pair, perhaps from a call: take it apart.
     let aux_body: syn::Block;
     let body = if aux {
@@ -208,6 +209,15 @@ pub(crate) enum Flavor {
     Owned,
     /// `__f_vjp_params`: owned, and parameter cotangents come first as `Variables`.
     Params,
+}
+
+/// Whether a parameter type is `f32` or `f64`, or a reference to one.
+fn is_float_scalar(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) => is_float_scalar(&r.elem),
+        Type::Path(p) => p.path.is_ident("f32") || p.path.is_ident("f64"),
+        _ => false,
+    }
 }
 
 /// Whether a parameter type borrows (`&T`, a view): the owning companion copies it.

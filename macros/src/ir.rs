@@ -78,6 +78,8 @@ pub struct Func {
 pub struct Param {
     pub var: Var,
     pub active: bool,
+    /// Its type is a float scalar (`f32`, `f64`, or a reference to one).
+    pub scalar: bool,
 }
 
 /// A sequence of statements ending in a [`Tail`].

@@ -22,6 +22,8 @@ pub struct ParamSpec<'a> {
     pub active: bool,
     /// The module's scope (`cx: &mut Scope`).
     pub scope: bool,
+    /// A float scalar (`f32`, `f64`, or a reference to one).
+    pub scalar: bool,
 }
 
 /// The variables of an enclosing body that a closure may read.
@@ -43,7 +45,8 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
     let params = params
         .iter()
         .filter_map(|p| {
-            let param = l.bind_param(p.pat, p.active)?;
+            let mut param = l.bind_param(p.pat, p.active)?;
+            param.scalar = p.scalar;
             if p.scope {
                 l.scopes_vars.push(param.var);
             }
@@ -177,12 +180,12 @@ impl Lowerer<'_> {
             Pat::Ident(p) => {
                 let var = self.fresh_user(&p.ident);
                 self.bind(p.ident.to_string(), Val::Atom(Atom::Var(var)));
-                Some(Param { var, active })
+                Some(Param { var, active, scalar: false })
             }
             Pat::Type(t) => self.bind_param(&t.pat, active),
             Pat::Wild(w) => {
                 let var = self.temp(w.span());
-                Some(Param { var, active })
+                Some(Param { var, active, scalar: false })
             }
             other => {
                 self.cx.error_at(other, "differentiable parameters must be plain names; destructure in the body");
@@ -1173,7 +1176,7 @@ impl Lowerer<'_> {
             Expr::Block(b) => b.block.clone(),
             other => syn::parse_quote_spanned!(other.span()=> { #other }),
         };
-        let params = [ParamSpec { pat: &cl.inputs[0], active: true, scope: false }];
+        let params = [ParamSpec { pat: &cl.inputs[0], active: true, scope: false, scalar: true }];
         let closure = lower_with(self.cx, &params, &block, env);
         let native = self.verbatim(cl.to_token_stream());
         Val::Atom(self.emit(out, Op::MapV { recv, closure: Box::new(closure), native }, span))

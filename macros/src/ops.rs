@@ -45,6 +45,9 @@ pub struct Rule {
     /// The result borrows its operand (a view): the reverse sweep recomputes it
     /// from the operand instead of saving it.
     pub view: bool,
+    /// Applied element by element: on scalars the result is a scalar, cheap enough
+    /// for a loop's reverse sweep to recompute rather than save.
+    pub elementwise: bool,
 }
 
 use Read::{Const, Operand, Out, Shape};
@@ -60,7 +63,7 @@ macro_rules! pb {
 
 macro_rules! rule {
     ($f:literal, $n:literal, [$($pb:expr),*]) => {
-        Rule { func: $f, operands: $n, pullbacks: &[$($pb),*], consts_by_ref: false, view: false }
+        Rule { func: $f, operands: $n, pullbacks: &[$($pb),*], consts_by_ref: false, view: false, elementwise: false }
     };
 }
 
@@ -71,6 +74,12 @@ impl Rule {
         self
     }
 
+    /// Marks the rule as elementwise.
+    const fn elementwise(mut self) -> Self {
+        self.elementwise = true;
+        self
+    }
+
     /// Marks the constants as passed by reference.
     const fn consts_by_ref(mut self) -> Self {
         self.consts_by_ref = true;
@@ -78,20 +87,21 @@ impl Rule {
     }
 }
 
-pub static ADD: Rule = rule!("add", 2, [pb!("add_pb_lhs" [Shape(0)]), pb!("add_pb_rhs" [Shape(1)])]);
-pub static SUB: Rule = rule!("sub", 2, [pb!("sub_pb_lhs" [Shape(0)]), pb!("sub_pb_rhs" [Shape(1)])]);
+pub static ADD: Rule = rule!("add", 2, [pb!("add_pb_lhs" [Shape(0)]), pb!("add_pb_rhs" [Shape(1)])]).elementwise();
+pub static SUB: Rule = rule!("sub", 2, [pb!("sub_pb_lhs" [Shape(0)]), pb!("sub_pb_rhs" [Shape(1)])]).elementwise();
 pub static MUL: Rule =
-    rule!("mul", 2, [pb!("mul_pb_lhs" [Shape(0), Operand(1)]), pb!("mul_pb_rhs" [Operand(0), Shape(1)])]);
+    rule!("mul", 2, [pb!("mul_pb_lhs" [Shape(0), Operand(1)]), pb!("mul_pb_rhs" [Operand(0), Shape(1)])]).elementwise();
 pub static DIV: Rule =
-    rule!("div", 2, [pb!("div_pb_lhs" [Shape(0), Operand(1)]), pb!("div_pb_rhs" [Operand(1), Out])]);
-pub static NEG: Rule = rule!("neg", 1, [pb!("neg_pb" [Operand(0)])]);
+    rule!("div", 2, [pb!("div_pb_lhs" [Shape(0), Operand(1)]), pb!("div_pb_rhs" [Operand(1), Out])]).elementwise();
+pub static NEG: Rule = rule!("neg", 1, [pb!("neg_pb" [Operand(0)])]).elementwise();
+/// An element read: its result is always a scalar.
 pub static INDEX: Rule = rule!("index", 1, [pb!(into "index_pb" [Const(0)])]);
-pub static CAST: Rule = rule!("cast", 1, [pb!("cast_pb" [Operand(0)])]);
+pub static CAST: Rule = rule!("cast", 1, [pb!("cast_pb" [Operand(0)])]).elementwise();
 
 macro_rules! unary_table {
     ($($name:literal => $pbf:literal($read:expr)),* $(,)?) => {
         static UNARY: &[(&str, Rule)] = &[
-            $(($name, rule!($name, 1, [pb!($pbf [$read])])),)*
+            $(($name, rule!($name, 1, [pb!($pbf [$read])]).elementwise()),)*
         ];
     };
 }
@@ -108,14 +118,14 @@ unary_table! {
 }
 
 static METHODS: &[(&str, Rule)] = &[
-    ("powi", rule!("powi", 1, [pb!("powi_pb" [Operand(0), Const(0)])])),
-    ("powf", rule!("powf", 2, [pb!("powf_pb_lhs" [Operand(0), Operand(1)]), pb!("powf_pb_rhs" [Operand(0), Out])])),
-    ("atan2", rule!("atan2", 2, [pb!("atan2_pb_lhs" [Operand(0), Operand(1)]), pb!("atan2_pb_rhs" [Operand(0), Operand(1)])])),
-    ("hypot", rule!("hypot", 2, [pb!("hypot_pb_lhs" [Operand(0), Operand(1)]), pb!("hypot_pb_rhs" [Operand(0), Operand(1)])])),
-    ("max", rule!("max", 2, [pb!("max_pb_lhs" [Operand(0), Operand(1)]), pb!("max_pb_rhs" [Operand(0), Operand(1)])])),
-    ("min", rule!("min", 2, [pb!("min_pb_lhs" [Operand(0), Operand(1)]), pb!("min_pb_rhs" [Operand(0), Operand(1)])])),
-    ("clamp", rule!("clamp", 3, [pb!("clamp_pb" [Operand(0), Operand(1), Operand(2)]), None, None])),
-    ("mul_add", rule!("mul_add", 3, [pb!("mul_add_pb_a" [Operand(1)]), pb!("mul_add_pb_b" [Operand(0)]), pb!("mul_add_pb_c" [])])),
+    ("powi", rule!("powi", 1, [pb!("powi_pb" [Operand(0), Const(0)])]).elementwise()),
+    ("powf", rule!("powf", 2, [pb!("powf_pb_lhs" [Operand(0), Operand(1)]), pb!("powf_pb_rhs" [Operand(0), Out])]).elementwise()),
+    ("atan2", rule!("atan2", 2, [pb!("atan2_pb_lhs" [Operand(0), Operand(1)]), pb!("atan2_pb_rhs" [Operand(0), Operand(1)])]).elementwise()),
+    ("hypot", rule!("hypot", 2, [pb!("hypot_pb_lhs" [Operand(0), Operand(1)]), pb!("hypot_pb_rhs" [Operand(0), Operand(1)])]).elementwise()),
+    ("max", rule!("max", 2, [pb!("max_pb_lhs" [Operand(0), Operand(1)]), pb!("max_pb_rhs" [Operand(0), Operand(1)])]).elementwise()),
+    ("min", rule!("min", 2, [pb!("min_pb_lhs" [Operand(0), Operand(1)]), pb!("min_pb_rhs" [Operand(0), Operand(1)])]).elementwise()),
+    ("clamp", rule!("clamp", 3, [pb!("clamp_pb" [Operand(0), Operand(1), Operand(2)]), None, None]).elementwise()),
+    ("mul_add", rule!("mul_add", 3, [pb!("mul_add_pb_a" [Operand(1)]), pb!("mul_add_pb_b" [Operand(0)]), pb!("mul_add_pb_c" [])]).elementwise()),
     ("dot", rule!("dot", 2, [pb!("dot_pb_lhs" [Operand(0), Operand(1)]), pb!("dot_pb_rhs" [Operand(0), Operand(1)])])),
     ("t", rule!("t", 1, [pb!("t_pb" [])]).view()),
     ("reversed_axes", rule!("t", 1, [pb!("t_pb" [])]).view()),
