@@ -335,6 +335,7 @@ pub(crate) fn companion_items(
     let grads = (flavor == Flavor::Borrowing).then(|| quote! {
         #[doc = #doc_grad]
         #[doc(hidden)]
+        #[inline]
         #[allow(clippy::all)]
         #vis fn #grad #grad_generics (#receiver #(#args),*) -> #grad_ty
             #grad_where
@@ -346,6 +347,7 @@ pub(crate) fn companion_items(
 
         #[doc = #doc_vg]
         #[doc(hidden)]
+        #[inline]
         #[allow(clippy::all)]
         #vis fn #vg #grad_generics (#receiver #(#args),*) -> (#ret, #grad_ty)
             #grad_where
@@ -358,6 +360,9 @@ pub(crate) fn companion_items(
     quote! {
         #[doc = #doc_vjp]
         #[doc(hidden)]
+        // Inline: code is generated where a companion is used, so the ones a crate
+        // never calls cost it type checking only.
+        #[inline]
         #[allow(unused_mut, unused_variables, unused_parens, clippy::all)]
         #vis fn #vjp #generics (#receiver #(#args),*)
             -> (#ret, impl ::core::ops::FnOnce(::adjoint::Cot<#ret>) -> (#var_cot_ty #(#cots,)*) #precise)
