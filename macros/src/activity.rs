@@ -221,11 +221,10 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
                 for arm in &branch.arms {
                     each_leaf(arm, &mut |l| {
                         for (phi, a) in phis.iter().zip(leaf_atoms(l)) {
-                            if useful[phi.0 as usize] {
-                                if let Some(v) = a.var() {
+                            if useful[phi.0 as usize]
+                                && let Some(v) = a.var() {
                                     changed |= set(useful, v);
                                 }
-                            }
                         }
                     });
                     changed |= backward(arm, useful);
@@ -241,14 +240,13 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
                 leaves(&lp.body, &mut ls);
                 each_leaf(&lp.body, &mut |l| {
                     for (c, a) in lp.carries.iter().zip(&l.carries) {
-                        if useful[c.inner.0 as usize] || useful[c.out.0 as usize] {
-                            if let Some(v) = a.var() {
+                        if (useful[c.inner.0 as usize] || useful[c.out.0 as usize])
+                            && let Some(v) = a.var() {
                                 changed |= set(useful, v);
                             }
-                        }
                     }
-                    if let (Some(v), Some(val)) = (lp.value, &l.value) {
-                        if useful[v.0 as usize] {
+                    if let (Some(v), Some(val)) = (lp.value, &l.value)
+                        && useful[v.0 as usize] {
                             let mut atoms = Vec::new();
                             val.flatten(&mut atoms);
                             for a in atoms {
@@ -257,15 +255,13 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
                                 }
                             }
                         }
-                    }
                 });
                 changed |= backward(&lp.body, useful);
                 for c in &lp.carries {
-                    if useful[c.inner.0 as usize] {
-                        if let Some(v) = c.init.var() {
+                    if useful[c.inner.0 as usize]
+                        && let Some(v) = c.init.var() {
                             changed |= set(useful, v);
                         }
-                    }
                 }
             }
         }
@@ -293,11 +289,10 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                     }
                 }
                 Op::Call(c) => {
-                    if let Callee::Method { receiver, name, .. } = &c.callee {
-                        if act.is_useful(*dst) && act.is_varied(&receiver.atom) {
+                    if let Callee::Method { receiver, name, .. } = &c.callee
+                        && act.is_useful(*dst) && act.is_varied(&receiver.atom) {
                             cx.error(c.span, format!("no derivative rule for the method `{name}` on a differentiated value; use a supported operation, a #[differentiable] function, or `no_grad(..)`"));
                         }
-                    }
                 }
                 Op::MapV { closure, .. } => {
                     for (_, outer) in &closure.free {
@@ -309,20 +304,18 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                 Op::Const(_) | Op::Lifted(_) => {}
             },
             Stmt::LetTuple { dsts, call, .. } => {
-                if let Callee::Method { receiver, name, .. } = &call.callee {
-                    if dsts.iter().any(|d| act.is_useful(*d)) && act.is_varied(&receiver.atom) {
+                if let Callee::Method { receiver, name, .. } = &call.callee
+                    && dsts.iter().any(|d| act.is_useful(*d)) && act.is_varied(&receiver.atom) {
                         cx.error(call.span, format!("no derivative rule for the method `{name}` on a differentiated value"));
                     }
-                }
             }
             Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| check(cx, f, a, act)),
             Stmt::Loop(lp) => {
                 check(cx, f, &lp.body, act);
-                if let Some(v) = lp.value {
-                    if act.active[v.0 as usize] {
+                if let Some(v) = lp.value
+                    && act.active[v.0 as usize] {
                         cx.error(lp.span, "a loop whose `break` value is differentiated is not supported; assign the value to a variable before `break`");
                     }
-                }
             }
         }
     }

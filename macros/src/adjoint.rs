@@ -854,7 +854,7 @@ impl<'a> Gen<'a> {
         let n = br.arms.len();
         let mut arm_exprs = Vec::new();
         for (i, arm) in br.arms.iter().enumerate() {
-            let record = recorded.then(|| (n, i));
+            let record = recorded.then_some((n, i));
             arm_exprs.push(self.arm_expr(arm, n_payload, payload, record));
         }
         let names: Vec<Ident> = (0..n_payload)

@@ -141,7 +141,7 @@ fn output_shape(f: &Func) -> Option<Val> {
 fn expand_fn(cx: &Ctxt, mut f: ItemFn) -> TokenStream {
     check_signature(cx, &f.sig);
     let params = params(cx, &mut f.sig);
-    let companions = if cx.has_errors() { None } else { companions(cx, &f.vis, &f.sig, &params, &f.block, false, false, false) };
+    let companions = if cx.has_errors() { None } else { companions(cx, &f.vis, &f.sig, &params, &f.block, false, Companions::All) };
     quote!(#f #companions)
 }
 
@@ -165,9 +165,9 @@ pub(crate) fn companions(
     params: &[ParamInfo],
     body: &syn::Block,
     method: bool,
-    params_active: bool,
-    owned_only: bool,
+    which: Companions,
 ) -> Option<TokenStream> {
+    let params_active = which == Companions::Params;
     let (_, g) = generate(cx, params, body, false, params_active)?;
     let ReturnType::Type(_, ret) = &sig.output else { return None };
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
@@ -187,7 +187,7 @@ pub(crate) fn companions(
     if params_active {
         return Some(companion_items(vis, sig, params, owned_body, method, Flavor::Params));
     }
-    if owned_only {
+    if which == Companions::Owned {
         return Some(companion_items(vis, sig, params, owned_body, method, Flavor::Owned));
     }
     let borrowing_body = quote! {
@@ -197,6 +197,18 @@ pub(crate) fn companions(
     let mut out = companion_items(vis, sig, params, borrowing_body, method, Flavor::Borrowing);
     out.extend(companion_items(vis, sig, params, owned_body, method, Flavor::Owned));
     Some(out)
+}
+
+/// Which companions `companions` writes for a body.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Companions {
+    /// A function's or method's: the borrowing ones (`__f_vjp`, `__f_grad`,
+    /// `__f_value_and_grad`) and the owning `__f_vjp_owned`.
+    All,
+    /// A module body's, called only from other generated code: `__f_vjp_owned`.
+    Owned,
+    /// A module body's with parameters differentiated: `__f_vjp_params`.
+    Params,
 }
 
 /// Which companion `companion_items` writes.
@@ -546,7 +558,7 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
             extra.push(crate::module::module_items(cx, &self_ty, m, &params));
             continue;
         }
-        if let Some(c) = companions(cx, &m.vis, &m.sig, &params, &m.block, m.sig.receiver().is_some(), false, false) {
+        if let Some(c) = companions(cx, &m.vis, &m.sig, &params, &m.block, m.sig.receiver().is_some(), Companions::All) {
             extra.push(c);
         }
     }
@@ -872,7 +884,7 @@ fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
                 break __value;
             }
         };
-        let __tangent = ::adjoint::__private::from_components(&__value, &__components);
+        let __tangent = ::adjoint::__private::tangent_from(&__value, &__components);
         (__value, __tangent)
     })
 }
@@ -896,7 +908,7 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
     }
     if let Some(wrt) = &input.wrt {
         for w in wrt {
-            if !params.iter().any(|p| p.3 == w.to_string()) {
+            if !params.iter().any(|p| *w == p.3) {
                 cx.error_at(w, format!("`{w}` is not a parameter of the closure"));
             }
         }
@@ -919,7 +931,7 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
     // The cotangents of the differentiated parameters, in `wrt` order.
     let order: Vec<usize> = match &input.wrt {
-        Some(w) => w.iter().filter_map(|w| params.iter().position(|p| p.3 == w.to_string())).collect(),
+        Some(w) => w.iter().filter_map(|w| params.iter().position(|p| *w == p.3)).collect(),
         None => (0..params.len()).collect(),
     };
     let picks: Vec<TokenStream> =

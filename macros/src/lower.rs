@@ -300,13 +300,11 @@ impl Lowerer<'_> {
     /// A constant argument (an axis, an index, an exponent): a local variable by
     /// name, else a constant expression.
     fn const_atom(&mut self, out: &mut Stmts, e: &Expr) -> Atom {
-        if let Expr::Path(p) = e {
-            if let Some(id) = p.path.get_ident() {
-                if let Some(Val::Atom(a)) = self.lookup(&id.to_string()) {
+        if let Expr::Path(p) = e
+            && let Some(id) = p.path.get_ident()
+                && let Some(Val::Atom(a)) = self.lookup(&id.to_string()) {
                     return a;
                 }
-            }
-        }
         if let Expr::Lit(_) = e {
             return Atom::Lit(e.to_token_stream());
         }
@@ -403,12 +401,11 @@ impl Lowerer<'_> {
             return None;
         }
         let with_rest = |mut arm: Vec<syn::Stmt>| {
-            if let Some(syn::Stmt::Expr(e, None)) = arm.last().cloned() {
-                if !rest.is_empty() {
+            if let Some(syn::Stmt::Expr(e, None)) = arm.last().cloned()
+                && !rest.is_empty() {
                     let n = arm.len();
                     arm[n - 1] = syn::Stmt::Expr(e, Some(Default::default()));
                 }
-            }
             arm.extend(rest.iter().cloned());
             arm
         };
@@ -488,8 +485,8 @@ impl Lowerer<'_> {
             self.cx.error_at(diverge, "`let .. else` is not supported in a #[differentiable] body");
         }
         let pat = strip_type(&local.pat);
-        if let (Pat::Tuple(pt), Expr::Call(_) | Expr::MethodCall(_)) = (pat, &*init.expr) {
-            if let Some(call) = self.call_target(out, &init.expr) {
+        if let (Pat::Tuple(pt), Expr::Call(_) | Expr::MethodCall(_)) = (pat, &*init.expr)
+            && let Some(call) = self.call_target(out, &init.expr) {
                 // `let (a, b) = f(x);`: one statement with a name per field.
                 let mut dsts = Vec::new();
                 let mut binds = Vec::new();
@@ -518,7 +515,6 @@ impl Lowerer<'_> {
                 }
                 return;
             }
-        }
         let val = self.expr(out, &init.expr);
         self.bind_pat(out, &local.pat, val);
     }
@@ -540,11 +536,10 @@ impl Lowerer<'_> {
                 }
                 // A fresh name, so the reverse sweep can still read the value it shadows.
                 // A value just computed takes the user's name; an existing one is shared.
-                if let Val::Atom(Atom::Var(v)) = &val {
-                    if self.is_fresh_temp(*v) {
+                if let Val::Atom(Atom::Var(v)) = &val
+                    && self.is_fresh_temp(*v) {
                         self.rename_temp(*v, &id.ident);
                     }
-                }
                 let _ = &out;
                 self.bind(id.ident.to_string(), val);
             }
@@ -609,11 +604,10 @@ impl Lowerer<'_> {
             Expr::Group(g) => self.expr(out, &g.expr),
             Expr::Lit(_) => Val::Atom(Atom::Lit(e.to_token_stream())),
             Expr::Path(p) => {
-                if let Some(id) = p.path.get_ident() {
-                    if let Some(v) = self.lookup(&id.to_string()) {
+                if let Some(id) = p.path.get_ident()
+                    && let Some(v) = self.lookup(&id.to_string()) {
                         return v;
                     }
-                }
                 Val::Atom(Atom::Lit(e.to_token_stream()))
             }
             Expr::Reference(r) => self.expr(out, &r.expr),
@@ -826,12 +820,11 @@ impl Lowerer<'_> {
                 let name = p.path.get_ident().expect("checked").to_string();
                 let v = self.expr(out, right);
                 // A fresh name for the new value, so the old one stays readable.
-                if let Val::Atom(Atom::Var(var)) = &v {
-                    if self.is_fresh_temp(*var) {
+                if let Val::Atom(Atom::Var(var)) = &v
+                    && self.is_fresh_temp(*var) {
                         let id = p.path.get_ident().expect("checked").clone();
                         self.rename_temp(*var, &id);
                     }
-                }
                 self.assign(&name, v, left.span());
             }
             Expr::Tuple(t) => {
@@ -839,12 +832,11 @@ impl Lowerer<'_> {
                 match v {
                     Val::Tuple(vs) if vs.len() == t.elems.len() => {
                         for (l, v) in t.elems.iter().zip(vs) {
-                            if let Expr::Path(p) = l {
-                                if let Some(id) = p.path.get_ident() {
+                            if let Expr::Path(p) = l
+                                && let Some(id) = p.path.get_ident() {
                                     self.assign(&id.to_string(), v, l.span());
                                     continue;
                                 }
-                            }
                             if !matches!(l, Expr::Infer(_)) {
                                 self.cx.error_at(l, "only local variables may be assigned in a #[differentiable] body");
                             }
@@ -935,21 +927,19 @@ impl Lowerer<'_> {
         }
         let recv_is_self = matches!(&*m.receiver, Expr::Path(p) if p.path.is_ident("self"));
         if (name == "unwrap" || name == "expect") && !recv_is_self {
-            if let Expr::MethodCall(inner) = &*m.receiver {
-                if let Some(rule) = ops::unwrapped_method(&inner.method.to_string()) {
+            if let Expr::MethodCall(inner) = &*m.receiver
+                && let Some(rule) = ops::unwrapped_method(&inner.method.to_string()) {
                     let suffix = m.method.to_token_stream();
                     let args = m.args.iter().map(|a| self.verbatim(a.to_token_stream()));
                     let suffix = quote!(.#suffix(#(#args),*));
                     return self.method_prim(out, inner, rule, suffix);
                 }
-            }
-            if let Expr::Call(c) = &*m.receiver {
-                if let Some(v) = self.variadic(out, c) {
+            if let Expr::Call(c) = &*m.receiver
+                && let Some(v) = self.variadic(out, c) {
                     return v;
                 }
-            }
-            if let Expr::MethodCall(inner) = &*m.receiver {
-                if inner.method == "apply" && self.mentions_local(inner.args.to_token_stream()) {
+            if let Expr::MethodCall(inner) = &*m.receiver
+                && inner.method == "apply" && self.mentions_local(inner.args.to_token_stream()) {
                     // `model.apply(vars, x).unwrap()`: the module applied to variables.
                     let span = inner.method.span();
                     let recv_by_ref = matches!(&*inner.receiver, Expr::Reference(_));
@@ -960,7 +950,6 @@ impl Lowerer<'_> {
                     let call = Call { callee: Callee::Method { receiver, name: inner.method.clone(), generics }, args, span, scoped: Scoped::Apply };
                     return Val::Atom(self.emit(out, Op::Call(call), span));
                 }
-            }
         }
         if recv_is_self {
             return self.method_companion(out, m);
@@ -1090,8 +1079,8 @@ impl Lowerer<'_> {
             return Val::Atom(self.constant(out, &Expr::Call(c.clone())));
         }
         // `f64::sin(x)`, `f32::max(a, b)`: a method of the table called as a function.
-        if segs.len() == 2 && (segs[0] == "f32" || segs[0] == "f64") {
-            if let (Some(rule), Some(first)) = (ops::method(&name), c.args.first()) {
+        if segs.len() == 2 && (segs[0] == "f32" || segs[0] == "f64")
+            && let (Some(rule), Some(first)) = (ops::method(&name), c.args.first()) {
                 let m: syn::ExprMethodCall = syn::ExprMethodCall {
                     attrs: vec![],
                     receiver: Box::new(first.clone()),
@@ -1103,7 +1092,6 @@ impl Lowerer<'_> {
                 };
                 return self.method_prim(out, &m, rule, TokenStream::new());
             }
-        }
         if let Some(rule) = ops::function(&name).or_else(|| ops::elementwise_function(&name)) {
             if c.args.len() < rule.operands {
                 self.cx.error_at(c, format!("`{name}` takes {} argument(s)", rule.operands));

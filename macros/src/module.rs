@@ -6,7 +6,7 @@
 //! gets `init`, `apply` and `apply_with`, plus the companions the transforms call.
 
 use crate::ctxt::Ctxt;
-use crate::expand::{companion_items, companions, param_name, Flavor, ParamInfo};
+use crate::expand::{companion_items, companions, param_name, Companions, Flavor, ParamInfo};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::visit_mut::VisitMut;
@@ -56,10 +56,10 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
     let public: syn::Visibility = syn::parse_quote!(pub);
     // Two flavors of the body's vjp: parameters constant (inside `grad!`), and
     // parameters differentiated (their cotangents returned as `Variables`).
-    let Some(body_inputs_vjp) = companions(cx, &public, &body_sig, params, &body, true, false, true) else {
+    let Some(body_inputs_vjp) = companions(cx, &public, &body_sig, params, &body, true, Companions::Owned) else {
         return TokenStream::new();
     };
-    let Some(body_params_vjp) = companions(cx, &public, &body_sig, params, &body, true, true, true) else {
+    let Some(body_params_vjp) = companions(cx, &public, &body_sig, params, &body, true, Companions::Params) else {
         return TokenStream::new();
     };
     let body_ident = format_ident!("__call_body");
@@ -221,15 +221,13 @@ impl VisitMut for FieldNames {
         if m.method != "call" {
             return;
         }
-        if let syn::Expr::Field(f) = &*m.receiver {
-            if matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self")) {
-                if let syn::Member::Named(field) = &f.member {
+        if let syn::Expr::Field(f) = &*m.receiver
+            && matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self"))
+                && let syn::Member::Named(field) = &f.member {
                     let name = field.to_string();
                     m.method = format_ident!("__call_named", span = m.method.span());
                     let lit = syn::LitStr::new(&name, field.span());
                     m.args.insert(1, syn::parse_quote!(#lit));
                 }
-            }
-        }
     }
 }

@@ -131,7 +131,10 @@ pub fn check_vjp<X: Params, Y: Params>(
         let numeric = (eval(&plus) - eval(&minus)) / (2.0 * h);
         let analytic = claimed.get(i).copied().unwrap_or(f64::NAN);
         let err = (analytic - numeric).abs();
-        if !(err <= tol.atol + tol.rtol * analytic.abs().max(numeric.abs())) {
+        // Written so that a NaN on either side fails the check.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        let fails = !(err <= tol.atol + tol.rtol * analytic.abs().max(numeric.abs()));
+        if fails {
             return Err(GradCheckError { index: i, analytic, numeric });
         }
     }

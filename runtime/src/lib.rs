@@ -69,7 +69,7 @@ pub mod __private {
     pub use crate::rules::nn::*;
     pub use crate::rules::reduce::*;
     pub use crate::rules::shape::*;
-    pub use crate::transforms::{basis_len, from_components, grad_seed, inner, unit_cot, GradOf, ScalarOutput};
+    pub use crate::transforms::{basis_len, grad_seed, inner, tangent_from, unit_cot, GradOf, ScalarOutput};
     pub use crate::scope::{add_param, second_order, vjp_variables};
     pub use crate::value::{Accumulate, Cot, Own, Value};
 

@@ -62,7 +62,7 @@ pub trait Basis: Value {
     /// The cotangent with a one at element `k` and zeros elsewhere.
     fn unit(&self, k: usize) -> Self::Cot;
     /// The tangent with element `k` equal to `values[k]`.
-    fn from_components(&self, values: &[f64]) -> Self::Cot;
+    fn tangent_from(&self, values: &[f64]) -> Self::Cot;
 }
 
 macro_rules! scalar_basis {
@@ -74,7 +74,7 @@ macro_rules! scalar_basis {
             fn unit(&self, _k: usize) -> $t {
                 1.0
             }
-            fn from_components(&self, values: &[f64]) -> $t {
+            fn tangent_from(&self, values: &[f64]) -> $t {
                 values.first().copied().unwrap_or(0.0) as $t
             }
         }
@@ -93,7 +93,7 @@ impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension> B
         }
         u
     }
-    fn from_components(&self, values: &[f64]) -> ndarray::Array<A, D> {
+    fn tangent_from(&self, values: &[f64]) -> ndarray::Array<A, D> {
         let mut out = ndarray::Array::zeros(self.raw_dim());
         for (o, v) in out.iter_mut().zip(values) {
             *o = A::lit(*v);
@@ -152,8 +152,8 @@ pub fn basis_len<T: Basis>(out: &T) -> usize {
 }
 
 /// The tangent of `out` with the given elements.
-pub fn from_components<T: Basis>(out: &T, values: &[f64]) -> T::Cot {
-    out.from_components(values)
+pub fn tangent_from<T: Basis>(out: &T, values: &[f64]) -> T::Cot {
+    out.tangent_from(values)
 }
 
 /// `<cotangent, tangent>`.

@@ -6,8 +6,8 @@
 //! for `exp` and `exp_m1`, and 6e-16 for `tanh`; f32 is computed in f64 and rounded,
 //! within one ulp of the correctly rounded result (libm's `tanhf` is up to two off).
 
-const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
-const LN2_LO: f64 = 1.908_214_929_270_587_700_0e-10;
+const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 /// 1.5 * 2^52: adding and subtracting it rounds to the nearest integer.
 const ROUNDER: f64 = 6_755_399_441_055_744.0;
