@@ -57,6 +57,13 @@ pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
         pt.attrs.retain(|a| !a.path().is_ident("no_grad"));
         let no_grad = pt.attrs.len() != before;
         let active = !no_grad && differentiable_type(&pt.ty, &generics);
+        if active && differentiable_type(&pt.ty, &[]) != differentiable_type(&pt.ty, &generics) {
+            // The rules' trait bounds would have to be spelled out on the companions.
+            cx.error_at(
+                &pt.ty,
+                "a differentiated argument cannot have a generic type yet: write `f32`, `f64` or a concrete array type (or mark the argument #[no_grad])",
+            );
+        }
         let pat = match &*pt.pat {
             Pat::Ident(p) => {
                 let mut p = p.clone();
