@@ -973,9 +973,13 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
             } else {
                 (quote!(__value), quote!((__value, __pb)))
             };
+            // The pullback owns the arguments it reads: a closure cannot return
+            // something that borrows its own arguments.
+            let owned = &g.captured_params;
             quote_spanned_block(span, quote! {
                 #primal
                 let #out = #output;
+                #(let #owned = ::adjoint::__private::own(&#owned);)*
                 let __pb = move |__ct| {
                     let (#(#picks,)*) = { #reverse };
                     #picked

@@ -194,6 +194,14 @@ fn f32_arrays_agree_with_f64() {
 }
 
 #[test]
+fn vjp_of_a_closure_taking_a_reference() {
+    let x = array![1.0, 2.0];
+    let (y, pb) = vjp!(|x: &Array1<f64>| x.mapv(|v| v.sin()) * 2.0)(&x);
+    assert_eq!(y, x.mapv(f64::sin) * 2.0);
+    assert_eq!(pb(array![1.0, 1.0]), x.mapv(f64::cos) * 2.0);
+}
+
+#[test]
 fn vjp_of_a_vector_function() {
     let (y, pb) = vjp!(|x: Array1<f64>| x.mapv(|v| v * v) * 3.0)(array![1.0, 2.0]);
     assert_eq!(y, array![3.0, 12.0]);
