@@ -8,6 +8,7 @@ fn branch(x: f64) -> f64 {
 fn __branch_vjp(
     x: f64,
 ) -> (f64, impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<f64>,)) {
+    let _ = branch;
     let (__p1, __br0) = if x > 1.0 {
         let __t0 = ::adjoint::__private::mul(&x, &x);
         let __t0_shape = ::adjoint::__private::shape_of(&__t0);
@@ -116,6 +117,7 @@ fn __branch_vjp_owned(
     f64,
     impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<f64>,) + use<>,
 ) {
+    let _ = branch;
     let (__p1, __br0) = if x > 1.0 {
         let __t0 = ::adjoint::__private::mul(&x, &x);
         let __t0_shape = ::adjoint::__private::shape_of(&__t0);

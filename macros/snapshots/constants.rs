@@ -20,6 +20,7 @@ fn __xent_vjp<'__l0, '__l1, '__l2>(
         ::adjoint::Cot<f64>,
     ) -> (::adjoint::Cot<&'static Array2<f64>>, (), ()),
 ) {
+    let _ = xent;
     let __t0 = ::adjoint::__private::dot(&x, &c);
     let __t1 = Axis(1);
     let logp = ::adjoint::__private::log_softmax(
@@ -123,6 +124,7 @@ fn __xent_vjp_owned<'__l0, '__l1, '__l2>(
         ::adjoint::Cot<f64>,
     ) -> (::adjoint::Cot<&'static Array2<f64>>, (), ()) + use<>,
 ) {
+    let _ = xent;
     let __t0 = ::adjoint::__private::dot(&x, &c);
     let __t1 = Axis(1);
     let logp = ::adjoint::__private::log_softmax(

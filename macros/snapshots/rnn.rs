@@ -23,6 +23,7 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
             ::adjoint::Cot<&'static Array3<f64>>,
         ),
 ) {
+    let _ = rnn;
     let mut h = Array2::<f64>::zeros((2, 4));
     let mut __carry0_0 = ::core::clone::Clone::clone(&h);
     let __iter0 = ::core::iter::IntoIterator::into_iter(0..5);
@@ -176,6 +177,7 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
             ::adjoint::Cot<&'static Array3<f64>>,
         ) + use<>,
 ) {
+    let _ = rnn;
     let mut h = Array2::<f64>::zeros((2, 4));
     let mut __carry0_0 = ::core::clone::Clone::clone(&h);
     let __iter0 = ::core::iter::IntoIterator::into_iter(0..5);

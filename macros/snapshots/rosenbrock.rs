@@ -19,6 +19,7 @@ fn __rosenbrock_vjp<'__l0>(
         ::adjoint::Cot<f64>,
     ) -> (::adjoint::Cot<&'static Array1<f64>>,),
 ) {
+    let _ = rosenbrock;
     let mut __carry0_0 = 0.0;
     let __iter0 = ::core::iter::IntoIterator::into_iter(0..x.len() - 1);
     let mut __tape0 = ::std::vec::Vec::with_capacity(
@@ -213,6 +214,7 @@ fn __rosenbrock_vjp_owned<'__l0>(
         ::adjoint::Cot<f64>,
     ) -> (::adjoint::Cot<&'static Array1<f64>>,) + use<>,
 ) {
+    let _ = rosenbrock;
     let mut __carry0_0 = 0.0;
     let __iter0 = ::core::iter::IntoIterator::into_iter(0..x.len() - 1);
     let mut __tape0 = ::std::vec::Vec::with_capacity(

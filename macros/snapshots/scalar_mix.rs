@@ -14,6 +14,7 @@ fn __scalar_mix_vjp(
         ::adjoint::Cot<f64>,
     ) -> (::adjoint::Cot<f64>, ::adjoint::Cot<f64>),
 ) {
+    let _ = scalar_mix;
     let __t0 = ::adjoint::__private::mul(&x, &y);
     let __t0_shape = ::adjoint::__private::shape_of(&__t0);
     let __t1 = ::adjoint::__private::sin(&x);
@@ -132,6 +133,7 @@ fn __scalar_mix_vjp_owned(
         ::adjoint::Cot<f64>,
     ) -> (::adjoint::Cot<f64>, ::adjoint::Cot<f64>) + use<>,
 ) {
+    let _ = scalar_mix;
     let __t0 = ::adjoint::__private::mul(&x, &y);
     let __t0_shape = ::adjoint::__private::shape_of(&__t0);
     let __t1 = ::adjoint::__private::sin(&x);

@@ -376,6 +376,11 @@ pub(crate) fn companion_items(
             (__out, #picked)
         }
     });
+    // The companions stand for the function: a function only ever differentiated is
+    // not dead code.
+    let mention = (sig.generics.type_params().next().is_none() && sig.generics.const_params().next().is_none()).then(|| {
+        if method { quote!(let _ = Self::#name;) } else { quote!(let _ = #name;) }
+    });
     quote! {
         #[doc = #doc_vjp]
         #[doc(hidden)]
@@ -387,6 +392,7 @@ pub(crate) fn companion_items(
             -> (#ret, impl ::core::ops::FnOnce(::adjoint::Cot<#ret>) -> (#var_cot_ty #(#cots,)*) #precise)
             #where_clause
         {
+            #mention
             #vjp_body
         }
 
