@@ -10,7 +10,7 @@ fn __branch_vjp(
 ) -> (f64, impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<f64>,)) {
     let _ = branch;
     let (__p1, __br0) = if x > 1.0 {
-        let __t0 = ::adjoint::__private::mul(&x, &x);
+        let __t0 = ::adjoint::__private::square(&x);
         let __t0_shape = ::adjoint::__private::shape_of(&__t0);
         let __t1 = ::adjoint::__private::mul(&__t0, &x);
         (__t1, ::adjoint::__private::Branch2::Arm0((__t0, __t0_shape)))
@@ -48,19 +48,7 @@ fn __branch_vjp(
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
-                        ::adjoint::__private::mul_pb_lhs(
-                            &::adjoint::__private::shape_of(&x),
-                            &x,
-                            ::core::clone::Clone::clone(&__t0_bar),
-                        ),
-                    );
-                    ::adjoint::__private::acc(
-                        &mut x_bar,
-                        ::adjoint::__private::mul_pb_rhs(
-                            &x,
-                            &::adjoint::__private::shape_of(&x),
-                            __t0_bar,
-                        ),
+                        ::adjoint::__private::square_pb(&x, __t0_bar),
                     );
                 }
                 ::adjoint::__private::Branch2::Arm1((__t2_shape,)) => {
@@ -119,7 +107,7 @@ fn __branch_vjp_owned(
 ) {
     let _ = branch;
     let (__p1, __br0) = if x > 1.0 {
-        let __t0 = ::adjoint::__private::mul(&x, &x);
+        let __t0 = ::adjoint::__private::square(&x);
         let __t0_shape = ::adjoint::__private::shape_of(&__t0);
         let __t1 = ::adjoint::__private::mul(&__t0, &x);
         (__t1, ::adjoint::__private::Branch2::Arm0((__t0, __t0_shape)))
@@ -157,19 +145,7 @@ fn __branch_vjp_owned(
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
-                        ::adjoint::__private::mul_pb_lhs(
-                            &::adjoint::__private::shape_of(&x),
-                            &x,
-                            ::core::clone::Clone::clone(&__t0_bar),
-                        ),
-                    );
-                    ::adjoint::__private::acc(
-                        &mut x_bar,
-                        ::adjoint::__private::mul_pb_rhs(
-                            &x,
-                            &::adjoint::__private::shape_of(&x),
-                            __t0_bar,
-                        ),
+                        ::adjoint::__private::square_pb(&x, __t0_bar),
                     );
                 }
                 ::adjoint::__private::Branch2::Arm1((__t2_shape,)) => {

@@ -57,14 +57,13 @@ fn __xent_vjp<'__l0, '__l1, '__l2>(
             let mut logp_bar = ::adjoint::__private::zeros(&logp);
             for (__t3, total_shape, __t4_shape) in __tape0.into_iter().rev() {
                 let mut total_1_bar = total_2_bar_carry;
-                let mut total_bar = ::adjoint::__private::add_pb_lhs(
+                let (total_1_bar_0, total_1_bar_1) = ::adjoint::__private::add_pb_both(
                     &total_shape,
-                    ::core::clone::Clone::clone(&total_1_bar),
-                );
-                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(
                     &__t4_shape,
                     total_1_bar,
                 );
+                let mut total_bar = total_1_bar_0;
+                let mut __t4_bar = total_1_bar_1;
                 ::adjoint::__private::index_pb(&mut logp_bar, __t3, __t4_bar);
                 total_2_bar_carry = total_bar;
             }
@@ -163,14 +162,13 @@ fn __xent_vjp_owned<'__l0, '__l1, '__l2>(
             let mut logp_bar = ::adjoint::__private::zeros(&logp);
             for (__t3, total_shape, __t4_shape) in __tape0.into_iter().rev() {
                 let mut total_1_bar = total_2_bar_carry;
-                let mut total_bar = ::adjoint::__private::add_pb_lhs(
+                let (total_1_bar_0, total_1_bar_1) = ::adjoint::__private::add_pb_both(
                     &total_shape,
-                    ::core::clone::Clone::clone(&total_1_bar),
-                );
-                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(
                     &__t4_shape,
                     total_1_bar,
                 );
+                let mut total_bar = total_1_bar_0;
+                let mut __t4_bar = total_1_bar_1;
                 ::adjoint::__private::index_pb(&mut logp_bar, __t3, __t4_bar);
                 total_2_bar_carry = total_bar;
             }

@@ -48,7 +48,7 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
         __tape0.push((h_1, t, __t2, h_2, __t1_shape, __t4_shape));
     }
     let h_3 = __carry0_0;
-    let __t7 = ::adjoint::__private::mul(&h_3, &h_3);
+    let __t7 = ::adjoint::__private::square(&h_3);
     let __t7_shape = ::adjoint::__private::shape_of(&__t7);
     let __t8 = ::adjoint::__private::sum(&__t7);
     (
@@ -57,19 +57,7 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
             let __ct0 = __ct;
             let mut __t8_bar = __ct0;
             let mut __t7_bar = ::adjoint::__private::sum_pb(&__t7_shape, __t8_bar);
-            let mut h_3_bar = ::adjoint::__private::mul_pb_lhs(
-                &::adjoint::__private::shape_of(&h_3),
-                &h_3,
-                ::core::clone::Clone::clone(&__t7_bar),
-            );
-            ::adjoint::__private::acc(
-                &mut h_3_bar,
-                ::adjoint::__private::mul_pb_rhs(
-                    &h_3,
-                    &::adjoint::__private::shape_of(&h_3),
-                    __t7_bar,
-                ),
-            );
+            let mut h_3_bar = ::adjoint::__private::square_pb(&h_3, __t7_bar);
             let mut h_3_bar_carry = h_3_bar;
             let mut w_bar = ::adjoint::__private::zeros(&w);
             let mut u_bar = ::adjoint::__private::zeros(&u);
@@ -78,14 +66,13 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
             {
                 let mut h_2_bar = h_3_bar_carry;
                 let mut __t5_bar = ::adjoint::__private::tanh_pb(&h_2, h_2_bar);
-                let mut __t1_bar = ::adjoint::__private::add_pb_lhs(
+                let (__t5_bar_0, __t5_bar_1) = ::adjoint::__private::add_pb_both(
                     &__t1_shape,
-                    ::core::clone::Clone::clone(&__t5_bar),
-                );
-                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(
                     &__t4_shape,
                     __t5_bar,
                 );
+                let mut __t1_bar = __t5_bar_0;
+                let mut __t4_bar = __t5_bar_1;
                 let __t3 = ::adjoint::__private::index_axis(&xs, __t2, t);
                 let mut __t3_bar = ::adjoint::__private::dot_pb_lhs(
                     &__t3,
@@ -202,7 +189,7 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
         __tape0.push((h_1, t, __t2, h_2, __t1_shape, __t4_shape));
     }
     let h_3 = __carry0_0;
-    let __t7 = ::adjoint::__private::mul(&h_3, &h_3);
+    let __t7 = ::adjoint::__private::square(&h_3);
     let __t7_shape = ::adjoint::__private::shape_of(&__t7);
     let __t8 = ::adjoint::__private::sum(&__t7);
     let w = ::adjoint::__private::own(&w);
@@ -214,19 +201,7 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
             let __ct0 = __ct;
             let mut __t8_bar = __ct0;
             let mut __t7_bar = ::adjoint::__private::sum_pb(&__t7_shape, __t8_bar);
-            let mut h_3_bar = ::adjoint::__private::mul_pb_lhs(
-                &::adjoint::__private::shape_of(&h_3),
-                &h_3,
-                ::core::clone::Clone::clone(&__t7_bar),
-            );
-            ::adjoint::__private::acc(
-                &mut h_3_bar,
-                ::adjoint::__private::mul_pb_rhs(
-                    &h_3,
-                    &::adjoint::__private::shape_of(&h_3),
-                    __t7_bar,
-                ),
-            );
+            let mut h_3_bar = ::adjoint::__private::square_pb(&h_3, __t7_bar);
             let mut h_3_bar_carry = h_3_bar;
             let mut w_bar = ::adjoint::__private::zeros(&w);
             let mut u_bar = ::adjoint::__private::zeros(&u);
@@ -235,14 +210,13 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
             {
                 let mut h_2_bar = h_3_bar_carry;
                 let mut __t5_bar = ::adjoint::__private::tanh_pb(&h_2, h_2_bar);
-                let mut __t1_bar = ::adjoint::__private::add_pb_lhs(
+                let (__t5_bar_0, __t5_bar_1) = ::adjoint::__private::add_pb_both(
                     &__t1_shape,
-                    ::core::clone::Clone::clone(&__t5_bar),
-                );
-                let mut __t4_bar = ::adjoint::__private::add_pb_rhs(
                     &__t4_shape,
                     __t5_bar,
                 );
+                let mut __t1_bar = __t5_bar_0;
+                let mut __t4_bar = __t5_bar_1;
                 let __t3 = ::adjoint::__private::index_axis(&xs, __t2, t);
                 let mut __t3_bar = ::adjoint::__private::dot_pb_lhs(
                     &__t3,

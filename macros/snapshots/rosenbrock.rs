@@ -33,7 +33,7 @@ fn __rosenbrock_vjp<'__l0>(
         let __t1_shape = ::adjoint::__private::shape_of(&__t1);
         let __t2 = ::adjoint::__private::index(&x, ::core::clone::Clone::clone(&i));
         let __t2_shape = ::adjoint::__private::shape_of(&__t2);
-        let __t3 = ::adjoint::__private::mul(&__t2, &__t2);
+        let __t3 = ::adjoint::__private::square(&__t2);
         let __t3_shape = ::adjoint::__private::shape_of(&__t3);
         let a = ::adjoint::__private::sub(&__t1, &__t3);
         let a_shape = ::adjoint::__private::shape_of(&a);
@@ -42,7 +42,7 @@ fn __rosenbrock_vjp<'__l0>(
         let __t6_shape = ::adjoint::__private::shape_of(&__t6);
         let __t7 = ::adjoint::__private::mul(&__t6, &a);
         let __t7_shape = ::adjoint::__private::shape_of(&__t7);
-        let __t8 = ::adjoint::__private::mul(&b, &b);
+        let __t8 = ::adjoint::__private::square(&b);
         let __t8_shape = ::adjoint::__private::shape_of(&__t8);
         let __t9 = ::adjoint::__private::add(&__t7, &__t8);
         let __t9_shape = ::adjoint::__private::shape_of(&__t9);
@@ -85,42 +85,28 @@ fn __rosenbrock_vjp<'__l0>(
                 __t9_shape,
             ) in __tape0.into_iter().rev() {
                 let mut s_1_bar = s_2_bar_carry;
-                let mut s_bar = ::adjoint::__private::add_pb_lhs(
+                let (s_1_bar_0, s_1_bar_1) = ::adjoint::__private::add_pb_both(
                     &s_shape,
-                    ::core::clone::Clone::clone(&s_1_bar),
-                );
-                let mut __t9_bar = ::adjoint::__private::add_pb_rhs(
                     &__t9_shape,
                     s_1_bar,
                 );
-                let mut __t7_bar = ::adjoint::__private::add_pb_lhs(
+                let mut s_bar = s_1_bar_0;
+                let mut __t9_bar = s_1_bar_1;
+                let (__t9_bar_0, __t9_bar_1) = ::adjoint::__private::add_pb_both(
                     &__t7_shape,
-                    ::core::clone::Clone::clone(&__t9_bar),
-                );
-                let mut __t8_bar = ::adjoint::__private::add_pb_rhs(
                     &__t8_shape,
                     __t9_bar,
                 );
+                let mut __t7_bar = __t9_bar_0;
+                let mut __t8_bar = __t9_bar_1;
                 let __t2 = ::adjoint::__private::index(&x, i);
                 let b = ::adjoint::__private::sub(
                     &::adjoint::__private::lit(&__t2, 1.0),
                     &__t2,
                 );
-                let mut b_bar = ::adjoint::__private::mul_pb_lhs(
-                    &::adjoint::__private::shape_of(&b),
-                    &b,
-                    ::core::clone::Clone::clone(&__t8_bar),
-                );
-                ::adjoint::__private::acc(
-                    &mut b_bar,
-                    ::adjoint::__private::mul_pb_rhs(
-                        &b,
-                        &::adjoint::__private::shape_of(&b),
-                        __t8_bar,
-                    ),
-                );
+                let mut b_bar = ::adjoint::__private::square_pb(&b, __t8_bar);
                 let __t1 = ::adjoint::__private::index(&x, __t0);
-                let __t3 = ::adjoint::__private::mul(&__t2, &__t2);
+                let __t3 = ::adjoint::__private::square(&__t2);
                 let a = ::adjoint::__private::sub(&__t1, &__t3);
                 let mut __t6_bar = ::adjoint::__private::mul_pb_lhs(
                     &__t6_shape,
@@ -145,26 +131,16 @@ fn __rosenbrock_vjp<'__l0>(
                     ),
                 );
                 let mut __t2_bar = ::adjoint::__private::sub_pb_rhs(&__t2_shape, b_bar);
-                let mut __t1_bar = ::adjoint::__private::sub_pb_lhs(
+                let (a_bar_0, a_bar_1) = ::adjoint::__private::sub_pb_both(
                     &__t1_shape,
-                    ::core::clone::Clone::clone(&a_bar),
+                    &__t3_shape,
+                    a_bar,
                 );
-                let mut __t3_bar = ::adjoint::__private::sub_pb_rhs(&__t3_shape, a_bar);
+                let mut __t1_bar = a_bar_0;
+                let mut __t3_bar = a_bar_1;
                 ::adjoint::__private::acc(
                     &mut __t2_bar,
-                    ::adjoint::__private::mul_pb_lhs(
-                        &::adjoint::__private::shape_of(&__t2),
-                        &__t2,
-                        ::core::clone::Clone::clone(&__t3_bar),
-                    ),
-                );
-                ::adjoint::__private::acc(
-                    &mut __t2_bar,
-                    ::adjoint::__private::mul_pb_rhs(
-                        &__t2,
-                        &::adjoint::__private::shape_of(&__t2),
-                        __t3_bar,
-                    ),
+                    ::adjoint::__private::square_pb(&__t2, __t3_bar),
                 );
                 ::adjoint::__private::index_pb(&mut x_bar, i, __t2_bar);
                 ::adjoint::__private::index_pb(&mut x_bar, __t0, __t1_bar);
@@ -228,7 +204,7 @@ fn __rosenbrock_vjp_owned<'__l0>(
         let __t1_shape = ::adjoint::__private::shape_of(&__t1);
         let __t2 = ::adjoint::__private::index(&x, ::core::clone::Clone::clone(&i));
         let __t2_shape = ::adjoint::__private::shape_of(&__t2);
-        let __t3 = ::adjoint::__private::mul(&__t2, &__t2);
+        let __t3 = ::adjoint::__private::square(&__t2);
         let __t3_shape = ::adjoint::__private::shape_of(&__t3);
         let a = ::adjoint::__private::sub(&__t1, &__t3);
         let a_shape = ::adjoint::__private::shape_of(&a);
@@ -237,7 +213,7 @@ fn __rosenbrock_vjp_owned<'__l0>(
         let __t6_shape = ::adjoint::__private::shape_of(&__t6);
         let __t7 = ::adjoint::__private::mul(&__t6, &a);
         let __t7_shape = ::adjoint::__private::shape_of(&__t7);
-        let __t8 = ::adjoint::__private::mul(&b, &b);
+        let __t8 = ::adjoint::__private::square(&b);
         let __t8_shape = ::adjoint::__private::shape_of(&__t8);
         let __t9 = ::adjoint::__private::add(&__t7, &__t8);
         let __t9_shape = ::adjoint::__private::shape_of(&__t9);
@@ -281,42 +257,28 @@ fn __rosenbrock_vjp_owned<'__l0>(
                 __t9_shape,
             ) in __tape0.into_iter().rev() {
                 let mut s_1_bar = s_2_bar_carry;
-                let mut s_bar = ::adjoint::__private::add_pb_lhs(
+                let (s_1_bar_0, s_1_bar_1) = ::adjoint::__private::add_pb_both(
                     &s_shape,
-                    ::core::clone::Clone::clone(&s_1_bar),
-                );
-                let mut __t9_bar = ::adjoint::__private::add_pb_rhs(
                     &__t9_shape,
                     s_1_bar,
                 );
-                let mut __t7_bar = ::adjoint::__private::add_pb_lhs(
+                let mut s_bar = s_1_bar_0;
+                let mut __t9_bar = s_1_bar_1;
+                let (__t9_bar_0, __t9_bar_1) = ::adjoint::__private::add_pb_both(
                     &__t7_shape,
-                    ::core::clone::Clone::clone(&__t9_bar),
-                );
-                let mut __t8_bar = ::adjoint::__private::add_pb_rhs(
                     &__t8_shape,
                     __t9_bar,
                 );
+                let mut __t7_bar = __t9_bar_0;
+                let mut __t8_bar = __t9_bar_1;
                 let __t2 = ::adjoint::__private::index(&x, i);
                 let b = ::adjoint::__private::sub(
                     &::adjoint::__private::lit(&__t2, 1.0),
                     &__t2,
                 );
-                let mut b_bar = ::adjoint::__private::mul_pb_lhs(
-                    &::adjoint::__private::shape_of(&b),
-                    &b,
-                    ::core::clone::Clone::clone(&__t8_bar),
-                );
-                ::adjoint::__private::acc(
-                    &mut b_bar,
-                    ::adjoint::__private::mul_pb_rhs(
-                        &b,
-                        &::adjoint::__private::shape_of(&b),
-                        __t8_bar,
-                    ),
-                );
+                let mut b_bar = ::adjoint::__private::square_pb(&b, __t8_bar);
                 let __t1 = ::adjoint::__private::index(&x, __t0);
-                let __t3 = ::adjoint::__private::mul(&__t2, &__t2);
+                let __t3 = ::adjoint::__private::square(&__t2);
                 let a = ::adjoint::__private::sub(&__t1, &__t3);
                 let mut __t6_bar = ::adjoint::__private::mul_pb_lhs(
                     &__t6_shape,
@@ -341,26 +303,16 @@ fn __rosenbrock_vjp_owned<'__l0>(
                     ),
                 );
                 let mut __t2_bar = ::adjoint::__private::sub_pb_rhs(&__t2_shape, b_bar);
-                let mut __t1_bar = ::adjoint::__private::sub_pb_lhs(
+                let (a_bar_0, a_bar_1) = ::adjoint::__private::sub_pb_both(
                     &__t1_shape,
-                    ::core::clone::Clone::clone(&a_bar),
+                    &__t3_shape,
+                    a_bar,
                 );
-                let mut __t3_bar = ::adjoint::__private::sub_pb_rhs(&__t3_shape, a_bar);
+                let mut __t1_bar = a_bar_0;
+                let mut __t3_bar = a_bar_1;
                 ::adjoint::__private::acc(
                     &mut __t2_bar,
-                    ::adjoint::__private::mul_pb_lhs(
-                        &::adjoint::__private::shape_of(&__t2),
-                        &__t2,
-                        ::core::clone::Clone::clone(&__t3_bar),
-                    ),
-                );
-                ::adjoint::__private::acc(
-                    &mut __t2_bar,
-                    ::adjoint::__private::mul_pb_rhs(
-                        &__t2,
-                        &::adjoint::__private::shape_of(&__t2),
-                        __t3_bar,
-                    ),
+                    ::adjoint::__private::square_pb(&__t2, __t3_bar),
                 );
                 ::adjoint::__private::index_pb(&mut x_bar, i, __t2_bar);
                 ::adjoint::__private::index_pb(&mut x_bar, __t0, __t1_bar);

@@ -22,7 +22,7 @@ fn __scalar_mix_vjp(
     let __t2 = ::adjoint::__private::exp(&y);
     let __t3 = ::adjoint::__private::mul(&__t1, &__t2);
     let __t3_shape = ::adjoint::__private::shape_of(&__t3);
-    let __t4 = ::adjoint::__private::mul(&x, &x);
+    let __t4 = ::adjoint::__private::square(&x);
     let __t4_shape = ::adjoint::__private::shape_of(&__t4);
     let __t5 = ::adjoint::__private::add(&::adjoint::__private::lit(&__t4, 1.0), &__t4);
     let __t6 = ::adjoint::__private::div(&__t3, &__t5);
@@ -33,11 +33,13 @@ fn __scalar_mix_vjp(
         move |__ct: ::adjoint::Cot<f64>| {
             let __ct0 = __ct;
             let mut __t7_bar = __ct0;
-            let mut __t0_bar = ::adjoint::__private::add_pb_lhs(
+            let (__t7_bar_0, __t7_bar_1) = ::adjoint::__private::add_pb_both(
                 &__t0_shape,
-                ::core::clone::Clone::clone(&__t7_bar),
+                &__t6_shape,
+                __t7_bar,
             );
-            let mut __t6_bar = ::adjoint::__private::add_pb_rhs(&__t6_shape, __t7_bar);
+            let mut __t0_bar = __t7_bar_0;
+            let mut __t6_bar = __t7_bar_1;
             let mut __t3_bar = ::adjoint::__private::div_pb_lhs(
                 &__t3_shape,
                 &__t5,
@@ -45,19 +47,7 @@ fn __scalar_mix_vjp(
             );
             let mut __t5_bar = ::adjoint::__private::div_pb_rhs(&__t5, &__t6, __t6_bar);
             let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4_shape, __t5_bar);
-            let mut x_bar = ::adjoint::__private::mul_pb_lhs(
-                &::adjoint::__private::shape_of(&x),
-                &x,
-                ::core::clone::Clone::clone(&__t4_bar),
-            );
-            ::adjoint::__private::acc(
-                &mut x_bar,
-                ::adjoint::__private::mul_pb_rhs(
-                    &x,
-                    &::adjoint::__private::shape_of(&x),
-                    __t4_bar,
-                ),
-            );
+            let mut x_bar = ::adjoint::__private::square_pb(&x, __t4_bar);
             let mut __t1_bar = ::adjoint::__private::mul_pb_lhs(
                 &__t1_shape,
                 &__t2,
@@ -141,7 +131,7 @@ fn __scalar_mix_vjp_owned(
     let __t2 = ::adjoint::__private::exp(&y);
     let __t3 = ::adjoint::__private::mul(&__t1, &__t2);
     let __t3_shape = ::adjoint::__private::shape_of(&__t3);
-    let __t4 = ::adjoint::__private::mul(&x, &x);
+    let __t4 = ::adjoint::__private::square(&x);
     let __t4_shape = ::adjoint::__private::shape_of(&__t4);
     let __t5 = ::adjoint::__private::add(&::adjoint::__private::lit(&__t4, 1.0), &__t4);
     let __t6 = ::adjoint::__private::div(&__t3, &__t5);
@@ -152,11 +142,13 @@ fn __scalar_mix_vjp_owned(
         move |__ct: ::adjoint::Cot<f64>| {
             let __ct0 = __ct;
             let mut __t7_bar = __ct0;
-            let mut __t0_bar = ::adjoint::__private::add_pb_lhs(
+            let (__t7_bar_0, __t7_bar_1) = ::adjoint::__private::add_pb_both(
                 &__t0_shape,
-                ::core::clone::Clone::clone(&__t7_bar),
+                &__t6_shape,
+                __t7_bar,
             );
-            let mut __t6_bar = ::adjoint::__private::add_pb_rhs(&__t6_shape, __t7_bar);
+            let mut __t0_bar = __t7_bar_0;
+            let mut __t6_bar = __t7_bar_1;
             let mut __t3_bar = ::adjoint::__private::div_pb_lhs(
                 &__t3_shape,
                 &__t5,
@@ -164,19 +156,7 @@ fn __scalar_mix_vjp_owned(
             );
             let mut __t5_bar = ::adjoint::__private::div_pb_rhs(&__t5, &__t6, __t6_bar);
             let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4_shape, __t5_bar);
-            let mut x_bar = ::adjoint::__private::mul_pb_lhs(
-                &::adjoint::__private::shape_of(&x),
-                &x,
-                ::core::clone::Clone::clone(&__t4_bar),
-            );
-            ::adjoint::__private::acc(
-                &mut x_bar,
-                ::adjoint::__private::mul_pb_rhs(
-                    &x,
-                    &::adjoint::__private::shape_of(&x),
-                    __t4_bar,
-                ),
-            );
+            let mut x_bar = ::adjoint::__private::square_pb(&x, __t4_bar);
             let mut __t1_bar = ::adjoint::__private::mul_pb_lhs(
                 &__t1_shape,
                 &__t2,

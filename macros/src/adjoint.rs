@@ -486,6 +486,18 @@ impl<'a> Gen<'a> {
             }
             return;
         }
+        if let Some(joint) = &rule.joint {
+            if operands.iter().all(|a| self.act.is_active(&a.atom)) {
+                let f = Ident::new(joint.func, Span::call_site());
+                let args: Vec<TokenStream> = joint.reads.iter().map(|rd| self.pb_arg(r, dst, rule, operands, consts, rd, &[])).collect();
+                let parts: Vec<Ident> = (0..operands.len()).map(|i| format_ident!("{}_{}", bar, i)).collect();
+                r.code.push(quote!(let (#(#parts,)*) = ::adjoint::__private::#f(#(#args,)* #bar);));
+                for (a, p) in operands.iter().zip(&parts) {
+                    self.contribute(r, &a.atom, p.to_token_stream());
+                }
+                return;
+            }
+        }
         let pbs: Vec<(usize, &crate::ops::Pullback)> = operands
             .iter()
             .enumerate()
@@ -507,37 +519,8 @@ impl<'a> Gen<'a> {
                     _ => None,
                 })
                 .collect();
-            let mut args: Vec<TokenStream> = Vec::new();
-            for read in pb.reads {
-                args.push(match read {
-                    Read::Operand(j) => {
-                        let x = self.read_operand(r, operands, *j);
-                        quote!(&#x)
-                    }
-                    Read::Out => {
-                        let y = self.read_var(r, dst);
-                        quote!(&#y)
-                    }
-                    Read::Shape(j) => match &operands[*j].atom {
-                        Atom::Var(v) if read_values.contains(v) || r.reads.contains(&Slot::Var(*v)) => {
-                            let x = self.read_var(r, *v);
-                            quote!(&::adjoint::__private::shape_of(&#x))
-                        }
-                        Atom::Var(v) => {
-                            let s = self.read_slot(r, Slot::Shape(*v));
-                            quote!(&#s)
-                        }
-                        Atom::Lit(_) => {
-                            let x = self.read_operand(r, operands, *j);
-                            quote!(&::adjoint::__private::shape_of(&#x))
-                        }
-                    },
-                    Read::Const(j) => {
-                        let c = self.read_atom(r, &consts[*j]);
-                        if rule.consts_by_ref { quote!(&#c) } else { c }
-                    }
-                });
-            }
+            let args: Vec<TokenStream> =
+                pb.reads.iter().map(|rd| self.pb_arg(r, dst, rule, operands, consts, rd, &read_values)).collect();
             let target = &operands[i].atom;
             match pb.style {
                 Style::Returns => {
@@ -550,6 +533,49 @@ impl<'a> Gen<'a> {
                     let acc = self.bar(v);
                     r.code.push(quote!(::adjoint::__private::#f(&mut #acc, #(#args,)* #ct);));
                 }
+            }
+        }
+    }
+
+    /// One argument of a pullback call: an operand or the output by reference, an
+    /// operand's shape, or a constant.
+    #[allow(clippy::too_many_arguments)]
+    fn pb_arg(
+        &self,
+        r: &mut Rev,
+        dst: Var,
+        rule: &crate::ops::Rule,
+        operands: &[Arg],
+        consts: &[Atom],
+        read: &Read,
+        read_values: &[Var],
+    ) -> TokenStream {
+        match read {
+            Read::Operand(j) => {
+                let x = self.read_operand(r, operands, *j);
+                quote!(&#x)
+            }
+            Read::Out => {
+                let y = self.read_var(r, dst);
+                quote!(&#y)
+            }
+            Read::Shape(j) => match &operands[*j].atom {
+                Atom::Var(v) if read_values.contains(v) || r.reads.contains(&Slot::Var(*v)) => {
+                    let x = self.read_var(r, *v);
+                    quote!(&::adjoint::__private::shape_of(&#x))
+                }
+                Atom::Var(v) => {
+                    let s = self.read_slot(r, Slot::Shape(*v));
+                    quote!(&#s)
+                }
+                Atom::Lit(_) => {
+                    let x = self.read_operand(r, operands, *j);
+                    quote!(&::adjoint::__private::shape_of(&#x))
+                }
+            },
+            Read::Const(j) => {
+                let c = self.read_atom(r, &consts[*j]);
+                if rule.consts_by_ref { quote!(&#c) } else { c }
             }
         }
     }
@@ -1047,6 +1073,10 @@ impl<'a> Gen<'a> {
             Native::Neg => {
                 let a = &ops[0];
                 quote!(-#a)
+            }
+            Native::Square => {
+                let a = self.atom(&operands[0].atom);
+                quote!(&#a * &#a)
             }
             Native::Index => {
                 let a = self.atom(&operands[0].atom);

@@ -230,6 +230,8 @@ pub enum Native {
     Binary(TokenStream),
     /// `-x`.
     Neg,
+    /// `x * x`, written `&x * &x`.
+    Square,
     /// `x[idx]`.
     Index,
     /// `x as T`.

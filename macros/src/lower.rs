@@ -795,6 +795,10 @@ impl Lowerer<'_> {
         }
         let l = self.operand(out, &b.left);
         let r = self.operand(out, &b.right);
+        if rule.func == "mul" && matches!((&l.atom, &r.atom), (Atom::Var(a), Atom::Var(b)) if a == b) {
+            // `x * x`: one pullback (2 x ct) instead of two and a sum.
+            return Val::Atom(self.prim(out, &ops::SQUARE, vec![l], vec![], Native::Square, span));
+        }
         Val::Atom(self.prim(out, rule, vec![l, r], vec![], Native::Binary(sym), span))
     }
 

@@ -48,6 +48,9 @@ pub struct Rule {
     /// Applied element by element: on scalars the result is a scalar, cheap enough
     /// for a loop's reverse sweep to recompute rather than save.
     pub elementwise: bool,
+    /// One pullback for all operands at once, used when all are active: it returns a
+    /// tuple and may share work or the cotangent's buffer between them.
+    pub joint: Option<Pullback>,
 }
 
 use Read::{Const, Operand, Out, Shape};
@@ -63,7 +66,7 @@ macro_rules! pb {
 
 macro_rules! rule {
     ($f:literal, $n:literal, [$($pb:expr),*]) => {
-        Rule { func: $f, operands: $n, pullbacks: &[$($pb),*], consts_by_ref: false, view: false, elementwise: false }
+        Rule { func: $f, operands: $n, pullbacks: &[$($pb),*], consts_by_ref: false, view: false, elementwise: false, joint: None }
     };
 }
 
@@ -80,6 +83,12 @@ impl Rule {
         self
     }
 
+    /// Gives the rule a joint pullback for when every operand is active.
+    const fn joint(mut self, pb: Option<Pullback>) -> Self {
+        self.joint = pb;
+        self
+    }
+
     /// Marks the constants as passed by reference.
     const fn consts_by_ref(mut self) -> Self {
         self.consts_by_ref = true;
@@ -87,8 +96,14 @@ impl Rule {
     }
 }
 
-pub static ADD: Rule = rule!("add", 2, [pb!("add_pb_lhs" [Shape(0)]), pb!("add_pb_rhs" [Shape(1)])]).elementwise();
-pub static SUB: Rule = rule!("sub", 2, [pb!("sub_pb_lhs" [Shape(0)]), pb!("sub_pb_rhs" [Shape(1)])]).elementwise();
+pub static ADD: Rule = rule!("add", 2, [pb!("add_pb_lhs" [Shape(0)]), pb!("add_pb_rhs" [Shape(1)])])
+    .elementwise()
+    .joint(pb!("add_pb_both" [Shape(0), Shape(1)]));
+pub static SUB: Rule = rule!("sub", 2, [pb!("sub_pb_lhs" [Shape(0)]), pb!("sub_pb_rhs" [Shape(1)])])
+    .elementwise()
+    .joint(pb!("sub_pb_both" [Shape(0), Shape(1)]));
+/// `x * x` (a product of a value with itself).
+pub static SQUARE: Rule = rule!("square", 1, [pb!("square_pb" [Operand(0)])]).elementwise();
 pub static MUL: Rule =
     rule!("mul", 2, [pb!("mul_pb_lhs" [Shape(0), Operand(1)]), pb!("mul_pb_rhs" [Operand(0), Shape(1)])]).elementwise();
 pub static DIV: Rule =

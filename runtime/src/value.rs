@@ -333,6 +333,20 @@ impl<A: Real, D: Dimension> Unbroadcast<A> for ArrayShape<A, D> {
     }
 }
 
+/// [`unbroadcast_to`] from a reference: the first reduction reads a view, so the full
+/// cotangent is not copied (unless no reduction is needed).
+pub(crate) fn unbroadcast_ref<A: Real, E: Dimension, D: Dimension>(ct: &Array<A, E>, dim: &D) -> Array<A, D> {
+    let view = ct.view().into_dyn();
+    let lead = ct.ndim().saturating_sub(dim.ndim());
+    if lead > 0 {
+        return unbroadcast_to(view.sum_axis(ndarray::Axis(0)), dim);
+    }
+    match dim.slice().iter().enumerate().find(|&(axis, &len)| len == 1 && ct.shape()[axis] != 1) {
+        Some((axis, _)) => unbroadcast_to(view.sum_axis(ndarray::Axis(axis)).insert_axis(ndarray::Axis(axis)), dim),
+        None => unbroadcast_to(ct.clone(), dim),
+    }
+}
+
 /// Sums `ct` over the leading axes and the length-1 axes of `dim` that broadcasting
 /// stretched, returning an array of shape `dim`. A cotangent that already has the
 /// shape is moved, not copied.

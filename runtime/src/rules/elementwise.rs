@@ -592,3 +592,96 @@ where
 {
     x.primal().pull(ct, |g, v| df(v, g))
 }
+
+/// `x * x`.
+#[inline]
+pub fn square<X: Value>(x: &X) -> Owned<X>
+where
+    X::Primal: Elementwise,
+{
+    x.primal().map(|v| v * v)
+}
+
+/// Pullback of [`square`]: `2 x ct`, in place on the cotangent.
+#[inline]
+pub fn square_pb<X: Value>(x: &X, ct: Owned<X>) -> Owned<X>
+where
+    X::Primal: Elementwise,
+{
+    x.primal().pull(ct, |g, v| (g + g) * v)
+}
+
+/// Both pullbacks of [`add`] at once: the cotangent moves into whichever operand has
+/// the output's shape, and the other is reduced from a reference, so no copy is made.
+#[inline]
+pub fn add_pb_both<SX, SY, Ct>(x: &SX, y: &SY, ct: Ct) -> (UnbCot<SX, Ct>, UnbCot<SY, Ct>)
+where
+    SX: Unbroadcast<Ct>,
+    SY: Unbroadcast<Ct>,
+    Ct: ReduceRef<SY> + ReduceRef<SX>,
+{
+    if ReduceRef::<SX>::keeps_shape(&ct, x) {
+        let cy = ReduceRef::<SY>::reduce_ref(&ct, y);
+        (x.unbroadcast(ct), cy)
+    } else {
+        let cx = ReduceRef::<SX>::reduce_ref(&ct, x);
+        (cx, y.unbroadcast(ct))
+    }
+}
+
+/// Both pullbacks of [`sub`] at once (see [`add_pb_both`]).
+#[inline]
+pub fn sub_pb_both<SX, SY, Ct>(x: &SX, y: &SY, ct: Ct) -> (UnbCot<SX, Ct>, UnbCot<SY, Ct>)
+where
+    SX: Unbroadcast<Ct>,
+    SY: Unbroadcast<Ct>,
+    Ct: ReduceRef<SY> + ReduceRef<SX> + Elementwise<Owned = Ct>,
+    UnbCot<SY, Ct>: Elementwise<Owned = UnbCot<SY, Ct>>,
+{
+    let (cx, cy) = add_pb_both(x, y, ct);
+    (cx, cy.map(|g| -g))
+}
+
+/// Reducing a cotangent to an operand's shape from a reference.
+pub trait ReduceRef<S: Unbroadcast<Self>>: Sized {
+    /// Whether the cotangent already has the shape `s` (no reduction).
+    fn keeps_shape(&self, s: &S) -> bool;
+    /// The cotangent reduced to `s`, without consuming it.
+    fn reduce_ref(&self, s: &S) -> S::Cot;
+}
+
+macro_rules! scalar_reduce_ref {
+    ($($t:ty),*) => {$(
+        impl ReduceRef<crate::value::ScalarShape<$t>> for $t {
+            #[inline(always)]
+            fn keeps_shape(&self, _: &crate::value::ScalarShape<$t>) -> bool {
+                true
+            }
+            #[inline(always)]
+            fn reduce_ref(&self, _: &crate::value::ScalarShape<$t>) -> $t {
+                *self
+            }
+        }
+        impl<E: Dimension> ReduceRef<crate::value::ScalarShape<$t>> for Array<$t, E> {
+            #[inline]
+            fn keeps_shape(&self, _: &crate::value::ScalarShape<$t>) -> bool {
+                false
+            }
+            #[inline]
+            fn reduce_ref(&self, _: &crate::value::ScalarShape<$t>) -> $t {
+                self.sum()
+            }
+        }
+    )*};
+}
+scalar_reduce_ref!(f32, f64);
+
+impl<A: Real, D: Dimension, E: Dimension> ReduceRef<crate::value::ArrayShape<A, D>> for Array<A, E> {
+    #[inline]
+    fn keeps_shape(&self, s: &crate::value::ArrayShape<A, D>) -> bool {
+        self.shape() == s.0.slice()
+    }
+    fn reduce_ref(&self, s: &crate::value::ArrayShape<A, D>) -> Array<A, D> {
+        crate::value::unbroadcast_ref(self, &s.0)
+    }
+}
