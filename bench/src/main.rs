@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo run --release --manifest-path bench/Cargo.toml`
 
+mod candle_peer;
 mod workloads;
 
 use std::time::Instant;
@@ -50,6 +51,8 @@ pub struct Workload {
     pub adjoint: Box<dyn FnMut()>,
     pub hand: Box<dyn FnMut()>,
     pub primal: Box<dyn FnMut()>,
+    /// The same gradient in candle.
+    pub candle: Box<dyn FnMut()>,
 }
 
 fn fmt_time(s: f64) -> String {
@@ -58,23 +61,25 @@ fn fmt_time(s: f64) -> String {
 
 fn main() {
     let filter = std::env::args().nth(1);
-    println!("| workload | adjoint | hand-written | primal | adjoint / hand | gradient / primal | peak memory (adjoint / hand) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| workload | adjoint | hand-written | primal | candle | adjoint / hand | gradient / primal | adjoint / candle | peak memory (adjoint / hand) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for mut w in workloads::all() {
         if filter.as_deref().is_some_and(|f| !w.name.contains(f)) {
             continue;
         }
-        let m = medians(&mut [&mut w.adjoint, &mut w.hand, &mut w.primal], w.runs);
-        let (a, h, p) = (m[0], m[1], m[2]);
+        let m = medians(&mut [&mut w.adjoint, &mut w.hand, &mut w.primal, &mut w.candle], w.runs);
+        let (a, h, p, c) = (m[0], m[1], m[2], m[3]);
         let (ma, mh) = (peak_bytes(&mut w.adjoint), peak_bytes(&mut w.hand));
         println!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.1} / {:.1} KiB |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} / {:.1} KiB |",
             w.name,
             fmt_time(a),
             fmt_time(h),
             fmt_time(p),
+            fmt_time(c),
             a / h,
             a / p,
+            a / c,
             ma as f64 / 1024.0,
             mh as f64 / 1024.0
         );

@@ -1,6 +1,7 @@
 //! The workloads W1-W4 of the benchmark issue, each written three ways.
 
 use crate::Workload;
+use crate::candle_peer;
 use adjoint::prelude::*;
 // The hand-written gradients use the same vectorising tanh as the generated code.
 use adjoint::rules::kernels;
@@ -53,6 +54,8 @@ fn rosenbrock_grad_by_hand(x: &Array1<f64>) -> Array1<f64> {
 fn w1() -> Workload {
     let x = pattern1(1000, 1, 1.5);
     assert_close("W1", &flat(&grad!(rosenbrock)(&x)), &flat(&rosenbrock_grad_by_hand(&x)));
+    let candle = candle_peer::Rosenbrock::new(&x).expect("candle W1");
+    assert_close("W1 candle", &candle.grad().expect("candle W1")[0], &flat(&grad!(rosenbrock)(&x)));
     let (x1, x2, x3) = (x.clone(), x.clone(), x);
     Workload {
         name: "W1 Rosenbrock n=1000 (scalar loop)",
@@ -65,6 +68,9 @@ fn w1() -> Workload {
         }),
         primal: Box::new(move || {
             black_box(rosenbrock(black_box(&x3)));
+        }),
+        candle: Box::new(move || {
+            black_box(candle.grad().expect("candle W1"));
         }),
     }
 }
@@ -132,6 +138,10 @@ fn w2() -> Workload {
     assert_close("W2 w1", &flat(&a.0), &flat(&h.0));
     assert_close("W2 b1", &flat(&a.1), &flat(&h.1));
     assert_close("W2 w3", &flat(&a.4), &flat(&h.4));
+    let candle = candle_peer::Mlp::new([&p.0, &p.2, &p.4], [&p.1, &p.3, &p.5], &x, &t, false).expect("candle W2");
+    let cg = candle.grad().expect("candle W2");
+    assert_close("W2 candle w1", &cg[0], &flat(&a.0));
+    assert_close("W2 candle b3", &cg[5], &flat(&a.5));
     let (pa, pb, pc) = (p.clone(), p.clone(), p);
     let (xa, xb, xc) = (x.clone(), x.clone(), x);
     let (ta, tb, tc) = (t.clone(), t.clone(), t);
@@ -146,6 +156,9 @@ fn w2() -> Workload {
         }),
         primal: Box::new(move || {
             black_box(mlp_tanh(&pc.0, &pc.1, &pc.2, &pc.3, &pc.4, &pc.5, black_box(&xc), &tc));
+        }),
+        candle: Box::new(move || {
+            black_box(candle.grad().expect("candle W2"));
         }),
     }
 }
@@ -223,6 +236,10 @@ fn w3() -> Workload {
     assert_close("W3 w1", &flat(&a.0), &flat(&h.0));
     assert_close("W3 b2", &flat(&a.3), &flat(&h.3));
     assert_close("W3 w3", &flat(&a.4), &flat(&h.4));
+    let candle = candle_peer::Mlp::new([&p.0, &p.2, &p.4], [&p.1, &p.3, &p.5], &x, &onehot, true).expect("candle W3");
+    let cg = candle.grad().expect("candle W3");
+    assert_close("W3 candle w1", &cg[0], &flat(&a.0));
+    assert_close("W3 candle b3", &cg[5], &flat(&a.5));
     let (pa, pb, pc) = (p.clone(), p.clone(), p);
     let (xa, xb, xc) = (x.clone(), x.clone(), x);
     let (ta, tb, tc) = (onehot.clone(), onehot.clone(), onehot);
@@ -237,6 +254,9 @@ fn w3() -> Workload {
         }),
         primal: Box::new(move || {
             black_box(mlp_xent(&pc.0, &pc.1, &pc.2, &pc.3, &pc.4, &pc.5, black_box(&xc), &tc));
+        }),
+        candle: Box::new(move || {
+            black_box(candle.grad().expect("candle W3"));
         }),
     }
 }
@@ -281,6 +301,10 @@ fn w4() -> Workload {
     assert_close("W4 w", &flat(&a.0), &flat(&h.0));
     assert_close("W4 u", &flat(&a.1), &flat(&h.1));
     assert_close("W4 b", &flat(&a.2), &flat(&h.2));
+    let candle = candle_peer::Rnn::new(&w, &u, &b, &xs).expect("candle W4");
+    let cg = candle.grad().expect("candle W4");
+    assert_close("W4 candle w", &cg[0], &flat(&a.0));
+    assert_close("W4 candle b", &cg[2], &flat(&a.2));
     let (wa, wb, wc) = ((w.clone(), u.clone(), b.clone(), xs.clone()), (w.clone(), u.clone(), b.clone(), xs.clone()), (w, u, b, xs));
     Workload {
         name: "W4 tanh RNN h64 in32 batch16 50 steps",
@@ -293,6 +317,9 @@ fn w4() -> Workload {
         }),
         primal: Box::new(move || {
             black_box(rnn(&wc.0, &wc.1, &wc.2, black_box(&wc.3)));
+        }),
+        candle: Box::new(move || {
+            black_box(candle.grad().expect("candle W4"));
         }),
     }
 }
