@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo run --release --manifest-path bench/Cargo.toml`
 
+mod burn_peer;
 mod candle_peer;
 mod workloads;
 
@@ -53,6 +54,8 @@ pub struct Workload {
     pub primal: Box<dyn FnMut()>,
     /// The same gradient in candle.
     pub candle: Box<dyn FnMut()>,
+    /// The same gradient in burn.
+    pub burn: Box<dyn FnMut()>,
 }
 
 fn fmt_time(s: f64) -> String {
@@ -61,25 +64,27 @@ fn fmt_time(s: f64) -> String {
 
 fn main() {
     let filter = std::env::args().nth(1);
-    println!("| workload | adjoint | hand-written | primal | candle | adjoint / hand | gradient / primal | adjoint / candle | peak memory (adjoint / hand) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | adjoint | hand-written | primal | candle | burn | adjoint / hand | gradient / primal | adjoint / candle | adjoint / burn | peak memory (adjoint / hand) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for mut w in workloads::all() {
         if filter.as_deref().is_some_and(|f| !w.name.contains(f)) {
             continue;
         }
-        let m = medians(&mut [&mut w.adjoint, &mut w.hand, &mut w.primal, &mut w.candle], w.runs);
-        let (a, h, p, c) = (m[0], m[1], m[2], m[3]);
+        let m = medians(&mut [&mut w.adjoint, &mut w.hand, &mut w.primal, &mut w.candle, &mut w.burn], w.runs);
+        let (a, h, p, c, bu) = (m[0], m[1], m[2], m[3], m[4]);
         let (ma, mh) = (peak_bytes(&mut w.adjoint), peak_bytes(&mut w.hand));
         println!(
-            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} / {:.1} KiB |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} / {:.1} KiB |",
             w.name,
             fmt_time(a),
             fmt_time(h),
             fmt_time(p),
             fmt_time(c),
+            fmt_time(bu),
             a / h,
             a / p,
             a / c,
+            a / bu,
             ma as f64 / 1024.0,
             mh as f64 / 1024.0
         );

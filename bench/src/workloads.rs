@@ -1,7 +1,7 @@
 //! The workloads W1-W4 of the benchmark issue, each written three ways.
 
 use crate::Workload;
-use crate::candle_peer;
+use crate::{burn_peer, candle_peer};
 use adjoint::prelude::*;
 // The hand-written gradients use the same vectorising tanh as the generated code.
 use adjoint::rules::kernels;
@@ -54,6 +54,8 @@ fn rosenbrock_grad_by_hand(x: &Array1<f64>) -> Array1<f64> {
 fn w1() -> Workload {
     let x = pattern1(1000, 1, 1.5);
     assert_close("W1", &flat(&grad!(rosenbrock)(&x)), &flat(&rosenbrock_grad_by_hand(&x)));
+    let burn = burn_peer::Rosenbrock::new(&x);
+    assert_close("W1 burn", &burn.grad()[0], &flat(&grad!(rosenbrock)(&x)));
     let candle = candle_peer::Rosenbrock::new(&x).expect("candle W1");
     assert_close("W1 candle", &candle.grad().expect("candle W1")[0], &flat(&grad!(rosenbrock)(&x)));
     let (x1, x2, x3) = (x.clone(), x.clone(), x);
@@ -71,6 +73,9 @@ fn w1() -> Workload {
         }),
         candle: Box::new(move || {
             black_box(candle.grad().expect("candle W1"));
+        }),
+        burn: Box::new(move || {
+            black_box(burn.grad());
         }),
     }
 }
@@ -138,6 +143,10 @@ fn w2() -> Workload {
     assert_close("W2 w1", &flat(&a.0), &flat(&h.0));
     assert_close("W2 b1", &flat(&a.1), &flat(&h.1));
     assert_close("W2 w3", &flat(&a.4), &flat(&h.4));
+    let burn = burn_peer::Mlp::new([&p.0, &p.2, &p.4], [&p.1, &p.3, &p.5], &x, &t, false);
+    let bg = burn.grad();
+    assert_close("W2 burn w1", &bg[0], &flat(&a.0));
+    assert_close("W2 burn b3", &bg[5], &flat(&a.5));
     let candle = candle_peer::Mlp::new([&p.0, &p.2, &p.4], [&p.1, &p.3, &p.5], &x, &t, false).expect("candle W2");
     let cg = candle.grad().expect("candle W2");
     assert_close("W2 candle w1", &cg[0], &flat(&a.0));
@@ -159,6 +168,9 @@ fn w2() -> Workload {
         }),
         candle: Box::new(move || {
             black_box(candle.grad().expect("candle W2"));
+        }),
+        burn: Box::new(move || {
+            black_box(burn.grad());
         }),
     }
 }
@@ -236,6 +248,10 @@ fn w3() -> Workload {
     assert_close("W3 w1", &flat(&a.0), &flat(&h.0));
     assert_close("W3 b2", &flat(&a.3), &flat(&h.3));
     assert_close("W3 w3", &flat(&a.4), &flat(&h.4));
+    let burn = burn_peer::Mlp::new([&p.0, &p.2, &p.4], [&p.1, &p.3, &p.5], &x, &onehot, true);
+    let bg = burn.grad();
+    assert_close("W3 burn w1", &bg[0], &flat(&a.0));
+    assert_close("W3 burn b3", &bg[5], &flat(&a.5));
     let candle = candle_peer::Mlp::new([&p.0, &p.2, &p.4], [&p.1, &p.3, &p.5], &x, &onehot, true).expect("candle W3");
     let cg = candle.grad().expect("candle W3");
     assert_close("W3 candle w1", &cg[0], &flat(&a.0));
@@ -257,6 +273,9 @@ fn w3() -> Workload {
         }),
         candle: Box::new(move || {
             black_box(candle.grad().expect("candle W3"));
+        }),
+        burn: Box::new(move || {
+            black_box(burn.grad());
         }),
     }
 }
@@ -301,6 +320,10 @@ fn w4() -> Workload {
     assert_close("W4 w", &flat(&a.0), &flat(&h.0));
     assert_close("W4 u", &flat(&a.1), &flat(&h.1));
     assert_close("W4 b", &flat(&a.2), &flat(&h.2));
+    let burn = burn_peer::Rnn::new(&w, &u, &b, &xs);
+    let bg = burn.grad();
+    assert_close("W4 burn w", &bg[0], &flat(&a.0));
+    assert_close("W4 burn b", &bg[2], &flat(&a.2));
     let candle = candle_peer::Rnn::new(&w, &u, &b, &xs).expect("candle W4");
     let cg = candle.grad().expect("candle W4");
     assert_close("W4 candle w", &cg[0], &flat(&a.0));
@@ -320,6 +343,9 @@ fn w4() -> Workload {
         }),
         candle: Box::new(move || {
             black_box(candle.grad().expect("candle W4"));
+        }),
+        burn: Box::new(move || {
+            black_box(burn.grad());
         }),
     }
 }
