@@ -45,9 +45,13 @@ fn peak_bytes(f: impl FnOnce()) -> u64 {
     allocation_counter::measure(f).bytes_max
 }
 
-/// One workload's three implementations.
+/// One workload's implementations.
 pub struct Workload {
     pub name: &'static str,
+    /// The key of the same workload in `jax_workloads.py` (`W1`..`W4`).
+    pub key: &'static str,
+    /// Sum and sum of squares of each of adjoint's gradients, to check JAX's against.
+    pub checksums: Vec<[f64; 2]>,
     pub runs: usize,
     pub adjoint: Box<dyn FnMut()>,
     pub hand: Box<dyn FnMut()>,
@@ -62,29 +66,76 @@ fn fmt_time(s: f64) -> String {
     if s < 1e-3 { format!("{:.2} us", s * 1e6) } else { format!("{:.3} ms", s * 1e3) }
 }
 
+/// JAX's medians by workload key, from `jax_workloads.py`, after checking its
+/// gradients' checksums against adjoint's; `None` when JAX is not installed.
+fn jax_medians(filter: Option<&str>, workloads: &[(&'static str, Vec<[f64; 2]>)]) -> Option<Vec<(String, f64)>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/jax_workloads.py");
+    let out = std::process::Command::new("python3").arg(script).args(filter).output().ok()?;
+    if !out.status.success() {
+        eprintln!("JAX column skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        return None;
+    }
+    let mut medians = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(name), Some(median)) = (v["name"].as_str(), v["median"].as_f64()) else { continue };
+        let Some((_, ours)) = workloads.iter().find(|(k, _)| *k == name) else { continue };
+        let theirs: Vec<[f64; 2]> = v["checksums"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| [c[0].as_f64().unwrap_or(f64::NAN), c[1].as_f64().unwrap_or(f64::NAN)])
+            .collect();
+        assert_eq!(theirs.len(), ours.len(), "{name}: JAX returned {} gradients", theirs.len());
+        for (t, o) in theirs.iter().zip(ours) {
+            for k in 0..2 {
+                let tol = 1e-9 * t[k].abs().max(o[k].abs()).max(1.0);
+                assert!((t[k] - o[k]).abs() <= tol, "{name}: JAX gradient checksum {} against adjoint's {}", t[k], o[k]);
+            }
+        }
+        medians.push((name.to_string(), median));
+    }
+    Some(medians)
+}
+
 fn main() {
     let filter = std::env::args().nth(1);
-    println!("| workload | adjoint | hand-written | primal | candle | burn | adjoint / hand | gradient / primal | adjoint / candle | adjoint / burn | peak memory (adjoint / hand) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    let mut keys = Vec::new();
     for mut w in workloads::all() {
         if filter.as_deref().is_some_and(|f| !w.name.contains(f)) {
             continue;
         }
+        keys.push((w.key, w.checksums.clone()));
         let m = medians(&mut [&mut w.adjoint, &mut w.hand, &mut w.primal, &mut w.candle, &mut w.burn], w.runs);
         let (a, h, p, c, bu) = (m[0], m[1], m[2], m[3], m[4]);
         let (ma, mh) = (peak_bytes(&mut w.adjoint), peak_bytes(&mut w.hand));
+        rows.push((w.key, w.name, a, h, p, c, bu, ma, mh));
+    }
+    // JAX runs in its own process after the Rust implementations.
+    let jax = jax_medians(filter.as_deref(), &keys);
+    println!("| workload | adjoint | hand-written | primal | candle | burn | JAX jit | adjoint / hand | gradient / primal | adjoint / candle | adjoint / burn | adjoint / JAX | peak memory (adjoint / hand) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (key, name, a, h, p, c, bu, ma, mh) in rows {
+        let j = jax.as_ref().and_then(|js| js.iter().find(|(k, _)| k == key).map(|(_, m)| *m));
+        let (jt, jr) = match j {
+            Some(j) => (fmt_time(j), format!("{:.2}", a / j)),
+            None => ("-".to_string(), "-".to_string()),
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} / {:.1} KiB |",
-            w.name,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} / {:.1} KiB |",
+            name,
             fmt_time(a),
             fmt_time(h),
             fmt_time(p),
             fmt_time(c),
             fmt_time(bu),
+            jt,
             a / h,
             a / p,
             a / c,
             a / bu,
+            jr,
             ma as f64 / 1024.0,
             mh as f64 / 1024.0
         );

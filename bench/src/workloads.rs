@@ -27,6 +27,11 @@ fn flat<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> Vec<f64> {
     a.iter().copied().collect()
 }
 
+/// Sum and sum of squares of a gradient: what JAX's are checked against.
+fn checksum<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> [f64; 2] {
+    [a.sum(), a.iter().map(|v| v * v).sum()]
+}
+
 // ----- W1: extended Rosenbrock, n = 1000, a scalar loop -----
 
 #[differentiable]
@@ -59,8 +64,11 @@ fn w1() -> Workload {
     let candle = candle_peer::Rosenbrock::new(&x).expect("candle W1");
     assert_close("W1 candle", &candle.grad().expect("candle W1")[0], &flat(&grad!(rosenbrock)(&x)));
     let (x1, x2, x3) = (x.clone(), x.clone(), x);
+    let checksums = vec![checksum(&grad!(rosenbrock)(&x1))];
     Workload {
         name: "W1 Rosenbrock n=1000 (scalar loop)",
+        key: "W1",
+        checksums,
         runs: 2000,
         adjoint: Box::new(move || {
             black_box(grad!(rosenbrock)(black_box(&x1)));
@@ -154,8 +162,11 @@ fn w2() -> Workload {
     let (pa, pb, pc) = (p.clone(), p.clone(), p);
     let (xa, xb, xc) = (x.clone(), x.clone(), x);
     let (ta, tb, tc) = (t.clone(), t.clone(), t);
+    let checksums = vec![checksum(&a.0), checksum(&a.1), checksum(&a.2), checksum(&a.3), checksum(&a.4), checksum(&a.5)];
     Workload {
         name: "W2 MLP 2-32-32-1 tanh, batch 1",
+        key: "W2",
+        checksums,
         runs: 20_000,
         adjoint: Box::new(move || {
             black_box(grad!(mlp_tanh)(&pa.0, &pa.1, &pa.2, &pa.3, &pa.4, &pa.5, black_box(&xa), &ta));
@@ -259,8 +270,11 @@ fn w3() -> Workload {
     let (pa, pb, pc) = (p.clone(), p.clone(), p);
     let (xa, xb, xc) = (x.clone(), x.clone(), x);
     let (ta, tb, tc) = (onehot.clone(), onehot.clone(), onehot);
+    let checksums = vec![checksum(&a.0), checksum(&a.1), checksum(&a.2), checksum(&a.3), checksum(&a.4), checksum(&a.5)];
     Workload {
         name: "W3 MLP 784-256-256-10 relu, batch 128, xent",
+        key: "W3",
+        checksums,
         runs: 60,
         adjoint: Box::new(move || {
             black_box(grad!(mlp_xent)(&pa.0, &pa.1, &pa.2, &pa.3, &pa.4, &pa.5, black_box(&xa), &ta));
@@ -329,8 +343,11 @@ fn w4() -> Workload {
     assert_close("W4 candle w", &cg[0], &flat(&a.0));
     assert_close("W4 candle b", &cg[2], &flat(&a.2));
     let (wa, wb, wc) = ((w.clone(), u.clone(), b.clone(), xs.clone()), (w.clone(), u.clone(), b.clone(), xs.clone()), (w, u, b, xs));
+    let checksums = vec![checksum(&a.0), checksum(&a.1), checksum(&a.2)];
     Workload {
         name: "W4 tanh RNN h64 in32 batch16 50 steps",
+        key: "W4",
+        checksums,
         runs: 200,
         adjoint: Box::new(move || {
             black_box(grad!(rnn)(&wa.0, &wa.1, &wa.2, black_box(&wa.3)));
