@@ -20,6 +20,11 @@ impl Activity {
         a.var().is_some_and(|v| self.active[v.0 as usize])
     }
 
+    /// Whether variable `v` depends on a differentiated input.
+    pub fn varied(&self, v: Var) -> bool {
+        self.varied[v.0 as usize]
+    }
+
     /// Whether `a` depends on a differentiated input (whether or not the output
     /// depends on it).
     fn is_varied(&self, a: &Atom) -> bool {

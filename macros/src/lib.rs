@@ -14,6 +14,7 @@ mod ir;
 mod lower;
 mod module;
 mod ops;
+mod tangent;
 mod vmap;
 #[cfg(test)]
 mod tests;

@@ -1022,6 +1022,15 @@ impl Lowerer<'_> {
     fn call_target(&mut self, out: &mut Stmts, e: &Expr) -> Option<Call> {
         match e {
             Expr::Call(c) => {
+                if let Expr::Macro(m) = &*c.func {
+                    if m.mac.path.is_ident("jvp") {
+                        let mut path = syn::parse2::<syn::Path>(m.mac.tokens.clone()).ok()?;
+                        let last = path.segments.last_mut()?;
+                        last.ident = crate::adjoint::companion_ident(&last.ident, "jvp");
+                        let rewritten = syn::ExprCall { attrs: vec![], func: Box::new(syn::parse_quote!(#path)), paren_token: c.paren_token, args: c.args.clone() };
+                        return Some(self.path_call(out, &rewritten));
+                    }
+                }
                 let Expr::Path(p) = &*c.func else { return None };
                 let last = p.path.segments.last()?;
                 let name = last.ident.to_string();
@@ -1066,6 +1075,19 @@ impl Lowerer<'_> {
 
     fn call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Val {
         let span = c.span();
+        if let Expr::Macro(m) = &*c.func {
+            // `jvp!(f)(args..)`: a call of the forward-mode companion `__f_jvp`.
+            if m.mac.path.is_ident("jvp") {
+                if let Ok(target) = syn::parse2::<syn::Path>(m.mac.tokens.clone()) {
+                    let mut path = target;
+                    if let Some(last) = path.segments.last_mut() {
+                        last.ident = crate::adjoint::companion_ident(&last.ident, "jvp");
+                    }
+                    let rewritten = syn::ExprCall { attrs: vec![], func: Box::new(syn::parse_quote!(#path)), paren_token: c.paren_token, args: c.args.clone() };
+                    return self.call(out, &rewritten);
+                }
+            }
+        }
         let Expr::Path(p) = &*c.func else {
             self.cx.error_at(&c.func, "only calls of named functions can be differentiated");
             return poison();

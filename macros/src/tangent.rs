@@ -1,0 +1,248 @@
+//! Forward mode: the JVP of a lowered body, written back as ordinary Rust source
+//! (operators and methods on references), so that `#[differentiable]` can
+//! differentiate it again: reverse over forward gives Hessian-vector products.
+//!
+//! Each statement is followed by its tangent (`__d_x` for `x`), from a template that
+//! uses only primitives with rules: the product rule for `*` and `dot`, the operation
+//! itself for linear ones, `dx * f'(x)` for elementwise functions with `f'` written in
+//! primitives. A body using anything without a template (loops, calls, `mapv`, ...)
+//! gets no JVP.
+
+use crate::ir::*;
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, ToTokens};
+use std::collections::HashSet;
+use syn::Ident;
+
+/// The body of `fn __f_jvp(args.., tangents..) -> (R, R)`, or `None` if the body uses
+/// something forward mode does not cover yet.
+pub fn jvp_body(f: &Func, varied: &dyn Fn(Var) -> bool, reference_params: &[bool]) -> Option<TokenStream> {
+    let refs = f.params.iter().zip(reference_params).filter(|(_, r)| **r).map(|(p, _)| p.var).collect();
+    let mut t = Tangent { f, varied, has_dot: HashSet::new(), refs };
+    for p in &f.params {
+        if p.active {
+            t.has_dot.insert(p.var);
+        }
+    }
+    let mut out = t.stmts(&f.body.stmts)?;
+    let Tail::Leaf(leaf) = &f.body.tail else { return None };
+    let Some(Val::Atom(a)) = &leaf.value else { return None };
+    // The output's tangent, owned.
+    let y = t.atom(a);
+    let dy = match a.var().filter(|v| t.has_dot.contains(v)) {
+        Some(v) if t.refs.contains(&v) => {
+            let d = dot_name(f.name(v));
+            quote!(#d.to_owned())
+        }
+        Some(v) => dot_name(f.name(v)).to_token_stream(),
+        None => {
+            let x = t.r(a);
+            quote!((#x * 0.0))
+        }
+    };
+    out.extend(quote!((#y, #dy)));
+    Some(out)
+}
+
+/// The name of `x`'s tangent.
+pub fn dot_name(x: &Ident) -> Ident {
+    format_ident!("__d_{}", x)
+}
+
+struct Tangent<'a> {
+    f: &'a Func,
+    varied: &'a dyn Fn(Var) -> bool,
+    has_dot: HashSet<Var>,
+    /// Parameters of reference type: already references (so are their tangents).
+    refs: HashSet<Var>,
+}
+
+impl Tangent<'_> {
+    fn atom(&self, a: &Atom) -> TokenStream {
+        match a {
+            Atom::Var(v) => self.f.name(*v).to_token_stream(),
+            Atom::Lit(t) => t.clone(),
+        }
+    }
+
+    /// A reference to a variable (`&x`, or `x` if it is one already), a literal as
+    /// is: operators on references never move.
+    fn r(&self, a: &Atom) -> TokenStream {
+        match a {
+            Atom::Var(v) if self.refs.contains(v) => self.f.name(*v).to_token_stream(),
+            Atom::Var(v) => {
+                let n = self.f.name(*v);
+                quote!(&#n)
+            }
+            Atom::Lit(t) => t.clone(),
+        }
+    }
+
+    /// A reference to the tangent of `a`, if it has one.
+    fn dot(&self, a: &Atom) -> Option<TokenStream> {
+        let v = a.var()?;
+        if !self.has_dot.contains(&v) {
+            return None;
+        }
+        let d = dot_name(self.f.name(v));
+        Some(if self.refs.contains(&v) { quote!(#d) } else { quote!(&#d) })
+    }
+
+    /// A reference to the tangent, or a zero of the value's shape (`&(x * 0.0)`).
+    fn dot_or_zero(&self, a: &Atom) -> TokenStream {
+        match self.dot(a) {
+            Some(d) => d,
+            None => {
+                let x = self.r(a);
+                quote!(&(#x * 0.0))
+            }
+        }
+    }
+
+    fn stmts(&mut self, stmts: &[Stmt]) -> Option<TokenStream> {
+        let mut out = TokenStream::new();
+        for s in stmts {
+            out.extend(self.stmt(s)?);
+        }
+        Some(out)
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Option<TokenStream> {
+        match s {
+            Stmt::Let { dst, op, .. } => {
+                let name = self.f.name(*dst).clone();
+                match op {
+                    Op::Const(t) => Some(quote!(let #name = #t;)),
+                    Op::Prim { rule, operands, consts, native } => {
+                        let primal = self.native(native, operands, consts)?;
+                        let mut out = quote!(let #name = #primal;);
+                        if (self.varied)(*dst) && operands.iter().any(|a| self.dot(&a.atom).is_some()) {
+                            let d = self.template(rule.func, &name, operands, consts)?;
+                            let dn = dot_name(&name);
+                            out.extend(quote!(let #dn = #d;));
+                            self.has_dot.insert(*dst);
+                        }
+                        Some(out)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The primal operation as the user would write it, on references.
+    fn native(&self, native: &Native, operands: &[Arg], consts: &[Atom]) -> Option<TokenStream> {
+        let cs: Vec<TokenStream> = consts.iter().map(|c| self.atom(c)).collect();
+        Some(match native {
+            Native::Binary(op) => {
+                let (a, b) = (self.r(&operands[0].atom), self.r(&operands[1].atom));
+                quote!((#a #op #b))
+            }
+            Native::Neg => {
+                let a = self.r(&operands[0].atom);
+                quote!((-#a))
+            }
+            Native::Square => {
+                let a = self.r(&operands[0].atom);
+                quote!((#a * #a))
+            }
+            Native::Method { name, suffix } => {
+                let recv = self.atom(&operands[0].atom);
+                let args = operands[1..].iter().map(|a| self.r(&a.atom)).chain(cs);
+                quote!(#recv.#name(#(#args),*) #suffix)
+            }
+            Native::Index => {
+                let (a, i) = (self.atom(&operands[0].atom), &cs[0]);
+                quote!(#a[#i])
+            }
+            Native::Function(path) => {
+                let ops = operands.iter().map(|a| self.r(&a.atom));
+                quote!(#path(#(#ops,)* #(#cs),*))
+            }
+            Native::Cast(_) | Native::Variadic(_) => return None,
+        })
+    }
+
+    /// The tangent of `y = func(operands, consts)`.
+    fn template(&self, func: &str, y: &Ident, operands: &[Arg], consts: &[Atom]) -> Option<TokenStream> {
+        let a = &operands[0].atom;
+        let ar = self.r(a);
+        // A method's receiver is written bare: auto-referencing takes care of it.
+        let an = self.atom(a);
+        let da = self.dot(a);
+        let y_name = y.clone();
+        let y = quote!(&#y);
+        let cs: Vec<TokenStream> = consts.iter().map(|c| self.atom(c)).collect();
+        let unary = |deriv: TokenStream| da.as_ref().map(|d| quote!((#d * &(#deriv))));
+        match func {
+            "add" | "sub" => {
+                let b = &operands[1].atom;
+                let (dao, dbo) = (self.dot_or_zero(a), self.dot_or_zero(b));
+                Some(if func == "add" { quote!((#dao + #dbo)) } else { quote!((#dao - #dbo)) })
+            }
+            "mul" => {
+                let b = &operands[1].atom;
+                let br = self.r(b);
+                let terms: Vec<TokenStream> = [da.as_ref().map(|d| quote!((#d * #br))), self.dot(b).map(|d| quote!((#ar * #d)))]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                Some(quote!((#(#terms)+*)))
+            }
+            "div" => {
+                let b = &operands[1].atom;
+                let br = self.r(b);
+                let num = match (da.as_ref(), self.dot(b)) {
+                    (Some(d), Some(e)) => quote!(&(#d - &(#y * #e))),
+                    (Some(d), None) => quote!(#d),
+                    (None, Some(e)) => quote!(&(-(#y * #e))),
+                    (None, None) => return None,
+                };
+                Some(quote!((#num / #br)))
+            }
+            "neg" => da.map(|d| quote!((-#d))),
+            "square" => da.map(|d| quote!((#d * #ar * 2.0))),
+            "exp" => unary(quote!(#y_name)),
+            "exp_m1" => unary(quote!(#y + 1.0)),
+            "ln" => unary(quote!(#an.recip())),
+            "ln_1p" => unary(quote!((#ar + 1.0).recip())),
+            "sqrt" => unary(quote!((#y * 2.0).recip())),
+            "recip" => unary(quote!(-(#y * #y))),
+            "sin" => unary(quote!(#an.cos())),
+            "cos" => unary(quote!(-#an.sin())),
+            "tan" => unary(quote!(#y * #y + 1.0)),
+            "atan" => unary(quote!((#ar * #ar + 1.0).recip())),
+            "sinh" => unary(quote!(#an.cosh())),
+            "cosh" => unary(quote!(#an.sinh())),
+            "tanh" => unary(quote!(1.0 - #y * #y)),
+            "sigmoid" => unary(quote!(#y * (1.0 - #y))),
+            "powi" => {
+                // Only a literal exponent: its float twin is written as a literal too.
+                let Some(Atom::Lit(n)) = consts.first() else { return None };
+                let n: i64 = syn::parse2::<syn::LitInt>(n.clone()).ok()?.base10_parse().ok()?;
+                let (m, nf) = ((n - 1) as i32, syn::LitFloat::new(&format!("{n}.0"), proc_macro2::Span::call_site()));
+                unary(quote!(#an.powi(#m) * #nf))
+            }
+            "sum" => da.map(|d| quote!((#d).sum())),
+            "mean" => da.map(|d| quote!((#d).mean().unwrap())),
+            "sum_axis" => da.map(|d| {
+                let ax = &cs[0];
+                quote!((#d).sum_axis(#ax))
+            }),
+            "t" => da.map(|d| quote!((#d).t())),
+            "index" => da.map(|d| {
+                let i = &cs[0];
+                quote!((#d)[#i])
+            }),
+            "dot" => {
+                let b = &operands[1].atom;
+                let br = self.r(b);
+                let terms: Vec<TokenStream> =
+                    [da.as_ref().map(|d| quote!((#d).dot(#br))), self.dot(b).map(|e| quote!((#ar).dot(#e)))].into_iter().flatten().collect();
+                Some(quote!((#(#terms)+*)))
+            }
+            _ => None,
+        }
+    }
+}
