@@ -394,7 +394,7 @@ impl<'a> Gen<'a> {
                     self.contribute(r, &a, e);
                 }
             }
-            Tail::Branch(br) => self.rev_branch(r, br, seeds, &[]),
+            Tail::Branch(br) => self.rev_branch(r, br, seeds),
         }
         for s in b.stmts.iter().rev() {
             self.rev_stmt(r, s);
@@ -465,7 +465,7 @@ impl<'a> Gen<'a> {
                     atoms.extend(l.carries.iter().cloned());
                     atoms.into_iter().zip(&phi_seeds).filter_map(|(a, s)| s.clone().map(|s| (a, s))).collect()
                 };
-                self.rev_branch(r, branch, &seeds, &[]);
+                self.rev_branch(r, branch, &seeds);
             }
             Stmt::Loop(lp) => self.rev_loop(r, lp),
         }
@@ -486,8 +486,8 @@ impl<'a> Gen<'a> {
             }
             return;
         }
-        if let Some(joint) = &rule.joint {
-            if operands.iter().all(|a| self.act.is_active(&a.atom)) {
+        if let Some(joint) = &rule.joint
+            && operands.iter().all(|a| self.act.is_active(&a.atom)) {
                 let f = Ident::new(joint.func, Span::call_site());
                 let args: Vec<TokenStream> = joint.reads.iter().map(|rd| self.pb_arg(r, dst, rule, operands, consts, rd, &[])).collect();
                 let parts: Vec<Ident> = (0..operands.len()).map(|i| format_ident!("{}_{}", bar, i)).collect();
@@ -497,7 +497,6 @@ impl<'a> Gen<'a> {
                 }
                 return;
             }
-        }
         let pbs: Vec<(usize, &crate::ops::Pullback)> = operands
             .iter()
             .enumerate()
@@ -607,8 +606,7 @@ impl<'a> Gen<'a> {
     /// The reverse of a branch: a `match` on its record, each arm running its
     /// block's reverse. Values of enclosing blocks that arms contribute to are
     /// zeroed before it when nothing contributed yet.
-    fn rev_branch(&mut self, r: &mut Rev, br: &'a Branching, seeds: Seeds, extra_local: &[Var]) {
-        let _ = extra_local;
+    fn rev_branch(&mut self, r: &mut Rev, br: &'a Branching, seeds: Seeds) {
         let id = self.br_id(br);
         let mut arms_code = Vec::new();
         let mut any = false;
@@ -621,9 +619,9 @@ impl<'a> Gen<'a> {
             }
             let mut sub = Rev::new(local, r.in_loop);
             self.rev_block(&mut sub, arm, seeds);
-            let record: Vec<Slot> = sub.reads.iter().copied().filter(|s| slot_local(s, &sub.local, self)).collect();
+            let record: Vec<Slot> = sub.reads.iter().copied().filter(|s| slot_local(s, &sub.local)).collect();
             for s in &sub.reads {
-                if !slot_local(s, &sub.local, self) {
+                if !slot_local(s, &sub.local) {
                     r.reads.insert(*s);
                 }
             }
@@ -696,9 +694,9 @@ impl<'a> Gen<'a> {
             return;
         }
         self.taped.insert(id);
-        let record: Vec<Slot> = sub.reads.iter().copied().filter(|s| slot_local(s, &sub.local, self)).collect();
+        let record: Vec<Slot> = sub.reads.iter().copied().filter(|s| slot_local(s, &sub.local)).collect();
         for s in &sub.reads {
-            if !slot_local(s, &sub.local, self) {
+            if !slot_local(s, &sub.local) {
                 r.reads.insert(*s);
             }
         }
@@ -1191,13 +1189,12 @@ fn mapv_pullback(closure: &Func) -> TokenStream {
     })
 }
 
-fn slot_local(s: &Slot, local: &HashSet<Var>, g: &Gen) -> bool {
+/// Whether a slot belongs to the block whose locals are `local`. A tape or a branch
+/// record is only ever read by the block that defines it.
+fn slot_local(s: &Slot, local: &HashSet<Var>) -> bool {
     match s {
         Slot::Var(v) | Slot::Pb(v) | Slot::Shape(v) => local.contains(v),
-        Slot::Tape(_) | Slot::Br(_) => {
-            let _ = g;
-            true
-        }
+        Slot::Tape(_) | Slot::Br(_) => true,
     }
 }
 

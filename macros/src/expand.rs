@@ -999,7 +999,6 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
         (0..params.len()).map(|i| if order.contains(&i) { format_ident!("__g{}", i).to_token_stream() } else { quote!(_) }).collect();
     let picked: Vec<Ident> = order.iter().map(|i| format_ident!("__g{}", i)).collect();
     let picked = if picked.len() == 1 { picked[0].to_token_stream() } else { quote!((#(#picked,)*)) };
-    let span = Span::call_site();
     let (value_pat, seed) = if input.has_aux {
         (quote!((__value, __aux)), quote!(::adjoint::__private::grad_seed(&__value)))
     } else {
@@ -1013,7 +1012,7 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
                 (_, false) => quote!((__value, #picked)),
                 (_, true) => quote!(((__value, __aux), #picked)),
             };
-            quote_spanned_block(span, quote! {
+            quote!({
                 #primal
                 let #value_pat = #output;
                 let __ct = #seed;
@@ -1030,7 +1029,7 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
             // The pullback owns the arguments it reads: a closure cannot return
             // something that borrows its own arguments.
             let owned = &g.captured_params;
-            quote_spanned_block(span, quote! {
+            quote!({
                 #primal
                 let #out = #output;
                 #(let #owned = ::adjoint::__private::own(&#owned);)*
@@ -1051,6 +1050,3 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
     })
 }
 
-fn quote_spanned_block(_span: Span, body: TokenStream) -> TokenStream {
-    quote!({ #body })
-}

@@ -10,7 +10,7 @@ use crate::ctxt::Ctxt;
 use crate::ir::*;
 use crate::ops::{self, Rule};
 use proc_macro2::{Span, TokenStream, TokenTree};
-use quote::{format_ident, quote, ToTokens};
+use quote::{quote, ToTokens};
 use std::collections::{HashMap, HashSet};
 use syn::spanned::Spanned;
 use syn::parse::Parser;
@@ -338,7 +338,7 @@ impl Lowerer<'_> {
                     self.emit(out, Op::Const(tokens), m.span());
                 }
                 syn::Stmt::Expr(e, semi) => {
-                    if let Some(tail) = self.diverging(out, e, &stmts[i + 1..], region, end) {
+                    if let Some(tail) = self.diverging(e, &stmts[i + 1..], region, end) {
                         return tail;
                     }
                     match e {
@@ -391,7 +391,6 @@ impl Lowerer<'_> {
     /// the block, and it ends the block.
     fn diverging(
         &mut self,
-        out: &mut Stmts,
         e: &Expr,
         rest: &[syn::Stmt],
         region: &Region,
@@ -417,7 +416,7 @@ impl Lowerer<'_> {
                 Branching { kind: BranchKind::If { cond }, arms: vec![then, els] }
             }
             Expr::Match(m) => {
-                let (scrutinee, pats) = self.match_head(out, m);
+                let (scrutinee, pats) = self.match_head(m);
                 let mut arms = Vec::new();
                 let mut binds = Vec::new();
                 for arm in &m.arms {
@@ -440,7 +439,7 @@ impl Lowerer<'_> {
         self.verbatim(cond.to_token_stream())
     }
 
-    fn match_head(&mut self, _out: &mut Stmts, m: &syn::ExprMatch) -> (TokenStream, Vec<TokenStream>) {
+    fn match_head(&mut self, m: &syn::ExprMatch) -> (TokenStream, Vec<TokenStream>) {
         let scrutinee = self.verbatim(m.expr.to_token_stream());
         let pats = m
             .arms
@@ -924,7 +923,6 @@ impl Lowerer<'_> {
     }
 
     fn method_call(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
-        let span = m.span();
         let name = m.method.to_string();
         if !self.mentions_local(m.to_token_stream()) {
             return Val::Atom(self.constant(out, &Expr::MethodCall(m.clone())));
@@ -967,15 +965,13 @@ impl Lowerer<'_> {
         if name == "mapv" {
             return self.mapv(out, m);
         }
-        if let Some(u) = ops::unwrapped_method(&name) {
-            let _ = u;
+        if ops::unwrapped_method(&name).is_some() {
             self.cx.error_at(&m.method, format!("`{name}` returns an Option or Result: call `.unwrap()` on it directly, as in `x.{name}(..).unwrap()`"));
             return poison();
         }
         if let Some(rule) = ops::method(&name) {
             return self.method_prim(out, m, rule, TokenStream::new());
         }
-        let _ = span;
         self.method_companion(out, m)
     }
 
@@ -1022,15 +1018,14 @@ impl Lowerer<'_> {
     fn call_target(&mut self, out: &mut Stmts, e: &Expr) -> Option<Call> {
         match e {
             Expr::Call(c) => {
-                if let Expr::Macro(m) = &*c.func {
-                    if m.mac.path.is_ident("jvp") {
+                if let Expr::Macro(m) = &*c.func
+                    && m.mac.path.is_ident("jvp") {
                         let mut path = syn::parse2::<syn::Path>(m.mac.tokens.clone()).ok()?;
                         let last = path.segments.last_mut()?;
                         last.ident = crate::adjoint::companion_ident(&last.ident, "jvp");
                         let rewritten = syn::ExprCall { attrs: vec![], func: Box::new(syn::parse_quote!(#path)), paren_token: c.paren_token, args: c.args.clone() };
                         return Some(self.path_call(out, &rewritten));
                     }
-                }
                 let Expr::Path(p) = &*c.func else { return None };
                 let last = p.path.segments.last()?;
                 let name = last.ident.to_string();
@@ -1077,8 +1072,8 @@ impl Lowerer<'_> {
         let span = c.span();
         if let Expr::Macro(m) = &*c.func {
             // `jvp!(f)(args..)`: a call of the forward-mode companion `__f_jvp`.
-            if m.mac.path.is_ident("jvp") {
-                if let Ok(target) = syn::parse2::<syn::Path>(m.mac.tokens.clone()) {
+            if m.mac.path.is_ident("jvp")
+                && let Ok(target) = syn::parse2::<syn::Path>(m.mac.tokens.clone()) {
                     let mut path = target;
                     if let Some(last) = path.segments.last_mut() {
                         last.ident = crate::adjoint::companion_ident(&last.ident, "jvp");
@@ -1086,7 +1081,6 @@ impl Lowerer<'_> {
                     let rewritten = syn::ExprCall { attrs: vec![], func: Box::new(syn::parse_quote!(#path)), paren_token: c.paren_token, args: c.args.clone() };
                     return self.call(out, &rewritten);
                 }
-            }
         }
         let Expr::Path(p) = &*c.func else {
             self.cx.error_at(&c.func, "only calls of named functions can be differentiated");
@@ -1230,7 +1224,7 @@ impl Lowerer<'_> {
             BranchKind::If { cond }
         } else {
             let m = m.expect("an if or a match");
-            let (scrutinee, pats) = self.match_head(out, m);
+            let (scrutinee, pats) = self.match_head(m);
             let mut binds = Vec::new();
             for arm in &m.arms {
                 self.push_scope();
@@ -1536,7 +1530,3 @@ fn contains_return(stmts: &[syn::Stmt]) -> bool {
     v.0
 }
 
-#[allow(unused)]
-fn _unused(_: Span) -> Ident {
-    format_ident!("_")
-}
