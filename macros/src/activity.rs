@@ -121,6 +121,14 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
                     changed |= set(varied, *dst);
                 }
             }
+            Stmt::LetLifted(l) => {
+                // Gradients of the child depend on its parameters and on the primals.
+                if params || l.args.iter().any(|a| is(varied, &a.atom)) {
+                    for d in &l.dsts {
+                        changed |= set(varied, *d);
+                    }
+                }
+            }
             Stmt::LetTuple { dsts, call, .. } => {
                 if (params && call.scoped == Scoped::Module) || call_inputs(call).iter().any(|a| is(varied, a)) {
                     for d in dsts {
@@ -208,6 +216,15 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
                 if useful[dst.0 as usize] {
                     for a in inputs(op) {
                         if let Some(v) = a.var() {
+                            changed |= set(useful, v);
+                        }
+                    }
+                }
+            }
+            Stmt::LetLifted(l) => {
+                if l.dsts.iter().any(|d| useful[d.0 as usize]) {
+                    for a in &l.args {
+                        if let Some(v) = a.atom.var() {
                             changed |= set(useful, v);
                         }
                     }
@@ -314,6 +331,7 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                         cx.error(call.span, format!("no derivative rule for the method `{name}` on a differentiated value"));
                     }
             }
+            Stmt::LetLifted(_) => {}
             Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| check(cx, f, a, act)),
             Stmt::Loop(lp) => {
                 check(cx, f, &lp.body, act);

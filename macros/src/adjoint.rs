@@ -468,6 +468,81 @@ impl<'a> Gen<'a> {
                 self.rev_branch(r, branch, &seeds);
             }
             Stmt::Loop(lp) => self.rev_loop(r, lp),
+            Stmt::LetLifted(l) => self.rev_lifted(r, l),
+        }
+    }
+
+    /// The pullback of a lifted gradient `g = grad_x f(params, x)` (second order):
+    /// with cotangent `c`, the parameters' and `x`'s cotangents are the gradient of
+    /// `<grad_x f, c>`, the child's JVP along `c`; so the child's JVP-VJP runs, on a
+    /// snapshot of the variables, in the child's scope.
+    fn rev_lifted(&mut self, r: &mut Rev, l: &Lifted) {
+        if !l.dsts.iter().any(|d| self.active(*d) && r.init.contains(d)) {
+            return;
+        }
+        let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
+        let tangents: Vec<TokenStream> = l
+            .dsts
+            .iter()
+            .zip(&l.args)
+            .map(|(d, a)| {
+                let g = if r.init.contains(d) {
+                    self.bar(*d).to_token_stream()
+                } else {
+                    let x = self.read_var(r, *d);
+                    quote!(::adjoint::__private::zeros(&#x))
+                };
+                // A tangent has its primal's type: a reference for a reference.
+                if a.by_ref || a.atom.var().is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference)) {
+                    quote!(&#g)
+                } else {
+                    g
+                }
+            })
+            .collect();
+        let primals: Vec<TokenStream> = l
+            .args
+            .iter()
+            .map(|a| {
+                let x = self.read_atom(r, &a.atom);
+                let reference = a.atom.var().is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference));
+                if a.by_ref {
+                    quote!(&#x)
+                } else if reference {
+                    // The owning companion holds its own copy: borrow either way.
+                    quote!(::adjoint::__private::Value::primal(&#x))
+                } else {
+                    x
+                }
+            })
+            .collect();
+        let module = &l.module;
+        let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
+        let cots: Vec<Ident> = (0..l.args.len()).map(|i| format_ident!("__c{}", i)).collect();
+        let skip = l.args.iter().map(|_| quote!(_));
+        let merge = if self.f.params_active {
+            quote!(::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);)
+        } else {
+            TokenStream::new()
+        };
+        r.code.push(quote! {
+            let (#(#cots,)*) = {
+                let (mut __snapshot, __child) = #snap;
+                let mut __cx2 = ::adjoint::Scope::for_apply(
+                    &mut __snapshot,
+                    ::adjoint::scope::Mutable::Only(::core::default::Default::default()),
+                    ::core::default::Default::default(),
+                );
+                __cx2.enter_path(&__child);
+                let (__o, __pb2) = (#module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
+                let (__cv, _, #(#cots,)* #(#skip,)*) =
+                    __pb2((::adjoint::__private::zeros(&__o.0), ::adjoint::__private::grad_seed(&__o.1)));
+                #merge
+                (#(#cots,)*)
+            };
+        });
+        for (a, c) in l.args.iter().zip(&cots) {
+            self.contribute(r, &a.atom, c.to_token_stream());
         }
     }
 
@@ -764,6 +839,7 @@ impl<'a> Gen<'a> {
             let defined: Vec<Var> = match s {
                 Stmt::Let { dst, .. } => vec![*dst],
                 Stmt::LetTuple { dsts, .. } => dsts.clone(),
+                Stmt::LetLifted(l) => l.dsts.clone(),
                 Stmt::If { phis, .. } => phis.clone(),
                 Stmt::Loop(lp) => lp.carries.iter().map(|c| c.out).chain(lp.value).collect(),
             };
@@ -862,6 +938,18 @@ impl<'a> Gen<'a> {
                 quote!(#expr let (#(#phi_names,)*) = (#(#names,)*);)
             }
             Stmt::Loop(lp) => self.primal_loop(lp),
+            Stmt::LetLifted(l) => {
+                let names: Vec<&Ident> = l.dsts.iter().map(|d| self.name(*d)).collect();
+                let tokens = &l.tokens;
+                let mut out = quote!(let (#(#names,)*) = #tokens;);
+                if self.reads_all.contains(&Slot::Pb(l.dsts[0])) {
+                    // What the second-order pullback reruns the child on.
+                    let snap = self.slot_name(Slot::Pb(l.dsts[0]));
+                    let scope = self.atom(&l.scope);
+                    out.extend(quote!(let #snap = (#scope.snapshot(), #scope.last_child_path());));
+                }
+                out
+            }
         }
     }
 
@@ -1200,10 +1288,18 @@ fn slot_local(s: &Slot, local: &HashSet<Var>) -> bool {
 
 /// The variables that are float scalars computed elementwise: element reads, scalar
 /// parameters, and elementwise primitives of those (to a fixed point).
-fn scalars(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
+pub(crate) fn scalars(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
     let mut scalar = vec![false; f.vars.len()];
     for p in &f.params {
         scalar[p.var.0 as usize] = p.scalar;
+    }
+    for (i, v) in f.vars.iter().enumerate() {
+        // `let p: f64 = ..`
+        if let Some(syn::Type::Path(t)) = &v.ty {
+            if t.path.is_ident("f64") || t.path.is_ident("f32") {
+                scalar[i] = true;
+            }
+        }
     }
     let mut changed = true;
     while changed {
@@ -1226,7 +1322,7 @@ fn scalars(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
     scalar
 }
 
-fn collect_defs<'a>(b: &'a Block, defs: &mut HashMap<Var, &'a Op>) {
+pub(crate) fn collect_defs<'a>(b: &'a Block, defs: &mut HashMap<Var, &'a Op>) {
     for s in &b.stmts {
         match s {
             Stmt::Let { dst, op, .. } => {
@@ -1234,7 +1330,7 @@ fn collect_defs<'a>(b: &'a Block, defs: &mut HashMap<Var, &'a Op>) {
             }
             Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| collect_defs(a, defs)),
             Stmt::Loop(lp) => collect_defs(&lp.body, defs),
-            Stmt::LetTuple { .. } => {}
+            Stmt::LetTuple { .. } | Stmt::LetLifted(_) => {}
         }
     }
     if let Tail::Branch(br) = &b.tail {
@@ -1250,6 +1346,7 @@ fn block_defs(b: &Block, out: &mut HashSet<Var>) {
                 out.insert(*dst);
             }
             Stmt::LetTuple { dsts, .. } => out.extend(dsts.iter().copied()),
+            Stmt::LetLifted(l) => out.extend(l.dsts.iter().copied()),
             Stmt::If { phis, .. } => out.extend(phis.iter().copied()),
             Stmt::Loop(lp) => {
                 out.extend(lp.carries.iter().map(|c| c.out));

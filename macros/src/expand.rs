@@ -110,7 +110,7 @@ pub(crate) fn generate(
     params_active: bool,
 ) -> Option<(Func, adjoint::Generated)> {
     let specs: Vec<ParamSpec> =
-        params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope, scalar: is_float_scalar(&p.ty) }).collect();
+        params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope, scalar: is_float_scalar(&p.ty), reference: matches!(p.ty, Type::Reference(_)) }).collect();
     // With `has_aux` the body returns a pair, perhaps from a call: take it apart.
     let aux_body: syn::Block;
     let body = if aux {
@@ -161,7 +161,7 @@ fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
 fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> {
     let ReturnType::Type(_, ret) = &f.sig.output else { return None };
     let specs: Vec<ParamSpec> =
-        params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope, scalar: is_float_scalar(&p.ty) }).collect();
+        params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope, scalar: is_float_scalar(&p.ty), reference: matches!(p.ty, Type::Reference(_)) }).collect();
     let func = lower::lower(cx, &specs, &f.block);
     let act = activity::analyze(cx, &func);
     let reference_params: Vec<bool> = params.iter().map(|p| matches!(p.ty, Type::Reference(_))).collect();
@@ -302,6 +302,20 @@ pub(crate) fn companion_items(
     method: bool,
     flavor: Flavor,
 ) -> TokenStream {
+    companion_items_for(vis, sig, params, vjp_body, method, flavor, true)
+}
+
+/// [`companion_items`]; `real` says whether `sig` names a function that exists (the
+/// companions then mention it, so it is not dead code).
+pub(crate) fn companion_items_for(
+    vis: &syn::Visibility,
+    sig: &Signature,
+    params: &[ParamInfo],
+    vjp_body: TokenStream,
+    method: bool,
+    flavor: Flavor,
+    real: bool,
+) -> TokenStream {
     let var_cots = flavor == Flavor::Params;
     let owned = flavor != Flavor::Borrowing;
     let ReturnType::Type(_, ret) = &sig.output else { return TokenStream::new() };
@@ -420,7 +434,7 @@ pub(crate) fn companion_items(
     });
     // The companions stand for the function: a function only ever differentiated is
     // not dead code.
-    let mention = (sig.generics.type_params().next().is_none() && sig.generics.const_params().next().is_none()).then(|| {
+    let mention = (real && sig.generics.type_params().next().is_none() && sig.generics.const_params().next().is_none()).then(|| {
         if method { quote!(let _ = Self::#name;) } else { quote!(let _ = #name;) }
     });
     quote! {

@@ -80,6 +80,8 @@ pub struct Param {
     pub active: bool,
     /// Its type is a float scalar (`f32`, `f64`, or a reference to one).
     pub scalar: bool,
+    /// Its type is a reference (`&T`).
+    pub reference: bool,
 }
 
 /// A sequence of statements ending in a [`Tail`].
@@ -137,6 +139,22 @@ pub enum Stmt {
     If { branch: Branching, phis: Vec<Var> },
     /// A loop.
     Loop(Loop),
+    /// `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` inside a module,
+    /// emitted as written, one variable per primal's gradient. Its pullback (second
+    /// order) reruns the child's JVP-VJP on a snapshot of the variables.
+    LetLifted(Lifted),
+}
+
+/// A lifted gradient that can be differentiated.
+pub struct Lifted {
+    pub dsts: Vec<Var>,
+    /// The macro invocation, as written (variables renamed).
+    pub tokens: TokenStream,
+    /// The child module's expression (a constant: re-evaluated by the pullback).
+    pub module: TokenStream,
+    /// The scope variable.
+    pub scope: Atom,
+    pub args: Vec<Arg>,
 }
 
 /// A loop with the variables it carries from one iteration to the next.

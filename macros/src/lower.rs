@@ -24,6 +24,8 @@ pub struct ParamSpec<'a> {
     pub scope: bool,
     /// A float scalar (`f32`, `f64`, or a reference to one).
     pub scalar: bool,
+    /// A reference (`&T`).
+    pub reference: bool,
 }
 
 /// The variables of an enclosing body that a closure may read.
@@ -47,6 +49,7 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         .filter_map(|p| {
             let mut param = l.bind_param(p.pat, p.active)?;
             param.scalar = p.scalar;
+            param.reference = p.reference;
             if p.scope {
                 l.scopes_vars.push(param.var);
             }
@@ -180,12 +183,12 @@ impl Lowerer<'_> {
             Pat::Ident(p) => {
                 let var = self.fresh_user(&p.ident);
                 self.bind(p.ident.to_string(), Val::Atom(Atom::Var(var)));
-                Some(Param { var, active, scalar: false })
+                Some(Param { var, active, scalar: false, reference: false })
             }
             Pat::Type(t) => self.bind_param(&t.pat, active),
             Pat::Wild(w) => {
                 let var = self.temp(w.span());
-                Some(Param { var, active, scalar: false })
+                Some(Param { var, active, scalar: false, reference: false })
             }
             other => {
                 self.cx.error_at(other, "differentiable parameters must be plain names; destructure in the body");
@@ -626,6 +629,8 @@ impl Lowerer<'_> {
                 self.assign_to(out, &a.left, &a.right, None);
                 Val::Tuple(vec![])
             }
+            // `()` is a constant like any literal.
+            Expr::Tuple(t) if t.elems.is_empty() => Val::Atom(Atom::Lit(quote!(()))),
             Expr::Tuple(t) => Val::Tuple(t.elems.iter().map(|e| self.expr(out, e)).collect()),
             Expr::Field(f) => {
                 let base = match &*f.base {
@@ -692,6 +697,11 @@ impl Lowerer<'_> {
                 poison()
             }
             Expr::Macro(m) if ["grad", "value_and_grad", "vjp", "jvp"].iter().any(|n| m.mac.path.is_ident(n)) && !self.scopes_vars.is_empty() => {
+                if m.mac.path.is_ident("grad") {
+                    if let Some(v) = self.lifted_grad(out, e, m) {
+                        return v;
+                    }
+                }
                 let tokens = self.verbatim(e.to_token_stream());
                 Val::Atom(self.emit(out, Op::Lifted(tokens), e.span()))
             }
@@ -714,6 +724,49 @@ impl Lowerer<'_> {
                 poison()
             }
         }
+    }
+
+    /// `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` with a constant
+    /// child: a statement that can be differentiated again. Other forms stay opaque.
+    fn lifted_grad(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
+        let items = m.mac.parse_body_with(syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated).ok()?;
+        let items: Vec<Expr> = items.into_iter().collect();
+        if items.len() < 4 || items.iter().any(|i| matches!(i, Expr::Assign(_)) || matches!(i, Expr::Path(p) if p.path.is_ident("has_aux"))) {
+            return None;
+        }
+        let Expr::Closure(c) = &items[1] else { return None };
+        let names: Vec<Ident> = c
+            .inputs
+            .iter()
+            .map(|p| match strip_type(p) {
+                Pat::Ident(i) => Some(i.ident.clone()),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let n = items.len() - 3;
+        if names.len() != n + 2 {
+            return None;
+        }
+        // The body must be exactly `mdl.call(cx, a..)` with the closure's parameters.
+        let Expr::MethodCall(call) = &*c.body else { return None };
+        let recv_ok = matches!(&*call.receiver, Expr::Path(p) if p.path.is_ident(&names[0]));
+        let args_ok = call.method == "call"
+            && call.args.len() == n + 1
+            && call.args.iter().zip(&names[1..]).all(|(a, nm)| matches!(a, Expr::Path(p) if p.path.is_ident(nm)));
+        if !recv_ok || !args_ok || self.mentions_local(items[2].to_token_stream()) {
+            return None;
+        }
+        let Expr::Path(sp) = &items[0] else { return None };
+        let scope = match self.lookup(&sp.path.get_ident()?.to_string())? {
+            Val::Atom(a) => a,
+            Val::Tuple(_) => return None,
+        };
+        let args: Vec<Arg> = items[3..].iter().map(|a| self.operand(out, a)).collect();
+        let dsts: Vec<Var> = (0..n).map(|_| self.temp(e.span())).collect();
+        let tokens = self.verbatim(e.to_token_stream());
+        let module = items[2].to_token_stream();
+        out.push(Stmt::LetLifted(Lifted { dsts: dsts.clone(), tokens, module, scope, args }));
+        Some(Val::Tuple(dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect()))
     }
 
     /// A block whose statements join the current list (its scope ends after it).
@@ -1184,7 +1237,7 @@ impl Lowerer<'_> {
             Expr::Block(b) => b.block.clone(),
             other => syn::parse_quote_spanned!(other.span()=> { #other }),
         };
-        let params = [ParamSpec { pat: &cl.inputs[0], active: true, scope: false, scalar: true }];
+        let params = [ParamSpec { pat: &cl.inputs[0], active: true, scope: false, scalar: true, reference: false }];
         let closure = lower_with(self.cx, &params, &block, env);
         let native = self.verbatim(cl.to_token_stream());
         Val::Atom(self.emit(out, Op::MapV { recv, closure: Box::new(closure), native }, span))

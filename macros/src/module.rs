@@ -6,7 +6,7 @@
 //! gets `init`, `apply` and `apply_with`, plus the companions the transforms call.
 
 use crate::ctxt::Ctxt;
-use crate::expand::{companion_items, companions, param_name, Companions, Flavor, ParamInfo};
+use crate::expand::{companion_items, companion_items_for, companions, param_name, Companions, Flavor, ParamInfo};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::visit_mut::VisitMut;
@@ -119,6 +119,10 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
         ));
     }
 
+    // Forward mode, for second order through a lifted transform: the body's JVP along
+    // the inputs, and its VJP with parameters differentiated (`__call_body_jvp`).
+    let jvp_items = body_jvp(cx, &m.sig, params, &body, &ret);
+
     // `model.apply(variables, ..).unwrap()` inside a transform: the gradient with
     // respect to the variables (the training path) and the inputs.
     let mut apply_sig = m.sig.clone();
@@ -173,6 +177,7 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
 
         #body_inputs_vjp
         #body_params_vjp
+        #jvp_items
         #wrappers
         #apply_vjp
 
@@ -229,5 +234,79 @@ impl VisitMut for FieldNames {
                     let lit = syn::LitStr::new(&name, field.span());
                     m.args.insert(1, syn::parse_quote!(#lit));
                 }
+    }
+}
+
+/// `__call_body_jvp(&self, cx, xs.., dxs..) -> (R, R)` and its parameter-differentiating
+/// VJP, when forward mode covers the body (else nothing: second order through this
+/// module then reports `SecondOrderUnsupported`).
+fn body_jvp(cx: &Ctxt, sig: &Signature, params: &[ParamInfo], body: &syn::Block, ret: &Type) -> TokenStream {
+    use crate::lower::{self, ParamSpec};
+    let quiet = Ctxt::default();
+    let specs: Vec<ParamSpec> = params
+        .iter()
+        .map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope, scalar: false, reference: matches!(p.ty, Type::Reference(_)) })
+        .collect();
+    let func = lower::lower(&quiet, &specs, body);
+    let act = crate::activity::analyze(&quiet, &func);
+    let reference: Vec<bool> = params.iter().map(|p| matches!(p.ty, Type::Reference(_))).collect();
+    let jvp = if quiet.has_errors() { None } else { crate::tangent::jvp_body(&func, &|v| act.varied(v), &reference) };
+    let mut jvp_params: Vec<ParamInfo> =
+        params.iter().map(|p| ParamInfo { pat: p.pat.clone(), ty: p.ty.clone(), active: p.active, scope: p.scope }).collect();
+    for p in params.iter().filter(|p| p.active) {
+        let name = crate::tangent::dot_name(&syn::parse2::<syn::Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")));
+        jvp_params.push(ParamInfo { pat: syn::parse_quote!(#name), ty: p.ty.clone(), active: true, scope: false });
+    }
+    let mut jvp_sig = sig.clone();
+    jvp_sig.ident = format_ident!("__call_body_jvp");
+    jvp_sig.output = syn::parse_quote!(-> (#ret, #ret));
+    let inputs: Vec<TokenStream> = jvp_params.iter().map(|p| {
+        let (pat, ty) = (&p.pat, &p.ty);
+        quote!(#pat: #ty)
+    }).collect();
+    jvp_sig.inputs = syn::parse_quote!(&self, #(#inputs),*);
+    let public: syn::Visibility = syn::parse_quote!(pub);
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let primals = &names[1..];
+    let scope = &names[0];
+    // Not covered by forward mode: a JVP-VJP that marks parameter gradients as
+    // unusable, so a parent differentiating through a lifted grad! still compiles.
+    let stub = || {
+        let zeros: Vec<TokenStream> = params
+            .iter()
+            .map(|p| if p.active { let n = param_name(&p.pat); quote!(::adjoint::__private::zeros(&#n)) } else { quote!(()) })
+            .collect();
+        let dot_zeros: Vec<TokenStream> = params.iter().filter(|p| p.active).map(|p| {
+            let n = param_name(&p.pat);
+            quote!(::adjoint::__private::zeros(&#n))
+        }).collect();
+        let zn: Vec<proc_macro2::Ident> = (0..zeros.len()).map(|i| format_ident!("__z{}", i)).collect();
+        let dn: Vec<proc_macro2::Ident> = (0..dot_zeros.len()).map(|i| format_ident!("__dz{}", i)).collect();
+        let body = quote! {
+            let (#(#zn,)*) = (#(#zeros,)*);
+            let (#(#dn,)*) = (#(#dot_zeros,)*);
+            let __y = self.__call_body(#scope, #(#primals),*);
+            let __dy = ::adjoint::__private::zeros(&__y);
+            ((__y, __dy), move |_| {
+                let mut __v = ::adjoint::Variables::new();
+                ::adjoint::__private::second_order(&mut __v);
+                (__v, #(#zn,)* #(#dn,)*)
+            })
+        };
+        companion_items_for(&public, &jvp_sig, &jvp_params, body, true, Flavor::Params, false)
+    };
+    let Some(jvp) = jvp else { return stub() };
+    let block: syn::Block = syn::parse_quote!({ #jvp });
+    let Some(vjp) = companions(&quiet, &public, &jvp_sig, &jvp_params, &block, true, Companions::Params) else {
+        return stub();
+    };
+    let _ = cx;
+    let generics = &sig.generics;
+    let where_clause = &sig.generics.where_clause;
+    quote! {
+        #[doc(hidden)]
+        #[allow(clippy::all, unused_parens, unused_variables)]
+        pub fn __call_body_jvp #generics (&self, #(#inputs),*) -> (#ret, #ret) #where_clause #block
+        #vjp
     }
 }

@@ -18,7 +18,10 @@ use syn::Ident;
 /// something forward mode does not cover yet.
 pub fn jvp_body(f: &Func, varied: &dyn Fn(Var) -> bool, reference_params: &[bool]) -> Option<TokenStream> {
     let refs = f.params.iter().zip(reference_params).filter(|(_, r)| **r).map(|(p, _)| p.var).collect();
-    let mut t = Tangent { f, varied, has_dot: HashSet::new(), refs };
+    let mut defs = std::collections::HashMap::new();
+    crate::adjoint::collect_defs(&f.body, &mut defs);
+    let scalar = crate::adjoint::scalars(f, &defs);
+    let mut t = Tangent { f, varied, has_dot: HashSet::new(), refs, scalar };
     for p in &f.params {
         if p.active {
             t.has_dot.insert(p.var);
@@ -55,6 +58,8 @@ struct Tangent<'a> {
     has_dot: HashSet<Var>,
     /// Parameters of reference type: already references (so are their tangents).
     refs: HashSet<Var>,
+    /// Float scalars: used by value (`Copy`), as ndarray's operators want them.
+    scalar: Vec<bool>,
 }
 
 impl Tangent<'_> {
@@ -69,7 +74,7 @@ impl Tangent<'_> {
     /// is: operators on references never move.
     fn r(&self, a: &Atom) -> TokenStream {
         match a {
-            Atom::Var(v) if self.refs.contains(v) => self.f.name(*v).to_token_stream(),
+            Atom::Var(v) if self.refs.contains(v) || self.scalar[v.0 as usize] => self.f.name(*v).to_token_stream(),
             Atom::Var(v) => {
                 let n = self.f.name(*v);
                 quote!(&#n)
@@ -85,7 +90,7 @@ impl Tangent<'_> {
             return None;
         }
         let d = dot_name(self.f.name(v));
-        Some(if self.refs.contains(&v) { quote!(#d) } else { quote!(&#d) })
+        Some(if self.refs.contains(&v) || self.scalar[v.0 as usize] { quote!(#d) } else { quote!(&#d) })
     }
 
     /// A reference to the tangent, or a zero of the value's shape (`&(x * 0.0)`).
@@ -111,8 +116,25 @@ impl Tangent<'_> {
         match s {
             Stmt::Let { dst, op, .. } => {
                 let name = self.f.name(*dst).clone();
+                let info = &self.f.vars[dst.0 as usize];
+                let decl = match (&info.ty, info.mutable) {
+                    (Some(ty), _) => quote!(#name: #ty),
+                    (None, true) => quote!(mut #name),
+                    (None, false) => quote!(#name),
+                };
                 match op {
-                    Op::Const(t) => Some(quote!(let #name = #t;)),
+                    // `no_grad` keeps it a constant when this source is lowered again.
+                    Op::Const(t) => Some(quote!(let #decl = ::adjoint::no_grad(#t);)),
+                    // A parameter read: constant along the inputs' tangents.
+                    Op::Call(call) if call.scoped == Scoped::Param => {
+                        let Callee::Method { receiver, name: m, generics } = &call.callee else { return None };
+                        let recv = self.atom(&receiver.atom);
+                        let args = call.args.iter().map(|a| {
+                            let x = self.atom(&a.atom);
+                            if a.by_ref { quote!(&#x) } else { x }
+                        });
+                        Some(quote!(let #decl = #recv.#m #generics(#(#args),*);))
+                    }
                     Op::Prim { rule, operands, consts, native } => {
                         let primal = self.native(native, operands, consts)?;
                         let mut out = quote!(let #name = #primal;);

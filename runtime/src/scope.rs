@@ -851,6 +851,17 @@ impl Scope<'_> {
         self.rng_counters = mark.rng_counters.clone();
     }
 
+    /// A copy of the variables as they are now (leaves are shared: no data is copied),
+    /// for a pullback that must run a child again later (second order).
+    pub fn snapshot(&self) -> Variables {
+        self.vars.clone()
+    }
+
+    /// Moves the cursor to the absolute path `path` (`/`-joined).
+    pub fn enter_path(&mut self, path: &str) {
+        self.path = path.split('/').filter(|p| !p.is_empty()).map(String::from).collect();
+    }
+
     /// The full path of the child most recently left (`Parent/Child_0`).
     pub fn last_child_path(&self) -> String {
         match (&self.last_child, self.path.is_empty()) {

@@ -302,18 +302,75 @@ fn parameter_gradients_of_apply_match_the_same_model_written_by_hand() {
     assert_close("Dense_1/bias", &read("Dense_1/bias"), &gb2.into_dyn(), 1e-12);
 }
 
-// ----- second order through a lifted grad! is reported, never silently zero -----
+// ----- second order: differentiating through a lifted grad! -----
 
 #[test]
-fn gradients_through_a_lifted_grad_are_a_typed_error() {
-    // seed_example's d_sum_output_d_params (5.0 in Flax) needs second order.
+fn seed_example_second_order() {
+    // d/dparams of (x_grad + y_grad) through nn.grad: Flax gives 5.0.
+    let case = reference("modules.json", "seed_example");
     let vars = Variables::new().with("params", "LearnScale_0/scale", 1.5).unwrap();
     let (_, grads) = value_and_grad!(|v: &Variables| {
         let (gx, gy) = Foo.apply(v, 2.0, 3.0).unwrap();
         gx + gy
     })(&vars);
+    let want = case["d_sum_output_d_params"]["LearnScale_0"]["scale"].as_f64().unwrap();
+    assert_close("d_sum_output_d_params", &scalar(grads.read::<f64>("params", "LearnScale_0/scale").unwrap()), &scalar(want), RTOL);
+}
+
+struct LearnScaleSq;
+
+#[differentiable]
+impl LearnScaleSq {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let p: f64 = cx.param("scale", init::ones, ());
+        (x * x * p).sum()
+    }
+}
+
+struct Penalty;
+
+#[differentiable]
+impl Penalty {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let (gx,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), LearnScaleSq, x);
+        (&gx * &gx).sum()
+    }
+}
+
+#[test]
+fn gradient_penalty() {
+    let case = reference("modules.json", "gradient_penalty");
+    let x: Array1<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
+    let vars = Variables::new().with("params", "LearnScaleSq_0/scale", 2.0).unwrap();
+    let (value, grads) = value_and_grad!(|v: &Variables| Penalty.apply(v, &x).unwrap())(&vars);
+    assert_close("value", &scalar(value), &array(&case["value"]), RTOL);
+    let want = case["d_value_d_params"]["LearnScaleSq_0"]["scale"].as_f64().unwrap();
+    assert_close("d_value_d_params", &scalar(grads.read::<f64>("params", "LearnScaleSq_0/scale").unwrap()), &scalar(want), RTOL);
+}
+
+struct FooAuxOnly;
+
+#[differentiable]
+impl FooAuxOnly {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>, y: &Array1<f64>) -> Array1<f64> {
+        let ((gx, _gy), _aux) = grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), LearnScaleAux, x, y, has_aux);
+        gx
+    }
+}
+
+#[differentiable]
+fn total(v: &Array1<f64>) -> f64 {
+    v.sum()
+}
+
+#[test]
+fn second_order_through_a_form_not_covered_is_a_typed_error() {
+    // has_aux is not differentiated again yet: the gradients say so on every read.
+    let (x, y) = (ndarray::arr1(&[1.0, 2.0]), ndarray::arr1(&[3.0, 4.0]));
+    let vars = Variables::new().with("params", "LearnScaleAux_0/scale", 2.0).unwrap();
+    let (_, grads) = value_and_grad!(|v: &Variables| total(&FooAuxOnly.apply(v, &x, &y).unwrap()))(&vars);
     assert_eq!(grads.error(), Some(ScopeError::SecondOrderUnsupported));
-    assert_eq!(grads.read::<f64>("params", "LearnScale_0/scale"), Err(ScopeError::SecondOrderUnsupported));
+    assert_eq!(grads.read::<f64>("params", "LearnScaleAux_0/scale"), Err(ScopeError::SecondOrderUnsupported));
 }
 
 // ----- per_example_grads: vmap! of grad!, per example and summed -----
