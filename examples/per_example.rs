@@ -29,7 +29,10 @@ fn main() {
     let per_example = vmap!(grad!(example_loss), in_axes = [None, 0, 0]);
     let summed = grad!(batch_loss);
     let check = per_example(&w, &x, &t).sum_axis(Axis(0)) - summed(&w, &x, &t);
-    println!("max |sum of per-example grads - summed grad| = {:.2e}", check.iter().fold(0.0f64, |m, v| m.max(v.abs())));
+    println!(
+        "max |sum of per-example grads - summed grad| = {:.2e}",
+        check.iter().fold(0.0f64, |m, v| m.max(v.abs()))
+    );
 
     let time = |f: &dyn Fn()| {
         let runs = 20;
@@ -45,5 +48,8 @@ fn main() {
     let sum = time(&|| {
         std::hint::black_box(summed(&w, &x, &t));
     });
-    println!("batch of {n}, {d} features: per-example grads {per:.2} ms, summed grad {sum:.2} ms ({:.1}x)", per / sum);
+    println!(
+        "batch of {n}, {d} features: per-example grads {per:.2} ms, summed grad {sum:.2} ms ({:.1}x)",
+        per / sum
+    );
 }

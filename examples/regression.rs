@@ -9,7 +9,14 @@ use ndarray::{Array1, Array2, Axis};
 
 /// Mean squared error of `tanh(x w1 + b1) w2 + b2` against `y`.
 #[differentiable]
-fn loss(w1: &Array2<f64>, b1: &Array1<f64>, w2: &Array1<f64>, b2: f64, #[no_grad] x: &Array2<f64>, #[no_grad] y: &Array1<f64>) -> f64 {
+fn loss(
+    w1: &Array2<f64>,
+    b1: &Array1<f64>,
+    w2: &Array1<f64>,
+    b2: f64,
+    #[no_grad] x: &Array2<f64>,
+    #[no_grad] y: &Array1<f64>,
+) -> f64 {
     let h = (x.dot(w1) + b1).tanh();
     let pred = h.dot(w2) + b2;
     let err = pred - y;

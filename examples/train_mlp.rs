@@ -53,12 +53,16 @@ fn main() -> Result<(), ScopeError> {
             labels[[c * n + i, c]] = 1.0;
         }
     }
-    let model = Mlp { hidden: 64, classes: 3 };
+    let model = Mlp {
+        hidden: 64,
+        classes: 3,
+    };
     let mut vars = model.init(0, &x)?;
     println!("variables: {}", vars.shapes());
 
     for step in 0..=2000 {
-        let (loss, grads) = value_and_grad!(|v: &Variables| xent(&model.apply(v, &x).unwrap(), &labels))(&vars);
+        let (loss, grads) =
+            value_and_grad!(|v: &Variables| xent(&model.apply(v, &x).unwrap(), &labels))(&vars);
         if step % 400 == 0 {
             let logits = model.apply(&vars, &x)?;
             let correct = logits
@@ -67,7 +71,10 @@ fn main() -> Result<(), ScopeError> {
                 .zip(labels.rows())
                 .filter(|(l, y)| argmax(l) == argmax(y))
                 .count();
-            println!("step {step:>4}: loss {loss:.4}, accuracy {:.1}%", 100.0 * correct as f64 / (3 * n) as f64);
+            println!(
+                "step {step:>4}: loss {loss:.4}, accuracy {:.1}%",
+                100.0 * correct as f64 / (3 * n) as f64
+            );
         }
         vars = sgd(&vars, &grads, 1.0)?;
     }
@@ -75,5 +82,10 @@ fn main() -> Result<(), ScopeError> {
 }
 
 fn argmax(v: &ndarray::ArrayView1<f64>) -> usize {
-    v.iter().enumerate().fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
+    v.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv { (i, x) } else { (bi, bv) }
+        })
+        .0
 }

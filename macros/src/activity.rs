@@ -49,7 +49,11 @@ pub fn analyze(cx: &Ctxt, f: &Func) -> Activity {
     mark_output(&f.body, f.aux, &mut useful);
     while backward(&f.body, &mut useful) {}
     let active = (0..n).map(|i| varied[i] && useful[i]).collect();
-    let act = Activity { active, varied, useful };
+    let act = Activity {
+        active,
+        varied,
+        useful,
+    };
     check(cx, f, &f.body, &act);
     act
 }
@@ -71,7 +75,12 @@ fn inputs(op: &Op) -> Vec<&Atom> {
             if rule.operands == 0 {
                 operands.iter().map(|a| &a.atom).collect()
             } else {
-                operands.iter().enumerate().filter(|(i, _)| rule.pullbacks.get(*i).is_some_and(|p| p.is_some())).map(|(_, a)| &a.atom).collect()
+                operands
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| rule.pullbacks.get(*i).is_some_and(|p| p.is_some()))
+                    .map(|(_, a)| &a.atom)
+                    .collect()
             }
         }
         Op::Call(c) if c.scoped == Scoped::Param => Vec::new(),
@@ -116,7 +125,8 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
                 // With parameters differentiated, a parameter read and a submodule's
                 // output vary whatever their arguments.
                 let from_params = params
-                    && (matches!(op, Op::Lifted(_)) || matches!(op, Op::Call(c) if matches!(c.scoped, Scoped::Param | Scoped::Module)));
+                    && (matches!(op, Op::Lifted(_))
+                        || matches!(op, Op::Call(c) if matches!(c.scoped, Scoped::Param | Scoped::Module)));
                 if from_params || inputs(op).iter().any(|a| is(varied, a)) {
                     changed |= set(varied, *dst);
                 }
@@ -130,7 +140,9 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
                 }
             }
             Stmt::LetTuple { dsts, call, .. } => {
-                if (params && call.scoped == Scoped::Module) || call_inputs(call).iter().any(|a| is(varied, a)) {
+                if (params && call.scoped == Scoped::Module)
+                    || call_inputs(call).iter().any(|a| is(varied, a))
+                {
                     for d in dsts {
                         changed |= set(varied, *d);
                     }
@@ -244,9 +256,10 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
                     each_leaf(arm, &mut |l| {
                         for (phi, a) in phis.iter().zip(leaf_atoms(l)) {
                             if useful[phi.0 as usize]
-                                && let Some(v) = a.var() {
-                                    changed |= set(useful, v);
-                                }
+                                && let Some(v) = a.var()
+                            {
+                                changed |= set(useful, v);
+                            }
                         }
                     });
                     changed |= backward(arm, useful);
@@ -263,27 +276,30 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
                 each_leaf(&lp.body, &mut |l| {
                     for (c, a) in lp.carries.iter().zip(&l.carries) {
                         if (useful[c.inner.0 as usize] || useful[c.out.0 as usize])
-                            && let Some(v) = a.var() {
-                                changed |= set(useful, v);
-                            }
+                            && let Some(v) = a.var()
+                        {
+                            changed |= set(useful, v);
+                        }
                     }
                     if let (Some(v), Some(val)) = (lp.value, &l.value)
-                        && useful[v.0 as usize] {
-                            let mut atoms = Vec::new();
-                            val.flatten(&mut atoms);
-                            for a in atoms {
-                                if let Some(v) = a.var() {
-                                    changed |= set(useful, v);
-                                }
+                        && useful[v.0 as usize]
+                    {
+                        let mut atoms = Vec::new();
+                        val.flatten(&mut atoms);
+                        for a in atoms {
+                            if let Some(v) = a.var() {
+                                changed |= set(useful, v);
                             }
                         }
+                    }
                 });
                 changed |= backward(&lp.body, useful);
                 for c in &lp.carries {
                     if useful[c.inner.0 as usize]
-                        && let Some(v) = c.init.var() {
-                            changed |= set(useful, v);
-                        }
+                        && let Some(v) = c.init.var()
+                    {
+                        changed |= set(useful, v);
+                    }
                 }
             }
         }
@@ -296,12 +312,19 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
         match s {
             Stmt::Let { dst, op, span } => match op {
                 // A derivative the rules cannot give, flowing into a used result.
-                Op::Prim { rule, operands, native, .. } => {
+                Op::Prim {
+                    rule,
+                    operands,
+                    native,
+                    ..
+                } => {
                     if !act.is_useful(*dst) {
                         continue;
                     }
                     for (i, a) in operands.iter().enumerate() {
-                        if act.is_varied(&a.atom) && rule.pullbacks.get(i).is_some_and(|p| p.is_none()) {
+                        if act.is_varied(&a.atom)
+                            && rule.pullbacks.get(i).is_some_and(|p| p.is_none())
+                        {
                             let what = match native {
                                 Native::Method { name, .. } => format!("`{name}`"),
                                 _ => "this operation".to_string(),
@@ -312,9 +335,11 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                 }
                 Op::Call(c) => {
                     if let Callee::Method { receiver, name, .. } = &c.callee
-                        && act.is_useful(*dst) && act.is_varied(&receiver.atom) {
-                            cx.error(c.span, format!("no derivative rule for the method `{name}` on a differentiated value; use a supported operation, a #[differentiable] function, or `no_grad(..)`"));
-                        }
+                        && act.is_useful(*dst)
+                        && act.is_varied(&receiver.atom)
+                    {
+                        cx.error(c.span, format!("no derivative rule for the method `{name}` on a differentiated value; use a supported operation, a #[differentiable] function, or `no_grad(..)`"));
+                    }
                 }
                 Op::MapV { closure, .. } => {
                     for (_, outer) in &closure.free {
@@ -327,18 +352,26 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
             },
             Stmt::LetTuple { dsts, call, .. } => {
                 if let Callee::Method { receiver, name, .. } = &call.callee
-                    && dsts.iter().any(|d| act.is_useful(*d)) && act.is_varied(&receiver.atom) {
-                        cx.error(call.span, format!("no derivative rule for the method `{name}` on a differentiated value"));
-                    }
+                    && dsts.iter().any(|d| act.is_useful(*d))
+                    && act.is_varied(&receiver.atom)
+                {
+                    cx.error(
+                        call.span,
+                        format!(
+                            "no derivative rule for the method `{name}` on a differentiated value"
+                        ),
+                    );
+                }
             }
             Stmt::LetLifted(_) => {}
             Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| check(cx, f, a, act)),
             Stmt::Loop(lp) => {
                 check(cx, f, &lp.body, act);
                 if let Some(v) = lp.value
-                    && act.active[v.0 as usize] {
-                        cx.error(lp.span, "a loop whose `break` value is differentiated is not supported; assign the value to a variable before `break`");
-                    }
+                    && act.active[v.0 as usize]
+                {
+                    cx.error(lp.span, "a loop whose `break` value is differentiated is not supported; assign the value to a variable before `break`");
+                }
             }
         }
     }

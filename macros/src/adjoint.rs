@@ -11,7 +11,7 @@ use crate::activity::Activity;
 use crate::ir::*;
 use crate::ops::{Read, Style};
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, ToTokens};
+use quote::{ToTokens, format_ident, quote};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use syn::Ident;
 
@@ -107,7 +107,11 @@ impl<'a> Gen<'a> {
             .map(|v| {
                 let name = v.name.to_string();
                 let plain = format!("{name}_bar");
-                if names.contains(&plain) { format_ident!("__{}_bar", name) } else { Ident::new(&plain, Span::call_site()) }
+                if names.contains(&plain) {
+                    format_ident!("__{}_bar", name)
+                } else {
+                    Ident::new(&plain, Span::call_site())
+                }
             })
             .collect();
         let mut defs = HashMap::new();
@@ -145,7 +149,10 @@ impl<'a> Gen<'a> {
     fn slot_name(&self, s: Slot) -> TokenStream {
         match s {
             Slot::Var(v) => self.name(v).to_token_stream(),
-            Slot::Pb(v) => format_ident!("__{}_pb", self.name(v).to_string().trim_start_matches('_')).to_token_stream(),
+            Slot::Pb(v) => {
+                format_ident!("__{}_pb", self.name(v).to_string().trim_start_matches('_'))
+                    .to_token_stream()
+            }
             Slot::Tape(k) => format_ident!("__tape{}", k).to_token_stream(),
             Slot::Br(k) => format_ident!("__br{}", k).to_token_stream(),
             Slot::Shape(v) => format_ident!("{}_shape", self.name(v)).to_token_stream(),
@@ -177,7 +184,8 @@ impl<'a> Gen<'a> {
     /// Operand `j` in the primal; a float literal takes the type of a variable operand.
     fn operand(&self, operands: &[Arg], j: usize) -> TokenStream {
         match &operands[j].atom {
-            Atom::Lit(t) if is_float_literal(t) => match operands.iter().find_map(|a| a.atom.var()) {
+            Atom::Lit(t) if is_float_literal(t) => match operands.iter().find_map(|a| a.atom.var())
+            {
                 Some(v) => {
                     let like = self.name(v);
                     quote!(::adjoint::__private::lit(&#like, #t))
@@ -217,14 +225,20 @@ impl<'a> Gen<'a> {
         if let Some(v) = &ct_shape {
             v.flatten(&mut ct_atoms);
         }
-        let cts: Vec<Ident> = (0..ct_atoms.len()).map(|j| format_ident!("__ct{}", j)).collect();
+        let cts: Vec<Ident> = (0..ct_atoms.len())
+            .map(|j| format_ident!("__ct{}", j))
+            .collect();
         let aux = f.aux;
         let seeds = |l: &Leaf| -> Vec<(Atom, TokenStream)> {
             let mut atoms = Vec::new();
             if let Some(v) = &l.value {
                 differentiated(v, aux).flatten(&mut atoms);
             }
-            atoms.into_iter().zip(&cts).map(|(a, c)| (a, c.to_token_stream())).collect()
+            atoms
+                .into_iter()
+                .zip(&cts)
+                .map(|(a, c)| (a, c.to_token_stream()))
+                .collect()
         };
         self.rev_block(&mut rev, &f.body, &seeds);
         let cots: Vec<TokenStream> = f
@@ -250,7 +264,10 @@ impl<'a> Gen<'a> {
         };
         // With parameters differentiated, their cotangents come first, as `Variables`.
         let (vars_bar, vars_cot) = if f.params_active {
-            (quote!(let mut __vars_bar = ::adjoint::Variables::new();), quote!(__vars_bar,))
+            (
+                quote!(let mut __vars_bar = ::adjoint::Variables::new();),
+                quote!(__vars_bar,),
+            )
         } else {
             (TokenStream::new(), TokenStream::new())
         };
@@ -275,13 +292,14 @@ impl<'a> Gen<'a> {
             }
             Tail::Branch(br) => {
                 let n = out_atoms.len();
-                let payload = |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
-                    let mut atoms = Vec::new();
-                    if let Some(v) = &l.value {
-                        v.flatten(&mut atoms);
-                    }
-                    atoms.iter().map(moved).collect()
-                };
+                let payload =
+                    |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
+                        let mut atoms = Vec::new();
+                        if let Some(v) = &l.value {
+                            v.flatten(&mut atoms);
+                        }
+                        atoms.iter().map(moved).collect()
+                    };
                 let (names, expr) = self.branch_expr(br, n, &payload);
                 primal.extend(expr);
                 names.into_iter().map(|n| n.to_token_stream()).collect()
@@ -297,7 +315,12 @@ impl<'a> Gen<'a> {
             .filter(|p| self.reads_all.contains(&Slot::Var(p.var)))
             .map(|p| self.name(p.var).clone())
             .collect();
-        Generated { primal, output, reverse, captured_params }
+        Generated {
+            primal,
+            output,
+            reverse,
+            captured_params,
+        }
     }
 
     // ----- reverse -----
@@ -312,11 +335,13 @@ impl<'a> Gen<'a> {
             if r.init.insert(v) {
                 r.code.push(quote!(let mut #bar = #expr;));
             } else {
-                r.code.push(quote!(::adjoint::__private::acc(&mut #bar, #expr);));
+                r.code
+                    .push(quote!(::adjoint::__private::acc(&mut #bar, #expr);));
             }
         } else {
             r.outer.insert(v);
-            r.code.push(quote!(::adjoint::__private::acc(&mut #bar, #expr);));
+            r.code
+                .push(quote!(::adjoint::__private::acc(&mut #bar, #expr);));
         }
     }
 
@@ -326,7 +351,8 @@ impl<'a> Gen<'a> {
             if r.init.insert(v) {
                 let bar = self.bar(v);
                 let x = self.read_var(r, v);
-                r.code.push(quote!(let mut #bar = ::adjoint::__private::zeros(&#x);));
+                r.code
+                    .push(quote!(let mut #bar = ::adjoint::__private::zeros(&#x);));
             }
         } else {
             r.outer.insert(v);
@@ -337,7 +363,13 @@ impl<'a> Gen<'a> {
     /// source rather than saved.
     fn read_var(&self, r: &mut Rev, v: Var) -> TokenStream {
         let name = self.name(v).to_token_stream();
-        if let Some(Op::Prim { rule, operands, consts, .. }) = self.defs.get(&v) {
+        if let Some(Op::Prim {
+            rule,
+            operands,
+            consts,
+            ..
+        }) = self.defs.get(&v)
+        {
             // Views are recomputed (they borrow); so are scalars in a loop: a few
             // flops beat a push and a pop per iteration.
             if rule.view || (r.in_loop && self.scalar[v.0 as usize]) {
@@ -363,7 +395,8 @@ impl<'a> Gen<'a> {
     /// variable operand (`2.0` beside an `f32` array is an `f32`).
     fn read_operand(&self, r: &mut Rev, operands: &[Arg], j: usize) -> TokenStream {
         match &operands[j].atom {
-            Atom::Lit(t) if is_float_literal(t) => match operands.iter().find_map(|a| a.atom.var()) {
+            Atom::Lit(t) if is_float_literal(t) => match operands.iter().find_map(|a| a.atom.var())
+            {
                 Some(v) => {
                     let like = self.read_var(r, v);
                     quote!(::adjoint::__private::lit(&#like, #t))
@@ -380,9 +413,17 @@ impl<'a> Gen<'a> {
     }
 
     /// `__private::f(&x, &y, consts..)`, reading the operands in the reverse sweep.
-    fn prim_call(&self, r: &mut Rev, rule: &crate::ops::Rule, operands: &[Arg], consts: &[Atom]) -> TokenStream {
+    fn prim_call(
+        &self,
+        r: &mut Rev,
+        rule: &crate::ops::Rule,
+        operands: &[Arg],
+        consts: &[Atom],
+    ) -> TokenStream {
         let f = Ident::new(rule.func, Span::call_site());
-        let ops: Vec<TokenStream> = (0..operands.len()).map(|j| self.read_operand(r, operands, j)).collect();
+        let ops: Vec<TokenStream> = (0..operands.len())
+            .map(|j| self.read_operand(r, operands, j))
+            .collect();
         let cs: Vec<TokenStream> = consts.iter().map(|c| self.read_atom(r, c)).collect();
         fwd_call(rule, &f, &ops, &cs)
     }
@@ -408,11 +449,18 @@ impl<'a> Gen<'a> {
                     return;
                 }
                 match op {
-                    Op::Prim { rule, operands, consts, .. } => self.rev_prim(r, *dst, rule, operands, consts),
+                    Op::Prim {
+                        rule,
+                        operands,
+                        consts,
+                        ..
+                    } => self.rev_prim(r, *dst, rule, operands, consts),
                     Op::Call(call) if call.scoped == Scoped::Param => {
                         let at = self.read_slot(r, Slot::Pb(*dst));
                         let bar = self.bar(*dst);
-                        r.code.push(quote!(::adjoint::__private::add_param(&mut __vars_bar, &#at, #bar);));
+                        r.code.push(
+                            quote!(::adjoint::__private::add_param(&mut __vars_bar, &#at, #bar);),
+                        );
                     }
                     Op::Call(call) => {
                         let pb = self.read_slot(r, Slot::Pb(*dst));
@@ -426,10 +474,15 @@ impl<'a> Gen<'a> {
                         }
                         let bar = self.bar(*dst);
                         let pb = mapv_pullback(closure);
-                        self.contribute(r, recv, quote!(::adjoint::__private::mapv_pb(&#x, #bar, #pb)));
+                        self.contribute(
+                            r,
+                            recv,
+                            quote!(::adjoint::__private::mapv_pb(&#x, #bar, #pb)),
+                        );
                     }
                     Op::Lifted(_) => {
-                        r.code.push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
+                        r.code
+                            .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
                     }
                     Op::Const(_) => {}
                 }
@@ -455,7 +508,10 @@ impl<'a> Gen<'a> {
             Stmt::If { branch, phis } => {
                 let phi_seeds: Vec<Option<TokenStream>> = phis
                     .iter()
-                    .map(|p| (self.active(*p) && r.init.contains(p)).then(|| self.bar(*p).to_token_stream()))
+                    .map(|p| {
+                        (self.active(*p) && r.init.contains(p))
+                            .then(|| self.bar(*p).to_token_stream())
+                    })
                     .collect();
                 let seeds = |l: &Leaf| -> Vec<(Atom, TokenStream)> {
                     let mut atoms = Vec::new();
@@ -463,7 +519,11 @@ impl<'a> Gen<'a> {
                         v.flatten(&mut atoms);
                     }
                     atoms.extend(l.carries.iter().cloned());
-                    atoms.into_iter().zip(&phi_seeds).filter_map(|(a, s)| s.clone().map(|s| (a, s))).collect()
+                    atoms
+                        .into_iter()
+                        .zip(&phi_seeds)
+                        .filter_map(|(a, s)| s.clone().map(|s| (a, s)))
+                        .collect()
                 };
                 self.rev_branch(r, branch, &seeds);
             }
@@ -493,7 +553,11 @@ impl<'a> Gen<'a> {
                     quote!(::adjoint::__private::zeros(&#x))
                 };
                 // A tangent has its primal's type: a reference for a reference.
-                if a.by_ref || a.atom.var().is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference)) {
+                if a.by_ref
+                    || a.atom
+                        .var()
+                        .is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference))
+                {
                     quote!(&#g)
                 } else {
                     g
@@ -505,7 +569,10 @@ impl<'a> Gen<'a> {
             .iter()
             .map(|a| {
                 let x = self.read_atom(r, &a.atom);
-                let reference = a.atom.var().is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference));
+                let reference = a
+                    .atom
+                    .var()
+                    .is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference));
                 if a.by_ref {
                     quote!(&#x)
                 } else if reference {
@@ -518,7 +585,9 @@ impl<'a> Gen<'a> {
             .collect();
         let module = &l.module;
         let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
-        let cots: Vec<Ident> = (0..l.args.len()).map(|i| format_ident!("__c{}", i)).collect();
+        let cots: Vec<Ident> = (0..l.args.len())
+            .map(|i| format_ident!("__c{}", i))
+            .collect();
         let skip = l.args.iter().map(|_| quote!(_));
         let merge = if self.f.params_active {
             quote!(::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);)
@@ -546,41 +615,74 @@ impl<'a> Gen<'a> {
         }
     }
 
-    fn rev_prim(&mut self, r: &mut Rev, dst: Var, rule: &crate::ops::Rule, operands: &[Arg], consts: &[Atom]) {
+    fn rev_prim(
+        &mut self,
+        r: &mut Rev,
+        dst: Var,
+        rule: &crate::ops::Rule,
+        operands: &[Arg],
+        consts: &[Atom],
+    ) {
         let bar = self.bar(dst).clone();
         if rule.operands == 0 {
             // concatenate / stack: one pullback gives every piece.
-            let pb = rule.pullbacks[0].as_ref().expect("variadic rules have a pullback");
+            let pb = rule.pullbacks[0]
+                .as_ref()
+                .expect("variadic rules have a pullback");
             let f = Ident::new(pb.func, Span::call_site());
-            let xs: Vec<TokenStream> = operands.iter().map(|a| self.read_atom(r, &a.atom)).collect();
+            let xs: Vec<TokenStream> = operands
+                .iter()
+                .map(|a| self.read_atom(r, &a.atom))
+                .collect();
             let axis = self.read_atom(r, &consts[0]);
-            let pieces: Vec<Ident> = (0..operands.len()).map(|i| format_ident!("{}_{}", bar, i)).collect();
-            r.code.push(quote!(let [#(#pieces),*] = ::adjoint::__private::#f(#axis, [#(&#xs),*], #bar);));
+            let pieces: Vec<Ident> = (0..operands.len())
+                .map(|i| format_ident!("{}_{}", bar, i))
+                .collect();
+            r.code.push(
+                quote!(let [#(#pieces),*] = ::adjoint::__private::#f(#axis, [#(&#xs),*], #bar);),
+            );
             for (a, p) in operands.iter().zip(&pieces) {
                 self.contribute(r, &a.atom, p.to_token_stream());
             }
             return;
         }
         if let Some(joint) = &rule.joint
-            && operands.iter().all(|a| self.act.is_active(&a.atom)) {
-                let f = Ident::new(joint.func, Span::call_site());
-                let args: Vec<TokenStream> = joint.reads.iter().map(|rd| self.pb_arg(r, dst, rule, operands, consts, rd, &[])).collect();
-                let parts: Vec<Ident> = (0..operands.len()).map(|i| format_ident!("{}_{}", bar, i)).collect();
-                r.code.push(quote!(let (#(#parts,)*) = ::adjoint::__private::#f(#(#args,)* #bar);));
-                for (a, p) in operands.iter().zip(&parts) {
-                    self.contribute(r, &a.atom, p.to_token_stream());
-                }
-                return;
+            && operands.iter().all(|a| self.act.is_active(&a.atom))
+        {
+            let f = Ident::new(joint.func, Span::call_site());
+            let args: Vec<TokenStream> = joint
+                .reads
+                .iter()
+                .map(|rd| self.pb_arg(r, dst, rule, operands, consts, rd, &[]))
+                .collect();
+            let parts: Vec<Ident> = (0..operands.len())
+                .map(|i| format_ident!("{}_{}", bar, i))
+                .collect();
+            r.code
+                .push(quote!(let (#(#parts,)*) = ::adjoint::__private::#f(#(#args,)* #bar);));
+            for (a, p) in operands.iter().zip(&parts) {
+                self.contribute(r, &a.atom, p.to_token_stream());
             }
+            return;
+        }
         let pbs: Vec<(usize, &crate::ops::Pullback)> = operands
             .iter()
             .enumerate()
             .filter(|(_, a)| self.act.is_active(&a.atom))
-            .filter_map(|(i, _)| rule.pullbacks.get(i).and_then(|p| p.as_ref()).map(|p| (i, p)))
+            .filter_map(|(i, _)| {
+                rule.pullbacks
+                    .get(i)
+                    .and_then(|p| p.as_ref())
+                    .map(|p| (i, p))
+            })
             .collect();
         let n = pbs.len();
         for (k, (i, pb)) in pbs.into_iter().enumerate() {
-            let ct = if k + 1 == n { quote!(#bar) } else { quote!(::core::clone::Clone::clone(&#bar)) };
+            let ct = if k + 1 == n {
+                quote!(#bar)
+            } else {
+                quote!(::core::clone::Clone::clone(&#bar))
+            };
             let f = Ident::new(pb.func, Span::call_site());
             // Values this pullback reads anyway give their shapes inline, without a
             // separate saved shape.
@@ -593,8 +695,11 @@ impl<'a> Gen<'a> {
                     _ => None,
                 })
                 .collect();
-            let args: Vec<TokenStream> =
-                pb.reads.iter().map(|rd| self.pb_arg(r, dst, rule, operands, consts, rd, &read_values)).collect();
+            let args: Vec<TokenStream> = pb
+                .reads
+                .iter()
+                .map(|rd| self.pb_arg(r, dst, rule, operands, consts, rd, &read_values))
+                .collect();
             let target = &operands[i].atom;
             match pb.style {
                 Style::Returns => {
@@ -605,7 +710,8 @@ impl<'a> Gen<'a> {
                     let v = target.var().expect("active operands are variables");
                     self.ensure_init(r, v);
                     let acc = self.bar(v);
-                    r.code.push(quote!(::adjoint::__private::#f(&mut #acc, #(#args,)* #ct);));
+                    r.code
+                        .push(quote!(::adjoint::__private::#f(&mut #acc, #(#args,)* #ct);));
                 }
             }
         }
@@ -669,7 +775,8 @@ impl<'a> Gen<'a> {
         if self.f.params_active && call.scoped == Scoped::Module {
             // A submodule's parameter cotangents join this module's.
             r.code.push(quote!(let (__cv, #(#pats,)*) = #pb(#ct);));
-            r.code.push(quote!(::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);));
+            r.code
+                .push(quote!(::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);));
         } else {
             r.code.push(quote!(let (#(#pats,)*) = #pb(#ct);));
         }
@@ -694,7 +801,12 @@ impl<'a> Gen<'a> {
             }
             let mut sub = Rev::new(local, r.in_loop);
             self.rev_block(&mut sub, arm, seeds);
-            let record: Vec<Slot> = sub.reads.iter().copied().filter(|s| slot_local(s, &sub.local)).collect();
+            let record: Vec<Slot> = sub
+                .reads
+                .iter()
+                .copied()
+                .filter(|s| slot_local(s, &sub.local))
+                .collect();
             for s in &sub.reads {
                 if !slot_local(s, &sub.local) {
                     r.reads.insert(*s);
@@ -723,20 +835,29 @@ impl<'a> Gen<'a> {
         }
         let n = br.arms.len();
         let enum_name = format_ident!("Branch{}", n);
-        let arms = arms_code.into_iter().enumerate().map(|(i, (record, code))| {
-            let variant = format_ident!("Arm{}", i);
-            let names: Vec<TokenStream> = record.iter().map(|s| self.slot_name(*s)).collect();
-            quote!(::adjoint::__private::#enum_name::#variant((#(#names,)*)) => { #(#code)* })
-        });
+        let arms = arms_code
+            .into_iter()
+            .enumerate()
+            .map(|(i, (record, code))| {
+                let variant = format_ident!("Arm{}", i);
+                let names: Vec<TokenStream> = record.iter().map(|s| self.slot_name(*s)).collect();
+                quote!(::adjoint::__private::#enum_name::#variant((#(#names,)*)) => { #(#code)* })
+            });
         let rec = self.read_slot(r, Slot::Br(id));
         r.code.push(quote!(match #rec { #(#arms)* }));
     }
 
     fn rev_loop(&mut self, r: &mut Rev, lp: &'a Loop) {
         let id = self.loop_id(lp);
-        let carries: Vec<&Carry> =
-            lp.carries.iter().filter(|c| self.active(c.inner) || self.active(c.out)).collect();
-        let carry_bars: Vec<Ident> = carries.iter().map(|c| format_ident!("{}_carry", self.bar(c.out))).collect();
+        let carries: Vec<&Carry> = lp
+            .carries
+            .iter()
+            .filter(|c| self.active(c.inner) || self.active(c.out))
+            .collect();
+        let carry_bars: Vec<Ident> = carries
+            .iter()
+            .map(|c| format_ident!("{}_carry", self.bar(c.out)))
+            .collect();
         let mut local = HashSet::new();
         block_defs(&lp.body, &mut local);
         for c in &lp.carries {
@@ -762,28 +883,36 @@ impl<'a> Gen<'a> {
                 sub.code.push(quote!(#bar = #inner_bar;));
             } else {
                 let x = self.read_var(&mut sub, c.inner);
-                sub.code.push(quote!(#bar = ::adjoint::__private::zeros(&#x);));
+                sub.code
+                    .push(quote!(#bar = ::adjoint::__private::zeros(&#x);));
             }
         }
         if sub.code.is_empty() || (carries.is_empty() && sub.outer.is_empty()) {
             return;
         }
         self.taped.insert(id);
-        let record: Vec<Slot> = sub.reads.iter().copied().filter(|s| slot_local(s, &sub.local)).collect();
+        let record: Vec<Slot> = sub
+            .reads
+            .iter()
+            .copied()
+            .filter(|s| slot_local(s, &sub.local))
+            .collect();
         for s in &sub.reads {
             if !slot_local(s, &sub.local) {
                 r.reads.insert(*s);
             }
         }
         self.reads_all.extend(sub.reads.iter().copied());
-        self.records.insert(&lp.body as *const Block, record.clone());
+        self.records
+            .insert(&lp.body as *const Block, record.clone());
         for (c, bar) in carries.iter().zip(&carry_bars) {
             if r.init.contains(&c.out) {
                 let out_bar = self.bar(c.out);
                 r.code.push(quote!(let mut #bar = #out_bar;));
             } else {
                 let x = self.read_var(r, c.out);
-                r.code.push(quote!(let mut #bar = ::adjoint::__private::zeros(&#x);));
+                r.code
+                    .push(quote!(let mut #bar = ::adjoint::__private::zeros(&#x);));
             }
         }
         let outer: Vec<Var> = sub.outer.iter().copied().collect();
@@ -797,7 +926,8 @@ impl<'a> Gen<'a> {
         let tape = self.read_slot(r, Slot::Tape(id));
         let names: Vec<TokenStream> = record.iter().map(|s| self.slot_name(*s)).collect();
         let code = &sub.code;
-        r.code.push(quote!(for (#(#names,)*) in #tape.into_iter().rev() { #(#code)* }));
+        r.code
+            .push(quote!(for (#(#names,)*) in #tape.into_iter().rev() { #(#code)* }));
         for (c, bar) in carries.iter().zip(&carry_bars) {
             self.contribute(r, &c.init, bar.to_token_stream());
         }
@@ -811,7 +941,10 @@ impl<'a> Gen<'a> {
         match a {
             Atom::Var(v) => {
                 let name = self.name(*v);
-                if outer || also_moved.contains(&Slot::Var(*v)) || self.reads_all.contains(&Slot::Var(*v)) {
+                if outer
+                    || also_moved.contains(&Slot::Var(*v))
+                    || self.reads_all.contains(&Slot::Var(*v))
+                {
                     quote!(::core::clone::Clone::clone(&#name))
                 } else {
                     quote!(#name)
@@ -874,11 +1007,21 @@ impl<'a> Gen<'a> {
                 };
                 let active = self.active(*dst);
                 match op {
-                    Op::Prim { rule, operands, consts, native } => {
+                    Op::Prim {
+                        rule,
+                        operands,
+                        consts,
+                        native,
+                    } => {
                         if active {
                             let f = Ident::new(rule.func, Span::call_site());
-                            let ops: Vec<TokenStream> = (0..operands.len()).map(|j| self.operand(operands, j)).collect();
-                            let cs: Vec<TokenStream> = consts.iter().map(|c| self.by_value(c, false, &[])).collect();
+                            let ops: Vec<TokenStream> = (0..operands.len())
+                                .map(|j| self.operand(operands, j))
+                                .collect();
+                            let cs: Vec<TokenStream> = consts
+                                .iter()
+                                .map(|c| self.by_value(c, false, &[]))
+                                .collect();
                             let call = fwd_call(rule, &f, &ops, &cs);
                             quote!(let #name = #call;)
                         } else {
@@ -887,7 +1030,8 @@ impl<'a> Gen<'a> {
                         }
                     }
                     Op::Call(call) => {
-                        let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
+                        let args: Vec<TokenStream> =
+                            call.args.iter().map(|a| self.arg(a)).collect();
                         if active {
                             let f = self.companion_for(call);
                             let pb = self.slot_name(Slot::Pb(*dst));
@@ -925,14 +1069,15 @@ impl<'a> Gen<'a> {
                 }
             }
             Stmt::If { branch, phis } => {
-                let payload = |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
-                    let mut atoms = Vec::new();
-                    if let Some(v) = &l.value {
-                        v.flatten(&mut atoms);
-                    }
-                    atoms.extend(l.carries.iter().cloned());
-                    atoms.iter().map(moved).collect()
-                };
+                let payload =
+                    |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
+                        let mut atoms = Vec::new();
+                        if let Some(v) = &l.value {
+                            v.flatten(&mut atoms);
+                        }
+                        atoms.extend(l.carries.iter().cloned());
+                        atoms.iter().map(moved).collect()
+                    };
                 let (names, expr) = self.branch_expr(branch, phis.len(), &payload);
                 let phi_names: Vec<&Ident> = phis.iter().map(|p| self.name(*p)).collect();
                 quote!(#expr let (#(#phi_names,)*) = (#(#names,)*);)
@@ -982,11 +1127,16 @@ impl<'a> Gen<'a> {
                 let (a, b) = (&arm_exprs[0], &arm_exprs[1]);
                 quote!(if #cond #a else #b)
             }
-            BranchKind::Match { scrutinee, pats, .. } => {
+            BranchKind::Match {
+                scrutinee, pats, ..
+            } => {
                 quote!(match #scrutinee { #(#pats => #arm_exprs)* })
             }
         };
-        (names.clone(), quote!(let (#(#names,)* #(#rec_pat,)*) = #expr;))
+        (
+            names.clone(),
+            quote!(let (#(#names,)* #(#rec_pat,)*) = #expr;),
+        )
     }
 
     /// An arm as a block expression: its statements, then `(payload.., record)`.
@@ -998,7 +1148,11 @@ impl<'a> Gen<'a> {
         record: Option<(usize, usize)>,
     ) -> TokenStream {
         let stmts = self.primal_stmts(&b.stmts);
-        let slots = self.records.get(&(b as *const Block)).cloned().unwrap_or_default();
+        let slots = self
+            .records
+            .get(&(b as *const Block))
+            .cloned()
+            .unwrap_or_default();
         let mut local = HashSet::new();
         block_defs(b, &mut local);
         let (pre, values) = match &b.tail {
@@ -1012,7 +1166,10 @@ impl<'a> Gen<'a> {
             }
             Tail::Branch(br) => {
                 let (names, expr) = self.branch_expr(br, n_payload, payload);
-                (expr, names.into_iter().map(|n| n.to_token_stream()).collect())
+                (
+                    expr,
+                    names.into_iter().map(|n| n.to_token_stream()).collect(),
+                )
             }
         };
         let rec = record.map(|(n, i)| {
@@ -1029,7 +1186,9 @@ impl<'a> Gen<'a> {
         let id = self.loop_id(lp);
         let taped = self.taped.contains(&id);
         let tape = self.slot_name(Slot::Tape(id));
-        let carry_vars: Vec<Ident> = (0..lp.carries.len()).map(|k| format_ident!("__carry{}_{}", id, k)).collect();
+        let carry_vars: Vec<Ident> = (0..lp.carries.len())
+            .map(|k| format_ident!("__carry{}_{}", id, k))
+            .collect();
         let mut out = TokenStream::new();
         for (c, cv) in lp.carries.iter().zip(&carry_vars) {
             let init = self.by_value(&c.init, true, &[]);
@@ -1043,14 +1202,25 @@ impl<'a> Gen<'a> {
         let inners: Vec<Var> = lp.carries.iter().map(|c| c.inner).collect();
         body.extend(self.shapes_of(&inners));
         body.extend(self.primal_stmts(&lp.body.stmts));
-        let record = self.records.get(&(&lp.body as *const Block)).cloned().unwrap_or_default();
+        let record = self
+            .records
+            .get(&(&lp.body as *const Block))
+            .cloned()
+            .unwrap_or_default();
         let has_value = lp.value.is_some();
         // The leaf: save the record, pass the carries on, leave if it breaks.
         let leaf_code = |g: &Gen, nexts: Vec<TokenStream>, exit: TokenStream| -> TokenStream {
             let names: Vec<TokenStream> = record.iter().map(|s| g.slot_name(*s)).collect();
-            let push = if taped { quote!(#tape.push((#(#names,)*));) } else { TokenStream::new() };
+            let push = if taped {
+                quote!(#tape.push((#(#names,)*));)
+            } else {
+                TokenStream::new()
+            };
             // Carries first: a value also recorded is cloned into the carry, then moved.
-            let assigns = carry_vars.iter().zip(nexts).map(|(cv, n)| quote!(#cv = #n;));
+            let assigns = carry_vars
+                .iter()
+                .zip(nexts)
+                .map(|(cv, n)| quote!(#cv = #n;));
             quote!(#(#assigns)* #push #exit)
         };
         match &lp.body.tail {
@@ -1061,7 +1231,9 @@ impl<'a> Gen<'a> {
                 let nexts = l
                     .carries
                     .iter()
-                    .map(|a| self.by_value(a, a.var().is_some_and(|v| !local.contains(&v)), &record))
+                    .map(|a| {
+                        self.by_value(a, a.var().is_some_and(|v| !local.contains(&v)), &record)
+                    })
                     .collect();
                 let exit = match (l.kind, &l.value) {
                     (LeafKind::Break, Some(v)) if has_value => {
@@ -1075,7 +1247,10 @@ impl<'a> Gen<'a> {
             }
             Tail::Branch(br) => {
                 let n = lp.carries.len();
-                let payload = |g: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
+                let payload = |g: &Gen,
+                               l: &Leaf,
+                               moved: &dyn Fn(&Atom) -> TokenStream|
+                 -> Vec<TokenStream> {
                     let mut v: Vec<TokenStream> = l.carries.iter().map(moved).collect();
                     v.push(match (l.kind, &l.value) {
                         (LeafKind::Break, Some(val)) if has_value => {
@@ -1145,7 +1320,10 @@ impl<'a> Gen<'a> {
 
     fn native(&self, native: &Native, operands: &[Arg], consts: &[Atom]) -> TokenStream {
         let ops: Vec<TokenStream> = operands.iter().map(|a| self.arg(a)).collect();
-        let cs: Vec<TokenStream> = consts.iter().map(|c| self.by_value(c, false, &[])).collect();
+        let cs: Vec<TokenStream> = consts
+            .iter()
+            .map(|c| self.by_value(c, false, &[]))
+            .collect();
         match native {
             Native::Method { name, suffix } => {
                 let recv = self.atom(&operands[0].atom);
@@ -1189,11 +1367,23 @@ impl<'a> Gen<'a> {
     /// read, the parameter-differentiating companion of a submodule.
     fn companion_for(&self, call: &Call) -> TokenStream {
         match (call.scoped, &call.callee) {
-            (Scoped::Param, Callee::Method { receiver, generics, .. }) => {
+            (
+                Scoped::Param,
+                Callee::Method {
+                    receiver, generics, ..
+                },
+            ) => {
                 let r = self.arg(receiver);
                 quote!(#r.param_at #generics)
             }
-            (Scoped::Module, Callee::Method { receiver, name, generics }) if self.f.params_active => {
+            (
+                Scoped::Module,
+                Callee::Method {
+                    receiver,
+                    name,
+                    generics,
+                },
+            ) if self.f.params_active => {
                 let r = self.arg(receiver);
                 let c = companion_ident(name, "vjp_params");
                 quote!(#r.#c #generics)
@@ -1205,11 +1395,19 @@ impl<'a> Gen<'a> {
 
     fn companion(&self, callee: &Callee, what: &str) -> TokenStream {
         match callee {
-            Callee::Path { prefix, name, generics } => {
+            Callee::Path {
+                prefix,
+                name,
+                generics,
+            } => {
                 let c = companion_ident(name, what);
                 quote!(#prefix #c #generics)
             }
-            Callee::Method { receiver, name, generics } => {
+            Callee::Method {
+                receiver,
+                name,
+                generics,
+            } => {
                 let r = self.arg(receiver);
                 let c = companion_ident(name, what);
                 quote!(#r.#c #generics)
@@ -1219,8 +1417,16 @@ impl<'a> Gen<'a> {
 
     fn plain(&self, callee: &Callee) -> TokenStream {
         match callee {
-            Callee::Path { prefix, name, generics } => quote!(#prefix #name #generics),
-            Callee::Method { receiver, name, generics } => {
+            Callee::Path {
+                prefix,
+                name,
+                generics,
+            } => quote!(#prefix #name #generics),
+            Callee::Method {
+                receiver,
+                name,
+                generics,
+            } => {
                 let r = self.arg(receiver);
                 quote!(#r.#name #generics)
             }
@@ -1232,7 +1438,9 @@ impl<'a> Gen<'a> {
 fn is_float_literal(t: &TokenStream) -> bool {
     match syn::parse2::<syn::Expr>(t.clone()) {
         Ok(syn::Expr::Lit(l)) => matches!(l.lit, syn::Lit::Float(_)),
-        Ok(syn::Expr::Unary(u)) => matches!(&*u.expr, syn::Expr::Lit(l) if matches!(l.lit, syn::Lit::Float(_))),
+        Ok(syn::Expr::Unary(u)) => {
+            matches!(&*u.expr, syn::Expr::Lit(l) if matches!(l.lit, syn::Lit::Float(_)))
+        }
         _ => false,
     }
 }
@@ -1245,7 +1453,12 @@ pub fn companion_ident(name: &Ident, what: &str) -> Ident {
 }
 
 /// `__private::f(&x, &y, c..)`, with the special forms of casts and variadics.
-fn fwd_call(rule: &crate::ops::Rule, f: &Ident, ops: &[TokenStream], consts: &[TokenStream]) -> TokenStream {
+fn fwd_call(
+    rule: &crate::ops::Rule,
+    f: &Ident,
+    ops: &[TokenStream],
+    consts: &[TokenStream],
+) -> TokenStream {
     match rule.func {
         "cast" => {
             let (x, t) = (&ops[0], &consts[0]);
@@ -1256,7 +1469,13 @@ fn fwd_call(rule: &crate::ops::Rule, f: &Ident, ops: &[TokenStream], consts: &[T
             quote!(::adjoint::__private::#f(#axis, [#(&#ops),*]))
         }
         _ => {
-            let cs = consts.iter().map(|c| if rule.consts_by_ref { quote!(&#c) } else { c.clone() });
+            let cs = consts.iter().map(|c| {
+                if rule.consts_by_ref {
+                    quote!(&#c)
+                } else {
+                    c.clone()
+                }
+            });
             quote!(::adjoint::__private::#f(#(&#ops,)* #(#cs),*))
         }
     }
@@ -1308,11 +1527,15 @@ pub(crate) fn scalars(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
             if scalar[v.0 as usize] {
                 continue;
             }
-            let Op::Prim { rule, operands, .. } = op else { continue };
+            let Op::Prim { rule, operands, .. } = op else {
+                continue;
+            };
             let is_scalar = rule.func == "index"
                 || (rule.elementwise
                     && operands.iter().any(|a| a.atom.var().is_some())
-                    && operands.iter().all(|a| a.atom.var().is_none_or(|o| scalar[o.0 as usize])));
+                    && operands
+                        .iter()
+                        .all(|a| a.atom.var().is_none_or(|o| scalar[o.0 as usize])));
             if is_scalar {
                 scalar[v.0 as usize] = true;
                 changed = true;
@@ -1374,7 +1597,10 @@ fn first_value(b: &Block) -> Option<Val> {
 
 fn shape_pattern(v: &Val, names: &mut std::slice::Iter<Ident>) -> TokenStream {
     match v {
-        Val::Atom(_) => names.next().map(|n| n.to_token_stream()).unwrap_or(quote!(_)),
+        Val::Atom(_) => names
+            .next()
+            .map(|n| n.to_token_stream())
+            .unwrap_or(quote!(_)),
         Val::Tuple(vs) => {
             let items = vs.iter().map(|v| shape_pattern(v, names));
             quote!((#(#items,)*))

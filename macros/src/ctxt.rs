@@ -13,7 +13,9 @@ pub struct Ctxt {
 impl Ctxt {
     /// Records an error at the tokens of `at`.
     pub fn error_at(&self, at: impl quote::ToTokens, msg: impl Display) {
-        self.errors.borrow_mut().push(syn::Error::new_spanned(at.into_token_stream(), msg));
+        self.errors
+            .borrow_mut()
+            .push(syn::Error::new_spanned(at.into_token_stream(), msg));
     }
 
     /// Records an error at `span`.
@@ -33,7 +35,9 @@ impl Ctxt {
     /// All errors combined into one, or `Ok` if there were none.
     pub fn check(self) -> Result<(), syn::Error> {
         let mut errors = self.errors.into_inner().into_iter();
-        let Some(mut first) = errors.next() else { return Ok(()) };
+        let Some(mut first) = errors.next() else {
+            return Ok(());
+        };
         errors.for_each(|e| first.combine(e));
         Err(first)
     }

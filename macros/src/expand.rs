@@ -8,12 +8,14 @@ use crate::ctxt::Ctxt;
 use crate::ir::{Func, Tail, Val};
 use crate::lower::{self, ParamSpec};
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, ToTokens};
+use quote::{ToTokens, format_ident, quote};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{FnArg, Ident, ImplItem, Item, ItemFn, ItemImpl, Pat, ReturnType, Signature, Token, Type};
+use syn::{
+    FnArg, Ident, ImplItem, Item, ItemFn, ItemImpl, Pat, ReturnType, Signature, Token, Type,
+};
 
 /// `#[differentiable]` on a function or an inherent impl.
 pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -21,7 +23,10 @@ pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
     // `#[differentiable(jvp)]` also writes the forward-mode companion `__f_jvp`.
     let jvp = attr.to_string() == "jvp";
     if !attr.is_empty() && !jvp {
-        cx.error_at(&attr, "#[differentiable] takes no arguments, or `jvp` for a forward-mode companion");
+        cx.error_at(
+            &attr,
+            "#[differentiable] takes no arguments, or `jvp` for a forward-mode companion",
+        );
     }
     let item: Item = match syn::parse2(item.clone()) {
         Ok(i) => i,
@@ -31,7 +36,10 @@ pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
         Item::Fn(f) => expand_fn(&cx, f, jvp),
         Item::Impl(i) => expand_impl(&cx, i),
         other => {
-            cx.error_at(&other, "#[differentiable] applies to a function or an inherent `impl` block");
+            cx.error_at(
+                &other,
+                "#[differentiable] applies to a function or an inherent `impl` block",
+            );
             other.into_token_stream()
         }
     };
@@ -51,7 +59,11 @@ pub(crate) struct ParamInfo {
 /// Strips `#[no_grad]` from the parameters (it is not a real attribute) and says
 /// which parameters are differentiated.
 pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
-    let generics: Vec<String> = sig.generics.type_params().map(|t| t.ident.to_string()).collect();
+    let generics: Vec<String> = sig
+        .generics
+        .type_params()
+        .map(|t| t.ident.to_string())
+        .collect();
     let mut out = Vec::new();
     for arg in sig.inputs.iter_mut() {
         let FnArg::Typed(pt) = arg else { continue };
@@ -74,12 +86,20 @@ pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
             }
             Pat::Wild(_) => pt.pat.as_ref().clone(),
             other => {
-                cx.error_at(other, "differentiable parameters must be plain names; destructure in the body");
+                cx.error_at(
+                    other,
+                    "differentiable parameters must be plain names; destructure in the body",
+                );
                 other.clone()
             }
         };
         let scope = mentions_scope(&pt.ty);
-        out.push(ParamInfo { pat, ty: (*pt.ty).clone(), active, scope });
+        out.push(ParamInfo {
+            pat,
+            ty: (*pt.ty).clone(),
+            active,
+            scope,
+        });
     }
     out
 }
@@ -109,8 +129,16 @@ pub(crate) fn generate(
     aux: bool,
     params_active: bool,
 ) -> Option<(Func, adjoint::Generated)> {
-    let specs: Vec<ParamSpec> =
-        params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope, scalar: is_float_scalar(&p.ty), reference: matches!(p.ty, Type::Reference(_)) }).collect();
+    let specs: Vec<ParamSpec> = params
+        .iter()
+        .map(|p| ParamSpec {
+            pat: &p.pat,
+            active: p.active,
+            scope: p.scope,
+            scalar: is_float_scalar(&p.ty),
+            reference: matches!(p.ty, Type::Reference(_)),
+        })
+        .collect();
     // With `has_aux` the body returns a pair, perhaps from a call: take it apart.
     let aux_body: syn::Block;
     let body = if aux {
@@ -123,7 +151,10 @@ pub(crate) fn generate(
     func.aux = aux;
     func.params_active = params_active;
     if aux && !matches!(output_shape(&func), Some(Val::Tuple(v)) if v.len() == 2) {
-        cx.error(body.span(), "with `has_aux`, the function must return a pair `(value, aux)`");
+        cx.error(
+            body.span(),
+            "with `has_aux`, the function must return a pair `(value, aux)`",
+        );
         return None;
     }
     if cx.has_errors() {
@@ -150,8 +181,24 @@ fn output_shape(f: &Func) -> Option<Val> {
 fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
     check_signature(cx, &f.sig);
     let params = params(cx, &mut f.sig);
-    let companions = if cx.has_errors() { None } else { companions(cx, &f.vis, &f.sig, &params, &f.block, false, Companions::All) };
-    let jvp = if jvp && !cx.has_errors() { jvp_item(cx, &f, &params) } else { None };
+    let companions = if cx.has_errors() {
+        None
+    } else {
+        companions(
+            cx,
+            &f.vis,
+            &f.sig,
+            &params,
+            &f.block,
+            false,
+            Companions::All,
+        )
+    };
+    let jvp = if jvp && !cx.has_errors() {
+        jvp_item(cx, &f, &params)
+    } else {
+        None
+    };
     quote!(#f #companions #jvp)
 }
 
@@ -159,12 +206,25 @@ fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
 /// derivative, as ordinary Rust, itself `#[differentiable]` (so `grad!` of it gives
 /// Hessian-vector products). One tangent per differentiated argument, same type.
 fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> {
-    let ReturnType::Type(_, ret) = &f.sig.output else { return None };
-    let specs: Vec<ParamSpec> =
-        params.iter().map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope, scalar: is_float_scalar(&p.ty), reference: matches!(p.ty, Type::Reference(_)) }).collect();
+    let ReturnType::Type(_, ret) = &f.sig.output else {
+        return None;
+    };
+    let specs: Vec<ParamSpec> = params
+        .iter()
+        .map(|p| ParamSpec {
+            pat: &p.pat,
+            active: p.active,
+            scope: p.scope,
+            scalar: is_float_scalar(&p.ty),
+            reference: matches!(p.ty, Type::Reference(_)),
+        })
+        .collect();
     let func = lower::lower(cx, &specs, &f.block);
     let act = activity::analyze(cx, &func);
-    let reference_params: Vec<bool> = params.iter().map(|p| matches!(p.ty, Type::Reference(_))).collect();
+    let reference_params: Vec<bool> = params
+        .iter()
+        .map(|p| matches!(p.ty, Type::Reference(_)))
+        .collect();
     let Some(body) = crate::tangent::jvp_body(&func, &|v| act.varied(v), &reference_params) else {
         cx.error_at(
             &f.sig.ident,
@@ -179,11 +239,16 @@ fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> 
         quote!(#pat: #ty)
     });
     let tangents = params.iter().filter(|p| p.active).map(|p| {
-        let n = crate::tangent::dot_name(&syn::parse2::<Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")));
+        let n = crate::tangent::dot_name(
+            &syn::parse2::<Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
+        );
         let ty = &p.ty;
         quote!(#n: #ty)
     });
-    let doc = format!("The value of [`{}`] and its derivative along the tangents (generated by `#[differentiable(jvp)]`).", f.sig.ident);
+    let doc = format!(
+        "The value of [`{}`] and its derivative along the tangents (generated by `#[differentiable(jvp)]`).",
+        f.sig.ident
+    );
     Some(quote! {
         #[doc = #doc]
         #[doc(hidden)]
@@ -202,7 +267,10 @@ pub(crate) fn check_signature(cx: &Ctxt, sig: &Signature) {
         cx.error_at(a, "an `async fn` cannot be #[differentiable]");
     }
     if let ReturnType::Default = sig.output {
-        cx.error_at(&sig.ident, "a #[differentiable] function must return the value to differentiate");
+        cx.error_at(
+            &sig.ident,
+            "a #[differentiable] function must return the value to differentiate",
+        );
     }
 }
 
@@ -218,7 +286,9 @@ pub(crate) fn companions(
 ) -> Option<TokenStream> {
     let params_active = which == Companions::Params;
     let (_, g) = generate(cx, params, body, false, params_active)?;
-    let ReturnType::Type(_, ret) = &sig.output else { return None };
+    let ReturnType::Type(_, ret) = &sig.output else {
+        return None;
+    };
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
     let closure = quote!(move |__ct: ::adjoint::Cot<#ret>| { #reverse });
     // The owning variant copies the reference arguments its pullback reads, so the
@@ -226,7 +296,11 @@ pub(crate) fn companions(
     let owned_refs: Vec<&Ident> = g
         .captured_params
         .iter()
-        .filter(|n| params.iter().any(|p| param_name(&p.pat).to_string() == n.to_string() && is_borrowed_type(&p.ty)))
+        .filter(|n| {
+            params
+                .iter()
+                .any(|p| param_name(&p.pat).to_string() == n.to_string() && is_borrowed_type(&p.ty))
+        })
         .collect();
     let owned_body = quote! {
         #primal
@@ -234,17 +308,38 @@ pub(crate) fn companions(
         (#output, #closure)
     };
     if params_active {
-        return Some(companion_items(vis, sig, params, owned_body, method, Flavor::Params));
+        return Some(companion_items(
+            vis,
+            sig,
+            params,
+            owned_body,
+            method,
+            Flavor::Params,
+        ));
     }
     if which == Companions::Owned {
-        return Some(companion_items(vis, sig, params, owned_body, method, Flavor::Owned));
+        return Some(companion_items(
+            vis,
+            sig,
+            params,
+            owned_body,
+            method,
+            Flavor::Owned,
+        ));
     }
     let borrowing_body = quote! {
         #primal
         (#output, #closure)
     };
     let mut out = companion_items(vis, sig, params, borrowing_body, method, Flavor::Borrowing);
-    out.extend(companion_items(vis, sig, params, owned_body, method, Flavor::Owned));
+    out.extend(companion_items(
+        vis,
+        sig,
+        params,
+        owned_body,
+        method,
+        Flavor::Owned,
+    ));
     Some(out)
 }
 
@@ -318,7 +413,9 @@ pub(crate) fn companion_items_for(
 ) -> TokenStream {
     let var_cots = flavor == Flavor::Params;
     let owned = flavor != Flavor::Borrowing;
-    let ReturnType::Type(_, ret) = &sig.output else { return TokenStream::new() };
+    let ReturnType::Type(_, ret) = &sig.output else {
+        return TokenStream::new();
+    };
     let name = &sig.ident;
     let vjp = companion_ident(
         name,
@@ -328,7 +425,10 @@ pub(crate) fn companion_items_for(
             Flavor::Params => "vjp_params",
         },
     );
-    let (grad, vg) = (companion_ident(name, "grad"), companion_ident(name, "value_and_grad"));
+    let (grad, vg) = (
+        companion_ident(name, "grad"),
+        companion_ident(name, "value_and_grad"),
+    );
     // Elided lifetimes would be ambiguous in the companions' return types (which
     // name the parameters' cotangents): name each one. The pullback does not borrow
     // the scope (`cx: &mut Scope`), so it says exactly what it captures.
@@ -344,7 +444,12 @@ pub(crate) fn companion_items_for(
             if mentions_scope(&ty) {
                 scope_lifetimes.extend(named.fresh[before..].iter().cloned());
             }
-            ParamInfo { pat: p.pat.clone(), ty, active: p.active, scope: p.scope }
+            ParamInfo {
+                pat: p.pat.clone(),
+                ty,
+                active: p.active,
+                scope: p.scope,
+            }
         })
         .collect();
     let params = &params[..];
@@ -353,11 +458,17 @@ pub(crate) fn companion_items_for(
         named.fresh.push(receiver_lt.clone());
     }
     for (k, lt) in named.fresh.iter().enumerate() {
-        generics.params.insert(k, syn::GenericParam::Lifetime(syn::LifetimeParam::new(lt.clone())));
+        generics.params.insert(
+            k,
+            syn::GenericParam::Lifetime(syn::LifetimeParam::new(lt.clone())),
+        );
     }
     // An owning pullback captures no lifetime; a borrowing one all but the scope's.
     let precise = (owned || !scope_lifetimes.is_empty()).then(|| {
-        let lts = generics.lifetimes().map(|l| &l.lifetime).filter(|l| !owned && !scope_lifetimes.contains(l));
+        let lts = generics
+            .lifetimes()
+            .map(|l| &l.lifetime)
+            .filter(|l| !owned && !scope_lifetimes.contains(l));
         let tys = generics.type_params().map(|t| &t.ident);
         let cs = generics.const_params().map(|c| &c.ident);
         quote!(+ use<#(#lts,)* #(#tys,)* #(#cs,)*>)
@@ -388,54 +499,94 @@ pub(crate) fn companion_items_for(
             }
         })
         .collect();
-    let active: Vec<usize> = params.iter().enumerate().filter(|(_, p)| p.active).map(|(i, _)| i).collect();
+    let active: Vec<usize> = params
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.active)
+        .map(|(i, _)| i)
+        .collect();
     let grad_ty: Vec<&TokenStream> = active.iter().map(|i| &cots[*i]).collect();
-    let grad_ty = if grad_ty.len() == 1 { grad_ty[0].clone() } else { quote!((#(#grad_ty,)*)) };
-    let picks: Vec<TokenStream> =
-        (0..params.len()).map(|i| if active.contains(&i) { format_ident!("__g{}", i).to_token_stream() } else { quote!(_) }).collect();
+    let grad_ty = if grad_ty.len() == 1 {
+        grad_ty[0].clone()
+    } else {
+        quote!((#(#grad_ty,)*))
+    };
+    let picks: Vec<TokenStream> = (0..params.len())
+        .map(|i| {
+            if active.contains(&i) {
+                format_ident!("__g{}", i).to_token_stream()
+            } else {
+                quote!(_)
+            }
+        })
+        .collect();
     let picked: Vec<Ident> = active.iter().map(|i| format_ident!("__g{}", i)).collect();
-    let picked = if picked.len() == 1 { picked[0].to_token_stream() } else { quote!((#(#picked,)*)) };
-    let call = if method { quote!(self.#vjp) } else { quote!(#vjp) };
+    let picked = if picked.len() == 1 {
+        picked[0].to_token_stream()
+    } else {
+        quote!((#(#picked,)*))
+    };
+    let call = if method {
+        quote!(self.#vjp)
+    } else {
+        quote!(#vjp)
+    };
     // `__f_grad` is generic over the output it seeds, so a function with a
     // non-scalar output still compiles and only a call to `grad!` reports it.
     let mut grad_generics = generics.clone();
     grad_generics.params.push(syn::parse_quote!(__O));
-    grad_generics.make_where_clause().predicates.push(syn::parse_quote!(#ret: ::adjoint::__private::GradOf<__O>));
+    grad_generics
+        .make_where_clause()
+        .predicates
+        .push(syn::parse_quote!(#ret: ::adjoint::__private::GradOf<__O>));
     let grad_where = &grad_generics.where_clause;
     let var_cot_ty = var_cots.then(|| quote!(::adjoint::Variables,));
-    let doc_vjp = format!("The value of [`{name}`] and its pullback (generated by `#[differentiable]`).");
-    let doc_grad = format!("The gradient of [`{name}`] with respect to its differentiated arguments (generated by `#[differentiable]`).");
-    let doc_vg = format!("The value and gradient of [`{name}`] (generated by `#[differentiable]`).");
+    let doc_vjp =
+        format!("The value of [`{name}`] and its pullback (generated by `#[differentiable]`).");
+    let doc_grad = format!(
+        "The gradient of [`{name}`] with respect to its differentiated arguments (generated by `#[differentiable]`)."
+    );
+    let doc_vg =
+        format!("The value and gradient of [`{name}`] (generated by `#[differentiable]`).");
     // Only the borrowing flavor has grad and value_and_grad: what `grad!(f)` calls.
-    let grads = (flavor == Flavor::Borrowing).then(|| quote! {
-        #[doc = #doc_grad]
-        #[doc(hidden)]
-        #[inline]
-        #[allow(clippy::all)]
-        #vis fn #grad #grad_generics (#receiver #(#args),*) -> #grad_ty
-            #grad_where
-        {
-            let (__out, __pb) = #call(#(#names),*);
-            let (#(#picks,)*) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
-            #picked
-        }
+    let grads = (flavor == Flavor::Borrowing).then(|| {
+        quote! {
+            #[doc = #doc_grad]
+            #[doc(hidden)]
+            #[inline]
+            #[allow(clippy::all)]
+            #vis fn #grad #grad_generics (#receiver #(#args),*) -> #grad_ty
+                #grad_where
+            {
+                let (__out, __pb) = #call(#(#names),*);
+                let (#(#picks,)*) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
+                #picked
+            }
 
-        #[doc = #doc_vg]
-        #[doc(hidden)]
-        #[inline]
-        #[allow(clippy::all)]
-        #vis fn #vg #grad_generics (#receiver #(#args),*) -> (#ret, #grad_ty)
-            #grad_where
-        {
-            let (__out, __pb) = #call(#(#names),*);
-            let (#(#picks,)*) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
-            (__out, #picked)
+            #[doc = #doc_vg]
+            #[doc(hidden)]
+            #[inline]
+            #[allow(clippy::all)]
+            #vis fn #vg #grad_generics (#receiver #(#args),*) -> (#ret, #grad_ty)
+                #grad_where
+            {
+                let (__out, __pb) = #call(#(#names),*);
+                let (#(#picks,)*) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
+                (__out, #picked)
+            }
         }
     });
     // The companions stand for the function: a function only ever differentiated is
     // not dead code.
-    let mention = (real && sig.generics.type_params().next().is_none() && sig.generics.const_params().next().is_none()).then(|| {
-        if method { quote!(let _ = Self::#name;) } else { quote!(let _ = #name;) }
+    let mention = (real
+        && sig.generics.type_params().next().is_none()
+        && sig.generics.const_params().next().is_none())
+    .then(|| {
+        if method {
+            quote!(let _ = Self::#name;)
+        } else {
+            quote!(let _ = #name;)
+        }
     });
     quote! {
         #[doc = #doc_vjp]
@@ -479,13 +630,29 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
         (Some(rule), false) => {
             let (fwd, bwd) = (&rule.fwd, &rule.bwd);
             let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
-            let ReturnType::Type(_, ret) = &f.sig.output else { unreachable!("checked by check_signature") };
+            let ReturnType::Type(_, ret) = &f.sig.output else {
+                unreachable!("checked by check_signature")
+            };
             let body = quote! {
                 let (__out, __res) = #fwd(#(#names),*);
                 (__out, move |__ct: ::adjoint::Cot<#ret>| #bwd(__res, __ct))
             };
-            let mut out = companion_items(&f.vis, &f.sig, &params, body.clone(), false, Flavor::Borrowing);
-            out.extend(companion_items(&f.vis, &f.sig, &params, body, false, Flavor::Owned));
+            let mut out = companion_items(
+                &f.vis,
+                &f.sig,
+                &params,
+                body.clone(),
+                false,
+                Flavor::Borrowing,
+            );
+            out.extend(companion_items(
+                &f.vis,
+                &f.sig,
+                &params,
+                body,
+                false,
+                Flavor::Owned,
+            ));
             out
         }
         _ => TokenStream::new(),
@@ -511,7 +678,12 @@ impl Parse for CustomRule {
             match key.to_string().as_str() {
                 "fwd" => fwd = Some(path),
                 "bwd" => bwd = Some(path),
-                other => return Err(syn::Error::new(key.span(), format!("unknown key `{other}`: expected `fwd = ..` and `bwd = ..`"))),
+                other => {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!("unknown key `{other}`: expected `fwd = ..` and `bwd = ..`"),
+                    ));
+                }
             }
             if !input.is_empty() {
                 input.parse::<Token![,]>()?;
@@ -519,7 +691,9 @@ impl Parse for CustomRule {
         }
         match (fwd, bwd) {
             (Some(fwd), Some(bwd)) => Ok(CustomRule { fwd, bwd }),
-            _ => Err(input.error("#[custom_vjp] needs both rules: `#[custom_vjp(fwd = f_fwd, bwd = f_bwd)]`")),
+            _ => Err(input.error(
+                "#[custom_vjp] needs both rules: `#[custom_vjp(fwd = f_fwd, bwd = f_bwd)]`",
+            )),
         }
     }
 }
@@ -554,11 +728,16 @@ impl syn::visit_mut::VisitMut for NameLifetimes {
 
     fn visit_path_segment_mut(&mut self, seg: &mut syn::PathSegment) {
         let name = seg.ident.to_string();
-        let is_view = name.starts_with("ArrayView") || name.starts_with("CowArray") || name == "Scope";
+        let is_view =
+            name.starts_with("ArrayView") || name.starts_with("CowArray") || name == "Scope";
         if is_view {
             match &mut seg.arguments {
                 syn::PathArguments::AngleBracketed(args) => {
-                    if !args.args.iter().any(|a| matches!(a, syn::GenericArgument::Lifetime(_))) {
+                    if !args
+                        .args
+                        .iter()
+                        .any(|a| matches!(a, syn::GenericArgument::Lifetime(_)))
+                    {
                         let lt = self.next();
                         args.args.insert(0, syn::GenericArgument::Lifetime(lt));
                     }
@@ -627,7 +806,15 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
             extra.push(crate::module::module_items(cx, &self_ty, m, &params));
             continue;
         }
-        if let Some(c) = companions(cx, &m.vis, &m.sig, &params, &m.block, m.sig.receiver().is_some(), Companions::All) {
+        if let Some(c) = companions(
+            cx,
+            &m.vis,
+            &m.sig,
+            &params,
+            &m.block,
+            m.sig.receiver().is_some(),
+            Companions::All,
+        ) {
             extra.push(c);
         }
     }
@@ -672,7 +859,14 @@ struct TransformInput {
 impl Parse for TransformInput {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let items: Punctuated<syn::Expr, Token![,]> = Punctuated::parse_terminated(input)?;
-        let mut out = TransformInput { positional: Vec::new(), wrt: None, has_aux: false, vjp_variables: None, variables: None, rngs: None };
+        let mut out = TransformInput {
+            positional: Vec::new(),
+            wrt: None,
+            has_aux: false,
+            vjp_variables: None,
+            variables: None,
+            rngs: None,
+        };
         for item in items {
             match &item {
                 syn::Expr::Path(p) if p.path.is_ident("has_aux") => out.has_aux = true,
@@ -682,18 +876,31 @@ impl Parse for TransformInput {
                         _ => None,
                     };
                     let Some(key) = key else {
-                        return Err(syn::Error::new_spanned(&a.left, "expected an option name: `wrt` or `has_aux`"));
+                        return Err(syn::Error::new_spanned(
+                            &a.left,
+                            "expected an option name: `wrt` or `has_aux`",
+                        ));
                     };
                     match key.to_string().as_str() {
                         "wrt" => {
                             let syn::Expr::Array(arr) = &*a.right else {
-                                return Err(syn::Error::new_spanned(&a.right, "`wrt` takes a list of parameter names: `wrt = [x, y]`"));
+                                return Err(syn::Error::new_spanned(
+                                    &a.right,
+                                    "`wrt` takes a list of parameter names: `wrt = [x, y]`",
+                                ));
                             };
                             let mut names = Vec::new();
                             for e in &arr.elems {
                                 match e {
-                                    syn::Expr::Path(p) if p.path.get_ident().is_some() => names.push(p.path.get_ident().cloned().expect("checked")),
-                                    other => return Err(syn::Error::new_spanned(other, "`wrt` takes parameter names")),
+                                    syn::Expr::Path(p) if p.path.get_ident().is_some() => {
+                                        names.push(p.path.get_ident().cloned().expect("checked"))
+                                    }
+                                    other => {
+                                        return Err(syn::Error::new_spanned(
+                                            other,
+                                            "`wrt` takes parameter names",
+                                        ));
+                                    }
                                 }
                             }
                             out.wrt = Some(names);
@@ -706,8 +913,16 @@ impl Parse for TransformInput {
                             let mut names = Vec::new();
                             for e in items {
                                 match e {
-                                    syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => names.push(s),
-                                    other => return Err(syn::Error::new_spanned(other, format!("`{key}` takes names: `{key} = [\"params\"]`"))),
+                                    syn::Expr::Lit(syn::ExprLit {
+                                        lit: syn::Lit::Str(s),
+                                        ..
+                                    }) => names.push(s),
+                                    other => {
+                                        return Err(syn::Error::new_spanned(
+                                            other,
+                                            format!("`{key}` takes names: `{key} = [\"params\"]`"),
+                                        ));
+                                    }
                                 }
                             }
                             match key.to_string().as_str() {
@@ -717,13 +932,23 @@ impl Parse for TransformInput {
                             }
                         }
                         "has_aux" => match &*a.right {
-                            syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }) => out.has_aux = b.value,
-                            other => return Err(syn::Error::new_spanned(other, "`has_aux` takes `true` or `false`")),
+                            syn::Expr::Lit(syn::ExprLit {
+                                lit: syn::Lit::Bool(b),
+                                ..
+                            }) => out.has_aux = b.value,
+                            other => {
+                                return Err(syn::Error::new_spanned(
+                                    other,
+                                    "`has_aux` takes `true` or `false`",
+                                ));
+                            }
                         },
                         other => {
                             return Err(syn::Error::new(
                                 key.span(),
-                                format!("unknown option `{other}`: expected `wrt = [..]`, `has_aux`, or in a module `variables`, `rngs`, `vjp_variables`"),
+                                format!(
+                                    "unknown option `{other}`: expected `wrt = [..]`, `has_aux`, or in a module `variables`, `rngs`, `vjp_variables`"
+                                ),
                             ));
                         }
                     }
@@ -732,7 +957,9 @@ impl Parse for TransformInput {
             }
         }
         if out.positional.is_empty() {
-            return Err(input.error("expected a function path, a closure, or `cx, |mdl, cx, ..| .., Module, args..`"));
+            return Err(input.error(
+                "expected a function path, a closure, or `cx, |mdl, cx, ..| .., Module, args..`",
+            ));
         }
         Ok(out)
     }
@@ -744,9 +971,15 @@ pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
         Err(e) => return e.into_compile_error(),
     };
     let cx = Ctxt::default();
-    let lifted = input.positional.len() >= 3 && matches!(input.positional[1], syn::Expr::Closure(_));
-    let out = if which == Transform::Jvp && input.positional.len() == 1 && matches!(input.positional[0], syn::Expr::Path(_)) {
-        let syn::Expr::Path(p) = &input.positional[0] else { unreachable!("checked") };
+    let lifted =
+        input.positional.len() >= 3 && matches!(input.positional[1], syn::Expr::Closure(_));
+    let out = if which == Transform::Jvp
+        && input.positional.len() == 1
+        && matches!(input.positional[0], syn::Expr::Path(_))
+    {
+        let syn::Expr::Path(p) = &input.positional[0] else {
+            unreachable!("checked")
+        };
         let mut path = p.path.clone();
         let last = path.segments.last_mut().expect("a path has a segment");
         last.ident = companion_ident(&last.ident, "jvp");
@@ -789,17 +1022,16 @@ pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
             }
             syn::Expr::Closure(c) => closure_transform(&cx, which, c, &input),
             other => {
-                cx.error_at(other, "expected a function path (`grad!(f)`) or a closure (`grad!(|x| ..)`)");
+                cx.error_at(
+                    other,
+                    "expected a function path (`grad!(f)`) or a closure (`grad!(|x| ..)`)",
+                );
                 TokenStream::new()
             }
         }
     };
     let errors = cx.into_compile_errors();
-    if errors.is_empty() {
-        out
-    } else {
-        errors
-    }
+    if errors.is_empty() { out } else { errors }
 }
 
 /// The lifted transform of a module, as `flax.linen.grad`: inside `call`,
@@ -809,22 +1041,33 @@ pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
 /// The result has one cotangent per primal (a 1-tuple for one primal).
 fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> TokenStream {
     let scope = &input.positional[0];
-    let syn::Expr::Closure(c) = &input.positional[1] else { return TokenStream::new() };
+    let syn::Expr::Closure(c) = &input.positional[1] else {
+        return TokenStream::new();
+    };
     let module = &input.positional[2];
     let args = &input.positional[3..];
     if c.inputs.len() != args.len() + 2 {
         cx.error_at(
             &c.inputs,
-            format!("the closure takes the module, the scope and {} primal(s): `|mdl, cx, ..|`", args.len()),
+            format!(
+                "the closure takes the module, the scope and {} primal(s): `|mdl, cx, ..|`",
+                args.len()
+            ),
         );
         return TokenStream::new();
     }
-    let Some((names, infos, body)) = lifted_closure(cx, c) else { return TokenStream::new() };
+    let Some((names, infos, body)) = lifted_closure(cx, c) else {
+        return TokenStream::new();
+    };
     // vjp! differentiates the child's parameters too; grad! treats them as constants.
     let params_active = which == Transform::Vjp;
-    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux, params_active) else { return TokenStream::new() };
+    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux, params_active) else {
+        return TokenStream::new();
+    };
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
-    let temps: Vec<Ident> = (0..args.len()).map(|i| format_ident!("__primal{}", i)).collect();
+    let temps: Vec<Ident> = (0..args.len())
+        .map(|i| format_ident!("__primal{}", i))
+        .collect();
     let (mdl, cxn) = (&names[0], &names[1]);
     let primals = &names[2..];
     let grads: Vec<Ident> = (0..args.len()).map(|i| format_ident!("__g{}", i)).collect();
@@ -832,7 +1075,10 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
         (Transform::Grad, false) => (quote!(__value), quote!((#(#grads,)*))),
         (Transform::Grad, true) => (quote!((__value, __aux)), quote!(((#(#grads,)*), __aux))),
         (_, false) => (quote!(__value), quote!((__value, (#(#grads,)*)))),
-        (_, true) => (quote!((__value, __aux)), quote!(((__value, __aux), (#(#grads,)*)))),
+        (_, true) => (
+            quote!((__value, __aux)),
+            quote!(((__value, __aux), (#(#grads,)*))),
+        ),
     };
     let computation = if which == Transform::Vjp {
         let collections = match &input.vjp_variables {
@@ -884,7 +1130,10 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
 /// The closure of a lifted transform, `|mdl, cx, primals..| body`: its parameter
 /// names, their roles (the module and the scope constant, the primals
 /// differentiated) and its body as a block.
-fn lifted_closure(cx: &Ctxt, c: &syn::ExprClosure) -> Option<(Vec<Ident>, Vec<ParamInfo>, syn::Block)> {
+fn lifted_closure(
+    cx: &Ctxt,
+    c: &syn::ExprClosure,
+) -> Option<(Vec<Ident>, Vec<ParamInfo>, syn::Block)> {
     let mut infos = Vec::new();
     let mut names = Vec::new();
     for (i, p) in c.inputs.iter().enumerate() {
@@ -897,7 +1146,12 @@ fn lifted_closure(cx: &Ctxt, c: &syn::ExprClosure) -> Option<(Vec<Ident>, Vec<Pa
             return None;
         };
         names.push(id.ident.clone());
-        infos.push(ParamInfo { pat: pat.clone(), ty: Type::Verbatim(quote!(_)), active: i >= 2, scope: i == 1 });
+        infos.push(ParamInfo {
+            pat: pat.clone(),
+            ty: Type::Verbatim(quote!(_)),
+            active: i >= 2,
+            scope: i == 1,
+        });
     }
     let body: syn::Block = match &*c.body {
         syn::Expr::Block(b) => b.block.clone(),
@@ -916,20 +1170,33 @@ fn lifted_closure(cx: &Ctxt, c: &syn::ExprClosure) -> Option<(Vec<Ident>, Vec<Pa
 /// mode for small outputs only.
 fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
     let scope = &input.positional[0];
-    let syn::Expr::Closure(c) = &input.positional[1] else { return TokenStream::new() };
+    let syn::Expr::Closure(c) = &input.positional[1] else {
+        return TokenStream::new();
+    };
     let module = &input.positional[2];
-    let (primals_tuple, tangents_tuple, var_tangents) = (&input.positional[3], &input.positional[4], &input.positional[5]);
+    let (primals_tuple, tangents_tuple, var_tangents) = (
+        &input.positional[3],
+        &input.positional[4],
+        &input.positional[5],
+    );
     let n = c.inputs.len().saturating_sub(2);
     let tuple_len = |e: &syn::Expr| match e {
         syn::Expr::Tuple(t) => Some(t.elems.len()),
         _ => None,
     };
     if tuple_len(primals_tuple) != Some(n) || tuple_len(tangents_tuple) != Some(n) {
-        cx.error_at(primals_tuple, format!("jvp! takes the primals and the tangents as tuples of {n}: `(x,), (tx,)`"));
+        cx.error_at(
+            primals_tuple,
+            format!("jvp! takes the primals and the tangents as tuples of {n}: `(x,), (tx,)`"),
+        );
         return TokenStream::new();
     }
-    let Some((names, infos, body)) = lifted_closure(cx, c) else { return TokenStream::new() };
-    let Some((_, g)) = generate(cx, &infos, &body, false, true) else { return TokenStream::new() };
+    let Some((names, infos, body)) = lifted_closure(cx, c) else {
+        return TokenStream::new();
+    };
+    let Some((_, g)) = generate(cx, &infos, &body, false, true) else {
+        return TokenStream::new();
+    };
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
     let (mdl, cxn) = (&names[0], &names[1]);
     let primals = &names[2..];
@@ -964,7 +1231,12 @@ fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
     })
 }
 
-fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &TransformInput) -> TokenStream {
+fn closure_transform(
+    cx: &Ctxt,
+    which: Transform,
+    c: &syn::ExprClosure,
+    input: &TransformInput,
+) -> TokenStream {
     let mut params = Vec::new();
     for p in &c.inputs {
         let (pat, ty) = match p {
@@ -978,7 +1250,10 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
                 return TokenStream::new();
             }
         };
-        let active = input.wrt.as_ref().is_none_or(|w| w.iter().any(|i| *i == name));
+        let active = input
+            .wrt
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|i| *i == name));
         params.push((pat, ty, active, name));
     }
     if let Some(wrt) = &input.wrt {
@@ -1001,22 +1276,44 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
         syn::Expr::Block(b) => b.block.clone(),
         other => syn::parse_quote_spanned!(other.span()=> { #other }),
     };
-    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux, false) else { return TokenStream::new() };
+    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux, false) else {
+        return TokenStream::new();
+    };
     let closure_params = c.inputs.iter();
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
     // The cotangents of the differentiated parameters, in `wrt` order.
     let order: Vec<usize> = match &input.wrt {
-        Some(w) => w.iter().filter_map(|w| params.iter().position(|p| *w == p.3)).collect(),
+        Some(w) => w
+            .iter()
+            .filter_map(|w| params.iter().position(|p| *w == p.3))
+            .collect(),
         None => (0..params.len()).collect(),
     };
-    let picks: Vec<TokenStream> =
-        (0..params.len()).map(|i| if order.contains(&i) { format_ident!("__g{}", i).to_token_stream() } else { quote!(_) }).collect();
+    let picks: Vec<TokenStream> = (0..params.len())
+        .map(|i| {
+            if order.contains(&i) {
+                format_ident!("__g{}", i).to_token_stream()
+            } else {
+                quote!(_)
+            }
+        })
+        .collect();
     let picked: Vec<Ident> = order.iter().map(|i| format_ident!("__g{}", i)).collect();
-    let picked = if picked.len() == 1 { picked[0].to_token_stream() } else { quote!((#(#picked,)*)) };
-    let (value_pat, seed) = if input.has_aux {
-        (quote!((__value, __aux)), quote!(::adjoint::__private::grad_seed(&__value)))
+    let picked = if picked.len() == 1 {
+        picked[0].to_token_stream()
     } else {
-        (quote!(__value), quote!(::adjoint::__private::grad_seed(&__value)))
+        quote!((#(#picked,)*))
+    };
+    let (value_pat, seed) = if input.has_aux {
+        (
+            quote!((__value, __aux)),
+            quote!(::adjoint::__private::grad_seed(&__value)),
+        )
+    } else {
+        (
+            quote!(__value),
+            quote!(::adjoint::__private::grad_seed(&__value)),
+        )
     };
     let body = match which {
         Transform::Grad | Transform::ValueAndGrad => {
@@ -1063,4 +1360,3 @@ fn closure_transform(cx: &Ctxt, which: Transform, c: &syn::ExprClosure, input: &
         __f
     })
 }
-

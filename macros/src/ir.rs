@@ -125,7 +125,11 @@ pub enum BranchKind {
     /// `if cond { arms[0] } else { arms[1] }`.
     If { cond: TokenStream },
     /// `match scrutinee { pats[i] => arms[i] }`.
-    Match { scrutinee: TokenStream, pats: Vec<TokenStream>, binds: Vec<Vec<Var>> },
+    Match {
+        scrutinee: TokenStream,
+        pats: Vec<TokenStream>,
+        binds: Vec<Vec<Var>>,
+    },
 }
 
 /// One statement.
@@ -169,7 +173,11 @@ pub struct Loop {
 
 pub enum LoopKind {
     /// `for pat in iter` over constants.
-    For { pat: TokenStream, iter: TokenStream, binds: Vec<Var> },
+    For {
+        pat: TokenStream,
+        iter: TokenStream,
+        binds: Vec<Var>,
+    },
     /// `loop` (and `while`, lowered to `loop { if !cond { break } .. }`).
     Loop,
 }
@@ -192,7 +200,12 @@ pub struct Arg {
 /// What a statement computes.
 pub enum Op {
     /// A rule from the table, applied to operands and constant arguments.
-    Prim { rule: &'static crate::ops::Rule, operands: Vec<Arg>, consts: Vec<Atom>, native: Native },
+    Prim {
+        rule: &'static crate::ops::Rule,
+        operands: Vec<Arg>,
+        consts: Vec<Atom>,
+        native: Native,
+    },
     /// A call that is differentiated through its generated companion when an argument
     /// is active, and called as written otherwise.
     Call(Call),
@@ -204,7 +217,11 @@ pub enum Op {
     /// cotangent marks the parameter gradients as unusable instead of dropping it.
     Lifted(TokenStream),
     /// `x.mapv(closure)` with a differentiable scalar closure.
-    MapV { recv: Atom, closure: Box<Func>, native: TokenStream },
+    MapV {
+        recv: Atom,
+        closure: Box<Func>,
+        native: TokenStream,
+    },
 }
 
 /// A call to a function or method that may be `#[differentiable]`.
@@ -232,9 +249,17 @@ pub enum Scoped {
 
 pub enum Callee {
     /// A free function: its path up to the last segment, the last segment, and turbofish.
-    Path { prefix: TokenStream, name: Ident, generics: TokenStream },
+    Path {
+        prefix: TokenStream,
+        name: Ident,
+        generics: TokenStream,
+    },
     /// A method on `receiver` (`self.helper(x)`, `layer.forward(x)`).
-    Method { receiver: Arg, name: Ident, generics: TokenStream },
+    Method {
+        receiver: Arg,
+        name: Ident,
+        generics: TokenStream,
+    },
 }
 
 /// How to write an operation as the user did, for when none of its operands is
@@ -264,5 +289,4 @@ impl Func {
     pub fn name(&self, v: Var) -> &Ident {
         &self.vars[v.0 as usize].name
     }
-
 }

@@ -15,9 +15,9 @@ mod lower;
 mod module;
 mod ops;
 mod tangent;
-mod vmap;
 #[cfg(test)]
 mod tests;
+mod vmap;
 
 use proc_macro::TokenStream;
 

@@ -10,10 +10,10 @@ use crate::ctxt::Ctxt;
 use crate::ir::*;
 use crate::ops::{self, Rule};
 use proc_macro2::{Span, TokenStream, TokenTree};
-use quote::{quote, ToTokens};
+use quote::{ToTokens, quote};
 use std::collections::{HashMap, HashSet};
-use syn::spanned::Spanned;
 use syn::parse::Parser;
+use syn::spanned::Spanned;
 use syn::{BinOp, Expr, Pat, UnOp};
 
 /// A parameter to lower: its pattern and whether it is differentiated.
@@ -43,7 +43,17 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
     for (_, names) in outer.values() {
         taken.extend(names.iter().map(|(_, n)| n.to_string()));
     }
-    let mut l = Lowerer { cx, vars: Vec::new(), scopes: vec![HashMap::new()], taken, temps: 0, outer, free: Vec::new(), scopes_vars: Vec::new(), memo: vec![HashMap::new()] };
+    let mut l = Lowerer {
+        cx,
+        vars: Vec::new(),
+        scopes: vec![HashMap::new()],
+        taken,
+        temps: 0,
+        outer,
+        free: Vec::new(),
+        scopes_vars: Vec::new(),
+        memo: vec![HashMap::new()],
+    };
     let params = params
         .iter()
         .filter_map(|p| {
@@ -57,7 +67,14 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         })
         .collect();
     let body_ir = l.block(&body.stmts, &Region::default(), LeafKind::Return);
-    Func { vars: l.vars, params, body: body_ir, free: l.free, aux: false, params_active: false }
+    Func {
+        vars: l.vars,
+        params,
+        body: body_ir,
+        free: l.free,
+        aux: false,
+        params_active: false,
+    }
 }
 
 /// A region's carried variables: the outer variables its leaves report, named by
@@ -116,7 +133,11 @@ impl Lowerer<'_> {
         self.taken.insert(name.clone());
         let id = Var(self.vars.len() as u32);
         let ident_span = if user { span } else { Span::call_site() };
-        self.vars.push(VarInfo { name: Ident::new(&name, ident_span), ty: None, mutable: false });
+        self.vars.push(VarInfo {
+            name: Ident::new(&name, ident_span),
+            ty: None,
+            mutable: false,
+        });
         id
     }
 
@@ -146,7 +167,11 @@ impl Lowerer<'_> {
         let mut map = HashMap::new();
         for (outer_var, ident) in names {
             let id = Var(self.vars.len() as u32);
-            self.vars.push(VarInfo { name: ident, ty: None, mutable: false });
+            self.vars.push(VarInfo {
+                name: ident,
+                ty: None,
+                mutable: false,
+            });
             self.free.push((id, outer_var));
             map.insert(outer_var, id);
         }
@@ -171,11 +196,16 @@ impl Lowerer<'_> {
                 return;
             }
         }
-        self.cx.error(span, format!("cannot assign to `{name}`: it is not a local variable of this function"));
+        self.cx.error(
+            span,
+            format!("cannot assign to `{name}`: it is not a local variable of this function"),
+        );
     }
 
     fn scope_of(&self, name: &str) -> Option<usize> {
-        (0..self.scopes.len()).rev().find(|&d| self.scopes[d].contains_key(name))
+        (0..self.scopes.len())
+            .rev()
+            .find(|&d| self.scopes[d].contains_key(name))
     }
 
     fn bind_param(&mut self, pat: &Pat, active: bool) -> Option<Param> {
@@ -183,15 +213,28 @@ impl Lowerer<'_> {
             Pat::Ident(p) => {
                 let var = self.fresh_user(&p.ident);
                 self.bind(p.ident.to_string(), Val::Atom(Atom::Var(var)));
-                Some(Param { var, active, scalar: false, reference: false })
+                Some(Param {
+                    var,
+                    active,
+                    scalar: false,
+                    reference: false,
+                })
             }
             Pat::Type(t) => self.bind_param(&t.pat, active),
             Pat::Wild(w) => {
                 let var = self.temp(w.span());
-                Some(Param { var, active, scalar: false, reference: false })
+                Some(Param {
+                    var,
+                    active,
+                    scalar: false,
+                    reference: false,
+                })
             }
             other => {
-                self.cx.error_at(other, "differentiable parameters must be plain names; destructure in the body");
+                self.cx.error_at(
+                    other,
+                    "differentiable parameters must be plain names; destructure in the body",
+                );
                 None
             }
         }
@@ -201,7 +244,10 @@ impl Lowerer<'_> {
         match v {
             Val::Atom(a) => a,
             Val::Tuple(_) => {
-                self.cx.error(span, "a tuple cannot be used here; take its fields apart first");
+                self.cx.error(
+                    span,
+                    "a tuple cannot be used here; take its fields apart first",
+                );
                 Atom::Lit(quote!(()))
             }
         }
@@ -305,9 +351,10 @@ impl Lowerer<'_> {
     fn const_atom(&mut self, out: &mut Stmts, e: &Expr) -> Atom {
         if let Expr::Path(p) = e
             && let Some(id) = p.path.get_ident()
-                && let Some(Val::Atom(a)) = self.lookup(&id.to_string()) {
-                    return a;
-                }
+            && let Some(Val::Atom(a)) = self.lookup(&id.to_string())
+        {
+            return a;
+        }
         if let Expr::Lit(_) = e {
             return Atom::Lit(e.to_token_stream());
         }
@@ -327,7 +374,13 @@ impl Lowerer<'_> {
         Block { stmts: out, tail }
     }
 
-    fn stmts(&mut self, out: &mut Stmts, stmts: &[syn::Stmt], region: &Region, end: LeafKind) -> Tail {
+    fn stmts(
+        &mut self,
+        out: &mut Stmts,
+        stmts: &[syn::Stmt],
+        region: &Region,
+        end: LeafKind,
+    ) -> Tail {
         for (i, stmt) in stmts.iter().enumerate() {
             let last = i + 1 == stmts.len();
             match stmt {
@@ -354,7 +407,10 @@ impl Lowerer<'_> {
                         }
                         Expr::Break(b) => {
                             if b.label.is_some() {
-                                self.cx.error_at(b, "labelled `break` is not supported in a #[differentiable] body");
+                                self.cx.error_at(
+                                    b,
+                                    "labelled `break` is not supported in a #[differentiable] body",
+                                );
                             }
                             let value = b.expr.as_ref().map(|e| self.expr(out, e));
                             return self.leaf(LeafKind::Break, value, region);
@@ -387,7 +443,11 @@ impl Lowerer<'_> {
                 _ => Atom::Lit(quote!(())),
             })
             .collect();
-        Tail::Leaf(Leaf { kind, value, carries })
+        Tail::Leaf(Leaf {
+            kind,
+            value,
+            carries,
+        })
     }
 
     /// An `if` or `match` that may leave its block early: its arms take the rest of
@@ -404,10 +464,11 @@ impl Lowerer<'_> {
         }
         let with_rest = |mut arm: Vec<syn::Stmt>| {
             if let Some(syn::Stmt::Expr(e, None)) = arm.last().cloned()
-                && !rest.is_empty() {
-                    let n = arm.len();
-                    arm[n - 1] = syn::Stmt::Expr(e, Some(Default::default()));
-                }
+                && !rest.is_empty()
+            {
+                let n = arm.len();
+                arm[n - 1] = syn::Stmt::Expr(e, Some(Default::default()));
+            }
             arm.extend(rest.iter().cloned());
             arm
         };
@@ -416,7 +477,10 @@ impl Lowerer<'_> {
                 let cond = self.condition(&i.cond);
                 let then = self.block(&with_rest(i.then_branch.stmts.clone()), region, end);
                 let els = self.block(&with_rest(else_stmts(&i.else_branch)), region, end);
-                Branching { kind: BranchKind::If { cond }, arms: vec![then, els] }
+                Branching {
+                    kind: BranchKind::If { cond },
+                    arms: vec![then, els],
+                }
             }
             Expr::Match(m) => {
                 let (scrutinee, pats) = self.match_head(m);
@@ -428,7 +492,14 @@ impl Lowerer<'_> {
                     arms.push(self.block(&with_rest(arm_stmts(&arm.body)), region, end));
                     self.pop_scope();
                 }
-                Branching { kind: BranchKind::Match { scrutinee, pats, binds }, arms }
+                Branching {
+                    kind: BranchKind::Match {
+                        scrutinee,
+                        pats,
+                        binds,
+                    },
+                    arms,
+                }
             }
             _ => return None,
         };
@@ -437,7 +508,10 @@ impl Lowerer<'_> {
 
     fn condition(&mut self, cond: &Expr) -> TokenStream {
         if let Expr::Let(l) = cond {
-            self.cx.error_at(l, "`if let` is not supported in a #[differentiable] body; use `match`");
+            self.cx.error_at(
+                l,
+                "`if let` is not supported in a #[differentiable] body; use `match`",
+            );
         }
         self.verbatim(cond.to_token_stream())
     }
@@ -470,7 +544,11 @@ impl Lowerer<'_> {
             .into_iter()
             .map(|n| {
                 let id = Var(self.vars.len() as u32);
-                self.vars.push(VarInfo { name: n.clone(), ty: None, mutable: false });
+                self.vars.push(VarInfo {
+                    name: n.clone(),
+                    ty: None,
+                    mutable: false,
+                });
                 self.taken.insert(n.to_string());
                 self.bind(n.to_string(), Val::Atom(Atom::Var(id)));
                 id
@@ -480,43 +558,54 @@ impl Lowerer<'_> {
 
     fn local(&mut self, out: &mut Stmts, local: &syn::Local) {
         let Some(init) = &local.init else {
-            self.cx.error_at(local, "a `let` without a value is not supported in a #[differentiable] body");
+            self.cx.error_at(
+                local,
+                "a `let` without a value is not supported in a #[differentiable] body",
+            );
             return;
         };
         if let Some((_, diverge)) = &init.diverge {
-            self.cx.error_at(diverge, "`let .. else` is not supported in a #[differentiable] body");
+            self.cx.error_at(
+                diverge,
+                "`let .. else` is not supported in a #[differentiable] body",
+            );
         }
         let pat = strip_type(&local.pat);
         if let (Pat::Tuple(pt), Expr::Call(_) | Expr::MethodCall(_)) = (pat, &*init.expr)
-            && let Some(call) = self.call_target(out, &init.expr) {
-                // `let (a, b) = f(x);`: one statement with a name per field.
-                let mut dsts = Vec::new();
-                let mut binds = Vec::new();
-                for p in &pt.elems {
-                    match strip_type(p) {
-                        Pat::Ident(id) => {
-                            let v = self.fresh_user(&id.ident);
-                            dsts.push(v);
-                            binds.push(Some(id.ident.to_string()));
-                        }
-                        Pat::Wild(w) => {
-                            dsts.push(self.temp(w.span()));
-                            binds.push(None);
-                        }
-                        other => {
-                            self.cx.error_at(other, "only names and `_` may take apart a call's tuple");
-                            return;
-                        }
+            && let Some(call) = self.call_target(out, &init.expr)
+        {
+            // `let (a, b) = f(x);`: one statement with a name per field.
+            let mut dsts = Vec::new();
+            let mut binds = Vec::new();
+            for p in &pt.elems {
+                match strip_type(p) {
+                    Pat::Ident(id) => {
+                        let v = self.fresh_user(&id.ident);
+                        dsts.push(v);
+                        binds.push(Some(id.ident.to_string()));
+                    }
+                    Pat::Wild(w) => {
+                        dsts.push(self.temp(w.span()));
+                        binds.push(None);
+                    }
+                    other => {
+                        self.cx
+                            .error_at(other, "only names and `_` may take apart a call's tuple");
+                        return;
                     }
                 }
-                out.push(Stmt::LetTuple { dsts: dsts.clone(), call });
-                for (d, b) in dsts.into_iter().zip(binds) {
-                    if let Some(name) = b {
-                        self.bind(name, Val::Atom(Atom::Var(d)));
-                    }
-                }
-                return;
             }
+            out.push(Stmt::LetTuple {
+                dsts: dsts.clone(),
+                call,
+            });
+            for (d, b) in dsts.into_iter().zip(binds) {
+                if let Some(name) = b {
+                    self.bind(name, Val::Atom(Atom::Var(d)));
+                }
+            }
+            return;
+        }
         let val = self.expr(out, &init.expr);
         self.bind_pat(out, &local.pat, val);
     }
@@ -531,7 +620,10 @@ impl Lowerer<'_> {
         match strip_type(pat) {
             Pat::Ident(id) => {
                 if id.by_ref.is_some() || id.subpat.is_some() {
-                    self.cx.error_at(id, "`ref` and `@` patterns are not supported in a #[differentiable] body");
+                    self.cx.error_at(
+                        id,
+                        "`ref` and `@` patterns are not supported in a #[differentiable] body",
+                    );
                 }
                 if let (Some(_), Val::Atom(Atom::Var(v))) = (&id.mutability, &val) {
                     self.vars[v.0 as usize].mutable = true;
@@ -539,9 +631,10 @@ impl Lowerer<'_> {
                 // A fresh name, so the reverse sweep can still read the value it shadows.
                 // A value just computed takes the user's name; an existing one is shared.
                 if let Val::Atom(Atom::Var(v)) = &val
-                    && self.is_fresh_temp(*v) {
-                        self.rename_temp(*v, &id.ident);
-                    }
+                    && self.is_fresh_temp(*v)
+                {
+                    self.rename_temp(*v, &id.ident);
+                }
                 let _ = &out;
                 self.bind(id.ident.to_string(), val);
             }
@@ -560,41 +653,73 @@ impl Lowerer<'_> {
                         self.bind_pat(out, p, f);
                     }
                 }
-                _ => self.cx.error_at(pt, "this tuple pattern does not match the value's shape"),
+                _ => self
+                    .cx
+                    .error_at(pt, "this tuple pattern does not match the value's shape"),
             },
             Pat::Paren(p) => self.bind_pat(out, &p.pat, val),
-            other => self.cx.error_at(other, "only names, `_` and tuples may be bound in a #[differentiable] body"),
+            other => self.cx.error_at(
+                other,
+                "only names, `_` and tuples may be bound in a #[differentiable] body",
+            ),
         }
     }
 
     /// The fields of variable `v`, a tuple of `n` values produced at run time.
-    fn split_runtime_tuple(&mut self, out: &mut Stmts, v: Var, n: usize, at: &syn::PatTuple) -> Vec<Val> {
-        let last_is_call = matches!(out.last(), Some(Stmt::Let { dst, op: Op::Call(_), .. }) if *dst == v);
+    fn split_runtime_tuple(
+        &mut self,
+        out: &mut Stmts,
+        v: Var,
+        n: usize,
+        at: &syn::PatTuple,
+    ) -> Vec<Val> {
+        let last_is_call =
+            matches!(out.last(), Some(Stmt::Let { dst, op: Op::Call(_), .. }) if *dst == v);
         if last_is_call {
-            let Some(Stmt::Let { op: Op::Call(call), .. }) = out.pop() else { unreachable!("checked") };
+            let Some(Stmt::Let {
+                op: Op::Call(call), ..
+            }) = out.pop()
+            else {
+                unreachable!("checked")
+            };
             let dsts: Vec<Var> = (0..n).map(|_| self.temp(at.span())).collect();
-            out.push(Stmt::LetTuple { dsts: dsts.clone(), call });
+            out.push(Stmt::LetTuple {
+                dsts: dsts.clone(),
+                call,
+            });
             return dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect();
         }
         let is_const = self.defined_as_const(out, v);
         if !is_const {
-            self.cx.error_at(at, "take this tuple apart where it is made (`let (a, b) = f(x);`), not later");
+            self.cx.error_at(
+                at,
+                "take this tuple apart where it is made (`let (a, b) = f(x);`), not later",
+            );
             return (0..n).map(|_| poison()).collect();
         }
-        let lifted = out.iter().rev().any(|s| matches!(s, Stmt::Let { dst, op: Op::Lifted(_), .. } if *dst == v));
+        let lifted = out
+            .iter()
+            .rev()
+            .any(|s| matches!(s, Stmt::Let { dst, op: Op::Lifted(_), .. } if *dst == v));
         let name = self.vars[v.0 as usize].name.clone();
         (0..n)
             .map(|i| {
                 let idx = syn::Index::from(i);
                 let field = quote!(#name.#idx);
-                let op = if lifted { Op::Lifted(field) } else { Op::Const(field) };
+                let op = if lifted {
+                    Op::Lifted(field)
+                } else {
+                    Op::Const(field)
+                };
                 Val::Atom(self.emit(out, op, at.span()))
             })
             .collect()
     }
 
     fn defined_as_const(&self, out: &Stmts, v: Var) -> bool {
-        out.iter().rev().any(|s| matches!(s, Stmt::Let { dst, op: Op::Const(_) | Op::Lifted(_), .. } if *dst == v))
+        out.iter().rev().any(
+            |s| matches!(s, Stmt::Let { dst, op: Op::Const(_) | Op::Lifted(_), .. } if *dst == v),
+        )
     }
 
     // ----- expressions -----
@@ -607,9 +732,10 @@ impl Lowerer<'_> {
             Expr::Lit(_) => Val::Atom(Atom::Lit(e.to_token_stream())),
             Expr::Path(p) => {
                 if let Some(id) = p.path.get_ident()
-                    && let Some(v) = self.lookup(&id.to_string()) {
-                        return v;
-                    }
+                    && let Some(v) = self.lookup(&id.to_string())
+                {
+                    return v;
+                }
                 Val::Atom(Atom::Lit(e.to_token_stream()))
             }
             Expr::Reference(r) => self.expr(out, &r.expr),
@@ -636,12 +762,18 @@ impl Lowerer<'_> {
                 let base = match &*f.base {
                     // A module's field (a hyperparameter): a copy, so nothing borrows `self`.
                     Expr::Path(p) if p.path.is_ident("self") => {
-                        return Val::Atom(self.emit(out, Op::Const(quote!(::core::clone::Clone::clone(&#e))), e.span()));
+                        return Val::Atom(self.emit(
+                            out,
+                            Op::Const(quote!(::core::clone::Clone::clone(&#e))),
+                            e.span(),
+                        ));
                     }
                     other => self.expr(out, other),
                 };
                 match (&f.member, base) {
-                    (syn::Member::Unnamed(i), Val::Tuple(vs)) if (i.index as usize) < vs.len() => vs[i.index as usize].clone(),
+                    (syn::Member::Unnamed(i), Val::Tuple(vs)) if (i.index as usize) < vs.len() => {
+                        vs[i.index as usize].clone()
+                    }
                     (_, Val::Atom(Atom::Lit(_))) => Val::Atom(self.constant(out, e)),
                     _ => {
                         if self.mentions_local(f.base.to_token_stream()) {
@@ -653,7 +785,10 @@ impl Lowerer<'_> {
             }
             Expr::Block(b) => {
                 if b.label.is_some() {
-                    self.cx.error_at(b, "labelled blocks are not supported in a #[differentiable] body");
+                    self.cx.error_at(
+                        b,
+                        "labelled blocks are not supported in a #[differentiable] body",
+                    );
                 }
                 self.inline_block(out, &b.block.stmts)
             }
@@ -679,7 +814,14 @@ impl Lowerer<'_> {
                 if (ty == "f32" || ty == "f64") && self.mentions_local(c.expr.to_token_stream()) {
                     let x = self.operand(out, &c.expr);
                     let t = c.ty.to_token_stream();
-                    Val::Atom(self.prim(out, &ops::CAST, vec![x], vec![Atom::Lit(t.clone())], Native::Cast(t), span))
+                    Val::Atom(self.prim(
+                        out,
+                        &ops::CAST,
+                        vec![x],
+                        vec![Atom::Lit(t.clone())],
+                        Native::Cast(t),
+                        span,
+                    ))
                 } else {
                     Val::Atom(self.constant(out, e))
                 }
@@ -693,10 +835,18 @@ impl Lowerer<'_> {
                 poison()
             }
             Expr::Try(t) => {
-                self.cx.error_at(t, "the `?` operator is not supported in a #[differentiable] body");
+                self.cx.error_at(
+                    t,
+                    "the `?` operator is not supported in a #[differentiable] body",
+                );
                 poison()
             }
-            Expr::Macro(m) if ["grad", "value_and_grad", "vjp", "jvp"].iter().any(|n| m.mac.path.is_ident(n)) && !self.scopes_vars.is_empty() => {
+            Expr::Macro(m)
+                if ["grad", "value_and_grad", "vjp", "jvp"]
+                    .iter()
+                    .any(|n| m.mac.path.is_ident(n))
+                    && !self.scopes_vars.is_empty() =>
+            {
                 if m.mac.path.is_ident("grad") {
                     if let Some(v) = self.lifted_grad(out, e, m) {
                         return v;
@@ -705,22 +855,41 @@ impl Lowerer<'_> {
                 let tokens = self.verbatim(e.to_token_stream());
                 Val::Atom(self.emit(out, Op::Lifted(tokens), e.span()))
             }
-            Expr::Macro(_) | Expr::Array(_) | Expr::Repeat(_) | Expr::Range(_) | Expr::Struct(_) => {
-                if matches!(e, Expr::Array(_) | Expr::Struct(_)) && self.mentions_local(e.to_token_stream()) {
+            Expr::Macro(_)
+            | Expr::Array(_)
+            | Expr::Repeat(_)
+            | Expr::Range(_)
+            | Expr::Struct(_) => {
+                if matches!(e, Expr::Array(_) | Expr::Struct(_))
+                    && self.mentions_local(e.to_token_stream())
+                {
                     self.cx.error_at(e, "arrays and structs of differentiated values are not supported; use ndarray arrays or tuples");
                 }
                 Val::Atom(self.constant(out, e))
             }
-            Expr::Async(_) | Expr::Await(_) | Expr::Yield(_) | Expr::TryBlock(_) | Expr::Const(_) => {
-                self.cx.error_at(e, "this expression is not supported in a #[differentiable] body");
+            Expr::Async(_)
+            | Expr::Await(_)
+            | Expr::Yield(_)
+            | Expr::TryBlock(_)
+            | Expr::Const(_) => {
+                self.cx.error_at(
+                    e,
+                    "this expression is not supported in a #[differentiable] body",
+                );
                 poison()
             }
             Expr::Let(l) => {
-                self.cx.error_at(l, "`let` expressions are not supported in a #[differentiable] body");
+                self.cx.error_at(
+                    l,
+                    "`let` expressions are not supported in a #[differentiable] body",
+                );
                 poison()
             }
             _ => {
-                self.cx.error_at(e, "this expression is not supported in a #[differentiable] body");
+                self.cx.error_at(
+                    e,
+                    "this expression is not supported in a #[differentiable] body",
+                );
                 poison()
             }
         }
@@ -729,12 +898,22 @@ impl Lowerer<'_> {
     /// `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` with a constant
     /// child: a statement that can be differentiated again. Other forms stay opaque.
     fn lifted_grad(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
-        let items = m.mac.parse_body_with(syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated).ok()?;
+        let items = m
+            .mac
+            .parse_body_with(syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated)
+            .ok()?;
         let items: Vec<Expr> = items.into_iter().collect();
-        if items.len() < 4 || items.iter().any(|i| matches!(i, Expr::Assign(_)) || matches!(i, Expr::Path(p) if p.path.is_ident("has_aux"))) {
+        if items.len() < 4
+            || items.iter().any(|i| {
+                matches!(i, Expr::Assign(_))
+                    || matches!(i, Expr::Path(p) if p.path.is_ident("has_aux"))
+            })
+        {
             return None;
         }
-        let Expr::Closure(c) = &items[1] else { return None };
+        let Expr::Closure(c) = &items[1] else {
+            return None;
+        };
         let names: Vec<Ident> = c
             .inputs
             .iter()
@@ -748,15 +927,23 @@ impl Lowerer<'_> {
             return None;
         }
         // The body must be exactly `mdl.call(cx, a..)` with the closure's parameters.
-        let Expr::MethodCall(call) = &*c.body else { return None };
+        let Expr::MethodCall(call) = &*c.body else {
+            return None;
+        };
         let recv_ok = matches!(&*call.receiver, Expr::Path(p) if p.path.is_ident(&names[0]));
         let args_ok = call.method == "call"
             && call.args.len() == n + 1
-            && call.args.iter().zip(&names[1..]).all(|(a, nm)| matches!(a, Expr::Path(p) if p.path.is_ident(nm)));
+            && call
+                .args
+                .iter()
+                .zip(&names[1..])
+                .all(|(a, nm)| matches!(a, Expr::Path(p) if p.path.is_ident(nm)));
         if !recv_ok || !args_ok || self.mentions_local(items[2].to_token_stream()) {
             return None;
         }
-        let Expr::Path(sp) = &items[0] else { return None };
+        let Expr::Path(sp) = &items[0] else {
+            return None;
+        };
         let scope = match self.lookup(&sp.path.get_ident()?.to_string())? {
             Val::Atom(a) => a,
             Val::Tuple(_) => return None,
@@ -765,8 +952,16 @@ impl Lowerer<'_> {
         let dsts: Vec<Var> = (0..n).map(|_| self.temp(e.span())).collect();
         let tokens = self.verbatim(e.to_token_stream());
         let module = items[2].to_token_stream();
-        out.push(Stmt::LetLifted(Lifted { dsts: dsts.clone(), tokens, module, scope, args }));
-        Some(Val::Tuple(dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect()))
+        out.push(Stmt::LetLifted(Lifted {
+            dsts: dsts.clone(),
+            tokens,
+            module,
+            scope,
+            args,
+        }));
+        Some(Val::Tuple(
+            dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect(),
+        ))
     }
 
     /// A block whose statements join the current list (its scope ends after it).
@@ -777,7 +972,9 @@ impl Lowerer<'_> {
             match stmt {
                 syn::Stmt::Local(l) => self.local(out, l),
                 syn::Stmt::Expr(e, semi) => {
-                    if matches!(e, Expr::Return(_) | Expr::Break(_) | Expr::Continue(_)) || may_diverge(e) {
+                    if matches!(e, Expr::Return(_) | Expr::Break(_) | Expr::Continue(_))
+                        || may_diverge(e)
+                    {
                         self.cx.error_at(e, "`return`, `break` and `continue` inside a block expression are not supported; move them into an `if` of their own");
                         continue;
                     }
@@ -817,7 +1014,12 @@ impl Lowerer<'_> {
             _ => {
                 if matches!(
                     b.op,
-                    BinOp::BitAndAssign(_) | BinOp::BitOrAssign(_) | BinOp::BitXorAssign(_) | BinOp::ShlAssign(_) | BinOp::ShrAssign(_) | BinOp::RemAssign(_)
+                    BinOp::BitAndAssign(_)
+                        | BinOp::BitOrAssign(_)
+                        | BinOp::BitXorAssign(_)
+                        | BinOp::ShlAssign(_)
+                        | BinOp::ShrAssign(_)
+                        | BinOp::RemAssign(_)
                 ) {
                     // Integer bookkeeping such as `mask |= 1`: a constant update.
                     let e = Expr::Binary(b.clone());
@@ -847,7 +1049,9 @@ impl Lowerer<'_> {
         }
         let l = self.operand(out, &b.left);
         let r = self.operand(out, &b.right);
-        if rule.func == "mul" && matches!((&l.atom, &r.atom), (Atom::Var(a), Atom::Var(b)) if a == b) {
+        if rule.func == "mul"
+            && matches!((&l.atom, &r.atom), (Atom::Var(a), Atom::Var(b)) if a == b)
+        {
             // `x * x`: one pullback (2 x ct) instead of two and a sum.
             return Val::Atom(self.prim(out, &ops::SQUARE, vec![l], vec![], Native::Square, span));
         }
@@ -856,16 +1060,27 @@ impl Lowerer<'_> {
 
     fn constant_update(&mut self, out: &mut Stmts, e: &Expr, left: &Expr) -> Val {
         let Expr::Path(p) = left else {
-            self.cx.error_at(left, "only local variables may be assigned in a #[differentiable] body");
+            self.cx.error_at(
+                left,
+                "only local variables may be assigned in a #[differentiable] body",
+            );
             return poison();
         };
-        let Some(id) = p.path.get_ident() else { return Val::Tuple(vec![]) };
+        let Some(id) = p.path.get_ident() else {
+            return Val::Tuple(vec![]);
+        };
         // `x op= y` as `{ let mut t = x; t op= y; t }`.
         let cur = self.verbatim(left.to_token_stream());
-        let Expr::Binary(b) = e else { return Val::Tuple(vec![]) };
+        let Expr::Binary(b) = e else {
+            return Val::Tuple(vec![]);
+        };
         let op = &b.op;
         let rhs = self.verbatim(b.right.to_token_stream());
-        let dst = self.emit(out, Op::Const(quote!({ let mut __v = #cur; __v #op #rhs; __v })), e.span());
+        let dst = self.emit(
+            out,
+            Op::Const(quote!({ let mut __v = #cur; __v #op #rhs; __v })),
+            e.span(),
+        );
         self.assign(&id.to_string(), Val::Atom(dst), e.span());
         Val::Tuple(vec![])
     }
@@ -877,10 +1092,11 @@ impl Lowerer<'_> {
                 let v = self.expr(out, right);
                 // A fresh name for the new value, so the old one stays readable.
                 if let Val::Atom(Atom::Var(var)) = &v
-                    && self.is_fresh_temp(*var) {
-                        let id = p.path.get_ident().expect("checked").clone();
-                        self.rename_temp(*var, &id);
-                    }
+                    && self.is_fresh_temp(*var)
+                {
+                    let id = p.path.get_ident().expect("checked").clone();
+                    self.rename_temp(*var, &id);
+                }
                 self.assign(&name, v, left.span());
             }
             Expr::Tuple(t) => {
@@ -889,32 +1105,44 @@ impl Lowerer<'_> {
                     Val::Tuple(vs) if vs.len() == t.elems.len() => {
                         for (l, v) in t.elems.iter().zip(vs) {
                             if let Expr::Path(p) = l
-                                && let Some(id) = p.path.get_ident() {
-                                    self.assign(&id.to_string(), v, l.span());
-                                    continue;
-                                }
+                                && let Some(id) = p.path.get_ident()
+                            {
+                                self.assign(&id.to_string(), v, l.span());
+                                continue;
+                            }
                             if !matches!(l, Expr::Infer(_)) {
                                 self.cx.error_at(l, "only local variables may be assigned in a #[differentiable] body");
                             }
                         }
                     }
-                    _ => self.cx.error_at(t, "this tuple assignment does not match the value's shape"),
+                    _ => self
+                        .cx
+                        .error_at(t, "this tuple assignment does not match the value's shape"),
                 }
             }
             Expr::Index(ix) => {
                 self.cx.error_at(ix, "writing into an array element is not supported in a #[differentiable] body; build the array from differentiable operations (e.g. `concatenate`, `stack`, `mapv`)");
             }
             Expr::Field(f) => {
-                self.cx.error_at(f, "assigning to a field is not supported in a #[differentiable] body");
+                self.cx.error_at(
+                    f,
+                    "assigning to a field is not supported in a #[differentiable] body",
+                );
             }
-            other => self.cx.error_at(other, "only local variables may be assigned in a #[differentiable] body"),
+            other => self.cx.error_at(
+                other,
+                "only local variables may be assigned in a #[differentiable] body",
+            ),
         }
     }
 
     /// Whether `var` is a temporary just made for an expression (so it may take a
     /// user's name instead of being copied).
     fn is_fresh_temp(&self, var: Var) -> bool {
-        self.vars[var.0 as usize].name.to_string().starts_with("__t")
+        self.vars[var.0 as usize]
+            .name
+            .to_string()
+            .starts_with("__t")
     }
 
     fn rename_temp(&mut self, var: Var, to: &Ident) {
@@ -929,7 +1157,15 @@ impl Lowerer<'_> {
         self.vars[var.0 as usize].name = Ident::new(&name, to.span());
     }
 
-    fn prim(&mut self, out: &mut Stmts, rule: &'static Rule, operands: Vec<Arg>, consts: Vec<Atom>, native: Native, span: Span) -> Atom {
+    fn prim(
+        &mut self,
+        out: &mut Stmts,
+        rule: &'static Rule,
+        operands: Vec<Arg>,
+        consts: Vec<Atom>,
+        native: Native,
+        span: Span,
+    ) -> Atom {
         let key = {
             let atom_key = |a: &Atom| match a {
                 Atom::Var(v) => format!("v{}", v.0),
@@ -942,7 +1178,16 @@ impl Lowerer<'_> {
         if let Some(v) = self.memo.iter().rev().find_map(|m| m.get(&key)) {
             return Atom::Var(*v);
         }
-        let atom = self.emit(out, Op::Prim { rule, operands, consts, native }, span);
+        let atom = self.emit(
+            out,
+            Op::Prim {
+                rule,
+                operands,
+                consts,
+                native,
+            },
+            span,
+        );
         if let (Atom::Var(v), Some(m)) = (&atom, self.memo.last_mut()) {
             m.insert(key, *v);
         }
@@ -953,7 +1198,10 @@ impl Lowerer<'_> {
     fn operand(&mut self, out: &mut Stmts, e: &Expr) -> Arg {
         let by_ref = matches!(e, Expr::Reference(_));
         let v = self.expr(out, e);
-        Arg { atom: self.atom(v, e.span()), by_ref }
+        Arg {
+            atom: self.atom(v, e.span()),
+            by_ref,
+        }
     }
 
     fn args(&mut self, out: &mut Stmts, args: impl IntoIterator<Item = Expr>) -> Vec<Arg> {
@@ -966,11 +1214,17 @@ impl Lowerer<'_> {
                         Expr::Reference(r) => &*r.expr,
                         other => other,
                     };
-                    return Arg { atom: self.constant(out, inner), by_ref };
+                    return Arg {
+                        atom: self.constant(out, inner),
+                        by_ref,
+                    };
                 }
                 let span = a.span();
                 let v = self.expr(out, &a);
-                Arg { atom: self.atom(v, span), by_ref }
+                Arg {
+                    atom: self.atom(v, span),
+                    by_ref,
+                }
             })
             .collect()
     }
@@ -983,28 +1237,44 @@ impl Lowerer<'_> {
         let recv_is_self = matches!(&*m.receiver, Expr::Path(p) if p.path.is_ident("self"));
         if (name == "unwrap" || name == "expect") && !recv_is_self {
             if let Expr::MethodCall(inner) = &*m.receiver
-                && let Some(rule) = ops::unwrapped_method(&inner.method.to_string()) {
-                    let suffix = m.method.to_token_stream();
-                    let args = m.args.iter().map(|a| self.verbatim(a.to_token_stream()));
-                    let suffix = quote!(.#suffix(#(#args),*));
-                    return self.method_prim(out, inner, rule, suffix);
-                }
+                && let Some(rule) = ops::unwrapped_method(&inner.method.to_string())
+            {
+                let suffix = m.method.to_token_stream();
+                let args = m.args.iter().map(|a| self.verbatim(a.to_token_stream()));
+                let suffix = quote!(.#suffix(#(#args),*));
+                return self.method_prim(out, inner, rule, suffix);
+            }
             if let Expr::Call(c) = &*m.receiver
-                && let Some(v) = self.variadic(out, c) {
-                    return v;
-                }
+                && let Some(v) = self.variadic(out, c)
+            {
+                return v;
+            }
             if let Expr::MethodCall(inner) = &*m.receiver
-                && inner.method == "apply" && self.mentions_local(inner.args.to_token_stream()) {
-                    // `model.apply(vars, x).unwrap()`: the module applied to variables.
-                    let span = inner.method.span();
-                    let recv_by_ref = matches!(&*inner.receiver, Expr::Reference(_));
-                    let recv = self.expr(out, &inner.receiver);
-                    let receiver = Arg { atom: self.atom(recv, span), by_ref: recv_by_ref };
-                    let args = self.args(out, inner.args.iter().cloned());
-                    let generics = inner.turbofish.to_token_stream();
-                    let call = Call { callee: Callee::Method { receiver, name: inner.method.clone(), generics }, args, span, scoped: Scoped::Apply };
-                    return Val::Atom(self.emit(out, Op::Call(call), span));
-                }
+                && inner.method == "apply"
+                && self.mentions_local(inner.args.to_token_stream())
+            {
+                // `model.apply(vars, x).unwrap()`: the module applied to variables.
+                let span = inner.method.span();
+                let recv_by_ref = matches!(&*inner.receiver, Expr::Reference(_));
+                let recv = self.expr(out, &inner.receiver);
+                let receiver = Arg {
+                    atom: self.atom(recv, span),
+                    by_ref: recv_by_ref,
+                };
+                let args = self.args(out, inner.args.iter().cloned());
+                let generics = inner.turbofish.to_token_stream();
+                let call = Call {
+                    callee: Callee::Method {
+                        receiver,
+                        name: inner.method.clone(),
+                        generics,
+                    },
+                    args,
+                    span,
+                    scoped: Scoped::Apply,
+                };
+                return Val::Atom(self.emit(out, Op::Call(call), span));
+            }
         }
         if recv_is_self {
             return self.method_companion(out, m);
@@ -1028,19 +1298,36 @@ impl Lowerer<'_> {
         self.method_companion(out, m)
     }
 
-    fn method_prim(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall, rule: &'static Rule, suffix: TokenStream) -> Val {
+    fn method_prim(
+        &mut self,
+        out: &mut Stmts,
+        m: &syn::ExprMethodCall,
+        rule: &'static Rule,
+        suffix: TokenStream,
+    ) -> Val {
         let span = m.method.span();
         let n_operand_args = rule.operands.saturating_sub(1);
         if m.args.len() < n_operand_args {
-            self.cx.error_at(m, format!("`{}` takes {} argument(s) here", m.method, n_operand_args));
+            self.cx.error_at(
+                m,
+                format!("`{}` takes {} argument(s) here", m.method, n_operand_args),
+            );
             return poison();
         }
         let mut operands = vec![self.operand(out, &m.receiver)];
         for a in m.args.iter().take(n_operand_args) {
             operands.push(self.operand(out, a));
         }
-        let consts = m.args.iter().skip(n_operand_args).map(|a| self.const_atom(out, a)).collect();
-        let native = Native::Method { name: m.method.clone(), suffix };
+        let consts = m
+            .args
+            .iter()
+            .skip(n_operand_args)
+            .map(|a| self.const_atom(out, a))
+            .collect();
+        let native = Native::Method {
+            name: m.method.clone(),
+            suffix,
+        };
         Val::Atom(self.prim(out, rule, operands, consts, native, span))
     }
 
@@ -1048,7 +1335,11 @@ impl Lowerer<'_> {
     fn scoped(&self, receiver: Option<&Arg>, name: &Ident, args: &[Arg]) -> Scoped {
         let is_scope = |a: &Arg| a.atom.var().is_some_and(|v| self.scopes_vars.contains(&v));
         if receiver.is_some_and(is_scope) {
-            return if name == "param" { Scoped::Param } else { Scoped::No };
+            return if name == "param" {
+                Scoped::Param
+            } else {
+                Scoped::No
+            };
         }
         if args.iter().any(is_scope) {
             return Scoped::Module;
@@ -1060,11 +1351,23 @@ impl Lowerer<'_> {
         let span = m.method.span();
         let recv_by_ref = matches!(&*m.receiver, Expr::Reference(_));
         let recv = self.expr(out, &m.receiver);
-        let receiver = Arg { atom: self.atom(recv, span), by_ref: recv_by_ref };
+        let receiver = Arg {
+            atom: self.atom(recv, span),
+            by_ref: recv_by_ref,
+        };
         let args = self.args(out, m.args.iter().cloned());
         let generics = m.turbofish.to_token_stream();
         let scoped = self.scoped(Some(&receiver), &m.method, &args);
-        let call = Call { callee: Callee::Method { receiver, name: m.method.clone(), generics }, args, span, scoped };
+        let call = Call {
+            callee: Callee::Method {
+                receiver,
+                name: m.method.clone(),
+                generics,
+            },
+            args,
+            span,
+            scoped,
+        };
         Val::Atom(self.emit(out, Op::Call(call), span))
     }
 
@@ -1072,24 +1375,35 @@ impl Lowerer<'_> {
         match e {
             Expr::Call(c) => {
                 if let Expr::Macro(m) = &*c.func
-                    && m.mac.path.is_ident("jvp") {
-                        let mut path = syn::parse2::<syn::Path>(m.mac.tokens.clone()).ok()?;
-                        let last = path.segments.last_mut()?;
-                        last.ident = crate::adjoint::companion_ident(&last.ident, "jvp");
-                        let rewritten = syn::ExprCall { attrs: vec![], func: Box::new(syn::parse_quote!(#path)), paren_token: c.paren_token, args: c.args.clone() };
-                        return Some(self.path_call(out, &rewritten));
-                    }
+                    && m.mac.path.is_ident("jvp")
+                {
+                    let mut path = syn::parse2::<syn::Path>(m.mac.tokens.clone()).ok()?;
+                    let last = path.segments.last_mut()?;
+                    last.ident = crate::adjoint::companion_ident(&last.ident, "jvp");
+                    let rewritten = syn::ExprCall {
+                        attrs: vec![],
+                        func: Box::new(syn::parse_quote!(#path)),
+                        paren_token: c.paren_token,
+                        args: c.args.clone(),
+                    };
+                    return Some(self.path_call(out, &rewritten));
+                }
                 let Expr::Path(p) = &*c.func else { return None };
                 let last = p.path.segments.last()?;
                 let name = last.ident.to_string();
-                if name == "no_grad" || ops::function(&name).is_some() || ops::elementwise_function(&name).is_some() {
+                if name == "no_grad"
+                    || ops::function(&name).is_some()
+                    || ops::elementwise_function(&name).is_some()
+                {
                     return None;
                 }
                 Some(self.path_call(out, c))
             }
             Expr::MethodCall(m) => {
                 let name = m.method.to_string();
-                if ops::method(&name).is_some() && !matches!(&*m.receiver, Expr::Path(p) if p.path.is_ident("self")) {
+                if ops::method(&name).is_some()
+                    && !matches!(&*m.receiver, Expr::Path(p) if p.path.is_ident("self"))
+                {
                     return None;
                 }
                 if name == "unwrap" || name == "expect" {
@@ -1098,27 +1412,54 @@ impl Lowerer<'_> {
                 }
                 let recv_by_ref = matches!(&*m.receiver, Expr::Reference(_));
                 let recv = self.expr(out, &m.receiver);
-                let receiver = Arg { atom: self.atom(recv, m.span()), by_ref: recv_by_ref };
+                let receiver = Arg {
+                    atom: self.atom(recv, m.span()),
+                    by_ref: recv_by_ref,
+                };
                 let args = self.args(out, m.args.iter().cloned());
                 let generics = m.turbofish.to_token_stream();
                 let scoped = self.scoped(Some(&receiver), &m.method, &args);
-                Some(Call { callee: Callee::Method { receiver, name: m.method.clone(), generics }, args, span: m.method.span(), scoped })
+                Some(Call {
+                    callee: Callee::Method {
+                        receiver,
+                        name: m.method.clone(),
+                        generics,
+                    },
+                    args,
+                    span: m.method.span(),
+                    scoped,
+                })
             }
             _ => None,
         }
     }
 
     fn path_call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Call {
-        let Expr::Path(p) = &*c.func else { unreachable!("checked by the caller") };
+        let Expr::Path(p) = &*c.func else {
+            unreachable!("checked by the caller")
+        };
         let mut path = p.path.clone();
-        let last = path.segments.pop().expect("a path has a segment").into_value();
+        let last = path
+            .segments
+            .pop()
+            .expect("a path has a segment")
+            .into_value();
         let leading = path.leading_colon;
         let segs = path.segments.iter();
         let prefix = quote!(#leading #(#segs ::)*);
         let generics = last.arguments.to_token_stream();
         let args = self.args(out, c.args.iter().cloned());
         let scoped = self.scoped(None, &last.ident, &args);
-        Call { callee: Callee::Path { prefix, name: last.ident, generics }, args, span: c.span(), scoped }
+        Call {
+            callee: Callee::Path {
+                prefix,
+                name: last.ident,
+                generics,
+            },
+            args,
+            span: c.span(),
+            scoped,
+        }
     }
 
     fn call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Val {
@@ -1126,57 +1467,94 @@ impl Lowerer<'_> {
         if let Expr::Macro(m) = &*c.func {
             // `jvp!(f)(args..)`: a call of the forward-mode companion `__f_jvp`.
             if m.mac.path.is_ident("jvp")
-                && let Ok(target) = syn::parse2::<syn::Path>(m.mac.tokens.clone()) {
-                    let mut path = target;
-                    if let Some(last) = path.segments.last_mut() {
-                        last.ident = crate::adjoint::companion_ident(&last.ident, "jvp");
-                    }
-                    let rewritten = syn::ExprCall { attrs: vec![], func: Box::new(syn::parse_quote!(#path)), paren_token: c.paren_token, args: c.args.clone() };
-                    return self.call(out, &rewritten);
+                && let Ok(target) = syn::parse2::<syn::Path>(m.mac.tokens.clone())
+            {
+                let mut path = target;
+                if let Some(last) = path.segments.last_mut() {
+                    last.ident = crate::adjoint::companion_ident(&last.ident, "jvp");
                 }
+                let rewritten = syn::ExprCall {
+                    attrs: vec![],
+                    func: Box::new(syn::parse_quote!(#path)),
+                    paren_token: c.paren_token,
+                    args: c.args.clone(),
+                };
+                return self.call(out, &rewritten);
+            }
         }
         let Expr::Path(p) = &*c.func else {
-            self.cx.error_at(&c.func, "only calls of named functions can be differentiated");
+            self.cx.error_at(
+                &c.func,
+                "only calls of named functions can be differentiated",
+            );
             return poison();
         };
-        let segs: Vec<String> = p.path.segments.iter().map(|s| s.ident.to_string()).collect();
+        let segs: Vec<String> = p
+            .path
+            .segments
+            .iter()
+            .map(|s| s.ident.to_string())
+            .collect();
         let name = segs.last().cloned().unwrap_or_default();
         if name == "no_grad" {
             if c.args.len() != 1 {
                 self.cx.error_at(c, "`no_grad` takes one argument");
             }
-            let tokens = self.verbatim(c.args.to_token_stream());
+            // The first argument alone: `no_grad(x,)` (rustfmt's trailing comma) is
+            // still `x`, not the tuple `(x,)`.
+            let arg = c
+                .args
+                .first()
+                .map(|a| a.to_token_stream())
+                .unwrap_or_default();
+            let tokens = self.verbatim(arg);
             return Val::Atom(self.emit(out, Op::Const(quote!((#tokens))), span));
         }
         if !self.mentions_local(c.args.to_token_stream()) {
             return Val::Atom(self.constant(out, &Expr::Call(c.clone())));
         }
         // `f64::sin(x)`, `f32::max(a, b)`: a method of the table called as a function.
-        if segs.len() == 2 && (segs[0] == "f32" || segs[0] == "f64")
-            && let (Some(rule), Some(first)) = (ops::method(&name), c.args.first()) {
-                let m: syn::ExprMethodCall = syn::ExprMethodCall {
-                    attrs: vec![],
-                    receiver: Box::new(first.clone()),
-                    dot_token: Default::default(),
-                    method: Ident::new(&name, p.span()),
-                    turbofish: None,
-                    paren_token: c.paren_token,
-                    args: c.args.iter().skip(1).cloned().collect(),
-                };
-                return self.method_prim(out, &m, rule, TokenStream::new());
-            }
+        if segs.len() == 2
+            && (segs[0] == "f32" || segs[0] == "f64")
+            && let (Some(rule), Some(first)) = (ops::method(&name), c.args.first())
+        {
+            let m: syn::ExprMethodCall = syn::ExprMethodCall {
+                attrs: vec![],
+                receiver: Box::new(first.clone()),
+                dot_token: Default::default(),
+                method: Ident::new(&name, p.span()),
+                turbofish: None,
+                paren_token: c.paren_token,
+                args: c.args.iter().skip(1).cloned().collect(),
+            };
+            return self.method_prim(out, &m, rule, TokenStream::new());
+        }
         if let Some(rule) = ops::function(&name).or_else(|| ops::elementwise_function(&name)) {
             if c.args.len() < rule.operands {
-                self.cx.error_at(c, format!("`{name}` takes {} argument(s)", rule.operands));
+                self.cx
+                    .error_at(c, format!("`{name}` takes {} argument(s)", rule.operands));
                 return poison();
             }
-            let operands = c.args.iter().take(rule.operands).map(|a| self.operand(out, a)).collect();
-            let consts = c.args.iter().skip(rule.operands).map(|a| self.const_atom(out, a)).collect();
+            let operands = c
+                .args
+                .iter()
+                .take(rule.operands)
+                .map(|a| self.operand(out, a))
+                .collect();
+            let consts = c
+                .args
+                .iter()
+                .skip(rule.operands)
+                .map(|a| self.const_atom(out, a))
+                .collect();
             let native = Native::Function(c.func.to_token_stream());
             return Val::Atom(self.prim(out, rule, operands, consts, native, span));
         }
         if name == "concatenate" || name == "stack" {
-            self.cx.error_at(c, format!("`{name}` returns a Result: call `.unwrap()` on it directly"));
+            self.cx.error_at(
+                c,
+                format!("`{name}` returns a Result: call `.unwrap()` on it directly"),
+            );
             return poison();
         }
         let call = self.path_call(out, c);
@@ -1194,7 +1572,8 @@ impl Lowerer<'_> {
         };
         let span = c.span();
         let (Some(axis), Some(list)) = (c.args.first(), c.args.iter().nth(1)) else {
-            self.cx.error_at(c, format!("`{name}` takes an axis and a list of arrays"));
+            self.cx
+                .error_at(c, format!("`{name}` takes an axis and a list of arrays"));
             return Some(poison());
         };
         let list = match list {
@@ -1205,20 +1584,35 @@ impl Lowerer<'_> {
             self.cx.error_at(list, format!("`{name}` is differentiated with a literal list of arrays: `{name}(axis, &[a.view(), b.view()])`"));
             return Some(poison());
         };
-        let operands = items.elems.iter().map(|item| self.operand(out, item)).collect();
+        let operands = items
+            .elems
+            .iter()
+            .map(|item| self.operand(out, item))
+            .collect();
         let axis = self.const_atom(out, axis);
         let native = Native::Variadic(c.func.to_token_stream());
-        Some(Val::Atom(self.prim(out, rule, operands, vec![axis], native, span)))
+        Some(Val::Atom(self.prim(
+            out,
+            rule,
+            operands,
+            vec![axis],
+            native,
+            span,
+        )))
     }
 
     fn mapv(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
         let span = m.method.span();
         let Some(Expr::Closure(cl)) = m.args.first() else {
-            self.cx.error_at(m, "`mapv` is differentiated with a closure argument: `x.mapv(|v| ..)`");
+            self.cx.error_at(
+                m,
+                "`mapv` is differentiated with a closure argument: `x.mapv(|v| ..)`",
+            );
             return poison();
         };
         if cl.inputs.len() != 1 {
-            self.cx.error_at(&cl.inputs, "the closure of `mapv` takes one argument");
+            self.cx
+                .error_at(&cl.inputs, "the closure of `mapv` takes one argument");
             return poison();
         }
         let recv = self.expr(out, &m.receiver);
@@ -1229,7 +1623,11 @@ impl Lowerer<'_> {
             for (k, v) in scope {
                 let mut atoms = Vec::new();
                 v.flatten(&mut atoms);
-                let names = atoms.iter().filter_map(|a| a.var()).map(|var| (var, self.vars[var.0 as usize].name.clone())).collect();
+                let names = atoms
+                    .iter()
+                    .filter_map(|a| a.var())
+                    .map(|var| (var, self.vars[var.0 as usize].name.clone()))
+                    .collect();
                 env.insert(k.clone(), (v.clone(), names));
             }
         }
@@ -1237,10 +1635,24 @@ impl Lowerer<'_> {
             Expr::Block(b) => b.block.clone(),
             other => syn::parse_quote_spanned!(other.span()=> { #other }),
         };
-        let params = [ParamSpec { pat: &cl.inputs[0], active: true, scope: false, scalar: true, reference: false }];
+        let params = [ParamSpec {
+            pat: &cl.inputs[0],
+            active: true,
+            scope: false,
+            scalar: true,
+            reference: false,
+        }];
         let closure = lower_with(self.cx, &params, &block, env);
         let native = self.verbatim(cl.to_token_stream());
-        Val::Atom(self.emit(out, Op::MapV { recv, closure: Box::new(closure), native }, span))
+        Val::Atom(self.emit(
+            out,
+            Op::MapV {
+                recv,
+                closure: Box::new(closure),
+                native,
+            },
+            span,
+        ))
     }
 
     // ----- control flow -----
@@ -1254,25 +1666,49 @@ impl Lowerer<'_> {
             .into_iter()
             .filter(|n| seen.insert(n.clone()))
             .filter_map(|n| self.scope_of(&n).map(|d| (d, n)))
-            .filter(|(_, n)| matches!(self.scopes.iter().rev().find_map(|s| s.get(n)), Some(Val::Atom(_))))
+            .filter(|(_, n)| {
+                matches!(
+                    self.scopes.iter().rev().find_map(|s| s.get(n)),
+                    Some(Val::Atom(_))
+                )
+            })
             .collect()
     }
 
     /// An `if` or `match` in expression position: its arms give the value and the
     /// new values of the outer variables they assign.
-    fn branch_stmt(&mut self, out: &mut Stmts, e: &Expr, i: Option<&syn::ExprIf>, m: Option<&syn::ExprMatch>) -> Val {
+    fn branch_stmt(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        i: Option<&syn::ExprIf>,
+        m: Option<&syn::ExprMatch>,
+    ) -> Val {
         if may_diverge(e) {
-            self.cx.error_at(e, "a branch that may `return`, `break` or `continue` must be a statement of its own");
+            self.cx.error_at(
+                e,
+                "a branch that may `return`, `break` or `continue` must be a statement of its own",
+            );
             return poison();
         }
-        let region = Region { carries: self.assigned_outer(e.to_token_stream()) };
-        let before: Vec<Val> = region.carries.iter().map(|(d, n)| self.scopes[*d][n].clone()).collect();
+        let region = Region {
+            carries: self.assigned_outer(e.to_token_stream()),
+        };
+        let before: Vec<Val> = region
+            .carries
+            .iter()
+            .map(|(d, n)| self.scopes[*d][n].clone())
+            .collect();
         let mut arm_blocks = Vec::new();
         let kind = if let Some(i) = i {
             let cond = self.condition(&i.cond);
             arm_blocks.push(self.block(&i.then_branch.stmts, &region, LeafKind::Fallthrough));
             self.restore(&region, &before);
-            arm_blocks.push(self.block(&else_stmts(&i.else_branch), &region, LeafKind::Fallthrough));
+            arm_blocks.push(self.block(
+                &else_stmts(&i.else_branch),
+                &region,
+                LeafKind::Fallthrough,
+            ));
             self.restore(&region, &before);
             BranchKind::If { cond }
         } else {
@@ -1286,10 +1722,15 @@ impl Lowerer<'_> {
                 self.pop_scope();
                 self.restore(&region, &before);
             }
-            BranchKind::Match { scrutinee, pats, binds }
+            BranchKind::Match {
+                scrutinee,
+                pats,
+                binds,
+            }
         };
         if arm_blocks.len() > 8 {
-            self.cx.error_at(e, "a differentiated `match` may have at most 8 arms");
+            self.cx
+                .error_at(e, "a differentiated `match` may have at most 8 arms");
         }
         // The value's shape comes from the first arm; every arm must agree.
         let shape = leaf_values(&arm_blocks).into_iter().next().flatten();
@@ -1304,7 +1745,8 @@ impl Lowerer<'_> {
                 v.flatten(&mut atoms);
             }
             if atoms.len() != n_value {
-                self.cx.error_at(e, "the arms of this branch give values of different shapes");
+                self.cx
+                    .error_at(e, "the arms of this branch give values of different shapes");
                 return poison();
             }
         }
@@ -1322,7 +1764,13 @@ impl Lowerer<'_> {
             Some(shape) => shape.rebuild(&mut phis[..n_value].iter().map(|v| Atom::Var(*v))),
             None => Val::Tuple(vec![]),
         };
-        out.push(Stmt::If { branch: Branching { kind, arms: arm_blocks }, phis });
+        out.push(Stmt::If {
+            branch: Branching {
+                kind,
+                arms: arm_blocks,
+            },
+            phis,
+        });
         value
     }
 
@@ -1338,14 +1786,26 @@ impl Lowerer<'_> {
             Expr::ForLoop(f) => {
                 let pat = f.pat.to_token_stream();
                 let iter = self.verbatim(f.expr.to_token_stream());
-                (LoopKind::For { pat, iter, binds: Vec::new() }, f.body.stmts.clone(), &f.label)
+                (
+                    LoopKind::For {
+                        pat,
+                        iter,
+                        binds: Vec::new(),
+                    },
+                    f.body.stmts.clone(),
+                    &f.label,
+                )
             }
             Expr::While(w) => {
                 let cond = &w.cond;
                 if let Expr::Let(l) = &**cond {
-                    self.cx.error_at(l, "`while let` is not supported in a #[differentiable] body");
+                    self.cx.error_at(
+                        l,
+                        "`while let` is not supported in a #[differentiable] body",
+                    );
                 }
-                let mut stmts: Vec<syn::Stmt> = vec![syn::parse_quote_spanned!(cond.span()=> if !(#cond) { break; })];
+                let mut stmts: Vec<syn::Stmt> =
+                    vec![syn::parse_quote_spanned!(cond.span()=> if !(#cond) { break; })];
                 stmts.extend(w.body.stmts.iter().cloned());
                 (LoopKind::Loop, stmts, &w.label)
             }
@@ -1353,17 +1813,24 @@ impl Lowerer<'_> {
             _ => unreachable!("a loop"),
         };
         if let Some(label) = label {
-            self.cx.error_at(label, "labelled loops are not supported in a #[differentiable] body");
+            self.cx.error_at(
+                label,
+                "labelled loops are not supported in a #[differentiable] body",
+            );
         }
         if contains_return(&body_stmts) {
             self.cx.error_at(e, "`return` inside a loop is not supported in a #[differentiable] body; `break` with a value instead");
             return poison();
         }
         let body_tokens = quote!(#(#body_stmts)*);
-        let region = Region { carries: self.assigned_outer(body_tokens) };
+        let region = Region {
+            carries: self.assigned_outer(body_tokens),
+        };
         let mut carries = Vec::new();
         for (depth, name) in &region.carries {
-            let Some(Val::Atom(init)) = self.scopes[*depth].get(name).cloned() else { continue };
+            let Some(Val::Atom(init)) = self.scopes[*depth].get(name).cloned() else {
+                continue;
+            };
             let id = Ident::new(name, Span::call_site());
             let inner = self.fresh_user(&id);
             self.scopes[*depth].insert(name.clone(), Val::Atom(Atom::Var(inner)));
@@ -1373,7 +1840,9 @@ impl Lowerer<'_> {
         let mut kind = kind;
         if let LoopKind::For { pat, binds, .. } = &mut kind {
             // The loop variable: a constant, named as the user wrote it.
-            let p = Pat::parse_single.parse2(pat.clone()).unwrap_or(Pat::Verbatim(pat.clone()));
+            let p = Pat::parse_single
+                .parse2(pat.clone())
+                .unwrap_or(Pat::Verbatim(pat.clone()));
             *binds = self.bind_pattern_names(&p);
         }
         let body = self.block(&body_stmts, &region, LeafKind::Continue);
@@ -1383,11 +1852,23 @@ impl Lowerer<'_> {
             let id = Ident::new(name, Span::call_site());
             let out_var = self.fresh_user(&id);
             self.scopes[*depth].insert(name.clone(), Val::Atom(Atom::Var(out_var)));
-            carries_ir.push(Carry { init, inner, out: out_var });
+            carries_ir.push(Carry {
+                init,
+                inner,
+                out: out_var,
+            });
         }
-        let has_value = leaf_values(std::slice::from_ref(&body)).into_iter().any(|v| v.is_some());
+        let has_value = leaf_values(std::slice::from_ref(&body))
+            .into_iter()
+            .any(|v| v.is_some());
         let value = has_value.then(|| self.temp(span));
-        out.push(Stmt::Loop(Loop { kind, carries: carries_ir, body, value, span }));
+        out.push(Stmt::Loop(Loop {
+            kind,
+            carries: carries_ir,
+            body,
+            value,
+            span,
+        }));
         match value {
             Some(v) => Val::Atom(Atom::Var(v)),
             None => Val::Tuple(vec![]),
@@ -1500,7 +1981,16 @@ fn assigned_names(tokens: TokenStream, out: &mut Vec<String>) {
                 use BinOp::*;
                 if matches!(
                     b.op,
-                    AddAssign(_) | SubAssign(_) | MulAssign(_) | DivAssign(_) | RemAssign(_) | BitAndAssign(_) | BitOrAssign(_) | BitXorAssign(_) | ShlAssign(_) | ShrAssign(_)
+                    AddAssign(_)
+                        | SubAssign(_)
+                        | MulAssign(_)
+                        | DivAssign(_)
+                        | RemAssign(_)
+                        | BitAndAssign(_)
+                        | BitOrAssign(_)
+                        | BitXorAssign(_)
+                        | ShlAssign(_)
+                        | ShrAssign(_)
                 ) {
                     collect_lhs(&b.left, self.0);
                 }
@@ -1563,7 +2053,10 @@ pub fn may_diverge(e: &Expr) -> bool {
         }
         fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}
     }
-    let mut v = V { found: false, loops: 0 };
+    let mut v = V {
+        found: false,
+        loops: 0,
+    };
     syn::visit::Visit::visit_expr(&mut v, e);
     v.found
 }
@@ -1582,4 +2075,3 @@ fn contains_return(stmts: &[syn::Stmt]) -> bool {
     }
     v.0
 }
-

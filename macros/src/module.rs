@@ -6,7 +6,9 @@
 //! gets `init`, `apply` and `apply_with`, plus the companions the transforms call.
 
 use crate::ctxt::Ctxt;
-use crate::expand::{companion_items, companion_items_for, companions, param_name, Companions, Flavor, ParamInfo};
+use crate::expand::{
+    Companions, Flavor, ParamInfo, companion_items, companion_items_for, companions, param_name,
+};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::visit_mut::VisitMut;
@@ -14,27 +16,50 @@ use syn::{FnArg, ImplItemFn, ReturnType, Signature, Type};
 
 /// Whether `sig` is a module's `call`: named `call`, with a `Scope` parameter.
 pub fn is_module_call(sig: &Signature) -> bool {
-    sig.ident == "call" && sig.inputs.iter().any(|a| matches!(a, FnArg::Typed(t) if crate::expand::mentions_scope(&t.ty)))
+    sig.ident == "call"
+        && sig
+            .inputs
+            .iter()
+            .any(|a| matches!(a, FnArg::Typed(t) if crate::expand::mentions_scope(&t.ty)))
 }
 
 /// The module's items; `m` (the user's `call`) becomes the wrapper that enters the
 /// module's scope.
-pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[ParamInfo]) -> TokenStream {
+pub fn module_items(
+    cx: &Ctxt,
+    self_ty: &Type,
+    m: &mut ImplItemFn,
+    params: &[ParamInfo],
+) -> TokenStream {
     let type_name = match self_ty {
-        Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default(),
+        Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .map(|s| s.ident.to_string())
+            .unwrap_or_default(),
         _ => String::new(),
     };
     if type_name.is_empty() {
         cx.error_at(self_ty, "a module must be a named type");
         return TokenStream::new();
     }
-    let scope_pos = params.iter().position(|p| crate::expand::mentions_scope(&p.ty));
-    let Some(scope_pos) = scope_pos else { return TokenStream::new() };
+    let scope_pos = params
+        .iter()
+        .position(|p| crate::expand::mentions_scope(&p.ty));
+    let Some(scope_pos) = scope_pos else {
+        return TokenStream::new();
+    };
     if scope_pos != 0 {
-        cx.error_at(&m.sig.inputs, "a module's `call` takes the scope first: `fn call(&self, cx: &mut Scope, ..)`");
+        cx.error_at(
+            &m.sig.inputs,
+            "a module's `call` takes the scope first: `fn call(&self, cx: &mut Scope, ..)`",
+        );
         return TokenStream::new();
     }
-    let ReturnType::Type(_, ret) = &m.sig.output else { return TokenStream::new() };
+    let ReturnType::Type(_, ret) = &m.sig.output else {
+        return TokenStream::new();
+    };
     let ret = ret.clone();
 
     // Submodules held in fields are named by the field, as Flax's setup attributes.
@@ -43,10 +68,13 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
 
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let scope = &names[0];
-    let inputs: Vec<TokenStream> = params.iter().map(|p| {
-        let (pat, ty) = (&p.pat, &p.ty);
-        quote!(#pat: #ty)
-    }).collect();
+    let inputs: Vec<TokenStream> = params
+        .iter()
+        .map(|p| {
+            let (pat, ty) = (&p.pat, &p.ty);
+            quote!(#pat: #ty)
+        })
+        .collect();
     let rest_inputs = &inputs[1..];
     let rest = &names[1..];
     let vis = &m.vis;
@@ -56,15 +84,33 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
     let public: syn::Visibility = syn::parse_quote!(pub);
     // Two flavors of the body's vjp: parameters constant (inside `grad!`), and
     // parameters differentiated (their cotangents returned as `Variables`).
-    let Some(body_inputs_vjp) = companions(cx, &public, &body_sig, params, &body, true, Companions::Owned) else {
+    let Some(body_inputs_vjp) = companions(
+        cx,
+        &public,
+        &body_sig,
+        params,
+        &body,
+        true,
+        Companions::Owned,
+    ) else {
         return TokenStream::new();
     };
-    let Some(body_params_vjp) = companions(cx, &public, &body_sig, params, &body, true, Companions::Params) else {
+    let Some(body_params_vjp) = companions(
+        cx,
+        &public,
+        &body_sig,
+        params,
+        &body,
+        true,
+        Companions::Params,
+    ) else {
         return TokenStream::new();
     };
     let body_ident = format_ident!("__call_body");
-    let (body_vjp, body_vjp_params) =
-        (crate::adjoint::companion_ident(&body_ident, "vjp_owned"), crate::adjoint::companion_ident(&body_ident, "vjp_params"));
+    let (body_vjp, body_vjp_params) = (
+        crate::adjoint::companion_ident(&body_ident, "vjp_owned"),
+        crate::adjoint::companion_ident(&body_ident, "vjp_params"),
+    );
 
     // `call` itself: the body in the module's auto-named child scope.
     m.block = syn::parse_quote!({
@@ -77,12 +123,30 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
     let mut named_sig = m.sig.clone();
     named_sig.ident = format_ident!("__call_named");
     named_sig.inputs.insert(2, syn::parse_quote!(__name: &str));
-    let mut named_params: Vec<ParamInfo> =
-        params.iter().map(|p| ParamInfo { pat: p.pat.clone(), ty: p.ty.clone(), active: p.active, scope: p.scope }).collect();
-    named_params.insert(1, ParamInfo { pat: syn::parse_quote!(__name), ty: syn::parse_quote!(&str), active: false, scope: false });
+    let mut named_params: Vec<ParamInfo> = params
+        .iter()
+        .map(|p| ParamInfo {
+            pat: p.pat.clone(),
+            ty: p.ty.clone(),
+            active: p.active,
+            scope: p.scope,
+        })
+        .collect();
+    named_params.insert(
+        1,
+        ParamInfo {
+            pat: syn::parse_quote!(__name),
+            ty: syn::parse_quote!(&str),
+            active: false,
+            scope: false,
+        },
+    );
 
     let mut wrappers = TokenStream::new();
-    for (flavor, companion) in [(Flavor::Owned, &body_vjp), (Flavor::Params, &body_vjp_params)] {
+    for (flavor, companion) in [
+        (Flavor::Owned, &body_vjp),
+        (Flavor::Params, &body_vjp_params),
+    ] {
         let var_cots = flavor == Flavor::Params;
         wrappers.extend(companion_items(
             &public,
@@ -98,9 +162,15 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
             flavor,
         ));
         // The body's pullback, with a `()` cotangent for the name.
-        let cs: Vec<proc_macro2::Ident> = (0..names.len()).map(|i| format_ident!("__c{}", i)).collect();
+        let cs: Vec<proc_macro2::Ident> = (0..names.len())
+            .map(|i| format_ident!("__c{}", i))
+            .collect();
         let (first, others) = (&cs[0], &cs[1..]);
-        let (vars_pat, vars_out) = if var_cots { (quote!(__v,), quote!(__v,)) } else { (TokenStream::new(), TokenStream::new()) };
+        let (vars_pat, vars_out) = if var_cots {
+            (quote!(__v,), quote!(__v,))
+        } else {
+            (TokenStream::new(), TokenStream::new())
+        };
         wrappers.extend(companion_items(
             &public,
             &named_sig,
@@ -127,14 +197,20 @@ pub fn module_items(cx: &Ctxt, self_ty: &Type, m: &mut ImplItemFn, params: &[Par
     // respect to the variables (the training path) and the inputs.
     let mut apply_sig = m.sig.clone();
     apply_sig.ident = format_ident!("apply");
-    apply_sig.inputs = syn::parse_quote!(&self, variables: &::adjoint::Variables, #(#rest_inputs),*);
+    apply_sig.inputs =
+        syn::parse_quote!(&self, variables: &::adjoint::Variables, #(#rest_inputs),*);
     let mut apply_params: Vec<ParamInfo> = vec![ParamInfo {
         pat: syn::parse_quote!(variables),
         ty: syn::parse_quote!(&::adjoint::Variables),
         active: true,
         scope: false,
     }];
-    apply_params.extend(params[1..].iter().map(|p| ParamInfo { pat: p.pat.clone(), ty: p.ty.clone(), active: p.active, scope: p.scope }));
+    apply_params.extend(params[1..].iter().map(|p| ParamInfo {
+        pat: p.pat.clone(),
+        ty: p.ty.clone(),
+        active: p.active,
+        scope: p.scope,
+    }));
     let cs: Vec<proc_macro2::Ident> = (0..rest.len()).map(|i| format_ident!("__c{}", i)).collect();
     let apply_vjp = companion_items(
         &public,
@@ -228,42 +304,79 @@ impl VisitMut for FieldNames {
         }
         if let syn::Expr::Field(f) = &*m.receiver
             && matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self"))
-                && let syn::Member::Named(field) = &f.member {
-                    let name = field.to_string();
-                    m.method = format_ident!("__call_named", span = m.method.span());
-                    let lit = syn::LitStr::new(&name, field.span());
-                    m.args.insert(1, syn::parse_quote!(#lit));
-                }
+            && let syn::Member::Named(field) = &f.member
+        {
+            let name = field.to_string();
+            m.method = format_ident!("__call_named", span = m.method.span());
+            let lit = syn::LitStr::new(&name, field.span());
+            m.args.insert(1, syn::parse_quote!(#lit));
+        }
     }
 }
 
 /// `__call_body_jvp(&self, cx, xs.., dxs..) -> (R, R)` and its parameter-differentiating
 /// VJP, when forward mode covers the body (else nothing: second order through this
 /// module then reports `SecondOrderUnsupported`).
-fn body_jvp(cx: &Ctxt, sig: &Signature, params: &[ParamInfo], body: &syn::Block, ret: &Type) -> TokenStream {
+fn body_jvp(
+    cx: &Ctxt,
+    sig: &Signature,
+    params: &[ParamInfo],
+    body: &syn::Block,
+    ret: &Type,
+) -> TokenStream {
     use crate::lower::{self, ParamSpec};
     let quiet = Ctxt::default();
     let specs: Vec<ParamSpec> = params
         .iter()
-        .map(|p| ParamSpec { pat: &p.pat, active: p.active, scope: p.scope, scalar: false, reference: matches!(p.ty, Type::Reference(_)) })
+        .map(|p| ParamSpec {
+            pat: &p.pat,
+            active: p.active,
+            scope: p.scope,
+            scalar: false,
+            reference: matches!(p.ty, Type::Reference(_)),
+        })
         .collect();
     let func = lower::lower(&quiet, &specs, body);
     let act = crate::activity::analyze(&quiet, &func);
-    let reference: Vec<bool> = params.iter().map(|p| matches!(p.ty, Type::Reference(_))).collect();
-    let jvp = if quiet.has_errors() { None } else { crate::tangent::jvp_body(&func, &|v| act.varied(v), &reference) };
-    let mut jvp_params: Vec<ParamInfo> =
-        params.iter().map(|p| ParamInfo { pat: p.pat.clone(), ty: p.ty.clone(), active: p.active, scope: p.scope }).collect();
+    let reference: Vec<bool> = params
+        .iter()
+        .map(|p| matches!(p.ty, Type::Reference(_)))
+        .collect();
+    let jvp = if quiet.has_errors() {
+        None
+    } else {
+        crate::tangent::jvp_body(&func, &|v| act.varied(v), &reference)
+    };
+    let mut jvp_params: Vec<ParamInfo> = params
+        .iter()
+        .map(|p| ParamInfo {
+            pat: p.pat.clone(),
+            ty: p.ty.clone(),
+            active: p.active,
+            scope: p.scope,
+        })
+        .collect();
     for p in params.iter().filter(|p| p.active) {
-        let name = crate::tangent::dot_name(&syn::parse2::<syn::Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")));
-        jvp_params.push(ParamInfo { pat: syn::parse_quote!(#name), ty: p.ty.clone(), active: true, scope: false });
+        let name = crate::tangent::dot_name(
+            &syn::parse2::<syn::Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
+        );
+        jvp_params.push(ParamInfo {
+            pat: syn::parse_quote!(#name),
+            ty: p.ty.clone(),
+            active: true,
+            scope: false,
+        });
     }
     let mut jvp_sig = sig.clone();
     jvp_sig.ident = format_ident!("__call_body_jvp");
     jvp_sig.output = syn::parse_quote!(-> (#ret, #ret));
-    let inputs: Vec<TokenStream> = jvp_params.iter().map(|p| {
-        let (pat, ty) = (&p.pat, &p.ty);
-        quote!(#pat: #ty)
-    }).collect();
+    let inputs: Vec<TokenStream> = jvp_params
+        .iter()
+        .map(|p| {
+            let (pat, ty) = (&p.pat, &p.ty);
+            quote!(#pat: #ty)
+        })
+        .collect();
     jvp_sig.inputs = syn::parse_quote!(&self, #(#inputs),*);
     let public: syn::Visibility = syn::parse_quote!(pub);
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
@@ -274,14 +387,29 @@ fn body_jvp(cx: &Ctxt, sig: &Signature, params: &[ParamInfo], body: &syn::Block,
     let stub = || {
         let zeros: Vec<TokenStream> = params
             .iter()
-            .map(|p| if p.active { let n = param_name(&p.pat); quote!(::adjoint::__private::zeros(&#n)) } else { quote!(()) })
+            .map(|p| {
+                if p.active {
+                    let n = param_name(&p.pat);
+                    quote!(::adjoint::__private::zeros(&#n))
+                } else {
+                    quote!(())
+                }
+            })
             .collect();
-        let dot_zeros: Vec<TokenStream> = params.iter().filter(|p| p.active).map(|p| {
-            let n = param_name(&p.pat);
-            quote!(::adjoint::__private::zeros(&#n))
-        }).collect();
-        let zn: Vec<proc_macro2::Ident> = (0..zeros.len()).map(|i| format_ident!("__z{}", i)).collect();
-        let dn: Vec<proc_macro2::Ident> = (0..dot_zeros.len()).map(|i| format_ident!("__dz{}", i)).collect();
+        let dot_zeros: Vec<TokenStream> = params
+            .iter()
+            .filter(|p| p.active)
+            .map(|p| {
+                let n = param_name(&p.pat);
+                quote!(::adjoint::__private::zeros(&#n))
+            })
+            .collect();
+        let zn: Vec<proc_macro2::Ident> = (0..zeros.len())
+            .map(|i| format_ident!("__z{}", i))
+            .collect();
+        let dn: Vec<proc_macro2::Ident> = (0..dot_zeros.len())
+            .map(|i| format_ident!("__dz{}", i))
+            .collect();
         let body = quote! {
             let (#(#zn,)*) = (#(#zeros,)*);
             let (#(#dn,)*) = (#(#dot_zeros,)*);
@@ -293,11 +421,27 @@ fn body_jvp(cx: &Ctxt, sig: &Signature, params: &[ParamInfo], body: &syn::Block,
                 (__v, #(#zn,)* #(#dn,)*)
             })
         };
-        companion_items_for(&public, &jvp_sig, &jvp_params, body, true, Flavor::Params, false)
+        companion_items_for(
+            &public,
+            &jvp_sig,
+            &jvp_params,
+            body,
+            true,
+            Flavor::Params,
+            false,
+        )
     };
     let Some(jvp) = jvp else { return stub() };
     let block: syn::Block = syn::parse_quote!({ #jvp });
-    let Some(vjp) = companions(&quiet, &public, &jvp_sig, &jvp_params, &block, true, Companions::Params) else {
+    let Some(vjp) = companions(
+        &quiet,
+        &public,
+        &jvp_sig,
+        &jvp_params,
+        &block,
+        true,
+        Companions::Params,
+    ) else {
         return stub();
     };
     let _ = cx;

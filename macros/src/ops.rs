@@ -96,22 +96,44 @@ impl Rule {
     }
 }
 
-pub static ADD: Rule = rule!("add", 2, [pb!("add_pb_lhs" [Shape(0)]), pb!("add_pb_rhs" [Shape(1)])])
-    .elementwise()
-    .joint(pb!("add_pb_both" [Shape(0), Shape(1)]));
-pub static SUB: Rule = rule!("sub", 2, [pb!("sub_pb_lhs" [Shape(0)]), pb!("sub_pb_rhs" [Shape(1)])])
-    .elementwise()
-    .joint(pb!("sub_pb_both" [Shape(0), Shape(1)]));
+pub static ADD: Rule = rule!(
+    "add",
+    2,
+    [pb!("add_pb_lhs"[Shape(0)]), pb!("add_pb_rhs"[Shape(1)])]
+)
+.elementwise()
+.joint(pb!("add_pb_both" [Shape(0), Shape(1)]));
+pub static SUB: Rule = rule!(
+    "sub",
+    2,
+    [pb!("sub_pb_lhs"[Shape(0)]), pb!("sub_pb_rhs"[Shape(1)])]
+)
+.elementwise()
+.joint(pb!("sub_pb_both" [Shape(0), Shape(1)]));
 /// `x * x` (a product of a value with itself).
-pub static SQUARE: Rule = rule!("square", 1, [pb!("square_pb" [Operand(0)])]).elementwise();
-pub static MUL: Rule =
-    rule!("mul", 2, [pb!("mul_pb_lhs" [Shape(0), Operand(1)]), pb!("mul_pb_rhs" [Operand(0), Shape(1)])]).elementwise();
-pub static DIV: Rule =
-    rule!("div", 2, [pb!("div_pb_lhs" [Shape(0), Operand(1)]), pb!("div_pb_rhs" [Operand(1), Out])]).elementwise();
-pub static NEG: Rule = rule!("neg", 1, [pb!("neg_pb" [Operand(0)])]).elementwise();
+pub static SQUARE: Rule = rule!("square", 1, [pb!("square_pb"[Operand(0)])]).elementwise();
+pub static MUL: Rule = rule!(
+    "mul",
+    2,
+    [
+        pb!("mul_pb_lhs" [Shape(0), Operand(1)]),
+        pb!("mul_pb_rhs" [Operand(0), Shape(1)])
+    ]
+)
+.elementwise();
+pub static DIV: Rule = rule!(
+    "div",
+    2,
+    [
+        pb!("div_pb_lhs" [Shape(0), Operand(1)]),
+        pb!("div_pb_rhs" [Operand(1), Out])
+    ]
+)
+.elementwise();
+pub static NEG: Rule = rule!("neg", 1, [pb!("neg_pb"[Operand(0)])]).elementwise();
 /// An element read: its result is always a scalar.
 pub static INDEX: Rule = rule!("index", 1, [pb!(into "index_pb" [Const(0)])]);
-pub static CAST: Rule = rule!("cast", 1, [pb!("cast_pb" [Operand(0)])]).elementwise();
+pub static CAST: Rule = rule!("cast", 1, [pb!("cast_pb"[Operand(0)])]).elementwise();
 
 macro_rules! unary_table {
     ($($name:literal => $pbf:literal($read:expr)),* $(,)?) => {
@@ -133,40 +155,180 @@ unary_table! {
 }
 
 static METHODS: &[(&str, Rule)] = &[
-    ("powi", rule!("powi", 1, [pb!("powi_pb" [Operand(0), Const(0)])]).elementwise()),
-    ("powf", rule!("powf", 2, [pb!("powf_pb_lhs" [Operand(0), Operand(1)]), pb!("powf_pb_rhs" [Operand(0), Out])]).elementwise()),
-    ("atan2", rule!("atan2", 2, [pb!("atan2_pb_lhs" [Operand(0), Operand(1)]), pb!("atan2_pb_rhs" [Operand(0), Operand(1)])]).elementwise()),
-    ("hypot", rule!("hypot", 2, [pb!("hypot_pb_lhs" [Operand(0), Operand(1)]), pb!("hypot_pb_rhs" [Operand(0), Operand(1)])]).elementwise()),
-    ("max", rule!("max", 2, [pb!("max_pb_lhs" [Operand(0), Operand(1)]), pb!("max_pb_rhs" [Operand(0), Operand(1)])]).elementwise()),
-    ("min", rule!("min", 2, [pb!("min_pb_lhs" [Operand(0), Operand(1)]), pb!("min_pb_rhs" [Operand(0), Operand(1)])]).elementwise()),
-    ("clamp", rule!("clamp", 3, [pb!("clamp_pb" [Operand(0), Operand(1), Operand(2)]), None, None]).elementwise()),
-    ("mul_add", rule!("mul_add", 3, [pb!("mul_add_pb_a" [Operand(1)]), pb!("mul_add_pb_b" [Operand(0)]), pb!("mul_add_pb_c" [])]).elementwise()),
-    ("dot", rule!("dot", 2, [pb!("dot_pb_lhs" [Operand(0), Operand(1)]), pb!("dot_pb_rhs" [Operand(0), Operand(1)])])),
+    (
+        "powi",
+        rule!("powi", 1, [pb!("powi_pb" [Operand(0), Const(0)])]).elementwise(),
+    ),
+    (
+        "powf",
+        rule!(
+            "powf",
+            2,
+            [
+                pb!("powf_pb_lhs" [Operand(0), Operand(1)]),
+                pb!("powf_pb_rhs" [Operand(0), Out])
+            ]
+        )
+        .elementwise(),
+    ),
+    (
+        "atan2",
+        rule!(
+            "atan2",
+            2,
+            [
+                pb!("atan2_pb_lhs" [Operand(0), Operand(1)]),
+                pb!("atan2_pb_rhs" [Operand(0), Operand(1)])
+            ]
+        )
+        .elementwise(),
+    ),
+    (
+        "hypot",
+        rule!(
+            "hypot",
+            2,
+            [
+                pb!("hypot_pb_lhs" [Operand(0), Operand(1)]),
+                pb!("hypot_pb_rhs" [Operand(0), Operand(1)])
+            ]
+        )
+        .elementwise(),
+    ),
+    (
+        "max",
+        rule!(
+            "max",
+            2,
+            [
+                pb!("max_pb_lhs" [Operand(0), Operand(1)]),
+                pb!("max_pb_rhs" [Operand(0), Operand(1)])
+            ]
+        )
+        .elementwise(),
+    ),
+    (
+        "min",
+        rule!(
+            "min",
+            2,
+            [
+                pb!("min_pb_lhs" [Operand(0), Operand(1)]),
+                pb!("min_pb_rhs" [Operand(0), Operand(1)])
+            ]
+        )
+        .elementwise(),
+    ),
+    (
+        "clamp",
+        rule!(
+            "clamp",
+            3,
+            [
+                pb!("clamp_pb" [Operand(0), Operand(1), Operand(2)]),
+                None,
+                None
+            ]
+        )
+        .elementwise(),
+    ),
+    (
+        "mul_add",
+        rule!(
+            "mul_add",
+            3,
+            [
+                pb!("mul_add_pb_a"[Operand(1)]),
+                pb!("mul_add_pb_b"[Operand(0)]),
+                pb!("mul_add_pb_c" [])
+            ]
+        )
+        .elementwise(),
+    ),
+    (
+        "dot",
+        rule!(
+            "dot",
+            2,
+            [
+                pb!("dot_pb_lhs" [Operand(0), Operand(1)]),
+                pb!("dot_pb_rhs" [Operand(0), Operand(1)])
+            ]
+        ),
+    ),
     ("t", rule!("t", 1, [pb!("t_pb" [])]).view()),
     ("reversed_axes", rule!("t", 1, [pb!("t_pb" [])]).view()),
-    ("sum", rule!("sum", 1, [pb!("sum_pb" [Shape(0)])])),
-    ("sum_axis", rule!("sum_axis", 1, [pb!("sum_axis_pb" [Shape(0), Const(0)])])),
-    ("insert_axis", rule!("insert_axis", 1, [pb!("insert_axis_pb" [Shape(0), Const(0)])]).view()),
-    ("slice", rule!("slice", 1, [pb!(into "slice_pb" [Const(0)])]).view().consts_by_ref()),
-    ("row", rule!("row", 1, [pb!(into "row_pb" [Const(0)])]).view()),
-    ("column", rule!("column", 1, [pb!(into "column_pb" [Const(0)])]).view()),
-    ("index_axis", rule!("index_axis", 1, [pb!(into "index_axis_pb" [Const(0), Const(1)])]).view()),
+    ("sum", rule!("sum", 1, [pb!("sum_pb"[Shape(0)])])),
+    (
+        "sum_axis",
+        rule!("sum_axis", 1, [pb!("sum_axis_pb" [Shape(0), Const(0)])]),
+    ),
+    (
+        "insert_axis",
+        rule!(
+            "insert_axis",
+            1,
+            [pb!("insert_axis_pb" [Shape(0), Const(0)])]
+        )
+        .view(),
+    ),
+    (
+        "slice",
+        rule!("slice", 1, [pb!(into "slice_pb" [Const(0)])])
+            .view()
+            .consts_by_ref(),
+    ),
+    (
+        "row",
+        rule!("row", 1, [pb!(into "row_pb" [Const(0)])]).view(),
+    ),
+    (
+        "column",
+        rule!("column", 1, [pb!(into "column_pb" [Const(0)])]).view(),
+    ),
+    (
+        "index_axis",
+        rule!(
+            "index_axis",
+            1,
+            [pb!(into "index_axis_pb" [Const(0), Const(1)])]
+        )
+        .view(),
+    ),
 ];
 
 /// Methods that return an `Option`/`Result` the user unwraps: `x.mean().unwrap()`
 /// is one primitive.
 static UNWRAPPED: &[(&str, Rule)] = &[
-    ("mean", rule!("mean", 1, [pb!("mean_pb" [Shape(0)])])),
-    ("mean_axis", rule!("mean_axis", 1, [pb!("mean_axis_pb" [Shape(0), Const(0)])])),
-    ("to_shape", rule!("reshape", 1, [pb!("reshape_pb" [Shape(0)])]).view()),
-    ("into_shape_with_order", rule!("reshape", 1, [pb!("reshape_pb" [Shape(0)])]).view()),
+    ("mean", rule!("mean", 1, [pb!("mean_pb"[Shape(0)])])),
+    (
+        "mean_axis",
+        rule!("mean_axis", 1, [pb!("mean_axis_pb" [Shape(0), Const(0)])]),
+    ),
+    (
+        "to_shape",
+        rule!("reshape", 1, [pb!("reshape_pb"[Shape(0)])]).view(),
+    ),
+    (
+        "into_shape_with_order",
+        rule!("reshape", 1, [pb!("reshape_pb"[Shape(0)])]).view(),
+    ),
 ];
 
 /// Free functions of `adjoint::nn` (the operands first, then constants).
 static FUNCTIONS: &[(&str, Rule)] = &[
-    ("softmax", rule!("softmax", 1, [pb!("softmax_pb" [Out, Const(0)])])),
-    ("log_softmax", rule!("log_softmax", 1, [pb!("log_softmax_pb" [Out, Const(0)])])),
-    ("logsumexp", rule!("logsumexp", 1, [pb!("logsumexp_pb" [Operand(0), Const(0)])])),
+    (
+        "softmax",
+        rule!("softmax", 1, [pb!("softmax_pb" [Out, Const(0)])]),
+    ),
+    (
+        "log_softmax",
+        rule!("log_softmax", 1, [pb!("log_softmax_pb" [Out, Const(0)])]),
+    ),
+    (
+        "logsumexp",
+        rule!("logsumexp", 1, [pb!("logsumexp_pb" [Operand(0), Const(0)])]),
+    ),
 ];
 
 /// `concatenate(axis, &[..])` and `stack(axis, &[..])`: any number of operands.
@@ -176,17 +338,51 @@ pub static STACK: Rule = rule!("stack", 0, [pb!("stack_pb" [])]);
 /// Methods whose result has no derivative (shapes, tests, rounding): a call on an
 /// active value is a constant.
 pub static CONSTANT_METHODS: &[&str] = &[
-    "len", "len_of", "is_empty", "shape", "dim", "raw_dim", "ndim", "nrows", "ncols", "strides", "is_nan",
-    "is_finite", "is_infinite", "is_sign_positive", "is_sign_negative", "signum", "floor", "ceil", "round",
-    "trunc", "fract", "is_standard_layout", "argmax", "iter", "partial_cmp", "total_cmp",
+    "len",
+    "len_of",
+    "is_empty",
+    "shape",
+    "dim",
+    "raw_dim",
+    "ndim",
+    "nrows",
+    "ncols",
+    "strides",
+    "is_nan",
+    "is_finite",
+    "is_infinite",
+    "is_sign_positive",
+    "is_sign_negative",
+    "signum",
+    "floor",
+    "ceil",
+    "round",
+    "trunc",
+    "fract",
+    "is_standard_layout",
+    "argmax",
+    "iter",
+    "partial_cmp",
+    "total_cmp",
 ];
 
 /// Methods that return their receiver's value unchanged (`x.view()`, `x.clone()`).
-pub static IDENTITY_METHODS: &[&str] = &["view", "clone", "to_owned", "into_owned", "as_ref", "borrow"];
+pub static IDENTITY_METHODS: &[&str] = &[
+    "view",
+    "clone",
+    "to_owned",
+    "into_owned",
+    "as_ref",
+    "borrow",
+];
 
 /// The rule for method `name` with `args` arguments, if it is a primitive.
 pub fn method(name: &str) -> Option<&'static Rule> {
-    UNARY.iter().chain(METHODS).find(|(n, _)| *n == name).map(|(_, r)| r)
+    UNARY
+        .iter()
+        .chain(METHODS)
+        .find(|(n, _)| *n == name)
+        .map(|(_, r)| r)
 }
 
 /// The rule for a method the user unwraps (`mean`, `mean_axis`, reshapes).

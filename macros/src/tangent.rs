@@ -10,26 +10,46 @@
 
 use crate::ir::*;
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, ToTokens};
+use quote::{ToTokens, format_ident, quote};
 use std::collections::HashSet;
 use syn::Ident;
 
 /// The body of `fn __f_jvp(args.., tangents..) -> (R, R)`, or `None` if the body uses
 /// something forward mode does not cover yet.
-pub fn jvp_body(f: &Func, varied: &dyn Fn(Var) -> bool, reference_params: &[bool]) -> Option<TokenStream> {
-    let refs = f.params.iter().zip(reference_params).filter(|(_, r)| **r).map(|(p, _)| p.var).collect();
+pub fn jvp_body(
+    f: &Func,
+    varied: &dyn Fn(Var) -> bool,
+    reference_params: &[bool],
+) -> Option<TokenStream> {
+    let refs = f
+        .params
+        .iter()
+        .zip(reference_params)
+        .filter(|(_, r)| **r)
+        .map(|(p, _)| p.var)
+        .collect();
     let mut defs = std::collections::HashMap::new();
     crate::adjoint::collect_defs(&f.body, &mut defs);
     let scalar = crate::adjoint::scalars(f, &defs);
-    let mut t = Tangent { f, varied, has_dot: HashSet::new(), refs, scalar };
+    let mut t = Tangent {
+        f,
+        varied,
+        has_dot: HashSet::new(),
+        refs,
+        scalar,
+    };
     for p in &f.params {
         if p.active {
             t.has_dot.insert(p.var);
         }
     }
     let mut out = t.stmts(&f.body.stmts)?;
-    let Tail::Leaf(leaf) = &f.body.tail else { return None };
-    let Some(Val::Atom(a)) = &leaf.value else { return None };
+    let Tail::Leaf(leaf) = &f.body.tail else {
+        return None;
+    };
+    let Some(Val::Atom(a)) = &leaf.value else {
+        return None;
+    };
     // The output's tangent, owned.
     let y = t.atom(a);
     let dy = match a.var().filter(|v| t.has_dot.contains(v)) {
@@ -74,7 +94,9 @@ impl Tangent<'_> {
     /// is: operators on references never move.
     fn r(&self, a: &Atom) -> TokenStream {
         match a {
-            Atom::Var(v) if self.refs.contains(v) || self.scalar[v.0 as usize] => self.f.name(*v).to_token_stream(),
+            Atom::Var(v) if self.refs.contains(v) || self.scalar[v.0 as usize] => {
+                self.f.name(*v).to_token_stream()
+            }
             Atom::Var(v) => {
                 let n = self.f.name(*v);
                 quote!(&#n)
@@ -90,7 +112,11 @@ impl Tangent<'_> {
             return None;
         }
         let d = dot_name(self.f.name(v));
-        Some(if self.refs.contains(&v) || self.scalar[v.0 as usize] { quote!(#d) } else { quote!(&#d) })
+        Some(if self.refs.contains(&v) || self.scalar[v.0 as usize] {
+            quote!(#d)
+        } else {
+            quote!(&#d)
+        })
     }
 
     /// A reference to the tangent, or a zero of the value's shape (`&(x * 0.0)`).
@@ -127,7 +153,14 @@ impl Tangent<'_> {
                     Op::Const(t) => Some(quote!(let #decl = ::adjoint::no_grad(#t);)),
                     // A parameter read: constant along the inputs' tangents.
                     Op::Call(call) if call.scoped == Scoped::Param => {
-                        let Callee::Method { receiver, name: m, generics } = &call.callee else { return None };
+                        let Callee::Method {
+                            receiver,
+                            name: m,
+                            generics,
+                        } = &call.callee
+                        else {
+                            return None;
+                        };
                         let recv = self.atom(&receiver.atom);
                         let args = call.args.iter().map(|a| {
                             let x = self.atom(&a.atom);
@@ -135,10 +168,17 @@ impl Tangent<'_> {
                         });
                         Some(quote!(let #decl = #recv.#m #generics(#(#args),*);))
                     }
-                    Op::Prim { rule, operands, consts, native } => {
+                    Op::Prim {
+                        rule,
+                        operands,
+                        consts,
+                        native,
+                    } => {
                         let primal = self.native(native, operands, consts)?;
                         let mut out = quote!(let #name = #primal;);
-                        if (self.varied)(*dst) && operands.iter().any(|a| self.dot(&a.atom).is_some()) {
+                        if (self.varied)(*dst)
+                            && operands.iter().any(|a| self.dot(&a.atom).is_some())
+                        {
                             let d = self.template(rule.func, &name, operands, consts)?;
                             let dn = dot_name(&name);
                             out.extend(quote!(let #dn = #d;));
@@ -187,7 +227,13 @@ impl Tangent<'_> {
     }
 
     /// The tangent of `y = func(operands, consts)`.
-    fn template(&self, func: &str, y: &Ident, operands: &[Arg], consts: &[Atom]) -> Option<TokenStream> {
+    fn template(
+        &self,
+        func: &str,
+        y: &Ident,
+        operands: &[Arg],
+        consts: &[Atom],
+    ) -> Option<TokenStream> {
         let a = &operands[0].atom;
         let ar = self.r(a);
         // A method's receiver is written bare: auto-referencing takes care of it.
@@ -201,15 +247,22 @@ impl Tangent<'_> {
             "add" | "sub" => {
                 let b = &operands[1].atom;
                 let (dao, dbo) = (self.dot_or_zero(a), self.dot_or_zero(b));
-                Some(if func == "add" { quote!((#dao + #dbo)) } else { quote!((#dao - #dbo)) })
+                Some(if func == "add" {
+                    quote!((#dao + #dbo))
+                } else {
+                    quote!((#dao - #dbo))
+                })
             }
             "mul" => {
                 let b = &operands[1].atom;
                 let br = self.r(b);
-                let terms: Vec<TokenStream> = [da.as_ref().map(|d| quote!((#d * #br))), self.dot(b).map(|d| quote!((#ar * #d)))]
-                    .into_iter()
-                    .flatten()
-                    .collect();
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| quote!((#d * #br))),
+                    self.dot(b).map(|d| quote!((#ar * #d))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
                 Some(quote!((#(#terms)+*)))
             }
             "div" => {
@@ -241,9 +294,17 @@ impl Tangent<'_> {
             "sigmoid" => unary(quote!(#y * (1.0 - #y))),
             "powi" => {
                 // Only a literal exponent: its float twin is written as a literal too.
-                let Some(Atom::Lit(n)) = consts.first() else { return None };
-                let n: i64 = syn::parse2::<syn::LitInt>(n.clone()).ok()?.base10_parse().ok()?;
-                let (m, nf) = ((n - 1) as i32, syn::LitFloat::new(&format!("{n}.0"), proc_macro2::Span::call_site()));
+                let Some(Atom::Lit(n)) = consts.first() else {
+                    return None;
+                };
+                let n: i64 = syn::parse2::<syn::LitInt>(n.clone())
+                    .ok()?
+                    .base10_parse()
+                    .ok()?;
+                let (m, nf) = (
+                    (n - 1) as i32,
+                    syn::LitFloat::new(&format!("{n}.0"), proc_macro2::Span::call_site()),
+                );
                 unary(quote!(#an.powi(#m) * #nf))
             }
             "sum" => da.map(|d| quote!((#d).sum())),
@@ -260,8 +321,13 @@ impl Tangent<'_> {
             "dot" => {
                 let b = &operands[1].atom;
                 let br = self.r(b);
-                let terms: Vec<TokenStream> =
-                    [da.as_ref().map(|d| quote!((#d).dot(#br))), self.dot(b).map(|e| quote!((#ar).dot(#e)))].into_iter().flatten().collect();
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| quote!((#d).dot(#br))),
+                    self.dot(b).map(|e| quote!((#ar).dot(#e))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
                 Some(quote!((#(#terms)+*)))
             }
             _ => None,

@@ -42,7 +42,13 @@ macro_rules! unbatch_views {
         }
     )*};
 }
-unbatch_views!(ndarray::Ix2, ndarray::Ix3, ndarray::Ix4, ndarray::Ix5, ndarray::Ix6);
+unbatch_views!(
+    ndarray::Ix2,
+    ndarray::Ix3,
+    ndarray::Ix4,
+    ndarray::Ix5,
+    ndarray::Ix6
+);
 
 impl<T: Unbatch + ?Sized> Unbatch for &T {
     type Item<'a>

@@ -64,7 +64,11 @@ pub struct Tolerance {
 impl Default for Tolerance {
     /// Suited to f64 functions: step `1e-6`, `rtol = 1e-6`, `atol = 1e-7`.
     fn default() -> Self {
-        Tolerance { step: 1e-6, rtol: 1e-6, atol: 1e-7 }
+        Tolerance {
+            step: 1e-6,
+            rtol: 1e-6,
+            atol: 1e-7,
+        }
     }
 }
 
@@ -135,7 +139,11 @@ pub fn check_vjp<X: Params, Y: Params>(
         #[allow(clippy::neg_cmp_op_on_partial_ord)]
         let fails = !(err <= tol.atol + tol.rtol * analytic.abs().max(numeric.abs()));
         if fails {
-            return Err(GradCheckError { index: i, analytic, numeric });
+            return Err(GradCheckError {
+                index: i,
+                analytic,
+                numeric,
+            });
         }
     }
     Ok(())
@@ -149,6 +157,11 @@ pub fn check_vjp<X: Params, Y: Params>(
 /// let (x, y) = (0.5, 1.5);
 /// check_grad(f, &(x, y), &(y.sin(), x * y.cos()), Tolerance::default()).unwrap();
 /// ```
-pub fn check_grad<X: Params>(f: impl Fn(&X) -> f64, x: &X, grad: &X, tol: Tolerance) -> Result<(), GradCheckError> {
+pub fn check_grad<X: Params>(
+    f: impl Fn(&X) -> f64,
+    x: &X,
+    grad: &X,
+    tol: Tolerance,
+) -> Result<(), GradCheckError> {
     check_vjp(f, x, &1.0, grad, tol)
 }

@@ -55,7 +55,10 @@ pub fn normal(stddev: f64) -> Normal {
 
 impl Initializer for Normal {
     fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64> {
-        ArrayD::from_shape_simple_fn(IxDyn(shape), || { let z: f64 = StandardNormal.sample(rng); self.0 * z })
+        ArrayD::from_shape_simple_fn(IxDyn(shape), || {
+            let z: f64 = StandardNormal.sample(rng);
+            self.0 * z
+        })
     }
 }
 
@@ -134,7 +137,11 @@ pub struct VarianceScaling {
 
 /// The variance-scaling family that `lecun_*`, `glorot_*` and `he_*` are made of.
 pub fn variance_scaling(scale: f64, mode: FanMode, distribution: Dist) -> VarianceScaling {
-    VarianceScaling { scale, mode, distribution }
+    VarianceScaling {
+        scale,
+        mode,
+        distribution,
+    }
 }
 
 /// `(fan_in, fan_out)` of a shape: the second to last and last axes times the
@@ -145,7 +152,10 @@ pub fn fans(shape: &[usize]) -> (f64, f64) {
         1 => (shape[0] as f64, shape[0] as f64),
         n => {
             let receptive: usize = shape[..n - 2].iter().product();
-            ((shape[n - 2] * receptive) as f64, (shape[n - 1] * receptive) as f64)
+            (
+                (shape[n - 2] * receptive) as f64,
+                (shape[n - 1] * receptive) as f64,
+            )
         }
     }
 }
@@ -161,7 +171,9 @@ impl Initializer for VarianceScaling {
         let variance = self.scale / denom.max(1.0);
         match self.distribution {
             // The standard deviation of a standard normal truncated to [-2, 2].
-            Dist::TruncatedNormal => TruncatedNormal(variance.sqrt() / 0.879_625_661_034_239_8).sample(rng, shape),
+            Dist::TruncatedNormal => {
+                TruncatedNormal(variance.sqrt() / 0.879_625_661_034_239_8).sample(rng, shape)
+            }
             Dist::Normal => Normal(variance.sqrt()).sample(rng, shape),
             Dist::Uniform => {
                 let limit = (3.0 * variance).sqrt();

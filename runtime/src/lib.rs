@@ -52,8 +52,8 @@ pub fn no_grad<T>(x: T) -> T {
 
 /// Everything a user of `#[differentiable]` needs: `use adjoint::prelude::*;`.
 pub mod prelude {
-    pub use crate::nn::*;
     pub use crate::init;
+    pub use crate::nn::*;
     pub use crate::no_grad;
     pub use crate::scope::{Scope, ScopeError, Variables};
     pub use crate::{custom_vjp, differentiable, grad, jvp, value_and_grad, vjp, vmap};
@@ -69,8 +69,10 @@ pub mod __private {
     pub use crate::rules::nn::*;
     pub use crate::rules::reduce::*;
     pub use crate::rules::shape::*;
-    pub use crate::transforms::{basis_len, grad_seed, inner, tangent_from, unit_cot, GradOf, ScalarOutput};
     pub use crate::scope::{add_param, second_order, vjp_variables};
+    pub use crate::transforms::{
+        GradOf, ScalarOutput, basis_len, grad_seed, inner, tangent_from, unit_cot,
+    };
     pub use crate::value::{Accumulate, Cot, Own, Value};
 
     /// An owned copy of `x` (see [`Own`]).

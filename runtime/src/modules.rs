@@ -31,7 +31,8 @@ impl Dense {
 #[differentiable]
 impl Dense {
     pub fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
-        let kernel: ArcArray2<f64> = cx.param("kernel", init::lecun_normal(), (x.ncols(), self.features));
+        let kernel: ArcArray2<f64> =
+            cx.param("kernel", init::lecun_normal(), (x.ncols(), self.features));
         let bias: ArcArray1<f64> = cx.param("bias", init::zeros, self.features);
         x.dot(&kernel) + &bias
     }

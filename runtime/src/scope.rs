@@ -13,29 +13,53 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScopeError {
     /// `apply` read a parameter the variables do not hold.
-    #[error("parameter `{path}` not found in collection `params`: init the module first, or check the variables' paths")]
+    #[error(
+        "parameter `{path}` not found in collection `params`: init the module first, or check the variables' paths"
+    )]
     ParamNotFound { path: String },
     /// A stored variable's shape differs from the one the module asks for.
-    #[error("variable `{collection}/{path}` has shape {found:?}, but the module asks for shape {expected:?}")]
-    ShapeMismatch { collection: String, path: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error(
+        "variable `{collection}/{path}` has shape {found:?}, but the module asks for shape {expected:?}"
+    )]
+    ShapeMismatch {
+        collection: String,
+        path: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     /// A stored variable's element type differs from the one the module asks for.
-    #[error("variable `{collection}/{path}` holds {found} values, but the module asks for {expected}")]
-    TypeMismatch { collection: String, path: String, expected: &'static str, found: &'static str },
+    #[error(
+        "variable `{collection}/{path}` holds {found} values, but the module asks for {expected}"
+    )]
+    TypeMismatch {
+        collection: String,
+        path: String,
+        expected: &'static str,
+        found: &'static str,
+    },
     /// A variable of a collection that was not passed (and is not mutable).
-    #[error("collection `{collection}` not found while reading `{path}`: pass it in the variables, or make it mutable")]
+    #[error(
+        "collection `{collection}` not found while reading `{path}`: pass it in the variables, or make it mutable"
+    )]
     CollectionNotFound { collection: String, path: String },
     /// A write to a collection that is not mutable in this `apply`.
-    #[error("cannot write `{collection}/{path}`: collection `{collection}` is immutable here; list it in `mutable` when applying")]
+    #[error(
+        "cannot write `{collection}/{path}`: collection `{collection}` is immutable here; list it in `mutable` when applying"
+    )]
     ImmutableCollection { collection: String, path: String },
     /// `make_rng` of a stream that was not provided.
-    #[error("RNG stream `{stream}` was not provided (asked for at `{path}`): pass it in `rngs` when applying")]
+    #[error(
+        "RNG stream `{stream}` was not provided (asked for at `{path}`): pass it in `rngs` when applying"
+    )]
     UnknownRngStream { stream: String, path: String },
     /// Variables whose structure is not a tree of leaves.
     #[error("invalid variables: {reason}")]
     InvalidVariables { reason: String },
     /// Gradients that would flow through a lifted transform (`grad!` inside a module
     /// differentiated with respect to its parameters: second order).
-    #[error("these gradients flow through a lifted grad!/vjp! inside a module (second order), which adjoint does not differentiate yet")]
+    #[error(
+        "these gradients flow through a lifted grad!/vjp! inside a module (second order), which adjoint does not differentiate yet"
+    )]
     SecondOrderUnsupported,
 }
 
@@ -197,7 +221,12 @@ impl Variables {
     ///
     /// # Errors
     /// [`ScopeError::InvalidVariables`] when a path is both a leaf and a subtree.
-    pub fn with(mut self, collection: &str, path: &str, value: impl Stored) -> Result<Self, ScopeError> {
+    pub fn with(
+        mut self,
+        collection: &str,
+        path: &str,
+        value: impl Stored,
+    ) -> Result<Self, ScopeError> {
         self.insert(collection, path, value.into_leaf())?;
         Ok(self)
     }
@@ -209,13 +238,19 @@ impl Variables {
     /// a subtree.
     pub fn insert(&mut self, collection: &str, path: &str, leaf: Leaf) -> Result<(), ScopeError> {
         if path.is_empty() || path.split('/').any(str::is_empty) {
-            return Err(ScopeError::InvalidVariables { reason: format!("`{collection}/{path}` is not a path of names") });
+            return Err(ScopeError::InvalidVariables {
+                reason: format!("`{collection}/{path}` is not a path of names"),
+            });
         }
         let coll = self.collections.entry(collection.to_string()).or_default();
         let prefix = format!("{path}/");
-        if coll.keys().any(|k| k.starts_with(&prefix)) || ancestors(path).any(|a| coll.contains_key(a)) {
+        if coll.keys().any(|k| k.starts_with(&prefix))
+            || ancestors(path).any(|a| coll.contains_key(a))
+        {
             return Err(ScopeError::InvalidVariables {
-                reason: format!("`{collection}/{path}` would be both a variable and a module's subtree"),
+                reason: format!(
+                    "`{collection}/{path}` would be both a variable and a module's subtree"
+                ),
             });
         }
         coll.insert(path.to_string(), leaf);
@@ -235,13 +270,19 @@ impl Variables {
         if self.unsupported {
             return Err(ScopeError::SecondOrderUnsupported);
         }
-        let coll = self
-            .collections
-            .get(collection)
-            .ok_or_else(|| ScopeError::CollectionNotFound { collection: collection.into(), path: path.into() })?;
+        let coll =
+            self.collections
+                .get(collection)
+                .ok_or_else(|| ScopeError::CollectionNotFound {
+                    collection: collection.into(),
+                    path: path.into(),
+                })?;
         let leaf = coll.get(path).ok_or_else(|| match collection {
             "params" => ScopeError::ParamNotFound { path: path.into() },
-            _ => ScopeError::CollectionNotFound { collection: collection.into(), path: path.into() },
+            _ => ScopeError::CollectionNotFound {
+                collection: collection.into(),
+                path: path.into(),
+            },
         })?;
         T::from_leaf(leaf).ok_or_else(|| ScopeError::TypeMismatch {
             collection: collection.into(),
@@ -253,7 +294,8 @@ impl Variables {
 
     /// Why these variables (gradients) must not be used, if they must not.
     pub fn error(&self) -> Option<ScopeError> {
-        self.unsupported.then_some(ScopeError::SecondOrderUnsupported)
+        self.unsupported
+            .then_some(ScopeError::SecondOrderUnsupported)
     }
 
     /// The names of the collections.
@@ -263,24 +305,40 @@ impl Variables {
 
     /// The `(path, leaf)` pairs of a collection, in path order.
     pub fn iter(&self, collection: &str) -> impl Iterator<Item = (&str, &Leaf)> {
-        self.collections.get(collection).into_iter().flat_map(|c| c.iter().map(|(k, v)| (k.as_str(), v)))
+        self.collections
+            .get(collection)
+            .into_iter()
+            .flat_map(|c| c.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
     /// Only the named collections.
     pub fn only(&self, names: &[&str]) -> Variables {
-        let collections =
-            self.collections.iter().filter(|(k, _)| names.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-        Variables { collections, unsupported: self.unsupported }
+        let collections = self
+            .collections
+            .iter()
+            .filter(|(k, _)| names.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Variables {
+            collections,
+            unsupported: self.unsupported,
+        }
     }
 
     /// The variables under `prefix/` of every collection, with the prefix removed.
     pub fn subtree(&self, prefix: &str) -> Variables {
-        let mut out = Variables { unsupported: self.unsupported, ..Variables::new() };
+        let mut out = Variables {
+            unsupported: self.unsupported,
+            ..Variables::new()
+        };
         let p = format!("{prefix}/");
         for (c, coll) in &self.collections {
             for (k, v) in coll {
                 if let Some(rest) = k.strip_prefix(&p) {
-                    out.collections.entry(c.clone()).or_default().insert(rest.to_string(), v.clone());
+                    out.collections
+                        .entry(c.clone())
+                        .or_default()
+                        .insert(rest.to_string(), v.clone());
                 }
             }
         }
@@ -308,9 +366,19 @@ impl Variables {
         let collections = self
             .collections
             .iter()
-            .map(|(c, coll)| (c.clone(), coll.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect()))
+            .map(|(c, coll)| {
+                (
+                    c.clone(),
+                    coll.iter()
+                        .map(|(k, v)| (k.clone(), v.zeros_like()))
+                        .collect(),
+                )
+            })
             .collect();
-        Variables { collections, unsupported: false }
+        Variables {
+            collections,
+            unsupported: false,
+        }
     }
 
     /// The shapes, as the nested tree Flax prints for `jax.tree_util.tree_map(jnp.shape, ..)`.
@@ -328,7 +396,11 @@ impl Variables {
             if let Some(l) = &n.leaf {
                 return l.clone();
             }
-            let items: Vec<String> = n.children.iter().map(|(k, v)| format!("\"{k}\": {}", show(v))).collect();
+            let items: Vec<String> = n
+                .children
+                .iter()
+                .map(|(k, v)| format!("\"{k}\": {}", show(v)))
+                .collect();
             format!("{{{}}}", items.join(", "))
         }
         let mut root = Node::default();
@@ -347,14 +419,20 @@ impl Variables {
 }
 
 fn ancestors(path: &str) -> impl Iterator<Item = &str> {
-    path.char_indices().filter(|(_, c)| *c == '/').map(move |(i, _)| &path[..i])
+    path.char_indices()
+        .filter(|(_, c)| *c == '/')
+        .map(move |(i, _)| &path[..i])
 }
 
 impl fmt::Display for Variables {
     /// The nested tree, as Flax prints it: `{"params": {"LearnScale_0": {"scale": 0.0}}}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.unsupported {
-            return write!(f, "<unusable gradients: {}>", ScopeError::SecondOrderUnsupported);
+            return write!(
+                f,
+                "<unusable gradients: {}>",
+                ScopeError::SecondOrderUnsupported
+            );
         }
         let text = self.render(&|leaf| {
             let values = leaf.to_f64_vec();
@@ -378,8 +456,9 @@ fn nested_list(shape: &[usize], values: &[f64], fmt_one: &dyn Fn(f64) -> String)
         return format!("[{}]", items.join(", "));
     }
     let stride: usize = shape[1..].iter().product();
-    let items: Vec<String> =
-        (0..shape[0]).map(|i| nested_list(&shape[1..], &values[i * stride..(i + 1) * stride], fmt_one)).collect();
+    let items: Vec<String> = (0..shape[0])
+        .map(|i| nested_list(&shape[1..], &values[i * stride..(i + 1) * stride], fmt_one))
+        .collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -446,11 +525,20 @@ impl<'v> Scope<'v> {
 
     /// A root scope over existing variables: only `mutable` collections may be
     /// written, and only `rngs` streams may be drawn.
-    pub fn for_apply(vars: &'v mut Variables, mutable: Mutable, rngs: BTreeMap<String, u64>) -> Self {
+    pub fn for_apply(
+        vars: &'v mut Variables,
+        mutable: Mutable,
+        rngs: BTreeMap<String, u64>,
+    ) -> Self {
         Scope::new(vars, false, mutable, rngs)
     }
 
-    fn new(vars: &'v mut Variables, initializing: bool, mutable: Mutable, rngs: BTreeMap<String, u64>) -> Self {
+    fn new(
+        vars: &'v mut Variables,
+        initializing: bool,
+        mutable: Mutable,
+        rngs: BTreeMap<String, u64>,
+    ) -> Self {
         Scope {
             vars,
             path: Vec::new(),
@@ -470,7 +558,10 @@ impl<'v> Scope<'v> {
     /// until [`Scope::unrestrict`]: what a lifted transform's `variables` and `rngs`
     /// options do.
     pub fn restrict(&mut self, collections: Option<&[&str]>, rngs: Option<&[&str]>) -> Restriction {
-        let old = Restriction { visible: self.visible.clone(), visible_rngs: self.visible_rngs.clone() };
+        let old = Restriction {
+            visible: self.visible.clone(),
+            visible_rngs: self.visible_rngs.clone(),
+        };
         if let Some(c) = collections {
             self.visible = Some(c.iter().map(|s| s.to_string()).collect());
         }
@@ -501,7 +592,11 @@ impl<'v> Scope<'v> {
     }
 
     fn path_to(&self, name: &str) -> String {
-        if self.path.is_empty() { name.to_string() } else { format!("{}/{name}", self.path()) }
+        if self.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.path())
+        }
     }
 
     fn fail(&mut self, e: ScopeError) {
@@ -570,31 +665,57 @@ impl<'v> Scope<'v> {
     /// cx.finish().unwrap();
     /// assert_eq!(vars.shapes(), r#"{"params": {"kernel": [3, 4]}}"#);
     /// ```
-    pub fn param<T: Stored>(&mut self, name: &str, init: impl Initializer, shape: impl IntoDimension) -> T {
+    pub fn param<T: Stored>(
+        &mut self,
+        name: &str,
+        init: impl Initializer,
+        shape: impl IntoDimension,
+    ) -> T {
         self.param_at(name, init, shape).0
     }
 
     /// [`Scope::param`], also returning where the parameter lives (for the reverse
     /// sweep of a transform that differentiates parameters).
-    pub fn param_at<T: Stored>(&mut self, name: &str, init: impl Initializer, shape: impl IntoDimension) -> (T, VarPath) {
+    pub fn param_at<T: Stored>(
+        &mut self,
+        name: &str,
+        init: impl Initializer,
+        shape: impl IntoDimension,
+    ) -> (T, VarPath) {
         let shape = shape.into_dimension().into_dyn();
         let path = self.path_to(name);
-        let at = VarPath { collection: "params", path: path.clone() };
+        let at = VarPath {
+            collection: "params",
+            path: path.clone(),
+        };
         if !self.sees("params") {
-            self.fail(ScopeError::CollectionNotFound { collection: "params".into(), path });
+            self.fail(ScopeError::CollectionNotFound {
+                collection: "params".into(),
+                path,
+            });
             return (placeholder(&shape), at);
         }
         if let Some(leaf) = self.vars.get("params", &path) {
             if leaf.shape() != shape.slice() {
                 let found = leaf.shape().to_vec();
-                self.fail(ScopeError::ShapeMismatch { collection: "params".into(), path, expected: shape.slice().to_vec(), found });
+                self.fail(ScopeError::ShapeMismatch {
+                    collection: "params".into(),
+                    path,
+                    expected: shape.slice().to_vec(),
+                    found,
+                });
                 return (placeholder(&shape), at);
             }
             return match T::from_leaf(leaf) {
                 Some(v) => (v, at),
                 None => {
                     let found = leaf.kind();
-                    self.fail(ScopeError::TypeMismatch { collection: "params".into(), path, expected: T::KIND, found });
+                    self.fail(ScopeError::TypeMismatch {
+                        collection: "params".into(),
+                        path,
+                        expected: T::KIND,
+                        found,
+                    });
                     (placeholder(&shape), at)
                 }
             };
@@ -627,10 +748,18 @@ impl<'v> Scope<'v> {
 
     /// Gets variable `name` of `collection`, creating it with `init` if the collection
     /// is mutable (Flax's `self.variable(..).value`).
-    pub fn variable<T: Stored>(&mut self, collection: &str, name: &str, init: impl FnOnce() -> T) -> T {
+    pub fn variable<T: Stored>(
+        &mut self,
+        collection: &str,
+        name: &str,
+        init: impl FnOnce() -> T,
+    ) -> T {
         let path = self.path_to(name);
         if !self.sees(collection) {
-            self.fail(ScopeError::CollectionNotFound { collection: collection.into(), path });
+            self.fail(ScopeError::CollectionNotFound {
+                collection: collection.into(),
+                path,
+            });
             return init();
         }
         if let Some(leaf) = self.vars.get(collection, &path) {
@@ -638,7 +767,12 @@ impl<'v> Scope<'v> {
                 Some(v) => v,
                 None => {
                     let found = leaf.kind();
-                    self.fail(ScopeError::TypeMismatch { collection: collection.into(), path, expected: T::KIND, found });
+                    self.fail(ScopeError::TypeMismatch {
+                        collection: collection.into(),
+                        path,
+                        expected: T::KIND,
+                        found,
+                    });
                     init()
                 }
             };
@@ -652,7 +786,10 @@ impl<'v> Scope<'v> {
             }
             return out.unwrap_or_else(|| unreachable_roundtrip());
         }
-        self.fail(ScopeError::CollectionNotFound { collection: collection.into(), path });
+        self.fail(ScopeError::CollectionNotFound {
+            collection: collection.into(),
+            path,
+        });
         value
     }
 
@@ -660,7 +797,10 @@ impl<'v> Scope<'v> {
     pub fn put<T: Stored>(&mut self, collection: &str, name: &str, value: T) {
         let path = self.path_to(name);
         if !self.mutable.allows(collection) || !self.sees(collection) {
-            self.fail(ScopeError::ImmutableCollection { collection: collection.into(), path });
+            self.fail(ScopeError::ImmutableCollection {
+                collection: collection.into(),
+                path,
+            });
             return;
         }
         if let Err(e) = self.vars.insert(collection, &path, value.into_leaf()) {
@@ -675,8 +815,15 @@ impl<'v> Scope<'v> {
             return;
         }
         let base = self.path_to(name);
-        let k = self.vars.iter(collection).filter(|(p, _)| p.strip_prefix(&base).is_some_and(|r| r.starts_with('/'))).count();
-        if let Err(e) = self.vars.insert(collection, &format!("{base}/{k}"), value.into_leaf()) {
+        let k = self
+            .vars
+            .iter(collection)
+            .filter(|(p, _)| p.strip_prefix(&base).is_some_and(|r| r.starts_with('/')))
+            .count();
+        if let Err(e) = self
+            .vars
+            .insert(collection, &format!("{base}/{k}"), value.into_leaf())
+        {
             self.fail(e);
         }
     }
@@ -685,19 +832,33 @@ impl<'v> Scope<'v> {
     /// module's path and how many keys it drew before (Flax's `make_rng`).
     pub fn make_rng(&mut self, stream: &str) -> Rng {
         let path = self.path();
-        let passes = self.visible_rngs.as_ref().is_none_or(|v| v.contains(stream));
+        let passes = self
+            .visible_rngs
+            .as_ref()
+            .is_none_or(|v| v.contains(stream));
         if !passes || (!self.rngs.contains_key(stream) && !self.initializing) {
-            self.fail(ScopeError::UnknownRngStream { stream: stream.into(), path });
+            self.fail(ScopeError::UnknownRngStream {
+                stream: stream.into(),
+                path,
+            });
             return Rng::seed_from_u64(0);
         }
-        let k = self.rng_counters.entry(format!("{stream}\u{0}{path}")).or_insert(0);
+        let k = self
+            .rng_counters
+            .entry(format!("{stream}\u{0}{path}"))
+            .or_insert(0);
         *k += 1;
         let tag = format!("{path}#{k}");
         self.rng_for(stream, &tag)
     }
 
     fn rng_for(&self, stream: &str, tag: &str) -> Rng {
-        let seed = self.rngs.get(stream).or_else(|| self.rngs.get("params")).copied().unwrap_or(0);
+        let seed = self
+            .rngs
+            .get(stream)
+            .or_else(|| self.rngs.get("params"))
+            .copied()
+            .unwrap_or(0);
         Rng::seed_from_u64(fold_in(fold_in(seed, stream), tag))
     }
 }
@@ -822,7 +983,10 @@ where
 /// Adds the cotangent of the parameter at `at` into `acc`.
 pub fn add_param(acc: &mut Variables, at: &VarPath, ct: impl ParamCot) {
     let leaf = ct.into_leaf();
-    let coll = acc.collections.entry(at.collection.to_string()).or_default();
+    let coll = acc
+        .collections
+        .entry(at.collection.to_string())
+        .or_default();
     match coll.get_mut(&at.path) {
         Some(existing) => existing.add(&leaf),
         None => {
@@ -842,7 +1006,10 @@ pub struct ScopeMark {
 impl Scope<'_> {
     /// The current naming and random-stream counters.
     pub fn mark(&self) -> ScopeMark {
-        ScopeMark { counters: self.counters.clone(), rng_counters: self.rng_counters.clone() }
+        ScopeMark {
+            counters: self.counters.clone(),
+            rng_counters: self.rng_counters.clone(),
+        }
     }
 
     /// Returns the counters to `mark`: children get the same names again.
@@ -859,7 +1026,11 @@ impl Scope<'_> {
 
     /// Moves the cursor to the absolute path `path` (`/`-joined).
     pub fn enter_path(&mut self, path: &str) {
-        self.path = path.split('/').filter(|p| !p.is_empty()).map(String::from).collect();
+        self.path = path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect();
     }
 
     /// The full path of the child most recently left (`Parent/Child_0`).
@@ -881,5 +1052,9 @@ pub fn second_order(acc: &mut Variables) {
 /// `child`, with paths relative to the child (Flax's `vjp_variables`).
 pub fn vjp_variables(cots: &Variables, child: &str, collections: &[&str]) -> Variables {
     let only = cots.only(collections);
-    if child.is_empty() { only } else { only.subtree(child) }
+    if child.is_empty() {
+        only
+    } else {
+        only.subtree(child)
+    }
 }

@@ -82,7 +82,9 @@ macro_rules! scalar_basis {
 }
 scalar_basis!(f32, f64);
 
-impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension> Basis for ndarray::ArrayBase<S, D> {
+impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension> Basis
+    for ndarray::ArrayBase<S, D>
+{
     fn basis_len(&self) -> usize {
         self.len()
     }
@@ -120,9 +122,14 @@ impl Inner<f32> for f32 {
     }
 }
 
-impl<A: crate::value::Real, D: ndarray::Dimension, S: ndarray::Data<Elem = A>> Inner<ndarray::ArrayBase<S, D>> for ndarray::Array<A, D> {
+impl<A: crate::value::Real, D: ndarray::Dimension, S: ndarray::Data<Elem = A>>
+    Inner<ndarray::ArrayBase<S, D>> for ndarray::Array<A, D>
+{
     fn inner(&self, t: &ndarray::ArrayBase<S, D>) -> f64 {
-        self.iter().zip(t.iter()).map(|(a, b)| a.as_f64() * b.as_f64()).sum()
+        self.iter()
+            .zip(t.iter())
+            .map(|(a, b)| a.as_f64() * b.as_f64())
+            .sum()
     }
 }
 
@@ -133,7 +140,12 @@ impl Inner<crate::scope::Variables> for crate::scope::Variables {
         for c in self.collections() {
             for (path, leaf) in self.iter(c) {
                 if let Some(other) = t.get(c, path) {
-                    total += leaf.to_f64_vec().iter().zip(other.to_f64_vec()).map(|(a, b)| a * b).sum::<f64>();
+                    total += leaf
+                        .to_f64_vec()
+                        .iter()
+                        .zip(other.to_f64_vec())
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>();
                 }
             }
         }

@@ -335,14 +335,26 @@ impl<A: Real, D: Dimension> Unbroadcast<A> for ArrayShape<A, D> {
 
 /// [`unbroadcast_to`] from a reference: the first reduction reads a view, so the full
 /// cotangent is not copied (unless no reduction is needed).
-pub(crate) fn unbroadcast_ref<A: Real, E: Dimension, D: Dimension>(ct: &Array<A, E>, dim: &D) -> Array<A, D> {
+pub(crate) fn unbroadcast_ref<A: Real, E: Dimension, D: Dimension>(
+    ct: &Array<A, E>,
+    dim: &D,
+) -> Array<A, D> {
     let view = ct.view().into_dyn();
     let lead = ct.ndim().saturating_sub(dim.ndim());
     if lead > 0 {
         return unbroadcast_to(view.sum_axis(ndarray::Axis(0)), dim);
     }
-    match dim.slice().iter().enumerate().find(|&(axis, &len)| len == 1 && ct.shape()[axis] != 1) {
-        Some((axis, _)) => unbroadcast_to(view.sum_axis(ndarray::Axis(axis)).insert_axis(ndarray::Axis(axis)), dim),
+    match dim
+        .slice()
+        .iter()
+        .enumerate()
+        .find(|&(axis, &len)| len == 1 && ct.shape()[axis] != 1)
+    {
+        Some((axis, _)) => unbroadcast_to(
+            view.sum_axis(ndarray::Axis(axis))
+                .insert_axis(ndarray::Axis(axis)),
+            dim,
+        ),
         None => unbroadcast_to(ct.clone(), dim),
     }
 }
@@ -350,7 +362,10 @@ pub(crate) fn unbroadcast_ref<A: Real, E: Dimension, D: Dimension>(ct: &Array<A,
 /// Sums `ct` over the leading axes and the length-1 axes of `dim` that broadcasting
 /// stretched, returning an array of shape `dim`. A cotangent that already has the
 /// shape is moved, not copied.
-pub(crate) fn unbroadcast_to<A: Real, E: Dimension, D: Dimension>(ct: Array<A, E>, dim: &D) -> Array<A, D> {
+pub(crate) fn unbroadcast_to<A: Real, E: Dimension, D: Dimension>(
+    ct: Array<A, E>,
+    dim: &D,
+) -> Array<A, D> {
     let mut ct: Array<A, IxDyn> = ct.into_dyn();
     if ct.shape() != dim.slice() {
         let lead = ct.ndim() - dim.ndim();
@@ -359,7 +374,9 @@ pub(crate) fn unbroadcast_to<A: Real, E: Dimension, D: Dimension>(ct: Array<A, E
         }
         for (axis, &len) in dim.slice().iter().enumerate() {
             if len == 1 && ct.shape()[axis] != 1 {
-                ct = ct.sum_axis(ndarray::Axis(axis)).insert_axis(ndarray::Axis(axis));
+                ct = ct
+                    .sum_axis(ndarray::Axis(axis))
+                    .insert_axis(ndarray::Axis(axis));
             }
         }
     }

@@ -9,7 +9,9 @@ pub fn reference(file: &str, case: &str) -> Json {
     let path = format!("{}/reference/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     let all: Json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"));
-    all.get(case).cloned().unwrap_or_else(|| panic!("no case {case} in {file}"))
+    all.get(case)
+        .cloned()
+        .unwrap_or_else(|| panic!("no case {case} in {file}"))
 }
 
 /// A nested JSON list (or number) as an array of the given shape.
@@ -51,7 +53,10 @@ pub fn assert_close(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>, rtol: f64
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
     for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
         let tol = rtol * g.abs().max(w.abs()) + 1e-15;
-        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g:e}, want {w:e} (rtol {rtol:e})");
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}[{i}]: got {g:e}, want {w:e} (rtol {rtol:e})"
+        );
     }
 }
 

@@ -29,9 +29,15 @@ fn rosenbrock(x: &ndarray::Array1<f64>) -> f64 {
 #[test]
 fn generated_code_allocates_only_what_it_must() {
     let n = allocations(|| {
-        std::hint::black_box(grad!(straight)(std::hint::black_box(0.3), std::hint::black_box(-0.7)));
+        std::hint::black_box(grad!(straight)(
+            std::hint::black_box(0.3),
+            std::hint::black_box(-0.7),
+        ));
     });
-    assert_eq!(n, 0, "straight-line scalar code with a branch allocates nothing");
+    assert_eq!(
+        n, 0,
+        "straight-line scalar code with a branch allocates nothing"
+    );
 
     let x = ndarray::Array1::from_elem(1000, 0.5);
     let n = allocations(|| {

@@ -2,18 +2,24 @@
 //! combination, reductions, shapes, reads, `concatenate`/`stack` and the `nn`
 //! functions, each checked against central differences.
 
-use adjoint::check::{check_grad, Tolerance};
+use adjoint::check::{Tolerance, check_grad};
 use adjoint::prelude::*;
-use ndarray::{array, concatenate, s, stack, Array, Array1, Array2, Axis, Dimension};
+use ndarray::{Array, Array1, Array2, Axis, Dimension, array, concatenate, s, stack};
 
 fn pattern<D: Dimension>(shape: D, seed: usize) -> Array<f64, D> {
     let n = shape.size();
-    let v: Vec<f64> = (0..n).map(|i| (((i * 7919 + seed * 104729) % 1000) as f64) / 500.0 - 1.0).collect();
+    let v: Vec<f64> = (0..n)
+        .map(|i| (((i * 7919 + seed * 104729) % 1000) as f64) / 500.0 - 1.0)
+        .collect();
     Array::from_shape_vec(shape, v).unwrap()
 }
 
 fn tol() -> Tolerance {
-    Tolerance { step: 1e-6, rtol: 1e-6, atol: 1e-8 }
+    Tolerance {
+        step: 1e-6,
+        rtol: 1e-6,
+        atol: 1e-8,
+    }
 }
 
 #[differentiable]
@@ -27,7 +33,11 @@ fn broadcasting(a: &Array2<f64>, b: &Array1<f64>, c: f64) -> f64 {
 
 #[test]
 fn elementwise_with_broadcasting() {
-    let (a, b, c) = (pattern(ndarray::Ix2(3, 4), 1), pattern(ndarray::Ix1(4), 2), 0.7);
+    let (a, b, c) = (
+        pattern(ndarray::Ix2(3, 4), 1),
+        pattern(ndarray::Ix1(4), 2),
+        0.7,
+    );
     let g = grad!(broadcasting)(&a, &b, c);
     let f = |(a, b, c): &(Array2<f64>, Array1<f64>, f64)| broadcasting(a, b, *c);
     check_grad(f, &(a, b, c), &g, tol()).unwrap();
@@ -38,7 +48,13 @@ fn float_maths(x: &Array1<f64>) -> f64 {
     let p = x.mapv(|v| v * v + 1.0); // positive
     let a = x.exp() + x.sin() * x.cos() + x.tanh() + x.abs() + x.atan();
     let b = p.ln() + p.sqrt() + p.powi(3) + p.powf(1.5) + p.recip() + p.log2() + p.cbrt();
-    let c = (x * 0.5).asin() + (x * 0.5).acos() + x.sinh() + x.cosh() + x.exp_m1() + p.ln_1p() + p.log10();
+    let c = (x * 0.5).asin()
+        + (x * 0.5).acos()
+        + x.sinh()
+        + x.cosh()
+        + x.exp_m1()
+        + p.ln_1p()
+        + p.log10();
     (a * b + c).sum()
 }
 
@@ -72,12 +88,19 @@ fn dots(m: &Array2<f64>, n: &Array2<f64>, u: &Array1<f64>, v: &Array1<f64>) -> f
     let mv = m.dot(v); // (3, 4) . (4,)
     let vm = u.dot(m); // (3,) . (3, 4)
     let vv = v.dot(v);
-    mm.sum() + (&mv * &mv).sum() + vm.dot(v) * vv + m.t().dot(u).sum() + n.view().reversed_axes().sum()
+    mm.sum()
+        + (&mv * &mv).sum()
+        + vm.dot(v) * vv
+        + m.t().dot(u).sum()
+        + n.view().reversed_axes().sum()
 }
 
 #[test]
 fn dot_in_every_rank_combination_and_transpose() {
-    let (m, n) = (pattern(ndarray::Ix2(3, 4), 5), pattern(ndarray::Ix2(4, 2), 6));
+    let (m, n) = (
+        pattern(ndarray::Ix2(3, 4), 5),
+        pattern(ndarray::Ix2(4, 2), 6),
+    );
     let (u, v) = (pattern(ndarray::Ix1(3), 7), pattern(ndarray::Ix1(4), 8));
     let g = grad!(dots)(&m, &n, &u, &v);
     let f = |(m, n, u, v): &(Array2<f64>, Array2<f64>, Array1<f64>, Array1<f64>)| dots(m, n, u, v);
@@ -117,7 +140,10 @@ fn reads(x: &Array2<f64>, v: &Array1<f64>) -> f64 {
 
 #[test]
 fn slices_rows_columns_and_element_reads() {
-    let (x, v) = (pattern(ndarray::Ix2(3, 4), 10), pattern(ndarray::Ix1(4), 11));
+    let (x, v) = (
+        pattern(ndarray::Ix2(3, 4), 10),
+        pattern(ndarray::Ix1(4), 11),
+    );
     let g = grad!(reads)(&x, &v);
     let f = |(x, v): &(Array2<f64>, Array1<f64>)| reads(x, v);
     check_grad(f, &(x, v), &g, tol()).unwrap();
@@ -134,7 +160,10 @@ fn joins(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
 
 #[test]
 fn concatenate_stack_and_constant_arrays() {
-    let (a, b) = (pattern(ndarray::Ix2(2, 3), 12), pattern(ndarray::Ix2(3, 3), 13));
+    let (a, b) = (
+        pattern(ndarray::Ix2(2, 3), 12),
+        pattern(ndarray::Ix2(3, 3), 13),
+    );
     let g = grad!(joins)(&a, &b);
     let f = |(a, b): &(Array2<f64>, Array2<f64>)| joins(a, b);
     check_grad(f, &(a, b), &g, tol()).unwrap();
@@ -152,7 +181,10 @@ fn nn_functions(x: &Array2<f64>, w: &Array2<f64>) -> f64 {
 
 #[test]
 fn softmax_log_softmax_logsumexp_and_activations() {
-    let (x, w) = (pattern(ndarray::Ix2(3, 4), 14), pattern(ndarray::Ix2(4, 5), 15));
+    let (x, w) = (
+        pattern(ndarray::Ix2(3, 4), 14),
+        pattern(ndarray::Ix2(4, 5), 15),
+    );
     let g = grad!(nn_functions)(&x, &w);
     let f = |(x, w): &(Array2<f64>, Array2<f64>)| nn_functions(x, w);
     check_grad(f, &(x, w), &g, tol()).unwrap();
@@ -182,15 +214,33 @@ fn mlp(w1: &Array2<f32>, w2: &Array2<f32>, x: &Array2<f32>) -> f32 {
 
 #[test]
 fn f32_arrays_agree_with_f64() {
-    let (w1, w2, x) = (pattern(ndarray::Ix2(3, 4), 18), pattern(ndarray::Ix2(4, 2), 19), pattern(ndarray::Ix2(5, 3), 20));
-    let (g1, g2, _) = grad!(mlp)(&w1.mapv(|v| v as f32), &w2.mapv(|v| v as f32), &x.mapv(|v| v as f32));
+    let (w1, w2, x) = (
+        pattern(ndarray::Ix2(3, 4), 18),
+        pattern(ndarray::Ix2(4, 2), 19),
+        pattern(ndarray::Ix2(5, 3), 20),
+    );
+    let (g1, g2, _) = grad!(mlp)(
+        &w1.mapv(|v| v as f32),
+        &w2.mapv(|v| v as f32),
+        &x.mapv(|v| v as f32),
+    );
     let f64_version = |(w1, w2): &(Array2<f64>, Array2<f64>)| {
         let h = x.dot(w1).mapv(|v| v.max(0.0));
         let y = h.dot(w2).tanh();
         (&y * &y).mean().unwrap()
     };
     let g = (g1.mapv(|v| v as f64), g2.mapv(|v| v as f64));
-    check_grad(f64_version, &(w1, w2), &g, Tolerance { step: 1e-6, rtol: 1e-4, atol: 1e-5 }).unwrap();
+    check_grad(
+        f64_version,
+        &(w1, w2),
+        &g,
+        Tolerance {
+            step: 1e-6,
+            rtol: 1e-4,
+            atol: 1e-5,
+        },
+    )
+    .unwrap();
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! ordinary Rust that is itself differentiated, so `grad!` of a JVP is a
 //! Hessian-vector product (reverse over forward).
 
-use adjoint::check::{check_vjp, Tolerance};
+use adjoint::check::{Tolerance, check_vjp};
 use adjoint::prelude::*;
-use ndarray::{array, Array1};
+use ndarray::{Array1, array};
 
 #[differentiable(jvp)]
 fn energy(x: &Array1<f64>) -> f64 {
@@ -26,11 +26,17 @@ fn jvp_is_the_directional_derivative() {
     assert_eq!(y, energy(&x));
     let h = 1e-6;
     let fd = (energy(&(&x + &(&v * h))) - energy(&(&x - &(&v * h)))) / (2.0 * h);
-    assert!((dy - fd).abs() < 1e-7 * fd.abs().max(1.0), "jvp {dy}, central difference {fd}");
+    assert!(
+        (dy - fd).abs() < 1e-7 * fd.abs().max(1.0),
+        "jvp {dy}, central difference {fd}"
+    );
 
     let (_, d) = jvp!(scalar)(0.4, -0.9, 1.0, 0.0);
     let (gx, _) = grad!(scalar)(0.4, -0.9);
-    assert!((d - gx).abs() < 1e-12, "a unit tangent along x gives d/dx: {d} vs {gx}");
+    assert!(
+        (d - gx).abs() < 1e-12,
+        "a unit tangent along x gives d/dx: {d} vs {gx}"
+    );
 }
 
 #[test]
@@ -46,5 +52,16 @@ fn grad_of_jvp_is_a_hessian_vector_product() {
     // H v is the vector-Jacobian product of the gradient with cotangent v (H is
     // symmetric): check it against central differences of the gradient.
     let g = |x: &Array1<f64>| grad!(energy)(x);
-    check_vjp(g, &x, &v, &hvp, Tolerance { step: 1e-5, rtol: 1e-6, atol: 1e-8 }).unwrap();
+    check_vjp(
+        g,
+        &x,
+        &v,
+        &hvp,
+        Tolerance {
+            step: 1e-5,
+            rtol: 1e-6,
+            atol: 1e-8,
+        },
+    )
+    .unwrap();
 }

@@ -34,12 +34,28 @@ impl Foo {
 fn seed_example() {
     let case = reference("modules.json", "seed_example");
     let vars = Foo.init(0, 2.0, 3.0).unwrap();
-    assert_eq!(vars.shapes(), r#"{"params": {"LearnScale_0": {"scale": []}}}"#);
-    assert_eq!(vars.to_string(), r#"{"params": {"LearnScale_0": {"scale": 0.0}}}"#);
-    assert_eq!(vars.to_string(), case["init_variables"].to_string().replace(':', ": ").replace(',', ", "));
+    assert_eq!(
+        vars.shapes(),
+        r#"{"params": {"LearnScale_0": {"scale": []}}}"#
+    );
+    assert_eq!(
+        vars.to_string(),
+        r#"{"params": {"LearnScale_0": {"scale": 0.0}}}"#
+    );
+    assert_eq!(
+        vars.to_string(),
+        case["init_variables"]
+            .to_string()
+            .replace(':', ": ")
+            .replace(',', ", ")
+    );
 
-    let scale = case["variables"]["params"]["LearnScale_0"]["scale"].as_f64().unwrap();
-    let vars = Variables::new().with("params", "LearnScale_0/scale", scale).unwrap();
+    let scale = case["variables"]["params"]["LearnScale_0"]["scale"]
+        .as_f64()
+        .unwrap();
+    let vars = Variables::new()
+        .with("params", "LearnScale_0/scale", scale)
+        .unwrap();
     let (gx, gy) = Foo.apply(&vars, 2.0, 3.0).unwrap();
     let want = array(&case["output"]);
     assert_close("output", &ndarray::arr1(&[gx, gy]).into_dyn(), &want, RTOL);
@@ -59,13 +75,35 @@ impl LearnScaleAux {
 
 struct FooAux;
 
-type AuxOut = (Array1<f64>, Array1<f64>, f64, f64, f64, Array1<f64>, Array1<f64>);
+type AuxOut = (
+    Array1<f64>,
+    Array1<f64>,
+    f64,
+    f64,
+    f64,
+    Array1<f64>,
+    Array1<f64>,
+);
 
 #[differentiable]
 impl FooAux {
     fn call(&self, cx: &mut Scope, x: &Array1<f64>, y: &Array1<f64>) -> AuxOut {
-        let ((gx, gy), aux) = grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), LearnScaleAux, x, y, has_aux);
-        let ((z, aux2), (gx2, gy2)) = value_and_grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), LearnScaleAux, x, y, has_aux);
+        let ((gx, gy), aux) = grad!(
+            cx,
+            |mdl, cx, x, y| mdl.call(cx, x, y),
+            LearnScaleAux,
+            x,
+            y,
+            has_aux
+        );
+        let ((z, aux2), (gx2, gy2)) = value_and_grad!(
+            cx,
+            |mdl, cx, x, y| mdl.call(cx, x, y),
+            LearnScaleAux,
+            x,
+            y,
+            has_aux
+        );
         no_grad((gx, gy, aux, z, aux2, gx2, gy2))
     }
 }
@@ -76,7 +114,10 @@ fn grad_aux() {
     let x = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
     let y = array(&case["inputs"]["y"]).into_dimensionality().unwrap();
     let init = FooAux.init(0, &x, &y).unwrap();
-    assert_eq!(init.shapes(), r#"{"params": {"LearnScaleAux_0": {"scale": []}, "LearnScaleAux_1": {"scale": []}}}"#);
+    assert_eq!(
+        init.shapes(),
+        r#"{"params": {"LearnScaleAux_0": {"scale": []}, "LearnScaleAux_1": {"scale": []}}}"#
+    );
 
     let vars = Variables::new()
         .with("params", "LearnScaleAux_0/scale", 2.0)
@@ -122,11 +163,19 @@ fn mutable_inside_grad() {
     let case = reference("modules.json", "mutable_inside_grad");
     let x: Array1<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
     let vars = FooCount.init(0, &x).unwrap();
-    assert_eq!(vars.to_string(), r#"{"batch_stats": {"Counting_0": {"count": 1}}, "params": {"Counting_0": {"scale": 1.0}}}"#);
+    assert_eq!(
+        vars.to_string(),
+        r#"{"batch_stats": {"Counting_0": {"count": 1}}, "params": {"Counting_0": {"scale": 1.0}}}"#
+    );
 
-    let (g, mutated) = FooCount.apply_with(&vars, &ApplyOptions::new().mutable(["batch_stats"]), &x).unwrap();
+    let (g, mutated) = FooCount
+        .apply_with(&vars, &ApplyOptions::new().mutable(["batch_stats"]), &x)
+        .unwrap();
     assert_close("output", &g.into_dyn(), &array(&case["output"]), RTOL);
-    assert_eq!(mutated.to_string(), r#"{"batch_stats": {"Counting_0": {"count": 2}}}"#);
+    assert_eq!(
+        mutated.to_string(),
+        r#"{"batch_stats": {"Counting_0": {"count": 2}}}"#
+    );
 }
 
 // ----- typed errors, each naming the variable -----
@@ -134,7 +183,12 @@ fn mutable_inside_grad() {
 #[test]
 fn missing_parameter_names_its_path() {
     let err = Foo.apply(&Variables::new(), 2.0, 3.0).unwrap_err();
-    assert_eq!(err, ScopeError::ParamNotFound { path: "LearnScale_0/scale".into() });
+    assert_eq!(
+        err,
+        ScopeError::ParamNotFound {
+            path: "LearnScale_0/scale".into()
+        }
+    );
     assert_eq!(
         err.to_string(),
         "parameter `LearnScale_0/scale` not found in collection `params`: init the module first, or check the variables' paths"
@@ -143,13 +197,23 @@ fn missing_parameter_names_its_path() {
 
 #[test]
 fn shape_mismatch_names_both_shapes() {
-    let vars = Variables::new().with("params", "LearnScale_0/scale", ndarray::arr1(&[1.0, 2.0])).unwrap();
+    let vars = Variables::new()
+        .with("params", "LearnScale_0/scale", ndarray::arr1(&[1.0, 2.0]))
+        .unwrap();
     let err = Foo.apply(&vars, 2.0, 3.0).unwrap_err();
     assert_eq!(
         err,
-        ScopeError::ShapeMismatch { collection: "params".into(), path: "LearnScale_0/scale".into(), expected: vec![], found: vec![2] }
+        ScopeError::ShapeMismatch {
+            collection: "params".into(),
+            path: "LearnScale_0/scale".into(),
+            expected: vec![],
+            found: vec![2]
+        }
     );
-    assert_eq!(err.to_string(), "variable `params/LearnScale_0/scale` has shape [2], but the module asks for shape []");
+    assert_eq!(
+        err.to_string(),
+        "variable `params/LearnScale_0/scale` has shape [2], but the module asks for shape []"
+    );
 }
 
 #[test]
@@ -157,7 +221,13 @@ fn missing_collection_is_reported() {
     let x = ndarray::arr1(&[1.0, 2.0]);
     let vars = FooCount.init(0, &x).unwrap().only(&["params"]);
     let err = FooCount.apply(&vars, &x).unwrap_err();
-    assert_eq!(err, ScopeError::CollectionNotFound { collection: "batch_stats".into(), path: "Counting_0/count".into() });
+    assert_eq!(
+        err,
+        ScopeError::CollectionNotFound {
+            collection: "batch_stats".into(),
+            path: "Counting_0/count".into()
+        }
+    );
 }
 
 #[test]
@@ -165,7 +235,13 @@ fn writing_an_immutable_collection_is_reported() {
     let x = ndarray::arr1(&[1.0, 2.0]);
     let vars = FooCount.init(0, &x).unwrap();
     let err = FooCount.apply(&vars, &x).unwrap_err();
-    assert_eq!(err, ScopeError::ImmutableCollection { collection: "batch_stats".into(), path: "Counting_0/count".into() });
+    assert_eq!(
+        err,
+        ScopeError::ImmutableCollection {
+            collection: "batch_stats".into(),
+            path: "Counting_0/count".into()
+        }
+    );
     assert_eq!(
         err.to_string(),
         "cannot write `batch_stats/Counting_0/count`: collection `batch_stats` is immutable here; list it in `mutable` when applying"
@@ -192,7 +268,13 @@ fn rand_bit(rng: &mut adjoint::init::Rng) -> f64 {
 fn unknown_rng_stream_is_reported_and_given_streams_are_deterministic() {
     let vars = Noisy.init(0, 1.0).unwrap();
     let err = Noisy.apply(&vars, 1.0).unwrap_err();
-    assert_eq!(err, ScopeError::UnknownRngStream { stream: "dropout".into(), path: String::new() });
+    assert_eq!(
+        err,
+        ScopeError::UnknownRngStream {
+            stream: "dropout".into(),
+            path: String::new()
+        }
+    );
     let opts = ApplyOptions::new().rng("dropout", 7);
     let a = Noisy.apply_with(&vars, &opts, 1.0).unwrap().0;
     let b = Noisy.apply_with(&vars, &opts, 1.0).unwrap().0;
@@ -201,17 +283,32 @@ fn unknown_rng_stream_is_reported_and_given_streams_are_deterministic() {
 
 #[test]
 fn invalid_variables_are_rejected() {
-    let err = Variables::new().with("params", "a", 1.0).and_then(|v| v.with("params", "a/b", 2.0)).unwrap_err();
-    assert_eq!(err, ScopeError::InvalidVariables { reason: "`params/a/b` would be both a variable and a module's subtree".into() });
+    let err = Variables::new()
+        .with("params", "a", 1.0)
+        .and_then(|v| v.with("params", "a/b", 2.0))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ScopeError::InvalidVariables {
+            reason: "`params/a/b` would be both a variable and a module's subtree".into()
+        }
+    );
 }
 
 #[test]
 fn wrong_element_type_is_reported() {
-    let vars = Variables::new().with("params", "LearnScale_0/scale", 1.5f32).unwrap();
+    let vars = Variables::new()
+        .with("params", "LearnScale_0/scale", 1.5f32)
+        .unwrap();
     let err = Foo.apply(&vars, 2.0, 3.0).unwrap_err();
     assert_eq!(
         err,
-        ScopeError::TypeMismatch { collection: "params".into(), path: "LearnScale_0/scale".into(), expected: "f64", found: "f32" }
+        ScopeError::TypeMismatch {
+            collection: "params".into(),
+            path: "LearnScale_0/scale".into(),
+            expected: "f64",
+            found: "f32"
+        }
     );
 }
 
@@ -232,7 +329,12 @@ struct FooVjp;
 
 #[differentiable]
 impl FooVjp {
-    fn call(&self, cx: &mut Scope, x: &Array1<f64>, y: &Array1<f64>) -> (Variables, Array1<f64>, Array1<f64>) {
+    fn call(
+        &self,
+        cx: &mut Scope,
+        x: &Array1<f64>,
+        y: &Array1<f64>,
+    ) -> (Variables, Array1<f64>, Array1<f64>) {
         let (z, bwd) = vjp!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), Bar, x, y);
         no_grad(bwd(Array1::ones(z.len())))
     }
@@ -244,7 +346,10 @@ fn vjp_params() {
     let x: Array1<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
     let y: Array1<f64> = array(&case["inputs"]["y"]).into_dimensionality().unwrap();
     let vars = FooVjp.init(0, &x, &y).unwrap();
-    assert_eq!(vars.to_string(), r#"{"params": {"Bar_0": {"test": 0.5}}, "state": {"Bar_0": {"counter": 0}}}"#);
+    assert_eq!(
+        vars.to_string(),
+        r#"{"params": {"Bar_0": {"test": 0.5}}, "state": {"Bar_0": {"counter": 0}}}"#
+    );
     let (params_grad, x_grad, y_grad) = FooVjp.apply(&vars, &x, &y).unwrap();
     assert_eq!(params_grad.to_string(), r#"{"params": {"test": 32.0}}"#);
     assert_close("x_grad", &x_grad.into_dyn(), &array(&case["x_grad"]), RTOL);
@@ -273,7 +378,14 @@ fn mse(pred: &Array2<f64>, #[no_grad] target: &Array2<f64>) -> f64 {
 }
 
 #[differentiable]
-fn mlp_by_hand(w1: &Array2<f64>, b1: &Array1<f64>, w2: &Array2<f64>, b2: &Array1<f64>, #[no_grad] x: &Array2<f64>, #[no_grad] t: &Array2<f64>) -> f64 {
+fn mlp_by_hand(
+    w1: &Array2<f64>,
+    b1: &Array1<f64>,
+    w2: &Array2<f64>,
+    b2: &Array1<f64>,
+    #[no_grad] x: &Array2<f64>,
+    #[no_grad] t: &Array2<f64>,
+) -> f64 {
     let h = (x.dot(w1) + b1).tanh();
     let d = h.dot(w2) + b2 - t;
     (&d * &d).mean().unwrap()
@@ -284,7 +396,10 @@ fn parameter_gradients_of_apply_match_the_same_model_written_by_hand() {
     let x = Array2::from_shape_fn((5, 3), |(i, j)| ((i * 3 + j) as f64 * 0.37).sin());
     let t = Array2::from_shape_fn((5, 2), |(i, j)| ((i + j) as f64 * 0.5).cos());
     let vars = Mlp.init(42, &x).unwrap();
-    assert_eq!(vars.shapes(), r#"{"params": {"Dense_0": {"bias": [8], "kernel": [3, 8]}, "Dense_1": {"bias": [2], "kernel": [8, 2]}}}"#);
+    assert_eq!(
+        vars.shapes(),
+        r#"{"params": {"Dense_0": {"bias": [8], "kernel": [3, 8]}, "Dense_1": {"bias": [2], "kernel": [8, 2]}}}"#
+    );
 
     let (loss, grads) = value_and_grad!(|v: &Variables| mse(&Mlp.apply(v, &x).unwrap(), &t))(&vars);
     assert_eq!(grads.shapes(), vars.shapes());
@@ -296,10 +411,30 @@ fn parameter_gradients_of_apply_match_the_same_model_written_by_hand() {
     let (l2, (gw1, gb1, gw2, gb2)) = value_and_grad!(mlp_by_hand)(&w1, &b1, &w2, &b2, &x, &t);
     assert_close("loss", &scalar(loss), &scalar(l2), 1e-12);
     let read = |p: &str| grads.read::<ndarray::ArrayD<f64>>("params", p).unwrap();
-    assert_close("Dense_0/kernel", &read("Dense_0/kernel"), &gw1.into_dyn(), 1e-12);
-    assert_close("Dense_0/bias", &read("Dense_0/bias"), &gb1.into_dyn(), 1e-12);
-    assert_close("Dense_1/kernel", &read("Dense_1/kernel"), &gw2.into_dyn(), 1e-12);
-    assert_close("Dense_1/bias", &read("Dense_1/bias"), &gb2.into_dyn(), 1e-12);
+    assert_close(
+        "Dense_0/kernel",
+        &read("Dense_0/kernel"),
+        &gw1.into_dyn(),
+        1e-12,
+    );
+    assert_close(
+        "Dense_0/bias",
+        &read("Dense_0/bias"),
+        &gb1.into_dyn(),
+        1e-12,
+    );
+    assert_close(
+        "Dense_1/kernel",
+        &read("Dense_1/kernel"),
+        &gw2.into_dyn(),
+        1e-12,
+    );
+    assert_close(
+        "Dense_1/bias",
+        &read("Dense_1/bias"),
+        &gb2.into_dyn(),
+        1e-12,
+    );
 }
 
 // ----- second order: differentiating through a lifted grad! -----
@@ -308,13 +443,22 @@ fn parameter_gradients_of_apply_match_the_same_model_written_by_hand() {
 fn seed_example_second_order() {
     // d/dparams of (x_grad + y_grad) through nn.grad: Flax gives 5.0.
     let case = reference("modules.json", "seed_example");
-    let vars = Variables::new().with("params", "LearnScale_0/scale", 1.5).unwrap();
+    let vars = Variables::new()
+        .with("params", "LearnScale_0/scale", 1.5)
+        .unwrap();
     let (_, grads) = value_and_grad!(|v: &Variables| {
         let (gx, gy) = Foo.apply(v, 2.0, 3.0).unwrap();
         gx + gy
     })(&vars);
-    let want = case["d_sum_output_d_params"]["LearnScale_0"]["scale"].as_f64().unwrap();
-    assert_close("d_sum_output_d_params", &scalar(grads.read::<f64>("params", "LearnScale_0/scale").unwrap()), &scalar(want), RTOL);
+    let want = case["d_sum_output_d_params"]["LearnScale_0"]["scale"]
+        .as_f64()
+        .unwrap();
+    assert_close(
+        "d_sum_output_d_params",
+        &scalar(grads.read::<f64>("params", "LearnScale_0/scale").unwrap()),
+        &scalar(want),
+        RTOL,
+    );
 }
 
 struct LearnScaleSq;
@@ -341,11 +485,20 @@ impl Penalty {
 fn gradient_penalty() {
     let case = reference("modules.json", "gradient_penalty");
     let x: Array1<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
-    let vars = Variables::new().with("params", "LearnScaleSq_0/scale", 2.0).unwrap();
+    let vars = Variables::new()
+        .with("params", "LearnScaleSq_0/scale", 2.0)
+        .unwrap();
     let (value, grads) = value_and_grad!(|v: &Variables| Penalty.apply(v, &x).unwrap())(&vars);
     assert_close("value", &scalar(value), &array(&case["value"]), RTOL);
-    let want = case["d_value_d_params"]["LearnScaleSq_0"]["scale"].as_f64().unwrap();
-    assert_close("d_value_d_params", &scalar(grads.read::<f64>("params", "LearnScaleSq_0/scale").unwrap()), &scalar(want), RTOL);
+    let want = case["d_value_d_params"]["LearnScaleSq_0"]["scale"]
+        .as_f64()
+        .unwrap();
+    assert_close(
+        "d_value_d_params",
+        &scalar(grads.read::<f64>("params", "LearnScaleSq_0/scale").unwrap()),
+        &scalar(want),
+        RTOL,
+    );
 }
 
 struct FooAuxOnly;
@@ -353,7 +506,14 @@ struct FooAuxOnly;
 #[differentiable]
 impl FooAuxOnly {
     fn call(&self, cx: &mut Scope, x: &Array1<f64>, y: &Array1<f64>) -> Array1<f64> {
-        let ((gx, _gy), _aux) = grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), LearnScaleAux, x, y, has_aux);
+        let ((gx, _gy), _aux) = grad!(
+            cx,
+            |mdl, cx, x, y| mdl.call(cx, x, y),
+            LearnScaleAux,
+            x,
+            y,
+            has_aux
+        );
         gx
     }
 }
@@ -367,16 +527,26 @@ fn total(v: &Array1<f64>) -> f64 {
 fn second_order_through_a_form_not_covered_is_a_typed_error() {
     // has_aux is not differentiated again yet: the gradients say so on every read.
     let (x, y) = (ndarray::arr1(&[1.0, 2.0]), ndarray::arr1(&[3.0, 4.0]));
-    let vars = Variables::new().with("params", "LearnScaleAux_0/scale", 2.0).unwrap();
-    let (_, grads) = value_and_grad!(|v: &Variables| total(&FooAuxOnly.apply(v, &x, &y).unwrap()))(&vars);
+    let vars = Variables::new()
+        .with("params", "LearnScaleAux_0/scale", 2.0)
+        .unwrap();
+    let (_, grads) =
+        value_and_grad!(|v: &Variables| total(&FooAuxOnly.apply(v, &x, &y).unwrap()))(&vars);
     assert_eq!(grads.error(), Some(ScopeError::SecondOrderUnsupported));
-    assert_eq!(grads.read::<f64>("params", "LearnScaleAux_0/scale"), Err(ScopeError::SecondOrderUnsupported));
+    assert_eq!(
+        grads.read::<f64>("params", "LearnScaleAux_0/scale"),
+        Err(ScopeError::SecondOrderUnsupported)
+    );
 }
 
 // ----- per_example_grads: vmap! of grad!, per example and summed -----
 
 #[differentiable]
-fn per_example_loss(w: &Array1<f64>, #[no_grad] x: ndarray::ArrayView1<f64>, #[no_grad] t: f64) -> f64 {
+fn per_example_loss(
+    w: &Array1<f64>,
+    #[no_grad] x: ndarray::ArrayView1<f64>,
+    #[no_grad] t: f64,
+) -> f64 {
     let e = x.dot(w).tanh() - t;
     e * e
 }
@@ -388,9 +558,19 @@ fn per_example_grads() {
     let x: Array2<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
     let t: Array1<f64> = array(&case["inputs"]["t"]).into_dimensionality().unwrap();
     let per_example = vmap!(grad!(per_example_loss), in_axes = [None, 0, 0])(&w, &x, &t);
-    assert_close("per_example", &per_example.clone().into_dyn(), &array(&case["per_example_w_grad"]), RTOL);
+    assert_close(
+        "per_example",
+        &per_example.clone().into_dyn(),
+        &array(&case["per_example_w_grad"]),
+        RTOL,
+    );
     let reduced = per_example.sum_axis(ndarray::Axis(0));
-    assert_close("reduced", &reduced.into_dyn(), &array(&case["reduced_w_grad"]), RTOL);
+    assert_close(
+        "reduced",
+        &reduced.into_dyn(),
+        &array(&case["reduced_w_grad"]),
+        RTOL,
+    );
 }
 
 // ----- jvp_params: nn.jvp with a tangent on the params -----
@@ -411,9 +591,20 @@ struct FooJvp;
 #[differentiable]
 impl FooJvp {
     fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
-        let params_t = no_grad(Variables::new().with("params", "test", 1.0).unwrap_or_default());
+        let params_t = no_grad(
+            Variables::new()
+                .with("params", "test", 1.0)
+                .unwrap_or_default(),
+        );
         let zeros = no_grad(Array1::zeros(x.len()));
-        let (_, out_t) = jvp!(cx, |mdl, cx, x| mdl.call(cx, x), BarJ, (x,), (zeros,), params_t);
+        let (_, out_t) = jvp!(
+            cx,
+            |mdl, cx, x| mdl.call(cx, x),
+            BarJ,
+            (x,),
+            (zeros,),
+            params_t
+        );
         out_t
     }
 }
@@ -423,7 +614,10 @@ fn jvp_params() {
     let case = reference("modules.json", "jvp_params");
     let x: Array1<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
     let vars = FooJvp.init(0, &x).unwrap();
-    assert_eq!(vars.to_string(), r#"{"params": {"BarJ_0": {"test": 0.0}}, "state": {"BarJ_0": {"counter": 0}}}"#);
+    assert_eq!(
+        vars.to_string(),
+        r#"{"params": {"BarJ_0": {"test": 0.0}}, "state": {"BarJ_0": {"counter": 0}}}"#
+    );
     let out = FooJvp.apply(&vars, &x).unwrap();
     assert_close("output", &out.into_dyn(), &array(&case["output"]), RTOL);
 }
@@ -435,15 +629,30 @@ struct Hidden;
 #[differentiable]
 impl Hidden {
     fn call(&self, cx: &mut Scope, x: f64) -> (f64, f64) {
-        grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), LearnScale, x, x, variables = ["batch_stats"])
+        grad!(
+            cx,
+            |mdl, cx, x, y| mdl.call(cx, x, y),
+            LearnScale,
+            x,
+            x,
+            variables = ["batch_stats"]
+        )
     }
 }
 
 #[test]
 fn collections_a_lifted_transform_hides_are_not_found_inside() {
-    let vars = Variables::new().with("params", "LearnScale_0/scale", 1.5).unwrap();
+    let vars = Variables::new()
+        .with("params", "LearnScale_0/scale", 1.5)
+        .unwrap();
     let err = Hidden.apply(&vars, 2.0).unwrap_err();
-    assert_eq!(err, ScopeError::CollectionNotFound { collection: "params".into(), path: "LearnScale_0/scale".into() });
+    assert_eq!(
+        err,
+        ScopeError::CollectionNotFound {
+            collection: "params".into(),
+            path: "LearnScale_0/scale".into()
+        }
+    );
 }
 
 struct NoisyParent;
@@ -451,30 +660,48 @@ struct NoisyParent;
 #[differentiable]
 impl NoisyParent {
     fn call(&self, cx: &mut Scope, x: f64) -> (f64,) {
-        grad!(cx, |mdl, cx, x| mdl.call(cx, x), Noisy, x, rngs = ["params"])
+        grad!(
+            cx,
+            |mdl, cx, x| mdl.call(cx, x),
+            Noisy,
+            x,
+            rngs = ["params"]
+        )
     }
 }
 
 #[test]
 fn random_streams_a_lifted_transform_does_not_pass_are_unknown_inside() {
     let vars = Variables::new();
-    let err = NoisyParent.apply_with(&vars, &ApplyOptions::new().rng("dropout", 1), 2.0).unwrap_err();
-    assert_eq!(err, ScopeError::UnknownRngStream { stream: "dropout".into(), path: "Noisy_0".into() });
+    let err = NoisyParent
+        .apply_with(&vars, &ApplyOptions::new().rng("dropout", 1), 2.0)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ScopeError::UnknownRngStream {
+            stream: "dropout".into(),
+            path: "Noisy_0".into()
+        }
+    );
 }
 
 // ----- initializers: Flax's fan conventions, deterministic per seed and path -----
 
 #[test]
 fn initializers_follow_flax_fans_and_are_deterministic() {
-    use adjoint::init::{fans, Initializer};
+    use adjoint::init::{Initializer, fans};
     assert_eq!(fans(&[3, 5]), (3.0, 5.0));
     assert_eq!(fans(&[2, 2, 3, 5]), (12.0, 20.0)); // receptive field 2 * 2
     let mut rng = <adjoint::init::Rng as rand::SeedableRng>::seed_from_u64(0);
-    let sample = |init: &dyn Initializer, rng: &mut adjoint::init::Rng| init.sample(rng, &[400, 300]);
+    let sample =
+        |init: &dyn Initializer, rng: &mut adjoint::init::Rng| init.sample(rng, &[400, 300]);
     let var = |a: &ndarray::ArrayD<f64>| a.mapv(|v| v * v).mean().unwrap();
     // Variance scale / fan: 1/400 (lecun), 2/400 (he), 2/700 (glorot), within 5%.
     for (init, want) in [
-        (&adjoint::init::lecun_normal() as &dyn Initializer, 1.0 / 400.0),
+        (
+            &adjoint::init::lecun_normal() as &dyn Initializer,
+            1.0 / 400.0,
+        ),
         (&adjoint::init::he_normal(), 2.0 / 400.0),
         (&adjoint::init::glorot_uniform(), 2.0 / 700.0),
         (&adjoint::init::he_uniform(), 2.0 / 400.0),
@@ -486,7 +713,10 @@ fn initializers_follow_flax_fans_and_are_deterministic() {
     assert!(t.iter().all(|v| v.abs() <= 2.0));
     let u = adjoint::init::uniform(0.5).sample(&mut rng, &[10_000]);
     assert!(u.iter().all(|v| (0.0..0.5).contains(v)));
-    assert_eq!(adjoint::init::constant(0.25).sample(&mut rng, &[2]), ndarray::arr1(&[0.25, 0.25]).into_dyn());
+    assert_eq!(
+        adjoint::init::constant(0.25).sample(&mut rng, &[2]),
+        ndarray::arr1(&[0.25, 0.25]).into_dyn()
+    );
 
     // The same seed gives the same parameters; another seed, others.
     let x = Array2::<f64>::ones((2, 3));
@@ -508,7 +738,12 @@ impl Sowing {
 #[test]
 fn sow_records_intermediates_when_the_collection_is_mutable() {
     let vars = Variables::new();
-    let (_, mutated) = Sowing.apply_with(&vars, &ApplyOptions::new().mutable(["intermediates"]), 1.5).unwrap();
-    assert_eq!(mutated.to_string(), r#"{"intermediates": {"y": {"0": 3.0}}}"#);
+    let (_, mutated) = Sowing
+        .apply_with(&vars, &ApplyOptions::new().mutable(["intermediates"]), 1.5)
+        .unwrap();
+    assert_eq!(
+        mutated.to_string(),
+        r#"{"intermediates": {"y": {"0": 3.0}}}"#
+    );
     assert_eq!(Sowing.apply(&vars, 1.5).unwrap(), 4.0);
 }

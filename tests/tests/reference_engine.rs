@@ -30,7 +30,12 @@ fn reference_scalar_mix() {
     let case = reference("engine.json", "scalar_mix");
     let (x, y) = (s(input(&case, "x")), s(input(&case, "y")));
     let (v, (gx, gy)) = value_and_grad!(scalar_mix)(x, y);
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("x", &scalar(gx), &grad(&case, "x"), RTOL);
     assert_close("y", &scalar(gy), &grad(&case, "y"), RTOL);
 }
@@ -46,7 +51,12 @@ fn reference_branch() {
         let case = reference("engine.json", name);
         let x = s(input(&case, "x"));
         let (v, gx) = value_and_grad!(branch)(x);
-        assert_close(name, &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+        assert_close(
+            name,
+            &scalar(v),
+            &scalar(case["value"].as_f64().unwrap()),
+            RTOL,
+        );
         assert_close(name, &scalar(gx), &grad(&case, "x"), RTOL);
     }
 }
@@ -65,7 +75,12 @@ fn horner(x: f64) -> f64 {
 fn reference_horner_loop() {
     let case = reference("engine.json", "horner_loop");
     let (v, gx) = value_and_grad!(horner)(s(input(&case, "x")));
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("x", &scalar(gx), &grad(&case, "x"), RTOL);
 }
 
@@ -84,7 +99,12 @@ fn newton_sqrt(a: f64) -> f64 {
 fn reference_newton_sqrt() {
     let case = reference("engine.json", "newton_sqrt");
     let (v, ga) = value_and_grad!(newton_sqrt)(s(input(&case, "a")));
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("a", &scalar(ga), &grad(&case, "a"), RTOL);
 }
 
@@ -97,9 +117,18 @@ fn dense_tanh(w: &Array2<f64>, b: &Array1<f64>, x: &Array2<f64>) -> f64 {
 #[test]
 fn reference_dense_tanh() {
     let case = reference("engine.json", "dense_tanh");
-    let (w, b, x) = (a2(input(&case, "w")), a1(input(&case, "b")), a2(input(&case, "x")));
+    let (w, b, x) = (
+        a2(input(&case, "w")),
+        a1(input(&case, "b")),
+        a2(input(&case, "x")),
+    );
     let (v, (gw, gb, gx)) = value_and_grad!(dense_tanh)(&w, &b, &x);
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("w", &gw.into_dyn(), &grad(&case, "w"), RTOL);
     assert_close("b", &gb.into_dyn(), &grad(&case, "b"), RTOL);
     assert_close("x", &gx.into_dyn(), &grad(&case, "x"), RTOL);
@@ -120,7 +149,12 @@ fn reference_softmax_xent() {
     let case = reference("engine.json", "softmax_xent");
     let logits = a2(input(&case, "logits"));
     let (v, g) = value_and_grad!(softmax_xent)(&logits, &[2, 0, 3]);
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("logits", &g.into_dyn(), &grad(&case, "logits"), RTOL);
 }
 
@@ -133,9 +167,18 @@ fn broadcast(a: &Array2<f64>, b: &Array2<f64>, c: &Array1<f64>) -> f64 {
 #[test]
 fn reference_broadcast() {
     let case = reference("engine.json", "broadcast");
-    let (a, b, c) = (a2(input(&case, "a")), a2(input(&case, "b")), a1(input(&case, "c")));
+    let (a, b, c) = (
+        a2(input(&case, "a")),
+        a2(input(&case, "b")),
+        a1(input(&case, "c")),
+    );
     let (v, (ga, gb, gc)) = value_and_grad!(broadcast)(&a, &b, &c);
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("a", &ga.into_dyn(), &grad(&case, "a"), RTOL);
     assert_close("b", &gb.into_dyn(), &grad(&case, "b"), RTOL);
     assert_close("c", &gc.into_dyn(), &grad(&case, "c"), RTOL);
@@ -153,7 +196,12 @@ fn reference_reductions() {
     let case = reference("engine.json", "reductions");
     let x = a2(input(&case, "x"));
     let (v, g) = value_and_grad!(reductions)(&x);
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("x", &g.into_dyn(), &grad(&case, "x"), RTOL);
 }
 
@@ -169,9 +217,18 @@ fn rnn(w: &Array2<f64>, u: &Array2<f64>, xs: &Array3<f64>) -> f64 {
 #[test]
 fn reference_rnn() {
     let case = reference("engine.json", "rnn");
-    let (w, u, xs) = (a2(input(&case, "w")), a2(input(&case, "u")), a3(input(&case, "xs")));
+    let (w, u, xs) = (
+        a2(input(&case, "w")),
+        a2(input(&case, "u")),
+        a3(input(&case, "xs")),
+    );
     let (v, (gw, gu, gxs)) = value_and_grad!(rnn)(&w, &u, &xs);
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("w", &gw.into_dyn(), &grad(&case, "w"), RTOL);
     assert_close("u", &gu.into_dyn(), &grad(&case, "u"), RTOL);
     assert_close("xs", &gxs.into_dyn(), &grad(&case, "xs"), RTOL);
@@ -187,7 +244,12 @@ fn reference_elementwise_closure() {
     let case = reference("engine.json", "elementwise_closure");
     let x = a1(input(&case, "x"));
     let (v, g) = value_and_grad!(elementwise_closure)(&x);
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("x", &g.into_dyn(), &grad(&case, "x"), RTOL);
 }
 
@@ -199,9 +261,18 @@ fn matmul_transpose(a: &Array2<f64>, b: &Array2<f64>, c: &Array2<f64>) -> f64 {
 #[test]
 fn reference_matmul_transpose() {
     let case = reference("engine.json", "matmul_transpose");
-    let (a, b, c) = (a2(input(&case, "a")), a2(input(&case, "b")), a2(input(&case, "c")));
+    let (a, b, c) = (
+        a2(input(&case, "a")),
+        a2(input(&case, "b")),
+        a2(input(&case, "c")),
+    );
     let (v, (ga, gb, gc)) = value_and_grad!(matmul_transpose)(&a, &b, &c);
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("a", &ga.into_dyn(), &grad(&case, "a"), RTOL);
     assert_close("b", &gb.into_dyn(), &grad(&case, "b"), RTOL);
     assert_close("c", &gc.into_dyn(), &grad(&case, "c"), RTOL);
@@ -217,6 +288,11 @@ fn reference_relu_max_abs() {
     let case = reference("engine.json", "relu_max_abs");
     let x = a1(input(&case, "x"));
     let (v, g) = value_and_grad!(relu_max_abs)(&x);
-    assert_close("value", &scalar(v), &scalar(case["value"].as_f64().unwrap()), RTOL);
+    assert_close(
+        "value",
+        &scalar(v),
+        &scalar(case["value"].as_f64().unwrap()),
+        RTOL,
+    );
     assert_close("x", &g.into_dyn(), &grad(&case, "x"), RTOL);
 }

@@ -1,16 +1,22 @@
 //! Scalar code: every supported operation and statement form, checked against
 //! central differences.
 
-use adjoint::check::{check_grad, Tolerance};
+use adjoint::check::{Tolerance, check_grad};
 use adjoint::prelude::*;
 
 fn check1(f: impl Fn(f64) -> f64, g: impl Fn(f64) -> f64, x: f64) {
-    check_grad(|x: &f64| f(*x), &x, &g(x), Tolerance::default()).unwrap_or_else(|e| panic!("at x = {x}: {e}"));
+    check_grad(|x: &f64| f(*x), &x, &g(x), Tolerance::default())
+        .unwrap_or_else(|e| panic!("at x = {x}: {e}"));
 }
 
 fn check2(f: impl Fn(f64, f64) -> f64, g: impl Fn(f64, f64) -> (f64, f64), x: f64, y: f64) {
-    check_grad(|&(x, y): &(f64, f64)| f(x, y), &(x, y), &g(x, y), Tolerance::default())
-        .unwrap_or_else(|e| panic!("at ({x}, {y}): {e}"));
+    check_grad(
+        |&(x, y): &(f64, f64)| f(x, y),
+        &(x, y),
+        &g(x, y),
+        Tolerance::default(),
+    )
+    .unwrap_or_else(|e| panic!("at ({x}, {y}): {e}"));
 }
 
 macro_rules! unary_cases {
@@ -153,7 +159,13 @@ fn branches(x: f64, y: f64) -> f64 {
 
 #[test]
 fn if_else_if_and_match() {
-    for (x, y) in [(0.1, 0.05), (0.35, 0.9), (-0.4, 0.2), (0.8, 0.1), (0.25, 0.9)] {
+    for (x, y) in [
+        (0.1, 0.05),
+        (0.35, 0.9),
+        (-0.4, 0.2),
+        (0.8, 0.1),
+        (0.25, 0.9),
+    ] {
         check2(branches, grad!(branches), x, y);
     }
 }
@@ -272,6 +284,18 @@ fn stopped(x: f64) -> f64 {
 fn no_grad_stops_the_gradient() {
     // d/dx [x * c] with c = x^2 held constant is c.
     assert_eq!(grad!(stopped)(3.0), 9.0);
+}
+
+#[differentiable]
+#[rustfmt::skip]
+fn stopped_trailing_comma(x: f64) -> f64 {
+    x * no_grad(x * x,)
+}
+
+#[test]
+fn no_grad_with_a_trailing_comma_is_its_argument_not_a_tuple() {
+    // rustfmt writes `no_grad(\n    long_expr,\n)`; the comma must not make a tuple.
+    assert_eq!(grad!(stopped_trailing_comma)(3.0), 9.0);
 }
 
 #[differentiable]

@@ -20,9 +20,17 @@ pub trait Elementwise {
     /// `f` applied to every element.
     fn map(&self, f: impl Fn(Self::Elem) -> Self::Elem) -> Self::Owned;
     /// `ct[i] = f(ct[i], self[i])`, in place on `ct`, which has `self`'s shape.
-    fn pull(&self, ct: Self::Owned, f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem) -> Self::Owned;
+    fn pull(
+        &self,
+        ct: Self::Owned,
+        f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem,
+    ) -> Self::Owned;
     /// The sum over all elements of `f(self[i], other[i])`.
-    fn zip_sum(&self, other: &Self::Owned, f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem) -> Self::Elem;
+    fn zip_sum(
+        &self,
+        other: &Self::Owned,
+        f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem,
+    ) -> Self::Elem;
 }
 
 macro_rules! scalar_elementwise {
@@ -62,7 +70,9 @@ impl<A: Real, S: Data<Elem = A>, D: Dimension> Elementwise for ArrayBase<S, D> {
     #[inline]
     fn zip_sum(&self, other: &Array<A, D>, f: impl Fn(A, A) -> A) -> A {
         let mut acc = A::zero();
-        ndarray::Zip::from(self).and(other).for_each(|&x, &y| acc += f(x, y));
+        ndarray::Zip::from(self)
+            .and(other)
+            .for_each(|&x, &y| acc += f(x, y));
         acc
     }
 }
@@ -222,7 +232,8 @@ where
     X::Primal: Elementwise,
 {
     let p = *p.primal();
-    x.primal().pull(ct, |g, v| g * p * v.powf(p - Elem::<X>::one()))
+    x.primal()
+        .pull(ct, |g, v| g * p * v.powf(p - Elem::<X>::one()))
 }
 
 /// Pullback of [`powf`] for the exponent: the sum of `g * y * ln x`.
@@ -335,7 +346,9 @@ macro_rules! scalar_ct_zip {
 }
 scalar_ct_zip!(f32, f64);
 
-impl<A: Real, S: Data<Elem = A>, D: Dimension, E: Dimension> CtZip<ArrayBase<S, E>> for Array<A, D> {
+impl<A: Real, S: Data<Elem = A>, D: Dimension, E: Dimension> CtZip<ArrayBase<S, E>>
+    for Array<A, D>
+{
     type Elem = A;
     #[inline]
     fn ct_zip(mut self, r: &ArrayBase<S, E>, f: impl Fn(A, A) -> A) -> Self {
@@ -426,7 +439,11 @@ where
 
 /// Pullback of [`div`] for the right operand: `-ct * out / y`, reduced to `y`'s shape.
 #[inline]
-pub fn div_pb_rhs<Y: Value, O: Value, Ct>(y: &Y, out: &O, ct: Ct) -> <<Y::Primal as crate::value::ShapeOf>::Shape as Unbroadcast<Ct>>::Cot
+pub fn div_pb_rhs<Y: Value, O: Value, Ct>(
+    y: &Y,
+    out: &O,
+    ct: Ct,
+) -> <<Y::Primal as crate::value::ShapeOf>::Shape as Unbroadcast<Ct>>::Cot
 where
     Y::Primal: crate::value::ShapeOf,
     <Y::Primal as crate::value::ShapeOf>::Shape: Unbroadcast<Ct>,
@@ -520,7 +537,11 @@ use num_traits::One;
 
 /// `x.clamp(lo, hi)`.
 #[inline(always)]
-pub fn clamp<X: Scalar, L: Scalar<Real = X::Real>, H: Scalar<Real = X::Real>>(x: &X, lo: &L, hi: &H) -> X::Real {
+pub fn clamp<X: Scalar, L: Scalar<Real = X::Real>, H: Scalar<Real = X::Real>>(
+    x: &X,
+    lo: &L,
+    hi: &H,
+) -> X::Real {
     x.get().max(lo.get()).min(hi.get())
 }
 
@@ -533,14 +554,22 @@ pub fn clamp_pb<X: Scalar, L: Scalar<Real = X::Real>, H: Scalar<Real = X::Real>>
     ct: X::Real,
 ) -> X::Real {
     let x = x.get();
-    if lo.get() <= x && x <= hi.get() { ct } else { X::Real::zero() }
+    if lo.get() <= x && x <= hi.get() {
+        ct
+    } else {
+        X::Real::zero()
+    }
 }
 
 use num_traits::Zero;
 
 /// `a * b + c` (the fused multiply-add of `f64::mul_add`).
 #[inline(always)]
-pub fn mul_add<A: Scalar, B: Scalar<Real = A::Real>, C: Scalar<Real = A::Real>>(a: &A, b: &B, c: &C) -> A::Real {
+pub fn mul_add<A: Scalar, B: Scalar<Real = A::Real>, C: Scalar<Real = A::Real>>(
+    a: &A,
+    b: &B,
+    c: &C,
+) -> A::Real {
     a.get().mul_add(b.get(), c.get())
 }
 
@@ -676,7 +705,9 @@ macro_rules! scalar_reduce_ref {
 }
 scalar_reduce_ref!(f32, f64);
 
-impl<A: Real, D: Dimension, E: Dimension> ReduceRef<crate::value::ArrayShape<A, D>> for Array<A, E> {
+impl<A: Real, D: Dimension, E: Dimension> ReduceRef<crate::value::ArrayShape<A, D>>
+    for Array<A, E>
+{
     #[inline]
     fn keeps_shape(&self, s: &crate::value::ArrayShape<A, D>) -> bool {
         self.shape() == s.0.slice()

@@ -62,7 +62,11 @@ pub fn exp(x: f64) -> f64 {
     let xc = x.clamp(-708.0, 709.0);
     let (r, scale) = reduce(xc);
     let y = (expm1_reduced(r) + 1.0) * scale;
-    let y = if x > 709.782_712_893_384 { f64::INFINITY } else { y };
+    let y = if x > 709.782_712_893_384 {
+        f64::INFINITY
+    } else {
+        y
+    };
     let y = if x < -745.2 { 0.0 } else { y };
     if x.is_nan() { x } else { y }
 }
@@ -75,7 +79,11 @@ pub fn exp_m1(x: f64) -> f64 {
     let m = expm1_reduced(r);
     // 2^n (expm1(r) + 1) - 1 = 2^n expm1(r) + (2^n - 1); exact for n = 0.
     let y = m * scale + (scale - 1.0);
-    let y = if x > 709.782_712_893_384 { f64::INFINITY } else { y };
+    let y = if x > 709.782_712_893_384 {
+        f64::INFINITY
+    } else {
+        y
+    };
     if x.is_nan() { x } else { y }
 }
 
@@ -92,10 +100,18 @@ pub fn tanh(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     /// The largest relative error of `f` against `reference` over `xs`.
-    fn max_rel(f: impl Fn(f64) -> f64, reference: impl Fn(f64) -> f64, xs: impl Iterator<Item = f64>) -> f64 {
+    fn max_rel(
+        f: impl Fn(f64) -> f64,
+        reference: impl Fn(f64) -> f64,
+        xs: impl Iterator<Item = f64>,
+    ) -> f64 {
         xs.map(|x| {
             let (got, want) = (f(x), reference(x));
-            if want == 0.0 { got.abs() } else { ((got - want) / want).abs() }
+            if want == 0.0 {
+                got.abs()
+            } else {
+                ((got - want) / want).abs()
+            }
         })
         .fold(0.0, f64::max)
     }
@@ -106,7 +122,11 @@ mod tests {
 
     #[test]
     fn exp_is_within_4e16_of_libm() {
-        let err = max_rel(super::exp, f64::exp, sweep(-700.0, 700.0, 1_000_003).chain(sweep(-1.0, 1.0, 100_001)));
+        let err = max_rel(
+            super::exp,
+            f64::exp,
+            sweep(-700.0, 700.0, 1_000_003).chain(sweep(-1.0, 1.0, 100_001)),
+        );
         assert!(err < 4e-16, "max relative error {err:e}");
         assert_eq!(super::exp(0.0), 1.0);
         assert_eq!(super::exp(800.0), f64::INFINITY);
@@ -116,14 +136,22 @@ mod tests {
 
     #[test]
     fn exp_m1_is_within_4e16_of_libm() {
-        let err = max_rel(super::exp_m1, f64::exp_m1, sweep(-50.0, 700.0, 1_000_003).chain(sweep(-1e-3, 1e-3, 100_001)));
+        let err = max_rel(
+            super::exp_m1,
+            f64::exp_m1,
+            sweep(-50.0, 700.0, 1_000_003).chain(sweep(-1e-3, 1e-3, 100_001)),
+        );
         assert!(err < 4e-16, "max relative error {err:e}");
         assert_eq!(super::exp_m1(-100.0), -1.0);
     }
 
     #[test]
     fn tanh_is_within_6e16_of_libm() {
-        let err = max_rel(super::tanh, f64::tanh, sweep(-30.0, 30.0, 1_000_003).chain(sweep(-1e-4, 1e-4, 100_001)));
+        let err = max_rel(
+            super::tanh,
+            f64::tanh,
+            sweep(-30.0, 30.0, 1_000_003).chain(sweep(-1e-4, 1e-4, 100_001)),
+        );
         assert!(err < 6e-16, "max relative error {err:e}");
         assert_eq!(super::tanh(1e3), 1.0);
         assert_eq!(super::tanh(-1e3), -1.0);

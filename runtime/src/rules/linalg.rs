@@ -30,7 +30,9 @@ fn outer<A: Real>(a: ArrayView<'_, A, Ix1>, b: ArrayView<'_, A, Ix1>) -> Array2<
     a.dot(&b)
 }
 
-impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix2>> for ArrayBase<S, Ix2> {
+impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix2>>
+    for ArrayBase<S, Ix2>
+{
     type Output = Array2<A>;
     type LhsCot = Array2<A>;
     type RhsCot = Array2<A>;
@@ -48,7 +50,9 @@ impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix2>>
     }
 }
 
-impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix1>> for ArrayBase<S, Ix2> {
+impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix1>>
+    for ArrayBase<S, Ix2>
+{
     type Output = Array1<A>;
     type LhsCot = Array2<A>;
     type RhsCot = Array1<A>;
@@ -66,7 +70,9 @@ impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix1>>
     }
 }
 
-impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix2>> for ArrayBase<S, Ix1> {
+impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix2>>
+    for ArrayBase<S, Ix1>
+{
     type Output = Array1<A>;
     type LhsCot = Array1<A>;
     type RhsCot = Array2<A>;
@@ -84,7 +90,9 @@ impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix2>>
     }
 }
 
-impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix1>> for ArrayBase<S, Ix1> {
+impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix1>>
+    for ArrayBase<S, Ix1>
+{
     type Output = A;
     type LhsCot = Array1<A>;
     type RhsCot = Array1<A>;
@@ -141,7 +149,15 @@ where
 
 /// The transpose (`x.t()`, `x.reversed_axes()`), a view.
 #[inline]
-pub fn t<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: Dimension + 'a>(x: &'a X) -> ArrayView<'a, A, D> {
+pub fn t<
+    'a,
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A> + 'a,
+    D: Dimension + 'a,
+>(
+    x: &'a X,
+) -> ArrayView<'a, A, D> {
     x.primal().t()
 }
 

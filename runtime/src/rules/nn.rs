@@ -4,10 +4,15 @@
 use crate::value::{Real, Value};
 use ndarray::{Array, ArrayBase, Axis, Data, RemoveAxis};
 
-fn max_axis<A: Real, S: Data<Elem = A>, D: RemoveAxis>(x: &ArrayBase<S, D>, axis: Axis) -> Array<A, D> {
+fn max_axis<A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+    x: &ArrayBase<S, D>,
+    axis: Axis,
+) -> Array<A, D> {
     let m = x.fold_axis(axis, A::neg_infinity(), |&m, &v| m.max(v));
     let mut out = Array::zeros(x.raw_dim());
-    out.zip_mut_with(&m.insert_axis(axis), |o, &m| *o = if m.is_finite() { m } else { A::zero() });
+    out.zip_mut_with(&m.insert_axis(axis), |o, &m| {
+        *o = if m.is_finite() { m } else { A::zero() }
+    });
     out
 }
 
@@ -23,7 +28,12 @@ pub fn logsumexp<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>,
 }
 
 /// Pullback of [`logsumexp`]: the cotangent times `softmax(x)`.
-pub fn logsumexp_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+pub fn logsumexp_pb<
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: RemoveAxis,
+>(
     x: &X,
     axis: Axis,
     ct: Array<A, D::Smaller>,
@@ -47,7 +57,11 @@ pub fn softmax<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D
 }
 
 /// Pullback of [`softmax`], given its output `y`: `y * (g - sum(g * y))`.
-pub fn softmax_pb<A: Real, D: RemoveAxis>(y: &Array<A, D>, axis: Axis, ct: Array<A, D>) -> Array<A, D> {
+pub fn softmax_pb<A: Real, D: RemoveAxis>(
+    y: &Array<A, D>,
+    axis: Axis,
+    ct: Array<A, D>,
+) -> Array<A, D> {
     let dot = (&ct * y).sum_axis(axis);
     let mut out = ct;
     out.zip_mut_with(&dot.insert_axis(axis), |g, &d| *g -= d);
@@ -56,7 +70,12 @@ pub fn softmax_pb<A: Real, D: RemoveAxis>(y: &Array<A, D>, axis: Axis, ct: Array
 }
 
 /// `x - logsumexp(x)` along `axis`.
-pub fn log_softmax<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+pub fn log_softmax<
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: RemoveAxis,
+>(
     x: &X,
     axis: Axis,
 ) -> Array<A, D> {
@@ -67,7 +86,11 @@ pub fn log_softmax<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A
 }
 
 /// Pullback of [`log_softmax`], given its output `y`: `g - exp(y) * sum(g)`.
-pub fn log_softmax_pb<A: Real, D: RemoveAxis>(y: &Array<A, D>, axis: Axis, ct: Array<A, D>) -> Array<A, D> {
+pub fn log_softmax_pb<A: Real, D: RemoveAxis>(
+    y: &Array<A, D>,
+    axis: Axis,
+    ct: Array<A, D>,
+) -> Array<A, D> {
     let total = ct.sum_axis(axis).insert_axis(axis);
     let mut out = y.mapv(Real::vexp);
     out.zip_mut_with(&total, |p, &s| *p *= s);

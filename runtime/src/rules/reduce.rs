@@ -6,7 +6,9 @@ use ndarray::{Array, ArrayBase, Axis, Data, Dimension, RemoveAxis};
 
 /// The sum of all elements.
 #[inline]
-pub fn sum<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(x: &X) -> A {
+pub fn sum<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(
+    x: &X,
+) -> A {
     x.primal().sum()
 }
 
@@ -18,7 +20,9 @@ pub fn sum_pb<A: Real, D: Dimension>(x: &ArrayShape<A, D>, ct: A) -> Array<A, D>
 
 /// The mean of all elements (`x.mean().unwrap()`); NaN for an empty array, as in JAX.
 #[inline]
-pub fn mean<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(x: &X) -> A {
+pub fn mean<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(
+    x: &X,
+) -> A {
     let x = x.primal();
     x.sum() / A::lit(x.len() as f64)
 }
@@ -41,7 +45,11 @@ pub fn sum_axis<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, 
 /// Pullback of [`sum_axis`] (given the operand's shape): the cotangent broadcast
 /// back along `axis`.
 #[inline]
-pub fn sum_axis_pb<A: Real, D: RemoveAxis>(x: &ArrayShape<A, D>, axis: Axis, ct: Array<A, D::Smaller>) -> Array<A, D> {
+pub fn sum_axis_pb<A: Real, D: RemoveAxis>(
+    x: &ArrayShape<A, D>,
+    axis: Axis,
+    ct: Array<A, D::Smaller>,
+) -> Array<A, D> {
     spread(x.0.clone(), axis, ct, A::one())
 }
 
@@ -57,13 +65,22 @@ pub fn mean_axis<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>,
 
 /// Pullback of [`mean_axis`] (given the operand's shape).
 #[inline]
-pub fn mean_axis_pb<A: Real, D: RemoveAxis>(x: &ArrayShape<A, D>, axis: Axis, ct: Array<A, D::Smaller>) -> Array<A, D> {
+pub fn mean_axis_pb<A: Real, D: RemoveAxis>(
+    x: &ArrayShape<A, D>,
+    axis: Axis,
+    ct: Array<A, D::Smaller>,
+) -> Array<A, D> {
     let n = x.0[axis.index()];
     spread(x.0.clone(), axis, ct, A::one() / A::lit(n as f64))
 }
 
 /// An array of shape `dim` holding `scale * ct`, repeated along `axis`.
-pub(crate) fn spread<A: Real, D: Dimension, E: Dimension>(dim: D, axis: Axis, ct: Array<A, E>, scale: A) -> Array<A, D> {
+pub(crate) fn spread<A: Real, D: Dimension, E: Dimension>(
+    dim: D,
+    axis: Axis,
+    ct: Array<A, E>,
+    scale: A,
+) -> Array<A, D> {
     let mut out = Array::zeros(dim);
     out.zip_mut_with(&ct.insert_axis(axis), |o, &g| *o = g * scale);
     out

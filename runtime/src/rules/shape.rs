@@ -7,8 +7,8 @@
 
 use crate::value::{ArrayShape, Real, Value};
 use ndarray::{
-    Array, ArrayBase, ArrayView, Axis, CowArray, Data, Dimension, IntoDimension, NdIndex, RemoveAxis,
-    SliceArg,
+    Array, ArrayBase, ArrayView, Axis, CowArray, Data, Dimension, IntoDimension, NdIndex,
+    RemoveAxis, SliceArg,
 };
 
 /// Moves `a` into the dimension type `D`; the shapes agree by construction.
@@ -19,7 +19,13 @@ fn into_dim<A, E: Dimension, D: Dimension>(a: Array<A, E>) -> Array<A, D> {
 
 /// `x.insert_axis(axis)`, a view.
 #[inline]
-pub fn insert_axis<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: Dimension + 'a>(
+pub fn insert_axis<
+    'a,
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A> + 'a,
+    D: Dimension + 'a,
+>(
     x: &'a X,
     axis: Axis,
 ) -> ArrayView<'a, A, D::Larger> {
@@ -28,7 +34,11 @@ pub fn insert_axis<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem
 
 /// Pullback of [`insert_axis`] (given the operand's shape).
 #[inline]
-pub fn insert_axis_pb<A: Real, D: Dimension>(_x: &ArrayShape<A, D>, axis: Axis, ct: Array<A, D::Larger>) -> Array<A, D> {
+pub fn insert_axis_pb<A: Real, D: Dimension>(
+    _x: &ArrayShape<A, D>,
+    axis: Axis,
+    ct: Array<A, D::Larger>,
+) -> Array<A, D> {
     into_dim(ct.into_dyn().remove_axis(axis))
 }
 
@@ -38,7 +48,14 @@ pub fn insert_axis_pb<A: Real, D: Dimension>(_x: &ArrayShape<A, D>, axis: Axis, 
 /// # Panics
 /// When the element counts differ, as `unwrap` on ndarray's error would.
 #[inline]
-pub fn reshape<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: Dimension + 'a, E: IntoDimension>(
+pub fn reshape<
+    'a,
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A> + 'a,
+    D: Dimension + 'a,
+    E: IntoDimension,
+>(
     x: &'a X,
     shape: E,
 ) -> CowArray<'a, A, E::Dim> {
@@ -50,7 +67,10 @@ pub fn reshape<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A
 
 /// Pullback of [`reshape`] (given the operand's shape): the cotangent reshaped back.
 #[inline]
-pub fn reshape_pb<A: Real, D: Dimension, E: Dimension>(x: &ArrayShape<A, D>, ct: Array<A, E>) -> Array<A, D> {
+pub fn reshape_pb<A: Real, D: Dimension, E: Dimension>(
+    x: &ArrayShape<A, D>,
+    ct: Array<A, E>,
+) -> Array<A, D> {
     let dim = x.0.clone();
     match ct.to_shape(dim.clone()) {
         Ok(y) => y.into_owned(),
@@ -77,14 +97,24 @@ where
 
 /// Pullback of [`slice`]: adds `ct` into the sliced region of `acc`.
 #[inline]
-pub fn slice_pb<A: Real, D: Dimension, I: SliceArg<D>>(acc: &mut Array<A, D>, info: &I, ct: Array<A, I::OutDim>) {
+pub fn slice_pb<A: Real, D: Dimension, I: SliceArg<D>>(
+    acc: &mut Array<A, D>,
+    info: &I,
+    ct: Array<A, I::OutDim>,
+) {
     let mut region = acc.slice_mut(info);
     region += &ct;
 }
 
 /// `x.index_axis(axis, i)`, a view.
 #[inline]
-pub fn index_axis<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: RemoveAxis + 'a>(
+pub fn index_axis<
+    'a,
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A> + 'a,
+    D: RemoveAxis + 'a,
+>(
     x: &'a X,
     axis: Axis,
     i: usize,
@@ -94,14 +124,25 @@ pub fn index_axis<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem 
 
 /// Pullback of [`index_axis`], [`row`] and [`column`]: adds `ct` into that subview.
 #[inline]
-pub fn index_axis_pb<A: Real, D: RemoveAxis>(acc: &mut Array<A, D>, axis: Axis, i: usize, ct: Array<A, D::Smaller>) {
+pub fn index_axis_pb<A: Real, D: RemoveAxis>(
+    acc: &mut Array<A, D>,
+    axis: Axis,
+    i: usize,
+    ct: Array<A, D::Smaller>,
+) {
     let mut sub = acc.index_axis_mut(axis, i);
     sub += &ct;
 }
 
 /// `x.row(i)`, a view.
 #[inline]
-pub fn row<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: RemoveAxis + 'a>(
+pub fn row<
+    'a,
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A> + 'a,
+    D: RemoveAxis + 'a,
+>(
     x: &'a X,
     i: usize,
 ) -> ArrayView<'a, A, D::Smaller> {
@@ -110,7 +151,13 @@ pub fn row<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 
 
 /// `x.column(i)`, a view.
 #[inline]
-pub fn column<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: RemoveAxis + 'a>(
+pub fn column<
+    'a,
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A> + 'a,
+    D: RemoveAxis + 'a,
+>(
     x: &'a X,
     i: usize,
 ) -> ArrayView<'a, A, D::Smaller> {
@@ -125,13 +172,23 @@ pub fn row_pb<A: Real, D: RemoveAxis>(acc: &mut Array<A, D>, i: usize, ct: Array
 
 /// Pullback of [`column`].
 #[inline]
-pub fn column_pb<A: Real, D: RemoveAxis>(acc: &mut Array<A, D>, i: usize, ct: Array<A, D::Smaller>) {
+pub fn column_pb<A: Real, D: RemoveAxis>(
+    acc: &mut Array<A, D>,
+    i: usize,
+    ct: Array<A, D::Smaller>,
+) {
     index_axis_pb(acc, Axis(1), i, ct)
 }
 
 /// `x[i]`: one element.
 #[inline(always)]
-pub fn index<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension, I: NdIndex<D>>(
+pub fn index<
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: Dimension,
+    I: NdIndex<D>,
+>(
     x: &X,
     i: I,
 ) -> A {
@@ -148,7 +205,13 @@ pub fn index_pb<A: Real, D: Dimension, I: NdIndex<D>>(acc: &mut Array<A, D>, i: 
 ///
 /// # Panics
 /// When the shapes disagree off `axis`, as `unwrap` on ndarray's error would.
-pub fn concatenate<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis, const N: usize>(
+pub fn concatenate<
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: RemoveAxis,
+    const N: usize,
+>(
     axis: Axis,
     xs: [&X; N],
 ) -> Array<A, D> {
@@ -160,7 +223,13 @@ pub fn concatenate<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A
 }
 
 /// Pullback of [`concatenate`]: the cotangent split back into the pieces.
-pub fn concatenate_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis, const N: usize>(
+pub fn concatenate_pb<
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: RemoveAxis,
+    const N: usize,
+>(
     axis: Axis,
     xs: [&X; N],
     ct: Array<A, D>,
@@ -168,7 +237,9 @@ pub fn concatenate_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem 
     let mut start = 0;
     xs.map(|x| {
         let len = x.primal().len_of(axis);
-        let piece = ct.slice_axis(axis, ndarray::Slice::from(start..start + len)).to_owned();
+        let piece = ct
+            .slice_axis(axis, ndarray::Slice::from(start..start + len))
+            .to_owned();
         start += len;
         piece
     })
@@ -178,7 +249,13 @@ pub fn concatenate_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem 
 ///
 /// # Panics
 /// When the shapes differ, as `unwrap` on ndarray's error would.
-pub fn stack<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension, const N: usize>(
+pub fn stack<
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: Dimension,
+    const N: usize,
+>(
     axis: Axis,
     xs: [&X; N],
 ) -> Array<A, D::Larger> {
@@ -190,7 +267,13 @@ pub fn stack<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: 
 }
 
 /// Pullback of [`stack`]: one slice of the cotangent per piece.
-pub fn stack_pb<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension, const N: usize>(
+pub fn stack_pb<
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: Dimension,
+    const N: usize,
+>(
     axis: Axis,
     _xs: [&X; N],
     ct: Array<A, D::Larger>,
