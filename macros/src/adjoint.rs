@@ -1514,10 +1514,10 @@ pub(crate) fn scalars(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
     }
     for (i, v) in f.vars.iter().enumerate() {
         // `let p: f64 = ..`
-        if let Some(syn::Type::Path(t)) = &v.ty {
-            if t.path.is_ident("f64") || t.path.is_ident("f32") {
-                scalar[i] = true;
-            }
+        if let Some(syn::Type::Path(t)) = &v.ty
+            && (t.path.is_ident("f64") || t.path.is_ident("f32"))
+        {
+            scalar[i] = true;
         }
     }
     let mut changed = true;

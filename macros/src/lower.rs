@@ -847,10 +847,10 @@ impl Lowerer<'_> {
                     .any(|n| m.mac.path.is_ident(n))
                     && !self.scopes_vars.is_empty() =>
             {
-                if m.mac.path.is_ident("grad") {
-                    if let Some(v) = self.lifted_grad(out, e, m) {
-                        return v;
-                    }
+                if m.mac.path.is_ident("grad")
+                    && let Some(v) = self.lifted_grad(out, e, m)
+                {
+                    return v;
                 }
                 let tokens = self.verbatim(e.to_token_stream());
                 Val::Atom(self.emit(out, Op::Lifted(tokens), e.span()))
