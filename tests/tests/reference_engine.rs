@@ -16,6 +16,11 @@ fn a2(a: ArrayD<f64>) -> Array2<f64> {
 fn a3(a: ArrayD<f64>) -> Array3<f64> {
     a.into_dimensionality::<Ix3>().unwrap()
 }
+/// The case's value against `got`, within [`RTOL`].
+fn assert_value(case: &serde_json::Value, got: f64) {
+    let want = case["value"].as_f64().unwrap();
+    assert_close("value", &scalar(got), &scalar(want), RTOL);
+}
 fn s(a: ArrayD<f64>) -> f64 {
     a.into_iter().next().unwrap()
 }
@@ -30,12 +35,7 @@ fn reference_scalar_mix() {
     let case = reference("engine.json", "scalar_mix");
     let (x, y) = (s(input(&case, "x")), s(input(&case, "y")));
     let (v, (gx, gy)) = value_and_grad!(scalar_mix)(x, y);
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("x", &scalar(gx), &grad(&case, "x"), RTOL);
     assert_close("y", &scalar(gy), &grad(&case, "y"), RTOL);
 }
@@ -75,12 +75,7 @@ fn horner(x: f64) -> f64 {
 fn reference_horner_loop() {
     let case = reference("engine.json", "horner_loop");
     let (v, gx) = value_and_grad!(horner)(s(input(&case, "x")));
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("x", &scalar(gx), &grad(&case, "x"), RTOL);
 }
 
@@ -99,12 +94,7 @@ fn newton_sqrt(a: f64) -> f64 {
 fn reference_newton_sqrt() {
     let case = reference("engine.json", "newton_sqrt");
     let (v, ga) = value_and_grad!(newton_sqrt)(s(input(&case, "a")));
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("a", &scalar(ga), &grad(&case, "a"), RTOL);
 }
 
@@ -123,12 +113,7 @@ fn reference_dense_tanh() {
         a2(input(&case, "x")),
     );
     let (v, (gw, gb, gx)) = value_and_grad!(dense_tanh)(&w, &b, &x);
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("w", &gw.into_dyn(), &grad(&case, "w"), RTOL);
     assert_close("b", &gb.into_dyn(), &grad(&case, "b"), RTOL);
     assert_close("x", &gx.into_dyn(), &grad(&case, "x"), RTOL);
@@ -149,12 +134,7 @@ fn reference_softmax_xent() {
     let case = reference("engine.json", "softmax_xent");
     let logits = a2(input(&case, "logits"));
     let (v, g) = value_and_grad!(softmax_xent)(&logits, &[2, 0, 3]);
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("logits", &g.into_dyn(), &grad(&case, "logits"), RTOL);
 }
 
@@ -173,12 +153,7 @@ fn reference_broadcast() {
         a1(input(&case, "c")),
     );
     let (v, (ga, gb, gc)) = value_and_grad!(broadcast)(&a, &b, &c);
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("a", &ga.into_dyn(), &grad(&case, "a"), RTOL);
     assert_close("b", &gb.into_dyn(), &grad(&case, "b"), RTOL);
     assert_close("c", &gc.into_dyn(), &grad(&case, "c"), RTOL);
@@ -196,12 +171,7 @@ fn reference_reductions() {
     let case = reference("engine.json", "reductions");
     let x = a2(input(&case, "x"));
     let (v, g) = value_and_grad!(reductions)(&x);
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("x", &g.into_dyn(), &grad(&case, "x"), RTOL);
 }
 
@@ -223,12 +193,7 @@ fn reference_rnn() {
         a3(input(&case, "xs")),
     );
     let (v, (gw, gu, gxs)) = value_and_grad!(rnn)(&w, &u, &xs);
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("w", &gw.into_dyn(), &grad(&case, "w"), RTOL);
     assert_close("u", &gu.into_dyn(), &grad(&case, "u"), RTOL);
     assert_close("xs", &gxs.into_dyn(), &grad(&case, "xs"), RTOL);
@@ -244,12 +209,7 @@ fn reference_elementwise_closure() {
     let case = reference("engine.json", "elementwise_closure");
     let x = a1(input(&case, "x"));
     let (v, g) = value_and_grad!(elementwise_closure)(&x);
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("x", &g.into_dyn(), &grad(&case, "x"), RTOL);
 }
 
@@ -267,12 +227,7 @@ fn reference_matmul_transpose() {
         a2(input(&case, "c")),
     );
     let (v, (ga, gb, gc)) = value_and_grad!(matmul_transpose)(&a, &b, &c);
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("a", &ga.into_dyn(), &grad(&case, "a"), RTOL);
     assert_close("b", &gb.into_dyn(), &grad(&case, "b"), RTOL);
     assert_close("c", &gc.into_dyn(), &grad(&case, "c"), RTOL);
@@ -288,11 +243,6 @@ fn reference_relu_max_abs() {
     let case = reference("engine.json", "relu_max_abs");
     let x = a1(input(&case, "x"));
     let (v, g) = value_and_grad!(relu_max_abs)(&x);
-    assert_close(
-        "value",
-        &scalar(v),
-        &scalar(case["value"].as_f64().unwrap()),
-        RTOL,
-    );
+    assert_value(&case, v);
     assert_close("x", &g.into_dyn(), &grad(&case, "x"), RTOL);
 }
