@@ -536,6 +536,12 @@ impl<'a> Gen<'a> {
     /// with cotangent `c`, the parameters' and `x`'s cotangents are the gradient of
     /// `<grad_x f, c>`, the child's JVP along `c`; so the child's JVP-VJP runs, on a
     /// snapshot of the variables, in the child's scope.
+    /// `atom` is a parameter whose type is a reference (`&T`).
+    fn is_reference_param(&self, atom: &Atom) -> bool {
+        atom.var()
+            .is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference))
+    }
+
     fn rev_lifted(&mut self, r: &mut Rev, l: &Lifted) {
         if !l.dsts.iter().any(|d| self.active(*d) && r.init.contains(d)) {
             return;
@@ -553,11 +559,7 @@ impl<'a> Gen<'a> {
                     quote!(::adjoint::__private::zeros(&#x))
                 };
                 // A tangent has its primal's type: a reference for a reference.
-                if a.by_ref
-                    || a.atom
-                        .var()
-                        .is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference))
-                {
+                if a.by_ref || self.is_reference_param(&a.atom) {
                     quote!(&#g)
                 } else {
                     g
@@ -569,13 +571,9 @@ impl<'a> Gen<'a> {
             .iter()
             .map(|a| {
                 let x = self.read_atom(r, &a.atom);
-                let reference = a
-                    .atom
-                    .var()
-                    .is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference));
                 if a.by_ref {
                     quote!(&#x)
-                } else if reference {
+                } else if self.is_reference_param(&a.atom) {
                     // The owning companion holds its own copy: borrow either way.
                     quote!(::adjoint::__private::Value::primal(&#x))
                 } else {

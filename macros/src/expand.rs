@@ -844,8 +844,8 @@ pub enum Transform {
 
 /// `grad!(f)`, `grad!(path::f)`, `grad!(|x, y| body, wrt = [x], has_aux)`, or the
 /// lifted form inside a module: `grad!(cx, |mdl, cx, x| body, Module, x)`.
-struct TransformInput {
-    positional: Vec<syn::Expr>,
+pub(crate) struct TransformInput {
+    pub(crate) positional: Vec<syn::Expr>,
     wrt: Option<Vec<Ident>>,
     has_aux: bool,
     /// The collections a lifted `vjp!` returns cotangents for (Flax's `vjp_variables`).
@@ -854,6 +854,17 @@ struct TransformInput {
     variables: Option<Vec<syn::LitStr>>,
     /// The random streams that pass into a lifted transform (Flax's `rngs`).
     rngs: Option<Vec<syn::LitStr>>,
+}
+
+impl TransformInput {
+    /// No option was given: no `wrt`, `has_aux`, `vjp_variables`, `variables`, `rngs`.
+    pub(crate) fn plain(&self) -> bool {
+        !self.has_aux
+            && self.wrt.is_none()
+            && self.vjp_variables.is_none()
+            && self.variables.is_none()
+            && self.rngs.is_none()
+    }
 }
 
 impl Parse for TransformInput {

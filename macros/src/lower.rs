@@ -898,17 +898,9 @@ impl Lowerer<'_> {
     /// `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` with a constant
     /// child: a statement that can be differentiated again. Other forms stay opaque.
     fn lifted_grad(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
-        let items = m
-            .mac
-            .parse_body_with(syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated)
-            .ok()?;
-        let items: Vec<Expr> = items.into_iter().collect();
-        if items.len() < 4
-            || items.iter().any(|i| {
-                matches!(i, Expr::Assign(_))
-                    || matches!(i, Expr::Path(p) if p.path.is_ident("has_aux"))
-            })
-        {
+        let input: crate::expand::TransformInput = m.mac.parse_body().ok()?;
+        let items = &input.positional;
+        if items.len() < 4 || !input.plain() {
             return None;
         }
         let Expr::Closure(c) = &items[1] else {
