@@ -48,12 +48,26 @@ pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// A parameter of a differentiated signature.
+#[derive(Clone)]
 pub(crate) struct ParamInfo {
     pub(crate) pat: Pat,
     pub(crate) ty: Type,
     pub(crate) active: bool,
     /// The module's scope (`cx: &mut Scope`).
     pub(crate) scope: bool,
+}
+
+impl ParamInfo {
+    /// What lowering needs to know of it.
+    pub(crate) fn spec(&self) -> ParamSpec<'_> {
+        ParamSpec {
+            pat: &self.pat,
+            active: self.active,
+            scope: self.scope,
+            scalar: is_float_scalar(&self.ty),
+            reference: matches!(self.ty, Type::Reference(_)),
+        }
+    }
 }
 
 /// Strips `#[no_grad]` from the parameters (it is not a real attribute) and says
@@ -129,16 +143,7 @@ pub(crate) fn generate(
     aux: bool,
     params_active: bool,
 ) -> Option<(Func, adjoint::Generated)> {
-    let specs: Vec<ParamSpec> = params
-        .iter()
-        .map(|p| ParamSpec {
-            pat: &p.pat,
-            active: p.active,
-            scope: p.scope,
-            scalar: is_float_scalar(&p.ty),
-            reference: matches!(p.ty, Type::Reference(_)),
-        })
-        .collect();
+    let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
     // With `has_aux` the body returns a pair, perhaps from a call: take it apart.
     let aux_body: syn::Block;
     let body = if aux {
@@ -209,16 +214,7 @@ fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> 
     let ReturnType::Type(_, ret) = &f.sig.output else {
         return None;
     };
-    let specs: Vec<ParamSpec> = params
-        .iter()
-        .map(|p| ParamSpec {
-            pat: &p.pat,
-            active: p.active,
-            scope: p.scope,
-            scalar: is_float_scalar(&p.ty),
-            reference: matches!(p.ty, Type::Reference(_)),
-        })
-        .collect();
+    let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
     let func = lower::lower(cx, &specs, &f.block);
     let act = activity::analyze(cx, &func);
     let reference_params: Vec<bool> = params

@@ -123,15 +123,7 @@ pub fn module_items(
     let mut named_sig = m.sig.clone();
     named_sig.ident = format_ident!("__call_named");
     named_sig.inputs.insert(2, syn::parse_quote!(__name: &str));
-    let mut named_params: Vec<ParamInfo> = params
-        .iter()
-        .map(|p| ParamInfo {
-            pat: p.pat.clone(),
-            ty: p.ty.clone(),
-            active: p.active,
-            scope: p.scope,
-        })
-        .collect();
+    let mut named_params: Vec<ParamInfo> = params.to_vec();
     named_params.insert(
         1,
         ParamInfo {
@@ -191,7 +183,7 @@ pub fn module_items(
 
     // Forward mode, for second order through a lifted transform: the body's JVP along
     // the inputs, and its VJP with parameters differentiated (`__call_body_jvp`).
-    let jvp_items = body_jvp(cx, &m.sig, params, &body, &ret);
+    let jvp_items = body_jvp(&m.sig, params, &body, &ret);
 
     // `model.apply(variables, ..).unwrap()` inside a transform: the gradient with
     // respect to the variables (the training path) and the inputs.
@@ -205,12 +197,7 @@ pub fn module_items(
         active: true,
         scope: false,
     }];
-    apply_params.extend(params[1..].iter().map(|p| ParamInfo {
-        pat: p.pat.clone(),
-        ty: p.ty.clone(),
-        active: p.active,
-        scope: p.scope,
-    }));
+    apply_params.extend(params[1..].iter().cloned());
     let cs: Vec<proc_macro2::Ident> = (0..rest.len()).map(|i| format_ident!("__c{}", i)).collect();
     let apply_vjp = companion_items(
         &public,
@@ -317,45 +304,19 @@ impl VisitMut for FieldNames {
 /// `__call_body_jvp(&self, cx, xs.., dxs..) -> (R, R)` and its parameter-differentiating
 /// VJP, when forward mode covers the body (else nothing: second order through this
 /// module then reports `SecondOrderUnsupported`).
-fn body_jvp(
-    cx: &Ctxt,
-    sig: &Signature,
-    params: &[ParamInfo],
-    body: &syn::Block,
-    ret: &Type,
-) -> TokenStream {
+fn body_jvp(sig: &Signature, params: &[ParamInfo], body: &syn::Block, ret: &Type) -> TokenStream {
     use crate::lower::{self, ParamSpec};
     let quiet = Ctxt::default();
-    let specs: Vec<ParamSpec> = params
-        .iter()
-        .map(|p| ParamSpec {
-            pat: &p.pat,
-            active: p.active,
-            scope: p.scope,
-            scalar: false,
-            reference: matches!(p.ty, Type::Reference(_)),
-        })
-        .collect();
+    let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
     let func = lower::lower(&quiet, &specs, body);
     let act = crate::activity::analyze(&quiet, &func);
-    let reference: Vec<bool> = params
-        .iter()
-        .map(|p| matches!(p.ty, Type::Reference(_)))
-        .collect();
+    let reference: Vec<bool> = specs.iter().map(|s| s.reference).collect();
     let jvp = if quiet.has_errors() {
         None
     } else {
         crate::tangent::jvp_body(&func, &|v| act.varied(v), &reference)
     };
-    let mut jvp_params: Vec<ParamInfo> = params
-        .iter()
-        .map(|p| ParamInfo {
-            pat: p.pat.clone(),
-            ty: p.ty.clone(),
-            active: p.active,
-            scope: p.scope,
-        })
-        .collect();
+    let mut jvp_params: Vec<ParamInfo> = params.to_vec();
     for p in params.iter().filter(|p| p.active) {
         let name = crate::tangent::dot_name(
             &syn::parse2::<syn::Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
@@ -385,25 +346,15 @@ fn body_jvp(
     // Not covered by forward mode: a JVP-VJP that marks parameter gradients as
     // unusable, so a parent differentiating through a lifted grad! still compiles.
     let stub = || {
+        let zero = |p: &ParamInfo| {
+            let n = param_name(&p.pat);
+            quote!(::adjoint::__private::zeros(&#n))
+        };
         let zeros: Vec<TokenStream> = params
             .iter()
-            .map(|p| {
-                if p.active {
-                    let n = param_name(&p.pat);
-                    quote!(::adjoint::__private::zeros(&#n))
-                } else {
-                    quote!(())
-                }
-            })
+            .map(|p| if p.active { zero(p) } else { quote!(()) })
             .collect();
-        let dot_zeros: Vec<TokenStream> = params
-            .iter()
-            .filter(|p| p.active)
-            .map(|p| {
-                let n = param_name(&p.pat);
-                quote!(::adjoint::__private::zeros(&#n))
-            })
-            .collect();
+        let dot_zeros: Vec<TokenStream> = params.iter().filter(|p| p.active).map(zero).collect();
         let zn: Vec<proc_macro2::Ident> = (0..zeros.len())
             .map(|i| format_ident!("__z{}", i))
             .collect();
@@ -444,7 +395,6 @@ fn body_jvp(
     ) else {
         return stub();
     };
-    let _ = cx;
     let generics = &sig.generics;
     let where_clause = &sig.generics.where_clause;
     quote! {
