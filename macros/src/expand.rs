@@ -58,6 +58,12 @@ pub(crate) struct ParamInfo {
 }
 
 impl ParamInfo {
+    /// `pat: ty`, as it stands in a signature.
+    pub(crate) fn input(&self) -> TokenStream {
+        let (pat, ty) = (&self.pat, &self.ty);
+        quote!(#pat: #ty)
+    }
+
     /// What lowering needs to know of it.
     pub(crate) fn spec(&self) -> ParamSpec<'_> {
         ParamSpec {
@@ -68,6 +74,27 @@ impl ParamInfo {
             reference: matches!(self.ty, Type::Reference(_)),
         }
     }
+}
+
+/// Of `n` cotangents `__g0..`: the pattern that binds the `chosen` ones (`_` for the
+/// rest), and the chosen ones in `chosen`'s order (alone, or as a tuple).
+fn pick_cotangents(n: usize, chosen: &[usize]) -> (Vec<TokenStream>, TokenStream) {
+    let name = |i: usize| format_ident!("__g{}", i);
+    let picks = (0..n)
+        .map(|i| {
+            if chosen.contains(&i) {
+                name(i).to_token_stream()
+            } else {
+                quote!(_)
+            }
+        })
+        .collect();
+    let picked: Vec<Ident> = chosen.iter().map(|&i| name(i)).collect();
+    let picked = match picked.as_slice() {
+        [one] => one.to_token_stream(),
+        _ => quote!((#(#picked,)*)),
+    };
+    (picks, picked)
 }
 
 /// Strips `#[no_grad]` from the parameters (it is not a real attribute) and says
@@ -230,10 +257,7 @@ fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> 
     };
     let name = companion_ident(&f.sig.ident, "jvp");
     let vis = &f.vis;
-    let args = params.iter().map(|p| {
-        let (pat, ty) = (&p.pat, &p.ty);
-        quote!(#pat: #ty)
-    });
+    let args = params.iter().map(ParamInfo::input);
     let tangents = params.iter().filter(|p| p.active).map(|p| {
         let n = crate::tangent::dot_name(
             &syn::parse2::<Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
@@ -472,13 +496,7 @@ pub(crate) fn companion_items_for(
     let generics = &generics;
     let where_clause = &generics.where_clause;
     let receiver = sig.receiver().map(|_| quote!(&#receiver_lt self,));
-    let args: Vec<TokenStream> = params
-        .iter()
-        .map(|p| {
-            let (pat, ty) = (&p.pat, &p.ty);
-            quote!(#pat: #ty)
-        })
-        .collect();
+    let args: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     // A cotangent type does not depend on the argument's lifetimes (`Cot<&'a
     // Array2<f64>>` is `Array2<f64>`): writing them `'static` keeps them out of the
@@ -507,21 +525,7 @@ pub(crate) fn companion_items_for(
     } else {
         quote!((#(#grad_ty,)*))
     };
-    let picks: Vec<TokenStream> = (0..params.len())
-        .map(|i| {
-            if active.contains(&i) {
-                format_ident!("__g{}", i).to_token_stream()
-            } else {
-                quote!(_)
-            }
-        })
-        .collect();
-    let picked: Vec<Ident> = active.iter().map(|i| format_ident!("__g{}", i)).collect();
-    let picked = if picked.len() == 1 {
-        picked[0].to_token_stream()
-    } else {
-        quote!((#(#picked,)*))
-    };
+    let (picks, picked) = pick_cotangents(params.len(), &active);
     let call = if method {
         quote!(self.#vjp)
     } else {
@@ -1296,21 +1300,7 @@ fn closure_transform(
             .collect(),
         None => (0..params.len()).collect(),
     };
-    let picks: Vec<TokenStream> = (0..params.len())
-        .map(|i| {
-            if order.contains(&i) {
-                format_ident!("__g{}", i).to_token_stream()
-            } else {
-                quote!(_)
-            }
-        })
-        .collect();
-    let picked: Vec<Ident> = order.iter().map(|i| format_ident!("__g{}", i)).collect();
-    let picked = if picked.len() == 1 {
-        picked[0].to_token_stream()
-    } else {
-        quote!((#(#picked,)*))
-    };
+    let (picks, picked) = pick_cotangents(params.len(), &order);
     let (value_pat, seed) = if input.has_aux {
         (
             quote!((__value, __aux)),

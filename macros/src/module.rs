@@ -68,13 +68,7 @@ pub fn module_items(
 
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let scope = &names[0];
-    let inputs: Vec<TokenStream> = params
-        .iter()
-        .map(|p| {
-            let (pat, ty) = (&p.pat, &p.ty);
-            quote!(#pat: #ty)
-        })
-        .collect();
+    let inputs: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
     let rest_inputs = &inputs[1..];
     let rest = &names[1..];
     let vis = &m.vis;
@@ -331,13 +325,7 @@ fn body_jvp(sig: &Signature, params: &[ParamInfo], body: &syn::Block, ret: &Type
     let mut jvp_sig = sig.clone();
     jvp_sig.ident = format_ident!("__call_body_jvp");
     jvp_sig.output = syn::parse_quote!(-> (#ret, #ret));
-    let inputs: Vec<TokenStream> = jvp_params
-        .iter()
-        .map(|p| {
-            let (pat, ty) = (&p.pat, &p.ty);
-            quote!(#pat: #ty)
-        })
-        .collect();
+    let inputs: Vec<TokenStream> = jvp_params.iter().map(ParamInfo::input).collect();
     jvp_sig.inputs = syn::parse_quote!(&self, #(#inputs),*);
     let public: syn::Visibility = syn::parse_quote!(pub);
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
