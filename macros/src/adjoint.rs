@@ -79,6 +79,15 @@ struct Rev {
 }
 
 impl Rev {
+    /// Of a nested sweep's reads: the slots it defines itself (returned: the record
+    /// its region must keep) and the rest, which become reads of the enclosing `outer`.
+    fn split_reads(&self, outer: &mut Rev) -> Vec<Slot> {
+        let (record, rest): (Vec<Slot>, Vec<Slot>) =
+            self.reads.iter().partition(|s| slot_local(s, &self.local));
+        outer.reads.extend(rest);
+        record
+    }
+
     fn new(local: HashSet<Var>, in_loop: bool) -> Self {
         Rev {
             local,
@@ -799,17 +808,7 @@ impl<'a> Gen<'a> {
             }
             let mut sub = Rev::new(local, r.in_loop);
             self.rev_block(&mut sub, arm, seeds);
-            let record: Vec<Slot> = sub
-                .reads
-                .iter()
-                .copied()
-                .filter(|s| slot_local(s, &sub.local))
-                .collect();
-            for s in &sub.reads {
-                if !slot_local(s, &sub.local) {
-                    r.reads.insert(*s);
-                }
-            }
+            let record = sub.split_reads(r);
             for v in &sub.outer {
                 if r.local.contains(v) {
                     if !r.init.contains(v) {
@@ -889,17 +888,7 @@ impl<'a> Gen<'a> {
             return;
         }
         self.taped.insert(id);
-        let record: Vec<Slot> = sub
-            .reads
-            .iter()
-            .copied()
-            .filter(|s| slot_local(s, &sub.local))
-            .collect();
-        for s in &sub.reads {
-            if !slot_local(s, &sub.local) {
-                r.reads.insert(*s);
-            }
-        }
+        let record = sub.split_reads(r);
         self.reads_all.extend(sub.reads.iter().copied());
         self.records
             .insert(&lp.body as *const Block, record.clone());

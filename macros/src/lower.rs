@@ -1247,12 +1247,7 @@ impl Lowerer<'_> {
             {
                 // `model.apply(vars, x).unwrap()`: the module applied to variables.
                 let span = inner.method.span();
-                let recv_by_ref = matches!(&*inner.receiver, Expr::Reference(_));
-                let recv = self.expr(out, &inner.receiver);
-                let receiver = Arg {
-                    atom: self.atom(recv, span),
-                    by_ref: recv_by_ref,
-                };
+                let receiver = self.receiver(out, &inner.receiver, span);
                 let args = self.args(out, inner.args.iter().cloned());
                 let generics = inner.turbofish.to_token_stream();
                 let call = Call {
@@ -1339,14 +1334,19 @@ impl Lowerer<'_> {
         Scoped::No
     }
 
+    /// A method's receiver as an operand (`&x` passes `x` by reference).
+    fn receiver(&mut self, out: &mut Stmts, recv: &Expr, span: Span) -> Arg {
+        let by_ref = matches!(recv, Expr::Reference(_));
+        let val = self.expr(out, recv);
+        Arg {
+            atom: self.atom(val, span),
+            by_ref,
+        }
+    }
+
     fn method_companion(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
         let span = m.method.span();
-        let recv_by_ref = matches!(&*m.receiver, Expr::Reference(_));
-        let recv = self.expr(out, &m.receiver);
-        let receiver = Arg {
-            atom: self.atom(recv, span),
-            by_ref: recv_by_ref,
-        };
+        let receiver = self.receiver(out, &m.receiver, span);
         let args = self.args(out, m.args.iter().cloned());
         let generics = m.turbofish.to_token_stream();
         let scoped = self.scoped(Some(&receiver), &m.method, &args);
