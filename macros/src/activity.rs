@@ -85,7 +85,7 @@ fn inputs(op: &Op) -> Vec<&Atom> {
         }
         Op::Call(c) if c.scoped == Scoped::Param => Vec::new(),
         Op::Call(c) => call_inputs(c),
-        Op::Const(_) | Op::Lifted(_) => Vec::new(),
+        Op::Const(_) | Op::Build { .. } | Op::Lifted(_) => Vec::new(),
         Op::MapV { recv, .. } => vec![recv],
     }
 }
@@ -346,6 +346,11 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                         if act.is_useful(*dst) && act.varied[outer.0 as usize] {
                             cx.error(*span, format!("the closure of `mapv` reads `{}`, which is differentiated; only the element may be differentiated inside `mapv`", f.name(*outer)));
                         }
+                    }
+                }
+                Op::Build { reads, .. } => {
+                    if act.is_useful(*dst) && reads.iter().any(|v| act.varied(*v)) {
+                        cx.error(*span, "arrays and structs of differentiated values are not supported; use ndarray arrays or tuples");
                     }
                 }
                 Op::Const(_) | Op::Lifted(_) => {}

@@ -493,7 +493,7 @@ impl<'a> Gen<'a> {
                         r.code
                             .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
                     }
-                    Op::Const(_) => {}
+                    Op::Const(_) | Op::Build { .. } => {}
                 }
             }
             Stmt::LetTuple { dsts, call, .. } => {
@@ -590,7 +590,6 @@ impl<'a> Gen<'a> {
                 }
             })
             .collect();
-        let module = &l.module;
         let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
         let cots: Vec<Ident> = (0..l.args.len())
             .map(|i| format_ident!("__c{}", i))
@@ -603,14 +602,14 @@ impl<'a> Gen<'a> {
         };
         r.code.push(quote! {
             let (#(#cots,)*) = {
-                let (mut __snapshot, __child) = #snap;
+                let (mut __snapshot, __child, __module) = #snap;
                 let mut __cx2 = ::adjoint::Scope::for_apply(
                     &mut __snapshot,
                     ::adjoint::scope::Mutable::Only(::core::default::Default::default()),
                     ::core::default::Default::default(),
                 );
                 __cx2.enter_path(&__child);
-                let (__o, __pb2) = (#module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
+                let (__o, __pb2) = ::adjoint::scope::Child::module(&__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
                 let (__cv, _, #(#cots,)* #(#skip,)*) =
                     __pb2((::adjoint::__private::zeros(&__o.0), ::adjoint::__private::grad_seed(&__o.1)));
                 #merge
@@ -1031,7 +1030,9 @@ impl<'a> Gen<'a> {
                             quote!(let #name = #f(#(#args),*);)
                         }
                     }
-                    Op::Const(t) | Op::Lifted(t) => quote!(let #name = #t;),
+                    Op::Const(t) | Op::Lifted(t) | Op::Build { tokens: t, .. } => {
+                        quote!(let #name = #t;)
+                    }
                     Op::MapV { recv, native, .. } => {
                         let x = self.atom(recv);
                         if active {
@@ -1075,10 +1076,20 @@ impl<'a> Gen<'a> {
                 let tokens = &l.tokens;
                 let mut out = quote!(let (#(#names,)*) = #tokens;);
                 if self.reads_all.contains(&Slot::Pb(l.dsts[0])) {
-                    // What the second-order pullback reruns the child on.
+                    // What the second-order pullback reruns the child on: the variables,
+                    // the child's path, and the module (a copy if it is a field of
+                    // `self`, which the pullback may not borrow).
                     let snap = self.slot_name(Slot::Pb(l.dsts[0]));
                     let scope = self.atom(&l.scope);
-                    out.extend(quote!(let #snap = (#scope.snapshot(), #scope.last_child_path());));
+                    let module = &l.module;
+                    let module = if mentions_self(module) {
+                        quote!(::adjoint::__private::keep_module(&(#module)))
+                    } else {
+                        quote!(#module)
+                    };
+                    out.extend(
+                        quote!(let #snap = (#scope.snapshot(), #scope.last_child_path(), #module);),
+                    );
                 }
                 out
             }
@@ -1363,17 +1374,8 @@ impl<'a> Gen<'a> {
                 let r = self.arg(receiver);
                 quote!(#r.param_at #generics)
             }
-            (
-                Scoped::Module,
-                Callee::Method {
-                    receiver,
-                    name,
-                    generics,
-                },
-            ) if self.f.params_active => {
-                let r = self.arg(receiver);
-                let c = companion_ident(name, "vjp_params");
-                quote!(#r.#c #generics)
+            (Scoped::Module, callee) if self.f.params_active => {
+                self.companion(callee, "vjp_params")
             }
             // A nested call's pullback must not borrow this body's locals.
             (_, callee) => self.companion(callee, "vjp_owned"),
@@ -1419,6 +1421,15 @@ impl<'a> Gen<'a> {
             }
         }
     }
+}
+
+/// Whether `t` mentions `self`.
+fn mentions_self(t: &TokenStream) -> bool {
+    t.clone().into_iter().any(|tt| match tt {
+        proc_macro2::TokenTree::Ident(i) => i == "self",
+        proc_macro2::TokenTree::Group(g) => mentions_self(&g.stream()),
+        _ => false,
+    })
 }
 
 /// Whether `t` is a float literal such as `2.0` or `-1.5e3`.

@@ -213,25 +213,34 @@ fn output_shape(f: &Func) -> Option<Val> {
 fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
     check_signature(cx, &f.sig);
     let params = params(cx, &mut f.sig);
-    let companions = if cx.has_errors() {
-        None
+    let scopes = crate::module::scope_names(&params);
+    crate::module::ModuleCalls {
+        scopes: &scopes,
+        lifted: None,
+    }
+    .visit_block_mut(&mut f.block);
+    // A function taking the scope is called by modules: with parameters constant
+    // (inside `grad!`) or differentiated (`vjp!`, training).
+    let which: &[Companions] = if scopes.is_empty() {
+        &[Companions::All]
     } else {
-        companions(
-            cx,
-            &f.vis,
-            &f.sig,
-            &params,
-            &f.block,
-            false,
-            Companions::All,
-        )
+        &[Companions::Owned, Companions::Params]
     };
+    let mut items = TokenStream::new();
+    for which in which {
+        if cx.has_errors() {
+            break;
+        }
+        items.extend(companions(
+            cx, &f.vis, &f.sig, &params, &f.block, false, *which,
+        ));
+    }
     let jvp = if jvp && !cx.has_errors() {
         jvp_item(cx, &f, &params)
     } else {
         None
     };
-    quote!(#f #companions #jvp)
+    quote!(#f #items #jvp)
 }
 
 /// `fn __f_jvp(args.., tangents..) -> (R, R)`: the value and its directional
@@ -788,8 +797,8 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
         return item.into_token_stream();
     }
     let mut extra = Vec::new();
+    let mut module = false;
     let self_ty = item.self_ty.clone();
-    let _ = &self_ty;
     for it in item.items.iter_mut() {
         let ImplItem::Fn(m) = it else { continue };
         check_signature(cx, &m.sig);
@@ -802,25 +811,42 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
         if cx.has_errors() {
             continue;
         }
+        let scopes = crate::module::scope_names(&params);
+        crate::module::ModuleCalls {
+            scopes: &scopes,
+            lifted: None,
+        }
+        .visit_block_mut(&mut m.block);
         if crate::module::is_module_call(&m.sig) {
+            module = true;
             extra.push(crate::module::module_items(cx, &self_ty, m, &params));
             continue;
         }
-        if let Some(c) = companions(
-            cx,
-            &m.vis,
-            &m.sig,
-            &params,
-            &m.block,
-            m.sig.receiver().is_some(),
-            Companions::All,
-        ) {
-            extra.push(c);
+        // A method taking the scope is called by modules: with parameters constant
+        // (inside `grad!`) or differentiated (`vjp!`, training).
+        let which: &[Companions] = if scopes.is_empty() {
+            &[Companions::All]
+        } else {
+            &[Companions::Owned, Companions::Params]
+        };
+        for which in which {
+            if let Some(c) = companions(
+                cx,
+                &m.vis,
+                &m.sig,
+                &params,
+                &m.block,
+                m.sig.receiver().is_some(),
+                *which,
+            ) {
+                extra.push(c);
+            }
         }
     }
     if extra.is_empty() {
         return item.into_token_stream();
     }
+    let child = module.then(|| crate::module::child_impl(&item));
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
     let self_ty = &item.self_ty;
     quote! {
@@ -828,6 +854,7 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
         impl #impl_generics #self_ty #where_clause {
             #(#extra)*
         }
+        #child
     }
 }
 
@@ -1104,7 +1131,6 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
         quote! {
             #primal
             let #out = #output;
-            let __child = #cxn.last_child_path();
             let __pb = move |__ct| {
                 let (__vars_bar, _, _, #(#grads,)*) = { #reverse };
                 (::adjoint::__private::vjp_variables(&__vars_bar, &__child, #collections), #(#grads,)*)
@@ -1125,15 +1151,18 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
         None => quote!(::core::option::Option::None),
     };
     let (visible, rngs) = (option(&input.variables), option(&input.rngs));
+    let (enter, exit) = lifted_module(module, mdl, cxn);
     quote!({
         let (#(#temps,)*) = (#(#args,)*);
-        let #mdl = &(#module);
         let #cxn: &mut ::adjoint::Scope = &mut *(#scope);
+        #enter
+        let __child = #cxn.path();
         #(let #primals = #temps;)*
         let __restriction = #cxn.restrict(#visible, #rngs);
         #[allow(unused_mut, unused_variables, unused_parens)]
         let __result = { #computation };
         #cxn.unrestrict(__restriction);
+        #exit
         __result
     })
 }
@@ -1164,11 +1193,48 @@ fn lifted_closure(
             scope: i == 1,
         });
     }
-    let body: syn::Block = match &*c.body {
+    let mut body: syn::Block = match &*c.body {
         syn::Expr::Block(b) => b.block.clone(),
         other => syn::parse_quote_spanned!(other.span()=> { #other }),
     };
+    if names.len() >= 2 {
+        let scopes = [names[1].to_string()];
+        crate::module::ModuleCalls {
+            scopes: &scopes,
+            lifted: Some(&names[0]),
+        }
+        .visit_block_mut(&mut body);
+    }
     Some((names, infos, body))
+}
+
+/// Where a lifted transform's module runs: `self` in the current scope; any other
+/// module in the scope its [`Child`](adjoint::scope::Child) impl names (a field's
+/// name for `self.field`, a bound path, else the next auto name), entered before the
+/// transform runs and left after. Returns the statements that bind the closure's
+/// module parameter `mdl` and enter, and those that leave.
+fn lifted_module(module: &syn::Expr, mdl: &Ident, cxn: &Ident) -> (TokenStream, TokenStream) {
+    if matches!(module, syn::Expr::Path(p) if p.path.is_ident("self")) {
+        return (quote!(let #mdl = self;), TokenStream::new());
+    }
+    let field = match module {
+        syn::Expr::Field(f) => match (&*f.base, &f.member) {
+            (syn::Expr::Path(p), syn::Member::Named(n)) if p.path.is_ident("self") => {
+                let lit = syn::LitStr::new(&n.to_string(), n.span());
+                quote!(::core::option::Option::Some(#lit))
+            }
+            _ => quote!(::core::option::Option::None),
+        },
+        _ => quote!(::core::option::Option::None),
+    };
+    (
+        quote! {
+            let __module = &(#module);
+            let #mdl = ::adjoint::scope::Child::module(__module);
+            #cxn.enter_child(::adjoint::scope::Child::child_name(__module, #field));
+        },
+        quote!(#cxn.exit();),
+    )
 }
 
 /// The lifted forward-mode transform, as `flax.linen.jvp`:
@@ -1214,12 +1280,14 @@ fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
     let temps: Vec<Ident> = (0..n).map(|i| format_ident!("__primal{}", i)).collect();
     let tangents: Vec<Ident> = (0..n).map(|i| format_ident!("__tangent{}", i)).collect();
     let grads: Vec<Ident> = (0..n).map(|i| format_ident!("__g{}", i)).collect();
+    let (enter, exit) = lifted_module(module, mdl, cxn);
     quote!({
         let (#(#temps,)*) = #primals_tuple;
         let (#(#tangents,)*) = #tangents_tuple;
         let __var_tangents: &::adjoint::Variables = &(#var_tangents);
-        let #mdl = &(#module);
         let #cxn: &mut ::adjoint::Scope = &mut *(#scope);
+        #enter
+        let __child = #cxn.path();
         let __mark = #cxn.mark();
         let mut __components: ::std::vec::Vec<f64> = ::std::vec::Vec::new();
         #[allow(unused_mut, unused_variables, unused_parens)]
@@ -1228,7 +1296,6 @@ fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
             #(let #primals = ::core::clone::Clone::clone(&#temps);)*
             #primal
             let __value = #output;
-            let __child = #cxn.last_child_path();
             let __ct = ::adjoint::__private::unit_cot(&__value, __components.len());
             let (__vars_bar, _, _, #(#grads,)*) = { #reverse };
             let __vars_bar = ::adjoint::__private::vjp_variables(&__vars_bar, &__child, &["params"]);
@@ -1237,6 +1304,7 @@ fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
                 break __value;
             }
         };
+        #exit
         let __tangent = ::adjoint::__private::tangent_from(&__value, &__components);
         (__value, __tangent)
     })

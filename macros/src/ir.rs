@@ -211,6 +211,12 @@ pub enum Op {
     Call(Call),
     /// A constant expression, emitted as written (with variables renamed).
     Const(TokenStream),
+    /// A struct or array literal, emitted as written: a constant, and an error if it
+    /// holds a differentiated value (`reads` are the variables it mentions).
+    Build {
+        tokens: TokenStream,
+        reads: Vec<Var>,
+    },
     /// A lifted transform (`grad!(cx, ..)`) inside a module, emitted as written. Its
     /// result depends on the module's parameters, and differentiating through it
     /// (second order) is not supported yet: with parameters differentiated, its

@@ -335,6 +335,23 @@ impl Lowerer<'_> {
         false
     }
 
+    /// The variables `tokens` mention.
+    fn mentioned_vars(&mut self, tokens: TokenStream) -> Vec<Var> {
+        let mut idents = HashSet::new();
+        collect_idents(tokens, &mut idents);
+        let mut vars = Vec::new();
+        for name in idents {
+            if self.is_local(&name)
+                && let Some(v) = self.lookup(&name)
+            {
+                let mut atoms = Vec::new();
+                v.flatten(&mut atoms);
+                vars.extend(atoms.iter().filter_map(Atom::var));
+            }
+        }
+        vars
+    }
+
     /// A constant expression: inline if it is a literal or a path, else bound once.
     fn constant(&mut self, out: &mut Stmts, e: &Expr) -> Atom {
         match e {
@@ -855,18 +872,17 @@ impl Lowerer<'_> {
                 let tokens = self.verbatim(e.to_token_stream());
                 Val::Atom(self.emit(out, Op::Lifted(tokens), e.span()))
             }
+            Expr::Array(_) | Expr::Struct(_) if self.mentions_local(e.to_token_stream()) => {
+                // A module built from locals (`Outer { inner }`), a list of indices.
+                let reads = self.mentioned_vars(e.to_token_stream());
+                let tokens = self.verbatim(e.to_token_stream());
+                Val::Atom(self.emit(out, Op::Build { tokens, reads }, e.span()))
+            }
             Expr::Macro(_)
             | Expr::Array(_)
             | Expr::Repeat(_)
             | Expr::Range(_)
-            | Expr::Struct(_) => {
-                if matches!(e, Expr::Array(_) | Expr::Struct(_))
-                    && self.mentions_local(e.to_token_stream())
-                {
-                    self.cx.error_at(e, "arrays and structs of differentiated values are not supported; use ndarray arrays or tuples");
-                }
-                Val::Atom(self.constant(out, e))
-            }
+            | Expr::Struct(_) => Val::Atom(self.constant(out, e)),
             Expr::Async(_)
             | Expr::Await(_)
             | Expr::Yield(_)

@@ -31,19 +31,10 @@ pub fn module_items(
     m: &mut ImplItemFn,
     params: &[ParamInfo],
 ) -> TokenStream {
-    let type_name = match self_ty {
-        Type::Path(p) => p
-            .path
-            .segments
-            .last()
-            .map(|s| s.ident.to_string())
-            .unwrap_or_default(),
-        _ => String::new(),
-    };
-    if type_name.is_empty() {
+    let Some(type_name) = type_name(self_ty) else {
         cx.error_at(self_ty, "a module must be a named type");
         return TokenStream::new();
-    }
+    };
     let scope_pos = params
         .iter()
         .position(|p| crate::expand::mentions_scope(&p.ty));
@@ -62,9 +53,7 @@ pub fn module_items(
     };
     let ret = ret.clone();
 
-    // Submodules held in fields are named by the field, as Flax's setup attributes.
-    let mut body = m.block.clone();
-    FieldNames.visit_block_mut(&mut body);
+    let body = m.block.clone();
 
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let scope = &names[0];
@@ -114,15 +103,19 @@ pub fn module_items(
         __out
     });
 
+    // `__call_in`: the body in the scope a call site names (see `ModuleCalls`).
     let mut named_sig = m.sig.clone();
-    named_sig.ident = format_ident!("__call_named");
-    named_sig.inputs.insert(2, syn::parse_quote!(__name: &str));
+    named_sig.ident = format_ident!("__call_in");
+    named_sig.inputs.insert(
+        2,
+        syn::parse_quote!(__child: ::adjoint::scope::ChildName<'_>),
+    );
     let mut named_params: Vec<ParamInfo> = params.to_vec();
     named_params.insert(
         1,
         ParamInfo {
-            pat: syn::parse_quote!(__name),
-            ty: syn::parse_quote!(&str),
+            pat: syn::parse_quote!(__child),
+            ty: syn::parse_quote!(::adjoint::scope::ChildName<'_>),
             active: false,
             scope: false,
         },
@@ -147,7 +140,7 @@ pub fn module_items(
             true,
             flavor,
         ));
-        // The body's pullback, with a `()` cotangent for the name.
+        // The body's pullback, with a `()` cotangent for the child's name.
         let cs: Vec<proc_macro2::Ident> = (0..names.len())
             .map(|i| format_ident!("__c{}", i))
             .collect();
@@ -162,7 +155,7 @@ pub fn module_items(
             &named_sig,
             &named_params,
             quote! {
-                #scope.enter(__name);
+                #scope.enter_child(__child);
                 let (__out, __pb) = self.#companion(#(#names),*);
                 #scope.exit();
                 (__out, move |__ct| {
@@ -225,8 +218,8 @@ pub fn module_items(
         pub fn __call_body #generics (#body_inputs) -> #ret #where_clause #body_block
 
         #[doc(hidden)]
-        pub fn __call_named #generics (&self, #scope: &mut ::adjoint::Scope, __name: &str, #(#rest_inputs),*) -> #ret #where_clause {
-            #scope.enter(__name);
+        pub fn __call_in #generics (&self, #scope: &mut ::adjoint::Scope, __child: ::adjoint::scope::ChildName<'_>, #(#rest_inputs),*) -> #ret #where_clause {
+            #scope.enter_child(__child);
             let __out = self.__call_body(#(#names),*);
             #scope.exit();
             __out
@@ -274,25 +267,111 @@ pub fn module_items(
     }
 }
 
-/// `self.field.call(cx, ..)` → `self.field.__call_named(cx, "field", ..)`.
-struct FieldNames;
+/// The name auto names start with: the type's last path segment (`Dense`).
+fn type_name(self_ty: &Type) -> Option<String> {
+    match self_ty {
+        Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
+        _ => None,
+    }
+}
 
-impl VisitMut for FieldNames {
-    fn visit_expr_method_call_mut(&mut self, m: &mut syn::ExprMethodCall) {
-        syn::visit_mut::visit_expr_method_call_mut(self, m);
-        if m.method != "call" {
-            return;
-        }
-        if let syn::Expr::Field(f) = &*m.receiver
-            && matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self"))
-            && let syn::Member::Named(field) = &f.member
-        {
-            let name = field.to_string();
-            m.method = format_ident!("__call_named", span = m.method.span());
-            let lit = syn::LitStr::new(&name, field.span());
-            m.args.insert(1, syn::parse_quote!(#lit));
+/// `impl Child for Module`: called from a field, a module runs in the scope named
+/// by the field; from anywhere else, in the next auto name of its type.
+pub fn child_impl(item: &syn::ItemImpl) -> TokenStream {
+    let Some(type_name) = type_name(&item.self_ty) else {
+        return TokenStream::new();
+    };
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    let self_ty = &item.self_ty;
+    quote! {
+        impl #impl_generics ::adjoint::scope::Child for #self_ty #where_clause {
+            type Module = Self;
+            fn module(&self) -> &Self {
+                self
+            }
+            fn child_name<'__a>(
+                &'__a self,
+                field: ::core::option::Option<&'__a str>,
+            ) -> ::adjoint::scope::ChildName<'__a> {
+                match field {
+                    ::core::option::Option::Some(f) => ::adjoint::scope::ChildName::Field(f),
+                    ::core::option::Option::None => ::adjoint::scope::ChildName::Auto(#type_name),
+                }
+            }
         }
     }
+}
+
+/// Routes the module calls of a body through [`Child`](adjoint::scope::Child), so
+/// each runs in the scope its receiver names: `recv.call(cx, ..)` with `cx` a scope
+/// becomes
+/// `Child::module(&recv).__call_in(cx, Child::child_name(&recv, field), ..)`, where
+/// `field` is `Some("bar")` for `self.bar` (Flax's setup attributes) and `None`
+/// otherwise (the next auto name, or a bound module's path). Receivers that are
+/// neither a field of `self` nor a local keep their `call` (an auto name).
+///
+/// In a lifted transform's closure the module (`lifted`) already runs in its own
+/// scope: `mdl.call(cx, ..)` becomes `mdl.__call_body(cx, ..)`.
+pub(crate) struct ModuleCalls<'a> {
+    /// The names of the scope parameters.
+    pub(crate) scopes: &'a [String],
+    /// The module parameter of a lifted transform's closure.
+    pub(crate) lifted: Option<&'a syn::Ident>,
+}
+
+impl VisitMut for ModuleCalls<'_> {
+    fn visit_expr_mut(&mut self, e: &mut syn::Expr) {
+        syn::visit_mut::visit_expr_mut(self, e);
+        let syn::Expr::MethodCall(m) = e else { return };
+        let scoped = matches!(m.args.first(), Some(syn::Expr::Path(p))
+            if p.path.get_ident().is_some_and(|i| self.scopes.iter().any(|s| i == s)));
+        if m.method != "call" || !scoped {
+            return;
+        }
+        let recv = &*m.receiver;
+        let field = match recv {
+            syn::Expr::Field(f) if matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self")) => {
+                match &f.member {
+                    syn::Member::Named(n) => {
+                        let lit = syn::LitStr::new(&n.to_string(), n.span());
+                        quote!(::core::option::Option::Some(#lit))
+                    }
+                    syn::Member::Unnamed(_) => return,
+                }
+            }
+            syn::Expr::Path(p) if p.path.get_ident().is_some() => {
+                if self.lifted.is_some_and(|l| p.path.is_ident(l)) {
+                    m.method = format_ident!("__call_body", span = m.method.span());
+                    return;
+                }
+                quote!(::core::option::Option::None)
+            }
+            _ => return,
+        };
+        let span = m.method.span();
+        let mut args = m.args.iter();
+        let scope = args.next();
+        let rest: Vec<&syn::Expr> = args.collect();
+        *e = syn::parse_quote_spanned!(span=>
+            ::adjoint::scope::Child::module(&#recv).__call_in(
+                #scope,
+                ::adjoint::no_grad(::adjoint::scope::Child::child_name(&#recv, #field)),
+                #(#rest),*
+            )
+        );
+    }
+
+    // A closure or item inside the body has its own scopes.
+    fn visit_item_mut(&mut self, _: &mut syn::Item) {}
+}
+
+/// The names of the scope parameters (`cx: &mut Scope`) of a signature.
+pub(crate) fn scope_names(params: &[ParamInfo]) -> Vec<String> {
+    params
+        .iter()
+        .filter(|p| p.scope)
+        .map(|p| param_name(&p.pat).to_string())
+        .collect()
 }
 
 /// `__call_body_jvp(&self, cx, xs.., dxs..) -> (R, R)` and its parameter-differentiating

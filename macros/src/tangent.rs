@@ -150,7 +150,9 @@ impl Tangent<'_> {
                 };
                 match op {
                     // `no_grad` keeps it a constant when this source is lowered again.
-                    Op::Const(t) => Some(quote!(let #decl = ::adjoint::no_grad(#t);)),
+                    Op::Const(t) | Op::Build { tokens: t, .. } => {
+                        Some(quote!(let #decl = ::adjoint::no_grad(#t);))
+                    }
                     // A parameter read: constant along the inputs' tangents.
                     Op::Call(call) if call.scoped == Scoped::Param => {
                         let Callee::Method {

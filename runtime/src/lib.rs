@@ -81,6 +81,29 @@ pub mod __private {
         x.own()
     }
 
+    /// A copy of a module for a second-order pullback, which may not borrow `self`.
+    #[inline(always)]
+    pub fn keep_module<M: KeepModule>(m: &M) -> M {
+        m.keep()
+    }
+
+    /// A module a second-order pullback keeps a copy of.
+    #[diagnostic::on_unimplemented(
+        message = "differentiating through a lifted `grad!` over the module `{Self}`, held in a field, needs a copy of it",
+        label = "the module is not `Clone`",
+        note = "add `#[derive(Clone)]` to the module"
+    )]
+    pub trait KeepModule {
+        fn keep(&self) -> Self;
+    }
+
+    impl<M: Clone> KeepModule for M {
+        #[inline(always)]
+        fn keep(&self) -> M {
+            self.clone()
+        }
+    }
+
     /// `*acc += ct`.
     #[inline(always)]
     pub fn acc<T: Accumulate>(acc: &mut T, ct: T) {

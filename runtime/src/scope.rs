@@ -494,6 +494,10 @@ pub struct Scope<'v> {
     rngs: BTreeMap<String, u64>,
     rng_counters: HashMap<String, u64>,
     error: Option<ScopeError>,
+    /// Where each child entered returns to: `None` for a child of the current path,
+    /// the caller's path for a bound module run at its own path.
+    returns: Vec<Option<Vec<String>>>,
+    /// The full path of the child most recently entered or left.
     last_child: Option<String>,
     /// Inside a lifted transform: the collections and random streams it lets through.
     visible: Option<BTreeSet<String>>,
@@ -548,6 +552,7 @@ impl<'v> Scope<'v> {
             rngs,
             rng_counters: HashMap::new(),
             error: None,
+            returns: Vec::new(),
             last_child: None,
             visible: None,
             visible_rngs: None,
@@ -631,7 +636,8 @@ impl<'v> Scope<'v> {
     /// Enters the child `name` (a submodule's scope).
     pub fn enter(&mut self, name: &str) {
         self.path.push(name.to_string());
-        self.last_child = Some(name.to_string());
+        self.returns.push(None);
+        self.last_child = Some(self.path());
     }
 
     /// Enters the next auto-named child of type `type_name`.
@@ -640,16 +646,61 @@ impl<'v> Scope<'v> {
         self.enter(&name);
     }
 
-    /// Leaves the current child.
-    pub fn exit(&mut self) {
-        if let Some(name) = self.path.pop() {
-            self.last_child = Some(name);
+    /// Enters a submodule's scope: a field's name, the next auto name, or the path a
+    /// [`Bound`] module was given where it was created.
+    pub fn enter_child(&mut self, child: ChildName<'_>) {
+        match child {
+            ChildName::Field(name) => self.enter(name),
+            ChildName::Auto(type_name) => self.enter_auto(type_name),
+            ChildName::Bound(path) => {
+                let inner = path.split('/').filter(|p| !p.is_empty()).map(String::from);
+                let caller = std::mem::replace(&mut self.path, inner.collect());
+                self.returns.push(Some(caller));
+                self.last_child = Some(path.to_string());
+            }
         }
     }
 
-    /// The name of the child most recently entered or left.
-    pub fn last_child(&self) -> Option<&str> {
-        self.last_child.as_deref()
+    /// Leaves the current child, back to where it was entered from.
+    pub fn exit(&mut self) {
+        self.last_child = Some(self.path());
+        match self.returns.pop() {
+            Some(Some(caller)) => self.path = caller,
+            _ => {
+                self.path.pop();
+            }
+        }
+    }
+
+    /// Binds `module` to the current module under its next auto name (`Dense_0`),
+    /// as Flax names a submodule where it is created. Pass the result to another
+    /// module (in a field): it runs at this path and reads these parameters
+    /// wherever it is called from.
+    ///
+    /// ```
+    /// use adjoint::modules::Dense;
+    /// use adjoint::scope::{Scope, Variables};
+    /// let mut vars = Variables::new();
+    /// let mut cx = Scope::for_init(&mut vars, 0);
+    /// cx.enter("Outer_0");
+    /// let dense = cx.bind(Dense::new(4));
+    /// assert_eq!(dense.path(), "Outer_0/Dense_0");
+    /// ```
+    pub fn bind<M: Child<Module = M>>(&mut self, module: M) -> Bound<M> {
+        let name = match module.child_name(None) {
+            ChildName::Auto(type_name) => self.auto_name(type_name),
+            ChildName::Field(name) | ChildName::Bound(name) => name.to_string(),
+        };
+        self.bind_as(&name, module)
+    }
+
+    /// Binds `module` to the current module under the explicit name `name` (Flax's
+    /// `Dense(4, name="name")`).
+    pub fn bind_as<M>(&mut self, name: &str, module: M) -> Bound<M> {
+        Bound {
+            module: std::sync::Arc::new(module),
+            path: self.path_to(name),
+        }
     }
 
     /// Gets parameter `name` of the current module, creating it with `init` during
@@ -1033,13 +1084,87 @@ impl Scope<'_> {
             .collect();
     }
 
-    /// The full path of the child most recently left (`Parent/Child_0`).
+    /// The full path of the child most recently entered or left (`Parent/Child_0`).
     pub fn last_child_path(&self) -> String {
-        match (&self.last_child, self.path.is_empty()) {
-            (Some(c), true) => c.clone(),
-            (Some(c), false) => format!("{}/{c}", self.path()),
-            (None, _) => self.path(),
+        self.last_child.clone().unwrap_or_else(|| self.path())
+    }
+}
+
+/// How a submodule's scope is named where it is called: by the field that holds it
+/// (Flax's setup attributes), by the next auto name of its type (`Dense_0`, Flax's
+/// compact submodules), or by the path it was bound to ([`Scope::bind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildName<'a> {
+    Field(&'a str),
+    Auto(&'static str),
+    Bound(&'a str),
+}
+
+/// A module bound to the scope that created it ([`Scope::bind`]), as Flax names a
+/// submodule where it is constructed: wherever it is called from (a field of
+/// another module, a lifted transform), it runs at its bound path and reads the
+/// parameters there, and every call shares them.
+///
+/// Call it from `#[differentiable]` code (`bar.call(cx, x)`, `self.bar.call(cx, x)`),
+/// which routes the call through [`Child`]; [`Bound::module`] gives the module itself.
+#[derive(Debug, PartialEq)]
+pub struct Bound<M> {
+    module: std::sync::Arc<M>,
+    path: String,
+}
+
+/// A copy shares the module (a lifted transform's pullback keeps one).
+impl<M> Clone for Bound<M> {
+    fn clone(&self) -> Self {
+        Bound {
+            module: self.module.clone(),
+            path: self.path.clone(),
         }
+    }
+}
+
+impl<M> Bound<M> {
+    /// The module.
+    pub fn module(&self) -> &M {
+        &self.module
+    }
+
+    /// The path it runs at (`Parent/Dense_0`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// What a module call in `#[differentiable]` code goes through: the module to run,
+/// and the name of the scope it runs in. `#[differentiable]` implements it for every
+/// module (named by the field that holds it, else by the next auto name of its
+/// type); [`Bound`] runs at its bound path.
+pub trait Child {
+    /// The module that runs.
+    type Module;
+    /// The module that runs.
+    fn module(&self) -> &Self::Module;
+    /// Its scope's name when called from a field named `field`, or from elsewhere.
+    fn child_name<'a>(&'a self, field: Option<&'a str>) -> ChildName<'a>;
+}
+
+impl<M> Child for Bound<M> {
+    type Module = M;
+    fn module(&self) -> &M {
+        &self.module
+    }
+    fn child_name<'a>(&'a self, _field: Option<&'a str>) -> ChildName<'a> {
+        ChildName::Bound(&self.path)
+    }
+}
+
+impl<T: Child + ?Sized> Child for &T {
+    type Module = T::Module;
+    fn module(&self) -> &T::Module {
+        (**self).module()
+    }
+    fn child_name<'a>(&'a self, field: Option<&'a str>) -> ChildName<'a> {
+        (**self).child_name(field)
     }
 }
 

@@ -37,6 +37,34 @@ pub fn array(value: &Json) -> ArrayD<f64> {
     ArrayD::from_shape_vec(IxDyn(&shape), out).expect("a rectangular list")
 }
 
+/// A Flax variables tree (`{"params": {"Dense_0": {"kernel": [[..]]}}}`) as
+/// [`Variables`](adjoint::Variables): every leaf an `f64` array (scalars of shape `[]`).
+pub fn variables(tree: &Json) -> adjoint::Variables {
+    fn walk(v: &Json, collection: &str, path: &str, out: &mut adjoint::Variables) {
+        match v {
+            Json::Object(items) => {
+                for (k, child) in items {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}/{k}")
+                    };
+                    walk(child, collection, &p, out);
+                }
+            }
+            leaf => {
+                let leaf = adjoint::scope::Stored::into_leaf(array(leaf));
+                out.insert(collection, path, leaf).expect("a tree of names");
+            }
+        }
+    }
+    let mut out = adjoint::Variables::new();
+    for (collection, tree) in tree.as_object().expect("collections") {
+        walk(tree, collection, "", &mut out);
+    }
+    out
+}
+
 /// The input `name` of a case.
 pub fn input(case: &Json, name: &str) -> ArrayD<f64> {
     array(&case["inputs"][name]["value"])

@@ -4,7 +4,7 @@
 
 use adjoint::prelude::*;
 use adjoint::scope::ApplyOptions;
-use adjoint_tests::{array, assert_close, reference, scalar};
+use adjoint_tests::{array, assert_close, reference, scalar, variables};
 use ndarray::Array1;
 
 const RTOL: f64 = 1e-9;
@@ -435,6 +435,171 @@ fn parameter_gradients_of_apply_match_the_same_model_written_by_hand() {
         &gb2.into_dyn(),
         1e-12,
     );
+}
+
+// ----- value_and_grad_dense: a lifted transform over `self`, a bound submodule -----
+
+use adjoint::scope::Bound;
+
+/// Flax's `FooMulti(bar=bar)`: `bar` was created (and named) by the parent.
+struct FooMulti {
+    bar: Bound<Dense>,
+}
+
+#[differentiable]
+impl FooMulti {
+    fn loss(&self, cx: &mut Scope, x: &Array2<f64>, y: &Array2<f64>) -> f64 {
+        let qup = Dense::new(y.ncols());
+        let h = qup.call(cx, x);
+        let delta = y - self.bar.call(cx, &h);
+        (&delta * &delta).sum()
+    }
+
+    fn call(
+        &self,
+        cx: &mut Scope,
+        x: &Array2<f64>,
+        y: &Array2<f64>,
+    ) -> (f64, Array2<f64>, Array2<f64>) {
+        let (z, (gx, gy)) = value_and_grad!(cx, |mdl, cx, x, y| mdl.loss(cx, x, y), self, x, y);
+        no_grad((z, gx, gy))
+    }
+}
+
+struct Baz;
+
+#[differentiable]
+impl Baz {
+    fn call(
+        &self,
+        cx: &mut Scope,
+        x: &Array2<f64>,
+        y: &Array2<f64>,
+    ) -> (f64, Array2<f64>, Array2<f64>) {
+        let bar = cx.bind(Dense::new(y.ncols()));
+        FooMulti { bar }.call(cx, x, y)
+    }
+}
+
+#[test]
+fn value_and_grad_dense() {
+    let case = reference("modules.json", "value_and_grad_dense");
+    let x: Array2<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
+    let y: Array2<f64> = array(&case["inputs"]["y"]).into_dimensionality().unwrap();
+    let init = Baz.init(0, &x, &y).unwrap();
+    assert_eq!(
+        init.shapes(),
+        r#"{"params": {"Dense_0": {"bias": [4], "kernel": [4, 4]}, "FooMulti_0": {"Dense_0": {"bias": [4], "kernel": [3, 4]}}}}"#
+    );
+    let vars = variables(&case["variables"]);
+    assert_eq!(vars.shapes(), init.shapes());
+    let (z, gx, gy) = Baz.apply(&vars, &x, &y).unwrap();
+    let out = &case["output"];
+    assert_close("value", &scalar(z), &array(&out["value"]), RTOL);
+    assert_close("x_grad", &gx.into_dyn(), &array(&out["x_grad"]), RTOL);
+    assert_close("y_grad", &gy.into_dyn(), &array(&out["y_grad"]), RTOL);
+}
+
+/// Flax's `d = nn.Dense(3); d(d(x))`: one module, named where it is bound, called
+/// twice, so both calls share its parameters.
+struct SharedDense;
+
+#[differentiable]
+impl SharedDense {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let d = cx.bind(Dense::new(3));
+        let h = d.call(cx, x);
+        d.call(cx, &h)
+    }
+}
+
+#[differentiable]
+fn shared_dense_by_hand(w: &Array2<f64>, b: &Array1<f64>, #[no_grad] x: &Array2<f64>) -> f64 {
+    let h = x.dot(w) + b;
+    (h.dot(w) + b).sum()
+}
+
+#[test]
+fn a_bound_module_called_twice_shares_its_parameters() {
+    let x = Array2::from_shape_fn((2, 3), |(i, j)| (i as f64 - j as f64) * 0.3);
+    let vars = SharedDense.init(1, &x).unwrap();
+    assert_eq!(
+        vars.shapes(),
+        r#"{"params": {"Dense_0": {"bias": [3], "kernel": [3, 3]}}}"#
+    );
+    let (_, grads) =
+        value_and_grad!(|v: &Variables| SharedDense.apply(v, &x).unwrap().sum())(&vars);
+    let w: Array2<f64> = vars.read("params", "Dense_0/kernel").unwrap();
+    let b: Array1<f64> = vars.read("params", "Dense_0/bias").unwrap();
+    let (gw, gb) = grad!(shared_dense_by_hand)(&w, &b, &x);
+    let read = |p: &str| grads.read::<ndarray::ArrayD<f64>>("params", p).unwrap();
+    assert_close("kernel", &read("Dense_0/kernel"), &gw.into_dyn(), 1e-12);
+    assert_close("bias", &read("Dense_0/bias"), &gb.into_dyn(), 1e-12);
+}
+
+/// A submodule held in a field is named by the field (Flax's setup attributes).
+struct WithField {
+    dense: Dense,
+}
+
+#[differentiable]
+impl WithField {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        self.dense.call(cx, x)
+    }
+}
+
+/// A lifted grad! over a module its parent bound: the child's parameters live at the
+/// parent's path, not under this module.
+struct GradOfBound {
+    scale: Bound<LearnScale>,
+}
+
+#[differentiable]
+impl GradOfBound {
+    fn call(&self, cx: &mut Scope, x: f64, y: f64) -> (f64, f64) {
+        grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), self.scale, x, y)
+    }
+}
+
+struct BindsScale;
+
+#[differentiable]
+impl BindsScale {
+    fn call(&self, cx: &mut Scope, x: f64, y: f64) -> (f64, f64) {
+        let scale = cx.bind(LearnScale);
+        GradOfBound { scale }.call(cx, x, y)
+    }
+}
+
+#[test]
+fn submodules_are_named_by_their_field_or_where_they_were_bound() {
+    let x = Array2::<f64>::ones((1, 2));
+    let vars = WithField {
+        dense: Dense::new(2),
+    }
+    .init(0, &x)
+    .unwrap();
+    assert_eq!(
+        vars.shapes(),
+        r#"{"params": {"dense": {"bias": [2], "kernel": [2, 2]}}}"#
+    );
+
+    let vars = BindsScale.init(0, 2.0, 3.0).unwrap();
+    assert_eq!(
+        vars.to_string(),
+        r#"{"params": {"LearnScale_0": {"scale": 0.0}}}"#
+    );
+    let vars = Variables::new()
+        .with("params", "LearnScale_0/scale", 1.5)
+        .unwrap();
+    assert_eq!(BindsScale.apply(&vars, 2.0, 3.0).unwrap(), (4.5, 3.0));
+    // Second order through the bound module: d(x_grad + y_grad)/d scale = y + x.
+    let (_, grads) = value_and_grad!(|v: &Variables| {
+        let (gx, gy) = BindsScale.apply(v, 2.0, 3.0).unwrap();
+        gx + gy
+    })(&vars);
+    assert_eq!(grads.read::<f64>("params", "LearnScale_0/scale"), Ok(5.0));
 }
 
 // ----- second order: differentiating through a lifted grad! -----
