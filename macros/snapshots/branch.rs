@@ -11,17 +11,15 @@ fn __branch_vjp(
     let _ = branch;
     let (__p1, __br0) = if x > 1.0 {
         let __t0 = ::adjoint::__private::square(&x);
-        let __t0_shape = ::adjoint::__private::shape_of(&__t0);
         let __t1 = ::adjoint::__private::mul(&__t0, &x);
-        (__t1, ::adjoint::__private::Branch2::Arm0((__t0, __t0_shape)))
+        (__t1, ::adjoint::__private::Branch2::Arm0((__t0,)))
     } else {
         let __t2 = ::adjoint::__private::mul(&::adjoint::__private::lit(&x, 2.0), &x);
-        let __t2_shape = ::adjoint::__private::shape_of(&__t2);
         let __t3 = ::adjoint::__private::sub(
             &__t2,
             &::adjoint::__private::lit(&__t2, 1.0),
         );
-        (__t3, ::adjoint::__private::Branch2::Arm1((__t2_shape,)))
+        (__t3, ::adjoint::__private::Branch2::Arm1(()))
     };
     let (__t4,) = (__p1,);
     (
@@ -31,10 +29,10 @@ fn __branch_vjp(
             let mut __t4_bar = __ct0;
             let mut x_bar = ::adjoint::__private::zeros(&x);
             match __br0 {
-                ::adjoint::__private::Branch2::Arm0((__t0, __t0_shape)) => {
+                ::adjoint::__private::Branch2::Arm0((__t0,)) => {
                     let mut __t1_bar = __t4_bar;
                     let mut __t0_bar = ::adjoint::__private::mul_pb_lhs(
-                        &__t0_shape,
+                        &::adjoint::__private::shape_of(&__t1_bar),
                         &x,
                         ::core::clone::Clone::clone(&__t1_bar),
                     );
@@ -42,7 +40,7 @@ fn __branch_vjp(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_rhs(
                             &__t0,
-                            &::adjoint::__private::shape_of(&x),
+                            &::adjoint::__private::shape_of(&__t1_bar),
                             __t1_bar,
                         ),
                     );
@@ -51,17 +49,17 @@ fn __branch_vjp(
                         ::adjoint::__private::square_pb(&x, __t0_bar),
                     );
                 }
-                ::adjoint::__private::Branch2::Arm1((__t2_shape,)) => {
+                ::adjoint::__private::Branch2::Arm1(()) => {
                     let mut __t3_bar = __t4_bar;
                     let mut __t2_bar = ::adjoint::__private::sub_pb_lhs(
-                        &__t2_shape,
+                        &::adjoint::__private::shape_of(&__t3_bar),
                         __t3_bar,
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_rhs(
                             &::adjoint::__private::lit(&x, 2.0),
-                            &::adjoint::__private::shape_of(&x),
+                            &::adjoint::__private::shape_of(&__t2_bar),
                             __t2_bar,
                         ),
                     );
@@ -108,17 +106,15 @@ fn __branch_vjp_owned(
     let _ = branch;
     let (__p1, __br0) = if x > 1.0 {
         let __t0 = ::adjoint::__private::square(&x);
-        let __t0_shape = ::adjoint::__private::shape_of(&__t0);
         let __t1 = ::adjoint::__private::mul(&__t0, &x);
-        (__t1, ::adjoint::__private::Branch2::Arm0((__t0, __t0_shape)))
+        (__t1, ::adjoint::__private::Branch2::Arm0((__t0,)))
     } else {
         let __t2 = ::adjoint::__private::mul(&::adjoint::__private::lit(&x, 2.0), &x);
-        let __t2_shape = ::adjoint::__private::shape_of(&__t2);
         let __t3 = ::adjoint::__private::sub(
             &__t2,
             &::adjoint::__private::lit(&__t2, 1.0),
         );
-        (__t3, ::adjoint::__private::Branch2::Arm1((__t2_shape,)))
+        (__t3, ::adjoint::__private::Branch2::Arm1(()))
     };
     let (__t4,) = (__p1,);
     (
@@ -128,10 +124,10 @@ fn __branch_vjp_owned(
             let mut __t4_bar = __ct0;
             let mut x_bar = ::adjoint::__private::zeros(&x);
             match __br0 {
-                ::adjoint::__private::Branch2::Arm0((__t0, __t0_shape)) => {
+                ::adjoint::__private::Branch2::Arm0((__t0,)) => {
                     let mut __t1_bar = __t4_bar;
                     let mut __t0_bar = ::adjoint::__private::mul_pb_lhs(
-                        &__t0_shape,
+                        &::adjoint::__private::shape_of(&__t1_bar),
                         &x,
                         ::core::clone::Clone::clone(&__t1_bar),
                     );
@@ -139,7 +135,7 @@ fn __branch_vjp_owned(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_rhs(
                             &__t0,
-                            &::adjoint::__private::shape_of(&x),
+                            &::adjoint::__private::shape_of(&__t1_bar),
                             __t1_bar,
                         ),
                     );
@@ -148,17 +144,17 @@ fn __branch_vjp_owned(
                         ::adjoint::__private::square_pb(&x, __t0_bar),
                     );
                 }
-                ::adjoint::__private::Branch2::Arm1((__t2_shape,)) => {
+                ::adjoint::__private::Branch2::Arm1(()) => {
                     let mut __t3_bar = __t4_bar;
                     let mut __t2_bar = ::adjoint::__private::sub_pb_lhs(
-                        &__t2_shape,
+                        &::adjoint::__private::shape_of(&__t3_bar),
                         __t3_bar,
                     );
                     ::adjoint::__private::acc(
                         &mut x_bar,
                         ::adjoint::__private::mul_pb_rhs(
                             &::adjoint::__private::lit(&x, 2.0),
-                            &::adjoint::__private::shape_of(&x),
+                            &::adjoint::__private::shape_of(&__t2_bar),
                             __t2_bar,
                         ),
                     );

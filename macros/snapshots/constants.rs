@@ -28,22 +28,20 @@ fn __xent_vjp<'__l0, '__l1, '__l2>(
         ::core::clone::Clone::clone(&__t1),
     );
     let mut __carry0_0 = 0.0;
-    let __iter0 = ::core::iter::IntoIterator::into_iter(0..labels.len());
+    let __range0 = 0..labels.len();
     let mut __tape0 = ::std::vec::Vec::with_capacity(
-        ::core::iter::Iterator::size_hint(&__iter0).0,
+        ::core::iter::Iterator::size_hint(&__range0).0,
     );
-    for i in __iter0 {
+    for i in ::core::clone::Clone::clone(&__range0) {
         let total = __carry0_0;
-        let total_shape = ::adjoint::__private::shape_of(&total);
         let __t3 = [i, labels[i]];
         let __t4 = ::adjoint::__private::index(
             &logp,
             ::core::clone::Clone::clone(&__t3),
         );
-        let __t4_shape = ::adjoint::__private::shape_of(&__t4);
         let total_1 = ::adjoint::__private::add(&total, &__t4);
         __carry0_0 = total_1;
-        __tape0.push((__t3, total_shape, __t4_shape));
+        __tape0.push((__t3,));
     }
     let total_2 = __carry0_0;
     let __t6 = ::adjoint::__private::neg(&total_2);
@@ -55,11 +53,11 @@ fn __xent_vjp<'__l0, '__l1, '__l2>(
             let mut total_2_bar = ::adjoint::__private::neg_pb(&total_2, __t6_bar);
             let mut total_2_bar_carry = total_2_bar;
             let mut logp_bar = ::adjoint::__private::zeros(&logp);
-            for (__t3, total_shape, __t4_shape) in __tape0.into_iter().rev() {
+            for (i, (__t3,)) in __range0.rev().zip(__tape0.into_iter().rev()) {
                 let mut total_1_bar = total_2_bar_carry;
                 let (total_1_bar_0, total_1_bar_1) = ::adjoint::__private::add_pb_both(
-                    &total_shape,
-                    &__t4_shape,
+                    &::adjoint::__private::shape_of(&total_1_bar),
+                    &::adjoint::__private::shape_of(&total_1_bar),
                     total_1_bar,
                 );
                 let mut total_bar = total_1_bar_0;
@@ -131,22 +129,20 @@ fn __xent_vjp_owned<'__l0, '__l1, '__l2>(
         ::core::clone::Clone::clone(&__t1),
     );
     let mut __carry0_0 = 0.0;
-    let __iter0 = ::core::iter::IntoIterator::into_iter(0..labels.len());
+    let __range0 = 0..labels.len();
     let mut __tape0 = ::std::vec::Vec::with_capacity(
-        ::core::iter::Iterator::size_hint(&__iter0).0,
+        ::core::iter::Iterator::size_hint(&__range0).0,
     );
-    for i in __iter0 {
+    for i in ::core::clone::Clone::clone(&__range0) {
         let total = __carry0_0;
-        let total_shape = ::adjoint::__private::shape_of(&total);
         let __t3 = [i, labels[i]];
         let __t4 = ::adjoint::__private::index(
             &logp,
             ::core::clone::Clone::clone(&__t3),
         );
-        let __t4_shape = ::adjoint::__private::shape_of(&__t4);
         let total_1 = ::adjoint::__private::add(&total, &__t4);
         __carry0_0 = total_1;
-        __tape0.push((__t3, total_shape, __t4_shape));
+        __tape0.push((__t3,));
     }
     let total_2 = __carry0_0;
     let __t6 = ::adjoint::__private::neg(&total_2);
@@ -160,11 +156,11 @@ fn __xent_vjp_owned<'__l0, '__l1, '__l2>(
             let mut total_2_bar = ::adjoint::__private::neg_pb(&total_2, __t6_bar);
             let mut total_2_bar_carry = total_2_bar;
             let mut logp_bar = ::adjoint::__private::zeros(&logp);
-            for (__t3, total_shape, __t4_shape) in __tape0.into_iter().rev() {
+            for (i, (__t3,)) in __range0.rev().zip(__tape0.into_iter().rev()) {
                 let mut total_1_bar = total_2_bar_carry;
                 let (total_1_bar_0, total_1_bar_1) = ::adjoint::__private::add_pb_both(
-                    &total_shape,
-                    &__t4_shape,
+                    &::adjoint::__private::shape_of(&total_1_bar),
+                    &::adjoint::__private::shape_of(&total_1_bar),
                     total_1_bar,
                 );
                 let mut total_bar = total_1_bar_0;

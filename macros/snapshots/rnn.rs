@@ -26,11 +26,11 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
     let _ = rnn;
     let mut h = Array2::<f64>::zeros((2, 4));
     let mut __carry0_0 = ::core::clone::Clone::clone(&h);
-    let __iter0 = ::core::iter::IntoIterator::into_iter(0..5);
+    let __range0 = 0..5;
     let mut __tape0 = ::std::vec::Vec::with_capacity(
-        ::core::iter::Iterator::size_hint(&__iter0).0,
+        ::core::iter::Iterator::size_hint(&__range0).0,
     );
-    for t in __iter0 {
+    for t in ::core::clone::Clone::clone(&__range0) {
         let h_1 = __carry0_0;
         let __t1 = ::adjoint::__private::dot(&h_1, &w);
         let __t1_shape = ::adjoint::__private::shape_of(&__t1);
@@ -45,7 +45,7 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
         let __t5 = ::adjoint::__private::add(&__t1, &__t4);
         let h_2 = ::adjoint::__private::tanh(&__t5);
         __carry0_0 = ::core::clone::Clone::clone(&h_2);
-        __tape0.push((h_1, t, __t2, h_2, __t1_shape, __t4_shape));
+        __tape0.push((h_1, __t2, h_2, __t1_shape, __t4_shape));
     }
     let h_3 = __carry0_0;
     let __t7 = ::adjoint::__private::square(&h_3);
@@ -62,7 +62,9 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
             let mut w_bar = ::adjoint::__private::zeros(&w);
             let mut u_bar = ::adjoint::__private::zeros(&u);
             let mut xs_bar = ::adjoint::__private::zeros(&xs);
-            for (h_1, t, __t2, h_2, __t1_shape, __t4_shape) in __tape0.into_iter().rev()
+            for (t, (h_1, __t2, h_2, __t1_shape, __t4_shape)) in __range0
+                .rev()
+                .zip(__tape0.into_iter().rev())
             {
                 let mut h_2_bar = h_3_bar_carry;
                 let mut __t5_bar = ::adjoint::__private::tanh_pb(&h_2, h_2_bar);
@@ -167,11 +169,11 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
     let _ = rnn;
     let mut h = Array2::<f64>::zeros((2, 4));
     let mut __carry0_0 = ::core::clone::Clone::clone(&h);
-    let __iter0 = ::core::iter::IntoIterator::into_iter(0..5);
+    let __range0 = 0..5;
     let mut __tape0 = ::std::vec::Vec::with_capacity(
-        ::core::iter::Iterator::size_hint(&__iter0).0,
+        ::core::iter::Iterator::size_hint(&__range0).0,
     );
-    for t in __iter0 {
+    for t in ::core::clone::Clone::clone(&__range0) {
         let h_1 = __carry0_0;
         let __t1 = ::adjoint::__private::dot(&h_1, &w);
         let __t1_shape = ::adjoint::__private::shape_of(&__t1);
@@ -186,7 +188,7 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
         let __t5 = ::adjoint::__private::add(&__t1, &__t4);
         let h_2 = ::adjoint::__private::tanh(&__t5);
         __carry0_0 = ::core::clone::Clone::clone(&h_2);
-        __tape0.push((h_1, t, __t2, h_2, __t1_shape, __t4_shape));
+        __tape0.push((h_1, __t2, h_2, __t1_shape, __t4_shape));
     }
     let h_3 = __carry0_0;
     let __t7 = ::adjoint::__private::square(&h_3);
@@ -206,7 +208,9 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
             let mut w_bar = ::adjoint::__private::zeros(&w);
             let mut u_bar = ::adjoint::__private::zeros(&u);
             let mut xs_bar = ::adjoint::__private::zeros(&xs);
-            for (h_1, t, __t2, h_2, __t1_shape, __t4_shape) in __tape0.into_iter().rev()
+            for (t, (h_1, __t2, h_2, __t1_shape, __t4_shape)) in __range0
+                .rev()
+                .zip(__tape0.into_iter().rev())
             {
                 let mut h_2_bar = h_3_bar_carry;
                 let mut __t5_bar = ::adjoint::__private::tanh_pb(&h_2, h_2_bar);

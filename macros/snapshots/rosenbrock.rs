@@ -21,47 +21,21 @@ fn __rosenbrock_vjp<'__l0>(
 ) {
     let _ = rosenbrock;
     let mut __carry0_0 = 0.0;
-    let __iter0 = ::core::iter::IntoIterator::into_iter(0..x.len() - 1);
-    let mut __tape0 = ::std::vec::Vec::with_capacity(
-        ::core::iter::Iterator::size_hint(&__iter0).0,
-    );
-    for i in __iter0 {
+    let __range0 = 0..x.len() - 1;
+    for i in ::core::clone::Clone::clone(&__range0) {
         let s = __carry0_0;
-        let s_shape = ::adjoint::__private::shape_of(&s);
         let __t0 = i + 1;
-        let __t1 = ::adjoint::__private::index(&x, ::core::clone::Clone::clone(&__t0));
-        let __t1_shape = ::adjoint::__private::shape_of(&__t1);
+        let __t1 = ::adjoint::__private::index(&x, __t0);
         let __t2 = ::adjoint::__private::index(&x, ::core::clone::Clone::clone(&i));
-        let __t2_shape = ::adjoint::__private::shape_of(&__t2);
         let __t3 = ::adjoint::__private::square(&__t2);
-        let __t3_shape = ::adjoint::__private::shape_of(&__t3);
         let a = ::adjoint::__private::sub(&__t1, &__t3);
-        let a_shape = ::adjoint::__private::shape_of(&a);
         let b = ::adjoint::__private::sub(&::adjoint::__private::lit(&__t2, 1.0), &__t2);
         let __t6 = ::adjoint::__private::mul(&::adjoint::__private::lit(&a, 100.0), &a);
-        let __t6_shape = ::adjoint::__private::shape_of(&__t6);
         let __t7 = ::adjoint::__private::mul(&__t6, &a);
-        let __t7_shape = ::adjoint::__private::shape_of(&__t7);
         let __t8 = ::adjoint::__private::square(&b);
-        let __t8_shape = ::adjoint::__private::shape_of(&__t8);
         let __t9 = ::adjoint::__private::add(&__t7, &__t8);
-        let __t9_shape = ::adjoint::__private::shape_of(&__t9);
         let s_1 = ::adjoint::__private::add(&s, &__t9);
         __carry0_0 = s_1;
-        __tape0
-            .push((
-                i,
-                __t0,
-                s_shape,
-                __t1_shape,
-                __t2_shape,
-                __t3_shape,
-                a_shape,
-                __t6_shape,
-                __t7_shape,
-                __t8_shape,
-                __t9_shape,
-            ));
     }
     let s_2 = __carry0_0;
     (
@@ -71,30 +45,18 @@ fn __rosenbrock_vjp<'__l0>(
             let mut s_2_bar = __ct0;
             let mut s_2_bar_carry = s_2_bar;
             let mut x_bar = ::adjoint::__private::zeros(&x);
-            for (
-                i,
-                __t0,
-                s_shape,
-                __t1_shape,
-                __t2_shape,
-                __t3_shape,
-                a_shape,
-                __t6_shape,
-                __t7_shape,
-                __t8_shape,
-                __t9_shape,
-            ) in __tape0.into_iter().rev() {
+            for i in __range0.rev() {
                 let mut s_1_bar = s_2_bar_carry;
                 let (s_1_bar_0, s_1_bar_1) = ::adjoint::__private::add_pb_both(
-                    &s_shape,
-                    &__t9_shape,
+                    &::adjoint::__private::shape_of(&s_1_bar),
+                    &::adjoint::__private::shape_of(&s_1_bar),
                     s_1_bar,
                 );
                 let mut s_bar = s_1_bar_0;
                 let mut __t9_bar = s_1_bar_1;
                 let (__t9_bar_0, __t9_bar_1) = ::adjoint::__private::add_pb_both(
-                    &__t7_shape,
-                    &__t8_shape,
+                    &::adjoint::__private::shape_of(&__t9_bar),
+                    &::adjoint::__private::shape_of(&__t9_bar),
                     __t9_bar,
                 );
                 let mut __t7_bar = __t9_bar_0;
@@ -105,11 +67,12 @@ fn __rosenbrock_vjp<'__l0>(
                     &__t2,
                 );
                 let mut b_bar = ::adjoint::__private::square_pb(&b, __t8_bar);
+                let __t0 = i + 1;
                 let __t1 = ::adjoint::__private::index(&x, __t0);
                 let __t3 = ::adjoint::__private::square(&__t2);
                 let a = ::adjoint::__private::sub(&__t1, &__t3);
                 let mut __t6_bar = ::adjoint::__private::mul_pb_lhs(
-                    &__t6_shape,
+                    &::adjoint::__private::shape_of(&__t7_bar),
                     &a,
                     ::core::clone::Clone::clone(&__t7_bar),
                 );
@@ -119,21 +82,24 @@ fn __rosenbrock_vjp<'__l0>(
                 );
                 let mut a_bar = ::adjoint::__private::mul_pb_rhs(
                     &__t6,
-                    &a_shape,
+                    &::adjoint::__private::shape_of(&__t7_bar),
                     __t7_bar,
                 );
                 ::adjoint::__private::acc(
                     &mut a_bar,
                     ::adjoint::__private::mul_pb_rhs(
                         &::adjoint::__private::lit(&a, 100.0),
-                        &a_shape,
+                        &::adjoint::__private::shape_of(&__t6_bar),
                         __t6_bar,
                     ),
                 );
-                let mut __t2_bar = ::adjoint::__private::sub_pb_rhs(&__t2_shape, b_bar);
+                let mut __t2_bar = ::adjoint::__private::sub_pb_rhs(
+                    &::adjoint::__private::shape_of(&b_bar),
+                    b_bar,
+                );
                 let (a_bar_0, a_bar_1) = ::adjoint::__private::sub_pb_both(
-                    &__t1_shape,
-                    &__t3_shape,
+                    &::adjoint::__private::shape_of(&a_bar),
+                    &::adjoint::__private::shape_of(&a_bar),
                     a_bar,
                 );
                 let mut __t1_bar = a_bar_0;
@@ -160,8 +126,82 @@ fn __rosenbrock_grad<'__l0, __O>(
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
-    let (__out, __pb) = __rosenbrock_vjp(x);
-    let (__g0,) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
+    let __range0 = 0..x.len() - 1;
+    let __ct = <f64 as ::adjoint::__private::GradOf<__O>>::seed();
+    let (__g0,) = {
+        let __ct0 = __ct;
+        let mut s_2_bar = __ct0;
+        let mut s_2_bar_carry = s_2_bar;
+        let mut x_bar = ::adjoint::__private::zeros(&x);
+        for i in __range0.rev() {
+            let mut s_1_bar = s_2_bar_carry;
+            let (s_1_bar_0, s_1_bar_1) = ::adjoint::__private::add_pb_both(
+                &::adjoint::__private::shape_of(&s_1_bar),
+                &::adjoint::__private::shape_of(&s_1_bar),
+                s_1_bar,
+            );
+            let mut s_bar = s_1_bar_0;
+            let mut __t9_bar = s_1_bar_1;
+            let (__t9_bar_0, __t9_bar_1) = ::adjoint::__private::add_pb_both(
+                &::adjoint::__private::shape_of(&__t9_bar),
+                &::adjoint::__private::shape_of(&__t9_bar),
+                __t9_bar,
+            );
+            let mut __t7_bar = __t9_bar_0;
+            let mut __t8_bar = __t9_bar_1;
+            let __t2 = ::adjoint::__private::index(&x, i);
+            let b = ::adjoint::__private::sub(
+                &::adjoint::__private::lit(&__t2, 1.0),
+                &__t2,
+            );
+            let mut b_bar = ::adjoint::__private::square_pb(&b, __t8_bar);
+            let __t0 = i + 1;
+            let __t1 = ::adjoint::__private::index(&x, __t0);
+            let __t3 = ::adjoint::__private::square(&__t2);
+            let a = ::adjoint::__private::sub(&__t1, &__t3);
+            let mut __t6_bar = ::adjoint::__private::mul_pb_lhs(
+                &::adjoint::__private::shape_of(&__t7_bar),
+                &a,
+                ::core::clone::Clone::clone(&__t7_bar),
+            );
+            let __t6 = ::adjoint::__private::mul(
+                &::adjoint::__private::lit(&a, 100.0),
+                &a,
+            );
+            let mut a_bar = ::adjoint::__private::mul_pb_rhs(
+                &__t6,
+                &::adjoint::__private::shape_of(&__t7_bar),
+                __t7_bar,
+            );
+            ::adjoint::__private::acc(
+                &mut a_bar,
+                ::adjoint::__private::mul_pb_rhs(
+                    &::adjoint::__private::lit(&a, 100.0),
+                    &::adjoint::__private::shape_of(&__t6_bar),
+                    __t6_bar,
+                ),
+            );
+            let mut __t2_bar = ::adjoint::__private::sub_pb_rhs(
+                &::adjoint::__private::shape_of(&b_bar),
+                b_bar,
+            );
+            let (a_bar_0, a_bar_1) = ::adjoint::__private::sub_pb_both(
+                &::adjoint::__private::shape_of(&a_bar),
+                &::adjoint::__private::shape_of(&a_bar),
+                a_bar,
+            );
+            let mut __t1_bar = a_bar_0;
+            let mut __t3_bar = a_bar_1;
+            ::adjoint::__private::acc(
+                &mut __t2_bar,
+                ::adjoint::__private::square_pb(&__t2, __t3_bar),
+            );
+            ::adjoint::__private::index_pb(&mut x_bar, i, __t2_bar);
+            ::adjoint::__private::index_pb(&mut x_bar, __t0, __t1_bar);
+            s_2_bar_carry = s_bar;
+        }
+        (x_bar,)
+    };
     __g0
 }
 ///The value and gradient of [`rosenbrock`] (generated by `#[differentiable]`).
@@ -192,47 +232,21 @@ fn __rosenbrock_vjp_owned<'__l0>(
 ) {
     let _ = rosenbrock;
     let mut __carry0_0 = 0.0;
-    let __iter0 = ::core::iter::IntoIterator::into_iter(0..x.len() - 1);
-    let mut __tape0 = ::std::vec::Vec::with_capacity(
-        ::core::iter::Iterator::size_hint(&__iter0).0,
-    );
-    for i in __iter0 {
+    let __range0 = 0..x.len() - 1;
+    for i in ::core::clone::Clone::clone(&__range0) {
         let s = __carry0_0;
-        let s_shape = ::adjoint::__private::shape_of(&s);
         let __t0 = i + 1;
-        let __t1 = ::adjoint::__private::index(&x, ::core::clone::Clone::clone(&__t0));
-        let __t1_shape = ::adjoint::__private::shape_of(&__t1);
+        let __t1 = ::adjoint::__private::index(&x, __t0);
         let __t2 = ::adjoint::__private::index(&x, ::core::clone::Clone::clone(&i));
-        let __t2_shape = ::adjoint::__private::shape_of(&__t2);
         let __t3 = ::adjoint::__private::square(&__t2);
-        let __t3_shape = ::adjoint::__private::shape_of(&__t3);
         let a = ::adjoint::__private::sub(&__t1, &__t3);
-        let a_shape = ::adjoint::__private::shape_of(&a);
         let b = ::adjoint::__private::sub(&::adjoint::__private::lit(&__t2, 1.0), &__t2);
         let __t6 = ::adjoint::__private::mul(&::adjoint::__private::lit(&a, 100.0), &a);
-        let __t6_shape = ::adjoint::__private::shape_of(&__t6);
         let __t7 = ::adjoint::__private::mul(&__t6, &a);
-        let __t7_shape = ::adjoint::__private::shape_of(&__t7);
         let __t8 = ::adjoint::__private::square(&b);
-        let __t8_shape = ::adjoint::__private::shape_of(&__t8);
         let __t9 = ::adjoint::__private::add(&__t7, &__t8);
-        let __t9_shape = ::adjoint::__private::shape_of(&__t9);
         let s_1 = ::adjoint::__private::add(&s, &__t9);
         __carry0_0 = s_1;
-        __tape0
-            .push((
-                i,
-                __t0,
-                s_shape,
-                __t1_shape,
-                __t2_shape,
-                __t3_shape,
-                a_shape,
-                __t6_shape,
-                __t7_shape,
-                __t8_shape,
-                __t9_shape,
-            ));
     }
     let s_2 = __carry0_0;
     let x = ::adjoint::__private::own(&x);
@@ -243,30 +257,18 @@ fn __rosenbrock_vjp_owned<'__l0>(
             let mut s_2_bar = __ct0;
             let mut s_2_bar_carry = s_2_bar;
             let mut x_bar = ::adjoint::__private::zeros(&x);
-            for (
-                i,
-                __t0,
-                s_shape,
-                __t1_shape,
-                __t2_shape,
-                __t3_shape,
-                a_shape,
-                __t6_shape,
-                __t7_shape,
-                __t8_shape,
-                __t9_shape,
-            ) in __tape0.into_iter().rev() {
+            for i in __range0.rev() {
                 let mut s_1_bar = s_2_bar_carry;
                 let (s_1_bar_0, s_1_bar_1) = ::adjoint::__private::add_pb_both(
-                    &s_shape,
-                    &__t9_shape,
+                    &::adjoint::__private::shape_of(&s_1_bar),
+                    &::adjoint::__private::shape_of(&s_1_bar),
                     s_1_bar,
                 );
                 let mut s_bar = s_1_bar_0;
                 let mut __t9_bar = s_1_bar_1;
                 let (__t9_bar_0, __t9_bar_1) = ::adjoint::__private::add_pb_both(
-                    &__t7_shape,
-                    &__t8_shape,
+                    &::adjoint::__private::shape_of(&__t9_bar),
+                    &::adjoint::__private::shape_of(&__t9_bar),
                     __t9_bar,
                 );
                 let mut __t7_bar = __t9_bar_0;
@@ -277,11 +279,12 @@ fn __rosenbrock_vjp_owned<'__l0>(
                     &__t2,
                 );
                 let mut b_bar = ::adjoint::__private::square_pb(&b, __t8_bar);
+                let __t0 = i + 1;
                 let __t1 = ::adjoint::__private::index(&x, __t0);
                 let __t3 = ::adjoint::__private::square(&__t2);
                 let a = ::adjoint::__private::sub(&__t1, &__t3);
                 let mut __t6_bar = ::adjoint::__private::mul_pb_lhs(
-                    &__t6_shape,
+                    &::adjoint::__private::shape_of(&__t7_bar),
                     &a,
                     ::core::clone::Clone::clone(&__t7_bar),
                 );
@@ -291,21 +294,24 @@ fn __rosenbrock_vjp_owned<'__l0>(
                 );
                 let mut a_bar = ::adjoint::__private::mul_pb_rhs(
                     &__t6,
-                    &a_shape,
+                    &::adjoint::__private::shape_of(&__t7_bar),
                     __t7_bar,
                 );
                 ::adjoint::__private::acc(
                     &mut a_bar,
                     ::adjoint::__private::mul_pb_rhs(
                         &::adjoint::__private::lit(&a, 100.0),
-                        &a_shape,
+                        &::adjoint::__private::shape_of(&__t6_bar),
                         __t6_bar,
                     ),
                 );
-                let mut __t2_bar = ::adjoint::__private::sub_pb_rhs(&__t2_shape, b_bar);
+                let mut __t2_bar = ::adjoint::__private::sub_pb_rhs(
+                    &::adjoint::__private::shape_of(&b_bar),
+                    b_bar,
+                );
                 let (a_bar_0, a_bar_1) = ::adjoint::__private::sub_pb_both(
-                    &__t1_shape,
-                    &__t3_shape,
+                    &::adjoint::__private::shape_of(&a_bar),
+                    &::adjoint::__private::shape_of(&a_bar),
                     a_bar,
                 );
                 let mut __t1_bar = a_bar_0;

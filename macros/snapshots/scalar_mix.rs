@@ -16,17 +16,12 @@ fn __scalar_mix_vjp(
 ) {
     let _ = scalar_mix;
     let __t0 = ::adjoint::__private::mul(&x, &y);
-    let __t0_shape = ::adjoint::__private::shape_of(&__t0);
     let __t1 = ::adjoint::__private::sin(&x);
-    let __t1_shape = ::adjoint::__private::shape_of(&__t1);
     let __t2 = ::adjoint::__private::exp(&y);
     let __t3 = ::adjoint::__private::mul(&__t1, &__t2);
-    let __t3_shape = ::adjoint::__private::shape_of(&__t3);
     let __t4 = ::adjoint::__private::square(&x);
-    let __t4_shape = ::adjoint::__private::shape_of(&__t4);
     let __t5 = ::adjoint::__private::add(&::adjoint::__private::lit(&__t4, 1.0), &__t4);
     let __t6 = ::adjoint::__private::div(&__t3, &__t5);
-    let __t6_shape = ::adjoint::__private::shape_of(&__t6);
     let __t7 = ::adjoint::__private::add(&__t0, &__t6);
     (
         __t7,
@@ -34,28 +29,31 @@ fn __scalar_mix_vjp(
             let __ct0 = __ct;
             let mut __t7_bar = __ct0;
             let (__t7_bar_0, __t7_bar_1) = ::adjoint::__private::add_pb_both(
-                &__t0_shape,
-                &__t6_shape,
+                &::adjoint::__private::shape_of(&__t7_bar),
+                &::adjoint::__private::shape_of(&__t7_bar),
                 __t7_bar,
             );
             let mut __t0_bar = __t7_bar_0;
             let mut __t6_bar = __t7_bar_1;
             let mut __t3_bar = ::adjoint::__private::div_pb_lhs(
-                &__t3_shape,
+                &::adjoint::__private::shape_of(&__t6_bar),
                 &__t5,
                 ::core::clone::Clone::clone(&__t6_bar),
             );
             let mut __t5_bar = ::adjoint::__private::div_pb_rhs(&__t5, &__t6, __t6_bar);
-            let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4_shape, __t5_bar);
+            let mut __t4_bar = ::adjoint::__private::add_pb_rhs(
+                &::adjoint::__private::shape_of(&__t5_bar),
+                __t5_bar,
+            );
             let mut x_bar = ::adjoint::__private::square_pb(&x, __t4_bar);
             let mut __t1_bar = ::adjoint::__private::mul_pb_lhs(
-                &__t1_shape,
+                &::adjoint::__private::shape_of(&__t3_bar),
                 &__t2,
                 ::core::clone::Clone::clone(&__t3_bar),
             );
             let mut __t2_bar = ::adjoint::__private::mul_pb_rhs(
                 &__t1,
-                &::adjoint::__private::shape_of(&__t2),
+                &::adjoint::__private::shape_of(&__t3_bar),
                 __t3_bar,
             );
             let mut y_bar = ::adjoint::__private::exp_pb(&__t2, __t2_bar);
@@ -66,7 +64,7 @@ fn __scalar_mix_vjp(
             ::adjoint::__private::acc(
                 &mut x_bar,
                 ::adjoint::__private::mul_pb_lhs(
-                    &::adjoint::__private::shape_of(&x),
+                    &::adjoint::__private::shape_of(&__t0_bar),
                     &y,
                     ::core::clone::Clone::clone(&__t0_bar),
                 ),
@@ -75,7 +73,7 @@ fn __scalar_mix_vjp(
                 &mut y_bar,
                 ::adjoint::__private::mul_pb_rhs(
                     &x,
-                    &::adjoint::__private::shape_of(&y),
+                    &::adjoint::__private::shape_of(&__t0_bar),
                     __t0_bar,
                 ),
             );
@@ -125,17 +123,12 @@ fn __scalar_mix_vjp_owned(
 ) {
     let _ = scalar_mix;
     let __t0 = ::adjoint::__private::mul(&x, &y);
-    let __t0_shape = ::adjoint::__private::shape_of(&__t0);
     let __t1 = ::adjoint::__private::sin(&x);
-    let __t1_shape = ::adjoint::__private::shape_of(&__t1);
     let __t2 = ::adjoint::__private::exp(&y);
     let __t3 = ::adjoint::__private::mul(&__t1, &__t2);
-    let __t3_shape = ::adjoint::__private::shape_of(&__t3);
     let __t4 = ::adjoint::__private::square(&x);
-    let __t4_shape = ::adjoint::__private::shape_of(&__t4);
     let __t5 = ::adjoint::__private::add(&::adjoint::__private::lit(&__t4, 1.0), &__t4);
     let __t6 = ::adjoint::__private::div(&__t3, &__t5);
-    let __t6_shape = ::adjoint::__private::shape_of(&__t6);
     let __t7 = ::adjoint::__private::add(&__t0, &__t6);
     (
         __t7,
@@ -143,28 +136,31 @@ fn __scalar_mix_vjp_owned(
             let __ct0 = __ct;
             let mut __t7_bar = __ct0;
             let (__t7_bar_0, __t7_bar_1) = ::adjoint::__private::add_pb_both(
-                &__t0_shape,
-                &__t6_shape,
+                &::adjoint::__private::shape_of(&__t7_bar),
+                &::adjoint::__private::shape_of(&__t7_bar),
                 __t7_bar,
             );
             let mut __t0_bar = __t7_bar_0;
             let mut __t6_bar = __t7_bar_1;
             let mut __t3_bar = ::adjoint::__private::div_pb_lhs(
-                &__t3_shape,
+                &::adjoint::__private::shape_of(&__t6_bar),
                 &__t5,
                 ::core::clone::Clone::clone(&__t6_bar),
             );
             let mut __t5_bar = ::adjoint::__private::div_pb_rhs(&__t5, &__t6, __t6_bar);
-            let mut __t4_bar = ::adjoint::__private::add_pb_rhs(&__t4_shape, __t5_bar);
+            let mut __t4_bar = ::adjoint::__private::add_pb_rhs(
+                &::adjoint::__private::shape_of(&__t5_bar),
+                __t5_bar,
+            );
             let mut x_bar = ::adjoint::__private::square_pb(&x, __t4_bar);
             let mut __t1_bar = ::adjoint::__private::mul_pb_lhs(
-                &__t1_shape,
+                &::adjoint::__private::shape_of(&__t3_bar),
                 &__t2,
                 ::core::clone::Clone::clone(&__t3_bar),
             );
             let mut __t2_bar = ::adjoint::__private::mul_pb_rhs(
                 &__t1,
-                &::adjoint::__private::shape_of(&__t2),
+                &::adjoint::__private::shape_of(&__t3_bar),
                 __t3_bar,
             );
             let mut y_bar = ::adjoint::__private::exp_pb(&__t2, __t2_bar);
@@ -175,7 +171,7 @@ fn __scalar_mix_vjp_owned(
             ::adjoint::__private::acc(
                 &mut x_bar,
                 ::adjoint::__private::mul_pb_lhs(
-                    &::adjoint::__private::shape_of(&x),
+                    &::adjoint::__private::shape_of(&__t0_bar),
                     &y,
                     ::core::clone::Clone::clone(&__t0_bar),
                 ),
@@ -184,7 +180,7 @@ fn __scalar_mix_vjp_owned(
                 &mut y_bar,
                 ::adjoint::__private::mul_pb_rhs(
                     &x,
-                    &::adjoint::__private::shape_of(&y),
+                    &::adjoint::__private::shape_of(&__t0_bar),
                     __t0_bar,
                 ),
             );

@@ -27,6 +27,8 @@ enum Slot {
     Br(usize),
     /// The shape of this variable.
     Shape(Var),
+    /// The range loop `k` iterates over, which its reverse sweep walks backwards.
+    Range(usize),
 }
 
 /// The generated code of one body.
@@ -40,6 +42,9 @@ pub struct Generated {
     pub reverse: TokenStream,
     /// The parameters the pullback reads (and so captures).
     pub captured_params: Vec<Ident>,
+    /// The primal for `grad!` when it can skip work whose result only the value needs
+    /// (then `reverse` follows it directly, seeded with one).
+    pub grad_primal: Option<TokenStream>,
 }
 
 pub fn generate(f: &Func, act: &Activity) -> Generated {
@@ -58,6 +63,11 @@ struct Gen<'a> {
     /// Branches and loops with a reverse sweep (others run plain).
     recorded: HashSet<usize>,
     taped: HashSet<usize>,
+    /// Loops over a range whose reverse sweep walks the range backwards, so their
+    /// index is not saved.
+    reversed: HashSet<usize>,
+    /// The variables `for` loops bind, by name (`None` where two loops share a name).
+    loop_vars: HashMap<String, Option<Var>>,
     reads_all: BTreeSet<Slot>,
     bars: Vec<Ident>,
     /// Variables known to be float scalars computed elementwise (cheap to recompute).
@@ -126,6 +136,14 @@ impl<'a> Gen<'a> {
         let mut defs = HashMap::new();
         collect_defs(&f.body, &mut defs);
         let scalar = scalars(f, &defs);
+        let mut loop_vars = HashMap::new();
+        collect_loop_vars(&f.body, &mut |v| {
+            let name = f.name(v).to_string();
+            loop_vars
+                .entry(name)
+                .and_modify(|e| *e = None)
+                .or_insert(Some(v));
+        });
         Gen {
             f,
             act,
@@ -135,6 +153,8 @@ impl<'a> Gen<'a> {
             records: HashMap::new(),
             recorded: HashSet::new(),
             taped: HashSet::new(),
+            reversed: HashSet::new(),
+            loop_vars,
             reads_all: BTreeSet::new(),
             bars,
             scalar,
@@ -165,6 +185,7 @@ impl<'a> Gen<'a> {
             Slot::Tape(k) => format_ident!("__tape{}", k).to_token_stream(),
             Slot::Br(k) => format_ident!("__br{}", k).to_token_stream(),
             Slot::Shape(v) => format_ident!("{}_shape", self.name(v)).to_token_stream(),
+            Slot::Range(k) => format_ident!("__range{}", k).to_token_stream(),
         }
     }
 
@@ -324,11 +345,226 @@ impl<'a> Gen<'a> {
             .filter(|p| self.reads_all.contains(&Slot::Var(p.var)))
             .map(|p| self.name(p.var).clone())
             .collect();
+        let grad_primal = self.grad_primal();
         Generated {
             primal,
             output,
             reverse,
             captured_params,
+            grad_primal,
+        }
+    }
+
+    // ----- the primal of a gradient alone -----
+
+    /// The primal for `grad!`, which discards the value: without the top-level loops
+    /// and branches whose results only the value needs (a loop summing a loss, whose
+    /// reverse sweep recomputes what it reads). `None` when there are none, so that
+    /// the gradient runs the ordinary primal.
+    fn grad_primal(&mut self) -> Option<TokenStream> {
+        let dead = self.dead_for_grad();
+        let stmts = &self.f.body.stmts;
+        if !stmts.iter().any(|s| {
+            matches!(s, Stmt::Loop(_) | Stmt::If { .. }) && dead.contains(&(s as *const Stmt))
+        }) {
+            return None;
+        }
+        let params: Vec<Var> = self.f.params.iter().map(|p| p.var).collect();
+        let mut out = self.shapes_of(&params);
+        for s in stmts {
+            if !dead.contains(&(s as *const Stmt)) {
+                out.extend(self.primal_stmts(std::slice::from_ref(s)));
+            } else if let Stmt::Loop(lp) = s
+                && let LoopKind::For { iter, .. } = &lp.kind
+                && let id = self.loop_id(lp)
+                && self.reversed.contains(&id)
+            {
+                // The reverse sweep walks its range.
+                let range = self.slot_name(Slot::Range(id));
+                out.extend(quote!(let #range = #iter;));
+            }
+        }
+        if let Tail::Branch(br) = &self.f.body.tail {
+            let n = first_value(&self.f.body).map_or(0, |v| {
+                let mut atoms = Vec::new();
+                v.flatten(&mut atoms);
+                atoms.len()
+            });
+            let payload =
+                |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
+                    let mut atoms = Vec::new();
+                    if let Some(v) = &l.value {
+                        v.flatten(&mut atoms);
+                    }
+                    atoms.iter().map(moved).collect()
+                };
+            out.extend(self.branch_expr(br, n, &payload).1);
+        }
+        Some(out)
+    }
+
+    /// The top-level statements the gradient does not need: pure ones (primitives,
+    /// index arithmetic) and whole loops and branches of them, whose results neither
+    /// the reverse sweep nor a needed statement reads. Calls, constants and lifted
+    /// transforms always run (they may have effects).
+    fn dead_for_grad(&self) -> HashSet<*const Stmt> {
+        let mut live: HashSet<Var> = HashSet::new();
+        for s in &self.reads_all {
+            match s {
+                Slot::Var(v) | Slot::Shape(v) | Slot::Pb(v) => {
+                    live.insert(*v);
+                }
+                Slot::Tape(_) | Slot::Br(_) | Slot::Range(_) => {}
+            }
+        }
+        if let Tail::Branch(br) = &self.f.body.tail {
+            self.reads_of_branching(br, &mut live);
+        }
+        let mut dead = HashSet::new();
+        for s in self.f.body.stmts.iter().rev() {
+            let needed = match s {
+                Stmt::Let { dst, op, .. } => live.contains(dst) || !self.pure(op),
+                Stmt::If { branch, phis } => {
+                    phis.iter().any(|p| live.contains(p))
+                        || self
+                            .br_ids
+                            .get(&(branch as *const _))
+                            .is_none_or(|id| self.reads_all.contains(&Slot::Br(*id)))
+                        || branch.arms.iter().any(|a| self.effects(a))
+                }
+                Stmt::Loop(lp) => {
+                    lp.carries.iter().any(|c| live.contains(&c.out))
+                        || lp.value.is_some_and(|v| live.contains(&v))
+                        || self
+                            .loop_ids
+                            .get(&(lp as *const _))
+                            .is_none_or(|id| self.taped.contains(id))
+                        || self.effects(&lp.body)
+                }
+                Stmt::LetTuple { .. } | Stmt::LetLifted(_) => true,
+            };
+            if needed {
+                self.reads_of_stmt(s, &mut live);
+            } else {
+                dead.insert(s as *const Stmt);
+            }
+        }
+        dead
+    }
+
+    /// Whether an operation is pure, so the gradient may skip it.
+    fn pure(&self, op: &Op) -> bool {
+        match op {
+            Op::Prim { .. } | Op::MapV { .. } | Op::Build { .. } => true,
+            Op::Const(t) => self.index_arithmetic(t).is_some(),
+            Op::Call(_) | Op::Lifted(_) => false,
+        }
+    }
+
+    /// Whether a block has a statement that must run.
+    fn effects(&self, b: &Block) -> bool {
+        let stmt = |s: &Stmt| match s {
+            Stmt::Let { op, .. } => !self.pure(op),
+            Stmt::If { branch, .. } => branch.arms.iter().any(|a| self.effects(a)),
+            Stmt::Loop(lp) => self.effects(&lp.body),
+            Stmt::LetTuple { .. } | Stmt::LetLifted(_) => true,
+        };
+        b.stmts.iter().any(stmt)
+            || matches!(&b.tail, Tail::Branch(br) if br.arms.iter().any(|a| self.effects(a)))
+    }
+
+    /// Marks every variable a statement reads (all of it, nested blocks included).
+    fn reads_of_stmt(&self, s: &Stmt, live: &mut HashSet<Var>) {
+        let atom = |a: &Atom, live: &mut HashSet<Var>| {
+            if let Some(v) = a.var() {
+                live.insert(v);
+            }
+        };
+        match s {
+            Stmt::Let { op, .. } => match op {
+                Op::Prim {
+                    operands, consts, ..
+                } => {
+                    operands.iter().for_each(|a| atom(&a.atom, live));
+                    consts.iter().for_each(|c| atom(c, live));
+                }
+                Op::Call(c) => self.reads_of_call(c, live),
+                Op::Const(t) | Op::Lifted(t) => self.reads_of_tokens(t, live),
+                Op::Build { reads, .. } => live.extend(reads.iter().copied()),
+                Op::MapV { recv, closure, .. } => {
+                    atom(recv, live);
+                    live.extend(closure.free.iter().map(|(_, outer)| *outer));
+                }
+            },
+            Stmt::LetTuple { call, .. } => self.reads_of_call(call, live),
+            Stmt::LetLifted(l) => {
+                self.reads_of_tokens(&l.tokens, live);
+                atom(&l.scope, live);
+                l.args.iter().for_each(|a| atom(&a.atom, live));
+            }
+            Stmt::If { branch, .. } => self.reads_of_branching(branch, live),
+            Stmt::Loop(lp) => {
+                if let LoopKind::For { iter, .. } = &lp.kind {
+                    self.reads_of_tokens(iter, live);
+                }
+                lp.carries.iter().for_each(|c| atom(&c.init, live));
+                self.reads_of_block(&lp.body, live);
+            }
+        }
+    }
+
+    fn reads_of_call(&self, c: &Call, live: &mut HashSet<Var>) {
+        if let Callee::Method { receiver, .. } = &c.callee
+            && let Some(v) = receiver.atom.var()
+        {
+            live.insert(v);
+        }
+        live.extend(c.args.iter().filter_map(|a| a.atom.var()));
+    }
+
+    fn reads_of_branching(&self, br: &Branching, live: &mut HashSet<Var>) {
+        match &br.kind {
+            BranchKind::If { cond } => self.reads_of_tokens(cond, live),
+            BranchKind::Match {
+                scrutinee, pats, ..
+            } => {
+                self.reads_of_tokens(scrutinee, live);
+                pats.iter().for_each(|p| self.reads_of_tokens(p, live));
+            }
+        }
+        br.arms.iter().for_each(|a| self.reads_of_block(a, live));
+    }
+
+    fn reads_of_block(&self, b: &Block, live: &mut HashSet<Var>) {
+        b.stmts.iter().for_each(|s| self.reads_of_stmt(s, live));
+        each_leaf(b, &mut |l| {
+            let mut atoms = Vec::new();
+            if let Some(v) = &l.value {
+                v.flatten(&mut atoms);
+            }
+            atoms.extend(l.carries.iter().cloned());
+            live.extend(atoms.iter().filter_map(Atom::var));
+        });
+        if let Tail::Branch(br) = &b.tail {
+            self.reads_of_branching(br, live);
+        }
+    }
+
+    /// The variables that tokens emitted as written name (every variable of that
+    /// name: a conservative answer).
+    fn reads_of_tokens(&self, t: &TokenStream, live: &mut HashSet<Var>) {
+        for tt in t.clone() {
+            match tt {
+                proc_macro2::TokenTree::Ident(i) => {
+                    for (k, info) in self.f.vars.iter().enumerate() {
+                        if info.name == i {
+                            live.insert(Var(k as u32));
+                        }
+                    }
+                }
+                proc_macro2::TokenTree::Group(g) => self.reads_of_tokens(&g.stream(), live),
+                _ => {}
+            }
         }
     }
 
@@ -389,8 +625,41 @@ impl<'a> Gen<'a> {
                 return name;
             }
         }
+        // Index arithmetic on loop variables (`i + 1`): recomputed in a loop's
+        // reverse sweep from the loop variables rather than saved.
+        if let Some(Op::Const(t)) = self.defs.get(&v)
+            && r.in_loop
+            && let Some(vars) = self.index_arithmetic(t)
+        {
+            if r.remat.insert(v) {
+                for u in vars {
+                    self.read_var(r, u);
+                }
+                r.code.push(quote!(let #name = #t;));
+            }
+            return name;
+        }
         r.reads.insert(Slot::Var(v));
         name
+    }
+
+    /// If `t` is integer arithmetic on loop variables and integer literals (`i + 1`,
+    /// `2 * i - 1`), the loop variables it reads.
+    fn index_arithmetic(&self, t: &TokenStream) -> Option<Vec<Var>> {
+        let mut vars = Vec::new();
+        for tt in t.clone() {
+            match tt {
+                proc_macro2::TokenTree::Ident(i) => {
+                    vars.push((*self.loop_vars.get(&i.to_string())?)?);
+                }
+                proc_macro2::TokenTree::Literal(l) => {
+                    syn::parse2::<syn::LitInt>(l.to_token_stream()).ok()?;
+                }
+                proc_macro2::TokenTree::Punct(p) if "+-*/".contains(p.as_char()) => {}
+                _ => return None,
+            }
+        }
+        Some(vars)
     }
 
     fn read_atom(&self, r: &mut Rev, a: &Atom) -> TokenStream {
@@ -746,6 +1015,16 @@ impl<'a> Gen<'a> {
                 quote!(&#y)
             }
             Read::Shape(j) => match &operands[*j].atom {
+                // A scalar operand of a scalar elementwise result has the type of the
+                // result's cotangent: its shape (a zero-sized value) comes from that.
+                Atom::Var(v)
+                    if rule.elementwise
+                        && self.scalar[v.0 as usize]
+                        && self.scalar[dst.0 as usize] =>
+                {
+                    let bar = self.bar(dst);
+                    quote!(&::adjoint::__private::shape_of(&#bar))
+                }
                 Atom::Var(v) if read_values.contains(v) || r.reads.contains(&Slot::Var(*v)) => {
                     let x = self.read_var(r, *v);
                     quote!(&::adjoint::__private::shape_of(&#x))
@@ -886,8 +1165,20 @@ impl<'a> Gen<'a> {
         if sub.code.is_empty() || (carries.is_empty() && sub.outer.is_empty()) {
             return;
         }
-        self.taped.insert(id);
-        let record = sub.split_reads(r);
+        let mut record = sub.split_reads(r);
+        // A `for` over a range that runs every iteration (no `break`) is walked
+        // backwards: its variables need no record.
+        let range = match &lp.kind {
+            LoopKind::For { pat, iter, binds } if is_range(iter) && !breaks(&lp.body) => {
+                record.retain(|s| !matches!(s, Slot::Var(v) if binds.contains(v)));
+                self.reversed.insert(id);
+                Some(pat)
+            }
+            _ => None,
+        };
+        if range.is_none() || !record.is_empty() {
+            self.taped.insert(id);
+        }
         self.reads_all.extend(sub.reads.iter().copied());
         self.records
             .insert(&lp.body as *const Block, record.clone());
@@ -909,11 +1200,24 @@ impl<'a> Gen<'a> {
                 r.outer.insert(v);
             }
         }
-        let tape = self.read_slot(r, Slot::Tape(id));
         let names: Vec<TokenStream> = record.iter().map(|s| self.slot_name(*s)).collect();
         let code = &sub.code;
-        r.code
-            .push(quote!(for (#(#names,)*) in #tape.into_iter().rev() { #(#code)* }));
+        let head = match range {
+            Some(pat) => {
+                let range = self.read_slot(r, Slot::Range(id));
+                if record.is_empty() {
+                    quote!(for #pat in #range.rev())
+                } else {
+                    let tape = self.read_slot(r, Slot::Tape(id));
+                    quote!(for (#pat, (#(#names,)*)) in #range.rev().zip(#tape.into_iter().rev()))
+                }
+            }
+            None => {
+                let tape = self.read_slot(r, Slot::Tape(id));
+                quote!(for (#(#names,)*) in #tape.into_iter().rev())
+            }
+        };
+        r.code.push(quote!(#head { #(#code)* }));
         for (c, bar) in carries.iter().zip(&carry_bars) {
             self.contribute(r, &c.init, bar.to_token_stream());
         }
@@ -1276,6 +1580,16 @@ impl<'a> Gen<'a> {
         }
         let value = lp.value.map(|v| self.name(v).clone());
         let head = match &lp.kind {
+            LoopKind::For { pat, iter, .. } if self.reversed.contains(&id) => {
+                let range = self.slot_name(Slot::Range(id));
+                out.extend(quote!(let #range = #iter;));
+                if taped {
+                    out.extend(quote! {
+                        let mut #tape = ::std::vec::Vec::with_capacity(::core::iter::Iterator::size_hint(&#range).0);
+                    });
+                }
+                quote!(for #pat in ::core::clone::Clone::clone(&#range))
+            }
             LoopKind::For { pat, iter, .. } => {
                 if taped {
                     let it = format_ident!("__iter{}", id);
@@ -1494,30 +1808,103 @@ fn mapv_pullback(closure: &Func) -> TokenStream {
     })
 }
 
+/// Whether `iter` is a range (`a..b`, `a..=b`): cloned, it can be walked again,
+/// backwards.
+fn is_range(iter: &TokenStream) -> bool {
+    let mut e = match syn::parse2::<syn::Expr>(iter.clone()) {
+        Ok(e) => e,
+        Err(_) => return false,
+    };
+    while let syn::Expr::Paren(p) = e {
+        e = *p.expr;
+    }
+    matches!(e, syn::Expr::Range(r) if r.start.is_some() && r.end.is_some())
+}
+
+/// Whether a loop body may `break`.
+fn breaks(b: &Block) -> bool {
+    match &b.tail {
+        Tail::Leaf(l) => l.kind == LeafKind::Break,
+        Tail::Branch(br) => br.arms.iter().any(breaks),
+    }
+}
+
+/// Calls `f` with every variable a `for` loop binds.
+fn collect_loop_vars(b: &Block, f: &mut dyn FnMut(Var)) {
+    for s in &b.stmts {
+        match s {
+            Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| collect_loop_vars(a, f)),
+            Stmt::Loop(lp) => {
+                if let LoopKind::For { binds, .. } = &lp.kind {
+                    binds.iter().for_each(|v| f(*v));
+                }
+                collect_loop_vars(&lp.body, f);
+            }
+            _ => {}
+        }
+    }
+    if let Tail::Branch(br) = &b.tail {
+        br.arms.iter().for_each(|a| collect_loop_vars(a, f));
+    }
+}
+
 /// Whether a slot belongs to the block whose locals are `local`. A tape or a branch
 /// record is only ever read by the block that defines it.
 fn slot_local(s: &Slot, local: &HashSet<Var>) -> bool {
     match s {
         Slot::Var(v) | Slot::Pb(v) | Slot::Shape(v) => local.contains(v),
-        Slot::Tape(_) | Slot::Br(_) => true,
+        Slot::Tape(_) | Slot::Br(_) | Slot::Range(_) => true,
     }
 }
 
-/// The variables that are float scalars computed elementwise: element reads, scalar
-/// parameters, and elementwise primitives of those (to a fixed point).
+/// The variables that are float scalars: scalar parameters and `let x: f64`, element
+/// reads, elementwise primitives of scalars, and the loop carries and branch values
+/// that are scalars on every path.
+///
+/// Carries and branch values are assumed scalar when they start from one, and the
+/// assumption is dropped where some path gives a non-scalar, until nothing changes
+/// (a greatest fixed point, so a loop-carried sum `s = s + x[i]` is a scalar).
 pub(crate) fn scalars(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
-    let mut scalar = vec![false; f.vars.len()];
+    let mut known = vec![false; f.vars.len()];
     for p in &f.params {
-        scalar[p.var.0 as usize] = p.scalar;
+        known[p.var.0 as usize] = p.scalar;
     }
     for (i, v) in f.vars.iter().enumerate() {
         // `let p: f64 = ..`
         if let Some(syn::Type::Path(t)) = &v.ty
             && (t.path.is_ident("f64") || t.path.is_ident("f32"))
         {
-            scalar[i] = true;
+            known[i] = true;
         }
     }
+    let mut joins = Vec::new();
+    collect_joins(&f.body, &mut joins);
+    let mut assumed: HashSet<Var> = joins.iter().map(|j| j.0).collect();
+    loop {
+        let mut scalar = known.clone();
+        for v in &assumed {
+            scalar[v.0 as usize] = true;
+        }
+        derive_scalars(defs, &mut scalar);
+        let is = |a: &Atom| match a {
+            Atom::Var(v) => scalar[v.0 as usize],
+            Atom::Lit(t) => is_float_literal(t),
+        };
+        let before = assumed.len();
+        assumed.retain(|v| {
+            joins
+                .iter()
+                .filter(|j| j.0 == *v)
+                .all(|j| j.1.iter().all(&is))
+        });
+        if assumed.len() == before {
+            return scalar;
+        }
+    }
+}
+
+/// Elementwise primitives of scalars are scalars (to a fixed point).
+fn derive_scalars(defs: &HashMap<Var, &Op>, scalar: &mut [bool]) {
     let mut changed = true;
     while changed {
         changed = false;
@@ -1540,7 +1927,60 @@ pub(crate) fn scalars(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
             }
         }
     }
-    scalar
+}
+
+/// Every variable where values join (a loop carry, a branch's value), with the
+/// atoms that flow into it.
+fn collect_joins(b: &Block, out: &mut Vec<(Var, Vec<Atom>)>) {
+    let leaf_atoms = |blk: &Block, k: usize, carries_only: bool| {
+        let mut atoms = Vec::new();
+        each_leaf(blk, &mut |l| {
+            let mut all = Vec::new();
+            if !carries_only && let Some(v) = &l.value {
+                v.flatten(&mut all);
+            }
+            all.extend(l.carries.iter().cloned());
+            if let Some(a) = all.get(k) {
+                atoms.push(a.clone());
+            }
+        });
+        atoms
+    };
+    for s in &b.stmts {
+        match s {
+            Stmt::If { branch, phis } => {
+                for (k, phi) in phis.iter().enumerate() {
+                    let atoms = branch
+                        .arms
+                        .iter()
+                        .flat_map(|a| leaf_atoms(a, k, false))
+                        .collect();
+                    out.push((*phi, atoms));
+                }
+                branch.arms.iter().for_each(|a| collect_joins(a, out));
+            }
+            Stmt::Loop(lp) => {
+                for (k, c) in lp.carries.iter().enumerate() {
+                    let mut atoms = leaf_atoms(&lp.body, k, true);
+                    atoms.push(c.init.clone());
+                    out.push((c.inner, atoms));
+                    out.push((c.out, vec![Atom::Var(c.inner)]));
+                }
+                collect_joins(&lp.body, out);
+            }
+            _ => {}
+        }
+    }
+    if let Tail::Branch(br) = &b.tail {
+        br.arms.iter().for_each(|a| collect_joins(a, out));
+    }
+}
+
+fn each_leaf(b: &Block, f: &mut dyn FnMut(&Leaf)) {
+    match &b.tail {
+        Tail::Leaf(l) => f(l),
+        Tail::Branch(br) => br.arms.iter().for_each(|a| each_leaf(a, f)),
+    }
 }
 
 pub(crate) fn collect_defs<'a>(b: &'a Block, defs: &mut HashMap<Var, &'a Op>) {

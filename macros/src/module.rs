@@ -443,7 +443,7 @@ fn body_jvp(sig: &Signature, params: &[ParamInfo], body: &syn::Block, ret: &Type
             &public,
             &jvp_sig,
             &jvp_params,
-            body,
+            body.into(),
             true,
             Flavor::Params,
             false,

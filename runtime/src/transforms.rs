@@ -12,6 +12,10 @@ use crate::value::Value;
 pub trait ScalarOutput: Value {
     /// The cotangent `1`.
     fn one(&self) -> Self::Cot;
+    /// The cotangent `1`.
+    fn unit() -> Self::Cot
+    where
+        Self: Sized;
 }
 
 impl ScalarOutput for f32 {
@@ -19,11 +23,19 @@ impl ScalarOutput for f32 {
     fn one(&self) -> f32 {
         1.0
     }
+    #[inline(always)]
+    fn unit() -> f32 {
+        1.0
+    }
 }
 
 impl ScalarOutput for f64 {
     #[inline(always)]
     fn one(&self) -> f64 {
+        1.0
+    }
+    #[inline(always)]
+    fn unit() -> f64 {
         1.0
     }
 }
@@ -39,12 +51,20 @@ impl ScalarOutput for f64 {
 pub trait GradOf<O>: Value {
     /// The cotangent `1`.
     fn grad_seed(&self) -> Self::Cot;
+    /// The cotangent `1`, without the value (for a gradient that never computes it).
+    fn seed() -> Self::Cot
+    where
+        Self: Sized;
 }
 
 impl<T: ScalarOutput> GradOf<T> for T {
     #[inline(always)]
     fn grad_seed(&self) -> T::Cot {
         self.one()
+    }
+    #[inline(always)]
+    fn seed() -> T::Cot {
+        T::unit()
     }
 }
 

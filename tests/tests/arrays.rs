@@ -149,6 +149,43 @@ fn slices_rows_columns_and_element_reads() {
     check_grad(f, &(x, v), &g, tol()).unwrap();
 }
 
+/// Loops over ranges run their reverse sweep by walking the range backwards: nested,
+/// inclusive, with `continue`, with index arithmetic on both loops' variables. A loop
+/// that may `break` keeps its iterations on a stack instead.
+#[differentiable]
+fn ranges(x: &Array1<f64>) -> f64 {
+    let n = x.len();
+    let mut s = 0.0;
+    for i in 0..n - 1 {
+        for j in (i + 1)..=(n - 1) {
+            if j == i + 2 {
+                continue;
+            }
+            s = s + x[i] * x[j] * (j - i) as f64;
+        }
+        let t = x[i + 1] - x[2 * i / 2];
+        s += t * t;
+    }
+    let mut acc = 0.0;
+    for k in 0..n {
+        acc = acc + x[k].sin();
+        if acc > 1.5 {
+            break;
+        }
+    }
+    s + acc
+}
+
+#[test]
+fn range_loops_walked_backwards() {
+    let x = pattern(ndarray::Ix1(6), 12);
+    let g = grad!(ranges)(&x);
+    check_grad(|x: &Array1<f64>| ranges(x), &x, &g, tol()).unwrap();
+    let big = x.mapv(|v| v + 1.0);
+    let g = grad!(ranges)(&big);
+    check_grad(|x: &Array1<f64>| ranges(x), &big, &g, tol()).unwrap();
+}
+
 #[differentiable]
 fn joins(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
     let c = concatenate(Axis(0), &[a.view(), b.view()]).unwrap(); // (5, 3)
