@@ -232,7 +232,13 @@ fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
             break;
         }
         items.extend(companions(
-            cx, &f.vis, &f.sig, &params, &f.block, false, *which,
+            cx,
+            &f.vis,
+            &f.sig,
+            &params,
+            &f.block,
+            Owner::Function,
+            *which,
         ));
     }
     let jvp = if jvp && !cx.has_errors() {
@@ -310,7 +316,7 @@ pub(crate) fn companions(
     sig: &Signature,
     params: &[ParamInfo],
     body: &syn::Block,
-    method: bool,
+    owner: Owner,
     which: Companions,
 ) -> Option<TokenStream> {
     let params_active = which == Companions::Params;
@@ -342,7 +348,7 @@ pub(crate) fn companions(
             sig,
             params,
             owned_body,
-            method,
+            owner,
             Flavor::Params,
         ));
     }
@@ -352,7 +358,7 @@ pub(crate) fn companions(
             sig,
             params,
             owned_body,
-            method,
+            owner,
             Flavor::Owned,
         ));
     }
@@ -363,13 +369,13 @@ pub(crate) fn companions(
         },
         grad: g.grad_primal.clone().map(|p| (p, reverse.clone())),
     };
-    let mut out = companion_items(vis, sig, params, borrowing, method, Flavor::Borrowing);
+    let mut out = companion_items(vis, sig, params, borrowing, owner, Flavor::Borrowing);
     out.extend(companion_items(
         vis,
         sig,
         params,
         owned_body,
-        method,
+        owner,
         Flavor::Owned,
     ));
     Some(out)
@@ -435,29 +441,28 @@ impl From<TokenStream> for Bodies {
     }
 }
 
+/// What companions belong to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// A free function.
+    Function,
+    /// A method (`self.__f_vjp(..)`).
+    Method,
+    /// A method that exists only as its companions (a module body's JVP).
+    Hidden,
+}
+
 /// `__f_vjp` with the given body, and `__f_grad`, `__f_value_and_grad` on top of it.
 pub(crate) fn companion_items(
     vis: &syn::Visibility,
     sig: &Signature,
     params: &[ParamInfo],
     bodies: impl Into<Bodies>,
-    method: bool,
+    owner: Owner,
     flavor: Flavor,
 ) -> TokenStream {
-    companion_items_for(vis, sig, params, bodies.into(), method, flavor, true)
-}
-
-/// [`companion_items`]; `real` says whether `sig` names a function that exists (the
-/// companions then mention it, so it is not dead code).
-pub(crate) fn companion_items_for(
-    vis: &syn::Visibility,
-    sig: &Signature,
-    params: &[ParamInfo],
-    bodies: Bodies,
-    method: bool,
-    flavor: Flavor,
-    real: bool,
-) -> TokenStream {
+    let bodies = bodies.into();
+    let method = owner != Owner::Function;
     let vjp_body = bodies.vjp;
     let var_cots = flavor == Flavor::Params;
     let owned = flavor != Flavor::Borrowing;
@@ -617,7 +622,7 @@ pub(crate) fn companion_items_for(
     });
     // The companions stand for the function: a function only ever differentiated is
     // not dead code.
-    let mention = (real
+    let mention = (owner != Owner::Hidden
         && sig.generics.type_params().next().is_none()
         && sig.generics.const_params().next().is_none())
     .then(|| {
@@ -681,7 +686,7 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
                 &f.sig,
                 &params,
                 body.clone(),
-                false,
+                Owner::Function,
                 Flavor::Borrowing,
             );
             out.extend(companion_items(
@@ -689,7 +694,7 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
                 &f.sig,
                 &params,
                 body,
-                false,
+                Owner::Function,
                 Flavor::Owned,
             ));
             out
@@ -866,7 +871,11 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
                 &m.sig,
                 &params,
                 &m.block,
-                m.sig.receiver().is_some(),
+                if m.sig.receiver().is_some() {
+                    Owner::Method
+                } else {
+                    Owner::Function
+                },
                 *which,
             ) {
                 extra.push(c);

@@ -7,7 +7,7 @@
 
 use crate::ctxt::Ctxt;
 use crate::expand::{
-    Companions, Flavor, ParamInfo, companion_items, companion_items_for, companions, param_name,
+    Companions, Flavor, Owner, ParamInfo, companion_items, companions, param_name,
 };
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -73,7 +73,7 @@ pub fn module_items(
         &body_sig,
         params,
         &body,
-        true,
+        Owner::Method,
         Companions::Owned,
     ) else {
         return TokenStream::new();
@@ -84,7 +84,7 @@ pub fn module_items(
         &body_sig,
         params,
         &body,
-        true,
+        Owner::Method,
         Companions::Params,
     ) else {
         return TokenStream::new();
@@ -103,74 +103,24 @@ pub fn module_items(
         __out
     });
 
-    // `__call_in`: the body in the scope a call site names (see `ModuleCalls`).
-    let mut named_sig = m.sig.clone();
-    named_sig.ident = format_ident!("__call_in");
-    named_sig.inputs.insert(
-        2,
-        syn::parse_quote!(__child: ::adjoint::scope::ChildName<'_>),
-    );
-    let mut named_params: Vec<ParamInfo> = params.to_vec();
-    named_params.insert(
-        1,
-        ParamInfo {
-            pat: syn::parse_quote!(__child),
-            ty: syn::parse_quote!(::adjoint::scope::ChildName<'_>),
-            active: false,
-            scope: false,
-        },
-    );
-
     let mut wrappers = TokenStream::new();
     for (flavor, companion) in [
         (Flavor::Owned, &body_vjp),
         (Flavor::Params, &body_vjp_params),
     ] {
-        let var_cots = flavor == Flavor::Params;
-        wrappers.extend(companion_items(
-            &public,
+        wrappers.extend(scope_wrappers(
             &m.sig,
             params,
-            quote! {
-                #scope.enter_auto(#type_name);
-                let __out = self.#companion(#(#names),*);
-                #scope.exit();
-                __out
-            },
-            true,
+            &type_name,
+            companion,
             flavor,
-        ));
-        // The body's pullback, with a `()` cotangent for the child's name.
-        let cs: Vec<proc_macro2::Ident> = (0..names.len())
-            .map(|i| format_ident!("__c{}", i))
-            .collect();
-        let (first, others) = (&cs[0], &cs[1..]);
-        let (vars_pat, vars_out) = if var_cots {
-            (quote!(__v,), quote!(__v,))
-        } else {
-            (TokenStream::new(), TokenStream::new())
-        };
-        wrappers.extend(companion_items(
-            &public,
-            &named_sig,
-            &named_params,
-            quote! {
-                #scope.enter_child(__child);
-                let (__out, __pb) = self.#companion(#(#names),*);
-                #scope.exit();
-                (__out, move |__ct| {
-                    let (#vars_pat #(#cs,)*) = __pb(__ct);
-                    (#vars_out #first, (), #(#others,)*)
-                })
-            },
-            true,
-            flavor,
+            Owner::Method,
         ));
     }
 
     // Forward mode, for second order through a lifted transform: the body's JVP along
     // the inputs, and its VJP with parameters differentiated (`__call_body_jvp`).
-    let jvp_items = body_jvp(&m.sig, params, &body, &ret);
+    let jvp_items = body_jvp(&m.sig, params, &body, &ret, &type_name);
 
     // `model.apply(variables, ..).unwrap()` inside a transform: the gradient with
     // respect to the variables (the training path) and the inputs.
@@ -204,7 +154,7 @@ pub fn module_items(
                 (__v, #(#cs,)*)
             })
         },
-        true,
+        Owner::Method,
         Flavor::Owned,
     );
 
@@ -265,6 +215,88 @@ pub fn module_items(
             ::core::result::Result::Ok((__out, __mutated))
         }
     }
+}
+
+/// The companions of `call` and `__call_in` of the given flavor, around the body's
+/// companion `inner`: `call` runs it in the module's next auto-named scope,
+/// `__call_in(cx, child, ..)` in the scope `child` names (see [`ModuleCalls`]).
+/// `sig` and `params` are `call`'s (or its JVP's), whose name is replaced.
+fn scope_wrappers(
+    sig: &Signature,
+    params: &[ParamInfo],
+    type_name: &str,
+    inner: &syn::Ident,
+    flavor: Flavor,
+    owner: Owner,
+) -> TokenStream {
+    let public: syn::Visibility = syn::parse_quote!(pub);
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let scope = &names[0];
+    // `call`'s own name stays; a JVP's wrappers are named after it (`__call_jvp`).
+    let suffix = sig
+        .ident
+        .to_string()
+        .strip_prefix("__call_body")
+        .map(str::to_string);
+    let mut auto_sig = sig.clone();
+    let mut named_sig = sig.clone();
+    match &suffix {
+        Some(suffix) => {
+            auto_sig.ident = format_ident!("__call{}", suffix);
+            named_sig.ident = format_ident!("__call_in{}", suffix);
+        }
+        None => named_sig.ident = format_ident!("__call_in"),
+    }
+    named_sig.inputs.insert(
+        2,
+        syn::parse_quote!(__child: ::adjoint::scope::ChildName<'_>),
+    );
+    let mut named_params: Vec<ParamInfo> = params.to_vec();
+    named_params.insert(
+        1,
+        ParamInfo {
+            pat: syn::parse_quote!(__child),
+            ty: syn::parse_quote!(::adjoint::scope::ChildName<'_>),
+            active: false,
+            scope: false,
+        },
+    );
+    let mut out = companion_items(
+        &public,
+        &auto_sig,
+        params,
+        quote! {
+            #scope.enter_auto(#type_name);
+            let __out = self.#inner(#(#names),*);
+            #scope.exit();
+            __out
+        },
+        owner,
+        flavor,
+    );
+    // The body's pullback, with a `()` cotangent for the child's name.
+    let cs: Vec<proc_macro2::Ident> = (0..names.len())
+        .map(|i| format_ident!("__c{}", i))
+        .collect();
+    let (first, others) = (&cs[0], &cs[1..]);
+    let vars = (flavor == Flavor::Params).then(|| quote!(__v,));
+    out.extend(companion_items(
+        &public,
+        &named_sig,
+        &named_params,
+        quote! {
+            #scope.enter_child(__child);
+            let (__out, __pb) = self.#inner(#(#names),*);
+            #scope.exit();
+            (__out, move |__ct| {
+                let (#vars #(#cs,)*) = __pb(__ct);
+                (#vars #first, (), #(#others,)*)
+            })
+        },
+        owner,
+        flavor,
+    ));
+    out
 }
 
 /// The name auto names start with: the type's last path segment (`Dense`).
@@ -377,7 +409,13 @@ pub(crate) fn scope_names(params: &[ParamInfo]) -> Vec<String> {
 /// `__call_body_jvp(&self, cx, xs.., dxs..) -> (R, R)` and its parameter-differentiating
 /// VJP, when forward mode covers the body (else nothing: second order through this
 /// module then reports `SecondOrderUnsupported`).
-fn body_jvp(sig: &Signature, params: &[ParamInfo], body: &syn::Block, ret: &Type) -> TokenStream {
+fn body_jvp(
+    sig: &Signature,
+    params: &[ParamInfo],
+    body: &syn::Block,
+    ret: &Type,
+    type_name: &str,
+) -> TokenStream {
     use crate::lower::{self, ParamSpec};
     let quiet = Ctxt::default();
     let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
@@ -439,35 +477,38 @@ fn body_jvp(sig: &Signature, params: &[ParamInfo], body: &syn::Block, ret: &Type
                 (__v, #(#zn,)* #(#dn,)*)
             })
         };
-        companion_items_for(
+        companion_items(
             &public,
             &jvp_sig,
             &jvp_params,
-            body.into(),
-            true,
+            body,
+            Owner::Hidden,
             Flavor::Params,
-            false,
         )
     };
-    let Some(jvp) = jvp else { return stub() };
-    let block: syn::Block = syn::parse_quote!({ #jvp });
-    let Some(vjp) = companions(
-        &quiet,
-        &public,
+    let jvp_vjp = jvp
+        .and_then(|jvp| {
+            let block: syn::Block = syn::parse_quote!({ #jvp });
+            companions(
+                &quiet,
+                &public,
+                &jvp_sig,
+                &jvp_params,
+                &block,
+                Owner::Hidden,
+                Companions::Params,
+            )
+        })
+        .unwrap_or_else(stub);
+    // What a parent's JVP calls for this module: `__call_jvp` and `__call_in_jvp`.
+    let body_jvp_vjp = crate::adjoint::companion_ident(&jvp_sig.ident, "vjp_params");
+    let wrappers = scope_wrappers(
         &jvp_sig,
         &jvp_params,
-        &block,
-        true,
-        Companions::Params,
-    ) else {
-        return stub();
-    };
-    let generics = &sig.generics;
-    let where_clause = &sig.generics.where_clause;
-    quote! {
-        #[doc(hidden)]
-        #[allow(clippy::all, unused_parens, unused_variables)]
-        pub fn __call_body_jvp #generics (&self, #(#inputs),*) -> (#ret, #ret) #where_clause #block
-        #vjp
-    }
+        type_name,
+        &body_jvp_vjp,
+        Flavor::Params,
+        Owner::Hidden,
+    );
+    quote!(#jvp_vjp #wrappers)
 }

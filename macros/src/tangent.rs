@@ -170,6 +170,54 @@ impl Tangent<'_> {
                         });
                         Some(quote!(let #decl = #recv.#m #generics(#(#args),*);))
                     }
+                    // A call along which nothing varies: as written.
+                    Op::Call(call) if !(self.varied)(*dst) => {
+                        let f = self.callee(&call.callee);
+                        let args = call.args.iter().map(|a| self.arg(a));
+                        Some(quote!(let #decl = #f(#(#args),*);))
+                    }
+                    // A submodule's call: its JVP, along the tangents of all its
+                    // arguments (a module's `call`, or `__call_in` with the child's name).
+                    Op::Call(call) if call.scoped == Scoped::Module => {
+                        let Callee::Method {
+                            receiver,
+                            name: m,
+                            generics,
+                        } = &call.callee
+                        else {
+                            return None;
+                        };
+                        let jvp = match m.to_string().as_str() {
+                            "call" => format_ident!("__call_jvp"),
+                            "__call_in" => format_ident!("__call_in_jvp"),
+                            _ => return None,
+                        };
+                        // The scope, the child's name: constants without tangents.
+                        let skip = if m == "call" { 1 } else { 2 };
+                        // Each tangent is passed as its primal is (`&x`, or `x`).
+                        let dots = call.args[skip..]
+                            .iter()
+                            .map(|a| {
+                                let v = a.atom.var().filter(|v| self.has_dot.contains(v))?;
+                                let d = dot_name(self.f.name(v));
+                                Some(if a.by_ref {
+                                    quote!(&#d)
+                                } else if self.refs.contains(&v) || self.scalar[v.0 as usize] {
+                                    quote!(#d)
+                                } else {
+                                    quote!(::core::clone::Clone::clone(&#d))
+                                })
+                            })
+                            .collect::<Option<Vec<_>>>()?;
+                        let recv = self.arg(receiver);
+                        let args: Vec<TokenStream> =
+                            call.args.iter().map(|a| self.arg(a)).collect();
+                        let dn = dot_name(&name);
+                        self.has_dot.insert(*dst);
+                        Some(
+                            quote!(let (#name, #dn) = #recv.#jvp #generics(#(#args,)* #(#dots),*);),
+                        )
+                    }
                     Op::Prim {
                         rule,
                         operands,
@@ -192,6 +240,31 @@ impl Tangent<'_> {
                 }
             }
             _ => None,
+        }
+    }
+
+    /// A call's argument as the user passed it (`&x` or `x`).
+    fn arg(&self, a: &Arg) -> TokenStream {
+        let x = self.atom(&a.atom);
+        if a.by_ref { quote!(&#x) } else { x }
+    }
+
+    /// What a call calls, as written.
+    fn callee(&self, c: &Callee) -> TokenStream {
+        match c {
+            Callee::Path {
+                prefix,
+                name,
+                generics,
+            } => quote!(#prefix #name #generics),
+            Callee::Method {
+                receiver,
+                name,
+                generics,
+            } => {
+                let r = self.arg(receiver);
+                quote!(#r.#name #generics)
+            }
         }
     }
 

@@ -666,6 +666,70 @@ fn gradient_penalty() {
     );
 }
 
+/// The physics-informed pattern: a field `u(x)` made of Dense layers, a loss on
+/// its input gradient `du/dx`, trained with respect to the layers' parameters.
+struct Field;
+
+#[differentiable]
+impl Field {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let h = Dense::new(8).call(cx, x).tanh();
+        Dense::new(1).call(cx, &h).sum()
+    }
+}
+
+struct Residual;
+
+#[differentiable]
+impl Residual {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (du,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), Field, x);
+        let r = &du - &no_grad(x.cos());
+        (&r * &r).mean().unwrap()
+    }
+}
+
+/// The same loss with the input gradient written out: `du/dx = ((1 - h²) w2ᵀ) w1ᵀ`.
+#[differentiable]
+fn residual_by_hand(
+    w1: &Array2<f64>,
+    b1: &Array1<f64>,
+    w2: &Array2<f64>,
+    #[no_grad] x: &Array2<f64>,
+) -> f64 {
+    let h = (x.dot(w1) + b1).tanh();
+    let du = ((1.0 - &h * &h) * &w2.t()).dot(&w1.t());
+    let r = &du - &x.cos();
+    (&r * &r).mean().unwrap()
+}
+
+#[test]
+fn second_order_through_submodules() {
+    let x = Array2::from_shape_fn((5, 2), |(i, j)| (i as f64 * 0.4 - j as f64 * 0.3).sin());
+    let vars = Residual.init(3, &x).unwrap();
+    assert_eq!(
+        vars.shapes(),
+        r#"{"params": {"Field_0": {"Dense_0": {"bias": [8], "kernel": [2, 8]}, "Dense_1": {"bias": [1], "kernel": [8, 1]}}}}"#
+    );
+    let (loss, grads) = value_and_grad!(|v: &Variables| Residual.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+
+    let read = |p: &str| vars.read::<ndarray::ArrayD<f64>>("params", p).unwrap();
+    let w1 = read("Field_0/Dense_0/kernel")
+        .into_dimensionality()
+        .unwrap();
+    let b1 = read("Field_0/Dense_0/bias").into_dimensionality().unwrap();
+    let w2 = read("Field_0/Dense_1/kernel")
+        .into_dimensionality()
+        .unwrap();
+    let (want, (gw1, gb1, gw2)) = value_and_grad!(residual_by_hand)(&w1, &b1, &w2, &x);
+    assert_close("loss", &scalar(loss), &scalar(want), 1e-12);
+    let got = |p: &str| grads.read::<ndarray::ArrayD<f64>>("params", p).unwrap();
+    assert_close("w1", &got("Field_0/Dense_0/kernel"), &gw1.into_dyn(), 1e-10);
+    assert_close("b1", &got("Field_0/Dense_0/bias"), &gb1.into_dyn(), 1e-10);
+    assert_close("w2", &got("Field_0/Dense_1/kernel"), &gw2.into_dyn(), 1e-10);
+}
+
 struct FooAuxOnly;
 
 #[differentiable]
