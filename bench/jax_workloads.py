@@ -1,4 +1,4 @@
-"""W1-W4 in JAX, `jit(value_and_grad)`, float64, one thread, with the Rust bench's inputs.
+"""W1-W5 in JAX, `jit(value_and_grad)`, float64, one thread, with the Rust bench's inputs.
 
 Run by `cargo run --release --manifest-path bench/Cargo.toml` when `python3 -c "import jax"`
 works (`pip install "jax[cpu]"`). Prints one JSON object per workload: the median
@@ -59,6 +59,18 @@ def rnn(w, u, b, xs):
     return jnp.sum(h * h)
 
 
+def field(w1, b1, w2, b2, w3, b3, x):
+    h1 = jnp.tanh(x @ w1 + b1)
+    h2 = jnp.tanh(h1 @ w2 + b2)
+    return jnp.sum(h2 @ w3 + b3)
+
+
+def pinn(w1, b1, w2, b2, w3, b3, x):
+    du = jax.grad(field, argnums=6)(w1, b1, w2, b2, w3, b3, x)
+    r = du - jnp.cos(x)
+    return jnp.mean(r * r)
+
+
 def workloads():
     x1 = pattern1(1000, 1, 1.5)
     yield "W1", rosenbrock, (0,), (x1,), 2000
@@ -71,6 +83,9 @@ def workloads():
         [[[((((t * 16 + i) * 32 + j) * 7919 % 1000) / 500.0 - 1.0) for j in range(32)] for i in range(16)] for t in range(50)]
     )
     yield "W4", rnn, (0, 1, 2), (pattern2(64, 64, 1, 0.15), pattern2(32, 64, 2, 0.2), pattern1(64, 3, 0.1), xs), 200
+    p5 = (pattern2(1, 32, 1, 0.8), pattern1(32, 2, 0.2), pattern2(32, 32, 3, 0.25), pattern1(32, 4, 0.1), pattern2(32, 1, 5, 0.3), pattern1(1, 6, 0.1))
+    x5 = jnp.array([[i * 3.0 / 127.0 - 1.5] for i in range(128)])
+    yield "W5", pinn, (0, 1, 2, 3, 4, 5), p5 + (x5,), 400
 
 
 def main():

@@ -18,15 +18,24 @@ fn t1(a: &Array1<f64>) -> Tensor<B, 1> {
 
 fn t2(a: &Array2<f64>) -> Tensor<B, 2> {
     let (r, c) = a.dim();
-    Tensor::from_data(TensorData::new(a.iter().copied().collect::<Vec<_>>(), [r, c]), &dev())
+    Tensor::from_data(
+        TensorData::new(a.iter().copied().collect::<Vec<_>>(), [r, c]),
+        &dev(),
+    )
 }
 
 fn t3(a: &Array3<f64>) -> Tensor<B, 3> {
     let (s, r, c) = a.dim();
-    Tensor::from_data(TensorData::new(a.iter().copied().collect::<Vec<_>>(), [s, r, c]), &dev())
+    Tensor::from_data(
+        TensorData::new(a.iter().copied().collect::<Vec<_>>(), [s, r, c]),
+        &dev(),
+    )
 }
 
-fn grad_of<const D: usize>(t: &Tensor<B, D>, g: &<B as burn::tensor::backend::AutodiffBackend>::Gradients) -> Vec<f64> {
+fn grad_of<const D: usize>(
+    t: &Tensor<B, D>,
+    g: &<B as burn::tensor::backend::AutodiffBackend>::Gradients,
+) -> Vec<f64> {
     match t.grad(g) {
         Some(g) => g.into_data().to_vec::<f64>().unwrap_or_default(),
         None => vec![0.0; t.shape().num_elements()],
@@ -40,7 +49,9 @@ pub struct Rosenbrock {
 
 impl Rosenbrock {
     pub fn new(x: &Array1<f64>) -> Self {
-        Rosenbrock { x: t1(x).require_grad() }
+        Rosenbrock {
+            x: t1(x).require_grad(),
+        }
     }
 
     pub fn grad(&self) -> Vec<Vec<f64>> {
@@ -65,10 +76,24 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(w: [&Array2<f64>; 3], b: [&Array1<f64>; 3], x: &Array2<f64>, target: &Array2<f64>, classify: bool) -> Self {
+    pub fn new(
+        w: [&Array2<f64>; 3],
+        b: [&Array1<f64>; 3],
+        x: &Array2<f64>,
+        target: &Array2<f64>,
+        classify: bool,
+    ) -> Self {
         Mlp {
-            w: [t2(w[0]).require_grad(), t2(w[1]).require_grad(), t2(w[2]).require_grad()],
-            b: [t1(b[0]).require_grad(), t1(b[1]).require_grad(), t1(b[2]).require_grad()],
+            w: [
+                t2(w[0]).require_grad(),
+                t2(w[1]).require_grad(),
+                t2(w[2]).require_grad(),
+            ],
+            b: [
+                t1(b[0]).require_grad(),
+                t1(b[1]).require_grad(),
+                t1(b[2]).require_grad(),
+            ],
             x: t2(x),
             target: t2(target),
             classify,
@@ -76,14 +101,18 @@ impl Mlp {
     }
 
     pub fn grad(&self) -> Vec<Vec<f64>> {
-        let layer = |h: Tensor<B, 2>, i: usize| h.matmul(self.w[i].clone()) + self.b[i].clone().unsqueeze::<2>();
+        let layer = |h: Tensor<B, 2>, i: usize| {
+            h.matmul(self.w[i].clone()) + self.b[i].clone().unsqueeze::<2>()
+        };
         let act = |t: Tensor<B, 2>| if self.classify { relu(t) } else { t.tanh() };
         let h1 = act(layer(self.x.clone(), 0));
         let h2 = act(layer(h1, 1));
         let out = layer(h2, 2);
         let loss = if self.classify {
             let rows = self.x.dims()[0] as f64;
-            (log_softmax(out, 1) * self.target.clone()).sum().mul_scalar(-1.0 / rows)
+            (log_softmax(out, 1) * self.target.clone())
+                .sum()
+                .mul_scalar(-1.0 / rows)
         } else {
             (out - self.target.clone()).powi_scalar(2).mean()
         };
@@ -109,7 +138,12 @@ pub struct Rnn {
 
 impl Rnn {
     pub fn new(w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>, xs: &Array3<f64>) -> Self {
-        Rnn { w: t2(w).require_grad(), u: t2(u).require_grad(), b: t1(b).require_grad(), xs: t3(xs) }
+        Rnn {
+            w: t2(w).require_grad(),
+            u: t2(u).require_grad(),
+            b: t1(b).require_grad(),
+            xs: t3(xs),
+        }
     }
 
     pub fn grad(&self) -> Vec<Vec<f64>> {
@@ -118,10 +152,17 @@ impl Rnn {
         let mut h = Tensor::<B, 2>::zeros([batch, hidden], &dev());
         for t in 0..steps {
             let xt: Tensor<B, 2> = self.xs.clone().narrow(0, t, 1).squeeze(0);
-            h = (h.matmul(self.w.clone()) + xt.matmul(self.u.clone()) + self.b.clone().unsqueeze::<2>()).tanh();
+            h = (h.matmul(self.w.clone())
+                + xt.matmul(self.u.clone())
+                + self.b.clone().unsqueeze::<2>())
+            .tanh();
         }
         let loss = h.powi_scalar(2).sum();
         let g = loss.backward();
-        vec![grad_of(&self.w, &g), grad_of(&self.u, &g), grad_of(&self.b, &g)]
+        vec![
+            grad_of(&self.w, &g),
+            grad_of(&self.u, &g),
+            grad_of(&self.b, &g),
+        ]
     }
 }

@@ -74,7 +74,13 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(w: [&Array2<f64>; 3], b: [&Array1<f64>; 3], x: &Array2<f64>, target: &Array2<f64>, classify: bool) -> Result<Self> {
+    pub fn new(
+        w: [&Array2<f64>; 3],
+        b: [&Array1<f64>; 3],
+        x: &Array2<f64>,
+        target: &Array2<f64>,
+        classify: bool,
+    ) -> Result<Self> {
         Ok(Mlp {
             w: [var2(w[0])?, var2(w[1])?, var2(w[2])?],
             b: [var1(b[0])?, var1(b[1])?, var1(b[2])?],
@@ -99,7 +105,12 @@ impl Mlp {
         } else {
             (out - &self.target)?.sqr()?.mean_all()?
         };
-        grads(&loss, &[&self.w[0], &self.b[0], &self.w[1], &self.b[1], &self.w[2], &self.b[2]])
+        grads(
+            &loss,
+            &[
+                &self.w[0], &self.b[0], &self.w[1], &self.b[1], &self.w[2], &self.b[2],
+            ],
+        )
     }
 }
 
@@ -112,8 +123,18 @@ pub struct Rnn {
 }
 
 impl Rnn {
-    pub fn new(w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>, xs: &Array3<f64>) -> Result<Self> {
-        Ok(Rnn { w: var2(w)?, u: var2(u)?, b: var1(b)?, xs: t3(xs)? })
+    pub fn new(
+        w: &Array2<f64>,
+        u: &Array2<f64>,
+        b: &Array1<f64>,
+        xs: &Array3<f64>,
+    ) -> Result<Self> {
+        Ok(Rnn {
+            w: var2(w)?,
+            u: var2(u)?,
+            b: var1(b)?,
+            xs: t3(xs)?,
+        })
     }
 
     pub fn grad(&self) -> Result<Vec<Vec<f64>>> {
@@ -122,7 +143,9 @@ impl Rnn {
         let mut h = Tensor::zeros((batch, hidden), DType::F64, &dev())?;
         for t in 0..steps {
             let xt = self.xs.get(t)?;
-            h = (h.matmul(&self.w)? + xt.matmul(&self.u)?)?.broadcast_add(&self.b)?.tanh()?;
+            h = (h.matmul(&self.w)? + xt.matmul(&self.u)?)?
+                .broadcast_add(&self.b)?
+                .tanh()?;
         }
         let loss = h.sqr()?.sum_all()?;
         grads(&loss, &[&self.w, &self.u, &self.b])

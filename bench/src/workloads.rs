@@ -8,18 +8,38 @@ use adjoint::rules::kernels;
 use ndarray::{Array1, Array2, Array3, Axis};
 use std::hint::black_box;
 
+/// `tanh` of every element in place, by adjoint's vectorising kernel (what the
+/// generated code uses).
+trait MapTanh {
+    fn map_tanh(self) -> Self;
+}
+
+impl MapTanh for Array2<f64> {
+    fn map_tanh(mut self) -> Self {
+        kernels::in_place::<kernels::Tanh, f64, ndarray::Ix2>(&mut self);
+        self
+    }
+}
+
 fn pattern2(r: usize, c: usize, seed: usize, scale: f64) -> Array2<f64> {
-    Array2::from_shape_fn((r, c), |(i, j)| ((((i * c + j) * 7919 + seed * 104_729) % 1000) as f64 / 500.0 - 1.0) * scale)
+    Array2::from_shape_fn((r, c), |(i, j)| {
+        ((((i * c + j) * 7919 + seed * 104_729) % 1000) as f64 / 500.0 - 1.0) * scale
+    })
 }
 
 fn pattern1(n: usize, seed: usize, scale: f64) -> Array1<f64> {
-    Array1::from_shape_fn(n, |i| (((i * 7919 + seed * 104_729) % 1000) as f64 / 500.0 - 1.0) * scale)
+    Array1::from_shape_fn(n, |i| {
+        (((i * 7919 + seed * 104_729) % 1000) as f64 / 500.0 - 1.0) * scale
+    })
 }
 
 fn assert_close(what: &str, a: &[f64], b: &[f64]) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0), "{what}[{i}]: adjoint {x}, hand-written {y}");
+        assert!(
+            (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+            "{what}[{i}]: adjoint {x}, hand-written {y}"
+        );
     }
 }
 
@@ -58,11 +78,19 @@ fn rosenbrock_grad_by_hand(x: &Array1<f64>) -> Array1<f64> {
 
 fn w1() -> Workload {
     let x = pattern1(1000, 1, 1.5);
-    assert_close("W1", &flat(&grad!(rosenbrock)(&x)), &flat(&rosenbrock_grad_by_hand(&x)));
+    assert_close(
+        "W1",
+        &flat(&grad!(rosenbrock)(&x)),
+        &flat(&rosenbrock_grad_by_hand(&x)),
+    );
     let burn = burn_peer::Rosenbrock::new(&x);
     assert_close("W1 burn", &burn.grad()[0], &flat(&grad!(rosenbrock)(&x)));
     let candle = candle_peer::Rosenbrock::new(&x).expect("candle W1");
-    assert_close("W1 candle", &candle.grad().expect("candle W1")[0], &flat(&grad!(rosenbrock)(&x)));
+    assert_close(
+        "W1 candle",
+        &candle.grad().expect("candle W1")[0],
+        &flat(&grad!(rosenbrock)(&x)),
+    );
     let (x1, x2, x3) = (x.clone(), x.clone(), x);
     let checksums = vec![checksum(&grad!(rosenbrock)(&x1))];
     Workload {
@@ -79,12 +107,12 @@ fn w1() -> Workload {
         primal: Box::new(move || {
             black_box(rosenbrock(black_box(&x3)));
         }),
-        candle: Box::new(move || {
+        candle: Some(Box::new(move || {
             black_box(candle.grad().expect("candle W1"));
-        }),
-        burn: Box::new(move || {
+        })),
+        burn: Some(Box::new(move || {
             black_box(burn.grad());
-        }),
+        })),
     }
 }
 
@@ -108,7 +136,14 @@ fn mlp_tanh(
     (&d * &d).mean().unwrap()
 }
 
-type MlpGrads = (Array2<f64>, Array1<f64>, Array2<f64>, Array1<f64>, Array2<f64>, Array1<f64>);
+type MlpGrads = (
+    Array2<f64>,
+    Array1<f64>,
+    Array2<f64>,
+    Array1<f64>,
+    Array2<f64>,
+    Array1<f64>,
+);
 
 #[allow(clippy::too_many_arguments)]
 fn mlp_tanh_grad_by_hand(
@@ -121,8 +156,8 @@ fn mlp_tanh_grad_by_hand(
     x: &Array2<f64>,
     t: &Array2<f64>,
 ) -> MlpGrads {
-    let h1 = (x.dot(w1) + b1).mapv(kernels::tanh);
-    let h2 = (h1.dot(w2) + b2).mapv(kernels::tanh);
+    let h1 = (x.dot(w1) + b1).map_tanh();
+    let h2 = (h1.dot(w2) + b2).map_tanh();
     let d = h2.dot(w3) + b3 - t;
     let gy = d * (2.0 / t.len() as f64);
     let gw3 = h2.t().dot(&gy);
@@ -155,34 +190,69 @@ fn w2() -> Workload {
     let bg = burn.grad();
     assert_close("W2 burn w1", &bg[0], &flat(&a.0));
     assert_close("W2 burn b3", &bg[5], &flat(&a.5));
-    let candle = candle_peer::Mlp::new([&p.0, &p.2, &p.4], [&p.1, &p.3, &p.5], &x, &t, false).expect("candle W2");
+    let candle = candle_peer::Mlp::new([&p.0, &p.2, &p.4], [&p.1, &p.3, &p.5], &x, &t, false)
+        .expect("candle W2");
     let cg = candle.grad().expect("candle W2");
     assert_close("W2 candle w1", &cg[0], &flat(&a.0));
     assert_close("W2 candle b3", &cg[5], &flat(&a.5));
     let (pa, pb, pc) = (p.clone(), p.clone(), p);
     let (xa, xb, xc) = (x.clone(), x.clone(), x);
     let (ta, tb, tc) = (t.clone(), t.clone(), t);
-    let checksums = vec![checksum(&a.0), checksum(&a.1), checksum(&a.2), checksum(&a.3), checksum(&a.4), checksum(&a.5)];
+    let checksums = vec![
+        checksum(&a.0),
+        checksum(&a.1),
+        checksum(&a.2),
+        checksum(&a.3),
+        checksum(&a.4),
+        checksum(&a.5),
+    ];
     Workload {
         name: "W2 MLP 2-32-32-1 tanh, batch 1",
         key: "W2",
         checksums,
         runs: 20_000,
         adjoint: Box::new(move || {
-            black_box(grad!(mlp_tanh)(&pa.0, &pa.1, &pa.2, &pa.3, &pa.4, &pa.5, black_box(&xa), &ta));
+            black_box(grad!(mlp_tanh)(
+                &pa.0,
+                &pa.1,
+                &pa.2,
+                &pa.3,
+                &pa.4,
+                &pa.5,
+                black_box(&xa),
+                &ta,
+            ));
         }),
         hand: Box::new(move || {
-            black_box(mlp_tanh_grad_by_hand(&pb.0, &pb.1, &pb.2, &pb.3, &pb.4, &pb.5, black_box(&xb), &tb));
+            black_box(mlp_tanh_grad_by_hand(
+                &pb.0,
+                &pb.1,
+                &pb.2,
+                &pb.3,
+                &pb.4,
+                &pb.5,
+                black_box(&xb),
+                &tb,
+            ));
         }),
         primal: Box::new(move || {
-            black_box(mlp_tanh(&pc.0, &pc.1, &pc.2, &pc.3, &pc.4, &pc.5, black_box(&xc), &tc));
+            black_box(mlp_tanh(
+                &pc.0,
+                &pc.1,
+                &pc.2,
+                &pc.3,
+                &pc.4,
+                &pc.5,
+                black_box(&xc),
+                &tc,
+            ));
         }),
-        candle: Box::new(move || {
+        candle: Some(Box::new(move || {
             black_box(candle.grad().expect("candle W2"));
-        }),
-        burn: Box::new(move || {
+        })),
+        burn: Some(Box::new(move || {
             black_box(burn.grad());
-        }),
+        })),
     }
 }
 
@@ -233,11 +303,19 @@ fn mlp_xent_grad_by_hand(
     let gw3 = h2.t().dot(&gl);
     let gb3 = gl.sum_axis(Axis(0));
     let mut gh2 = gl.dot(&w3.t());
-    gh2.zip_mut_with(&z2, |g, &z| if z <= 0.0 { *g = 0.0 });
+    gh2.zip_mut_with(&z2, |g, &z| {
+        if z <= 0.0 {
+            *g = 0.0
+        }
+    });
     let gw2 = h1.t().dot(&gh2);
     let gb2 = gh2.sum_axis(Axis(0));
     let mut gh1 = gh2.dot(&w2.t());
-    gh1.zip_mut_with(&z1, |g, &z| if z <= 0.0 { *g = 0.0 });
+    gh1.zip_mut_with(&z1, |g, &z| {
+        if z <= 0.0 {
+            *g = 0.0
+        }
+    });
     let gw1 = x.t().dot(&gh1);
     let gb1 = gh1.sum_axis(Axis(0));
     (gw1, gb1, gw2, gb2, gw3, gb3)
@@ -253,7 +331,10 @@ fn w3() -> Workload {
         pattern1(10, 6, 0.1),
     );
     let x = pattern2(128, 784, 7, 1.0);
-    let onehot = Array2::from_shape_fn((128, 10), |(i, j)| if (i * 7) % 10 == j { 1.0 } else { 0.0 });
+    let onehot = Array2::from_shape_fn(
+        (128, 10),
+        |(i, j)| if (i * 7) % 10 == j { 1.0 } else { 0.0 },
+    );
     let a = grad!(mlp_xent)(&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, &x, &onehot);
     let h = mlp_xent_grad_by_hand(&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, &x, &onehot);
     assert_close("W3 w1", &flat(&a.0), &flat(&h.0));
@@ -263,34 +344,69 @@ fn w3() -> Workload {
     let bg = burn.grad();
     assert_close("W3 burn w1", &bg[0], &flat(&a.0));
     assert_close("W3 burn b3", &bg[5], &flat(&a.5));
-    let candle = candle_peer::Mlp::new([&p.0, &p.2, &p.4], [&p.1, &p.3, &p.5], &x, &onehot, true).expect("candle W3");
+    let candle = candle_peer::Mlp::new([&p.0, &p.2, &p.4], [&p.1, &p.3, &p.5], &x, &onehot, true)
+        .expect("candle W3");
     let cg = candle.grad().expect("candle W3");
     assert_close("W3 candle w1", &cg[0], &flat(&a.0));
     assert_close("W3 candle b3", &cg[5], &flat(&a.5));
     let (pa, pb, pc) = (p.clone(), p.clone(), p);
     let (xa, xb, xc) = (x.clone(), x.clone(), x);
     let (ta, tb, tc) = (onehot.clone(), onehot.clone(), onehot);
-    let checksums = vec![checksum(&a.0), checksum(&a.1), checksum(&a.2), checksum(&a.3), checksum(&a.4), checksum(&a.5)];
+    let checksums = vec![
+        checksum(&a.0),
+        checksum(&a.1),
+        checksum(&a.2),
+        checksum(&a.3),
+        checksum(&a.4),
+        checksum(&a.5),
+    ];
     Workload {
         name: "W3 MLP 784-256-256-10 relu, batch 128, xent",
         key: "W3",
         checksums,
         runs: 60,
         adjoint: Box::new(move || {
-            black_box(grad!(mlp_xent)(&pa.0, &pa.1, &pa.2, &pa.3, &pa.4, &pa.5, black_box(&xa), &ta));
+            black_box(grad!(mlp_xent)(
+                &pa.0,
+                &pa.1,
+                &pa.2,
+                &pa.3,
+                &pa.4,
+                &pa.5,
+                black_box(&xa),
+                &ta,
+            ));
         }),
         hand: Box::new(move || {
-            black_box(mlp_xent_grad_by_hand(&pb.0, &pb.1, &pb.2, &pb.3, &pb.4, &pb.5, black_box(&xb), &tb));
+            black_box(mlp_xent_grad_by_hand(
+                &pb.0,
+                &pb.1,
+                &pb.2,
+                &pb.3,
+                &pb.4,
+                &pb.5,
+                black_box(&xb),
+                &tb,
+            ));
         }),
         primal: Box::new(move || {
-            black_box(mlp_xent(&pc.0, &pc.1, &pc.2, &pc.3, &pc.4, &pc.5, black_box(&xc), &tc));
+            black_box(mlp_xent(
+                &pc.0,
+                &pc.1,
+                &pc.2,
+                &pc.3,
+                &pc.4,
+                &pc.5,
+                black_box(&xc),
+                &tc,
+            ));
         }),
-        candle: Box::new(move || {
+        candle: Some(Box::new(move || {
             black_box(candle.grad().expect("candle W3"));
-        }),
-        burn: Box::new(move || {
+        })),
+        burn: Some(Box::new(move || {
             black_box(burn.grad());
-        }),
+        })),
     }
 }
 
@@ -305,16 +421,25 @@ fn rnn(w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>, #[no_grad] xs: &Array3
     (&h * &h).sum()
 }
 
-fn rnn_grad_by_hand(w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>, xs: &Array3<f64>) -> (Array2<f64>, Array2<f64>, Array1<f64>) {
+fn rnn_grad_by_hand(
+    w: &Array2<f64>,
+    u: &Array2<f64>,
+    b: &Array1<f64>,
+    xs: &Array3<f64>,
+) -> (Array2<f64>, Array2<f64>, Array1<f64>) {
     let steps = xs.len_of(Axis(0));
     let mut hs = Vec::with_capacity(steps + 1);
     hs.push(Array2::<f64>::zeros((xs.len_of(Axis(1)), w.nrows())));
     for t in 0..steps {
-        let h = (hs[t].dot(w) + xs.index_axis(Axis(0), t).dot(u) + b).mapv(kernels::tanh);
+        let h = (hs[t].dot(w) + xs.index_axis(Axis(0), t).dot(u) + b).map_tanh();
         hs.push(h);
     }
     let mut gh = &hs[steps] * 2.0;
-    let (mut gw, mut gu, mut gb) = (Array2::zeros(w.raw_dim()), Array2::zeros(u.raw_dim()), Array1::zeros(b.len()));
+    let (mut gw, mut gu, mut gb) = (
+        Array2::zeros(w.raw_dim()),
+        Array2::zeros(u.raw_dim()),
+        Array1::zeros(b.len()),
+    );
     for t in (0..steps).rev() {
         let h = &hs[t + 1];
         let gz = gh * (1.0 - h * h);
@@ -327,8 +452,14 @@ fn rnn_grad_by_hand(w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>, xs: &Arra
 }
 
 fn w4() -> Workload {
-    let (w, u, b) = (pattern2(64, 64, 1, 0.15), pattern2(32, 64, 2, 0.2), pattern1(64, 3, 0.1));
-    let xs = Array3::from_shape_fn((50, 16, 32), |(t, i, j)| ((((t * 16 + i) * 32 + j) * 7919 % 1000) as f64 / 500.0 - 1.0));
+    let (w, u, b) = (
+        pattern2(64, 64, 1, 0.15),
+        pattern2(32, 64, 2, 0.2),
+        pattern1(64, 3, 0.1),
+    );
+    let xs = Array3::from_shape_fn((50, 16, 32), |(t, i, j)| {
+        ((((t * 16 + i) * 32 + j) * 7919 % 1000) as f64 / 500.0 - 1.0)
+    });
     let a = grad!(rnn)(&w, &u, &b, &xs);
     let h = rnn_grad_by_hand(&w, &u, &b, &xs);
     assert_close("W4 w", &flat(&a.0), &flat(&h.0));
@@ -342,7 +473,11 @@ fn w4() -> Workload {
     let cg = candle.grad().expect("candle W4");
     assert_close("W4 candle w", &cg[0], &flat(&a.0));
     assert_close("W4 candle b", &cg[2], &flat(&a.2));
-    let (wa, wb, wc) = ((w.clone(), u.clone(), b.clone(), xs.clone()), (w.clone(), u.clone(), b.clone(), xs.clone()), (w, u, b, xs));
+    let (wa, wb, wc) = (
+        (w.clone(), u.clone(), b.clone(), xs.clone()),
+        (w.clone(), u.clone(), b.clone(), xs.clone()),
+        (w, u, b, xs),
+    );
     let checksums = vec![checksum(&a.0), checksum(&a.1), checksum(&a.2)];
     Workload {
         name: "W4 tanh RNN h64 in32 batch16 50 steps",
@@ -358,15 +493,149 @@ fn w4() -> Workload {
         primal: Box::new(move || {
             black_box(rnn(&wc.0, &wc.1, &wc.2, black_box(&wc.3)));
         }),
-        candle: Box::new(move || {
+        candle: Some(Box::new(move || {
             black_box(candle.grad().expect("candle W4"));
-        }),
-        burn: Box::new(move || {
+        })),
+        burn: Some(Box::new(move || {
             black_box(burn.grad());
+        })),
+    }
+}
+
+// ----- W5: physics-informed: a loss on du/dx of a module, trained w.r.t. its parameters -----
+
+use adjoint::modules::Dense;
+
+/// The field `u(x)`: 1 -> 32 -> 32 -> 1, tanh, summed over the points (so its input
+/// gradient is `du/dx` at each point).
+struct Field;
+
+#[differentiable]
+impl Field {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let h1 = Dense::new(32).call(cx, x).tanh();
+        let h2 = Dense::new(32).call(cx, &h1).tanh();
+        Dense::new(1).call(cx, &h2).sum()
+    }
+}
+
+/// The residual of `u' = cos x` at the points: `grad!` of the field inside the loss.
+struct Pinn;
+
+#[differentiable]
+impl Pinn {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (du,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), Field, x);
+        let r = &du - &no_grad(x.cos());
+        (&r * &r).mean().unwrap()
+    }
+}
+
+const W5_PATHS: [&str; 6] = [
+    "Field_0/Dense_0/kernel",
+    "Field_0/Dense_0/bias",
+    "Field_0/Dense_1/kernel",
+    "Field_0/Dense_1/bias",
+    "Field_0/Dense_2/kernel",
+    "Field_0/Dense_2/bias",
+];
+
+/// The parameter gradient of the residual loss, by hand: the field's forward pass,
+/// its input gradient (a backward pass seeded with ones), then that backward pass
+/// and the forward pass differentiated in reverse.
+#[allow(clippy::too_many_arguments)]
+fn pinn_grad_by_hand(
+    w1: &Array2<f64>,
+    b1: &Array1<f64>,
+    w2: &Array2<f64>,
+    b2: &Array1<f64>,
+    w3: &Array2<f64>,
+    x: &Array2<f64>,
+) -> MlpGrads {
+    let n = x.nrows() as f64;
+    let h1 = (x.dot(w1) + b1).map_tanh();
+    let h2 = (h1.dot(w2) + b2).map_tanh();
+    let (s1, s2) = (1.0 - &h1 * &h1, 1.0 - &h2 * &h2);
+    // du/dx: ones through the last layer, then back through the others.
+    let gz2 = &s2 * &w3.column(0);
+    let gh1 = gz2.dot(&w2.t());
+    let gz1 = &gh1 * &s1;
+    let du = gz1.dot(&w1.t());
+    // The loss's cotangent, back through the input gradient...
+    let rbar = (du - x.mapv(f64::cos)) * (2.0 / n);
+    let mut gw1 = rbar.t().dot(&gz1);
+    let gz1bar = rbar.dot(w1);
+    let gh1bar = &gz1bar * &s1;
+    let mut h1bar = &gz1bar * &gh1 * &h1 * -2.0;
+    let gz2bar = gh1bar.dot(w2);
+    let mut gw2 = gh1bar.t().dot(&gz2);
+    let gh2bar = &gz2bar * &s2;
+    let h2bar = &gz2bar * &w3.column(0) * &h2 * -2.0;
+    let gw3 = gh2bar.sum_axis(Axis(0)).insert_axis(Axis(1));
+    // ... and back through the forward pass.
+    let z2bar = h2bar * &s2;
+    gw2 += &h1.t().dot(&z2bar);
+    let gb2 = z2bar.sum_axis(Axis(0));
+    h1bar += &z2bar.dot(&w2.t());
+    let z1bar = h1bar * &s1;
+    gw1 += &x.t().dot(&z1bar);
+    let gb1 = z1bar.sum_axis(Axis(0));
+    (gw1, gb1, gw2, gb2, gw3, Array1::zeros(1))
+}
+
+fn w5() -> Workload {
+    let (w1, b1) = (pattern2(1, 32, 1, 0.8), pattern1(32, 2, 0.2));
+    let (w2, b2) = (pattern2(32, 32, 3, 0.25), pattern1(32, 4, 0.1));
+    let (w3, b3) = (pattern2(32, 1, 5, 0.3), pattern1(1, 6, 0.1));
+    let x = Array2::from_shape_fn((128, 1), |(i, _)| i as f64 * 3.0 / 127.0 - 1.5);
+    let vars = Variables::new()
+        .with("params", W5_PATHS[0], w1.clone())
+        .and_then(|v| v.with("params", W5_PATHS[1], b1.clone()))
+        .and_then(|v| v.with("params", W5_PATHS[2], w2.clone()))
+        .and_then(|v| v.with("params", W5_PATHS[3], b2.clone()))
+        .and_then(|v| v.with("params", W5_PATHS[4], w3.clone()))
+        .and_then(|v| v.with("params", W5_PATHS[5], b3))
+        .expect("W5 variables");
+    assert_eq!(vars.shapes(), Pinn.init(0, &x).expect("W5 init").shapes());
+    let (_, grads) = value_and_grad!(|v: &Variables| Pinn.apply(v, &x).expect("W5"))(&vars);
+    let ours: Vec<ndarray::ArrayD<f64>> = W5_PATHS
+        .iter()
+        .map(|p| grads.read("params", p).expect("W5 gradient"))
+        .collect();
+    let h = pinn_grad_by_hand(&w1, &b1, &w2, &b2, &w3, &x);
+    assert_close("W5 w1", &flat(&ours[0]), &flat(&h.0));
+    assert_close("W5 b1", &flat(&ours[1]), &flat(&h.1));
+    assert_close("W5 w2", &flat(&ours[2]), &flat(&h.2));
+    assert_close("W5 b2", &flat(&ours[3]), &flat(&h.3));
+    assert_close("W5 w3", &flat(&ours[4]), &flat(&h.4));
+    assert_close("W5 b3", &flat(&ours[5]), &flat(&h.5));
+    let checksums = ours.iter().map(checksum).collect();
+    let (va, xa, xb, xc) = (vars.clone(), x.clone(), x.clone(), x);
+    let vc = vars;
+    Workload {
+        name: "W5 physics-informed: grad of du/dx loss, MLP 1-32-32-1, 128 points",
+        key: "W5",
+        checksums,
+        runs: 400,
+        adjoint: Box::new(move || {
+            black_box(value_and_grad!(|v: &Variables| Pinn
+                .apply(v, &xa)
+                .expect("W5"))(black_box(&va)));
         }),
+        hand: Box::new(move || {
+            black_box(pinn_grad_by_hand(&w1, &b1, &w2, &b2, &w3, black_box(&xb)));
+        }),
+        primal: Box::new(move || {
+            black_box(Pinn.apply(black_box(&vc), &xc).expect("W5"));
+        }),
+        // Neither differentiates a gradient again: candle calls second order out of
+        // scope (huggingface/candle#2462), burn has no double backward
+        // (tracel-ai/burn#1942).
+        candle: None,
+        burn: None,
     }
 }
 
 pub fn all() -> Vec<Workload> {
-    vec![w1(), w2(), w3(), w4()]
+    vec![w1(), w2(), w3(), w4(), w5()]
 }

@@ -4,6 +4,7 @@
 //!
 //! A pullback takes the cotangent by value and reuses its buffer where it can.
 
+use crate::rules::kernels::{self, Kernel};
 use crate::value::{Real, Unbroadcast, Value};
 
 // Pullbacks of `+`, `-` and one side of `*` and `/` take the operand's shape (see
@@ -19,6 +20,8 @@ pub trait Elementwise {
     type Owned: Elementwise<Elem = Self::Elem, Owned = Self::Owned>;
     /// `f` applied to every element.
     fn map(&self, f: impl Fn(Self::Elem) -> Self::Elem) -> Self::Owned;
+    /// A vectorising kernel applied to every element.
+    fn map_kernel<K: Kernel>(&self) -> Self::Owned;
     /// `ct[i] = f(ct[i], self[i])`, in place on `ct`, which has `self`'s shape.
     fn pull(
         &self,
@@ -43,6 +46,10 @@ macro_rules! scalar_elementwise {
                 f(*self)
             }
             #[inline(always)]
+            fn map_kernel<K: Kernel>(&self) -> $t {
+                K::eval(*self)
+            }
+            #[inline(always)]
             fn pull(&self, ct: $t, f: impl Fn($t, $t) -> $t) -> $t {
                 f(ct, *self)
             }
@@ -61,6 +68,10 @@ impl<A: Real, S: Data<Elem = A>, D: Dimension> Elementwise for ArrayBase<S, D> {
     #[inline]
     fn map(&self, f: impl Fn(A) -> A) -> Array<A, D> {
         self.mapv(f)
+    }
+    #[inline]
+    fn map_kernel<K: Kernel>(&self) -> Array<A, D> {
+        kernels::mapped::<K, A, S, D>(self)
     }
     #[inline]
     fn pull(&self, mut ct: Array<A, D>, f: impl Fn(A, A) -> A) -> Array<A, D> {
@@ -90,7 +101,7 @@ macro_rules! unary {
         where
             X::Primal: Elementwise,
         {
-            x.primal().map(|v| unary!(@fwd $name v))
+            unary!(@map $name x)
         }
 
         #[doc = concat!("Pullback of [`", stringify!($name), "`], given the ",
@@ -103,14 +114,15 @@ macro_rules! unary {
             $r.primal().pull(ct, |$g, $v| $d)
         }
     )*};
+    (@map exp $x:ident) => { $x.primal().map_kernel::<kernels::Exp>() };
+    (@map exp_m1 $x:ident) => { $x.primal().map_kernel::<kernels::ExpM1>() };
+    (@map tanh $x:ident) => { $x.primal().map_kernel::<kernels::Tanh>() };
+    (@map sigmoid $x:ident) => { $x.primal().map_kernel::<Sigmoid>() };
+    (@map $name:ident $x:ident) => { $x.primal().map(|v| unary!(@fwd $name v)) };
     (@which x) => { "input" };
     (@which y) => { "output" };
     (@fwd neg $v:ident) => { -$v };
-    (@fwd exp $v:ident) => { Real::vexp($v) };
-    (@fwd exp_m1 $v:ident) => { Real::vexp_m1($v) };
-    (@fwd tanh $v:ident) => { Real::vtanh($v) };
     (@fwd relu $v:ident) => { if $v > num_traits::Zero::zero() { $v } else { num_traits::Zero::zero() } };
-    (@fwd sigmoid $v:ident) => { sigmoid_scalar($v) };
     (@fwd softplus $v:ident) => { softplus_scalar($v) };
     (@fwd $name:ident $v:ident) => { $v.$name() };
 }
@@ -122,6 +134,16 @@ fn sigmoid_scalar<A: Real>(v: A) -> A {
     let e = Real::vexp(-v.abs());
     let s = A::one() / (A::one() + e);
     if v >= A::zero() { s } else { e * s }
+}
+
+/// [`sigmoid`] as a vectorising kernel.
+struct Sigmoid;
+
+impl Kernel for Sigmoid {
+    #[inline(always)]
+    fn eval<A: Real>(x: A) -> A {
+        sigmoid_scalar(x)
+    }
 }
 
 #[inline(always)]

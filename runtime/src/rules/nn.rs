@@ -1,6 +1,7 @@
 //! Neural-network functions along an axis: `softmax`, `log_softmax`, `logsumexp`.
 //! (`relu`, `sigmoid` and `softplus` are elementwise and live with their family.)
 
+use crate::rules::kernels;
 use crate::value::{Real, Value};
 use ndarray::{Array, ArrayBase, Axis, Data, RemoveAxis};
 
@@ -23,7 +24,9 @@ pub fn logsumexp<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>,
 ) -> Array<A, D::Smaller> {
     let x = x.primal();
     let m = max_axis(x, axis);
-    let s = (x - &m).mapv(Real::vexp).sum_axis(axis);
+    let mut e = x - &m;
+    kernels::in_place::<kernels::Exp, A, D>(&mut e);
+    let s = e.sum_axis(axis);
     s.mapv(A::ln) + &m.index_axis(axis, 0)
 }
 
@@ -50,7 +53,7 @@ pub fn softmax<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D
 ) -> Array<A, D> {
     let x = x.primal();
     let mut e = x - &max_axis(x, axis);
-    e.mapv_inplace(Real::vexp);
+    kernels::in_place::<kernels::Exp, A, D>(&mut e);
     let s = e.sum_axis(axis);
     e.zip_mut_with(&s.insert_axis(axis), |e, &s| *e /= s);
     e
@@ -92,7 +95,7 @@ pub fn log_softmax_pb<A: Real, D: RemoveAxis>(
     ct: Array<A, D>,
 ) -> Array<A, D> {
     let total = ct.sum_axis(axis).insert_axis(axis);
-    let mut out = y.mapv(Real::vexp);
+    let mut out = kernels::mapped::<kernels::Exp, A, _, D>(y);
     out.zip_mut_with(&total, |p, &s| *p *= s);
     ct - out
 }
