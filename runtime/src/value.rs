@@ -345,6 +345,9 @@ pub(crate) fn unbroadcast_ref<A: Real, E: Dimension, D: Dimension>(
     ct: &Array<A, E>,
     dim: &D,
 ) -> Array<A, D> {
+    if let Some(sum) = sum_leading(ct, dim) {
+        return sum;
+    }
     let view = ct.view().into_dyn();
     let lead = ct.ndim().saturating_sub(dim.ndim());
     if lead > 0 {
@@ -365,6 +368,32 @@ pub(crate) fn unbroadcast_ref<A: Real, E: Dimension, D: Dimension>(
     }
 }
 
+/// The common case of [`unbroadcast_ref`], without dynamic dimensions: a contiguous
+/// cotangent broadcast along leading axes only (a bias added to a batch) is the sum
+/// of its `dim`-sized chunks. `None` when the case does not apply.
+fn sum_leading<A: Real, E: Dimension, D: Dimension>(
+    ct: &Array<A, E>,
+    dim: &D,
+) -> Option<Array<A, D>> {
+    let lead = ct.ndim().checked_sub(dim.ndim())?;
+    if ct.shape()[lead..] != *dim.slice() {
+        return None;
+    }
+    let cs = ct.as_slice()?;
+    let mut out = Array::zeros(dim.clone());
+    let n = dim.size();
+    if let Some(o) = out.as_slice_mut()
+        && n > 0
+    {
+        for chunk in cs.chunks_exact(n) {
+            for (a, &b) in o.iter_mut().zip(chunk) {
+                *a += b;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Sums `ct` over the leading axes and the length-1 axes of `dim` that broadcasting
 /// stretched, returning an array of shape `dim`. A cotangent that already has the
 /// shape is moved, not copied.
@@ -372,6 +401,11 @@ pub(crate) fn unbroadcast_to<A: Real, E: Dimension, D: Dimension>(
     ct: Array<A, E>,
     dim: &D,
 ) -> Array<A, D> {
+    if ct.ndim() > dim.ndim()
+        && let Some(sum) = sum_leading(&ct, dim)
+    {
+        return sum;
+    }
     let mut ct: Array<A, IxDyn> = ct.into_dyn();
     if ct.shape() != dim.slice() {
         let lead = ct.ndim() - dim.ndim();
