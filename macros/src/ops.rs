@@ -329,6 +329,32 @@ static FUNCTIONS: &[(&str, Rule)] = &[
         "logsumexp",
         rule!("logsumexp", 1, [pb!("logsumexp_pb" [Operand(0), Const(0)])]),
     ),
+    // What forward mode writes for `tanh` and `sigmoid` (`y`, `dx`): differentiated
+    // again by second order.
+    (
+        "tanh_tangent",
+        rule!(
+            "tanh_tangent",
+            2,
+            [
+                pb!("tanh_tangent_pb_y" [Operand(0), Operand(1)]),
+                pb!("tanh_tangent_pb_dx"[Operand(0)])
+            ]
+        )
+        .elementwise(),
+    ),
+    (
+        "sigmoid_tangent",
+        rule!(
+            "sigmoid_tangent",
+            2,
+            [
+                pb!("sigmoid_tangent_pb_y" [Operand(0), Operand(1)]),
+                pb!("sigmoid_tangent_pb_dx"[Operand(0)])
+            ]
+        )
+        .elementwise(),
+    ),
 ];
 
 /// `concatenate(axis, &[..])` and `stack(axis, &[..])`: any number of operands.

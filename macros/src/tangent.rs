@@ -365,8 +365,9 @@ impl Tangent<'_> {
             "atan" => unary(quote!((#ar * #ar + 1.0).recip())),
             "sinh" => unary(quote!(#an.cosh())),
             "cosh" => unary(quote!(#an.sinh())),
-            "tanh" => unary(quote!(1.0 - #y * #y)),
-            "sigmoid" => unary(quote!(#y * (1.0 - #y))),
+            // One fused operation each, with its own pullbacks.
+            "tanh" => da.map(|d| quote!(::adjoint::__private::tanh_tangent(#y, &(#d)))),
+            "sigmoid" => da.map(|d| quote!(::adjoint::__private::sigmoid_tangent(#y, &(#d)))),
             "powi" => {
                 // Only a literal exponent: its float twin is written as a literal too.
                 let Some(Atom::Lit(n)) = consts.first() else {

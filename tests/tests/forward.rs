@@ -10,7 +10,7 @@ use ndarray::{Array1, array};
 fn energy(x: &Array1<f64>) -> f64 {
     let s = x.sin();
     let e = (&s * &s).sum() + x.dot(x) * 0.5;
-    e * e.tanh() + (x / 3.0).exp().sum()
+    e * e.tanh() + (x / 3.0).exp().sum() + (x.tanh() * sigmoid(x)).sum()
 }
 
 #[differentiable(jvp)]
