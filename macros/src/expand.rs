@@ -214,11 +214,7 @@ fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
     check_signature(cx, &f.sig);
     let params = params(cx, &mut f.sig);
     let scopes = crate::module::scope_names(&params);
-    crate::module::ModuleCalls {
-        scopes: &scopes,
-        lifted: None,
-    }
-    .visit_block_mut(&mut f.block);
+    crate::module::ModuleCalls { scopes: &scopes }.visit_block_mut(&mut f.block);
     // A function taking the scope is called by modules: with parameters constant
     // (inside `grad!`) or differentiated (`vjp!`, training).
     let which: &[Companions] = if scopes.is_empty() {
@@ -847,11 +843,7 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
             continue;
         }
         let scopes = crate::module::scope_names(&params);
-        crate::module::ModuleCalls {
-            scopes: &scopes,
-            lifted: None,
-        }
-        .visit_block_mut(&mut m.block);
+        crate::module::ModuleCalls { scopes: &scopes }.visit_block_mut(&mut m.block);
         if crate::module::is_module_call(&m.sig) {
             module = true;
             extra.push(crate::module::module_items(cx, &self_ty, m, &params));
@@ -912,20 +904,24 @@ pub enum Transform {
 /// lifted form inside a module: `grad!(cx, |mdl, cx, x| body, Module, x)`.
 pub(crate) struct TransformInput {
     pub(crate) positional: Vec<syn::Expr>,
-    wrt: Option<Vec<Ident>>,
-    has_aux: bool,
+    pub(crate) wrt: Option<Vec<Ident>>,
+    pub(crate) has_aux: bool,
     /// The collections a lifted `vjp!` returns cotangents for (Flax's `vjp_variables`).
     vjp_variables: Option<Vec<syn::LitStr>>,
     /// The collections visible inside a lifted transform (Flax's `variables`).
     variables: Option<Vec<syn::LitStr>>,
     /// The random streams that pass into a lifted transform (Flax's `rngs`).
     rngs: Option<Vec<syn::LitStr>>,
+    /// Named axes of an enclosing `vmap!` over which cotangents of broadcast values
+    /// are summed (`reduce_axes`).
+    pub(crate) reduce_axes: Option<Vec<syn::LitStr>>,
 }
 
 impl TransformInput {
     /// No option was given: no `wrt`, `has_aux`, `vjp_variables`, `variables`, `rngs`.
     pub(crate) fn plain(&self) -> bool {
         !self.has_aux
+            && self.reduce_axes.is_none()
             && self.wrt.is_none()
             && self.vjp_variables.is_none()
             && self.variables.is_none()
@@ -943,6 +939,7 @@ impl Parse for TransformInput {
             vjp_variables: None,
             variables: None,
             rngs: None,
+            reduce_axes: None,
         };
         for item in items {
             match &item {
@@ -982,7 +979,7 @@ impl Parse for TransformInput {
                             }
                             out.wrt = Some(names);
                         }
-                        "vjp_variables" | "variables" | "rngs" => {
+                        "vjp_variables" | "variables" | "rngs" | "reduce_axes" => {
                             let items: Vec<syn::Expr> = match &*a.right {
                                 syn::Expr::Array(arr) => arr.elems.iter().cloned().collect(),
                                 other => vec![other.clone()],
@@ -1005,6 +1002,7 @@ impl Parse for TransformInput {
                             match key.to_string().as_str() {
                                 "vjp_variables" => out.vjp_variables = Some(names),
                                 "variables" => out.variables = Some(names),
+                                "reduce_axes" => out.reduce_axes = Some(names),
                                 _ => out.rngs = Some(names),
                             }
                         }
@@ -1024,7 +1022,7 @@ impl Parse for TransformInput {
                             return Err(syn::Error::new(
                                 key.span(),
                                 format!(
-                                    "unknown option `{other}`: expected `wrt = [..]`, `has_aux`, or in a module `variables`, `rngs`, `vjp_variables`"
+                                    "unknown option `{other}`: expected `wrt = [..]`, `has_aux`, `reduce_axes = [..]`, or in a module `variables`, `rngs`, `vjp_variables`"
                                 ),
                             ));
                         }
@@ -1050,6 +1048,17 @@ pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
     let cx = Ctxt::default();
     let lifted =
         input.positional.len() >= 3 && matches!(input.positional[1], syn::Expr::Closure(_));
+    if let Some(axes) = &input.reduce_axes {
+        let at = axes
+            .first()
+            .map(|a| a.span())
+            .unwrap_or_else(Span::call_site);
+        if !lifted {
+            cx.error(at, "`reduce_axes` names the axis of an enclosing `vmap!`: write `vmap!(grad!(|w, x| .., wrt = [w], reduce_axes = [\"batch\"]), in_axes = [None, 0], axis_name = \"batch\")`");
+        } else if which != Transform::Vjp {
+            cx.error(at, "`reduce_axes` sums variable cotangents over a `vmap!` axis: only `vjp!` computes them inside a module");
+        }
+    }
     let out = if which == Transform::Jvp
         && input.positional.len() == 1
         && matches!(input.positional[0], syn::Expr::Path(_))
@@ -1167,12 +1176,23 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
         } else {
             (quote!(__value), quote!((__value, __pb)))
         };
+        // Summed over a vmap! axis: the scope checks that the axis is bound.
+        let vars_out =
+            quote!(::adjoint::__private::vjp_variables(&__vars_bar, &__child, #collections));
+        let (reduce_check, vars_out) = match &input.reduce_axes {
+            Some(axes) => (
+                quote!(#cxn.check_axes(&[#(#axes),*]);),
+                quote!(::adjoint::__private::Reduced(#vars_out)),
+            ),
+            None => (TokenStream::new(), vars_out),
+        };
         quote! {
+            #reduce_check
             #primal
             let #out = #output;
             let __pb = move |__ct| {
                 let (__vars_bar, _, _, #(#grads,)*) = { #reverse };
-                (::adjoint::__private::vjp_variables(&__vars_bar, &__child, #collections), #(#grads,)*)
+                (#vars_out, #(#grads,)*)
             };
             #ret
         }
@@ -1238,11 +1258,7 @@ fn lifted_closure(
     };
     if names.len() >= 2 {
         let scopes = [names[1].to_string()];
-        crate::module::ModuleCalls {
-            scopes: &scopes,
-            lifted: Some(&names[0]),
-        }
-        .visit_block_mut(&mut body);
+        crate::module::ModuleCalls { scopes: &scopes }.visit_block_mut(&mut body);
     }
     Some((names, infos, body))
 }
@@ -1252,9 +1268,16 @@ fn lifted_closure(
 /// name for `self.field`, a bound path, else the next auto name), entered before the
 /// transform runs and left after. Returns the statements that bind the closure's
 /// module parameter `mdl` and enter, and those that leave.
-fn lifted_module(module: &syn::Expr, mdl: &Ident, cxn: &Ident) -> (TokenStream, TokenStream) {
+pub(crate) fn lifted_module(
+    module: &syn::Expr,
+    mdl: &Ident,
+    cxn: &Ident,
+) -> (TokenStream, TokenStream) {
     if matches!(module, syn::Expr::Path(p) if p.path.is_ident("self")) {
-        return (quote!(let #mdl = self;), TokenStream::new());
+        return (
+            quote!(let #mdl = ::adjoint::scope::Here(self);),
+            TokenStream::new(),
+        );
     }
     let field = match module {
         syn::Expr::Field(f) => match (&*f.base, &f.member) {
@@ -1269,8 +1292,8 @@ fn lifted_module(module: &syn::Expr, mdl: &Ident, cxn: &Ident) -> (TokenStream, 
     (
         quote! {
             let __module = &(#module);
-            let #mdl = ::adjoint::scope::Child::module(__module);
             #cxn.enter_child(::adjoint::scope::Child::child_name(__module, #field));
+            let #mdl = ::adjoint::scope::Here(::adjoint::scope::Child::module(__module));
         },
         quote!(#cxn.exit();),
     )

@@ -272,7 +272,14 @@ impl Lowerer<'_> {
                     let name = id.to_string();
                     if !prev_dot && !next_is_path && self.is_local(&name) {
                         let val = self.lookup(&name).expect("is_local");
-                        out.extend(self.val_tokens(&val));
+                        let renamed = self.val_tokens(&val);
+                        // The same name keeps the user's token (its span), so that a
+                        // mistake inside copies of this expression reports once.
+                        if renamed.to_string() == name {
+                            out.extend(std::iter::once(tt.clone()));
+                        } else {
+                            out.extend(renamed);
+                        }
                     } else {
                         out.extend(std::iter::once(tt.clone()));
                     }
@@ -859,7 +866,7 @@ impl Lowerer<'_> {
                 poison()
             }
             Expr::Macro(m)
-                if ["grad", "value_and_grad", "vjp", "jvp"]
+                if ["grad", "value_and_grad", "vjp", "jvp", "vmap"]
                     .iter()
                     .any(|n| m.mac.path.is_ident(n))
                     && !self.scopes_vars.is_empty() =>

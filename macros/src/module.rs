@@ -339,16 +339,12 @@ pub fn child_impl(item: &syn::ItemImpl) -> TokenStream {
 /// becomes
 /// `Child::module(&recv).__call_in(cx, Child::child_name(&recv, field), ..)`, where
 /// `field` is `Some("bar")` for `self.bar` (Flax's setup attributes) and `None`
-/// otherwise (the next auto name, or a bound module's path). Receivers that are
-/// neither a field of `self` nor a local keep their `call` (an auto name).
-///
-/// In a lifted transform's closure the module (`lifted`) already runs in its own
-/// scope: `mdl.call(cx, ..)` becomes `mdl.__call_body(cx, ..)`.
+/// otherwise (the next auto name, a bound module's path, or for a lifted transform's
+/// module the scope the transform entered). Receivers that are neither a field of
+/// `self` nor a local keep their `call` (an auto name).
 pub(crate) struct ModuleCalls<'a> {
     /// The names of the scope parameters.
     pub(crate) scopes: &'a [String],
-    /// The module parameter of a lifted transform's closure.
-    pub(crate) lifted: Option<&'a syn::Ident>,
 }
 
 impl VisitMut for ModuleCalls<'_> {
@@ -372,10 +368,6 @@ impl VisitMut for ModuleCalls<'_> {
                 }
             }
             syn::Expr::Path(p) if p.path.get_ident().is_some() => {
-                if self.lifted.is_some_and(|l| p.path.is_ident(l)) {
-                    m.method = format_ident!("__call_body", span = m.method.span());
-                    return;
-                }
                 quote!(::core::option::Option::None)
             }
             _ => return,

@@ -1,6 +1,9 @@
 //! What `vmap!` needs at run time: one example of a batched argument, and the
-//! outputs of every example stacked into a batch.
+//! outputs of every example gathered into a batch as they come: stacked along a new
+//! axis 0, or summed where a transform reduced them over the batch axis
+//! ([`Reduced`], `reduce_axes`).
 
+use crate::scope::Variables;
 use crate::value::Real;
 use ndarray::{Array, Array1, ArrayBase, ArrayView, Axis, Data, Dimension, Ix1, RemoveAxis};
 
@@ -85,26 +88,63 @@ pub fn common_len(lens: &[usize]) -> usize {
     n
 }
 
-/// Outputs of every example, stacked along a new axis 0.
+/// A value that a transform inside `vmap!` reduced over the batch axis
+/// (`reduce_axes`): `vmap!` sums it over the examples instead of stacking it, as
+/// JAX's `psum` over a named axis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reduced<T>(pub T);
+
+/// Outputs of every example, gathered as they come into the batched output.
 pub trait Stack: Sized {
     /// The batched output.
     type Stacked;
-    /// Stacks `items` (one per example).
-    fn stack(items: Vec<Self>) -> Self::Stacked;
+    /// Gathers the outputs of `n` examples, of which `first` is the first.
+    type Builder: Gather<Self, Stacked = Self::Stacked>;
+    /// A builder for `n` examples shaped like `first`.
+    fn builder(first: &Self, n: usize) -> Self::Builder;
+    /// The output of an empty batch.
+    fn empty() -> Self::Stacked;
 }
 
-impl Stack for f64 {
-    type Stacked = Array1<f64>;
-    fn stack(items: Vec<f64>) -> Array1<f64> {
-        Array1::from_vec(items)
-    }
+/// Gathers the outputs of a batch's examples one by one.
+pub trait Gather<T> {
+    /// The batched output.
+    type Stacked;
+    /// Adds example `i`'s output.
+    fn push(&mut self, i: usize, item: T);
+    /// The batched output.
+    fn finish(self) -> Self::Stacked;
 }
 
-impl Stack for f32 {
-    type Stacked = Array1<f32>;
-    fn stack(items: Vec<f32>) -> Array1<f32> {
-        Array1::from_vec(items)
-    }
+macro_rules! scalar_stack {
+    ($($t:ty),*) => {$(
+        impl Stack for $t {
+            type Stacked = Array1<$t>;
+            type Builder = Vec<$t>;
+            fn builder(_first: &$t, n: usize) -> Vec<$t> {
+                Vec::with_capacity(n)
+            }
+            fn empty() -> Array1<$t> {
+                Array1::zeros(0)
+            }
+        }
+
+        impl Gather<$t> for Vec<$t> {
+            type Stacked = Array1<$t>;
+            fn push(&mut self, _i: usize, item: $t) {
+                Vec::push(self, item);
+            }
+            fn finish(self) -> Array1<$t> {
+                Array1::from_vec(self)
+            }
+        }
+    )*};
+}
+scalar_stack!(f32, f64);
+
+/// The stacked array, written one example (one subarray along axis 0) at a time.
+pub struct ArrayStacker<A, D: Dimension> {
+    out: Array<A, D::Larger>,
 }
 
 impl<A: Real, D: Dimension> Stack for Array<A, D>
@@ -112,26 +152,126 @@ where
     D::Larger: RemoveAxis,
 {
     type Stacked = Array<A, D::Larger>;
-    fn stack(items: Vec<Self>) -> Self::Stacked {
-        let views: Vec<_> = items.iter().map(|a| a.view()).collect();
-        match ndarray::stack(Axis(0), &views) {
-            Ok(s) => s,
-            Err(e) => panic!("vmap!: the examples' outputs have different shapes: {e}"),
+    type Builder = ArrayStacker<A, D>;
+    fn builder(first: &Self, n: usize) -> ArrayStacker<A, D> {
+        let mut dim = <D::Larger as Dimension>::zeros(first.ndim() + 1);
+        dim[0] = n;
+        for (k, &len) in first.shape().iter().enumerate() {
+            dim[k + 1] = len;
+        }
+        ArrayStacker {
+            out: Array::zeros(dim),
         }
     }
+    fn empty() -> Self::Stacked {
+        let ndim = D::NDIM.map_or(1, |d| d + 1);
+        Array::zeros(<D::Larger as Dimension>::zeros(ndim))
+    }
 }
+
+impl<A: Real, D: Dimension> Gather<Array<A, D>> for ArrayStacker<A, D>
+where
+    D::Larger: RemoveAxis,
+{
+    type Stacked = Array<A, D::Larger>;
+    /// # Panics
+    /// When examples' outputs differ in shape (JAX would not trace such a function).
+    fn push(&mut self, i: usize, item: Array<A, D>) {
+        let mut row = self.out.index_axis_mut(Axis(0), i);
+        if row.shape() != item.shape() {
+            panic!(
+                "vmap!: the examples' outputs have different shapes: {:?} and {:?}",
+                row.shape(),
+                item.shape()
+            );
+        }
+        // Rows of the new (row-major) batch are contiguous: a plain copy when the
+        // item is too.
+        match (row.as_slice_mut(), item.as_slice()) {
+            (Some(dst), Some(src)) => dst.copy_from_slice(src),
+            _ => row.assign(&item),
+        }
+    }
+    fn finish(self) -> Self::Stacked {
+        self.out
+    }
+}
+
+/// Every leaf gains a leading batch axis: per-example parameter cotangents.
+impl Stack for Variables {
+    type Stacked = Variables;
+    type Builder = Vec<Variables>;
+    fn builder(_first: &Variables, n: usize) -> Vec<Variables> {
+        Vec::with_capacity(n)
+    }
+    fn empty() -> Variables {
+        Variables::new()
+    }
+}
+
+impl Gather<Variables> for Vec<Variables> {
+    type Stacked = Variables;
+    fn push(&mut self, _i: usize, item: Variables) {
+        Vec::push(self, item);
+    }
+    fn finish(self) -> Variables {
+        Variables::stack(&self)
+    }
+}
+
+/// Sums over the examples.
+pub struct Summer<T>(Option<T>);
+
+impl<T: crate::value::Accumulate> Stack for Reduced<T>
+where
+    T: Default,
+{
+    type Stacked = T;
+    type Builder = Summer<T>;
+    fn builder(_first: &Self, _n: usize) -> Summer<T> {
+        Summer(None)
+    }
+    fn empty() -> T {
+        T::default()
+    }
+}
+
+impl<T: crate::value::Accumulate + Default> Gather<Reduced<T>> for Summer<T> {
+    type Stacked = T;
+    fn push(&mut self, _i: usize, item: Reduced<T>) {
+        match &mut self.0 {
+            Some(acc) => acc.accumulate(item.0),
+            None => self.0 = Some(item.0),
+        }
+    }
+    fn finish(self) -> T {
+        self.0.unwrap_or_default()
+    }
+}
+
+/// The builders of a tuple's fields.
+pub struct TupleStacker<B>(B);
 
 macro_rules! tuple_stack {
     ($($t:ident $i:tt),+) => {
         impl<$($t: Stack),+> Stack for ($($t,)+) {
             type Stacked = ($($t::Stacked,)+);
-            #[allow(non_snake_case)]
-            fn stack(items: Vec<Self>) -> Self::Stacked {
-                $(let mut $t = Vec::with_capacity(items.len());)+
-                for item in items {
-                    $($t.push(item.$i);)+
-                }
-                ($($t::stack($t),)+)
+            type Builder = TupleStacker<($($t::Builder,)+)>;
+            fn builder(first: &Self, n: usize) -> Self::Builder {
+                TupleStacker(($($t::builder(&first.$i, n),)+))
+            }
+            fn empty() -> Self::Stacked {
+                ($($t::empty(),)+)
+            }
+        }
+
+        impl<$($t: Stack),+> Gather<($($t,)+)> for TupleStacker<($($t::Builder,)+)> {
+            type Stacked = ($($t::Stacked,)+);
+            fn push(&mut self, i: usize, item: ($($t,)+)) {
+                $(self.0.$i.push(i, item.$i);)+
+            }
+            fn finish(self) -> Self::Stacked {
+                ($(self.0.$i.finish(),)+)
             }
         }
     };
@@ -141,7 +281,59 @@ tuple_stack!(A 0, B 1);
 tuple_stack!(A 0, B 1, C 2);
 tuple_stack!(A 0, B 1, C 2, D 3);
 
-/// Stacks the outputs of every example.
-pub fn stack_outputs<T: Stack>(items: Vec<T>) -> T::Stacked {
-    T::stack(items)
+/// Gathers a batch's outputs: `vmap!` calls [`Batch::push`] with each example's
+/// output, in order, and [`Batch::finish`] at the end.
+pub struct Batch<T: Stack> {
+    n: usize,
+    next: usize,
+    builder: Option<T::Builder>,
+}
+
+impl<T: Stack> Batch<T> {
+    /// A batch of `n` examples.
+    pub fn new(n: usize) -> Self {
+        Batch {
+            n,
+            next: 0,
+            builder: None,
+        }
+    }
+
+    /// Adds the next example's output.
+    pub fn push(&mut self, item: T) {
+        let n = self.n;
+        let builder = self.builder.get_or_insert_with(|| T::builder(&item, n));
+        builder.push(self.next, item);
+        self.next += 1;
+    }
+
+    /// The batched output (an empty batch gives empty arrays).
+    pub fn finish(self) -> T::Stacked {
+        match self.builder {
+            Some(b) => b.finish(),
+            None => T::empty(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_stack_along_a_new_axis_and_reduced_values_sum() {
+        let mut b: Batch<(Array1<f64>, Reduced<f64>)> = Batch::new(3);
+        for i in 0..3 {
+            let v = i as f64;
+            b.push((ndarray::arr1(&[v, 2.0 * v]), Reduced(v)));
+        }
+        let (stacked, sum) = b.finish();
+        assert_eq!(
+            stacked,
+            ndarray::arr2(&[[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]])
+        );
+        assert_eq!(sum, 3.0);
+        let empty: Batch<ndarray::Array2<f64>> = Batch::new(0);
+        assert_eq!(empty.finish().shape(), &[0, 0, 0]);
+    }
 }

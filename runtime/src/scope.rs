@@ -52,6 +52,11 @@ pub enum ScopeError {
         "RNG stream `{stream}` was not provided (asked for at `{path}`): pass it in `rngs` when applying"
     )]
     UnknownRngStream { stream: String, path: String },
+    /// `reduce_axes` named an axis that no enclosing `vmap!` binds.
+    #[error(
+        "`reduce_axes` names the axis `{axis}`, but no enclosing vmap! has that `axis_name` (at `{path}`)"
+    )]
+    UnboundAxis { axis: String, path: String },
     /// Variables whose structure is not a tree of leaves.
     #[error("invalid variables: {reason}")]
     InvalidVariables { reason: String },
@@ -97,6 +102,30 @@ impl Leaf {
             Leaf::F32(a) => a.iter().map(|&v| v as f64).collect(),
             Leaf::F64(a) => a.iter().copied().collect(),
             Leaf::I64(a) => a.iter().map(|&v| v as f64).collect(),
+        }
+    }
+
+    /// The leaves stacked along a new leading axis, if they agree in type and shape.
+    fn stack(leaves: &[&Leaf]) -> Option<Leaf> {
+        macro_rules! stack_as {
+            ($variant:ident) => {{
+                let views: Option<Vec<_>> = leaves
+                    .iter()
+                    .map(|l| match l {
+                        Leaf::$variant(a) => Some(a.view()),
+                        _ => None,
+                    })
+                    .collect();
+                let views = views?;
+                ndarray::stack(ndarray::Axis(0), &views)
+                    .ok()
+                    .map(|a| Leaf::$variant(a.into_shared()))
+            }};
+        }
+        match leaves.first()? {
+            Leaf::F32(_) => stack_as!(F32),
+            Leaf::F64(_) => stack_as!(F64),
+            Leaf::I64(_) => stack_as!(I64),
         }
     }
 
@@ -361,6 +390,31 @@ impl Variables {
         }
     }
 
+    /// Per-example variables stacked into one tree: every leaf gains a leading axis
+    /// with one entry per item (what `vmap!` gives for per-example cotangents).
+    pub fn stack(items: &[Variables]) -> Variables {
+        let mut out = Variables {
+            unsupported: items.iter().any(|v| v.unsupported),
+            ..Variables::new()
+        };
+        let Some(first) = items.first() else {
+            return out;
+        };
+        for (c, coll) in &first.collections {
+            for path in coll.keys() {
+                let leaves: Vec<&Leaf> = items.iter().filter_map(|v| v.get(c, path)).collect();
+                let stacked = Leaf::stack(&leaves).unwrap_or_else(|| {
+                    panic!("adjoint: per-example variables differ at `{c}/{path}`")
+                });
+                out.collections
+                    .entry(c.clone())
+                    .or_default()
+                    .insert(path.clone(), stacked);
+            }
+        }
+        out
+    }
+
     /// The same tree with every leaf zero.
     pub fn zeros_like(&self) -> Variables {
         let collections = self
@@ -499,6 +553,8 @@ pub struct Scope<'v> {
     returns: Vec<Option<Vec<String>>>,
     /// The full path of the child most recently entered or left.
     last_child: Option<String>,
+    /// The named axes of the enclosing `vmap!`s, innermost last.
+    axes: Vec<String>,
     /// Inside a lifted transform: the collections and random streams it lets through.
     visible: Option<BTreeSet<String>>,
     visible_rngs: Option<BTreeSet<String>>,
@@ -553,6 +609,7 @@ impl<'v> Scope<'v> {
             rng_counters: HashMap::new(),
             error: None,
             returns: Vec::new(),
+            axes: Vec::new(),
             last_child: None,
             visible: None,
             visible_rngs: None,
@@ -633,6 +690,28 @@ impl<'v> Scope<'v> {
         name
     }
 
+    /// Binds the named axis of a `vmap!` until [`Scope::pop_axis`].
+    pub fn push_axis(&mut self, name: &str) {
+        self.axes.push(name.to_string());
+    }
+
+    /// Unbinds the innermost named axis.
+    pub fn pop_axis(&mut self) {
+        self.axes.pop();
+    }
+
+    /// Records [`ScopeError::UnboundAxis`] for any of `names` that no enclosing `vmap!`
+    /// binds (what `reduce_axes` checks).
+    pub fn check_axes(&mut self, names: &[&str]) {
+        if let Some(missing) = names.iter().find(|n| !self.axes.iter().any(|a| a == *n)) {
+            let e = ScopeError::UnboundAxis {
+                axis: missing.to_string(),
+                path: self.path(),
+            };
+            self.fail(e);
+        }
+    }
+
     /// Enters the child `name` (a submodule's scope).
     pub fn enter(&mut self, name: &str) {
         self.path.push(name.to_string());
@@ -657,6 +736,10 @@ impl<'v> Scope<'v> {
                 let caller = std::mem::replace(&mut self.path, inner.collect());
                 self.returns.push(Some(caller));
                 self.last_child = Some(path.to_string());
+            }
+            ChildName::Here => {
+                self.returns.push(Some(self.path.clone()));
+                self.last_child = Some(self.path());
             }
         }
     }
@@ -690,6 +773,12 @@ impl<'v> Scope<'v> {
         let name = match module.child_name(None) {
             ChildName::Auto(type_name) => self.auto_name(type_name),
             ChildName::Field(name) | ChildName::Bound(name) => name.to_string(),
+            ChildName::Here => {
+                return Bound {
+                    module: std::sync::Arc::new(module),
+                    path: self.path(),
+                };
+            }
         };
         self.bind_as(&name, module)
     }
@@ -1063,10 +1152,17 @@ impl Scope<'_> {
         }
     }
 
-    /// Returns the counters to `mark`: children get the same names again.
+    /// Returns the counters to `mark`: children get the same names again, and random
+    /// streams give the same keys again.
     pub fn reset_to(&mut self, mark: &ScopeMark) {
         self.counters = mark.counters.clone();
         self.rng_counters = mark.rng_counters.clone();
+    }
+
+    /// Returns the naming counters to `mark` (children get the same names again) and
+    /// lets random streams go on (what `vmap!` does between examples).
+    pub fn reset_names_to(&mut self, mark: &ScopeMark) {
+        self.counters = mark.counters.clone();
     }
 
     /// A copy of the variables as they are now (leaves are shared: no data is copied),
@@ -1098,6 +1194,8 @@ pub enum ChildName<'a> {
     Field(&'a str),
     Auto(&'static str),
     Bound(&'a str),
+    /// The current scope: a lifted transform's module, already entered.
+    Here,
 }
 
 /// A module bound to the scope that created it ([`Scope::bind`]), as Flax names a
@@ -1155,6 +1253,37 @@ impl<M> Child for Bound<M> {
     }
     fn child_name<'a>(&'a self, _field: Option<&'a str>) -> ChildName<'a> {
         ChildName::Bound(&self.path)
+    }
+}
+
+/// The module of a lifted transform (`mdl` in `grad!(cx, |mdl, cx, x| .., Module, x)`),
+/// whose scope the transform entered: calls through it run in that scope, and it
+/// derefs to the module.
+#[derive(Debug)]
+pub struct Here<'a, M>(pub &'a M);
+
+impl<M> Clone for Here<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for Here<'_, M> {}
+
+impl<M> std::ops::Deref for Here<'_, M> {
+    type Target = M;
+    fn deref(&self) -> &M {
+        self.0
+    }
+}
+
+impl<M> Child for Here<'_, M> {
+    type Module = M;
+    fn module(&self) -> &M {
+        self.0
+    }
+    fn child_name<'a>(&'a self, _field: Option<&'a str>) -> ChildName<'a> {
+        ChildName::Here
     }
 }
 

@@ -802,6 +802,180 @@ fn per_example_grads() {
     );
 }
 
+#[test]
+fn per_example_grads_reduced_over_a_named_axis() {
+    let case = reference("modules.json", "per_example_grads");
+    let w: Array1<f64> = array(&case["inputs"]["w"]).into_dimensionality().unwrap();
+    let x: Array2<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
+    let t: Array1<f64> = array(&case["inputs"]["t"]).into_dimensionality().unwrap();
+    // `w` is broadcast: with `reduce_axes` its cotangent is summed over the batch.
+    let reduced = vmap!(
+        grad!(
+            |w: &Array1<f64>, x: ndarray::ArrayView1<f64>, t: f64| per_example_loss(w, x, t),
+            wrt = [w],
+            reduce_axes = ["batch"]
+        ),
+        in_axes = [None, 0, 0],
+        axis_name = "batch"
+    )(&w, &x, &t);
+    assert_close(
+        "reduced",
+        &reduced.into_dyn(),
+        &array(&case["reduced_w_grad"]),
+        RTOL,
+    );
+    // `x` is mapped: its cotangents stay per example.
+    let (gw, gx) = vmap!(
+        grad!(
+            |w: &Array1<f64>, x: ndarray::ArrayView1<f64>, t: f64| {
+                let e = x.dot(w).tanh() - t;
+                e * e
+            },
+            wrt = [w, x],
+            reduce_axes = ["batch"]
+        ),
+        in_axes = [None, 0, 0],
+        axis_name = "batch"
+    )(&w, &x, &t);
+    assert_close("w", &gw.into_dyn(), &array(&case["reduced_w_grad"]), RTOL);
+    assert_eq!(gx.shape(), &[5, 3]);
+}
+
+// ----- vmap! inside a module: Flax's nn.vmap, variables broadcast -----
+
+/// One example's loss, with its weights as a parameter.
+struct ExampleLoss;
+
+#[differentiable]
+impl ExampleLoss {
+    fn call(&self, cx: &mut Scope, x: ndarray::ArrayView1<f64>, t: f64) -> f64 {
+        let w: ndarray::ArcArray1<f64> = cx.param("w", init::zeros, x.len());
+        let e = x.dot(&w).tanh() - t;
+        e * e
+    }
+}
+
+/// The parameter cotangents of every example, stacked along the batch axis.
+struct PerExampleGrads;
+
+#[differentiable]
+impl PerExampleGrads {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, t: &Array1<f64>) -> Variables {
+        vmap!(
+            cx,
+            |mdl, cx, x, t| {
+                let (_, bwd) = vjp!(cx, |m, cx, x, t| m.call(cx, x, t), mdl, x, t);
+                let (g, _, _) = bwd(1.0);
+                g
+            },
+            ExampleLoss,
+            x,
+            t,
+            in_axes = [0, 0],
+            axis_name = "batch"
+        )
+    }
+}
+
+/// The same, summed over the batch axis by `reduce_axes`.
+struct SummedGrads;
+
+#[differentiable]
+impl SummedGrads {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, t: &Array1<f64>) -> Variables {
+        vmap!(
+            cx,
+            |mdl, cx, x, t| {
+                let (_, bwd) = vjp!(
+                    cx,
+                    |m, cx, x, t| m.call(cx, x, t),
+                    mdl,
+                    x,
+                    t,
+                    reduce_axes = ["batch"]
+                );
+                let (g, _, _) = bwd(1.0);
+                g
+            },
+            ExampleLoss,
+            x,
+            t,
+            in_axes = [0, 0],
+            axis_name = "batch"
+        )
+    }
+}
+
+/// `reduce_axes` naming an axis no vmap! binds.
+struct Unbound;
+
+#[differentiable]
+impl Unbound {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, t: &Array1<f64>) -> Variables {
+        vmap!(
+            cx,
+            |mdl, cx, x, t| {
+                let (_, bwd) = vjp!(
+                    cx,
+                    |m, cx, x, t| m.call(cx, x, t),
+                    mdl,
+                    x,
+                    t,
+                    reduce_axes = ["time"]
+                );
+                let (g, _, _) = bwd(1.0);
+                g
+            },
+            ExampleLoss,
+            x,
+            t,
+            in_axes = [0, 0],
+            axis_name = "batch"
+        )
+    }
+}
+
+#[test]
+fn vmap_in_a_module_gives_per_example_or_reduced_variable_cotangents() {
+    let case = reference("modules.json", "per_example_grads");
+    let w: Array1<f64> = array(&case["inputs"]["w"]).into_dimensionality().unwrap();
+    let x: Array2<f64> = array(&case["inputs"]["x"]).into_dimensionality().unwrap();
+    let t: Array1<f64> = array(&case["inputs"]["t"]).into_dimensionality().unwrap();
+    // The examples share one set of variables.
+    let init = PerExampleGrads.init(0, &x, &t).unwrap();
+    assert_eq!(
+        init.shapes(),
+        r#"{"params": {"ExampleLoss_0": {"w": [3]}}}"#
+    );
+
+    let vars = Variables::new()
+        .with("params", "ExampleLoss_0/w", w)
+        .unwrap();
+    let per_example = PerExampleGrads.apply(&vars, &x, &t).unwrap();
+    assert_eq!(per_example.shapes(), r#"{"params": {"w": [5, 3]}}"#);
+    let read = |v: &Variables| v.read::<ndarray::ArrayD<f64>>("params", "w").unwrap();
+    assert_close(
+        "per_example",
+        &read(&per_example),
+        &array(&case["per_example_w_grad"]),
+        RTOL,
+    );
+    let summed = SummedGrads.apply(&vars, &x, &t).unwrap();
+    assert_close(
+        "reduced",
+        &read(&summed),
+        &array(&case["reduced_w_grad"]),
+        RTOL,
+    );
+    assert_eq!(
+        Unbound.apply(&vars, &x, &t).unwrap_err(),
+        ScopeError::UnboundAxis {
+            axis: "time".into(),
+            path: "ExampleLoss_0".into()
+        }
+    );
+}
+
 // ----- jvp_params: nn.jvp with a tangent on the params -----
 
 struct BarJ;
