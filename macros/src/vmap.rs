@@ -242,7 +242,7 @@ fn reducing_transform(cx: &Ctxt, input: &VmapInput) -> Option<(TokenStream, Toke
     let order: Vec<usize> = match &t.wrt {
         Some(w) => w
             .iter()
-            .filter_map(|w| names.iter().position(|n| *n == w.to_string()))
+            .filter_map(|w| names.iter().position(|n| w == n))
             .collect(),
         None => (0..names.len()).collect(),
     };
