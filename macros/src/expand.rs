@@ -259,7 +259,12 @@ fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> 
         .iter()
         .map(|p| matches!(p.ty, Type::Reference(_)))
         .collect();
-    let Some(body) = crate::tangent::jvp_body(&func, &|v| act.varied(v), &reference_params) else {
+    let Some(body) = crate::tangent::jvp_body(
+        &func,
+        &|v| act.varied(v),
+        &reference_params,
+        crate::tangent::Mode::Inputs,
+    ) else {
         cx.error_at(
             &f.sig.ident,
             "#[differentiable(jvp)]: forward mode covers straight-line code with arithmetic, elementwise maths, powi, sum, mean, sum_axis, t, dot and element reads so far",
@@ -795,11 +800,34 @@ impl syn::visit_mut::VisitMut for NameLifetimes {
 }
 
 /// Replaces every lifetime of a type with `'static`.
-struct StaticLifetimes;
+pub(crate) struct StaticLifetimes;
 
 impl syn::visit_mut::VisitMut for StaticLifetimes {
     fn visit_lifetime_mut(&mut self, lt: &mut syn::Lifetime) {
         *lt = syn::Lifetime::new("'static", lt.span());
+    }
+
+    fn visit_type_reference_mut(&mut self, r: &mut syn::TypeReference) {
+        if r.lifetime.is_none() {
+            r.lifetime = Some(syn::Lifetime::new("'static", Span::call_site()));
+        }
+        syn::visit_mut::visit_type_reference_mut(self, r);
+    }
+
+    // ndarray's views written without their lifetime (`ArrayView2<f64>`).
+    fn visit_path_segment_mut(&mut self, seg: &mut syn::PathSegment) {
+        let name = seg.ident.to_string();
+        if (name.starts_with("ArrayView") || name.starts_with("CowArray"))
+            && let syn::PathArguments::AngleBracketed(args) = &mut seg.arguments
+            && !args
+                .args
+                .iter()
+                .any(|a| matches!(a, syn::GenericArgument::Lifetime(_)))
+        {
+            let lt = syn::Lifetime::new("'static", Span::call_site());
+            args.args.insert(0, syn::GenericArgument::Lifetime(lt));
+        }
+        syn::visit_mut::visit_path_segment_mut(self, seg);
     }
 }
 
@@ -1302,11 +1330,11 @@ pub(crate) fn lifted_module(
 /// The lifted forward-mode transform, as `flax.linen.jvp`:
 /// `jvp!(cx, |mdl, cx, x| body, Child, (x,), (tx,), variable_tangents)` gives
 /// `(output, output_tangent)` for tangents of the primals and of the child's
-/// parameters (`variable_tangents`, a `Variables` tree relative to the child).
+/// variables (`variable_tangents`, a `Variables` tree relative to the child).
 ///
-/// The tangent is assembled from vector-Jacobian products, one per output element,
-/// each re-running the child under the same names: exact, and as cheap as forward
-/// mode for small outputs only.
+/// Forward mode proper: the closure's body with a tangent after each statement, the
+/// child's parameter reads taking their tangents from the scope, and submodules
+/// running their own forward mode (`__call_tjvp`).
 fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
     let scope = &input.positional[0];
     let syn::Expr::Closure(c) = &input.positional[1] else {
@@ -1333,15 +1361,31 @@ fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
     let Some((names, infos, body)) = lifted_closure(cx, c) else {
         return TokenStream::new();
     };
-    let Some((_, g)) = generate(cx, &infos, &body, false, true) else {
+    let specs: Vec<ParamSpec> = infos.iter().map(ParamInfo::spec).collect();
+    let mut func = lower::lower(cx, &specs, &body);
+    func.params_active = true;
+    let act = activity::analyze(cx, &func);
+    if cx.has_errors() {
+        return TokenStream::new();
+    }
+    let refs = vec![false; specs.len()];
+    let Some(jvp) = crate::tangent::jvp_body(
+        &func,
+        &|v| act.varied(v),
+        &refs,
+        crate::tangent::Mode::Variables,
+    ) else {
+        cx.error_at(
+            &c.body,
+            "jvp!: forward mode covers module calls, arithmetic, elementwise maths, powi, sum, mean, sum_axis, t, dot and element reads so far",
+        );
         return TokenStream::new();
     };
-    let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
     let (mdl, cxn) = (&names[0], &names[1]);
     let primals = &names[2..];
+    let dots: Vec<Ident> = primals.iter().map(crate::tangent::dot_name).collect();
     let temps: Vec<Ident> = (0..n).map(|i| format_ident!("__primal{}", i)).collect();
     let tangents: Vec<Ident> = (0..n).map(|i| format_ident!("__tangent{}", i)).collect();
-    let grads: Vec<Ident> = (0..n).map(|i| format_ident!("__g{}", i)).collect();
     let (enter, exit) = lifted_module(module, mdl, cxn);
     quote!({
         let (#(#temps,)*) = #primals_tuple;
@@ -1349,26 +1393,14 @@ fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
         let __var_tangents: &::adjoint::Variables = &(#var_tangents);
         let #cxn: &mut ::adjoint::Scope = &mut *(#scope);
         #enter
-        let __child = #cxn.path();
-        let __mark = #cxn.mark();
-        let mut __components: ::std::vec::Vec<f64> = ::std::vec::Vec::new();
+        let __old = #cxn.set_tangents(::core::option::Option::Some(__var_tangents));
+        #(let #primals = #temps;)*
+        #(let #dots = ::adjoint::__private::own(&#tangents);)*
         #[allow(unused_mut, unused_variables, unused_parens)]
-        let __value = loop {
-            #cxn.reset_to(&__mark);
-            #(let #primals = ::core::clone::Clone::clone(&#temps);)*
-            #primal
-            let __value = #output;
-            let __ct = ::adjoint::__private::unit_cot(&__value, __components.len());
-            let (__vars_bar, _, _, #(#grads,)*) = { #reverse };
-            let __vars_bar = ::adjoint::__private::vjp_variables(&__vars_bar, &__child, &["params"]);
-            __components.push(::adjoint::__private::inner(&__vars_bar, __var_tangents) #(+ ::adjoint::__private::inner(&#grads, &#tangents))*);
-            if __components.len() >= ::adjoint::__private::basis_len(&__value) {
-                break __value;
-            }
-        };
+        let __result = { #jvp };
+        #cxn.restore_tangents(__old);
         #exit
-        let __tangent = ::adjoint::__private::tangent_from(&__value, &__components);
-        (__value, __tangent)
+        __result
     })
 }
 

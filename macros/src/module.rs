@@ -121,6 +121,8 @@ pub fn module_items(
     // Forward mode, for second order through a lifted transform: the body's JVP along
     // the inputs, and its VJP with parameters differentiated (`__call_body_jvp`).
     let jvp_items = body_jvp(&m.sig, params, &body, &ret, &type_name);
+    // Forward mode along the inputs and the variables, for a lifted `jvp!`.
+    let tjvp_items = body_tjvp(&m.sig, params, &body, &ret, &type_name);
 
     // `model.apply(variables, ..).unwrap()` inside a transform: the gradient with
     // respect to the variables (the training path) and the inputs.
@@ -178,6 +180,7 @@ pub fn module_items(
         #body_inputs_vjp
         #body_params_vjp
         #jvp_items
+        #tjvp_items
         #wrappers
         #apply_vjp
 
@@ -417,7 +420,12 @@ fn body_jvp(
     let jvp = if quiet.has_errors() {
         None
     } else {
-        crate::tangent::jvp_body(&func, &|v| act.varied(v), &reference)
+        crate::tangent::jvp_body(
+            &func,
+            &|v| act.varied(v),
+            &reference,
+            crate::tangent::Mode::Inputs,
+        )
     };
     let mut jvp_params: Vec<ParamInfo> = params.to_vec();
     for p in params.iter().filter(|p| p.active) {
@@ -503,4 +511,94 @@ fn body_jvp(
         Owner::Hidden,
     );
     quote!(#jvp_vjp #wrappers)
+}
+
+/// `__call_body_tjvp(&self, cx, xs.., dxs..) -> (R, Cot<R>)`, forward mode along the
+/// inputs and the variables (whose tangents the scope holds) for a lifted `jvp!`, and
+/// the wrappers `__call_tjvp` and `__call_in_tjvp` that run it in the module's scope.
+/// Every argument but the scope takes a tangent (`NoTangent` for none). Where forward
+/// mode does not cover the body, the scope records `ForwardModeUnsupported`.
+fn body_tjvp(
+    sig: &Signature,
+    params: &[ParamInfo],
+    body: &syn::Block,
+    ret: &Type,
+    type_name: &str,
+) -> TokenStream {
+    use crate::lower::{self, ParamSpec};
+    use crate::tangent::{Mode, dot_name, jvp_body};
+    let quiet = Ctxt::default();
+    let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
+    let mut func = lower::lower(&quiet, &specs, body);
+    func.params_active = true;
+    let act = crate::activity::analyze(&quiet, &func);
+    let reference: Vec<bool> = specs.iter().map(|s| s.reference).collect();
+    let tangent = if quiet.has_errors() {
+        None
+    } else {
+        jvp_body(&func, &|v| act.varied(v), &reference, Mode::Variables)
+    };
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let scope = &names[0];
+    let inputs: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
+    let rest_inputs = &inputs[1..];
+    let dnames: Vec<syn::Ident> = params[1..]
+        .iter()
+        .map(|p| dot_name(&syn::parse2(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_"))))
+        .collect();
+    let dtypes: Vec<syn::Ident> = (0..dnames.len())
+        .map(|i| format_ident!("__D{}", i))
+        .collect();
+    let mut generics = sig.generics.clone();
+    for d in &dtypes {
+        generics.params.push(syn::parse_quote!(#d));
+    }
+    let mut convert = TokenStream::new();
+    for ((p, d), t) in params[1..].iter().zip(&dnames).zip(&dtypes) {
+        if !p.active {
+            continue;
+        }
+        let mut ty = p.ty.clone();
+        crate::expand::StaticLifetimes.visit_type_mut(&mut ty);
+        generics
+            .make_where_clause()
+            .predicates
+            .push(syn::parse_quote!(#t: ::adjoint::__private::IntoTangent<::adjoint::Cot<#ty>>));
+        let x = param_name(&p.pat);
+        convert.extend(quote!(let #d = ::adjoint::__private::tangent(#d, &#x);));
+    }
+    let block = match tangent {
+        Some(t) => quote!({ #convert #t }),
+        None => quote!({
+            #scope.forward_mode_unsupported();
+            let __y = self.__call_body(#(#names),*);
+            let __dy = ::adjoint::__private::zeros(&__y);
+            (__y, __dy)
+        }),
+    };
+    let where_clause = &generics.where_clause;
+    let out = quote!((#ret, ::adjoint::Cot<#ret>));
+    quote! {
+        #[doc(hidden)]
+        #[allow(clippy::all, unused_parens, unused_variables, unused_mut)]
+        pub fn __call_body_tjvp #generics (&self, #(#inputs,)* #(#dnames: #dtypes),*) -> #out #where_clause #block
+
+        #[doc(hidden)]
+        #[inline]
+        pub fn __call_tjvp #generics (&self, #(#inputs,)* #(#dnames: #dtypes),*) -> #out #where_clause {
+            #scope.enter_auto(#type_name);
+            let __out = self.__call_body_tjvp(#(#names,)* #(#dnames),*);
+            #scope.exit();
+            __out
+        }
+
+        #[doc(hidden)]
+        #[inline]
+        pub fn __call_in_tjvp #generics (&self, #scope: &mut ::adjoint::Scope, __child: ::adjoint::scope::ChildName<'_>, #(#rest_inputs,)* #(#dnames: #dtypes),*) -> #out #where_clause {
+            #scope.enter_child(__child);
+            let __out = self.__call_body_tjvp(#(#names,)* #(#dnames),*);
+            #scope.exit();
+            __out
+        }
+    }
 }

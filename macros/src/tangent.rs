@@ -14,20 +14,37 @@ use quote::{ToTokens, format_ident, quote};
 use std::collections::HashSet;
 use syn::Ident;
 
+/// Which tangents forward mode follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Along the inputs, as ordinary Rust differentiated again (second order); a
+    /// tangent has its input's type.
+    Inputs,
+    /// Along the inputs and the variables (a lifted `jvp!`): tangents are owned values,
+    /// parameter reads take theirs from the scope, and submodules run the same kind of
+    /// forward mode (`__call_tjvp`), given `NoTangent` for arguments that do not vary.
+    Variables,
+}
+
 /// The body of `fn __f_jvp(args.., tangents..) -> (R, R)`, or `None` if the body uses
 /// something forward mode does not cover yet.
 pub fn jvp_body(
     f: &Func,
     varied: &dyn Fn(Var) -> bool,
     reference_params: &[bool],
+    mode: Mode,
 ) -> Option<TokenStream> {
-    let refs = f
+    let refs: HashSet<Var> = f
         .params
         .iter()
         .zip(reference_params)
         .filter(|(_, r)| **r)
         .map(|(p, _)| p.var)
         .collect();
+    let tangent_refs = match mode {
+        Mode::Inputs => refs.clone(),
+        Mode::Variables => HashSet::new(),
+    };
     let mut defs = std::collections::HashMap::new();
     crate::adjoint::collect_defs(&f.body, &mut defs);
     let scalar = crate::adjoint::scalars(f, &defs);
@@ -36,7 +53,9 @@ pub fn jvp_body(
         varied,
         has_dot: HashSet::new(),
         refs,
+        tangent_refs,
         scalar,
+        mode,
     };
     for p in &f.params {
         if p.active {
@@ -53,7 +72,7 @@ pub fn jvp_body(
     // The output's tangent, owned.
     let y = t.atom(a);
     let dy = match a.var().filter(|v| t.has_dot.contains(v)) {
-        Some(v) if t.refs.contains(&v) => {
+        Some(v) if t.tangent_refs.contains(&v) => {
             let d = dot_name(f.name(v));
             quote!(#d.to_owned())
         }
@@ -76,8 +95,11 @@ struct Tangent<'a> {
     f: &'a Func,
     varied: &'a dyn Fn(Var) -> bool,
     has_dot: HashSet<Var>,
-    /// Parameters of reference type: already references (so are their tangents).
+    /// Parameters of reference type: already references.
     refs: HashSet<Var>,
+    /// The variables whose tangents are references.
+    tangent_refs: HashSet<Var>,
+    mode: Mode,
     /// Float scalars: used by value (`Copy`), as ndarray's operators want them.
     scalar: Vec<bool>,
 }
@@ -112,11 +134,13 @@ impl Tangent<'_> {
             return None;
         }
         let d = dot_name(self.f.name(v));
-        Some(if self.refs.contains(&v) || self.scalar[v.0 as usize] {
-            quote!(#d)
-        } else {
-            quote!(&#d)
-        })
+        Some(
+            if self.tangent_refs.contains(&v) || self.scalar[v.0 as usize] {
+                quote!(#d)
+            } else {
+                quote!(&#d)
+            },
+        )
     }
 
     /// A reference to the tangent, or a zero of the value's shape (`&(x * 0.0)`).
@@ -164,11 +188,16 @@ impl Tangent<'_> {
                             return None;
                         };
                         let recv = self.atom(&receiver.atom);
-                        let args = call.args.iter().map(|a| {
-                            let x = self.atom(&a.atom);
-                            if a.by_ref { quote!(&#x) } else { x }
-                        });
-                        Some(quote!(let #decl = #recv.#m #generics(#(#args),*);))
+                        let args: Vec<TokenStream> =
+                            call.args.iter().map(|a| self.arg(a)).collect();
+                        let mut out = quote!(let #decl = #recv.#m #generics(#(#args),*););
+                        // Along the variables: the tangent the scope was given, or zero.
+                        if self.mode == Mode::Variables && (self.varied)(*dst) {
+                            let (dn, param) = (dot_name(&name), &args[0]);
+                            out.extend(quote!(let #dn = #recv.param_tangent(&#name, #param);));
+                            self.has_dot.insert(*dst);
+                        }
+                        Some(out)
                     }
                     // A call along which nothing varies: as written.
                     Op::Call(call) if !(self.varied)(*dst) => {
@@ -187,26 +216,41 @@ impl Tangent<'_> {
                         else {
                             return None;
                         };
+                        let suffix = match self.mode {
+                            Mode::Inputs => "jvp",
+                            Mode::Variables => "tjvp",
+                        };
                         let jvp = match m.to_string().as_str() {
-                            "call" => format_ident!("__call_jvp"),
-                            "__call_in" => format_ident!("__call_in_jvp"),
+                            "call" => format_ident!("__call_{}", suffix),
+                            "__call_in" => format_ident!("__call_in_{}", suffix),
                             _ => return None,
                         };
                         // The scope, the child's name: constants without tangents.
                         let skip = if m == "call" { 1 } else { 2 };
-                        // Each tangent is passed as its primal is (`&x`, or `x`).
                         let dots = call.args[skip..]
                             .iter()
                             .map(|a| {
-                                let v = a.atom.var().filter(|v| self.has_dot.contains(v))?;
-                                let d = dot_name(self.f.name(v));
-                                Some(if a.by_ref {
-                                    quote!(&#d)
-                                } else if self.refs.contains(&v) || self.scalar[v.0 as usize] {
-                                    quote!(#d)
-                                } else {
-                                    quote!(::core::clone::Clone::clone(&#d))
-                                })
+                                let with = a.atom.var().filter(|v| self.has_dot.contains(v));
+                                match (self.mode, with) {
+                                    (Mode::Variables, Some(_)) => self.dot(&a.atom),
+                                    (Mode::Variables, None) => {
+                                        Some(quote!(::adjoint::__private::NoTangent))
+                                    }
+                                    // Each tangent is passed as its primal is (`&x`, `x`).
+                                    (Mode::Inputs, Some(v)) => {
+                                        let d = dot_name(self.f.name(v));
+                                        Some(if a.by_ref {
+                                            quote!(&#d)
+                                        } else if self.refs.contains(&v)
+                                            || self.scalar[v.0 as usize]
+                                        {
+                                            quote!(#d)
+                                        } else {
+                                            quote!(::core::clone::Clone::clone(&#d))
+                                        })
+                                    }
+                                    (Mode::Inputs, None) => None,
+                                }
                             })
                             .collect::<Option<Vec<_>>>()?;
                         let recv = self.arg(receiver);

@@ -70,9 +70,7 @@ pub mod __private {
     pub use crate::rules::reduce::*;
     pub use crate::rules::shape::*;
     pub use crate::scope::{add_param, second_order, vjp_variables};
-    pub use crate::transforms::{
-        GradOf, ScalarOutput, basis_len, grad_seed, inner, tangent_from, unit_cot,
-    };
+    pub use crate::transforms::{GradOf, IntoTangent, NoTangent, ScalarOutput, grad_seed, tangent};
     pub use crate::value::{Accumulate, Cot, Own, Value};
 
     /// An owned copy of `x` (see [`Own`]).

@@ -57,6 +57,11 @@ pub enum ScopeError {
         "`reduce_axes` names the axis `{axis}`, but no enclosing vmap! has that `axis_name` (at `{path}`)"
     )]
     UnboundAxis { axis: String, path: String },
+    /// A lifted `jvp!` reached a module whose forward mode does not cover its body.
+    #[error(
+        "jvp! through `{path}`: forward mode does not cover this module's body yet (loops, branches and calls to plain functions)"
+    )]
+    ForwardModeUnsupported { path: String },
     /// Variables whose structure is not a tree of leaves.
     #[error("invalid variables: {reason}")]
     InvalidVariables { reason: String },
@@ -390,6 +395,28 @@ impl Variables {
         }
     }
 
+    /// The same variables with `prefix/` before every path.
+    pub fn prefixed(&self, prefix: &str) -> Variables {
+        if prefix.is_empty() {
+            return self.clone();
+        }
+        let collections = self
+            .collections
+            .iter()
+            .map(|(c, coll)| {
+                let coll = coll
+                    .iter()
+                    .map(|(k, v)| (format!("{prefix}/{k}"), v.clone()))
+                    .collect();
+                (c.clone(), coll)
+            })
+            .collect();
+        Variables {
+            collections,
+            unsupported: self.unsupported,
+        }
+    }
+
     /// Per-example variables stacked into one tree: every leaf gains a leading axis
     /// with one entry per item (what `vmap!` gives for per-example cotangents).
     pub fn stack(items: &[Variables]) -> Variables {
@@ -555,6 +582,8 @@ pub struct Scope<'v> {
     last_child: Option<String>,
     /// The named axes of the enclosing `vmap!`s, innermost last.
     axes: Vec<String>,
+    /// Inside a lifted `jvp!`: the tangents of the variables, by full path.
+    tangents: Option<Variables>,
     /// Inside a lifted transform: the collections and random streams it lets through.
     visible: Option<BTreeSet<String>>,
     visible_rngs: Option<BTreeSet<String>>,
@@ -610,6 +639,7 @@ impl<'v> Scope<'v> {
             error: None,
             returns: Vec::new(),
             axes: Vec::new(),
+            tangents: None,
             last_child: None,
             visible: None,
             visible_rngs: None,
@@ -688,6 +718,49 @@ impl<'v> Scope<'v> {
         let name = format!("{type_name}_{k}");
         *k += 1;
         name
+    }
+
+    /// Sets the variables' tangents of a lifted `jvp!` (paths relative to the current
+    /// module) and returns the ones set before.
+    pub fn set_tangents(&mut self, tangents: Option<&Variables>) -> Option<Variables> {
+        let here = self.path();
+        let new = tangents.map(|t| t.prefixed(&here));
+        std::mem::replace(&mut self.tangents, new)
+    }
+
+    /// Restores the tangents [`Scope::set_tangents`] returned.
+    pub fn restore_tangents(&mut self, old: Option<Variables>) {
+        self.tangents = old;
+    }
+
+    /// The tangent of parameter `name` of the current module (read as `like`): the
+    /// one a lifted `jvp!` was given, or zero.
+    pub fn param_tangent<T: Stored + Clone>(&mut self, like: &T, name: &str) -> T {
+        let path = self.path_to(name);
+        let like = like.clone().into_leaf();
+        let given = self.tangents.as_ref().and_then(|t| t.get("params", &path));
+        if let Some(leaf) = given {
+            if leaf.shape() == like.shape()
+                && let Some(t) = T::from_leaf(leaf)
+            {
+                return t;
+            }
+            let e = ScopeError::ShapeMismatch {
+                collection: "params (tangent)".into(),
+                path,
+                expected: like.shape().to_vec(),
+                found: leaf.shape().to_vec(),
+            };
+            self.fail(e);
+        }
+        let zero = like.zeros_like();
+        T::from_leaf(&zero).unwrap_or_else(|| placeholder(&IxDyn(zero.shape())))
+    }
+
+    /// Records that forward mode does not reach the current module.
+    pub fn forward_mode_unsupported(&mut self) {
+        let path = self.path();
+        self.fail(ScopeError::ForwardModeUnsupported { path });
     }
 
     /// Binds the named axis of a `vmap!` until [`Scope::pop_axis`].
@@ -1135,28 +1208,19 @@ pub fn add_param(acc: &mut Variables, at: &VarPath, ct: impl ParamCot) {
     }
 }
 
-/// Where a scope's naming and random streams stood, to run a child again under
-/// the same names (as `jvp!` does).
+/// Where a scope's naming stood, to run a child again under the same names (as
+/// `vmap!` does for each example).
 #[derive(Clone, Debug)]
 pub struct ScopeMark {
     counters: HashMap<String, usize>,
-    rng_counters: HashMap<String, u64>,
 }
 
 impl Scope<'_> {
-    /// The current naming and random-stream counters.
+    /// The current naming counters.
     pub fn mark(&self) -> ScopeMark {
         ScopeMark {
             counters: self.counters.clone(),
-            rng_counters: self.rng_counters.clone(),
         }
-    }
-
-    /// Returns the counters to `mark`: children get the same names again, and random
-    /// streams give the same keys again.
-    pub fn reset_to(&mut self, mark: &ScopeMark) {
-        self.counters = mark.counters.clone();
-        self.rng_counters = mark.rng_counters.clone();
     }
 
     /// Returns the naming counters to `mark` (children get the same names again) and

@@ -1,5 +1,5 @@
-//! What the transforms `grad!`, `value_and_grad!` and `vjp!` need at run time: the
-//! seed cotangent of a scalar output, and the split of `(value, aux)` outputs.
+//! What the transforms need at run time: the seed cotangent of a scalar output for
+//! `grad!`, and for a lifted `jvp!` the tangents passed to a module's forward mode.
 
 use crate::value::Value;
 
@@ -74,121 +74,62 @@ pub fn grad_seed<T: ScalarOutput>(out: &T) -> T::Cot {
     out.one()
 }
 
-/// Outputs whose tangent `jvp!` assembles from vector-Jacobian products: one unit
-/// cotangent per element.
-pub trait Basis: Value {
-    /// The number of elements.
-    fn basis_len(&self) -> usize;
-    /// The cotangent with a one at element `k` and zeros elsewhere.
-    fn unit(&self, k: usize) -> Self::Cot;
-    /// The tangent with element `k` equal to `values[k]`.
-    fn tangent_from(&self, values: &[f64]) -> Self::Cot;
+/// No tangent: a module's forward mode takes it for an argument that does not vary
+/// (a zero tangent where the argument is a float value, ignored otherwise).
+#[derive(Clone, Copy, Debug)]
+pub struct NoTangent;
+
+/// A tangent passed to a module's forward mode for an argument whose tangent has
+/// type `C`: a `C`, a reference to one (copied), or [`NoTangent`] (zero).
+pub trait IntoTangent<C> {
+    /// The tangent, or `zero()` for [`NoTangent`].
+    fn into_tangent(self, zero: impl FnOnce() -> C) -> C;
 }
 
-macro_rules! scalar_basis {
+impl<C> IntoTangent<C> for NoTangent {
+    #[inline(always)]
+    fn into_tangent(self, zero: impl FnOnce() -> C) -> C {
+        zero()
+    }
+}
+
+macro_rules! scalar_tangent {
     ($($t:ty),*) => {$(
-        impl Basis for $t {
-            fn basis_len(&self) -> usize {
-                1
+        impl IntoTangent<$t> for $t {
+            #[inline(always)]
+            fn into_tangent(self, _zero: impl FnOnce() -> $t) -> $t {
+                self
             }
-            fn unit(&self, _k: usize) -> $t {
-                1.0
-            }
-            fn tangent_from(&self, values: &[f64]) -> $t {
-                values.first().copied().unwrap_or(0.0) as $t
+        }
+        impl IntoTangent<$t> for &$t {
+            #[inline(always)]
+            fn into_tangent(self, _zero: impl FnOnce() -> $t) -> $t {
+                *self
             }
         }
     )*};
 }
-scalar_basis!(f32, f64);
+scalar_tangent!(f32, f64);
 
-impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension> Basis
-    for ndarray::ArrayBase<S, D>
+impl<A: crate::value::Real, D: ndarray::Dimension> IntoTangent<ndarray::Array<A, D>>
+    for ndarray::Array<A, D>
 {
-    fn basis_len(&self) -> usize {
-        self.len()
-    }
-    fn unit(&self, k: usize) -> ndarray::Array<A, D> {
-        let mut u = ndarray::Array::zeros(self.raw_dim());
-        if let Some(v) = u.iter_mut().nth(k) {
-            *v = A::one();
-        }
-        u
-    }
-    fn tangent_from(&self, values: &[f64]) -> ndarray::Array<A, D> {
-        let mut out = ndarray::Array::zeros(self.raw_dim());
-        for (o, v) in out.iter_mut().zip(values) {
-            *o = A::lit(*v);
-        }
-        out
+    #[inline(always)]
+    fn into_tangent(self, _zero: impl FnOnce() -> Self) -> Self {
+        self
     }
 }
 
-/// `<cotangent, tangent>`: how much a tangent moves an output along a cotangent.
-pub trait Inner<T: ?Sized> {
-    /// The inner product.
-    fn inner(&self, tangent: &T) -> f64;
-}
-
-impl Inner<f64> for f64 {
-    fn inner(&self, t: &f64) -> f64 {
-        self * t
-    }
-}
-
-impl Inner<f32> for f32 {
-    fn inner(&self, t: &f32) -> f64 {
-        (self * t) as f64
-    }
-}
-
-impl<A: crate::value::Real, D: ndarray::Dimension, S: ndarray::Data<Elem = A>>
-    Inner<ndarray::ArrayBase<S, D>> for ndarray::Array<A, D>
+impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension>
+    IntoTangent<ndarray::Array<A, D>> for &ndarray::ArrayBase<S, D>
 {
-    fn inner(&self, t: &ndarray::ArrayBase<S, D>) -> f64 {
-        self.iter()
-            .zip(t.iter())
-            .map(|(a, b)| a.as_f64() * b.as_f64())
-            .sum()
+    fn into_tangent(self, _zero: impl FnOnce() -> ndarray::Array<A, D>) -> ndarray::Array<A, D> {
+        self.to_owned()
     }
 }
 
-impl Inner<crate::scope::Variables> for crate::scope::Variables {
-    /// The sum over the leaves both trees hold.
-    fn inner(&self, t: &crate::scope::Variables) -> f64 {
-        let mut total = 0.0;
-        for c in self.collections() {
-            for (path, leaf) in self.iter(c) {
-                if let Some(other) = t.get(c, path) {
-                    total += leaf
-                        .to_f64_vec()
-                        .iter()
-                        .zip(other.to_f64_vec())
-                        .map(|(a, b)| a * b)
-                        .sum::<f64>();
-                }
-            }
-        }
-        total
-    }
-}
-
-/// The cotangent with a one at element `k` of `out`.
-pub fn unit_cot<T: Basis>(out: &T, k: usize) -> T::Cot {
-    out.unit(k)
-}
-
-/// The number of elements of `out`.
-pub fn basis_len<T: Basis>(out: &T) -> usize {
-    out.basis_len()
-}
-
-/// The tangent of `out` with the given elements.
-pub fn tangent_from<T: Basis>(out: &T, values: &[f64]) -> T::Cot {
-    out.tangent_from(values)
-}
-
-/// `<cotangent, tangent>`.
-pub fn inner<C: Inner<T>, T: ?Sized>(cot: &C, tangent: &T) -> f64 {
-    cot.inner(tangent)
+/// The tangent `t` for an argument `x` (zero for [`NoTangent`]).
+#[inline(always)]
+pub fn tangent<X: Value, T: IntoTangent<X::Cot>>(t: T, x: &X) -> X::Cot {
+    t.into_tangent(|| x.zeros())
 }

@@ -1025,6 +1025,114 @@ fn jvp_params() {
     assert_close("output", &out.into_dyn(), &array(&case["output"]), RTOL);
 }
 
+/// Two Dense layers, for forward mode through submodules.
+struct Net;
+
+#[differentiable]
+impl Net {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let h = Dense::new(4).call(cx, x).tanh();
+        Dense::new(2).call(cx, &h)
+    }
+}
+
+/// Runs `Net` as its child `Net_0`.
+struct Wrap;
+
+#[differentiable]
+impl Wrap {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        Net.call(cx, x)
+    }
+}
+
+/// The JVP of `Net_0` along a tangent of the input and of one kernel.
+struct JvpNet;
+
+#[differentiable]
+impl JvpNet {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, dx: &Array2<f64>) -> Array2<f64> {
+        let dp = no_grad(
+            Variables::new()
+                .with("params", "Dense_0/kernel", Array2::<f64>::ones((3, 4)))
+                .unwrap_or_default(),
+        );
+        let (_, dy) = jvp!(cx, |mdl, cx, x| mdl.call(cx, x), Net, (x,), (dx,), dp);
+        dy
+    }
+}
+
+#[test]
+fn jvp_is_forward_mode_along_inputs_and_variables() {
+    let x = Array2::from_shape_fn((2, 3), |(i, j)| (i as f64 + 0.5 * j as f64).sin());
+    let dx = Array2::from_shape_fn((2, 3), |(i, j)| (i as f64 - j as f64) * 0.3);
+    let vars = Wrap.init(7, &x).unwrap();
+    assert_eq!(JvpNet.init(7, &x, &dx).unwrap(), vars);
+    let dy = JvpNet.apply(&vars, &x, &dx).unwrap();
+    // Central differences along the same direction.
+    let h = 1e-6;
+    let moved = |s: f64| {
+        let k: Array2<f64> = vars.read("params", "Net_0/Dense_0/kernel").unwrap();
+        let mut v = vars.clone();
+        v.insert(
+            "params",
+            "Net_0/Dense_0/kernel",
+            adjoint::scope::Stored::into_leaf(k + s),
+        )
+        .unwrap();
+        Wrap.apply(&v, &(&x + &(&dx * s))).unwrap()
+    };
+    let fd = (moved(h) - moved(-h)) / (2.0 * h);
+    assert_close("jvp", &dy.into_dyn(), &fd.into_dyn(), 1e-6);
+}
+
+/// A module with a loop: forward mode does not reach it yet.
+struct Looping;
+
+#[differentiable]
+impl Looping {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        let p: f64 = cx.param("p", init::ones, ());
+        let mut s = x;
+        for _ in 0..3 {
+            s = s * p;
+        }
+        s
+    }
+}
+
+struct JvpLooping;
+
+#[differentiable]
+impl JvpLooping {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        let none = no_grad(Variables::new());
+        let (_, dy) = jvp!(
+            cx,
+            |mdl, cx, x| mdl.call(cx, x),
+            Looping,
+            (x,),
+            (1.0,),
+            none
+        );
+        dy
+    }
+}
+
+#[test]
+fn jvp_through_a_module_forward_mode_does_not_reach_is_a_typed_error() {
+    let err = ScopeError::ForwardModeUnsupported {
+        path: "Looping_0".into(),
+    };
+    assert_eq!(JvpLooping.init(0, 2.0).unwrap_err(), err);
+    let vars = Variables::new().with("params", "Looping_0/p", 1.5).unwrap();
+    assert_eq!(JvpLooping.apply(&vars, 2.0).unwrap_err(), err);
+    assert_eq!(
+        err.to_string(),
+        "jvp! through `Looping_0`: forward mode does not cover this module's body yet (loops, branches and calls to plain functions)"
+    );
+}
+
 // ----- lifted transforms: visible collections and random streams -----
 
 struct Hidden;
