@@ -134,8 +134,8 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
             Stmt::LetLifted(l) => {
                 // Gradients of the child depend on its parameters and on the primals.
                 if params || l.args.iter().any(|a| is(varied, &a.atom)) {
-                    for d in &l.dsts {
-                        changed |= set(varied, *d);
+                    for d in l.defined() {
+                        changed |= set(varied, d);
                     }
                 }
             }
@@ -234,7 +234,7 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
                 }
             }
             Stmt::LetLifted(l) => {
-                if l.dsts.iter().any(|d| useful[d.0 as usize]) {
+                if l.defined().iter().any(|d| useful[d.0 as usize]) {
                     for a in &l.args {
                         if let Some(v) = a.atom.var() {
                             changed |= set(useful, v);

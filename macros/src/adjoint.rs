@@ -810,20 +810,30 @@ impl<'a> Gen<'a> {
         }
     }
 
-    /// The pullback of a lifted gradient `g = grad_x f(params, x)` (second order):
-    /// with cotangent `c`, the parameters' and `x`'s cotangents are the gradient of
-    /// `<grad_x f, c>`, the child's JVP along `c`; so the child's JVP-VJP runs, on a
-    /// snapshot of the variables, in the child's scope.
-    /// `atom` is a parameter whose type is a reference (`&T`).
+    /// Whether `atom` is a parameter whose type is a reference (`&T`).
     fn is_reference_param(&self, atom: &Atom) -> bool {
         atom.var()
             .is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference))
     }
 
+    /// The pullback of a lifted gradient `g = grad_x f(params, x)` (second order):
+    /// with cotangent `c`, the parameters' and `x`'s cotangents are the gradient of
+    /// `<grad_x f, c>`, the child's JVP along `c`; so the child's JVP-VJP runs, on a
+    /// snapshot of the variables, in the child's scope. For `value_and_grad!` the
+    /// value's cotangent `c_v` adds `c_v f`: it seeds the JVP's value.
     fn rev_lifted(&mut self, r: &mut Rev, l: &Lifted) {
-        if !l.dsts.iter().any(|d| self.active(*d) && r.init.contains(d)) {
+        if !l
+            .defined()
+            .iter()
+            .any(|d| self.active(*d) && r.init.contains(d))
+        {
             return;
         }
+        // The value's cotangent seeds the child's output (`value_and_grad!`).
+        let value_seed = match l.value {
+            Some(v) if r.init.contains(&v) => self.bar(v).to_token_stream(),
+            _ => quote!(::adjoint::__private::zeros(&__o.0)),
+        };
         let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
         let tangents: Vec<TokenStream> = l
             .dsts
@@ -880,7 +890,7 @@ impl<'a> Gen<'a> {
                 __cx2.enter_path(&__child);
                 let (__o, __pb2) = ::adjoint::scope::Child::module(&__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
                 let (__cv, _, #(#cots,)* #(#skip,)*) =
-                    __pb2((::adjoint::__private::zeros(&__o.0), ::adjoint::__private::grad_seed(&__o.1)));
+                    __pb2((#value_seed, ::adjoint::__private::grad_seed(&__o.1)));
                 #merge
                 (#(#cots,)*)
             };
@@ -1262,7 +1272,7 @@ impl<'a> Gen<'a> {
             let defined: Vec<Var> = match s {
                 Stmt::Let { dst, .. } => vec![*dst],
                 Stmt::LetTuple { dsts, .. } => dsts.clone(),
-                Stmt::LetLifted(l) => l.dsts.clone(),
+                Stmt::LetLifted(l) => l.defined(),
                 Stmt::If { phis, .. } => phis.clone(),
                 Stmt::Loop(lp) => lp.carries.iter().map(|c| c.out).chain(lp.value).collect(),
             };
@@ -1378,7 +1388,13 @@ impl<'a> Gen<'a> {
             Stmt::LetLifted(l) => {
                 let names: Vec<&Ident> = l.dsts.iter().map(|d| self.name(*d)).collect();
                 let tokens = &l.tokens;
-                let mut out = quote!(let (#(#names,)*) = #tokens;);
+                let mut out = match l.value {
+                    Some(v) => {
+                        let v = self.name(v);
+                        quote!(let (#v, (#(#names,)*)) = #tokens;)
+                    }
+                    None => quote!(let (#(#names,)*) = #tokens;),
+                };
                 if self.reads_all.contains(&Slot::Pb(l.dsts[0])) {
                     // What the second-order pullback reruns the child on: the variables,
                     // the child's path, and the module (a copy if it is a field of
@@ -2007,7 +2023,7 @@ fn block_defs(b: &Block, out: &mut HashSet<Var>) {
                 out.insert(*dst);
             }
             Stmt::LetTuple { dsts, .. } => out.extend(dsts.iter().copied()),
-            Stmt::LetLifted(l) => out.extend(l.dsts.iter().copied()),
+            Stmt::LetLifted(l) => out.extend(l.defined()),
             Stmt::If { phis, .. } => out.extend(phis.iter().copied()),
             Stmt::Loop(lp) => {
                 out.extend(lp.carries.iter().map(|c| c.out));

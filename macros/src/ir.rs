@@ -143,14 +143,18 @@ pub enum Stmt {
     If { branch: Branching, phis: Vec<Var> },
     /// A loop.
     Loop(Loop),
-    /// `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` inside a module,
-    /// emitted as written, one variable per primal's gradient. Its pullback (second
-    /// order) reruns the child's JVP-VJP on a snapshot of the variables.
+    /// `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` (or
+    /// `value_and_grad!`) inside a module, emitted as written, one variable per
+    /// primal's gradient. Its pullback (second order) reruns the child's JVP-VJP on a
+    /// snapshot of the variables.
     LetLifted(Lifted),
 }
 
 /// A lifted gradient that can be differentiated.
 pub struct Lifted {
+    /// The value, for `value_and_grad!`.
+    pub value: Option<Var>,
+    /// One gradient per primal.
     pub dsts: Vec<Var>,
     /// The macro invocation, as written (variables renamed).
     pub tokens: TokenStream,
@@ -289,6 +293,13 @@ pub enum Native {
     Function(TokenStream),
     /// `path(const0, &[operands..]).unwrap()` (`concatenate`, `stack`).
     Variadic(TokenStream),
+}
+
+impl Lifted {
+    /// Every variable it defines: the value (if any), then the gradients.
+    pub fn defined(&self) -> Vec<Var> {
+        self.value.iter().chain(&self.dsts).copied().collect()
+    }
 }
 
 impl Func {

@@ -871,7 +871,7 @@ impl Lowerer<'_> {
                     .any(|n| m.mac.path.is_ident(n))
                     && !self.scopes_vars.is_empty() =>
             {
-                if m.mac.path.is_ident("grad")
+                if (m.mac.path.is_ident("grad") || m.mac.path.is_ident("value_and_grad"))
                     && let Some(v) = self.lifted_grad(out, e, m)
                 {
                     return v;
@@ -918,8 +918,9 @@ impl Lowerer<'_> {
         }
     }
 
-    /// `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` with a constant
-    /// child: a statement that can be differentiated again. Other forms stay opaque.
+    /// `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` (or
+    /// `value_and_grad!`) with a constant child: a statement that can be differentiated
+    /// again. Other forms stay opaque.
     fn lifted_grad(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let input: crate::expand::TransformInput = m.mac.parse_body().ok()?;
         let items = &input.positional;
@@ -964,19 +965,27 @@ impl Lowerer<'_> {
             Val::Tuple(_) => return None,
         };
         let args: Vec<Arg> = items[3..].iter().map(|a| self.operand(out, a)).collect();
+        let value = m
+            .mac
+            .path
+            .is_ident("value_and_grad")
+            .then(|| self.temp(e.span()));
         let dsts: Vec<Var> = (0..n).map(|_| self.temp(e.span())).collect();
         let tokens = self.verbatim(e.to_token_stream());
         let module = items[2].to_token_stream();
         out.push(Stmt::LetLifted(Lifted {
+            value,
             dsts: dsts.clone(),
             tokens,
             module,
             scope,
             args,
         }));
-        Some(Val::Tuple(
-            dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect(),
-        ))
+        let grads = Val::Tuple(dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect());
+        Some(match value {
+            Some(v) => Val::Tuple(vec![Val::Atom(Atom::Var(v)), grads]),
+            None => grads,
+        })
     }
 
     /// A block whose statements join the current list (its scope ends after it).

@@ -730,6 +730,34 @@ fn second_order_through_submodules() {
     assert_close("w2", &got("Field_0/Dense_1/kernel"), &gw2.into_dyn(), 1e-10);
 }
 
+/// Second order through `value_and_grad!`: both its value and its gradient feed
+/// the loss.
+struct ValueAndPenalty;
+
+#[differentiable]
+impl ValueAndPenalty {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let (v, (gx,)) = value_and_grad!(cx, |mdl, cx, x| mdl.call(cx, x), LearnScaleSq, x);
+        v + (&gx * &gx).sum()
+    }
+}
+
+#[test]
+fn second_order_through_value_and_grad() {
+    // loss = p |x|^2 + |2 p x|^2, so d loss / dp = |x|^2 + 8 p |x|^2 = 5 + 80 at p = 2.
+    let x = ndarray::arr1(&[0.0, 1.0, 2.0]);
+    let vars = Variables::new()
+        .with("params", "LearnScaleSq_0/scale", 2.0)
+        .unwrap();
+    let (value, grads) =
+        value_and_grad!(|v: &Variables| ValueAndPenalty.apply(v, &x).unwrap())(&vars);
+    assert_eq!(value, 10.0 + 80.0);
+    assert_eq!(
+        grads.read::<f64>("params", "LearnScaleSq_0/scale"),
+        Ok(85.0)
+    );
+}
+
 struct FooAuxOnly;
 
 #[differentiable]
