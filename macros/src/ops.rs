@@ -254,7 +254,8 @@ static METHODS: &[(&str, Rule)] = &[
                 pb!("dot_pb_lhs" [Operand(0), Operand(1)]),
                 pb!("dot_pb_rhs" [Operand(0), Operand(1)])
             ]
-        ),
+        )
+        .joint(pb!("dot_pb_both" [Operand(0), Operand(1)])),
     ),
     ("t", rule!("t", 1, [pb!("t_pb" [])]).view()),
     ("reversed_axes", rule!("t", 1, [pb!("t_pb" [])]).view()),

@@ -19,9 +19,9 @@ pub trait DotRule<Rhs> {
     /// `self.dot(rhs)`.
     fn dot_fwd(&self, rhs: &Rhs) -> Self::Output;
     /// The cotangent of `self`.
-    fn dot_pb_lhs(&self, rhs: &Rhs, ct: Self::Output) -> Self::LhsCot;
+    fn dot_pb_lhs(&self, rhs: &Rhs, ct: &Self::Output) -> Self::LhsCot;
     /// The cotangent of `rhs`.
-    fn dot_pb_rhs(&self, rhs: &Rhs, ct: Self::Output) -> Self::RhsCot;
+    fn dot_pb_rhs(&self, rhs: &Rhs, ct: &Self::Output) -> Self::RhsCot;
 }
 
 fn outer<A: Real>(a: ArrayView<'_, A, Ix1>, b: ArrayView<'_, A, Ix1>) -> Array2<A> {
@@ -41,12 +41,12 @@ impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix2>>
         self.dot(r)
     }
     #[inline]
-    fn dot_pb_lhs(&self, r: &ArrayBase<S2, Ix2>, ct: Array2<A>) -> Array2<A> {
+    fn dot_pb_lhs(&self, r: &ArrayBase<S2, Ix2>, ct: &Array2<A>) -> Array2<A> {
         ct.dot(&r.t())
     }
     #[inline]
-    fn dot_pb_rhs(&self, _r: &ArrayBase<S2, Ix2>, ct: Array2<A>) -> Array2<A> {
-        self.t().dot(&ct)
+    fn dot_pb_rhs(&self, _r: &ArrayBase<S2, Ix2>, ct: &Array2<A>) -> Array2<A> {
+        self.t().dot(ct)
     }
 }
 
@@ -61,12 +61,12 @@ impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix1>>
         self.dot(r)
     }
     #[inline]
-    fn dot_pb_lhs(&self, r: &ArrayBase<S2, Ix1>, ct: Array1<A>) -> Array2<A> {
+    fn dot_pb_lhs(&self, r: &ArrayBase<S2, Ix1>, ct: &Array1<A>) -> Array2<A> {
         outer(ct.view(), r.view())
     }
     #[inline]
-    fn dot_pb_rhs(&self, _r: &ArrayBase<S2, Ix1>, ct: Array1<A>) -> Array1<A> {
-        self.t().dot(&ct)
+    fn dot_pb_rhs(&self, _r: &ArrayBase<S2, Ix1>, ct: &Array1<A>) -> Array1<A> {
+        self.t().dot(ct)
     }
 }
 
@@ -81,11 +81,11 @@ impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix2>>
         self.dot(r)
     }
     #[inline]
-    fn dot_pb_lhs(&self, r: &ArrayBase<S2, Ix2>, ct: Array1<A>) -> Array1<A> {
-        r.dot(&ct)
+    fn dot_pb_lhs(&self, r: &ArrayBase<S2, Ix2>, ct: &Array1<A>) -> Array1<A> {
+        r.dot(ct)
     }
     #[inline]
-    fn dot_pb_rhs(&self, _r: &ArrayBase<S2, Ix2>, ct: Array1<A>) -> Array2<A> {
+    fn dot_pb_rhs(&self, _r: &ArrayBase<S2, Ix2>, ct: &Array1<A>) -> Array2<A> {
         outer(self.view(), ct.view())
     }
 }
@@ -101,12 +101,12 @@ impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix1>>
         self.dot(r)
     }
     #[inline]
-    fn dot_pb_lhs(&self, r: &ArrayBase<S2, Ix1>, ct: A) -> Array1<A> {
-        r * ct
+    fn dot_pb_lhs(&self, r: &ArrayBase<S2, Ix1>, ct: &A) -> Array1<A> {
+        r * *ct
     }
     #[inline]
-    fn dot_pb_rhs(&self, _r: &ArrayBase<S2, Ix1>, ct: A) -> Array1<A> {
-        self * ct
+    fn dot_pb_rhs(&self, _r: &ArrayBase<S2, Ix1>, ct: &A) -> Array1<A> {
+        self * *ct
     }
 }
 
@@ -131,7 +131,7 @@ pub fn dot_pb_lhs<X: Value, Y: Value>(
 where
     X::Primal: DotRule<Y::Primal>,
 {
-    x.primal().dot_pb_lhs(y.primal(), ct)
+    x.primal().dot_pb_lhs(y.primal(), &ct)
 }
 
 /// Pullback of [`dot`] for the right operand.
@@ -144,7 +144,26 @@ pub fn dot_pb_rhs<X: Value, Y: Value>(
 where
     X::Primal: DotRule<Y::Primal>,
 {
-    x.primal().dot_pb_rhs(y.primal(), ct)
+    x.primal().dot_pb_rhs(y.primal(), &ct)
+}
+
+/// Pullback of [`dot`] for both operands, from one cotangent (no copy of it).
+#[inline]
+pub fn dot_pb_both<X: Value, Y: Value>(
+    x: &X,
+    y: &Y,
+    ct: DotOut<X, Y>,
+) -> (
+    <X::Primal as DotRule<Y::Primal>>::LhsCot,
+    <X::Primal as DotRule<Y::Primal>>::RhsCot,
+)
+where
+    X::Primal: DotRule<Y::Primal>,
+{
+    (
+        x.primal().dot_pb_lhs(y.primal(), &ct),
+        x.primal().dot_pb_rhs(y.primal(), &ct),
+    )
 }
 
 /// The transpose (`x.t()`, `x.reversed_axes()`), a view.
