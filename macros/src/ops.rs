@@ -342,7 +342,8 @@ static FUNCTIONS: &[(&str, Rule)] = &[
                 pb!("tanh_tangent_pb_dx"[Operand(0)])
             ]
         )
-        .elementwise(),
+        .elementwise()
+        .joint(pb!("tanh_tangent_pb_both" [Operand(0), Operand(1)])),
     ),
     (
         "sigmoid_tangent",
@@ -354,7 +355,8 @@ static FUNCTIONS: &[(&str, Rule)] = &[
                 pb!("sigmoid_tangent_pb_dx"[Operand(0)])
             ]
         )
-        .elementwise(),
+        .elementwise()
+        .joint(pb!("sigmoid_tangent_pb_both" [Operand(0), Operand(1)])),
     ),
 ];
 

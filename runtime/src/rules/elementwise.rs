@@ -228,12 +228,60 @@ unary! {
     softplus, softplus_pb(x) = |g, x| g * sigmoid_scalar(x);
 }
 
+/// Two results at once from a cotangent, a value and a second value of its shape:
+/// what the joint pullback of a tangent (`tanh_tangent`) needs.
+pub trait Pull2<O>: Elementwise {
+    /// `(r[i], s[i]) = f(ct[i], self[i], other[i])`; `r` reuses `ct`.
+    fn pull2(
+        &self,
+        other: &O,
+        ct: Self::Owned,
+        f: impl Fn(Self::Elem, Self::Elem, Self::Elem) -> (Self::Elem, Self::Elem),
+    ) -> (Self::Owned, Self::Owned);
+}
+
+macro_rules! scalar_pull2 {
+    ($($t:ty),*) => {$(
+        impl Pull2<$t> for $t {
+            #[inline(always)]
+            fn pull2(&self, other: &$t, ct: $t, f: impl Fn($t, $t, $t) -> ($t, $t)) -> ($t, $t) {
+                f(ct, *self, *other)
+            }
+        }
+    )*};
+}
+scalar_pull2!(f32, f64);
+
+impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>, D: Dimension> Pull2<ArrayBase<S2, D>>
+    for ArrayBase<S, D>
+{
+    #[inline]
+    fn pull2(
+        &self,
+        other: &ArrayBase<S2, D>,
+        mut ct: Array<A, D>,
+        f: impl Fn(A, A, A) -> (A, A),
+    ) -> (Array<A, D>, Array<A, D>) {
+        let mut second = Array::zeros(ct.raw_dim());
+        ndarray::Zip::from(&mut ct)
+            .and(&mut second)
+            .and(self)
+            .and(other)
+            .for_each(|g, s, &y, &d| {
+                let (a, b) = f(*g, y, d);
+                *g = a;
+                *s = b;
+            });
+        (ct, second)
+    }
+}
+
 /// Declares the tangents forward mode writes for an elementwise function given its
 /// output `y` and its input's tangent `dx`: `dx * f'(y)`, one pass instead of the
 /// three operations of the formula, with pullbacks for both (second order
 /// differentiates the tangent again).
 macro_rules! tangent {
-    ($($(#[$doc:meta])* $name:ident, $pb_y:ident, $pb_dx:ident:
+    ($($(#[$doc:meta])* $name:ident, $pb_y:ident, $pb_dx:ident, $pb_both:ident:
         |$y:ident| $deriv:expr, d/dy $second:expr;)*) => {$(
         $(#[$doc])*
         #[inline]
@@ -264,15 +312,24 @@ macro_rules! tangent {
         {
             y.primal().pull(ct, |g, $y| g * $deriv)
         }
+
+        #[doc = concat!("Both pullbacks of [`", stringify!($name), "`], in one pass over one cotangent.")]
+        #[inline]
+        pub fn $pb_both<Y: Value, D: Value>(y: &Y, dx: &D, ct: Owned<Y>) -> (Owned<Y>, Owned<Y>)
+        where
+            Y::Primal: Pull2<D::Primal>,
+        {
+            y.primal().pull2(dx.primal(), ct, |g, $y, d| (g * d * $second, g * $deriv))
+        }
     )*};
 }
 
 tangent! {
     /// The tangent of `tanh`: `dx * (1 - y^2)`.
-    tanh_tangent, tanh_tangent_pb_y, tanh_tangent_pb_dx:
+    tanh_tangent, tanh_tangent_pb_y, tanh_tangent_pb_dx, tanh_tangent_pb_both:
         |y| Elem::<Y>::one() - y * y, d/dy -(y + y);
     /// The tangent of `sigmoid`: `dx * y (1 - y)`.
-    sigmoid_tangent, sigmoid_tangent_pb_y, sigmoid_tangent_pb_dx:
+    sigmoid_tangent, sigmoid_tangent_pb_y, sigmoid_tangent_pb_dx, sigmoid_tangent_pb_both:
         |y| y * (Elem::<Y>::one() - y), d/dy Elem::<Y>::one() - (y + y);
 }
 

@@ -194,9 +194,14 @@ pub fn mapped<
 >(
     x: &ndarray::ArrayBase<S, D>,
 ) -> ndarray::Array<A, D> {
-    let mut out = x.to_owned();
-    in_place::<K, A, D>(&mut out);
-    out
+    match x.as_slice() {
+        Some(xs) => {
+            let mut out = vec![A::zero(); xs.len()];
+            map::<K, A>(xs, &mut out);
+            ndarray::Array::from_shape_vec(x.raw_dim(), out).unwrap_or_else(|_| x.mapv(K::eval))
+        }
+        None => x.mapv(K::eval),
+    }
 }
 
 /// `K` of every element of `x`, in place.
