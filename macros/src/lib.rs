@@ -54,8 +54,11 @@ pub fn vjp(input: TokenStream) -> TokenStream {
     expand::transform(expand::Transform::Vjp, input.into()).into()
 }
 
-/// `jvp!(cx, |mdl, cx, x| body, Child, (x,), (tx,), variable_tangents)` inside a
-/// module: `(output, output_tangent)`, as `flax.linen.jvp`.
+/// `jvp!(f)(args.., tangents..)`: the value and its directional derivative, for `f`
+/// marked `#[differentiable(jvp)]`. Inside a module,
+/// `jvp!(cx, |mdl, cx, x| body, Child, (x,), (tx,), variable_tangents)` is forward mode
+/// along the primals and the child's variables: `(output, output_tangent)`, as
+/// `flax.linen.jvp`.
 #[proc_macro]
 pub fn jvp(input: TokenStream) -> TokenStream {
     expand::transform(expand::Transform::Jvp, input.into()).into()
@@ -63,7 +66,10 @@ pub fn jvp(input: TokenStream) -> TokenStream {
 
 /// `vmap!(f, in_axes = [None, 0, ..])`: `f` mapped over axis `k` of the arguments
 /// marked `k` (the others broadcast), outputs stacked along a new axis 0, as
-/// `jax.vmap`. With `grad!`, per-example gradients.
+/// `jax.vmap`. With `grad!`, per-example gradients; with `axis_name = "batch"` and a
+/// `grad!` given `reduce_axes = ["batch"]`, the broadcast arguments' cotangents summed.
+/// Inside a module, `vmap!(cx, |mdl, cx, x| body, Child, x, in_axes = [0])` runs the
+/// child once per example with its variables broadcast, as `flax.linen.vmap`.
 #[proc_macro]
 pub fn vmap(input: TokenStream) -> TokenStream {
     vmap::vmap(input.into()).into()

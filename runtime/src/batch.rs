@@ -2,6 +2,28 @@
 //! outputs of every example gathered into a batch as they come: stacked along a new
 //! axis 0, or summed where a transform reduced them over the batch axis
 //! ([`Reduced`], `reduce_axes`).
+//!
+//! ```
+//! use adjoint::prelude::*;
+//! use ndarray::{array, Array1, ArrayView1};
+//!
+//! #[differentiable]
+//! fn loss(w: &Array1<f64>, #[no_grad] x: ArrayView1<f64>) -> f64 {
+//!     x.dot(w).powi(2)
+//! }
+//!
+//! let (w, x) = (array![1.0, 2.0], array![[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]);
+//! // One gradient per example, stacked: d/dw (x.w)^2 = 2 (x.w) x.
+//! let per_example = vmap!(grad!(loss), in_axes = [None, 0])(&w, &x);
+//! assert_eq!(per_example, array![[2.0, 0.0], [0.0, 4.0], [6.0, 6.0]]);
+//! // `w` is broadcast: with `reduce_axes` its cotangent is summed over the batch.
+//! let summed = vmap!(
+//!     grad!(|w: &Array1<f64>, x: ArrayView1<f64>| loss(w, x), wrt = [w], reduce_axes = ["batch"]),
+//!     in_axes = [None, 0],
+//!     axis_name = "batch"
+//! )(&w, &x);
+//! assert_eq!(summed, array![8.0, 10.0]);
+//! ```
 
 use crate::scope::Variables;
 use crate::value::Real;

@@ -419,6 +419,13 @@ impl Variables {
 
     /// Per-example variables stacked into one tree: every leaf gains a leading axis
     /// with one entry per item (what `vmap!` gives for per-example cotangents).
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let a = Variables::new().with("params", "w", 1.0).unwrap();
+    /// let b = Variables::new().with("params", "w", 2.0).unwrap();
+    /// assert_eq!(Variables::stack(&[a, b]).to_string(), r#"{"params": {"w": [1.0, 2.0]}}"#);
+    /// ```
     pub fn stack(items: &[Variables]) -> Variables {
         let mut out = Variables {
             unsupported: items.iter().any(|v| v.unsupported),

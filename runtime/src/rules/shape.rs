@@ -95,7 +95,7 @@ where
     x.primal().slice(info)
 }
 
-/// Pullback of [`slice`]: adds `ct` into the sliced region of `acc`.
+/// Pullback of [`slice()`]: adds `ct` into the sliced region of `acc`.
 #[inline]
 pub fn slice_pb<A: Real, D: Dimension, I: SliceArg<D>>(
     acc: &mut Array<A, D>,
@@ -122,7 +122,7 @@ pub fn index_axis<
     x.primal().index_axis(axis, i)
 }
 
-/// Pullback of [`index_axis`], [`row`] and [`column`]: adds `ct` into that subview.
+/// Pullback of [`index_axis`], [`row`] and [`column()`]: adds `ct` into that subview.
 #[inline]
 pub fn index_axis_pb<A: Real, D: RemoveAxis>(
     acc: &mut Array<A, D>,
@@ -170,7 +170,7 @@ pub fn row_pb<A: Real, D: RemoveAxis>(acc: &mut Array<A, D>, i: usize, ct: Array
     index_axis_pb(acc, Axis(0), i, ct)
 }
 
-/// Pullback of [`column`].
+/// Pullback of [`column()`].
 #[inline]
 pub fn column_pb<A: Real, D: RemoveAxis>(
     acc: &mut Array<A, D>,
