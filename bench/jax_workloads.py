@@ -1,9 +1,8 @@
 """W1-W5 in JAX, `jit(value_and_grad)`, float64, one thread, with the Rust bench's inputs.
 
 Run by `cargo run --release --manifest-path bench/Cargo.toml` when `python3 -c "import jax"`
-works (`pip install "jax[cpu]"`). Prints one JSON object per workload: the median
-seconds per gradient and checksums of the gradients, which the Rust side compares with
-adjoint's before reporting the time.
+works (`pip install "jax[cpu]"`): the Rust side checks the gradients' checksums against
+adjoint's, then asks for timing rounds in turn with its own implementations.
 """
 import os
 
@@ -89,23 +88,30 @@ def workloads():
 
 
 def main():
+    """Compiles the workloads, prints each one's gradient checksums as a JSON line,
+    then serves timing requests from stdin, one per line: `NAME BATCH` runs BATCH
+    gradients of NAME and prints the seconds per gradient. The Rust bench interleaves
+    these rounds with its own, so machine drift touches every implementation alike."""
     only = sys.argv[1] if len(sys.argv) > 1 else ""
-    for name, f, argnums, args, runs in workloads():
+    compiled = {}
+    for name, f, argnums, args, _runs in workloads():
         if only and only not in name:
             continue
         g = jax.jit(jax.value_and_grad(f, argnums=argnums))
         _, grads = g(*args)
         jax.block_until_ready(grads)
         checksums = [[float(jnp.sum(x)), float(jnp.sum(x * x))] for x in grads]
-        batch = max(1, runs // 21)
-        times = []
-        for _ in range(21):
-            start = time.perf_counter()
-            for _ in range(batch):
-                jax.block_until_ready(g(*args))
-            times.append((time.perf_counter() - start) / batch)
-        times.sort()
-        print(json.dumps({"name": name, "median": times[len(times) // 2], "checksums": checksums}), flush=True)
+        compiled[name] = (g, args)
+        print(json.dumps({"name": name, "checksums": checksums}), flush=True)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        name, batch = line.split()
+        g, args = compiled[name]
+        batch = int(batch)
+        start = time.perf_counter()
+        for _ in range(batch):
+            jax.block_until_ready(g(*args))
+        print((time.perf_counter() - start) / batch, flush=True)
 
 
 if __name__ == "__main__":

@@ -10,25 +10,19 @@ mod workloads;
 
 use std::time::Instant;
 
-/// Median seconds per call of each function. The functions take turns in rounds
-/// (a batch of calls each), so a slow spell of the machine touches all of them
-/// alike and their ratios stay meaningful.
-fn medians(fs: &mut [&mut dyn FnMut()], runs: usize) -> Vec<f64> {
+/// Median seconds per call of each implementation. Each runs a batch of calls and
+/// returns the seconds per call; the implementations take turns in rounds, so a slow
+/// spell of the machine touches all of them alike and their ratios stay meaningful.
+fn medians(fs: &mut [&mut dyn FnMut(usize) -> f64], runs: usize) -> Vec<f64> {
     const ROUNDS: usize = 21;
     let batch = (runs / ROUNDS).max(1);
     for f in fs.iter_mut() {
-        for _ in 0..batch {
-            f();
-        }
+        f(batch);
     }
     let mut times = vec![Vec::with_capacity(ROUNDS); fs.len()];
     for _ in 0..ROUNDS {
         for (f, t) in fs.iter_mut().zip(times.iter_mut()) {
-            let start = Instant::now();
-            for _ in 0..batch {
-                f();
-            }
-            t.push(start.elapsed().as_secs_f64() / batch as f64);
+            t.push(f(batch));
         }
     }
     times
@@ -38,6 +32,15 @@ fn medians(fs: &mut [&mut dyn FnMut()], runs: usize) -> Vec<f64> {
             t[t.len() / 2]
         })
         .collect()
+}
+
+/// Seconds per call of `f` over `batch` calls.
+fn timed(f: &mut dyn FnMut(), batch: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..batch {
+        f();
+    }
+    start.elapsed().as_secs_f64() / batch as f64
 }
 
 /// Peak bytes allocated at once during one call.
@@ -70,70 +73,75 @@ fn fmt_time(s: f64) -> String {
     }
 }
 
-/// JAX's medians by workload key, from `jax_workloads.py`, after checking its
-/// gradients' checksums against adjoint's; `None` when JAX is not installed.
-fn jax_medians(
-    filter: Option<&str>,
-    workloads: &[(&'static str, Vec<[f64; 2]>)],
-) -> Option<Vec<(String, f64)>> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/jax_workloads.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args(filter)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "JAX column skipped: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return None;
-    }
-    let mut medians = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let (Some(name), Some(median)) = (v["name"].as_str(), v["median"].as_f64()) else {
-            continue;
-        };
-        let Some((_, ours)) = workloads.iter().find(|(k, _)| *k == name) else {
-            continue;
-        };
-        let theirs: Vec<[f64; 2]> = v["checksums"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                [
-                    c[0].as_f64().unwrap_or(f64::NAN),
-                    c[1].as_f64().unwrap_or(f64::NAN),
-                ]
-            })
-            .collect();
-        assert_eq!(
-            theirs.len(),
-            ours.len(),
-            "{name}: JAX returned {} gradients",
-            theirs.len()
-        );
-        for (t, o) in theirs.iter().zip(ours) {
-            for k in 0..2 {
-                let tol = 1e-9 * t[k].abs().max(o[k].abs()).max(1.0);
-                assert!(
-                    (t[k] - o[k]).abs() <= tol,
-                    "{name}: JAX gradient checksum {} against adjoint's {}",
-                    t[k],
-                    o[k]
-                );
+/// JAX's `jit(value_and_grad)` of the workloads, in a Python process that times
+/// rounds on request (`jax_workloads.py`), after its gradients' checksums matched
+/// adjoint's; `None` when JAX is not installed.
+struct Jax {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+    names: Vec<String>,
+}
+
+impl Jax {
+    fn start(filter: Option<&str>, workloads: &[(&'static str, Vec<[f64; 2]>)]) -> Option<Jax> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/jax_workloads.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(filter)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        let input = child.stdin.take()?;
+        let mut output = std::io::BufReader::new(child.stdout.take()?);
+        let mut names = Vec::new();
+        loop {
+            let mut line = String::new();
+            if output.read_line(&mut line).ok()? == 0 {
+                eprintln!("JAX column skipped: the JAX process ended (is `jax` installed?)");
+                return None;
             }
+            let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+            if v["ready"].as_bool() == Some(true) {
+                break;
+            }
+            let name = v["name"].as_str()?.to_string();
+            let Some((_, ours)) = workloads.iter().find(|(k, _)| *k == name) else { continue };
+            let theirs: Vec<[f64; 2]> = v["checksums"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| [c[0].as_f64().unwrap_or(f64::NAN), c[1].as_f64().unwrap_or(f64::NAN)])
+                .collect();
+            assert_eq!(theirs.len(), ours.len(), "{name}: JAX returned {} gradients", theirs.len());
+            for (t, o) in theirs.iter().zip(ours) {
+                for k in 0..2 {
+                    let tol = 1e-9 * t[k].abs().max(o[k].abs()).max(1.0);
+                    assert!((t[k] - o[k]).abs() <= tol, "{name}: JAX gradient checksum {} against adjoint's {}", t[k], o[k]);
+                }
+            }
+            names.push(name);
         }
-        medians.push((name.to_string(), median));
+        Some(Jax { child, input, output, names })
     }
-    Some(medians)
+
+    /// Seconds per gradient of workload `key` over `batch` gradients.
+    fn time(&mut self, key: &str, batch: usize) -> f64 {
+        use std::io::{BufRead, Write};
+        writeln!(self.input, "{key} {batch}").expect("JAX process");
+        let mut line = String::new();
+        self.output.read_line(&mut line).expect("JAX process");
+        line.trim().parse().expect("JAX timing")
+    }
+}
+
+impl Drop for Jax {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
 }
 
 fn main() {
@@ -152,27 +160,41 @@ fn main() {
         }
         return;
     }
+    let all = workloads::all();
+    let selected: Vec<_> = all
+        .into_iter()
+        .filter(|w| filter.as_deref().is_none_or(|f| w.name.contains(f)))
+        .collect();
+    let keys: Vec<(&'static str, Vec<[f64; 2]>)> =
+        selected.iter().map(|w| (w.key, w.checksums.clone())).collect();
+    let mut jax = Jax::start(filter.as_deref(), &keys);
     let mut rows = Vec::new();
-    let mut keys = Vec::new();
-    for mut w in workloads::all() {
-        if filter.as_deref().is_some_and(|f| !w.name.contains(f)) {
-            continue;
-        }
-        keys.push((w.key, w.checksums.clone()));
-        let mut fs: Vec<&mut dyn FnMut()> = vec![&mut w.adjoint, &mut w.hand, &mut w.primal];
+    for mut w in selected {
+        let key = w.key;
+        let mut own: Vec<&mut Box<dyn FnMut()>> = vec![&mut w.adjoint, &mut w.hand, &mut w.primal];
         let peers = [w.candle.is_some(), w.burn.is_some()];
-        fs.extend(w.candle.iter_mut().map(|f| f.as_mut() as &mut dyn FnMut()));
-        fs.extend(w.burn.iter_mut().map(|f| f.as_mut() as &mut dyn FnMut()));
-        let m = medians(&mut fs, w.runs);
+        own.extend(w.candle.iter_mut());
+        own.extend(w.burn.iter_mut());
+        let mut fs: Vec<Box<dyn FnMut(usize) -> f64 + '_>> = own
+            .into_iter()
+            .map(|f| Box::new(move |b| timed(f.as_mut(), b)) as Box<dyn FnMut(usize) -> f64>)
+            .collect();
+        let with_jax = jax.as_ref().is_some_and(|j| j.names.iter().any(|n| n == key));
+        if let Some(j) = jax.as_mut().filter(|_| with_jax) {
+            fs.push(Box::new(move |b| j.time(key, b)));
+        }
+        let mut refs: Vec<&mut dyn FnMut(usize) -> f64> = fs.iter_mut().map(|f| f.as_mut() as &mut dyn FnMut(usize) -> f64).collect();
+        let m = medians(&mut refs, w.runs);
+        drop(refs);
+        drop(fs);
         let (a, h, p) = (m[0], m[1], m[2]);
         let mut rest = m[3..].iter().copied();
         let c = peers[0].then(|| rest.next()).flatten();
         let bu = peers[1].then(|| rest.next()).flatten();
+        let j = with_jax.then(|| rest.next()).flatten();
         let (ma, mh) = (peak_bytes(&mut w.adjoint), peak_bytes(&mut w.hand));
-        rows.push((w.key, w.name, a, h, p, c, bu, ma, mh));
+        rows.push((w.name, a, h, p, c, bu, j, ma, mh));
     }
-    // JAX runs in its own process after the Rust implementations.
-    let jax = jax_medians(filter.as_deref(), &keys);
     println!(
         "| workload | adjoint | hand-written | primal | candle | burn | JAX jit | adjoint / hand | gradient / primal | adjoint / candle | adjoint / burn | adjoint / JAX | peak memory (adjoint / hand) |"
     );
@@ -182,10 +204,7 @@ fn main() {
         Some(t) => (fmt_time(t), format!("{:.2}", a / t)),
         None => (missing.to_string(), missing.to_string()),
     };
-    for (key, name, a, h, p, c, bu, ma, mh) in rows {
-        let j = jax
-            .as_ref()
-            .and_then(|js| js.iter().find(|(k, _)| k == key).map(|(_, m)| *m));
+    for (name, a, h, p, c, bu, j, ma, mh) in rows {
         let ((ct, cr), (bt, br), (jt, jr)) =
             (peer(c, a, "n/a"), peer(bu, a, "n/a"), peer(j, a, "-"));
         println!(

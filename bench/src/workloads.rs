@@ -458,7 +458,7 @@ fn w4() -> Workload {
         pattern1(64, 3, 0.1),
     );
     let xs = Array3::from_shape_fn((50, 16, 32), |(t, i, j)| {
-        ((((t * 16 + i) * 32 + j) * 7919 % 1000) as f64 / 500.0 - 1.0)
+        (((t * 16 + i) * 32 + j) * 7919 % 1000) as f64 / 500.0 - 1.0
     });
     let a = grad!(rnn)(&w, &u, &b, &xs);
     let h = rnn_grad_by_hand(&w, &u, &b, &xs);
