@@ -1713,43 +1713,11 @@ impl<'a> Gen<'a> {
     }
 
     fn companion(&self, callee: &Callee, what: &str) -> TokenStream {
-        match callee {
-            Callee::Path {
-                prefix,
-                name,
-                generics,
-            } => {
-                let c = companion_ident(name, what);
-                quote!(#prefix #c #generics)
-            }
-            Callee::Method {
-                receiver,
-                name,
-                generics,
-            } => {
-                let r = self.arg(receiver);
-                let c = companion_ident(name, what);
-                quote!(#r.#c #generics)
-            }
-        }
+        callee.render(|n| companion_ident(n, what), |r| self.arg(r))
     }
 
     fn plain(&self, callee: &Callee) -> TokenStream {
-        match callee {
-            Callee::Path {
-                prefix,
-                name,
-                generics,
-            } => quote!(#prefix #name #generics),
-            Callee::Method {
-                receiver,
-                name,
-                generics,
-            } => {
-                let r = self.arg(receiver);
-                quote!(#r.#name #generics)
-            }
-        }
+        callee.render(Ident::clone, |r| self.arg(r))
     }
 }
 

@@ -272,6 +272,35 @@ pub enum Callee {
     },
 }
 
+impl Callee {
+    /// `prefix::f::<..>` or `receiver.f::<..>` as written, with `f` renamed by `rename`
+    /// (a companion's name) and the receiver written by `receiver`.
+    pub fn render(
+        &self,
+        rename: impl FnOnce(&Ident) -> Ident,
+        receiver: impl FnOnce(&Arg) -> TokenStream,
+    ) -> TokenStream {
+        match self {
+            Callee::Path {
+                prefix,
+                name,
+                generics,
+            } => {
+                let f = rename(name);
+                quote::quote!(#prefix #f #generics)
+            }
+            Callee::Method {
+                receiver: r,
+                name,
+                generics,
+            } => {
+                let (r, f) = (receiver(r), rename(name));
+                quote::quote!(#r.#f #generics)
+            }
+        }
+    }
+}
+
 /// How to write an operation as the user did, for when none of its operands is
 /// active.
 #[derive(Clone, Debug)]

@@ -401,6 +401,25 @@ pub(crate) fn scope_names(params: &[ParamInfo]) -> Vec<String> {
         .collect()
 }
 
+/// A module body in forward mode (see [`crate::tangent`]), or `None` where forward
+/// mode does not reach it. Along the variables, parameter reads vary too.
+fn forward_body(
+    params: &[ParamInfo],
+    body: &syn::Block,
+    mode: crate::tangent::Mode,
+) -> Option<TokenStream> {
+    let quiet = Ctxt::default();
+    let specs: Vec<crate::lower::ParamSpec> = params.iter().map(ParamInfo::spec).collect();
+    let mut func = crate::lower::lower(&quiet, &specs, body);
+    func.params_active = mode == crate::tangent::Mode::Variables;
+    let act = crate::activity::analyze(&quiet, &func);
+    let reference: Vec<bool> = specs.iter().map(|s| s.reference).collect();
+    if quiet.has_errors() {
+        return None;
+    }
+    crate::tangent::jvp_body(&func, &|v| act.varied(v), &reference, mode)
+}
+
 /// `__call_body_jvp(&self, cx, xs.., dxs..) -> (R, R)` and its parameter-differentiating
 /// VJP, when forward mode covers the body (else nothing: second order through this
 /// module then reports `SecondOrderUnsupported`).
@@ -411,22 +430,8 @@ fn body_jvp(
     ret: &Type,
     type_name: &str,
 ) -> TokenStream {
-    use crate::lower::{self, ParamSpec};
     let quiet = Ctxt::default();
-    let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
-    let func = lower::lower(&quiet, &specs, body);
-    let act = crate::activity::analyze(&quiet, &func);
-    let reference: Vec<bool> = specs.iter().map(|s| s.reference).collect();
-    let jvp = if quiet.has_errors() {
-        None
-    } else {
-        crate::tangent::jvp_body(
-            &func,
-            &|v| act.varied(v),
-            &reference,
-            crate::tangent::Mode::Inputs,
-        )
-    };
+    let jvp = forward_body(params, body, crate::tangent::Mode::Inputs);
     let mut jvp_params: Vec<ParamInfo> = params.to_vec();
     for p in params.iter().filter(|p| p.active) {
         let name = crate::tangent::dot_name(
@@ -525,19 +530,8 @@ fn body_tjvp(
     ret: &Type,
     type_name: &str,
 ) -> TokenStream {
-    use crate::lower::{self, ParamSpec};
-    use crate::tangent::{Mode, dot_name, jvp_body};
-    let quiet = Ctxt::default();
-    let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
-    let mut func = lower::lower(&quiet, &specs, body);
-    func.params_active = true;
-    let act = crate::activity::analyze(&quiet, &func);
-    let reference: Vec<bool> = specs.iter().map(|s| s.reference).collect();
-    let tangent = if quiet.has_errors() {
-        None
-    } else {
-        jvp_body(&func, &|v| act.varied(v), &reference, Mode::Variables)
-    };
+    use crate::tangent::{Mode, dot_name};
+    let tangent = forward_body(params, body, Mode::Variables);
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let scope = &names[0];
     let inputs: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();

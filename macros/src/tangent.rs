@@ -201,7 +201,7 @@ impl Tangent<'_> {
                     }
                     // A call along which nothing varies: as written.
                     Op::Call(call) if !(self.varied)(*dst) => {
-                        let f = self.callee(&call.callee);
+                        let f = call.callee.render(Ident::clone, |r| self.arg(r));
                         let args = call.args.iter().map(|a| self.arg(a));
                         Some(quote!(let #decl = #f(#(#args),*);))
                     }
@@ -291,25 +291,6 @@ impl Tangent<'_> {
     fn arg(&self, a: &Arg) -> TokenStream {
         let x = self.atom(&a.atom);
         if a.by_ref { quote!(&#x) } else { x }
-    }
-
-    /// What a call calls, as written.
-    fn callee(&self, c: &Callee) -> TokenStream {
-        match c {
-            Callee::Path {
-                prefix,
-                name,
-                generics,
-            } => quote!(#prefix #name #generics),
-            Callee::Method {
-                receiver,
-                name,
-                generics,
-            } => {
-                let r = self.arg(receiver);
-                quote!(#r.#name #generics)
-            }
-        }
     }
 
     /// The primal operation as the user would write it, on references.
