@@ -321,16 +321,7 @@ impl<'a> Gen<'a> {
                 atoms.iter().map(|a| self.by_value(a, false, &[])).collect()
             }
             Tail::Branch(br) => {
-                let n = out_atoms.len();
-                let payload =
-                    |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
-                        let mut atoms = Vec::new();
-                        if let Some(v) = &l.value {
-                            v.flatten(&mut atoms);
-                        }
-                        atoms.iter().map(moved).collect()
-                    };
-                let (names, expr) = self.branch_expr(br, n, &payload);
+                let (names, expr) = self.output_branch(br, out_atoms.len());
                 primal.extend(expr);
                 names.into_iter().map(|n| n.to_token_stream()).collect()
             }
@@ -353,6 +344,20 @@ impl<'a> Gen<'a> {
             captured_params,
             grad_primal,
         }
+    }
+
+    /// The branch that ends the body: `let (names..) = if .. { .. } else { .. };`
+    /// giving the `n` atoms of the output.
+    fn output_branch(&mut self, br: &'a Branching, n: usize) -> (Vec<Ident>, TokenStream) {
+        let payload =
+            |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
+                let mut atoms = Vec::new();
+                if let Some(v) = &l.value {
+                    v.flatten(&mut atoms);
+                }
+                atoms.iter().map(moved).collect()
+            };
+        self.branch_expr(br, n, &payload)
     }
 
     // ----- the primal of a gradient alone -----
@@ -390,15 +395,7 @@ impl<'a> Gen<'a> {
                 v.flatten(&mut atoms);
                 atoms.len()
             });
-            let payload =
-                |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
-                    let mut atoms = Vec::new();
-                    if let Some(v) = &l.value {
-                        v.flatten(&mut atoms);
-                    }
-                    atoms.iter().map(moved).collect()
-                };
-            out.extend(self.branch_expr(br, n, &payload).1);
+            out.extend(self.output_branch(br, n).1);
         }
         Some(out)
     }
