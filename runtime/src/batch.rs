@@ -237,7 +237,9 @@ impl Gather<Variables> for Vec<Variables> {
         Vec::push(self, item);
     }
     fn finish(self) -> Variables {
+        // Per-example cotangents of one module share its variables' paths and shapes.
         Variables::stack(&self)
+            .unwrap_or_else(|e| panic!("vmap!: per-example variables do not stack: {e}"))
     }
 }
 

@@ -424,29 +424,42 @@ impl Variables {
     /// use adjoint::Variables;
     /// let a = Variables::new().with("params", "w", 1.0).unwrap();
     /// let b = Variables::new().with("params", "w", 2.0).unwrap();
-    /// assert_eq!(Variables::stack(&[a, b]).to_string(), r#"{"params": {"w": [1.0, 2.0]}}"#);
+    /// let both = Variables::stack(&[a, b]).unwrap();
+    /// assert_eq!(both.to_string(), r#"{"params": {"w": [1.0, 2.0]}}"#);
     /// ```
-    pub fn stack(items: &[Variables]) -> Variables {
+    ///
+    /// # Errors
+    /// [`ScopeError::InvalidVariables`] when the items differ in paths, types or shapes.
+    pub fn stack(items: &[Variables]) -> Result<Variables, ScopeError> {
+        let differ = |c: &str, p: &str| ScopeError::InvalidVariables {
+            reason: format!("the stacked variables differ at `{c}/{p}`"),
+        };
+        let paths = |v: &Variables| -> BTreeSet<(String, String)> {
+            v.collections
+                .iter()
+                .flat_map(|(c, coll)| coll.keys().map(move |k| (c.clone(), k.clone())))
+                .collect()
+        };
         let mut out = Variables {
             unsupported: items.iter().any(|v| v.unsupported),
             ..Variables::new()
         };
         let Some(first) = items.first() else {
-            return out;
+            return Ok(out);
         };
-        for (c, coll) in &first.collections {
-            for path in coll.keys() {
-                let leaves: Vec<&Leaf> = items.iter().filter_map(|v| v.get(c, path)).collect();
-                let stacked = Leaf::stack(&leaves).unwrap_or_else(|| {
-                    panic!("adjoint: per-example variables differ at `{c}/{path}`")
-                });
-                out.collections
-                    .entry(c.clone())
-                    .or_default()
-                    .insert(path.clone(), stacked);
-            }
+        let want = paths(first);
+        if let Some((c, p)) = items
+            .iter()
+            .find_map(|v| paths(v).symmetric_difference(&want).next().cloned())
+        {
+            return Err(differ(&c, &p));
         }
-        out
+        for (c, p) in want {
+            let leaves: Vec<&Leaf> = items.iter().filter_map(|v| v.get(&c, &p)).collect();
+            let stacked = Leaf::stack(&leaves).ok_or_else(|| differ(&c, &p))?;
+            out.collections.entry(c).or_default().insert(p, stacked);
+        }
+        Ok(out)
     }
 
     /// The same tree with every leaf zero.

@@ -293,6 +293,24 @@ fn invalid_variables_are_rejected() {
             reason: "`params/a/b` would be both a variable and a module's subtree".into()
         }
     );
+    // Stacking per-example trees that differ.
+    let a = Variables::new().with("params", "w", 1.0).unwrap();
+    let b = Variables::new().with("params", "v", 1.0).unwrap();
+    let c = Variables::new()
+        .with("params", "w", ndarray::arr1(&[1.0]))
+        .unwrap();
+    assert_eq!(
+        Variables::stack(&[a.clone(), b]),
+        Err(ScopeError::InvalidVariables {
+            reason: "the stacked variables differ at `params/v`".into()
+        })
+    );
+    assert_eq!(
+        Variables::stack(&[a, c]),
+        Err(ScopeError::InvalidVariables {
+            reason: "the stacked variables differ at `params/w`".into()
+        })
+    );
 }
 
 #[test]
