@@ -111,6 +111,8 @@ impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>> DotRule<ArrayBase<S2, Ix1>>
 }
 
 type DotOut<X, Y> = <<X as Value>::Primal as DotRule<<Y as Value>::Primal>>::Output;
+type DotLhsCot<X, Y> = <<X as Value>::Primal as DotRule<<Y as Value>::Primal>>::LhsCot;
+type DotRhsCot<X, Y> = <<X as Value>::Primal as DotRule<<Y as Value>::Primal>>::RhsCot;
 
 /// `x.dot(y)`.
 #[inline]
@@ -123,11 +125,7 @@ where
 
 /// Pullback of [`dot`] for the left operand.
 #[inline]
-pub fn dot_pb_lhs<X: Value, Y: Value>(
-    x: &X,
-    y: &Y,
-    ct: DotOut<X, Y>,
-) -> <X::Primal as DotRule<Y::Primal>>::LhsCot
+pub fn dot_pb_lhs<X: Value, Y: Value>(x: &X, y: &Y, ct: DotOut<X, Y>) -> DotLhsCot<X, Y>
 where
     X::Primal: DotRule<Y::Primal>,
 {
@@ -136,11 +134,7 @@ where
 
 /// Pullback of [`dot`] for the right operand.
 #[inline]
-pub fn dot_pb_rhs<X: Value, Y: Value>(
-    x: &X,
-    y: &Y,
-    ct: DotOut<X, Y>,
-) -> <X::Primal as DotRule<Y::Primal>>::RhsCot
+pub fn dot_pb_rhs<X: Value, Y: Value>(x: &X, y: &Y, ct: DotOut<X, Y>) -> DotRhsCot<X, Y>
 where
     X::Primal: DotRule<Y::Primal>,
 {
@@ -153,10 +147,7 @@ pub fn dot_pb_both<X: Value, Y: Value>(
     x: &X,
     y: &Y,
     ct: DotOut<X, Y>,
-) -> (
-    <X::Primal as DotRule<Y::Primal>>::LhsCot,
-    <X::Primal as DotRule<Y::Primal>>::RhsCot,
-)
+) -> (DotLhsCot<X, Y>, DotRhsCot<X, Y>)
 where
     X::Primal: DotRule<Y::Primal>,
 {
