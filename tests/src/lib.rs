@@ -65,6 +65,13 @@ pub fn variables(tree: &Json) -> adjoint::Variables {
     out
 }
 
+/// A Flax tree of the reference (`{"params": {"Bar_0": {"test": 0.5}}}`, or shapes)
+/// written as [`Variables`](adjoint::Variables) prints itself, to compare with
+/// `to_string()` and `shapes()`.
+pub fn tree_text(tree: &Json) -> String {
+    tree.to_string().replace(':', ": ").replace(',', ", ")
+}
+
 /// The input `name` of a case.
 pub fn input(case: &Json, name: &str) -> ArrayD<f64> {
     array(&case["inputs"][name]["value"])
