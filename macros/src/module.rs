@@ -446,7 +446,7 @@ fn body_jvp(
     }
     let mut jvp_sig = sig.clone();
     jvp_sig.ident = format_ident!("__call_body_jvp");
-    jvp_sig.output = syn::parse_quote!(-> (#ret, #ret));
+    jvp_sig.output = syn::parse_quote!(-> (#ret, ::adjoint::Cot<#ret>));
     let inputs: Vec<TokenStream> = jvp_params.iter().map(ParamInfo::input).collect();
     jvp_sig.inputs = syn::parse_quote!(&self, #(#inputs),*);
     let public: syn::Visibility = syn::parse_quote!(pub);

@@ -176,6 +176,24 @@ impl<T: Value + ?Sized> Value for &mut T {
     }
 }
 
+/// Integers and booleans are never differentiated: an output such as `(loss, count)`
+/// has no cotangent for `count`.
+macro_rules! constant_value {
+    ($($t:ty),*) => {$(
+        impl Value for $t {
+            type Primal = $t;
+            type Cot = ();
+            #[inline(always)]
+            fn primal(&self) -> &$t {
+                self
+            }
+            #[inline(always)]
+            fn zeros(&self) {}
+        }
+    )*};
+}
+constant_value!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize, bool);
+
 impl Value for () {
     type Primal = ();
     type Cot = ();

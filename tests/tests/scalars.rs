@@ -362,6 +362,17 @@ fn closure_forms_wrt_and_has_aux() {
     let (y, pb) = vjp!(helpers::both)(2.0, 3.0);
     assert_eq!(y, (6.0, 5.0));
     assert_eq!(pb((1.0, 0.0)), (3.0, 2.0));
+
+    // Integer outputs are constants: no cotangent (`()`).
+    let ((v, n), gx) = value_and_grad!(|x: f64| counted(x), has_aux)(3.0);
+    assert_eq!((v, n, gx), (9.0, 2, 6.0));
+    let (y, pb) = vjp!(counted)(3.0);
+    assert_eq!((y, pb((1.0, ()))), ((9.0, 2), (6.0,)));
+}
+
+#[differentiable]
+fn counted(x: f64) -> (f64, usize) {
+    (x * x, 2)
 }
 
 /// `log(1 + e^x)` with a rule that stays finite where the naive one overflows.
