@@ -826,10 +826,24 @@ impl<'a> Gen<'a> {
         {
             return;
         }
-        // The value's cotangent seeds the child's output (`value_and_grad!`).
-        let value_seed = match l.value {
+        // The value's and the aux's cotangents seed the child's outputs; the tangent of
+        // the value is seeded with one, the aux's tangent with zero.
+        let seed = |v: Option<Var>, out: TokenStream| match v {
             Some(v) if r.init.contains(&v) => self.bar(v).to_token_stream(),
-            _ => quote!(::adjoint::__private::zeros(&__o.0)),
+            _ => quote!(::adjoint::__private::zeros(&#out)),
+        };
+        let seeds = match l.aux {
+            Some(a) => {
+                let (v, x) = (
+                    seed(l.value, quote!(__o.0.0)),
+                    seed(Some(a), quote!(__o.0.1)),
+                );
+                quote!(((#v, #x), (::adjoint::__private::grad_seed(&__o.1.0), ::adjoint::__private::zeros(&__o.1.1))))
+            }
+            None => {
+                let v = seed(l.value, quote!(__o.0));
+                quote!((#v, ::adjoint::__private::grad_seed(&__o.1)))
+            }
         };
         let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
         let tangents: Vec<TokenStream> = l
@@ -887,7 +901,7 @@ impl<'a> Gen<'a> {
                 __cx2.enter_path(&__child);
                 let (__o, __pb2) = ::adjoint::scope::Child::module(&__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
                 let (__cv, _, #(#cots,)* #(#skip,)*) =
-                    __pb2((#value_seed, ::adjoint::__private::grad_seed(&__o.1)));
+                    __pb2(#seeds);
                 #merge
                 (#(#cots,)*)
             };
@@ -1385,13 +1399,14 @@ impl<'a> Gen<'a> {
             Stmt::LetLifted(l) => {
                 let names: Vec<&Ident> = l.dsts.iter().map(|d| self.name(*d)).collect();
                 let tokens = &l.tokens;
-                let mut out = match l.value {
-                    Some(v) => {
-                        let v = self.name(v);
-                        quote!(let (#v, (#(#names,)*)) = #tokens;)
-                    }
-                    None => quote!(let (#(#names,)*) = #tokens;),
+                let grads = quote!((#(#names,)*));
+                let pat = match (l.value.map(|v| self.name(v)), l.aux.map(|a| self.name(a))) {
+                    (None, None) => grads,
+                    (None, Some(a)) => quote!((#grads, #a)),
+                    (Some(v), None) => quote!((#v, #grads)),
+                    (Some(v), Some(a)) => quote!(((#v, #a), #grads)),
                 };
+                let mut out = quote!(let #pat = #tokens;);
                 if self.reads_all.contains(&Slot::Pb(l.dsts[0])) {
                     // What the second-order pullback reruns the child on: the variables,
                     // the child's path, and the module (a copy if it is a field of

@@ -289,7 +289,7 @@ fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> 
         #[doc = #doc]
         #[doc(hidden)]
         #[::adjoint::differentiable]
-        #vis fn #name(#(#args,)* #(#tangents),*) -> (#ret, #ret) {
+        #vis fn #name(#(#args,)* #(#tangents),*) -> (#ret, ::adjoint::Cot<#ret>) {
             #body
         }
     })

@@ -154,6 +154,8 @@ pub enum Stmt {
 pub struct Lifted {
     /// The value, for `value_and_grad!`.
     pub value: Option<Var>,
+    /// The auxiliary output, with `has_aux`.
+    pub aux: Option<Var>,
     /// One gradient per primal.
     pub dsts: Vec<Var>,
     /// The macro invocation, as written (variables renamed).
@@ -325,9 +327,14 @@ pub enum Native {
 }
 
 impl Lifted {
-    /// Every variable it defines: the value (if any), then the gradients.
+    /// Every variable it defines: the value and aux (if any), then the gradients.
     pub fn defined(&self) -> Vec<Var> {
-        self.value.iter().chain(&self.dsts).copied().collect()
+        self.value
+            .iter()
+            .chain(&self.aux)
+            .chain(&self.dsts)
+            .copied()
+            .collect()
     }
 }
 

@@ -922,7 +922,9 @@ impl Lowerer<'_> {
     /// `value_and_grad!`) with a constant child: a statement that can be differentiated
     /// again. Other forms stay opaque.
     fn lifted_grad(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
-        let input: crate::expand::TransformInput = m.mac.parse_body().ok()?;
+        let mut input: crate::expand::TransformInput = m.mac.parse_body().ok()?;
+        // `has_aux` is covered: the aux is one more output of the child's forward mode.
+        let has_aux = std::mem::take(&mut input.has_aux);
         let items = &input.positional;
         if items.len() < 4 || !input.plain() {
             return None;
@@ -970,21 +972,28 @@ impl Lowerer<'_> {
             .path
             .is_ident("value_and_grad")
             .then(|| self.temp(e.span()));
+        let aux = has_aux.then(|| self.temp(e.span()));
         let dsts: Vec<Var> = (0..n).map(|_| self.temp(e.span())).collect();
         let tokens = self.verbatim(e.to_token_stream());
         let module = items[2].to_token_stream();
         out.push(Stmt::LetLifted(Lifted {
             value,
+            aux,
             dsts: dsts.clone(),
             tokens,
             module,
             scope,
             args,
         }));
-        let grads = Val::Tuple(dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect());
-        Some(match value {
-            Some(v) => Val::Tuple(vec![Val::Atom(Atom::Var(v)), grads]),
-            None => grads,
+        let var = |v: Var| Val::Atom(Atom::Var(v));
+        let grads = Val::Tuple(dsts.into_iter().map(var).collect());
+        // grad!: `grads` or `(grads, aux)`; value_and_grad!: `(value, grads)` or
+        // `((value, aux), grads)`.
+        Some(match (value, aux) {
+            (None, None) => grads,
+            (None, Some(a)) => Val::Tuple(vec![grads, var(a)]),
+            (Some(v), None) => Val::Tuple(vec![var(v), grads]),
+            (Some(v), Some(a)) => Val::Tuple(vec![Val::Tuple(vec![var(v), var(a)]), grads]),
         })
     }
 

@@ -66,22 +66,8 @@ pub fn jvp_body(
     let Tail::Leaf(leaf) = &f.body.tail else {
         return None;
     };
-    let Some(Val::Atom(a)) = &leaf.value else {
-        return None;
-    };
-    // The output's tangent, owned.
-    let y = t.atom(a);
-    let dy = match a.var().filter(|v| t.has_dot.contains(v)) {
-        Some(v) if t.tangent_refs.contains(&v) => {
-            let d = dot_name(f.name(v));
-            quote!(#d.to_owned())
-        }
-        Some(v) => dot_name(f.name(v)).to_token_stream(),
-        None => {
-            let x = t.r(a);
-            quote!((#x * 0.0))
-        }
-    };
+    let output = leaf.value.as_ref()?;
+    let (y, dy) = (t.output(output, false), t.output(output, true));
     out.extend(quote!((#y, #dy)));
     Some(out)
 }
@@ -284,6 +270,29 @@ impl Tangent<'_> {
                 }
             }
             _ => None,
+        }
+    }
+
+    /// The output (a value or a tuple of them), or its tangent: owned, and where
+    /// nothing varies a zero cotangent-typed constant (`()` for an integer).
+    fn output(&self, v: &Val, tangent: bool) -> TokenStream {
+        match v {
+            Val::Tuple(vs) => {
+                let items = vs.iter().map(|v| self.output(v, tangent));
+                quote!((#(#items,)*))
+            }
+            Val::Atom(a) if !tangent => self.atom(a),
+            Val::Atom(a) => match a.var().filter(|v| self.has_dot.contains(v)) {
+                Some(v) if self.tangent_refs.contains(&v) => {
+                    let d = dot_name(self.f.name(v));
+                    quote!(#d.to_owned())
+                }
+                Some(v) => dot_name(self.f.name(v)).to_token_stream(),
+                None => {
+                    let x = self.r(a);
+                    quote!(::adjoint::no_grad(::adjoint::__private::zeros(&#x)))
+                }
+            },
         }
     }
 
