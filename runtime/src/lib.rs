@@ -55,7 +55,7 @@ pub mod prelude {
     pub use crate::init;
     pub use crate::nn::*;
     pub use crate::no_grad;
-    pub use crate::scope::{Scope, ScopeError, Variables};
+    pub use crate::scope::{Bound, Scope, ScopeError, Variables};
     pub use crate::{custom_vjp, differentiable, grad, jvp, value_and_grad, vjp, vmap};
 }
 

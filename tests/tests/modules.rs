@@ -436,7 +436,6 @@ fn parameter_gradients_of_apply_match_the_same_model_written_by_hand() {
 
 // ----- value_and_grad_dense: a lifted transform over `self`, a bound submodule -----
 
-use adjoint::scope::Bound;
 
 /// Flax's `FooMulti(bar=bar)`: `bar` was created (and named) by the parent.
 struct FooMulti {
