@@ -436,7 +436,6 @@ fn parameter_gradients_of_apply_match_the_same_model_written_by_hand() {
 
 // ----- value_and_grad_dense: a lifted transform over `self`, a bound submodule -----
 
-
 /// Flax's `FooMulti(bar=bar)`: `bar` was created (and named) by the parent.
 struct FooMulti {
     bar: Bound<Dense>,
@@ -542,6 +541,18 @@ impl WithField {
     }
 }
 
+/// Explicit names (Flax's `Dense(2, name="encoder")`) next to auto names.
+struct Named;
+
+#[differentiable]
+impl Named {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let enc = cx.bind_as("encoder", Dense::new(2));
+        let h = enc.call(cx, x);
+        Dense::new(2).call(cx, &h)
+    }
+}
+
 /// A lifted grad! over a module its parent bound: the child's parameters live at the
 /// parent's path, not under this module.
 struct GradOfBound {
@@ -576,6 +587,12 @@ fn submodules_are_named_by_their_field_or_where_they_were_bound() {
     assert_eq!(
         vars.shapes(),
         r#"{"params": {"dense": {"bias": [2], "kernel": [2, 2]}}}"#
+    );
+
+    let vars = Named.init(0, &x).unwrap();
+    assert_eq!(
+        vars.shapes(),
+        r#"{"params": {"Dense_0": {"bias": [2], "kernel": [2, 2]}, "encoder": {"bias": [2], "kernel": [2, 2]}}}"#
     );
 
     let vars = BindsScale.init(0, 2.0, 3.0).unwrap();
