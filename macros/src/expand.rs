@@ -215,15 +215,8 @@ fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
     let params = params(cx, &mut f.sig);
     let scopes = crate::module::scope_names(&params);
     crate::module::ModuleCalls { scopes: &scopes }.visit_block_mut(&mut f.block);
-    // A function taking the scope is called by modules: with parameters constant
-    // (inside `grad!`) or differentiated (`vjp!`, training).
-    let which: &[Companions] = if scopes.is_empty() {
-        &[Companions::All]
-    } else {
-        &[Companions::Owned, Companions::Params]
-    };
     let mut items = TokenStream::new();
-    for which in which {
+    for which in Companions::for_scope(!scopes.is_empty()) {
         if cx.has_errors() {
             break;
         }
@@ -392,6 +385,19 @@ pub(crate) enum Companions {
     Owned,
     /// A module body's with parameters differentiated: `__f_vjp_params`.
     Params,
+}
+
+impl Companions {
+    /// What a function or method gets: a function taking the scope is called by
+    /// modules, with parameters constant (inside `grad!`) or differentiated (`vjp!`,
+    /// training); any other, all of them.
+    fn for_scope(takes_scope: bool) -> &'static [Companions] {
+        if takes_scope {
+            &[Companions::Owned, Companions::Params]
+        } else {
+            &[Companions::All]
+        }
+    }
 }
 
 /// Which companion `companion_items` writes.
@@ -877,14 +883,7 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
             extra.push(crate::module::module_items(cx, &self_ty, m, &params));
             continue;
         }
-        // A method taking the scope is called by modules: with parameters constant
-        // (inside `grad!`) or differentiated (`vjp!`, training).
-        let which: &[Companions] = if scopes.is_empty() {
-            &[Companions::All]
-        } else {
-            &[Companions::Owned, Companions::Params]
-        };
-        for which in which {
+        for which in Companions::for_scope(!scopes.is_empty()) {
             if let Some(c) = companions(
                 cx,
                 &m.vis,
