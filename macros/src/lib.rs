@@ -70,6 +70,9 @@ pub fn jvp(input: TokenStream) -> TokenStream {
 /// `grad!` given `reduce_axes = ["batch"]`, the broadcast arguments' cotangents summed.
 /// Inside a module, `vmap!(cx, |mdl, cx, x| body, Child, x, in_axes = [0])` runs the
 /// child once per example with its variables broadcast, as `flax.linen.vmap`.
+///
+/// The mapped function panics, as `jax.vmap` raises, when the mapped arguments'
+/// lengths along their axes differ, or the examples' outputs differ in shape.
 #[proc_macro]
 pub fn vmap(input: TokenStream) -> TokenStream {
     vmap::vmap(input.into()).into()
