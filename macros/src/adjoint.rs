@@ -1719,7 +1719,9 @@ impl<'a> Gen<'a> {
             (Scoped::Module, callee) if self.f.params_active => {
                 self.companion(callee, "vjp_params")
             }
-            // A nested call's pullback must not borrow this body's locals.
+            // A plain call whose pullback runs in this block may borrow its arguments.
+            (Scoped::No, callee) if self.f.local_pullback => self.companion(callee, "vjp"),
+            // Otherwise a nested call's pullback must not borrow this body's locals.
             (_, callee) => self.companion(callee, "vjp_owned"),
         }
     }

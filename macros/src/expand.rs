@@ -163,13 +163,29 @@ fn differentiable_type(ty: &Type, generics: &[String]) -> bool {
 }
 
 /// Lowers, analyses and generates one function body.
+/// What kind of body [`generate`] differentiates.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Options {
+    /// The body returns `(value, aux)` and only `value` is differentiated.
+    pub(crate) has_aux: bool,
+    /// Parameters read through the scope are differentiated.
+    pub(crate) params_active: bool,
+    /// The pullback runs where the primal does (`grad!`, `value_and_grad!` of a
+    /// closure): nested calls may borrow this body's locals.
+    pub(crate) local_pullback: bool,
+}
+
 pub(crate) fn generate(
     cx: &Ctxt,
     params: &[ParamInfo],
     body: &syn::Block,
-    aux: bool,
-    params_active: bool,
+    options: Options,
 ) -> Option<(Func, adjoint::Generated)> {
+    let Options {
+        has_aux: aux,
+        params_active,
+        local_pullback,
+    } = options;
     let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
     // With `has_aux` the body returns a pair, perhaps from a call: take it apart.
     let aux_body: syn::Block;
@@ -182,6 +198,7 @@ pub(crate) fn generate(
     let mut func = lower::lower(cx, &specs, body);
     func.aux = aux;
     func.params_active = params_active;
+    func.local_pullback = local_pullback;
     if aux && !matches!(output_shape(&func), Some(Val::Tuple(v)) if v.len() == 2) {
         cx.error(
             body.span(),
@@ -314,7 +331,11 @@ pub(crate) fn companions(
     which: Companions,
 ) -> Option<TokenStream> {
     let params_active = which == Companions::Params;
-    let (_, g) = generate(cx, params, body, false, params_active)?;
+    let options = Options {
+        params_active,
+        ..Options::default()
+    };
+    let (_, g) = generate(cx, params, body, options)?;
     let ReturnType::Type(_, ret) = &sig.output else {
         return None;
     };
@@ -1174,7 +1195,12 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
     };
     // vjp! differentiates the child's parameters too; grad! treats them as constants.
     let params_active = which == Transform::Vjp;
-    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux, params_active) else {
+    let options = Options {
+        has_aux: input.has_aux,
+        params_active,
+        local_pullback: which != Transform::Vjp,
+    };
+    let Some((_, g)) = generate(cx, &infos, &body, options) else {
         return TokenStream::new();
     };
     let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
@@ -1448,7 +1474,12 @@ fn closure_transform(
         syn::Expr::Block(b) => b.block.clone(),
         other => syn::parse_quote_spanned!(other.span()=> { #other }),
     };
-    let Some((_, g)) = generate(cx, &infos, &body, input.has_aux, false) else {
+    let options = Options {
+        has_aux: input.has_aux,
+        params_active: false,
+        local_pullback: which != Transform::Vjp,
+    };
+    let Some((_, g)) = generate(cx, &infos, &body, options) else {
         return TokenStream::new();
     };
     let closure_params = c.inputs.iter();

@@ -72,6 +72,9 @@ pub struct Func {
     /// Parameters read through the scope are differentiated (their cotangents are
     /// returned as `Variables`).
     pub params_active: bool,
+    /// The pullback runs in the primal's scope: nested calls may use the borrowing
+    /// companions.
+    pub local_pullback: bool,
 }
 
 /// A parameter: its variable, and whether it is differentiated.

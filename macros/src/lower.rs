@@ -74,6 +74,7 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         free: l.free,
         aux: false,
         params_active: false,
+        local_pullback: false,
     }
 }
 

@@ -264,7 +264,18 @@ impl Accumulate for () {
 impl<A: Real, D: Dimension> Accumulate for Array<A, D> {
     #[inline]
     fn accumulate(&mut self, other: Self) {
-        *self += &other;
+        // Same shape and layout (the common case): a plain loop over the memory.
+        if self.shape() == other.shape()
+            && self.strides() == other.strides()
+            && let (Some(a), Some(b)) = (
+                self.as_slice_memory_order_mut(),
+                other.as_slice_memory_order(),
+            )
+        {
+            a.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
+        } else {
+            *self += &other;
+        }
     }
 }
 
