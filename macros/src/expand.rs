@@ -1282,7 +1282,7 @@ fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> Toke
 /// The closure of a lifted transform, `|mdl, cx, primals..| body`: its parameter
 /// names, their roles (the module and the scope constant, the primals
 /// differentiated) and its body as a block.
-fn lifted_closure(
+pub(crate) fn lifted_closure(
     cx: &Ctxt,
     c: &syn::ExprClosure,
 ) -> Option<(Vec<Ident>, Vec<ParamInfo>, syn::Block)> {

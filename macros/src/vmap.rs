@@ -18,7 +18,6 @@ use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::visit_mut::VisitMut;
 use syn::{Expr, Ident, Token};
 
 struct VmapInput {
@@ -300,26 +299,10 @@ fn lifted_vmap(cx: &Ctxt, input: &VmapInput) -> TokenStream {
         );
         return TokenStream::new();
     }
-    let mut names = Vec::new();
-    for p in &c.inputs {
-        let pat = match p {
-            syn::Pat::Type(t) => &*t.pat,
-            other => other,
-        };
-        match pat {
-            syn::Pat::Ident(i) => names.push(i.ident.clone()),
-            other => {
-                cx.error_at(other, "closure parameters must be plain names");
-                return TokenStream::new();
-            }
-        }
-    }
+    let Some((names, _, body)) = crate::expand::lifted_closure(cx, c) else {
+        return TokenStream::new();
+    };
     let (mdl, cxn, params) = (&names[0], &names[1], &names[2..]);
-    let mut body = (*c.body).clone();
-    crate::module::ModuleCalls {
-        scopes: &[cxn.to_string()],
-    }
-    .visit_expr_mut(&mut body);
     let temps: Vec<Ident> = (0..args.len()).map(|i| format_ident!("__a{}", i)).collect();
     let (n, items) = per_example(&input.in_axes, &temps);
     let (enter, exit) = crate::expand::lifted_module(module, mdl, cxn);
