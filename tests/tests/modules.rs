@@ -566,6 +566,30 @@ impl GradOfBound {
     }
 }
 
+/// A lifted vjp! over a bound module: its variable cotangents are relative to the
+/// module, wherever it lives.
+struct VjpOfBound {
+    scale: Bound<LearnScale>,
+}
+
+#[differentiable]
+impl VjpOfBound {
+    fn call(&self, cx: &mut Scope, x: f64, y: f64) -> (Variables, f64, f64) {
+        let (_, bwd) = vjp!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), self.scale, x, y);
+        no_grad(bwd(1.0))
+    }
+}
+
+struct BindsForVjp;
+
+#[differentiable]
+impl BindsForVjp {
+    fn call(&self, cx: &mut Scope, x: f64, y: f64) -> (Variables, f64, f64) {
+        let scale = cx.bind(LearnScale);
+        VjpOfBound { scale }.call(cx, x, y)
+    }
+}
+
 struct BindsScale;
 
 #[differentiable]
@@ -604,6 +628,9 @@ fn submodules_are_named_by_their_field_or_where_they_were_bound() {
         .with("params", "LearnScale_0/scale", 1.5)
         .unwrap();
     assert_eq!(BindsScale.apply(&vars, 2.0, 3.0).unwrap(), (4.5, 3.0));
+    let (vars_ct, gx, gy) = BindsForVjp.apply(&vars, 2.0, 3.0).unwrap();
+    assert_eq!(vars_ct.to_string(), r#"{"params": {"scale": 6.0}}"#);
+    assert_eq!((gx, gy), (4.5, 3.0));
     // Second order through the bound module: d(x_grad + y_grad)/d scale = y + x.
     let (_, grads) = value_and_grad!(|v: &Variables| {
         let (gx, gy) = BindsScale.apply(v, 2.0, 3.0).unwrap();
@@ -1011,6 +1038,24 @@ impl Unbound {
     }
 }
 
+/// Per-example losses times a broadcast scale.
+struct ScaledLosses;
+
+#[differentiable]
+impl ScaledLosses {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, t: &Array1<f64>, s: f64) -> Array1<f64> {
+        vmap!(
+            cx,
+            |mdl, cx, x, t, s| mdl.call(cx, x, t) * s,
+            ExampleLoss,
+            x,
+            t,
+            s,
+            in_axes = [0, 0, None]
+        )
+    }
+}
+
 #[test]
 fn vmap_in_a_module_gives_per_example_or_reduced_variable_cotangents() {
     let case = reference("modules.json", "per_example_grads");
@@ -1043,6 +1088,10 @@ fn vmap_in_a_module_gives_per_example_or_reduced_variable_cotangents() {
         &array(&case["reduced_w_grad"]),
         RTOL,
     );
+    let w: Array1<f64> = vars.read("params", "ExampleLoss_0/w").unwrap();
+    let want = (x.dot(&w).tanh() - &t).mapv(|e| 2.0 * e * e);
+    let got = ScaledLosses.apply(&vars, &x, &t, 2.0).unwrap();
+    assert_close("scaled losses", &got.into_dyn(), &want.into_dyn(), 1e-14);
     assert_eq!(
         Unbound.apply(&vars, &x, &t).unwrap_err(),
         ScopeError::UnboundAxis {
