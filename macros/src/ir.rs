@@ -278,6 +278,13 @@ pub enum Callee {
 }
 
 impl Callee {
+    /// The function's or method's name (its last path segment).
+    pub fn name(&self) -> &Ident {
+        match self {
+            Callee::Path { name, .. } | Callee::Method { name, .. } => name,
+        }
+    }
+
     /// `prefix::f::<..>` or `receiver.f::<..>` as written, with `f` renamed by `rename`
     /// (a companion's name) and the receiver written by `receiver`.
     pub fn render(

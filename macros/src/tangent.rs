@@ -165,18 +165,14 @@ impl Tangent<'_> {
                     }
                     // A parameter read: constant along the inputs' tangents.
                     Op::Call(call) if call.scoped == Scoped::Param => {
-                        let Callee::Method {
-                            receiver,
-                            name: m,
-                            generics,
-                        } = &call.callee
-                        else {
+                        let Callee::Method { receiver, .. } = &call.callee else {
                             return None;
                         };
                         let recv = self.atom(&receiver.atom);
+                        let f = call.callee.render(Ident::clone, |r| self.atom(&r.atom));
                         let args: Vec<TokenStream> =
                             call.args.iter().map(|a| self.arg(a)).collect();
-                        let mut out = quote!(let #decl = #recv.#m #generics(#(#args),*););
+                        let mut out = quote!(let #decl = #f(#(#args),*););
                         // Along the variables: the tangent the scope was given, or zero.
                         if self.mode == Mode::Variables && (self.varied)(*dst) {
                             let (dn, param) = (dot_name(&name), &args[0]);
@@ -194,14 +190,7 @@ impl Tangent<'_> {
                     // A submodule's call: its JVP, along the tangents of all its
                     // arguments (a module's `call`, or `__call_in` with the child's name).
                     Op::Call(call) if call.scoped == Scoped::Module => {
-                        let Callee::Method {
-                            receiver,
-                            name: m,
-                            generics,
-                        } = &call.callee
-                        else {
-                            return None;
-                        };
+                        let m = call.callee.name();
                         let suffix = match self.mode {
                             Mode::Inputs => "jvp",
                             Mode::Variables => "tjvp",
@@ -239,14 +228,12 @@ impl Tangent<'_> {
                                 }
                             })
                             .collect::<Option<Vec<_>>>()?;
-                        let recv = self.arg(receiver);
+                        let f = call.callee.render(|_| jvp, |r| self.arg(r));
                         let args: Vec<TokenStream> =
                             call.args.iter().map(|a| self.arg(a)).collect();
                         let dn = dot_name(&name);
                         self.has_dot.insert(*dst);
-                        Some(
-                            quote!(let (#name, #dn) = #recv.#jvp #generics(#(#args,)* #(#dots),*);),
-                        )
+                        Some(quote!(let (#name, #dn) = #f(#(#args,)* #(#dots),*);))
                     }
                     Op::Prim {
                         rule,
