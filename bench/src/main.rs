@@ -109,23 +109,45 @@ impl Jax {
                 break;
             }
             let name = v["name"].as_str()?.to_string();
-            let Some((_, ours)) = workloads.iter().find(|(k, _)| *k == name) else { continue };
+            let Some((_, ours)) = workloads.iter().find(|(k, _)| *k == name) else {
+                continue;
+            };
             let theirs: Vec<[f64; 2]> = v["checksums"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|c| [c[0].as_f64().unwrap_or(f64::NAN), c[1].as_f64().unwrap_or(f64::NAN)])
+                .map(|c| {
+                    [
+                        c[0].as_f64().unwrap_or(f64::NAN),
+                        c[1].as_f64().unwrap_or(f64::NAN),
+                    ]
+                })
                 .collect();
-            assert_eq!(theirs.len(), ours.len(), "{name}: JAX returned {} gradients", theirs.len());
+            assert_eq!(
+                theirs.len(),
+                ours.len(),
+                "{name}: JAX returned {} gradients",
+                theirs.len()
+            );
             for (t, o) in theirs.iter().zip(ours) {
                 for k in 0..2 {
                     let tol = 1e-9 * t[k].abs().max(o[k].abs()).max(1.0);
-                    assert!((t[k] - o[k]).abs() <= tol, "{name}: JAX gradient checksum {} against adjoint's {}", t[k], o[k]);
+                    assert!(
+                        (t[k] - o[k]).abs() <= tol,
+                        "{name}: JAX gradient checksum {} against adjoint's {}",
+                        t[k],
+                        o[k]
+                    );
                 }
             }
             names.push(name);
         }
-        Some(Jax { child, input, output, names })
+        Some(Jax {
+            child,
+            input,
+            output,
+            names,
+        })
     }
 
     /// Seconds per gradient of workload `key` over `batch` gradients.
@@ -165,8 +187,10 @@ fn main() {
         .into_iter()
         .filter(|w| filter.as_deref().is_none_or(|f| w.name.contains(f)))
         .collect();
-    let keys: Vec<(&'static str, Vec<[f64; 2]>)> =
-        selected.iter().map(|w| (w.key, w.checksums.clone())).collect();
+    let keys: Vec<(&'static str, Vec<[f64; 2]>)> = selected
+        .iter()
+        .map(|w| (w.key, w.checksums.clone()))
+        .collect();
     let mut jax = Jax::start(filter.as_deref(), &keys);
     let mut rows = Vec::new();
     for mut w in selected {
@@ -179,11 +203,16 @@ fn main() {
             .into_iter()
             .map(|f| Box::new(move |b| timed(f.as_mut(), b)) as Box<dyn FnMut(usize) -> f64>)
             .collect();
-        let with_jax = jax.as_ref().is_some_and(|j| j.names.iter().any(|n| n == key));
+        let with_jax = jax
+            .as_ref()
+            .is_some_and(|j| j.names.iter().any(|n| n == key));
         if let Some(j) = jax.as_mut().filter(|_| with_jax) {
             fs.push(Box::new(move |b| j.time(key, b)));
         }
-        let mut refs: Vec<&mut dyn FnMut(usize) -> f64> = fs.iter_mut().map(|f| f.as_mut() as &mut dyn FnMut(usize) -> f64).collect();
+        let mut refs: Vec<&mut dyn FnMut(usize) -> f64> = fs
+            .iter_mut()
+            .map(|f| f.as_mut() as &mut dyn FnMut(usize) -> f64)
+            .collect();
         let m = medians(&mut refs, w.runs);
         drop(refs);
         drop(fs);

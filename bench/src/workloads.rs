@@ -47,6 +47,18 @@ fn flat<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> Vec<f64> {
     a.iter().copied().collect()
 }
 
+/// The hand-written gradients' matrix products: the same kernel as the generated
+/// code's (`adjoint::rules::linalg::matmul`, and `matmul_into` to accumulate), so that
+/// adjoint / hand-written measures what the transformation adds.
+use adjoint::rules::linalg::matmul_into;
+
+fn mm<S: ndarray::Data<Elem = f64>, S2: ndarray::Data<Elem = f64>>(
+    a: &ndarray::ArrayBase<S, ndarray::Ix2>,
+    b: &ndarray::ArrayBase<S2, ndarray::Ix2>,
+) -> Array2<f64> {
+    adjoint::rules::linalg::matmul(a, b)
+}
+
 /// Sum and sum of squares of a gradient: what JAX's are checked against.
 fn checksum<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> [f64; 2] {
     [a.sum(), a.iter().map(|v| v * v).sum()]
@@ -156,17 +168,17 @@ fn mlp_tanh_grad_by_hand(
     x: &Array2<f64>,
     t: &Array2<f64>,
 ) -> MlpGrads {
-    let h1 = (x.dot(w1) + b1).map_tanh();
-    let h2 = (h1.dot(w2) + b2).map_tanh();
-    let d = h2.dot(w3) + b3 - t;
+    let h1 = (mm(&x, &w1) + b1).map_tanh();
+    let h2 = (mm(&h1, &w2) + b2).map_tanh();
+    let d = mm(&h2, &w3) + b3 - t;
     let gy = d * (2.0 / t.len() as f64);
-    let gw3 = h2.t().dot(&gy);
+    let gw3 = mm(&h2.t(), &gy);
     let gb3 = gy.sum_axis(Axis(0));
-    let gh2 = gy.dot(&w3.t()) * (1.0 - &h2 * &h2);
-    let gw2 = h1.t().dot(&gh2);
+    let gh2 = mm(&gy, &w3.t()) * (1.0 - &h2 * &h2);
+    let gw2 = mm(&h1.t(), &gh2);
     let gb2 = gh2.sum_axis(Axis(0));
-    let gh1 = gh2.dot(&w2.t()) * (1.0 - &h1 * &h1);
-    let gw1 = x.t().dot(&gh1);
+    let gh1 = mm(&gh2, &w2.t()) * (1.0 - &h1 * &h1);
+    let gw1 = mm(&x.t(), &gh1);
     let gb1 = gh1.sum_axis(Axis(0));
     (gw1, gb1, gw2, gb2, gw3, gb3)
 }
@@ -287,11 +299,11 @@ fn mlp_xent_grad_by_hand(
     x: &Array2<f64>,
     onehot: &Array2<f64>,
 ) -> MlpGrads {
-    let z1 = x.dot(w1) + b1;
+    let z1 = mm(&x, &w1) + b1;
     let h1 = z1.mapv(|v| v.max(0.0));
-    let z2 = h1.dot(w2) + b2;
+    let z2 = mm(&h1, &w2) + b2;
     let h2 = z2.mapv(|v| v.max(0.0));
-    let logits = h2.dot(w3) + b3;
+    let logits = mm(&h2, &w3) + b3;
     let mut p = logits.clone();
     for mut row in p.rows_mut() {
         let m = row.fold(f64::NEG_INFINITY, |m, &v| m.max(v));
@@ -300,23 +312,23 @@ fn mlp_xent_grad_by_hand(
         row /= s;
     }
     let gl = (p - onehot) / x.nrows() as f64;
-    let gw3 = h2.t().dot(&gl);
+    let gw3 = mm(&h2.t(), &gl);
     let gb3 = gl.sum_axis(Axis(0));
-    let mut gh2 = gl.dot(&w3.t());
+    let mut gh2 = mm(&gl, &w3.t());
     gh2.zip_mut_with(&z2, |g, &z| {
         if z <= 0.0 {
             *g = 0.0
         }
     });
-    let gw2 = h1.t().dot(&gh2);
+    let gw2 = mm(&h1.t(), &gh2);
     let gb2 = gh2.sum_axis(Axis(0));
-    let mut gh1 = gh2.dot(&w2.t());
+    let mut gh1 = mm(&gh2, &w2.t());
     gh1.zip_mut_with(&z1, |g, &z| {
         if z <= 0.0 {
             *g = 0.0
         }
     });
-    let gw1 = x.t().dot(&gh1);
+    let gw1 = mm(&x.t(), &gh1);
     let gb1 = gh1.sum_axis(Axis(0));
     (gw1, gb1, gw2, gb2, gw3, gb3)
 }
@@ -431,7 +443,7 @@ fn rnn_grad_by_hand(
     let mut hs = Vec::with_capacity(steps + 1);
     hs.push(Array2::<f64>::zeros((xs.len_of(Axis(1)), w.nrows())));
     for t in 0..steps {
-        let h = (hs[t].dot(w) + xs.index_axis(Axis(0), t).dot(u) + b).map_tanh();
+        let h = (mm(&hs[t], &w) + mm(&xs.index_axis(Axis(0), t), &u) + b).map_tanh();
         hs.push(h);
     }
     let mut gh = &hs[steps] * 2.0;
@@ -443,10 +455,10 @@ fn rnn_grad_by_hand(
     for t in (0..steps).rev() {
         let h = &hs[t + 1];
         let gz = gh * (1.0 - h * h);
-        gw += &hs[t].t().dot(&gz);
-        gu += &xs.index_axis(Axis(0), t).t().dot(&gz);
+        matmul_into(&mut gw, &hs[t].t(), &gz);
+        matmul_into(&mut gu, &xs.index_axis(Axis(0), t).t(), &gz);
         gb += &gz.sum_axis(Axis(0));
-        gh = gz.dot(&w.t());
+        gh = mm(&gz, &w.t());
     }
     (gw, gu, gb)
 }
@@ -553,32 +565,32 @@ fn pinn_grad_by_hand(
     x: &Array2<f64>,
 ) -> MlpGrads {
     let n = x.nrows() as f64;
-    let h1 = (x.dot(w1) + b1).map_tanh();
-    let h2 = (h1.dot(w2) + b2).map_tanh();
+    let h1 = (mm(&x, &w1) + b1).map_tanh();
+    let h2 = (mm(&h1, &w2) + b2).map_tanh();
     let (s1, s2) = (1.0 - &h1 * &h1, 1.0 - &h2 * &h2);
     // du/dx: ones through the last layer, then back through the others.
     let gz2 = &s2 * &w3.column(0);
-    let gh1 = gz2.dot(&w2.t());
+    let gh1 = mm(&gz2, &w2.t());
     let gz1 = &gh1 * &s1;
-    let du = gz1.dot(&w1.t());
+    let du = mm(&gz1, &w1.t());
     // The loss's cotangent, back through the input gradient...
     let rbar = (du - x.mapv(f64::cos)) * (2.0 / n);
-    let mut gw1 = rbar.t().dot(&gz1);
-    let gz1bar = rbar.dot(w1);
+    let mut gw1 = mm(&rbar.t(), &gz1);
+    let gz1bar = mm(&rbar, &w1);
     let gh1bar = &gz1bar * &s1;
     let mut h1bar = &gz1bar * &gh1 * &h1 * -2.0;
-    let gz2bar = gh1bar.dot(w2);
-    let mut gw2 = gh1bar.t().dot(&gz2);
+    let gz2bar = mm(&gh1bar, &w2);
+    let mut gw2 = mm(&gh1bar.t(), &gz2);
     let gh2bar = &gz2bar * &s2;
     let h2bar = &gz2bar * &w3.column(0) * &h2 * -2.0;
     let gw3 = gh2bar.sum_axis(Axis(0)).insert_axis(Axis(1));
     // ... and back through the forward pass.
     let z2bar = h2bar * &s2;
-    gw2 += &h1.t().dot(&z2bar);
+    matmul_into(&mut gw2, &h1.t(), &z2bar);
     let gb2 = z2bar.sum_axis(Axis(0));
-    h1bar += &z2bar.dot(&w2.t());
+    matmul_into(&mut h1bar, &z2bar, &w2.t());
     let z1bar = h1bar * &s1;
-    gw1 += &x.t().dot(&z1bar);
+    matmul_into(&mut gw1, &x.t(), &z1bar);
     let gb1 = z1bar.sum_axis(Axis(0));
     (gw1, gb1, gw2, gb2, gw3, Array1::zeros(1))
 }

@@ -76,21 +76,11 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
                 let mut __t1_bar = __t5_bar_0;
                 let mut __t4_bar = __t5_bar_1;
                 let __t3 = ::adjoint::__private::index_axis(&xs, __t2, t);
-                let (__t4_bar_0, __t4_bar_1) = ::adjoint::__private::dot_pb_both(
-                    &__t3,
-                    &u,
-                    __t4_bar,
-                );
-                let mut __t3_bar = __t4_bar_0;
-                ::adjoint::__private::acc(&mut u_bar, __t4_bar_1);
+                ::adjoint::__private::dot_pb_rhs_into(&mut u_bar, &__t3, &u, &__t4_bar);
+                let mut __t3_bar = ::adjoint::__private::dot_pb_lhs(&__t3, &u, __t4_bar);
                 ::adjoint::__private::index_axis_pb(&mut xs_bar, __t2, t, __t3_bar);
-                let (__t1_bar_0, __t1_bar_1) = ::adjoint::__private::dot_pb_both(
-                    &h_1,
-                    &w,
-                    __t1_bar,
-                );
-                let mut h_1_bar = __t1_bar_0;
-                ::adjoint::__private::acc(&mut w_bar, __t1_bar_1);
+                ::adjoint::__private::dot_pb_rhs_into(&mut w_bar, &h_1, &w, &__t1_bar);
+                let mut h_1_bar = ::adjoint::__private::dot_pb_lhs(&h_1, &w, __t1_bar);
                 h_3_bar_carry = h_1_bar;
             }
             (w_bar, u_bar, xs_bar)
@@ -218,21 +208,11 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
                 let mut __t1_bar = __t5_bar_0;
                 let mut __t4_bar = __t5_bar_1;
                 let __t3 = ::adjoint::__private::index_axis(&xs, __t2, t);
-                let (__t4_bar_0, __t4_bar_1) = ::adjoint::__private::dot_pb_both(
-                    &__t3,
-                    &u,
-                    __t4_bar,
-                );
-                let mut __t3_bar = __t4_bar_0;
-                ::adjoint::__private::acc(&mut u_bar, __t4_bar_1);
+                ::adjoint::__private::dot_pb_rhs_into(&mut u_bar, &__t3, &u, &__t4_bar);
+                let mut __t3_bar = ::adjoint::__private::dot_pb_lhs(&__t3, &u, __t4_bar);
                 ::adjoint::__private::index_axis_pb(&mut xs_bar, __t2, t, __t3_bar);
-                let (__t1_bar_0, __t1_bar_1) = ::adjoint::__private::dot_pb_both(
-                    &h_1,
-                    &w,
-                    __t1_bar,
-                );
-                let mut h_1_bar = __t1_bar_0;
-                ::adjoint::__private::acc(&mut w_bar, __t1_bar_1);
+                ::adjoint::__private::dot_pb_rhs_into(&mut w_bar, &h_1, &w, &__t1_bar);
+                let mut h_1_bar = ::adjoint::__private::dot_pb_lhs(&h_1, &w, __t1_bar);
                 h_3_bar_carry = h_1_bar;
             }
             (w_bar, u_bar, xs_bar)

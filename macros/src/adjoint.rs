@@ -587,6 +587,13 @@ impl<'a> Gen<'a> {
         }
     }
 
+    /// Whether a contribution to `a` adds to an adjoint that exists already (rather
+    /// than initialising it).
+    fn accumulates(&self, r: &Rev, a: &Atom) -> bool {
+        a.var()
+            .is_some_and(|v| self.active(v) && (!r.local.contains(&v) || r.init.contains(&v)))
+    }
+
     /// Makes sure `v`'s adjoint exists, zero if nothing contributed yet.
     fn ensure_init(&self, r: &mut Rev, v: Var) {
         if r.local.contains(&v) {
@@ -942,8 +949,18 @@ impl<'a> Gen<'a> {
             }
             return;
         }
+        // A pullback that can add into an existing adjoint in place does so; the
+        // joint pullback is for when every contribution starts an adjoint.
+        let adds_in_place = |i: usize| {
+            rule.pullbacks
+                .get(i)
+                .and_then(|p| p.as_ref())
+                .is_some_and(|p| p.into.is_some())
+                && self.accumulates(r, &operands[i].atom)
+        };
         if let Some(joint) = &rule.joint
             && operands.iter().all(|a| self.act.is_active(&a.atom))
+            && !(0..operands.len()).any(adds_in_place)
         {
             let f = Ident::new(joint.func, Span::call_site());
             let args: Vec<TokenStream> = joint
@@ -972,6 +989,32 @@ impl<'a> Gen<'a> {
                     .map(|p| (i, p))
             })
             .collect();
+        // In-place pullbacks borrow the cotangent: they run first, and the last of
+        // the others takes it.
+        let (in_place, by_value): (Vec<_>, Vec<_>) =
+            pbs.into_iter().partition(|&(i, _)| adds_in_place(i));
+        for (i, pb) in in_place {
+            let f = Ident::new(
+                pb.into.expect("in-place pullbacks have `into`"),
+                Span::call_site(),
+            );
+            let args: Vec<TokenStream> = pb
+                .reads
+                .iter()
+                .map(|rd| self.pb_arg(r, dst, rule, operands, consts, rd, &[]))
+                .collect();
+            let v = operands[i]
+                .atom
+                .var()
+                .expect("active operands are variables");
+            if !r.local.contains(&v) {
+                r.outer.insert(v);
+            }
+            let acc = self.bar(v);
+            r.code
+                .push(quote!(::adjoint::__private::#f(&mut #acc, #(#args,)* &#bar);));
+        }
+        let pbs = by_value;
         let n = pbs.len();
         for (k, (i, pb)) in pbs.into_iter().enumerate() {
             let ct = if k + 1 == n {

@@ -31,6 +31,10 @@ pub struct Pullback {
     pub func: &'static str,
     pub reads: &'static [Read],
     pub style: Style,
+    /// The same contribution added into an adjoint that already exists, reading the
+    /// cotangent by reference (`fn pb_into(&mut acc, .., &ct)`): a matrix product's
+    /// pullback accumulates in its kernel instead of allocating a result to add.
+    pub into: Option<&'static str>,
 }
 
 /// A primitive: the runtime function computing it and one pullback per operand
@@ -57,10 +61,13 @@ use Read::{Const, Operand, Out, Shape};
 
 macro_rules! pb {
     ($f:literal [$($r:expr),*]) => {
-        Some(Pullback { func: $f, reads: &[$($r),*], style: Style::Returns })
+        Some(Pullback { func: $f, reads: &[$($r),*], style: Style::Returns, into: None })
+    };
+    ($f:literal [$($r:expr),*] into $g:literal) => {
+        Some(Pullback { func: $f, reads: &[$($r),*], style: Style::Returns, into: Some($g) })
     };
     (into $f:literal [$($r:expr),*]) => {
-        Some(Pullback { func: $f, reads: &[$($r),*], style: Style::AddsInto })
+        Some(Pullback { func: $f, reads: &[$($r),*], style: Style::AddsInto, into: None })
     };
 }
 
@@ -251,8 +258,8 @@ static METHODS: &[(&str, Rule)] = &[
             "dot",
             2,
             [
-                pb!("dot_pb_lhs" [Operand(0), Operand(1)]),
-                pb!("dot_pb_rhs" [Operand(0), Operand(1)])
+                pb!("dot_pb_lhs" [Operand(0), Operand(1)] into "dot_pb_lhs_into"),
+                pb!("dot_pb_rhs" [Operand(0), Operand(1)] into "dot_pb_rhs_into")
             ]
         )
         .joint(pb!("dot_pb_both" [Operand(0), Operand(1)])),
