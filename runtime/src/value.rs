@@ -430,6 +430,13 @@ pub(crate) fn unbroadcast_to<A: Real, E: Dimension, D: Dimension>(
     ct: Array<A, E>,
     dim: &D,
 ) -> Array<A, D> {
+    if ct.shape() == dim.slice() {
+        // Already the operand's shape (the common case): only the dimension type
+        // changes, without the round trip through dynamic dimensions below.
+        return ct
+            .into_dimensionality::<D>()
+            .expect("adjoint: equal shapes have equal ranks");
+    }
     if ct.ndim() > dim.ndim()
         && let Some(sum) = sum_leading(&ct, dim)
     {
