@@ -774,7 +774,7 @@ pub fn square_pb<X: Value>(x: &X, ct: Owned<X>) -> Owned<X>
 where
     X::Primal: Elementwise,
 {
-    x.primal().pull(ct, |g, v| (g + g) * v)
+    x.primal().pull(ct, |g, v| g * (v + v))
 }
 
 /// Both pullbacks of [`add`] at once: the cotangent moves into whichever operand has
