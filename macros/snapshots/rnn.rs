@@ -42,8 +42,8 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
         );
         let __t4 = ::adjoint::__private::dot(&__t3, &u);
         let __t4_shape = ::adjoint::__private::shape_of(&__t4);
-        let __t5 = ::adjoint::__private::add(&__t1, &__t4);
-        let h_2 = ::adjoint::__private::tanh(&__t5);
+        let __t5 = ::adjoint::__private::add_reusing(__t1, &__t4);
+        let h_2 = ::adjoint::__private::tanh_reusing(__t5);
         __carry0_0 = ::core::clone::Clone::clone(&h_2);
         __tape0.push((h_1, __t2, h_2, __t1_shape, __t4_shape));
     }
@@ -171,8 +171,8 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
         );
         let __t4 = ::adjoint::__private::dot(&__t3, &u);
         let __t4_shape = ::adjoint::__private::shape_of(&__t4);
-        let __t5 = ::adjoint::__private::add(&__t1, &__t4);
-        let h_2 = ::adjoint::__private::tanh(&__t5);
+        let __t5 = ::adjoint::__private::add_reusing(__t1, &__t4);
+        let h_2 = ::adjoint::__private::tanh_reusing(__t5);
         __carry0_0 = ::core::clone::Clone::clone(&h_2);
         __tape0.push((h_1, __t2, h_2, __t1_shape, __t4_shape));
     }

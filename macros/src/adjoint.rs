@@ -69,6 +69,9 @@ struct Gen<'a> {
     /// The variables `for` loops bind, by name (`None` where two loops share a name).
     loop_vars: HashMap<String, Option<Var>>,
     reads_all: BTreeSet<Slot>,
+    /// Operands the primal hands over by value (statement, operand index): see
+    /// `plan_moves`.
+    moves: HashSet<(*const Stmt, usize)>,
     bars: Vec<Ident>,
     /// Variables known to be float scalars computed elementwise (cheap to recompute).
     scalar: Vec<bool>,
@@ -156,6 +159,7 @@ impl<'a> Gen<'a> {
             reversed: HashSet::new(),
             loop_vars,
             reads_all: BTreeSet::new(),
+            moves: HashSet::new(),
             bars,
             scalar,
             next_id: 0,
@@ -309,6 +313,7 @@ impl<'a> Gen<'a> {
         };
 
         // Then the primal.
+        self.plan_moves(&f.body);
         let params: Vec<Var> = f.params.iter().map(|p| p.var).collect();
         let mut primal = self.shapes_of(&params);
         primal.extend(self.primal_stmts(&f.body.stmts));
@@ -534,6 +539,12 @@ impl<'a> Gen<'a> {
 
     fn reads_of_block(&self, b: &Block, live: &mut HashSet<Var>) {
         b.stmts.iter().for_each(|s| self.reads_of_stmt(s, live));
+        self.reads_of_tail(b, live);
+    }
+
+    /// What the end of a block reads: the values its leaves pass on, and the
+    /// branch that ends it.
+    fn reads_of_tail(&self, b: &Block, live: &mut HashSet<Var>) {
         each_leaf(b, &mut |l| {
             let mut atoms = Vec::new();
             if let Some(v) = &l.value {
@@ -1319,6 +1330,66 @@ impl<'a> Gen<'a> {
         }
     }
 
+    /// Finds the operands the primal can hand over by value: a temporary that an
+    /// active rule with reusing forms reads last (it was computed by a rule, earlier
+    /// in the same block, and neither the rest of the block nor the reverse sweep
+    /// reads it), so that `(x.dot(w) + b).tanh()` computes the sum and the `tanh` in
+    /// the product's buffer instead of allocating twice.
+    fn plan_moves(&mut self, b: &'a Block) {
+        for (k, s) in b.stmts.iter().enumerate() {
+            match s {
+                Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| self.plan_moves(a)),
+                Stmt::Loop(lp) => self.plan_moves(&lp.body),
+                _ => {}
+            }
+            let Stmt::Let {
+                dst,
+                op:
+                    Op::Prim {
+                        rule,
+                        operands,
+                        consts,
+                        ..
+                    },
+                ..
+            } = s
+            else {
+                continue;
+            };
+            if !rule.reusing || !self.active(*dst) || !consts.is_empty() {
+                continue;
+            }
+            let computed_here = |v: Var| {
+                b.stmts[..k].iter().any(|d| {
+                    matches!(d, Stmt::Let { dst, op: Op::Prim { rule, .. }, .. }
+                        if *dst == v && !rule.view && (rule.elementwise || rule.func == "dot"))
+                })
+            };
+            let mut later = HashSet::new();
+            b.stmts[k + 1..]
+                .iter()
+                .for_each(|s| self.reads_of_stmt(s, &mut later));
+            self.reads_of_tail(b, &mut later);
+            let movable = |j: usize| {
+                // (A scalar is copied anyway: only arrays gain.)
+                operands[j].atom.var().is_some_and(|v| {
+                    self.active(v)
+                        && !self.scalar[v.0 as usize]
+                        && computed_here(v)
+                        && operands.iter().filter(|a| a.atom.var() == Some(v)).count() == 1
+                        && !self.reads_all.contains(&Slot::Var(v))
+                        && !later.contains(&v)
+                })
+            };
+            if let Some(j) = (0..operands.len()).find(|&j| movable(j)) {
+                self.moves.insert((s as *const Stmt, j));
+            }
+        }
+        if let Tail::Branch(br) = &b.tail {
+            br.arms.iter().for_each(|a| self.plan_moves(a));
+        }
+    }
+
     fn primal_stmts(&mut self, stmts: &'a [Stmt]) -> TokenStream {
         let mut out = TokenStream::new();
         for s in stmts {
@@ -1376,7 +1447,38 @@ impl<'a> Gen<'a> {
                                 .iter()
                                 .map(|c| self.by_value(c, false, &[]))
                                 .collect();
-                            let call = fwd_call(rule, &f, &ops, &cs);
+                            let moved = (0..operands.len())
+                                .find(|&j| self.moves.contains(&(s as *const Stmt, j)));
+                            let call = match moved {
+                                Some(j) => {
+                                    let side = if j == 0 { "" } else { "_rhs" };
+                                    let f = format_ident!("{}_reusing{}", rule.func, side);
+                                    let args = ops.iter().enumerate().map(|(i, x)| {
+                                        if i == j { quote!(#x) } else { quote!(&#x) }
+                                    });
+                                    if operands.iter().any(
+                                        |a| matches!(&a.atom, Atom::Lit(t) if is_float_literal(t)),
+                                    ) {
+                                        // A literal takes its type from the operand handed
+                                        // over: it is made first.
+                                        let (lets, args): (Vec<_>, Vec<_>) = args
+                                            .enumerate()
+                                            .map(|(i, a)| {
+                                                let n = format_ident!("__o{}", i);
+                                                if i == j {
+                                                    (quote!(), a)
+                                                } else {
+                                                    (quote!(let #n = #a;), quote!(#n))
+                                                }
+                                            })
+                                            .unzip();
+                                        quote!({ #(#lets)* ::adjoint::__private::#f(#(#args),*) })
+                                    } else {
+                                        quote!(::adjoint::__private::#f(#(#args),*))
+                                    }
+                                }
+                                None => fwd_call(rule, &f, &ops, &cs),
+                            };
                             quote!(let #name = #call;)
                         } else {
                             let e = self.native(native, operands, consts);

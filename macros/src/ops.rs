@@ -55,6 +55,10 @@ pub struct Rule {
     /// One pullback for all operands at once, used when all are active: it returns a
     /// tuple and may share work or the cotangent's buffer between them.
     pub joint: Option<Pullback>,
+    /// Has forms taking an operand by value, `{func}_reusing(x, &y)` and (with two
+    /// operands) `{func}_reusing_rhs(&x, y)`, that compute in its buffer: the primal
+    /// hands over a temporary nothing reads afterwards (`adjoint::rules::reuse`).
+    pub reusing: bool,
 }
 
 use Read::{Const, Operand, Out, Shape};
@@ -73,7 +77,7 @@ macro_rules! pb {
 
 macro_rules! rule {
     ($f:literal, $n:literal, [$($pb:expr),*]) => {
-        Rule { func: $f, operands: $n, pullbacks: &[$($pb),*], consts_by_ref: false, view: false, elementwise: false, joint: None }
+        Rule { func: $f, operands: $n, pullbacks: &[$($pb),*], consts_by_ref: false, view: false, elementwise: false, joint: None, reusing: false }
     };
 }
 
@@ -96,6 +100,12 @@ impl Rule {
         self
     }
 
+    /// Marks the rule as having forms that reuse an operand's buffer.
+    const fn reusing(mut self) -> Self {
+        self.reusing = true;
+        self
+    }
+
     /// Marks the constants as passed by reference.
     const fn consts_by_ref(mut self) -> Self {
         self.consts_by_ref = true;
@@ -109,6 +119,7 @@ pub static ADD: Rule = rule!(
     [pb!("add_pb_lhs"[Shape(0)]), pb!("add_pb_rhs"[Shape(1)])]
 )
 .elementwise()
+.reusing()
 .joint(pb!("add_pb_both" [Shape(0), Shape(1)]));
 pub static SUB: Rule = rule!(
     "sub",
@@ -116,6 +127,7 @@ pub static SUB: Rule = rule!(
     [pb!("sub_pb_lhs"[Shape(0)]), pb!("sub_pb_rhs"[Shape(1)])]
 )
 .elementwise()
+.reusing()
 .joint(pb!("sub_pb_both" [Shape(0), Shape(1)]));
 /// `x * x` (a product of a value with itself).
 pub static SQUARE: Rule = rule!("square", 1, [pb!("square_pb"[Operand(0)])]).elementwise();
@@ -127,7 +139,8 @@ pub static MUL: Rule = rule!(
         pb!("mul_pb_rhs" [Operand(0), Shape(1)])
     ]
 )
-.elementwise();
+.elementwise()
+.reusing();
 pub static DIV: Rule = rule!(
     "div",
     2,
@@ -136,8 +149,11 @@ pub static DIV: Rule = rule!(
         pb!("div_pb_rhs" [Operand(1), Out])
     ]
 )
-.elementwise();
-pub static NEG: Rule = rule!("neg", 1, [pb!("neg_pb"[Operand(0)])]).elementwise();
+.elementwise()
+.reusing();
+pub static NEG: Rule = rule!("neg", 1, [pb!("neg_pb"[Operand(0)])])
+    .elementwise()
+    .reusing();
 /// An element read: its result is always a scalar.
 pub static INDEX: Rule = rule!("index", 1, [pb!(into "index_pb" [Const(0)])]);
 pub static CAST: Rule = rule!("cast", 1, [pb!("cast_pb"[Operand(0)])]).elementwise();
@@ -145,7 +161,7 @@ pub static CAST: Rule = rule!("cast", 1, [pb!("cast_pb"[Operand(0)])]).elementwi
 macro_rules! unary_table {
     ($($name:literal => $pbf:literal($read:expr)),* $(,)?) => {
         static UNARY: &[(&str, Rule)] = &[
-            $(($name, rule!($name, 1, [pb!($pbf [$read])]).elementwise()),)*
+            $(($name, rule!($name, 1, [pb!($pbf [$read])]).elementwise().reusing()),)*
         ];
     };
 }

@@ -68,6 +68,7 @@ pub mod __private {
     pub use crate::rules::linalg::*;
     pub use crate::rules::nn::*;
     pub use crate::rules::reduce::*;
+    pub use crate::rules::reuse::*;
     pub use crate::rules::shape::*;
     pub use crate::scope::{add_param, second_order, vjp_variables};
     pub use crate::transforms::{GradOf, IntoTangent, NoTangent, ScalarOutput, grad_seed, tangent};

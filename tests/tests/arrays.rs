@@ -44,6 +44,27 @@ fn elementwise_with_broadcasting() {
 }
 
 #[differentiable]
+fn handed_over(a: &Array2<f64>, b: &Array1<f64>) -> f64 {
+    // Temporaries the primal hands over to the rule that reads them last: a 1-D one
+    // broadcast up to a 2-D result, one on the right of a literal, a product's buffer
+    // taking a sum and then a `tanh`, a quotient's.
+    let up = (b * 2.0) + a;
+    let s = 1.0 - (&up * &up);
+    let h = (s.dot(&a.t()) + 0.5).tanh();
+    (h.exp() / 3.0).sum()
+}
+
+#[test]
+fn temporaries_handed_over_to_the_next_rule() {
+    let (a, b) = (pattern(ndarray::Ix2(3, 4), 3), pattern(ndarray::Ix1(4), 4));
+    let (v, g) = value_and_grad!(handed_over)(&a, &b);
+    let want = handed_over(&a, &b);
+    assert!((v - want).abs() <= 1e-14 * want.abs(), "{v} against {want}");
+    let f = |(a, b): &(Array2<f64>, Array1<f64>)| handed_over(a, b);
+    check_grad(f, &(a, b), &g, tol()).unwrap();
+}
+
+#[differentiable]
 fn float_maths(x: &Array1<f64>) -> f64 {
     let p = x.mapv(|v| v * v + 1.0); // positive
     let a = x.exp() + x.sin() * x.cos() + x.tanh() + x.abs() + x.atan();

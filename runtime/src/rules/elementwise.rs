@@ -5,6 +5,7 @@
 //! A pullback takes the cotangent by value and reuses its buffer where it can.
 
 use crate::rules::kernels::{self, Kernel};
+use crate::rules::reuse::Reusable;
 use crate::value::{Real, Unbroadcast, Value};
 
 // Pullbacks of `+`, `-` and one side of `*` and `/` take the operand's shape (see
@@ -104,7 +105,7 @@ type Elem<X> = <<X as Value>::Primal as Elementwise>::Elem;
 /// Declares unary elementwise functions and their pullbacks. `x` names the input
 /// and `y` the output; a pullback takes whichever its formula reads.
 macro_rules! unary {
-    ($($(#[$doc:meta])* $name:ident, $pb:ident($r:ident) = |$g:ident, $v:ident| $d:expr;)*) => {$(
+    ($($(#[$doc:meta])* $name:ident / $reusing:ident, $pb:ident($r:ident) = |$g:ident, $v:ident| $d:expr;)*) => {$(
         $(#[$doc])*
         #[inline]
         pub fn $name<X: Value>(x: &X) -> Owned<X>
@@ -112,6 +113,12 @@ macro_rules! unary {
             X::Primal: Elementwise,
         {
             unary!(@map $name x)
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`] computed in the buffer of a value nothing reads afterwards (see [`reuse`](super::reuse)).")]
+        #[inline]
+        pub fn $reusing<X: Reusable>(x: X) -> X {
+            unary!(@in_place $name x)
         }
 
         #[doc = concat!("Pullback of [`", stringify!($name), "`], given the ",
@@ -129,6 +136,11 @@ macro_rules! unary {
     (@map tanh $x:ident) => { $x.primal().map_kernel::<kernels::Tanh>() };
     (@map sigmoid $x:ident) => { $x.primal().map_kernel::<Sigmoid>() };
     (@map $name:ident $x:ident) => { $x.primal().map(|v| unary!(@fwd $name v)) };
+    (@in_place exp $x:ident) => { $x.kernel_in_place::<kernels::Exp>() };
+    (@in_place exp_m1 $x:ident) => { $x.kernel_in_place::<kernels::ExpM1>() };
+    (@in_place tanh $x:ident) => { $x.kernel_in_place::<kernels::Tanh>() };
+    (@in_place sigmoid $x:ident) => { $x.kernel_in_place::<Sigmoid>() };
+    (@in_place $name:ident $x:ident) => { $x.map_in_place(|v| unary!(@fwd $name v)) };
     (@which x) => { "input" };
     (@which y) => { "output" };
     (@fwd neg $v:ident) => { -$v };
@@ -181,51 +193,51 @@ fn two<A: Real>() -> A {
 
 unary! {
     /// `-x`.
-    neg, neg_pb(x) = |g, _x| -g;
+    neg / neg_reusing, neg_pb(x) = |g, _x| -g;
     /// `e^x`.
-    exp, exp_pb(y) = |g, y| g * y;
+    exp / exp_reusing, exp_pb(y) = |g, y| g * y;
     /// `e^x - 1`.
-    exp_m1, exp_m1_pb(y) = |g, y| g * (y + Elem::<X>::one());
+    exp_m1 / exp_m1_reusing, exp_m1_pb(y) = |g, y| g * (y + Elem::<X>::one());
     /// Natural logarithm.
-    ln, ln_pb(x) = |g, x| g / x;
+    ln / ln_reusing, ln_pb(x) = |g, x| g / x;
     /// `ln(1 + x)`.
-    ln_1p, ln_1p_pb(x) = |g, x| g / (x + Elem::<X>::one());
+    ln_1p / ln_1p_reusing, ln_1p_pb(x) = |g, x| g / (x + Elem::<X>::one());
     /// Base-2 logarithm.
-    log2, log2_pb(x) = |g, x| g / (x * Elem::<X>::lit(std::f64::consts::LN_2));
+    log2 / log2_reusing, log2_pb(x) = |g, x| g / (x * Elem::<X>::lit(std::f64::consts::LN_2));
     /// Base-10 logarithm.
-    log10, log10_pb(x) = |g, x| g / (x * Elem::<X>::lit(std::f64::consts::LN_10));
+    log10 / log10_reusing, log10_pb(x) = |g, x| g / (x * Elem::<X>::lit(std::f64::consts::LN_10));
     /// Square root.
-    sqrt, sqrt_pb(y) = |g, y| g / (two::<Elem<X>>() * y);
+    sqrt / sqrt_reusing, sqrt_pb(y) = |g, y| g / (two::<Elem<X>>() * y);
     /// Cube root.
-    cbrt, cbrt_pb(y) = |g, y| g / (Elem::<X>::lit(3.0) * y * y);
+    cbrt / cbrt_reusing, cbrt_pb(y) = |g, y| g / (Elem::<X>::lit(3.0) * y * y);
     /// `1 / x`.
-    recip, recip_pb(y) = |g, y| -g * y * y;
+    recip / recip_reusing, recip_pb(y) = |g, y| -g * y * y;
     /// Sine.
-    sin, sin_pb(x) = |g, x| g * x.cos();
+    sin / sin_reusing, sin_pb(x) = |g, x| g * x.cos();
     /// Cosine.
-    cos, cos_pb(x) = |g, x| -g * x.sin();
+    cos / cos_reusing, cos_pb(x) = |g, x| -g * x.sin();
     /// Tangent.
-    tan, tan_pb(y) = |g, y| g * (Elem::<X>::one() + y * y);
+    tan / tan_reusing, tan_pb(y) = |g, y| g * (Elem::<X>::one() + y * y);
     /// Arcsine.
-    asin, asin_pb(x) = |g, x| g / (Elem::<X>::one() - x * x).sqrt();
+    asin / asin_reusing, asin_pb(x) = |g, x| g / (Elem::<X>::one() - x * x).sqrt();
     /// Arccosine.
-    acos, acos_pb(x) = |g, x| -g / (Elem::<X>::one() - x * x).sqrt();
+    acos / acos_reusing, acos_pb(x) = |g, x| -g / (Elem::<X>::one() - x * x).sqrt();
     /// Arctangent.
-    atan, atan_pb(x) = |g, x| g / (Elem::<X>::one() + x * x);
+    atan / atan_reusing, atan_pb(x) = |g, x| g / (Elem::<X>::one() + x * x);
     /// Hyperbolic sine.
-    sinh, sinh_pb(x) = |g, x| g * x.cosh();
+    sinh / sinh_reusing, sinh_pb(x) = |g, x| g * x.cosh();
     /// Hyperbolic cosine.
-    cosh, cosh_pb(x) = |g, x| g * x.sinh();
+    cosh / cosh_reusing, cosh_pb(x) = |g, x| g * x.sinh();
     /// Hyperbolic tangent.
-    tanh, tanh_pb(y) = |g, y| g * (Elem::<X>::one() - y * y);
+    tanh / tanh_reusing, tanh_pb(y) = |g, y| g * (Elem::<X>::one() - y * y);
     /// Absolute value (derivative 0 at 0, as in JAX).
-    abs, abs_pb(x) = |g, x| g * sign(x);
+    abs / abs_reusing, abs_pb(x) = |g, x| g * sign(x);
     /// `max(x, 0)` (derivative 0 at 0, as in JAX).
-    relu, relu_pb(x) = |g, x| if x > Elem::<X>::zero() { g } else { Elem::<X>::zero() };
+    relu / relu_reusing, relu_pb(x) = |g, x| if x > Elem::<X>::zero() { g } else { Elem::<X>::zero() };
     /// The logistic function `1 / (1 + e^-x)`.
-    sigmoid, sigmoid_pb(y) = |g, y| g * y * (Elem::<X>::one() - y);
+    sigmoid / sigmoid_reusing, sigmoid_pb(y) = |g, y| g * y * (Elem::<X>::one() - y);
     /// `ln(1 + e^x)`, computed stably.
-    softplus, softplus_pb(x) = |g, x| g * sigmoid_scalar(x);
+    softplus / softplus_reusing, softplus_pb(x) = |g, x| g * sigmoid_scalar(x);
 }
 
 /// Two results at once from a cotangent, a value and a second value of its shape:

@@ -6,4 +6,5 @@ pub mod kernels;
 pub mod linalg;
 pub mod nn;
 pub mod reduce;
+pub mod reuse;
 pub mod shape;
