@@ -299,10 +299,9 @@ fn mlp_xent_grad_by_hand(
     x: &Array2<f64>,
     onehot: &Array2<f64>,
 ) -> MlpGrads {
-    let z1 = mm(&x, &w1) + b1;
-    let h1 = z1.mapv(|v| v.max(0.0));
-    let z2 = mm(&h1, &w2) + b2;
-    let h2 = z2.mapv(|v| v.max(0.0));
+    // relu in place; its derivative masks where the output is positive.
+    let h1 = (mm(&x, &w1) + b1).mapv_into(|v| v.max(0.0));
+    let h2 = (mm(&h1, &w2) + b2).mapv_into(|v| v.max(0.0));
     let logits = mm(&h2, &w3) + b3;
     let mut p = logits.clone();
     for mut row in p.rows_mut() {
@@ -315,16 +314,16 @@ fn mlp_xent_grad_by_hand(
     let gw3 = mm(&h2.t(), &gl);
     let gb3 = gl.sum_axis(Axis(0));
     let mut gh2 = mm(&gl, &w3.t());
-    gh2.zip_mut_with(&z2, |g, &z| {
-        if z <= 0.0 {
+    gh2.zip_mut_with(&h2, |g, &h| {
+        if h <= 0.0 {
             *g = 0.0
         }
     });
     let gw2 = mm(&h1.t(), &gh2);
     let gb2 = gh2.sum_axis(Axis(0));
     let mut gh1 = mm(&gh2, &w2.t());
-    gh1.zip_mut_with(&z1, |g, &z| {
-        if z <= 0.0 {
+    gh1.zip_mut_with(&h1, |g, &h| {
+        if h <= 0.0 {
             *g = 0.0
         }
     });

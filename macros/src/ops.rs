@@ -174,7 +174,7 @@ unary_table! {
     "asin" => "asin_pb"(Operand(0)), "acos" => "acos_pb"(Operand(0)), "atan" => "atan_pb"(Operand(0)),
     "sinh" => "sinh_pb"(Operand(0)), "cosh" => "cosh_pb"(Operand(0)), "tanh" => "tanh_pb"(Out),
     "abs" => "abs_pb"(Operand(0)),
-    "relu" => "relu_pb"(Operand(0)), "sigmoid" => "sigmoid_pb"(Out), "softplus" => "softplus_pb"(Operand(0)),
+    "relu" => "relu_pb"(Out), "sigmoid" => "sigmoid_pb"(Out), "softplus" => "softplus_pb"(Operand(0)),
 }
 
 static METHODS: &[(&str, Rule)] = &[

@@ -233,7 +233,9 @@ unary! {
     /// Absolute value (derivative 0 at 0, as in JAX).
     abs / abs_reusing, abs_pb(x) = |g, x| g * sign(x);
     /// `max(x, 0)` (derivative 0 at 0, as in JAX).
-    relu / relu_reusing, relu_pb(x) = |g, x| if x > Elem::<X>::zero() { g } else { Elem::<X>::zero() };
+    /// (The pullback reads the output: `y > 0` exactly where `x > 0`, so the input
+    /// need not be kept.)
+    relu / relu_reusing, relu_pb(y) = |g, y| if y > Elem::<X>::zero() { g } else { Elem::<X>::zero() };
     /// The logistic function `1 / (1 + e^-x)`.
     sigmoid / sigmoid_reusing, sigmoid_pb(y) = |g, y| g * y * (Elem::<X>::one() - y);
     /// `ln(1 + e^x)`, computed stably.
