@@ -168,9 +168,9 @@ fn mlp_tanh_grad_by_hand(
     x: &Array2<f64>,
     t: &Array2<f64>,
 ) -> MlpGrads {
-    let h1 = (mm(&x, &w1) + b1).map_tanh();
-    let h2 = (mm(&h1, &w2) + b2).map_tanh();
-    let d = mm(&h2, &w3) + b3 - t;
+    let h1 = (mm(x, w1) + b1).map_tanh();
+    let h2 = (mm(&h1, w2) + b2).map_tanh();
+    let d = mm(&h2, w3) + b3 - t;
     let gy = d * (2.0 / t.len() as f64);
     let gw3 = mm(&h2.t(), &gy);
     let gb3 = gy.sum_axis(Axis(0));
@@ -300,9 +300,9 @@ fn mlp_xent_grad_by_hand(
     onehot: &Array2<f64>,
 ) -> MlpGrads {
     // relu in place; its derivative masks where the output is positive.
-    let h1 = (mm(&x, &w1) + b1).mapv_into(|v| v.max(0.0));
-    let h2 = (mm(&h1, &w2) + b2).mapv_into(|v| v.max(0.0));
-    let logits = mm(&h2, &w3) + b3;
+    let h1 = (mm(x, w1) + b1).mapv_into(|v| v.max(0.0));
+    let h2 = (mm(&h1, w2) + b2).mapv_into(|v| v.max(0.0));
+    let logits = mm(&h2, w3) + b3;
     let mut p = logits.clone();
     for mut row in p.rows_mut() {
         let m = row.fold(f64::NEG_INFINITY, |m, &v| m.max(v));
@@ -442,7 +442,7 @@ fn rnn_grad_by_hand(
     let mut hs = Vec::with_capacity(steps + 1);
     hs.push(Array2::<f64>::zeros((xs.len_of(Axis(1)), w.nrows())));
     for t in 0..steps {
-        let h = (mm(&hs[t], &w) + mm(&xs.index_axis(Axis(0), t), &u) + b).map_tanh();
+        let h = (mm(&hs[t], w) + mm(&xs.index_axis(Axis(0), t), u) + b).map_tanh();
         hs.push(h);
     }
     let mut gh = &hs[steps] * 2.0;
@@ -564,8 +564,8 @@ fn pinn_grad_by_hand(
     x: &Array2<f64>,
 ) -> MlpGrads {
     let n = x.nrows() as f64;
-    let h1 = (mm(&x, &w1) + b1).map_tanh();
-    let h2 = (mm(&h1, &w2) + b2).map_tanh();
+    let h1 = (mm(x, w1) + b1).map_tanh();
+    let h2 = (mm(&h1, w2) + b2).map_tanh();
     let (s1, s2) = (1.0 - &h1 * &h1, 1.0 - &h2 * &h2);
     // du/dx: ones through the last layer, then back through the others.
     let gz2 = &s2 * &w3.column(0);
@@ -575,10 +575,10 @@ fn pinn_grad_by_hand(
     // The loss's cotangent, back through the input gradient...
     let rbar = (du - x.mapv(f64::cos)) * (2.0 / n);
     let mut gw1 = mm(&rbar.t(), &gz1);
-    let gz1bar = mm(&rbar, &w1);
+    let gz1bar = mm(&rbar, w1);
     let gh1bar = &gz1bar * &s1;
     let mut h1bar = &gz1bar * &gh1 * &h1 * -2.0;
-    let gz2bar = mm(&gh1bar, &w2);
+    let gz2bar = mm(&gh1bar, w2);
     let mut gw2 = mm(&gh1bar.t(), &gz2);
     let gh2bar = &gz2bar * &s2;
     let h2bar = &gz2bar * &w3.column(0) * &h2 * -2.0;
