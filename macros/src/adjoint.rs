@@ -1336,13 +1336,29 @@ impl<'a> Gen<'a> {
     /// reads it), so that `(x.dot(w) + b).tanh()` computes the sum and the `tanh` in
     /// the product's buffer instead of allocating twice.
     fn plan_moves(&mut self, b: &'a Block) {
-        for (k, s) in b.stmts.iter().enumerate() {
+        // Temporaries of this block that a rule computed (owned values).
+        let computed_here: HashSet<Var> = b
+            .stmts
+            .iter()
+            .filter_map(|s| match s {
+                Stmt::Let {
+                    dst,
+                    op: Op::Prim { rule, .. },
+                    ..
+                } if !rule.view && (rule.elementwise || rule.func == "dot") => Some(*dst),
+                _ => None,
+            })
+            .collect();
+        // Walking backwards, `later` holds what the rest of the block reads.
+        let mut later = HashSet::new();
+        self.reads_of_tail(b, &mut later);
+        for s in b.stmts.iter().rev() {
             match s {
                 Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| self.plan_moves(a)),
                 Stmt::Loop(lp) => self.plan_moves(&lp.body),
                 _ => {}
             }
-            let Stmt::Let {
+            if let Stmt::Let {
                 dst,
                 op:
                     Op::Prim {
@@ -1353,37 +1369,26 @@ impl<'a> Gen<'a> {
                     },
                 ..
             } = s
-            else {
-                continue;
-            };
-            if !rule.reusing || !self.active(*dst) || !consts.is_empty() {
-                continue;
+                && rule.reusing
+                && self.active(*dst)
+                && consts.is_empty()
+            {
+                let movable = |j: usize| {
+                    // (A scalar is copied anyway: only arrays gain.)
+                    operands[j].atom.var().is_some_and(|v| {
+                        self.active(v)
+                            && !self.scalar[v.0 as usize]
+                            && computed_here.contains(&v)
+                            && operands.iter().filter(|a| a.atom.var() == Some(v)).count() == 1
+                            && !self.reads_all.contains(&Slot::Var(v))
+                            && !later.contains(&v)
+                    })
+                };
+                if let Some(j) = (0..operands.len()).find(|&j| movable(j)) {
+                    self.moves.insert((s as *const Stmt, j));
+                }
             }
-            let computed_here = |v: Var| {
-                b.stmts[..k].iter().any(|d| {
-                    matches!(d, Stmt::Let { dst, op: Op::Prim { rule, .. }, .. }
-                        if *dst == v && !rule.view && (rule.elementwise || rule.func == "dot"))
-                })
-            };
-            let mut later = HashSet::new();
-            b.stmts[k + 1..]
-                .iter()
-                .for_each(|s| self.reads_of_stmt(s, &mut later));
-            self.reads_of_tail(b, &mut later);
-            let movable = |j: usize| {
-                // (A scalar is copied anyway: only arrays gain.)
-                operands[j].atom.var().is_some_and(|v| {
-                    self.active(v)
-                        && !self.scalar[v.0 as usize]
-                        && computed_here(v)
-                        && operands.iter().filter(|a| a.atom.var() == Some(v)).count() == 1
-                        && !self.reads_all.contains(&Slot::Var(v))
-                        && !later.contains(&v)
-                })
-            };
-            if let Some(j) = (0..operands.len()).find(|&j| movable(j)) {
-                self.moves.insert((s as *const Stmt, j));
-            }
+            self.reads_of_stmt(s, &mut later);
         }
         if let Tail::Branch(br) = &b.tail {
             br.arms.iter().for_each(|a| self.plan_moves(a));
