@@ -44,8 +44,8 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
         let __t4_shape = ::adjoint::__private::shape_of(&__t4);
         let __t5 = ::adjoint::__private::add_reusing(__t1, &__t4);
         let h_2 = ::adjoint::__private::tanh_reusing(__t5);
-        __carry0_0 = ::core::clone::Clone::clone(&h_2);
-        __tape0.push((h_1, __t2, h_2, __t1_shape, __t4_shape));
+        __carry0_0 = h_2;
+        __tape0.push((h_1, __t2, __t1_shape, __t4_shape));
     }
     let h_3 = __carry0_0;
     let __t7 = ::adjoint::__private::square(&h_3);
@@ -62,10 +62,15 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
             let mut w_bar = ::adjoint::__private::zeros(&w);
             let mut u_bar = ::adjoint::__private::zeros(&u);
             let mut xs_bar = ::adjoint::__private::zeros(&xs);
-            for (t, (h_1, __t2, h_2, __t1_shape, __t4_shape)) in __range0
+            let mut __next0_0 = ::core::clone::Clone::clone(&h_3);
+            for (t, (h_1, __t2, __t1_shape, __t4_shape)) in __range0
                 .rev()
                 .zip(__tape0.into_iter().rev())
             {
+                let h_2 = ::core::mem::replace(
+                    &mut __next0_0,
+                    ::core::clone::Clone::clone(&h_1),
+                );
                 let mut h_2_bar = h_3_bar_carry;
                 let mut __t5_bar = ::adjoint::__private::tanh_pb(&h_2, h_2_bar);
                 let (__t5_bar_0, __t5_bar_1) = ::adjoint::__private::add_pb_both(
@@ -173,8 +178,8 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
         let __t4_shape = ::adjoint::__private::shape_of(&__t4);
         let __t5 = ::adjoint::__private::add_reusing(__t1, &__t4);
         let h_2 = ::adjoint::__private::tanh_reusing(__t5);
-        __carry0_0 = ::core::clone::Clone::clone(&h_2);
-        __tape0.push((h_1, __t2, h_2, __t1_shape, __t4_shape));
+        __carry0_0 = h_2;
+        __tape0.push((h_1, __t2, __t1_shape, __t4_shape));
     }
     let h_3 = __carry0_0;
     let __t7 = ::adjoint::__private::square(&h_3);
@@ -194,10 +199,15 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
             let mut w_bar = ::adjoint::__private::zeros(&w);
             let mut u_bar = ::adjoint::__private::zeros(&u);
             let mut xs_bar = ::adjoint::__private::zeros(&xs);
-            for (t, (h_1, __t2, h_2, __t1_shape, __t4_shape)) in __range0
+            let mut __next0_0 = ::core::clone::Clone::clone(&h_3);
+            for (t, (h_1, __t2, __t1_shape, __t4_shape)) in __range0
                 .rev()
                 .zip(__tape0.into_iter().rev())
             {
+                let h_2 = ::core::mem::replace(
+                    &mut __next0_0,
+                    ::core::clone::Clone::clone(&h_1),
+                );
                 let mut h_2_bar = h_3_bar_carry;
                 let mut __t5_bar = ::adjoint::__private::tanh_pb(&h_2, h_2_bar);
                 let (__t5_bar_0, __t5_bar_1) = ::adjoint::__private::add_pb_both(

@@ -72,6 +72,9 @@ struct Gen<'a> {
     /// Operands the primal hands over by value (statement, operand index): see
     /// `plan_moves`.
     moves: HashSet<(*const Stmt, usize)>,
+    /// Values a loop's step passes on as a carry that its record does not keep: the
+    /// reverse sweep takes them from the next step's record (see `rev_loop`).
+    handed_on: HashSet<Var>,
     bars: Vec<Ident>,
     /// Variables known to be float scalars computed elementwise (cheap to recompute).
     scalar: Vec<bool>,
@@ -160,6 +163,7 @@ impl<'a> Gen<'a> {
             loop_vars,
             reads_all: BTreeSet::new(),
             moves: HashSet::new(),
+            handed_on: HashSet::new(),
             bars,
             scalar,
             next_id: 0,
@@ -1251,6 +1255,31 @@ impl<'a> Gen<'a> {
             }
             _ => None,
         };
+        // A step's carried value that the next step receives (the RNN's `h`) is kept
+        // once, as the next step's input: the reverse sweep walks the steps backwards
+        // and takes it from there (the last one from the loop's result).
+        let mut handed = Vec::new();
+        if let Tail::Leaf(l) = &lp.body.tail
+            && matches!(l.kind, LeafKind::Continue | LeafKind::Fallthrough)
+            && !breaks(&lp.body)
+        {
+            let mut defs = HashSet::new();
+            block_defs(&lp.body, &mut defs);
+            for (c, next) in lp.carries.iter().zip(&l.carries) {
+                let Some(n) = next.var() else { continue };
+                let passed_once = l.carries.iter().filter(|a| a.var() == Some(n)).count() == 1;
+                if defs.contains(&n)
+                    && passed_once
+                    && !self.scalar[n.0 as usize]
+                    && record.contains(&Slot::Var(n))
+                    && record.contains(&Slot::Var(c.inner))
+                {
+                    record.retain(|s| *s != Slot::Var(n));
+                    handed.push((n, c));
+                }
+            }
+        }
+        self.handed_on.extend(handed.iter().map(|(n, _)| *n));
         if range.is_none() || !record.is_empty() {
             self.taped.insert(id);
         }
@@ -1275,8 +1304,19 @@ impl<'a> Gen<'a> {
                 r.outer.insert(v);
             }
         }
+        let mut prefix = Vec::new();
+        for (k, (n, c)) in handed.iter().enumerate() {
+            let next = format_ident!("__next{}_{}", id, k);
+            let out = self.read_var(r, c.out);
+            r.code
+                .push(quote!(let mut #next = ::core::clone::Clone::clone(&#out);));
+            let (n, inner) = (self.name(*n), self.name(c.inner));
+            prefix.push(quote! {
+                let #n = ::core::mem::replace(&mut #next, ::core::clone::Clone::clone(&#inner));
+            });
+        }
         let names: Vec<TokenStream> = record.iter().map(|s| self.slot_name(*s)).collect();
-        let code = &sub.code;
+        let code: Vec<TokenStream> = prefix.into_iter().chain(sub.code.iter().cloned()).collect();
         let head = match range {
             Some(pat) => {
                 let range = self.read_slot(r, Slot::Range(id));
@@ -1711,8 +1751,12 @@ impl<'a> Gen<'a> {
                 let nexts = l
                     .carries
                     .iter()
-                    .map(|a| {
-                        self.by_value(a, a.var().is_some_and(|v| !local.contains(&v)), &record)
+                    .map(|a| match a.var() {
+                        // Not recorded: the carry is its only copy.
+                        Some(v) if self.handed_on.contains(&v) => self.atom(a),
+                        _ => {
+                            self.by_value(a, a.var().is_some_and(|v| !local.contains(&v)), &record)
+                        }
                     })
                     .collect();
                 let exit = match (l.kind, &l.value) {
