@@ -135,7 +135,7 @@ impl<'a> Gen<'a> {
                 if names.contains(&plain) {
                     format_ident!("__{}_bar", name)
                 } else {
-                    Ident::new(&plain, Span::call_site())
+                    crate::hygiene::generated(&plain)
                 }
             })
             .collect();
@@ -192,7 +192,9 @@ impl<'a> Gen<'a> {
             }
             Slot::Tape(k) => format_ident!("__tape{}", k).to_token_stream(),
             Slot::Br(k) => format_ident!("__br{}", k).to_token_stream(),
-            Slot::Shape(v) => format_ident!("{}_shape", self.name(v)).to_token_stream(),
+            Slot::Shape(v) => {
+                crate::hygiene::generated(&format!("{}_shape", self.name(v))).to_token_stream()
+            }
             Slot::Range(k) => format_ident!("__range{}", k).to_token_stream(),
         }
     }

@@ -10,6 +10,7 @@ mod activity;
 mod adjoint;
 mod ctxt;
 mod expand;
+mod hygiene;
 mod ir;
 mod lower;
 mod module;
@@ -25,33 +26,33 @@ use proc_macro::TokenStream;
 /// See the `adjoint` crate for the supported Rust and the generated items.
 #[proc_macro_attribute]
 pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
-    expand::differentiable(attr.into(), item.into()).into()
+    hygienic(item, |item| expand::differentiable(attr.into(), item))
 }
 
 /// A user-given reverse rule: `#[custom_vjp(fwd = f_fwd, bwd = f_bwd)]` on `f`.
 #[proc_macro_attribute]
 pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
-    expand::custom_vjp(attr.into(), item.into()).into()
+    hygienic(item, |item| expand::custom_vjp(attr.into(), item))
 }
 
 /// `grad!(f)`: a function returning the gradient of `f` with respect to its
 /// differentiated arguments. `grad!(|x, y| body, wrt = [x], has_aux)` for a closure.
 #[proc_macro]
 pub fn grad(input: TokenStream) -> TokenStream {
-    expand::transform(expand::Transform::Grad, input.into()).into()
+    hygienic(input, |input| expand::transform(expand::Transform::Grad, input))
 }
 
 /// `value_and_grad!(f)`: like `grad!`, returning `(value, gradient)`.
 #[proc_macro]
 pub fn value_and_grad(input: TokenStream) -> TokenStream {
-    expand::transform(expand::Transform::ValueAndGrad, input.into()).into()
+    hygienic(input, |input| expand::transform(expand::Transform::ValueAndGrad, input))
 }
 
 /// `vjp!(f)`: a function returning `(value, pullback)`; the pullback maps the
 /// output's cotangent to the arguments' cotangents.
 #[proc_macro]
 pub fn vjp(input: TokenStream) -> TokenStream {
-    expand::transform(expand::Transform::Vjp, input.into()).into()
+    hygienic(input, |input| expand::transform(expand::Transform::Vjp, input))
 }
 
 /// `jvp!(f)(args.., tangents..)`: the value and its directional derivative, for `f`
@@ -61,7 +62,7 @@ pub fn vjp(input: TokenStream) -> TokenStream {
 /// `flax.linen.jvp`.
 #[proc_macro]
 pub fn jvp(input: TokenStream) -> TokenStream {
-    expand::transform(expand::Transform::Jvp, input.into()).into()
+    hygienic(input, |input| expand::transform(expand::Transform::Jvp, input))
 }
 
 /// `vmap!(f, in_axes = [None, 0, ..])`: `f` mapped over axis `k` of the arguments
@@ -75,5 +76,15 @@ pub fn jvp(input: TokenStream) -> TokenStream {
 /// lengths along their axes differ, or the examples' outputs differ in shape.
 #[proc_macro]
 pub fn vmap(input: TokenStream) -> TokenStream {
-    vmap::vmap(input.into()).into()
+    hygienic(input, vmap::vmap)
+}
+
+/// Runs an expansion with its generated locals kept apart from the user's (see
+/// [`hygiene`]).
+fn hygienic(
+    input: TokenStream,
+    expand: impl FnOnce(proc_macro2::TokenStream) -> proc_macro2::TokenStream,
+) -> TokenStream {
+    let (input, kept) = hygiene::rename_locals(input.into());
+    hygiene::respan(expand(input), &kept).into()
 }

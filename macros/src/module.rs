@@ -54,6 +54,12 @@ pub fn module_items(
     let ret = ret.clone();
 
     let body = m.block.clone();
+    // The inputs `init`, `apply` and `apply_with` add, apart from the user's.
+    let (variables, seed, options) = (
+        crate::hygiene::generated("variables"),
+        crate::hygiene::generated("seed"),
+        crate::hygiene::generated("options"),
+    );
 
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let scope = &names[0];
@@ -129,9 +135,9 @@ pub fn module_items(
     let mut apply_sig = m.sig.clone();
     apply_sig.ident = format_ident!("apply");
     apply_sig.inputs =
-        syn::parse_quote!(&self, variables: &::adjoint::Variables, #(#rest_inputs),*);
+        syn::parse_quote!(&self, #variables: &::adjoint::Variables, #(#rest_inputs),*);
     let mut apply_params: Vec<ParamInfo> = vec![ParamInfo {
-        pat: syn::parse_quote!(variables),
+        pat: syn::parse_quote!(#variables),
         ty: syn::parse_quote!(&::adjoint::Variables),
         active: true,
         scope: false,
@@ -144,7 +150,7 @@ pub fn module_items(
         &apply_params,
         quote! {
             // Leaves are shared arrays: this clone copies no parameter data.
-            let mut __vars = variables.clone();
+            let mut __vars = #variables.clone();
             let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, ::adjoint::scope::Mutable::Only(::core::default::Default::default()), ::core::default::Default::default());
             let (__out, __pb) = self.#body_vjp_params(&mut __cx, #(#rest),*);
             if let ::core::result::Result::Err(e) = __cx.finish() {
@@ -187,9 +193,9 @@ pub fn module_items(
         /// Creates the module's variables by running it once on example inputs, as
         /// Flax's `Module.init`: parameters from their initializers (random streams
         /// derived from `seed`), every collection writable.
-        #vis fn init #generics (&self, seed: u64, #(#rest_inputs),*) -> ::core::result::Result<::adjoint::Variables, ::adjoint::ScopeError> #where_clause {
+        #vis fn init #generics (&self, #seed: u64, #(#rest_inputs),*) -> ::core::result::Result<::adjoint::Variables, ::adjoint::ScopeError> #where_clause {
             let mut __vars = ::adjoint::Variables::new();
-            let mut __cx = ::adjoint::Scope::for_init(&mut __vars, seed);
+            let mut __cx = ::adjoint::Scope::for_init(&mut __vars, #seed);
             let _ = self.__call_body(&mut __cx, #(#rest),*);
             __cx.finish()?;
             ::core::result::Result::Ok(__vars)
@@ -197,9 +203,9 @@ pub fn module_items(
 
         /// Runs the module on `variables`, as Flax's `Module.apply`: nothing is
         /// written and no random stream is available.
-        #vis fn apply #generics (&self, variables: &::adjoint::Variables, #(#rest_inputs),*) -> ::core::result::Result<#ret, ::adjoint::ScopeError> #where_clause {
+        #vis fn apply #generics (&self, #variables: &::adjoint::Variables, #(#rest_inputs),*) -> ::core::result::Result<#ret, ::adjoint::ScopeError> #where_clause {
             // Leaves are shared arrays: this clone copies no parameter data.
-            let mut __vars = variables.clone();
+            let mut __vars = #variables.clone();
             let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, ::adjoint::scope::Mutable::Only(::core::default::Default::default()), ::core::default::Default::default());
             let __out = self.__call_body(&mut __cx, #(#rest),*);
             __cx.finish()?;
@@ -209,12 +215,12 @@ pub fn module_items(
         /// Runs the module with writable collections and random streams, returning the
         /// output and the mutable collections after the run (Flax's
         /// `apply(.., mutable=[..], rngs={..})`).
-        #vis fn apply_with #generics (&self, variables: &::adjoint::Variables, options: &::adjoint::scope::ApplyOptions, #(#rest_inputs),*) -> ::core::result::Result<(#ret, ::adjoint::Variables), ::adjoint::ScopeError> #where_clause {
-            let mut __vars = variables.clone();
-            let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, options.mutability(), options.rng_seeds());
+        #vis fn apply_with #generics (&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#rest_inputs),*) -> ::core::result::Result<(#ret, ::adjoint::Variables), ::adjoint::ScopeError> #where_clause {
+            let mut __vars = #variables.clone();
+            let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, #options.mutability(), #options.rng_seeds());
             let __out = self.__call_body(&mut __cx, #(#rest),*);
             __cx.finish()?;
-            let __mutated = options.mutated(&__vars);
+            let __mutated = #options.mutated(&__vars);
             ::core::result::Result::Ok((__out, __mutated))
         }
     }
