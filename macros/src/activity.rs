@@ -348,9 +348,14 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                         }
                     }
                 }
-                Op::Build { reads, .. } => {
+                Op::Build { reads, what, .. } => {
                     if act.is_useful(*dst) && reads.iter().any(|v| act.varied(*v)) {
-                        cx.error(*span, "arrays and structs of differentiated values are not supported; use ndarray arrays or tuples");
+                        let msg = match what {
+                            Built::Literal => "arrays and structs of differentiated values are not supported; use ndarray arrays or tuples".to_string(),
+                            Built::Macro(m) if m == "vec" => "a `vec!` of differentiated values is not differentiated; build an array with `ndarray::array![..]`, or use a tuple".to_string(),
+                            Built::Macro(m) => format!("the macro `{m}!` is given a differentiated value, and its result would be a constant: only `dbg!` and `array!` are differentiated; compute the value outside the macro, or wrap it in `no_grad(..)` if it is meant to be constant"),
+                        };
+                        cx.error(*span, msg);
                     }
                 }
                 Op::Const(_) | Op::Lifted(_) => {}

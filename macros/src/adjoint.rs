@@ -463,7 +463,13 @@ impl<'a> Gen<'a> {
     /// Whether an operation is pure, so the gradient may skip it.
     fn pure(&self, op: &Op) -> bool {
         match op {
-            Op::Prim { .. } | Op::MapV { .. } | Op::Build { .. } => true,
+            Op::Prim { .. }
+            | Op::MapV { .. }
+            | Op::Build {
+                what: Built::Literal,
+                ..
+            } => true,
+            Op::Build { .. } => false,
             Op::Const(t) => self.index_arithmetic(t).is_some(),
             Op::Call(_) | Op::Lifted(_) => false,
         }
@@ -1485,7 +1491,7 @@ impl<'a> Gen<'a> {
                         consts,
                         native,
                     } => {
-                        if active {
+                        if active || matches!(native, Native::Rule) {
                             let f = Ident::new(rule.func, Span::call_site());
                             let ops: Vec<TokenStream> = (0..operands.len())
                                 .map(|j| self.operand(operands, j))
@@ -1888,6 +1894,7 @@ impl<'a> Gen<'a> {
                 quote!((#a as #t))
             }
             Native::Function(path) => quote!(#path(#(#ops,)* #(#cs),*)),
+            Native::Rule => unreachable!("a rule's own function is called as when active"),
             Native::Variadic(path) => {
                 let axis = &cs[0];
                 let views = operands.iter().map(|a| {
@@ -1970,7 +1977,7 @@ fn fwd_call(
             let (x, t) = (&ops[0], &consts[0]);
             quote!(::adjoint::__private::cast::<#t, _>(&#x))
         }
-        "concatenate" | "stack" => {
+        "concatenate" | "stack" | "from_elems" => {
             let axis = &consts[0];
             quote!(::adjoint::__private::#f(#axis, [#(&#ops),*]))
         }

@@ -220,11 +220,13 @@ pub enum Op {
     Call(Call),
     /// A constant expression, emitted as written (with variables renamed).
     Const(TokenStream),
-    /// A struct or array literal, emitted as written: a constant, and an error if it
-    /// holds a differentiated value (`reads` are the variables it mentions).
+    /// A struct or array literal or a macro call, emitted as written: a constant, and
+    /// an error if it holds a differentiated value (`reads` are the variables it
+    /// mentions).
     Build {
         tokens: TokenStream,
         reads: Vec<Var>,
+        what: Built,
     },
     /// A lifted transform (`grad!(cx, ..)`) inside a module, emitted as written. Its
     /// result depends on the module's parameters, and differentiating through it
@@ -237,6 +239,15 @@ pub enum Op {
         closure: Box<Func>,
         native: TokenStream,
     },
+}
+
+/// What an [`Op::Build`] is, for its error message and whether it may have effects.
+#[derive(Clone, Debug)]
+pub enum Built {
+    /// A struct or array literal.
+    Literal,
+    /// A macro call (`format!`, a user's macro): it may have effects.
+    Macro(Ident),
 }
 
 /// A call to a function or method that may be `#[differentiable]`.
@@ -334,6 +345,8 @@ pub enum Native {
     Function(TokenStream),
     /// `path(const0, &[operands..]).unwrap()` (`concatenate`, `stack`).
     Variadic(TokenStream),
+    /// The rule's own function, as when an operand is active (`array!`).
+    Rule,
 }
 
 impl Lifted {

@@ -13,6 +13,7 @@ use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote};
 use std::collections::{HashMap, HashSet};
 use syn::parse::Parser;
+use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{BinOp, Expr, Pat, UnOp};
 
@@ -884,8 +885,10 @@ impl Lowerer<'_> {
                 // A module built from locals (`Outer { inner }`), a list of indices.
                 let reads = self.mentioned_vars(e.to_token_stream());
                 let tokens = self.verbatim(e.to_token_stream());
-                Val::Atom(self.emit(out, Op::Build { tokens, reads }, e.span()))
+                let what = Built::Literal;
+                Val::Atom(self.emit(out, Op::Build { tokens, reads, what }, e.span()))
             }
+            Expr::Macro(m) if self.mentions_local(m.mac.tokens.clone()) => self.macro_call(out, m),
             Expr::Macro(_)
             | Expr::Array(_)
             | Expr::Repeat(_)
@@ -996,6 +999,55 @@ impl Lowerer<'_> {
             (Some(v), None) => Val::Tuple(vec![var(v), grads]),
             (Some(v), Some(a)) => Val::Tuple(vec![Val::Tuple(vec![var(v), var(a)]), grads]),
         })
+    }
+
+    /// A macro call that reads local variables: `dbg!(x)` is `x`, printed as `dbg!`
+    /// prints it; `array![..]` of scalars is the rule `from_elems`; any other is a
+    /// constant, and an error if it is given a differentiated value (activity's check).
+    fn macro_call(&mut self, out: &mut Stmts, m: &syn::ExprMacro) -> Val {
+        let span = m.span();
+        let name = m.mac.path.segments.last().map(|s| s.ident.clone());
+        let args = m
+            .mac
+            .parse_body_with(Punctuated::<Expr, syn::Token![,]>::parse_terminated)
+            .ok();
+        match (name.as_ref().map(Ident::to_string).as_deref(), args) {
+            (Some("dbg"), Some(args)) if args.len() == 1 => {
+                let text = args[0].to_token_stream();
+                let v = self.expr(out, &args[0]);
+                let value = self.val_tokens(&v);
+                let print = quote::quote_spanned!(span=>
+                    ::std::eprintln!(
+                        "[{}:{}:{}] {} = {:#?}",
+                        ::core::file!(),
+                        ::core::line!(),
+                        ::core::column!(),
+                        ::core::stringify!(#text),
+                        &#value
+                    )
+                );
+                self.emit(out, Op::Const(print), span);
+                v
+            }
+            (Some("array"), Some(args)) => {
+                let mut shape = Vec::new();
+                let mut elems = Vec::new();
+                if !array_elems(&args, 0, &mut shape, &mut elems) || elems.is_empty() {
+                    self.cx.error_at(m, "`array!` of differentiated values takes scalars, nested as rows of equal length: `array![[a, b], [c, d]]`");
+                    return poison();
+                }
+                let operands = elems.iter().map(|e| self.operand(out, e)).collect();
+                let shape = shape.iter().map(|n| syn::Index::from(*n));
+                let shape = Atom::Lit(quote!((#(#shape,)*)));
+                Val::Atom(self.prim(out, &ops::FROM_ELEMS, operands, vec![shape], Native::Rule, span))
+            }
+            _ => {
+                let reads = self.mentioned_vars(m.mac.tokens.clone());
+                let tokens = self.verbatim(m.to_token_stream());
+                let what = Built::Macro(name.unwrap_or_else(|| Ident::new("macro", span)));
+                Val::Atom(self.emit(out, Op::Build { tokens, reads, what }, span))
+            }
+        }
     }
 
     /// A block whose statements join the current list (its scope ends after it).
@@ -1908,6 +1960,32 @@ impl Lowerer<'_> {
             None => Val::Tuple(vec![]),
         }
     }
+}
+
+/// The elements of `array![..]`'s rows at nesting `depth`, flattened in row-major
+/// order into `elems`, and the length of each level into `shape`; `false` when the
+/// rows are ragged.
+fn array_elems<'e>(
+    items: &'e Punctuated<Expr, syn::Token![,]>,
+    depth: usize,
+    shape: &mut Vec<usize>,
+    elems: &mut Vec<&'e Expr>,
+) -> bool {
+    match shape.get(depth) {
+        Some(&n) if n != items.len() => return false,
+        Some(_) => {}
+        None => shape.push(items.len()),
+    }
+    let rows = items.iter().filter(|e| matches!(e, Expr::Array(_))).count();
+    if rows == 0 {
+        elems.extend(items.iter());
+        return shape.len() == depth + 1;
+    }
+    rows == items.len()
+        && items.iter().all(|e| match e {
+            Expr::Array(row) => array_elems(&row.elems, depth + 1, shape, elems),
+            _ => false,
+        })
 }
 
 /// The values at the fallthrough (or break) leaves of blocks, in order.

@@ -386,6 +386,8 @@ static FUNCTIONS: &[(&str, Rule)] = &[
 /// `concatenate(axis, &[..])` and `stack(axis, &[..])`: any number of operands.
 pub static CONCATENATE: Rule = rule!("concatenate", 0, [pb!("concatenate_pb" [])]);
 pub static STACK: Rule = rule!("stack", 0, [pb!("stack_pb" [])]);
+/// `ndarray::array![a, b, ..]` of scalars, its shape the one constant.
+pub static FROM_ELEMS: Rule = rule!("from_elems", 0, [pb!("from_elems_pb" [])]);
 
 /// Methods whose result has no derivative (shapes, tests, rounding): a call on an
 /// active value is a constant.

@@ -318,7 +318,7 @@ impl Tangent<'_> {
                 let ops = operands.iter().map(|a| self.r(&a.atom));
                 quote!(#path(#(#ops,)* #(#cs),*))
             }
-            Native::Cast(_) | Native::Variadic(_) => return None,
+            Native::Cast(_) | Native::Variadic(_) | Native::Rule => return None,
         })
     }
 

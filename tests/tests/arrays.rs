@@ -340,3 +340,37 @@ fn vjp_of_a_vector_function() {
     assert_eq!(y, array![3.0, 12.0]);
     assert_eq!(pb(array![1.0, 0.5]), array![6.0, 6.0]);
 }
+
+// ----- macros in a body: `array!` of scalars and `dbg!` are differentiated -----
+
+#[differentiable]
+fn built_with_array(x: &Array1<f64>, s: f64) -> f64 {
+    let row = array![x[0] * s, 2.0, x[1]];
+    let square = ndarray::array![[x[0], s], [x[1].sin(), x[0] * x[1]]];
+    (&row * &row).sum() + square.dot(&square).sum()
+}
+
+#[test]
+fn array_macro_of_scalars() {
+    let x = array![1.5, -0.5];
+    let s = 0.75;
+    let (gx, gs) = grad!(built_with_array)(&x, s);
+    check_grad(
+        |(x, s): &(Array1<f64>, f64)| built_with_array(x, *s),
+        &(x.clone(), s),
+        &(gx, gs),
+        tol(),
+    )
+    .unwrap();
+}
+
+#[differentiable]
+fn printed_with_dbg(x: f64) -> f64 {
+    x * dbg!(x)
+}
+
+#[test]
+fn dbg_is_the_identity() {
+    // x * x: 6 at 3, not 3 (as if the printed copy were a constant).
+    assert_eq!(grad!(printed_with_dbg)(3.0), 6.0);
+}

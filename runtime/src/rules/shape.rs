@@ -1,5 +1,5 @@
 //! Shape and indexing: `insert_axis`, reshapes, `slice`, `row`, `column`,
-//! `index_axis`, element reads, `concatenate` and `stack`.
+//! `index_axis`, element reads, `concatenate`, `stack` and `array!` of scalars.
 //!
 //! Reads return views, which the reverse sweep recomputes instead of saving. Their
 //! pullbacks add the cotangent into the source's adjoint in place (`*_pb` taking
@@ -280,4 +280,25 @@ pub fn stack_pb<
 ) -> [Array<A, D>; N] {
     let ct = ct.into_dyn();
     std::array::from_fn(|k| into_dim(ct.index_axis(axis, k).to_owned()))
+}
+
+/// `ndarray::array![a, b, ..]` (nested for more dimensions) of scalars: `shape` is
+/// the nesting the macro read, the elements come in row-major order.
+pub fn from_elems<X: Value<Primal = A>, A: Real, Sh: IntoDimension, const N: usize>(
+    shape: Sh,
+    xs: [&X; N],
+) -> Array<A, Sh::Dim> {
+    let values = xs.iter().map(|x| *x.primal()).collect();
+    Array::from_shape_vec(shape, values)
+        .expect("adjoint: array! has as many elements as its nesting, by construction")
+}
+
+/// Pullback of [`from_elems`]: each element's cotangent, in row-major order.
+pub fn from_elems_pb<X: Value<Primal = A>, A: Real, D: Dimension, Sh, const N: usize>(
+    _shape: Sh,
+    _xs: [&X; N],
+    ct: Array<A, D>,
+) -> [A; N] {
+    let mut values = ct.iter();
+    std::array::from_fn(|_| *values.next().unwrap_or(&A::zero()))
 }
