@@ -22,7 +22,8 @@ use syn::{Expr, Ident, Token};
 
 struct VmapInput {
     positional: Vec<Expr>,
-    in_axes: Vec<Option<usize>>,
+    /// `None` (broadcast) or the axis, as written (its span marks a wrong axis).
+    in_axes: Vec<Option<syn::LitInt>>,
     axes_expr: Expr,
     axis_name: Option<syn::LitStr>,
 }
@@ -79,7 +80,7 @@ impl Parse for VmapInput {
     }
 }
 
-fn parse_axes(e: &Expr) -> syn::Result<(Vec<Option<usize>>, Expr)> {
+fn parse_axes(e: &Expr) -> syn::Result<(Vec<Option<syn::LitInt>>, Expr)> {
     let Expr::Array(arr) = e else {
         return Err(syn::Error::new_spanned(
             e,
@@ -93,7 +94,10 @@ fn parse_axes(e: &Expr) -> syn::Result<(Vec<Option<usize>>, Expr)> {
             Expr::Lit(syn::ExprLit {
                 lit: syn::Lit::Int(i),
                 ..
-            }) => axes.push(Some(i.base10_parse()?)),
+            }) => {
+                i.base10_parse::<usize>()?;
+                axes.push(Some(i.clone()));
+            }
             other => {
                 return Err(syn::Error::new_spanned(
                     other,
@@ -134,23 +138,52 @@ pub fn vmap(input: TokenStream) -> TokenStream {
     if errors.is_empty() { out } else { errors }
 }
 
-/// Per example: the batch size, and each argument as the function sees it (example
-/// `i` of a mapped one, a broadcast one as is).
-fn per_example(in_axes: &[Option<usize>], args: &[Ident]) -> (TokenStream, Vec<TokenStream>) {
-    let lens = in_axes
-        .iter()
-        .zip(args)
-        .filter_map(|(ax, a)| ax.map(|k| quote!(::adjoint::__private::batch_len(&#a, #k))));
-    let n = quote!(::adjoint::__private::common_len(&[#(#lens),*]));
-    let items = in_axes
-        .iter()
-        .zip(args)
-        .map(|(ax, a)| match ax {
-            Some(k) => quote!(::adjoint::__private::unbatch(&#a, #k, __i)),
-            None => quote!(#a),
+/// The batch of a `vmap!`: its size, each argument as the function sees it for
+/// example `__i` (example `i` of a mapped one, a broadcast one as is), and for an
+/// empty batch the statements binding one example of zeros per mapped argument with
+/// the arguments as the function sees that one (what it is traced on, for the
+/// output's shape).
+struct Examples {
+    n: TokenStream,
+    items: Vec<TokenStream>,
+    probes: TokenStream,
+    probe_items: Vec<TokenStream>,
+}
+
+fn examples(in_axes: &[Option<syn::LitInt>], args: &[Ident]) -> Examples {
+    // An axis the argument lacks is a trait error at the axis as written.
+    let axis = |k: &syn::LitInt| syn::LitInt::new(k.base10_digits(), k.span());
+    let lens = in_axes.iter().zip(args).filter_map(|(ax, a)| {
+        ax.as_ref().map(|k| {
+            let k = axis(k);
+            quote::quote_spanned!(k.span()=> ::adjoint::__private::batch_len::<#k, _>(&#a))
         })
-        .collect();
-    (n, items)
+    });
+    let n = quote!(::adjoint::__private::common_len(&[#(#lens),*]));
+    let mut items = Vec::new();
+    let mut probes = TokenStream::new();
+    let mut probe_items = Vec::new();
+    for (i, (ax, a)) in in_axes.iter().zip(args).enumerate() {
+        match ax {
+            Some(k) => {
+                let k = axis(k);
+                let p = format_ident!("__probe{}", i);
+                items.push(quote!(::adjoint::__private::unbatch::<#k, _>(&#a, __i)));
+                probes.extend(quote!(let #p = ::adjoint::__private::probe::<#k, _>(&#a);));
+                probe_items.push(quote!(::adjoint::__private::unbatch::<#k, _>(&#p, 0)));
+            }
+            None => {
+                items.push(quote!(#a));
+                probe_items.push(quote!(#a));
+            }
+        }
+    }
+    Examples {
+        n,
+        items,
+        probes,
+        probe_items,
+    }
 }
 
 /// `vmap!(f, in_axes = [..])`: `f` called per example, its outputs gathered.
@@ -162,12 +195,22 @@ fn free_vmap(cx: &Ctxt, input: &VmapInput) -> TokenStream {
     let args: Vec<Ident> = (0..input.in_axes.len())
         .map(|i| format_ident!("__a{}", i))
         .collect();
-    let (n, items) = per_example(&input.in_axes, &args);
+    let Examples {
+        n,
+        items,
+        probes,
+        probe_items,
+    } = examples(&input.in_axes, &args);
     quote!({
         let __f = #f;
         move |#(#args),*| {
             let __n = #n;
             let mut __out = ::adjoint::__private::Batch::new(__n);
+            if __n == 0 {
+                #probes
+                let __y = __f(#(#probe_items),*);
+                __out.shape_like(#adapt);
+            }
             for __i in 0..__n {
                 let __y = __f(#(#items),*);
                 __out.push(#adapt);
@@ -304,7 +347,12 @@ fn lifted_vmap(cx: &Ctxt, input: &VmapInput) -> TokenStream {
     };
     let (mdl, cxn, params) = (&names[0], &names[1], &names[2..]);
     let temps: Vec<Ident> = (0..args.len()).map(|i| format_ident!("__a{}", i)).collect();
-    let (n, items) = per_example(&input.in_axes, &temps);
+    let Examples {
+        n,
+        items,
+        probes,
+        probe_items,
+    } = examples(&input.in_axes, &temps);
     let (enter, exit) = crate::expand::lifted_module(module, mdl, cxn);
     let (push, pop) = match &input.axis_name {
         Some(a) => (quote!(#cxn.push_axis(#a);), quote!(#cxn.pop_axis();)),
@@ -318,6 +366,13 @@ fn lifted_vmap(cx: &Ctxt, input: &VmapInput) -> TokenStream {
         let __mark = #cxn.mark();
         let __n = #n;
         let mut __out = ::adjoint::__private::Batch::new(__n);
+        if __n == 0 {
+            #probes
+            #(let #params = #probe_items;)*
+            #[allow(unused_mut, unused_variables, unused_parens)]
+            let __y = #body;
+            __out.shape_like(__y);
+        }
         for __i in 0..__n {
             #cxn.reset_names_to(&__mark);
             #(let #params = #items;)*

@@ -29,73 +29,103 @@ use crate::scope::Variables;
 use crate::value::Real;
 use ndarray::{Array, Array1, ArrayBase, ArrayView, Axis, Data, Dimension, Ix1, RemoveAxis};
 
-/// An argument mapped over one of its axes.
-pub trait Unbatch {
-    /// One example: a scalar for a 1-D array, a view otherwise.
+/// An argument mapped over its axis `AXIS` (a `vmap!`'s `in_axes` entry): arrays of
+/// any element type (floats, integer labels) with at least `AXIS + 1` axes.
+#[diagnostic::on_unimplemented(
+    message = "vmap!: `in_axes` maps axis {AXIS} of `{Self}`, which has no axis {AXIS}",
+    label = "mapped over axis {AXIS} here",
+    note = "`vmap!` maps an array over one of its axes: give this argument an axis it has, or `None` to broadcast it"
+)]
+pub trait Unbatch<const AXIS: usize> {
+    /// One example: an element for a 1-D array, a view otherwise.
     type Item<'a>
     where
         Self: 'a;
-    /// The length of `axis`.
-    fn batch_len(&self, axis: usize) -> usize;
-    /// Example `i` along `axis`.
-    fn unbatch(&self, axis: usize, i: usize) -> Self::Item<'_>;
+    /// An owned array shaped like this one with one example (of zeros) along the axis:
+    /// what the mapped function is traced on when the batch is empty.
+    type Probe: Unbatch<AXIS>;
+    /// The length of the axis.
+    fn batch_len(&self) -> usize;
+    /// Example `i` along the axis.
+    fn unbatch(&self, i: usize) -> Self::Item<'_>;
+    /// One example of zeros.
+    fn probe(&self) -> Self::Probe;
 }
 
-impl<A: Real, S: Data<Elem = A>> Unbatch for ArrayBase<S, Ix1> {
+impl<A: Clone + num_traits::Zero, S: Data<Elem = A>> Unbatch<0> for ArrayBase<S, Ix1> {
     type Item<'a>
         = A
     where
         Self: 'a;
-    fn batch_len(&self, _axis: usize) -> usize {
+    type Probe = Array1<A>;
+    fn batch_len(&self) -> usize {
         self.len()
     }
-    fn unbatch(&self, _axis: usize, i: usize) -> A {
-        self[i]
+    fn unbatch(&self, i: usize) -> A {
+        self[i].clone()
+    }
+    fn probe(&self) -> Array1<A> {
+        Array1::zeros(1)
     }
 }
 
 macro_rules! unbatch_views {
-    ($($d:ty),*) => {$(
-        impl<A: Real, S: Data<Elem = A>> Unbatch for ArrayBase<S, $d> {
+    ($($d:ty: $($axis:literal)*;)*) => {$($(
+        impl<A: Clone + num_traits::Zero, S: Data<Elem = A>> Unbatch<$axis> for ArrayBase<S, $d> {
             type Item<'a> = ArrayView<'a, A, <$d as Dimension>::Smaller> where Self: 'a;
-            fn batch_len(&self, axis: usize) -> usize {
-                self.len_of(Axis(axis))
+            type Probe = Array<A, $d>;
+            fn batch_len(&self) -> usize {
+                self.len_of(Axis($axis))
             }
-            fn unbatch(&self, axis: usize, i: usize) -> Self::Item<'_> {
-                self.index_axis(Axis(axis), i)
+            fn unbatch(&self, i: usize) -> Self::Item<'_> {
+                self.index_axis(Axis($axis), i)
+            }
+            fn probe(&self) -> Array<A, $d> {
+                let mut dim = self.raw_dim();
+                dim[$axis] = 1;
+                Array::zeros(dim)
             }
         }
-    )*};
+    )*)*};
 }
-unbatch_views!(
-    ndarray::Ix2,
-    ndarray::Ix3,
-    ndarray::Ix4,
-    ndarray::Ix5,
-    ndarray::Ix6
-);
+unbatch_views! {
+    ndarray::Ix2: 0 1;
+    ndarray::Ix3: 0 1 2;
+    ndarray::Ix4: 0 1 2 3;
+    ndarray::Ix5: 0 1 2 3 4;
+    ndarray::Ix6: 0 1 2 3 4 5;
+}
 
-impl<T: Unbatch + ?Sized> Unbatch for &T {
+impl<const AXIS: usize, T: Unbatch<AXIS> + ?Sized> Unbatch<AXIS> for &T {
     type Item<'a>
         = T::Item<'a>
     where
         Self: 'a;
-    fn batch_len(&self, axis: usize) -> usize {
-        (**self).batch_len(axis)
+    type Probe = T::Probe;
+    fn batch_len(&self) -> usize {
+        (**self).batch_len()
     }
-    fn unbatch(&self, axis: usize, i: usize) -> Self::Item<'_> {
-        (**self).unbatch(axis, i)
+    fn unbatch(&self, i: usize) -> Self::Item<'_> {
+        (**self).unbatch(i)
+    }
+    fn probe(&self) -> T::Probe {
+        (**self).probe()
     }
 }
 
 /// The length of a mapped argument's axis.
-pub fn batch_len<T: Unbatch>(x: &T, axis: usize) -> usize {
-    x.batch_len(axis)
+pub fn batch_len<const AXIS: usize, T: Unbatch<AXIS>>(x: &T) -> usize {
+    x.batch_len()
 }
 
 /// Example `i` of a mapped argument.
-pub fn unbatch<T: Unbatch>(x: &T, axis: usize, i: usize) -> T::Item<'_> {
-    x.unbatch(axis, i)
+pub fn unbatch<const AXIS: usize, T: Unbatch<AXIS>>(x: &T, i: usize) -> T::Item<'_> {
+    x.unbatch(i)
+}
+
+/// One example of zeros shaped like a mapped argument's (for an empty batch).
+pub fn probe<const AXIS: usize, T: Unbatch<AXIS>>(x: &T) -> T::Probe {
+    x.probe()
 }
 
 /// The batch size shared by every mapped argument.
@@ -222,38 +252,52 @@ where
 /// Every leaf gains a leading batch axis: per-example parameter cotangents.
 impl Stack for Variables {
     type Stacked = Variables;
-    type Builder = Vec<Variables>;
-    fn builder(_first: &Variables, n: usize) -> Vec<Variables> {
-        Vec::with_capacity(n)
+    type Builder = VariablesStacker;
+    fn builder(first: &Variables, n: usize) -> VariablesStacker {
+        VariablesStacker {
+            items: Vec::with_capacity(n),
+            like: first.zeros_like(),
+        }
     }
     fn empty() -> Variables {
         Variables::new()
     }
 }
 
-impl Gather<Variables> for Vec<Variables> {
+/// Per-example variables, stacked at the end; an empty batch gives every leaf of the
+/// first (traced) example's tree with a batch axis of length 0.
+pub struct VariablesStacker {
+    items: Vec<Variables>,
+    like: Variables,
+}
+
+impl Gather<Variables> for VariablesStacker {
     type Stacked = Variables;
     fn push(&mut self, _i: usize, item: Variables) {
-        Vec::push(self, item);
+        self.items.push(item);
     }
     fn finish(self) -> Variables {
+        if self.items.is_empty() {
+            return self.like.empty_batch();
+        }
         // Per-example cotangents of one module share its variables' paths and shapes.
-        Variables::stack(&self)
+        Variables::stack(&self.items)
             .unwrap_or_else(|e| panic!("vmap!: per-example variables do not stack: {e}"))
     }
 }
 
-/// Sums over the examples.
+/// Sums over the examples (zero for an empty batch).
 pub struct Summer<T>(Option<T>);
 
-impl<T: crate::value::Accumulate> Stack for Reduced<T>
+impl<T: crate::value::Accumulate + crate::value::Value<Cot = T>> Stack for Reduced<T>
 where
     T: Default,
 {
     type Stacked = T;
     type Builder = Summer<T>;
-    fn builder(_first: &Self, _n: usize) -> Summer<T> {
-        Summer(None)
+    fn builder(first: &Self, n: usize) -> Summer<T> {
+        // The first example's output starts the sum; an empty batch sums to zero.
+        Summer((n == 0).then(|| first.0.zeros()))
     }
     fn empty() -> T {
         T::default()
@@ -321,6 +365,13 @@ impl<T: Stack> Batch<T> {
             next: 0,
             builder: None,
         }
+    }
+
+    /// Shapes the output of an empty batch like `item`: the output of the mapped
+    /// function traced on one example of zeros, as `jax.vmap` traces it.
+    pub fn shape_like(&mut self, item: T) {
+        let n = self.n;
+        self.builder.get_or_insert_with(|| T::builder(&item, n));
     }
 
     /// Adds the next example's output.

@@ -62,7 +62,7 @@ pub mod prelude {
 /// What the generated code calls. Not a public API: names here change freely.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::batch::{Batch, Reduced, batch_len, common_len, unbatch};
+    pub use crate::batch::{Batch, Reduced, batch_len, common_len, probe, unbatch};
     pub use crate::control::*;
     pub use crate::rules::elementwise::*;
     pub use crate::rules::linalg::*;
