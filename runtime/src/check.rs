@@ -3,7 +3,6 @@
 
 use crate::value::Real;
 use ndarray::{Array, Dimension};
-use std::fmt;
 
 /// Values that flatten to a list of `f64`s: scalars, owned arrays, and tuples of them.
 pub trait Params: Sized {
@@ -11,6 +10,8 @@ pub trait Params: Sized {
     fn flatten(&self, out: &mut Vec<f64>);
     /// A value of `self`'s shape holding the next elements of `flat`.
     fn unflatten(&self, flat: &mut dyn Iterator<Item = f64>) -> Self;
+    /// Appends the shape of every leaf (`[]` for a scalar), in order.
+    fn shapes(&self, out: &mut Vec<Vec<usize>>);
 }
 
 impl<T: Real> Params for T {
@@ -20,6 +21,9 @@ impl<T: Real> Params for T {
     fn unflatten(&self, flat: &mut dyn Iterator<Item = f64>) -> Self {
         T::lit(flat.next().unwrap_or(0.0))
     }
+    fn shapes(&self, out: &mut Vec<Vec<usize>>) {
+        out.push(Vec::new());
+    }
 }
 
 impl<A: Real, D: Dimension> Params for Array<A, D> {
@@ -28,6 +32,9 @@ impl<A: Real, D: Dimension> Params for Array<A, D> {
     }
     fn unflatten(&self, flat: &mut dyn Iterator<Item = f64>) -> Self {
         self.map(|_| A::lit(flat.next().unwrap_or(0.0)))
+    }
+    fn shapes(&self, out: &mut Vec<Vec<usize>>) {
+        out.push(self.shape().to_vec());
     }
 }
 
@@ -39,6 +46,9 @@ macro_rules! tuple_params {
             }
             fn unflatten(&self, flat: &mut dyn Iterator<Item = f64>) -> Self {
                 ($(self.$i.unflatten(flat),)+)
+            }
+            fn shapes(&self, out: &mut Vec<Vec<usize>>) {
+                $(self.$i.shapes(out);)+
             }
         }
     };
@@ -72,31 +82,60 @@ impl Default for Tolerance {
     }
 }
 
-/// A gradient component that disagrees with finite differences.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GradCheckError {
-    /// Position of the input element, in [`Params::flatten`] order.
-    pub index: usize,
-    /// The cotangent under test.
-    pub analytic: f64,
-    /// The central difference.
-    pub numeric: f64,
+/// Why a claimed gradient or vector-Jacobian product was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GradCheckError {
+    /// A component disagrees with finite differences.
+    #[error(
+        "gradient check failed at input element {index}: analytic {analytic:e}, central difference {numeric:e}"
+    )]
+    Mismatch {
+        /// Position of the input element, in [`Params::flatten`] order.
+        index: usize,
+        /// The cotangent under test.
+        analytic: f64,
+        /// The central difference.
+        numeric: f64,
+    },
+    /// The claimed cotangent (or the output's cotangent) is not shaped like the
+    /// input (or the output).
+    #[error("gradient check: the {what} has shapes {found:?}, but {expected:?} are expected")]
+    Shape {
+        /// `"claimed cotangent"` or `"output cotangent"`.
+        what: &'static str,
+        /// The leaves' shapes it should have.
+        expected: Vec<Vec<usize>>,
+        /// The leaves' shapes it has.
+        found: Vec<Vec<usize>>,
+    },
 }
 
-impl fmt::Display for GradCheckError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "gradient check failed at input element {}: analytic {:e}, central difference {:e}",
-            self.index, self.analytic, self.numeric
-        )
+/// `Err` when `value` is not shaped like `like`.
+fn same_shapes<P: Params, Q: Params>(
+    what: &'static str,
+    like: &P,
+    value: &Q,
+) -> Result<(), GradCheckError> {
+    let (mut expected, mut found) = (Vec::new(), Vec::new());
+    like.shapes(&mut expected);
+    value.shapes(&mut found);
+    if expected == found {
+        Ok(())
+    } else {
+        Err(GradCheckError::Shape {
+            what,
+            expected,
+            found,
+        })
     }
 }
 
-impl std::error::Error for GradCheckError {}
-
 /// Checks `x_ct`, a claimed vector-Jacobian product `J(x)^T ct` of `f`, element by
 /// element against `<ct, (f(x + h e_i) - f(x - h e_i)) / 2h>`.
+///
+/// # Errors
+/// [`GradCheckError::Shape`] when `x_ct` is not shaped like `x` or `ct` like `f(x)`;
+/// [`GradCheckError::Mismatch`] at the first element that disagrees.
 ///
 /// ```
 /// use adjoint::check::{check_vjp, Tolerance};
@@ -114,6 +153,8 @@ pub fn check_vjp<X: Params, Y: Params>(
     x_ct: &X,
     tol: Tolerance,
 ) -> Result<(), GradCheckError> {
+    same_shapes("claimed cotangent", x, x_ct)?;
+    same_shapes("output cotangent", &f(x), ct)?;
     let mut flat = Vec::new();
     x.flatten(&mut flat);
     let mut claimed = Vec::new();
@@ -133,13 +174,13 @@ pub fn check_vjp<X: Params, Y: Params>(
         let mut minus = flat.clone();
         minus[i] -= h;
         let numeric = (eval(&plus) - eval(&minus)) / (2.0 * h);
-        let analytic = claimed.get(i).copied().unwrap_or(f64::NAN);
+        let analytic = claimed[i];
         let err = (analytic - numeric).abs();
         // Written so that a NaN on either side fails the check.
         #[allow(clippy::neg_cmp_op_on_partial_ord)]
         let fails = !(err <= tol.atol + tol.rtol * analytic.abs().max(numeric.abs()));
         if fails {
-            return Err(GradCheckError {
+            return Err(GradCheckError::Mismatch {
                 index: i,
                 analytic,
                 numeric,
@@ -150,6 +191,9 @@ pub fn check_vjp<X: Params, Y: Params>(
 }
 
 /// Checks `grad`, a claimed gradient of the scalar function `f` at `x`.
+///
+/// # Errors
+/// As [`check_vjp`]: a gradient not shaped like `x`, or an element that disagrees.
 ///
 /// ```
 /// use adjoint::check::{check_grad, Tolerance};
@@ -164,4 +208,22 @@ pub fn check_grad<X: Params>(
     tol: Tolerance,
 ) -> Result<(), GradCheckError> {
     check_vjp(f, x, &1.0, grad, tol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn a_gradient_not_shaped_like_the_input_is_rejected() {
+        let f = |x: &ndarray::Array1<f64>| x.sum();
+        let x = array![1.0, 2.0];
+        let err = check_grad(f, &x, &array![1.0, 1.0, 5.0], Tolerance::default());
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "gradient check: the claimed cotangent has shapes [[3]], but [[2]] are expected"
+        );
+        check_grad(f, &x, &array![1.0, 1.0], Tolerance::default()).unwrap();
+    }
 }

@@ -134,6 +134,18 @@ impl Leaf {
         }
     }
 
+    /// An empty batch of leaves like this one: a leading axis of length 0.
+    fn empty_batch(&self) -> Leaf {
+        let mut shape = vec![0];
+        shape.extend_from_slice(self.shape());
+        let dim = IxDyn(&shape);
+        match self {
+            Leaf::F32(_) => Leaf::F32(ArcArray::zeros(dim)),
+            Leaf::F64(_) => Leaf::F64(ArcArray::zeros(dim)),
+            Leaf::I64(_) => Leaf::I64(ArcArray::zeros(dim)),
+        }
+    }
+
     fn zeros_like(&self) -> Leaf {
         match self {
             Leaf::F32(a) => Leaf::F32(ArcArray::zeros(a.raw_dim())),
@@ -142,13 +154,31 @@ impl Leaf {
         }
     }
 
-    fn add(&mut self, other: &Leaf) {
-        match (self, other) {
-            (Leaf::F32(a), Leaf::F32(b)) if a.shape() == b.shape() => *a = (&*a + b).into_shared(),
-            (Leaf::F64(a), Leaf::F64(b)) if a.shape() == b.shape() => *a = (&*a + b).into_shared(),
-            (Leaf::I64(a), Leaf::I64(b)) if a.shape() == b.shape() => *a = (&*a + b).into_shared(),
-            _ => {}
+    /// Adds `other` in place; the error names `collection/path` when the two differ
+    /// in shape or element type.
+    fn add(&mut self, other: &Leaf, collection: &str, path: &str) -> Result<(), ScopeError> {
+        match (&mut *self, other) {
+            (Leaf::F32(a), Leaf::F32(b)) if a.shape() == b.shape() => *a += b,
+            (Leaf::F64(a), Leaf::F64(b)) if a.shape() == b.shape() => *a += b,
+            (Leaf::I64(a), Leaf::I64(b)) if a.shape() == b.shape() => *a += b,
+            (a, b) if a.kind() != b.kind() => {
+                return Err(ScopeError::TypeMismatch {
+                    collection: collection.into(),
+                    path: path.into(),
+                    expected: a.kind(),
+                    found: b.kind(),
+                });
+            }
+            (a, b) => {
+                return Err(ScopeError::ShapeMismatch {
+                    collection: collection.into(),
+                    path: path.into(),
+                    expected: a.shape().to_vec(),
+                    found: b.shape().to_vec(),
+                });
+            }
         }
+        Ok(())
     }
 }
 
@@ -241,8 +271,9 @@ array_stored! {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Variables {
     collections: BTreeMap<String, BTreeMap<String, Leaf>>,
-    /// Set on gradients that are incomplete (see [`ScopeError::SecondOrderUnsupported`]).
-    unsupported: bool,
+    /// Set on gradients that must not be used: incomplete ones
+    /// ([`ScopeError::SecondOrderUnsupported`]), or a sum of trees that did not match.
+    error: Option<Box<ScopeError>>,
 }
 
 impl Variables {
@@ -301,8 +332,8 @@ impl Variables {
     /// # Errors
     /// When the collection or variable is missing, or holds another type.
     pub fn read<T: Stored>(&self, collection: &str, path: &str) -> Result<T, ScopeError> {
-        if self.unsupported {
-            return Err(ScopeError::SecondOrderUnsupported);
+        if let Some(e) = &self.error {
+            return Err((**e).clone());
         }
         let coll =
             self.collections
@@ -328,8 +359,11 @@ impl Variables {
 
     /// Why these variables (gradients) must not be used, if they must not.
     pub fn error(&self) -> Option<ScopeError> {
-        self.unsupported
-            .then_some(ScopeError::SecondOrderUnsupported)
+        self.error.as_deref().cloned()
+    }
+
+    fn poison(&mut self, e: ScopeError) {
+        self.error.get_or_insert(Box::new(e));
     }
 
     /// The names of the collections.
@@ -355,14 +389,14 @@ impl Variables {
             .collect();
         Variables {
             collections,
-            unsupported: self.unsupported,
+            error: self.error.clone(),
         }
     }
 
     /// The variables under `prefix/` of every collection, with the prefix removed.
     pub fn subtree(&self, prefix: &str) -> Variables {
         let mut out = Variables {
-            unsupported: self.unsupported,
+            error: self.error.clone(),
             ..Variables::new()
         };
         let p = format!("{prefix}/");
@@ -379,19 +413,45 @@ impl Variables {
         out
     }
 
-    /// `self + other`, leaf by leaf (cotangents add up); leaves only in `other` are copied.
-    pub fn accumulate(&mut self, other: &Variables) {
-        self.unsupported |= other.unsupported;
+    /// `self + other`, leaf by leaf (cotangents add up); leaves only in `other` are
+    /// copied.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let mut a = Variables::new().with("params", "w", 1.0).unwrap();
+    /// a.accumulate(&Variables::new().with("params", "w", 2.0).unwrap()).unwrap();
+    /// assert_eq!(a.to_string(), r#"{"params": {"w": 3.0}}"#);
+    /// let wrong = Variables::new().with("params", "w", ndarray::arr1(&[1.0, 2.0]).into_shared()).unwrap();
+    /// assert!(a.accumulate(&wrong).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`ScopeError::ShapeMismatch`] or [`ScopeError::TypeMismatch`] naming the first
+    /// path whose leaves differ; `self` then holds the error too (its reads fail), so
+    /// no sum that dropped a leaf is ever used.
+    pub fn accumulate(&mut self, other: &Variables) -> Result<(), ScopeError> {
+        if let Some(e) = &other.error {
+            self.poison((**e).clone());
+        }
         for (c, coll) in &other.collections {
             let mine = self.collections.entry(c.clone()).or_default();
             for (k, v) in coll {
-                match mine.get_mut(k) {
-                    Some(m) => m.add(v),
+                let added = match mine.get_mut(k) {
+                    Some(m) => m.add(v, c, k),
                     None => {
                         mine.insert(k.clone(), v.clone());
+                        Ok(())
                     }
+                };
+                if let Err(e) = added {
+                    self.poison(e.clone());
+                    return Err(e);
                 }
             }
+        }
+        match &self.error {
+            Some(e) => Err((**e).clone()),
+            None => Ok(()),
         }
     }
 
@@ -413,7 +473,7 @@ impl Variables {
             .collect();
         Variables {
             collections,
-            unsupported: self.unsupported,
+            error: self.error.clone(),
         }
     }
 
@@ -441,7 +501,7 @@ impl Variables {
                 .collect()
         };
         let mut out = Variables {
-            unsupported: items.iter().any(|v| v.unsupported),
+            error: items.iter().find_map(|v| v.error.clone()),
             ..Variables::new()
         };
         let Some(first) = items.first() else {
@@ -462,6 +522,23 @@ impl Variables {
         Ok(out)
     }
 
+    /// The same tree with a batch of no examples at every leaf (a leading axis of
+    /// length 0): what [`Variables::stack`] of an empty batch of such trees is.
+    pub fn empty_batch(&self) -> Variables {
+        let collections = self
+            .collections
+            .iter()
+            .map(|(c, coll)| {
+                let coll = coll.iter().map(|(k, v)| (k.clone(), v.empty_batch()));
+                (c.clone(), coll.collect())
+            })
+            .collect();
+        Variables {
+            collections,
+            error: self.error.clone(),
+        }
+    }
+
     /// The same tree with every leaf zero.
     pub fn zeros_like(&self) -> Variables {
         let collections = self
@@ -478,7 +555,7 @@ impl Variables {
             .collect();
         Variables {
             collections,
-            unsupported: false,
+            error: None,
         }
     }
 
@@ -528,12 +605,8 @@ fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 impl fmt::Display for Variables {
     /// The nested tree, as Flax prints it: `{"params": {"LearnScale_0": {"scale": 0.0}}}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.unsupported {
-            return write!(
-                f,
-                "<unusable gradients: {}>",
-                ScopeError::SecondOrderUnsupported
-            );
+        if let Some(e) = &self.error {
+            return write!(f, "<unusable gradients: {e}>");
         }
         let text = self.render(&|leaf| {
             let values = leaf.to_f64_vec();
@@ -1182,8 +1255,9 @@ impl crate::value::Value for Variables {
 }
 
 impl crate::value::Accumulate for Variables {
+    /// A mismatch poisons the sum: every read of it returns the error.
     fn accumulate(&mut self, other: Self) {
-        Variables::accumulate(self, &other)
+        let _ = Variables::accumulate(self, &other);
     }
 }
 
@@ -1220,11 +1294,15 @@ pub fn add_param(acc: &mut Variables, at: &VarPath, ct: impl ParamCot) {
         .collections
         .entry(at.collection.to_string())
         .or_default();
-    match coll.get_mut(&at.path) {
-        Some(existing) => existing.add(&leaf),
+    let added = match coll.get_mut(&at.path) {
+        Some(existing) => existing.add(&leaf, at.collection, &at.path),
         None => {
             coll.insert(at.path.clone(), leaf);
+            Ok(())
         }
+    };
+    if let Err(e) = added {
+        acc.poison(e);
     }
 }
 
@@ -1383,7 +1461,7 @@ impl<T: Child + ?Sized> Child for &T {
 
 /// Marks parameter gradients that would flow through a lifted transform.
 pub fn second_order(acc: &mut Variables) {
-    acc.unsupported = true;
+    acc.poison(ScopeError::SecondOrderUnsupported);
 }
 
 /// The cotangents a lifted `vjp!` returns: the listed collections of the child at
