@@ -231,7 +231,7 @@ fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
     check_signature(cx, &f.sig);
     let params = params(cx, &mut f.sig);
     let scopes = crate::module::scope_names(&params);
-    crate::module::ModuleCalls { scopes: &scopes }.visit_block_mut(&mut f.block);
+    crate::module::route_module_calls(&scopes, &mut f.block);
     let mut items = TokenStream::new();
     for which in Companions::for_scope(!scopes.is_empty()) {
         if cx.has_errors() {
@@ -884,6 +884,10 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
     }
     let mut extra = Vec::new();
     let mut module = false;
+    let is_module = item
+        .items
+        .iter()
+        .any(|it| matches!(it, ImplItem::Fn(m) if crate::module::is_module_call(&m.sig)));
     let self_ty = item.self_ty.clone();
     for it in item.items.iter_mut() {
         let ImplItem::Fn(m) = it else { continue };
@@ -898,7 +902,7 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
             continue;
         }
         let scopes = crate::module::scope_names(&params);
-        crate::module::ModuleCalls { scopes: &scopes }.visit_block_mut(&mut m.block);
+        crate::module::route_module_calls(&scopes, &mut m.block);
         if crate::module::is_module_call(&m.sig) {
             module = true;
             extra.push(crate::module::module_items(cx, &self_ty, m, &params));
@@ -920,6 +924,9 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
             ) {
                 extra.push(c);
             }
+        }
+        if is_module && !scopes.is_empty() {
+            extra.push(crate::module::method_in_items(&m.sig, &params));
         }
     }
     if extra.is_empty() {
@@ -1311,7 +1318,7 @@ pub(crate) fn lifted_closure(
     };
     if names.len() >= 2 {
         let scopes = [names[1].to_string()];
-        crate::module::ModuleCalls { scopes: &scopes }.visit_block_mut(&mut body);
+        crate::module::route_module_calls(&scopes, &mut body);
     }
     Some((names, infos, body))
 }

@@ -11,6 +11,7 @@ use crate::expand::{
 };
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
+use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{FnArg, ImplItemFn, ReturnType, Signature, Type};
 
@@ -248,14 +249,45 @@ fn scope_wrappers(
         .strip_prefix("__call_body")
         .map(str::to_string);
     let mut auto_sig = sig.clone();
-    let mut named_sig = sig.clone();
-    match &suffix {
+    let named = match &suffix {
         Some(suffix) => {
             auto_sig.ident = format_ident!("__call{}", suffix);
-            named_sig.ident = format_ident!("__call_in{}", suffix);
+            format_ident!("__call_in{}", suffix)
         }
-        None => named_sig.ident = format_ident!("__call_in"),
-    }
+        None => format_ident!("__call_in"),
+    };
+    let mut out = companion_items(
+        &public,
+        &auto_sig,
+        params,
+        quote! {
+            #scope.enter_auto(#type_name);
+            let __out = self.#inner(#(#names),*);
+            #scope.exit();
+            __out
+        },
+        owner,
+        flavor,
+    );
+    out.extend(named_scope_wrapper(sig, params, &named, inner, flavor, owner));
+    out
+}
+
+/// The companion of flavor `flavor` of `named(cx, child, ..)`, which runs the
+/// companion `inner` of the method `sig` in the scope `child` names.
+fn named_scope_wrapper(
+    sig: &Signature,
+    params: &[ParamInfo],
+    named: &syn::Ident,
+    inner: &syn::Ident,
+    flavor: Flavor,
+    owner: Owner,
+) -> TokenStream {
+    let public: syn::Visibility = syn::parse_quote!(pub);
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let scope = &names[0];
+    let mut named_sig = sig.clone();
+    named_sig.ident = named.clone();
     named_sig.inputs.insert(
         2,
         syn::parse_quote!(__child: ::adjoint::scope::ChildName<'_>),
@@ -270,26 +302,13 @@ fn scope_wrappers(
             scope: false,
         },
     );
-    let mut out = companion_items(
-        &public,
-        &auto_sig,
-        params,
-        quote! {
-            #scope.enter_auto(#type_name);
-            let __out = self.#inner(#(#names),*);
-            #scope.exit();
-            __out
-        },
-        owner,
-        flavor,
-    );
     // The body's pullback, with a `()` cotangent for the child's name.
     let cs: Vec<proc_macro2::Ident> = (0..names.len())
         .map(|i| format_ident!("__c{}", i))
         .collect();
     let (first, others) = (&cs[0], &cs[1..]);
     let vars = (flavor == Flavor::Params).then(|| quote!(__v,));
-    out.extend(companion_items(
+    companion_items(
         &public,
         &named_sig,
         &named_params,
@@ -304,8 +323,57 @@ fn scope_wrappers(
         },
         owner,
         flavor,
-    ));
+    )
+}
+
+/// For a module's method `m` that takes the scope (other than `call`):
+/// `__m_in(cx, child, ..)`, which runs `m` in the scope `child` names (a submodule's
+/// method runs in the submodule's scope, as in Flax), and its companions.
+pub fn method_in_items(sig: &Signature, params: &[ParamInfo]) -> TokenStream {
+    let Some(scope_pos) = params.iter().position(|p| p.scope) else {
+        return TokenStream::new();
+    };
+    let ReturnType::Type(_, ret) = &sig.output else {
+        return TokenStream::new();
+    };
+    if scope_pos != 0 || sig.receiver().is_none() {
+        return TokenStream::new();
+    }
+    let m = &sig.ident;
+    let named = in_name(m);
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let scope = &names[0];
+    let inputs: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
+    let rest_inputs = &inputs[1..];
+    let generics = &sig.generics;
+    let where_clause = &sig.generics.where_clause;
+    let mut out = quote! {
+        #[doc(hidden)]
+        pub fn #named #generics (&self, #scope: &mut ::adjoint::Scope, __child: ::adjoint::scope::ChildName<'_>, #(#rest_inputs),*) -> #ret #where_clause {
+            #scope.enter_child(__child);
+            let __out = self.#m(#(#names),*);
+            #scope.exit();
+            __out
+        }
+    };
+    for (flavor, what) in [(Flavor::Owned, "vjp_owned"), (Flavor::Params, "vjp_params")] {
+        let inner = crate::adjoint::companion_ident(m, what);
+        out.extend(named_scope_wrapper(
+            sig,
+            params,
+            &named,
+            &inner,
+            flavor,
+            Owner::Method,
+        ));
+    }
     out
+}
+
+/// The method that runs `m` in a child's scope: `__m_in`.
+pub(crate) fn in_name(m: &syn::Ident) -> syn::Ident {
+    let raw = m.to_string();
+    format_ident!("__{}_in", raw.trim_start_matches("r#"))
 }
 
 /// The name auto names start with: the type's last path segment (`Dense`).
@@ -340,7 +408,124 @@ pub fn child_impl(item: &syn::ItemImpl) -> TokenStream {
                 }
             }
         }
+
+        impl #impl_generics ::adjoint::scope::IntoBound for #self_ty #where_clause {
+            type Module = Self;
+            fn into_bound(self, cx: &mut ::adjoint::Scope<'_>) -> ::adjoint::scope::Bound<Self> {
+                cx.bind(self)
+            }
+        }
     }
+}
+
+/// Routes the module calls of a body as Flax names modules: see [`ModuleCalls`] and
+/// [`LocalModules`].
+pub(crate) fn route_module_calls(scopes: &[String], block: &mut syn::Block) {
+    let Some(scope) = scopes.first() else { return };
+    let mut receivers = Receivers {
+        scopes,
+        names: Vec::new(),
+    };
+    syn::visit::Visit::visit_block(&mut receivers, block);
+    if !receivers.names.is_empty() {
+        let scope = syn::Ident::new(scope, proc_macro2::Span::call_site());
+        LocalModules {
+            scope: &scope,
+            names: &receivers.names,
+        }
+        .visit_block_mut(block);
+    }
+    ModuleCalls { scopes }.visit_block_mut(block);
+}
+
+/// Whether `args` starts with one of the scope parameters (a module call's `cx`).
+fn takes_scope(args: &syn::punctuated::Punctuated<syn::Expr, syn::Token![,]>, scopes: &[String]) -> bool {
+    matches!(args.first(), Some(syn::Expr::Path(p))
+        if p.path.get_ident().is_some_and(|i| scopes.iter().any(|s| i == s)))
+}
+
+/// The local variables a body calls as modules: `name.call(cx, ..)`, or the module
+/// of a lifted transform (`grad!(cx, |mdl, cx, x| .., name, x)`).
+struct Receivers<'a> {
+    scopes: &'a [String],
+    names: Vec<String>,
+}
+
+impl<'ast> syn::visit::Visit<'ast> for Receivers<'_> {
+    fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
+        if takes_scope(&m.args, self.scopes)
+            && let syn::Expr::Path(p) = &*m.receiver
+            && let Some(id) = p.path.get_ident()
+            && id != "self"
+        {
+            self.names.push(id.to_string());
+        }
+        syn::visit::visit_expr_method_call(self, m);
+    }
+
+    fn visit_macro(&mut self, m: &'ast syn::Macro) {
+        let lifted = ["grad", "value_and_grad", "vjp", "jvp", "vmap"]
+            .iter()
+            .any(|n| m.path.is_ident(n));
+        let args = m.parse_body_with(
+            syn::punctuated::Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
+        );
+        if let (true, Ok(args)) = (lifted, args)
+            && takes_scope(&args, self.scopes)
+            && let Some(syn::Expr::Path(p)) = args.iter().nth(2)
+            && let Some(id) = p.path.get_ident()
+            && id != "self"
+        {
+            self.names.push(id.to_string());
+        }
+    }
+
+    // A closure or item inside the body has its own scopes.
+    fn visit_item(&mut self, _: &'ast syn::Item) {}
+}
+
+/// Binds the modules a body makes with `let` and calls with the scope where they
+/// are made: `let cell = LstmCell::new(8);` becomes `let cell =
+/// cx.bind_local(LstmCell::new(8));`, so the cell is named once (Flax names a
+/// submodule at construction) and every call of it reads the same parameters, in a
+/// loop too. A module made in a loop's body is made, and named, once per iteration,
+/// as in Flax.
+struct LocalModules<'a> {
+    scope: &'a syn::Ident,
+    names: &'a [String],
+}
+
+impl VisitMut for LocalModules<'_> {
+    fn visit_local_mut(&mut self, local: &mut syn::Local) {
+        syn::visit_mut::visit_local_mut(self, local);
+        let (ident, ty) = match &local.pat {
+            syn::Pat::Ident(p) => (&p.ident, None),
+            syn::Pat::Type(t) => match &*t.pat {
+                syn::Pat::Ident(p) => (&p.ident, Some((*t.ty).clone())),
+                _ => return,
+            },
+            _ => return,
+        };
+        if !self.names.iter().any(|n| ident == n) {
+            return;
+        }
+        let Some(init) = &mut local.init else { return };
+        if init.diverge.is_some() {
+            return;
+        }
+        let ident = ident.clone();
+        let expr = &init.expr;
+        let scope = self.scope;
+        let ty = ty.as_ref().map(|t| quote!(: #t));
+        // The module first: making it may use the scope too (`cx.bind(..)`).
+        *init.expr = syn::parse_quote_spanned!(expr.span()=> {
+            let __module #ty = #expr;
+            #scope.bind_local(__module)
+        });
+        local.pat = syn::parse_quote!(#ident);
+    }
+
+    fn visit_item_mut(&mut self, _: &mut syn::Item) {}
 }
 
 /// Routes the module calls of a body through [`Child`](adjoint::scope::Child), so
@@ -349,23 +534,44 @@ pub fn child_impl(item: &syn::ItemImpl) -> TokenStream {
 /// `Child::module(&recv).__call_in(cx, Child::child_name(&recv, field), ..)`, where
 /// `field` is `Some("bar")` for `self.bar` (Flax's setup attributes) and `None`
 /// otherwise (the next auto name, a bound module's path, or for a lifted transform's
-/// module the scope the transform entered). Receivers that are neither a field of
-/// `self` nor a local keep their `call` (an auto name).
-pub(crate) struct ModuleCalls<'a> {
+/// module the scope the transform entered). `self.call(cx, ..)` from another method
+/// runs in the module's own scope. Receivers that are neither a field of `self` nor
+/// a local keep their `call` (an auto name).
+struct ModuleCalls<'a> {
     /// The names of the scope parameters.
-    pub(crate) scopes: &'a [String],
+    scopes: &'a [String],
 }
 
 impl VisitMut for ModuleCalls<'_> {
     fn visit_expr_mut(&mut self, e: &mut syn::Expr) {
         syn::visit_mut::visit_expr_mut(self, e);
         let syn::Expr::MethodCall(m) = e else { return };
-        let scoped = matches!(m.args.first(), Some(syn::Expr::Path(p))
-            if p.path.get_ident().is_some_and(|i| self.scopes.iter().any(|s| i == s)));
-        if m.method != "call" || !scoped {
+        if !takes_scope(&m.args, self.scopes) {
             return;
         }
         let recv = &*m.receiver;
+        let span = m.method.span();
+        let is_call = m.method == "call";
+        let named = if is_call {
+            format_ident!("__call_in", span = span)
+        } else {
+            let mut n = in_name(&m.method);
+            n.set_span(span);
+            n
+        };
+        let mut args = m.args.iter();
+        let scope = args.next();
+        let rest: Vec<&syn::Expr> = args.collect();
+        if matches!(recv, syn::Expr::Path(p) if p.path.is_ident("self")) {
+            // Another method of this module: its own scope (another than `call`
+            // already runs there).
+            if is_call {
+                *e = syn::parse_quote_spanned!(span=>
+                    self.__call_in(#scope, ::adjoint::no_grad(::adjoint::scope::ChildName::Here), #(#rest),*)
+                );
+            }
+            return;
+        }
         let field = match recv {
             syn::Expr::Field(f) if matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self")) => {
                 match &f.member {
@@ -379,14 +585,22 @@ impl VisitMut for ModuleCalls<'_> {
             syn::Expr::Path(p) if p.path.get_ident().is_some() => {
                 quote!(::core::option::Option::None)
             }
-            _ => return,
+            // A module made where it is called, `Dense::new(3).call(cx, x)`: named
+            // before its arguments run, as Flax names it at construction.
+            _ => {
+                *e = syn::parse_quote_spanned!(span=> {
+                    let __module = #scope.bind_local(#recv);
+                    ::adjoint::scope::Child::module(&__module).#named(
+                        #scope,
+                        ::adjoint::no_grad(::adjoint::scope::Child::child_name(&__module, ::core::option::Option::None)),
+                        #(#rest),*
+                    )
+                });
+                return;
+            }
         };
-        let span = m.method.span();
-        let mut args = m.args.iter();
-        let scope = args.next();
-        let rest: Vec<&syn::Expr> = args.collect();
         *e = syn::parse_quote_spanned!(span=>
-            ::adjoint::scope::Child::module(&#recv).__call_in(
+            ::adjoint::scope::Child::module(&#recv).#named(
                 #scope,
                 ::adjoint::no_grad(::adjoint::scope::Child::child_name(&#recv, #field)),
                 #(#rest),*

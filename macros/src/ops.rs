@@ -280,6 +280,18 @@ static METHODS: &[(&str, Rule)] = &[
         )
         .joint(pb!("dot_pb_both" [Operand(0), Operand(1)])),
     ),
+    // Ownership and layout: the value in another container, its cotangent unchanged.
+    ("to_owned", rule!("to_owned", 1, [pb!("identity_pb" [])])),
+    ("into_owned", rule!("to_owned", 1, [pb!("identity_pb" [])])),
+    ("clone", rule!("clone", 1, [pb!("identity_pb" [])])),
+    ("view", rule!("view", 1, [pb!("identity_pb" [])]).view()),
+    ("reborrow", rule!("view", 1, [pb!("identity_pb" [])]).view()),
+    (
+        "as_standard_layout",
+        rule!("as_standard_layout", 1, [pb!("identity_pb" [])]).view(),
+    ),
+    ("to_shared", rule!("to_shared", 1, [pb!("identity_pb" [])])),
+    ("into_shared", rule!("to_shared", 1, [pb!("identity_pb" [])])),
     ("t", rule!("t", 1, [pb!("t_pb" [])]).view()),
     ("reversed_axes", rule!("t", 1, [pb!("t_pb" [])]).view()),
     ("sum", rule!("sum", 1, [pb!("sum_pb"[Shape(0)])])),
@@ -420,15 +432,8 @@ pub static CONSTANT_METHODS: &[&str] = &[
     "total_cmp",
 ];
 
-/// Methods that return their receiver's value unchanged (`x.view()`, `x.clone()`).
-pub static IDENTITY_METHODS: &[&str] = &[
-    "view",
-    "clone",
-    "to_owned",
-    "into_owned",
-    "as_ref",
-    "borrow",
-];
+/// Methods that return their receiver, borrowed (`x.as_ref()`, `x.borrow()`).
+pub static IDENTITY_METHODS: &[&str] = &["as_ref", "borrow"];
 
 /// The rule for method `name` with `args` arguments, if it is a primitive.
 pub fn method(name: &str) -> Option<&'static Rule> {

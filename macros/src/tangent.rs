@@ -411,6 +411,11 @@ impl Tangent<'_> {
                 quote!((#d).sum_axis(#ax))
             }),
             "t" => da.map(|d| quote!((#d).t())),
+            // Ownership and layout conversions carry the tangent the same way.
+            "to_owned" | "clone" | "view" | "as_standard_layout" | "to_shared" => da.map(|d| {
+                let m = Ident::new(func, proc_macro2::Span::call_site());
+                quote!((#d).#m())
+            }),
             "index" => da.map(|d| {
                 let i = &cs[0];
                 quote!((#d)[#i])

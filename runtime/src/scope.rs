@@ -662,7 +662,8 @@ impl Mutable {
 pub struct Scope<'v> {
     vars: &'v mut Variables,
     path: Vec<String>,
-    counters: HashMap<String, usize>,
+    /// The next auto name's number, by module path and child type.
+    counters: HashMap<String, HashMap<String, usize>>,
     initializing: bool,
     mutable: Mutable,
     rngs: BTreeMap<String, u64>,
@@ -806,8 +807,12 @@ impl<'v> Scope<'v> {
     /// The next auto name for a child of type `type_name` under the current module:
     /// `TypeName_0`, `TypeName_1`, ... counted per parent and type, as Flax does.
     pub fn auto_name(&mut self, type_name: &str) -> String {
-        let key = format!("{}\u{0}{type_name}", self.path());
-        let k = self.counters.entry(key).or_insert(0);
+        let k = self
+            .counters
+            .entry(self.path())
+            .or_default()
+            .entry(type_name.to_string())
+            .or_insert(0);
         let name = format!("{type_name}_{k}");
         *k += 1;
         name
@@ -878,11 +883,21 @@ impl<'v> Scope<'v> {
         }
     }
 
-    /// Enters the child `name` (a submodule's scope).
+    /// Enters the child `name` (a submodule's scope) to run it: its children are
+    /// named afresh, from `TypeName_0`, as Flax resets a module's auto names at every
+    /// call of its compact method (a cell called once per time step creates the same
+    /// `Dense_0` each time, and so reads the same parameters).
     pub fn enter(&mut self, name: &str) {
         self.path.push(name.to_string());
         self.returns.push(None);
-        self.last_child = Some(self.path());
+        self.begin_call();
+    }
+
+    /// A module's call begins at the current path: its auto names start again.
+    fn begin_call(&mut self) {
+        let here = self.path();
+        self.counters.remove(&here);
+        self.last_child = Some(here);
     }
 
     /// Enters the next auto-named child of type `type_name`.
@@ -901,8 +916,10 @@ impl<'v> Scope<'v> {
                 let inner = path.split('/').filter(|p| !p.is_empty()).map(String::from);
                 let caller = std::mem::replace(&mut self.path, inner.collect());
                 self.returns.push(Some(caller));
-                self.last_child = Some(path.to_string());
+                self.begin_call();
             }
+            // The same module (`self.call(cx, ..)` from another of its methods): the
+            // call goes on in its scope, as a recurrent call does in Flax.
             ChildName::Here => {
                 self.returns.push(Some(self.path.clone()));
                 self.last_child = Some(self.path());
@@ -933,7 +950,7 @@ impl<'v> Scope<'v> {
     /// let mut cx = Scope::for_init(&mut vars, 0);
     /// cx.enter("Outer_0");
     /// let dense = cx.bind(Dense::new(4));
-    /// assert_eq!(dense.path(), "Outer_0/Dense_0");
+    /// assert_eq!(adjoint::scope::Bound::path(&dense), "Outer_0/Dense_0");
     /// ```
     pub fn bind<M: Child<Module = M>>(&mut self, module: M) -> Bound<M> {
         let name = match module.child_name(None) {
@@ -941,20 +958,26 @@ impl<'v> Scope<'v> {
             ChildName::Field(name) | ChildName::Bound(name) => name.to_string(),
             ChildName::Here => {
                 return Bound {
-                    module: std::sync::Arc::new(module),
-                    path: self.path(),
+                    shared: std::sync::Arc::new(module),
+                    at: self.path(),
                 };
             }
         };
         self.bind_as(&name, module)
     }
 
+    /// A module made by a `let` in a module's body, bound where it is made (see
+    /// [`IntoBound`]; `#[differentiable]` writes the call).
+    pub fn bind_local<B: IntoBound>(&mut self, module: B) -> Bound<B::Module> {
+        module.into_bound(self)
+    }
+
     /// Binds `module` to the current module under the explicit name `name` (Flax's
     /// `Dense(4, name="name")`).
     pub fn bind_as<M>(&mut self, name: &str, module: M) -> Bound<M> {
         Bound {
-            module: std::sync::Arc::new(module),
-            path: self.path_to(name),
+            shared: std::sync::Arc::new(module),
+            at: self.path_to(name),
         }
     }
 
@@ -1310,7 +1333,7 @@ pub fn add_param(acc: &mut Variables, at: &VarPath, ct: impl ParamCot) {
 /// `vmap!` does for each example).
 #[derive(Clone, Debug)]
 pub struct ScopeMark {
-    counters: HashMap<String, usize>,
+    counters: HashMap<String, HashMap<String, usize>>,
 }
 
 impl Scope<'_> {
@@ -1366,32 +1389,60 @@ pub enum ChildName<'a> {
 /// parameters there, and every call shares them.
 ///
 /// Call it from `#[differentiable]` code (`bar.call(cx, x)`, `self.bar.call(cx, x)`),
-/// which routes the call through [`Child`]; [`Bound::module`] gives the module itself.
+/// which routes the call through [`Child`]. It derefs to the module (`bar.features`);
+/// [`Bound::path`] is where it runs.
 #[derive(Debug, PartialEq)]
 pub struct Bound<M> {
-    module: std::sync::Arc<M>,
-    path: String,
+    shared: std::sync::Arc<M>,
+    at: String,
 }
 
 /// A copy shares the module (a lifted transform's pullback keeps one).
 impl<M> Clone for Bound<M> {
     fn clone(&self) -> Self {
         Bound {
-            module: self.module.clone(),
-            path: self.path.clone(),
+            shared: self.shared.clone(),
+            at: self.at.clone(),
         }
     }
 }
 
 impl<M> Bound<M> {
-    /// The module.
-    pub fn module(&self) -> &M {
-        &self.module
+    /// The path it runs at (`Parent/Dense_0`). An associated function, as the
+    /// module's own methods are reached through `Deref`.
+    pub fn path(this: &Self) -> &str {
+        &this.at
     }
+}
 
-    /// The path it runs at (`Parent/Dense_0`).
-    pub fn path(&self) -> &str {
-        &self.path
+impl<M> std::ops::Deref for Bound<M> {
+    type Target = M;
+    fn deref(&self) -> &M {
+        &self.shared
+    }
+}
+
+/// What a `let` in a module's body binds when the module it makes is called with the
+/// scope (`let cell = LstmCell::new(8); .. cell.call(cx, ..)`): `#[differentiable]`
+/// writes `cx.bind_local(LstmCell::new(8))`, so the module is named where it is made,
+/// as Flax names a submodule at construction, and every call of it shares its
+/// parameters. A module binds to its next auto name; a [`Bound`] one stays bound.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is called with the scope like a module, but is not one",
+    label = "called like a module here",
+    note = "a module is a type with a `#[differentiable]` impl whose `call` takes the scope first"
+)]
+pub trait IntoBound {
+    /// The module.
+    type Module;
+    /// Binds the module to `cx`'s current module, or keeps its binding.
+    fn into_bound(self, cx: &mut Scope<'_>) -> Bound<Self::Module>;
+}
+
+impl<M> IntoBound for Bound<M> {
+    type Module = M;
+    fn into_bound(self, _cx: &mut Scope<'_>) -> Bound<M> {
+        self
     }
 }
 
@@ -1411,10 +1462,10 @@ pub trait Child {
 impl<M> Child for Bound<M> {
     type Module = M;
     fn module(&self) -> &M {
-        &self.module
+        &self.shared
     }
     fn child_name<'a>(&'a self, _field: Option<&'a str>) -> ChildName<'a> {
-        ChildName::Bound(&self.path)
+        ChildName::Bound(&self.at)
     }
 }
 

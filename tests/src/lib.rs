@@ -99,3 +99,26 @@ pub fn assert_close(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>, rtol: f64
 pub fn scalar(v: f64) -> ArrayD<f64> {
     ArrayD::from_elem(IxDyn(&[]), v)
 }
+
+/// Asserts that `got` holds exactly the leaves of the Flax tree `want` (every
+/// collection, path and shape), each within `rtol` as [`assert_close`].
+pub fn assert_tree_close(what: &str, got: &adjoint::Variables, want: &Json, rtol: f64) {
+    let want = variables(want);
+    assert_eq!(got.shapes(), want.shapes(), "{what}: the trees differ");
+    for collection in want.collections() {
+        for (path, leaf) in want.iter(collection) {
+            let g = got
+                .get(collection, path)
+                .unwrap_or_else(|| panic!("{what}: no {collection}/{path}"));
+            let as_array = |l: &adjoint::scope::Leaf| {
+                ArrayD::from_shape_vec(IxDyn(l.shape()), l.to_f64_vec()).expect("a leaf's shape")
+            };
+            assert_close(
+                &format!("{what} {collection}/{path}"),
+                &as_array(g),
+                &as_array(leaf),
+                rtol,
+            );
+        }
+    }
+}

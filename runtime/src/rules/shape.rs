@@ -1,14 +1,15 @@
 //! Shape and indexing: `insert_axis`, reshapes, `slice`, `row`, `column`,
-//! `index_axis`, element reads, `concatenate`, `stack` and `array!` of scalars.
+//! `index_axis`, element reads, `concatenate`, `stack`, `array!` of scalars, and the
+//! ownership and layout conversions (`to_owned`, `view`, `to_shared`, ..).
 //!
 //! Reads return views, which the reverse sweep recomputes instead of saving. Their
 //! pullbacks add the cotangent into the source's adjoint in place (`*_pb` taking
 //! `&mut`), so reading many elements in a loop costs one adjoint, not one per read.
 
-use crate::value::{ArrayShape, Real, Value};
+use crate::value::{ArrayShape, Own, Real, Value};
 use ndarray::{
-    Array, ArrayBase, ArrayView, Axis, CowArray, Data, Dimension, IntoDimension, NdIndex,
-    RemoveAxis, SliceArg,
+    ArcArray, Array, ArrayBase, ArrayView, Axis, CowArray, Data, Dimension, IntoDimension,
+    NdIndex, RemoveAxis, SliceArg,
 };
 
 /// Moves `a` into the dimension type `D`; the shapes agree by construction.
@@ -301,4 +302,57 @@ pub fn from_elems_pb<X: Value<Primal = A>, A: Real, D: Dimension, Sh, const N: u
 ) -> [A; N] {
     let mut values = ct.iter();
     std::array::from_fn(|_| *values.next().unwrap_or(&A::zero()))
+}
+
+// ----- ownership and layout: the value itself, in another container -----
+
+/// `x.to_owned()`, `x.into_owned()`: an owned copy (an `Array`, or the scalar).
+pub fn to_owned<X: Value>(x: &X) -> <X::Primal as Own>::Owned
+where
+    X::Primal: Own,
+{
+    x.primal().own()
+}
+
+/// `x.clone()`: a value of the same type (a view stays a view).
+pub fn clone<X: Value>(x: &X) -> X::Primal
+where
+    X::Primal: Clone,
+{
+    x.primal().clone()
+}
+
+/// `x.view()`, `x.reborrow()`: a view.
+#[inline]
+pub fn view<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: Dimension + 'a>(
+    x: &'a X,
+) -> ArrayView<'a, A, D> {
+    x.primal().view()
+}
+
+/// `x.as_standard_layout()`: a view if the layout is row-major already, else a copy.
+#[inline]
+pub fn as_standard_layout<
+    'a,
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A> + 'a,
+    D: Dimension + 'a,
+>(
+    x: &'a X,
+) -> CowArray<'a, A, D> {
+    x.primal().as_standard_layout()
+}
+
+/// `x.to_shared()`, `x.into_shared()`: a shared array.
+pub fn to_shared<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(
+    x: &X,
+) -> ArcArray<A, D> {
+    x.primal().to_shared()
+}
+
+/// Pullback of the ownership and layout conversions: the cotangent, unchanged.
+#[inline(always)]
+pub fn identity_pb<C>(ct: C) -> C {
+    ct
 }
