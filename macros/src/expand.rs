@@ -145,15 +145,16 @@ pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
     out
 }
 
-/// Whether a parameter of this type is differentiated: it mentions `f32`, `f64` or
-/// one of the function's type parameters. Integers, shapes, models and scopes
-/// are constants; `#[no_grad]` makes any parameter one.
+/// Whether a parameter of this type is differentiated: it mentions `f32`, `f64`,
+/// `Variables` (a tree of parameters, Flax's `loss_fn(params, ..)`) or one of the
+/// function's type parameters. Integers, shapes, models and scopes are constants;
+/// `#[no_grad]` makes any parameter one.
 fn differentiable_type(ty: &Type, generics: &[String]) -> bool {
     fn walk(t: TokenStream, generics: &[String]) -> bool {
         t.into_iter().any(|tt| match tt {
             proc_macro2::TokenTree::Ident(i) => {
                 let s = i.to_string();
-                s == "f32" || s == "f64" || generics.contains(&s)
+                s == "f32" || s == "f64" || s == "Variables" || generics.contains(&s)
             }
             proc_macro2::TokenTree::Group(g) => walk(g.stream(), generics),
             _ => false,

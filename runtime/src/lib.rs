@@ -32,6 +32,7 @@ pub mod rules;
 pub mod scope;
 pub mod transforms;
 pub mod value;
+pub mod variables;
 
 pub use adjoint_macros::{custom_vjp, differentiable, grad, jvp, value_and_grad, vjp, vmap};
 pub use scope::{Scope, ScopeError, Variables};

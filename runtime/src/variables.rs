@@ -1,0 +1,652 @@
+//! The variables of a module tree, as Flax's: [`Variables`] holds every variable by
+//! collection and `/`-joined path (`params` → `Dense_0/kernel`), each a [`Leaf`]
+//! array of `f32`, `f64` or integers. Trees are also values: cotangents of
+//! parameters, optimizer states, checkpoints.
+
+use crate::scope::{ScopeError, VarPath};
+use ndarray::{ArcArray, Array, ArrayD, Dimension, IxDyn};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// One stored variable: an array of `f32`, `f64` or integers (scalars have shape `[]`).
+/// Arrays are shared, never copied, when a module reads them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Leaf {
+    F32(ArcArray<f32, IxDyn>),
+    F64(ArcArray<f64, IxDyn>),
+    I64(ArcArray<i64, IxDyn>),
+}
+
+impl Leaf {
+    /// The shape (`[]` for a scalar).
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Leaf::F32(a) => a.shape(),
+            Leaf::F64(a) => a.shape(),
+            Leaf::I64(a) => a.shape(),
+        }
+    }
+
+    /// The element type's name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Leaf::F32(_) => "f32",
+            Leaf::F64(_) => "f64",
+            Leaf::I64(_) => "integer",
+        }
+    }
+
+    /// The values as `f64`, flattened in row-major order.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match self {
+            Leaf::F32(a) => a.iter().map(|&v| v as f64).collect(),
+            Leaf::F64(a) => a.iter().copied().collect(),
+            Leaf::I64(a) => a.iter().map(|&v| v as f64).collect(),
+        }
+    }
+
+    /// The leaves stacked along a new leading axis, if they agree in type and shape.
+    fn stack(leaves: &[&Leaf]) -> Option<Leaf> {
+        macro_rules! stack_as {
+            ($variant:ident) => {{
+                let views: Option<Vec<_>> = leaves
+                    .iter()
+                    .map(|l| match l {
+                        Leaf::$variant(a) => Some(a.view()),
+                        _ => None,
+                    })
+                    .collect();
+                let views = views?;
+                ndarray::stack(ndarray::Axis(0), &views)
+                    .ok()
+                    .map(|a| Leaf::$variant(a.into_shared()))
+            }};
+        }
+        match leaves.first()? {
+            Leaf::F32(_) => stack_as!(F32),
+            Leaf::F64(_) => stack_as!(F64),
+            Leaf::I64(_) => stack_as!(I64),
+        }
+    }
+
+    /// An empty batch of leaves like this one: a leading axis of length 0.
+    fn empty_batch(&self) -> Leaf {
+        let mut shape = vec![0];
+        shape.extend_from_slice(self.shape());
+        let dim = IxDyn(&shape);
+        match self {
+            Leaf::F32(_) => Leaf::F32(ArcArray::zeros(dim)),
+            Leaf::F64(_) => Leaf::F64(ArcArray::zeros(dim)),
+            Leaf::I64(_) => Leaf::I64(ArcArray::zeros(dim)),
+        }
+    }
+
+    pub(crate) fn zeros_like(&self) -> Leaf {
+        match self {
+            Leaf::F32(a) => Leaf::F32(ArcArray::zeros(a.raw_dim())),
+            Leaf::F64(a) => Leaf::F64(ArcArray::zeros(a.raw_dim())),
+            Leaf::I64(a) => Leaf::I64(ArcArray::zeros(a.raw_dim())),
+        }
+    }
+
+    /// Adds `other` in place; the error names `collection/path` when the two differ
+    /// in shape or element type.
+    fn add(&mut self, other: &Leaf, collection: &str, path: &str) -> Result<(), ScopeError> {
+        match (&mut *self, other) {
+            (Leaf::F32(a), Leaf::F32(b)) if a.shape() == b.shape() => *a += b,
+            (Leaf::F64(a), Leaf::F64(b)) if a.shape() == b.shape() => *a += b,
+            (Leaf::I64(a), Leaf::I64(b)) if a.shape() == b.shape() => *a += b,
+            (a, b) if a.kind() != b.kind() => {
+                return Err(ScopeError::TypeMismatch {
+                    collection: collection.into(),
+                    path: path.into(),
+                    expected: a.kind(),
+                    found: b.kind(),
+                });
+            }
+            (a, b) => {
+                return Err(ScopeError::ShapeMismatch {
+                    collection: collection.into(),
+                    path: path.into(),
+                    expected: a.shape().to_vec(),
+                    found: b.shape().to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value that can be stored in [`Variables`] and read back.
+pub trait Stored: Sized {
+    /// The element type's name, for errors.
+    const KIND: &'static str;
+    /// Moves the value into a leaf.
+    fn into_leaf(self) -> Leaf;
+    /// Reads a leaf, sharing its data where the type allows. `None` if the element
+    /// type or rank differs.
+    fn from_leaf(leaf: &Leaf) -> Option<Self>;
+    /// A value of `shape` from an initializer's `f64` sample.
+    fn from_sample(sample: ArrayD<f64>) -> Option<Self>;
+}
+
+macro_rules! scalar_stored {
+    ($($t:ty => $variant:ident as $store:ty, $kind:literal;)*) => {$(
+        impl Stored for $t {
+            const KIND: &'static str = $kind;
+            fn into_leaf(self) -> Leaf {
+                Leaf::$variant(ArcArray::from_elem(IxDyn(&[]), self as $store))
+            }
+            fn from_leaf(leaf: &Leaf) -> Option<Self> {
+                match leaf {
+                    Leaf::$variant(a) if a.ndim() == 0 => a.iter().next().map(|&v| v as $t),
+                    _ => None,
+                }
+            }
+            fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
+                (sample.ndim() == 0).then(|| sample.iter().next().map(|&v| v as $t)).flatten()
+            }
+        }
+    )*};
+}
+
+scalar_stored! {
+    f32 => F32 as f32, "f32";
+    f64 => F64 as f64, "f64";
+    i32 => I64 as i64, "integer";
+    i64 => I64 as i64, "integer";
+    u32 => I64 as i64, "integer";
+    usize => I64 as i64, "integer";
+}
+
+macro_rules! array_stored {
+    ($($t:ty => $variant:ident;)*) => {$(
+        impl<D: Dimension> Stored for ArcArray<$t, D> {
+            const KIND: &'static str = stringify!($t);
+            fn into_leaf(self) -> Leaf {
+                Leaf::$variant(self.into_dyn())
+            }
+            fn from_leaf(leaf: &Leaf) -> Option<Self> {
+                match leaf {
+                    Leaf::$variant(a) => a.clone().into_dimensionality::<D>().ok(),
+                    _ => None,
+                }
+            }
+            fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
+                sample.mapv(|v| v as $t).into_shared().into_dimensionality::<D>().ok()
+            }
+        }
+
+        /// Reading into an owned array copies; prefer `ArcArray`, which shares.
+        impl<D: Dimension> Stored for Array<$t, D> {
+            const KIND: &'static str = stringify!($t);
+            fn into_leaf(self) -> Leaf {
+                Leaf::$variant(self.into_dyn().into_shared())
+            }
+            fn from_leaf(leaf: &Leaf) -> Option<Self> {
+                match leaf {
+                    Leaf::$variant(a) => a.to_owned().into_dimensionality::<D>().ok(),
+                    _ => None,
+                }
+            }
+            fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
+                sample.mapv(|v| v as $t).into_dimensionality::<D>().ok()
+            }
+        }
+    )*};
+}
+
+array_stored! {
+    f32 => F32;
+    f64 => F64;
+}
+
+/// Every variable of a module tree: collection → path → leaf, as Flax's
+/// `{"params": {"Dense_0": {"kernel": ..}}}` with paths joined by `/`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Variables {
+    collections: BTreeMap<String, BTreeMap<String, Leaf>>,
+    /// Set on gradients that must not be used: incomplete ones
+    /// ([`ScopeError::SecondOrderUnsupported`]), or a sum of trees that did not match.
+    error: Option<Box<ScopeError>>,
+}
+
+impl Variables {
+    /// No variables.
+    pub fn new() -> Self {
+        Variables::default()
+    }
+
+    /// Adds a variable (builder style), e.g. `Variables::new().with("params", "LearnScale_0/scale", 1.5)`.
+    ///
+    /// # Errors
+    /// [`ScopeError::InvalidVariables`] when a path is both a leaf and a subtree.
+    pub fn with(
+        mut self,
+        collection: &str,
+        path: &str,
+        value: impl Stored,
+    ) -> Result<Self, ScopeError> {
+        self.insert(collection, path, value.into_leaf())?;
+        Ok(self)
+    }
+
+    /// Stores `leaf` at `collection/path`.
+    ///
+    /// # Errors
+    /// [`ScopeError::InvalidVariables`] when the path is empty, or is both a leaf and
+    /// a subtree.
+    pub fn insert(&mut self, collection: &str, path: &str, leaf: Leaf) -> Result<(), ScopeError> {
+        if path.is_empty() || path.split('/').any(str::is_empty) {
+            return Err(ScopeError::InvalidVariables {
+                reason: format!("`{collection}/{path}` is not a path of names"),
+            });
+        }
+        let coll = self.collections.entry(collection.to_string()).or_default();
+        let prefix = format!("{path}/");
+        if coll.keys().any(|k| k.starts_with(&prefix))
+            || ancestors(path).any(|a| coll.contains_key(a))
+        {
+            return Err(ScopeError::InvalidVariables {
+                reason: format!(
+                    "`{collection}/{path}` would be both a variable and a module's subtree"
+                ),
+            });
+        }
+        coll.insert(path.to_string(), leaf);
+        Ok(())
+    }
+
+    /// The leaf at `collection/path`.
+    pub fn get(&self, collection: &str, path: &str) -> Option<&Leaf> {
+        self.collections.get(collection)?.get(path)
+    }
+
+    /// The variable at `collection/path` as a `T`.
+    ///
+    /// # Errors
+    /// When the collection or variable is missing, or holds another type.
+    pub fn read<T: Stored>(&self, collection: &str, path: &str) -> Result<T, ScopeError> {
+        if let Some(e) = &self.error {
+            return Err((**e).clone());
+        }
+        let coll =
+            self.collections
+                .get(collection)
+                .ok_or_else(|| ScopeError::CollectionNotFound {
+                    collection: collection.into(),
+                    path: path.into(),
+                })?;
+        let leaf = coll.get(path).ok_or_else(|| match collection {
+            "params" => ScopeError::ParamNotFound { path: path.into() },
+            _ => ScopeError::CollectionNotFound {
+                collection: collection.into(),
+                path: path.into(),
+            },
+        })?;
+        T::from_leaf(leaf).ok_or_else(|| ScopeError::TypeMismatch {
+            collection: collection.into(),
+            path: path.into(),
+            expected: T::KIND,
+            found: leaf.kind(),
+        })
+    }
+
+    /// Why these variables (gradients) must not be used, if they must not.
+    pub fn error(&self) -> Option<ScopeError> {
+        self.error.as_deref().cloned()
+    }
+
+    fn poison(&mut self, e: ScopeError) {
+        self.error.get_or_insert(Box::new(e));
+    }
+
+    /// The names of the collections.
+    pub fn collections(&self) -> impl Iterator<Item = &str> {
+        self.collections.keys().map(String::as_str)
+    }
+
+    /// The `(path, leaf)` pairs of a collection, in path order.
+    pub fn iter(&self, collection: &str) -> impl Iterator<Item = (&str, &Leaf)> {
+        self.collections
+            .get(collection)
+            .into_iter()
+            .flat_map(|c| c.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    /// Only the named collections.
+    pub fn only(&self, names: &[&str]) -> Variables {
+        let collections = self
+            .collections
+            .iter()
+            .filter(|(k, _)| names.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Variables {
+            collections,
+            error: self.error.clone(),
+        }
+    }
+
+    /// The variables under `prefix/` of every collection, with the prefix removed.
+    pub fn subtree(&self, prefix: &str) -> Variables {
+        let mut out = Variables {
+            error: self.error.clone(),
+            ..Variables::new()
+        };
+        let p = format!("{prefix}/");
+        for (c, coll) in &self.collections {
+            for (k, v) in coll {
+                if let Some(rest) = k.strip_prefix(&p) {
+                    out.collections
+                        .entry(c.clone())
+                        .or_default()
+                        .insert(rest.to_string(), v.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// `self + other`, leaf by leaf (cotangents add up); leaves only in `other` are
+    /// copied.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let mut a = Variables::new().with("params", "w", 1.0).unwrap();
+    /// a.accumulate(&Variables::new().with("params", "w", 2.0).unwrap()).unwrap();
+    /// assert_eq!(a.to_string(), r#"{"params": {"w": 3.0}}"#);
+    /// let wrong = Variables::new().with("params", "w", ndarray::arr1(&[1.0, 2.0]).into_shared()).unwrap();
+    /// assert!(a.accumulate(&wrong).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`ScopeError::ShapeMismatch`] or [`ScopeError::TypeMismatch`] naming the first
+    /// path whose leaves differ; `self` then holds the error too (its reads fail), so
+    /// no sum that dropped a leaf is ever used.
+    pub fn accumulate(&mut self, other: &Variables) -> Result<(), ScopeError> {
+        if let Some(e) = &other.error {
+            self.poison((**e).clone());
+        }
+        for (c, coll) in &other.collections {
+            let mine = self.collections.entry(c.clone()).or_default();
+            for (k, v) in coll {
+                let added = match mine.get_mut(k) {
+                    Some(m) => m.add(v, c, k),
+                    None => {
+                        mine.insert(k.clone(), v.clone());
+                        Ok(())
+                    }
+                };
+                if let Err(e) = added {
+                    self.poison(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        match &self.error {
+            Some(e) => Err((**e).clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// The same variables with `prefix/` before every path.
+    pub fn prefixed(&self, prefix: &str) -> Variables {
+        if prefix.is_empty() {
+            return self.clone();
+        }
+        let collections = self
+            .collections
+            .iter()
+            .map(|(c, coll)| {
+                let coll = coll
+                    .iter()
+                    .map(|(k, v)| (format!("{prefix}/{k}"), v.clone()))
+                    .collect();
+                (c.clone(), coll)
+            })
+            .collect();
+        Variables {
+            collections,
+            error: self.error.clone(),
+        }
+    }
+
+    /// Per-example variables stacked into one tree: every leaf gains a leading axis
+    /// with one entry per item (what `vmap!` gives for per-example cotangents).
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let a = Variables::new().with("params", "w", 1.0).unwrap();
+    /// let b = Variables::new().with("params", "w", 2.0).unwrap();
+    /// let both = Variables::stack(&[a, b]).unwrap();
+    /// assert_eq!(both.to_string(), r#"{"params": {"w": [1.0, 2.0]}}"#);
+    /// ```
+    ///
+    /// # Errors
+    /// [`ScopeError::InvalidVariables`] when the items differ in paths, types or shapes.
+    pub fn stack(items: &[Variables]) -> Result<Variables, ScopeError> {
+        let differ = |c: &str, p: &str| ScopeError::InvalidVariables {
+            reason: format!("the stacked variables differ at `{c}/{p}`"),
+        };
+        let paths = |v: &Variables| -> BTreeSet<(String, String)> {
+            v.collections
+                .iter()
+                .flat_map(|(c, coll)| coll.keys().map(move |k| (c.clone(), k.clone())))
+                .collect()
+        };
+        let mut out = Variables {
+            error: items.iter().find_map(|v| v.error.clone()),
+            ..Variables::new()
+        };
+        let Some(first) = items.first() else {
+            return Ok(out);
+        };
+        let want = paths(first);
+        if let Some((c, p)) = items
+            .iter()
+            .find_map(|v| paths(v).symmetric_difference(&want).next().cloned())
+        {
+            return Err(differ(&c, &p));
+        }
+        for (c, p) in want {
+            let leaves: Vec<&Leaf> = items.iter().filter_map(|v| v.get(&c, &p)).collect();
+            let stacked = Leaf::stack(&leaves).ok_or_else(|| differ(&c, &p))?;
+            out.collections.entry(c).or_default().insert(p, stacked);
+        }
+        Ok(out)
+    }
+
+    /// The same tree with a batch of no examples at every leaf (a leading axis of
+    /// length 0): what [`Variables::stack`] of an empty batch of such trees is.
+    pub fn empty_batch(&self) -> Variables {
+        let collections = self
+            .collections
+            .iter()
+            .map(|(c, coll)| {
+                let coll = coll.iter().map(|(k, v)| (k.clone(), v.empty_batch()));
+                (c.clone(), coll.collect())
+            })
+            .collect();
+        Variables {
+            collections,
+            error: self.error.clone(),
+        }
+    }
+
+    /// The same tree with every leaf zero.
+    pub fn zeros_like(&self) -> Variables {
+        let collections = self
+            .collections
+            .iter()
+            .map(|(c, coll)| {
+                (
+                    c.clone(),
+                    coll.iter()
+                        .map(|(k, v)| (k.clone(), v.zeros_like()))
+                        .collect(),
+                )
+            })
+            .collect();
+        Variables {
+            collections,
+            error: None,
+        }
+    }
+
+    /// The shapes, as the nested tree Flax prints for `jax.tree_util.tree_map(jnp.shape, ..)`.
+    pub fn shapes(&self) -> String {
+        self.render(&|leaf| format!("{:?}", leaf.shape()))
+    }
+
+    fn render(&self, leaf_text: &dyn Fn(&Leaf) -> String) -> String {
+        #[derive(Default)]
+        struct Node {
+            leaf: Option<String>,
+            children: BTreeMap<String, Node>,
+        }
+        fn show(n: &Node) -> String {
+            if let Some(l) = &n.leaf {
+                return l.clone();
+            }
+            let items: Vec<String> = n
+                .children
+                .iter()
+                .map(|(k, v)| format!("\"{k}\": {}", show(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        let mut root = Node::default();
+        for (c, coll) in &self.collections {
+            let cnode = root.children.entry(c.clone()).or_default();
+            for (path, leaf) in coll {
+                let mut node = &mut *cnode;
+                for part in path.split('/') {
+                    node = node.children.entry(part.to_string()).or_default();
+                }
+                node.leaf = Some(leaf_text(leaf));
+            }
+        }
+        show(&root)
+    }
+}
+
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.char_indices()
+        .filter(|(_, c)| *c == '/')
+        .map(move |(i, _)| &path[..i])
+}
+
+impl fmt::Display for Variables {
+    /// The nested tree, as Flax prints it: `{"params": {"LearnScale_0": {"scale": 0.0}}}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(e) = &self.error {
+            return write!(f, "<unusable gradients: {e}>");
+        }
+        let text = self.render(&|leaf| {
+            let values = leaf.to_f64_vec();
+            let fmt_one = |v: f64| match leaf {
+                Leaf::I64(_) => format!("{}", v as i64),
+                _ => format!("{v:?}"),
+            };
+            if leaf.shape().is_empty() {
+                values.first().map(|v| fmt_one(*v)).unwrap_or_default()
+            } else {
+                nested_list(leaf.shape(), &values, &fmt_one)
+            }
+        });
+        f.write_str(&text)
+    }
+}
+
+fn nested_list(shape: &[usize], values: &[f64], fmt_one: &dyn Fn(f64) -> String) -> String {
+    if shape.len() == 1 {
+        let items: Vec<String> = values.iter().map(|v| fmt_one(*v)).collect();
+        return format!("[{}]", items.join(", "));
+    }
+    let stride: usize = shape[1..].iter().product();
+    let items: Vec<String> = (0..shape[0])
+        .map(|i| nested_list(&shape[1..], &values[i * stride..(i + 1) * stride], fmt_one))
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl crate::value::Value for Variables {
+    type Primal = Variables;
+    type Cot = Variables;
+    fn primal(&self) -> &Variables {
+        self
+    }
+    /// A tree of zeros shaped like the variables.
+    fn zeros(&self) -> Variables {
+        self.zeros_like()
+    }
+}
+
+impl crate::value::Accumulate for Variables {
+    /// A mismatch poisons the sum: every read of it returns the error.
+    fn accumulate(&mut self, other: Self) {
+        let _ = Variables::accumulate(self, &other);
+    }
+}
+
+/// A parameter's cotangent, stored as a leaf of a `Variables` tree.
+pub trait ParamCot {
+    fn into_leaf(self) -> Leaf;
+}
+
+impl ParamCot for f32 {
+    fn into_leaf(self) -> Leaf {
+        Stored::into_leaf(self)
+    }
+}
+
+impl ParamCot for f64 {
+    fn into_leaf(self) -> Leaf {
+        Stored::into_leaf(self)
+    }
+}
+
+impl<A: crate::value::Real, D: Dimension> ParamCot for Array<A, D>
+where
+    Array<A, D>: Stored,
+{
+    fn into_leaf(self) -> Leaf {
+        Stored::into_leaf(self)
+    }
+}
+
+/// Adds the cotangent of the parameter at `at` into `acc`.
+pub fn add_param(acc: &mut Variables, at: &VarPath, ct: impl ParamCot) {
+    let leaf = ct.into_leaf();
+    let coll = acc
+        .collections
+        .entry(at.collection.to_string())
+        .or_default();
+    let added = match coll.get_mut(&at.path) {
+        Some(existing) => existing.add(&leaf, at.collection, &at.path),
+        None => {
+            coll.insert(at.path.clone(), leaf);
+            Ok(())
+        }
+    };
+    if let Err(e) = added {
+        acc.poison(e);
+    }
+}
+
+/// Marks parameter gradients that would flow through a lifted transform.
+pub fn second_order(acc: &mut Variables) {
+    acc.poison(ScopeError::SecondOrderUnsupported);
+}
+
+/// The cotangents a lifted `vjp!` returns: the listed collections of the child at
+/// `child`, with paths relative to the child (Flax's `vjp_variables`).
+pub fn vjp_variables(cots: &Variables, child: &str, collections: &[&str]) -> Variables {
+    let only = cots.only(collections);
+    if child.is_empty() {
+        only
+    } else {
+        only.subtree(child)
+    }
+}
