@@ -77,6 +77,7 @@ fn __branch_grad<__O>(x: f64) -> ::adjoint::Cot<f64>
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
+    let _ = branch;
     let (__out, __pb) = __branch_vjp(x);
     let (__g0,) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
     __g0
@@ -89,6 +90,7 @@ fn __branch_value_and_grad<__O>(x: f64) -> (f64, ::adjoint::Cot<f64>)
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
+    let _ = branch;
     let (__out, __pb) = __branch_vjp(x);
     let (__g0,) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
     (__out, __g0)

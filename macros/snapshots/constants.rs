@@ -87,6 +87,7 @@ fn __xent_grad<'__l0, '__l1, '__l2, __O>(
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
+    let _ = xent;
     let (__out, __pb) = __xent_vjp(x, c, labels);
     let (__g0, _, _) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
     __g0
@@ -103,6 +104,7 @@ fn __xent_value_and_grad<'__l0, '__l1, '__l2, __O>(
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
+    let _ = xent;
     let (__out, __pb) = __xent_vjp(x, c, labels);
     let (__g0, _, _) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
     (__out, __g0)

@@ -108,6 +108,7 @@ fn __rnn_grad<'__l0, '__l1, '__l2, __O>(
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
+    let _ = rnn;
     let (__out, __pb) = __rnn_vjp(w, u, xs);
     let (__g0, __g1, __g2) = __pb(
         ::adjoint::__private::GradOf::<__O>::grad_seed(&__out),
@@ -133,6 +134,7 @@ fn __rnn_value_and_grad<'__l0, '__l1, '__l2, __O>(
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
+    let _ = rnn;
     let (__out, __pb) = __rnn_vjp(w, u, xs);
     let (__g0, __g1, __g2) = __pb(
         ::adjoint::__private::GradOf::<__O>::grad_seed(&__out),

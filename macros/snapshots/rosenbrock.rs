@@ -126,6 +126,7 @@ fn __rosenbrock_grad<'__l0, __O>(
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
+    let _ = rosenbrock;
     let __range0 = 0..x.len() - 1;
     let __ct = <f64 as ::adjoint::__private::GradOf<__O>>::seed();
     let (__g0,) = {
@@ -214,6 +215,7 @@ fn __rosenbrock_value_and_grad<'__l0, __O>(
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
+    let _ = rosenbrock;
     let (__out, __pb) = __rosenbrock_vjp(x);
     let (__g0,) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
     (__out, __g0)

@@ -89,6 +89,7 @@ fn __scalar_mix_grad<__O>(x: f64, y: f64) -> (::adjoint::Cot<f64>, ::adjoint::Co
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
+    let _ = scalar_mix;
     let (__out, __pb) = __scalar_mix_vjp(x, y);
     let (__g0, __g1) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
     (__g0, __g1)
@@ -104,6 +105,7 @@ fn __scalar_mix_value_and_grad<__O>(
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
+    let _ = scalar_mix;
     let (__out, __pb) = __scalar_mix_vjp(x, y);
     let (__g0, __g1) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
     (__out, (__g0, __g1))

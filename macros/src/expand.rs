@@ -100,11 +100,7 @@ fn pick_cotangents(n: usize, chosen: &[usize]) -> (Vec<TokenStream>, TokenStream
 /// Strips `#[no_grad]` from the parameters (it is not a real attribute) and says
 /// which parameters are differentiated.
 pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
-    let generics: Vec<String> = sig
-        .generics
-        .type_params()
-        .map(|t| t.ident.to_string())
-        .collect();
+    let generics = float_params(&sig.generics);
     let mut out = Vec::new();
     for arg in sig.inputs.iter_mut() {
         let FnArg::Typed(pt) = arg else { continue };
@@ -112,13 +108,6 @@ pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
         pt.attrs.retain(|a| !a.path().is_ident("no_grad"));
         let no_grad = pt.attrs.len() != before;
         let active = !no_grad && differentiable_type(&pt.ty, &generics);
-        if active && differentiable_type(&pt.ty, &[]) != differentiable_type(&pt.ty, &generics) {
-            // The rules' trait bounds would have to be spelled out on the companions.
-            cx.error_at(
-                &pt.ty,
-                "a differentiated argument cannot have a generic type yet: write `f32`, `f64` or a concrete array type (or mark the argument #[no_grad])",
-            );
-        }
         let pat = match &*pt.pat {
             Pat::Ident(p) => {
                 let mut p = p.clone();
@@ -145,9 +134,35 @@ pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
     out
 }
 
+/// The type parameters bounded by `Real` (or `Float`), inline or in the `where`
+/// clause: float types, so arguments mentioning them are differentiated.
+fn float_params(generics: &syn::Generics) -> Vec<String> {
+    let is_float_bound = |b: &syn::TypeParamBound| {
+        matches!(b, syn::TypeParamBound::Trait(t)
+            if t.path.segments.last().is_some_and(|s| s.ident == "Real" || s.ident == "Float"))
+    };
+    let mut out: Vec<String> = generics
+        .type_params()
+        .filter(|t| t.bounds.iter().any(is_float_bound))
+        .map(|t| t.ident.to_string())
+        .collect();
+    if let Some(w) = &generics.where_clause {
+        for p in &w.predicates {
+            if let syn::WherePredicate::Type(t) = p
+                && t.bounds.iter().any(is_float_bound)
+                && let Type::Path(tp) = &t.bounded_ty
+                && let Some(id) = tp.path.get_ident()
+            {
+                out.push(id.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// Whether a parameter of this type is differentiated: it mentions `f32`, `f64`,
 /// `Variables` (a tree of parameters, Flax's `loss_fn(params, ..)`) or one of the
-/// function's type parameters. Integers, shapes, models and scopes are constants;
+/// function's float type parameters (bounded by `Real`). Integers, shapes, models and scopes are constants;
 /// `#[no_grad]` makes any parameter one.
 fn differentiable_type(ty: &Type, generics: &[String]) -> bool {
     fn walk(t: TokenStream, generics: &[String]) -> bool {
@@ -623,6 +638,19 @@ pub(crate) fn companion_items(
             #picked
         },
     };
+    // The companions stand for the function: a function only ever differentiated is
+    // not dead code.
+    let mention = (owner != Owner::Hidden).then(|| {
+        let tys = sig.generics.type_params().map(|t| &t.ident);
+        let cs = sig.generics.const_params().map(|c| &c.ident);
+        let args: Vec<&Ident> = tys.chain(cs).collect();
+        let turbofish = (!args.is_empty()).then(|| quote!(::<#(#args),*>));
+        if method {
+            quote!(let _ = Self::#name #turbofish;)
+        } else {
+            quote!(let _ = #name #turbofish;)
+        }
+    });
     // Only the borrowing flavor has grad and value_and_grad: what `grad!(f)` calls.
     let grads = (flavor == Flavor::Borrowing).then(|| {
         quote! {
@@ -633,6 +661,7 @@ pub(crate) fn companion_items(
             #vis fn #grad #grad_generics (#receiver #(#args),*) -> #grad_ty
                 #grad_where
             {
+                #mention
                 #grad_body
             }
 
@@ -643,22 +672,11 @@ pub(crate) fn companion_items(
             #vis fn #vg #grad_generics (#receiver #(#args),*) -> (#ret, #grad_ty)
                 #grad_where
             {
+                #mention
                 let (__out, __pb) = #call(#(#names),*);
                 let (#(#picks,)*) = __pb(::adjoint::__private::GradOf::<__O>::grad_seed(&__out));
                 (__out, #picked)
             }
-        }
-    });
-    // The companions stand for the function: a function only ever differentiated is
-    // not dead code.
-    let mention = (owner != Owner::Hidden
-        && sig.generics.type_params().next().is_none()
-        && sig.generics.const_params().next().is_none())
-    .then(|| {
-        if method {
-            quote!(let _ = Self::#name;)
-        } else {
-            quote!(let _ = #name;)
         }
     });
     quote! {

@@ -168,31 +168,26 @@ pub trait Gather<T> {
     fn finish(self) -> Self::Stacked;
 }
 
-macro_rules! scalar_stack {
-    ($($t:ty),*) => {$(
-        impl Stack for $t {
-            type Stacked = Array1<$t>;
-            type Builder = Vec<$t>;
-            fn builder(_first: &$t, n: usize) -> Vec<$t> {
-                Vec::with_capacity(n)
-            }
-            fn empty() -> Array1<$t> {
-                Array1::zeros(0)
-            }
-        }
-
-        impl Gather<$t> for Vec<$t> {
-            type Stacked = Array1<$t>;
-            fn push(&mut self, _i: usize, item: $t) {
-                Vec::push(self, item);
-            }
-            fn finish(self) -> Array1<$t> {
-                Array1::from_vec(self)
-            }
-        }
-    )*};
+impl<A: Real> Stack for A {
+    type Stacked = Array1<A>;
+    type Builder = Vec<A>;
+    fn builder(_first: &A, n: usize) -> Vec<A> {
+        Vec::with_capacity(n)
+    }
+    fn empty() -> Array1<A> {
+        Array1::zeros(0)
+    }
 }
-scalar_stack!(f32, f64);
+
+impl<A: Real> Gather<A> for Vec<A> {
+    type Stacked = Array1<A>;
+    fn push(&mut self, _i: usize, item: A) {
+        Vec::push(self, item);
+    }
+    fn finish(self) -> Array1<A> {
+        Array1::from_vec(self)
+    }
+}
 
 /// The stacked array, written one example (one subarray along axis 0) at a time.
 pub struct ArrayStacker<A, D: Dimension> {

@@ -18,25 +18,14 @@ pub trait ScalarOutput: Value {
         Self: Sized;
 }
 
-impl ScalarOutput for f32 {
+impl<A: crate::value::Real> ScalarOutput for A {
     #[inline(always)]
-    fn one(&self) -> f32 {
-        1.0
+    fn one(&self) -> A {
+        A::one()
     }
     #[inline(always)]
-    fn unit() -> f32 {
-        1.0
-    }
-}
-
-impl ScalarOutput for f64 {
-    #[inline(always)]
-    fn one(&self) -> f64 {
-        1.0
-    }
-    #[inline(always)]
-    fn unit() -> f64 {
-        1.0
+    fn unit() -> A {
+        A::one()
     }
 }
 
@@ -93,23 +82,19 @@ impl<C> IntoTangent<C> for NoTangent {
     }
 }
 
-macro_rules! scalar_tangent {
-    ($($t:ty),*) => {$(
-        impl IntoTangent<$t> for $t {
-            #[inline(always)]
-            fn into_tangent(self, _zero: impl FnOnce() -> $t) -> $t {
-                self
-            }
-        }
-        impl IntoTangent<$t> for &$t {
-            #[inline(always)]
-            fn into_tangent(self, _zero: impl FnOnce() -> $t) -> $t {
-                *self
-            }
-        }
-    )*};
+impl<A: crate::value::Real> IntoTangent<A> for A {
+    #[inline(always)]
+    fn into_tangent(self, _zero: impl FnOnce() -> A) -> A {
+        self
+    }
 }
-scalar_tangent!(f32, f64);
+
+impl<A: crate::value::Real> IntoTangent<A> for &A {
+    #[inline(always)]
+    fn into_tangent(self, _zero: impl FnOnce() -> A) -> A {
+        *self
+    }
+}
 
 impl<A: crate::value::Real, D: ndarray::Dimension> IntoTangent<ndarray::Array<A, D>>
     for ndarray::Array<A, D>

@@ -10,9 +10,14 @@ use num_traits::{Float, FromPrimitive};
 use std::fmt::{Debug, Display};
 use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
-/// The floating-point element types: `f32` and `f64`.
+/// The floating-point element types: `f32` and `f64`. Code generic over `A: Real`
+/// is differentiable (`fn layer<A: Real>(x: &Array2<A>) -> A`): every rule is
+/// implemented for any `Real`, and the traits that also cover references (`Value`,
+/// `Own`) are implied by it.
 pub trait Real:
-    Float
+    Value<Primal = Self, Cot = Self>
+    + Own<Owned = Self>
+    + Float
     + FromPrimitive
     + LinalgScalar
     + ScalarOperand
@@ -37,9 +42,25 @@ pub trait Real:
     fn vexp_m1(self) -> Self;
     /// `tanh(self)`, by the vectorising kernel.
     fn vtanh(self) -> Self;
+    /// The element type's name, for errors (`"f32"`).
+    const KIND: &'static str;
+    /// An array of this type as a stored leaf.
+    fn into_leaf(a: ndarray::ArcArray<Self, IxDyn>) -> crate::variables::Leaf;
+    /// A stored leaf's array, if it holds this type.
+    fn leaf_array(leaf: &crate::variables::Leaf) -> Option<&ndarray::ArcArray<Self, IxDyn>>;
 }
 
 impl Real for f32 {
+    const KIND: &'static str = "f32";
+    fn into_leaf(a: ndarray::ArcArray<Self, IxDyn>) -> crate::variables::Leaf {
+        crate::variables::Leaf::F32(a)
+    }
+    fn leaf_array(leaf: &crate::variables::Leaf) -> Option<&ndarray::ArcArray<Self, IxDyn>> {
+        match leaf {
+            crate::variables::Leaf::F32(a) => Some(a),
+            _ => None,
+        }
+    }
     #[inline(always)]
     fn lit(v: f64) -> Self {
         v as f32
@@ -63,6 +84,16 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    const KIND: &'static str = "f64";
+    fn into_leaf(a: ndarray::ArcArray<Self, IxDyn>) -> crate::variables::Leaf {
+        crate::variables::Leaf::F64(a)
+    }
+    fn leaf_array(leaf: &crate::variables::Leaf) -> Option<&ndarray::ArcArray<Self, IxDyn>> {
+        match leaf {
+            crate::variables::Leaf::F64(a) => Some(a),
+            _ => None,
+        }
+    }
     #[inline(always)]
     fn lit(v: f64) -> Self {
         v
@@ -243,14 +274,7 @@ pub trait Accumulate {
     fn accumulate(&mut self, other: Self);
 }
 
-impl Accumulate for f32 {
-    #[inline(always)]
-    fn accumulate(&mut self, other: Self) {
-        *self += other;
-    }
-}
-
-impl Accumulate for f64 {
+impl<A: Real> Accumulate for A {
     #[inline(always)]
     fn accumulate(&mut self, other: Self) {
         *self += other;
@@ -296,18 +320,13 @@ pub struct ScalarShape<A>(std::marker::PhantomData<A>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArrayShape<A, D>(pub D, std::marker::PhantomData<A>);
 
-macro_rules! scalar_shape_of {
-    ($($t:ty),*) => {$(
-        impl ShapeOf for $t {
-            type Shape = ScalarShape<$t>;
-            #[inline(always)]
-            fn shape_of(&self) -> ScalarShape<$t> {
-                ScalarShape(std::marker::PhantomData)
-            }
-        }
-    )*};
+impl<A: Real> ShapeOf for A {
+    type Shape = ScalarShape<A>;
+    #[inline(always)]
+    fn shape_of(&self) -> ScalarShape<A> {
+        ScalarShape(std::marker::PhantomData)
+    }
 }
-scalar_shape_of!(f32, f64);
 
 impl<A: Real, S: Data<Elem = A>, D: Dimension> ShapeOf for ArrayBase<S, D> {
     type Shape = ArrayShape<A, D>;
@@ -333,25 +352,21 @@ pub trait Unbroadcast<Ct> {
     fn unbroadcast(&self, ct: Ct) -> Self::Cot;
 }
 
-macro_rules! scalar_unbroadcast {
-    ($($t:ty),*) => {$(
-        impl Unbroadcast<$t> for ScalarShape<$t> {
-            type Cot = $t;
-            #[inline(always)]
-            fn unbroadcast(&self, ct: $t) -> $t {
-                ct
-            }
-        }
-        impl<E: Dimension> Unbroadcast<Array<$t, E>> for ScalarShape<$t> {
-            type Cot = $t;
-            #[inline]
-            fn unbroadcast(&self, ct: Array<$t, E>) -> $t {
-                ct.sum()
-            }
-        }
-    )*};
+impl<A: Real> Unbroadcast<A> for ScalarShape<A> {
+    type Cot = A;
+    #[inline(always)]
+    fn unbroadcast(&self, ct: A) -> A {
+        ct
+    }
 }
-scalar_unbroadcast!(f32, f64);
+
+impl<A: Real, E: Dimension> Unbroadcast<Array<A, E>> for ScalarShape<A> {
+    type Cot = A;
+    #[inline]
+    fn unbroadcast(&self, ct: Array<A, E>) -> A {
+        ct.sum()
+    }
+}
 
 impl<A: Real, D: Dimension, E: Dimension> Unbroadcast<Array<A, E>> for ArrayShape<A, D> {
     type Cot = Array<A, D>;

@@ -4,6 +4,7 @@
 //! parameters, optimizer states, checkpoints.
 
 use crate::scope::{ScopeError, VarPath};
+use crate::value::Real;
 use ndarray::{ArcArray, Array, ArrayD, Dimension, IxDyn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -130,16 +131,33 @@ pub trait Stored: Sized {
     fn from_sample(sample: ArrayD<f64>) -> Option<Self>;
 }
 
-macro_rules! scalar_stored {
-    ($($t:ty => $variant:ident as $store:ty, $kind:literal;)*) => {$(
+impl<A: Real> Stored for A {
+    const KIND: &'static str = A::KIND;
+    fn into_leaf(self) -> Leaf {
+        A::into_leaf(ArcArray::from_elem(IxDyn(&[]), self))
+    }
+    fn from_leaf(leaf: &Leaf) -> Option<Self> {
+        A::leaf_array(leaf)
+            .filter(|a| a.ndim() == 0)
+            .and_then(|a| a.iter().next().copied())
+    }
+    fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
+        (sample.ndim() == 0)
+            .then(|| sample.iter().next().map(|&v| A::lit(v)))
+            .flatten()
+    }
+}
+
+macro_rules! integer_stored {
+    ($($t:ty),*) => {$(
         impl Stored for $t {
-            const KIND: &'static str = $kind;
+            const KIND: &'static str = "integer";
             fn into_leaf(self) -> Leaf {
-                Leaf::$variant(ArcArray::from_elem(IxDyn(&[]), self as $store))
+                Leaf::I64(ArcArray::from_elem(IxDyn(&[]), self as i64))
             }
             fn from_leaf(leaf: &Leaf) -> Option<Self> {
                 match leaf {
-                    Leaf::$variant(a) if a.ndim() == 0 => a.iter().next().map(|&v| v as $t),
+                    Leaf::I64(a) if a.ndim() == 0 => a.iter().next().map(|&v| v as $t),
                     _ => None,
                 }
             }
@@ -150,55 +168,37 @@ macro_rules! scalar_stored {
     )*};
 }
 
-scalar_stored! {
-    f32 => F32 as f32, "f32";
-    f64 => F64 as f64, "f64";
-    i32 => I64 as i64, "integer";
-    i64 => I64 as i64, "integer";
-    u32 => I64 as i64, "integer";
-    usize => I64 as i64, "integer";
+integer_stored!(i32, i64, u32, usize);
+
+impl<A: Real, D: Dimension> Stored for ArcArray<A, D> {
+    const KIND: &'static str = A::KIND;
+    fn into_leaf(self) -> Leaf {
+        A::into_leaf(self.into_dyn())
+    }
+    fn from_leaf(leaf: &Leaf) -> Option<Self> {
+        A::leaf_array(leaf).and_then(|a| a.clone().into_dimensionality::<D>().ok())
+    }
+    fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
+        sample
+            .mapv(A::lit)
+            .into_shared()
+            .into_dimensionality::<D>()
+            .ok()
+    }
 }
 
-macro_rules! array_stored {
-    ($($t:ty => $variant:ident;)*) => {$(
-        impl<D: Dimension> Stored for ArcArray<$t, D> {
-            const KIND: &'static str = stringify!($t);
-            fn into_leaf(self) -> Leaf {
-                Leaf::$variant(self.into_dyn())
-            }
-            fn from_leaf(leaf: &Leaf) -> Option<Self> {
-                match leaf {
-                    Leaf::$variant(a) => a.clone().into_dimensionality::<D>().ok(),
-                    _ => None,
-                }
-            }
-            fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
-                sample.mapv(|v| v as $t).into_shared().into_dimensionality::<D>().ok()
-            }
-        }
-
-        /// Reading into an owned array copies; prefer `ArcArray`, which shares.
-        impl<D: Dimension> Stored for Array<$t, D> {
-            const KIND: &'static str = stringify!($t);
-            fn into_leaf(self) -> Leaf {
-                Leaf::$variant(self.into_dyn().into_shared())
-            }
-            fn from_leaf(leaf: &Leaf) -> Option<Self> {
-                match leaf {
-                    Leaf::$variant(a) => a.to_owned().into_dimensionality::<D>().ok(),
-                    _ => None,
-                }
-            }
-            fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
-                sample.mapv(|v| v as $t).into_dimensionality::<D>().ok()
-            }
-        }
-    )*};
-}
-
-array_stored! {
-    f32 => F32;
-    f64 => F64;
+/// Reading into an owned array copies; prefer `ArcArray`, which shares.
+impl<A: Real, D: Dimension> Stored for Array<A, D> {
+    const KIND: &'static str = A::KIND;
+    fn into_leaf(self) -> Leaf {
+        A::into_leaf(self.into_dyn().into_shared())
+    }
+    fn from_leaf(leaf: &Leaf) -> Option<Self> {
+        A::leaf_array(leaf).and_then(|a| a.to_owned().into_dimensionality::<D>().ok())
+    }
+    fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
+        sample.mapv(A::lit).into_dimensionality::<D>().ok()
+    }
 }
 
 /// Every variable of a module tree: collection → path → leaf, as Flax's
@@ -595,22 +595,13 @@ pub trait ParamCot {
     fn into_leaf(self) -> Leaf;
 }
 
-impl ParamCot for f32 {
+impl<A: Real> ParamCot for A {
     fn into_leaf(self) -> Leaf {
         Stored::into_leaf(self)
     }
 }
 
-impl ParamCot for f64 {
-    fn into_leaf(self) -> Leaf {
-        Stored::into_leaf(self)
-    }
-}
-
-impl<A: crate::value::Real, D: Dimension> ParamCot for Array<A, D>
-where
-    Array<A, D>: Stored,
-{
+impl<A: Real, D: Dimension> ParamCot for Array<A, D> {
     fn into_leaf(self) -> Leaf {
         Stored::into_leaf(self)
     }

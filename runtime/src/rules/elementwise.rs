@@ -39,35 +39,30 @@ pub trait Elementwise {
     ) -> Self::Elem;
 }
 
-macro_rules! scalar_elementwise {
-    ($($t:ty),*) => {$(
-        impl Elementwise for $t {
-            type Elem = $t;
-            type Owned = $t;
-            #[inline(always)]
-            fn map(&self, f: impl Fn($t) -> $t) -> $t {
-                f(*self)
-            }
-            #[inline(always)]
-            fn map_kernel<K: Kernel>(&self) -> $t {
-                K::eval(*self)
-            }
-            #[inline(always)]
-            fn owned(&self) -> $t {
-                *self
-            }
-            #[inline(always)]
-            fn pull(&self, ct: $t, f: impl Fn($t, $t) -> $t) -> $t {
-                f(ct, *self)
-            }
-            #[inline(always)]
-            fn zip_sum(&self, other: &$t, f: impl Fn($t, $t) -> $t) -> $t {
-                f(*self, *other)
-            }
-        }
-    )*};
+impl<A: Real> Elementwise for A {
+    type Elem = A;
+    type Owned = A;
+    #[inline(always)]
+    fn map(&self, f: impl Fn(A) -> A) -> A {
+        f(*self)
+    }
+    #[inline(always)]
+    fn map_kernel<K: Kernel>(&self) -> A {
+        K::eval(*self)
+    }
+    #[inline(always)]
+    fn owned(&self) -> A {
+        *self
+    }
+    #[inline(always)]
+    fn pull(&self, ct: A, f: impl Fn(A, A) -> A) -> A {
+        f(ct, *self)
+    }
+    #[inline(always)]
+    fn zip_sum(&self, other: &A, f: impl Fn(A, A) -> A) -> A {
+        f(*self, *other)
+    }
 }
-scalar_elementwise!(f32, f64);
 
 impl<A: Real, S: Data<Elem = A>, D: Dimension> Elementwise for ArrayBase<S, D> {
     type Elem = A;
@@ -254,17 +249,12 @@ pub trait Pull2<O>: Elementwise {
     ) -> (Self::Owned, Self::Owned);
 }
 
-macro_rules! scalar_pull2 {
-    ($($t:ty),*) => {$(
-        impl Pull2<$t> for $t {
-            #[inline(always)]
-            fn pull2(&self, other: &$t, ct: $t, f: impl Fn($t, $t, $t) -> ($t, $t)) -> ($t, $t) {
-                f(ct, *self, *other)
-            }
-        }
-    )*};
+impl<A: Real> Pull2<A> for A {
+    #[inline(always)]
+    fn pull2(&self, other: &A, ct: A, f: impl Fn(A, A, A) -> (A, A)) -> (A, A) {
+        f(ct, *self, *other)
+    }
 }
-scalar_pull2!(f32, f64);
 
 impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>, D: Dimension> Pull2<ArrayBase<S2, D>>
     for ArrayBase<S, D>
@@ -415,32 +405,69 @@ pub trait Arith<Rhs: ?Sized> {
     fn div(&self, rhs: &Rhs) -> Self::Output;
 }
 
-macro_rules! scalar_arith {
-    ($($t:ty),*) => {$(
-        impl Arith<$t> for $t {
-            type Output = $t;
-            #[inline(always)] fn add(&self, r: &$t) -> $t { self + r }
-            #[inline(always)] fn sub(&self, r: &$t) -> $t { self - r }
-            #[inline(always)] fn mul(&self, r: &$t) -> $t { self * r }
-            #[inline(always)] fn div(&self, r: &$t) -> $t { self / r }
-        }
-        impl<S: Data<Elem = $t>, D: Dimension> Arith<ArrayBase<S, D>> for $t {
-            type Output = Array<$t, D>;
-            #[inline] fn add(&self, r: &ArrayBase<S, D>) -> Array<$t, D> { *self + r }
-            #[inline] fn sub(&self, r: &ArrayBase<S, D>) -> Array<$t, D> { *self - r }
-            #[inline] fn mul(&self, r: &ArrayBase<S, D>) -> Array<$t, D> { *self * r }
-            #[inline] fn div(&self, r: &ArrayBase<S, D>) -> Array<$t, D> { *self / r }
-        }
-        impl<S: Data<Elem = $t>, D: Dimension> Arith<$t> for ArrayBase<S, D> {
-            type Output = Array<$t, D>;
-            #[inline] fn add(&self, r: &$t) -> Array<$t, D> { self + *r }
-            #[inline] fn sub(&self, r: &$t) -> Array<$t, D> { self - *r }
-            #[inline] fn mul(&self, r: &$t) -> Array<$t, D> { self * *r }
-            #[inline] fn div(&self, r: &$t) -> Array<$t, D> { self / *r }
-        }
-    )*};
+impl<A: Real> Arith<A> for A {
+    type Output = A;
+    #[inline(always)]
+    fn add(&self, r: &A) -> A {
+        *self + *r
+    }
+    #[inline(always)]
+    fn sub(&self, r: &A) -> A {
+        *self - *r
+    }
+    #[inline(always)]
+    fn mul(&self, r: &A) -> A {
+        *self * *r
+    }
+    #[inline(always)]
+    fn div(&self, r: &A) -> A {
+        *self / *r
+    }
 }
-scalar_arith!(f32, f64);
+
+// A scalar on the left, as ndarray's `f64 - &array` computes it: the commutative
+// operators swap their operands, the others map the array.
+impl<A: Real, S: Data<Elem = A>, D: Dimension> Arith<ArrayBase<S, D>> for A {
+    type Output = Array<A, D>;
+    #[inline]
+    fn add(&self, r: &ArrayBase<S, D>) -> Array<A, D> {
+        r + *self
+    }
+    #[inline]
+    fn sub(&self, r: &ArrayBase<S, D>) -> Array<A, D> {
+        let a = *self;
+        r.mapv(move |v| a - v)
+    }
+    #[inline]
+    fn mul(&self, r: &ArrayBase<S, D>) -> Array<A, D> {
+        r * *self
+    }
+    #[inline]
+    fn div(&self, r: &ArrayBase<S, D>) -> Array<A, D> {
+        let a = *self;
+        r.mapv(move |v| a / v)
+    }
+}
+
+impl<A: Real, S: Data<Elem = A>, D: Dimension> Arith<A> for ArrayBase<S, D> {
+    type Output = Array<A, D>;
+    #[inline]
+    fn add(&self, r: &A) -> Array<A, D> {
+        self + *r
+    }
+    #[inline]
+    fn sub(&self, r: &A) -> Array<A, D> {
+        self - *r
+    }
+    #[inline]
+    fn mul(&self, r: &A) -> Array<A, D> {
+        self * *r
+    }
+    #[inline]
+    fn div(&self, r: &A) -> Array<A, D> {
+        self / *r
+    }
+}
 
 impl<A, S, S2, D, E> Arith<ArrayBase<S2, E>> for ArrayBase<S, D>
 where
@@ -477,25 +504,23 @@ pub trait CtZip<Rhs: ?Sized>: Sized {
     fn ct_zip(self, rhs: &Rhs, f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem) -> Self;
 }
 
-macro_rules! scalar_ct_zip {
-    ($($t:ty),*) => {$(
-        impl CtZip<$t> for $t {
-            type Elem = $t;
-            #[inline(always)]
-            fn ct_zip(self, r: &$t, f: impl Fn($t, $t) -> $t) -> $t { f(self, *r) }
-        }
-        impl<D: Dimension> CtZip<$t> for Array<$t, D> {
-            type Elem = $t;
-            #[inline]
-            fn ct_zip(mut self, r: &$t, f: impl Fn($t, $t) -> $t) -> Self {
-                let r = *r;
-                self.mapv_inplace(|g| f(g, r));
-                self
-            }
-        }
-    )*};
+impl<A: Real> CtZip<A> for A {
+    type Elem = A;
+    #[inline(always)]
+    fn ct_zip(self, r: &A, f: impl Fn(A, A) -> A) -> A {
+        f(self, *r)
+    }
 }
-scalar_ct_zip!(f32, f64);
+
+impl<A: Real, D: Dimension> CtZip<A> for Array<A, D> {
+    type Elem = A;
+    #[inline]
+    fn ct_zip(mut self, r: &A, f: impl Fn(A, A) -> A) -> Self {
+        let r = *r;
+        self.mapv_inplace(|g| f(g, r));
+        self
+    }
+}
 
 impl<A: Real, S: Data<Elem = A>, D: Dimension, E: Dimension> CtZip<ArrayBase<S, E>>
     for Array<A, D>
@@ -830,31 +855,27 @@ pub trait ReduceRef<S: Unbroadcast<Self>>: Sized {
     fn reduce_ref(&self, s: &S) -> S::Cot;
 }
 
-macro_rules! scalar_reduce_ref {
-    ($($t:ty),*) => {$(
-        impl ReduceRef<crate::value::ScalarShape<$t>> for $t {
-            #[inline(always)]
-            fn keeps_shape(&self, _: &crate::value::ScalarShape<$t>) -> bool {
-                true
-            }
-            #[inline(always)]
-            fn reduce_ref(&self, _: &crate::value::ScalarShape<$t>) -> $t {
-                *self
-            }
-        }
-        impl<E: Dimension> ReduceRef<crate::value::ScalarShape<$t>> for Array<$t, E> {
-            #[inline]
-            fn keeps_shape(&self, _: &crate::value::ScalarShape<$t>) -> bool {
-                false
-            }
-            #[inline]
-            fn reduce_ref(&self, _: &crate::value::ScalarShape<$t>) -> $t {
-                self.sum()
-            }
-        }
-    )*};
+impl<A: Real> ReduceRef<crate::value::ScalarShape<A>> for A {
+    #[inline(always)]
+    fn keeps_shape(&self, _: &crate::value::ScalarShape<A>) -> bool {
+        true
+    }
+    #[inline(always)]
+    fn reduce_ref(&self, _: &crate::value::ScalarShape<A>) -> A {
+        *self
+    }
 }
-scalar_reduce_ref!(f32, f64);
+
+impl<A: Real, E: Dimension> ReduceRef<crate::value::ScalarShape<A>> for Array<A, E> {
+    #[inline]
+    fn keeps_shape(&self, _: &crate::value::ScalarShape<A>) -> bool {
+        false
+    }
+    #[inline]
+    fn reduce_ref(&self, _: &crate::value::ScalarShape<A>) -> A {
+        self.sum()
+    }
+}
 
 impl<A: Real, D: Dimension, E: Dimension> ReduceRef<crate::value::ArrayShape<A, D>>
     for Array<A, E>

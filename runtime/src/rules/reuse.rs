@@ -20,22 +20,17 @@ pub trait Reusable: Sized {
     fn kernel_in_place<K: Kernel>(self) -> Self;
 }
 
-macro_rules! scalar_reusable {
-    ($($t:ty),*) => {$(
-        impl Reusable for $t {
-            type Elem = $t;
-            #[inline(always)]
-            fn map_in_place(self, f: impl Fn($t) -> $t) -> $t {
-                f(self)
-            }
-            #[inline(always)]
-            fn kernel_in_place<K: Kernel>(self) -> $t {
-                K::eval(self)
-            }
-        }
-    )*};
+impl<A: Real> Reusable for A {
+    type Elem = A;
+    #[inline(always)]
+    fn map_in_place(self, f: impl Fn(A) -> A) -> A {
+        f(self)
+    }
+    #[inline(always)]
+    fn kernel_in_place<K: Kernel>(self) -> A {
+        K::eval(self)
+    }
 }
-scalar_reusable!(f32, f64);
 
 impl<A: Real, D: Dimension> Reusable for Array<A, D> {
     type Elem = A;
@@ -95,21 +90,57 @@ macro_rules! reusing_ops {
 // The operators on an owned array take its buffer when the result has its shape
 // (ndarray's arithmetic on owned arrays), and otherwise allocate, as the
 // by-reference form does; on scalars they are the scalar operators.
-macro_rules! scalar_reusing {
-    ($($t:ty),*) => {$(
-        reusing_ops!(ArithReusing<$t> for $t, [], $t, |self, o| (self) op (*o));
-        reusing_ops!(ArithReusing<ArrayBase<S, D>> for $t, [S: Data<Elem = $t>, D: Dimension],
-            Array<$t, D>, |self, o| (self) op (o));
-        reusing_ops!(ArithReusing<$t> for Array<$t, D>, [D: Dimension], Array<$t, D>,
-            |self, o| (self) op (*o));
-        reusing_ops!(ArithReusingRhs<$t> for $t, [], $t, |self, o| (*o) op (self));
-        reusing_ops!(ArithReusingRhs<ArrayBase<S, D>> for $t, [S: Data<Elem = $t>, D: Dimension],
-            Array<$t, D>, |self, o| (o) op (self));
-        reusing_ops!(ArithReusingRhs<$t> for Array<$t, D>, [D: Dimension], Array<$t, D>,
-            |self, o| (*o) op (self));
-    )*};
+reusing_ops!(ArithReusing<A> for A, [A: Real], A, |self, o| (self) op (*o));
+reusing_ops!(ArithReusing<A> for Array<A, D>, [A: Real, D: Dimension], Array<A, D>,
+    |self, o| (self) op (*o));
+reusing_ops!(ArithReusingRhs<A> for A, [A: Real], A, |self, o| (*o) op (self));
+reusing_ops!(ArithReusingRhs<ArrayBase<S, D>> for A, [A: Real, S: Data<Elem = A>, D: Dimension],
+    Array<A, D>, |self, o| (o) op (self));
+
+// A scalar handed over to an operation with an array: as the by-reference form.
+impl<A: Real, S: Data<Elem = A>, D: Dimension> ArithReusing<ArrayBase<S, D>> for A {
+    type Output = Array<A, D>;
+    #[inline]
+    fn add(self, o: &ArrayBase<S, D>) -> Array<A, D> {
+        super::elementwise::Arith::add(&self, o)
+    }
+    #[inline]
+    fn sub(self, o: &ArrayBase<S, D>) -> Array<A, D> {
+        super::elementwise::Arith::sub(&self, o)
+    }
+    #[inline]
+    fn mul(self, o: &ArrayBase<S, D>) -> Array<A, D> {
+        super::elementwise::Arith::mul(&self, o)
+    }
+    #[inline]
+    fn div(self, o: &ArrayBase<S, D>) -> Array<A, D> {
+        super::elementwise::Arith::div(&self, o)
+    }
 }
-scalar_reusing!(f32, f64);
+
+// An owned array on the right of a scalar, computed in its buffer (as ndarray's
+// `f64 - array` does).
+impl<A: Real, D: Dimension> ArithReusingRhs<A> for Array<A, D> {
+    type Output = Array<A, D>;
+    #[inline]
+    fn add(self, o: &A) -> Array<A, D> {
+        self + *o
+    }
+    #[inline]
+    fn sub(self, o: &A) -> Array<A, D> {
+        let a = *o;
+        self.mapv_into(|v| a - v)
+    }
+    #[inline]
+    fn mul(self, o: &A) -> Array<A, D> {
+        self * *o
+    }
+    #[inline]
+    fn div(self, o: &A) -> Array<A, D> {
+        let a = *o;
+        self.mapv_into(|v| a / v)
+    }
+}
 
 reusing_ops!(ArithReusing<ArrayBase<S2, E>> for Array<A, D>,
     [A: Real, S2: Data<Elem = A>, D: Dimension + DimMax<E>, E: Dimension],
