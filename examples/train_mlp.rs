@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo run --release -p adjoint-examples --example train_mlp`
 
-use adjoint::modules::Dense;
+use adjoint::nn::Dense;
 use adjoint::prelude::*;
 use adjoint::scope::Leaf;
 use ndarray::{Array2, Axis};

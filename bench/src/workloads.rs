@@ -515,7 +515,7 @@ fn w4() -> Workload {
 
 // ----- W5: physics-informed: a loss on du/dx of a module, trained w.r.t. its parameters -----
 
-use adjoint::modules::Dense;
+use adjoint::nn::Dense;
 
 /// The field `u(x)`: 1 -> 32 -> 32 -> 1, tanh, summed over the points (so its input
 /// gradient is `du/dx` at each point).

@@ -18,7 +18,7 @@ fn __xent_vjp<'__l0, '__l1, '__l2>(
     f64,
     impl ::core::ops::FnOnce(
         ::adjoint::Cot<f64>,
-    ) -> (::adjoint::Cot<&'static Array2<f64>>, (), ()),
+    ) -> (::adjoint::Cot<Array2<f64>>, (), ()),
 ) {
     let _ = xent;
     let __t0 = ::adjoint::__private::dot(&x, &c);
@@ -83,7 +83,7 @@ fn __xent_grad<'__l0, '__l1, '__l2, __O>(
     x: &'__l0 Array2<f64>,
     c: &'__l1 Array2<f64>,
     labels: &'__l2 [usize],
-) -> ::adjoint::Cot<&'static Array2<f64>>
+) -> ::adjoint::Cot<Array2<f64>>
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
@@ -100,7 +100,7 @@ fn __xent_value_and_grad<'__l0, '__l1, '__l2, __O>(
     x: &'__l0 Array2<f64>,
     c: &'__l1 Array2<f64>,
     labels: &'__l2 [usize],
-) -> (f64, ::adjoint::Cot<&'static Array2<f64>>)
+) -> (f64, ::adjoint::Cot<Array2<f64>>)
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
@@ -121,7 +121,7 @@ fn __xent_vjp_owned<'__l0, '__l1, '__l2>(
     f64,
     impl ::core::ops::FnOnce(
         ::adjoint::Cot<f64>,
-    ) -> (::adjoint::Cot<&'static Array2<f64>>, (), ()) + use<>,
+    ) -> (::adjoint::Cot<Array2<f64>>, (), ()) + use<>,
 ) {
     let _ = xent;
     let __t0 = ::adjoint::__private::dot(&x, &c);

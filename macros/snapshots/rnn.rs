@@ -18,9 +18,9 @@ fn __rnn_vjp<'__l0, '__l1, '__l2>(
     impl ::core::ops::FnOnce(
         ::adjoint::Cot<f64>,
     ) -> (
-            ::adjoint::Cot<&'static Array2<f64>>,
-            ::adjoint::Cot<&'static Array2<f64>>,
-            ::adjoint::Cot<&'static Array3<f64>>,
+            ::adjoint::Cot<Array2<f64>>,
+            ::adjoint::Cot<Array2<f64>>,
+            ::adjoint::Cot<Array3<f64>>,
         ),
 ) {
     let _ = rnn;
@@ -101,9 +101,9 @@ fn __rnn_grad<'__l0, '__l1, '__l2, __O>(
     u: &'__l1 Array2<f64>,
     xs: &'__l2 Array3<f64>,
 ) -> (
-    ::adjoint::Cot<&'static Array2<f64>>,
-    ::adjoint::Cot<&'static Array2<f64>>,
-    ::adjoint::Cot<&'static Array3<f64>>,
+    ::adjoint::Cot<Array2<f64>>,
+    ::adjoint::Cot<Array2<f64>>,
+    ::adjoint::Cot<Array3<f64>>,
 )
 where
     f64: ::adjoint::__private::GradOf<__O>,
@@ -126,9 +126,9 @@ fn __rnn_value_and_grad<'__l0, '__l1, '__l2, __O>(
 ) -> (
     f64,
     (
-        ::adjoint::Cot<&'static Array2<f64>>,
-        ::adjoint::Cot<&'static Array2<f64>>,
-        ::adjoint::Cot<&'static Array3<f64>>,
+        ::adjoint::Cot<Array2<f64>>,
+        ::adjoint::Cot<Array2<f64>>,
+        ::adjoint::Cot<Array3<f64>>,
     ),
 )
 where
@@ -154,9 +154,9 @@ fn __rnn_vjp_owned<'__l0, '__l1, '__l2>(
     impl ::core::ops::FnOnce(
         ::adjoint::Cot<f64>,
     ) -> (
-            ::adjoint::Cot<&'static Array2<f64>>,
-            ::adjoint::Cot<&'static Array2<f64>>,
-            ::adjoint::Cot<&'static Array3<f64>>,
+            ::adjoint::Cot<Array2<f64>>,
+            ::adjoint::Cot<Array2<f64>>,
+            ::adjoint::Cot<Array3<f64>>,
         ) + use<>,
 ) {
     let _ = rnn;

@@ -15,9 +15,7 @@ fn __rosenbrock_vjp<'__l0>(
     x: &'__l0 Array1<f64>,
 ) -> (
     f64,
-    impl ::core::ops::FnOnce(
-        ::adjoint::Cot<f64>,
-    ) -> (::adjoint::Cot<&'static Array1<f64>>,),
+    impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<Array1<f64>>,),
 ) {
     let _ = rosenbrock;
     let mut __carry0_0 = 0.0;
@@ -120,9 +118,7 @@ fn __rosenbrock_vjp<'__l0>(
 #[doc(hidden)]
 #[inline]
 #[allow(clippy::all)]
-fn __rosenbrock_grad<'__l0, __O>(
-    x: &'__l0 Array1<f64>,
-) -> ::adjoint::Cot<&'static Array1<f64>>
+fn __rosenbrock_grad<'__l0, __O>(x: &'__l0 Array1<f64>) -> ::adjoint::Cot<Array1<f64>>
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
@@ -211,7 +207,7 @@ where
 #[allow(clippy::all)]
 fn __rosenbrock_value_and_grad<'__l0, __O>(
     x: &'__l0 Array1<f64>,
-) -> (f64, ::adjoint::Cot<&'static Array1<f64>>)
+) -> (f64, ::adjoint::Cot<Array1<f64>>)
 where
     f64: ::adjoint::__private::GradOf<__O>,
 {
@@ -230,7 +226,7 @@ fn __rosenbrock_vjp_owned<'__l0>(
     f64,
     impl ::core::ops::FnOnce(
         ::adjoint::Cot<f64>,
-    ) -> (::adjoint::Cot<&'static Array1<f64>>,) + use<>,
+    ) -> (::adjoint::Cot<Array1<f64>>,) + use<>,
 ) {
     let _ = rosenbrock;
     let mut __carry0_0 = 0.0;

@@ -845,19 +845,21 @@ impl syn::visit_mut::VisitMut for NameLifetimes {
     }
 }
 
-/// Replaces every lifetime of a type with `'static`.
+/// Rewrites a type into one with the same cotangent and no borrowed lifetime:
+/// references are dropped (`Cot<&T>` is `Cot<T>`) and the lifetimes of views
+/// become `'static` (`Cot<ArrayView2<'a, f64>>` is `Array2<f64>` for any `'a`).
 pub(crate) struct StaticLifetimes;
 
 impl syn::visit_mut::VisitMut for StaticLifetimes {
-    fn visit_lifetime_mut(&mut self, lt: &mut syn::Lifetime) {
-        *lt = syn::Lifetime::new("'static", lt.span());
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        while let Type::Reference(r) = ty {
+            *ty = (*r.elem).clone();
+        }
+        syn::visit_mut::visit_type_mut(self, ty);
     }
 
-    fn visit_type_reference_mut(&mut self, r: &mut syn::TypeReference) {
-        if r.lifetime.is_none() {
-            r.lifetime = Some(syn::Lifetime::new("'static", Span::call_site()));
-        }
-        syn::visit_mut::visit_type_reference_mut(self, r);
+    fn visit_lifetime_mut(&mut self, lt: &mut syn::Lifetime) {
+        *lt = syn::Lifetime::new("'static", lt.span());
     }
 
     // ndarray's views written without their lifetime (`ArrayView2<f64>`).

@@ -48,6 +48,7 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         cx,
         vars: Vec::new(),
         scopes: vec![HashMap::new()],
+        ref_bound: vec![HashSet::new()],
         taken,
         temps: 0,
         outer,
@@ -96,6 +97,9 @@ struct Lowerer<'c> {
     free: Vec<(Var, Var)>,
     /// The variables holding the module's scope.
     scopes_vars: Vec<Var>,
+    /// Per scope, the names bound to a reference (`let v = &x;`): passed on as
+    /// references, since the IR drops the `&`.
+    ref_bound: Vec<HashSet<String>>,
     /// Primitives already computed in each enclosing block, by operation and
     /// operands: the same pure operation on the same values is computed once.
     memo: Vec<HashMap<String, Var>>,
@@ -114,11 +118,13 @@ impl Lowerer<'_> {
 
     fn push_scope(&mut self) {
         self.scopes.push(HashMap::new());
+        self.ref_bound.push(HashSet::new());
         self.memo.push(HashMap::new());
     }
 
     fn pop_scope(&mut self) {
         self.scopes.pop();
+        self.ref_bound.pop();
         self.memo.pop();
     }
 
@@ -187,6 +193,9 @@ impl Lowerer<'_> {
     }
 
     fn bind(&mut self, name: String, val: Val) {
+        if let Some(refs) = self.ref_bound.last_mut() {
+            refs.remove(&name);
+        }
         self.scopes.last_mut().expect("a scope").insert(name, val);
     }
 
@@ -634,6 +643,25 @@ impl Lowerer<'_> {
         }
         let val = self.expr(out, &init.expr);
         self.bind_pat(out, &local.pat, val);
+        if let (Expr::Reference(_), Pat::Ident(id)) = (&*init.expr, strip_type(&local.pat))
+            && let Some(refs) = self.ref_bound.last_mut()
+        {
+            refs.insert(id.ident.to_string());
+        }
+    }
+
+    /// Whether `e` is passed by reference: written `&x`, or a name bound to one.
+    fn by_ref(&self, e: &Expr) -> bool {
+        if matches!(e, Expr::Reference(_)) {
+            return true;
+        }
+        let Expr::Path(p) = e else { return false };
+        let Some(id) = p.path.get_ident() else {
+            return false;
+        };
+        let name = id.to_string();
+        self.scope_of(&name)
+            .is_some_and(|d| self.ref_bound.get(d).is_some_and(|r| r.contains(&name)))
     }
 
     fn bind_pat(&mut self, out: &mut Stmts, pat: &Pat, val: Val) {
@@ -1282,7 +1310,7 @@ impl Lowerer<'_> {
 
     /// An operand: its atom, and whether the user wrote `&` before it.
     fn operand(&mut self, out: &mut Stmts, e: &Expr) -> Arg {
-        let by_ref = matches!(e, Expr::Reference(_));
+        let by_ref = self.by_ref(e);
         let v = self.expr(out, e);
         Arg {
             atom: self.atom(v, e.span()),
@@ -1293,7 +1321,7 @@ impl Lowerer<'_> {
     fn args(&mut self, out: &mut Stmts, args: impl IntoIterator<Item = Expr>) -> Vec<Arg> {
         args.into_iter()
             .map(|a| {
-                let by_ref = matches!(a, Expr::Reference(_));
+                let by_ref = self.by_ref(&a);
                 // A constant argument (a shape `(3, 4)`, a name) is passed as written.
                 if !self.mentions_local(a.to_token_stream()) || matches!(a, Expr::Tuple(_)) {
                     let inner = match &a {
@@ -1336,10 +1364,11 @@ impl Lowerer<'_> {
                 return v;
             }
             if let Expr::MethodCall(inner) = &*m.receiver
-                && inner.method == "apply"
+                && (inner.method == "apply" || inner.method == "apply_with")
                 && self.mentions_local(inner.args.to_token_stream())
             {
-                // `model.apply(vars, x).unwrap()`: the module applied to variables.
+                // `model.apply(vars, x).unwrap()`, `model.apply_with(vars, options,
+                // x).unwrap()`: the module applied to variables.
                 let span = inner.method.span();
                 let receiver = self.receiver(out, &inner.receiver, span);
                 let args = self.args(out, inner.args.iter().cloned());
@@ -1359,6 +1388,12 @@ impl Lowerer<'_> {
         }
         if recv_is_self {
             return self.method_companion(out, m);
+        }
+        if m.method != "param" && self.is_scope(&m.receiver) {
+            // State and randomness (`cx.variable`, `cx.put`, `cx.sow`, `cx.make_rng`,
+            // `cx.bind`): effects whose values carry no derivative, as Flax's mutable
+            // collections are not differentiated.
+            return Val::Atom(self.constant(out, &Expr::MethodCall(m.clone())));
         }
         if ops::IDENTITY_METHODS.contains(&name.as_str()) && m.args.is_empty() {
             return self.expr(out, &m.receiver);
@@ -1410,6 +1445,15 @@ impl Lowerer<'_> {
             suffix,
         };
         Val::Atom(self.prim(out, rule, operands, consts, native, span))
+    }
+
+    /// Whether `e` names the module's scope.
+    fn is_scope(&mut self, e: &Expr) -> bool {
+        let Expr::Path(p) = e else { return false };
+        let Some(id) = p.path.get_ident() else {
+            return false;
+        };
+        matches!(self.lookup(&id.to_string()), Some(Val::Atom(Atom::Var(v))) if self.scopes_vars.contains(&v))
     }
 
     /// How a call involves the scope: `cx.param(..)`, or a submodule's call taking `cx`.

@@ -167,6 +167,46 @@ pub fn module_items(
         Flavor::Owned,
     );
 
+    // `model.apply_with(variables, options, ..).unwrap()` inside a transform: the
+    // training step of a model with state and randomness (Flax's `apply(..,
+    // mutable=[..], rngs={..})` inside `value_and_grad`): the gradient with respect
+    // to the variables and the inputs; the mutated collections come out as constants.
+    let mut apply_with_sig = m.sig.clone();
+    apply_with_sig.ident = format_ident!("apply_with");
+    apply_with_sig.inputs = syn::parse_quote!(&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#rest_inputs),*);
+    apply_with_sig.output = syn::parse_quote!(-> (#ret, ::adjoint::Variables));
+    let mut apply_with_params = apply_params.clone();
+    apply_with_params.insert(
+        1,
+        ParamInfo {
+            pat: syn::parse_quote!(#options),
+            ty: syn::parse_quote!(&::adjoint::scope::ApplyOptions),
+            active: false,
+            scope: false,
+        },
+    );
+    let apply_with_vjp = companion_items(
+        &public,
+        &apply_with_sig,
+        &apply_with_params,
+        quote! {
+            let mut __vars = #variables.clone();
+            let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, #options.mutability(), #options.rng_seeds());
+            let (__out, __pb) = self.#body_vjp_params(&mut __cx, #(#rest),*);
+            if let ::core::result::Result::Err(e) = __cx.finish() {
+                // The caller wrote `apply_with(..).unwrap()`.
+                ::core::panic!("called `Result::unwrap()` on an `Err` value: {e}");
+            }
+            let __mutated = #options.mutated(&__vars);
+            ((__out, __mutated), move |(__ct, _)| {
+                let (__v, _, #(#cs,)*) = __pb(__ct);
+                (__v, (), #(#cs,)*)
+            })
+        },
+        Owner::Method,
+        Flavor::Owned,
+    );
+
     let body_block = &body;
     let generics = &m.sig.generics;
     let where_clause = &m.sig.generics.where_clause;
@@ -190,6 +230,7 @@ pub fn module_items(
         #tjvp_items
         #wrappers
         #apply_vjp
+        #apply_with_vjp
 
         /// Creates the module's variables by running it once on example inputs, as
         /// Flax's `Module.init`: parameters from their initializers (random streams

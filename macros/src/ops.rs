@@ -293,6 +293,19 @@ static METHODS: &[(&str, Rule)] = &[
     ("to_shared", rule!("to_shared", 1, [pb!("identity_pb" [])])),
     ("into_shared", rule!("to_shared", 1, [pb!("identity_pb" [])])),
     ("t", rule!("t", 1, [pb!("t_pb" [])]).view()),
+    // Trees of variables (`adjoint::rules::tree`).
+    (
+        "merge",
+        rule!(
+            "merge",
+            2,
+            [
+                pb!("merge_pb_lhs" [Operand(0), Operand(1)]),
+                pb!("merge_pb_rhs"[Operand(1)])
+            ]
+        ),
+    ),
+    ("only", rule!("only", 1, [pb!("only_pb"[Const(0)])])),
     ("reversed_axes", rule!("t", 1, [pb!("t_pb" [])]).view()),
     ("sum", rule!("sum", 1, [pb!("sum_pb"[Shape(0)])])),
     (

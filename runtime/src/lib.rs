@@ -27,7 +27,7 @@ pub mod batch;
 pub mod check;
 pub mod control;
 pub mod init;
-pub mod modules;
+pub mod nn;
 pub mod rules;
 pub mod scope;
 pub mod transforms;
@@ -38,11 +38,6 @@ pub use adjoint_macros::{custom_vjp, differentiable, grad, jvp, value_and_grad, 
 pub use scope::{Scope, ScopeError, Variables};
 pub use value::{Cot, Real, Value};
 
-/// Functions with derivative rules that `#[differentiable]` code may call.
-pub mod nn {
-    pub use crate::rules::elementwise::{relu, sigmoid, softplus};
-    pub use crate::rules::nn::{log_softmax, logsumexp, softmax};
-}
 
 /// Stops the gradient: `no_grad(x)` is `x`, but the transform treats it as a
 /// constant, like `jax.lax.stop_gradient`.
@@ -54,6 +49,7 @@ pub fn no_grad<T>(x: T) -> T {
 /// Everything a user of `#[differentiable]` needs: `use adjoint::prelude::*;`.
 pub mod prelude {
     pub use crate::init;
+    pub use crate::nn;
     pub use crate::nn::*;
     pub use crate::no_grad;
     pub use crate::scope::{Bound, Scope, ScopeError, Variables};
@@ -71,6 +67,7 @@ pub mod __private {
     pub use crate::rules::reduce::*;
     pub use crate::rules::reuse::*;
     pub use crate::rules::shape::*;
+    pub use crate::rules::tree::*;
     pub use crate::scope::{add_param, second_order, vjp_variables};
     pub use crate::transforms::{GradOf, IntoTangent, NoTangent, ScalarOutput, grad_seed, tangent};
     pub use crate::value::{Accumulate, Cot, Own, Value};

@@ -382,7 +382,7 @@ impl<'v> Scope<'v> {
     /// wherever it is called from.
     ///
     /// ```
-    /// use adjoint::modules::Dense;
+    /// use adjoint::nn::Dense;
     /// use adjoint::scope::{Scope, Variables};
     /// let mut vars = Variables::new();
     /// let mut cx = Scope::for_init(&mut vars, 0);

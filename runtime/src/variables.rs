@@ -46,6 +46,48 @@ impl Leaf {
         }
     }
 
+    /// The number of elements (1 for a scalar).
+    pub fn len(&self) -> usize {
+        self.shape().iter().product()
+    }
+
+    /// Whether the leaf has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `f` applied to every element of a float leaf (an `f32` leaf computes in
+    /// `f64` and rounds back); integer leaves are kept.
+    pub fn map(&self, f: impl Fn(f64) -> f64) -> Leaf {
+        match self {
+            Leaf::F32(a) => Leaf::F32(a.mapv(|v| f(v as f64) as f32).into_shared()),
+            Leaf::F64(a) => Leaf::F64(a.mapv(f).into_shared()),
+            Leaf::I64(a) => Leaf::I64(a.clone()),
+        }
+    }
+
+    /// `f` applied to the elements of two leaves of the same kind and shape; `None`
+    /// if they differ. Integer leaves are kept (`self`'s).
+    pub fn zip_map(&self, other: &Leaf, f: impl Fn(f64, f64) -> f64) -> Option<Leaf> {
+        if self.shape() != other.shape() {
+            return None;
+        }
+        let zip = |a: &ArcArray<f64, IxDyn>, b: &ArcArray<f64, IxDyn>| {
+            ndarray::Zip::from(a).and(b).map_collect(|&x, &y| f(x, y))
+        };
+        Some(match (self, other) {
+            (Leaf::F64(a), Leaf::F64(b)) => Leaf::F64(zip(a, b).into_shared()),
+            (Leaf::F32(a), Leaf::F32(b)) => Leaf::F32(
+                ndarray::Zip::from(a)
+                    .and(b)
+                    .map_collect(|&x, &y| f(x as f64, y as f64) as f32)
+                    .into_shared(),
+            ),
+            (Leaf::I64(a), Leaf::I64(_)) => Leaf::I64(a.clone()),
+            _ => return None,
+        })
+    }
+
     /// The leaves stacked along a new leading axis, if they agree in type and shape.
     fn stack(leaves: &[&Leaf]) -> Option<Leaf> {
         macro_rules! stack_as {
@@ -328,6 +370,28 @@ impl Variables {
         }
     }
 
+    /// The collections of both trees, `other`'s where both have one: Flax's
+    /// `{'params': params, **state}`. Differentiable: in a training step the
+    /// gradient goes back to each collection's tree.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let params = Variables::new().with("params", "w", 1.0).unwrap();
+    /// let state = Variables::new().with("batch_stats", "mean", 0.5).unwrap();
+    /// let vars = params.merge(&state);
+    /// assert_eq!(vars.to_string(), r#"{"batch_stats": {"mean": 0.5}, "params": {"w": 1.0}}"#);
+    /// ```
+    pub fn merge(&self, other: &Variables) -> Variables {
+        let mut collections = self.collections.clone();
+        for (c, coll) in &other.collections {
+            collections.insert(c.clone(), coll.clone());
+        }
+        Variables {
+            collections,
+            error: self.error.clone().or_else(|| other.error.clone()),
+        }
+    }
+
     /// The variables under `prefix/` of every collection, with the prefix removed.
     pub fn subtree(&self, prefix: &str) -> Variables {
         let mut out = Variables {
@@ -492,6 +556,181 @@ impl Variables {
             collections,
             error: None,
         }
+    }
+
+    // ----- trees as values (what optax does to params, updates and states) -----
+
+    /// Every `(collection, path, leaf)`, in order.
+    pub fn leaves(&self) -> impl Iterator<Item = (&str, &str, &Leaf)> {
+        self.collections
+            .iter()
+            .flat_map(|(c, coll)| coll.iter().map(move |(p, l)| (c.as_str(), p.as_str(), l)))
+    }
+
+    /// The number of leaves (`jax.tree_util.tree_leaves(t)`'s length).
+    pub fn leaf_count(&self) -> usize {
+        self.collections.values().map(BTreeMap::len).sum()
+    }
+
+    /// The number of elements over every leaf (a model's parameter count).
+    pub fn size(&self) -> usize {
+        self.leaves().map(|(_, _, l)| l.len()).sum()
+    }
+
+    /// `f` applied to every element of every float leaf (`jax.tree_util.tree_map`
+    /// with an elementwise function); integer leaves are kept.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "w", ndarray::arr1(&[1.0, -2.0]).into_shared()).unwrap();
+    /// assert_eq!(t.map(|v| v * v).to_string(), r#"{"params": {"w": [1.0, 4.0]}}"#);
+    /// ```
+    pub fn map(&self, f: impl Fn(f64) -> f64) -> Variables {
+        self.map_leaves(|_, _, l| l.map(&f))
+    }
+
+    /// `f` applied to every leaf with its collection and path.
+    pub fn map_leaves(&self, mut f: impl FnMut(&str, &str, &Leaf) -> Leaf) -> Variables {
+        let collections = self
+            .collections
+            .iter()
+            .map(|(c, coll)| {
+                let coll = coll.iter().map(|(p, l)| (p.clone(), f(c, p, l)));
+                (c.clone(), coll.collect())
+            })
+            .collect();
+        Variables {
+            collections,
+            error: self.error.clone(),
+        }
+    }
+
+    /// `f` applied to the elements of two trees with the same structure (every
+    /// collection, path, kind and shape): `jax.tree_util.tree_map(f, a, b)`.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let p = Variables::new().with("params", "w", 1.0).unwrap();
+    /// let g = Variables::new().with("params", "w", 0.5).unwrap();
+    /// let sgd = p.zip_map(&g, |p, g| p - 0.1 * g).unwrap();
+    /// assert_eq!(sgd.to_string(), r#"{"params": {"w": 0.95}}"#);
+    /// ```
+    ///
+    /// # Errors
+    /// [`ScopeError::InvalidVariables`] naming the first path that one tree lacks,
+    /// [`ScopeError::ShapeMismatch`] or [`ScopeError::TypeMismatch`] where leaves
+    /// differ.
+    pub fn zip_map(
+        &self,
+        other: &Variables,
+        f: impl Fn(f64, f64) -> f64,
+    ) -> Result<Variables, ScopeError> {
+        self.same_structure(other)?;
+        let mut out = Variables {
+            error: self.error.clone().or_else(|| other.error.clone()),
+            ..Variables::new()
+        };
+        for (c, p, a) in self.leaves() {
+            let b = other.get(c, p).expect("checked by same_structure");
+            let leaf = a.zip_map(b, &f).expect("checked by same_structure");
+            out.collections
+                .entry(c.to_string())
+                .or_default()
+                .insert(p.to_string(), leaf);
+        }
+        Ok(out)
+    }
+
+    /// `Ok` if `other` has exactly this tree's collections, paths, kinds and shapes.
+    ///
+    /// # Errors
+    /// The first difference, naming its path.
+    pub fn same_structure(&self, other: &Variables) -> Result<(), ScopeError> {
+        let missing = |c: &str, p: &str, side: &str| ScopeError::InvalidVariables {
+            reason: format!("`{c}/{p}` is only in the {side} tree"),
+        };
+        for (c, p, a) in self.leaves() {
+            let Some(b) = other.get(c, p) else {
+                return Err(missing(c, p, "first"));
+            };
+            if a.kind() != b.kind() {
+                return Err(ScopeError::TypeMismatch {
+                    collection: c.into(),
+                    path: p.into(),
+                    expected: a.kind(),
+                    found: b.kind(),
+                });
+            }
+            if a.shape() != b.shape() {
+                return Err(ScopeError::ShapeMismatch {
+                    collection: c.into(),
+                    path: p.into(),
+                    expected: a.shape().to_vec(),
+                    found: b.shape().to_vec(),
+                });
+            }
+        }
+        match other.leaves().find(|(c, p, _)| self.get(c, p).is_none()) {
+            Some((c, p, _)) => Err(missing(c, p, "second")),
+            None => Ok(()),
+        }
+    }
+
+    /// `self + other`, leaf by leaf, for trees of the same structure.
+    ///
+    /// # Errors
+    /// As [`Variables::zip_map`].
+    pub fn add(&self, other: &Variables) -> Result<Variables, ScopeError> {
+        self.zip_map(other, |a, b| a + b)
+    }
+
+    /// `self - other`, leaf by leaf, for trees of the same structure.
+    ///
+    /// # Errors
+    /// As [`Variables::zip_map`].
+    pub fn sub(&self, other: &Variables) -> Result<Variables, ScopeError> {
+        self.zip_map(other, |a, b| a - b)
+    }
+
+    /// Every float leaf times `s`.
+    pub fn scale(&self, s: f64) -> Variables {
+        self.map(|v| s * v)
+    }
+
+    /// The sum over every float element of `self * other` (`optax.tree_vdot`).
+    ///
+    /// # Errors
+    /// As [`Variables::zip_map`].
+    pub fn dot(&self, other: &Variables) -> Result<f64, ScopeError> {
+        self.same_structure(other)?;
+        let mut sum = 0.0;
+        for (c, p, a) in self.leaves() {
+            let b = other.get(c, p).expect("checked by same_structure");
+            if !matches!(a, Leaf::I64(_)) {
+                sum += a
+                    .to_f64_vec()
+                    .iter()
+                    .zip(b.to_f64_vec())
+                    .map(|(x, y)| x * y)
+                    .sum::<f64>();
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The Euclidean norm over every float element (`optax.global_norm`).
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "a", 3.0).unwrap().with("params", "b", 4.0f32).unwrap();
+    /// assert_eq!(t.global_norm(), 5.0);
+    /// ```
+    pub fn global_norm(&self) -> f64 {
+        self.leaves()
+            .filter(|(_, _, l)| !matches!(l, Leaf::I64(_)))
+            .map(|(_, _, l)| l.to_f64_vec().iter().map(|v| v * v).sum::<f64>())
+            .sum::<f64>()
+            .sqrt()
     }
 
     /// The shapes, as the nested tree Flax prints for `jax.tree_util.tree_map(jnp.shape, ..)`.

@@ -3,7 +3,7 @@
 
 use adjoint::Real;
 use adjoint::check::{Tolerance, check_grad};
-use adjoint::modules::Dense;
+use adjoint::nn::Dense;
 use adjoint::prelude::*;
 use ndarray::{Array2, array};
 

@@ -2,7 +2,7 @@
 //! `reference/module_semantics.json` (from `gen_module_semantics.py`, real Flax), with
 //! the tree `init` builds, the output, `loss = sum(sin(output))` and its gradients.
 
-use adjoint::modules::Dense;
+use adjoint::nn::Dense;
 use adjoint::prelude::*;
 use adjoint_tests::{array, assert_close, assert_tree_close, reference, scalar, tree_text};
 use ndarray::{Array2, Array3, Axis, s};

@@ -355,7 +355,7 @@ fn vjp_params() {
 
 // ----- training: parameter gradients of apply, shaped like the params tree -----
 
-use adjoint::modules::Dense;
+use adjoint::nn::Dense;
 use ndarray::Array2;
 
 struct Mlp;

@@ -8,3 +8,4 @@ pub mod nn;
 pub mod reduce;
 pub mod reuse;
 pub mod shape;
+pub mod tree;

@@ -1,4 +1,4 @@
-//! Ready-made modules, written with `#[differentiable]` like a user's own.
+//! `Dense`: Flax's `nn.Dense`.
 
 use crate::init;
 use crate::scope::Scope;
@@ -12,7 +12,7 @@ use ndarray::{ArcArray1, ArcArray2, Array2};
 ///
 /// ```
 /// use adjoint::prelude::*;
-/// use adjoint::modules::Dense;
+/// use adjoint::nn::Dense;
 /// let x = ndarray::Array2::<f64>::ones((2, 3));
 /// let vars = Dense::new(4).init(0, &x).unwrap();
 /// assert_eq!(vars.shapes(), r#"{"params": {"bias": [4], "kernel": [3, 4]}}"#);
