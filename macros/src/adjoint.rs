@@ -321,7 +321,9 @@ impl<'a> Gen<'a> {
         // Then the primal.
         self.plan_moves(&f.body);
         let params: Vec<Var> = f.params.iter().map(|p| p.var).collect();
-        let mut primal = self.shapes_of(&params);
+        let items = &f.items;
+        let mut primal = quote!(#(#items)*);
+        primal.extend(self.shapes_of(&params));
         primal.extend(self.primal_stmts(&f.body.stmts));
         let output_atoms: Vec<TokenStream> = match &f.body.tail {
             Tail::Leaf(l) => {
@@ -386,7 +388,9 @@ impl<'a> Gen<'a> {
             return None;
         }
         let params: Vec<Var> = self.f.params.iter().map(|p| p.var).collect();
-        let mut out = self.shapes_of(&params);
+        let items = &self.f.items;
+        let mut out = quote!(#(#items)*);
+        out.extend(self.shapes_of(&params));
         for s in stmts {
             if !dead.contains(&(s as *const Stmt)) {
                 out.extend(self.primal_stmts(std::slice::from_ref(s)));

@@ -75,6 +75,9 @@ pub struct Func {
     /// The pullback runs in the primal's scope: nested calls may use the borrowing
     /// companions.
     pub local_pullback: bool,
+    /// The items declared in the body (`const K: f64 = ..;`, a nested `fn`), written
+    /// at the top of every generated body so that the code naming them finds them.
+    pub items: Vec<TokenStream>,
 }
 
 /// A parameter: its variable, and whether it is differentiated.

@@ -49,6 +49,9 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         vars: Vec::new(),
         scopes: vec![HashMap::new()],
         ref_bound: vec![HashSet::new()],
+        inlined: vec![HashMap::new()],
+        inlining: Vec::new(),
+        items: Vec::new(),
         taken,
         temps: 0,
         outer,
@@ -77,6 +80,7 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         aux: false,
         params_active: false,
         local_pullback: false,
+        items: l.items,
     }
 }
 
@@ -100,12 +104,34 @@ struct Lowerer<'c> {
     /// Per scope, the names bound to a reference (`let v = &x;`): passed on as
     /// references, since the IR drops the `&`.
     ref_bound: Vec<HashSet<String>>,
+    /// Per scope, the closures bound with `let` and the nested `fn` items, whose
+    /// calls are inlined (as JAX traces a `def h(v)` inside a function).
+    inlined: Vec<HashMap<String, std::rc::Rc<Inlined>>>,
+    /// The names being inlined, innermost last (a recursive call is an error).
+    inlining: Vec<String>,
+    /// The items declared in the body, as written.
+    items: Vec<TokenStream>,
     /// Primitives already computed in each enclosing block, by operation and
     /// operands: the same pure operation on the same values is computed once.
     memo: Vec<HashMap<String, Var>>,
 }
 
 type Stmts = Vec<Stmt>;
+
+/// A closure bound with `let`, or a nested `fn` item: inlined where it is called.
+struct Inlined {
+    params: Vec<Pat>,
+    body: Expr,
+    /// The enclosing variables it sees, as they were where it was made (a closure's
+    /// captures; none for a `fn` item).
+    env: HashMap<String, Val>,
+    env_refs: HashSet<String>,
+    /// The nested functions a closure may call (a `fn` item sees those of the block
+    /// it is called in, itself included).
+    fns: Option<HashMap<String, std::rc::Rc<Inlined>>>,
+    /// Why it cannot be inlined (a generic `fn`, a `return`), for calls that need it.
+    unsupported: Option<String>,
+}
 
 /// The value of an expression that was reported as an error: usable anywhere, so
 /// one mistake makes one message.
@@ -119,12 +145,14 @@ impl Lowerer<'_> {
     fn push_scope(&mut self) {
         self.scopes.push(HashMap::new());
         self.ref_bound.push(HashSet::new());
+        self.inlined.push(HashMap::new());
         self.memo.push(HashMap::new());
     }
 
     fn pop_scope(&mut self) {
         self.scopes.pop();
         self.ref_bound.pop();
+        self.inlined.pop();
         self.memo.pop();
     }
 
@@ -420,9 +448,7 @@ impl Lowerer<'_> {
             let last = i + 1 == stmts.len();
             match stmt {
                 syn::Stmt::Local(local) => self.local(out, local),
-                syn::Stmt::Item(item) => {
-                    self.cx.error_at(item, "items inside a #[differentiable] body are not supported; move them outside");
-                }
+                syn::Stmt::Item(item) => self.nested_item(item),
                 syn::Stmt::Macro(m) => {
                     // A statement macro (`println!`, `assert!`): emitted as written.
                     let tokens = self.verbatim(m.to_token_stream());
@@ -606,6 +632,10 @@ impl Lowerer<'_> {
             );
         }
         let pat = strip_type(&local.pat);
+        if let (Pat::Ident(id), Expr::Closure(c)) = (pat, &*init.expr) {
+            self.local_closure(out, id, c);
+            return;
+        }
         if let (Pat::Tuple(pt), Expr::Call(_) | Expr::MethodCall(_)) = (pat, &*init.expr)
             && let Some(call) = self.call_target(out, &init.expr)
         {
@@ -648,6 +678,160 @@ impl Lowerer<'_> {
         {
             refs.insert(id.ident.to_string());
         }
+    }
+
+    /// `let g = |v| ..;`: the closure is inlined where it is called, seeing the
+    /// variables it captures as they are here. It is also bound as written, for
+    /// expressions emitted as written that name it.
+    fn local_closure(&mut self, out: &mut Stmts, id: &syn::PatIdent, c: &syn::ExprClosure) {
+        if contains_return(&[syn::Stmt::Expr((*c.body).clone(), None)]) {
+            self.cx.error_at(c, "a closure with `return` is not differentiated: give it one value at its end, or write it as a #[differentiable] function");
+            return;
+        }
+        let mut names = HashSet::new();
+        collect_idents(c.body.to_token_stream(), &mut names);
+        let mut env = HashMap::new();
+        let mut env_refs = HashSet::new();
+        for name in names {
+            if self.is_local(&name)
+                && let Some(v) = self.lookup(&name)
+            {
+                if self.by_ref(&syn::parse_quote!(#name)) {
+                    env_refs.insert(name.clone());
+                }
+                env.insert(name, v);
+            }
+        }
+        let def = Inlined {
+            params: c.inputs.iter().cloned().collect(),
+            body: (*c.body).clone(),
+            env,
+            env_refs,
+            fns: Some(self.visible_fns()),
+            unsupported: None,
+        };
+        let tokens = self.verbatim(c.to_token_stream());
+        let v = self.emit(out, Op::Const(tokens), c.span());
+        if let Atom::Var(var) = v {
+            self.rename_temp(var, &id.ident);
+        }
+        self.bind(id.ident.to_string(), Val::Atom(v));
+        if let Some(fns) = self.inlined.last_mut() {
+            fns.insert(id.ident.to_string(), std::rc::Rc::new(def));
+        }
+    }
+
+    /// An item declared in the body: kept as written (at the top of the generated
+    /// bodies); a nested `fn` is also inlined where it is called.
+    fn nested_item(&mut self, item: &syn::Item) {
+        if self.inlining.is_empty() {
+            // Each generated body holds a copy; calls of a nested `fn` are inlined, so
+            // a copy may go unused.
+            self.items.push(quote!(#[allow(dead_code, unused_imports)] #item));
+        }
+        let syn::Item::Fn(f) = item else {
+            return;
+        };
+        let params: Option<Vec<Pat>> = f
+            .sig
+            .inputs
+            .iter()
+            .map(|a| match a {
+                syn::FnArg::Typed(t) => Some((*t.pat).clone()),
+                syn::FnArg::Receiver(_) => None,
+            })
+            .collect();
+        let generic = f
+            .sig
+            .generics
+            .params
+            .iter()
+            .any(|p| !matches!(p, syn::GenericParam::Lifetime(_)));
+        let unsupported = (generic || contains_return(&f.block.stmts) || params.is_none())
+            .then(|| format!("the nested function `{}` is not differentiated (it is generic, takes `self` or has `return`): move it outside and mark it #[differentiable]", f.sig.ident));
+        let def = Inlined {
+            params: params.unwrap_or_default(),
+            unsupported,
+            body: Expr::Block(syn::ExprBlock {
+                attrs: vec![],
+                label: None,
+                block: (*f.block).clone(),
+            }),
+            env: HashMap::new(),
+            env_refs: HashSet::new(),
+            fns: None,
+        };
+        if let Some(fns) = self.inlined.last_mut() {
+            fns.insert(f.sig.ident.to_string(), std::rc::Rc::new(def));
+        }
+    }
+
+    /// Every inlined function visible here, innermost binding winning.
+    fn visible_fns(&self) -> HashMap<String, std::rc::Rc<Inlined>> {
+        let mut all = HashMap::new();
+        for level in &self.inlined {
+            for (k, v) in level {
+                all.insert(k.clone(), v.clone());
+            }
+        }
+        all
+    }
+
+    /// The inlined function `name` if it is one here (a local of the same name
+    /// declared later hides it).
+    fn inlined_fn(&self, name: &str) -> Option<std::rc::Rc<Inlined>> {
+        let fn_depth = (0..self.inlined.len())
+            .rev()
+            .find(|&d| self.inlined[d].contains_key(name))?;
+        // A closure is bound as a variable too, at the same depth; a later `let`
+        // of the same name hides it.
+        match self.scope_of(name) {
+            Some(d) if d > fn_depth => None,
+            _ => self.inlined[fn_depth].get(name).cloned(),
+        }
+    }
+
+    /// A call of a closure or nested function: its body, lowered here with its
+    /// parameters bound to the arguments, in the environment it was made in.
+    fn inline_call(&mut self, out: &mut Stmts, c: &syn::ExprCall, name: &str, def: &Inlined) -> Val {
+        if self.inlining.iter().any(|n| n == name) {
+            self.cx.error_at(c, format!("`{name}` calls itself: a recursive nested function is not differentiated; move it outside and mark it #[differentiable]"));
+            return poison();
+        }
+        if c.args.len() != def.params.len() {
+            self.cx.error_at(c, format!("`{name}` takes {} argument(s)", def.params.len()));
+            return poison();
+        }
+        let args: Vec<(Val, bool)> = c
+            .args
+            .iter()
+            .map(|a| (self.expr(out, a), self.by_ref(a)))
+            .collect();
+        let mut env: HashMap<String, Val> = def.env.clone();
+        let fns = def.fns.clone().unwrap_or_else(|| self.visible_fns());
+        // The module's scope and loop variables of the environment stay as they are.
+        let saved = (
+            std::mem::replace(&mut self.scopes, vec![std::mem::take(&mut env)]),
+            std::mem::replace(&mut self.ref_bound, vec![def.env_refs.clone()]),
+            std::mem::replace(&mut self.inlined, vec![fns]),
+            std::mem::replace(&mut self.memo, vec![HashMap::new()]),
+            std::mem::take(&mut self.outer),
+        );
+        self.inlining.push(name.to_string());
+        self.push_scope();
+        for (pat, (val, by_ref)) in def.params.iter().zip(args) {
+            self.bind_pat(out, pat, val);
+            if let (true, Pat::Ident(id)) = (by_ref, strip_type(pat))
+                && let Some(refs) = self.ref_bound.last_mut()
+            {
+                refs.insert(id.ident.to_string());
+            }
+        }
+        let v = self.expr(out, &def.body);
+        self.pop_scope();
+        self.inlining.pop();
+        (self.scopes, self.ref_bound, self.inlined, self.memo, self.outer) = saved;
+        v
     }
 
     /// Whether `e` is passed by reference: written `&x`, or a name bound to one.
@@ -1101,9 +1285,7 @@ impl Lowerer<'_> {
                     let tokens = self.verbatim(m.to_token_stream());
                     self.emit(out, Op::Const(tokens), m.span());
                 }
-                syn::Stmt::Item(item) => {
-                    self.cx.error_at(item, "items inside a #[differentiable] body are not supported; move them outside");
-                }
+                syn::Stmt::Item(item) => self.nested_item(item),
             }
         }
         self.pop_scope();
@@ -1619,6 +1801,18 @@ impl Lowerer<'_> {
             );
             return poison();
         };
+        if let Some(id) = p.path.get_ident()
+            && let Some(def) = self.inlined_fn(&id.to_string())
+        {
+            match &def.unsupported {
+                None => return self.inline_call(out, c, &id.to_string(), &def),
+                Some(why) if self.mentions_local(c.args.to_token_stream()) => {
+                    self.cx.error_at(c, why);
+                    return poison();
+                }
+                Some(_) => {}
+            }
+        }
         let segs: Vec<String> = p
             .path
             .segments

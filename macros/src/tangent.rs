@@ -62,7 +62,9 @@ pub fn jvp_body(
             t.has_dot.insert(p.var);
         }
     }
-    let mut out = t.stmts(&f.body.stmts)?;
+    let items = &f.items;
+    let mut out = quote!(#(#items)*);
+    out.extend(t.stmts(&f.body.stmts)?);
     let Tail::Leaf(leaf) = &f.body.tail else {
         return None;
     };

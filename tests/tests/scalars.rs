@@ -400,3 +400,34 @@ fn custom_vjp_rules_are_used_by_callers() {
     assert_eq!(g, 6.0); // the naive derivative would be NaN: inf / inf
     check1(uses_custom, grad!(uses_custom), 0.3);
 }
+
+// ----- closures bound with `let` and nested functions: inlined where called -----
+
+#[differentiable]
+fn with_local_closure(x: f64, w: f64) -> f64 {
+    let scale = 2.0 * w;
+    let h = |v: f64| (v * scale).tanh();
+    // `scale` is captured as it was: rebinding the name later does not change `h`.
+    let scale = 100.0;
+    h(x) + h(x * x) * scale
+}
+
+#[differentiable]
+fn with_nested_fn(x: f64, y: f64) -> f64 {
+    fn softplus(v: f64) -> f64 {
+        (1.0 + v.exp()).ln()
+    }
+    fn twice(v: f64) -> f64 {
+        softplus(v) + softplus(2.0 * v)
+    }
+    twice(x * y) - softplus(y)
+}
+
+#[test]
+fn closures_and_nested_functions_are_inlined() {
+    check2(with_local_closure, |x, w| grad!(with_local_closure)(x, w), 0.3, -0.7);
+    check2(with_nested_fn, |x, y| grad!(with_nested_fn)(x, y), 0.4, 1.3);
+    let scale = 2.0 * -0.7;
+    let want = (0.3f64 * scale).tanh() + (0.09f64 * scale).tanh() * 100.0;
+    assert_eq!(with_local_closure(0.3, -0.7), want);
+}
