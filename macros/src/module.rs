@@ -216,6 +216,7 @@ pub fn module_items(
         #[allow(clippy::all)]
         pub fn __call_body #generics (#body_inputs) -> #ret #where_clause #body_block
 
+        #[allow(clippy::too_many_arguments)]
         #[doc(hidden)]
         pub fn __call_in #generics (&self, #scope: &mut ::adjoint::Scope, __child: ::adjoint::scope::ChildName<'_>, #(#rest_inputs),*) -> #ret #where_clause {
             #scope.enter_child(__child);
@@ -235,6 +236,7 @@ pub fn module_items(
         /// Creates the module's variables by running it once on example inputs, as
         /// Flax's `Module.init`: parameters from their initializers (random streams
         /// derived from `seed`), every collection writable.
+        #[allow(clippy::too_many_arguments)]
         #vis fn init #generics (&self, #seed: u64, #(#rest_inputs),*) -> ::core::result::Result<::adjoint::Variables, ::adjoint::ScopeError> #where_clause {
             let mut __vars = ::adjoint::Variables::new();
             let mut __cx = ::adjoint::Scope::for_init(&mut __vars, #seed);
@@ -245,6 +247,7 @@ pub fn module_items(
 
         /// Runs the module on `variables`, as Flax's `Module.apply`: nothing is
         /// written and no random stream is available.
+        #[allow(clippy::too_many_arguments)]
         #vis fn apply #generics (&self, #variables: &::adjoint::Variables, #(#rest_inputs),*) -> ::core::result::Result<#ret, ::adjoint::ScopeError> #where_clause {
             // Leaves are shared arrays: this clone copies no parameter data.
             let mut __vars = #variables.clone();
@@ -257,6 +260,7 @@ pub fn module_items(
         /// Runs the module with writable collections and random streams, returning the
         /// output and the mutable collections after the run (Flax's
         /// `apply(.., mutable=[..], rngs={..})`).
+        #[allow(clippy::too_many_arguments)]
         #vis fn apply_with #generics (&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#rest_inputs),*) -> ::core::result::Result<(#ret, ::adjoint::Variables), ::adjoint::ScopeError> #where_clause {
             let mut __vars = #variables.clone();
             let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, #options.mutability(), #options.rng_seeds());
@@ -389,6 +393,7 @@ pub fn method_in_items(sig: &Signature, params: &[ParamInfo]) -> TokenStream {
     let generics = &sig.generics;
     let where_clause = &sig.generics.where_clause;
     let mut out = quote! {
+        #[allow(clippy::too_many_arguments)]
         #[doc(hidden)]
         pub fn #named #generics (&self, #scope: &mut ::adjoint::Scope, __child: ::adjoint::scope::ChildName<'_>, #(#rest_inputs),*) -> #ret #where_clause {
             #scope.enter_child(__child);
@@ -838,6 +843,7 @@ fn body_tjvp(
         #[allow(clippy::all, unused_parens, unused_variables, unused_mut)]
         pub fn __call_body_tjvp #generics (&self, #(#inputs,)* #(#dnames: #dtypes),*) -> #out #where_clause #block
 
+        #[allow(clippy::too_many_arguments)]
         #[doc(hidden)]
         #[inline]
         pub fn __call_tjvp #generics (&self, #(#inputs,)* #(#dnames: #dtypes),*) -> #out #where_clause {
@@ -847,6 +853,7 @@ fn body_tjvp(
             __out
         }
 
+        #[allow(clippy::too_many_arguments)]
         #[doc(hidden)]
         #[inline]
         pub fn __call_in_tjvp #generics (&self, #scope: &mut ::adjoint::Scope, __child: ::adjoint::scope::ChildName<'_>, #(#rest_inputs,)* #(#dnames: #dtypes),*) -> #out #where_clause {
