@@ -1,5 +1,7 @@
 //! The procedural macros of adjoint: `#[differentiable]` and the transforms
-//! `grad!`, `value_and_grad!`, `vjp!`. Use them through the `adjoint` crate.
+//! `grad!`, `value_and_grad!`, `vjp!`, `jvp!`, `vmap!`. Use them through the
+//! `adjoint` crate, which documents each (the comments here say what each entry
+//! point expands).
 //!
 //! The stages, one module each: `lower` (syn to an A-normal-form IR), `activity`
 //! (which values carry derivatives), `adjoint` (primal and reverse code) and
@@ -22,65 +24,65 @@ mod vmap;
 
 use proc_macro::TokenStream;
 
-/// Generates the gradient of a function, or of every method of an inherent impl.
-/// See the `adjoint` crate for the supported Rust and the generated items.
+// Generates the gradient of a function, or of every method of an inherent impl.
+// See the `adjoint` crate for the supported Rust and the generated items.
 #[proc_macro_attribute]
 pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
     hygienic(item, |item| expand::differentiable(attr.into(), item))
 }
 
-/// A user-given reverse rule: `#[custom_vjp(fwd = f_fwd, bwd = f_bwd)]` on `f`.
+// A user-given reverse rule: `#[custom_vjp(fwd = f_fwd, bwd = f_bwd)]` on `f`.
 #[proc_macro_attribute]
 pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
     hygienic(item, |item| expand::custom_vjp(attr.into(), item))
 }
 
-/// `grad!(f)`: a function returning the gradient of `f` with respect to its
-/// differentiated arguments. `grad!(|x, y| body, wrt = [x], has_aux)` for a closure.
+// `grad!(f)`: a function returning the gradient of `f` with respect to its
+// differentiated arguments. `grad!(|x, y| body, wrt = [x], has_aux)` for a closure.
 #[proc_macro]
 pub fn grad(input: TokenStream) -> TokenStream {
     hygienic(input, |input| expand::transform(expand::Transform::Grad, input))
 }
 
-/// `value_and_grad!(f)`: like `grad!`, returning `(value, gradient)`.
+// `value_and_grad!(f)`: like `grad!`, returning `(value, gradient)`.
 #[proc_macro]
 pub fn value_and_grad(input: TokenStream) -> TokenStream {
     hygienic(input, |input| expand::transform(expand::Transform::ValueAndGrad, input))
 }
 
-/// `vjp!(f)`: a function returning `(value, pullback)`; the pullback maps the
-/// output's cotangent to the arguments' cotangents.
+// `vjp!(f)`: a function returning `(value, pullback)`; the pullback maps the
+// output's cotangent to the arguments' cotangents.
 #[proc_macro]
 pub fn vjp(input: TokenStream) -> TokenStream {
     hygienic(input, |input| expand::transform(expand::Transform::Vjp, input))
 }
 
-/// `jvp!(f)(args.., tangents..)`: the value and its directional derivative, for `f`
-/// marked `#[differentiable(jvp)]`. Inside a module,
-/// `jvp!(cx, |mdl, cx, x| body, Child, (x,), (tx,), variable_tangents)` is forward mode
-/// along the primals and the child's variables: `(output, output_tangent)`, as
-/// `flax.linen.jvp`.
+// `jvp!(f)(args.., tangents..)`: the value and its directional derivative, for `f`
+// marked `#[differentiable(jvp)]`. Inside a module,
+// `jvp!(cx, |mdl, cx, x| body, Child, (x,), (tx,), variable_tangents)` is forward mode
+// along the primals and the child's variables: `(output, output_tangent)`, as
+// `flax.linen.jvp`.
 #[proc_macro]
 pub fn jvp(input: TokenStream) -> TokenStream {
     hygienic(input, |input| expand::transform(expand::Transform::Jvp, input))
 }
 
-/// `vmap!(f, in_axes = [None, 0, ..])`: `f` mapped over axis `k` of the arguments
-/// marked `k` (the others broadcast), outputs stacked along a new axis 0, as
-/// `jax.vmap`. With `grad!`, per-example gradients; with `axis_name = "batch"` and a
-/// `grad!` given `reduce_axes = ["batch"]`, the broadcast arguments' cotangents summed.
-/// Inside a module, `vmap!(cx, |mdl, cx, x| body, Child, x, in_axes = [0])` runs the
-/// child once per example with its variables broadcast, as `flax.linen.vmap`.
-///
-/// The mapped function panics, as `jax.vmap` raises, when the mapped arguments'
-/// lengths along their axes differ, or the examples' outputs differ in shape.
+// `vmap!(f, in_axes = [None, 0, ..])`: `f` mapped over axis `k` of the arguments
+// marked `k` (the others broadcast), outputs stacked along a new axis 0, as
+// `jax.vmap`. With `grad!`, per-example gradients; with `axis_name = "batch"` and a
+// `grad!` given `reduce_axes = ["batch"]`, the broadcast arguments' cotangents summed.
+// Inside a module, `vmap!(cx, |mdl, cx, x| body, Child, x, in_axes = [0])` runs the
+// child once per example with its variables broadcast, as `flax.linen.vmap`.
+//
+// The mapped function panics, as `jax.vmap` raises, when the mapped arguments'
+// lengths along their axes differ, or the examples' outputs differ in shape.
 #[proc_macro]
 pub fn vmap(input: TokenStream) -> TokenStream {
     hygienic(input, vmap::vmap)
 }
 
-/// Runs an expansion with its generated locals kept apart from the user's (see
-/// [`hygiene`]).
+// Runs an expansion with its generated locals kept apart from the user's (see
+// [`hygiene`]).
 fn hygienic(
     input: TokenStream,
     expand: impl FnOnce(proc_macro2::TokenStream) -> proc_macro2::TokenStream,

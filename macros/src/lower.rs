@@ -1571,7 +1571,9 @@ impl Lowerer<'_> {
         if recv_is_self {
             return self.method_companion(out, m);
         }
-        if m.method != "param" && self.is_scope(&m.receiver) {
+        if (m.method != "param" && self.is_scope(&m.receiver))
+            || (self.is_scope_effect(&m.receiver) && !self.mentions_local(m.args.to_token_stream()))
+        {
             // State and randomness (`cx.variable`, `cx.put`, `cx.sow`, `cx.make_rng`,
             // `cx.bind`): effects whose values carry no derivative, as Flax's mutable
             // collections are not differentiated.
@@ -1627,6 +1629,21 @@ impl Lowerer<'_> {
             suffix,
         };
         Val::Atom(self.prim(out, rule, operands, consts, native, span))
+    }
+
+    /// Whether `e` is a call of the scope's state or randomness methods
+    /// (`cx.make_rng("dropout")`), so that a method on its result
+    /// (`cx.make_rng(..).random()`) is a constant as a whole.
+    fn is_scope_effect(&mut self, e: &Expr) -> bool {
+        match e {
+            Expr::MethodCall(m) => {
+                (m.method != "param" && self.is_scope(&m.receiver))
+                    || (self.is_scope_effect(&m.receiver)
+                        && !self.mentions_local(m.args.to_token_stream()))
+            }
+            Expr::Paren(p) => self.is_scope_effect(&p.expr),
+            _ => false,
+        }
     }
 
     /// Whether `e` names the module's scope.

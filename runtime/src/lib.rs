@@ -23,19 +23,177 @@
 
 extern crate self as adjoint;
 
+// What the generated code calls (the rule table with every pullback, records of
+// control flow, vmap!'s batches, the transforms' seeds): public for the expansion,
+// hidden from the documentation. The user-facing items are re-exported where users
+// look for them (`nn`, the crate root).
+#[doc(hidden)]
 pub mod batch;
 pub mod check;
+#[doc(hidden)]
 pub mod control;
 pub mod init;
 pub mod nn;
+#[doc(hidden)]
 pub mod rules;
 pub mod scope;
+#[doc(hidden)]
 pub mod transforms;
+#[doc(hidden)]
 pub mod value;
 pub mod variables;
 
-pub use adjoint_macros::{custom_vjp, differentiable, grad, jvp, value_and_grad, vjp, vmap};
+/// Writes the gradient of a function, or of every method of an inherent `impl`, next
+/// to it when the crate compiles. On an `impl` whose `call` takes the scope first, the
+/// type becomes a Flax module with `init`, `apply` and `apply_with`.
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::{array, Array1};
+///
+/// #[differentiable]
+/// fn energy(x: &Array1<f64>, k: f64) -> f64 {
+///     k * (x * x).sum() / 2.0
+/// }
+/// let (gx, gk) = grad!(energy)(&array![1.0, -2.0], 3.0);
+/// assert_eq!(gx, array![3.0, -6.0]);
+/// assert_eq!(gk, 2.5);
+///
+/// struct Scale;
+///
+/// #[differentiable]
+/// impl Scale {
+///     fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+///         let s: f64 = cx.param("s", init::constant(2.0), ());
+///         s * x
+///     }
+/// }
+/// let vars = Scale.init(0, 1.0).unwrap();
+/// assert_eq!(vars.to_string(), r#"{"params": {"s": 2.0}}"#);
+/// assert_eq!(Scale.apply(&vars, 3.0).unwrap(), 6.0);
+/// ```
+///
+/// `#[differentiable(jvp)]` also writes the forward-mode companion that [`jvp!`]
+/// calls. Arguments of types mentioning `f32`, `f64`, a type parameter bounded by
+/// [`Real`], or [`Variables`] are differentiated; `#[no_grad]` on a parameter makes
+/// it a constant.
+pub use adjoint_macros::differentiable;
+
+/// Your own reverse rule for a function, as `jax.custom_vjp`: `fwd` returns the
+/// output and what the pullback needs, `bwd(residuals, cotangent)` one cotangent per
+/// argument.
+///
+/// ```
+/// use adjoint::prelude::*;
+///
+/// // A clipped gradient for the square root near zero.
+/// #[custom_vjp(fwd = safe_sqrt_fwd, bwd = safe_sqrt_bwd)]
+/// fn safe_sqrt(x: f64) -> f64 {
+///     x.sqrt()
+/// }
+/// fn safe_sqrt_fwd(x: f64) -> (f64, f64) {
+///     let y = x.sqrt();
+///     (y, y)
+/// }
+/// fn safe_sqrt_bwd(y: f64, ct: f64) -> (f64,) {
+///     (ct / (2.0 * y.max(1e-3)),)
+/// }
+/// assert_eq!(grad!(safe_sqrt)(0.0), 500.0);
+/// ```
+pub use adjoint_macros::custom_vjp;
+
+/// The gradient of a function with respect to its differentiated arguments (one
+/// cotangent, or a tuple of them), as `jax.grad`; `grad!(|x, y| body, wrt = [x])` for
+/// a closure, `has_aux` for a `(value, aux)` output. Inside a module,
+/// `grad!(cx, |mdl, cx, x| mdl.call(cx, x), Child, x)` is `flax.linen.grad`:
+/// cotangents for the primals only, the child's variables constant.
+///
+/// ```
+/// use adjoint::prelude::*;
+///
+/// #[differentiable]
+/// fn f(x: f64, y: f64) -> f64 {
+///     x * x * y
+/// }
+/// assert_eq!(grad!(f)(3.0, 2.0), (12.0, 9.0));
+/// assert_eq!(grad!(|x: f64, y: f64| f(x, y), wrt = [y])(3.0, 2.0), 9.0);
+/// let (g, aux) = grad!(|x: f64| (x * x, x + 1.0), has_aux)(3.0);
+/// assert_eq!((g, aux), (6.0, 4.0));
+/// ```
+pub use adjoint_macros::grad;
+
+/// The value and the gradient, as `jax.value_and_grad`: `(value, gradient)`, or
+/// `((value, aux), gradient)` with `has_aux`.
+///
+/// ```
+/// use adjoint::prelude::*;
+///
+/// #[differentiable]
+/// fn f(x: f64) -> f64 {
+///     x.sin()
+/// }
+/// let (v, g) = value_and_grad!(f)(0.0);
+/// assert_eq!((v, g), (0.0, 1.0));
+/// ```
+pub use adjoint_macros::value_and_grad;
+
+/// The value and its pullback, as `jax.vjp`: `pullback(ct)` gives one cotangent per
+/// argument (`()` for constant ones). For outputs that are not scalars.
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::{array, Array1};
+///
+/// #[differentiable]
+/// fn square(x: &Array1<f64>) -> Array1<f64> {
+///     x * x
+/// }
+/// let x = array![1.0, 2.0];
+/// let (y, pullback) = vjp!(square)(&x);
+/// assert_eq!(y, array![1.0, 4.0]);
+/// let (gx,) = pullback(array![1.0, 10.0]);
+/// assert_eq!(gx, array![2.0, 40.0]);
+/// ```
+pub use adjoint_macros::vjp;
+
+/// Forward mode, as `jax.jvp`: for `f` marked `#[differentiable(jvp)]`,
+/// `jvp!(f)(args.., tangents..)` gives the value and its directional derivative.
+/// Inside a module, `jvp!(cx, |mdl, cx, x| .., Child, (x,), (tx,), variable_tangents)`
+/// is `flax.linen.jvp`.
+///
+/// ```
+/// use adjoint::prelude::*;
+///
+/// #[differentiable(jvp)]
+/// fn f(x: f64, y: f64) -> f64 {
+///     x * y + x.sin()
+/// }
+/// let (v, dv) = jvp!(f)(0.0, 2.0, 1.0, 0.0); // along x
+/// assert_eq!((v, dv), (0.0, 3.0));
+/// ```
+pub use adjoint_macros::jvp;
+
+/// Vectorizing map, as `jax.vmap`: `f` over axis `k` of the arguments marked `k` in
+/// `in_axes` (`None` broadcasts), the outputs stacked along a new axis 0. With
+/// `grad!`, per-example gradients; with `axis_name` and a `grad!` given
+/// `reduce_axes`, the broadcast arguments' cotangents summed. Inside a module,
+/// `flax.linen.vmap` (variables broadcast).
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::{array, Array1, ArrayView1};
+///
+/// #[differentiable]
+/// fn loss(w: &Array1<f64>, #[no_grad] x: ArrayView1<f64>) -> f64 {
+///     x.dot(w).powi(2)
+/// }
+/// let (w, x) = (array![1.0, 2.0], array![[1.0, 0.0], [0.0, 1.0]]);
+/// let per_example = vmap!(grad!(loss), in_axes = [None, 0])(&w, &x);
+/// assert_eq!(per_example, array![[2.0, 0.0], [0.0, 4.0]]);
+/// ```
+pub use adjoint_macros::vmap;
 pub use scope::{Scope, ScopeError, Variables};
+pub use transforms::NoTangent;
 pub use value::{Cot, Real, Value};
 
 

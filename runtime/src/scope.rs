@@ -11,6 +11,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub use crate::variables::{Leaf, ParamCot, Stored, Variables, add_param, second_order, vjp_variables};
 
 /// A runtime misuse of scopes or variables, naming the variable's path.
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use adjoint::ScopeError;
+/// let x = ndarray::Array2::<f64>::ones((2, 3));
+/// // Variables of another model: the kernel is missing.
+/// let vars = Variables::new().with("params", "bias", ndarray::arr1(&[0.0; 4]).into_shared()).unwrap();
+/// match nn::Dense::new(4).apply(&vars, &x) {
+///     Err(ScopeError::ParamNotFound { path }) => assert_eq!(path, "kernel"),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScopeError {
     /// `apply` read a parameter the variables do not hold.
@@ -37,6 +49,27 @@ pub enum ScopeError {
         path: String,
         expected: &'static str,
         found: &'static str,
+    },
+    /// A variable whose stored rank differs from the type the module reads it as
+    /// (`ArcArray2` for a leaf of shape `[3]`).
+    #[error(
+        "variable `{collection}/{path}` has shape {shape:?}, but the module reads it with rank {rank}: declare its type with the shape's rank"
+    )]
+    DeclaredTypeMismatch {
+        collection: String,
+        path: String,
+        rank: usize,
+        shape: Vec<usize>,
+    },
+    /// An initializer that returned another shape than the one asked for.
+    #[error(
+        "the initializer of `{collection}/{path}` returned shape {found:?}, but shape {expected:?} was asked for"
+    )]
+    InitializerShape {
+        collection: String,
+        path: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
     },
     /// A variable of a collection that was not passed (and is not mutable).
     #[error(
@@ -74,7 +107,13 @@ pub enum ScopeError {
     SecondOrderUnsupported,
 }
 
-/// Which collections an `apply` may write.
+/// Which collections an `apply` may write (see [`ApplyOptions::mutable`]).
+///
+/// ```
+/// use adjoint::scope::Mutable;
+/// let only_stats = Mutable::Only(["batch_stats".to_string()].into());
+/// assert_ne!(only_stats, Mutable::All);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mutable {
     /// Every collection (as during `init`).
@@ -97,6 +136,18 @@ impl Mutable {
 ///
 /// Errors do not interrupt the module: the first one is kept, the read returns a
 /// zero of the asked shape, and `init`/`apply` return the error.
+///
+/// A scope can also be used directly, as Flax's `Module.init(.., method=..)` runs
+/// another method than `__call__`:
+///
+/// ```
+/// use adjoint::prelude::*;
+/// let mut vars = Variables::new();
+/// let mut cx = Scope::for_init(&mut vars, 0);
+/// let w: f64 = cx.param("w", init::constant(0.5), ());
+/// cx.finish().unwrap();
+/// assert_eq!((w, vars.to_string()), (0.5, r#"{"params": {"w": 0.5}}"#.to_string()));
+/// ```
 pub struct Scope<'v> {
     vars: &'v mut Variables,
     path: Vec<String>,
@@ -123,6 +174,7 @@ pub struct Scope<'v> {
 
 /// The collections and streams a lifted transform hid, to restore after it.
 #[derive(Clone, Debug)]
+#[doc(hidden)]
 pub struct Restriction {
     visible: Option<BTreeSet<String>>,
     visible_rngs: Option<BTreeSet<String>>,
@@ -130,6 +182,7 @@ pub struct Restriction {
 
 /// The path of a variable, for the reverse sweep to add its cotangent into.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[doc(hidden)]
 pub struct VarPath {
     pub collection: &'static str,
     pub path: String,
@@ -137,7 +190,7 @@ pub struct VarPath {
 
 impl<'v> Scope<'v> {
     /// A root scope that creates missing variables: every collection is mutable and
-    /// every random stream derives from `seed`.
+    /// every random stream derives from `seed` (what `init` uses; see [`Scope`]).
     pub fn for_init(vars: &'v mut Variables, seed: u64) -> Self {
         let mut rngs = BTreeMap::new();
         rngs.insert("params".to_string(), seed);
@@ -145,7 +198,19 @@ impl<'v> Scope<'v> {
     }
 
     /// A root scope over existing variables: only `mutable` collections may be
-    /// written, and only `rngs` streams may be drawn.
+    /// written, and only `rngs` streams may be drawn (what `apply_with` uses).
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// use adjoint::scope::{ApplyOptions, Mutable};
+    /// let mut vars = Variables::new().with("params", "w", 2.0).unwrap();
+    /// let opts = ApplyOptions::new().rng("dropout", 1);
+    /// let mut cx = Scope::for_apply(&mut vars, Mutable::Only(Default::default()), opts.rng_seeds());
+    /// let w: f64 = cx.param("w", init::zeros, ());
+    /// assert_eq!(w, 2.0);
+    /// cx.put("batch_stats", "mean", 1.0); // not mutable: recorded, returned by finish
+    /// assert!(cx.finish().is_err());
+    /// ```
     pub fn for_apply(
         vars: &'v mut Variables,
         mutable: Mutable,
@@ -181,6 +246,7 @@ impl<'v> Scope<'v> {
     /// Lets only `collections` (all if `None`) and `rngs` (all if `None`) through,
     /// until [`Scope::unrestrict`]: what a lifted transform's `variables` and `rngs`
     /// options do.
+    #[doc(hidden)]
     pub fn restrict(&mut self, collections: Option<&[&str]>, rngs: Option<&[&str]>) -> Restriction {
         let old = Restriction {
             visible: self.visible.clone(),
@@ -196,6 +262,7 @@ impl<'v> Scope<'v> {
     }
 
     /// Undoes [`Scope::restrict`].
+    #[doc(hidden)]
     pub fn unrestrict(&mut self, old: Restriction) {
         self.visible = old.visible;
         self.visible_rngs = old.visible_rngs;
@@ -205,12 +272,25 @@ impl<'v> Scope<'v> {
         self.visible.as_ref().is_none_or(|v| v.contains(collection))
     }
 
-    /// Whether this scope creates missing variables (`init`).
+    /// Whether this scope creates missing variables (`init`): Flax's
+    /// `is_initializing()`, what `BatchNorm` checks before updating its averages.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let mut vars = Variables::new();
+    /// assert!(Scope::for_init(&mut vars, 0).is_initializing());
+    /// ```
     pub fn is_initializing(&self) -> bool {
         self.initializing
     }
 
     /// The current module's path, `/`-joined (empty at the root).
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let mut vars = Variables::new();
+    /// assert_eq!(Scope::for_init(&mut vars, 0).path(), "");
+    /// ```
     pub fn path(&self) -> String {
         self.path.join("/")
     }
@@ -230,11 +310,22 @@ impl<'v> Scope<'v> {
     }
 
     /// The first error so far.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let mut vars = Variables::new();
+    /// let mut cx = Scope::for_apply(&mut vars, adjoint::scope::Mutable::All, Default::default());
+    /// let _: f64 = cx.param("missing", init::zeros, ());
+    /// assert!(cx.error().is_some());
+    /// ```
     pub fn error(&self) -> Option<&ScopeError> {
         self.error.as_ref()
     }
 
-    /// `Ok` if nothing went wrong, else the first error.
+    /// `Ok` if nothing went wrong, else the first error (see [`Scope`]).
+    ///
+    /// # Errors
+    /// The first [`ScopeError`] the module ran into.
     pub fn finish(self) -> Result<(), ScopeError> {
         match self.error {
             Some(e) => Err(e),
@@ -244,6 +335,7 @@ impl<'v> Scope<'v> {
 
     /// The next auto name for a child of type `type_name` under the current module:
     /// `TypeName_0`, `TypeName_1`, ... counted per parent and type, as Flax does.
+    #[doc(hidden)]
     pub fn auto_name(&mut self, type_name: &str) -> String {
         let k = self
             .counters
@@ -258,6 +350,7 @@ impl<'v> Scope<'v> {
 
     /// Sets the variables' tangents of a lifted `jvp!` (paths relative to the current
     /// module) and returns the ones set before.
+    #[doc(hidden)]
     pub fn set_tangents(&mut self, tangents: Option<&Variables>) -> Option<Variables> {
         let here = self.path();
         let new = tangents.map(|t| t.prefixed(&here));
@@ -265,12 +358,14 @@ impl<'v> Scope<'v> {
     }
 
     /// Restores the tangents [`Scope::set_tangents`] returned.
+    #[doc(hidden)]
     pub fn restore_tangents(&mut self, old: Option<Variables>) {
         self.tangents = old;
     }
 
     /// The tangent of parameter `name` of the current module (read as `like`): the
     /// one a lifted `jvp!` was given, or zero.
+    #[doc(hidden)]
     pub fn param_tangent<T: Stored + Clone>(&mut self, like: &T, name: &str) -> T {
         let path = self.path_to(name);
         let like = like.clone().into_leaf();
@@ -294,23 +389,27 @@ impl<'v> Scope<'v> {
     }
 
     /// Records that forward mode does not reach the current module.
+    #[doc(hidden)]
     pub fn forward_mode_unsupported(&mut self) {
         let path = self.path();
         self.fail(ScopeError::ForwardModeUnsupported { path });
     }
 
     /// Binds the named axis of a `vmap!` until [`Scope::pop_axis`].
+    #[doc(hidden)]
     pub fn push_axis(&mut self, name: &str) {
         self.axes.push(name.to_string());
     }
 
     /// Unbinds the innermost named axis.
+    #[doc(hidden)]
     pub fn pop_axis(&mut self) {
         self.axes.pop();
     }
 
     /// Records [`ScopeError::UnboundAxis`] for any of `names` that no enclosing `vmap!`
     /// binds (what `reduce_axes` checks).
+    #[doc(hidden)]
     pub fn check_axes(&mut self, names: &[&str]) {
         if let Some(missing) = names.iter().find(|n| !self.axes.iter().any(|a| a == *n)) {
             let e = ScopeError::UnboundAxis {
@@ -325,6 +424,7 @@ impl<'v> Scope<'v> {
     /// named afresh, from `TypeName_0`, as Flax resets a module's auto names at every
     /// call of its compact method (a cell called once per time step creates the same
     /// `Dense_0` each time, and so reads the same parameters).
+    #[doc(hidden)]
     pub fn enter(&mut self, name: &str) {
         self.path.push(name.to_string());
         self.returns.push(None);
@@ -339,6 +439,7 @@ impl<'v> Scope<'v> {
     }
 
     /// Enters the next auto-named child of type `type_name`.
+    #[doc(hidden)]
     pub fn enter_auto(&mut self, type_name: &str) {
         let name = self.auto_name(type_name);
         self.enter(&name);
@@ -346,6 +447,7 @@ impl<'v> Scope<'v> {
 
     /// Enters a submodule's scope: a field's name, the next auto name, or the path a
     /// [`Bound`] module was given where it was created.
+    #[doc(hidden)]
     pub fn enter_child(&mut self, child: ChildName<'_>) {
         match child {
             ChildName::Field(name) => self.enter(name),
@@ -366,6 +468,7 @@ impl<'v> Scope<'v> {
     }
 
     /// Leaves the current child, back to where it was entered from.
+    #[doc(hidden)]
     pub fn exit(&mut self) {
         self.last_child = Some(self.path());
         match self.returns.pop() {
@@ -406,6 +509,7 @@ impl<'v> Scope<'v> {
 
     /// A module made by a `let` in a module's body, bound where it is made (see
     /// [`IntoBound`]; `#[differentiable]` writes the call).
+    #[doc(hidden)]
     pub fn bind_local<B: IntoBound>(&mut self, module: B) -> Bound<B::Module> {
         module.into_bound(self)
     }
@@ -443,6 +547,7 @@ impl<'v> Scope<'v> {
 
     /// [`Scope::param`], also returning where the parameter lives (for the reverse
     /// sweep of a transform that differentiates parameters).
+    #[doc(hidden)]
     pub fn param_at<T: Stored>(
         &mut self,
         name: &str,
@@ -476,13 +581,8 @@ impl<'v> Scope<'v> {
             return match T::from_leaf(leaf) {
                 Some(v) => (v, at),
                 None => {
-                    let found = leaf.kind();
-                    self.fail(ScopeError::TypeMismatch {
-                        collection: "params".into(),
-                        path,
-                        expected: T::KIND,
-                        found,
-                    });
+                    let e = crate::variables::read_error::<T>("params", path, leaf);
+                    self.fail(e);
                     (placeholder(&shape), at)
                 }
             };
@@ -493,14 +593,23 @@ impl<'v> Scope<'v> {
         }
         let mut rng = self.rng_for("params", &path);
         let sample = init.sample(&mut rng, shape.slice());
+        if sample.shape() != shape.slice() {
+            self.fail(ScopeError::InitializerShape {
+                collection: "params".into(),
+                path,
+                expected: shape.slice().to_vec(),
+                found: sample.shape().to_vec(),
+            });
+            return (placeholder(&shape), at);
+        }
         let value: T = match T::from_sample(sample) {
             Some(v) => v,
             None => {
-                self.fail(ScopeError::ShapeMismatch {
+                self.fail(ScopeError::DeclaredTypeMismatch {
                     collection: "params".into(),
                     path,
-                    expected: shape.slice().to_vec(),
-                    found: vec![],
+                    rank: T::RANK.unwrap_or(0),
+                    shape: shape.slice().to_vec(),
                 });
                 return (placeholder(&shape), at);
             }
@@ -514,7 +623,30 @@ impl<'v> Scope<'v> {
     }
 
     /// Gets variable `name` of `collection`, creating it with `init` if the collection
-    /// is mutable (Flax's `self.variable(..).value`).
+    /// is mutable (Flax's `self.variable(..).value`): state such as `batch_stats` or a
+    /// counter. Writing it back is [`Scope::put`].
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// use adjoint::scope::ApplyOptions;
+    ///
+    /// /// Counts its calls in the `state` collection.
+    /// struct Counter;
+    ///
+    /// #[differentiable]
+    /// impl Counter {
+    ///     fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+    ///         let count: i64 = cx.variable("state", "count", || 0);
+    ///         cx.put("state", "count", count + 1);
+    ///         x
+    ///     }
+    /// }
+    ///
+    /// let vars = Counter.init(0, 1.0).unwrap();
+    /// let opts = ApplyOptions::new().mutable(["state"]);
+    /// let (_, state) = Counter.apply_with(&vars, &opts, 1.0).unwrap();
+    /// assert_eq!(state.to_string(), r#"{"state": {"count": 2}}"#);
+    /// ```
     pub fn variable<T: Stored>(
         &mut self,
         collection: &str,
@@ -533,13 +665,8 @@ impl<'v> Scope<'v> {
             return match T::from_leaf(leaf) {
                 Some(v) => v,
                 None => {
-                    let found = leaf.kind();
-                    self.fail(ScopeError::TypeMismatch {
-                        collection: collection.into(),
-                        path,
-                        expected: T::KIND,
-                        found,
-                    });
+                    let e = crate::variables::read_error::<T>(collection, path, leaf);
+                    self.fail(e);
                     init()
                 }
             };
@@ -560,7 +687,9 @@ impl<'v> Scope<'v> {
         value
     }
 
-    /// Writes variable `name` of `collection` (Flax's `var.value = ..`).
+    /// Writes variable `name` of `collection` (Flax's `var.value = ..`); see
+    /// [`Scope::variable`]. Writing a collection that is not mutable records
+    /// [`ScopeError::ImmutableCollection`], which `apply` returns.
     pub fn put<T: Stored>(&mut self, collection: &str, name: &str, value: T) {
         let path = self.path_to(name);
         if !self.mutable.allows(collection) || !self.sees(collection) {
@@ -576,7 +705,29 @@ impl<'v> Scope<'v> {
     }
 
     /// Records an intermediate value under `collection/name/k` if the collection is
-    /// mutable, and does nothing otherwise (Flax's `self.sow`).
+    /// mutable, and does nothing otherwise (Flax's `self.sow`, whose tuple `(v,)` is
+    /// stored as `name/0`).
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// use adjoint::scope::ApplyOptions;
+    ///
+    /// struct Probe;
+    ///
+    /// #[differentiable]
+    /// impl Probe {
+    ///     fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+    ///         let h = 2.0 * x;
+    ///         cx.sow("intermediates", "h", h);
+    ///         h * h
+    ///     }
+    /// }
+    ///
+    /// let vars = Probe.init(0, 1.0).unwrap();
+    /// let opts = ApplyOptions::new().mutable(["intermediates"]);
+    /// let (_, sown) = Probe.apply_with(&vars.only(&["params"]), &opts, 3.0).unwrap();
+    /// assert_eq!(sown.to_string(), r#"{"intermediates": {"h": {"0": 6.0}}}"#);
+    /// ```
     pub fn sow<T: Stored>(&mut self, collection: &str, name: &str, value: T) {
         if !self.mutable.allows(collection) {
             return;
@@ -596,7 +747,32 @@ impl<'v> Scope<'v> {
     }
 
     /// A random generator for stream `stream`, derived from the stream's seed, this
-    /// module's path and how many keys it drew before (Flax's `make_rng`).
+    /// module's path and how many keys it drew before (Flax's `make_rng`): each call
+    /// gives new numbers, the same ones for the same seed. A stream that was not
+    /// given records [`ScopeError::UnknownRngStream`].
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// use adjoint::scope::ApplyOptions;
+    /// use rand::Rng as _;
+    ///
+    /// struct Noisy;
+    ///
+    /// #[differentiable]
+    /// impl Noisy {
+    ///     fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+    ///         let noise: f64 = cx.make_rng("noise").random();
+    ///         x + no_grad(noise)
+    ///     }
+    /// }
+    ///
+    /// let vars = Noisy.init(0, 1.0).unwrap();
+    /// let opts = ApplyOptions::new().rng("noise", 42);
+    /// let (a, _) = Noisy.apply_with(&vars, &opts, 1.0).unwrap();
+    /// let (b, _) = Noisy.apply_with(&vars, &opts, 1.0).unwrap();
+    /// assert_eq!(a, b);
+    /// assert!(Noisy.apply(&vars, 1.0).is_err()); // no `noise` stream
+    /// ```
     pub fn make_rng(&mut self, stream: &str) -> Rng {
         let path = self.path();
         let passes = self
@@ -635,14 +811,20 @@ fn unreachable_roundtrip<T>() -> T {
 }
 
 fn placeholder<T: Stored>(shape: &IxDyn) -> T {
-    // A zero of the asked shape; it is never returned to the user (the error is).
-    T::from_sample(ArrayD::zeros(shape.clone()))
-        .or_else(|| T::from_sample(ArrayD::zeros(IxDyn(&[]))))
-        .unwrap_or_else(|| panic!("adjoint: every stored type has a zero"))
+    // A zero of the asked shape where the type has that rank, else an empty one; it
+    // is never returned to the user (the error is).
+    T::from_sample(ArrayD::zeros(shape.clone())).unwrap_or_else(T::empty)
 }
 
 /// Derives a new seed from `seed` and `data` (Flax's `fold_in`): FNV-1a over the
-/// bytes, finished with SplitMix64 so nearby inputs give unrelated seeds.
+/// bytes, finished with SplitMix64 so nearby inputs give unrelated seeds. Use it to
+/// give each training step its own dropout seed.
+///
+/// ```
+/// use adjoint::scope::fold_in;
+/// assert_ne!(fold_in(0, "step 1"), fold_in(0, "step 2"));
+/// assert_eq!(fold_in(7, "a"), fold_in(7, "a"));
+/// ```
 pub fn fold_in(seed: u64, data: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
     for b in data.bytes() {
@@ -669,34 +851,37 @@ pub struct ApplyOptions {
 }
 
 impl ApplyOptions {
-    /// Nothing mutable, no random streams.
+    /// Nothing mutable, no random streams (see [`ApplyOptions`]).
     pub fn new() -> Self {
         ApplyOptions::default()
     }
 
-    /// Makes these collections writable.
+    /// Makes these collections writable; `apply_with` returns them after the run.
     pub fn mutable<S: Into<String>>(mut self, collections: impl IntoIterator<Item = S>) -> Self {
         self.mutable.extend(collections.into_iter().map(Into::into));
         self
     }
 
-    /// Provides random stream `stream` with `seed`.
+    /// Provides random stream `stream` with `seed` (Flax's `rngs={'dropout': key}`).
     pub fn rng(mut self, stream: &str, seed: u64) -> Self {
         self.rngs.insert(stream.to_string(), seed);
         self
     }
 
     /// The writable collections, for a scope.
+    #[doc(hidden)]
     pub fn mutability(&self) -> Mutable {
         Mutable::Only(self.mutable.clone())
     }
 
     /// The random streams' seeds, for a scope.
+    #[doc(hidden)]
     pub fn rng_seeds(&self) -> BTreeMap<String, u64> {
         self.rngs.clone()
     }
 
     /// The mutable collections of `vars`.
+    #[doc(hidden)]
     pub fn mutated(&self, vars: &Variables) -> Variables {
         let names: Vec<&str> = self.mutable.iter().map(String::as_str).collect();
         vars.only(&names)
@@ -706,12 +891,14 @@ impl ApplyOptions {
 /// Where a scope's naming stood, to run a child again under the same names (as
 /// `vmap!` does for each example).
 #[derive(Clone, Debug)]
+#[doc(hidden)]
 pub struct ScopeMark {
     counters: HashMap<String, HashMap<String, usize>>,
 }
 
 impl Scope<'_> {
     /// The current naming counters.
+    #[doc(hidden)]
     pub fn mark(&self) -> ScopeMark {
         ScopeMark {
             counters: self.counters.clone(),
@@ -720,17 +907,20 @@ impl Scope<'_> {
 
     /// Returns the naming counters to `mark` (children get the same names again) and
     /// lets random streams go on (what `vmap!` does between examples).
+    #[doc(hidden)]
     pub fn reset_names_to(&mut self, mark: &ScopeMark) {
         self.counters = mark.counters.clone();
     }
 
     /// A copy of the variables as they are now (leaves are shared: no data is copied),
     /// for a pullback that must run a child again later (second order).
+    #[doc(hidden)]
     pub fn snapshot(&self) -> Variables {
         self.vars.clone()
     }
 
     /// Moves the cursor to the absolute path `path` (`/`-joined).
+    #[doc(hidden)]
     pub fn enter_path(&mut self, path: &str) {
         self.path = path
             .split('/')
@@ -740,6 +930,7 @@ impl Scope<'_> {
     }
 
     /// The full path of the child most recently entered or left (`Parent/Child_0`).
+    #[doc(hidden)]
     pub fn last_child_path(&self) -> String {
         self.last_child.clone().unwrap_or_else(|| self.path())
     }
@@ -749,6 +940,7 @@ impl Scope<'_> {
 /// (Flax's setup attributes), by the next auto name of its type (`Dense_0`, Flax's
 /// compact submodules), or by the path it was bound to ([`Scope::bind`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[doc(hidden)]
 pub enum ChildName<'a> {
     Field(&'a str),
     Auto(&'static str),
@@ -806,6 +998,7 @@ impl<M> std::ops::Deref for Bound<M> {
     label = "called like a module here",
     note = "a module is a type with a `#[differentiable]` impl whose `call` takes the scope first"
 )]
+#[doc(hidden)]
 pub trait IntoBound {
     /// The module.
     type Module;
@@ -824,6 +1017,7 @@ impl<M> IntoBound for Bound<M> {
 /// and the name of the scope it runs in. `#[differentiable]` implements it for every
 /// module (named by the field that holds it, else by the next auto name of its
 /// type); [`Bound`] runs at its bound path.
+#[doc(hidden)]
 pub trait Child {
     /// The module that runs.
     type Module;
@@ -847,6 +1041,7 @@ impl<M> Child for Bound<M> {
 /// whose scope the transform entered: calls through it run in that scope, and it
 /// derefs to the module.
 #[derive(Debug)]
+#[doc(hidden)]
 pub struct Here<'a, M>(pub &'a M);
 
 impl<M> Clone for Here<'_, M> {

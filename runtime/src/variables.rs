@@ -164,6 +164,8 @@ impl Leaf {
 pub trait Stored: Sized {
     /// The element type's name, for errors.
     const KIND: &'static str;
+    /// The rank (`0` for a scalar, `None` for a dynamic one), for errors.
+    const RANK: Option<usize>;
     /// Moves the value into a leaf.
     fn into_leaf(self) -> Leaf;
     /// Reads a leaf, sharing its data where the type allows. `None` if the element
@@ -171,10 +173,14 @@ pub trait Stored: Sized {
     fn from_leaf(leaf: &Leaf) -> Option<Self>;
     /// A value of `shape` from an initializer's `f64` sample.
     fn from_sample(sample: ArrayD<f64>) -> Option<Self>;
+    /// A zero with no elements (or a scalar zero): what a read that failed gives
+    /// while the error travels to `init`/`apply`.
+    fn empty() -> Self;
 }
 
 impl<A: Real> Stored for A {
     const KIND: &'static str = A::KIND;
+    const RANK: Option<usize> = Some(0);
     fn into_leaf(self) -> Leaf {
         A::into_leaf(ArcArray::from_elem(IxDyn(&[]), self))
     }
@@ -188,12 +194,16 @@ impl<A: Real> Stored for A {
             .then(|| sample.iter().next().map(|&v| A::lit(v)))
             .flatten()
     }
+    fn empty() -> Self {
+        A::zero()
+    }
 }
 
 macro_rules! integer_stored {
     ($($t:ty),*) => {$(
         impl Stored for $t {
             const KIND: &'static str = "integer";
+            const RANK: Option<usize> = Some(0);
             fn into_leaf(self) -> Leaf {
                 Leaf::I64(ArcArray::from_elem(IxDyn(&[]), self as i64))
             }
@@ -206,6 +216,9 @@ macro_rules! integer_stored {
             fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
                 (sample.ndim() == 0).then(|| sample.iter().next().map(|&v| v as $t)).flatten()
             }
+            fn empty() -> Self {
+                0
+            }
         }
     )*};
 }
@@ -214,6 +227,7 @@ integer_stored!(i32, i64, u32, usize);
 
 impl<A: Real, D: Dimension> Stored for ArcArray<A, D> {
     const KIND: &'static str = A::KIND;
+    const RANK: Option<usize> = D::NDIM;
     fn into_leaf(self) -> Leaf {
         A::into_leaf(self.into_dyn())
     }
@@ -227,11 +241,15 @@ impl<A: Real, D: Dimension> Stored for ArcArray<A, D> {
             .into_dimensionality::<D>()
             .ok()
     }
+    fn empty() -> Self {
+        ArcArray::zeros(D::zeros(D::NDIM.unwrap_or(0)))
+    }
 }
 
 /// Reading into an owned array copies; prefer `ArcArray`, which shares.
 impl<A: Real, D: Dimension> Stored for Array<A, D> {
     const KIND: &'static str = A::KIND;
+    const RANK: Option<usize> = D::NDIM;
     fn into_leaf(self) -> Leaf {
         A::into_leaf(self.into_dyn().into_shared())
     }
@@ -240,6 +258,9 @@ impl<A: Real, D: Dimension> Stored for Array<A, D> {
     }
     fn from_sample(sample: ArrayD<f64>) -> Option<Self> {
         sample.mapv(A::lit).into_dimensionality::<D>().ok()
+    }
+    fn empty() -> Self {
+        Array::zeros(D::zeros(D::NDIM.unwrap_or(0)))
     }
 }
 
@@ -326,12 +347,7 @@ impl Variables {
                 path: path.into(),
             },
         })?;
-        T::from_leaf(leaf).ok_or_else(|| ScopeError::TypeMismatch {
-            collection: collection.into(),
-            path: path.into(),
-            expected: T::KIND,
-            found: leaf.kind(),
-        })
+        T::from_leaf(leaf).ok_or_else(|| read_error::<T>(collection, path.into(), leaf))
     }
 
     /// Why these variables (gradients) must not be used, if they must not.
@@ -393,6 +409,7 @@ impl Variables {
     }
 
     /// The variables under `prefix/` of every collection, with the prefix removed.
+    #[doc(hidden)]
     pub fn subtree(&self, prefix: &str) -> Variables {
         let mut out = Variables {
             error: self.error.clone(),
@@ -455,6 +472,7 @@ impl Variables {
     }
 
     /// The same variables with `prefix/` before every path.
+    #[doc(hidden)]
     pub fn prefixed(&self, prefix: &str) -> Variables {
         if prefix.is_empty() {
             return self.clone();
@@ -523,6 +541,7 @@ impl Variables {
 
     /// The same tree with a batch of no examples at every leaf (a leading axis of
     /// length 0): what [`Variables::stack`] of an empty batch of such trees is.
+    #[doc(hidden)]
     pub fn empty_batch(&self) -> Variables {
         let collections = self
             .collections
@@ -830,6 +849,7 @@ impl crate::value::Accumulate for Variables {
 }
 
 /// A parameter's cotangent, stored as a leaf of a `Variables` tree.
+#[doc(hidden)]
 pub trait ParamCot {
     fn into_leaf(self) -> Leaf;
 }
@@ -847,6 +867,7 @@ impl<A: Real, D: Dimension> ParamCot for Array<A, D> {
 }
 
 /// Adds the cotangent of the parameter at `at` into `acc`.
+#[doc(hidden)]
 pub fn add_param(acc: &mut Variables, at: &VarPath, ct: impl ParamCot) {
     let leaf = ct.into_leaf();
     let coll = acc
@@ -866,17 +887,38 @@ pub fn add_param(acc: &mut Variables, at: &VarPath, ct: impl ParamCot) {
 }
 
 /// Marks parameter gradients that would flow through a lifted transform.
+#[doc(hidden)]
 pub fn second_order(acc: &mut Variables) {
     acc.poison(ScopeError::SecondOrderUnsupported);
 }
 
 /// The cotangents a lifted `vjp!` returns: the listed collections of the child at
 /// `child`, with paths relative to the child (Flax's `vjp_variables`).
+#[doc(hidden)]
 pub fn vjp_variables(cots: &Variables, child: &str, collections: &[&str]) -> Variables {
     let only = cots.only(collections);
     if child.is_empty() {
         only
     } else {
         only.subtree(child)
+    }
+}
+
+/// Why a stored leaf does not read as a `T`: another element type, or another rank.
+pub(crate) fn read_error<T: Stored>(collection: &str, path: String, leaf: &Leaf) -> ScopeError {
+    if leaf.kind() != T::KIND {
+        ScopeError::TypeMismatch {
+            collection: collection.into(),
+            path,
+            expected: T::KIND,
+            found: leaf.kind(),
+        }
+    } else {
+        ScopeError::DeclaredTypeMismatch {
+            collection: collection.into(),
+            path,
+            rank: T::RANK.unwrap_or(0),
+            shape: leaf.shape().to_vec(),
+        }
     }
 }

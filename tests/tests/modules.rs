@@ -1380,3 +1380,46 @@ fn sow_records_intermediates_when_the_collection_is_mutable() {
     );
     assert_eq!(Sowing.apply(&vars, 1.5).unwrap(), 4.0);
 }
+
+// ----- a parameter read as another rank, an initializer of the wrong shape -----
+
+struct WrongRank;
+
+#[differentiable]
+impl WrongRank {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        let w: ndarray::ArcArray2<f64> = cx.param("w", init::zeros, (3,));
+        w.sum() * x
+    }
+}
+
+struct WrongInit;
+
+#[differentiable]
+impl WrongInit {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        let bad = |_: &mut init::Rng, _: &[usize]| ndarray::ArrayD::<f64>::zeros(ndarray::IxDyn(&[2]));
+        let w: ndarray::ArcArray1<f64> = cx.param("w", bad, 3);
+        w.sum() * x
+    }
+}
+
+#[test]
+fn parameters_of_another_rank_or_shape_are_typed_errors() {
+    let err = WrongRank.init(0, 1.0).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "variable `params/w` has shape [3], but the module reads it with rank 2: declare its type with the shape's rank"
+    );
+    let err = WrongInit.init(0, 1.0).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the initializer of `params/w` returned shape [2], but shape [3] was asked for"
+    );
+    // A stored leaf read as another rank.
+    let vars = Variables::new()
+        .with("params", "WrongRank_0/w", ndarray::arr1(&[1.0, 2.0, 3.0]).into_shared())
+        .unwrap();
+    let err = vars.read::<ndarray::Array2<f64>>("params", "WrongRank_0/w").unwrap_err();
+    assert!(matches!(err, ScopeError::DeclaredTypeMismatch { .. }), "{err}");
+}
