@@ -5,6 +5,13 @@ use crate::value::Real;
 use ndarray::{Array, Dimension};
 
 /// Values that flatten to a list of `f64`s: scalars, owned arrays, and tuples of them.
+///
+/// ```
+/// use adjoint::check::Params;
+/// let mut flat = Vec::new();
+/// (1.0, ndarray::arr1(&[2.0, 3.0])).flatten(&mut flat);
+/// assert_eq!(flat, vec![1.0, 2.0, 3.0]);
+/// ```
 pub trait Params: Sized {
     /// Appends every element, in order.
     fn flatten(&self, out: &mut Vec<f64>);
@@ -61,6 +68,13 @@ tuple_params!(A 0, B 1, C 2, D 3, E 4);
 tuple_params!(A 0, B 1, C 2, D 3, E 4, F 5);
 
 /// Tolerances of [`check_vjp`] and [`check_grad`].
+///
+/// ```
+/// use adjoint::check::Tolerance;
+/// // Looser, for f32 code.
+/// let tol = Tolerance { rtol: 1e-3, atol: 1e-4, ..Tolerance::default() };
+/// assert_eq!(tol.step, 1e-6);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Tolerance {
     /// Relative step of the central difference.
@@ -83,6 +97,13 @@ impl Default for Tolerance {
 }
 
 /// Why a claimed gradient or vector-Jacobian product was rejected.
+///
+/// ```
+/// use adjoint::check::{check_grad, GradCheckError, Tolerance};
+/// let f = |x: &f64| x * x;
+/// let err = check_grad(f, &3.0, &5.0, Tolerance::default()).unwrap_err();
+/// assert!(matches!(err, GradCheckError::Mismatch { index: 0, .. }));
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GradCheckError {
     /// A component disagrees with finite differences.

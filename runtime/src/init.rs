@@ -7,9 +7,26 @@ use rand_distr::{Distribution, StandardNormal, Uniform};
 
 /// The random generator of initializers and `make_rng`: ChaCha8, reproducible across
 /// platforms for a given seed.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// let w = init::lecun_normal().sample(&mut rng, &[3, 4]);
+/// assert_eq!(w.shape(), &[3, 4]);
+/// ```
 pub type Rng = rand_chacha::ChaCha8Rng;
 
 /// Produces a parameter's initial value from a random generator and a shape.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// // Any function of the generator and the shape is an initializer too.
+/// let eye = |_: &mut init::Rng, s: &[usize]| ndarray::ArrayD::from_shape_fn(s, |i| (i[0] == i[1]) as u8 as f64);
+/// assert_eq!(eye.sample(&mut rng, &[2, 2]), ndarray::arr2(&[[1.0, 0.0], [0.0, 1.0]]).into_dyn());
+/// ```
 pub trait Initializer {
     /// An array of `shape` (`[]` for a scalar).
     fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64>;
@@ -22,10 +39,24 @@ impl<F: Fn(&mut Rng, &[usize]) -> ArrayD<f64>> Initializer for F {
 }
 
 /// All zeros.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert!(init::zeros.sample(&mut rng, &[2]).iter().all(|&v| v == 0.0));
+/// ```
 #[allow(non_upper_case_globals)]
 pub const zeros: Constant = Constant(0.0);
 
 /// All ones.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert!(init::ones.sample(&mut rng, &[2]).iter().all(|&v| v == 1.0));
+/// ```
 #[allow(non_upper_case_globals)]
 pub const ones: Constant = Constant(1.0);
 
@@ -34,6 +65,13 @@ pub const ones: Constant = Constant(1.0);
 pub struct Constant(pub f64);
 
 /// Every element `value` (Flax's `constant`).
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert!(init::constant(0.5).sample(&mut rng, &[3]).iter().all(|&v| v == 0.5));
+/// ```
 pub fn constant(value: f64) -> Constant {
     Constant(value)
 }
@@ -49,6 +87,15 @@ impl Initializer for Constant {
 pub struct Normal(pub f64);
 
 /// Normal with mean 0 and standard deviation `stddev`.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// let w = init::normal(1e-2).sample(&mut rng, &[1000]);
+/// let sd = (w.mapv(|v| v * v).sum() / 1000.0).sqrt();
+/// assert!((sd - 1e-2).abs() < 2e-3);
+/// ```
 pub fn normal(stddev: f64) -> Normal {
     Normal(stddev)
 }
@@ -67,6 +114,13 @@ impl Initializer for Normal {
 pub struct UniformInit(pub f64);
 
 /// Uniform on `[0, scale)`.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert!(init::uniform(0.5).sample(&mut rng, &[100]).iter().all(|&v| (0.0..0.5).contains(&v)));
+/// ```
 pub fn uniform(scale: f64) -> UniformInit {
     UniformInit(scale)
 }
@@ -82,6 +136,13 @@ impl Initializer for UniformInit {
 pub struct TruncatedNormal(pub f64);
 
 /// Normal truncated to `[-2, 2]`, scaled by `stddev` (Flax's `truncated_normal`).
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert!(init::truncated_normal(1.0).sample(&mut rng, &[100]).iter().all(|&v| v.abs() <= 2.0));
+/// ```
 pub fn truncated_normal(stddev: f64) -> TruncatedNormal {
     TruncatedNormal(stddev)
 }
@@ -136,6 +197,17 @@ pub struct VarianceScaling {
 }
 
 /// The variance-scaling family that `lecun_*`, `glorot_*` and `he_*` are made of.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// use init::{Dist, FanMode};
+/// let he = init::variance_scaling(2.0, FanMode::FanIn, Dist::Uniform);
+/// // Uniform within sqrt(3 * 2 / fan_in).
+/// let limit = (6.0f64 / 100.0).sqrt();
+/// assert!(he.sample(&mut rng, &[100, 10]).iter().all(|&v| v.abs() <= limit));
+/// ```
 pub fn variance_scaling(scale: f64, mode: FanMode, distribution: Dist) -> VarianceScaling {
     VarianceScaling {
         scale,
@@ -146,6 +218,11 @@ pub fn variance_scaling(scale: f64, mode: FanMode, distribution: Dist) -> Varian
 
 /// `(fan_in, fan_out)` of a shape: the second to last and last axes times the
 /// receptive field (the product of the others).
+///
+/// ```
+/// // A 3x3 convolution from 16 to 32 channels.
+/// assert_eq!(adjoint::init::fans(&[3, 3, 16, 32]), (144.0, 288.0));
+/// ```
 pub fn fans(shape: &[usize]) -> (f64, f64) {
     match shape.len() {
         0 => (1.0, 1.0),
@@ -184,31 +261,75 @@ impl Initializer for VarianceScaling {
 }
 
 /// LeCun normal: variance `1 / fan_in`, truncated normal (Flax's default kernel init).
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// let w = init::lecun_normal().sample(&mut rng, &[400, 300]);
+/// let var = w.mapv(|v| v * v).sum() / w.len() as f64;
+/// assert!((var * 400.0 - 1.0).abs() < 0.05);
+/// ```
 pub fn lecun_normal() -> VarianceScaling {
     variance_scaling(1.0, FanMode::FanIn, Dist::TruncatedNormal)
 }
 
 /// LeCun uniform: variance `1 / fan_in`, uniform.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert_eq!(init::lecun_uniform().sample(&mut rng, &[4, 3]).shape(), &[4, 3]);
+/// ```
 pub fn lecun_uniform() -> VarianceScaling {
     variance_scaling(1.0, FanMode::FanIn, Dist::Uniform)
 }
 
 /// Glorot (Xavier) normal: variance `2 / (fan_in + fan_out)`, truncated normal.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert_eq!(init::glorot_normal().sample(&mut rng, &[4, 3]).shape(), &[4, 3]);
+/// ```
 pub fn glorot_normal() -> VarianceScaling {
     variance_scaling(1.0, FanMode::FanAvg, Dist::TruncatedNormal)
 }
 
 /// Glorot (Xavier) uniform: variance `2 / (fan_in + fan_out)`, uniform.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert_eq!(init::glorot_uniform().sample(&mut rng, &[4, 3]).shape(), &[4, 3]);
+/// ```
 pub fn glorot_uniform() -> VarianceScaling {
     variance_scaling(1.0, FanMode::FanAvg, Dist::Uniform)
 }
 
 /// He (Kaiming) normal: variance `2 / fan_in`, truncated normal.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert_eq!(init::he_normal().sample(&mut rng, &[4, 3]).shape(), &[4, 3]);
+/// ```
 pub fn he_normal() -> VarianceScaling {
     variance_scaling(2.0, FanMode::FanIn, Dist::TruncatedNormal)
 }
 
 /// He (Kaiming) uniform: variance `2 / fan_in`, uniform.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert_eq!(init::he_uniform().sample(&mut rng, &[4, 3]).shape(), &[4, 3]);
+/// ```
 pub fn he_uniform() -> VarianceScaling {
     variance_scaling(2.0, FanMode::FanIn, Dist::Uniform)
 }

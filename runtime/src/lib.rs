@@ -199,6 +199,15 @@ pub use value::{Cot, Real, Value};
 
 /// Stops the gradient: `no_grad(x)` is `x`, but the transform treats it as a
 /// constant, like `jax.lax.stop_gradient`.
+///
+/// ```
+/// use adjoint::prelude::*;
+/// #[differentiable]
+/// fn f(x: f64) -> f64 {
+///     x * no_grad(x)
+/// }
+/// assert_eq!(grad!(f)(3.0), 3.0); // not 6
+/// ```
 #[inline(always)]
 pub fn no_grad<T>(x: T) -> T {
     x

@@ -191,6 +191,15 @@ pub struct VarPath {
 impl<'v> Scope<'v> {
     /// A root scope that creates missing variables: every collection is mutable and
     /// every random stream derives from `seed` (what `init` uses; see [`Scope`]).
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let mut vars = Variables::new();
+    /// let mut cx = Scope::for_init(&mut vars, 0);
+    /// let b: f64 = cx.param("b", init::ones, ());
+    /// cx.finish().unwrap();
+    /// assert_eq!(b, 1.0);
+    /// ```
     pub fn for_init(vars: &'v mut Variables, seed: u64) -> Self {
         let mut rngs = BTreeMap::new();
         rngs.insert("params".to_string(), seed);
@@ -516,6 +525,15 @@ impl<'v> Scope<'v> {
 
     /// Binds `module` to the current module under the explicit name `name` (Flax's
     /// `Dense(4, name="name")`).
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let mut vars = Variables::new();
+    /// let mut cx = Scope::for_init(&mut vars, 0);
+    /// let head = cx.bind_as("head", nn::Dense::new(2));
+    /// assert_eq!(Bound::path(&head), "head");
+    /// assert_eq!(head.features, 2); // it derefs to the module
+    /// ```
     pub fn bind_as<M>(&mut self, name: &str, module: M) -> Bound<M> {
         Bound {
             shared: std::sync::Arc::new(module),
@@ -690,6 +708,15 @@ impl<'v> Scope<'v> {
     /// Writes variable `name` of `collection` (Flax's `var.value = ..`); see
     /// [`Scope::variable`]. Writing a collection that is not mutable records
     /// [`ScopeError::ImmutableCollection`], which `apply` returns.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let mut vars = Variables::new();
+    /// let mut cx = Scope::for_init(&mut vars, 0); // every collection is mutable
+    /// cx.put("state", "steps", 3i64);
+    /// cx.finish().unwrap();
+    /// assert_eq!(vars.to_string(), r#"{"state": {"steps": 3}}"#);
+    /// ```
     pub fn put<T: Stored>(&mut self, collection: &str, name: &str, value: T) {
         let path = self.path_to(name);
         if !self.mutable.allows(collection) || !self.sees(collection) {
@@ -852,17 +879,32 @@ pub struct ApplyOptions {
 
 impl ApplyOptions {
     /// Nothing mutable, no random streams (see [`ApplyOptions`]).
+    ///
+    /// ```
+    /// let opts = adjoint::scope::ApplyOptions::new();
+    /// assert!(opts.rng_seeds().is_empty());
+    /// ```
     pub fn new() -> Self {
         ApplyOptions::default()
     }
 
     /// Makes these collections writable; `apply_with` returns them after the run.
+    ///
+    /// ```
+    /// let opts = adjoint::scope::ApplyOptions::new().mutable(["batch_stats", "intermediates"]);
+    /// assert_ne!(opts.mutability(), adjoint::scope::Mutable::All);
+    /// ```
     pub fn mutable<S: Into<String>>(mut self, collections: impl IntoIterator<Item = S>) -> Self {
         self.mutable.extend(collections.into_iter().map(Into::into));
         self
     }
 
     /// Provides random stream `stream` with `seed` (Flax's `rngs={'dropout': key}`).
+    ///
+    /// ```
+    /// let opts = adjoint::scope::ApplyOptions::new().rng("dropout", 7);
+    /// assert_eq!(opts.rng_seeds()["dropout"], 7);
+    /// ```
     pub fn rng(mut self, stream: &str, seed: u64) -> Self {
         self.rngs.insert(stream.to_string(), seed);
         self
@@ -957,6 +999,36 @@ pub enum ChildName<'a> {
 /// Call it from `#[differentiable]` code (`bar.call(cx, x)`, `self.bar.call(cx, x)`),
 /// which routes the call through [`Child`]. It derefs to the module (`bar.features`);
 /// [`Bound::path`] is where it runs.
+///
+/// ```
+/// use adjoint::prelude::*;
+///
+/// /// Flax's `FooMulti(bar=nn.Dense(3))`: a module holding one its parent bound.
+/// struct Outer {
+///     bar: Bound<nn::Dense>,
+/// }
+///
+/// #[differentiable]
+/// impl Outer {
+///     fn call(&self, cx: &mut Scope, x: &ndarray::Array2<f64>) -> ndarray::Array2<f64> {
+///         self.bar.call(cx, x)
+///     }
+/// }
+///
+/// struct Parent;
+///
+/// #[differentiable]
+/// impl Parent {
+///     fn call(&self, cx: &mut Scope, x: &ndarray::Array2<f64>) -> ndarray::Array2<f64> {
+///         let bar = cx.bind(nn::Dense::new(3));
+///         Outer { bar }.call(cx, x)
+///     }
+/// }
+///
+/// let vars = Parent.init(0, &ndarray::Array2::zeros((1, 2))).unwrap();
+/// // The Dense lives where it was bound, not under Outer_0.
+/// assert_eq!(vars.shapes(), r#"{"params": {"Dense_0": {"bias": [3], "kernel": [2, 3]}}}"#);
+/// ```
 #[derive(Debug, PartialEq)]
 pub struct Bound<M> {
     shared: std::sync::Arc<M>,
@@ -976,6 +1048,13 @@ impl<M> Clone for Bound<M> {
 impl<M> Bound<M> {
     /// The path it runs at (`Parent/Dense_0`). An associated function, as the
     /// module's own methods are reached through `Deref`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let mut vars = Variables::new();
+    /// let mut cx = Scope::for_init(&mut vars, 0);
+    /// assert_eq!(Bound::path(&cx.bind(nn::Dense::new(2))), "Dense_0");
+    /// ```
     pub fn path(this: &Self) -> &str {
         &this.at
     }

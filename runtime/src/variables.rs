@@ -11,6 +11,14 @@ use std::fmt;
 
 /// One stored variable: an array of `f32`, `f64` or integers (scalars have shape `[]`).
 /// Arrays are shared, never copied, when a module reads them.
+///
+/// ```
+/// use adjoint::Variables;
+/// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+/// let leaf = t.get("params", "Dense_0/kernel").unwrap();
+/// assert_eq!((leaf.shape(), leaf.kind(), leaf.len()), (&[1, 2][..], "f64", 2));
+/// assert_eq!(leaf.to_f64_vec(), vec![1.0, 2.0]);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum Leaf {
     F32(ArcArray<f32, IxDyn>),
@@ -20,6 +28,12 @@ pub enum Leaf {
 
 impl Leaf {
     /// The shape (`[]` for a scalar).
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "s", 1.0).unwrap();
+    /// assert!(t.get("params", "s").unwrap().shape().is_empty());
+    /// ```
     pub fn shape(&self) -> &[usize] {
         match self {
             Leaf::F32(a) => a.shape(),
@@ -29,6 +43,12 @@ impl Leaf {
     }
 
     /// The element type's name.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "s", 1.0f32).unwrap();
+    /// assert_eq!(t.get("params", "s").unwrap().kind(), "f32");
+    /// ```
     pub fn kind(&self) -> &'static str {
         match self {
             Leaf::F32(_) => "f32",
@@ -38,6 +58,12 @@ impl Leaf {
     }
 
     /// The values as `f64`, flattened in row-major order.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.get("params", "Dense_0/kernel").unwrap().to_f64_vec(), vec![1.0, 2.0]);
+    /// ```
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match self {
             Leaf::F32(a) => a.iter().map(|&v| v as f64).collect(),
@@ -47,17 +73,36 @@ impl Leaf {
     }
 
     /// The number of elements (1 for a scalar).
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.get("params", "Dense_0/kernel").unwrap().len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.shape().iter().product()
     }
 
     /// Whether the leaf has no elements.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert!(!t.get("params", "Dense_0/kernel").unwrap().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// `f` applied to every element of a float leaf (an `f32` leaf computes in
     /// `f64` and rounds back); integer leaves are kept.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// let doubled = t.get("params", "Dense_0/kernel").unwrap().map(|v| 2.0 * v);
+    /// assert_eq!(doubled.to_f64_vec(), vec![2.0, 4.0]);
+    /// ```
     pub fn map(&self, f: impl Fn(f64) -> f64) -> Leaf {
         match self {
             Leaf::F32(a) => Leaf::F32(a.mapv(|v| f(v as f64) as f32).into_shared()),
@@ -68,6 +113,13 @@ impl Leaf {
 
     /// `f` applied to the elements of two leaves of the same kind and shape; `None`
     /// if they differ. Integer leaves are kept (`self`'s).
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// let k = t.get("params", "Dense_0/kernel").unwrap();
+    /// assert_eq!(k.zip_map(k, |a, b| a * b).unwrap().to_f64_vec(), vec![1.0, 4.0]);
+    /// ```
     pub fn zip_map(&self, other: &Leaf, f: impl Fn(f64, f64) -> f64) -> Option<Leaf> {
         if self.shape() != other.shape() {
             return None;
@@ -161,6 +213,18 @@ impl Leaf {
 }
 
 /// A value that can be stored in [`Variables`] and read back.
+///
+/// ```
+/// use adjoint::Variables;
+/// let t = Variables::new().with("state", "count", 3i64).unwrap();
+/// assert_eq!(t.read::<i64>("state", "count").unwrap(), 3);
+/// let w: ndarray::ArcArray1<f32> = Variables::new()
+///     .with("params", "w", ndarray::arr1(&[1.0f32, 2.0]).into_shared())
+///     .unwrap()
+///     .read("params", "w")
+///     .unwrap();
+/// assert_eq!(w.len(), 2);
+/// ```
 pub trait Stored: Sized {
     /// The element type's name, for errors.
     const KIND: &'static str;
@@ -266,6 +330,13 @@ impl<A: Real, D: Dimension> Stored for Array<A, D> {
 
 /// Every variable of a module tree: collection → path → leaf, as Flax's
 /// `{"params": {"Dense_0": {"kernel": ..}}}` with paths joined by `/`.
+///
+/// ```
+/// use adjoint::Variables;
+/// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+/// assert_eq!(t.shapes(), r#"{"params": {"Dense_0": {"kernel": [1, 2]}}}"#);
+/// assert_eq!(t.to_string(), r#"{"params": {"Dense_0": {"kernel": [[1.0, 2.0]]}}}"#);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Variables {
     collections: BTreeMap<String, BTreeMap<String, Leaf>>,
@@ -276,11 +347,22 @@ pub struct Variables {
 
 impl Variables {
     /// No variables.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// assert_eq!(Variables::new().leaf_count(), 0);
+    /// ```
     pub fn new() -> Self {
         Variables::default()
     }
 
     /// Adds a variable (builder style), e.g. `Variables::new().with("params", "LearnScale_0/scale", 1.5)`.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "LearnScale_0/scale", 1.5).unwrap();
+    /// assert_eq!(t.to_string(), r#"{"params": {"LearnScale_0": {"scale": 1.5}}}"#);
+    /// ```
     ///
     /// # Errors
     /// [`ScopeError::InvalidVariables`] when a path is both a leaf and a subtree.
@@ -295,6 +377,15 @@ impl Variables {
     }
 
     /// Stores `leaf` at `collection/path`.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let mut t = Variables::new();
+    /// let leaf = Variables::new().with("params", "w", 1.0).unwrap().get("params", "w").unwrap().clone();
+    /// t.insert("params", "Dense_0/w", leaf.clone()).unwrap();
+    /// // A path that is already a subtree cannot be a leaf.
+    /// assert!(t.insert("params", "Dense_0", leaf).is_err());
+    /// ```
     ///
     /// # Errors
     /// [`ScopeError::InvalidVariables`] when the path is empty, or is both a leaf and
@@ -321,11 +412,26 @@ impl Variables {
     }
 
     /// The leaf at `collection/path`.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert!(t.get("params", "Dense_0/kernel").is_some());
+    /// assert!(t.get("params", "Dense_0/bias").is_none());
+    /// ```
     pub fn get(&self, collection: &str, path: &str) -> Option<&Leaf> {
         self.collections.get(collection)?.get(path)
     }
 
     /// The variable at `collection/path` as a `T`.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// let k: ndarray::Array2<f64> = t.read("params", "Dense_0/kernel").unwrap();
+    /// assert_eq!(k, ndarray::arr2(&[[1.0, 2.0]]));
+    /// assert!(t.read::<f64>("params", "Dense_0/kernel").is_err());
+    /// ```
     ///
     /// # Errors
     /// When the collection or variable is missing, or holds another type.
@@ -351,6 +457,14 @@ impl Variables {
     }
 
     /// Why these variables (gradients) must not be used, if they must not.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let mut a = Variables::new().with("params", "w", 1.0).unwrap();
+    /// assert!(a.error().is_none());
+    /// let _ = a.accumulate(&Variables::new().with("params", "w", 1.0f32).unwrap());
+    /// assert!(a.error().is_some());
+    /// ```
     pub fn error(&self) -> Option<ScopeError> {
         self.error.as_deref().cloned()
     }
@@ -360,11 +474,23 @@ impl Variables {
     }
 
     /// The names of the collections.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "w", 1.0).unwrap().with("batch_stats", "m", 0.0).unwrap();
+    /// assert_eq!(t.collections().collect::<Vec<_>>(), ["batch_stats", "params"]);
+    /// ```
     pub fn collections(&self) -> impl Iterator<Item = &str> {
         self.collections.keys().map(String::as_str)
     }
 
     /// The `(path, leaf)` pairs of a collection, in path order.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.iter("params").map(|(p, _)| p).collect::<Vec<_>>(), ["Dense_0/kernel"]);
+    /// ```
     pub fn iter(&self, collection: &str) -> impl Iterator<Item = (&str, &Leaf)> {
         self.collections
             .get(collection)
@@ -373,6 +499,12 @@ impl Variables {
     }
 
     /// Only the named collections.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "w", 1.0).unwrap().with("batch_stats", "m", 0.0).unwrap();
+    /// assert_eq!(t.only(&["params"]).to_string(), r#"{"params": {"w": 1.0}}"#);
+    /// ```
     pub fn only(&self, names: &[&str]) -> Variables {
         let collections = self
             .collections
@@ -558,6 +690,12 @@ impl Variables {
     }
 
     /// The same tree with every leaf zero.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.zeros_like().global_norm(), 0.0);
+    /// ```
     pub fn zeros_like(&self) -> Variables {
         let collections = self
             .collections
@@ -580,6 +718,12 @@ impl Variables {
     // ----- trees as values (what optax does to params, updates and states) -----
 
     /// Every `(collection, path, leaf)`, in order.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.leaves().count(), 1);
+    /// ```
     pub fn leaves(&self) -> impl Iterator<Item = (&str, &str, &Leaf)> {
         self.collections
             .iter()
@@ -587,11 +731,23 @@ impl Variables {
     }
 
     /// The number of leaves (`jax.tree_util.tree_leaves(t)`'s length).
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.leaf_count(), 1);
+    /// ```
     pub fn leaf_count(&self) -> usize {
         self.collections.values().map(BTreeMap::len).sum()
     }
 
     /// The number of elements over every leaf (a model's parameter count).
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.size(), 2);
+    /// ```
     pub fn size(&self) -> usize {
         self.leaves().map(|(_, _, l)| l.len()).sum()
     }
@@ -609,6 +765,14 @@ impl Variables {
     }
 
     /// `f` applied to every leaf with its collection and path.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// // Zero the kernels, keep the rest.
+    /// let z = t.map_leaves(|_, path, leaf| if path.ends_with("kernel") { leaf.map(|_| 0.0) } else { leaf.clone() });
+    /// assert_eq!(z.to_string(), r#"{"params": {"Dense_0": {"kernel": [[0.0, 0.0]]}}}"#);
+    /// ```
     pub fn map_leaves(&self, mut f: impl FnMut(&str, &str, &Leaf) -> Leaf) -> Variables {
         let collections = self
             .collections
@@ -662,6 +826,13 @@ impl Variables {
 
     /// `Ok` if `other` has exactly this tree's collections, paths, kinds and shapes.
     ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert!(t.same_structure(&t.zeros_like()).is_ok());
+    /// assert!(t.same_structure(&Variables::new()).is_err());
+    /// ```
+    ///
     /// # Errors
     /// The first difference, naming its path.
     pub fn same_structure(&self, other: &Variables) -> Result<(), ScopeError> {
@@ -697,6 +868,12 @@ impl Variables {
 
     /// `self + other`, leaf by leaf, for trees of the same structure.
     ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.add(&t).unwrap().to_string(), r#"{"params": {"Dense_0": {"kernel": [[2.0, 4.0]]}}}"#);
+    /// ```
+    ///
     /// # Errors
     /// As [`Variables::zip_map`].
     pub fn add(&self, other: &Variables) -> Result<Variables, ScopeError> {
@@ -705,6 +882,12 @@ impl Variables {
 
     /// `self - other`, leaf by leaf, for trees of the same structure.
     ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.sub(&t).unwrap().global_norm(), 0.0);
+    /// ```
+    ///
     /// # Errors
     /// As [`Variables::zip_map`].
     pub fn sub(&self, other: &Variables) -> Result<Variables, ScopeError> {
@@ -712,11 +895,23 @@ impl Variables {
     }
 
     /// Every float leaf times `s`.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.scale(0.5).to_string(), r#"{"params": {"Dense_0": {"kernel": [[0.5, 1.0]]}}}"#);
+    /// ```
     pub fn scale(&self, s: f64) -> Variables {
         self.map(|v| s * v)
     }
 
     /// The sum over every float element of `self * other` (`optax.tree_vdot`).
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.dot(&t).unwrap(), 5.0);
+    /// ```
     ///
     /// # Errors
     /// As [`Variables::zip_map`].
@@ -753,6 +948,12 @@ impl Variables {
     }
 
     /// The shapes, as the nested tree Flax prints for `jax.tree_util.tree_map(jnp.shape, ..)`.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let t = Variables::new().with("params", "Dense_0/kernel", ndarray::arr2(&[[1.0, 2.0]]).into_shared()).unwrap();
+    /// assert_eq!(t.shapes(), r#"{"params": {"Dense_0": {"kernel": [1, 2]}}}"#);
+    /// ```
     pub fn shapes(&self) -> String {
         self.render(&|leaf| format!("{:?}", leaf.shape()))
     }

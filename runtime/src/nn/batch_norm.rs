@@ -58,35 +58,66 @@ impl Default for BatchNorm {
 
 impl BatchNorm {
     /// Flax's defaults (see [`Default`]).
+    ///
+    /// ```
+    /// use adjoint::nn::BatchNorm;
+    /// assert_eq!(BatchNorm::new().momentum, 0.99);
+    /// ```
     pub fn new() -> Self {
         BatchNorm::default()
     }
 
     /// Normalize by the running averages (`true`, evaluation) or the batch (`false`).
+    ///
+    /// ```
+    /// use adjoint::nn::BatchNorm;
+    /// let eval = BatchNorm::new().use_running_average(true);
+    /// assert!(eval.use_running_average);
+    /// ```
     pub fn use_running_average(mut self, yes: bool) -> Self {
         self.use_running_average = yes;
         self
     }
 
     /// The running averages' momentum.
+    ///
+    /// ```
+    /// use adjoint::nn::BatchNorm;
+    /// assert_eq!(BatchNorm::new().momentum(0.9).momentum, 0.9);
+    /// ```
     pub fn momentum(mut self, momentum: f64) -> Self {
         self.momentum = momentum;
         self
     }
 
     /// The variance's epsilon.
+    ///
+    /// ```
+    /// use adjoint::nn::BatchNorm;
+    /// assert_eq!(BatchNorm::new().epsilon(1e-3).epsilon, 1e-3);
+    /// ```
     pub fn epsilon(mut self, epsilon: f64) -> Self {
         self.epsilon = epsilon;
         self
     }
 
     /// With or without the learned bias.
+    ///
+    /// ```
+    /// use adjoint::nn::BatchNorm;
+    /// assert!(!BatchNorm::new().use_bias(false).use_bias);
+    /// ```
     pub fn use_bias(mut self, yes: bool) -> Self {
         self.use_bias = yes;
         self
     }
 
     /// With or without the learned scale.
+    ///
+    /// ```
+    /// use adjoint::nn::BatchNorm;
+    /// assert!(!BatchNorm::new().use_scale(false).use_scale);
+    /// ```
     pub fn use_scale(mut self, yes: bool) -> Self {
         self.use_scale = yes;
         self

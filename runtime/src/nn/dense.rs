@@ -31,6 +31,10 @@ pub struct Dense {
 
 impl Dense {
     /// A layer with `features` outputs.
+    ///
+    /// ```
+    /// assert_eq!(adjoint::nn::Dense::new(4).features, 4);
+    /// ```
     pub fn new(features: usize) -> Self {
         Dense { features }
     }

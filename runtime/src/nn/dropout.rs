@@ -37,6 +37,11 @@ pub struct Dropout {
 
 impl Dropout {
     /// Training dropout with probability `rate`, from the `dropout` stream.
+    ///
+    /// ```
+    /// use adjoint::nn::Dropout;
+    /// assert_eq!(Dropout::new(0.1).rng_collection, "dropout");
+    /// ```
     pub fn new(rate: f64) -> Self {
         Dropout {
             rate,
@@ -46,12 +51,22 @@ impl Dropout {
     }
 
     /// The identity (`true`, evaluation) or dropping (`false`, training).
+    ///
+    /// ```
+    /// use adjoint::nn::Dropout;
+    /// assert!(Dropout::new(0.1).deterministic(true).deterministic);
+    /// ```
     pub fn deterministic(mut self, yes: bool) -> Self {
         self.deterministic = yes;
         self
     }
 
     /// The random stream of the mask.
+    ///
+    /// ```
+    /// use adjoint::nn::Dropout;
+    /// assert_eq!(Dropout::new(0.1).rng_collection("noise").rng_collection, "noise");
+    /// ```
     pub fn rng_collection(mut self, stream: &'static str) -> Self {
         self.rng_collection = stream;
         self
