@@ -186,9 +186,10 @@ impl<'a> Gen<'a> {
     fn slot_name(&self, s: Slot) -> TokenStream {
         match s {
             Slot::Var(v) => self.name(v).to_token_stream(),
+            // `t1_pb` and `__t1_pb` for the variables `t1` and `__t1`: one name per
+            // variable, kept apart from the user's by hygiene.
             Slot::Pb(v) => {
-                format_ident!("__{}_pb", self.name(v).to_string().trim_start_matches('_'))
-                    .to_token_stream()
+                crate::hygiene::generated(&format!("{}_pb", self.name(v))).to_token_stream()
             }
             Slot::Tape(k) => format_ident!("__tape{}", k).to_token_stream(),
             Slot::Br(k) => format_ident!("__br{}", k).to_token_stream(),
@@ -1885,8 +1886,9 @@ impl<'a> Gen<'a> {
                 quote!(-#a)
             }
             Native::Square => {
-                let a = self.atom(&operands[0].atom);
-                quote!(&#a * &#a)
+                // As written: `x * x`, or `&x * &x`.
+                let a = &ops[0];
+                quote!(#a * #a)
             }
             Native::Index => {
                 let a = self.atom(&operands[0].atom);
@@ -1951,15 +1953,16 @@ fn mentions_self(t: &TokenStream) -> bool {
     })
 }
 
-/// Whether `t` is a float literal such as `2.0` or `-1.5e3`.
+/// Whether `t` is a float literal such as `2.0` or `-1.5e3`, or an expression of
+/// literals with one (`1.5 + 2.0`): its type comes from the operand beside it.
 fn is_float_literal(t: &TokenStream) -> bool {
-    match syn::parse2::<syn::Expr>(t.clone()) {
-        Ok(syn::Expr::Lit(l)) => matches!(l.lit, syn::Lit::Float(_)),
-        Ok(syn::Expr::Unary(u)) => {
-            matches!(&*u.expr, syn::Expr::Lit(l) if matches!(l.lit, syn::Lit::Float(_)))
+    syn::parse2::<syn::Expr>(t.clone()).is_ok_and(|e| {
+        crate::lower::is_literal_expr(&e) && {
+            let mut floats = false;
+            crate::lower::each_literal(&e, &mut |l| floats |= matches!(l, syn::Lit::Float(_)));
+            floats
         }
-        _ => false,
-    }
+    })
 }
 
 /// The companion of `name`: `__name_vjp`, `__name_grad`, ...
@@ -2108,12 +2111,16 @@ pub(crate) fn scalars(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
     }
 }
 
-/// Elementwise primitives of scalars are scalars (to a fixed point).
+/// Elementwise primitives of scalars are scalars (to a fixed point). Variables are
+/// numbered in the order they are defined, so one pass in that order settles
+/// straight-line code; loops and branches may take another.
 fn derive_scalars(defs: &HashMap<Var, &Op>, scalar: &mut [bool]) {
+    let mut ordered: Vec<(&Var, &&Op)> = defs.iter().collect();
+    ordered.sort_by_key(|(v, _)| **v);
     let mut changed = true;
     while changed {
         changed = false;
-        for (v, op) in defs {
+        for &(v, op) in &ordered {
             if scalar[v.0 as usize] {
                 continue;
             }

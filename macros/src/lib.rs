@@ -10,6 +10,7 @@
 
 mod activity;
 mod adjoint;
+mod chunk;
 mod ctxt;
 mod expand;
 mod hygiene;
@@ -87,6 +88,15 @@ fn hygienic(
     input: TokenStream,
     expand: impl FnOnce(proc_macro2::TokenStream) -> proc_macro2::TokenStream,
 ) -> TokenStream {
-    let (input, kept) = hygiene::rename_locals(input.into());
-    hygiene::respan(expand(input), &kept).into()
+    // Every stage recurses over the expression tree; a sum of thousands of terms is
+    // that deep. A stack of its own (reserved, committed as it is used) keeps rustc's.
+    stacker::grow(EXPANSION_STACK, || {
+        let (input, kept) = hygiene::rename_locals(input.into());
+        let output = chunk::chunk_long_blocks(expand(input));
+        hygiene::respan(output, &kept).into()
+    })
 }
+
+/// The stack an expansion runs on: 1 GiB of address space, of which a function of a
+/// few thousand statements touches a few megabytes.
+const EXPANSION_STACK: usize = 1 << 30;

@@ -398,10 +398,12 @@ impl Lowerer<'_> {
         vars
     }
 
-    /// A constant expression: inline if it is a literal or a path, else bound once.
+    /// A constant expression: inline if it is a literal, an expression of literals or
+    /// a path (so that literals take their type where they are used), else bound once.
     fn constant(&mut self, out: &mut Stmts, e: &Expr) -> Atom {
         match e {
             Expr::Lit(_) | Expr::Path(_) => Atom::Lit(self.verbatim(e.to_token_stream())),
+            _ if is_literal_expr(e) => Atom::Lit(e.to_token_stream()),
             _ => {
                 let tokens = self.verbatim(e.to_token_stream());
                 self.emit(out, Op::Const(tokens), e.span())
@@ -1044,7 +1046,12 @@ impl Lowerer<'_> {
                     return Val::Atom(self.constant(out, e));
                 }
                 let base = self.operand(out, &ix.expr);
-                let idx = self.const_atom(out, &ix.index);
+                // Integer literals index with `usize`, as rustc infers them in `x[1]`
+                // (the rule's index type is generic).
+                let idx = match usize_literals(&ix.index) {
+                    Some(t) => Atom::Lit(t),
+                    None => self.const_atom(out, &ix.index),
+                };
                 Val::Atom(self.prim(out, &ops::INDEX, vec![base], vec![idx], Native::Index, span))
             }
             Expr::Cast(c) => {
@@ -2441,4 +2448,63 @@ fn contains_return(stmts: &[syn::Stmt]) -> bool {
         syn::visit::Visit::visit_stmt(&mut v, s);
     }
     v.0
+}
+
+/// Whether `e` is made of literals alone: `2.0`, `-1.5`, `(1.0 + 2.0) * 3.0`.
+pub fn is_literal_expr(e: &Expr) -> bool {
+    match e {
+        Expr::Lit(_) => true,
+        Expr::Paren(p) => is_literal_expr(&p.expr),
+        Expr::Group(g) => is_literal_expr(&g.expr),
+        Expr::Unary(u) => matches!(u.op, UnOp::Neg(_)) && is_literal_expr(&u.expr),
+        Expr::Binary(b) => {
+            matches!(
+                b.op,
+                BinOp::Add(_) | BinOp::Sub(_) | BinOp::Mul(_) | BinOp::Div(_) | BinOp::Rem(_)
+            ) && is_literal_expr(&b.left)
+                && is_literal_expr(&b.right)
+        }
+        _ => false,
+    }
+}
+
+/// Calls `f` with every literal of `e`.
+pub fn each_literal(e: &Expr, f: &mut impl FnMut(&syn::Lit)) {
+    match e {
+        Expr::Lit(l) => f(&l.lit),
+        Expr::Paren(p) => each_literal(&p.expr, f),
+        Expr::Group(g) => each_literal(&g.expr, f),
+        Expr::Unary(u) => each_literal(&u.expr, f),
+        Expr::Binary(b) => {
+            each_literal(&b.left, f);
+            each_literal(&b.right, f);
+        }
+        _ => {}
+    }
+}
+
+/// An index made of integer literals (`1`, `[0, 2]`, `(1, 2)`), with every literal
+/// typed `usize`; `None` for any other index.
+fn usize_literals(e: &Expr) -> Option<TokenStream> {
+    match e {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        }) if i.suffix().is_empty() => {
+            let v = syn::LitInt::new(&format!("{}usize", i.base10_digits()), i.span());
+            Some(quote!(#v))
+        }
+        Expr::Array(a) => {
+            let items: Option<Vec<TokenStream>> = a.elems.iter().map(usize_literals).collect();
+            let items = items?;
+            Some(quote!([#(#items),*]))
+        }
+        Expr::Tuple(t) => {
+            let items: Option<Vec<TokenStream>> = t.elems.iter().map(usize_literals).collect();
+            let items = items?;
+            Some(quote!((#(#items,)*)))
+        }
+        Expr::Paren(p) => usize_literals(&p.expr),
+        _ => None,
+    }
 }

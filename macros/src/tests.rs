@@ -80,3 +80,24 @@ fn scalar_loop_rosenbrock() {
     });
     expect_test::expect_file!["../snapshots/rosenbrock.rs"].assert_eq(&out);
 }
+
+/// The expansion time of a function of `n` statements (for BENCHMARKS.md:
+/// `cargo test --release -p adjoint-macros expansion_time -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn expansion_time() {
+    for n in [250usize, 500, 1000, 2000, 3000] {
+        let stmts: Vec<TokenStream> = (1..=n)
+            .map(|i| {
+                let (a, b) = (quote::format_ident!("a{}", i), quote::format_ident!("a{}", i - 1));
+                quote!(let #a = (#b * x).sin() + #b * 0.5;)
+            })
+            .collect();
+        let last = quote::format_ident!("a{}", n);
+        let item = quote! { fn long(x: f64) -> f64 { let a0 = x; #(#stmts)* #last } };
+        let start = std::time::Instant::now();
+        let out = stacker::grow(1 << 30, || crate::expand::differentiable(TokenStream::new(), item));
+        let t = start.elapsed();
+        println!("n = {n}: {:.2} s, {} bytes", t.as_secs_f64(), out.to_string().len());
+    }
+}

@@ -289,7 +289,8 @@ pub mod __private {
         x.zeros()
     }
 
-    /// A float literal in `x`'s element type.
+    /// A float literal (or an expression of literals, computed in `f64`) in `x`'s
+    /// element type, which may be a type parameter.
     #[inline(always)]
     pub fn lit<X: Value>(_like: &X, v: f64) -> <X::Primal as Elementwise>::Elem
     where
