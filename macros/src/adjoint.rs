@@ -130,7 +130,7 @@ impl<'a> Gen<'a> {
             .vars
             .iter()
             .map(|v| {
-                let name = v.name.to_string();
+                let name = crate::hygiene::plain(&v.name);
                 let plain = format!("{name}_bar");
                 if names.contains(&plain) {
                     format_ident!("__{}_bar", name)
@@ -189,12 +189,17 @@ impl<'a> Gen<'a> {
             // `t1_pb` and `__t1_pb` for the variables `t1` and `__t1`: one name per
             // variable, kept apart from the user's by hygiene.
             Slot::Pb(v) => {
-                crate::hygiene::generated(&format!("{}_pb", self.name(v))).to_token_stream()
+                crate::hygiene::generated(&format!("{}_pb", crate::hygiene::plain(self.name(v))))
+                    .to_token_stream()
             }
             Slot::Tape(k) => format_ident!("__tape{}", k).to_token_stream(),
             Slot::Br(k) => format_ident!("__br{}", k).to_token_stream(),
             Slot::Shape(v) => {
-                crate::hygiene::generated(&format!("{}_shape", self.name(v))).to_token_stream()
+                crate::hygiene::generated(&format!(
+                    "{}_shape",
+                    crate::hygiene::plain(self.name(v))
+                ))
+                .to_token_stream()
             }
             Slot::Range(k) => format_ident!("__range{}", k).to_token_stream(),
         }

@@ -102,7 +102,7 @@ fn pick_cotangents(n: usize, chosen: &[usize]) -> (Vec<TokenStream>, TokenStream
 pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
     let generics = float_params(&sig.generics);
     let mut out = Vec::new();
-    for arg in sig.inputs.iter_mut() {
+    for (k, arg) in sig.inputs.iter_mut().enumerate() {
         let FnArg::Typed(pt) = arg else { continue };
         let before = pt.attrs.len();
         pt.attrs.retain(|a| !a.path().is_ident("no_grad"));
@@ -114,7 +114,11 @@ pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
                 p.mutability = None;
                 Pat::Ident(p)
             }
-            Pat::Wild(_) => pt.pat.as_ref().clone(),
+            // An unnamed parameter gets a name the generated code can pass on.
+            Pat::Wild(_) => {
+                let name = crate::hygiene::generated(&format!("__unnamed{k}"));
+                syn::parse_quote!(#name)
+            }
             other => {
                 cx.error_at(
                     other,

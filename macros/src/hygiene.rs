@@ -26,6 +26,22 @@ pub fn generated(name: &str) -> syn::Ident {
     syn::Ident::new(name, Span::mixed_site())
 }
 
+/// An identifier for `name`, which may be raw (`r#type`, as a user's name prints)
+/// or a name made from one (`r#type_1`): raw where it must be, plain otherwise.
+pub fn ident(name: &str, span: Span) -> syn::Ident {
+    match name.strip_prefix("r#") {
+        Some(rest) if syn::parse_str::<syn::Ident>(rest).is_err() => syn::Ident::new_raw(rest, span),
+        Some(rest) => syn::Ident::new(rest, span),
+        None => syn::Ident::new(name, span),
+    }
+}
+
+/// A user's name without its raw prefix, to make other names from (`type_bar`).
+pub fn plain(name: &syn::Ident) -> String {
+    let s = name.to_string();
+    s.strip_prefix("r#").map(str::to_string).unwrap_or(s)
+}
+
 /// The input with the user's locals named `__…` renamed (`__ct` to `_ct`, or
 /// `_ct_1` if that is taken), and the `__…` names it still mentions (paths,
 /// items, temporaries of an enclosing expansion), which [`respan`] leaves alone.

@@ -170,7 +170,7 @@ impl Lowerer<'_> {
         let id = Var(self.vars.len() as u32);
         let ident_span = if user { span } else { Span::call_site() };
         self.vars.push(VarInfo {
-            name: Ident::new(&name, ident_span),
+            name: crate::hygiene::ident(&name, ident_span),
             ty: None,
             mutable: false,
         });
@@ -452,8 +452,9 @@ impl Lowerer<'_> {
                 syn::Stmt::Local(local) => self.local(out, local),
                 syn::Stmt::Item(item) => self.nested_item(item),
                 syn::Stmt::Macro(m) => {
-                    // A statement macro (`println!`, `assert!`): emitted as written.
-                    let tokens = self.verbatim(m.to_token_stream());
+                    // A statement macro (`println!`, `assert!`): emitted as written,
+                    // as an expression (without its `;`).
+                    let tokens = self.verbatim(m.mac.to_token_stream());
                     self.emit(out, Op::Const(tokens), m.span());
                 }
                 syn::Stmt::Expr(e, semi) => {
@@ -1289,7 +1290,7 @@ impl Lowerer<'_> {
                     }
                 }
                 syn::Stmt::Macro(m) => {
-                    let tokens = self.verbatim(m.to_token_stream());
+                    let tokens = self.verbatim(m.mac.to_token_stream());
                     self.emit(out, Op::Const(tokens), m.span());
                 }
                 syn::Stmt::Item(item) => self.nested_item(item),
@@ -1457,7 +1458,7 @@ impl Lowerer<'_> {
             k += 1;
         }
         self.taken.insert(name.clone());
-        self.vars[var.0 as usize].name = Ident::new(&name, to.span());
+        self.vars[var.0 as usize].name = crate::hygiene::ident(&name, to.span());
     }
 
     fn prim(
@@ -1614,10 +1615,11 @@ impl Lowerer<'_> {
     ) -> Val {
         let span = m.method.span();
         let n_operand_args = rule.operands.saturating_sub(1);
-        if m.args.len() < n_operand_args {
+        let n_args = n_operand_args + rule.const_args();
+        if m.args.len() != n_args {
             self.cx.error_at(
                 m,
-                format!("`{}` takes {} argument(s) here", m.method, n_operand_args),
+                format!("`{}` takes {} argument(s) here", m.method, n_args),
             );
             return poison();
         }
@@ -1878,9 +1880,10 @@ impl Lowerer<'_> {
             return self.method_prim(out, &m, rule, TokenStream::new());
         }
         if let Some(rule) = ops::function(&name).or_else(|| ops::elementwise_function(&name)) {
-            if c.args.len() < rule.operands {
+            let n_args = rule.operands + rule.const_args();
+            if c.args.len() != n_args {
                 self.cx
-                    .error_at(c, format!("`{name}` takes {} argument(s)", rule.operands));
+                    .error_at(c, format!("`{name}` takes {n_args} argument(s)"));
                 return poison();
             }
             let operands = c

@@ -759,7 +759,9 @@ fn body_jvp(
     };
     let jvp_vjp = jvp
         .and_then(|jvp| {
-            let block: syn::Block = syn::parse_quote!({ #jvp });
+            // Forward mode's output is valid Rust by construction; should it not be,
+            // the module keeps the stub (second order reports it) instead of panicking.
+            let block: syn::Block = syn::parse2(quote!({ #jvp })).ok()?;
             companions(
                 &quiet,
                 &public,

@@ -111,6 +111,25 @@ impl Rule {
         self.consts_by_ref = true;
         self
     }
+
+    /// How many constant arguments the rule takes after its operands (an exponent,
+    /// an axis, a shape): those its pullbacks read, or one for a reshape's shape.
+    pub fn const_args(&self) -> usize {
+        if self.func == "reshape" {
+            return 1;
+        }
+        self.pullbacks
+            .iter()
+            .flatten()
+            .chain(&self.joint)
+            .flat_map(|p| p.reads)
+            .filter_map(|r| match r {
+                Read::Const(j) => Some(j + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 pub static ADD: Rule = rule!(

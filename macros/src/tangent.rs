@@ -76,7 +76,7 @@ pub fn jvp_body(
 
 /// The name of `x`'s tangent.
 pub fn dot_name(x: &Ident) -> Ident {
-    format_ident!("__d_{}", x)
+    format_ident!("__d_{}", crate::hygiene::plain(x), span = x.span())
 }
 
 struct Tangent<'a> {

@@ -101,3 +101,53 @@ fn expansion_time() {
         println!("n = {n}: {:.2} s, {} bytes", t.as_secs_f64(), out.to_string().len());
     }
 }
+
+#[test]
+fn statement_macros_in_a_module() {
+    let out = crate::expand::differentiable(
+        TokenStream::new(),
+        quote! {
+            impl M {
+                fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+                    println!("x = {x}");
+                    assert!(x.is_finite());
+                    let p: f64 = cx.param("p", init::ones, ());
+                    p * x
+                }
+            }
+        },
+    );
+    assert!(!out.to_string().contains("compile_error"));
+}
+
+/// Inputs that once made the macro panic: each expands to the item with a spanned
+/// error, or to working code, never a panic.
+#[test]
+fn no_panics_on_unusual_inputs() {
+    let cases = [
+        quote!(fn f(x: f64) -> f64 { x.powi() }),
+        quote!(fn f(x: &Array2<f64>) -> f64 { x.sum_axis().sum() }),
+        quote!(fn f(x: &Array2<f64>) -> f64 { x.row().sum() }),
+        quote!(fn f(x: &Array2<f64>) -> f64 { x.dot().sum() }),
+        quote!(fn f(x: f64) -> f64 { x.max() }),
+        quote!(fn f(x: f64) -> f64 { x.clamp(0.0) }),
+        quote!(fn f(x: f64) -> f64 { f64::max(x) }),
+        quote!(fn f(x: &Array1<f64>) -> f64 { concatenate(Axis(0)).unwrap().sum() }),
+        quote!(fn f(r#type: f64) -> f64 { let r#in = r#type * 2.0; r#in }),
+        quote!(fn f(_: f64, x: f64) -> f64 { x }),
+        quote!(fn f<'a>(x: &'a f64) -> &'a f64 { x }),
+        quote!(fn f<T: Copy>(x: f64, t: T) -> f64 { x }),
+        quote!(fn f(x: f64) -> f64 { x.mapv() }),
+        quote!(fn f(x: f64) -> f64 { let g = |a, b| a * b; g(x) }),
+        quote!(fn f(x: f64) -> f64 { array![] }),
+        quote!(fn f(x: f64) -> f64 { dbg!() + x }),
+        quote!(fn f(x: f64) -> f64 { no_grad() }),
+    ];
+    for item in cases {
+        let text = item.to_string();
+        let out = std::panic::catch_unwind(|| {
+            stacker::grow(1 << 26, || crate::expand::differentiable(TokenStream::new(), item))
+        });
+        assert!(out.is_ok(), "the macro panicked on `{text}`");
+    }
+}

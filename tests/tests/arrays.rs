@@ -374,3 +374,86 @@ fn dbg_is_the_identity() {
     // x * x: 6 at 3, not 3 (as if the printed copy were a constant).
     assert_eq!(grad!(printed_with_dbg)(3.0), 6.0);
 }
+
+// ----- valid Rust stays valid once differentiated (shrunk from random programs) -----
+
+#[differentiable]
+fn owned_then_looped(a: &Array1<f64>) -> f64 {
+    let mut acc = a.to_owned();
+    for _ in 0..2 {
+        acc = &acc * 2.0;
+    }
+    acc.sum()
+}
+
+#[differentiable]
+fn owned_in_one_arm(a: &Array1<f64>, #[no_grad] c: bool) -> f64 {
+    let t = if c { a.to_owned() } else { a * 2.0 };
+    t.sum()
+}
+
+#[differentiable]
+fn unused_square(x: f64, a: &Array1<f64>) -> f64 {
+    let _t = (a * a).sum();
+    x
+}
+
+#[differentiable]
+fn literal_subexpressions(a: &Array1<f64>, x: f64) -> f64 {
+    let t = a * (1.0 + 2.0);
+    let s = 1.5 + 2.0 - x;
+    t[1] + if s.tanh() > 0.0 { s } else { x }
+}
+
+#[differentiable]
+fn negated_sum(a: &Array1<f64>) -> Array1<f64> {
+    -(a + a)
+}
+
+#[differentiable]
+fn helper_twice(a: &Array1<f64>) -> f64 {
+    let t1 = negated_sum(a);
+    negated_sum(&t1).sum()
+}
+
+#[differentiable]
+fn helper_in_a_loop(a: &Array1<f64>) -> f64 {
+    let mut t = a.to_owned();
+    for _ in 0..3 {
+        t = negated_sum(&t);
+    }
+    t.sum()
+}
+
+#[test]
+fn valid_rust_compiles_differentiated() {
+    let a = array![1.0, 2.0];
+    assert_eq!(grad!(owned_then_looped)(&a), array![4.0, 4.0]);
+    assert_eq!(grad!(owned_in_one_arm)(&a, true), array![1.0, 1.0]);
+    assert_eq!(grad!(owned_in_one_arm)(&a, false), array![2.0, 2.0]);
+    assert_eq!(grad!(unused_square)(1.5, &a), (1.0, array![0.0, 0.0]));
+    // s = 3.5 - x > 0: d/dx = -1; t[1] = 3 a[1].
+    assert_eq!(grad!(literal_subexpressions)(&a, 1.0), (array![0.0, 3.0], -1.0));
+    assert_eq!(grad!(helper_twice)(&a), array![4.0, 4.0]);
+    assert_eq!(grad!(helper_in_a_loop)(&a), array![-8.0, -8.0]);
+}
+
+#[differentiable]
+fn raw_names(r#type: f64) -> f64 {
+    let mut s = 0.0;
+    for r#in in 0..3 {
+        s += r#type * r#in as f64;
+    }
+    s
+}
+
+#[differentiable]
+fn unnamed_parameter(_: f64, x: f64) -> f64 {
+    x * x
+}
+
+#[test]
+fn raw_identifiers_and_unnamed_parameters() {
+    assert_eq!(grad!(raw_names)(2.0), 3.0);
+    assert_eq!(grad!(unnamed_parameter)(1.0, 3.0), (0.0, 6.0));
+}

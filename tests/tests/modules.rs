@@ -1423,3 +1423,25 @@ fn parameters_of_another_rank_or_shape_are_typed_errors() {
     let err = vars.read::<ndarray::Array2<f64>>("params", "WrongRank_0/w").unwrap_err();
     assert!(matches!(err, ScopeError::DeclaredTypeMismatch { .. }), "{err}");
 }
+
+/// Statement macros in a module's body run as written (and forward mode, for second
+/// order, writes them as expressions).
+struct Chatty;
+
+#[differentiable]
+impl Chatty {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        println!("x = {x}");
+        assert!(x.is_finite(), "x must be finite");
+        let p: f64 = cx.param("p", init::constant(3.0), ());
+        p * x
+    }
+}
+
+#[test]
+fn statement_macros_in_a_module_body() {
+    let vars = Chatty.init(0, 1.0).unwrap();
+    assert_eq!(Chatty.apply(&vars, 2.0).unwrap(), 6.0);
+    let g = grad!(|v: &Variables| Chatty.apply(v, 2.0).unwrap())(&vars);
+    assert_eq!(g.to_string(), r#"{"params": {"p": 2.0}}"#);
+}
