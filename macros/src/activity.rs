@@ -86,7 +86,7 @@ fn inputs(op: &Op) -> Vec<&Atom> {
         Op::Call(c) if c.scoped == Scoped::Param => Vec::new(),
         Op::Call(c) => call_inputs(c),
         Op::Const(_) | Op::Build { .. } | Op::Lifted(_) => Vec::new(),
-        Op::MapV { recv, .. } => vec![recv],
+        Op::MapV { recv, captured, .. } => std::iter::once(recv).chain(captured).collect(),
     }
 }
 
@@ -341,13 +341,6 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                         cx.error(c.span, format!("no derivative rule for the method `{name}` on a differentiated value; use a supported operation, a #[differentiable] function, or `no_grad(..)`"));
                     }
                 }
-                Op::MapV { closure, .. } => {
-                    for (_, outer) in &closure.free {
-                        if act.is_useful(*dst) && act.varied[outer.0 as usize] {
-                            cx.error(*span, format!("the closure of `mapv` reads `{}`, which is differentiated; only the element may be differentiated inside `mapv`", f.name(*outer)));
-                        }
-                    }
-                }
                 Op::Build { reads, what, .. } => {
                     if act.is_useful(*dst) && reads.iter().any(|v| act.varied(*v)) {
                         let msg = match what {
@@ -358,7 +351,7 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                         cx.error(*span, msg);
                     }
                 }
-                Op::Const(_) | Op::Lifted(_) => {}
+                Op::Const(_) | Op::Lifted(_) | Op::MapV { .. } => {}
             },
             Stmt::LetTuple { dsts, call, .. } => {
                 if let Callee::Method { receiver, name, .. } = &call.callee

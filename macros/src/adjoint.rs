@@ -782,18 +782,54 @@ impl<'a> Gen<'a> {
                         let bar = self.bar(*dst);
                         self.rev_call(r, call, pb, bar.to_token_stream());
                     }
-                    Op::MapV { recv, closure, .. } => {
+                    Op::MapV {
+                        recv,
+                        closure,
+                        captured,
+                        ..
+                    } => {
                         let x = self.read_atom(r, recv);
                         for (_, outer) in &closure.free {
                             self.read_var(r, *outer);
                         }
-                        let bar = self.bar(*dst);
-                        let pb = mapv_pullback(closure);
-                        self.contribute(
-                            r,
-                            recv,
-                            quote!(::adjoint::__private::mapv_pb(&#x, #bar, #pb)),
-                        );
+                        let bar = self.bar(*dst).clone();
+                        // The enclosing values the closure reads that are differentiated.
+                        let caps: Vec<usize> = (0..captured.len())
+                            .filter(|&k| self.act.is_active(&captured[k]))
+                            .collect();
+                        if caps.is_empty() {
+                            let pb = mapv_pullback(closure, &[]);
+                            self.contribute(
+                                r,
+                                recv,
+                                quote!(::adjoint::__private::mapv_pb(&#x, #bar, #pb)),
+                            );
+                        } else {
+                            let pb = mapv_pullback(closure, &caps);
+                            let zero: Vec<TokenStream> = caps
+                                .iter()
+                                .map(|&k| {
+                                    let c = self.read_atom(r, &captured[k]);
+                                    quote!(::adjoint::__private::zeros(&#c))
+                                })
+                                .collect();
+                            let dx = if self.act.is_active(recv) {
+                                format_ident!("{}_x", bar).to_token_stream()
+                            } else {
+                                quote!(_)
+                            };
+                            let dcs: Vec<Ident> =
+                                (0..caps.len()).map(|i| format_ident!("{}_c{}", bar, i)).collect();
+                            r.code.push(quote! {
+                                let (#dx, (#(#dcs,)*)) = ::adjoint::__private::mapv_pb_captured(
+                                    &#x, #bar, (#(#zero,)*), #pb
+                                );
+                            });
+                            self.contribute(r, recv, dx);
+                            for (&k, dc) in caps.iter().zip(&dcs) {
+                                self.contribute(r, &captured[k], dc.to_token_stream());
+                            }
+                        }
                     }
                     Op::Lifted(_) => {
                         r.code
@@ -2008,16 +2044,39 @@ fn fwd_call(
 
 /// The pullback closure of a `mapv` element function: `|v, g| dv`, recomputing the
 /// element's primal then running its reverse sweep.
-fn mapv_pullback(closure: &Func) -> TokenStream {
+///
+/// With `captured` (indices into the closure's free variables, the enclosing values
+/// it reads that are differentiated), `|v, g| (dv, (dc..))`: those become inputs of
+/// the element function too, and their partials come out beside `dv`.
+fn mapv_pullback(closure: &Func, captured: &[usize]) -> TokenStream {
+    let mut f = closure.clone();
+    for &k in captured {
+        f.params.push(Param {
+            var: f.free[k].0,
+            active: true,
+            scalar: false,
+            reference: false,
+        });
+    }
     // Errors of the closure were reported with the enclosing body.
-    let act = crate::activity::analyze(&crate::ctxt::Ctxt::default(), closure);
-    let g = generate(closure, &act);
-    let param = closure.name(closure.params[0].var);
+    let act = crate::activity::analyze(&crate::ctxt::Ctxt::default(), &f);
+    let g = generate(&f, &act);
+    let param = f.name(f.params[0].var);
     let (primal, reverse) = (&g.primal, &g.reverse);
+    if captured.is_empty() {
+        return quote!(|#param, __ct| {
+            #primal
+            let (__dv,) = { #reverse };
+            __dv
+        });
+    }
+    let dcs: Vec<Ident> = (0..captured.len())
+        .map(|i| format_ident!("__dc{}", i))
+        .collect();
     quote!(|#param, __ct| {
         #primal
-        let (__dv,) = { #reverse };
-        __dv
+        let (__dv, #(#dcs,)*) = { #reverse };
+        (__dv, (#(#dcs,)*))
     })
 }
 

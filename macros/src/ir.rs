@@ -10,6 +10,7 @@ use syn::Ident;
 pub struct Var(pub u32);
 
 /// What a variable is called in the generated code, and where the user wrote it.
+#[derive(Clone)]
 pub struct VarInfo {
     pub name: Ident,
     /// The type the user wrote on its `let`, if any.
@@ -61,6 +62,7 @@ impl Val {
 }
 
 /// A function or closure body in IR.
+#[derive(Clone)]
 pub struct Func {
     pub vars: Vec<VarInfo>,
     pub params: Vec<Param>,
@@ -81,6 +83,7 @@ pub struct Func {
 }
 
 /// A parameter: its variable, and whether it is differentiated.
+#[derive(Clone)]
 pub struct Param {
     pub var: Var,
     pub active: bool,
@@ -91,12 +94,14 @@ pub struct Param {
 }
 
 /// A sequence of statements ending in a [`Tail`].
+#[derive(Clone)]
 pub struct Block {
     pub stmts: Vec<Stmt>,
     pub tail: Tail,
 }
 
 /// How a block ends: a leaf, or a branch whose arms end the block.
+#[derive(Clone)]
 pub enum Tail {
     Leaf(Leaf),
     Branch(Box<Branching>),
@@ -105,6 +110,7 @@ pub enum Tail {
 /// Where control goes at the end of a block, with the values it carries: the
 /// block's value (function output, `if` value, `break` value) and the current
 /// values of the region's carried variables (loop carries, `if` phis).
+#[derive(Clone)]
 pub struct Leaf {
     pub kind: LeafKind,
     pub value: Option<Val>,
@@ -122,11 +128,13 @@ pub enum LeafKind {
 
 /// An `if`/`else` or a `match` on a constant: which arm runs is recorded for the
 /// reverse sweep.
+#[derive(Clone)]
 pub struct Branching {
     pub kind: BranchKind,
     pub arms: Vec<Block>,
 }
 
+#[derive(Clone)]
 pub enum BranchKind {
     /// `if cond { arms[0] } else { arms[1] }`.
     If { cond: TokenStream },
@@ -139,6 +147,7 @@ pub enum BranchKind {
 }
 
 /// One statement.
+#[derive(Clone)]
 pub enum Stmt {
     /// `let dst = op;`
     Let { dst: Var, op: Op, span: Span },
@@ -157,6 +166,7 @@ pub enum Stmt {
 }
 
 /// A lifted gradient that can be differentiated.
+#[derive(Clone)]
 pub struct Lifted {
     /// The value, for `value_and_grad!`.
     pub value: Option<Var>,
@@ -174,6 +184,7 @@ pub struct Lifted {
 }
 
 /// A loop with the variables it carries from one iteration to the next.
+#[derive(Clone)]
 pub struct Loop {
     pub kind: LoopKind,
     pub carries: Vec<Carry>,
@@ -183,6 +194,7 @@ pub struct Loop {
     pub span: Span,
 }
 
+#[derive(Clone)]
 pub enum LoopKind {
     /// `for pat in iter` over constants.
     For {
@@ -196,6 +208,7 @@ pub enum LoopKind {
 
 /// A carried variable: its value before the loop, its name at the top of each
 /// iteration, and its name after the loop. Leaves give its next value.
+#[derive(Clone)]
 pub struct Carry {
     pub init: Atom,
     pub inner: Var,
@@ -210,6 +223,7 @@ pub struct Arg {
 }
 
 /// What a statement computes.
+#[derive(Clone)]
 pub enum Op {
     /// A rule from the table, applied to operands and constant arguments.
     Prim {
@@ -241,6 +255,9 @@ pub enum Op {
         recv: Atom,
         closure: Box<Func>,
         native: TokenStream,
+        /// The enclosing body's values the closure reads (`closure.free`'s, in
+        /// order): a differentiated one gets the sum of its per-element partials.
+        captured: Vec<Atom>,
     },
 }
 
@@ -254,6 +271,7 @@ pub enum Built {
 }
 
 /// A call to a function or method that may be `#[differentiable]`.
+#[derive(Clone)]
 pub struct Call {
     /// `f`, `path::f`, or a method name called on `receiver`.
     pub callee: Callee,
@@ -276,6 +294,7 @@ pub enum Scoped {
     Apply,
 }
 
+#[derive(Clone)]
 pub enum Callee {
     /// A free function: its path up to the last segment, the last segment, and turbofish.
     Path {

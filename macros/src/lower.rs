@@ -1995,12 +1995,14 @@ impl Lowerer<'_> {
         }];
         let closure = lower_with(self.cx, &params, &block, env);
         let native = self.verbatim(cl.to_token_stream());
+        let captured = closure.free.iter().map(|(_, outer)| Atom::Var(*outer)).collect();
         Val::Atom(self.emit(
             out,
             Op::MapV {
                 recv,
                 closure: Box::new(closure),
                 native,
+                captured,
             },
             span,
         ))

@@ -457,3 +457,38 @@ fn raw_identifiers_and_unnamed_parameters() {
     assert_eq!(grad!(raw_names)(2.0), 3.0);
     assert_eq!(grad!(unnamed_parameter)(1.0, 3.0), (0.0, 6.0));
 }
+
+// ----- mapv closures reading differentiated values of the enclosing code -----
+
+#[differentiable]
+fn mapv_with_scale(x: &Array1<f64>, scale: f64, shift: f64) -> f64 {
+    x.mapv(|v| (v * scale).tanh() + shift * v).sum()
+}
+
+#[differentiable]
+fn mapv_reads_an_array(x: &Array1<f64>, w: &Array1<f64>) -> f64 {
+    let y = x.mapv(|v| v * w[0] + w[1].sin());
+    (&y * &y).sum()
+}
+
+#[test]
+fn mapv_captures_differentiated_values() {
+    let x = array![0.3, -1.2, 2.0];
+    let (gx, gs, gh) = grad!(mapv_with_scale)(&x, 0.7, -0.4);
+    check_grad(
+        |(x, s, h): &(Array1<f64>, f64, f64)| mapv_with_scale(x, *s, *h),
+        &(x.clone(), 0.7, -0.4),
+        &(gx, gs, gh),
+        tol(),
+    )
+    .unwrap();
+    let w = array![0.5, 1.5];
+    let (gx, gw) = grad!(mapv_reads_an_array)(&x, &w);
+    check_grad(
+        |(x, w): &(Array1<f64>, Array1<f64>)| mapv_reads_an_array(x, w),
+        &(x.clone(), w.clone()),
+        &(gx, gw),
+        tol(),
+    )
+    .unwrap();
+}

@@ -1445,3 +1445,24 @@ fn statement_macros_in_a_module_body() {
     let g = grad!(|v: &Variables| Chatty.apply(v, 2.0).unwrap())(&vars);
     assert_eq!(g.to_string(), r#"{"params": {"p": 2.0}}"#);
 }
+
+/// A parameter read inside a `mapv` closure gets the sum of its per-element partials.
+struct MapScale;
+
+#[differentiable]
+impl MapScale {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let s: f64 = cx.param("s", init::constant(0.5), ());
+        x.mapv(|v| (v * s).sin()).sum()
+    }
+}
+
+#[test]
+fn a_parameter_inside_mapv() {
+    let x = ndarray::array![1.0, 2.0];
+    let vars = MapScale.init(0, &x).unwrap();
+    let g = grad!(|v: &Variables| MapScale.apply(v, &x).unwrap())(&vars);
+    let want = 1.0 * (0.5f64).cos() + 2.0 * (1.0f64).cos();
+    let got: f64 = g.read("params", "s").unwrap();
+    assert!((got - want).abs() < 1e-14, "{got} vs {want}");
+}

@@ -29,7 +29,7 @@ pub trait Elementwise {
     fn pull(
         &self,
         ct: Self::Owned,
-        f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem,
+        f: impl FnMut(Self::Elem, Self::Elem) -> Self::Elem,
     ) -> Self::Owned;
     /// The sum over all elements of `f(self[i], other[i])`.
     fn zip_sum(
@@ -55,7 +55,7 @@ impl<A: Real> Elementwise for A {
         *self
     }
     #[inline(always)]
-    fn pull(&self, ct: A, f: impl Fn(A, A) -> A) -> A {
+    fn pull(&self, ct: A, mut f: impl FnMut(A, A) -> A) -> A {
         f(ct, *self)
     }
     #[inline(always)]
@@ -80,7 +80,7 @@ impl<A: Real, S: Data<Elem = A>, D: Dimension> Elementwise for ArrayBase<S, D> {
         self.to_owned()
     }
     #[inline]
-    fn pull(&self, mut ct: Array<A, D>, f: impl Fn(A, A) -> A) -> Array<A, D> {
+    fn pull(&self, mut ct: Array<A, D>, mut f: impl FnMut(A, A) -> A) -> Array<A, D> {
         ct.zip_mut_with(self, |g, &x| *g = f(*g, x));
         ct
     }
@@ -796,6 +796,29 @@ where
     X::Primal: Elementwise,
 {
     x.primal().pull(ct, |g, v| df(v, g))
+}
+
+/// Pullback of [`mapv`] whose element function also reads values of the enclosing
+/// code that are differentiated (`x.mapv(|v| (v * scale).tanh())`): `df(v, g)` gives
+/// the element's cotangent and its partials for those values, which are summed over
+/// the elements, in the same single pass. `zero` is their zero (a tuple).
+#[inline]
+pub fn mapv_pb_captured<X: Value, C: crate::value::Accumulate>(
+    x: &X,
+    ct: Owned<X>,
+    zero: C,
+    df: impl Fn(Elem<X>, Elem<X>) -> (Elem<X>, C),
+) -> (Owned<X>, C)
+where
+    X::Primal: Elementwise,
+{
+    let mut sum = zero;
+    let dx = x.primal().pull(ct, |g, v| {
+        let (dv, dc) = df(v, g);
+        sum.accumulate(dc);
+        dv
+    });
+    (dx, sum)
 }
 
 /// `x * x`.
