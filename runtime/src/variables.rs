@@ -998,34 +998,47 @@ fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 
 impl fmt::Display for Variables {
     /// The nested tree, as Flax prints it: `{"params": {"LearnScale_0": {"scale": 0.0}}}`.
+    /// This is JSON, except that non-finite values print as `NaN`, `Infinity` and
+    /// `-Infinity`, as Python's `json` module writes them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(e) = &self.error {
             return write!(f, "<unusable gradients: {e}>");
         }
         let text = self.render(&|leaf| {
-            let values = leaf.to_f64_vec();
-            let fmt_one = |v: f64| match leaf {
-                Leaf::I64(_) => format!("{}", v as i64),
-                _ => format!("{v:?}"),
+            let values: Vec<String> = match leaf {
+                Leaf::F32(a) => a.iter().map(|&v| float_text(v as f64, format!("{v:?}"))).collect(),
+                Leaf::F64(a) => a.iter().map(|&v| float_text(v, format!("{v:?}"))).collect(),
+                Leaf::I64(a) => a.iter().map(i64::to_string).collect(),
             };
             if leaf.shape().is_empty() {
-                values.first().map(|v| fmt_one(*v)).unwrap_or_default()
+                values.into_iter().next().unwrap_or_default()
             } else {
-                nested_list(leaf.shape(), &values, &fmt_one)
+                nested_list(leaf.shape(), &values)
             }
         });
         f.write_str(&text)
     }
 }
 
-fn nested_list(shape: &[usize], values: &[f64], fmt_one: &dyn Fn(f64) -> String) -> String {
+/// A float as Python's `json` writes it: its shortest round-trip text, or `NaN`,
+/// `Infinity`, `-Infinity`.
+fn float_text(v: f64, text: String) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+    } else {
+        text
+    }
+}
+
+fn nested_list(shape: &[usize], values: &[String]) -> String {
     if shape.len() == 1 {
-        let items: Vec<String> = values.iter().map(|v| fmt_one(*v)).collect();
-        return format!("[{}]", items.join(", "));
+        return format!("[{}]", values.join(", "));
     }
     let stride: usize = shape[1..].iter().product();
     let items: Vec<String> = (0..shape[0])
-        .map(|i| nested_list(&shape[1..], &values[i * stride..(i + 1) * stride], fmt_one))
+        .map(|i| nested_list(&shape[1..], &values[i * stride..(i + 1) * stride]))
         .collect();
     format!("[{}]", items.join(", "))
 }
@@ -1121,5 +1134,38 @@ pub(crate) fn read_error<T: Stored>(collection: &str, path: String, leaf: &Leaf)
             rank: T::RANK.unwrap_or(0),
             shape: leaf.shape().to_vec(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_as_python_json_writes() {
+        let v = Variables::new()
+            .with("params", "nan", f64::NAN)
+            .unwrap()
+            .with("params", "inf", f64::INFINITY)
+            .unwrap()
+            .with("params", "ninf", f32::NEG_INFINITY)
+            .unwrap()
+            .with("params", "f32", 0.1f32)
+            .unwrap()
+            .with("state", "big", i64::MAX)
+            .unwrap()
+            .with("params", "empty", ndarray::Array2::<f64>::zeros((2, 0)).into_shared())
+            .unwrap();
+        assert_eq!(
+            v.to_string(),
+            r#"{"params": {"empty": [[], []], "f32": 0.1, "inf": Infinity, "nan": NaN, "ninf": -Infinity}, "state": {"big": 9223372036854775807}}"#
+        );
+    }
+
+    #[test]
+    fn logsumexp_over_an_empty_axis_is_minus_infinity() {
+        let x = ndarray::Array2::<f64>::zeros((2, 0));
+        let y = crate::rules::nn::logsumexp(&x, ndarray::Axis(1));
+        assert_eq!(y, ndarray::arr1(&[f64::NEG_INFINITY, f64::NEG_INFINITY]));
     }
 }

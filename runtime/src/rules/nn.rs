@@ -5,29 +5,40 @@ use crate::rules::kernels;
 use crate::value::{Real, Value};
 use ndarray::{Array, ArrayBase, Axis, Data, RemoveAxis};
 
+/// The maximum of each lane along `axis` (zero where it is not finite, as for an
+/// empty lane): what the stable forms subtract.
+fn lane_max<A: Real, S: Data<Elem = A>, D: RemoveAxis>(
+    x: &ArrayBase<S, D>,
+    axis: Axis,
+) -> Array<A, D::Smaller> {
+    x.fold_axis(axis, A::neg_infinity(), |&m, &v| m.max(v))
+        .mapv_into(|m| if m.is_finite() { m } else { A::zero() })
+}
+
+/// `x` minus its lane maxima, broadcast along `axis`.
 fn max_axis<A: Real, S: Data<Elem = A>, D: RemoveAxis>(
     x: &ArrayBase<S, D>,
     axis: Axis,
 ) -> Array<A, D> {
-    let m = x.fold_axis(axis, A::neg_infinity(), |&m, &v| m.max(v));
+    let m = lane_max(x, axis);
     let mut out = Array::zeros(x.raw_dim());
-    out.zip_mut_with(&m.insert_axis(axis), |o, &m| {
-        *o = if m.is_finite() { m } else { A::zero() }
-    });
+    out.zip_mut_with(&m.insert_axis(axis), |o, &m| *o = m);
     out
 }
 
-/// `log(sum(exp(x)))` along `axis`, computed stably.
+/// `log(sum(exp(x)))` along `axis`, computed stably; `-inf` over an empty axis, as
+/// JAX gives.
 pub fn logsumexp<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: RemoveAxis>(
     x: &X,
     axis: Axis,
 ) -> Array<A, D::Smaller> {
     let x = x.primal();
-    let m = max_axis(x, axis);
-    let mut e = x - &m;
+    let m = lane_max(x, axis);
+    let mut e = x.to_owned();
+    e.zip_mut_with(&m.view().insert_axis(axis), |e, &m| *e -= m);
     kernels::in_place::<kernels::Exp, A, D>(&mut e);
     let s = e.sum_axis(axis);
-    s.mapv(A::ln) + &m.index_axis(axis, 0)
+    s.mapv(A::ln) + &m
 }
 
 /// Pullback of [`logsumexp`]: the cotangent times `softmax(x)`.
