@@ -654,7 +654,9 @@ impl<'a> Gen<'a> {
         {
             // Views are recomputed (they borrow); so are scalars in a loop: a few
             // flops beat a push and a pop per iteration.
-            if rule.view || (r.in_loop && self.scalar[v.0 as usize]) {
+            // (Not a sum or a mean: recomputing one reads a whole array.)
+            let cheap = rule.elementwise || rule.func == "index";
+            if rule.view || (r.in_loop && cheap && self.scalar[v.0 as usize]) {
                 if r.remat.insert(v) {
                     let fwd = self.prim_call(r, rule, operands, consts);
                     r.code.push(quote!(let #name = #fwd;));
@@ -2191,7 +2193,8 @@ fn derive_scalars(defs: &HashMap<Var, &Op>, scalar: &mut [bool]) {
             let Op::Prim { rule, operands, .. } = op else {
                 continue;
             };
-            let is_scalar = rule.func == "index"
+            // An element read and a full reduction give a scalar whatever the operand.
+            let is_scalar = matches!(rule.func, "index" | "sum" | "mean")
                 || (rule.elementwise
                     && operands.iter().any(|a| a.atom.var().is_some())
                     && operands

@@ -393,6 +393,9 @@ static FUNCTIONS: &[(&str, Rule)] = &[
         "log_softmax",
         rule!("log_softmax", 1, [pb!("log_softmax_pb" [Out, Const(0)])]),
     ),
+    // What forward mode writes for an operand that may be a scalar or an array: the
+    // value itself, a scalar by value (`adjoint::rules::shape::operand`).
+    ("operand", rule!("operand", 1, [pb!("identity_pb" [])]).view()),
     (
         "logsumexp",
         rule!("logsumexp", 1, [pb!("logsumexp_pb" [Operand(0), Const(0)])]),

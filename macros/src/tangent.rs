@@ -107,9 +107,11 @@ impl Tangent<'_> {
             Atom::Var(v) if self.refs.contains(v) || self.scalar[v.0 as usize] => {
                 self.f.name(*v).to_token_stream()
             }
+            // A scalar by value, an array by reference, whichever it is: a dot
+            // product of vectors is a scalar, of matrices an array.
             Atom::Var(v) => {
                 let n = self.f.name(*v);
-                quote!(&#n)
+                quote!(::adjoint::__private::operand(&#n))
             }
             Atom::Lit(t) => t.clone(),
         }
@@ -126,18 +128,20 @@ impl Tangent<'_> {
             if self.tangent_refs.contains(&v) || self.scalar[v.0 as usize] {
                 quote!(#d)
             } else {
-                quote!(&#d)
+                quote!(::adjoint::__private::operand(&#d))
             },
         )
     }
 
     /// A reference to the tangent, or a zero of the value's shape (`&(x * 0.0)`).
     fn dot_or_zero(&self, a: &Atom) -> TokenStream {
-        match self.dot(a) {
-            Some(d) => d,
-            None => {
+        match (self.dot(a), a) {
+            (Some(d), _) => d,
+            // A literal's tangent is a zero that takes its type from the other side.
+            (None, Atom::Lit(_)) => quote!(0.0),
+            (None, Atom::Var(_)) => {
                 let x = self.r(a);
-                quote!(&(#x * 0.0))
+                quote!(::adjoint::__private::operand(&(#x * 0.0)))
             }
         }
     }

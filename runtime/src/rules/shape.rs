@@ -351,6 +351,45 @@ pub fn to_shared<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>,
     x.primal().to_shared()
 }
 
+/// A value as an operand of `+ - * /`: a scalar by value, an array by reference
+/// (what forward mode writes where it cannot tell which the value is).
+pub trait Operand {
+    /// `Self` for a scalar, `&Self` for an array.
+    type Out<'a>
+    where
+        Self: 'a;
+    /// The operand.
+    fn operand(&self) -> Self::Out<'_>;
+}
+
+impl<A: Real> Operand for A {
+    type Out<'a> = A;
+    #[inline(always)]
+    fn operand(&self) -> A {
+        *self
+    }
+}
+
+impl<A: Real, S: Data<Elem = A>, D: Dimension> Operand for ArrayBase<S, D> {
+    type Out<'a>
+        = &'a ArrayBase<S, D>
+    where
+        Self: 'a;
+    #[inline(always)]
+    fn operand(&self) -> &ArrayBase<S, D> {
+        self
+    }
+}
+
+/// `x` as an operand ([`Operand`]).
+#[inline(always)]
+pub fn operand<X: Value>(x: &X) -> <X::Primal as Operand>::Out<'_>
+where
+    X::Primal: Operand,
+{
+    x.primal().operand()
+}
+
 /// Pullback of the ownership and layout conversions: the cotangent, unchanged.
 #[inline(always)]
 pub fn identity_pb<C>(ct: C) -> C {

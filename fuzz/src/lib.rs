@@ -1,0 +1,363 @@
+//! Random differentiable programs, to keep the transform honest: a generator of
+//! well-typed Rust functions over `f64` scalars and arrays (arithmetic, elementwise
+//! maths, reductions, `dot`, indexing, `mapv` closures reading enclosing values,
+//! `for` loops carrying values, branches, calls of helpers), and a harness that
+//! checks each one's `grad!` against central differences and, where forward mode
+//! covers it, against its `jvp!`.
+//!
+//! `tests/build.rs` writes a few dozen into the test suite (`cargo test`); `cargo run
+//! -p adjoint-fuzz --release -- --programs 3000` generates, compiles and runs
+//! thousands and prints the counts (see the crate's `main.rs`).
+
+use std::fmt::Write;
+
+/// A small deterministic generator (SplitMix64): the same seed, the same programs.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    /// A literal in `[-1.5, 1.5]` with one decimal.
+    fn lit(&mut self) -> String {
+        let v = self.below(31) as i64 - 15;
+        format!("{:.1}", v as f64 / 10.0)
+    }
+}
+
+/// The length of every array the programs use.
+pub const LEN: usize = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Scalar,
+    Array,
+}
+
+/// One function being generated: its variables by type.
+struct Gen<'r> {
+    rng: &'r mut Rng,
+    scalars: Vec<String>,
+    arrays: Vec<String>,
+    next: usize,
+    /// Whether the body has control flow or calls (forward mode does not cover it).
+    straight: bool,
+    depth: usize,
+}
+
+/// Elementwise functions that are smooth and bounded near the inputs used.
+const SMOOTH: &[&str] = &["sin", "cos", "tanh"];
+
+impl Gen<'_> {
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}{}", self.next)
+    }
+
+    fn scalar_var(&mut self) -> String {
+        self.rng.pick(&self.scalars).clone()
+    }
+
+    fn array_var(&mut self) -> String {
+        self.rng.pick(&self.arrays).clone()
+    }
+
+    /// An array variable as a reference: the parameters `a`, `b` are references
+    /// already, the locals are borrowed.
+    fn array_ref(&mut self) -> String {
+        let v = self.array_var();
+        if v == "a" || v == "b" { v } else { format!("&{v}") }
+    }
+
+    /// A scalar expression.
+    fn scalar(&mut self) -> String {
+        self.depth += 1;
+        let leaf = self.depth > 3;
+        let e = match if leaf { self.rng.below(2) } else { self.rng.below(12) } {
+            0 => self.scalar_var(),
+            1 => format!("{} * {}", self.scalar_var(), self.rng.lit()),
+            2 => format!("({} + {})", self.scalar(), self.scalar()),
+            3 => format!("({} - {})", self.scalar(), self.scalar()),
+            4 => format!("({} * {})", self.scalar(), self.scalar()),
+            5 => format!("({} / (1.0 + {} * {}))", self.scalar(), {
+                let v = self.scalar_var();
+                v.clone()
+            }, self.scalar_var()),
+            6 => {
+                let f = self.rng.pick(SMOOTH);
+                format!("({}).{f}()", self.scalar())
+            }
+            7 => format!("{}.sum()", self.array()),
+            8 => format!("{}[{}]", self.array_var(), self.rng.below(LEN)),
+            9 => {
+                let (a, b) = (self.array_var(), self.array_ref());
+                format!("{a}.dot({b})")
+            }
+            10 => format!("({}).powi({})", self.scalar(), 2 + self.rng.below(2)),
+            _ => format!("{}.mean().unwrap()", self.array()),
+        };
+        self.depth -= 1;
+        e
+    }
+
+    /// An array expression (an owned array or a reference to one).
+    fn array(&mut self) -> String {
+        self.depth += 1;
+        let leaf = self.depth > 3;
+        let e = match if leaf { 0 } else { self.rng.below(8) } {
+            0 => format!("({} * {})", self.array_ref(), self.rng.lit()),
+            1 => format!("({} + {})", self.array_ref(), self.array_ref()),
+            2 => format!("({} * {})", self.array_ref(), self.array_ref()),
+            3 => format!("({} - {})", self.array_ref(), self.scalar()),
+            4 => format!("({} * {})", self.scalar(), self.array_ref()),
+            5 => {
+                let f = self.rng.pick(SMOOTH);
+                format!("{}.{f}()", self.array_var())
+            }
+            6 => {
+                // A closure reading an enclosing scalar, which may be differentiated.
+                self.straight = false;
+                let c = self.scalar_var();
+                let f = self.rng.pick(SMOOTH);
+                format!(
+                    "{}.mapv(|v| (v * {c}).{f}() + v * {})",
+                    self.array_var(),
+                    self.rng.lit()
+                )
+            }
+            _ => {
+                self.straight = false;
+                format!("{}.mapv(|v| v * v + {})", self.array_var(), self.rng.lit())
+            }
+        };
+        self.depth -= 1;
+        e
+    }
+
+    fn expr(&mut self, ty: Ty) -> String {
+        self.depth = 0;
+        match ty {
+            Ty::Scalar => self.scalar(),
+            Ty::Array => self.array(),
+        }
+    }
+
+    /// One statement (or a few), appended to `out`.
+    fn stmt(&mut self, out: &mut String, helpers: usize) {
+        match self.rng.below(10) {
+            0..=3 => {
+                let v = self.fresh("s");
+                let e = self.expr(Ty::Scalar);
+                let _ = writeln!(out, "    let {v} = {e};");
+                self.scalars.push(v);
+            }
+            4 | 5 => {
+                let v = self.fresh("a");
+                let e = self.expr(Ty::Array);
+                let _ = writeln!(out, "    let {v} = {e};");
+                self.arrays.push(v);
+            }
+            6 => {
+                // A branch on a differentiated value: both arms are smooth.
+                self.straight = false;
+                let v = self.fresh("s");
+                let c = self.scalar_var();
+                let (t, e) = (self.expr(Ty::Scalar), self.expr(Ty::Scalar));
+                // The threshold is off the grid of the inputs (multiples of 0.1), so
+                // central differences do not straddle it.
+                let _ = writeln!(out, "    let {v} = if {c} > 0.0731 {{ {t} }} else {{ {e} }};");
+                self.scalars.push(v);
+            }
+            7 => {
+                // A loop carrying a scalar and an array.
+                self.straight = false;
+                let (s, a) = (self.fresh("s"), self.fresh("a"));
+                let (s0, a0) = (self.scalar_var(), self.array_var());
+                let k = self.fresh("k");
+                let _ = writeln!(out, "    let mut {s} = {s0};");
+                let _ = writeln!(out, "    let mut {a} = {a0}.to_owned();");
+                let _ = writeln!(out, "    for {k} in 0..{} {{", 2 + self.rng.below(3));
+                let f = *self.rng.pick(SMOOTH);
+                let _ = writeln!(out, "        {s} = ({s} * 0.5 + {a}[{k} % {LEN}]).{f}();");
+                let _ = writeln!(out, "        {a} = (&{a} * {s}).{f}();");
+                let _ = writeln!(out, "    }}");
+                self.scalars.push(s);
+                self.arrays.push(a);
+            }
+            8 if helpers > 0 => {
+                self.straight = false;
+                let v = self.fresh("s");
+                let h = self.rng.below(helpers);
+                let (x, a) = (self.scalar_var(), self.array_ref());
+                let _ = writeln!(out, "    let {v} = helper{h}({x}, {a});");
+                self.scalars.push(v);
+            }
+            _ => {
+                let v = self.fresh("s");
+                let e = self.expr(Ty::Scalar);
+                let _ = writeln!(out, "    let {v} = {e};");
+                self.scalars.push(v);
+            }
+        }
+    }
+}
+
+/// A random function `name(x: f64, y: f64, a: &Array1<f64>, b: &Array1<f64>) -> f64`
+/// with `stmts` statements, and whether forward mode covers it (straight-line code).
+pub fn function(rng: &mut Rng, name: &str, stmts: usize, helpers: usize) -> (String, bool) {
+    let mut g = Gen {
+        rng,
+        scalars: vec!["x".into(), "y".into()],
+        arrays: vec!["a".into(), "b".into()],
+        next: 0,
+        straight: true,
+        depth: 0,
+    };
+    let mut body = String::new();
+    for _ in 0..stmts {
+        g.stmt(&mut body, helpers);
+    }
+    // The output mixes the last values, so that every statement may matter.
+    let s = g.scalars.last().cloned().unwrap_or_default();
+    let a = g.arrays.last().cloned().unwrap_or_default();
+    let out = format!("{s} + {a}.sum() * 0.5");
+    let straight = g.straight;
+    let jvp = if straight { "(jvp)" } else { "" };
+    let src = format!(
+        "#[differentiable{jvp}]\nfn {name}(x: f64, y: f64, a: &Array1<f64>, b: &Array1<f64>) -> f64 {{\n{body}    {out}\n}}\n"
+    );
+    (src, straight)
+}
+
+/// A source file of `n` random programs and a test per program (`fn main` when
+/// `as_main`, else one `#[test]`), checking `grad!` against central differences and,
+/// for straight-line programs, `jvp!` against `grad!`.
+pub fn program_file(seed: u64, n: usize, as_main: bool) -> String {
+    let mut rng = Rng::new(seed);
+    let mut src = String::new();
+    src.push_str(
+        "// Generated by adjoint-fuzz: random differentiable programs. Do not edit.\n\
+         use adjoint::prelude::*;\nuse ndarray::{array, Array1};\n\n",
+    );
+    // Helpers the programs call.
+    let helpers = 2;
+    for h in 0..helpers {
+        let (f, _) = function(&mut rng, &format!("helper_body{h}"), 2, 0);
+        src.push_str(&f);
+        let _ = writeln!(
+            src,
+            "#[differentiable]\nfn helper{h}(x: f64, a: &Array1<f64>) -> f64 {{\n    helper_body{h}(x, x * 0.5, a, a)\n}}\n"
+        );
+    }
+    let mut checks = String::new();
+    for i in 0..n {
+        let name = format!("program{i}");
+        let stmts = 1 + rng.below(6);
+        let (f, straight) = function(&mut rng, &name, stmts, helpers);
+        let _ = writeln!(src, "// {name}");
+        src.push_str(&f);
+        let inputs = format!(
+            "({}, {}, array![{}, {}, {}], array![{}, {}, {}])",
+            rng.lit(),
+            rng.lit(),
+            rng.lit(),
+            rng.lit(),
+            rng.lit(),
+            rng.lit(),
+            rng.lit(),
+            rng.lit()
+        );
+        let jvp = if straight {
+            format!(
+                " check_jvp(\"{name}\", |(x, y, a, b), (dx, dy, da, db)| jvp!({name})(*x, *y, a, b, *dx, *dy, da, db).1, |(x, y, a, b)| grad!({name})(*x, *y, a, b), {inputs}, r);"
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            checks,
+            "    guard(\"{name}\", &mut report, |r| {{ check(\"{name}\", |(x, y, a, b)| {name}(*x, *y, a, b), |(x, y, a, b)| grad!({name})(*x, *y, a, b), {inputs}, r);{jvp} }});"
+        );
+    }
+    let harness = r#"
+type Point = (f64, f64, Array1<f64>, Array1<f64>);
+
+/// Runs a program's checks; a panic is recorded as a failure (`PANIC` when run as a
+/// program).
+fn guard(name: &str, report: &mut Vec<String>, body: impl FnOnce(&mut Vec<String>)) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut local = Vec::new();
+        body(&mut local);
+        local
+    }));
+    match r {
+        Ok(local) => report.extend(local),
+        Err(_) => report.push(format!("PANIC {name}")),
+    }
+}
+
+/// Central differences against the claimed gradient; a failure is recorded.
+fn check(name: &str, f: impl Fn(&Point) -> f64, g: impl Fn(&Point) -> Point, at: Point, report: &mut Vec<String>) {
+    let tol = adjoint::check::Tolerance { step: 1e-6, rtol: 1e-5, atol: 1e-6 };
+    let grad = g(&at);
+    if !f(&at).is_finite() {
+        return;
+    }
+    if let Err(e) = adjoint::check::check_grad(&f, &at, &grad, tol) {
+        report.push(format!("{name}: {e}"));
+    }
+}
+
+/// Forward mode along a direction against the gradient's inner product with it.
+fn check_jvp(name: &str, jvp: impl Fn(&Point, &Point) -> f64, g: impl Fn(&Point) -> Point, at: Point, report: &mut Vec<String>) {
+    let dir: Point = (0.3, -0.7, array![0.5, -0.2, 0.9], array![-1.0, 0.4, 0.1]);
+    let (gx, gy, ga, gb) = g(&at);
+    let want = gx * dir.0 + gy * dir.1 + ga.dot(&dir.2) + gb.dot(&dir.3);
+    let got = jvp(&at, &dir);
+    if !want.is_finite() {
+        return;
+    }
+    if (got - want).abs() > 1e-9 * (1.0 + want.abs()) {
+        report.push(format!("{name}: jvp {got} but <grad, dir> {want}"));
+    }
+}
+"#;
+    src.push_str(harness);
+    let header = if as_main {
+        "fn main() {\n    let mut report = Vec::new();\n"
+    } else {
+        "#[test]\nfn random_programs_match_central_differences_and_forward_mode() {\n    let mut report = Vec::new();\n"
+    };
+    src.push_str(header);
+    src.push_str(&checks);
+    if as_main {
+        src.push_str(
+            "    for r in &report {\n        if r.starts_with(\"PANIC\") {\n            println!(\"{r}\");\n        } else {\n            println!(\"WRONG {r}\");\n        }\n    }\n}\n",
+        );
+    } else {
+        src.push_str("    assert!(report.is_empty(), \"{}\", report.join(\"\\n\"));\n}\n");
+    }
+    src
+}
