@@ -88,23 +88,36 @@ impl Gen<'_> {
     /// already, the locals are borrowed.
     fn array_ref(&mut self) -> String {
         let v = self.array_var();
-        if v == "a" || v == "b" { v } else { format!("&{v}") }
+        if v == "a" || v == "b" {
+            v
+        } else {
+            format!("&{v}")
+        }
     }
 
     /// A scalar expression.
     fn scalar(&mut self) -> String {
         self.depth += 1;
         let leaf = self.depth > 3;
-        let e = match if leaf { self.rng.below(2) } else { self.rng.below(12) } {
+        let e = match if leaf {
+            self.rng.below(2)
+        } else {
+            self.rng.below(12)
+        } {
             0 => self.scalar_var(),
             1 => format!("{} * {}", self.scalar_var(), self.rng.lit()),
             2 => format!("({} + {})", self.scalar(), self.scalar()),
             3 => format!("({} - {})", self.scalar(), self.scalar()),
             4 => format!("({} * {})", self.scalar(), self.scalar()),
-            5 => format!("({} / (1.0 + {} * {}))", self.scalar(), {
-                let v = self.scalar_var();
-                v.clone()
-            }, self.scalar_var()),
+            5 => format!(
+                "({} / (1.0 + {} * {}))",
+                self.scalar(),
+                {
+                    let v = self.scalar_var();
+                    v.clone()
+                },
+                self.scalar_var()
+            ),
             6 => {
                 let f = self.rng.pick(SMOOTH);
                 format!("({}).{f}()", self.scalar())
@@ -187,7 +200,10 @@ impl Gen<'_> {
                 let (t, e) = (self.expr(Ty::Scalar), self.expr(Ty::Scalar));
                 // The threshold is off the grid of the inputs (multiples of 0.1), so
                 // central differences do not straddle it.
-                let _ = writeln!(out, "    let {v} = if {c} > 0.0731 {{ {t} }} else {{ {e} }};");
+                let _ = writeln!(
+                    out,
+                    "    let {v} = if {c} > 0.0731 {{ {t} }} else {{ {e} }};"
+                );
                 self.scalars.push(v);
             }
             7 => {

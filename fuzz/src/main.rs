@@ -122,7 +122,10 @@ fn exclude(src: &str, excluded: &std::collections::BTreeSet<usize>) -> String {
     let mut out = String::new();
     let mut skipping = false;
     for line in src.lines() {
-        if let Some(p) = line.strip_prefix("// program").and_then(|n| n.parse::<usize>().ok()) {
+        if let Some(p) = line
+            .strip_prefix("// program")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             skipping = excluded.contains(&p);
         }
         let guard_of = line
@@ -150,9 +153,13 @@ fn exclude(src: &str, excluded: &std::collections::BTreeSet<usize>) -> String {
 fn program_at(text: &str, line: usize) -> Option<usize> {
     let mut current = None;
     for l in text.lines().take(line) {
-        if let Some(p) = l.strip_prefix("// program").and_then(|n| n.parse::<usize>().ok()) {
+        if let Some(p) = l
+            .strip_prefix("// program")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             current = Some(p);
-        } else if l.starts_with("fn helper") || l.starts_with("type ") || l.starts_with("fn guard") {
+        } else if l.starts_with("fn helper") || l.starts_with("type ") || l.starts_with("fn guard")
+        {
             current = None;
         }
     }
@@ -186,7 +193,9 @@ fn build(dir: &Path) -> Vec<(usize, Option<String>, String)> {
     let mut errors = Vec::new();
     for line in stdout.lines() {
         // A small reading of cargo's JSON: enough for level, code, message, line.
-        if !line.contains("\"level\":\"error\"") || !line.contains("\"reason\":\"compiler-message\"") {
+        if !line.contains("\"level\":\"error\"")
+            || !line.contains("\"reason\":\"compiler-message\"")
+        {
             continue;
         }
         let field = |key: &str| -> Option<String> {
@@ -222,4 +231,3 @@ fn build(dir: &Path) -> Vec<(usize, Option<String>, String)> {
     }
     errors
 }
-

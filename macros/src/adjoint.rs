@@ -195,11 +195,8 @@ impl<'a> Gen<'a> {
             Slot::Tape(k) => format_ident!("__tape{}", k).to_token_stream(),
             Slot::Br(k) => format_ident!("__br{}", k).to_token_stream(),
             Slot::Shape(v) => {
-                crate::hygiene::generated(&format!(
-                    "{}_shape",
-                    crate::hygiene::plain(self.name(v))
-                ))
-                .to_token_stream()
+                crate::hygiene::generated(&format!("{}_shape", crate::hygiene::plain(self.name(v))))
+                    .to_token_stream()
             }
             Slot::Range(k) => format_ident!("__range{}", k).to_token_stream(),
         }
@@ -820,8 +817,9 @@ impl<'a> Gen<'a> {
                             } else {
                                 quote!(_)
                             };
-                            let dcs: Vec<Ident> =
-                                (0..caps.len()).map(|i| format_ident!("{}_c{}", bar, i)).collect();
+                            let dcs: Vec<Ident> = (0..caps.len())
+                                .map(|i| format_ident!("{}_c{}", bar, i))
+                                .collect();
                             r.code.push(quote! {
                                 let (#dx, (#(#dcs,)*)) = ::adjoint::__private::mapv_pb_captured(
                                     &#x, #bar, (#(#zero,)*), #pb

@@ -62,7 +62,8 @@ fn chunk(stmts: Vec<syn::Stmt>) -> Vec<syn::Stmt> {
         _ => None,
     };
     // The names each statement mentions, and those of everything after it.
-    let mentioned: Vec<HashSet<String>> = stmts.iter().map(|s| idents(s.to_token_stream())).collect();
+    let mentioned: Vec<HashSet<String>> =
+        stmts.iter().map(|s| idents(s.to_token_stream())).collect();
     let mut after: Vec<HashSet<String>> = vec![HashSet::new(); stmts.len() + 1];
     if let Some(t) = &tail {
         after[stmts.len()] = idents(t.to_token_stream());
@@ -93,7 +94,9 @@ fn chunk(stmts: Vec<syn::Stmt>) -> Vec<syn::Stmt> {
             }
         }
         let names: Vec<&syn::Ident> = live.iter().map(|(id, _)| id).collect();
-        let pats = live.iter().map(|(id, m)| if *m { quote!(mut #id) } else { quote!(#id) });
+        let pats = live
+            .iter()
+            .map(|(id, m)| if *m { quote!(mut #id) } else { quote!(#id) });
         let stmt: syn::Stmt = syn::parse_quote! {
             #[allow(unused_mut)]
             let (#(#pats,)*) = { #(#piece)* (#(#names,)*) };

@@ -30,7 +30,9 @@ pub fn generated(name: &str) -> syn::Ident {
 /// or a name made from one (`r#type_1`): raw where it must be, plain otherwise.
 pub fn ident(name: &str, span: Span) -> syn::Ident {
     match name.strip_prefix("r#") {
-        Some(rest) if syn::parse_str::<syn::Ident>(rest).is_err() => syn::Ident::new_raw(rest, span),
+        Some(rest) if syn::parse_str::<syn::Ident>(rest).is_err() => {
+            syn::Ident::new_raw(rest, span)
+        }
         Some(rest) => syn::Ident::new(rest, span),
         None => syn::Ident::new(name, span),
     }
@@ -180,7 +182,8 @@ fn mentions_prefixed(tokens: &TokenStream) -> bool {
 /// (a field or method) and not next to `::` or before `!` (a path or a macro).
 fn rename(tokens: TokenStream, renames: &HashMap<String, String>) -> TokenStream {
     let trees: Vec<TokenTree> = tokens.into_iter().collect();
-    let punct = |i: usize, c: char| matches!(trees.get(i), Some(TokenTree::Punct(p)) if p.as_char() == c);
+    let punct =
+        |i: usize, c: char| matches!(trees.get(i), Some(TokenTree::Punct(p)) if p.as_char() == c);
     let mut out = Vec::with_capacity(trees.len());
     for (i, tt) in trees.iter().enumerate() {
         match tt {
@@ -229,10 +232,19 @@ mod tests {
 
     #[test]
     fn renamed_locals_avoid_taken_names() {
-        let (out, _) = rename_locals(quote!(fn f(_ct: f64, __ct: f64) -> f64 { _ct * __ct }));
+        let (out, _) = rename_locals(quote!(
+            fn f(_ct: f64, __ct: f64) -> f64 {
+                _ct * __ct
+            }
+        ));
         assert_eq!(
             out.to_string(),
-            quote!(fn f(_ct: f64, _ct_1: f64) -> f64 { _ct * _ct_1 }).to_string()
+            quote!(
+                fn f(_ct: f64, _ct_1: f64) -> f64 {
+                    _ct * _ct_1
+                }
+            )
+            .to_string()
         );
     }
 }

@@ -42,20 +42,26 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
 // differentiated arguments. `grad!(|x, y| body, wrt = [x], has_aux)` for a closure.
 #[proc_macro]
 pub fn grad(input: TokenStream) -> TokenStream {
-    hygienic(input, |input| expand::transform(expand::Transform::Grad, input))
+    hygienic(input, |input| {
+        expand::transform(expand::Transform::Grad, input)
+    })
 }
 
 // `value_and_grad!(f)`: like `grad!`, returning `(value, gradient)`.
 #[proc_macro]
 pub fn value_and_grad(input: TokenStream) -> TokenStream {
-    hygienic(input, |input| expand::transform(expand::Transform::ValueAndGrad, input))
+    hygienic(input, |input| {
+        expand::transform(expand::Transform::ValueAndGrad, input)
+    })
 }
 
 // `vjp!(f)`: a function returning `(value, pullback)`; the pullback maps the
 // output's cotangent to the arguments' cotangents.
 #[proc_macro]
 pub fn vjp(input: TokenStream) -> TokenStream {
-    hygienic(input, |input| expand::transform(expand::Transform::Vjp, input))
+    hygienic(input, |input| {
+        expand::transform(expand::Transform::Vjp, input)
+    })
 }
 
 // `jvp!(f)(args.., tangents..)`: the value and its directional derivative, for `f`
@@ -65,7 +71,9 @@ pub fn vjp(input: TokenStream) -> TokenStream {
 // `flax.linen.jvp`.
 #[proc_macro]
 pub fn jvp(input: TokenStream) -> TokenStream {
-    hygienic(input, |input| expand::transform(expand::Transform::Jvp, input))
+    hygienic(input, |input| {
+        expand::transform(expand::Transform::Jvp, input)
+    })
 }
 
 // `vmap!(f, in_axes = [None, 0, ..])`: `f` mapped over axis `k` of the arguments

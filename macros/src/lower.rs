@@ -730,7 +730,8 @@ impl Lowerer<'_> {
         if self.inlining.is_empty() {
             // Each generated body holds a copy; calls of a nested `fn` are inlined, so
             // a copy may go unused.
-            self.items.push(quote!(#[allow(dead_code, unused_imports)] #item));
+            self.items
+                .push(quote!(#[allow(dead_code, unused_imports)] #item));
         }
         let syn::Item::Fn(f) = item else {
             return;
@@ -796,13 +797,22 @@ impl Lowerer<'_> {
 
     /// A call of a closure or nested function: its body, lowered here with its
     /// parameters bound to the arguments, in the environment it was made in.
-    fn inline_call(&mut self, out: &mut Stmts, c: &syn::ExprCall, name: &str, def: &Inlined) -> Val {
+    fn inline_call(
+        &mut self,
+        out: &mut Stmts,
+        c: &syn::ExprCall,
+        name: &str,
+        def: &Inlined,
+    ) -> Val {
         if self.inlining.iter().any(|n| n == name) {
             self.cx.error_at(c, format!("`{name}` calls itself: a recursive nested function is not differentiated; move it outside and mark it #[differentiable]"));
             return poison();
         }
         if c.args.len() != def.params.len() {
-            self.cx.error_at(c, format!("`{name}` takes {} argument(s)", def.params.len()));
+            self.cx.error_at(
+                c,
+                format!("`{name}` takes {} argument(s)", def.params.len()),
+            );
             return poison();
         }
         let args: Vec<(Val, bool)> = c
@@ -833,7 +843,13 @@ impl Lowerer<'_> {
         let v = self.expr(out, &def.body);
         self.pop_scope();
         self.inlining.pop();
-        (self.scopes, self.ref_bound, self.inlined, self.memo, self.outer) = saved;
+        (
+            self.scopes,
+            self.ref_bound,
+            self.inlined,
+            self.memo,
+            self.outer,
+        ) = saved;
         v
     }
 
@@ -1106,7 +1122,15 @@ impl Lowerer<'_> {
                 let reads = self.mentioned_vars(e.to_token_stream());
                 let tokens = self.verbatim(e.to_token_stream());
                 let what = Built::Literal;
-                Val::Atom(self.emit(out, Op::Build { tokens, reads, what }, e.span()))
+                Val::Atom(self.emit(
+                    out,
+                    Op::Build {
+                        tokens,
+                        reads,
+                        what,
+                    },
+                    e.span(),
+                ))
             }
             Expr::Macro(m) if self.mentions_local(m.mac.tokens.clone()) => self.macro_call(out, m),
             Expr::Macro(_)
@@ -1259,13 +1283,28 @@ impl Lowerer<'_> {
                 let operands = elems.iter().map(|e| self.operand(out, e)).collect();
                 let shape = shape.iter().map(|n| syn::Index::from(*n));
                 let shape = Atom::Lit(quote!((#(#shape,)*)));
-                Val::Atom(self.prim(out, &ops::FROM_ELEMS, operands, vec![shape], Native::Rule, span))
+                Val::Atom(self.prim(
+                    out,
+                    &ops::FROM_ELEMS,
+                    operands,
+                    vec![shape],
+                    Native::Rule,
+                    span,
+                ))
             }
             _ => {
                 let reads = self.mentioned_vars(m.mac.tokens.clone());
                 let tokens = self.verbatim(m.to_token_stream());
                 let what = Built::Macro(name.unwrap_or_else(|| Ident::new("macro", span)));
-                Val::Atom(self.emit(out, Op::Build { tokens, reads, what }, span))
+                Val::Atom(self.emit(
+                    out,
+                    Op::Build {
+                        tokens,
+                        reads,
+                        what,
+                    },
+                    span,
+                ))
             }
         }
     }
@@ -1995,7 +2034,11 @@ impl Lowerer<'_> {
         }];
         let closure = lower_with(self.cx, &params, &block, env);
         let native = self.verbatim(cl.to_token_stream());
-        let captured = closure.free.iter().map(|(_, outer)| Atom::Var(*outer)).collect();
+        let captured = closure
+            .free
+            .iter()
+            .map(|(_, outer)| Atom::Var(*outer))
+            .collect();
         Val::Atom(self.emit(
             out,
             Op::MapV {

@@ -314,7 +314,9 @@ fn scope_wrappers(
         owner,
         flavor,
     );
-    out.extend(named_scope_wrapper(sig, params, &named, inner, flavor, owner));
+    out.extend(named_scope_wrapper(
+        sig, params, &named, inner, flavor, owner,
+    ));
     out
 }
 
@@ -485,7 +487,10 @@ pub(crate) fn route_module_calls(scopes: &[String], block: &mut syn::Block) {
 }
 
 /// Whether `args` starts with one of the scope parameters (a module call's `cx`).
-fn takes_scope(args: &syn::punctuated::Punctuated<syn::Expr, syn::Token![,]>, scopes: &[String]) -> bool {
+fn takes_scope(
+    args: &syn::punctuated::Punctuated<syn::Expr, syn::Token![,]>,
+    scopes: &[String],
+) -> bool {
     matches!(args.first(), Some(syn::Expr::Path(p))
         if p.path.get_ident().is_some_and(|i| scopes.iter().any(|s| i == s)))
 }

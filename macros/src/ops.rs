@@ -310,7 +310,10 @@ static METHODS: &[(&str, Rule)] = &[
         rule!("as_standard_layout", 1, [pb!("identity_pb" [])]).view(),
     ),
     ("to_shared", rule!("to_shared", 1, [pb!("identity_pb" [])])),
-    ("into_shared", rule!("to_shared", 1, [pb!("identity_pb" [])])),
+    (
+        "into_shared",
+        rule!("to_shared", 1, [pb!("identity_pb" [])]),
+    ),
     ("t", rule!("t", 1, [pb!("t_pb" [])]).view()),
     // Trees of variables (`adjoint::rules::tree`).
     (
@@ -395,7 +398,10 @@ static FUNCTIONS: &[(&str, Rule)] = &[
     ),
     // What forward mode writes for an operand that may be a scalar or an array: the
     // value itself, a scalar by value (`adjoint::rules::shape::operand`).
-    ("operand", rule!("operand", 1, [pb!("identity_pb" [])]).view()),
+    (
+        "operand",
+        rule!("operand", 1, [pb!("identity_pb" [])]).view(),
+    ),
     (
         "logsumexp",
         rule!("logsumexp", 1, [pb!("logsumexp_pb" [Operand(0), Const(0)])]),

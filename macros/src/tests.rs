@@ -89,16 +89,25 @@ fn expansion_time() {
     for n in [250usize, 500, 1000, 2000, 3000] {
         let stmts: Vec<TokenStream> = (1..=n)
             .map(|i| {
-                let (a, b) = (quote::format_ident!("a{}", i), quote::format_ident!("a{}", i - 1));
+                let (a, b) = (
+                    quote::format_ident!("a{}", i),
+                    quote::format_ident!("a{}", i - 1),
+                );
                 quote!(let #a = (#b * x).sin() + #b * 0.5;)
             })
             .collect();
         let last = quote::format_ident!("a{}", n);
         let item = quote! { fn long(x: f64) -> f64 { let a0 = x; #(#stmts)* #last } };
         let start = std::time::Instant::now();
-        let out = stacker::grow(1 << 30, || crate::expand::differentiable(TokenStream::new(), item));
+        let out = stacker::grow(1 << 30, || {
+            crate::expand::differentiable(TokenStream::new(), item)
+        });
         let t = start.elapsed();
-        println!("n = {n}: {:.2} s, {} bytes", t.as_secs_f64(), out.to_string().len());
+        println!(
+            "n = {n}: {:.2} s, {} bytes",
+            t.as_secs_f64(),
+            out.to_string().len()
+        );
     }
 }
 
@@ -125,28 +134,100 @@ fn statement_macros_in_a_module() {
 #[test]
 fn no_panics_on_unusual_inputs() {
     let cases = [
-        quote!(fn f(x: f64) -> f64 { x.powi() }),
-        quote!(fn f(x: &Array2<f64>) -> f64 { x.sum_axis().sum() }),
-        quote!(fn f(x: &Array2<f64>) -> f64 { x.row().sum() }),
-        quote!(fn f(x: &Array2<f64>) -> f64 { x.dot().sum() }),
-        quote!(fn f(x: f64) -> f64 { x.max() }),
-        quote!(fn f(x: f64) -> f64 { x.clamp(0.0) }),
-        quote!(fn f(x: f64) -> f64 { f64::max(x) }),
-        quote!(fn f(x: &Array1<f64>) -> f64 { concatenate(Axis(0)).unwrap().sum() }),
-        quote!(fn f(r#type: f64) -> f64 { let r#in = r#type * 2.0; r#in }),
-        quote!(fn f(_: f64, x: f64) -> f64 { x }),
-        quote!(fn f<'a>(x: &'a f64) -> &'a f64 { x }),
-        quote!(fn f<T: Copy>(x: f64, t: T) -> f64 { x }),
-        quote!(fn f(x: f64) -> f64 { x.mapv() }),
-        quote!(fn f(x: f64) -> f64 { let g = |a, b| a * b; g(x) }),
-        quote!(fn f(x: f64) -> f64 { array![] }),
-        quote!(fn f(x: f64) -> f64 { dbg!() + x }),
-        quote!(fn f(x: f64) -> f64 { no_grad() }),
+        quote!(
+            fn f(x: f64) -> f64 {
+                x.powi()
+            }
+        ),
+        quote!(
+            fn f(x: &Array2<f64>) -> f64 {
+                x.sum_axis().sum()
+            }
+        ),
+        quote!(
+            fn f(x: &Array2<f64>) -> f64 {
+                x.row().sum()
+            }
+        ),
+        quote!(
+            fn f(x: &Array2<f64>) -> f64 {
+                x.dot().sum()
+            }
+        ),
+        quote!(
+            fn f(x: f64) -> f64 {
+                x.max()
+            }
+        ),
+        quote!(
+            fn f(x: f64) -> f64 {
+                x.clamp(0.0)
+            }
+        ),
+        quote!(
+            fn f(x: f64) -> f64 {
+                f64::max(x)
+            }
+        ),
+        quote!(
+            fn f(x: &Array1<f64>) -> f64 {
+                concatenate(Axis(0)).unwrap().sum()
+            }
+        ),
+        quote!(
+            fn f(r#type: f64) -> f64 {
+                let r#in = r#type * 2.0;
+                r#in
+            }
+        ),
+        quote!(
+            fn f(_: f64, x: f64) -> f64 {
+                x
+            }
+        ),
+        quote!(
+            fn f<'a>(x: &'a f64) -> &'a f64 {
+                x
+            }
+        ),
+        quote!(
+            fn f<T: Copy>(x: f64, t: T) -> f64 {
+                x
+            }
+        ),
+        quote!(
+            fn f(x: f64) -> f64 {
+                x.mapv()
+            }
+        ),
+        quote!(
+            fn f(x: f64) -> f64 {
+                let g = |a, b| a * b;
+                g(x)
+            }
+        ),
+        quote!(
+            fn f(x: f64) -> f64 {
+                array![]
+            }
+        ),
+        quote!(
+            fn f(x: f64) -> f64 {
+                dbg!() + x
+            }
+        ),
+        quote!(
+            fn f(x: f64) -> f64 {
+                no_grad()
+            }
+        ),
     ];
     for item in cases {
         let text = item.to_string();
         let out = std::panic::catch_unwind(|| {
-            stacker::grow(1 << 26, || crate::expand::differentiable(TokenStream::new(), item))
+            stacker::grow(1 << 26, || {
+                crate::expand::differentiable(TokenStream::new(), item)
+            })
         });
         assert!(out.is_ok(), "the macro panicked on `{text}`");
     }
@@ -180,7 +261,11 @@ fn mutants() {
         }
         parsed += 1;
         let text = mutant.to_string();
-        let attr = if *is_attr { TokenStream::new() } else { quote!(jvp) };
+        let attr = if *is_attr {
+            TokenStream::new()
+        } else {
+            quote!(jvp)
+        };
         let out = std::panic::catch_unwind(|| crate::expand::differentiable(attr, mutant));
         if out.is_err() {
             panics.push(format!("mutant {k}: {text}"));
@@ -205,15 +290,22 @@ fn suite_items() -> Vec<(TokenStream, bool)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tests");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).expect("the test suite").flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-        let Ok(file) = syn::parse_file(&text) else { continue };
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Ok(file) = syn::parse_file(&text) else {
+            continue;
+        };
         for mut item in file.items {
             let attrs = match &mut item {
                 syn::Item::Fn(f) => &mut f.attrs,
                 syn::Item::Impl(i) => &mut i.attrs,
                 _ => continue,
             };
-            let Some(pos) = attrs.iter().position(|a| a.path().is_ident("differentiable")) else {
+            let Some(pos) = attrs
+                .iter()
+                .position(|a| a.path().is_ident("differentiable"))
+            else {
                 continue;
             };
             let plain = matches!(attrs[pos].meta, syn::Meta::Path(_));
@@ -237,13 +329,22 @@ fn mutate(item: &TokenStream, rng: &mut adjoint_fuzz::Rng) -> TokenStream {
     }
     let mut all = Vec::new();
     flatten(item, &mut all);
-    let leaves: Vec<TokenTree> = all.into_iter().filter(|t| !matches!(t, TokenTree::Group(_))).collect();
+    let leaves: Vec<TokenTree> = all
+        .into_iter()
+        .filter(|t| !matches!(t, TokenTree::Group(_)))
+        .collect();
     let total = leaves.len().max(1);
     let target = rng.below(total);
     let op = rng.below(4);
     let donor = leaves[rng.below(total)].clone();
     // Walks the tree, counting leaves, applying the mutation at `target`.
-    fn walk(t: TokenStream, n: &mut usize, target: usize, op: usize, donor: &TokenTree) -> TokenStream {
+    fn walk(
+        t: TokenStream,
+        n: &mut usize,
+        target: usize,
+        op: usize,
+        donor: &TokenTree,
+    ) -> TokenStream {
         let trees: Vec<TokenTree> = t.into_iter().collect();
         let mut out = Vec::new();
         let mut i = 0;

@@ -196,7 +196,6 @@ pub use scope::{Scope, ScopeError, Variables};
 pub use transforms::NoTangent;
 pub use value::{Cot, Real, Value};
 
-
 /// Stops the gradient: `no_grad(x)` is `x`, but the transform treats it as a
 /// constant, like `jax.lax.stop_gradient`.
 ///

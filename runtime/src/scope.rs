@@ -8,7 +8,9 @@ use ndarray::{ArrayD, Dimension, IntoDimension, IxDyn};
 use rand::SeedableRng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-pub use crate::variables::{Leaf, ParamCot, Stored, Variables, add_param, second_order, vjp_variables};
+pub use crate::variables::{
+    Leaf, ParamCot, Stored, Variables, add_param, second_order, vjp_variables,
+};
 
 /// A runtime misuse of scopes or variables, naming the variable's path.
 ///

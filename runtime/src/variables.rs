@@ -1006,7 +1006,10 @@ impl fmt::Display for Variables {
         }
         let text = self.render(&|leaf| {
             let values: Vec<String> = match leaf {
-                Leaf::F32(a) => a.iter().map(|&v| float_text(v as f64, format!("{v:?}"))).collect(),
+                Leaf::F32(a) => a
+                    .iter()
+                    .map(|&v| float_text(v as f64, format!("{v:?}")))
+                    .collect(),
                 Leaf::F64(a) => a.iter().map(|&v| float_text(v, format!("{v:?}"))).collect(),
                 Leaf::I64(a) => a.iter().map(i64::to_string).collect(),
             };
@@ -1026,7 +1029,11 @@ fn float_text(v: f64, text: String) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+        if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        }
     } else {
         text
     }
@@ -1154,7 +1161,11 @@ mod tests {
             .unwrap()
             .with("state", "big", i64::MAX)
             .unwrap()
-            .with("params", "empty", ndarray::Array2::<f64>::zeros((2, 0)).into_shared())
+            .with(
+                "params",
+                "empty",
+                ndarray::Array2::<f64>::zeros((2, 0)).into_shared(),
+            )
             .unwrap();
         assert_eq!(
             v.to_string(),

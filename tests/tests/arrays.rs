@@ -433,7 +433,10 @@ fn valid_rust_compiles_differentiated() {
     assert_eq!(grad!(owned_in_one_arm)(&a, false), array![2.0, 2.0]);
     assert_eq!(grad!(unused_square)(1.5, &a), (1.0, array![0.0, 0.0]));
     // s = 3.5 - x > 0: d/dx = -1; t[1] = 3 a[1].
-    assert_eq!(grad!(literal_subexpressions)(&a, 1.0), (array![0.0, 3.0], -1.0));
+    assert_eq!(
+        grad!(literal_subexpressions)(&a, 1.0),
+        (array![0.0, 3.0], -1.0)
+    );
     assert_eq!(grad!(helper_twice)(&a), array![4.0, 4.0]);
     assert_eq!(grad!(helper_in_a_loop)(&a), array![-8.0, -8.0]);
 }

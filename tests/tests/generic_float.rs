@@ -28,7 +28,13 @@ fn generic_functions_in_f32_and_f64() {
     let w = array![[0.5, -0.25], [1.0, 0.75]];
     let x = array![[1.0, 2.0], [-0.5, 0.25], [0.1, 0.2]];
     let (gw, _) = grad!(layer)(&w, &x);
-    check_grad(|w: &Array2<f64>| layer(w, &x), &w, &gw, Tolerance::default()).unwrap();
+    check_grad(
+        |w: &Array2<f64>| layer(w, &x),
+        &w,
+        &gw,
+        Tolerance::default(),
+    )
+    .unwrap();
     let (gw32, _) = grad!(layer)(&w.mapv(|v| v as f32), &x.mapv(|v| v as f32));
     for (a, b) in gw32.iter().zip(&gw) {
         assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");

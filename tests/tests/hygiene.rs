@@ -55,7 +55,10 @@ fn parameters_named_like_adjoints_and_shapes() {
 
 #[test]
 fn closures_with_names_like_generated_ones() {
-    let g = grad!(|__ct: f64, __value: f64| __ct * __value * __value, wrt = [__ct])(2.0, 3.0);
+    let g = grad!(
+        |__ct: f64, __value: f64| __ct * __value * __value,
+        wrt = [__ct]
+    )(2.0, 3.0);
     assert_eq!(g, 9.0);
     let (v, g) = value_and_grad!(|__g0: f64| __g0.sin())(0.5);
     assert_eq!((v, g), (0.5f64.sin(), 0.5f64.cos()));
@@ -95,7 +98,12 @@ struct Outer;
 #[differentiable]
 impl Outer {
     fn call(&self, cx: &mut Scope, __primal0: f64) -> f64 {
-        let (__g0,) = grad!(cx, |mdl, cx, __child| mdl.call(cx, __child), Scale2, __primal0);
+        let (__g0,) = grad!(
+            cx,
+            |mdl, cx, __child| mdl.call(cx, __child),
+            Scale2,
+            __primal0
+        );
         __g0 * __primal0
     }
 }
@@ -116,6 +124,9 @@ fn lifted_grad_with_names_like_generated_ones() {
     let vars = Outer.init(0, 2.0).unwrap();
     assert_eq!(Outer.apply(&vars, 2.0).unwrap(), 24.0);
     // Its gradient with respect to x (second order): 4 p x = 24.
-    let g = grad!(|v: &Variables, x: f64| Outer.apply(v, x).unwrap(), wrt = [x])(&vars, 2.0);
+    let g = grad!(
+        |v: &Variables, x: f64| Outer.apply(v, x).unwrap(),
+        wrt = [x]
+    )(&vars, 2.0);
     assert_eq!(g, 24.0);
 }

@@ -55,10 +55,17 @@ macro_rules! check_layer {
 fn batch_norm_train() {
     let case = case("batch_norm_train");
     let x = input2(&case);
-    let bn = nn::BatchNorm::new().use_running_average(false).momentum(0.9);
-    assert_eq!(bn.init(0, &x).unwrap().shapes(), tree_text(&case["init_variables_shapes"]));
+    let bn = nn::BatchNorm::new()
+        .use_running_average(false)
+        .momentum(0.9);
+    assert_eq!(
+        bn.init(0, &x).unwrap().shapes(),
+        tree_text(&case["init_variables_shapes"])
+    );
     let opts = ApplyOptions::new().mutable(["batch_stats"]);
-    check_layer!("batch_norm_train", case, x, |v, x| bn.apply_with(v, &opts, x).unwrap());
+    check_layer!("batch_norm_train", case, x, |v, x| bn
+        .apply_with(v, &opts, x)
+        .unwrap());
 }
 
 #[test]
@@ -66,6 +73,12 @@ fn batch_norm_eval() {
     let case = case("batch_norm_eval");
     let x = input2(&case);
     let bn = nn::BatchNorm::new().use_running_average(true);
-    assert_eq!(bn.init(0, &x).unwrap().shapes(), tree_text(&case["init_variables_shapes"]));
-    check_layer!("batch_norm_eval", case, x, |v, x| (bn.apply(v, x).unwrap(), Variables::new()));
+    assert_eq!(
+        bn.init(0, &x).unwrap().shapes(),
+        tree_text(&case["init_variables_shapes"])
+    );
+    check_layer!("batch_norm_eval", case, x, |v, x| (
+        bn.apply(v, x).unwrap(),
+        Variables::new()
+    ));
 }

@@ -84,7 +84,11 @@ fn check_case<X: Clone>(
     loss_and_grads: impl Fn(&Variables, &X) -> (f64, Variables, ndarray::ArrayD<f64>),
 ) {
     let case = reference("module_semantics.json", name);
-    assert_eq!(init(&x).shapes(), tree_text(&case["init_variables_shapes"]), "{name}: init");
+    assert_eq!(
+        init(&x).shapes(),
+        tree_text(&case["init_variables_shapes"]),
+        "{name}: init"
+    );
     let vars = adjoint_tests::variables(&case["variables"]);
     assert_close(name, &apply(&vars, &x), &array(&case["output"]), RTOL);
     let (loss, params_grad, x_grad) = loss_and_grads(&vars, &x);
@@ -118,7 +122,10 @@ fn a_cell_called_once_per_step_has_one_set_of_parameters() {
     let vars = adjoint_tests::variables(&reference("module_semantics.json", name)["variables"]);
     let loss = |x: &Array3<f64>| ScanByHand.apply(&vars, x).unwrap().sin().sum();
     let x = xs(name);
-    let gx = grad!(|v: &Variables, x: &Array3<f64>| ScanByHand.apply(v, x).unwrap().sin().sum(), wrt = [x])(&vars, &x);
+    let gx = grad!(
+        |v: &Variables, x: &Array3<f64>| ScanByHand.apply(v, x).unwrap().sin().sum(),
+        wrt = [x]
+    )(&vars, &x);
     adjoint::check::check_grad(loss, &x, &gx, adjoint::check::Tolerance::default()).unwrap();
     // A longer sequence reads the same parameters.
     let vars = ScanByHand.init(0, &xs(name)).unwrap();

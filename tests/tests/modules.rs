@@ -1398,7 +1398,8 @@ struct WrongInit;
 #[differentiable]
 impl WrongInit {
     fn call(&self, cx: &mut Scope, x: f64) -> f64 {
-        let bad = |_: &mut init::Rng, _: &[usize]| ndarray::ArrayD::<f64>::zeros(ndarray::IxDyn(&[2]));
+        let bad =
+            |_: &mut init::Rng, _: &[usize]| ndarray::ArrayD::<f64>::zeros(ndarray::IxDyn(&[2]));
         let w: ndarray::ArcArray1<f64> = cx.param("w", bad, 3);
         w.sum() * x
     }
@@ -1418,10 +1419,19 @@ fn parameters_of_another_rank_or_shape_are_typed_errors() {
     );
     // A stored leaf read as another rank.
     let vars = Variables::new()
-        .with("params", "WrongRank_0/w", ndarray::arr1(&[1.0, 2.0, 3.0]).into_shared())
+        .with(
+            "params",
+            "WrongRank_0/w",
+            ndarray::arr1(&[1.0, 2.0, 3.0]).into_shared(),
+        )
         .unwrap();
-    let err = vars.read::<ndarray::Array2<f64>>("params", "WrongRank_0/w").unwrap_err();
-    assert!(matches!(err, ScopeError::DeclaredTypeMismatch { .. }), "{err}");
+    let err = vars
+        .read::<ndarray::Array2<f64>>("params", "WrongRank_0/w")
+        .unwrap_err();
+    assert!(
+        matches!(err, ScopeError::DeclaredTypeMismatch { .. }),
+        "{err}"
+    );
 }
 
 /// Statement macros in a module's body run as written (and forward mode, for second

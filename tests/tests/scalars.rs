@@ -425,7 +425,12 @@ fn with_nested_fn(x: f64, y: f64) -> f64 {
 
 #[test]
 fn closures_and_nested_functions_are_inlined() {
-    check2(with_local_closure, |x, w| grad!(with_local_closure)(x, w), 0.3, -0.7);
+    check2(
+        with_local_closure,
+        |x, w| grad!(with_local_closure)(x, w),
+        0.3,
+        -0.7,
+    );
     check2(with_nested_fn, |x, y| grad!(with_nested_fn)(x, y), 0.4, 1.3);
     let scale = 2.0 * -0.7;
     let want = (0.3f64 * scale).tanh() + (0.09f64 * scale).tanh() * 100.0;

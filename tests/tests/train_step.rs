@@ -50,7 +50,10 @@ fn flax_training_step_with_batch_stats() {
     let case = reference("train_step.json", "steps");
     let all = reference("train_step.json", "inputs");
     let x: Array2<f64> = array(&all["x"]).into_dimensionality().unwrap();
-    let labels: Array1<usize> = array(&all["labels"]).mapv(|v| v as usize).into_dimensionality().unwrap();
+    let labels: Array1<usize> = array(&all["labels"])
+        .mapv(|v| v as usize)
+        .into_dimensionality()
+        .unwrap();
     let model = Net { dropout: false };
     let init = model.init(0, &x, false).unwrap();
     let want_shapes = reference("train_step.json", "init_variables_shapes");
@@ -60,7 +63,9 @@ fn flax_training_step_with_batch_stats() {
         "params": reference("train_step.json", "initial_params")
     }));
     let mut batch_stats = init.only(&["batch_stats"]);
-    let opts = ApplyOptions::new().mutable(["batch_stats"]).rng("dropout", 1);
+    let opts = ApplyOptions::new()
+        .mutable(["batch_stats"])
+        .rng("dropout", 1);
     for (t, step) in case.as_array().unwrap().iter().enumerate() {
         // The step, as a Flax user writes it.
         let ((loss, updates), grads) = value_and_grad!(
@@ -92,12 +97,17 @@ fn flax_training_step_with_batch_stats() {
 fn a_dropout_stream_in_the_training_step() {
     let all = reference("train_step.json", "inputs");
     let x: Array2<f64> = array(&all["x"]).into_dimensionality().unwrap();
-    let labels: Array1<usize> = array(&all["labels"]).mapv(|v| v as usize).into_dimensionality().unwrap();
+    let labels: Array1<usize> = array(&all["labels"])
+        .mapv(|v| v as usize)
+        .into_dimensionality()
+        .unwrap();
     let model = Net { dropout: true };
     let vars = model.init(0, &x, false).unwrap();
     let state = vars.only(&["batch_stats"]);
     let input_grad = |seed: u64| {
-        let opts = ApplyOptions::new().mutable(["batch_stats"]).rng("dropout", seed);
+        let opts = ApplyOptions::new()
+            .mutable(["batch_stats"])
+            .rng("dropout", seed);
         let loss = |x: &Array2<f64>| {
             let (logits, _) = model.apply_with(&vars, &opts, x, true).unwrap();
             xent(&logits, &labels)
@@ -118,7 +128,12 @@ fn a_dropout_stream_in_the_training_step() {
     assert_ne!(input_grad(3), input_grad(4));
     // Without the stream, training dropout is a typed error naming it.
     let err = model
-        .apply_with(&vars.merge(&state), &ApplyOptions::new().mutable(["batch_stats"]), &x, true)
+        .apply_with(
+            &vars.merge(&state),
+            &ApplyOptions::new().mutable(["batch_stats"]),
+            &x,
+            true,
+        )
         .unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -31,7 +31,11 @@ fn an_empty_batch_has_the_shapes_jax_gives() {
     assert_eq!(values.shape(), &[0]);
     // Summed over the (empty) batch: zeros shaped like `w`.
     let summed = vmap!(
-        grad!(|w: &Array1<f64>, x: ArrayView1<f64>| loss(w, x), wrt = [w], reduce_axes = ["batch"]),
+        grad!(
+            |w: &Array1<f64>, x: ArrayView1<f64>| loss(w, x),
+            wrt = [w],
+            reduce_axes = ["batch"]
+        ),
         in_axes = [None, 0],
         axis_name = "batch"
     )(&w, &x);
@@ -92,8 +96,12 @@ impl PerExampleGrads {
 #[test]
 fn module_per_example_gradients_of_an_empty_batch() {
     let vars = PerExampleGrads.init(0, &Array2::zeros((2, 4))).unwrap();
-    let grads = PerExampleGrads.apply(&vars, &Array2::zeros((3, 4))).unwrap();
+    let grads = PerExampleGrads
+        .apply(&vars, &Array2::zeros((3, 4)))
+        .unwrap();
     assert_eq!(grads.shapes(), r#"{"params": {"w": [3, 4]}}"#);
-    let grads = PerExampleGrads.apply(&vars, &Array2::zeros((0, 4))).unwrap();
+    let grads = PerExampleGrads
+        .apply(&vars, &Array2::zeros((0, 4)))
+        .unwrap();
     assert_eq!(grads.shapes(), r#"{"params": {"w": [0, 4]}}"#);
 }

@@ -75,7 +75,11 @@ impl Dropout {
 
 /// The scaled keep-mask: `1 / keep` with probability `keep`, else zero.
 fn mask<A: Real, D: Dimension>(mut rng: Rng, dim: D, keep: f64) -> Array<A, D> {
-    let kept = if keep > 0.0 { A::lit(1.0 / keep) } else { A::zero() };
+    let kept = if keep > 0.0 {
+        A::lit(1.0 / keep)
+    } else {
+        A::zero()
+    };
     Array::from_shape_simple_fn(dim, || {
         if rng.random::<f64>() < keep {
             kept
@@ -91,7 +95,11 @@ impl Dropout {
         if self.rate == 0.0 || self.deterministic {
             return x.to_owned();
         }
-        let keep = mask(cx.make_rng(self.rng_collection), x.raw_dim(), 1.0 - self.rate);
+        let keep = mask(
+            cx.make_rng(self.rng_collection),
+            x.raw_dim(),
+            1.0 - self.rate,
+        );
         x * &keep
     }
 }

@@ -8,8 +8,8 @@
 
 use crate::value::{ArrayShape, Own, Real, Value};
 use ndarray::{
-    ArcArray, Array, ArrayBase, ArrayView, Axis, CowArray, Data, Dimension, IntoDimension,
-    NdIndex, RemoveAxis, SliceArg,
+    ArcArray, Array, ArrayBase, ArrayView, Axis, CowArray, Data, Dimension, IntoDimension, NdIndex,
+    RemoveAxis, SliceArg,
 };
 
 /// Moves `a` into the dimension type `D`; the shapes agree by construction.
@@ -324,7 +324,13 @@ where
 
 /// `x.view()`, `x.reborrow()`: a view.
 #[inline]
-pub fn view<'a, X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A> + 'a, D: Dimension + 'a>(
+pub fn view<
+    'a,
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A> + 'a,
+    D: Dimension + 'a,
+>(
     x: &'a X,
 ) -> ArrayView<'a, A, D> {
     x.primal().view()
