@@ -1977,7 +1977,18 @@ impl<'a> Gen<'a> {
     }
 
     fn companion(&self, callee: &Callee, what: &str) -> TokenStream {
-        callee.render(|n| companion_ident(n, what), |r| self.arg(r))
+        match callee {
+            Callee::Path {
+                prefix,
+                name,
+                generics,
+                assoc: false,
+            } => {
+                let what = Ident::new(what, name.span());
+                quote!(#prefix #name :: #what #generics)
+            }
+            _ => callee.render(|n| companion_ident(n, what), |r| self.arg(r)),
+        }
     }
 
     fn plain(&self, callee: &Callee) -> TokenStream {
@@ -2004,6 +2015,35 @@ fn is_float_literal(t: &TokenStream) -> bool {
             floats
         }
     })
+}
+
+/// The path of companion `what` (`vjp`, `vjp_owned`, `grad`, `jvp`, ..) of the
+/// function at `f`: a free function's lives on the struct of its name
+/// (`losses::xent::vjp_owned`), so that `use losses::xent;` brings it along; an
+/// associated function's (`Self::f`, `Type::f`, or `assoc`) beside it
+/// (`Self::__f_vjp_owned`). A turbofish moves to the companion.
+pub fn companion_path(f: &syn::Path, what: &str, assoc: bool) -> syn::Path {
+    let mut path = f.clone();
+    let n = path.segments.len();
+    let assoc = assoc
+        || (n >= 2 && {
+            let owner = path.segments[n - 2].ident.to_string();
+            owner == "Self" || owner.starts_with(|c: char| c.is_ascii_uppercase())
+        });
+    let Some(last) = path.segments.last_mut() else {
+        return path;
+    };
+    if assoc {
+        last.ident = companion_ident(&last.ident, what);
+        return path;
+    }
+    let arguments = std::mem::take(&mut last.arguments);
+    let span = last.ident.span();
+    path.segments.push(syn::PathSegment {
+        ident: Ident::new(what, span),
+        arguments,
+    });
+    path
 }
 
 /// The companion of `name`: `__name_vjp`, `__name_grad`, ...

@@ -272,7 +272,8 @@ fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
     } else {
         None
     };
-    quote!(#f #items #jvp)
+    let owner = companion_struct(&f.vis, &f.sig.ident);
+    quote!(#f #owner #items #jvp)
 }
 
 /// `fn __f_jvp(args.., tangents..) -> (R, R)`: the value and its directional
@@ -301,8 +302,10 @@ fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> 
         );
         return None;
     };
-    let name = companion_ident(&f.sig.ident, "jvp");
+    let owner = &f.sig.ident;
     let vis = &f.vis;
+    let generics = &f.sig.generics;
+    let where_clause = &f.sig.generics.where_clause;
     let args = params.iter().map(ParamInfo::input);
     let tangents = params.iter().filter(|p| p.active).map(|p| {
         let n = crate::tangent::dot_name(
@@ -316,11 +319,13 @@ fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> 
         f.sig.ident
     );
     Some(quote! {
-        #[doc = #doc]
-        #[doc(hidden)]
         #[::adjoint::differentiable]
-        #vis fn #name(#(#args,)* #(#tangents),*) -> (#ret, ::adjoint::Cot<#ret>) {
-            #body
+        impl #owner {
+            #[doc = #doc]
+            #[doc(hidden)]
+            #vis fn jvp #generics (#(#args,)* #(#tangents),*) -> (#ret, ::adjoint::Cot<#ret>) #where_clause {
+                #body
+            }
         }
     })
 }
@@ -492,8 +497,12 @@ impl From<TokenStream> for Bodies {
 /// What companions belong to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Owner {
-    /// A free function.
+    /// A free function: its companions are associated functions of the struct of its
+    /// name (`f::vjp`, `f::grad`), which `#[differentiable]` declares beside it, so
+    /// that `use path::f;` brings them along.
     Function,
+    /// An associated function without `self` (`Self::__f_vjp(..)`).
+    Associated,
     /// A method (`self.__f_vjp(..)`).
     Method,
     /// A method that exists only as its companions (a module body's JVP).
@@ -510,7 +519,8 @@ pub(crate) fn companion_items(
     flavor: Flavor,
 ) -> TokenStream {
     let bodies = bodies.into();
-    let method = owner != Owner::Function;
+    let method = owner != Owner::Function && owner != Owner::Associated;
+    let free = owner == Owner::Function;
     let vjp_body = bodies.vjp;
     let var_cots = flavor == Flavor::Params;
     let owned = flavor != Flavor::Borrowing;
@@ -518,18 +528,19 @@ pub(crate) fn companion_items(
         return TokenStream::new();
     };
     let name = &sig.ident;
-    let vjp = companion_ident(
-        name,
-        match flavor {
-            Flavor::Borrowing => "vjp",
-            Flavor::Owned => "vjp_owned",
-            Flavor::Params => "vjp_params",
-        },
-    );
-    let (grad, vg) = (
-        companion_ident(name, "grad"),
-        companion_ident(name, "value_and_grad"),
-    );
+    let companion = |what: &str| {
+        if free {
+            Ident::new(what, name.span())
+        } else {
+            companion_ident(name, what)
+        }
+    };
+    let vjp = companion(match flavor {
+        Flavor::Borrowing => "vjp",
+        Flavor::Owned => "vjp_owned",
+        Flavor::Params => "vjp_params",
+    });
+    let (grad, vg) = (companion("grad"), companion("value_and_grad"));
     // Elided lifetimes would be ambiguous in the companions' return types (which
     // name the parameters' cotangents): name each one. The pullback does not borrow
     // the scope (`cx: &mut Scope`), so it says exactly what it captures.
@@ -610,7 +621,7 @@ pub(crate) fn companion_items(
     let call = if method {
         quote!(self.#vjp)
     } else {
-        quote!(#vjp)
+        quote!(Self::#vjp)
     };
     // `__f_grad` is generic over the output it seeds, so a function with a
     // non-scalar output still compiles and only a call to `grad!` reports it.
@@ -649,10 +660,10 @@ pub(crate) fn companion_items(
         let cs = sig.generics.const_params().map(|c| &c.ident);
         let args: Vec<&Ident> = tys.chain(cs).collect();
         let turbofish = (!args.is_empty()).then(|| quote!(::<#(#args),*>));
-        if method {
-            quote!(let _ = Self::#name #turbofish;)
-        } else {
+        if free {
             quote!(let _ = #name #turbofish;)
+        } else {
+            quote!(let _ = Self::#name #turbofish;)
         }
     });
     // Only the borrowing flavor has grad and value_and_grad: what `grad!(f)` calls.
@@ -683,7 +694,7 @@ pub(crate) fn companion_items(
             }
         }
     });
-    quote! {
+    let items = quote! {
         #[doc = #doc_vjp]
         #[doc(hidden)]
         // Inline: code is generated where a companion is used, so the ones a crate
@@ -699,6 +710,24 @@ pub(crate) fn companion_items(
         }
 
         #grads
+    };
+    if free {
+        quote!(impl #name { #items })
+    } else {
+        items
+    }
+}
+
+/// The struct a free function's companions are associated functions of, named like
+/// the function (a type, so it shares the name without clashing): `use path::f;`
+/// imports both.
+pub(crate) fn companion_struct(vis: &syn::Visibility, name: &Ident) -> TokenStream {
+    let doc = format!("The gradient companions of [`{name}`] (generated by `#[differentiable]`).");
+    quote! {
+        #[doc = #doc]
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, dead_code)]
+        #vis struct #name {}
     }
 }
 
@@ -753,7 +782,8 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
         _ => TokenStream::new(),
     };
     let errors = cx.into_compile_errors();
-    quote!(#f #items #errors)
+    let owner = companion_struct(&f.vis, &f.sig.ident);
+    quote!(#f #owner #items #errors)
 }
 
 /// `fwd = path, bwd = path`.
@@ -943,7 +973,7 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
                 if m.sig.receiver().is_some() {
                     Owner::Method
                 } else {
-                    Owner::Function
+                    Owner::Associated
                 },
                 *which,
             ) {
@@ -1146,10 +1176,7 @@ pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
         let syn::Expr::Path(p) = &input.positional[0] else {
             unreachable!("checked")
         };
-        let mut path = p.path.clone();
-        let last = path.segments.last_mut().expect("a path has a segment");
-        last.ident = companion_ident(&last.ident, "jvp");
-        path.into_token_stream()
+        crate::adjoint::companion_path(&p.path, "jvp", false).into_token_stream()
     } else if which == Transform::Jvp {
         if lifted && input.positional.len() == 6 {
             lifted_jvp(&cx, &input)
@@ -1172,18 +1199,12 @@ pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
                     cx.error_at(p, "`wrt` and `has_aux` take the closure form: `grad!(|x, y| f(x, y), wrt = [x])`");
                     TokenStream::new()
                 } else {
-                    let mut path = p.path.clone();
-                    let last = path.segments.last_mut().expect("a path has a segment");
-                    last.ident = companion_ident(
-                        &last.ident,
-                        match which {
-                            Transform::Grad => "grad",
-                            Transform::ValueAndGrad => "value_and_grad",
-                            Transform::Vjp | Transform::Jvp => "vjp",
-                        },
-                    );
-                    last.ident.set_span(p.span());
-                    path.into_token_stream()
+                    let what = match which {
+                        Transform::Grad => "grad",
+                        Transform::ValueAndGrad => "value_and_grad",
+                        Transform::Vjp | Transform::Jvp => "vjp",
+                    };
+                    crate::adjoint::companion_path(&p.path, what, false).into_token_stream()
                 }
             }
             syn::Expr::Closure(c) => closure_transform(&cx, which, c, &input),

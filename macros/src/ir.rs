@@ -301,6 +301,10 @@ pub enum Callee {
         prefix: TokenStream,
         name: Ident,
         generics: TokenStream,
+        /// An associated function (`Self::f`, `Type::f`), whose companions are its
+        /// siblings (`Self::__f_vjp`); a free function's live on the struct of its name
+        /// (`f::vjp`, which `use path::f;` brings along).
+        assoc: bool,
     },
     /// A method on `receiver` (`self.helper(x)`, `layer.forward(x)`).
     Method {
@@ -319,7 +323,7 @@ impl Callee {
     }
 
     /// `prefix::f::<..>` or `receiver.f::<..>` as written, with `f` renamed by `rename`
-    /// (a companion's name) and the receiver written by `receiver`.
+    /// and the receiver written by `receiver`.
     pub fn render(
         &self,
         rename: impl FnOnce(&Ident) -> Ident,
@@ -330,6 +334,7 @@ impl Callee {
                 prefix,
                 name,
                 generics,
+                ..
             } => {
                 let f = rename(name);
                 quote::quote!(#prefix #f #generics)

@@ -1754,16 +1754,9 @@ impl Lowerer<'_> {
                 if let Expr::Macro(m) = &*c.func
                     && m.mac.path.is_ident("jvp")
                 {
-                    let mut path = syn::parse2::<syn::Path>(m.mac.tokens.clone()).ok()?;
-                    let last = path.segments.last_mut()?;
-                    last.ident = crate::adjoint::companion_ident(&last.ident, "jvp");
-                    let rewritten = syn::ExprCall {
-                        attrs: vec![],
-                        func: Box::new(syn::parse_quote!(#path)),
-                        paren_token: c.paren_token,
-                        args: c.args.clone(),
-                    };
-                    return Some(self.path_call(out, &rewritten));
+                    let path = syn::parse2::<syn::Path>(m.mac.tokens.clone()).ok()?;
+                    let rewritten = jvp_call(&path, c);
+                    return Some(self.path_call(out, &rewritten, Some(true)));
                 }
                 let Expr::Path(p) = &*c.func else { return None };
                 let last = p.path.segments.last()?;
@@ -1774,7 +1767,7 @@ impl Lowerer<'_> {
                 {
                     return None;
                 }
-                Some(self.path_call(out, c))
+                Some(self.path_call(out, c, None))
             }
             Expr::MethodCall(m) => {
                 let name = m.method.to_string();
@@ -1811,7 +1804,9 @@ impl Lowerer<'_> {
         }
     }
 
-    fn path_call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Call {
+    /// A call of a function by path; `assoc` overrides whether it is an associated
+    /// function (else: the segment before its name is `Self` or a type's name).
+    fn path_call(&mut self, out: &mut Stmts, c: &syn::ExprCall, assoc: Option<bool>) -> Call {
         let Expr::Path(p) = &*c.func else {
             unreachable!("checked by the caller")
         };
@@ -1821,6 +1816,11 @@ impl Lowerer<'_> {
             .pop()
             .expect("a path has a segment")
             .into_value();
+        let assoc = assoc.unwrap_or_else(|| {
+            path.segments.last().is_some_and(|s| {
+                s.ident == "Self" || s.ident.to_string().starts_with(|c: char| c.is_ascii_uppercase())
+            })
+        });
         let leading = path.leading_colon;
         let segs = path.segments.iter();
         let prefix = quote!(#leading #(#segs ::)*);
@@ -1832,6 +1832,7 @@ impl Lowerer<'_> {
                 prefix,
                 name: last.ident,
                 generics,
+                assoc,
             },
             args,
             span: c.span(),
@@ -1842,21 +1843,16 @@ impl Lowerer<'_> {
     fn call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Val {
         let span = c.span();
         if let Expr::Macro(m) = &*c.func {
-            // `jvp!(f)(args..)`: a call of the forward-mode companion `__f_jvp`.
+            // `jvp!(f)(args..)`: a call of the forward-mode companion `f::jvp`.
             if m.mac.path.is_ident("jvp")
-                && let Ok(target) = syn::parse2::<syn::Path>(m.mac.tokens.clone())
+                && let Ok(path) = syn::parse2::<syn::Path>(m.mac.tokens.clone())
             {
-                let mut path = target;
-                if let Some(last) = path.segments.last_mut() {
-                    last.ident = crate::adjoint::companion_ident(&last.ident, "jvp");
+                let rewritten = jvp_call(&path, c);
+                if !self.mentions_local(c.args.to_token_stream()) {
+                    return Val::Atom(self.constant(out, &Expr::Call(rewritten)));
                 }
-                let rewritten = syn::ExprCall {
-                    attrs: vec![],
-                    func: Box::new(syn::parse_quote!(#path)),
-                    paren_token: c.paren_token,
-                    args: c.args.clone(),
-                };
-                return self.call(out, &rewritten);
+                let call = self.path_call(out, &rewritten, Some(true));
+                return Val::Atom(self.emit(out, Op::Call(call), span));
             }
         }
         let Expr::Path(p) = &*c.func else {
@@ -1947,7 +1943,7 @@ impl Lowerer<'_> {
             );
             return poison();
         }
-        let call = self.path_call(out, c);
+        let call = self.path_call(out, c, None);
         Val::Atom(self.emit(out, Op::Call(call), span))
     }
 
@@ -2554,5 +2550,20 @@ fn usize_literals(e: &Expr) -> Option<TokenStream> {
         }
         Expr::Paren(p) => usize_literals(&p.expr),
         _ => None,
+    }
+}
+
+/// `jvp!(f)(args..)` as the call it stands for: `f::jvp(args..)`, the forward-mode
+/// companion `#[differentiable(jvp)]` writes beside `f`'s others.
+fn jvp_call(f: &syn::Path, c: &syn::ExprCall) -> syn::ExprCall {
+    syn::ExprCall {
+        attrs: vec![],
+        func: Box::new(Expr::Path(syn::ExprPath {
+            attrs: vec![],
+            qself: None,
+            path: crate::adjoint::companion_path(f, "jvp", false),
+        })),
+        paren_token: c.paren_token,
+        args: c.args.clone(),
     }
 }
