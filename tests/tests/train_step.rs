@@ -148,3 +148,65 @@ fn a_dropout_stream_in_the_training_step() {
         "cannot write `batch_stats/BatchNorm_0/mean`: collection `batch_stats` is immutable here; list it in `mutable` when applying"
     );
 }
+
+/// Flax's `loss_fn(params, batch)`: a tree of variables as a differentiated argument.
+#[differentiable]
+fn loss_fn(params: &Variables, x: &Array2<f64>, #[no_grad] labels: &Array1<usize>) -> f64 {
+    let logits = nn::Dense::new(3).apply(params, x).unwrap();
+    xent(&logits, labels)
+}
+
+#[differentiable]
+fn loss_and_logits(params: &Variables, x: &Array2<f64>) -> (f64, Array2<f64>) {
+    let logits = nn::Dense::new(3).apply(params, x).unwrap();
+    (logits.sum(), logits)
+}
+
+#[test]
+fn variables_as_a_differentiated_argument() {
+    let all = reference("train_step.json", "inputs");
+    let x: Array2<f64> = array(&all["x"]).into_dimensionality().unwrap();
+    let labels: Array1<usize> = array(&all["labels"])
+        .mapv(|v| v as usize)
+        .into_dimensionality()
+        .unwrap();
+    let params = nn::Dense::new(3).init(0, &x).unwrap();
+    // grad!: a tree shaped like params, and the input's cotangent.
+    let (gp, gx) = grad!(loss_fn)(&params, &x, &labels);
+    assert_eq!(gp.shapes(), params.shapes());
+    assert_eq!(gx.shape(), x.shape());
+    // Against central differences along every leaf of the tree.
+    let kernel: Array2<f64> = params.read("params", "kernel").unwrap();
+    let bias: Array1<f64> = params.read("params", "bias").unwrap();
+    let as_tree = |k: &Array2<f64>, b: &Array1<f64>| {
+        Variables::new()
+            .with("params", "kernel", k.to_shared())
+            .unwrap()
+            .with("params", "bias", b.to_shared())
+            .unwrap()
+    };
+    let want_k: Array2<f64> = gp.read("params", "kernel").unwrap();
+    let want_b: Array1<f64> = gp.read("params", "bias").unwrap();
+    check_grad(
+        |(k, b): &(Array2<f64>, Array1<f64>)| loss_fn(&as_tree(k, b), &x, &labels),
+        &(kernel, bias),
+        &(want_k, want_b),
+        Tolerance::default(),
+    )
+    .unwrap();
+    // value_and_grad!, vjp! and has_aux give the same tree.
+    let (v, (gp2, _)) = value_and_grad!(loss_fn)(&params, &x, &labels);
+    assert_eq!(v, loss_fn(&params, &x, &labels));
+    assert_eq!(gp2, gp);
+    let (_, pb) = vjp!(loss_fn)(&params, &x, &labels);
+    let (gp3, _, ()) = pb(1.0);
+    assert_eq!(gp3, gp);
+    let ((_, logits), gp4) = value_and_grad!(
+        |p: &Variables| loss_and_logits(p, &x),
+        has_aux
+    )(&params);
+    assert_eq!(logits.shape(), &[8, 3]);
+    // d sum(x W + b) / db = the batch size for every bias.
+    let gb: Array1<f64> = gp4.read("params", "bias").unwrap();
+    assert_eq!(gb, Array1::from_elem(3, 8.0));
+}
