@@ -337,12 +337,40 @@ pub(crate) fn check_signature(cx: &Ctxt, sig: &Signature) {
     if let Some(a) = &sig.asyncness {
         cx.error_at(a, "an `async fn` cannot be #[differentiable]");
     }
-    if let ReturnType::Default = sig.output {
-        cx.error_at(
+    match &sig.output {
+        ReturnType::Default => cx.error_at(
             &sig.ident,
             "a #[differentiable] function must return the value to differentiate",
-        );
+        ),
+        ReturnType::Type(_, ty) if borrows(ty) => cx.error_at(
+            ty,
+            "a #[differentiable] function returns an owned value: a reference or a view borrows from the arguments, which the generated pullbacks may own; return `.to_owned()` of it",
+        ),
+        ReturnType::Type(..) => {}
     }
+}
+
+/// Whether a type borrows: a reference, a lifetime, or an ndarray view.
+fn borrows(ty: &Type) -> bool {
+    struct V(bool);
+    impl<'ast> syn::visit::Visit<'ast> for V {
+        fn visit_type_reference(&mut self, _: &'ast syn::TypeReference) {
+            self.0 = true;
+        }
+        fn visit_lifetime(&mut self, _: &'ast syn::Lifetime) {
+            self.0 = true;
+        }
+        fn visit_path_segment(&mut self, s: &'ast syn::PathSegment) {
+            let n = s.ident.to_string();
+            if n.starts_with("ArrayView") || n.starts_with("CowArray") {
+                self.0 = true;
+            }
+            syn::visit::visit_path_segment(self, s);
+        }
+    }
+    let mut v = V(false);
+    syn::visit::Visit::visit_type(&mut v, ty);
+    v.0
 }
 
 /// The companions of one function or method.
