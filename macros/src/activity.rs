@@ -54,7 +54,7 @@ pub fn analyze(cx: &Ctxt, f: &Func) -> Activity {
         varied,
         useful,
     };
-    check(cx, f, &f.body, &act);
+    check(cx, &f.body, &act);
     act
 }
 
@@ -307,7 +307,7 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
     changed
 }
 
-fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
+fn check(cx: &Ctxt, b: &Block, act: &Activity) {
     for s in &b.stmts {
         match s {
             Stmt::Let { dst, op, span } => match op {
@@ -367,9 +367,9 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
                 }
             }
             Stmt::LetLifted(_) => {}
-            Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| check(cx, f, a, act)),
+            Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| check(cx, a, act)),
             Stmt::Loop(lp) => {
-                check(cx, f, &lp.body, act);
+                check(cx, &lp.body, act);
                 if let Some(v) = lp.value
                     && act.active[v.0 as usize]
                 {
@@ -379,6 +379,6 @@ fn check(cx: &Ctxt, f: &Func, b: &Block, act: &Activity) {
         }
     }
     if let Tail::Branch(br) = &b.tail {
-        br.arms.iter().for_each(|a| check(cx, f, a, act));
+        br.arms.iter().for_each(|a| check(cx, a, act));
     }
 }
