@@ -315,22 +315,29 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity) {
                 Op::Prim {
                     rule,
                     operands,
+                    consts,
                     native,
-                    ..
                 } => {
                     if !act.is_useful(*dst) {
                         continue;
                     }
-                    for (i, a) in operands.iter().enumerate() {
-                        if act.is_varied(&a.atom)
-                            && rule.pullbacks.get(i).is_some_and(|p| p.is_none())
-                        {
-                            let what = match native {
-                                Native::Method { name, .. } => format!("`{name}`"),
-                                _ => "this operation".to_string(),
-                            };
-                            cx.error(*span, format!("{what} is not differentiated with respect to argument {i}; make it a constant or wrap it in `no_grad(..)`"));
-                        }
+                    let what = match native {
+                        Native::Method { name, .. } => format!("`{name}`"),
+                        Native::Function(_) => format!("`{}`", rule.func),
+                        _ => "this operation".to_string(),
+                    };
+                    // Operands without a pullback, and the constants (an activation's
+                    // `alpha`): a derivative with respect to them would be lost.
+                    let without_pullback = operands.iter().enumerate().filter(|(i, a)| {
+                        act.is_varied(&a.atom)
+                            && rule.pullbacks.get(*i).is_some_and(|p| p.is_none())
+                    });
+                    let varied_consts = consts.iter().enumerate().filter(|(_, c)| act.is_varied(c));
+                    for i in without_pullback
+                        .map(|(i, _)| i)
+                        .chain(varied_consts.map(|(j, _)| operands.len() + j))
+                    {
+                        cx.error(*span, format!("{what} is not differentiated with respect to argument {i}; make it a constant or wrap it in `no_grad(..)`"));
                     }
                 }
                 Op::Call(c) => {

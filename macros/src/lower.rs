@@ -1818,7 +1818,10 @@ impl Lowerer<'_> {
             .into_value();
         let assoc = assoc.unwrap_or_else(|| {
             path.segments.last().is_some_and(|s| {
-                s.ident == "Self" || s.ident.to_string().starts_with(|c: char| c.is_ascii_uppercase())
+                s.ident == "Self"
+                    || s.ident
+                        .to_string()
+                        .starts_with(|c: char| c.is_ascii_uppercase())
             })
         });
         let leading = path.leading_colon;

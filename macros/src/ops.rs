@@ -436,6 +436,62 @@ static FUNCTIONS: &[(&str, Rule)] = &[
     ),
 ];
 
+/// Activations with their own rules (`adjoint::rules::activation`): `name(&x, params..)`
+/// and its derivative `name_d1`, which forward mode writes and second order
+/// differentiates again. Each pullback reads the operand and the parameters.
+macro_rules! activation_table {
+    ($($name:literal, $pb:literal, $d1:literal, $d1_pb:literal [$($c:literal),*];)*) => {
+        static ACTIVATIONS: &[(&str, Rule)] = &[
+            $(
+                ($name, rule!($name, 1, [pb!($pb [Operand(0) $(, Const($c))*])]).elementwise()),
+                ($d1, rule!($d1, 1, [pb!($d1_pb [Operand(0) $(, Const($c))*])]).elementwise()),
+            )*
+        ];
+    };
+}
+
+activation_table! {
+    "relu6", "relu6_pb", "relu6_d1", "relu6_d1_pb" [];
+    "log_sigmoid", "log_sigmoid_pb", "log_sigmoid_d1", "log_sigmoid_d1_pb" [];
+    "silu", "silu_pb", "silu_d1", "silu_d1_pb" [];
+    "swish", "silu_pb", "silu_d1", "silu_d1_pb" [];
+    "gelu", "gelu_pb", "gelu_d1", "gelu_d1_pb" [];
+    "gelu_exact", "gelu_exact_pb", "gelu_exact_d1", "gelu_exact_d1_pb" [];
+    "elu", "elu_pb", "elu_d1", "elu_d1_pb" [0];
+    "celu", "celu_pb", "celu_d1", "celu_d1_pb" [0];
+    "selu", "selu_pb", "selu_d1", "selu_d1_pb" [];
+    "leaky_relu", "leaky_relu_pb", "leaky_relu_d1", "leaky_relu_d1_pb" [0];
+    "hard_tanh", "hard_tanh_pb", "hard_tanh_d1", "hard_tanh_d1_pb" [];
+    "hard_sigmoid", "hard_sigmoid_pb", "hard_sigmoid_d1", "hard_sigmoid_d1_pb" [];
+    "hard_silu", "hard_silu_pb", "hard_silu_d1", "hard_silu_d1_pb" [];
+    "hard_swish", "hard_silu_pb", "hard_silu_d1", "hard_silu_d1_pb" [];
+    "soft_sign", "soft_sign_pb", "soft_sign_d1", "soft_sign_d1_pb" [];
+    "mish", "mish_pb", "mish_d1", "mish_d1_pb" [];
+}
+
+/// The derivative rules of the activations in the unary table.
+static DERIVATIVES: &[(&str, Rule)] = &[
+    (
+        "relu",
+        rule!("relu_d1", 1, [pb!("relu_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "softplus",
+        rule!("softplus_d1", 1, [pb!("softplus_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+];
+
+/// The derivative rule forward mode writes for activation `name` (`gelu_d1`).
+pub fn activation_derivative(name: &str) -> Option<&'static str> {
+    let pairs = ACTIVATIONS.chunks(2).map(|pair| (pair[0].0, &pair[1].1));
+    DERIVATIVES
+        .iter()
+        .map(|(n, r)| (*n, r))
+        .chain(pairs)
+        .find(|(n, _)| *n == name)
+        .map(|(_, d1)| d1.func)
+}
+
 /// `concatenate(axis, &[..])` and `stack(axis, &[..])`: any number of operands.
 pub static CONCATENATE: Rule = rule!("concatenate", 0, [pb!("concatenate_pb" [])]);
 pub static STACK: Rule = rule!("stack", 0, [pb!("stack_pb" [])]);
@@ -492,7 +548,12 @@ pub fn unwrapped_method(name: &str) -> Option<&'static Rule> {
 
 /// The rule for a free function of `adjoint::nn` called by its last path segment.
 pub fn function(name: &str) -> Option<&'static Rule> {
-    FUNCTIONS.iter().find(|(n, _)| *n == name).map(|(_, r)| r)
+    FUNCTIONS
+        .iter()
+        .chain(ACTIVATIONS)
+        .find(|(n, _)| *n == name)
+        .or_else(|| DERIVATIVES.iter().find(|(_, r)| r.func == name))
+        .map(|(_, r)| r)
 }
 
 /// Elementwise functions callable both as `relu(&x)` and as methods of the table.

@@ -9,6 +9,7 @@
 //! gets no JVP.
 
 use crate::ir::*;
+use crate::ops;
 use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote};
 use std::collections::HashSet;
@@ -438,7 +439,14 @@ impl Tangent<'_> {
                 .collect();
                 Some(quote!((#(#terms)+*)))
             }
-            _ => None,
+            // An activation: the tangent times its derivative rule (`gelu_d1`).
+            _ => {
+                let d1 = Ident::new(
+                    ops::activation_derivative(func)?,
+                    proc_macro2::Span::call_site(),
+                );
+                unary(quote!(::adjoint::__private::#d1(#ar #(, #cs)*)))
+            }
         }
     }
 }

@@ -227,6 +227,7 @@ pub mod prelude {
 pub mod __private {
     pub use crate::batch::{Batch, Reduced, batch_len, common_len, probe, unbatch};
     pub use crate::control::*;
+    pub use crate::rules::activation::*;
     pub use crate::rules::elementwise::*;
     pub use crate::rules::linalg::*;
     pub use crate::rules::nn::*;

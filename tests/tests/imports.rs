@@ -34,7 +34,10 @@ fn total(x: f64) -> f64 {
 fn imported_functions_are_differentiated() {
     // 2 (x - 1) + 3 x^2 + 3 (2x)^2 * 2
     let x = 1.5;
-    assert_eq!(grad!(total)(x), 2.0 * (x - 1.0) + 3.0 * x * x + 24.0 * x * x);
+    assert_eq!(
+        grad!(total)(x),
+        2.0 * (x - 1.0) + 3.0 * x * x + 24.0 * x * x
+    );
     assert_eq!(grad!(squared)(3.0, 1.0), (4.0, -4.0));
     assert_eq!(grad!(losses::nested::cube)(2.0), 12.0);
 }

@@ -201,10 +201,8 @@ fn variables_as_a_differentiated_argument() {
     let (_, pb) = vjp!(loss_fn)(&params, &x, &labels);
     let (gp3, _, ()) = pb(1.0);
     assert_eq!(gp3, gp);
-    let ((_, logits), gp4) = value_and_grad!(
-        |p: &Variables| loss_and_logits(p, &x),
-        has_aux
-    )(&params);
+    let ((_, logits), gp4) =
+        value_and_grad!(|p: &Variables| loss_and_logits(p, &x), has_aux)(&params);
     assert_eq!(logits.shape(), &[8, 3]);
     // d sum(x W + b) / db = the batch size for every bias.
     let gb: Array1<f64> = gp4.read("params", "bias").unwrap();

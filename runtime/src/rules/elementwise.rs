@@ -94,8 +94,8 @@ impl<A: Real, S: Data<Elem = A>, D: Dimension> Elementwise for ArrayBase<S, D> {
     }
 }
 
-type Owned<X> = <<X as Value>::Primal as Elementwise>::Owned;
-type Elem<X> = <<X as Value>::Primal as Elementwise>::Elem;
+pub(crate) type Owned<X> = <<X as Value>::Primal as Elementwise>::Owned;
+pub(crate) type Elem<X> = <<X as Value>::Primal as Elementwise>::Elem;
 
 /// Declares unary elementwise functions and their pullbacks. `x` names the input
 /// and `y` the output; a pullback takes whichever its formula reads.

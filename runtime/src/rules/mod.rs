@@ -1,6 +1,7 @@
 //! The rule table: every primitive's forward function beside its pullback, grouped
 //! by family. The code `#[differentiable]` generates calls these by name.
 
+pub mod activation;
 pub mod elementwise;
 pub mod kernels;
 pub mod linalg;
