@@ -139,8 +139,40 @@ pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
 }
 
 /// The type parameters bounded by `Real` (or `Float`), inline or in the `where`
-/// clause: float types, so arguments mentioning them are differentiated.
+/// clause: float types, so arguments mentioning them are differentiated. So are
+/// those whose bounds name one (`S: Data<Elem = A>`, an array's storage of floats).
 fn float_params(generics: &syn::Generics) -> Vec<String> {
+    let mut out = real_params(generics);
+    let names_float =
+        |bounds: &syn::punctuated::Punctuated<syn::TypeParamBound, syn::Token![+]>,
+         floats: &[String]| {
+            bounds
+                .iter()
+                .any(|b| mentions_float(b.to_token_stream(), floats))
+        };
+    let floats = out.clone();
+    for t in generics.type_params() {
+        if !floats.contains(&t.ident.to_string()) && names_float(&t.bounds, &floats) {
+            out.push(t.ident.to_string());
+        }
+    }
+    if let Some(w) = &generics.where_clause {
+        for p in &w.predicates {
+            if let syn::WherePredicate::Type(t) = p
+                && let Type::Path(tp) = &t.bounded_ty
+                && let Some(id) = tp.path.get_ident()
+                && !floats.contains(&id.to_string())
+                && names_float(&t.bounds, &floats)
+            {
+                out.push(id.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The type parameters bounded by `Real` (or `Float`).
+fn real_params(generics: &syn::Generics) -> Vec<String> {
     let is_float_bound = |b: &syn::TypeParamBound| {
         matches!(b, syn::TypeParamBound::Trait(t)
             if t.path.segments.last().is_some_and(|s| s.ident == "Real" || s.ident == "Float"))
@@ -169,17 +201,19 @@ fn float_params(generics: &syn::Generics) -> Vec<String> {
 /// function's float type parameters (bounded by `Real`). Integers, shapes, models and scopes are constants;
 /// `#[no_grad]` makes any parameter one.
 fn differentiable_type(ty: &Type, generics: &[String]) -> bool {
-    fn walk(t: TokenStream, generics: &[String]) -> bool {
-        t.into_iter().any(|tt| match tt {
-            proc_macro2::TokenTree::Ident(i) => {
-                let s = i.to_string();
-                s == "f32" || s == "f64" || s == "Variables" || generics.contains(&s)
-            }
-            proc_macro2::TokenTree::Group(g) => walk(g.stream(), generics),
-            _ => false,
-        })
-    }
-    walk(ty.to_token_stream(), generics)
+    mentions_float(ty.to_token_stream(), generics)
+}
+
+/// Whether tokens name `f32`, `f64`, `Variables` or one of `generics`.
+fn mentions_float(t: TokenStream, generics: &[String]) -> bool {
+    t.into_iter().any(|tt| match tt {
+        proc_macro2::TokenTree::Ident(i) => {
+            let s = i.to_string();
+            s == "f32" || s == "f64" || s == "Variables" || generics.contains(&s)
+        }
+        proc_macro2::TokenTree::Group(g) => mentions_float(g.stream(), generics),
+        _ => false,
+    })
 }
 
 /// Lowers, analyses and generates one function body.
@@ -609,7 +643,8 @@ pub(crate) fn companion_items(
             .lifetimes()
             .map(|l| &l.lifetime)
             .filter(|l| !owned && !scope_lifetimes.contains(l));
-        let tys = generics.type_params().map(|t| &t.ident);
+        let outer = IMPL_PARAMS.with(|p| p.borrow().clone());
+        let tys = outer.iter().chain(generics.type_params().map(|t| &t.ident));
         let cs = generics.const_params().map(|c| &c.ident);
         quote!(+ use<#(#lts,)* #(#tys,)* #(#cs,)*>)
     });
@@ -960,11 +995,40 @@ pub(crate) fn param_name(p: &Pat) -> TokenStream {
     }
 }
 
+thread_local! {
+    /// The type and const parameters of the impl whose methods are being expanded
+    /// (`impl<const N: usize> Conv<N>`): a precise-capture list (`use<..>`) in a
+    /// method's companion must name them too.
+    static IMPL_PARAMS: std::cell::RefCell<Vec<Ident>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Sets [`IMPL_PARAMS`] for the expansion of one impl, and clears it after.
+struct ImplParams;
+
+impl ImplParams {
+    fn enter(generics: &syn::Generics) -> Self {
+        let names = generics
+            .type_params()
+            .map(|t| t.ident.clone())
+            .chain(generics.const_params().map(|c| c.ident.clone()))
+            .collect();
+        IMPL_PARAMS.with(|p| *p.borrow_mut() = names);
+        ImplParams
+    }
+}
+
+impl Drop for ImplParams {
+    fn drop(&mut self) {
+        IMPL_PARAMS.with(|p| p.borrow_mut().clear());
+    }
+}
+
 fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
     if let Some((_, path, _)) = &item.trait_ {
         cx.error_at(path, "#[differentiable] applies to inherent impls; put the differentiable methods in an `impl Type` block");
         return item.into_token_stream();
     }
+    let _impl_params = ImplParams::enter(&item.generics);
     let mut extra = Vec::new();
     let mut module = false;
     let is_module = item

@@ -2150,7 +2150,7 @@ impl Lowerer<'_> {
             phis.push(self.temp(e.span()));
         }
         for (depth, name) in &region.carries {
-            let id = Ident::new(name, Span::call_site());
+            let id = crate::hygiene::ident(name, Span::call_site());
             let v = self.fresh_user(&id);
             phis.push(v);
             self.scopes[*depth].insert(name.clone(), Val::Atom(Atom::Var(v)));
@@ -2226,7 +2226,7 @@ impl Lowerer<'_> {
             let Some(Val::Atom(init)) = self.scopes[*depth].get(name).cloned() else {
                 continue;
             };
-            let id = Ident::new(name, Span::call_site());
+            let id = crate::hygiene::ident(name, Span::call_site());
             let inner = self.fresh_user(&id);
             self.scopes[*depth].insert(name.clone(), Val::Atom(Atom::Var(inner)));
             carries.push((init, inner));
@@ -2244,7 +2244,7 @@ impl Lowerer<'_> {
         self.pop_scope();
         let mut carries_ir = Vec::new();
         for ((depth, name), (init, inner)) in region.carries.iter().zip(carries) {
-            let id = Ident::new(name, Span::call_site());
+            let id = crate::hygiene::ident(name, Span::call_site());
             let out_var = self.fresh_user(&id);
             self.scopes[*depth].insert(name.clone(), Val::Atom(Atom::Var(out_var)));
             carries_ir.push(Carry {

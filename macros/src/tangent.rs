@@ -66,12 +66,14 @@ pub fn jvp_body(
     let items = &f.items;
     let mut out = quote!(#(#items)*);
     out.extend(t.stmts(&f.body.stmts)?);
-    let Tail::Leaf(leaf) = &f.body.tail else {
-        return None;
-    };
-    let output = leaf.value.as_ref()?;
-    let (y, dy) = (t.output(output, false), t.output(output, true));
-    out.extend(quote!((#y, #dy)));
+    // The output and its tangent, from the body's last leaf or each arm of its last
+    // branch.
+    let tail = t.tail(&f.body.tail, true, &mut |t, leaf| {
+        let output = leaf.value.as_ref()?;
+        let (y, dy) = (t.output(output, false), t.output(output, true));
+        Some(quote!((#y, #dy)))
+    })?;
+    out.extend(tail);
     Some(out)
 }
 
@@ -263,8 +265,88 @@ impl Tangent<'_> {
                     _ => None,
                 }
             }
+            // A branch: each arm with its tangents, ending in its values of the phis
+            // and the tangents of those that vary (a zero where an arm's is constant).
+            Stmt::If { branch, phis } => {
+                let varied: Vec<bool> = phis.iter().map(|p| (self.varied)(*p)).collect();
+                let expr = self.branching(branch, false, &mut |t, leaf| {
+                    let mut atoms = Vec::new();
+                    if let Some(v) = &leaf.value {
+                        v.flatten(&mut atoms);
+                    }
+                    atoms.extend(leaf.carries.iter().cloned());
+                    // The tangents first: a zero one borrows its primal, which the
+                    // tuple then moves.
+                    let (mut lets, mut items) = (TokenStream::new(), Vec::new());
+                    for (i, (a, varies)) in atoms.iter().zip(&varied).enumerate() {
+                        items.push(t.atom(a));
+                        if *varies {
+                            let d = format_ident!("__d_phi{}", i);
+                            let tangent = t.output(&Val::Atom(a.clone()), true);
+                            lets.extend(quote!(let #d = #tangent;));
+                            items.push(d.to_token_stream());
+                        }
+                    }
+                    Some(quote!(#lets (#(#items,)*)))
+                })?;
+                let mut pats = Vec::new();
+                for (p, varies) in phis.iter().zip(&varied) {
+                    let name = self.f.name(*p);
+                    pats.push(if self.f.vars[p.0 as usize].mutable {
+                        quote!(mut #name)
+                    } else {
+                        quote!(#name)
+                    });
+                    if *varies {
+                        pats.push(dot_name(name).to_token_stream());
+                        self.has_dot.insert(*p);
+                    }
+                }
+                Some(quote!(let (#(#pats,)*) = #expr;))
+            }
             _ => None,
         }
+    }
+
+    /// A block's tail: its leaf as `leaf` writes it, or its branch. Leaves that leave
+    /// the block otherwise (`break`, `continue`; `return` unless the block is the
+    /// function's, `output`) are not covered.
+    fn tail(
+        &mut self,
+        tail: &Tail,
+        output: bool,
+        leaf: &mut dyn FnMut(&mut Self, &Leaf) -> Option<TokenStream>,
+    ) -> Option<TokenStream> {
+        match tail {
+            Tail::Leaf(l) if l.kind == LeafKind::Fallthrough => leaf(self, l),
+            Tail::Leaf(l) if output && l.kind == LeafKind::Return => leaf(self, l),
+            Tail::Leaf(_) => None,
+            Tail::Branch(br) => self.branching(br, output, leaf),
+        }
+    }
+
+    /// `if` or `match` with each arm's statements and tangents, ending as `leaf` says.
+    fn branching(
+        &mut self,
+        br: &Branching,
+        output: bool,
+        leaf: &mut dyn FnMut(&mut Self, &Leaf) -> Option<TokenStream>,
+    ) -> Option<TokenStream> {
+        let mut arms = Vec::new();
+        for arm in &br.arms {
+            let stmts = self.stmts(&arm.stmts)?;
+            let end = self.tail(&arm.tail, output, leaf)?;
+            arms.push(quote!({ #stmts #end }));
+        }
+        Some(match &br.kind {
+            BranchKind::If { cond } => {
+                let (a, b) = (&arms[0], &arms[1]);
+                quote!(if #cond #a else #b)
+            }
+            BranchKind::Match {
+                scrutinee, pats, ..
+            } => quote!(match #scrutinee { #(#pats => #arms)* }),
+        })
     }
 
     /// The output (a value or a tuple of them), or its tangent: owned, and where
@@ -439,6 +521,31 @@ impl Tangent<'_> {
                 .collect();
                 Some(quote!((#(#terms)+*)))
             }
+            // Bilinear: the rule once per active operand.
+            "conv" | "dot_last" => {
+                let (b, f) = (&operands[1].atom, format_ident!("{}", func));
+                let br = self.r(b);
+                let terms: Vec<TokenStream> = [
+                    da.as_ref()
+                        .map(|d| quote!(::adjoint::__private::#f(&(#d), #br #(, #cs)*))),
+                    self.dot(b)
+                        .map(|e| quote!(::adjoint::__private::#f(#ar, &(#e) #(, #cs)*))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Some(quote!((#(#terms)+*)))
+            }
+            // The tangent reshaped to the result's shape.
+            "reshape" | "into_shape" => da.map(|d| {
+                let f = format_ident!("{}", func);
+                quote!(::adjoint::__private::#f(&(#d), #y_name.raw_dim()))
+            }),
+            "avg_pool" => da.map(|d| quote!(::adjoint::__private::avg_pool(&(#d) #(, #cs)*))),
+            "max_pool" | "min_pool" => da.map(|d| {
+                let f = format_ident!("{}_tangent", func);
+                quote!(::adjoint::__private::#f(#ar, &(#d) #(, #cs)*))
+            }),
             // An activation: the tangent times its derivative rule (`gelu_d1`).
             _ => {
                 let d1 = Ident::new(

@@ -2,6 +2,9 @@
 //! combination, reductions, shapes, reads, `concatenate`/`stack` and the `nn`
 //! functions, each checked against central differences.
 
+// The bodies are written as a user would (`z = z * x`) to test exactly that.
+#![allow(clippy::assign_op_pattern, clippy::op_ref)]
+
 use adjoint::check::{Tolerance, check_grad};
 use adjoint::prelude::*;
 use ndarray::{Array, Array1, Array2, Axis, Dimension, array, concatenate, s, stack};

@@ -1,6 +1,8 @@
 //! Long and deep code: a sum of 300 terms (generated code of over a thousand `let`s,
 //! which rustc can only compile in pieces) and 800 nested parentheses.
 
+#![allow(unused_parens, clippy::double_parens)] // the point of the test: 800 of them
+
 use adjoint::prelude::*;
 
 #[differentiable]

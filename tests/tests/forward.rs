@@ -65,3 +65,58 @@ fn grad_of_jvp_is_a_hessian_vector_product() {
     )
     .unwrap();
 }
+
+/// Branches in statement and tail position, an arm that is constant, and a `match`.
+#[differentiable(jvp)]
+fn piecewise(x: &Array1<f64>, s: f64) -> f64 {
+    let mut y = x * s;
+    if s > 0.0 {
+        y = y.tanh();
+    } else {
+        y = &y * &y;
+    }
+    let z = if y.sum() > 0.5 { y.sum() * s } else { 2.0 };
+    match x.len() {
+        3 => z * z + (x * &y).sum(),
+        _ => z,
+    }
+}
+
+#[test]
+fn forward_mode_goes_through_branches() {
+    let v = array![1.0, 0.5, -2.0];
+    for (x, s) in [
+        (array![0.3, 0.7, 1.1], 0.8),
+        (array![0.3, -0.7, 1.1], -0.6),
+        (array![-0.3, -0.7, 0.1], 0.5),
+        (array![0.3, 0.7], 0.8),
+    ] {
+        let v = v.slice(ndarray::s![..x.len()]).to_owned();
+        let (gx, gs) = grad!(piecewise)(&x, s);
+        let (y, dy) = jvp!(piecewise)(&x, s, &v, 0.0);
+        assert_eq!(y, piecewise(&x, s));
+        let along = gx.dot(&v);
+        assert!(
+            (dy - along).abs() < 1e-12 * along.abs().max(1.0),
+            "{dy} vs {along}"
+        );
+        let (_, ds) = jvp!(piecewise)(&x, s, &(&v * 0.0), 1.0);
+        assert!((ds - gs).abs() < 1e-12 * gs.abs().max(1.0), "{ds} vs {gs}");
+        // Reverse over forward through the branches: H v against differences of
+        // the gradient.
+        let hvp = grad!(
+            |x: &Array1<f64>, v: &Array1<f64>| {
+                let (_, d) = jvp!(piecewise)(x, s, v, 0.0);
+                d
+            },
+            wrt = [x]
+        )(&x, &v);
+        let g = |x: &Array1<f64>| grad!(piecewise)(x, s).0;
+        let tol = Tolerance {
+            step: 1e-6,
+            rtol: 1e-6,
+            atol: 1e-8,
+        };
+        check_vjp(g, &x, &v, &hvp, tol).unwrap();
+    }
+}

@@ -2,6 +2,9 @@
 //! and locals spelled like generated names (`__ct`, `__t0`, `x_bar`, `x_shape`) give
 //! the gradient of the function as written.
 
+// The bodies are written as a user would (`z = z * x`) to test exactly that.
+#![allow(clippy::assign_op_pattern)]
+
 use adjoint::prelude::*;
 use ndarray::{Array1, array};
 

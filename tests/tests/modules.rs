@@ -2,6 +2,9 @@
 //! (Flax linen, float64): the variables trees `init` builds and the outputs.
 //! Plus one test per runtime error a user can run into.
 
+// The bodies are written as a user would (`z = z * x`) to test exactly that.
+#![allow(clippy::assign_op_pattern, clippy::op_ref)]
+
 use adjoint::prelude::*;
 use adjoint::scope::ApplyOptions;
 use adjoint_tests::{array, assert_close, reference, scalar, tree_text, variables};

@@ -4,5 +4,7 @@
 //! --programs 3000` runs many more.
 
 #![allow(unused_parens, unused_variables)]
+// Generated programs are written the way a random generator writes them.
+#![allow(clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/random_programs.rs"));

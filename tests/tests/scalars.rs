@@ -1,6 +1,9 @@
 //! Scalar code: every supported operation and statement form, checked against
 //! central differences.
 
+// The bodies are written as a user would (`z = z * x`) to test exactly that.
+#![allow(clippy::assign_op_pattern, clippy::redundant_closure)]
+
 use adjoint::check::{Tolerance, check_grad};
 use adjoint::prelude::*;
 
