@@ -115,7 +115,7 @@ impl Rule {
     /// How many constant arguments the rule takes after its operands (an exponent,
     /// an axis, a shape): those its pullbacks read, or one for a reshape's shape.
     pub fn const_args(&self) -> usize {
-        if self.func == "reshape" {
+        if self.func == "reshape" || self.func == "into_shape" {
             return 1;
         }
         self.pullbacks
@@ -382,7 +382,7 @@ static UNWRAPPED: &[(&str, Rule)] = &[
     ),
     (
         "into_shape_with_order",
-        rule!("reshape", 1, [pb!("reshape_pb"[Shape(0)])]).view(),
+        rule!("into_shape", 1, [pb!("reshape_pb"[Shape(0)])]).view(),
     ),
 ];
 
@@ -405,6 +405,87 @@ static FUNCTIONS: &[(&str, Rule)] = &[
     (
         "logsumexp",
         rule!("logsumexp", 1, [pb!("logsumexp_pb" [Operand(0), Const(0)])]),
+    ),
+    // `x · w` over x's last axis (`adjoint::rules::linalg::dot_last`).
+    (
+        "dot_last",
+        rule!(
+            "dot_last",
+            2,
+            [
+                pb!("dot_last_pb_x" [Operand(0), Operand(1)]),
+                pb!("dot_last_pb_w" [Operand(0), Operand(1)])
+            ]
+        ),
+    ),
+    // What forward mode writes for reshapes (the tangent, then the shape).
+    (
+        "reshape",
+        rule!("reshape", 1, [pb!("reshape_pb"[Shape(0)])]).view(),
+    ),
+    (
+        "into_shape",
+        rule!("into_shape", 1, [pb!("reshape_pb"[Shape(0)])]).view(),
+    ),
+    // Convolution (`adjoint::rules::conv`): input, kernel, then the spec.
+    (
+        "conv",
+        rule!(
+            "conv",
+            2,
+            [
+                pb!("conv_pb_x" [Operand(0), Operand(1), Const(0)]),
+                pb!("conv_pb_k" [Operand(0), Operand(1), Const(0)])
+            ]
+        ),
+    ),
+    // Pooling (`adjoint::rules::pool`): the input, then window, strides, padding.
+    (
+        "avg_pool",
+        rule!(
+            "avg_pool",
+            1,
+            [pb!("avg_pool_pb" [Operand(0), Const(0), Const(1), Const(2)])]
+        ),
+    ),
+    (
+        "max_pool",
+        rule!(
+            "max_pool",
+            1,
+            [pb!("max_pool_pb" [Operand(0), Const(0), Const(1), Const(2)])]
+        ),
+    ),
+    (
+        "min_pool",
+        rule!(
+            "min_pool",
+            1,
+            [pb!("min_pool_pb" [Operand(0), Const(0), Const(1), Const(2)])]
+        ),
+    ),
+    // What forward mode writes for `max_pool` and `min_pool` (`x`, `dx`).
+    (
+        "max_pool_tangent",
+        rule!(
+            "max_pool_tangent",
+            2,
+            [
+                pb!("max_pool_tangent_pb_x" [Operand(0), Const(0), Const(1), Const(2)]),
+                pb!("max_pool_pb" [Operand(0), Const(0), Const(1), Const(2)])
+            ]
+        ),
+    ),
+    (
+        "min_pool_tangent",
+        rule!(
+            "min_pool_tangent",
+            2,
+            [
+                pb!("min_pool_tangent_pb_x" [Operand(0), Const(0), Const(1), Const(2)]),
+                pb!("min_pool_pb" [Operand(0), Const(0), Const(1), Const(2)])
+            ]
+        ),
     ),
     // What forward mode writes for `tanh` and `sigmoid` (`y`, `dx`): differentiated
     // again by second order.

@@ -38,6 +38,38 @@ impl<F: Fn(&mut Rng, &[usize]) -> ArrayD<f64>> Initializer for F {
     }
 }
 
+/// An initializer a layer holds (its `kernel_init`, `bias_init`): any
+/// [`Initializer`], shared, so that layers stay cheap to clone.
+///
+/// ```
+/// use adjoint::init::{self, Init, Initializer};
+/// use rand::SeedableRng;
+/// let kernel_init = Init::new(init::glorot_uniform());
+/// let w = kernel_init.sample(&mut init::Rng::seed_from_u64(0), &[2, 3]);
+/// assert_eq!(w.shape(), &[2, 3]);
+/// ```
+#[derive(Clone)]
+pub struct Init(std::sync::Arc<dyn Initializer + Send + Sync>);
+
+impl Init {
+    /// Holds `init`.
+    pub fn new(init: impl Initializer + Send + Sync + 'static) -> Self {
+        Init(std::sync::Arc::new(init))
+    }
+}
+
+impl Initializer for Init {
+    fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64> {
+        self.0.sample(rng, shape)
+    }
+}
+
+impl std::fmt::Debug for Init {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Init(..)")
+    }
+}
+
 /// All zeros.
 ///
 /// ```

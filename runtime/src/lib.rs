@@ -228,9 +228,11 @@ pub mod __private {
     pub use crate::batch::{Batch, Reduced, batch_len, common_len, probe, unbatch};
     pub use crate::control::*;
     pub use crate::rules::activation::*;
+    pub use crate::rules::conv::{conv, conv_pb_k, conv_pb_x};
     pub use crate::rules::elementwise::*;
     pub use crate::rules::linalg::*;
     pub use crate::rules::nn::*;
+    pub use crate::rules::pool::*;
     pub use crate::rules::reduce::*;
     pub use crate::rules::reuse::*;
     pub use crate::rules::shape::*;

@@ -107,6 +107,10 @@ pub enum ScopeError {
         "these gradients flow through a lifted grad!/vjp! inside a module (second order), which adjoint does not differentiate yet"
     )]
     SecondOrderUnsupported,
+    /// A layer given an input it cannot take (a convolution's rank or features, an
+    /// embedding's ids, attention's heads or mask).
+    #[error("`{path}`: {message}")]
+    InvalidInput { path: String, message: String },
 }
 
 /// Which collections an `apply` may write (see [`ApplyOptions::mutable`]).
@@ -331,6 +335,32 @@ impl<'v> Scope<'v> {
     /// ```
     pub fn error(&self) -> Option<&ScopeError> {
         self.error.as_ref()
+    }
+
+    /// Whether a layer's check of its input passed; if not, records the error as
+    /// [`ScopeError::InvalidInput`] at the current module's path, so that `init` and
+    /// `apply` return it, and the layer computes a placeholder instead.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let mut vars = Variables::new();
+    /// let mut cx = Scope::for_apply(&mut vars, adjoint::scope::Mutable::All, Default::default());
+    /// assert!(cx.check(&Ok::<(), String>(())));
+    /// assert!(!cx.check(&Err::<(), _>("3 features, 4 expected")));
+    /// assert_eq!(cx.finish().unwrap_err().to_string(), "``: 3 features, 4 expected");
+    /// ```
+    pub fn check<T, E: std::fmt::Display>(&mut self, result: &Result<T, E>) -> bool {
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                let path = self.path();
+                self.fail(ScopeError::InvalidInput {
+                    path,
+                    message: e.to_string(),
+                });
+                false
+            }
+        }
     }
 
     /// `Ok` if nothing went wrong, else the first error (see [`Scope`]).

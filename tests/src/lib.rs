@@ -95,16 +95,34 @@ pub fn assert_close(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>, rtol: f64
     }
 }
 
+/// The largest relative difference `|a - b| / max(|a|, |b|)` between two arrays of
+/// one shape (exact zeros on both sides count as equal): what a report prints.
+pub fn max_rel_err(got: &ArrayD<f64>, want: &ArrayD<f64>) -> f64 {
+    got.iter()
+        .zip(want.iter())
+        .map(|(g, w)| {
+            let scale = g.abs().max(w.abs());
+            if scale == 0.0 {
+                0.0
+            } else {
+                (g - w).abs() / scale
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
 /// A scalar as a 0-dimensional array, for [`assert_close`].
 pub fn scalar(v: f64) -> ArrayD<f64> {
     ArrayD::from_elem(IxDyn(&[]), v)
 }
 
 /// Asserts that `got` holds exactly the leaves of the Flax tree `want` (every
-/// collection, path and shape), each within `rtol` as [`assert_close`].
-pub fn assert_tree_close(what: &str, got: &adjoint::Variables, want: &Json, rtol: f64) {
+/// collection, path and shape), each within `rtol` as [`assert_close`]; returns the
+/// largest relative error ([`max_rel_err`]).
+pub fn assert_tree_close(what: &str, got: &adjoint::Variables, want: &Json, rtol: f64) -> f64 {
     let want = variables(want);
     assert_eq!(got.shapes(), want.shapes(), "{what}: the trees differ");
+    let mut worst = 0.0f64;
     for collection in want.collections() {
         for (path, leaf) in want.iter(collection) {
             let g = got
@@ -113,12 +131,10 @@ pub fn assert_tree_close(what: &str, got: &adjoint::Variables, want: &Json, rtol
             let as_array = |l: &adjoint::scope::Leaf| {
                 ArrayD::from_shape_vec(IxDyn(l.shape()), l.to_f64_vec()).expect("a leaf's shape")
             };
-            assert_close(
-                &format!("{what} {collection}/{path}"),
-                &as_array(g),
-                &as_array(leaf),
-                rtol,
-            );
+            let (g, w) = (as_array(g), as_array(leaf));
+            assert_close(&format!("{what} {collection}/{path}"), &g, &w, rtol);
+            worst = worst.max(max_rel_err(&g, &w));
         }
     }
+    worst
 }

@@ -5,8 +5,10 @@
 
 use adjoint::prelude::*;
 use adjoint::scope::ApplyOptions;
-use adjoint_tests::{array, assert_close, assert_tree_close, reference, scalar, tree_text};
-use ndarray::Array2;
+use adjoint_tests::{
+    array, assert_close, assert_tree_close, max_rel_err, reference, scalar, tree_text,
+};
+use ndarray::{Array2, ArrayD, Axis};
 use serde_json::Value as Json;
 
 const RTOL: f64 = 1e-9;
@@ -21,34 +23,53 @@ fn input2(case: &Json) -> Array2<f64> {
 }
 
 /// Checks the output, the loss and its gradients of `|v, x| -> (y, updated)` (a
-/// layer applied to variables) against the case, and the collections it updated.
+/// layer applied to variables, `x` of type `$ty`) against the case, and the
+/// collections it updated; prints the largest relative error (`--nocapture`).
 macro_rules! check_layer {
-    ($name:expr, $case:expr, $x:expr, |$v:ident, $xi:ident| $apply:expr) => {{
+    ($name:expr, $case:expr, $x:expr, $ty:ty, |$v:ident, $xi:ident| $apply:expr) => {{
         let (name, case, x) = ($name, &$case, &$x);
         let vars = adjoint_tests::variables(&case["variables"]);
         let (y, updated) = {
             let ($v, $xi) = (&vars, x);
             $apply
         };
-        assert_close(name, &y.clone().into_dyn(), &array(&case["output"]), RTOL);
+        let y = y.clone().into_dyn();
+        assert_close(name, &y, &array(&case["output"]), RTOL);
+        let mut worst = max_rel_err(&y, &array(&case["output"]));
         if case["updated"].as_object().is_some_and(|u| !u.is_empty()) {
-            assert_tree_close(name, &updated, &case["updated"], RTOL);
+            worst = worst.max(assert_tree_close(name, &updated, &case["updated"], RTOL));
         }
         // The gradients with respect to the params, every other collection constant
         // (Flax's `{'params': params, **state}`).
         let params = vars.only(&["params"]);
         let state = vars.only(&["batch_stats"]);
-        let (loss, (gp, gx)) = value_and_grad!(|p: &Variables, x: &Array2<f64>| {
+        let (loss, (gp, gx)) = value_and_grad!(|p: &Variables, x: &$ty| {
             let $v = &p.merge(&state);
             let $xi = x;
             let (y, _) = $apply;
             y.sin().sum()
         })(&params, x);
         assert_close(name, &scalar(loss), &array(&case["loss"]), RTOL);
+        worst = worst.max(max_rel_err(&scalar(loss), &array(&case["loss"])));
         let want = serde_json::json!({ "params": case["grads"]["params"] });
-        assert_tree_close(name, &gp, &want, RTOL);
-        assert_close(name, &gx.into_dyn(), &array(&case["grads"]["x"]), RTOL);
+        worst = worst.max(assert_tree_close(name, &gp, &want, RTOL));
+        if !case["grads"]["x"].is_null() {
+            let gx = gx.into_dyn();
+            assert_close(name, &gx, &array(&case["grads"]["x"]), RTOL);
+            worst = worst.max(max_rel_err(&gx, &array(&case["grads"]["x"])));
+        }
+        eprintln!("{name}: max relative error {worst:.1e}");
     }};
+}
+
+/// The case's input, of any rank.
+fn input(case: &Json) -> ArrayD<f64> {
+    array(&case["inputs"]["x"])
+}
+
+/// Checks the tree `init` builds against Flax's.
+fn check_init(case: &Json, vars: &Variables) {
+    assert_eq!(vars.shapes(), tree_text(&case["init_variables_shapes"]));
 }
 
 #[test]
@@ -63,7 +84,7 @@ fn batch_norm_train() {
         tree_text(&case["init_variables_shapes"])
     );
     let opts = ApplyOptions::new().mutable(["batch_stats"]);
-    check_layer!("batch_norm_train", case, x, |v, x| bn
+    check_layer!("batch_norm_train", case, x, Array2<f64>, |v, x| bn
         .apply_with(v, &opts, x)
         .unwrap());
 }
@@ -77,8 +98,93 @@ fn batch_norm_eval() {
         bn.init(0, &x).unwrap().shapes(),
         tree_text(&case["init_variables_shapes"])
     );
-    check_layer!("batch_norm_eval", case, x, |v, x| (
+    check_layer!("batch_norm_eval", case, x, Array2<f64>, |v, x| (
         bn.apply(v, x).unwrap(),
         Variables::new()
     ));
 }
+
+macro_rules! layer_case {
+    ($test:ident, $layer:expr) => {
+        #[test]
+        fn $test() {
+            let name = stringify!($test);
+            let case = case(name);
+            let x = input(&case);
+            let layer = $layer;
+            check_init(&case, &layer.init(0, &x).unwrap());
+            check_layer!(name, case, x, ArrayD<f64>, |v, x| (
+                layer.apply(v, x).unwrap(),
+                Variables::new()
+            ));
+        }
+    };
+}
+
+layer_case!(dense, nn::Dense::new(4));
+layer_case!(dense_no_bias, nn::Dense::new(3).use_bias(false));
+layer_case!(dense_3d_input, nn::Dense::new(2));
+layer_case!(conv2d_same, nn::Conv::new(4, [3, 3]));
+layer_case!(
+    conv2d_valid_stride2,
+    nn::Conv::new(5, [3, 3])
+        .strides([2, 2])
+        .padding(nn::Padding::Valid)
+);
+layer_case!(
+    conv2d_dilated,
+    nn::Conv::new(2, [2, 2]).kernel_dilation([2, 2])
+);
+layer_case!(
+    conv2d_groups,
+    nn::Conv::new(6, [3, 3])
+        .feature_group_count(3)
+        .use_bias(false)
+);
+layer_case!(
+    conv1d_causal,
+    nn::Conv::new(4, [3]).padding(nn::Padding::Causal)
+);
+layer_case!(
+    conv_transpose2d,
+    nn::ConvTranspose::new(3, [3, 3]).strides([2, 2])
+);
+
+/// `avg_pool` (2, 2)/(2, 2), `max_pool` (3, 3) `SAME` stride 1, flatten, `Dense(2)`.
+struct Pools;
+
+#[differentiable]
+impl Pools {
+    fn call(&self, cx: &mut Scope, x: &ArrayD<f64>) -> ArrayD<f64> {
+        let a = nn::avg_pool(x, [2, 2], [2, 2], nn::Padding::Valid);
+        let m = nn::max_pool(x, [3, 3], [1, 1], nn::Padding::Same);
+        let (n, len) = (a.shape()[0], a.len());
+        let flat = a.into_shape_with_order(vec![n, len / n]).unwrap();
+        let h = nn::Dense::new(2).call(cx, &flat);
+        h + m
+            .sum_axis(Axis(3))
+            .sum_axis(Axis(2))
+            .sum_axis(Axis(1))
+            .insert_axis(Axis(1))
+    }
+}
+
+/// Flax's MNIST-tutorial CNN, shrunk: Conv-relu-avg_pool twice, Dense-relu-Dense.
+struct TinyCnn;
+
+#[differentiable]
+impl TinyCnn {
+    fn call(&self, cx: &mut Scope, x: &ArrayD<f64>) -> ArrayD<f64> {
+        let x = nn::relu(&nn::Conv::new(4, [3, 3]).call(cx, x));
+        let x = nn::avg_pool(&x, [2, 2], [2, 2], nn::Padding::Valid);
+        let x = nn::relu(&nn::Conv::new(6, [3, 3]).call(cx, &x));
+        let x = nn::avg_pool(&x, [2, 2], [2, 2], nn::Padding::Valid);
+        let (n, len) = (x.shape()[0], x.len());
+        let x = x.into_shape_with_order(vec![n, len / n]).unwrap();
+        let x = nn::relu(&nn::Dense::new(8).call(cx, &x));
+        nn::Dense::new(3).call(cx, &x)
+    }
+}
+
+layer_case!(pools, Pools);
+layer_case!(tiny_cnn, TinyCnn);

@@ -32,6 +32,7 @@
 //! ```
 
 mod batch_norm;
+mod conv;
 mod dense;
 mod dropout;
 
@@ -39,8 +40,11 @@ pub use crate::rules::activation::{
     celu, elu, gelu, gelu_exact, hard_sigmoid, hard_silu, hard_swish, hard_tanh, leaky_relu,
     log_sigmoid, mish, relu6, selu, silu, soft_sign, swish,
 };
+pub use crate::rules::conv::Padding;
 pub use crate::rules::elementwise::{relu, sigmoid, softplus};
 pub use crate::rules::nn::{log_softmax, logsumexp, softmax};
+pub use crate::rules::pool::{avg_pool, max_pool, min_pool};
 pub use batch_norm::BatchNorm;
+pub use conv::{Conv, ConvTranspose};
 pub use dense::Dense;
 pub use dropout::Dropout;

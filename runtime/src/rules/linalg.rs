@@ -2,7 +2,9 @@
 //! transpose. Matrix-matrix products run on [`matmul`].
 
 use crate::value::{Accumulate, Real, Value};
-use ndarray::{Array, Array1, Array2, ArrayBase, ArrayView, Axis, Data, Dimension, Ix1, Ix2};
+use ndarray::{
+    Array, Array1, Array2, ArrayBase, ArrayView, Axis, CowArray, Data, Dimension, Ix1, Ix2,
+};
 use std::any::TypeId;
 
 /// The matrix product `a · b` of two 2-D arrays of any strides (transposed views
@@ -333,6 +335,89 @@ pub fn t<
 #[inline]
 pub fn t_pb<A: Real, D: Dimension>(ct: Array<A, D>) -> Array<A, D> {
     ct.reversed_axes()
+}
+
+/// `x` as the matrix `(positions, last axis)`, borrowed when its layout allows.
+///
+/// # Panics
+/// For a 0-dimensional `x`, which has no last axis.
+fn rows_of<A: Real, S: Data<Elem = A>, D: Dimension>(x: &ArrayBase<S, D>) -> CowArray<'_, A, Ix2> {
+    let n = *x
+        .shape()
+        .last()
+        .expect("dot_last: a 0-dimensional array has no last axis");
+    let rows = x
+        .len()
+        .checked_div(n)
+        .unwrap_or_else(|| x.shape()[..x.ndim() - 1].iter().product());
+    x.as_standard_layout()
+        .into_shape_with_order((rows, n))
+        .unwrap_or_else(|_| unreachable!("adjoint: a standard-layout array reshapes"))
+}
+
+/// `x · w` over `x`'s last axis: `(.., n) · (n, m) -> (.., m)`, numpy's `x @ w`
+/// for a 2-D `w`, what Flax's `Dense` computes (`lax.dot_general` contracting the
+/// input's last axis with the kernel's first) on inputs of any rank.
+///
+/// # Panics
+/// When `x`'s last axis is not `w`'s first, or `x` is 0-dimensional.
+///
+/// ```
+/// use adjoint::rules::linalg::dot_last;
+/// let x = ndarray::Array3::<f64>::ones((2, 3, 4));
+/// let w = ndarray::Array2::<f64>::ones((4, 5));
+/// assert_eq!(dot_last(&x, &w), ndarray::Array3::from_elem((2, 3, 5), 4.0));
+/// ```
+pub fn dot_last<X, W, A, S, D, S2>(x: &X, w: &W) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    W: Value<Primal = ArrayBase<S2, Ix2>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension,
+{
+    let (x, w) = (x.primal(), w.primal());
+    let y = matmul(&rows_of(x), w);
+    let mut dim = x.raw_dim();
+    if let Some(last) = dim.slice_mut().last_mut() {
+        *last = w.ncols();
+    }
+    y.into_shape_with_order(dim)
+        .unwrap_or_else(|_| unreachable!("adjoint: dot_last keeps the leading axes"))
+}
+
+/// Pullback of [`dot_last`] for `x`: `ct · wᵀ`.
+pub fn dot_last_pb_x<X, W, A, S, D, S2>(_x: &X, w: &W, ct: Array<A, D>) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    W: Value<Primal = ArrayBase<S2, Ix2>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension,
+{
+    let w = w.primal();
+    let dx = matmul(&rows_of(&ct), &w.t());
+    let mut dim = ct.raw_dim();
+    if let Some(last) = dim.slice_mut().last_mut() {
+        *last = w.nrows();
+    }
+    dx.into_shape_with_order(dim)
+        .unwrap_or_else(|_| unreachable!("adjoint: the cotangent of x has x's shape"))
+}
+
+/// Pullback of [`dot_last`] for `w`: `xᵀ · ct`, every leading axis summed.
+pub fn dot_last_pb_w<X, W, A, S, D, S2>(x: &X, _w: &W, ct: Array<A, D>) -> Array<A, Ix2>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    W: Value<Primal = ArrayBase<S2, Ix2>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension,
+{
+    matmul(&rows_of(x.primal()).t(), &rows_of(&ct))
 }
 
 #[cfg(test)]

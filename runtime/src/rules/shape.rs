@@ -66,6 +66,64 @@ pub fn reshape<
     }
 }
 
+/// `x.into_shape_with_order(shape).unwrap()`: what ndarray gives for each kind of
+/// array (an owned array for an owned one, a view for a view, a shared array for a
+/// shared one), row-major, so that code has the types it has undifferentiated.
+///
+/// # Panics
+/// When the element counts differ, or a view's layout does not allow the shape, as
+/// `unwrap` on ndarray's error would.
+#[inline]
+pub fn into_shape<'a, X: Value, E: IntoDimension>(
+    x: &'a X,
+    shape: E,
+) -> <X::Primal as IntoShape<'a, E::Dim>>::Output
+where
+    X::Primal: IntoShape<'a, E::Dim>,
+{
+    x.primal().reshaped(shape.into_dimension())
+}
+
+/// How `into_shape_with_order` reshapes each kind of array (see [`into_shape`]).
+pub trait IntoShape<'a, E: Dimension> {
+    /// The reshaped array.
+    type Output;
+    /// `self` with shape `dim`.
+    fn reshaped(&'a self, dim: E) -> Self::Output;
+}
+
+fn or_panic<T>(r: Result<T, ndarray::ShapeError>) -> T {
+    r.unwrap_or_else(|e| panic!("adjoint: into_shape_with_order: {e}"))
+}
+
+impl<'a, A: Clone + 'a, D: Dimension, E: Dimension> IntoShape<'a, E> for Array<A, D> {
+    type Output = Array<A, E>;
+    fn reshaped(&'a self, dim: E) -> Array<A, E> {
+        or_panic(self.to_shape(dim)).into_owned()
+    }
+}
+
+impl<'a, A: Clone + 'a, D: Dimension, E: Dimension> IntoShape<'a, E> for ArcArray<A, D> {
+    type Output = ArcArray<A, E>;
+    fn reshaped(&'a self, dim: E) -> ArcArray<A, E> {
+        or_panic(self.to_shape(dim)).into_owned().into_shared()
+    }
+}
+
+impl<'a, 'b, A: 'a, D: Dimension, E: Dimension> IntoShape<'a, E> for ArrayView<'b, A, D> {
+    type Output = ArrayView<'a, A, E>;
+    fn reshaped(&'a self, dim: E) -> ArrayView<'a, A, E> {
+        or_panic(self.view().into_shape_with_order(dim))
+    }
+}
+
+impl<'a, 'b, A: Clone + 'a, D: Dimension, E: Dimension> IntoShape<'a, E> for CowArray<'b, A, D> {
+    type Output = CowArray<'a, A, E>;
+    fn reshaped(&'a self, dim: E) -> CowArray<'a, A, E> {
+        or_panic(self.to_shape(dim))
+    }
+}
+
 /// Pullback of [`reshape`] (given the operand's shape): the cotangent reshaped back.
 #[inline]
 pub fn reshape_pb<A: Real, D: Dimension, E: Dimension>(
