@@ -928,7 +928,7 @@ impl Lowerer<'_> {
         out: &mut Stmts,
         v: Var,
         n: usize,
-        at: &syn::PatTuple,
+        at: &dyn ToTokens,
     ) -> Vec<Val> {
         let last_is_call =
             matches!(out.last(), Some(Stmt::Let { dst, op: Op::Call(_), .. }) if *dst == v);
@@ -2126,6 +2126,26 @@ impl Lowerer<'_> {
         if arm_blocks.len() > 8 {
             self.cx
                 .error_at(e, "a differentiated `match` may have at most 8 arms");
+        }
+        // An arm whose value is a tuple made at run time (a call's result, a constant)
+        // takes the shape of an arm that spells its tuple out.
+        let spelled = leaf_values(&arm_blocks)
+            .into_iter()
+            .flatten()
+            .find_map(|v| match v {
+                Val::Tuple(vs) => Some(vs.len()),
+                Val::Atom(_) => None,
+            });
+        if let Some(n) = spelled {
+            for arm in arm_blocks.iter_mut() {
+                let Block { stmts, tail } = arm;
+                if let Tail::Leaf(l) = tail
+                    && matches!(l.kind, LeafKind::Fallthrough | LeafKind::Break)
+                    && let Some(Val::Atom(Atom::Var(v))) = l.value
+                {
+                    l.value = Some(Val::Tuple(self.split_runtime_tuple(stmts, v, n, e)));
+                }
+            }
         }
         // The value's shape comes from the first arm; every arm must agree.
         let shape = leaf_values(&arm_blocks).into_iter().next().flatten();

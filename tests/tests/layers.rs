@@ -186,5 +186,8 @@ impl TinyCnn {
     }
 }
 
+layer_case!(layer_norm, nn::LayerNorm::new());
+layer_case!(rms_norm, nn::RMSNorm::new());
+layer_case!(group_norm, nn::GroupNorm::new(2));
 layer_case!(pools, Pools);
 layer_case!(tiny_cnn, TinyCnn);

@@ -31,10 +31,10 @@
 //! assert!((g[2] - (1.086_099_256_623_618 + 1.0)).abs() < 1e-12); // jax.grad(nn.gelu)(2.) + 1
 //! ```
 
-mod batch_norm;
 mod conv;
 mod dense;
 mod dropout;
+mod normalization;
 
 pub use crate::rules::activation::{
     celu, elu, gelu, gelu_exact, hard_sigmoid, hard_silu, hard_swish, hard_tanh, leaky_relu,
@@ -44,7 +44,7 @@ pub use crate::rules::conv::Padding;
 pub use crate::rules::elementwise::{relu, sigmoid, softplus};
 pub use crate::rules::nn::{log_softmax, logsumexp, softmax};
 pub use crate::rules::pool::{avg_pool, max_pool, min_pool};
-pub use batch_norm::BatchNorm;
 pub use conv::{Conv, ConvTranspose};
 pub use dense::Dense;
 pub use dropout::Dropout;
+pub use normalization::{BatchNorm, GroupNorm, LayerNorm, RMSNorm};
