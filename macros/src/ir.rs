@@ -268,6 +268,8 @@ pub enum Built {
     Literal,
     /// A macro call (`format!`, a user's macro): it may have effects.
     Macro(Ident),
+    /// A call given a closure (`ids.map(|i| ..)`), other than `mapv`.
+    ClosureCall,
 }
 
 /// A call to a function or method that may be `#[differentiable]`.

@@ -398,6 +398,58 @@ impl Lowerer<'_> {
         vars
     }
 
+    /// A call given a closure, as one expression: its other operands lowered first
+    /// (so that `x.len()` reads no differentiated value), the closure as written,
+    /// reading the locals it captures.
+    fn closure_call(&mut self, out: &mut Stmts, e: &Expr) -> Val {
+        let mut reads = Vec::new();
+        // A closure bound with `let` or a nested `fn` is inlined where it is called:
+        // it does not exist for a closure written as is to call.
+        let inlined = self.visible_fns();
+        let mut idents = HashSet::new();
+        collect_idents(e.to_token_stream(), &mut idents);
+        if let Some(name) = idents.iter().find(|n| inlined.contains_key(*n)) {
+            self.cx.error_at(
+                e,
+                format!("`{name}` is inlined where it is called, so a closure given to this call cannot call it; write it as a #[differentiable] function, or use `mapv`"),
+            );
+            return poison();
+        }
+        let mut operand = |this: &mut Self, out: &mut Stmts, a: &Expr| -> TokenStream {
+            if is_closure(a) {
+                reads.extend(this.mentioned_vars(a.to_token_stream()));
+                return this.verbatim(a.to_token_stream());
+            }
+            let arg = this.args(out, [a.clone()]).remove(0);
+            reads.extend(arg.atom.var());
+            let x = this.val_tokens(&Val::Atom(arg.atom));
+            if arg.by_ref { quote!(&#x) } else { x }
+        };
+        let tokens = match e {
+            Expr::MethodCall(m) => {
+                let recv = operand(self, out, &m.receiver);
+                let args: Vec<TokenStream> = m.args.iter().map(|a| operand(self, out, a)).collect();
+                let (method, turbofish) = (&m.method, &m.turbofish);
+                quote!(#recv.#method #turbofish(#(#args),*))
+            }
+            Expr::Call(c) => {
+                let func = self.verbatim(c.func.to_token_stream());
+                let args: Vec<TokenStream> = c.args.iter().map(|a| operand(self, out, a)).collect();
+                quote!(#func(#(#args),*))
+            }
+            other => {
+                reads.extend(self.mentioned_vars(other.to_token_stream()));
+                self.verbatim(other.to_token_stream())
+            }
+        };
+        let op = Op::Build {
+            tokens,
+            reads,
+            what: Built::ClosureCall,
+        };
+        Val::Atom(self.emit(out, op, e.span()))
+    }
+
     /// A constant expression: inline if it is a literal, an expression of literals or
     /// a path (so that literals take their type where they are used), else bound once.
     fn constant(&mut self, out: &mut Stmts, e: &Expr) -> Atom {
@@ -1577,6 +1629,12 @@ impl Lowerer<'_> {
         if !self.mentions_local(m.to_token_stream()) {
             return Val::Atom(self.constant(out, &Expr::MethodCall(m.clone())));
         }
+        // A call given a closure (`ids.map(|i| ..)`, `iter().map(..)`) other than
+        // `mapv`: one constant expression as written, so that the closure's types come
+        // from the call; a differentiated value in it is an error (see `Built`).
+        if name != "mapv" && m.args.iter().any(is_closure) {
+            return self.closure_call(out, &Expr::MethodCall(m.clone()));
+        }
         let recv_is_self = matches!(&*m.receiver, Expr::Path(p) if p.path.is_ident("self"));
         if (name == "unwrap" || name == "expect") && !recv_is_self {
             if let Expr::MethodCall(inner) = &*m.receiver
@@ -1639,7 +1697,8 @@ impl Lowerer<'_> {
             self.cx.error_at(&m.method, format!("`{name}` returns an Option or Result: call `.unwrap()` on it directly, as in `x.{name}(..).unwrap()`"));
             return poison();
         }
-        if let Some(rule) = ops::method(&name) {
+        // (With a turbofish it is another type's method: `iter().sum::<f64>()`.)
+        if let Some(rule) = ops::method(&name).filter(|_| m.turbofish.is_none()) {
             return self.method_prim(out, m, rule, TokenStream::new());
         }
         self.method_companion(out, m)
@@ -1845,6 +1904,9 @@ impl Lowerer<'_> {
 
     fn call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Val {
         let span = c.span();
+        if c.args.iter().any(is_closure) && self.mentions_local(c.to_token_stream()) {
+            return self.closure_call(out, &Expr::Call(c.clone()));
+        }
         if let Expr::Macro(m) = &*c.func {
             // `jvp!(f)(args..)`: a call of the forward-mode companion `f::jvp`.
             if m.mac.path.is_ident("jvp")
@@ -2318,6 +2380,15 @@ fn array_elems<'e>(
 }
 
 /// The values at the fallthrough (or break) leaves of blocks, in order.
+/// Whether `e` is a closure (in parentheses or not).
+fn is_closure(e: &Expr) -> bool {
+    match e {
+        Expr::Closure(_) => true,
+        Expr::Paren(p) => is_closure(&p.expr),
+        _ => false,
+    }
+}
+
 fn leaf_values(blocks: &[Block]) -> Vec<Option<Val>> {
     fn walk(b: &Block, out: &mut Vec<Option<Val>>) {
         match &b.tail {

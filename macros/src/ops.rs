@@ -427,6 +427,11 @@ static FUNCTIONS: &[(&str, Rule)] = &[
         "into_shape",
         rule!("into_shape", 1, [pb!("reshape_pb"[Shape(0)])]).view(),
     ),
+    // Rows of a table by integer ids (`adjoint::rules::gather`): the ids are constant.
+    (
+        "take",
+        rule!("take", 2, [pb!("take_pb" [Shape(0), Operand(1)]), None]),
+    ),
     // Convolution (`adjoint::rules::conv`): input, kernel, then the spec.
     (
         "conv",

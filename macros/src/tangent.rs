@@ -403,8 +403,15 @@ impl Tangent<'_> {
                 let (a, i) = (self.atom(&operands[0].atom), &cs[0]);
                 quote!(#a[#i])
             }
+            // A rule's operands by reference, whatever they hold (ids are integers).
             Native::Function(path) => {
-                let ops = operands.iter().map(|a| self.r(&a.atom));
+                let ops = operands.iter().map(|a| match &a.atom {
+                    Atom::Var(v) if self.refs.contains(v) => self.atom(&a.atom),
+                    other => {
+                        let x = self.atom(other);
+                        quote!(&#x)
+                    }
+                });
                 quote!(#path(#(#ops,)* #(#cs),*))
             }
             Native::Cast(_) | Native::Variadic(_) | Native::Rule => return None,
@@ -540,6 +547,11 @@ impl Tangent<'_> {
             "reshape" | "into_shape" => da.map(|d| {
                 let f = format_ident!("{}", func);
                 quote!(::adjoint::__private::#f(&(#d), #y_name.raw_dim()))
+            }),
+            // Linear in the table; the ids are constant.
+            "take" => da.map(|d| {
+                let ids = self.atom(&operands[1].atom);
+                quote!(::adjoint::__private::take(&(#d), &#ids))
             }),
             "avg_pool" => da.map(|d| quote!(::adjoint::__private::avg_pool(&(#d) #(, #cs)*))),
             "max_pool" | "min_pool" => da.map(|d| {

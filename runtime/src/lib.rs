@@ -230,6 +230,7 @@ pub mod __private {
     pub use crate::rules::activation::*;
     pub use crate::rules::conv::{conv, conv_pb_k, conv_pb_x};
     pub use crate::rules::elementwise::*;
+    pub use crate::rules::gather::{take, take_pb};
     pub use crate::rules::linalg::*;
     pub use crate::rules::nn::*;
     pub use crate::rules::pool::*;

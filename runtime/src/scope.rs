@@ -109,8 +109,17 @@ pub enum ScopeError {
     SecondOrderUnsupported,
     /// A layer given an input it cannot take (a convolution's rank or features, an
     /// embedding's ids, attention's heads or mask).
-    #[error("`{path}`: {message}")]
+    #[error("{message}{}", at_path(.path))]
     InvalidInput { path: String, message: String },
+}
+
+/// ` (at `path`)`, or nothing at the root.
+fn at_path(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!(" (at `{path}`)")
+    }
 }
 
 /// Which collections an `apply` may write (see [`ApplyOptions::mutable`]).
@@ -176,6 +185,28 @@ pub struct Scope<'v> {
     /// Inside a lifted transform: the collections and random streams it lets through.
     visible: Option<BTreeSet<String>>,
     visible_rngs: Option<BTreeSet<String>>,
+    /// Whether the `init`/`apply` this one runs inside had failed (restored on drop).
+    outer_failed: bool,
+}
+
+thread_local! {
+    /// Whether the `init` or `apply` running on this thread has recorded an error.
+    static FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the `init` or `apply` running on this thread has already failed (its
+/// error recorded in the scope). Rules given operands that do not fit then compute
+/// a placeholder instead of panicking, so that the caller sees the recorded error
+/// (a layer that rejected its input returns a placeholder, which the next layer
+/// cannot take either).
+pub(crate) fn failed() -> bool {
+    FAILED.with(|f| f.get())
+}
+
+impl Drop for Scope<'_> {
+    fn drop(&mut self) {
+        FAILED.with(|f| f.set(self.outer_failed));
+    }
 }
 
 /// The collections and streams a lifted transform hid, to restore after it.
@@ -249,6 +280,7 @@ impl<'v> Scope<'v> {
             rngs,
             rng_counters: HashMap::new(),
             error: None,
+            outer_failed: FAILED.with(|f| f.replace(false)),
             returns: Vec::new(),
             axes: Vec::new(),
             tangents: None,
@@ -322,6 +354,7 @@ impl<'v> Scope<'v> {
         if self.error.is_none() {
             self.error = Some(e);
         }
+        FAILED.with(|f| f.set(true));
     }
 
     /// The first error so far.
@@ -347,7 +380,7 @@ impl<'v> Scope<'v> {
     /// let mut cx = Scope::for_apply(&mut vars, adjoint::scope::Mutable::All, Default::default());
     /// assert!(cx.check(&Ok::<(), String>(())));
     /// assert!(!cx.check(&Err::<(), _>("3 features, 4 expected")));
-    /// assert_eq!(cx.finish().unwrap_err().to_string(), "``: 3 features, 4 expected");
+    /// assert_eq!(cx.finish().unwrap_err().to_string(), "3 features, 4 expected");
     /// ```
     pub fn check<T, E: std::fmt::Display>(&mut self, result: &Result<T, E>) -> bool {
         match result {
@@ -367,8 +400,8 @@ impl<'v> Scope<'v> {
     ///
     /// # Errors
     /// The first [`ScopeError`] the module ran into.
-    pub fn finish(self) -> Result<(), ScopeError> {
-        match self.error {
+    pub fn finish(mut self) -> Result<(), ScopeError> {
+        match self.error.take() {
             Some(e) => Err(e),
             None => Ok(()),
         }

@@ -191,3 +191,63 @@ layer_case!(rms_norm, nn::RMSNorm::new());
 layer_case!(group_norm, nn::GroupNorm::new(2));
 layer_case!(pools, Pools);
 layer_case!(tiny_cnn, TinyCnn);
+
+#[test]
+fn embed() {
+    let case = case("embed");
+    let ids: ArrayD<usize> = input(&case).mapv(|v| v as usize);
+    let embed = nn::Embed::<f64>::new(10, 4);
+    check_init(&case, &embed.init(0, &ids).unwrap());
+    let vars = adjoint_tests::variables(&case["variables"]);
+    let y = embed.apply(&vars, &ids).unwrap();
+    assert_close("embed", &y, &array(&case["output"]), RTOL);
+    let (loss, grads) =
+        value_and_grad!(|p: &Variables| embed.apply(p, &ids).unwrap().sin().sum())(&vars);
+    assert_close("embed", &scalar(loss), &array(&case["loss"]), RTOL);
+    let want = serde_json::json!({ "params": case["grads"]["params"] });
+    let worst = assert_tree_close("embed", &grads, &want, RTOL);
+    eprintln!("embed: max relative error {worst:.1e}");
+    // The same ids as i64, as Flax passes them.
+    let y64 = embed.apply(&vars, &ids.mapv(|i| i as i64)).unwrap();
+    assert_eq!(y64, y);
+    let bad = ids.mapv(|i| i as i64 - 1);
+    assert_eq!(
+        embed.apply(&vars, &bad).unwrap_err().to_string(),
+        "id -1 is out of range for a table of 10 rows (ids of shape [2, 3])"
+    );
+}
+
+#[test]
+fn conv_input_errors_name_the_layer_and_the_shapes() {
+    let x = ArrayD::<f64>::zeros(vec![2, 8, 8, 1]);
+    let vars = TinyCnn.init(0, &x).unwrap();
+    // Three features where the kernel was made for one.
+    let err = TinyCnn
+        .apply(&vars, &ArrayD::zeros(vec![2, 8, 8, 3]))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "variable `params/Conv_0/kernel` has shape [3, 3, 1, 4], but the module asks for shape [3, 3, 3, 4]"
+    );
+    // Too few axes for a 2-D convolution.
+    let conv = nn::Conv::new(4, [3, 3]);
+    let err = conv.init(0, &ArrayD::<f64>::zeros(vec![6, 3])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "an input of shape [6, 3] has too few axes for a 2-D window: it needs 2 spatial axes and a feature axis (and any batch axes before them)"
+    );
+    // Inside a model, the error says where.
+    let err = TinyCnn
+        .init(0, &ArrayD::<f64>::zeros(vec![8, 1]))
+        .unwrap_err();
+    assert!(err.to_string().ends_with("(at `Conv_0`)"), "{err}");
+    // Feature groups that do not divide the features.
+    let err = nn::Conv::new(4, [3])
+        .feature_group_count(3)
+        .init(0, &ArrayD::<f64>::zeros(vec![1, 5, 6]))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "a kernel of shape [3, 2, 4] has 4 output features, which 3 feature groups do not divide"
+    );
+}

@@ -26,3 +26,9 @@ fn passed_on(x: &ndarray::Array1<f64>) -> f64 {
 }
 
 fn main() {}
+
+// A call given a closure is constant: reading a differentiated value is an error.
+#[differentiable]
+fn mapped(x: &ndarray::Array1<f64>) -> f64 {
+    x.map(|v| v * 2.0).sum()
+}

@@ -1,7 +1,7 @@
 //! `Conv` and `ConvTranspose`: Flax's `nn.Conv` and `nn.ConvTranspose`.
 
 use crate::init::{self, Init, Initializer};
-use crate::rules::conv::{ConvError, ConvSpec, Padding, conv, split_shape};
+use crate::rules::conv::{ConvError, ConvSpec, Padding, conv, split_shape, zeros_with_last};
 use crate::scope::Scope;
 use crate::value::Real;
 use adjoint_macros::differentiable;
@@ -335,9 +335,6 @@ fn placeholder_spec<const N: usize>() -> ConvSpec<N> {
 
 /// What a layer returns for an input it rejected (its error is recorded): zeros
 /// shaped like the input with `features` last.
-fn placeholder<A: Real, D: Dimension>(mut dim: D, features: usize) -> Array<A, D> {
-    if let Some(last) = dim.slice_mut().last_mut() {
-        *last = features;
-    }
-    Array::zeros(dim)
+fn placeholder<A: Real, D: Dimension>(dim: D, features: usize) -> Array<A, D> {
+    zeros_with_last(dim, features)
 }

@@ -34,6 +34,7 @@
 mod conv;
 mod dense;
 mod dropout;
+mod embed;
 mod normalization;
 
 pub use crate::rules::activation::{
@@ -47,4 +48,5 @@ pub use crate::rules::pool::{avg_pool, max_pool, min_pool};
 pub use conv::{Conv, ConvTranspose};
 pub use dense::Dense;
 pub use dropout::Dropout;
+pub use embed::Embed;
 pub use normalization::{BatchNorm, GroupNorm, LayerNorm, RMSNorm};

@@ -345,7 +345,7 @@ impl RMSNorm {
 /// assert_eq!(vars.shapes(), r#"{"params": {"bias": [4], "scale": [4]}}"#);
 /// assert_eq!(gn.apply(&vars, &x).unwrap().shape(), &[2, 3, 3, 4]);
 /// let err = nn::GroupNorm::new(3).apply(&vars, &x).unwrap_err();
-/// assert_eq!(err.to_string(), "``: 3 groups do not divide the 4 features of an input of shape [2, 3, 3, 4]");
+/// assert_eq!(err.to_string(), "3 groups do not divide the 4 features of an input of shape [2, 3, 3, 4]");
 /// ```
 #[derive(Clone, Debug)]
 pub struct GroupNorm {

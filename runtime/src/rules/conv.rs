@@ -484,9 +484,26 @@ impl<const N: usize> Geometry<N> {
 
 /// Checks the operands against the spec, panicking with the reason (as ndarray's
 /// arithmetic does on shapes that do not fit): layers check first and return a
-/// typed error instead.
-fn geometry<const N: usize>(spec: &ConvSpec<N>, input: &[usize], kernel: &[usize]) -> Geometry<N> {
-    Geometry::new(spec, input, kernel).unwrap_or_else(|e| panic!("conv: {e}"))
+/// typed error instead. `None` inside an `apply` that has already failed (see
+/// [`crate::scope::failed`]): the rule then computes zeros.
+fn geometry<const N: usize>(
+    spec: &ConvSpec<N>,
+    input: &[usize],
+    kernel: &[usize],
+) -> Option<Geometry<N>> {
+    match Geometry::new(spec, input, kernel) {
+        Ok(g) => Some(g),
+        Err(_) if crate::scope::failed() => None,
+        Err(e) => panic!("conv: {e}"),
+    }
+}
+
+/// Zeros shaped like `dim` with `last` features.
+pub(crate) fn zeros_with_last<A: Real, D: Dimension>(mut dim: D, last: usize) -> Array<A, D> {
+    if let Some(l) = dim.slice_mut().last_mut() {
+        *l = last;
+    }
+    Array::zeros(dim)
 }
 
 /// The kernel as a `(window taps x in_features / groups, out_features)` matrix.
@@ -525,7 +542,9 @@ where
     E: Dimension,
 {
     let (x, k) = (x.primal(), k.primal());
-    let geo = geometry(&spec, x.shape(), k.shape());
+    let Some(geo) = geometry(&spec, x.shape(), k.shape()) else {
+        return zeros_with_last(x.raw_dim(), k.shape().last().copied().unwrap_or(0));
+    };
     let (xs, ks) = (contiguous(x), contiguous(k));
     let (cg, og) = (geo.group_in(), geo.group_out());
     let kmat = kernel_matrix(&ks, geo.windows.window_len * cg, geo.out_features);
@@ -561,7 +580,9 @@ where
     E: Dimension,
 {
     let (x, k) = (x.primal(), k.primal());
-    let geo = geometry(&spec, x.shape(), k.shape());
+    let Some(geo) = geometry(&spec, x.shape(), k.shape()) else {
+        return Array::zeros(x.raw_dim());
+    };
     let (cs, ks) = (contiguous(&ct), contiguous(k));
     let (cg, og) = (geo.group_in(), geo.group_out());
     let kmat = kernel_matrix(&ks, geo.windows.window_len * cg, geo.out_features);
@@ -593,7 +614,9 @@ where
     E: Dimension,
 {
     let (x, k) = (x.primal(), k.primal());
-    let geo = geometry(&spec, x.shape(), k.shape());
+    let Some(geo) = geometry(&spec, x.shape(), k.shape()) else {
+        return Array::zeros(k.raw_dim());
+    };
     let (xs, cs) = (contiguous(x), contiguous(&ct));
     let og = geo.group_out();
     let ct2 = kernel_matrix(&cs, geo.rows(), geo.out_features);

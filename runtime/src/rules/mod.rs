@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod conv;
 pub mod elementwise;
+pub mod gather;
 pub mod kernels;
 pub mod linalg;
 pub mod nn;

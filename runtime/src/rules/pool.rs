@@ -23,12 +23,17 @@ struct Pooling<const N: usize> {
 }
 
 impl<const N: usize> Pooling<N> {
+    /// The pooling of an input of `shape`; `None` when it does not fit inside an
+    /// `apply` that has already failed (see [`crate::scope::failed`]).
+    ///
+    /// # Panics
+    /// When it does not fit otherwise.
     fn new(
         shape: &[usize],
         window: [usize; N],
         strides: [usize; N],
         padding: Padding<N>,
-    ) -> Pooling<N> {
+    ) -> Option<Pooling<N>> {
         let plan = || {
             let (batch, spatial, features) = split_shape::<N>(shape)?;
             for (what, v) in [("window", &window), ("strides", &strides)] {
@@ -52,7 +57,11 @@ impl<const N: usize> Pooling<N> {
                 out_shape,
             })
         };
-        plan().unwrap_or_else(|e| panic!("pool: {e}"))
+        match plan() {
+            Ok(p) => Some(p),
+            Err(_) if crate::scope::failed() => None,
+            Err(e) => panic!("pool: {e}"),
+        }
     }
 
     /// For each output row `(n, o)`: the input's rows its window reads.
@@ -124,7 +133,9 @@ macro_rules! pooled {
             D: Dimension,
         {
             let x = x.primal();
-            let pool = Pooling::new(x.shape(), window, strides, padding);
+            let Some(pool) = Pooling::new(x.shape(), window, strides, padding) else {
+                return Array::zeros(x.raw_dim());
+            };
             let out = pool_values(&pool, &contiguous(x), stringify!($name));
             shaped(&pool.out_shape, out)
         }
@@ -193,7 +204,9 @@ where
     D: Dimension,
 {
     let x = x.primal();
-    let pool = Pooling::new(x.shape(), window, strides, padding);
+    let Some(pool) = Pooling::new(x.shape(), window, strides, padding) else {
+        return Array::zeros(x.raw_dim());
+    };
     let (c, size) = (pool.features, A::lit(pool.windows.window_len as f64));
     let ct = row_major(ct);
     let mut dx = vec![A::zero(); x.len()];
@@ -244,7 +257,9 @@ macro_rules! chooser_rules {
             D: Dimension,
         {
             let x = x.primal();
-            let pool = Pooling::new(x.shape(), window, strides, padding);
+            let Some(pool) = Pooling::new(x.shape(), window, strides, padding) else {
+                return Array::zeros(x.raw_dim());
+            };
             let choices = pool.choices(&contiguous(x), $better);
             shaped(x.shape(), scatter_to_choices(x.len(), &choices, &row_major(ct)))
         }
@@ -266,7 +281,9 @@ macro_rules! chooser_rules {
             D: Dimension,
         {
             let x = x.primal();
-            let pool = Pooling::new(x.shape(), window, strides, padding);
+            let Some(pool) = Pooling::new(x.shape(), window, strides, padding) else {
+                return Array::zeros(x.raw_dim());
+            };
             let choices = pool.choices(&contiguous(x), $better);
             shaped(&pool.out_shape, gather_choices(&choices, &contiguous(dx.primal())))
         }
