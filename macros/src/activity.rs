@@ -353,6 +353,7 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity) {
                         let msg = match what {
                             Built::Literal => "arrays and structs of differentiated values are not supported; use ndarray arrays or tuples".to_string(),
                             Built::Macro(m) if m == "vec" => "a `vec!` of differentiated values is not differentiated; build an array with `ndarray::array![..]`, or use a tuple".to_string(),
+                            Built::Field => "field access on a differentiated value is not supported; take tuples apart with `let (a, b) = ..`".to_string(),
                             Built::ClosureCall => "a call given a closure is not differentiated, and this one reads a differentiated value: only `mapv`'s closures are differentiated; use `mapv`, or wrap the value in `no_grad(..)` if it is meant to be constant".to_string(),
                             Built::Macro(m) => format!("the macro `{m}!` is given a differentiated value, and its result would be a constant: only `dbg!` and `array!` are differentiated; compute the value outside the macro, or wrap it in `no_grad(..)` if it is meant to be constant"),
                         };

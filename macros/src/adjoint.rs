@@ -473,7 +473,7 @@ impl<'a> Gen<'a> {
             Op::Prim { .. }
             | Op::MapV { .. }
             | Op::Build {
-                what: Built::Literal,
+                what: Built::Literal | Built::Field,
                 ..
             } => true,
             Op::Build { .. } => false,

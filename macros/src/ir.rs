@@ -270,6 +270,8 @@ pub enum Built {
     Macro(Ident),
     /// A call given a closure (`ids.map(|i| ..)`), other than `mapv`.
     ClosureCall,
+    /// A field of a local (`plan.rows`).
+    Field,
 }
 
 /// A call to a function or method that may be `#[differentiable]`.

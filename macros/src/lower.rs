@@ -1025,9 +1025,32 @@ impl Lowerer<'_> {
             .collect()
     }
 
+    /// `v` taken apart, where it is a tuple made at run time, to the tuple structure
+    /// of `shape`.
+    fn conform(&mut self, out: &mut Stmts, v: Val, shape: &Val, at: &dyn ToTokens) -> Val {
+        match (v, shape) {
+            (Val::Atom(Atom::Var(var)), Val::Tuple(parts)) => {
+                let fields = self.split_runtime_tuple(out, var, parts.len(), at);
+                let conformed = fields
+                    .into_iter()
+                    .zip(parts)
+                    .map(|(f, p)| self.conform(out, f, p, at))
+                    .collect();
+                Val::Tuple(conformed)
+            }
+            (Val::Tuple(vs), Val::Tuple(parts)) if vs.len() == parts.len() => Val::Tuple(
+                vs.into_iter()
+                    .zip(parts)
+                    .map(|(v, p)| self.conform(out, v, p, at))
+                    .collect(),
+            ),
+            (v, _) => v,
+        }
+    }
+
     fn defined_as_const(&self, out: &Stmts, v: Var) -> bool {
         out.iter().rev().any(
-            |s| matches!(s, Stmt::Let { dst, op: Op::Const(_) | Op::Lifted(_), .. } if *dst == v),
+            |s| matches!(s, Stmt::Let { dst, op: Op::Const(_) | Op::Lifted(_) | Op::Build { .. }, .. } if *dst == v),
         )
     }
 
@@ -1084,6 +1107,17 @@ impl Lowerer<'_> {
                         vs[i.index as usize].clone()
                     }
                     (_, Val::Atom(Atom::Lit(_))) => Val::Atom(self.constant(out, e)),
+                    // A field of a local: constant, unless the local is differentiated
+                    // (then an error: see `Built::Field`).
+                    (member, Val::Atom(Atom::Var(v))) => {
+                        let base = self.val_tokens(&Val::Atom(Atom::Var(v)));
+                        let op = Op::Build {
+                            tokens: quote!(#base.#member),
+                            reads: vec![v],
+                            what: Built::Field,
+                        };
+                        Val::Atom(self.emit(out, op, e.span()))
+                    }
                     _ => {
                         if self.mentions_local(f.base.to_token_stream()) {
                             self.cx.error_at(f, "field access on a differentiated value is not supported; take tuples apart with `let (a, b) = ..`");
@@ -2190,22 +2224,19 @@ impl Lowerer<'_> {
                 .error_at(e, "a differentiated `match` may have at most 8 arms");
         }
         // An arm whose value is a tuple made at run time (a call's result, a constant)
-        // takes the shape of an arm that spells its tuple out.
+        // takes the shape of the arms that spell their tuples out.
         let spelled = leaf_values(&arm_blocks)
             .into_iter()
             .flatten()
-            .find_map(|v| match v {
-                Val::Tuple(vs) => Some(vs.len()),
-                Val::Atom(_) => None,
-            });
-        if let Some(n) = spelled {
+            .reduce(|a, b| most_spelled(&a, &b));
+        if let Some(shape) = spelled.filter(|s| matches!(s, Val::Tuple(_))) {
             for arm in arm_blocks.iter_mut() {
                 let Block { stmts, tail } = arm;
                 if let Tail::Leaf(l) = tail
                     && matches!(l.kind, LeafKind::Fallthrough | LeafKind::Break)
-                    && let Some(Val::Atom(Atom::Var(v))) = l.value
+                    && let Some(v) = l.value.take()
                 {
-                    l.value = Some(Val::Tuple(self.split_runtime_tuple(stmts, v, n, e)));
+                    l.value = Some(self.conform(stmts, v, &shape, e));
                 }
             }
         }
@@ -2380,6 +2411,19 @@ fn array_elems<'e>(
 }
 
 /// The values at the fallthrough (or break) leaves of blocks, in order.
+/// The shape with the most tuple structure of two arms' values: a tuple wherever
+/// either spells one out.
+fn most_spelled(a: &Val, b: &Val) -> Val {
+    match (a, b) {
+        (Val::Tuple(x), Val::Tuple(y)) if x.len() == y.len() => {
+            Val::Tuple(x.iter().zip(y).map(|(x, y)| most_spelled(x, y)).collect())
+        }
+        (Val::Tuple(_), _) => a.clone(),
+        (_, Val::Tuple(_)) => b.clone(),
+        _ => a.clone(),
+    }
+}
+
 /// Whether `e` is a closure (in parentheses or not).
 fn is_closure(e: &Expr) -> bool {
     match e {

@@ -315,6 +315,12 @@ static METHODS: &[(&str, Rule)] = &[
         rule!("to_shared", 1, [pb!("identity_pb" [])]),
     ),
     ("t", rule!("t", 1, [pb!("t_pb" [])]).view()),
+    (
+        "permuted_axes",
+        rule!("permuted_axes", 1, [pb!("permuted_axes_pb"[Const(0)])])
+            .view()
+            .consts_by_ref(),
+    ),
     // Trees of variables (`adjoint::rules::tree`).
     (
         "merge",
@@ -431,6 +437,46 @@ static FUNCTIONS: &[(&str, Rule)] = &[
     (
         "take",
         rule!("take", 2, [pb!("take_pb" [Shape(0), Operand(1)]), None]),
+    ),
+    // The matrix product batched over leading axes (`adjoint::rules::linalg`).
+    (
+        "batch_matmul",
+        rule!(
+            "batch_matmul",
+            2,
+            [
+                pb!("batch_matmul_pb_a" [Operand(0), Operand(1)]),
+                pb!("batch_matmul_pb_b" [Operand(0), Operand(1)])
+            ]
+        ),
+    ),
+    // `where_(mask, x, fill)`: the mask is constant.
+    (
+        "where_",
+        rule!("where_", 2, [None, pb!("where_pb" [Operand(0), Const(0)])]),
+    ),
+    // What forward mode writes for `softmax` and `log_softmax` (`y`, `dx`, axis).
+    (
+        "softmax_tangent",
+        rule!(
+            "softmax_tangent",
+            2,
+            [
+                pb!("softmax_tangent_pb_y" [Operand(0), Operand(1), Const(0)]),
+                pb!("softmax_tangent_pb_dx" [Operand(0), Const(0)])
+            ]
+        ),
+    ),
+    (
+        "log_softmax_tangent",
+        rule!(
+            "log_softmax_tangent",
+            2,
+            [
+                pb!("log_softmax_tangent_pb_y" [Operand(0), Operand(1), Const(0)]),
+                pb!("log_softmax_tangent_pb_dx" [Operand(0), Const(0)])
+            ]
+        ),
     ),
     // Convolution (`adjoint::rules::conv`): input, kernel, then the spec.
     (

@@ -136,6 +136,18 @@ impl Tangent<'_> {
         )
     }
 
+    /// The tangent of `a` by reference to the variable itself (not a temporary), for
+    /// rules whose result borrows their operand (reshapes, permutations).
+    fn dot_ref(&self, a: &Atom) -> Option<TokenStream> {
+        let v = a.var().filter(|v| self.has_dot.contains(v))?;
+        let d = dot_name(self.f.name(v));
+        Some(if self.tangent_refs.contains(&v) {
+            quote!(#d)
+        } else {
+            quote!(&#d)
+        })
+    }
+
     /// A reference to the tangent, or a zero of the value's shape (`&(x * 0.0)`).
     fn dot_or_zero(&self, a: &Atom) -> TokenStream {
         match (self.dot(a), a) {
@@ -529,7 +541,7 @@ impl Tangent<'_> {
                 Some(quote!((#(#terms)+*)))
             }
             // Bilinear: the rule once per active operand.
-            "conv" | "dot_last" => {
+            "conv" | "dot_last" | "batch_matmul" => {
                 let (b, f) = (&operands[1].atom, format_ident!("{}", func));
                 let br = self.r(b);
                 let terms: Vec<TokenStream> = [
@@ -544,14 +556,32 @@ impl Tangent<'_> {
                 Some(quote!((#(#terms)+*)))
             }
             // The tangent reshaped to the result's shape.
-            "reshape" | "into_shape" => da.map(|d| {
+            "reshape" | "into_shape" => self.dot_ref(a).map(|d| {
                 let f = format_ident!("{}", func);
-                quote!(::adjoint::__private::#f(&(#d), #y_name.raw_dim()))
+                quote!(::adjoint::__private::#f(#d, #y_name.raw_dim()))
             }),
             // Linear in the table; the ids are constant.
             "take" => da.map(|d| {
                 let ids = self.atom(&operands[1].atom);
                 quote!(::adjoint::__private::take(&(#d), &#ids))
+            }),
+            // Along an axis: rules of their own, differentiated again by second order.
+            "softmax" | "log_softmax" => da.map(|d| {
+                let (f, axis) = (format_ident!("{}_tangent", func), &cs[0]);
+                quote!(::adjoint::__private::#f(#y, &(#d), #axis))
+            }),
+            "logsumexp" => da.map(|d| {
+                let axis = &cs[0];
+                quote!((::adjoint::__private::softmax(#ar, #axis) * &(#d)).sum_axis(#axis))
+            }),
+            "permuted_axes" => self.dot_ref(a).map(|d| {
+                let axes = &cs[0];
+                quote!(::adjoint::__private::permuted_axes(#d, &#axes))
+            }),
+            // Linear in `x`; the mask is constant and the fill's tangent zero.
+            "where_" => self.dot(&operands[1].atom).map(|d| {
+                let (mask, fill) = (self.atom(&operands[0].atom), &cs[0]);
+                quote!(::adjoint::__private::where_(&#mask, &(#d), #fill - #fill))
             }),
             "avg_pool" => da.map(|d| quote!(::adjoint::__private::avg_pool(&(#d) #(, #cs)*))),
             "max_pool" | "min_pool" => da.map(|d| {

@@ -70,6 +70,41 @@ impl std::fmt::Debug for Init {
     }
 }
 
+/// `init` sampled as the matrix `(rows, cols)` and reshaped to the shape asked for,
+/// as Flax's `DenseGeneral` initializes a kernel of shape `(in.., out..)`: the fans
+/// are the matrix's, `rows` in and `cols` out.
+///
+/// ```
+/// use adjoint::init::{self, Init, Initializer};
+/// use rand::SeedableRng;
+/// let k = init::flattened(Init::new(init::lecun_normal()), 6, 8)
+///     .sample(&mut init::Rng::seed_from_u64(0), &[6, 2, 4]);
+/// assert_eq!(k.shape(), &[6, 2, 4]);
+/// ```
+pub fn flattened(init: Init, rows: usize, cols: usize) -> Flattened {
+    Flattened { init, rows, cols }
+}
+
+/// See [`flattened`].
+#[derive(Clone, Debug)]
+pub struct Flattened {
+    init: Init,
+    rows: usize,
+    cols: usize,
+}
+
+impl Initializer for Flattened {
+    fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64> {
+        let m = self.init.sample(rng, &[self.rows, self.cols]);
+        match m.into_shape_with_order(IxDyn(shape)) {
+            Ok(k) => k,
+            // Another element count than the matrix's: the shape asked for, sampled
+            // as is (the scope then reports the mismatch, if any).
+            Err(_) => self.init.sample(rng, shape),
+        }
+    }
+}
+
 /// All zeros.
 ///
 /// ```

@@ -8,7 +8,7 @@ use adjoint::scope::ApplyOptions;
 use adjoint_tests::{
     array, assert_close, assert_tree_close, max_rel_err, reference, scalar, tree_text,
 };
-use ndarray::{Array2, ArrayD, Axis};
+use ndarray::{Array2, Array3, ArrayD, Axis};
 use serde_json::Value as Json;
 
 const RTOL: f64 = 1e-9;
@@ -24,7 +24,8 @@ fn input2(case: &Json) -> Array2<f64> {
 
 /// Checks the output, the loss and its gradients of `|v, x| -> (y, updated)` (a
 /// layer applied to variables, `x` of type `$ty`) against the case, and the
-/// collections it updated; prints the largest relative error (`--nocapture`).
+/// collections it updated; prints the largest normwise relative error
+/// (`--nocapture`).
 macro_rules! check_layer {
     ($name:expr, $case:expr, $x:expr, $ty:ty, |$v:ident, $xi:ident| $apply:expr) => {{
         let (name, case, x) = ($name, &$case, &$x);
@@ -58,7 +59,7 @@ macro_rules! check_layer {
             assert_close(name, &gx, &array(&case["grads"]["x"]), RTOL);
             worst = worst.max(max_rel_err(&gx, &array(&case["grads"]["x"])));
         }
-        eprintln!("{name}: max relative error {worst:.1e}");
+        eprintln!("{name}: normwise relative error {worst:.1e}");
     }};
 }
 
@@ -206,7 +207,7 @@ fn embed() {
     assert_close("embed", &scalar(loss), &array(&case["loss"]), RTOL);
     let want = serde_json::json!({ "params": case["grads"]["params"] });
     let worst = assert_tree_close("embed", &grads, &want, RTOL);
-    eprintln!("embed: max relative error {worst:.1e}");
+    eprintln!("embed: normwise relative error {worst:.1e}");
     // The same ids as i64, as Flax passes them.
     let y64 = embed.apply(&vars, &ids.mapv(|i| i as i64)).unwrap();
     assert_eq!(y64, y);
@@ -250,4 +251,40 @@ fn conv_input_errors_name_the_layer_and_the_shapes() {
         err.to_string(),
         "a kernel of shape [3, 2, 4] has 4 output features, which 3 feature groups do not divide"
     );
+}
+
+/// Flax's `MultiHeadDotProductAttention(num_heads=2, qkv_features=8)` with a causal
+/// mask made inside the module.
+struct CausalSelfAttention;
+
+#[differentiable]
+impl CausalSelfAttention {
+    fn call(&self, cx: &mut Scope, x: &Array3<f64>) -> Array3<f64> {
+        let mask = nn::make_causal_mask(x.shape()[0], x.shape()[1]);
+        let mha = nn::MultiHeadDotProductAttention::new(2).qkv_features(8);
+        mha.call(cx, x, x, x, Some(&mask))
+    }
+}
+
+#[test]
+fn attention_self() {
+    let case = case("attention_self");
+    let x: Array3<f64> = input(&case).into_dimensionality().unwrap();
+    let mha = nn::MultiHeadDotProductAttention::new(2).qkv_features(8);
+    check_init(&case, &mha.init(0, &x, &x, &x, None).unwrap());
+    check_layer!("attention_self", case, x, Array3<f64>, |v, x| (
+        mha.apply(v, x, x, x, None).unwrap(),
+        Variables::new()
+    ));
+}
+
+#[test]
+fn attention_masked() {
+    let case = case("attention_masked");
+    let x: Array3<f64> = input(&case).into_dimensionality().unwrap();
+    check_init(&case, &CausalSelfAttention.init(0, &x).unwrap());
+    check_layer!("attention_masked", case, x, Array3<f64>, |v, x| (
+        CausalSelfAttention.apply(v, x).unwrap(),
+        Variables::new()
+    ));
 }

@@ -31,6 +31,7 @@
 //! assert!((g[2] - (1.086_099_256_623_618 + 1.0)).abs() < 1e-12); // jax.grad(nn.gelu)(2.) + 1
 //! ```
 
+mod attention;
 mod conv;
 mod dense;
 mod dropout;
@@ -43,8 +44,13 @@ pub use crate::rules::activation::{
 };
 pub use crate::rules::conv::Padding;
 pub use crate::rules::elementwise::{relu, sigmoid, softplus};
-pub use crate::rules::nn::{log_softmax, logsumexp, softmax};
+pub use crate::rules::linalg::batch_matmul;
+pub use crate::rules::nn::{log_softmax, logsumexp, softmax, where_};
 pub use crate::rules::pool::{avg_pool, max_pool, min_pool};
+pub use attention::{
+    DenseGeneral, MultiHeadDotProductAttention, combine_masks, dot_product_attention,
+    dot_product_attention_weights, make_attention_mask, make_causal_mask,
+};
 pub use conv::{Conv, ConvTranspose};
 pub use dense::Dense;
 pub use dropout::Dropout;

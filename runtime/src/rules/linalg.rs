@@ -424,6 +424,116 @@ where
     matmul(&rows_of(x.primal()).t(), &rows_of(&ct))
 }
 
+/// The matrix product over the last two axes, batched over the others, which must
+/// agree: `(.., m, k) · (.., k, n) -> (.., m, n)`, numpy's `a @ b` for equal batch
+/// axes (what attention computes per batch and head). Operands of any strides
+/// (permuted views) run on [`matmul`] without copies.
+///
+/// # Panics
+/// When the batch axes differ, the inner sizes differ, or an operand has fewer than
+/// two axes.
+///
+/// ```
+/// use adjoint::rules::linalg::batch_matmul;
+/// let a = ndarray::Array3::<f64>::ones((2, 3, 4));
+/// let b = ndarray::Array3::<f64>::ones((2, 4, 5));
+/// assert_eq!(batch_matmul(&a, &b), ndarray::Array3::from_elem((2, 3, 5), 4.0));
+/// ```
+pub fn batch_matmul<X, Y, A, S, S2, D>(a: &X, b: &Y) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    Y: Value<Primal = ArrayBase<S2, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension,
+{
+    batched(a.primal().view(), b.primal().view())
+}
+
+/// `a · b` batched (see [`batch_matmul`]), on views.
+fn batched<A: Real, D: Dimension>(a: ArrayView<'_, A, D>, b: ArrayView<'_, A, D>) -> Array<A, D> {
+    let n = a.ndim();
+    let fits = n >= 2
+        && b.ndim() == n
+        && a.shape()[..n - 2] == b.shape()[..n - 2]
+        && a.shape()[n - 1] == b.shape()[n - 2];
+    let mut dim = a.raw_dim();
+    if n >= 2 {
+        dim[n - 1] = b.shape()[b.ndim() - 1];
+    }
+    if !fits {
+        if crate::scope::failed() {
+            return Array::zeros(dim);
+        }
+        panic!(
+            "batch_matmul: shapes {:?} and {:?} do not fit (.., m, k) · (.., k, n)",
+            a.shape(),
+            b.shape()
+        );
+    }
+    let mut out = Array::zeros(dim);
+    fill(a.into_dyn(), b.into_dyn(), out.view_mut().into_dyn());
+    out
+}
+
+/// Writes the batched product of `a` and `b` into `out`.
+fn fill<A: Real>(
+    a: ArrayView<'_, A, ndarray::IxDyn>,
+    b: ArrayView<'_, A, ndarray::IxDyn>,
+    mut out: ndarray::ArrayViewMut<'_, A, ndarray::IxDyn>,
+) {
+    if a.ndim() == 2 {
+        let (a2, b2) = (
+            a.into_dimensionality::<Ix2>()
+                .unwrap_or_else(|_| unreachable!("2 axes")),
+            b.into_dimensionality::<Ix2>()
+                .unwrap_or_else(|_| unreachable!("2 axes")),
+        );
+        out.assign(&matmul(&a2, &b2));
+        return;
+    }
+    for ((ai, bi), oi) in a.outer_iter().zip(b.outer_iter()).zip(out.outer_iter_mut()) {
+        fill(ai, bi, oi);
+    }
+}
+
+/// The last two axes swapped, a view.
+fn swap_last<A, D: Dimension>(x: ArrayView<'_, A, D>) -> ArrayView<'_, A, D> {
+    let n = x.ndim();
+    let mut x = x;
+    if n >= 2 {
+        x.swap_axes(n - 1, n - 2);
+    }
+    x
+}
+
+/// Pullback of [`batch_matmul`] for `a`: `ct · bᵀ`, batched.
+pub fn batch_matmul_pb_a<X, Y, A, S, S2, D>(_a: &X, b: &Y, ct: Array<A, D>) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    Y: Value<Primal = ArrayBase<S2, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension,
+{
+    batched(ct.view(), swap_last(b.primal().view()))
+}
+
+/// Pullback of [`batch_matmul`] for `b`: `aᵀ · ct`, batched.
+pub fn batch_matmul_pb_b<X, Y, A, S, S2, D>(a: &X, _b: &Y, ct: Array<A, D>) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    Y: Value<Primal = ArrayBase<S2, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension,
+{
+    batched(swap_last(a.primal().view()), ct.view())
+}
+
 #[cfg(test)]
 mod tests {
     use super::matmul;

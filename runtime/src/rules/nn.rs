@@ -1,9 +1,10 @@
-//! Neural-network functions along an axis: `softmax`, `log_softmax`, `logsumexp`.
+//! Neural-network functions along an axis: `softmax`, `log_softmax`, `logsumexp`,
+//! with the rules forward mode writes for them; and `where_`, how masks apply.
 //! (`relu`, `sigmoid` and `softplus` are elementwise and live with their family.)
 
 use crate::rules::kernels;
 use crate::value::{Real, Value};
-use ndarray::{Array, ArrayBase, Axis, Data, RemoveAxis};
+use ndarray::{Array, ArrayBase, Axis, Data, Dimension, RemoveAxis};
 
 /// The maximum of each lane along `axis` (zero where it is not finite, as for an
 /// empty lane): what the stable forms subtract.
@@ -109,4 +110,182 @@ pub fn log_softmax_pb<A: Real, D: RemoveAxis>(
     let mut out = kernels::mapped::<kernels::Exp, A, _, D>(y);
     out.zip_mut_with(&total, |p, &s| *p *= s);
     ct - out
+}
+
+/// What forward mode writes for [`softmax`]: its tangent `y * (dx - sum(y * dx))`
+/// along `axis`, from its output `y`. A rule of its own (with pullbacks), so that
+/// second order goes through softmax.
+pub fn softmax_tangent<Y, T, A, S, S2, D>(y: &Y, dx: &T, axis: Axis) -> Array<A, D>
+where
+    Y: Value<Primal = ArrayBase<S, D>>,
+    T: Value<Primal = ArrayBase<S2, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: RemoveAxis,
+{
+    let (y, dx) = (y.primal(), dx.primal());
+    let s = (y * dx).sum_axis(axis);
+    let mut out = dx.to_owned();
+    out.zip_mut_with(&s.insert_axis(axis), |o, &s| *o -= s);
+    out *= y;
+    out
+}
+
+/// Pullback of [`softmax_tangent`] for `y`: `ct * (dx - s) - dx * sum(ct * y)`,
+/// `s = sum(y * dx)`.
+pub fn softmax_tangent_pb_y<Y, T, A, S, S2, D>(
+    y: &Y,
+    dx: &T,
+    axis: Axis,
+    ct: Array<A, D>,
+) -> Array<A, D>
+where
+    Y: Value<Primal = ArrayBase<S, D>>,
+    T: Value<Primal = ArrayBase<S2, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: RemoveAxis,
+{
+    let (y, dx) = (y.primal(), dx.primal());
+    let s = (y * dx).sum_axis(axis);
+    let c = (&ct * y).sum_axis(axis);
+    let mut a = dx.to_owned();
+    a.zip_mut_with(&s.insert_axis(axis), |o, &s| *o -= s);
+    a *= &ct;
+    let mut b = dx.to_owned();
+    b.zip_mut_with(&c.insert_axis(axis), |o, &c| *o *= c);
+    a - b
+}
+
+/// Pullback of [`softmax_tangent`] for `dx`: softmax's own pullback (the tangent is
+/// linear in `dx`, its Jacobian symmetric).
+pub fn softmax_tangent_pb_dx<Y, A, S, D>(y: &Y, axis: Axis, ct: Array<A, D>) -> Array<A, D>
+where
+    Y: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: RemoveAxis,
+{
+    let y = y.primal();
+    let dot = (&ct * y).sum_axis(axis);
+    let mut out = ct;
+    out.zip_mut_with(&dot.insert_axis(axis), |g, &d| *g -= d);
+    out * y
+}
+
+/// What forward mode writes for [`log_softmax`]: `dx - sum(exp(y) * dx)` along
+/// `axis`, from its output `y`.
+pub fn log_softmax_tangent<Y, T, A, S, S2, D>(y: &Y, dx: &T, axis: Axis) -> Array<A, D>
+where
+    Y: Value<Primal = ArrayBase<S, D>>,
+    T: Value<Primal = ArrayBase<S2, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: RemoveAxis,
+{
+    let (y, dx) = (y.primal(), dx.primal());
+    let s = (y.mapv(A::exp) * dx).sum_axis(axis);
+    let mut out = dx.to_owned();
+    out.zip_mut_with(&s.insert_axis(axis), |o, &s| *o -= s);
+    out
+}
+
+/// Pullback of [`log_softmax_tangent`] for `y`: `-exp(y) * dx * sum(ct)`.
+pub fn log_softmax_tangent_pb_y<Y, T, A, S, S2, D>(
+    y: &Y,
+    dx: &T,
+    axis: Axis,
+    ct: Array<A, D>,
+) -> Array<A, D>
+where
+    Y: Value<Primal = ArrayBase<S, D>>,
+    T: Value<Primal = ArrayBase<S2, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: RemoveAxis,
+{
+    let (y, dx) = (y.primal(), dx.primal());
+    let total = ct.sum_axis(axis);
+    let mut out = y.mapv(A::exp) * dx;
+    out.zip_mut_with(&total.insert_axis(axis), |o, &t| *o = -*o * t);
+    out
+}
+
+/// Pullback of [`log_softmax_tangent`] for `dx`: `ct - exp(y) * sum(ct)`.
+pub fn log_softmax_tangent_pb_dx<Y, A, S, D>(y: &Y, axis: Axis, ct: Array<A, D>) -> Array<A, D>
+where
+    Y: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: RemoveAxis,
+{
+    let y = y.primal();
+    let total = ct.sum_axis(axis);
+    let mut out = y.mapv(A::exp);
+    out.zip_mut_with(&total.insert_axis(axis), |o, &t| *o *= t);
+    ct - out
+}
+
+/// `x` where `mask` holds and `fill` elsewhere, the mask broadcast to `x`'s shape:
+/// `jnp.where(mask, x, fill)`, how attention masks its logits (with `fill` the
+/// type's lowest value, as Flax).
+///
+/// # Panics
+/// When the mask does not broadcast to `x`'s shape.
+///
+/// ```
+/// use adjoint::nn::where_;
+/// use ndarray::array;
+/// let y = where_(&array![true, false], &array![[1.0, 2.0], [3.0, 4.0]], -9.0);
+/// assert_eq!(y, array![[1.0, -9.0], [3.0, -9.0]]);
+/// ```
+pub fn where_<X, A, S, D, S2, E>(mask: &ArrayBase<S2, E>, x: &X, fill: A) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: Dimension,
+    S2: Data<Elem = bool>,
+    E: Dimension,
+{
+    let x = x.primal();
+    let Some(mask) = mask.broadcast(x.raw_dim()) else {
+        if crate::scope::failed() {
+            return Array::zeros(x.raw_dim());
+        }
+        panic!(
+            "where_: a mask of shape {:?} does not broadcast to shape {:?}",
+            mask.shape(),
+            x.shape()
+        );
+    };
+    let mut out = x.to_owned();
+    out.zip_mut_with(&mask, |v, &keep| {
+        if !keep {
+            *v = fill;
+        }
+    });
+    out
+}
+
+/// Pullback of [`where_`] for `x`: the cotangent where the mask holds.
+pub fn where_pb<A, D, S2, E>(mask: &ArrayBase<S2, E>, _fill: A, mut ct: Array<A, D>) -> Array<A, D>
+where
+    A: Real,
+    D: Dimension,
+    S2: Data<Elem = bool>,
+    E: Dimension,
+{
+    if let Some(mask) = mask.broadcast(ct.raw_dim()) {
+        ct.zip_mut_with(&mask, |g, &keep| {
+            if !keep {
+                *g = A::zero();
+            }
+        });
+    }
+    ct
 }

@@ -124,6 +124,73 @@ impl<'a, 'b, A: Clone + 'a, D: Dimension, E: Dimension> IntoShape<'a, E> for Cow
     }
 }
 
+/// `x.permuted_axes(axes)`: axis `i` of the result is axis `axes[i]` of `x`, with
+/// ndarray's types (an owned array for an owned one, copied here since `x` is
+/// borrowed; a view for a view, free).
+///
+/// # Panics
+/// When `axes` is not a permutation of `x`'s axes, as ndarray does.
+#[inline]
+pub fn permuted_axes<'a, X: Value, T: IntoDimension + Clone>(
+    x: &'a X,
+    axes: &T,
+) -> <X::Primal as Permute<'a, T::Dim>>::Output
+where
+    X::Primal: Permute<'a, T::Dim>,
+{
+    x.primal().permuted(axes.clone().into_dimension())
+}
+
+/// Pullback of [`permuted_axes`]: the cotangent permuted back.
+#[inline]
+pub fn permuted_axes_pb<A: Real, D: Dimension, T: IntoDimension<Dim = D> + Clone>(
+    axes: &T,
+    ct: Array<A, D>,
+) -> Array<A, D> {
+    let axes = axes.clone().into_dimension();
+    let mut inverse = axes.clone();
+    for (i, &a) in axes.slice().iter().enumerate() {
+        inverse[a] = i;
+    }
+    ct.permuted_axes(inverse)
+}
+
+/// How `permuted_axes` permutes each kind of array (see [`permuted_axes`]).
+pub trait Permute<'a, D: Dimension> {
+    /// The permuted array.
+    type Output;
+    /// `self` with its axes in the order `axes`.
+    fn permuted(&'a self, axes: D) -> Self::Output;
+}
+
+impl<'a, A: Clone + 'a, D: Dimension> Permute<'a, D> for Array<A, D> {
+    type Output = Array<A, D>;
+    fn permuted(&'a self, axes: D) -> Array<A, D> {
+        self.clone().permuted_axes(axes)
+    }
+}
+
+impl<'a, A: Clone + 'a, D: Dimension> Permute<'a, D> for ArcArray<A, D> {
+    type Output = ArcArray<A, D>;
+    fn permuted(&'a self, axes: D) -> ArcArray<A, D> {
+        self.clone().permuted_axes(axes)
+    }
+}
+
+impl<'a, 'b, A: 'a, D: Dimension> Permute<'a, D> for ArrayView<'b, A, D> {
+    type Output = ArrayView<'a, A, D>;
+    fn permuted(&'a self, axes: D) -> ArrayView<'a, A, D> {
+        self.view().permuted_axes(axes)
+    }
+}
+
+impl<'a, 'b, A: Clone + 'a, D: Dimension> Permute<'a, D> for CowArray<'b, A, D> {
+    type Output = ArrayView<'a, A, D>;
+    fn permuted(&'a self, axes: D) -> ArrayView<'a, A, D> {
+        self.view().permuted_axes(axes)
+    }
+}
+
 /// Pullback of [`reshape`] (given the operand's shape): the cotangent reshaped back.
 #[inline]
 pub fn reshape_pb<A: Real, D: Dimension, E: Dimension>(
