@@ -996,6 +996,17 @@ impl<'a> Gen<'a> {
         consts: &[Atom],
     ) {
         let bar = self.bar(dst).clone();
+        if rule.func == "tuple" {
+            // A tuple's cotangent is the tuple of its fields'.
+            let pieces: Vec<Ident> = (0..operands.len())
+                .map(|i| format_ident!("{}_{}", bar, i))
+                .collect();
+            r.code.push(quote!(let (#(#pieces,)*) = #bar;));
+            for (a, p) in operands.iter().zip(&pieces) {
+                self.contribute(r, &a.atom, p.to_token_stream());
+            }
+            return;
+        }
         if rule.operands == 0 {
             // concatenate / stack: one pullback gives every piece.
             let pb = rule.pullbacks[0]
@@ -1942,6 +1953,7 @@ impl<'a> Gen<'a> {
             }
             Native::Function(path) => quote!(#path(#(#ops,)* #(#cs),*)),
             Native::Rule => unreachable!("a rule's own function is called as when active"),
+            Native::Tuple => quote!((#(#ops,)*)),
             Native::Variadic(path) => {
                 let axis = &cs[0];
                 let views = operands.iter().map(|a| {
@@ -2065,6 +2077,8 @@ fn fwd_call(
             let (x, t) = (&ops[0], &consts[0]);
             quote!(::adjoint::__private::cast::<#t, _>(&#x))
         }
+        // Owned copies: the tuple is passed by value.
+        "tuple" => quote!((#(::adjoint::__private::own(&#ops),)*)),
         "concatenate" | "stack" | "from_elems" => {
             let axis = &consts[0];
             quote!(::adjoint::__private::#f(#axis, [#(&#ops),*]))

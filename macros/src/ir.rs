@@ -378,6 +378,8 @@ pub enum Native {
     Variadic(TokenStream),
     /// The rule's own function, as when an operand is active (`array!`).
     Rule,
+    /// `(operands..,)`: a tuple passed where one value is expected (an argument).
+    Tuple,
 }
 
 impl Lifted {

@@ -697,6 +697,7 @@ impl Lowerer<'_> {
             // `let (a, b) = f(x);`: one statement with a name per field.
             let mut dsts = Vec::new();
             let mut binds = Vec::new();
+            let mut nested = Vec::new();
             for p in &pt.elems {
                 match strip_type(p) {
                     Pat::Ident(id) => {
@@ -708,10 +709,12 @@ impl Lowerer<'_> {
                         dsts.push(self.temp(w.span()));
                         binds.push(None);
                     }
+                    // A nested pattern: the field, then taken apart by the `field`
+                    // rule (`let ((c, h), y) = cell.call(..);`).
                     other => {
-                        self.cx
-                            .error_at(other, "only names and `_` may take apart a call's tuple");
-                        return;
+                        dsts.push(self.temp(other.span()));
+                        binds.push(None);
+                        nested.push((dsts.len() - 1, other.clone()));
                     }
                 }
             }
@@ -719,10 +722,13 @@ impl Lowerer<'_> {
                 dsts: dsts.clone(),
                 call,
             });
-            for (d, b) in dsts.into_iter().zip(binds) {
+            for (d, b) in dsts.iter().zip(binds) {
                 if let Some(name) = b {
-                    self.bind(name, Val::Atom(Atom::Var(d)));
+                    self.bind(name, Val::Atom(Atom::Var(*d)));
                 }
+            }
+            for (k, p) in nested {
+                self.bind_pat(out, &p, Val::Atom(Atom::Var(dsts[k])));
             }
             return;
         }
@@ -1000,11 +1006,11 @@ impl Lowerer<'_> {
         }
         let is_const = self.defined_as_const(out, v);
         if !is_const {
-            self.cx.error_at(
-                at,
-                "take this tuple apart where it is made (`let (a, b) = f(x);`), not later",
-            );
-            return (0..n).map(|_| poison()).collect();
+            // A tuple made elsewhere (a parameter, a carry): its fields by the rule.
+            let span = at.span();
+            return (0..n)
+                .map(|i| Val::Atom(self.tuple_field(out, v, i, span)))
+                .collect();
         }
         let lifted = out
             .iter()
@@ -1023,6 +1029,25 @@ impl Lowerer<'_> {
                 Val::Atom(self.emit(out, op, at.span()))
             })
             .collect()
+    }
+
+    /// Field `i` of the tuple `v`, by the `field` rule.
+    fn tuple_field(&mut self, out: &mut Stmts, v: Var, i: usize, span: Span) -> Atom {
+        let index = syn::Index::from(i);
+        let at = quote!(::adjoint::__private::At::<#index>);
+        let operand = Arg {
+            atom: Atom::Var(v),
+            by_ref: true,
+        };
+        let native = Native::Function(quote!(::adjoint::__private::field));
+        self.prim(
+            out,
+            &ops::FIELD,
+            vec![operand],
+            vec![Atom::Lit(at)],
+            native,
+            span,
+        )
     }
 
     /// `v` taken apart, where it is a tuple made at run time, to the tuple structure
@@ -1107,6 +1132,10 @@ impl Lowerer<'_> {
                         vs[i.index as usize].clone()
                     }
                     (_, Val::Atom(Atom::Lit(_))) => Val::Atom(self.constant(out, e)),
+                    // A tuple's field: a rule, differentiated.
+                    (syn::Member::Unnamed(i), Val::Atom(Atom::Var(v))) => {
+                        Val::Atom(self.tuple_field(out, v, i.index as usize, e.span()))
+                    }
                     // A field of a local: constant, unless the local is differentiated
                     // (then an error: see `Built::Field`).
                     (member, Val::Atom(Atom::Var(v))) => {
@@ -1638,7 +1667,7 @@ impl Lowerer<'_> {
             .map(|a| {
                 let by_ref = self.by_ref(&a);
                 // A constant argument (a shape `(3, 4)`, a name) is passed as written.
-                if !self.mentions_local(a.to_token_stream()) || matches!(a, Expr::Tuple(_)) {
+                if !self.mentions_local(a.to_token_stream()) {
                     let inner = match &a {
                         Expr::Reference(r) => &*r.expr,
                         other => other,
@@ -1651,11 +1680,30 @@ impl Lowerer<'_> {
                 let span = a.span();
                 let v = self.expr(out, &a);
                 Arg {
-                    atom: self.atom(v, span),
+                    atom: self.packed(out, v, span),
                     by_ref,
                 }
             })
             .collect()
+    }
+
+    /// A value as one atom: a tuple packed by the `tuple` rule (differentiated, so
+    /// that `f((c, h), x)` passes the cotangents of `c` and `h` back).
+    fn packed(&mut self, out: &mut Stmts, v: Val, span: Span) -> Atom {
+        match v {
+            Val::Atom(a) => a,
+            Val::Tuple(vs) if vs.is_empty() => Atom::Lit(quote!(())),
+            Val::Tuple(vs) => {
+                let operands = vs
+                    .into_iter()
+                    .map(|v| Arg {
+                        atom: self.packed(out, v, span),
+                        by_ref: false,
+                    })
+                    .collect();
+                self.prim(out, &ops::TUPLE, operands, vec![], Native::Tuple, span)
+            }
+        }
     }
 
     fn method_call(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {

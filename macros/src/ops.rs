@@ -627,6 +627,12 @@ pub fn activation_derivative(name: &str) -> Option<&'static str> {
 /// `concatenate(axis, &[..])` and `stack(axis, &[..])`: any number of operands.
 pub static CONCATENATE: Rule = rule!("concatenate", 0, [pb!("concatenate_pb" [])]);
 pub static STACK: Rule = rule!("stack", 0, [pb!("stack_pb" [])]);
+/// A tuple of values passed as one (`f((c, h), x)`): its cotangent is taken apart
+/// into the fields' (special forms in `adjoint`).
+pub static TUPLE: Rule = rule!("tuple", 0, [pb!("tuple_pb" [])]);
+/// Field `I` of a tuple the body did not make (`t.1`, `let (a, b) = t;` of a
+/// parameter), the index a constant `At::<I>`: a reference into the tuple.
+pub static FIELD: Rule = rule!("field", 1, [pb!("field_pb" [Operand(0), Const(0)])]).view();
 /// `ndarray::array![a, b, ..]` of scalars, its shape the one constant.
 pub static FROM_ELEMS: Rule = rule!("from_elems", 0, [pb!("from_elems_pb" [])]);
 

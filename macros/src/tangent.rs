@@ -426,6 +426,10 @@ impl Tangent<'_> {
                 });
                 quote!(#path(#(#ops,)* #(#cs),*))
             }
+            Native::Tuple => {
+                let items = operands.iter().map(|a| self.atom(&a.atom));
+                quote!((#(#items,)*))
+            }
             Native::Cast(_) | Native::Variadic(_) | Native::Rule => return None,
         })
     }
@@ -573,6 +577,18 @@ impl Tangent<'_> {
             "logsumexp" => da.map(|d| {
                 let axis = &cs[0];
                 quote!((::adjoint::__private::softmax(#ar, #axis) * &(#d)).sum_axis(#axis))
+            }),
+            "tuple" => {
+                let items = operands.iter().map(|o| {
+                    let d = self.dot_or_zero(&o.atom);
+                    quote!(::adjoint::__private::own(&#d))
+                });
+                Some(quote!((#(#items,)*)))
+            }
+            // A tuple's tangent is the tuple of its fields' tangents.
+            "field" => self.dot_ref(a).map(|d| {
+                let at = &cs[0];
+                quote!(::adjoint::__private::field(#d, #at))
             }),
             "permuted_axes" => self.dot_ref(a).map(|d| {
                 let axes = &cs[0];

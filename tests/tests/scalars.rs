@@ -439,3 +439,47 @@ fn closures_and_nested_functions_are_inlined() {
     let want = (0.3f64 * scale).tanh() + (0.09f64 * scale).tanh() * 100.0;
     assert_eq!(with_local_closure(0.3, -0.7), want);
 }
+
+// ----- tuples passed, returned and taken apart -----
+
+/// A cell in Flax's shape: `(carry, x) -> (carry, y)`, the carry a tuple parameter
+/// read by fields and by a pattern.
+#[differentiable]
+fn cell(carry: (f64, f64), x: f64) -> ((f64, f64), f64) {
+    let (c, h) = carry;
+    let c2 = c * x.tanh() + carry.1;
+    ((c2, h * x), c2 * carry.0)
+}
+
+#[differentiable]
+fn two_steps(a: f64, b: f64) -> f64 {
+    let ((c, h), y) = cell((a, b), 0.7);
+    let ((c2, h2), y2) = cell((c, h * a), y);
+    c2 * h2 + y2.sin()
+}
+
+#[test]
+fn tuples_pass_their_fields_cotangents() {
+    for (a, b) in [(1.5, 0.5), (-0.3, 2.0), (0.8, -1.1)] {
+        check2(two_steps, grad!(two_steps), a, b);
+    }
+    // The tuple parameter's cotangent is a tuple.
+    let h = 1e-6;
+    let f = |c: f64, hh: f64, x: f64| {
+        let ((c2, h2), y) = cell((c, hh), x);
+        c2 + h2 + y
+    };
+    let fd = |d: [f64; 3]| {
+        (f(0.4 + d[0], -0.2 + d[1], 1.3 + d[2]) - f(0.4 - d[0], -0.2 - d[1], 1.3 - d[2]))
+            / (2.0 * h)
+    };
+    let (_, pb) = vjp!(cell)((0.4, -0.2), 1.3);
+    let ((vc, vh), vx) = pb(((1.0, 1.0), 1.0));
+    for (got, want) in [
+        (vc, fd([h, 0.0, 0.0])),
+        (vh, fd([0.0, h, 0.0])),
+        (vx, fd([0.0, 0.0, h])),
+    ] {
+        assert!((got - want).abs() < 1e-7, "{got} vs {want}");
+    }
+}

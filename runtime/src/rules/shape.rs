@@ -526,3 +526,72 @@ where
 pub fn identity_pb<C>(ct: C) -> C {
     ct
 }
+
+/// The index of a tuple field, as a type: `At::<1>` names field `.1`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct At<const I: usize>;
+
+/// Tuples whose field `I` a differentiated body reads (`t.1`, `let (a, b) = t;` of
+/// a tuple it did not make: a parameter, a carry).
+pub trait TupleField<const I: usize>: Value {
+    /// The field's type.
+    type Field: Value;
+    /// The field.
+    fn field(&self) -> &Self::Field;
+    /// The tuple's cotangent from the field's: zero in every other field.
+    fn field_cot(&self, ct: <Self::Field as Value>::Cot) -> Self::Cot;
+}
+
+impl<const I: usize, T: TupleField<I>> TupleField<I> for &T {
+    type Field = T::Field;
+    fn field(&self) -> &T::Field {
+        (**self).field()
+    }
+    fn field_cot(&self, ct: <T::Field as Value>::Cot) -> T::Cot {
+        (**self).field_cot(ct)
+    }
+}
+
+macro_rules! tuple_field {
+    ($i:tt => $f:ident in ($($t:ident $j:tt),*)) => {
+        impl<$($t: Value),*> TupleField<$i> for ($($t,)*) {
+            type Field = $f;
+            #[inline]
+            fn field(&self) -> &$f {
+                &self.$i
+            }
+            #[inline]
+            fn field_cot(&self, ct: <$f as Value>::Cot) -> Self::Cot {
+                let mut z = self.zeros();
+                z.$i = ct;
+                z
+            }
+        }
+    };
+}
+
+tuple_field!(0 => A in (A 0, B 1));
+tuple_field!(1 => B in (A 0, B 1));
+tuple_field!(0 => A in (A 0, B 1, C 2));
+tuple_field!(1 => B in (A 0, B 1, C 2));
+tuple_field!(2 => C in (A 0, B 1, C 2));
+tuple_field!(0 => A in (A 0, B 1, C 2, D 3));
+tuple_field!(1 => B in (A 0, B 1, C 2, D 3));
+tuple_field!(2 => C in (A 0, B 1, C 2, D 3));
+tuple_field!(3 => D in (A 0, B 1, C 2, D 3));
+
+/// Field `I` of a tuple, by reference (see [`TupleField`]).
+#[inline]
+pub fn field<const I: usize, T: TupleField<I>>(t: &T, _: At<I>) -> &T::Field {
+    t.field()
+}
+
+/// Pullback of [`field`]: the tuple's cotangent, zero but in field `I`.
+#[inline]
+pub fn field_pb<const I: usize, T: TupleField<I>>(
+    t: &T,
+    _: At<I>,
+    ct: <T::Field as Value>::Cot,
+) -> T::Cot {
+    t.field_cot(ct)
+}
