@@ -478,6 +478,25 @@ static FUNCTIONS: &[(&str, Rule)] = &[
             ]
         ),
     ),
+    // What forward mode writes for a tangent passed by value: a copy of its type.
+    ("dup", rule!("dup", 1, [pb!("identity_pb" [])])),
+    // What forward mode writes for a tuple's field (see `FIELD`).
+    (
+        "field",
+        rule!("field", 1, [pb!("field_pb" [Operand(0), Const(0)])]).view(),
+    ),
+    // A subview replaced (`adjoint::rules::shape::put_index_axis`): x, y, axis, i.
+    (
+        "put_index_axis",
+        rule!(
+            "put_index_axis",
+            2,
+            [
+                pb!("put_index_axis_pb_x" [Const(0), Const(1)]),
+                pb!("put_index_axis_pb_y" [Const(0), Const(1)])
+            ]
+        ),
+    ),
     // Convolution (`adjoint::rules::conv`): input, kernel, then the spec.
     (
         "conv",

@@ -242,7 +242,7 @@ impl Tangent<'_> {
                                         {
                                             quote!(#d)
                                         } else {
-                                            quote!(::core::clone::Clone::clone(&#d))
+                                            quote!(::adjoint::__private::dup(&#d))
                                         })
                                     }
                                     (Mode::Inputs, None) => None,
@@ -577,6 +577,17 @@ impl Tangent<'_> {
             "logsumexp" => da.map(|d| {
                 let axis = &cs[0];
                 quote!((::adjoint::__private::softmax(#ar, #axis) * &(#d)).sum_axis(#axis))
+            }),
+            // Linear in both: the tangents put alike (a zero for a constant one).
+            "put_index_axis" => {
+                let (dx, dy) = (self.dot_or_zero(a), self.dot_or_zero(&operands[1].atom));
+                let (axis, i) = (&cs[0], &cs[1]);
+                Some(quote!(::adjoint::__private::put_index_axis(#dx, #dy, #axis, #i)))
+            }
+            // A copy of the tangent, of its own type (as the primal's).
+            "dup" => a.var().filter(|v| self.has_dot.contains(v)).map(|v| {
+                let dn = dot_name(self.f.name(v));
+                quote!(::adjoint::__private::dup(&#dn))
             }),
             "tuple" => {
                 let items = operands.iter().map(|o| {

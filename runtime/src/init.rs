@@ -70,6 +70,68 @@ impl std::fmt::Debug for Init {
     }
 }
 
+/// A random orthogonal matrix times `scale`, as JAX's `orthogonal()` (Flax's
+/// default for recurrent kernels): the last axis is the columns, the others the
+/// rows; the smaller side is orthonormal (`QᵀQ = I` for a tall matrix, `QQᵀ = I`
+/// for a wide one). From a standard normal matrix by QR, with `R`'s diagonal
+/// positive.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let q = init::orthogonal(1.0).sample(&mut init::Rng::seed_from_u64(0), &[4, 4]);
+/// let q = q.into_dimensionality::<ndarray::Ix2>().unwrap();
+/// let eye = q.t().dot(&q);
+/// assert!(eye.indexed_iter().all(|((i, j), &v)| (v - (i == j) as u8 as f64).abs() < 1e-12));
+/// ```
+pub fn orthogonal(scale: f64) -> Orthogonal {
+    Orthogonal(scale)
+}
+
+/// See [`orthogonal`].
+#[derive(Clone, Copy, Debug)]
+pub struct Orthogonal(pub f64);
+
+impl Initializer for Orthogonal {
+    fn sample(&self, rng: &mut Rng, shape: &[usize]) -> ArrayD<f64> {
+        let cols = shape.last().copied().unwrap_or(1);
+        let rows = shape.iter().product::<usize>() / cols.max(1);
+        let (m, n) = if rows < cols {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        // Columns of a standard normal m x n matrix, orthonormalized in order
+        // (modified Gram-Schmidt: R's diagonal comes out positive).
+        let mut q: Vec<Vec<f64>> = (0..n)
+            .map(|_| (0..m).map(|_| StandardNormal.sample(rng)).collect())
+            .collect();
+        for j in 0..n {
+            for k in 0..j {
+                let (done, rest) = q.split_at_mut(j);
+                let d: f64 = done[k].iter().zip(&rest[0]).map(|(a, b)| a * b).sum();
+                rest[0]
+                    .iter_mut()
+                    .zip(&done[k])
+                    .for_each(|(v, u)| *v -= d * u);
+            }
+            let norm = q[j]
+                .iter()
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt()
+                .max(f64::MIN_POSITIVE);
+            q[j].iter_mut().for_each(|v| *v /= norm);
+        }
+        // Element (r, c) of the rows x cols result.
+        let at = |r: usize, c: usize| if rows < cols { q[r][c] } else { q[c][r] };
+        let flat: Vec<f64> = (0..rows * cols)
+            .map(|i| self.0 * at(i / cols, i % cols))
+            .collect();
+        ArrayD::from_shape_vec(IxDyn(shape), flat).unwrap_or_else(|_| ArrayD::zeros(IxDyn(shape)))
+    }
+}
+
 /// `init` sampled as the matrix `(rows, cols)` and reshaped to the shape asked for,
 /// as Flax's `DenseGeneral` initializes a kernel of shape `(in.., out..)`: the fans
 /// are the matrix's, `rows` in and `cols` out.

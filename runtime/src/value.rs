@@ -508,6 +508,22 @@ impl<A: Clone, S: Data<Elem = A>, D: Dimension> Own for ArrayBase<S, D> {
     }
 }
 
+macro_rules! tuple_own {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: Own),+> Own for ($($t,)+) {
+            type Owned = ($($t::Owned,)+);
+            #[inline]
+            fn own(&self) -> Self::Owned {
+                ($(self.$i.own(),)+)
+            }
+        }
+    };
+}
+tuple_own!(A 0);
+tuple_own!(A 0, B 1);
+tuple_own!(A 0, B 1, C 2);
+tuple_own!(A 0, B 1, C 2, D 3);
+
 impl<T: Own + ?Sized> Own for &T {
     type Owned = T::Owned;
     #[inline(always)]

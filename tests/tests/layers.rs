@@ -288,3 +288,103 @@ fn attention_masked() {
         Variables::new()
     ));
 }
+
+#[test]
+fn lstm_scan() {
+    let case = case("lstm_scan");
+    let x: Array3<f64> = input(&case).into_dimensionality().unwrap();
+    let rnn = nn::RNN::new(nn::LSTMCell::new(5));
+    check_init(&case, &rnn.init(0, &x).unwrap());
+    check_layer!("lstm_scan", case, x, Array3<f64>, |v, x| (
+        rnn.apply(v, x).unwrap(),
+        Variables::new()
+    ));
+}
+
+#[test]
+fn gru_scan() {
+    let case = case("gru_scan");
+    let x: Array3<f64> = input(&case).into_dimensionality().unwrap();
+    let rnn = nn::RNN::new(nn::GRUCell::new(4));
+    check_init(&case, &rnn.init(0, &x).unwrap());
+    check_layer!("gru_scan", case, x, Array3<f64>, |v, x| (
+        rnn.apply(v, x).unwrap(),
+        Variables::new()
+    ));
+}
+
+/// `recurrent.json` (from `gen_recurrent.py`): `nn.RNN` forwards, backwards with and
+/// without `keep_order`, and from an initial carry returning the last one.
+fn recurrent(name: &str) -> Json {
+    reference("recurrent.json", name)
+}
+
+macro_rules! rnn_case {
+    ($test:ident, $rnn:expr) => {
+        #[test]
+        fn $test() {
+            let name = stringify!($test);
+            let case = recurrent(name);
+            let x: Array3<f64> = input(&case).into_dimensionality().unwrap();
+            let rnn = $rnn;
+            check_init(&case, &rnn.init(0, &x).unwrap());
+            check_layer!(name, case, x, Array3<f64>, |v, x| (
+                rnn.apply(v, x).unwrap(),
+                Variables::new()
+            ));
+        }
+    };
+}
+
+rnn_case!(simple_forward, nn::RNN::new(nn::SimpleCell::new(4)));
+rnn_case!(
+    simple_reverse,
+    nn::RNN::new(nn::SimpleCell::new(4)).reverse(true)
+);
+rnn_case!(
+    gru_reverse_keep_order,
+    nn::RNN::new(nn::GRUCell::new(4))
+        .reverse(true)
+        .keep_order(true)
+);
+
+/// `RNN::scan` from an initial carry, returning the last: bound as `rnn` (the
+/// reference's tree is re-rooted there).
+struct ScanWithCarry;
+
+#[differentiable]
+impl ScanWithCarry {
+    fn call(&self, cx: &mut Scope, carry: &(Array2<f64>, Array2<f64>), x: &Array3<f64>) -> f64 {
+        let rnn = cx.bind_as("rnn", nn::RNN::new(nn::LSTMCell::new(3)));
+        let ((c, h), out) = rnn.scan(cx, carry, x);
+        c.sin().sum() + h.sin().sum() + out.sin().sum()
+    }
+}
+
+#[test]
+fn lstm_initial_carry_return_carry() {
+    let case = recurrent("lstm_initial_carry_return_carry");
+    let x: Array3<f64> = input(&case).into_dimensionality().unwrap();
+    let carry: (Array2<f64>, Array2<f64>) = (
+        array(&case["inputs"]["carry"][0])
+            .into_dimensionality()
+            .unwrap(),
+        array(&case["inputs"]["carry"][1])
+            .into_dimensionality()
+            .unwrap(),
+    );
+    let reroot = |tree: &Json| serde_json::json!({ "params": { "rnn": tree["params"] } });
+    let vars = adjoint_tests::variables(&reroot(&case["variables"]));
+    let (loss, grads) = value_and_grad!(|v: &Variables, x: &Array3<f64>| ScanWithCarry
+        .apply(v, &carry, x)
+        .unwrap())(&vars, &x);
+    assert_close("lstm carry", &scalar(loss), &array(&case["loss"]), RTOL);
+    let worst = assert_tree_close("lstm carry", &grads.0, &reroot(&case["grads"]), RTOL);
+    assert_close(
+        "lstm carry",
+        &grads.1.into_dyn(),
+        &array(&case["grads"]["x"]),
+        RTOL,
+    );
+    eprintln!("lstm_initial_carry_return_carry: normwise relative error {worst:.1e}");
+}

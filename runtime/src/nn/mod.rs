@@ -37,6 +37,7 @@ mod dense;
 mod dropout;
 mod embed;
 mod normalization;
+mod recurrent;
 
 pub use crate::rules::activation::{
     celu, elu, gelu, gelu_exact, hard_sigmoid, hard_silu, hard_swish, hard_tanh, leaky_relu,
@@ -56,3 +57,4 @@ pub use dense::Dense;
 pub use dropout::Dropout;
 pub use embed::Embed;
 pub use normalization::{BatchNorm, GroupNorm, LayerNorm, RMSNorm};
+pub use recurrent::{GRUCell, LSTMCell, RNN, SimpleCell};

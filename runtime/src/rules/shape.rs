@@ -527,6 +527,13 @@ pub fn identity_pb<C>(ct: C) -> C {
     ct
 }
 
+/// A copy of `x` of its own type (a reference stays a reference): what forward mode
+/// passes as a tangent where the primal is passed by value.
+#[inline(always)]
+pub fn dup<T: Clone>(x: &T) -> T {
+    x.clone()
+}
+
 /// The index of a tuple field, as a type: `At::<1>` names field `.1`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct At<const I: usize>;
@@ -594,4 +601,51 @@ pub fn field_pb<const I: usize, T: TupleField<I>>(
     ct: <T::Field as Value>::Cot,
 ) -> T::Cot {
     t.field_cot(ct)
+}
+
+/// `x` with its subview `i` along `axis` replaced by `y` (JAX's
+/// `x.at[.., i].set(y)`): a new array. How a loop writes its outputs step by step
+/// (`RNN`); the pullbacks need no values, so a loop saves nothing for it.
+///
+/// # Panics
+/// When `i` is out of bounds or `y` does not have the subview's shape.
+///
+/// ```
+/// use adjoint::rules::shape::put_index_axis;
+/// use ndarray::{array, Axis};
+/// let x = ndarray::Array2::<f64>::zeros((2, 3));
+/// assert_eq!(put_index_axis(&x, &array![1.0, 2.0], Axis(1), 2), array![[0.0, 0.0, 1.0], [0.0, 0.0, 2.0]]);
+/// ```
+pub fn put_index_axis<X, Y, A, S, S2, D>(x: &X, y: &Y, axis: Axis, i: usize) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    Y: Value<Primal = ArrayBase<S2, D::Smaller>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: RemoveAxis,
+{
+    let mut out = x.primal().to_owned();
+    out.index_axis_mut(axis, i).assign(y.primal());
+    out
+}
+
+/// Pullback of [`put_index_axis`] for `x`: the cotangent, zero in the replaced
+/// subview.
+pub fn put_index_axis_pb_x<A: Real, D: RemoveAxis>(
+    axis: Axis,
+    i: usize,
+    mut ct: Array<A, D>,
+) -> Array<A, D> {
+    ct.index_axis_mut(axis, i).fill(A::zero());
+    ct
+}
+
+/// Pullback of [`put_index_axis`] for `y`: the cotangent's subview.
+pub fn put_index_axis_pb_y<A: Real, D: RemoveAxis>(
+    axis: Axis,
+    i: usize,
+    ct: Array<A, D>,
+) -> Array<A, D::Smaller> {
+    ct.index_axis(axis, i).to_owned()
 }
