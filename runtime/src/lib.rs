@@ -33,6 +33,7 @@ pub mod check;
 #[doc(hidden)]
 pub mod control;
 pub mod init;
+pub mod losses;
 pub mod nn;
 #[doc(hidden)]
 pub mod rules;
@@ -215,6 +216,7 @@ pub fn no_grad<T>(x: T) -> T {
 /// Everything a user of `#[differentiable]` needs: `use adjoint::prelude::*;`.
 pub mod prelude {
     pub use crate::init;
+    pub use crate::losses;
     pub use crate::nn;
     pub use crate::nn::*;
     pub use crate::no_grad;

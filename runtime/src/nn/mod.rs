@@ -45,6 +45,7 @@ pub use crate::rules::activation::{
 };
 pub use crate::rules::conv::Padding;
 pub use crate::rules::elementwise::{relu, sigmoid, softplus};
+pub use crate::rules::gather::one_hot;
 pub use crate::rules::linalg::batch_matmul;
 pub use crate::rules::nn::{log_softmax, logsumexp, softmax, where_};
 pub use crate::rules::pool::{avg_pool, max_pool, min_pool};
@@ -56,5 +57,5 @@ pub use conv::{Conv, ConvTranspose};
 pub use dense::Dense;
 pub use dropout::Dropout;
 pub use embed::Embed;
-pub use normalization::{BatchNorm, GroupNorm, LayerNorm, RMSNorm};
+pub use normalization::{BatchNorm, GroupNorm, LayerNorm, RMSNorm, standardize};
 pub use recurrent::{GRUCell, LSTMCell, RNN, SimpleCell};

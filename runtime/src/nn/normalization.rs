@@ -169,6 +169,27 @@ fn rows_features(shape: &[usize]) -> (usize, usize) {
     (shape.iter().product::<usize>() / features.max(1), features)
 }
 
+/// `x` standardized over its last axis, as Flax's `nn.standardize` (JAX's
+/// `jax.nn.standardize` with `axis=-1`): `(x - mean) / sqrt(var + epsilon)` with the
+/// fast variance `mean(x²) - mean(x)²`, clipped at zero. Flax's default `epsilon`
+/// is 1e-5.
+///
+/// ```
+/// use adjoint::prelude::*;
+/// let y = nn::standardize(&ndarray::array![[1.0, 3.0]], 0.0);
+/// assert_eq!(y, ndarray::array![[-1.0, 1.0]]);
+/// ```
+#[differentiable]
+pub fn standardize<A: Real, D: Dimension>(x: &Array<A, D>, #[no_grad] epsilon: f64) -> Array<A, D> {
+    let (rows, features) = rows_features(x.shape());
+    let x2 = x.to_shape((rows, features)).unwrap();
+    let mean = x2.mean_axis(Axis(1)).unwrap().insert_axis(Axis(1));
+    let mean2 = (&x2 * &x2).mean_axis(Axis(1)).unwrap().insert_axis(Axis(1));
+    let var = relu(&(mean2 - &mean * &mean));
+    let y: Array2<A> = (&x2 - &mean) * (var + A::lit(epsilon)).sqrt().recip();
+    y.into_shape_with_order(x.raw_dim()).unwrap()
+}
+
 /// Fields and builders shared by `LayerNorm`, `RMSNorm` and `GroupNorm`.
 macro_rules! norm_builders {
     ($ty:ident) => {
@@ -257,11 +278,8 @@ norm_builders!(LayerNorm);
 impl LayerNorm {
     pub fn call<A: Real, D: Dimension>(&self, cx: &mut Scope, x: &Array<A, D>) -> Array<A, D> {
         let (rows, features) = rows_features(x.shape());
-        let x2 = x.to_shape((rows, features)).unwrap();
-        let mean = x2.mean_axis(Axis(1)).unwrap().insert_axis(Axis(1));
-        let mean2 = (&x2 * &x2).mean_axis(Axis(1)).unwrap().insert_axis(Axis(1));
-        let var = relu(&(mean2 - &mean * &mean));
-        let mut y: Array2<A> = (&x2 - &mean) * (var + A::lit(self.epsilon)).sqrt().recip();
+        let normalized = standardize(x, self.epsilon);
+        let mut y = normalized.into_shape_with_order((rows, features)).unwrap();
         if self.use_scale {
             let scale: ArcArray1<A> = cx.param("scale", self.scale_init.clone(), features);
             y = y * &scale;

@@ -11,6 +11,10 @@ use ndarray::{Array, Array2, ArrayBase, Data, Dimension, Ix2};
 pub trait Id: Copy + std::fmt::Display {
     /// The row it names, if it names one (not negative, fits `usize`).
     fn row(self) -> Option<usize>;
+
+    /// The index it names among `n`, counting negative ones from the end as numpy
+    /// does (`-1` is the last), if in range.
+    fn index_in(self, n: usize) -> Option<usize>;
 }
 
 macro_rules! ids {
@@ -19,6 +23,20 @@ macro_rules! ids {
             #[inline]
             fn row(self) -> Option<usize> {
                 usize::try_from(self).ok()
+            }
+
+            #[inline]
+            #[allow(unused_comparisons)]
+            fn index_in(self, n: usize) -> Option<usize> {
+                match self.row() {
+                    Some(i) if i < n => Some(i),
+                    Some(_) => None,
+                    // Negative: from the end.
+                    None => {
+                        let back = (self as i128).unsigned_abs();
+                        (back <= n as u128).then(|| n - back as usize)
+                    }
+                }
             }
         }
     )*};
@@ -100,4 +118,29 @@ where
         }
     }
     grad
+}
+
+/// `ids` one-hot encoded over `classes`, as JAX's `jax.nn.one_hot`: an array of
+/// `ids`'s shape with the classes last, one where the class is the id; a row of
+/// zeros for an id that names no class (negative ones included).
+///
+/// ```
+/// use adjoint::nn::one_hot;
+/// use ndarray::array;
+/// let y = one_hot::<f64, _, _, _>(&array![2usize, 0, 7], 3);
+/// assert_eq!(y, array![[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]);
+/// ```
+pub fn one_hot<A: Real, I: Id, S: Data<Elem = I>, D: Dimension>(
+    ids: &ArrayBase<S, D>,
+    classes: usize,
+) -> Array<A, D::Larger> {
+    let mut out = vec![A::zero(); ids.len() * classes];
+    for (k, id) in ids.iter().enumerate() {
+        if let Some(c) = id.row().filter(|&c| c < classes) {
+            out[k * classes + c] = A::one();
+        }
+    }
+    let mut shape = ids.shape().to_vec();
+    shape.push(classes);
+    shaped(&shape, out)
 }
