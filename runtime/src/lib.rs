@@ -35,6 +35,7 @@ pub mod control;
 pub mod init;
 pub mod losses;
 pub mod nn;
+pub mod optim;
 #[doc(hidden)]
 pub mod rules;
 pub mod scope;
@@ -220,6 +221,7 @@ pub mod prelude {
     pub use crate::nn;
     pub use crate::nn::*;
     pub use crate::no_grad;
+    pub use crate::optim::{self, GradientTransformation};
     pub use crate::scope::{Bound, Scope, ScopeError, Variables};
     pub use crate::{custom_vjp, differentiable, grad, jvp, value_and_grad, vjp, vmap};
 }

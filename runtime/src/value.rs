@@ -48,6 +48,10 @@ pub trait Real:
     fn into_leaf(a: ndarray::ArcArray<Self, IxDyn>) -> crate::variables::Leaf;
     /// A stored leaf's array, if it holds this type.
     fn leaf_array(leaf: &crate::variables::Leaf) -> Option<&ndarray::ArcArray<Self, IxDyn>>;
+    #[doc(hidden)]
+    fn leaf_array_mut(
+        leaf: &mut crate::variables::Leaf,
+    ) -> Option<&mut ndarray::ArcArray<Self, IxDyn>>;
 }
 
 impl Real for f32 {
@@ -56,6 +60,14 @@ impl Real for f32 {
         crate::variables::Leaf::F32(a)
     }
     fn leaf_array(leaf: &crate::variables::Leaf) -> Option<&ndarray::ArcArray<Self, IxDyn>> {
+        match leaf {
+            crate::variables::Leaf::F32(a) => Some(a),
+            _ => None,
+        }
+    }
+    fn leaf_array_mut(
+        leaf: &mut crate::variables::Leaf,
+    ) -> Option<&mut ndarray::ArcArray<Self, IxDyn>> {
         match leaf {
             crate::variables::Leaf::F32(a) => Some(a),
             _ => None,
@@ -89,6 +101,14 @@ impl Real for f64 {
         crate::variables::Leaf::F64(a)
     }
     fn leaf_array(leaf: &crate::variables::Leaf) -> Option<&ndarray::ArcArray<Self, IxDyn>> {
+        match leaf {
+            crate::variables::Leaf::F64(a) => Some(a),
+            _ => None,
+        }
+    }
+    fn leaf_array_mut(
+        leaf: &mut crate::variables::Leaf,
+    ) -> Option<&mut ndarray::ArcArray<Self, IxDyn>> {
         match leaf {
             crate::variables::Leaf::F64(a) => Some(a),
             _ => None,

@@ -715,6 +715,47 @@ impl Variables {
         }
     }
 
+    /// A leaf, mutably (optimizers update theirs in place).
+    pub(crate) fn leaf_mut(&mut self, collection: &str, path: &str) -> Option<&mut Leaf> {
+        self.collections.get_mut(collection)?.get_mut(path)
+    }
+
+    /// Every `(collection, path)`, in order.
+    pub(crate) fn paths(&self) -> Vec<(String, String)> {
+        self.leaves()
+            .map(|(c, p, _)| (c.to_string(), p.to_string()))
+            .collect()
+    }
+
+    /// The leaves for which `keep` holds.
+    pub(crate) fn filtered(&self, mut keep: impl FnMut(&str, &str, &Leaf) -> bool) -> Variables {
+        let mut out = Variables {
+            error: self.error.clone(),
+            ..Variables::new()
+        };
+        for (c, p, l) in self.leaves() {
+            if keep(c, p, l) {
+                out.collections
+                    .entry(c.to_string())
+                    .or_default()
+                    .insert(p.to_string(), l.clone());
+            }
+        }
+        out
+    }
+
+    /// This tree with `other`'s leaves put in place of its own (and added where it
+    /// has none).
+    pub(crate) fn overwritten(mut self, other: Variables) -> Variables {
+        for (c, coll) in other.collections {
+            let mine = self.collections.entry(c).or_default();
+            for (p, l) in coll {
+                mine.insert(p, l);
+            }
+        }
+        self
+    }
+
     // ----- trees as values (what optax does to params, updates and states) -----
 
     /// Every `(collection, path, leaf)`, in order.

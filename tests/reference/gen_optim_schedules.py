@@ -1,0 +1,64 @@
+"""Reference results for optax with schedules evaluated in float64, and the schedules
+themselves (optax, float64).
+
+optax counts steps in int32, so `schedule(count)` computes in float32 even with
+`jax_enable_x64` (`sched(jnp.int32(1))` is 0.02500000037252903), and jitted float32
+code is not reproducible bit for bit outside XLA. `optim.json`'s
+`clip_then_adam_warmup_cosine` carries that float32 schedule; here the same run has
+its schedule given a float64 count, so every step is float64, and each schedule
+constructor is tabulated at float64 counts.
+
+Run:  python gen_optim_schedules.py   (writes optim_schedules.json)
+"""
+import json
+import jax
+import jax.numpy as jnp
+import optax
+
+jax.config.update("jax_enable_x64", True)
+
+layers = json.load(open("optim.json"))["_inputs"]
+params0 = jax.tree_util.tree_map(jnp.asarray, layers["params"])
+grads = [jax.tree_util.tree_map(jnp.asarray, g) for g in layers["grads"]]
+
+
+def f64(schedule):
+    return lambda count: schedule(jnp.asarray(count, jnp.float64))
+
+
+def run(tx):
+    state = tx.init(params0)
+    p = params0
+    traj = []
+    for g in grads:
+        upd, state = tx.update(g, state, p)
+        p = optax.apply_updates(p, upd)
+        traj.append(jax.tree_util.tree_map(lambda v: jnp.asarray(v).tolist(), p))
+    return traj
+
+
+OUT = {}
+warm = optax.warmup_cosine_decay_schedule(0.0, 0.05, warmup_steps=2, decay_steps=6, end_value=0.001)
+OUT["clip_then_adam_warmup_cosine_f64"] = {
+    "optax": "chain(clip_by_global_norm(1.0), adam(warmup_cosine_decay_schedule(0.0, 0.05, 2, 6, 0.001))), schedule at float64 counts",
+    "trajectory": run(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(f64(warm)))),
+}
+expo = optax.exponential_decay(0.1, transition_steps=2, decay_rate=0.5, transition_begin=1, staircase=True)
+OUT["sgd_momentum_exponential_decay_f64"] = {
+    "optax": "sgd(exponential_decay(0.1, 2, 0.5, transition_begin=1, staircase=True), momentum=0.9), float64 counts",
+    "trajectory": run(optax.sgd(f64(expo), momentum=0.9)),
+}
+
+SCHEDULES = {
+    "constant": optax.constant_schedule(0.3),
+    "linear": optax.linear_schedule(1.0, 0.1, transition_steps=5, transition_begin=2),
+    "polynomial": optax.polynomial_schedule(1.0, 0.1, power=2.0, transition_steps=5, transition_begin=1),
+    "piecewise_constant": optax.piecewise_constant_schedule(1.0, {2: 0.5, 5: 0.1}),
+    "exponential_decay": optax.exponential_decay(1.0, transition_steps=3, decay_rate=0.7, transition_begin=1),
+    "exponential_decay_staircase_end": optax.exponential_decay(1.0, 2, 0.5, staircase=True, end_value=0.2),
+    "cosine_decay": optax.cosine_decay_schedule(1.0, decay_steps=7, alpha=0.1, exponent=2.0),
+    "warmup_cosine_decay": warm,
+}
+OUT["schedules"] = {name: [float(s(jnp.asarray(c, jnp.float64))) for c in range(10)]
+                    for name, s in SCHEDULES.items()}
+json.dump(OUT, open("optim_schedules.json", "w"), indent=1)
