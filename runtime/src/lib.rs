@@ -30,6 +30,7 @@ extern crate self as adjoint;
 #[doc(hidden)]
 pub mod batch;
 pub mod check;
+pub mod checkpoint;
 #[doc(hidden)]
 pub mod control;
 pub mod init;

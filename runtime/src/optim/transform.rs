@@ -94,8 +94,24 @@ impl OptState for Moments {
     }
 }
 
-/// A count and trees: Adam's and Lion's state.
-pub type CountAndMoments = (Count, Moments);
+/// A count and trees: Adam's and Lion's state (optax's `ScaleByAdamState(count, mu,
+/// nu)`), saved as `prefix/count`, `prefix/mu/..`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CountAndMoments {
+    pub count: Count,
+    pub moments: Moments,
+}
+
+impl OptState for CountAndMoments {
+    fn save(&self, collection: &str, prefix: &str, out: &mut Variables) {
+        self.count.save(collection, prefix, out);
+        self.moments.save(collection, prefix, out);
+    }
+    fn load(&mut self, collection: &str, prefix: &str, from: &Variables) -> Result<(), ScopeError> {
+        self.count.load(collection, prefix, from)?;
+        self.moments.load(collection, prefix, from)
+    }
+}
 
 fn moments(trees: Vec<(&'static str, Variables)>) -> Moments {
     Moments { trees }
@@ -321,20 +337,21 @@ impl Kernel for AdamStep {
 impl GradientTransformation for ScaleByAdam {
     type State = CountAndMoments;
     fn init(&self, params: &Variables) -> CountAndMoments {
-        (
-            Count(0),
-            moments(vec![
+        CountAndMoments {
+            count: Count(0),
+            moments: moments(vec![
                 ("mu", params.zeros_like()),
                 ("nu", params.zeros_like()),
             ]),
-        )
+        }
     }
     fn update(
         &self,
         mut updates: Variables,
-        (count, m): &mut CountAndMoments,
+        state: &mut CountAndMoments,
         _: &Variables,
     ) -> Result<Variables, ScopeError> {
+        let CountAndMoments { count, moments: m } = state;
         let t = count.0 + 1;
         let step = AdamStep {
             adam: *self,
@@ -505,14 +522,18 @@ impl Kernel for ScaleByLion {
 impl GradientTransformation for ScaleByLion {
     type State = CountAndMoments;
     fn init(&self, params: &Variables) -> CountAndMoments {
-        (Count(0), moments(vec![("mu", params.zeros_like())]))
+        CountAndMoments {
+            count: Count(0),
+            moments: moments(vec![("mu", params.zeros_like())]),
+        }
     }
     fn update(
         &self,
         mut updates: Variables,
-        (count, m): &mut CountAndMoments,
+        state: &mut CountAndMoments,
         _: &Variables,
     ) -> Result<Variables, ScopeError> {
+        let CountAndMoments { count, moments: m } = state;
         for_each_leaf(&mut updates, &mut [&mut m.trees[0].1], None, self)?;
         count.0 += 1;
         Ok(updates)
