@@ -10,9 +10,7 @@ impl branch {
     #[doc(hidden)]
     #[inline]
     #[allow(unused_mut, unused_variables, unused_parens, clippy::all)]
-    fn vjp(
-        x: f64,
-    ) -> (f64, impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<f64>,)) {
+    fn vjp(x: f64) -> (f64, impl ::core::ops::FnOnce(f64) -> (f64,)) {
         let _ = branch;
         let (__p1, __br0) = if x > 1.0 {
             let __t0 = ::adjoint::__private::square(&x);
@@ -32,7 +30,7 @@ impl branch {
         let (__t4,) = (__p1,);
         (
             __t4,
-            move |__ct: ::adjoint::Cot<f64>| {
+            move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut __t4_bar = __ct0;
                 let mut x_bar = ::adjoint::__private::zeros(&x);
@@ -81,9 +79,9 @@ impl branch {
     #[doc(hidden)]
     #[inline]
     #[allow(clippy::all)]
-    fn grad<__O>(x: f64) -> ::adjoint::Cot<f64>
+    fn grad<__O>(x: f64) -> f64
     where
-        f64: ::adjoint::__private::GradOf<__O>,
+        f64: ::adjoint::__private::GradOf<__O, Seed = f64>,
     {
         let _ = branch;
         let (__out, __pb) = Self::vjp(x);
@@ -94,9 +92,9 @@ impl branch {
     #[doc(hidden)]
     #[inline]
     #[allow(clippy::all)]
-    fn value_and_grad<__O>(x: f64) -> (f64, ::adjoint::Cot<f64>)
+    fn value_and_grad<__O>(x: f64) -> (f64, f64)
     where
-        f64: ::adjoint::__private::GradOf<__O>,
+        f64: ::adjoint::__private::GradOf<__O, Seed = f64>,
     {
         let _ = branch;
         let (__out, __pb) = Self::vjp(x);
@@ -109,12 +107,7 @@ impl branch {
     #[doc(hidden)]
     #[inline]
     #[allow(unused_mut, unused_variables, unused_parens, clippy::all)]
-    fn vjp_owned(
-        x: f64,
-    ) -> (
-        f64,
-        impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<f64>,) + use<>,
-    ) {
+    fn vjp_owned(x: f64) -> (f64, impl ::core::ops::FnOnce(f64) -> (f64,) + use<>) {
         let _ = branch;
         let (__p1, __br0) = if x > 1.0 {
             let __t0 = ::adjoint::__private::square(&x);
@@ -134,7 +127,7 @@ impl branch {
         let (__t4,) = (__p1,);
         (
             __t4,
-            move |__ct: ::adjoint::Cot<f64>| {
+            move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut __t4_bar = __ct0;
                 let mut x_bar = ::adjoint::__private::zeros(&x);

@@ -19,12 +19,7 @@ impl xent {
         x: &'__l0 Array2<f64>,
         c: &'__l1 Array2<f64>,
         labels: &'__l2 [usize],
-    ) -> (
-        f64,
-        impl ::core::ops::FnOnce(
-            ::adjoint::Cot<f64>,
-        ) -> (::adjoint::Cot<Array2<f64>>, (), ()),
-    ) {
+    ) -> (f64, impl ::core::ops::FnOnce(f64) -> (Array2<f64>, (), ())) {
         let _ = xent;
         let __t0 = ::adjoint::__private::dot(&x, &c);
         let __t1 = Axis(1);
@@ -52,7 +47,7 @@ impl xent {
         let __t6 = ::adjoint::__private::neg(&total_2);
         (
             __t6,
-            move |__ct: ::adjoint::Cot<f64>| {
+            move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut __t6_bar = __ct0;
                 let mut total_2_bar = ::adjoint::__private::neg_pb(&total_2, __t6_bar);
@@ -88,9 +83,9 @@ impl xent {
         x: &'__l0 Array2<f64>,
         c: &'__l1 Array2<f64>,
         labels: &'__l2 [usize],
-    ) -> ::adjoint::Cot<Array2<f64>>
+    ) -> Array2<f64>
     where
-        f64: ::adjoint::__private::GradOf<__O>,
+        f64: ::adjoint::__private::GradOf<__O, Seed = f64>,
     {
         let _ = xent;
         let (__out, __pb) = Self::vjp(x, c, labels);
@@ -105,9 +100,9 @@ impl xent {
         x: &'__l0 Array2<f64>,
         c: &'__l1 Array2<f64>,
         labels: &'__l2 [usize],
-    ) -> (f64, ::adjoint::Cot<Array2<f64>>)
+    ) -> (f64, Array2<f64>)
     where
-        f64: ::adjoint::__private::GradOf<__O>,
+        f64: ::adjoint::__private::GradOf<__O, Seed = f64>,
     {
         let _ = xent;
         let (__out, __pb) = Self::vjp(x, c, labels);
@@ -124,12 +119,7 @@ impl xent {
         x: &'__l0 Array2<f64>,
         c: &'__l1 Array2<f64>,
         labels: &'__l2 [usize],
-    ) -> (
-        f64,
-        impl ::core::ops::FnOnce(
-            ::adjoint::Cot<f64>,
-        ) -> (::adjoint::Cot<Array2<f64>>, (), ()) + use<>,
-    ) {
+    ) -> (f64, impl ::core::ops::FnOnce(f64) -> (Array2<f64>, (), ()) + use<>) {
         let _ = xent;
         let __t0 = ::adjoint::__private::dot(&x, &c);
         let __t1 = Axis(1);
@@ -159,7 +149,7 @@ impl xent {
         let c = ::adjoint::__private::own(&c);
         (
             __t6,
-            move |__ct: ::adjoint::Cot<f64>| {
+            move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut __t6_bar = __ct0;
                 let mut total_2_bar = ::adjoint::__private::neg_pb(&total_2, __t6_bar);

@@ -20,13 +20,7 @@ impl rnn {
         xs: &'__l2 Array3<f64>,
     ) -> (
         f64,
-        impl ::core::ops::FnOnce(
-            ::adjoint::Cot<f64>,
-        ) -> (
-                ::adjoint::Cot<Array2<f64>>,
-                ::adjoint::Cot<Array2<f64>>,
-                ::adjoint::Cot<Array3<f64>>,
-            ),
+        impl ::core::ops::FnOnce(f64) -> (Array2<f64>, Array2<f64>, Array3<f64>),
     ) {
         let _ = rnn;
         let mut h = Array2::<f64>::zeros((2, 4));
@@ -58,7 +52,7 @@ impl rnn {
         let __t8 = ::adjoint::__private::sum(&__t7);
         (
             __t8,
-            move |__ct: ::adjoint::Cot<f64>| {
+            move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut __t8_bar = __ct0;
                 let mut __t7_bar = ::adjoint::__private::sum_pb(&__t7_shape, __t8_bar);
@@ -123,13 +117,9 @@ impl rnn {
         w: &'__l0 Array2<f64>,
         u: &'__l1 Array2<f64>,
         xs: &'__l2 Array3<f64>,
-    ) -> (
-        ::adjoint::Cot<Array2<f64>>,
-        ::adjoint::Cot<Array2<f64>>,
-        ::adjoint::Cot<Array3<f64>>,
-    )
+    ) -> (Array2<f64>, Array2<f64>, Array3<f64>)
     where
-        f64: ::adjoint::__private::GradOf<__O>,
+        f64: ::adjoint::__private::GradOf<__O, Seed = f64>,
     {
         let _ = rnn;
         let (__out, __pb) = Self::vjp(w, u, xs);
@@ -146,16 +136,9 @@ impl rnn {
         w: &'__l0 Array2<f64>,
         u: &'__l1 Array2<f64>,
         xs: &'__l2 Array3<f64>,
-    ) -> (
-        f64,
-        (
-            ::adjoint::Cot<Array2<f64>>,
-            ::adjoint::Cot<Array2<f64>>,
-            ::adjoint::Cot<Array3<f64>>,
-        ),
-    )
+    ) -> (f64, (Array2<f64>, Array2<f64>, Array3<f64>))
     where
-        f64: ::adjoint::__private::GradOf<__O>,
+        f64: ::adjoint::__private::GradOf<__O, Seed = f64>,
     {
         let _ = rnn;
         let (__out, __pb) = Self::vjp(w, u, xs);
@@ -176,13 +159,7 @@ impl rnn {
         xs: &'__l2 Array3<f64>,
     ) -> (
         f64,
-        impl ::core::ops::FnOnce(
-            ::adjoint::Cot<f64>,
-        ) -> (
-                ::adjoint::Cot<Array2<f64>>,
-                ::adjoint::Cot<Array2<f64>>,
-                ::adjoint::Cot<Array3<f64>>,
-            ) + use<>,
+        impl ::core::ops::FnOnce(f64) -> (Array2<f64>, Array2<f64>, Array3<f64>) + use<>,
     ) {
         let _ = rnn;
         let mut h = Array2::<f64>::zeros((2, 4));
@@ -217,7 +194,7 @@ impl rnn {
         let xs = ::adjoint::__private::own(&xs);
         (
             __t8,
-            move |__ct: ::adjoint::Cot<f64>| {
+            move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut __t8_bar = __ct0;
                 let mut __t7_bar = ::adjoint::__private::sum_pb(&__t7_shape, __t8_bar);

@@ -18,10 +18,7 @@ impl rosenbrock {
     #[allow(unused_mut, unused_variables, unused_parens, clippy::all)]
     fn vjp<'__l0>(
         x: &'__l0 Array1<f64>,
-    ) -> (
-        f64,
-        impl ::core::ops::FnOnce(::adjoint::Cot<f64>) -> (::adjoint::Cot<Array1<f64>>,),
-    ) {
+    ) -> (f64, impl ::core::ops::FnOnce(f64) -> (Array1<f64>,)) {
         let _ = rosenbrock;
         let mut __carry0_0 = 0.0;
         let __range0 = 0..x.len() - 1;
@@ -49,7 +46,7 @@ impl rosenbrock {
         let s_2 = __carry0_0;
         (
             s_2,
-            move |__ct: ::adjoint::Cot<f64>| {
+            move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut s_2_bar = __ct0;
                 let mut s_2_bar_carry = s_2_bar;
@@ -129,9 +126,9 @@ impl rosenbrock {
     #[doc(hidden)]
     #[inline]
     #[allow(clippy::all)]
-    fn grad<'__l0, __O>(x: &'__l0 Array1<f64>) -> ::adjoint::Cot<Array1<f64>>
+    fn grad<'__l0, __O>(x: &'__l0 Array1<f64>) -> Array1<f64>
     where
-        f64: ::adjoint::__private::GradOf<__O>,
+        f64: ::adjoint::__private::GradOf<__O, Seed = f64>,
     {
         let _ = rosenbrock;
         let __range0 = 0..x.len() - 1;
@@ -216,11 +213,9 @@ impl rosenbrock {
     #[doc(hidden)]
     #[inline]
     #[allow(clippy::all)]
-    fn value_and_grad<'__l0, __O>(
-        x: &'__l0 Array1<f64>,
-    ) -> (f64, ::adjoint::Cot<Array1<f64>>)
+    fn value_and_grad<'__l0, __O>(x: &'__l0 Array1<f64>) -> (f64, Array1<f64>)
     where
-        f64: ::adjoint::__private::GradOf<__O>,
+        f64: ::adjoint::__private::GradOf<__O, Seed = f64>,
     {
         let _ = rosenbrock;
         let (__out, __pb) = Self::vjp(x);
@@ -235,12 +230,7 @@ impl rosenbrock {
     #[allow(unused_mut, unused_variables, unused_parens, clippy::all)]
     fn vjp_owned<'__l0>(
         x: &'__l0 Array1<f64>,
-    ) -> (
-        f64,
-        impl ::core::ops::FnOnce(
-            ::adjoint::Cot<f64>,
-        ) -> (::adjoint::Cot<Array1<f64>>,) + use<>,
-    ) {
+    ) -> (f64, impl ::core::ops::FnOnce(f64) -> (Array1<f64>,) + use<>) {
         let _ = rosenbrock;
         let mut __carry0_0 = 0.0;
         let __range0 = 0..x.len() - 1;
@@ -269,7 +259,7 @@ impl rosenbrock {
         let x = ::adjoint::__private::own(&x);
         (
             s_2,
-            move |__ct: ::adjoint::Cot<f64>| {
+            move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut s_2_bar = __ct0;
                 let mut s_2_bar_carry = s_2_bar;

@@ -10,15 +10,7 @@ impl scalar_mix {
     #[doc(hidden)]
     #[inline]
     #[allow(unused_mut, unused_variables, unused_parens, clippy::all)]
-    fn vjp(
-        x: f64,
-        y: f64,
-    ) -> (
-        f64,
-        impl ::core::ops::FnOnce(
-            ::adjoint::Cot<f64>,
-        ) -> (::adjoint::Cot<f64>, ::adjoint::Cot<f64>),
-    ) {
+    fn vjp(x: f64, y: f64) -> (f64, impl ::core::ops::FnOnce(f64) -> (f64, f64)) {
         let _ = scalar_mix;
         let __t0 = ::adjoint::__private::mul(&x, &y);
         let __t1 = ::adjoint::__private::sin(&x);
@@ -33,7 +25,7 @@ impl scalar_mix {
         let __t7 = ::adjoint::__private::add(&__t0, &__t6);
         (
             __t7,
-            move |__ct: ::adjoint::Cot<f64>| {
+            move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut __t7_bar = __ct0;
                 let (__t7_bar_0, __t7_bar_1) = ::adjoint::__private::add_pb_both(
@@ -97,9 +89,9 @@ impl scalar_mix {
     #[doc(hidden)]
     #[inline]
     #[allow(clippy::all)]
-    fn grad<__O>(x: f64, y: f64) -> (::adjoint::Cot<f64>, ::adjoint::Cot<f64>)
+    fn grad<__O>(x: f64, y: f64) -> (f64, f64)
     where
-        f64: ::adjoint::__private::GradOf<__O>,
+        f64: ::adjoint::__private::GradOf<__O, Seed = f64>,
     {
         let _ = scalar_mix;
         let (__out, __pb) = Self::vjp(x, y);
@@ -110,12 +102,9 @@ impl scalar_mix {
     #[doc(hidden)]
     #[inline]
     #[allow(clippy::all)]
-    fn value_and_grad<__O>(
-        x: f64,
-        y: f64,
-    ) -> (f64, (::adjoint::Cot<f64>, ::adjoint::Cot<f64>))
+    fn value_and_grad<__O>(x: f64, y: f64) -> (f64, (f64, f64))
     where
-        f64: ::adjoint::__private::GradOf<__O>,
+        f64: ::adjoint::__private::GradOf<__O, Seed = f64>,
     {
         let _ = scalar_mix;
         let (__out, __pb) = Self::vjp(x, y);
@@ -131,12 +120,7 @@ impl scalar_mix {
     fn vjp_owned(
         x: f64,
         y: f64,
-    ) -> (
-        f64,
-        impl ::core::ops::FnOnce(
-            ::adjoint::Cot<f64>,
-        ) -> (::adjoint::Cot<f64>, ::adjoint::Cot<f64>) + use<>,
-    ) {
+    ) -> (f64, impl ::core::ops::FnOnce(f64) -> (f64, f64) + use<>) {
         let _ = scalar_mix;
         let __t0 = ::adjoint::__private::mul(&x, &y);
         let __t1 = ::adjoint::__private::sin(&x);
@@ -151,7 +135,7 @@ impl scalar_mix {
         let __t7 = ::adjoint::__private::add(&__t0, &__t6);
         (
             __t7,
-            move |__ct: ::adjoint::Cot<f64>| {
+            move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut __t7_bar = __ct0;
                 let (__t7_bar_0, __t7_bar_1) = ::adjoint::__private::add_pb_both(

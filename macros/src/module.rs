@@ -717,7 +717,8 @@ fn body_jvp(
     }
     let mut jvp_sig = sig.clone();
     jvp_sig.ident = format_ident!("__call_body_jvp");
-    jvp_sig.output = syn::parse_quote!(-> (#ret, ::adjoint::Cot<#ret>));
+    let ret_cot = crate::expand::cot_type(ret);
+    jvp_sig.output = syn::parse_quote!(-> (#ret, #ret_cot));
     let inputs: Vec<TokenStream> = jvp_params.iter().map(ParamInfo::input).collect();
     jvp_sig.inputs = syn::parse_quote!(&self, #(#inputs),*);
     let public: syn::Visibility = syn::parse_quote!(pub);
@@ -844,7 +845,8 @@ fn body_tjvp(
         }),
     };
     let where_clause = &generics.where_clause;
-    let out = quote!((#ret, ::adjoint::Cot<#ret>));
+    let ret_cot = crate::expand::cot_type(ret);
+    let out = quote!((#ret, #ret_cot));
     quote! {
         #[doc(hidden)]
         #[allow(clippy::all, unused_parens, unused_variables, unused_mut)]

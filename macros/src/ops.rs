@@ -455,6 +455,29 @@ static FUNCTIONS: &[(&str, Rule)] = &[
         "where_",
         rule!("where_", 2, [None, pb!("where_pb" [Operand(0), Const(0)])]),
     ),
+    // optax's cross entropies over the last axis (`adjoint::rules::nn`).
+    (
+        "softmax_cross_entropy",
+        rule!(
+            "softmax_cross_entropy",
+            2,
+            [
+                pb!("softmax_cross_entropy_pb_logits" [Operand(0), Operand(1)]),
+                pb!("softmax_cross_entropy_pb_labels" [Operand(0), Operand(1)])
+            ]
+        ),
+    ),
+    (
+        "softmax_cross_entropy_with_integer_labels",
+        rule!(
+            "softmax_cross_entropy_with_integer_labels",
+            2,
+            [
+                pb!("softmax_cross_entropy_with_integer_labels_pb" [Operand(0), Operand(1)]),
+                None
+            ]
+        ),
+    ),
     // What forward mode writes for `softmax` and `log_softmax` (`y`, `dx`, axis).
     (
         "softmax_tangent",

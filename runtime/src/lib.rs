@@ -33,6 +33,7 @@ pub mod check;
 pub mod checkpoint;
 #[doc(hidden)]
 pub mod control;
+pub mod data;
 pub mod init;
 pub mod losses;
 pub mod nn;
@@ -40,6 +41,7 @@ pub mod optim;
 #[doc(hidden)]
 pub mod rules;
 pub mod scope;
+pub mod train;
 #[doc(hidden)]
 pub mod transforms;
 #[doc(hidden)]

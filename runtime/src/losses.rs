@@ -18,64 +18,12 @@
 //! assert!((g.sum_axis(ndarray::Axis(1))).iter().all(|s| s.abs() < 1e-12));
 //! ```
 
-use crate::nn::{log_sigmoid, log_softmax, logsumexp, relu, softplus};
-use crate::rules::gather::{Id, one_hot};
+use crate::nn::{log_sigmoid, relu, softplus};
 use crate::value::Real;
 use adjoint_macros::differentiable;
-use ndarray::{Array, ArrayBase, Axis, Data, Dimension, RemoveAxis};
+use ndarray::{Array, Dimension};
 
-/// The last axis of an array of rank `ndim` (0 for a scalar).
-fn last(ndim: usize) -> Axis {
-    Axis(ndim.saturating_sub(1))
-}
-
-/// Cross entropy of `softmax(logits)` against `labels` (probabilities) over the last
-/// axis: `-sum(labels * log_softmax(logits))`, one value per example.
-#[differentiable]
-pub fn softmax_cross_entropy<A: Real, D: RemoveAxis>(
-    logits: &Array<A, D>,
-    labels: &Array<A, D>,
-) -> Array<A, D::Smaller> {
-    let axis = last(logits.ndim());
-    -(labels * &log_softmax(logits, axis)).sum_axis(axis)
-}
-
-/// Cross entropy of `softmax(logits)` against integer class `labels` (any integer
-/// type; one per example, the logits' shape without the classes):
-/// `logsumexp(logits) - logits[label]`. As optax (numpy indexing), a negative label
-/// counts from the last class, and a label out of range gives NaN.
-#[differentiable]
-pub fn softmax_cross_entropy_with_integer_labels<A, I, S, D>(
-    logits: &Array<A, D>,
-    labels: &ArrayBase<S, D::Smaller>,
-) -> Array<A, D::Smaller>
-where
-    A: Real,
-    I: Id,
-    S: Data<Elem = I>,
-    D: RemoveAxis,
-{
-    let axis = last(logits.ndim());
-    let classes = logits.shape().last().copied().unwrap_or(0);
-    let picked: Array<A, D> = picks(labels, classes);
-    let out_of_range: Array<A, D::Smaller> = labels.map(|l| match l.index_in(classes) {
-        Some(_) => A::zero(),
-        None => A::nan(),
-    });
-    logsumexp(logits, axis) - (picked * logits).sum_axis(axis) + out_of_range
-}
-
-/// The one-hot rows of integer labels (negative ones counted from the end; a zero
-/// row for one out of range), of the logits' rank `D`.
-fn picks<A: Real, I: Id, S: Data<Elem = I>, E: Dimension, D: Dimension>(
-    labels: &ArrayBase<S, E>,
-    classes: usize,
-) -> Array<A, D> {
-    let rows = labels.map(|l| l.index_in(classes).unwrap_or(classes));
-    one_hot::<A, _, _, _>(&rows, classes)
-        .into_dimensionality::<D>()
-        .unwrap_or_else(|_| unreachable!("adjoint: labels have one axis fewer than the logits"))
-}
+pub use crate::rules::nn::{softmax_cross_entropy, softmax_cross_entropy_with_integer_labels};
 
 /// Binary cross entropy of `sigmoid(logits)` against `labels` (probabilities),
 /// elementwise: `-labels log σ(logits) - (1 - labels) log σ(-logits)`, computed

@@ -37,16 +37,23 @@ impl<A: crate::value::Real> ScalarOutput for A {
     label = "not an f32 or f64",
     note = "use vjp! for a function with a non-scalar output, and pass the output's cotangent yourself"
 )]
-pub trait GradOf<O>: Value {
+///
+/// The seed's type is a parameter of its own (not `Value::Cot` through a supertrait):
+/// a `where` clause on the output's type then does not hide its `Value` impl from
+/// the rest of the companion, whose cotangent types rustc must normalize.
+pub trait GradOf<O> {
+    /// The seed's type: the output's cotangent.
+    type Seed;
     /// The cotangent `1`.
-    fn grad_seed(&self) -> Self::Cot;
+    fn grad_seed(&self) -> Self::Seed;
     /// The cotangent `1`, without the value (for a gradient that never computes it).
-    fn seed() -> Self::Cot
+    fn seed() -> Self::Seed
     where
         Self: Sized;
 }
 
 impl<T: ScalarOutput> GradOf<T> for T {
+    type Seed = T::Cot;
     #[inline(always)]
     fn grad_seed(&self) -> T::Cot {
         self.one()

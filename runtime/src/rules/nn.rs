@@ -289,3 +289,136 @@ where
     }
     ct
 }
+
+/// `ct` broadcast along the last axis of `like`, times `f(i, lane element)`: the
+/// shape of a per-example cotangent spread over its classes.
+fn spread<A: Real, D: RemoveAxis>(ct: &Array<A, D::Smaller>, mut grad: Array<A, D>) -> Array<A, D> {
+    let axis = Axis(grad.ndim() - 1);
+    grad.zip_mut_with(&ct.view().insert_axis(axis), |g, &c| *g *= c);
+    grad
+}
+
+/// The cross entropy of `softmax(logits)` against `labels` (probabilities) over the
+/// last axis, one value per example: `-sum(labels * log_softmax(logits))`, as
+/// optax's `softmax_cross_entropy`. (A rule, fused: see [`crate::losses`].)
+///
+/// # Panics
+/// When the shapes differ, or `logits` has no axis.
+pub fn softmax_cross_entropy<X, Y, A, S, S2, D>(logits: &X, labels: &Y) -> Array<A, D::Smaller>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    Y: Value<Primal = ArrayBase<S2, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: RemoveAxis,
+{
+    let (x, l) = (logits.primal(), labels.primal());
+    let axis = Axis(x.ndim() - 1);
+    let lsm = log_softmax(x, axis);
+    -(l * &lsm).sum_axis(axis)
+}
+
+/// Pullback of [`softmax_cross_entropy`] for the logits: `ct (softmax(x) sum(l) - l)`.
+pub fn softmax_cross_entropy_pb_logits<X, Y, A, S, S2, D>(
+    logits: &X,
+    labels: &Y,
+    ct: Array<A, D::Smaller>,
+) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    Y: Value<Primal = ArrayBase<S2, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: RemoveAxis,
+{
+    let (x, l) = (logits.primal(), labels.primal());
+    let axis = Axis(x.ndim() - 1);
+    let mut g = softmax(x, axis);
+    g.zip_mut_with(&l.sum_axis(axis).insert_axis(axis), |s, &t| *s *= t);
+    g -= l;
+    spread(&ct, g)
+}
+
+/// Pullback of [`softmax_cross_entropy`] for the labels: `-ct log_softmax(x)`.
+pub fn softmax_cross_entropy_pb_labels<X, Y, A, S, S2, D>(
+    logits: &X,
+    _labels: &Y,
+    ct: Array<A, D::Smaller>,
+) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    Y: Value<Primal = ArrayBase<S2, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: RemoveAxis,
+{
+    let x = logits.primal();
+    let axis = Axis(x.ndim() - 1);
+    spread(&ct, -log_softmax(x, axis))
+}
+
+/// The cross entropy of `softmax(logits)` against integer class `labels` (any
+/// integer type; the logits' shape without the classes): `logsumexp(logits) -
+/// logits[label]`, as optax's `softmax_cross_entropy_with_integer_labels`: a
+/// negative label counts from the last class, a label out of range gives NaN.
+///
+/// # Panics
+/// When the labels' shape is not the logits' without their last axis.
+pub fn softmax_cross_entropy_with_integer_labels<X, A, S, D, I, S2>(
+    logits: &X,
+    labels: &ArrayBase<S2, D::Smaller>,
+) -> Array<A, D::Smaller>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: RemoveAxis,
+    I: crate::rules::gather::Id,
+    S2: Data<Elem = I>,
+{
+    let x = logits.primal();
+    let axis = Axis(x.ndim() - 1);
+    let classes = x.len_of(axis);
+    let mut out = logsumexp(x, axis);
+    ndarray::Zip::from(&mut out)
+        .and(x.lanes(axis))
+        .and(labels)
+        .for_each(|o, lane, l| match l.index_in(classes) {
+            Some(c) => *o -= lane[c],
+            None => *o = A::nan(),
+        });
+    out
+}
+
+/// Pullback of [`softmax_cross_entropy_with_integer_labels`] for the logits:
+/// `ct (softmax(x) - one_hot(label))` (a label out of range contributes only the
+/// softmax, as optax's gradient does).
+pub fn softmax_cross_entropy_with_integer_labels_pb<X, A, S, D, I, S2>(
+    logits: &X,
+    labels: &ArrayBase<S2, D::Smaller>,
+    ct: Array<A, D::Smaller>,
+) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: RemoveAxis,
+    I: crate::rules::gather::Id,
+    S2: Data<Elem = I>,
+{
+    let x = logits.primal();
+    let axis = Axis(x.ndim() - 1);
+    let classes = x.len_of(axis);
+    let mut g = softmax(x, axis);
+    ndarray::Zip::from(g.lanes_mut(axis))
+        .and(labels)
+        .for_each(|mut lane, l| {
+            if let Some(c) = l.index_in(classes) {
+                lane[c] -= A::one();
+            }
+        });
+    spread(&ct, g)
+}
