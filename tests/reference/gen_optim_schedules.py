@@ -1,12 +1,12 @@
-"""Reference results for optax with schedules evaluated in float64, and the schedules
-themselves (optax, float64).
+"""Reference results for optax's schedules, at the int32 counts optax uses, and
+optimizer runs with schedules (optax, float64 params).
 
-optax counts steps in int32, so `schedule(count)` computes in float32 even with
-`jax_enable_x64` (`sched(jnp.int32(1))` is 0.02500000037252903), and jitted float32
-code is not reproducible bit for bit outside XLA. `optim.json`'s
-`clip_then_adam_warmup_cosine` carries that float32 schedule; here the same run has
-its schedule given a float64 count, so every step is float64, and each schedule
-constructor is tabulated at float64 counts.
+optax counts steps in int32, so JAX's promotion computes linear, polynomial and
+exponential schedules in float32 even with `jax_enable_x64`
+(`linear_schedule(0.0, 0.05, 2)(jnp.int32(1))` is 0.02500000037252903), and a join
+is float32 if one part is; cosine and piecewise schedules are float64. The table
+records each schedule's value (as a float64) and dtype at counts 0..9, so a port can
+follow optax's precision exactly.
 
 Run:  python gen_optim_schedules.py   (writes optim_schedules.json)
 """
@@ -22,10 +22,6 @@ params0 = jax.tree_util.tree_map(jnp.asarray, layers["params"])
 grads = [jax.tree_util.tree_map(jnp.asarray, g) for g in layers["grads"]]
 
 
-def f64(schedule):
-    return lambda count: schedule(jnp.asarray(count, jnp.float64))
-
-
 def run(tx):
     state = tx.init(params0)
     p = params0
@@ -39,14 +35,14 @@ def run(tx):
 
 OUT = {}
 warm = optax.warmup_cosine_decay_schedule(0.0, 0.05, warmup_steps=2, decay_steps=6, end_value=0.001)
-OUT["clip_then_adam_warmup_cosine_f64"] = {
-    "optax": "chain(clip_by_global_norm(1.0), adam(warmup_cosine_decay_schedule(0.0, 0.05, 2, 6, 0.001))), schedule at float64 counts",
-    "trajectory": run(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(f64(warm)))),
+OUT["adamw_warmup_cosine_decay_schedule"] = {
+    "optax": "adamw(warmup_cosine_decay_schedule(0.0, 0.05, 2, 6, 0.001), weight_decay=cosine_decay_schedule(0.1, 4))",
+    "trajectory": run(optax.adamw(warm, weight_decay=optax.cosine_decay_schedule(0.1, 4))),
 }
 expo = optax.exponential_decay(0.1, transition_steps=2, decay_rate=0.5, transition_begin=1, staircase=True)
-OUT["sgd_momentum_exponential_decay_f64"] = {
-    "optax": "sgd(exponential_decay(0.1, 2, 0.5, transition_begin=1, staircase=True), momentum=0.9), float64 counts",
-    "trajectory": run(optax.sgd(f64(expo), momentum=0.9)),
+OUT["sgd_momentum_exponential_decay"] = {
+    "optax": "sgd(exponential_decay(0.1, 2, 0.5, transition_begin=1, staircase=True), momentum=0.9)",
+    "trajectory": run(optax.sgd(expo, momentum=0.9)),
 }
 
 SCHEDULES = {
@@ -59,6 +55,7 @@ SCHEDULES = {
     "cosine_decay": optax.cosine_decay_schedule(1.0, decay_steps=7, alpha=0.1, exponent=2.0),
     "warmup_cosine_decay": warm,
 }
-OUT["schedules"] = {name: [float(s(jnp.asarray(c, jnp.float64))) for c in range(10)]
+OUT["schedules"] = {name: {"values": [float(s(jnp.asarray(c, jnp.int32))) for c in range(10)],
+                           "dtype": str(jnp.asarray(s(jnp.asarray(0, jnp.int32))).dtype)}
                     for name, s in SCHEDULES.items()}
 json.dump(OUT, open("optim_schedules.json", "w"), indent=1)

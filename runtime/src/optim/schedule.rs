@@ -1,5 +1,13 @@
 //! Schedules: a value (a learning rate, a weight decay) as a function of the step
-//! count, as optax's `optax.schedules`, with optax's formulas.
+//! count, as optax's `optax.schedules`, with optax's formulas and arithmetic.
+//!
+//! optax counts steps in `int32`, and JAX's type promotion then computes some
+//! schedules in `float32` even under `jax_enable_x64`: `linear_schedule`,
+//! `polynomial_schedule` and `exponential_decay` are `float32` computations, and a
+//! join of schedules is `float32` if one of them is (`warmup_cosine_decay_schedule`
+//! rounds its cosine part to `float32`), while `cosine_decay_schedule`,
+//! `piecewise_constant_schedule` and constants are `float64`. The functions here do
+//! the same operations in the same precision, so that a run gives optax's numbers.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,18 +23,38 @@ use std::sync::Arc;
 /// assert_eq!(Schedule::from(0.1).at(1000), 0.1);
 /// ```
 #[derive(Clone)]
-pub struct Schedule(Arc<dyn Fn(u64) -> f64 + Send + Sync>);
+pub struct Schedule {
+    f: Arc<dyn Fn(u64) -> f64 + Send + Sync>,
+    /// Its values are `float32`'s (rounded so when joined with others).
+    single: bool,
+}
 
 impl Schedule {
-    /// A schedule computing `f(step)`.
+    /// A schedule computing `f(step)` in `f64`.
     pub fn new(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
-        Schedule(Arc::new(f))
+        Schedule {
+            f: Arc::new(f),
+            single: false,
+        }
+    }
+
+    /// A schedule computing `f(step)` in `f32`, as optax's integer-count schedules.
+    fn single(f: impl Fn(u64) -> f32 + Send + Sync + 'static) -> Self {
+        Schedule {
+            f: Arc::new(move |step| f(step) as f64),
+            single: true,
+        }
     }
 
     /// The value at `step`.
     pub fn at(&self, step: u64) -> f64 {
-        (self.0)(step)
+        (self.f)(step)
     }
+}
+
+/// An optax count as `float32` (counts are `int32`).
+fn count32(c: u64) -> f32 {
+    c.min(i32::MAX as u64) as f32
 }
 
 impl From<f64> for Schedule {
@@ -52,7 +80,8 @@ pub fn constant_schedule(value: f64) -> Schedule {
 
 /// From `init_value` to `end_value` over `transition_steps` steps after
 /// `transition_begin`, as `(init - end) (1 - t / steps)^power + end` (optax's
-/// `polynomial_schedule`); constant `init_value` when `transition_steps` is 0.
+/// `polynomial_schedule`, in `float32`); constant `init_value` when
+/// `transition_steps` is 0.
 ///
 /// ```
 /// let s = adjoint::optim::polynomial_schedule(1.0, 0.0, 2.0, 4, 0);
@@ -68,10 +97,17 @@ pub fn polynomial_schedule(
     if transition_steps == 0 {
         return constant_schedule(init_value);
     }
-    Schedule::new(move |step| {
-        let t = step.saturating_sub(transition_begin).min(transition_steps) as f64;
-        let frac = 1.0 - t / transition_steps as f64;
-        (init_value - end_value) * frac.powf(power) + end_value
+    let (delta, end) = ((init_value - end_value) as f32, end_value as f32);
+    Schedule::single(move |step| {
+        let t = count32(step.saturating_sub(transition_begin).min(transition_steps));
+        let frac = 1.0f32 - t / count32(transition_steps);
+        // A Python int power is an integer power; a float one, `pow`.
+        let scaled = if power == power.trunc() && power.abs() < 64.0 {
+            frac.powi(power as i32)
+        } else {
+            frac.powf(power as f32)
+        };
+        delta * scaled + end
     })
 }
 
@@ -118,7 +154,7 @@ pub fn piecewise_constant_schedule(
 
 /// `init_value · decay_rate^((step - transition_begin) / transition_steps)` (floored
 /// with `staircase`), bounded by `end_value` if given (optax's
-/// `exponential_decay`).
+/// `exponential_decay`, in `float32`).
 ///
 /// ```
 /// let s = adjoint::optim::exponential_decay(1.0, 2, 0.5, 0, false, None);
@@ -135,20 +171,17 @@ pub fn exponential_decay(
     if transition_steps == 0 || decay_rate == 0.0 {
         return constant_schedule(init_value);
     }
-    Schedule::new(move |step| {
-        let decreased = step as f64 - transition_begin as f64;
-        let mut p = decreased / transition_steps as f64;
+    let (init, rate) = (init_value as f32, decay_rate as f32);
+    Schedule::single(move |step| {
+        let decreased = step as i64 - transition_begin as i64;
+        let mut p = decreased.clamp(i32::MIN as i64, i32::MAX as i64) as f32 / count32(transition_steps);
         if staircase {
             p = p.floor();
         }
-        let v = if decreased <= 0.0 {
-            init_value
-        } else {
-            init_value * decay_rate.powf(p)
-        };
+        let v = if decreased <= 0 { init } else { init * rate.powf(p) };
         match end_value {
-            Some(e) if decay_rate < 1.0 => v.max(e),
-            Some(e) => v.min(e),
+            Some(e) if decay_rate < 1.0 => v.max(e as f32),
+            Some(e) => v.min(e as f32),
             None => v,
         }
     })
@@ -184,7 +217,9 @@ pub fn cosine_decay_schedule(
 /// assert_eq!((s.at(2), s.at(3), s.at(4)), (1.0, 1.0, 0.5));
 /// ```
 pub fn join_schedules(schedules: Vec<Schedule>, boundaries: Vec<u64>) -> Schedule {
-    Schedule::new(move |step| {
+    // `float32` if one of them is (JAX's promotion in `jnp.where`).
+    let single = schedules.iter().any(|s| s.single);
+    let f = move |step| {
         let mut out = schedules.first().map_or(0.0, |s| s.at(step));
         for (b, s) in boundaries.iter().zip(schedules.iter().skip(1)) {
             if step >= *b {
@@ -192,16 +227,22 @@ pub fn join_schedules(schedules: Vec<Schedule>, boundaries: Vec<u64>) -> Schedul
             }
         }
         out
-    })
+    };
+    if single {
+        Schedule::single(move |step| f(step) as f32)
+    } else {
+        Schedule::new(f)
+    }
 }
 
 /// A linear warmup from `init_value` to `peak_value` over `warmup_steps`, then a
 /// cosine decay to `end_value` at `decay_steps` (counted from 0, warmup included):
-/// optax's `warmup_cosine_decay_schedule`.
+/// optax's `warmup_cosine_decay_schedule` (in `float32`, as optax's: see the
+/// [module](self)).
 ///
 /// ```
-/// let s = adjoint::optim::warmup_cosine_decay_schedule(0.0, 1.0, 2, 6, 0.0, 1.0);
-/// assert_eq!((s.at(0), s.at(1), s.at(2), s.at(6)), (0.0, 0.5, 1.0, 0.0));
+/// let s = adjoint::optim::warmup_cosine_decay_schedule(0.0, 0.05, 2, 6, 0.001, 1.0);
+/// assert_eq!(s.at(1), 0.025f32 as f64); // optax: 0.02500000037252903
 /// ```
 pub fn warmup_cosine_decay_schedule(
     init_value: f64,
