@@ -174,11 +174,16 @@ pub fn exponential_decay(
     let (init, rate) = (init_value as f32, decay_rate as f32);
     Schedule::single(move |step| {
         let decreased = step as i64 - transition_begin as i64;
-        let mut p = decreased.clamp(i32::MIN as i64, i32::MAX as i64) as f32 / count32(transition_steps);
+        let mut p =
+            decreased.clamp(i32::MIN as i64, i32::MAX as i64) as f32 / count32(transition_steps);
         if staircase {
             p = p.floor();
         }
-        let v = if decreased <= 0 { init } else { init * rate.powf(p) };
+        let v = if decreased <= 0 {
+            init
+        } else {
+            init * rate.powf(p)
+        };
         match end_value {
             Some(e) if decay_rate < 1.0 => v.max(e as f32),
             Some(e) => v.min(e as f32),
