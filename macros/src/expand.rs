@@ -100,7 +100,8 @@ fn pick_cotangents(n: usize, chosen: &[usize]) -> (Vec<TokenStream>, TokenStream
 /// Strips `#[no_grad]` from the parameters (it is not a real attribute) and says
 /// which parameters are differentiated.
 pub(crate) fn params(cx: &Ctxt, sig: &mut Signature) -> Vec<ParamInfo> {
-    let generics = float_params(&sig.generics);
+    let mut generics = float_params(&sig.generics);
+    generics.extend(IMPL_FLOATS.with(|p| p.borrow().clone()));
     let mut out = Vec::new();
     for (k, arg) in sig.inputs.iter_mut().enumerate() {
         let FnArg::Typed(pt) = arg else { continue };
@@ -1053,9 +1054,13 @@ thread_local! {
     /// (`impl<const N: usize> Conv<N>`): a precise-capture list (`use<..>`) in a
     /// method's companion must name them too.
     static IMPL_PARAMS: std::cell::RefCell<Vec<Ident>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The impl's float type parameters (`impl<A: Real> Embed<A>`): a method's
+    /// argument mentioning one is differentiated.
+    static IMPL_FLOATS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Sets [`IMPL_PARAMS`] for the expansion of one impl, and clears it after.
+/// Sets [`IMPL_PARAMS`] and [`IMPL_FLOATS`] for the expansion of one impl, and
+/// clears them after.
 struct ImplParams;
 
 impl ImplParams {
@@ -1066,6 +1071,7 @@ impl ImplParams {
             .chain(generics.const_params().map(|c| c.ident.clone()))
             .collect();
         IMPL_PARAMS.with(|p| *p.borrow_mut() = names);
+        IMPL_FLOATS.with(|p| *p.borrow_mut() = float_params(generics));
         ImplParams
     }
 }
@@ -1073,6 +1079,7 @@ impl ImplParams {
 impl Drop for ImplParams {
     fn drop(&mut self) {
         IMPL_PARAMS.with(|p| p.borrow_mut().clear());
+        IMPL_FLOATS.with(|p| p.borrow_mut().clear());
     }
 }
 

@@ -53,6 +53,13 @@ pub struct Init(std::sync::Arc<dyn Initializer + Send + Sync>);
 
 impl Init {
     /// Holds `init`.
+    ///
+    /// ```
+    /// use adjoint::init::{self, Init, Initializer};
+    /// use rand::SeedableRng;
+    /// let ones = Init::new(init::ones);
+    /// assert_eq!(ones.sample(&mut init::Rng::seed_from_u64(0), &[2]).sum(), 2.0);
+    /// ```
     pub fn new(init: impl Initializer + Send + Sync + 'static) -> Self {
         Init(std::sync::Arc::new(init))
     }
@@ -88,7 +95,14 @@ pub fn orthogonal(scale: f64) -> Orthogonal {
     Orthogonal(scale)
 }
 
-/// See [`orthogonal`].
+/// See [`orthogonal`]: `Orthogonal(scale)`.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert_eq!(init::Orthogonal(2.0).sample(&mut rng, &[3, 3]).shape(), &[3, 3]);
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Orthogonal(pub f64);
 
@@ -148,6 +162,14 @@ pub fn flattened(init: Init, rows: usize, cols: usize) -> Flattened {
 }
 
 /// See [`flattened`].
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// let k = init::flattened(init::Init::new(init::ones), 2, 6).sample(&mut rng, &[2, 3, 2]);
+/// assert_eq!(k.shape(), &[2, 3, 2]);
+/// ```
 #[derive(Clone, Debug)]
 pub struct Flattened {
     init: Init,
@@ -190,6 +212,13 @@ pub const zeros: Constant = Constant(0.0);
 pub const ones: Constant = Constant(1.0);
 
 /// Every element `value`.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert_eq!(init::Constant(0.5).sample(&mut rng, &[2]).sum(), 1.0);
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Constant(pub f64);
 
@@ -212,6 +241,13 @@ impl Initializer for Constant {
 }
 
 /// Normal with mean 0 and standard deviation `stddev` (Flax's default: 1e-2).
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert_eq!(init::Normal(0.0).sample(&mut rng, &[3]).sum(), 0.0);
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Normal(pub f64);
 
@@ -239,6 +275,13 @@ impl Initializer for Normal {
 }
 
 /// Uniform on `[0, scale)` (Flax's default scale: 1e-2).
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert!(init::UniformInit(0.5).sample(&mut rng, &[9]).iter().all(|&v| (0.0..0.5).contains(&v)));
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct UniformInit(pub f64);
 
@@ -261,6 +304,13 @@ impl Initializer for UniformInit {
 }
 
 /// Normal truncated to two standard deviations, then scaled by `stddev`.
+///
+/// ```
+/// use adjoint::init::{self, Initializer};
+/// use rand::SeedableRng;
+/// let mut rng = init::Rng::seed_from_u64(0);
+/// assert!(init::TruncatedNormal(0.1).sample(&mut rng, &[9]).iter().all(|&v| v.abs() <= 0.2));
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct TruncatedNormal(pub f64);
 
@@ -300,6 +350,13 @@ fn uniform_array(rng: &mut Rng, shape: &[usize], lo: f64, hi: f64) -> ArrayD<f64
 }
 
 /// Which fan the variance divides by.
+///
+/// ```
+/// use adjoint::init::{self, Dist, FanMode};
+/// assert_eq!(init::he_normal().mode, FanMode::FanIn);
+/// let avg = init::variance_scaling(1.0, FanMode::FanAvg, Dist::Uniform);
+/// assert_eq!(avg.mode, init::glorot_uniform().mode);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FanMode {
     FanIn,
@@ -308,6 +365,11 @@ pub enum FanMode {
 }
 
 /// Which distribution the variance scaling samples.
+///
+/// ```
+/// use adjoint::init::{self, Dist};
+/// assert_eq!(init::lecun_normal().distribution, Dist::TruncatedNormal);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Distribution_ {
     TruncatedNormal,
@@ -318,6 +380,11 @@ pub enum Distribution_ {
 pub use Distribution_ as Dist;
 
 /// JAX's `variance_scaling(scale, mode, distribution)`.
+///
+/// ```
+/// let he = adjoint::init::he_uniform();
+/// assert_eq!(he.scale, 2.0);
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct VarianceScaling {
     pub scale: f64,

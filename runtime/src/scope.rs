@@ -398,6 +398,14 @@ impl<'v> Scope<'v> {
 
     /// `Ok` if nothing went wrong, else the first error (see [`Scope`]).
     ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let mut vars = Variables::new();
+    /// let mut cx = Scope::for_init(&mut vars, 0);
+    /// let _: f64 = cx.param("w", init::ones, ());
+    /// assert!(cx.finish().is_ok());
+    /// ```
+    ///
     /// # Errors
     /// The first [`ScopeError`] the module ran into.
     pub fn finish(mut self) -> Result<(), ScopeError> {

@@ -388,3 +388,35 @@ fn lstm_initial_carry_return_carry() {
     );
     eprintln!("lstm_initial_carry_return_carry: normwise relative error {worst:.1e}");
 }
+
+/// An output layer tied to the embedding (`Embed.attend`).
+struct Tied;
+
+#[differentiable]
+impl Tied {
+    fn call(&self, cx: &mut Scope, ids: &ndarray::Array1<usize>, q: &Array2<f64>) -> f64 {
+        let embed = cx.bind_as("embed", nn::Embed::<f64>::new(5, 3));
+        let h = embed.call(cx, ids) + q;
+        embed.attend(cx, &h).sin().sum()
+    }
+}
+
+/// A method of a generic module (`impl<A: Real> Embed<A>`) differentiates its
+/// arguments of the impl's float type: `attend`'s query (it was once a constant).
+#[test]
+fn embed_attend_differentiates_the_query() {
+    let ids = ndarray::array![1usize, 4, 0];
+    let q = Array2::from_shape_fn((3, 3), |(i, j)| (i as f64 - 0.5 * j as f64).sin());
+    let vars = Tied.init(0, &ids, &q).unwrap();
+    let (gv, gq) =
+        grad!(|v: &Variables, q: &Array2<f64>| Tied.apply(v, &ids, q).unwrap())(&vars, &q);
+    adjoint::check::check_grad(
+        |q: &Array2<f64>| Tied.apply(&vars, &ids, q).unwrap(),
+        &q,
+        &gq,
+        adjoint::check::Tolerance::default(),
+    )
+    .unwrap();
+    assert!(gq.iter().any(|g| g.abs() > 1e-3));
+    assert_eq!(gv.shapes(), vars.shapes());
+}

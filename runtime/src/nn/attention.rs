@@ -177,6 +177,12 @@ pub struct DenseGeneral<E = IxDyn> {
 
 impl<E: Dimension> DenseGeneral<E> {
     /// Outputs of shape `features`, contracting the input's last axis.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::DenseGeneral::<ndarray::IxDyn>::new(&[2, 4]);
+    /// assert_eq!(layer.features, [2, 4]);
+    /// ```
     pub fn new(features: &[usize]) -> Self {
         DenseGeneral {
             features: features.to_vec(),
@@ -189,24 +195,46 @@ impl<E: Dimension> DenseGeneral<E> {
     }
 
     /// Contracts the input's last `axes` axes.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::DenseGeneral::<ndarray::IxDyn>::new(&[2, 4]).axes(2);
+    /// assert_eq!(layer.axes, 2);
+    /// ```
     pub fn axes(mut self, axes: usize) -> Self {
         self.axes = axes;
         self
     }
 
     /// Sets `use_bias`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::DenseGeneral::<ndarray::IxDyn>::new(&[2, 4]).use_bias(false);
+    /// assert_eq!(layer.use_bias, false);
+    /// ```
     pub fn use_bias(mut self, use_bias: bool) -> Self {
         self.use_bias = use_bias;
         self
     }
 
     /// Sets `kernel_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::DenseGeneral::<ndarray::IxDyn>::new(&[2, 4]).kernel_init(init::zeros);
+    /// ```
     pub fn kernel_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.kernel_init = Init::new(init);
         self
     }
 
     /// Sets `bias_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::DenseGeneral::<ndarray::IxDyn>::new(&[2, 4]).bias_init(init::zeros);
+    /// ```
     pub fn bias_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.bias_init = Init::new(init);
         self
@@ -272,6 +300,16 @@ struct Plan<E> {
 
 #[differentiable]
 impl<E: Dimension> DenseGeneral<E> {
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::Array2::<f64>::ones((2, 3));
+    /// let layer = nn::DenseGeneral::<ndarray::Ix3>::new(&[2, 4]);
+    /// let vars = layer.init(0, &x).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[2, 2, 4]);
+    /// ```
     pub fn call<A: Real, D: Dimension>(&self, cx: &mut Scope, x: &Array<A, D>) -> Array<A, E> {
         let plan = self.plan(x.shape());
         cx.check(&plan);
@@ -339,6 +377,12 @@ pub struct MultiHeadDotProductAttention {
 
 impl MultiHeadDotProductAttention {
     /// `num_heads` heads and Flax's other defaults.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::MultiHeadDotProductAttention::new(2);
+    /// assert_eq!(layer.num_heads, 2);
+    /// ```
     pub fn new(num_heads: usize) -> Self {
         MultiHeadDotProductAttention {
             num_heads,
@@ -351,30 +395,58 @@ impl MultiHeadDotProductAttention {
     }
 
     /// Sets `qkv_features`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::MultiHeadDotProductAttention::new(2).qkv_features(8);
+    /// assert_eq!(layer.qkv_features, Some(8));
+    /// ```
     pub fn qkv_features(mut self, features: usize) -> Self {
         self.qkv_features = Some(features);
         self
     }
 
     /// Sets `out_features`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::MultiHeadDotProductAttention::new(2).out_features(6);
+    /// assert_eq!(layer.out_features, Some(6));
+    /// ```
     pub fn out_features(mut self, features: usize) -> Self {
         self.out_features = Some(features);
         self
     }
 
     /// Sets `use_bias`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::MultiHeadDotProductAttention::new(2).use_bias(false);
+    /// assert_eq!(layer.use_bias, false);
+    /// ```
     pub fn use_bias(mut self, use_bias: bool) -> Self {
         self.use_bias = use_bias;
         self
     }
 
     /// Sets `kernel_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::MultiHeadDotProductAttention::new(2).kernel_init(init::zeros);
+    /// ```
     pub fn kernel_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.kernel_init = Init::new(init);
         self
     }
 
     /// Sets `bias_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::MultiHeadDotProductAttention::new(2).bias_init(init::zeros);
+    /// ```
     pub fn bias_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.bias_init = Init::new(init);
         self
@@ -406,6 +478,16 @@ impl MultiHeadDotProductAttention {
 
 #[differentiable]
 impl MultiHeadDotProductAttention {
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::Array3::<f64>::ones((1, 3, 4));
+    /// let layer = nn::MultiHeadDotProductAttention::new(2);
+    /// let vars = layer.init(0, &x, &x, &x, None).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x, &x, &x, None).unwrap().shape(), &[1, 3, 4]);
+    /// ```
     pub fn call<A: Real>(
         &self,
         cx: &mut Scope,

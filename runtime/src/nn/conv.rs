@@ -58,6 +58,12 @@ pub struct Conv<const N: usize> {
 impl<const N: usize> Conv<N> {
     /// A convolution to `features` outputs with a window of `kernel_size`, and
     /// Flax's other defaults.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::Conv::new(4, [3, 3]);
+    /// assert_eq!(layer.kernel_size, [3, 3]);
+    /// ```
     pub fn new(features: usize, kernel_size: [usize; N]) -> Self {
         Conv {
             features,
@@ -74,48 +80,94 @@ impl<const N: usize> Conv<N> {
     }
 
     /// Sets `strides`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::Conv::new(4, [3, 3]).strides([2, 2]);
+    /// assert_eq!(layer.strides, [2, 2]);
+    /// ```
     pub fn strides(mut self, strides: [usize; N]) -> Self {
         self.strides = strides;
         self
     }
 
     /// Sets `padding`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::Conv::new(4, [3, 3]).padding(nn::Padding::Valid);
+    /// assert_eq!(layer.padding, nn::Padding::Valid);
+    /// ```
     pub fn padding(mut self, padding: Padding<N>) -> Self {
         self.padding = padding;
         self
     }
 
     /// Sets `input_dilation`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::Conv::new(4, [3, 3]).input_dilation([2, 2]);
+    /// assert_eq!(layer.input_dilation, [2, 2]);
+    /// ```
     pub fn input_dilation(mut self, dilation: [usize; N]) -> Self {
         self.input_dilation = dilation;
         self
     }
 
     /// Sets `kernel_dilation`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::Conv::new(4, [3, 3]).kernel_dilation([2, 2]);
+    /// assert_eq!(layer.kernel_dilation, [2, 2]);
+    /// ```
     pub fn kernel_dilation(mut self, dilation: [usize; N]) -> Self {
         self.kernel_dilation = dilation;
         self
     }
 
     /// Sets `feature_group_count`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::Conv::new(4, [3, 3]).feature_group_count(2);
+    /// assert_eq!(layer.feature_group_count, 2);
+    /// ```
     pub fn feature_group_count(mut self, groups: usize) -> Self {
         self.feature_group_count = groups;
         self
     }
 
     /// Sets `use_bias`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::Conv::new(4, [3, 3]).use_bias(false);
+    /// assert_eq!(layer.use_bias, false);
+    /// ```
     pub fn use_bias(mut self, use_bias: bool) -> Self {
         self.use_bias = use_bias;
         self
     }
 
     /// Sets `kernel_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::Conv::new(4, [3, 3]).kernel_init(init::zeros);
+    /// ```
     pub fn kernel_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.kernel_init = Init::new(init);
         self
     }
 
     /// Sets `bias_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::Conv::new(4, [3, 3]).bias_init(init::zeros);
+    /// ```
     pub fn bias_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.bias_init = Init::new(init);
         self
@@ -155,6 +207,16 @@ impl<const N: usize> Conv<N> {
 
 #[differentiable]
 impl<const N: usize> Conv<N> {
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::Array4::<f64>::ones((1, 5, 5, 2));
+    /// let layer = nn::Conv::new(4, [3, 3]);
+    /// let vars = layer.init(0, &x).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[1, 5, 5, 4]);
+    /// ```
     pub fn call<A: Real, D: Dimension + DimMax<Ix1, Output = D>>(
         &self,
         cx: &mut Scope,
@@ -217,6 +279,12 @@ pub struct ConvTranspose<const N: usize> {
 impl<const N: usize> ConvTranspose<N> {
     /// A transposed convolution to `features` outputs with a window of
     /// `kernel_size`, and Flax's other defaults.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::ConvTranspose::new(4, [3, 3]);
+    /// assert_eq!(layer.features, 4);
+    /// ```
     pub fn new(features: usize, kernel_size: [usize; N]) -> Self {
         ConvTranspose {
             features,
@@ -231,36 +299,70 @@ impl<const N: usize> ConvTranspose<N> {
     }
 
     /// Sets `strides`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::ConvTranspose::new(4, [3, 3]).strides([2, 2]);
+    /// assert_eq!(layer.strides, [2, 2]);
+    /// ```
     pub fn strides(mut self, strides: [usize; N]) -> Self {
         self.strides = strides;
         self
     }
 
     /// Sets `padding`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::ConvTranspose::new(4, [3, 3]).padding(nn::Padding::Valid);
+    /// assert_eq!(layer.padding, nn::Padding::Valid);
+    /// ```
     pub fn padding(mut self, padding: Padding<N>) -> Self {
         self.padding = padding;
         self
     }
 
     /// Sets `kernel_dilation`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::ConvTranspose::new(4, [3, 3]).kernel_dilation([2, 2]);
+    /// assert_eq!(layer.kernel_dilation, [2, 2]);
+    /// ```
     pub fn kernel_dilation(mut self, dilation: [usize; N]) -> Self {
         self.kernel_dilation = dilation;
         self
     }
 
     /// Sets `use_bias`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::ConvTranspose::new(4, [3, 3]).use_bias(false);
+    /// assert_eq!(layer.use_bias, false);
+    /// ```
     pub fn use_bias(mut self, use_bias: bool) -> Self {
         self.use_bias = use_bias;
         self
     }
 
     /// Sets `kernel_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::ConvTranspose::new(4, [3, 3]).kernel_init(init::zeros);
+    /// ```
     pub fn kernel_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.kernel_init = Init::new(init);
         self
     }
 
     /// Sets `bias_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::ConvTranspose::new(4, [3, 3]).bias_init(init::zeros);
+    /// ```
     pub fn bias_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.bias_init = Init::new(init);
         self
@@ -297,6 +399,16 @@ impl<const N: usize> ConvTranspose<N> {
 
 #[differentiable]
 impl<const N: usize> ConvTranspose<N> {
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::Array4::<f64>::ones((1, 5, 5, 2));
+    /// let layer = nn::ConvTranspose::new(4, [3, 3]).strides([2, 2]);
+    /// let vars = layer.init(0, &x).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[1, 10, 10, 4]);
+    /// ```
     pub fn call<A: Real, D: Dimension + DimMax<Ix1, Output = D>>(
         &self,
         cx: &mut Scope,

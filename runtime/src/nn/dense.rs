@@ -56,18 +56,34 @@ impl Dense {
     }
 
     /// Sets `use_bias`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::Dense::new(4).use_bias(false);
+    /// assert_eq!(layer.use_bias, false);
+    /// ```
     pub fn use_bias(mut self, use_bias: bool) -> Self {
         self.use_bias = use_bias;
         self
     }
 
     /// Sets `kernel_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::Dense::new(4).kernel_init(init::zeros);
+    /// ```
     pub fn kernel_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.kernel_init = Init::new(init);
         self
     }
 
     /// Sets `bias_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::Dense::new(4).bias_init(init::zeros);
+    /// ```
     pub fn bias_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.bias_init = Init::new(init);
         self
@@ -84,6 +100,16 @@ fn has_features(shape: &[usize]) -> Result<(), String> {
 
 #[differentiable]
 impl Dense {
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::Array2::<f64>::ones((2, 3));
+    /// let layer = nn::Dense::new(4);
+    /// let vars = layer.init(0, &x).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[2, 4]);
+    /// ```
     pub fn call<A: Real, D: Dimension + DimMax<Ix1, Output = D>>(
         &self,
         cx: &mut Scope,

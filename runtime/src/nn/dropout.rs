@@ -91,6 +91,16 @@ fn mask<A: Real, D: Dimension>(mut rng: Rng, dim: D, keep: f64) -> Array<A, D> {
 
 #[differentiable]
 impl Dropout {
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::Array2::<f64>::ones((2, 3));
+    /// let layer = nn::Dropout::new(0.5).deterministic(true);
+    /// let vars = layer.init(0, &x).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[2, 3]);
+    /// ```
     pub fn call<A: Real, D: Dimension>(&self, cx: &mut Scope, x: &Array<A, D>) -> Array<A, D> {
         if self.rate == 0.0 || self.deterministic {
             return x.to_owned();

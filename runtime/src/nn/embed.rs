@@ -41,6 +41,12 @@ pub struct Embed<A = f32> {
 
 impl<A: Real> Embed<A> {
     /// A table of `num_embeddings` rows of `features`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::Embed::<f32>::new(10, 4);
+    /// assert_eq!((layer.num_embeddings, layer.features), (10, 4));
+    /// ```
     pub fn new(num_embeddings: usize, features: usize) -> Self {
         Embed {
             num_embeddings,
@@ -51,6 +57,11 @@ impl<A: Real> Embed<A> {
     }
 
     /// Sets `embedding_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::Embed::<f32>::new(10, 4).embedding_init(init::zeros);
+    /// ```
     pub fn embedding_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.embedding_init = Init::new(init);
         self
@@ -60,6 +71,16 @@ impl<A: Real> Embed<A> {
 #[differentiable]
 impl<A: Real> Embed<A> {
     /// The rows `ids` name, features last.
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::array![[1usize, 2]];
+    /// let layer = nn::Embed::<f64>::new(5, 3);
+    /// let vars = layer.init(0, &x).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[1, 2, 3]);
+    /// ```
     pub fn call<I: Id, S: Data<Elem = I>, D: Dimension>(
         &self,
         cx: &mut Scope,
@@ -78,6 +99,22 @@ impl<A: Real> Embed<A> {
 
     /// `query · embeddingᵀ`: the similarity of `query` (features last) to every
     /// row (Flax's `Embed.attend`, used to tie an output layer to the embedding).
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// struct Tied;
+    /// #[differentiable]
+    /// impl Tied {
+    ///     fn call(&self, cx: &mut Scope, ids: &ndarray::Array1<usize>) -> ndarray::Array2<f64> {
+    ///         let embed = cx.bind_as("embed", nn::Embed::<f64>::new(7, 3));
+    ///         let h = embed.call(cx, ids);
+    ///         embed.attend(cx, &h)
+    ///     }
+    /// }
+    /// let ids = ndarray::array![1, 4];
+    /// let vars = Tied.init(0, &ids).unwrap();
+    /// assert_eq!(Tied.apply(&vars, &ids).unwrap().shape(), &[2, 7]);
+    /// ```
     pub fn attend<D: Dimension + DimMax<Ix1, Output = D>>(
         &self,
         cx: &mut Scope,

@@ -134,6 +134,16 @@ impl BatchNorm {
 
 #[differentiable]
 impl BatchNorm {
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::Array2::<f64>::ones((2, 3));
+    /// let layer = nn::BatchNorm::new().use_running_average(true);
+    /// let vars = layer.init(0, &x).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[2, 3]);
+    /// ```
     pub fn call<A: Real, D: Dimension>(&self, cx: &mut Scope, x: &Array<A, D>) -> Array<A, D> {
         let features = x.shape()[x.ndim() - 1];
         let rows = x.len() / features;
@@ -200,18 +210,32 @@ macro_rules! norm_builders {
     ($ty:ident) => {
         impl $ty {
             /// Sets `epsilon`.
+            ///
+            /// ```
+            #[doc = concat!("let n = adjoint::nn::", stringify!($ty), "::default().epsilon(1e-3);")]
+            /// assert_eq!(n.epsilon, 1e-3);
+            /// ```
             pub fn epsilon(mut self, epsilon: f64) -> Self {
                 self.epsilon = epsilon;
                 self
             }
 
             /// Sets `use_scale`.
+            ///
+            /// ```
+            #[doc = concat!("let n = adjoint::nn::", stringify!($ty), "::default().use_scale(false);")]
+            /// assert!(!n.use_scale);
+            /// ```
             pub fn use_scale(mut self, yes: bool) -> Self {
                 self.use_scale = yes;
                 self
             }
 
             /// Sets `scale_init`.
+            ///
+            /// ```
+            #[doc = concat!("let _n = adjoint::nn::", stringify!($ty), "::default().scale_init(adjoint::init::zeros);")]
+            /// ```
             pub fn scale_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
                 self.scale_init = Init::new(init);
                 self
@@ -260,17 +284,34 @@ impl Default for LayerNorm {
 
 impl LayerNorm {
     /// Flax's defaults.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::LayerNorm::new();
+    /// assert_eq!(layer.epsilon, 1e-6);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sets `use_bias`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::LayerNorm::new().use_bias(false);
+    /// assert_eq!(layer.use_bias, false);
+    /// ```
     pub fn use_bias(mut self, yes: bool) -> Self {
         self.use_bias = yes;
         self
     }
 
     /// Sets `bias_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::LayerNorm::new().bias_init(init::zeros);
+    /// ```
     pub fn bias_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.bias_init = Init::new(init);
         self
@@ -281,6 +322,16 @@ norm_builders!(LayerNorm);
 
 #[differentiable]
 impl LayerNorm {
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::Array2::<f64>::ones((2, 3));
+    /// let layer = nn::LayerNorm::new();
+    /// let vars = layer.init(0, &x).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[2, 3]);
+    /// ```
     pub fn call<A: Real, D: Dimension>(&self, cx: &mut Scope, x: &Array<A, D>) -> Array<A, D> {
         let (rows, features) = rows_features(x.shape());
         let normalized = standardize(x, self.epsilon);
@@ -331,6 +382,12 @@ impl Default for RMSNorm {
 
 impl RMSNorm {
     /// Flax's defaults.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::RMSNorm::new();
+    /// assert_eq!(layer.epsilon, 1e-6);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -340,6 +397,16 @@ norm_builders!(RMSNorm);
 
 #[differentiable]
 impl RMSNorm {
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::Array2::<f64>::ones((2, 3));
+    /// let layer = nn::RMSNorm::new();
+    /// let vars = layer.init(0, &x).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[2, 3]);
+    /// ```
     pub fn call<A: Real, D: Dimension>(&self, cx: &mut Scope, x: &Array<A, D>) -> Array<A, D> {
         let (rows, features) = rows_features(x.shape());
         let x2 = x.to_shape((rows, features)).unwrap();
@@ -394,6 +461,12 @@ impl Default for GroupNorm {
 
 impl GroupNorm {
     /// `num_groups` groups and Flax's other defaults.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::GroupNorm::new(2);
+    /// assert_eq!(layer.num_groups, 2);
+    /// ```
     pub fn new(num_groups: usize) -> Self {
         GroupNorm {
             num_groups,
@@ -406,12 +479,23 @@ impl GroupNorm {
     }
 
     /// Sets `use_bias`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::GroupNorm::new(2).use_bias(false);
+    /// assert_eq!(layer.use_bias, false);
+    /// ```
     pub fn use_bias(mut self, yes: bool) -> Self {
         self.use_bias = yes;
         self
     }
 
     /// Sets `bias_init`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let _layer = nn::GroupNorm::new(2).bias_init(init::zeros);
+    /// ```
     pub fn bias_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
         self.bias_init = Init::new(init);
         self
@@ -441,6 +525,16 @@ norm_builders!(GroupNorm);
 
 #[differentiable]
 impl GroupNorm {
+    /// The layer in the scope `cx`: what a parent module's `call` runs, and
+    /// `init` and `apply` at the root.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let x = ndarray::Array4::<f64>::ones((1, 2, 2, 4));
+    /// let layer = nn::GroupNorm::new(2);
+    /// let vars = layer.init(0, &x).unwrap();
+    /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[1, 2, 2, 4]);
+    /// ```
     pub fn call<A: Real, D: Dimension>(&self, cx: &mut Scope, x: &Array<A, D>) -> Array<A, D> {
         let grouped = self.grouped(x.shape());
         let (n, s, g, c) = if cx.check(&grouped) {

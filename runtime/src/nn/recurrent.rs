@@ -33,6 +33,11 @@ macro_rules! cell_config {
 
         impl $name {
             /// A cell of `features`, with Flax's initializers.
+            ///
+            /// ```
+            #[doc = concat!("let cell = adjoint::nn::", stringify!($name), "::new(3);")]
+            /// assert_eq!(cell.features, 3);
+            /// ```
             pub fn new(features: usize) -> Self {
                 $name {
                     features,
@@ -43,12 +48,20 @@ macro_rules! cell_config {
             }
 
             /// Sets `kernel_init`.
+            ///
+            /// ```
+            #[doc = concat!("let _cell = adjoint::nn::", stringify!($name), "::new(3).kernel_init(adjoint::init::zeros);")]
+            /// ```
             pub fn kernel_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
                 self.kernel_init = Init::new(init);
                 self
             }
 
             /// Sets `recurrent_kernel_init`.
+            ///
+            /// ```
+            #[doc = concat!("let _cell = adjoint::nn::", stringify!($name), "::new(3).recurrent_kernel_init(adjoint::init::zeros);")]
+            /// ```
             pub fn recurrent_kernel_init(
                 mut self,
                 init: impl Initializer + Send + Sync + 'static,
@@ -58,6 +71,10 @@ macro_rules! cell_config {
             }
 
             /// Sets `bias_init`.
+            ///
+            /// ```
+            #[doc = concat!("let _cell = adjoint::nn::", stringify!($name), "::new(3).bias_init(adjoint::init::zeros);")]
+            /// ```
             pub fn bias_init(mut self, init: impl Initializer + Send + Sync + 'static) -> Self {
                 self.bias_init = Init::new(init);
                 self
@@ -134,6 +151,11 @@ cell_config! {
 
 impl SimpleCell {
     /// The initial carry for a batch of `batch`: zeros (Flax's `carry_init`).
+    ///
+    /// ```
+    /// let carry = adjoint::nn::SimpleCell::new(4).initialize_carry::<f32>(2);
+    /// assert_eq!(carry.shape(), &[2, 4]);
+    /// ```
     pub fn initialize_carry<A: Real>(&self, batch: usize) -> Array2<A> {
         Array2::zeros((batch, self.features))
     }
@@ -141,6 +163,11 @@ impl SimpleCell {
 
 impl GRUCell {
     /// The initial carry for a batch of `batch`: zeros.
+    ///
+    /// ```
+    /// let carry = adjoint::nn::GRUCell::new(4).initialize_carry::<f32>(2);
+    /// assert_eq!(carry.shape(), &[2, 4]);
+    /// ```
     pub fn initialize_carry<A: Real>(&self, batch: usize) -> Array2<A> {
         Array2::zeros((batch, self.features))
     }
@@ -148,6 +175,11 @@ impl GRUCell {
 
 impl LSTMCell {
     /// The initial carry `(c, h)` for a batch of `batch`: zeros.
+    ///
+    /// ```
+    /// let carry = adjoint::nn::LSTMCell::new(4).initialize_carry::<f32>(2);
+    /// assert_eq!(carry.0.shape(), &[2, 4]);
+    /// ```
     pub fn initialize_carry<A: Real>(&self, batch: usize) -> (Array2<A>, Array2<A>) {
         (
             Array2::zeros((batch, self.features)),
@@ -158,6 +190,17 @@ impl LSTMCell {
 
 #[differentiable]
 impl SimpleCell {
+    /// One step: the new carry and the output, from the carry and the input `x`
+    /// (`(batch, features)`).
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let cell = nn::SimpleCell::new(3);
+    /// let (carry, x) = (cell.initialize_carry::<f64>(2), ndarray::Array2::<f64>::ones((2, 4)));
+    /// let vars = cell.init(0, &carry, &x).unwrap();
+    /// let (h, y) = cell.apply(&vars, &carry, &x).unwrap();
+    /// assert_eq!(y.shape(), &[2, 3]);
+    /// ```
     pub fn call<A: Real>(
         &self,
         cx: &mut Scope,
@@ -173,6 +216,17 @@ impl SimpleCell {
 
 #[differentiable]
 impl LSTMCell {
+    /// One step: the new carry and the output, from the carry and the input `x`
+    /// (`(batch, features)`).
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let cell = nn::LSTMCell::new(3);
+    /// let (carry, x) = (cell.initialize_carry::<f64>(2), ndarray::Array2::<f64>::ones((2, 4)));
+    /// let vars = cell.init(0, &carry, &x).unwrap();
+    /// let ((c, h), y) = cell.apply(&vars, &carry, &x).unwrap();
+    /// assert_eq!(y.shape(), &[2, 3]);
+    /// ```
     pub fn call<A: Real>(
         &self,
         cx: &mut Scope,
@@ -200,6 +254,17 @@ impl LSTMCell {
 
 #[differentiable]
 impl GRUCell {
+    /// One step: the new carry and the output, from the carry and the input `x`
+    /// (`(batch, features)`).
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let cell = nn::GRUCell::new(3);
+    /// let (carry, x) = (cell.initialize_carry::<f64>(2), ndarray::Array2::<f64>::ones((2, 4)));
+    /// let vars = cell.init(0, &carry, &x).unwrap();
+    /// let (h, y) = cell.apply(&vars, &carry, &x).unwrap();
+    /// assert_eq!(y.shape(), &[2, 3]);
+    /// ```
     pub fn call<A: Real>(
         &self,
         cx: &mut Scope,
@@ -247,6 +312,12 @@ pub struct RNN<C> {
 
 impl<C> RNN<C> {
     /// `cell` scanned forwards.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::RNN::new(nn::GRUCell::new(3));
+    /// assert!(!layer.reverse);
+    /// ```
     pub fn new(cell: C) -> Self {
         RNN {
             cell,
@@ -256,12 +327,24 @@ impl<C> RNN<C> {
     }
 
     /// Sets `reverse`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::RNN::new(nn::GRUCell::new(3)).reverse(true);
+    /// assert_eq!(layer.reverse, true);
+    /// ```
     pub fn reverse(mut self, reverse: bool) -> Self {
         self.reverse = reverse;
         self
     }
 
     /// Sets `keep_order`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let layer = nn::RNN::new(nn::GRUCell::new(3)).keep_order(true);
+    /// assert_eq!(layer.keep_order, true);
+    /// ```
     pub fn keep_order(mut self, keep_order: bool) -> Self {
         self.keep_order = keep_order;
         self
@@ -284,13 +367,40 @@ macro_rules! rnn_for {
     ($cell:ident, $carry:ty) => {
         #[differentiable]
         impl RNN<$cell> {
+            /// The layer in the scope `cx`: what a parent module's `call` runs, and
+            /// `init` and `apply` at the root.
+            ///
+            /// ```
+            /// use adjoint::prelude::*;
+            /// let x = ndarray::Array3::<f64>::ones((2, 4, 3));
+            /// let layer = nn::RNN::new(nn::SimpleCell::new(5));
+            /// let vars = layer.init(0, &x).unwrap();
+            /// assert_eq!(layer.apply(&vars, &x).unwrap().shape(), &[2, 4, 5]);
+            /// ```
             pub fn call<A: Real>(&self, cx: &mut Scope, inputs: &Array3<A>) -> Array3<A> {
                 let carry = self.cell.initialize_carry::<A>(inputs.shape()[0]);
                 let (_, out) = self.scan(cx, &carry, inputs);
                 out
             }
 
-            /// The last carry and the outputs, from `carry`.
+            /// The last carry and the outputs, from `carry` (Flax's `initial_carry`
+            /// and `return_carry=True`).
+            ///
+            /// ```
+            /// use adjoint::prelude::*;
+            /// struct Scan;
+            /// #[differentiable]
+            /// impl Scan {
+            ///     fn call(&self, cx: &mut Scope, h: &ndarray::Array2<f64>, x: &ndarray::Array3<f64>) -> ndarray::Array2<f64> {
+            ///         let rnn = cx.bind_as("rnn", nn::RNN::new(nn::GRUCell::new(3)));
+            ///         let (last, _) = rnn.scan(cx, h, x);
+            ///         last
+            ///     }
+            /// }
+            /// let (h, x) = (ndarray::Array2::zeros((2, 3)), ndarray::Array3::ones((2, 5, 4)));
+            /// let vars = Scan.init(0, &h, &x).unwrap();
+            /// assert_eq!(Scan.apply(&vars, &h, &x).unwrap().shape(), &[2, 3]);
+            /// ```
             pub fn scan<A: Real>(
                 &self,
                 cx: &mut Scope,
