@@ -3,7 +3,8 @@
 //! ([`scale_by_adam`], [`trace`], [`clip_by_global_norm`], ...) compose with
 //! [`chain`], and the named optimizers ([`sgd`], [`adam`], [`adamw`], ...) are such
 //! chains, as in optax. [`apply_updates`] adds the updates to the params. Learning
-//! rates are numbers or [`schedule`]s of the step.
+//! rates are numbers or [`Schedule`]s of the step (computed in optax's precision:
+//! see [`Schedule`]).
 //!
 //! Trees are [`Variables`]: the params, the gradients and the updates have one
 //! structure (a typed error names the first path where they differ). Each

@@ -16,6 +16,13 @@ use std::sync::Arc;
 /// converts into one) or one of the constructors here (or any
 /// `Fn(u64) -> f64`, through [`Schedule::new`]).
 ///
+/// As optax's: optax counts steps in `int32`, and JAX then computes
+/// `linear_schedule`, `polynomial_schedule` and `exponential_decay` in `float32`
+/// even under `jax_enable_x64`; a join of schedules is `float32` if one of them is
+/// (`warmup_cosine_decay_schedule`); `cosine_decay_schedule`,
+/// `piecewise_constant_schedule` and constants are `float64`. These do the same
+/// operations in the same precision, so a run gives optax's numbers bit for bit.
+///
 /// ```
 /// use adjoint::optim::{Schedule, linear_schedule};
 /// let s = linear_schedule(1.0, 0.0, 4, 0);
@@ -243,7 +250,7 @@ pub fn join_schedules(schedules: Vec<Schedule>, boundaries: Vec<u64>) -> Schedul
 /// A linear warmup from `init_value` to `peak_value` over `warmup_steps`, then a
 /// cosine decay to `end_value` at `decay_steps` (counted from 0, warmup included):
 /// optax's `warmup_cosine_decay_schedule` (in `float32`, as optax's: see the
-/// [module](self)).
+/// [`Schedule`]).
 ///
 /// ```
 /// let s = adjoint::optim::warmup_cosine_decay_schedule(0.0, 0.05, 2, 6, 0.001, 1.0);
