@@ -58,7 +58,9 @@ fn gelu_tanh<A: Real>(v: A) -> (A, A, A, A) {
     let u = k::<A>(GELU_C) * (v + k::<A>(GELU_A) * v * v * v);
     let du = k::<A>(GELU_C) * (A::one() + k::<A>(3.0 * GELU_A) * v * v);
     let ddu = k::<A>(GELU_C * 6.0 * GELU_A) * v;
-    (u.tanh(), u, du, ddu)
+    // The branch-free `tanh` of `kernels`: a loop of it vectorises, where libm's is a
+    // call per element (a quarter of a transformer's gradient, W7, went to it).
+    (A::lit(crate::rules::kernels::tanh(u.as_f64())), u, du, ddu)
 }
 
 /// The standard normal's cumulative distribution and density.

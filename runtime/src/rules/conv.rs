@@ -451,7 +451,7 @@ impl<const N: usize> Geometry<N> {
                 for (&tap, out) in taps.iter().zip(dst.chunks_exact_mut(cg)) {
                     if tap != Windows::<N>::NONE {
                         let at = (n * w.input_len + tap) * self.in_features + g * cg;
-                        out.copy_from_slice(&x[at..at + cg]);
+                        copy_features(out, &x[at..at + cg]);
                     }
                 }
             }
@@ -460,25 +460,42 @@ impl<const N: usize> Geometry<N> {
             .unwrap_or_else(|_| unreachable!("adjoint: patches have rows x cols elements"))
     }
 
-    /// Adds group `g`'s patch cotangents back onto the input's positions: the
-    /// adjoint of [`Geometry::patches`].
-    fn scatter<A: Real>(&self, dp: ArrayView2<'_, A>, dx: &mut [A], g: usize) {
+    /// Adds group `g`'s patch cotangents `dp` (row-major, one row per patch) back
+    /// onto the input's positions: the adjoint of [`Geometry::patches`].
+    fn scatter<A: Real>(&self, dp: &[A], dx: &mut [A], g: usize) {
         let (w, cg) = (&self.windows, self.group_in());
-        for (row, src) in dp.outer_iter().enumerate() {
+        let cols = w.window_len * cg;
+        if cols == 0 {
+            return;
+        }
+        for (row, src) in dp.chunks_exact(cols).enumerate() {
             let (n, o) = (row / w.output_len(), row % w.output_len());
             let taps = &w.taps[o * w.window_len..(o + 1) * w.window_len];
-            for (t, &tap) in taps.iter().enumerate() {
+            for (&tap, src) in taps.iter().zip(src.chunks_exact(cg)) {
                 if tap != Windows::<N>::NONE {
                     let at = (n * w.input_len + tap) * self.in_features + g * cg;
-                    for (d, &v) in dx[at..at + cg]
-                        .iter_mut()
-                        .zip(src.slice(s![t * cg..(t + 1) * cg]))
-                    {
+                    for (d, &v) in dx[at..at + cg].iter_mut().zip(src) {
                         *d += v;
                     }
                 }
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, without a call to `memcpy` for the features of a
+/// first layer (one channel, or three), where the call costs more than the copy.
+#[inline]
+fn copy_features<A: Copy>(dst: &mut [A], src: &[A]) {
+    // Element stores: copies of any length, even known ones, become `memcpy` calls.
+    match (dst, src) {
+        ([d], [s]) => *d = *s,
+        ([d0, d1, d2], [s0, s1, s2]) => {
+            *d0 = *s0;
+            *d1 = *s1;
+            *d2 = *s2;
+        }
+        (dst, src) => dst.copy_from_slice(src),
     }
 }
 
@@ -591,7 +608,7 @@ where
     for g in 0..geo.groups {
         let block = s![.., g * og..(g + 1) * og];
         let dp = matmul(&ct2.slice(block), &kmat.slice(block).t());
-        geo.scatter(dp.view(), &mut dx, g);
+        geo.scatter(&row_major(dp), &mut dx, g);
     }
     shaped(x.shape(), dx)
 }
