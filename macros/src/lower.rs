@@ -588,11 +588,25 @@ impl Lowerer<'_> {
             arm.extend(rest.iter().cloned());
             arm
         };
+        // Each arm starts from the outer variables as they are here: what one arm
+        // assigns must not leak into the next.
+        let mut tokens = e.to_token_stream();
+        tokens.extend(rest.iter().map(|s| s.to_token_stream()));
+        let outer = Region {
+            carries: self.assigned_outer(tokens),
+        };
+        let before: Vec<Val> = outer
+            .carries
+            .iter()
+            .map(|(d, n)| self.scopes[*d][n].clone())
+            .collect();
         let branch = match e {
             Expr::If(i) => {
                 let cond = self.condition(&i.cond);
                 let then = self.block(&with_rest(i.then_branch.stmts.clone()), region, end);
+                self.restore(&outer, &before);
                 let els = self.block(&with_rest(else_stmts(&i.else_branch)), region, end);
+                self.restore(&outer, &before);
                 Branching {
                     kind: BranchKind::If { cond },
                     arms: vec![then, els],
@@ -607,6 +621,7 @@ impl Lowerer<'_> {
                     binds.push(self.bind_pattern_names(&arm.pat));
                     arms.push(self.block(&with_rest(arm_stmts(&arm.body)), region, end));
                     self.pop_scope();
+                    self.restore(&outer, &before);
                 }
                 Branching {
                     kind: BranchKind::Match {
@@ -1893,7 +1908,7 @@ impl Lowerer<'_> {
         match e {
             Expr::Call(c) => {
                 if let Expr::Macro(m) = &*c.func
-                    && m.mac.path.is_ident("jvp")
+                    && is_jvp_macro(&m.mac.path)
                 {
                     let path = syn::parse2::<syn::Path>(m.mac.tokens.clone()).ok()?;
                     let rewritten = jvp_call(&path, c);
@@ -1991,7 +2006,7 @@ impl Lowerer<'_> {
         }
         if let Expr::Macro(m) = &*c.func {
             // `jvp!(f)(args..)`: a call of the forward-mode companion `f::jvp`.
-            if m.mac.path.is_ident("jvp")
+            if is_jvp_macro(&m.mac.path)
                 && let Ok(path) = syn::parse2::<syn::Path>(m.mac.tokens.clone())
             {
                 let rewritten = jvp_call(&path, c);
@@ -2620,6 +2635,14 @@ fn assigned_names(tokens: TokenStream, out: &mut Vec<String>) {
 
 /// Whether `e` may leave its enclosing block early: a `return`, or a `break` or
 /// `continue` that is not inside a loop of its own.
+/// `jvp!`, also as `adjoint::jvp!` or `::adjoint::jvp!` (how generated code names it).
+fn is_jvp_macro(path: &syn::Path) -> bool {
+    path.is_ident("jvp")
+        || (path.segments.len() == 2
+            && path.segments[0].ident == "adjoint"
+            && path.segments[1].ident == "jvp")
+}
+
 pub fn may_diverge(e: &Expr) -> bool {
     struct V {
         found: bool,

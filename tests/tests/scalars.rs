@@ -252,6 +252,36 @@ fn data_dependent_trip_counts() {
     }
 }
 
+/// An arm that assigns an outer variable and leaves the loop: the assignment
+/// belongs to that arm only (it used to leak into the other arm, the rest of the
+/// body, which then named a variable it never defined).
+#[differentiable]
+fn assign_then_break(x: f64, s: f64) -> f64 {
+    let mut y = x;
+    let mut k = 0;
+    let mut r = 0.0;
+    loop {
+        if k == 4 {
+            r = r + y * s;
+            break;
+        }
+        y = y - (y * y - x) / (2.0 * y);
+        k += 1;
+    }
+    r * y
+}
+
+#[test]
+fn an_arm_that_breaks_keeps_its_assignments() {
+    // Four Newton steps give y = sqrt(x) to double precision: r y = s x.
+    let (gx, gs) = grad!(assign_then_break)(2.0, 0.7);
+    assert!(
+        (gx - 0.7).abs() < 1e-9 && (gs - 2.0).abs() < 1e-9,
+        "{gx} {gs}"
+    );
+    check2(assign_then_break, grad!(assign_then_break), 3.0, -0.4);
+}
+
 mod helpers {
     use adjoint::prelude::*;
 
