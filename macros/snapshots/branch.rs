@@ -33,8 +33,7 @@ impl branch {
             move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut __t4_bar = __ct0;
-                let mut x_bar = ::adjoint::__private::zeros(&x);
-                match __br0 {
+                let (mut x_bar,) = match __br0 {
                     ::adjoint::__private::Branch2::Arm0((__t0,)) => {
                         let mut __t1_bar = __t4_bar;
                         let mut __t0_bar = ::adjoint::__private::mul_pb_lhs(
@@ -42,18 +41,16 @@ impl branch {
                             &x,
                             ::core::clone::Clone::clone(&__t1_bar),
                         );
-                        ::adjoint::__private::acc(
-                            &mut x_bar,
-                            ::adjoint::__private::mul_pb_rhs(
-                                &__t0,
-                                &::adjoint::__private::shape_of(&__t1_bar),
-                                __t1_bar,
-                            ),
+                        let mut x_bar = ::adjoint::__private::mul_pb_rhs(
+                            &__t0,
+                            &::adjoint::__private::shape_of(&__t1_bar),
+                            __t1_bar,
                         );
                         ::adjoint::__private::acc(
                             &mut x_bar,
                             ::adjoint::__private::square_pb(&x, __t0_bar),
                         );
+                        (x_bar,)
                     }
                     ::adjoint::__private::Branch2::Arm1(()) => {
                         let mut __t3_bar = __t4_bar;
@@ -61,16 +58,14 @@ impl branch {
                             &::adjoint::__private::shape_of(&__t3_bar),
                             __t3_bar,
                         );
-                        ::adjoint::__private::acc(
-                            &mut x_bar,
-                            ::adjoint::__private::mul_pb_rhs(
-                                &::adjoint::__private::lit(&x, 2.0),
-                                &::adjoint::__private::shape_of(&__t2_bar),
-                                __t2_bar,
-                            ),
+                        let mut x_bar = ::adjoint::__private::mul_pb_rhs(
+                            &::adjoint::__private::lit(&x, 2.0),
+                            &::adjoint::__private::shape_of(&__t2_bar),
+                            __t2_bar,
                         );
+                        (x_bar,)
                     }
-                }
+                };
                 (x_bar,)
             },
         )
@@ -130,8 +125,7 @@ impl branch {
             move |__ct: f64| {
                 let __ct0 = __ct;
                 let mut __t4_bar = __ct0;
-                let mut x_bar = ::adjoint::__private::zeros(&x);
-                match __br0 {
+                let (mut x_bar,) = match __br0 {
                     ::adjoint::__private::Branch2::Arm0((__t0,)) => {
                         let mut __t1_bar = __t4_bar;
                         let mut __t0_bar = ::adjoint::__private::mul_pb_lhs(
@@ -139,18 +133,16 @@ impl branch {
                             &x,
                             ::core::clone::Clone::clone(&__t1_bar),
                         );
-                        ::adjoint::__private::acc(
-                            &mut x_bar,
-                            ::adjoint::__private::mul_pb_rhs(
-                                &__t0,
-                                &::adjoint::__private::shape_of(&__t1_bar),
-                                __t1_bar,
-                            ),
+                        let mut x_bar = ::adjoint::__private::mul_pb_rhs(
+                            &__t0,
+                            &::adjoint::__private::shape_of(&__t1_bar),
+                            __t1_bar,
                         );
                         ::adjoint::__private::acc(
                             &mut x_bar,
                             ::adjoint::__private::square_pb(&x, __t0_bar),
                         );
+                        (x_bar,)
                     }
                     ::adjoint::__private::Branch2::Arm1(()) => {
                         let mut __t3_bar = __t4_bar;
@@ -158,16 +150,14 @@ impl branch {
                             &::adjoint::__private::shape_of(&__t3_bar),
                             __t3_bar,
                         );
-                        ::adjoint::__private::acc(
-                            &mut x_bar,
-                            ::adjoint::__private::mul_pb_rhs(
-                                &::adjoint::__private::lit(&x, 2.0),
-                                &::adjoint::__private::shape_of(&__t2_bar),
-                                __t2_bar,
-                            ),
+                        let mut x_bar = ::adjoint::__private::mul_pb_rhs(
+                            &::adjoint::__private::lit(&x, 2.0),
+                            &::adjoint::__private::shape_of(&__t2_bar),
+                            __t2_bar,
                         );
+                        (x_bar,)
                     }
-                }
+                };
                 (x_bar,)
             },
         )

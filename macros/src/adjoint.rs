@@ -85,6 +85,11 @@ struct Gen<'a> {
 /// The state of one block's reverse sweep.
 struct Rev {
     local: HashSet<Var>,
+    /// Variables of an enclosing block whose adjoints a branch arm may start: the
+    /// arm initialises them like its own, and the branch hands them out (so that
+    /// `if use_bias { .. }` does not zero an adjoint before the branch to add to it
+    /// in an arm).
+    deferred: HashSet<Var>,
     init: HashSet<Var>,
     reads: BTreeSet<Slot>,
     outer: BTreeSet<Var>,
@@ -104,9 +109,15 @@ impl Rev {
         record
     }
 
+    /// Whether this sweep starts `v`'s adjoint (its own variable, or a deferred one).
+    fn owns(&self, v: &Var) -> bool {
+        self.local.contains(v) || self.deferred.contains(v)
+    }
+
     fn new(local: HashSet<Var>, in_loop: bool) -> Self {
         Rev {
             local,
+            deferred: HashSet::new(),
             init: HashSet::new(),
             reads: BTreeSet::new(),
             outer: BTreeSet::new(),
@@ -603,7 +614,7 @@ impl<'a> Gen<'a> {
             return;
         }
         let bar = self.bar(v);
-        if r.local.contains(&v) {
+        if r.owns(&v) {
             if r.init.insert(v) {
                 r.code.push(quote!(let mut #bar = #expr;));
             } else {
@@ -621,12 +632,12 @@ impl<'a> Gen<'a> {
     /// than initialising it).
     fn accumulates(&self, r: &Rev, a: &Atom) -> bool {
         a.var()
-            .is_some_and(|v| self.active(v) && (!r.local.contains(&v) || r.init.contains(&v)))
+            .is_some_and(|v| self.active(v) && (!r.owns(&v) || r.init.contains(&v)))
     }
 
     /// Makes sure `v`'s adjoint exists, zero if nothing contributed yet.
     fn ensure_init(&self, r: &mut Rev, v: Var) {
-        if r.local.contains(&v) {
+        if r.owns(&v) {
             if r.init.insert(v) {
                 let bar = self.bar(v);
                 let x = self.read_var(r, v);
@@ -1087,7 +1098,7 @@ impl<'a> Gen<'a> {
                 .atom
                 .var()
                 .expect("active operands are variables");
-            if !r.local.contains(&v) {
+            if !r.owns(&v) {
                 r.outer.insert(v);
             }
             let acc = self.bar(v);
@@ -1222,6 +1233,17 @@ impl<'a> Gen<'a> {
         let mut arms_code = Vec::new();
         let mut any = false;
         let mut pre_zero = BTreeSet::new();
+        // The enclosing adjoints not started yet: an arm that contributes to one
+        // starts it, and the branch hands it out (zero from the arms that do not).
+        let deferred: HashSet<Var> = r
+            .local
+            .iter()
+            .chain(&r.deferred)
+            .filter(|v| !r.init.contains(v))
+            .copied()
+            .collect();
+        let mut started = BTreeSet::new();
+        let mut inits = Vec::new();
         for (i, arm) in br.arms.iter().enumerate() {
             let mut local = HashSet::new();
             block_defs(arm, &mut local);
@@ -1229,10 +1251,11 @@ impl<'a> Gen<'a> {
                 local.extend(binds[i].iter().copied());
             }
             let mut sub = Rev::new(local, r.in_loop);
+            sub.deferred = deferred.clone();
             self.rev_block(&mut sub, arm, seeds);
             let record = sub.split_reads(r);
             for v in &sub.outer {
-                if r.local.contains(v) {
+                if r.owns(v) {
                     if !r.init.contains(v) {
                         pre_zero.insert(*v);
                     }
@@ -1240,6 +1263,8 @@ impl<'a> Gen<'a> {
                     r.outer.insert(*v);
                 }
             }
+            started.extend(sub.init.iter().filter(|v| deferred.contains(v)).copied());
+            inits.push(sub.init.clone());
             any |= !sub.code.is_empty() || !record.is_empty();
             self.reads_all.extend(sub.reads.iter().copied());
             self.records.insert(arm as *const Block, record.clone());
@@ -1252,18 +1277,48 @@ impl<'a> Gen<'a> {
         for v in pre_zero {
             self.ensure_init(r, v);
         }
+        // Each arm ends with the adjoints it started, or zeros.
+        let started: Vec<Var> = started.into_iter().collect();
+        let mut ends = Vec::new();
+        for init in &inits {
+            let items: Vec<TokenStream> = started
+                .iter()
+                .map(|v| {
+                    if init.contains(v) {
+                        self.bar(*v).to_token_stream()
+                    } else {
+                        let x = self.read_var(r, *v);
+                        quote!(::adjoint::__private::zeros(&#x))
+                    }
+                })
+                .collect();
+            ends.push(items);
+        }
         let n = br.arms.len();
         let enum_name = format_ident!("Branch{}", n);
         let arms = arms_code
             .into_iter()
+            .zip(ends)
             .enumerate()
-            .map(|(i, (record, code))| {
+            .map(|(i, ((record, code), end))| {
                 let variant = format_ident!("Arm{}", i);
                 let names: Vec<TokenStream> = record.iter().map(|s| self.slot_name(*s)).collect();
-                quote!(::adjoint::__private::#enum_name::#variant((#(#names,)*)) => { #(#code)* })
+                let end = if started.is_empty() {
+                    TokenStream::new()
+                } else {
+                    quote!((#(#end,)*))
+                };
+                quote!(::adjoint::__private::#enum_name::#variant((#(#names,)*)) => { #(#code)* #end })
             });
         let rec = self.read_slot(r, Slot::Br(id));
-        r.code.push(quote!(match #rec { #(#arms)* }));
+        if started.is_empty() {
+            r.code.push(quote!(match #rec { #(#arms)* }));
+        } else {
+            let bars = started.iter().map(|v| self.bar(*v));
+            r.code
+                .push(quote!(let (#(mut #bars,)*) = match #rec { #(#arms)* };));
+            r.init.extend(started.iter().copied());
+        }
     }
 
     fn rev_loop(&mut self, r: &mut Rev, lp: &'a Loop) {
@@ -1363,7 +1418,7 @@ impl<'a> Gen<'a> {
         }
         let outer: Vec<Var> = sub.outer.iter().copied().collect();
         for v in outer {
-            if r.local.contains(&v) {
+            if r.owns(&v) {
                 self.ensure_init(r, v);
             } else {
                 r.outer.insert(v);
@@ -2229,6 +2284,66 @@ pub(crate) fn scalars(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
     }
 }
 
+/// The variables that hold integers (loop counters): `let k: usize`, integer
+/// literals, what an elementwise primitive computes from one (`k + 1`: an array or a
+/// float plus an integer literal does not type-check), and loop carries and branch
+/// values that an integer flows into (to a fixed point). Written by value, since an
+/// integer's type may still be an inference variable (`let mut k = 0`) that a
+/// generic helper could not resolve.
+pub(crate) fn integers(f: &Func, defs: &HashMap<Var, &Op>) -> Vec<bool> {
+    const INTS: [&str; 12] = [
+        "usize", "isize", "u8", "u16", "u32", "u64", "u128", "i8", "i16", "i32", "i64", "i128",
+    ];
+    let mut int: Vec<bool> = f
+        .vars
+        .iter()
+        .map(|v| matches!(&v.ty, Some(syn::Type::Path(t)) if INTS.iter().any(|i| t.path.is_ident(i))))
+        .collect();
+    let mut joins = Vec::new();
+    collect_joins(&f.body, &mut joins);
+    let mut changed = true;
+    while changed {
+        changed = false;
+        let is = |int: &[bool], a: &Atom| match a {
+            Atom::Var(v) => int[v.0 as usize],
+            Atom::Lit(t) => is_int_literal(t),
+        };
+        let mut found = Vec::new();
+        for (v, op) in defs {
+            let yes = match op {
+                Op::Const(t) => is_int_literal(t),
+                Op::Prim { rule, operands, .. } => {
+                    rule.elementwise && operands.iter().any(|a| is(&int, &a.atom))
+                }
+                _ => false,
+            };
+            if yes && !int[v.0 as usize] {
+                found.push(*v);
+            }
+        }
+        for (v, atoms) in &joins {
+            if !int[v.0 as usize] && atoms.iter().any(|a| is(&int, a)) {
+                found.push(*v);
+            }
+        }
+        for v in found {
+            changed |= !std::mem::replace(&mut int[v.0 as usize], true);
+        }
+    }
+    int
+}
+
+/// An integer literal, or an expression of integer literals only.
+fn is_int_literal(t: &TokenStream) -> bool {
+    syn::parse2::<syn::Expr>(t.clone()).is_ok_and(|e| {
+        crate::lower::is_literal_expr(&e) && {
+            let mut ints = true;
+            crate::lower::each_literal(&e, &mut |l| ints &= matches!(l, syn::Lit::Int(_)));
+            ints
+        }
+    })
+}
+
 /// Elementwise primitives of scalars are scalars (to a fixed point). Variables are
 /// numbered in the order they are defined, so one pass in that order settles
 /// straight-line code; loops and branches may take another.
@@ -2262,7 +2377,7 @@ fn derive_scalars(defs: &HashMap<Var, &Op>, scalar: &mut [bool]) {
 
 /// Every variable where values join (a loop carry, a branch's value), with the
 /// atoms that flow into it.
-fn collect_joins(b: &Block, out: &mut Vec<(Var, Vec<Atom>)>) {
+pub(crate) fn collect_joins(b: &Block, out: &mut Vec<(Var, Vec<Atom>)>) {
     let leaf_atoms = |blk: &Block, k: usize, carries_only: bool| {
         let mut atoms = Vec::new();
         each_leaf(blk, &mut |l| {
@@ -2331,7 +2446,7 @@ pub(crate) fn collect_defs<'a>(b: &'a Block, defs: &mut HashMap<Var, &'a Op>) {
 }
 
 /// The variables a block defines at its own level (not inside nested blocks).
-fn block_defs(b: &Block, out: &mut HashSet<Var>) {
+pub(crate) fn block_defs(b: &Block, out: &mut HashSet<Var>) {
     for s in &b.stmts {
         match s {
             Stmt::Let { dst, .. } => {
