@@ -62,8 +62,8 @@ struct Gen<'r> {
     scalars: Vec<String>,
     arrays: Vec<String>,
     next: usize,
-    /// Whether the body has control flow or calls (forward mode does not cover it).
-    straight: bool,
+    /// Whether forward mode covers the body (not yet `mapv` closures or helper calls).
+    forward: bool,
     depth: usize,
 }
 
@@ -151,7 +151,7 @@ impl Gen<'_> {
             }
             6 => {
                 // A closure reading an enclosing scalar, which may be differentiated.
-                self.straight = false;
+                self.forward = false;
                 let c = self.scalar_var();
                 let f = self.rng.pick(SMOOTH);
                 format!(
@@ -161,7 +161,7 @@ impl Gen<'_> {
                 )
             }
             _ => {
-                self.straight = false;
+                self.forward = false;
                 format!("{}.mapv(|v| v * v + {})", self.array_var(), self.rng.lit())
             }
         };
@@ -194,7 +194,6 @@ impl Gen<'_> {
             }
             6 => {
                 // A branch on a differentiated value: both arms are smooth.
-                self.straight = false;
                 let v = self.fresh("s");
                 let c = self.scalar_var();
                 let (t, e) = (self.expr(Ty::Scalar), self.expr(Ty::Scalar));
@@ -208,7 +207,6 @@ impl Gen<'_> {
             }
             7 => {
                 // A loop carrying a scalar and an array.
-                self.straight = false;
                 let (s, a) = (self.fresh("s"), self.fresh("a"));
                 let (s0, a0) = (self.scalar_var(), self.array_var());
                 let k = self.fresh("k");
@@ -223,7 +221,7 @@ impl Gen<'_> {
                 self.arrays.push(a);
             }
             8 if helpers > 0 => {
-                self.straight = false;
+                self.forward = false;
                 let v = self.fresh("s");
                 let h = self.rng.below(helpers);
                 let (x, a) = (self.scalar_var(), self.array_ref());
@@ -241,14 +239,14 @@ impl Gen<'_> {
 }
 
 /// A random function `name(x: f64, y: f64, a: &Array1<f64>, b: &Array1<f64>) -> f64`
-/// with `stmts` statements, and whether forward mode covers it (straight-line code).
+/// with `stmts` statements, and whether forward mode covers it (no `mapv` or helper calls yet).
 pub fn function(rng: &mut Rng, name: &str, stmts: usize, helpers: usize) -> (String, bool) {
     let mut g = Gen {
         rng,
         scalars: vec!["x".into(), "y".into()],
         arrays: vec!["a".into(), "b".into()],
         next: 0,
-        straight: true,
+        forward: true,
         depth: 0,
     };
     let mut body = String::new();
@@ -259,17 +257,17 @@ pub fn function(rng: &mut Rng, name: &str, stmts: usize, helpers: usize) -> (Str
     let s = g.scalars.last().cloned().unwrap_or_default();
     let a = g.arrays.last().cloned().unwrap_or_default();
     let out = format!("{s} + {a}.sum() * 0.5");
-    let straight = g.straight;
-    let jvp = if straight { "(jvp)" } else { "" };
+    let forward = g.forward;
+    let jvp = if forward { "(jvp)" } else { "" };
     let src = format!(
         "#[differentiable{jvp}]\nfn {name}(x: f64, y: f64, a: &Array1<f64>, b: &Array1<f64>) -> f64 {{\n{body}    {out}\n}}\n"
     );
-    (src, straight)
+    (src, forward)
 }
 
 /// A source file of `n` random programs and a test per program (`fn main` when
 /// `as_main`, else one `#[test]`), checking `grad!` against central differences and,
-/// for straight-line programs, `jvp!` against `grad!`.
+/// where forward mode covers the program, `jvp!` against `grad!`.
 pub fn program_file(seed: u64, n: usize, as_main: bool) -> String {
     let mut rng = Rng::new(seed);
     let mut src = String::new();
@@ -291,7 +289,7 @@ pub fn program_file(seed: u64, n: usize, as_main: bool) -> String {
     for i in 0..n {
         let name = format!("program{i}");
         let stmts = 1 + rng.below(6);
-        let (f, straight) = function(&mut rng, &name, stmts, helpers);
+        let (f, forward) = function(&mut rng, &name, stmts, helpers);
         let _ = writeln!(src, "// {name}");
         src.push_str(&f);
         let inputs = format!(
@@ -305,7 +303,7 @@ pub fn program_file(seed: u64, n: usize, as_main: bool) -> String {
             rng.lit(),
             rng.lit()
         );
-        let jvp = if straight {
+        let jvp = if forward {
             format!(
                 " check_jvp(\"{name}\", |(x, y, a, b), (dx, dy, da, db)| jvp!({name})(*x, *y, a, b, *dx, *dy, da, db).1, |(x, y, a, b)| grad!({name})(*x, *y, a, b), {inputs}, r);"
             )

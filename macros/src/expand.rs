@@ -333,7 +333,7 @@ fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> 
     ) else {
         cx.error_at(
             &f.sig.ident,
-            "#[differentiable(jvp)]: forward mode covers straight-line code with arithmetic, elementwise maths, powi, sum, mean, sum_axis, t, dot and element reads so far",
+            "#[differentiable(jvp)]: forward mode covers branches, loops, arithmetic, elementwise maths, reductions, products, layers' rules and module calls so far; not yet `mapv` closures or calls to other functions",
         );
         return None;
     };
@@ -354,16 +354,175 @@ fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> 
         f.sig.ident
     );
     let ret_cot = cot_type(ret);
+    let jacobians = jacobian_items(f, params);
     Some(quote! {
         #[::adjoint::differentiable]
         impl #owner {
             #[doc = #doc]
             #[doc(hidden)]
+            #[allow(clippy::all)]
             #vis fn jvp #generics (#(#args,)* #(#tangents),*) -> (#ret, #ret_cot) #where_clause {
                 #body
             }
         }
+        #jacobians
     })
+}
+
+/// The companions built on `jvp` and `vjp` that `hvp!`, `jacfwd!`, `jacrev!` and
+/// `hessian!` call: `hvp(args.., tangents..)` (reverse over forward: the gradient of
+/// `<grad f, v>`, shaped as `grad!(f)`'s), and the Jacobians and the Hessian with
+/// respect to the first differentiated argument, shaped as JAX's (`O ++ I`, `I ++
+/// I`), the other arguments held.
+fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
+    let owner = &f.sig.ident;
+    let (vis, generics) = (&f.vis, &f.sig.generics);
+    let where_clause = &generics.where_clause;
+    let Some(w) = params.iter().position(|p| p.active) else {
+        return TokenStream::new();
+    };
+    let reference = |p: &ParamInfo| matches!(p.ty, Type::Reference(_));
+    let owned = |p: &ParamInfo| {
+        let mut ty = p.ty.clone();
+        StaticLifetimes.visit_type_mut(&mut ty);
+        ty
+    };
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    // Each call gets the arguments anew: references as they are, values cloned.
+    let pass: Vec<TokenStream> = params
+        .iter()
+        .zip(&names)
+        .map(|(p, n)| {
+            if reference(p) {
+                quote!(#n)
+            } else {
+                quote!(::core::clone::Clone::clone(&#n))
+            }
+        })
+        .collect();
+    let active: Vec<usize> = (0..params.len()).filter(|&i| params[i].active).collect();
+    // The tangents of the active arguments: `e` along argument `w`, zero elsewhere.
+    let unit_tangents: Vec<TokenStream> = active
+        .iter()
+        .map(|&i| {
+            let (p, n) = (&params[i], &names[i]);
+            match (i == w, reference(p)) {
+                (true, true) => quote!(&__e),
+                (true, false) => quote!(__e),
+                (false, true) => quote!(&::adjoint::__private::zeros(#n)),
+                (false, false) => quote!(::adjoint::__private::zeros(&#n)),
+            }
+        })
+        .collect();
+    let (wname, wty) = (&names[w], owned(&params[w]));
+    let jacobian = quote!(::adjoint::__private::Jacobian<#wty>);
+    // `grad!` of the JVP's tangent output over the closure's copies of the arguments
+    // (`__a0..`) and tangents (`__t0..`), with respect to `wrt`.
+    let arg_names: Vec<Ident> = (0..params.len())
+        .map(|i| format_ident!("__a{}", i))
+        .collect();
+    let tan_names: Vec<Ident> = (0..active.len())
+        .map(|k| format_ident!("__t{}", k))
+        .collect();
+    let closure_params = params
+        .iter()
+        .zip(&arg_names)
+        .map(|(p, a)| {
+            let ty = &p.ty;
+            quote!(#a: #ty)
+        })
+        .chain(active.iter().zip(&tan_names).map(|(&i, t)| {
+            let ty = &params[i].ty;
+            quote!(#t: #ty)
+        }));
+    let closure_params: Vec<TokenStream> = closure_params.collect();
+    let grad_of_jvp = |wrt: &[&Ident], tangents: &[TokenStream]| {
+        quote! {
+            ::adjoint::grad!(
+                |#(#closure_params),*| {
+                    let (_, __d) = ::adjoint::jvp!(#owner)(#(#arg_names,)* #(#tan_names),*);
+                    __d
+                },
+                wrt = [#(#wrt),*]
+            )(#(#pass,)* #(#tangents),*)
+        }
+    };
+    let all_active: Vec<&Ident> = active.iter().map(|&i| &arg_names[i]).collect();
+    let dnames: Vec<Ident> = active
+        .iter()
+        .map(|&i| {
+            crate::tangent::dot_name(&format_ident!("{}", param_name(&params[i].pat).to_string()))
+        })
+        .collect();
+    let dargs = active.iter().zip(&dnames).map(|(&i, d)| {
+        let ty = &params[i].ty;
+        quote!(#d: #ty)
+    });
+    let dpass: Vec<TokenStream> = dnames.iter().map(|d| quote!(#d)).collect();
+    let hvp_body = grad_of_jvp(&all_active, &dpass);
+    let hvp_ret = match active.as_slice() {
+        [i] => cot_type(&owned(&params[*i])),
+        many => {
+            let items = many.iter().map(|&i| cot_type(&owned(&params[i])));
+            quote!((#(#items,)*))
+        }
+    };
+    let hessian_column = grad_of_jvp(&[&arg_names[w]], &unit_tangents);
+    let at = syn::Index::from(w);
+    let args: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
+    // Second order needs a scalar output: `f32`, `f64` or a float type parameter.
+    let scalar_output = match &f.sig.output {
+        ReturnType::Type(_, t) => match &**t {
+            Type::Path(p) => p.path.get_ident().is_some_and(|i| {
+                i == "f32" || i == "f64" || generics.type_params().any(|g| g.ident == *i)
+            }),
+            _ => false,
+        },
+        ReturnType::Default => false,
+    };
+    let name = owner.to_string();
+    let doc_hvp = format!("The Hessian of [`{name}`] times the tangents (`hvp!({name})`).");
+    let doc_jacfwd = format!("The Jacobian of [`{name}`] by forward mode (`jacfwd!({name})`).");
+    let doc_jacrev = format!("The Jacobian of [`{name}`] by reverse mode (`jacrev!({name})`).");
+    let doc_hessian = format!("The Hessian of [`{name}`] (`hessian!({name})`).");
+    let second = scalar_output.then(|| {
+        quote! {
+            #[doc = #doc_hvp]
+            #[doc(hidden)]
+            #vis fn hvp #generics (#(#args,)* #(#dargs),*) -> #hvp_ret #where_clause {
+                #hvp_body
+            }
+
+            #[doc = #doc_hessian]
+            #[doc(hidden)]
+            #vis fn hessian #generics (#(#args),*) -> #jacobian #where_clause {
+                ::adjoint::__private::jacfwd(&#wname, |__e| #hessian_column)
+            }
+        }
+    });
+    quote! {
+        #[allow(clippy::all, unused_parens, unused_variables)]
+        impl #owner {
+            #second
+
+            #[doc = #doc_jacfwd]
+            #[doc(hidden)]
+            #vis fn jacfwd #generics (#(#args),*) -> #jacobian #where_clause {
+                ::adjoint::__private::jacfwd(&#wname, |__e| #owner::jvp(#(#pass,)* #(#unit_tangents),*).1)
+            }
+
+            #[doc = #doc_jacrev]
+            #[doc(hidden)]
+            #vis fn jacrev #generics (#(#args),*) -> #jacobian #where_clause {
+                let __y = #owner(#(#pass),*);
+                ::adjoint::__private::jacrev(&#wname, &__y, |__e| {
+                    let (_, __pullback) = #owner::vjp(#(#pass),*);
+                    __pullback(__e).#at
+                })
+            }
+
+        }
+    }
 }
 
 pub(crate) fn check_signature(cx: &Ctxt, sig: &Signature) {
@@ -1162,6 +1321,19 @@ pub enum Transform {
     Jvp,
 }
 
+/// `hvp!(f)`, `jacfwd!(f)`, `jacrev!(f)`, `hessian!(f)`: the companion of that name,
+/// which `#[differentiable(jvp)]` writes.
+pub fn jacobian_transform(which: &str, input: TokenStream) -> TokenStream {
+    match syn::parse2::<syn::Path>(input.clone()) {
+        Ok(path) => crate::adjoint::companion_path(&path, which, false).into_token_stream(),
+        Err(_) => syn::Error::new_spanned(
+            input,
+            format!("{which}! takes a function marked `#[differentiable(jvp)]`: `{which}!(f)`"),
+        )
+        .into_compile_error(),
+    }
+}
+
 /// `grad!(f)`, `grad!(path::f)`, `grad!(|x, y| body, wrt = [x], has_aux)`, or the
 /// lifted form inside a module: `grad!(cx, |mdl, cx, x| body, Module, x)`.
 pub(crate) struct TransformInput {
@@ -1607,7 +1779,7 @@ fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
     ) else {
         cx.error_at(
             &c.body,
-            "jvp!: forward mode covers module calls, arithmetic, elementwise maths, powi, sum, mean, sum_axis, t, dot and element reads so far",
+            "jvp!: forward mode covers module calls, branches, loops, arithmetic, elementwise maths, reductions, products and layers' rules so far; not yet `mapv` closures or calls to other functions",
         );
         return TokenStream::new();
     };

@@ -76,6 +76,31 @@ pub fn jvp(input: TokenStream) -> TokenStream {
     })
 }
 
+// `hvp!(f)(args.., tangents..)`: the Hessian of `f` times the tangents (reverse over
+// forward), shaped as `grad!(f)`'s; `jacfwd!(f)(args..)`, `jacrev!(f)(args..)`: the
+// Jacobian with respect to the first differentiated argument, shape `output ++
+// input` as JAX's; `hessian!(f)(args..)`: the Hessian, shape `input ++ input`. For
+// `f` marked `#[differentiable(jvp)]`.
+#[proc_macro]
+pub fn hvp(input: TokenStream) -> TokenStream {
+    hygienic(input, |input| expand::jacobian_transform("hvp", input))
+}
+
+#[proc_macro]
+pub fn jacfwd(input: TokenStream) -> TokenStream {
+    hygienic(input, |input| expand::jacobian_transform("jacfwd", input))
+}
+
+#[proc_macro]
+pub fn jacrev(input: TokenStream) -> TokenStream {
+    hygienic(input, |input| expand::jacobian_transform("jacrev", input))
+}
+
+#[proc_macro]
+pub fn hessian(input: TokenStream) -> TokenStream {
+    hygienic(input, |input| expand::jacobian_transform("hessian", input))
+}
+
 // `vmap!(f, in_axes = [None, 0, ..])`: `f` mapped over axis `k` of the arguments
 // marked `k` (the others broadcast), outputs stacked along a new axis 0, as
 // `jax.vmap`. With `grad!`, per-example gradients; with `axis_name = "batch"` and a

@@ -48,7 +48,11 @@ pub fn jvp_body(
     };
     let mut defs = std::collections::HashMap::new();
     crate::adjoint::collect_defs(&f.body, &mut defs);
-    let scalar = crate::adjoint::scalars(f, &defs);
+    let mut scalar = crate::adjoint::scalars(f, &defs);
+    // Integers are `Copy` too, and written by value like float scalars.
+    for (s, i) in scalar.iter_mut().zip(crate::adjoint::integers(f, &defs)) {
+        *s |= i;
+    }
     let mut t = Tangent {
         f,
         varied,
@@ -57,6 +61,8 @@ pub fn jvp_body(
         tangent_refs,
         scalar,
         mode,
+        loops: 0,
+        in_loop_tail: false,
     };
     for p in &f.params {
         if p.active {
@@ -77,6 +83,14 @@ pub fn jvp_body(
     Some(out)
 }
 
+/// The variables `b` defines at its level and in the arms of its tail.
+fn iteration_defs(b: &Block, out: &mut HashSet<Var>) {
+    crate::adjoint::block_defs(b, out);
+    if let Tail::Branch(br) = &b.tail {
+        br.arms.iter().for_each(|a| iteration_defs(a, out));
+    }
+}
+
 /// The name of `x`'s tangent.
 pub fn dot_name(x: &Ident) -> Ident {
     format_ident!("__d_{}", crate::hygiene::plain(x), span = x.span())
@@ -91,8 +105,14 @@ struct Tangent<'a> {
     /// The variables whose tangents are references.
     tangent_refs: HashSet<Var>,
     mode: Mode,
-    /// Float scalars: used by value (`Copy`), as ndarray's operators want them.
+    /// Float scalars and integers: used by value (`Copy`), as ndarray's operators
+    /// want them.
     scalar: Vec<bool>,
+    /// Loops written so far: their carries' names are numbered by it.
+    loops: usize,
+    /// The tail being written ends a loop's body: `break` and `continue` leaves are
+    /// the loop's (a function's `return` inside a loop is not covered).
+    in_loop_tail: bool,
 }
 
 impl Tangent<'_> {
@@ -316,7 +336,212 @@ impl Tangent<'_> {
                 }
                 Some(quote!(let (#(#pats,)*) = #expr;))
             }
+            Stmt::Loop(lp) => self.looping(lp),
             _ => None,
+        }
+    }
+
+    /// A loop with its tangents carried beside its values: each carry `c` that
+    /// varies has a tangent carry, zero where it starts constant; every leaf of the
+    /// body hands both on (`break` too, so that they are set after the loop).
+    fn looping(&mut self, lp: &Loop) -> Option<TokenStream> {
+        let id = self.loops;
+        self.loops += 1;
+        let varies: Vec<bool> = lp
+            .carries
+            .iter()
+            .map(|c| (self.varied)(c.inner) || (self.varied)(c.out))
+            .collect();
+        let names: Vec<(Ident, Ident)> = (0..lp.carries.len())
+            .map(|k| {
+                let c = format_ident!("__fcarry{}_{}", id, k);
+                let d = dot_name(&c);
+                (c, d)
+            })
+            .collect();
+        let mut out = TokenStream::new();
+        for ((c, (cn, dn)), varies) in lp.carries.iter().zip(&names).zip(&varies) {
+            let init = self.copied(&c.init, false);
+            out.extend(quote!(let mut #cn = #init;));
+            if *varies {
+                let d = match c.init.var().filter(|v| self.has_dot.contains(v)) {
+                    Some(_) => self.copied(&c.init, true),
+                    None => quote!(::adjoint::no_grad(::adjoint::__private::zeros(&#cn))),
+                };
+                out.extend(quote!(let mut #dn = #d;));
+            }
+        }
+        let mut body = TokenStream::new();
+        for ((c, (cn, dn)), varies) in lp.carries.iter().zip(&names).zip(&varies) {
+            let inner = self.f.name(c.inner);
+            body.extend(quote!(let #inner = #cn;));
+            if *varies {
+                let d = dot_name(inner);
+                body.extend(quote!(let #d = #dn;));
+                self.has_dot.insert(c.inner);
+            }
+        }
+        body.extend(self.stmts(&lp.body.stmts)?);
+        // The loop's value, and whether its tangent goes along.
+        let value = lp.value.map(|v| (v, (self.varied)(v)));
+        // What an iteration defines, which its leaves may move into the carries.
+        let mut local = HashSet::new();
+        iteration_defs(&lp.body, &mut local);
+        local.extend(lp.carries.iter().map(|c| c.inner));
+        // A leaf's next carries (tangents, then values: a zero tangent borrows its
+        // value) and what it breaks with.
+        let hand_on =
+            |t: &Self, l: &Leaf| -> Option<(TokenStream, Vec<TokenStream>, TokenStream)> {
+                let mut count = std::collections::HashMap::new();
+                for a in &l.carries {
+                    if let Some(v) = a.var() {
+                        *count.entry(v).or_insert(0) += 1;
+                    }
+                }
+                let movable = |a: &Atom| {
+                    a.var()
+                        .is_some_and(|v| local.contains(&v) && count[&v] == 1)
+                };
+                let mut lets = TokenStream::new();
+                let mut nexts = Vec::new();
+                for (k, (a, varies)) in l.carries.iter().zip(&varies).enumerate() {
+                    if *varies {
+                        let d = format_ident!("__d_next{}", k);
+                        let tangent = match a.var().filter(|v| t.has_dot.contains(v)) {
+                            Some(_) if movable(a) => t.output(&Val::Atom(a.clone()), true),
+                            Some(_) => t.copied(a, true),
+                            None => t.output(&Val::Atom(a.clone()), true),
+                        };
+                        lets.extend(quote!(let #d = #tangent;));
+                    }
+                }
+                for (k, (a, varies)) in l.carries.iter().zip(&varies).enumerate() {
+                    nexts.push(if movable(a) {
+                        t.atom(a)
+                    } else {
+                        t.copied(a, false)
+                    });
+                    if *varies {
+                        nexts.push(format_ident!("__d_next{}", k).to_token_stream());
+                    }
+                }
+                let broken = match (l.kind, &l.value, value) {
+                    (LeafKind::Break, Some(v), Some((_, true))) => {
+                        let (y, dy) = (t.output(v, false), t.output(v, true));
+                        quote!((#y, #dy))
+                    }
+                    (LeafKind::Break, Some(v), Some((_, false))) => t.output(v, false),
+                    _ => TokenStream::new(),
+                };
+                Some((lets, nexts, broken))
+            };
+        let targets: Vec<TokenStream> = names
+            .iter()
+            .zip(&varies)
+            .flat_map(|((cn, dn), varies)| {
+                let mut v = vec![cn.to_token_stream()];
+                if *varies {
+                    v.push(dn.to_token_stream());
+                }
+                v
+            })
+            .collect();
+        let was = std::mem::replace(&mut self.in_loop_tail, true);
+        let end = match &lp.body.tail {
+            Tail::Leaf(l) => {
+                let (lets, nexts, broken) = hand_on(self, l)?;
+                let exit = match l.kind {
+                    LeafKind::Break => quote!(break #broken;),
+                    LeafKind::Fallthrough | LeafKind::Continue => TokenStream::new(),
+                    LeafKind::Return => return None,
+                };
+                Some(quote!(#lets #(#targets = #nexts;)* #exit))
+            }
+            Tail::Branch(br) => {
+                let has_value = value.is_some();
+                let expr = self.branching(br, false, &mut |t, l| {
+                    let (lets, nexts, broken) = hand_on(t, l)?;
+                    let flag = match (l.kind, has_value) {
+                        (LeafKind::Break, true) => quote!(::core::option::Option::Some(#broken)),
+                        (LeafKind::Break, false) => quote!(true),
+                        (_, true) => quote!(::core::option::Option::None),
+                        (_, false) => quote!(false),
+                    };
+                    Some(quote!(#lets (#(#nexts,)* #flag,)))
+                });
+                expr.map(|expr| {
+                    let temps: Vec<Ident> = (0..targets.len())
+                        .map(|k| format_ident!("__next{}", k))
+                        .collect();
+                    let exit = if has_value {
+                        quote!(if let ::core::option::Option::Some(__v) = __broken {
+                            break __v;
+                        })
+                    } else {
+                        quote!(if __broken {
+                            break;
+                        })
+                    };
+                    quote! {
+                        let (#(#temps,)* __broken,) = #expr;
+                        #(#targets = #temps;)*
+                        #exit
+                    }
+                })
+            }
+        };
+        self.in_loop_tail = was;
+        body.extend(end?);
+        let head = match &lp.kind {
+            LoopKind::For { pat, iter, .. } => quote!(for #pat in #iter),
+            LoopKind::Loop => quote!(loop),
+        };
+        match value {
+            Some((v, varied)) => {
+                let name = self.f.name(v);
+                if varied {
+                    let d = dot_name(name);
+                    out.extend(quote!(let (#name, #d) = #head { #body };));
+                    self.has_dot.insert(v);
+                } else {
+                    out.extend(quote!(let #name = #head { #body };));
+                }
+            }
+            None => out.extend(quote!(#head { #body })),
+        }
+        for ((c, (cn, dn)), varies) in lp.carries.iter().zip(&names).zip(&varies) {
+            let o = self.f.name(c.out);
+            out.extend(quote!(let #o = #cn;));
+            if *varies {
+                let d = dot_name(o);
+                out.extend(quote!(let #d = #dn;));
+                self.has_dot.insert(c.out);
+            }
+        }
+        Some(out)
+    }
+
+    /// `a`'s value (or with `tangent` its tangent) as a copy that leaves `a` usable:
+    /// a float scalar or a reference as is, an array cloned.
+    fn copied(&self, a: &Atom, tangent: bool) -> TokenStream {
+        let Some(v) = a.var() else {
+            return self.atom(a);
+        };
+        let name = if tangent {
+            dot_name(self.f.name(v))
+        } else {
+            self.f.name(v).clone()
+        };
+        let by_copy = self.scalar[v.0 as usize]
+            || if tangent {
+                self.tangent_refs.contains(&v)
+            } else {
+                self.refs.contains(&v)
+            };
+        if by_copy {
+            quote!(#name)
+        } else {
+            quote!(#name.clone())
         }
     }
 
@@ -332,6 +557,11 @@ impl Tangent<'_> {
         match tail {
             Tail::Leaf(l) if l.kind == LeafKind::Fallthrough => leaf(self, l),
             Tail::Leaf(l) if output && l.kind == LeafKind::Return => leaf(self, l),
+            Tail::Leaf(l)
+                if self.in_loop_tail && matches!(l.kind, LeafKind::Break | LeafKind::Continue) =>
+            {
+                leaf(self, l)
+            }
             Tail::Leaf(_) => None,
             Tail::Branch(br) => self.branching(br, output, leaf),
         }
@@ -430,7 +660,11 @@ impl Tangent<'_> {
                 let items = operands.iter().map(|a| self.atom(&a.atom));
                 quote!((#(#items,)*))
             }
-            Native::Cast(_) | Native::Variadic(_) | Native::Rule => return None,
+            Native::Cast(t) => {
+                let a = self.atom(&operands[0].atom);
+                quote!((#a as #t))
+            }
+            Native::Variadic(_) | Native::Rule => return None,
         })
     }
 
@@ -485,6 +719,11 @@ impl Tangent<'_> {
                 Some(quote!((#num / #br)))
             }
             "neg" => da.map(|d| quote!((-#d))),
+            // Between float types: the tangent converted alike.
+            "cast" => da.map(|d| {
+                let t = &cs[0];
+                quote!((#d as #t))
+            }),
             "square" => da.map(|d| quote!((#d * #ar * 2.0))),
             "exp" => unary(quote!(#y_name)),
             "exp_m1" => unary(quote!(#y + 1.0)),

@@ -35,6 +35,8 @@ pub mod checkpoint;
 pub mod control;
 pub mod data;
 pub mod init;
+#[doc(hidden)]
+pub mod jacobian;
 pub mod losses;
 pub mod nn;
 pub mod optim;
@@ -178,6 +180,73 @@ pub use adjoint_macros::vjp;
 /// ```
 pub use adjoint_macros::jvp;
 
+/// The Hessian times tangents, as `jax.jvp(jax.grad(f), ..)`: for `f` marked
+/// `#[differentiable(jvp)]` with a scalar output, `hvp!(f)(args.., tangents..)` is
+/// reverse over forward, shaped as `grad!(f)`'s result.
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::{array, Array1};
+///
+/// #[differentiable(jvp)]
+/// fn f(x: &Array1<f64>) -> f64 {
+///     (x * x * x).sum() // H = diag(6 x)
+/// }
+/// let hv = hvp!(f)(&array![1.0, 2.0], &array![1.0, 1.0]);
+/// assert_eq!(hv, array![6.0, 12.0]);
+/// ```
+pub use adjoint_macros::hvp;
+
+/// The Jacobian by forward mode, as `jax.jacfwd`: for `f` marked
+/// `#[differentiable(jvp)]`, with respect to its first differentiated argument (the
+/// others held), an `ArrayD` of shape `output ++ input`, one JVP per input element.
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::{array, Array1};
+///
+/// #[differentiable(jvp)]
+/// fn f(x: &Array1<f64>, k: f64) -> Array1<f64> {
+///     x * x * k
+/// }
+/// let j = jacfwd!(f)(&array![1.0, 2.0], 3.0);
+/// assert_eq!(j, array![[6.0, 0.0], [0.0, 12.0]].into_dyn());
+/// ```
+pub use adjoint_macros::jacfwd;
+
+/// The Jacobian by reverse mode, as `jax.jacrev`: as [`jacfwd!`], one VJP per
+/// output element.
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::{array, Array1};
+///
+/// #[differentiable(jvp)]
+/// fn f(x: &Array1<f64>) -> Array1<f64> {
+///     x.sin()
+/// }
+/// let x = array![0.0, 1.0];
+/// assert_eq!(jacrev!(f)(&x), jacfwd!(f)(&x));
+/// ```
+pub use adjoint_macros::jacrev;
+
+/// The Hessian, as `jax.hessian`: for `f` marked `#[differentiable(jvp)]` with a
+/// scalar output, with respect to its first differentiated argument, an `ArrayD` of
+/// shape `input ++ input` (one Hessian-vector product per input element).
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::{array, Array1};
+///
+/// #[differentiable(jvp)]
+/// fn f(x: &Array1<f64>) -> f64 {
+///     x[0] * x[0] * x[1]
+/// }
+/// let h = hessian!(f)(&array![1.0, 2.0]);
+/// assert_eq!(h, array![[4.0, 2.0], [2.0, 0.0]].into_dyn());
+/// ```
+pub use adjoint_macros::hessian;
+
 /// Vectorizing map, as `jax.vmap`: `f` over axis `k` of the arguments marked `k` in
 /// `in_axes` (`None` broadcasts), the outputs stacked along a new axis 0. With
 /// `grad!`, per-example gradients; with `axis_name` and a `grad!` given
@@ -226,7 +295,10 @@ pub mod prelude {
     pub use crate::no_grad;
     pub use crate::optim::{self, GradientTransformation};
     pub use crate::scope::{Bound, Scope, ScopeError, Variables};
-    pub use crate::{custom_vjp, differentiable, grad, jvp, value_and_grad, vjp, vmap};
+    pub use crate::{
+        custom_vjp, differentiable, grad, hessian, hvp, jacfwd, jacrev, jvp, value_and_grad, vjp,
+        vmap,
+    };
 }
 
 /// What the generated code calls. Not a public API: names here change freely.
@@ -234,6 +306,7 @@ pub mod prelude {
 pub mod __private {
     pub use crate::batch::{Batch, Reduced, batch_len, common_len, probe, unbatch};
     pub use crate::control::*;
+    pub use crate::jacobian::{Basis, Jacobian, jacfwd, jacrev};
     pub use crate::rules::activation::*;
     pub use crate::rules::conv::{conv, conv_pb_k, conv_pb_x};
     pub use crate::rules::elementwise::*;

@@ -95,7 +95,7 @@ pub enum ScopeError {
     UnboundAxis { axis: String, path: String },
     /// A lifted `jvp!` reached a module whose forward mode does not cover its body.
     #[error(
-        "jvp! through `{path}`: forward mode does not cover this module's body yet (loops, branches and calls to plain functions)"
+        "jvp! through `{path}`: forward mode does not cover this module's body yet (`mapv` closures and calls to plain functions)"
     )]
     ForwardModeUnsupported { path: String },
     /// Variables whose structure is not a tree of leaves.

@@ -1245,16 +1245,56 @@ impl JvpLooping {
 }
 
 #[test]
+fn jvp_through_a_module_with_a_loop() {
+    // d/dx (x p³) = p³, the tangent carried through the loop.
+    let vars = Variables::new().with("params", "Looping_0/p", 1.5).unwrap();
+    assert_eq!(JvpLooping.apply(&vars, 2.0).unwrap(), 3.375);
+}
+
+#[differentiable]
+fn plain_square(x: f64) -> f64 {
+    x * x
+}
+
+struct Calling;
+
+#[differentiable]
+impl Calling {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        let p: f64 = cx.param("p", init::ones, ());
+        plain_square(x) * p
+    }
+}
+
+struct JvpCalling;
+
+#[differentiable]
+impl JvpCalling {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        let none = no_grad(Variables::new());
+        let (_, dy) = jvp!(
+            cx,
+            |mdl, cx, x| mdl.call(cx, x),
+            Calling,
+            (x,),
+            (1.0,),
+            none
+        );
+        dy
+    }
+}
+
+#[test]
 fn jvp_through_a_module_forward_mode_does_not_reach_is_a_typed_error() {
     let err = ScopeError::ForwardModeUnsupported {
-        path: "Looping_0".into(),
+        path: "Calling_0".into(),
     };
-    assert_eq!(JvpLooping.init(0, 2.0).unwrap_err(), err);
-    let vars = Variables::new().with("params", "Looping_0/p", 1.5).unwrap();
-    assert_eq!(JvpLooping.apply(&vars, 2.0).unwrap_err(), err);
+    assert_eq!(JvpCalling.init(0, 2.0).unwrap_err(), err);
+    let vars = Variables::new().with("params", "Calling_0/p", 1.5).unwrap();
+    assert_eq!(JvpCalling.apply(&vars, 2.0).unwrap_err(), err);
     assert_eq!(
         err.to_string(),
-        "jvp! through `Looping_0`: forward mode does not cover this module's body yet (loops, branches and calls to plain functions)"
+        "jvp! through `Calling_0`: forward mode does not cover this module's body yet (`mapv` closures and calls to plain functions)"
     );
 }
 

@@ -1,0 +1,133 @@
+//! Jacobians and Hessians from directional derivatives, shaped as JAX's: what the
+//! companions `f::jacfwd`, `f::jacrev` and `f::hessian` (written by
+//! `#[differentiable(jvp)]`, called by `jacfwd!`, `jacrev!` and `hessian!`) run.
+//!
+//! For `f` from an input of shape `I` to an output of shape `O`, the Jacobian has
+//! shape `O ++ I` (`jax.jacfwd` and `jax.jacrev` alike); the Hessian of a scalar
+//! function has shape `I ++ I`. Forward mode gives a column per input element (one
+//! JVP along each unit tangent), reverse mode a row per output element (one VJP of
+//! each unit cotangent).
+
+use crate::value::Real;
+use ndarray::{Array, ArrayBase, ArrayD, Data, Dimension, IxDyn};
+
+/// A value along whose elements a Jacobian is taken, or which a function returns:
+/// a float scalar or an array (or a reference to one).
+pub trait Basis {
+    /// The element type.
+    type Elem: Real;
+    /// The owned value of the same shape (what a unit tangent or cotangent is).
+    type Owned;
+    /// The shape (`[]` for a scalar).
+    fn shape(&self) -> Vec<usize>;
+    /// The unit value with a one at flat position `i` (row-major) and zeros elsewhere.
+    fn unit(&self, i: usize) -> Self::Owned;
+    /// The elements, row-major.
+    fn elements(&self) -> Vec<Self::Elem>;
+}
+
+macro_rules! scalar_basis {
+    ($($t:ty),*) => {$(
+        impl Basis for $t {
+            type Elem = $t;
+            type Owned = $t;
+            fn shape(&self) -> Vec<usize> {
+                Vec::new()
+            }
+            fn unit(&self, _: usize) -> $t {
+                1.0
+            }
+            fn elements(&self) -> Vec<$t> {
+                vec![*self]
+            }
+        }
+    )*};
+}
+
+scalar_basis!(f32, f64);
+
+impl<A: Real, S: Data<Elem = A>, D: Dimension> Basis for ArrayBase<S, D> {
+    type Elem = A;
+    type Owned = Array<A, D>;
+    fn shape(&self) -> Vec<usize> {
+        ArrayBase::shape(self).to_vec()
+    }
+    fn unit(&self, i: usize) -> Array<A, D> {
+        let mut e = Array::zeros(self.raw_dim());
+        if let Some(v) = e.iter_mut().nth(i) {
+            *v = A::lit(1.0);
+        }
+        e
+    }
+    fn elements(&self) -> Vec<A> {
+        self.iter().copied().collect()
+    }
+}
+
+impl<T: Basis + ?Sized> Basis for &T {
+    type Elem = T::Elem;
+    type Owned = T::Owned;
+    fn shape(&self) -> Vec<usize> {
+        (**self).shape()
+    }
+    fn unit(&self, i: usize) -> T::Owned {
+        (**self).unit(i)
+    }
+    fn elements(&self) -> Vec<T::Elem> {
+        (**self).elements()
+    }
+}
+
+/// The Jacobian's type for an input of type `X`: an array of `X`'s elements.
+pub type Jacobian<X> = ArrayD<<X as Basis>::Elem>;
+
+fn len(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+fn shaped<A>(shape: Vec<usize>, data: Vec<A>) -> ArrayD<A> {
+    ArrayD::from_shape_vec(IxDyn(&shape), data)
+        .unwrap_or_else(|_| unreachable!("adjoint: a Jacobian has as many elements as its shape"))
+}
+
+/// Forward mode: `column(e_i)` is the derivative along the `i`-th unit tangent of
+/// `x` (an output-shaped value); the columns make the Jacobian, shape `O ++ I`.
+pub fn jacfwd<X: Basis, Y: Basis<Elem = X::Elem>>(
+    x: &X,
+    mut column: impl FnMut(X::Owned) -> Y,
+) -> Jacobian<X> {
+    let input = x.shape();
+    let n = len(&input);
+    let columns: Vec<Y> = (0..n).map(|i| column(x.unit(i))).collect();
+    // Without input elements the output's shape comes from a zero tangent.
+    let output = match columns.first() {
+        Some(c) => c.shape(),
+        None => column(x.unit(0)).shape(),
+    };
+    let m = len(&output);
+    let mut data = vec![<X::Elem as Real>::lit(0.0); m * n];
+    for (i, col) in columns.iter().enumerate() {
+        for (j, v) in col.elements().into_iter().enumerate() {
+            data[j * n + i] = v;
+        }
+    }
+    let mut shape = output;
+    shape.extend(input);
+    shaped(shape, data)
+}
+
+/// Reverse mode: `row(e_j)` is the cotangent of `x` for the `j`-th unit cotangent of
+/// the output `y`; the rows make the Jacobian, shape `O ++ I`.
+pub fn jacrev<X: Basis, Y: Basis<Elem = X::Elem>, C: Basis<Elem = X::Elem>>(
+    x: &X,
+    y: &Y,
+    mut row: impl FnMut(Y::Owned) -> C,
+) -> Jacobian<X> {
+    let (input, output) = (x.shape(), y.shape());
+    let data: Vec<X::Elem> = (0..len(&output))
+        .flat_map(|j| row(y.unit(j)).elements())
+        .collect();
+    let mut shape = output;
+    shape.extend(input);
+    shaped(shape, data)
+}

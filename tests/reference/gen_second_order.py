@@ -1,0 +1,118 @@
+"""Reference results for second order and Jacobians, computed with JAX (float64):
+`jax.hessian`, `jax.jacfwd`, `jax.jacrev` and Hessian-vector products
+(`jax.jvp(jax.grad(f), ..)`) of functions written with loops and branches, as the
+Rust tests write them (`tests/tests/second_order.rs`).
+
+Each case gives its inputs, the function's value, and the requested derivatives, each
+as a flat list with its shape (JAX's: `output ++ input` for Jacobians, `input ++
+input` for Hessians).
+
+Run:  python gen_second_order.py   (writes second_order.json)
+"""
+import json
+import jax
+import jax.numpy as jnp
+
+jax.config.update("jax_enable_x64", True)
+
+
+def arr(*shape, seed, scale=1.0):
+    n = 1
+    for s in shape:
+        n *= s
+    vals = [(((i * 7919 + seed * 104729) % 1000) / 500.0 - 1.0) * scale for i in range(n)]
+    return jnp.array(vals, dtype=jnp.float64).reshape(shape)
+
+
+def flat(v):
+    v = jnp.asarray(v)
+    return {"shape": list(v.shape), "data": [float(x) for x in jnp.ravel(v)]}
+
+
+def rosenbrock(x):
+    """The extended Rosenbrock function, as a loop over consecutive pairs."""
+    s = 0.0
+    for i in range(x.shape[0] - 1):
+        a = x[i + 1] - x[i] * x[i]
+        b = 1.0 - x[i]
+        s = s + 100.0 * a * a + b * b
+    return s
+
+
+def rnn(h0, w, u, xs):
+    """A tanh RNN over the rows of `xs`, its last state's squared norm; differentiated
+    in `h0` (the other inputs held)."""
+    h = h0
+    for t in range(xs.shape[0]):
+        h = jnp.tanh(w @ h + u * xs[t])
+    return jnp.sum(h * h)
+
+
+def piecewise(x, s):
+    """A branch on the data and a loop whose trip count is fixed."""
+    y = jnp.where(s > 0.0, jnp.tanh(x * s), (x * s) ** 2)
+    z = jnp.sum(y)
+    for _ in range(3):
+        z = jnp.sin(z) + 0.5 * jnp.sum(x * y)
+    return z
+
+
+def field(x, k):
+    """A vector function: elementwise maths and a reduction broadcast back."""
+    return jnp.sin(x) * k + x * jnp.sum(x * x)
+
+
+CASES = {}
+
+x_r = jnp.array([0.3, -0.7, 1.1, 0.4])
+v_r = jnp.array([1.0, 0.5, -2.0, 0.25])
+CASES["rosenbrock"] = {
+    "x": flat(x_r),
+    "v": flat(v_r),
+    "value": float(rosenbrock(x_r)),
+    "hessian": flat(jax.hessian(rosenbrock)(x_r)),
+    "hvp": flat(jax.jvp(jax.grad(rosenbrock), (x_r,), (v_r,))[1]),
+}
+
+h0 = arr(3, seed=1, scale=0.5)
+w = arr(3, 3, seed=2, scale=0.6)
+u = arr(3, seed=3, scale=0.4)
+xs = arr(5, seed=4)
+v_h = arr(3, seed=5)
+f_rnn = lambda h: rnn(h, w, u, xs)
+CASES["rnn"] = {
+    "h0": flat(h0),
+    "w": flat(w),
+    "u": flat(u),
+    "xs": flat(xs),
+    "v": flat(v_h),
+    "value": float(f_rnn(h0)),
+    "hessian": flat(jax.hessian(f_rnn)(h0)),
+    "hvp": flat(jax.jvp(jax.grad(f_rnn), (h0,), (v_h,))[1]),
+}
+
+x_p = jnp.array([0.3, 0.7, -1.1])
+for name, s in [("piecewise_pos", 0.8), ("piecewise_neg", -0.6)]:
+    f_p = lambda x: piecewise(x, s)
+    CASES[name] = {
+        "x": flat(x_p),
+        "s": s,
+        "value": float(f_p(x_p)),
+        "hessian": flat(jax.hessian(f_p)(x_p)),
+    }
+
+x_f = jnp.array([0.2, -0.5, 0.9])
+k_f = 1.7
+f_f = lambda x: field(x, k_f)
+CASES["field"] = {
+    "x": flat(x_f),
+    "k": k_f,
+    "value": flat(f_f(x_f)),
+    "jacfwd": flat(jax.jacfwd(f_f)(x_f)),
+    "jacrev": flat(jax.jacrev(f_f)(x_f)),
+}
+
+with open("second_order.json", "w") as out:
+    json.dump(CASES, out, indent=1)
+    out.write("\n")
+print("wrote", len(CASES), "cases")
