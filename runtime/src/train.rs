@@ -23,7 +23,7 @@
 //! ```
 
 use crate::checkpoint::{self, CheckpointError};
-use crate::optim::{GradientTransformation, OptState, apply_updates};
+use crate::optim::{GradientTransformation, OptState};
 use crate::scope::ScopeError;
 use crate::variables::{Leaf, Variables};
 use ndarray::{ArcArray, IxDyn};
@@ -73,7 +73,8 @@ impl<T: GradientTransformation> TrainState<T> {
             return Err(e);
         }
         let updates = self.tx.update(grads, &mut self.opt_state, &self.params)?;
-        self.params = apply_updates(&self.params, &updates)?;
+        // `apply_updates`, in the params' own buffers.
+        self.params.add_assign(&updates)?;
         self.step += 1;
         Ok(())
     }

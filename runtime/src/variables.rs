@@ -921,6 +921,37 @@ impl Variables {
         self.zip_map(other, |a, b| a + b)
     }
 
+    /// `self += other`, leaf by leaf and in place, for trees of the same structure
+    /// (integer leaves are kept, as [`Variables::add`] keeps them): what an
+    /// optimizer step does to the params it owns, without a second tree.
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let mut t = Variables::new().with("params", "w", ndarray::arr1(&[1.0, 2.0]).into_shared()).unwrap();
+    /// t.add_assign(&t.clone()).unwrap();
+    /// assert_eq!(t.to_string(), r#"{"params": {"w": [2.0, 4.0]}}"#);
+    /// assert!(t.add_assign(&Variables::new()).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Variables::zip_map`]; `self` is left unchanged.
+    pub fn add_assign(&mut self, other: &Variables) -> Result<(), ScopeError> {
+        self.same_structure(other)?;
+        if self.error.is_none() {
+            self.error = other.error.clone();
+        }
+        for (c, coll) in self.collections.iter_mut() {
+            for (p, leaf) in coll.iter_mut() {
+                match (leaf, other.get(c, p)) {
+                    (Leaf::F32(a), Some(Leaf::F32(b))) => *a += b,
+                    (Leaf::F64(a), Some(Leaf::F64(b))) => *a += b,
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `self - other`, leaf by leaf, for trees of the same structure.
     ///
     /// ```
