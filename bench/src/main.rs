@@ -6,6 +6,8 @@
 
 mod burn_peer;
 mod candle_peer;
+mod layer_workloads;
+mod optim_workloads;
 mod workloads;
 
 use std::time::Instant;
@@ -52,17 +54,55 @@ fn peak_bytes(f: impl FnOnce()) -> u64 {
     allocation_counter::measure(f).bytes_max
 }
 
+/// The sum, the sum of squares and the sum of magnitudes of a gradient: what JAX's
+/// are checked against.
+pub fn checksum<A: Copy + Into<f64>, D: ndarray::Dimension>(a: &ndarray::Array<A, D>) -> [f64; 3] {
+    let mut c = [0.0; 3];
+    for &v in a {
+        let v: f64 = v.into();
+        c[0] += v;
+        c[1] += v * v;
+        c[2] += v.abs();
+    }
+    c
+}
+
+/// Whether JAX's checksums `theirs` agree with adjoint's `ours` to `tol`: the sum
+/// relative to the sum of magnitudes (a sum may cancel to nearly zero), the others
+/// relative to themselves; but no scale below [`NOISE_FLOOR`] of the workload's
+/// largest gradient (`largest`: its sum of magnitudes and sum of squares), since a
+/// gradient that is zero in exact arithmetic (attention's key bias) is rounding
+/// noise in both.
+fn checksums_agree(theirs: [f64; 3], ours: [f64; 3], tol: f64, largest: [f64; 2]) -> bool {
+    let floor = [
+        NOISE_FLOOR * largest[0],
+        NOISE_FLOOR * NOISE_FLOOR * largest[1],
+        NOISE_FLOOR * largest[0],
+    ];
+    let scale = [ours[2], ours[1], ours[2]];
+    (0..3)
+        .all(|k| (theirs[k] - ours[k]).abs() <= tol * scale[k].max(floor[k]).max(f64::MIN_POSITIVE))
+}
+
+/// Below this fraction of a workload's largest gradient (normwise), a gradient is
+/// compared as noise: see [`checksums_agree`].
+pub const NOISE_FLOOR: f64 = 1e-3;
+
 /// One workload's implementations.
 pub struct Workload {
     pub name: &'static str,
-    /// The key of the same workload in `jax_workloads.py` (`W1`..`W4`).
+    /// The key of the same workload in `jax_workloads.py` (`W1`..`W7`).
     pub key: &'static str,
-    /// Sum and sum of squares of each of adjoint's gradients, to check JAX's against.
-    pub checksums: Vec<[f64; 2]>,
+    /// [`checksum`] of each of adjoint's gradients, to check JAX's against.
+    pub checksums: Vec<[f64; 3]>,
+    /// How closely JAX's checksums must agree (1e-9 in f64, 1e-4 in f32).
+    pub tolerance: f64,
     pub runs: usize,
     pub adjoint: Box<dyn FnMut()>,
-    pub hand: Box<dyn FnMut()>,
-    pub primal: Box<dyn FnMut()>,
+    /// The gradient written by hand (`None` where that is not worth writing).
+    pub hand: Option<Box<dyn FnMut()>>,
+    /// The primal alone (`None` where there is no primal: an optimizer step).
+    pub primal: Option<Box<dyn FnMut()>>,
     /// The same gradient in candle (`None` where candle cannot compute it).
     pub candle: Option<Box<dyn FnMut()>>,
     /// The same gradient in burn (`None` where burn cannot compute it).
@@ -88,7 +128,10 @@ struct Jax {
 }
 
 impl Jax {
-    fn start(filter: Option<&str>, workloads: &[(&'static str, Vec<[f64; 2]>)]) -> Option<Jax> {
+    fn start(
+        filter: Option<&str>,
+        workloads: &[(&'static str, Vec<[f64; 3]>, f64)],
+    ) -> Option<Jax> {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/jax_workloads.py");
@@ -113,19 +156,14 @@ impl Jax {
                 break;
             }
             let name = v["name"].as_str()?.to_string();
-            let Some((_, ours)) = workloads.iter().find(|(k, _)| *k == name) else {
+            let Some((_, ours, tol)) = workloads.iter().find(|(k, ..)| *k == name) else {
                 continue;
             };
-            let theirs: Vec<[f64; 2]> = v["checksums"]
+            let theirs: Vec<[f64; 3]> = v["checksums"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|c| {
-                    [
-                        c[0].as_f64().unwrap_or(f64::NAN),
-                        c[1].as_f64().unwrap_or(f64::NAN),
-                    ]
-                })
+                .map(|c| std::array::from_fn(|k| c[k].as_f64().unwrap_or(f64::NAN)))
                 .collect();
             assert_eq!(
                 theirs.len(),
@@ -133,16 +171,14 @@ impl Jax {
                 "{name}: JAX returned {} gradients",
                 theirs.len()
             );
+            let largest = ours
+                .iter()
+                .fold([0.0f64; 2], |m, o| [m[0].max(o[2]), m[1].max(o[1])]);
             for (t, o) in theirs.iter().zip(ours) {
-                for k in 0..2 {
-                    let tol = 1e-9 * t[k].abs().max(o[k].abs()).max(1.0);
-                    assert!(
-                        (t[k] - o[k]).abs() <= tol,
-                        "{name}: JAX gradient checksum {} against adjoint's {}",
-                        t[k],
-                        o[k]
-                    );
-                }
+                assert!(
+                    checksums_agree(*t, *o, *tol, largest),
+                    "{name}: JAX's gradient checksums {t:?} against adjoint's {o:?}"
+                );
             }
             names.push(name);
         }
@@ -170,12 +206,19 @@ impl Drop for Jax {
     }
 }
 
+fn all_workloads() -> Vec<Workload> {
+    let mut all = workloads::all();
+    all.extend(layer_workloads::all());
+    all.extend(optim_workloads::all());
+    all
+}
+
 fn main() {
     let filter = std::env::args().nth(1);
     // `.. W5 profile`: run only adjoint's gradient of the matching workloads, for a
     // few seconds each, under a profiler (`perf record -e cpu-clock -g ..`).
     if std::env::args().nth(2).as_deref() == Some("profile") {
-        for mut w in workloads::all() {
+        for mut w in all_workloads() {
             if filter.as_deref().is_some_and(|f| !w.name.contains(f)) {
                 continue;
             }
@@ -186,21 +229,28 @@ fn main() {
         }
         return;
     }
-    let all = workloads::all();
-    let selected: Vec<_> = all
+    let selected: Vec<_> = all_workloads()
         .into_iter()
         .filter(|w| filter.as_deref().is_none_or(|f| w.name.contains(f)))
         .collect();
-    let keys: Vec<(&'static str, Vec<[f64; 2]>)> = selected
+    let keys: Vec<(&'static str, Vec<[f64; 3]>, f64)> = selected
         .iter()
-        .map(|w| (w.key, w.checksums.clone()))
+        .map(|w| (w.key, w.checksums.clone(), w.tolerance))
         .collect();
     let mut jax = Jax::start(filter.as_deref(), &keys);
     let mut rows = Vec::new();
     for mut w in selected {
         let key = w.key;
-        let mut own: Vec<&mut Box<dyn FnMut()>> = vec![&mut w.adjoint, &mut w.hand, &mut w.primal];
-        let peers = [w.candle.is_some(), w.burn.is_some()];
+        // adjoint, then those present: primal, hand-written, candle, burn, JAX.
+        let mut own: Vec<&mut Box<dyn FnMut()>> = vec![&mut w.adjoint];
+        let present = [
+            w.primal.is_some(),
+            w.hand.is_some(),
+            w.candle.is_some(),
+            w.burn.is_some(),
+        ];
+        own.extend(w.primal.iter_mut());
+        own.extend(w.hand.iter_mut());
         own.extend(w.candle.iter_mut());
         own.extend(w.burn.iter_mut());
         let mut fs: Vec<Box<dyn FnMut(usize) -> f64 + '_>> = own
@@ -220,42 +270,49 @@ fn main() {
         let m = medians(&mut refs, w.runs);
         drop(refs);
         drop(fs);
-        let (a, h, p) = (m[0], m[1], m[2]);
-        let mut rest = m[3..].iter().copied();
-        let c = peers[0].then(|| rest.next()).flatten();
-        let bu = peers[1].then(|| rest.next()).flatten();
+        let a = m[0];
+        let mut rest = m[1..].iter().copied();
+        let [p, h, c, bu] = present.map(|yes| yes.then(|| rest.next()).flatten());
         let j = with_jax.then(|| rest.next()).flatten();
-        let (ma, mh) = (peak_bytes(&mut w.adjoint), peak_bytes(&mut w.hand));
+        let ma = peak_bytes(&mut w.adjoint);
+        let mh = w.hand.as_mut().map(peak_bytes);
         rows.push((w.name, a, h, p, c, bu, j, ma, mh));
     }
     println!(
         "| workload | adjoint | hand-written | primal | candle | burn | JAX jit | adjoint / hand | gradient / primal | adjoint / candle | adjoint / burn | adjoint / JAX | peak memory (adjoint / hand) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    // A peer that cannot compute the gradient shows "n/a"; JAX not installed, "-".
+    // A peer that cannot compute the gradient shows "n/a"; JAX not installed or no
+    // hand-written gradient, "-".
     let peer = |t: Option<f64>, a: f64, missing: &str| match t {
         Some(t) => (fmt_time(t), format!("{:.2}", a / t)),
         None => (missing.to_string(), missing.to_string()),
     };
     for (name, a, h, p, c, bu, j, ma, mh) in rows {
-        let ((ct, cr), (bt, br), (jt, jr)) =
-            (peer(c, a, "n/a"), peer(bu, a, "n/a"), peer(j, a, "-"));
+        let ((pt, pr), (ht, hr), (ct, cr), (bt, br), (jt, jr)) = (
+            peer(p, a, "-"),
+            peer(h, a, "-"),
+            peer(c, a, "n/a"),
+            peer(bu, a, "n/a"),
+            peer(j, a, "-"),
+        );
+        let kib = |b: u64| format!("{:.1}", b as f64 / 1024.0);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {:.1} / {:.1} KiB |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} KiB |",
             name,
             fmt_time(a),
-            fmt_time(h),
-            fmt_time(p),
+            ht,
+            pt,
             ct,
             bt,
             jt,
-            a / h,
-            a / p,
+            hr,
+            pr,
             cr,
             br,
             jr,
-            ma as f64 / 1024.0,
-            mh as f64 / 1024.0
+            kib(ma),
+            mh.map_or("-".to_string(), kib)
         );
     }
 }

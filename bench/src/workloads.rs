@@ -59,11 +59,6 @@ fn mm<S: ndarray::Data<Elem = f64>, S2: ndarray::Data<Elem = f64>>(
     adjoint::rules::linalg::matmul(a, b)
 }
 
-/// Sum and sum of squares of a gradient: what JAX's are checked against.
-fn checksum<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> [f64; 2] {
-    [a.sum(), a.iter().map(|v| v * v).sum()]
-}
-
 // ----- W1: extended Rosenbrock, n = 1000, a scalar loop -----
 
 #[differentiable]
@@ -104,21 +99,22 @@ fn w1() -> Workload {
         &flat(&grad!(rosenbrock)(&x)),
     );
     let (x1, x2, x3) = (x.clone(), x.clone(), x);
-    let checksums = vec![checksum(&grad!(rosenbrock)(&x1))];
+    let checksums = vec![crate::checksum(&grad!(rosenbrock)(&x1))];
     Workload {
         name: "W1 Rosenbrock n=1000 (scalar loop)",
         key: "W1",
         checksums,
+        tolerance: 1e-9,
         runs: 2000,
         adjoint: Box::new(move || {
             black_box(grad!(rosenbrock)(black_box(&x1)));
         }),
-        hand: Box::new(move || {
+        hand: Some(Box::new(move || {
             black_box(rosenbrock_grad_by_hand(black_box(&x2)));
-        }),
-        primal: Box::new(move || {
+        })),
+        primal: Some(Box::new(move || {
             black_box(rosenbrock(black_box(&x3)));
-        }),
+        })),
         candle: Some(Box::new(move || {
             black_box(candle.grad().expect("candle W1"));
         })),
@@ -211,17 +207,18 @@ fn w2() -> Workload {
     let (xa, xb, xc) = (x.clone(), x.clone(), x);
     let (ta, tb, tc) = (t.clone(), t.clone(), t);
     let checksums = vec![
-        checksum(&a.0),
-        checksum(&a.1),
-        checksum(&a.2),
-        checksum(&a.3),
-        checksum(&a.4),
-        checksum(&a.5),
+        crate::checksum(&a.0),
+        crate::checksum(&a.1),
+        crate::checksum(&a.2),
+        crate::checksum(&a.3),
+        crate::checksum(&a.4),
+        crate::checksum(&a.5),
     ];
     Workload {
         name: "W2 MLP 2-32-32-1 tanh, batch 1",
         key: "W2",
         checksums,
+        tolerance: 1e-9,
         runs: 20_000,
         adjoint: Box::new(move || {
             black_box(grad!(mlp_tanh)(
@@ -235,7 +232,7 @@ fn w2() -> Workload {
                 &ta,
             ));
         }),
-        hand: Box::new(move || {
+        hand: Some(Box::new(move || {
             black_box(mlp_tanh_grad_by_hand(
                 &pb.0,
                 &pb.1,
@@ -246,8 +243,8 @@ fn w2() -> Workload {
                 black_box(&xb),
                 &tb,
             ));
-        }),
-        primal: Box::new(move || {
+        })),
+        primal: Some(Box::new(move || {
             black_box(mlp_tanh(
                 &pc.0,
                 &pc.1,
@@ -258,7 +255,7 @@ fn w2() -> Workload {
                 black_box(&xc),
                 &tc,
             ));
-        }),
+        })),
         candle: Some(Box::new(move || {
             black_box(candle.grad().expect("candle W2"));
         })),
@@ -364,17 +361,18 @@ fn w3() -> Workload {
     let (xa, xb, xc) = (x.clone(), x.clone(), x);
     let (ta, tb, tc) = (onehot.clone(), onehot.clone(), onehot);
     let checksums = vec![
-        checksum(&a.0),
-        checksum(&a.1),
-        checksum(&a.2),
-        checksum(&a.3),
-        checksum(&a.4),
-        checksum(&a.5),
+        crate::checksum(&a.0),
+        crate::checksum(&a.1),
+        crate::checksum(&a.2),
+        crate::checksum(&a.3),
+        crate::checksum(&a.4),
+        crate::checksum(&a.5),
     ];
     Workload {
         name: "W3 MLP 784-256-256-10 relu, batch 128, xent",
         key: "W3",
         checksums,
+        tolerance: 1e-9,
         runs: 60,
         adjoint: Box::new(move || {
             black_box(grad!(mlp_xent)(
@@ -388,7 +386,7 @@ fn w3() -> Workload {
                 &ta,
             ));
         }),
-        hand: Box::new(move || {
+        hand: Some(Box::new(move || {
             black_box(mlp_xent_grad_by_hand(
                 &pb.0,
                 &pb.1,
@@ -399,8 +397,8 @@ fn w3() -> Workload {
                 black_box(&xb),
                 &tb,
             ));
-        }),
-        primal: Box::new(move || {
+        })),
+        primal: Some(Box::new(move || {
             black_box(mlp_xent(
                 &pc.0,
                 &pc.1,
@@ -411,7 +409,7 @@ fn w3() -> Workload {
                 black_box(&xc),
                 &tc,
             ));
-        }),
+        })),
         candle: Some(Box::new(move || {
             black_box(candle.grad().expect("candle W3"));
         })),
@@ -423,7 +421,7 @@ fn w3() -> Workload {
 
 // ----- W4: tanh RNN, hidden 64, input 32, batch 16, 50 steps -----
 
-#[differentiable]
+#[differentiable(jvp)]
 fn rnn(w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>, #[no_grad] xs: &Array3<f64>) -> f64 {
     let mut h = Array2::<f64>::zeros((xs.len_of(Axis(1)), w.nrows()));
     for t in 0..xs.len_of(Axis(0)) {
@@ -463,14 +461,7 @@ fn rnn_grad_by_hand(
 }
 
 fn w4() -> Workload {
-    let (w, u, b) = (
-        pattern2(64, 64, 1, 0.15),
-        pattern2(32, 64, 2, 0.2),
-        pattern1(64, 3, 0.1),
-    );
-    let xs = Array3::from_shape_fn((50, 16, 32), |(t, i, j)| {
-        (((t * 16 + i) * 32 + j) * 7919 % 1000) as f64 / 500.0 - 1.0
-    });
+    let (w, u, b, xs) = w4_inputs();
     let a = grad!(rnn)(&w, &u, &b, &xs);
     let h = rnn_grad_by_hand(&w, &u, &b, &xs);
     assert_close("W4 w", &flat(&a.0), &flat(&h.0));
@@ -489,27 +480,116 @@ fn w4() -> Workload {
         (w.clone(), u.clone(), b.clone(), xs.clone()),
         (w, u, b, xs),
     );
-    let checksums = vec![checksum(&a.0), checksum(&a.1), checksum(&a.2)];
+    let checksums = vec![
+        crate::checksum(&a.0),
+        crate::checksum(&a.1),
+        crate::checksum(&a.2),
+    ];
     Workload {
         name: "W4 tanh RNN h64 in32 batch16 50 steps",
         key: "W4",
         checksums,
+        tolerance: 1e-9,
         runs: 200,
         adjoint: Box::new(move || {
             black_box(grad!(rnn)(&wa.0, &wa.1, &wa.2, black_box(&wa.3)));
         }),
-        hand: Box::new(move || {
+        hand: Some(Box::new(move || {
             black_box(rnn_grad_by_hand(&wb.0, &wb.1, &wb.2, black_box(&wb.3)));
-        }),
-        primal: Box::new(move || {
+        })),
+        primal: Some(Box::new(move || {
             black_box(rnn(&wc.0, &wc.1, &wc.2, black_box(&wc.3)));
-        }),
+        })),
         candle: Some(Box::new(move || {
             black_box(candle.grad().expect("candle W4"));
         })),
         burn: Some(Box::new(move || {
             black_box(burn.grad());
         })),
+    }
+}
+
+// ----- W8: a Hessian-vector product of W4's loss (reverse over forward) -----
+
+/// W4's parameters `w`, `u`, `b` and its inputs `xs`.
+fn w4_inputs() -> (Array2<f64>, Array2<f64>, Array1<f64>, Array3<f64>) {
+    let xs = Array3::from_shape_fn((50, 16, 32), |(t, i, j)| {
+        (((t * 16 + i) * 32 + j) * 7919 % 1000) as f64 / 500.0 - 1.0
+    });
+    (
+        pattern2(64, 64, 1, 0.15),
+        pattern2(32, 64, 2, 0.2),
+        pattern1(64, 3, 0.1),
+        xs,
+    )
+}
+
+fn w8() -> Workload {
+    let (w, u, b, xs) = w4_inputs();
+    let (dw, du, db) = (
+        pattern2(64, 64, 11, 1.0),
+        pattern2(32, 64, 12, 1.0),
+        pattern1(64, 13, 1.0),
+    );
+    let hv = hvp!(rnn)(&w, &u, &b, &xs, &dw, &du, &db);
+    // H d against central differences of the gradient along d.
+    let h = 1e-5;
+    let (p, m) = (
+        grad!(rnn)(
+            &(&w + &(&dw * h)),
+            &(&u + &(&du * h)),
+            &(&b + &(&db * h)),
+            &xs,
+        ),
+        grad!(rnn)(
+            &(&w - &(&dw * h)),
+            &(&u - &(&du * h)),
+            &(&b - &(&db * h)),
+            &xs,
+        ),
+    );
+    let fd = |a: &[f64], b: &[f64]| -> Vec<f64> {
+        a.iter().zip(b).map(|(x, y)| (x - y) / (2.0 * h)).collect()
+    };
+    for (what, ours, want) in [
+        ("w", flat(&hv.0), fd(&flat(&p.0), &flat(&m.0))),
+        ("u", flat(&hv.1), fd(&flat(&p.1), &flat(&m.1))),
+        ("b", flat(&hv.2), fd(&flat(&p.2), &flat(&m.2))),
+    ] {
+        let diff: f64 = ours.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum();
+        let norm: f64 = want.iter().map(|b| b * b).sum();
+        assert!(
+            diff.sqrt() <= 1e-6 * norm.sqrt(),
+            "W8 {what}: H d differs from differences of the gradient by {:.2e}",
+            (diff / norm).sqrt()
+        );
+    }
+    let checksums = vec![
+        crate::checksum(&hv.0),
+        crate::checksum(&hv.1),
+        crate::checksum(&hv.2),
+    ];
+    let (wa, wc) = (
+        (w.clone(), u.clone(), b.clone(), xs.clone(), dw, du, db),
+        (w, u, b, xs),
+    );
+    Workload {
+        name: "W8 Hessian-vector product of W4's loss (reverse over forward through the loop)",
+        key: "W8",
+        checksums,
+        tolerance: 1e-9,
+        runs: 100,
+        adjoint: Box::new(move || {
+            let (w, u, b, xs, dw, du, db) = &wa;
+            black_box(hvp!(rnn)(w, u, b, black_box(xs), dw, du, db));
+        }),
+        hand: None,
+        // The gradient: the column reads what the HVP costs in gradients.
+        primal: Some(Box::new(move || {
+            black_box(grad!(rnn)(&wc.0, &wc.1, &wc.2, black_box(&wc.3)));
+        })),
+        candle: None,
+        burn: None,
     }
 }
 
@@ -620,25 +700,26 @@ fn w5() -> Workload {
     assert_close("W5 b2", &flat(&ours[3]), &flat(&h.3));
     assert_close("W5 w3", &flat(&ours[4]), &flat(&h.4));
     assert_close("W5 b3", &flat(&ours[5]), &flat(&h.5));
-    let checksums = ours.iter().map(checksum).collect();
+    let checksums = ours.iter().map(crate::checksum).collect();
     let (va, xa, xb, xc) = (vars.clone(), x.clone(), x.clone(), x);
     let vc = vars;
     Workload {
         name: "W5 physics-informed: grad of du/dx loss, MLP 1-32-32-1, 128 points",
         key: "W5",
         checksums,
+        tolerance: 1e-9,
         runs: 400,
         adjoint: Box::new(move || {
             black_box(value_and_grad!(|v: &Variables| Pinn
                 .apply(v, &xa)
                 .expect("W5"))(black_box(&va)));
         }),
-        hand: Box::new(move || {
+        hand: Some(Box::new(move || {
             black_box(pinn_grad_by_hand(&w1, &b1, &w2, &b2, &w3, black_box(&xb)));
-        }),
-        primal: Box::new(move || {
+        })),
+        primal: Some(Box::new(move || {
             black_box(Pinn.apply(black_box(&vc), &xc).expect("W5"));
-        }),
+        })),
         // Neither differentiates a gradient again: candle calls second order out of
         // scope (huggingface/candle#2462), burn has no double backward
         // (tracel-ai/burn#1942).
@@ -648,5 +729,5 @@ fn w5() -> Workload {
 }
 
 pub fn all() -> Vec<Workload> {
-    vec![w1(), w2(), w3(), w4(), w5()]
+    vec![w1(), w2(), w3(), w4(), w5(), w8()]
 }
