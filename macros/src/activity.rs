@@ -205,7 +205,7 @@ fn mark_output(b: &Block, aux: bool, useful: &mut [bool]) {
         }
         if let Some(v) = &l.value {
             let mut atoms = Vec::new();
-            crate::adjoint::differentiated(v, aux).flatten(&mut atoms);
+            crate::facts::differentiated(v, aux).flatten(&mut atoms);
             for a in atoms {
                 if let Some(v) = a.var() {
                     useful[v.0 as usize] = true;

@@ -3,25 +3,36 @@
 //! `adjoint` crate, which documents each (the comments here say what each entry
 //! point expands).
 //!
-//! The stages, one module each: `lower` (syn to an A-normal-form IR), `activity`
-//! (which values carry derivatives), `adjoint` (primal and reverse code) and
-//! `expand` (the items and closures written out). `ops` is the table of
-//! primitives and how their pullbacks are wired; `ctxt` collects errors.
+//! The stages, in the order a body goes through them, each a module that uses only
+//! those before it:
+//!
+//! 1. `parse`: the signature and the transforms' arguments, as written.
+//! 2. `lower`: the body as an A-normal-form IR (`ir`), over the rule table (`ops`).
+//! 3. `facts` and `activity`: what the IR defines and joins, and which values carry
+//!    derivatives.
+//! 4. `reverse` (primal and reverse sweeps) and `forward` (the JVP, as Rust that is
+//!    differentiated again).
+//! 5. `expand`: the items written next to the user's (companions, Jacobians,
+//!    modules, the transforms' expansions, `vmap!`).
+//!
+//! `names` (the generated items' names), `hygiene` (generated locals kept apart
+//! from the user's), `chunk` (long bodies split) and `ctxt` (errors) serve them all.
 
 mod activity;
-mod adjoint;
 mod chunk;
 mod ctxt;
 mod expand;
+mod facts;
+mod forward;
 mod hygiene;
 mod ir;
 mod lower;
-mod module;
+mod names;
 mod ops;
-mod tangent;
+mod parse;
+mod reverse;
 #[cfg(test)]
 mod tests;
-mod vmap;
 
 use proc_macro::TokenStream;
 
@@ -43,7 +54,7 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn grad(input: TokenStream) -> TokenStream {
     hygienic(input, |input| {
-        expand::transform(expand::Transform::Grad, input)
+        expand::transform::transform(parse::transform::Transform::Grad, input)
     })
 }
 
@@ -51,7 +62,7 @@ pub fn grad(input: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn value_and_grad(input: TokenStream) -> TokenStream {
     hygienic(input, |input| {
-        expand::transform(expand::Transform::ValueAndGrad, input)
+        expand::transform::transform(parse::transform::Transform::ValueAndGrad, input)
     })
 }
 
@@ -60,7 +71,7 @@ pub fn value_and_grad(input: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn vjp(input: TokenStream) -> TokenStream {
     hygienic(input, |input| {
-        expand::transform(expand::Transform::Vjp, input)
+        expand::transform::transform(parse::transform::Transform::Vjp, input)
     })
 }
 
@@ -72,7 +83,7 @@ pub fn vjp(input: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn jvp(input: TokenStream) -> TokenStream {
     hygienic(input, |input| {
-        expand::transform(expand::Transform::Jvp, input)
+        expand::transform::transform(parse::transform::Transform::Jvp, input)
     })
 }
 
@@ -83,22 +94,30 @@ pub fn jvp(input: TokenStream) -> TokenStream {
 // `f` marked `#[differentiable(jvp)]`.
 #[proc_macro]
 pub fn hvp(input: TokenStream) -> TokenStream {
-    hygienic(input, |input| expand::jacobian_transform("hvp", input))
+    hygienic(input, |input| {
+        expand::transform::jacobian_transform("hvp", input)
+    })
 }
 
 #[proc_macro]
 pub fn jacfwd(input: TokenStream) -> TokenStream {
-    hygienic(input, |input| expand::jacobian_transform("jacfwd", input))
+    hygienic(input, |input| {
+        expand::transform::jacobian_transform("jacfwd", input)
+    })
 }
 
 #[proc_macro]
 pub fn jacrev(input: TokenStream) -> TokenStream {
-    hygienic(input, |input| expand::jacobian_transform("jacrev", input))
+    hygienic(input, |input| {
+        expand::transform::jacobian_transform("jacrev", input)
+    })
 }
 
 #[proc_macro]
 pub fn hessian(input: TokenStream) -> TokenStream {
-    hygienic(input, |input| expand::jacobian_transform("hessian", input))
+    hygienic(input, |input| {
+        expand::transform::jacobian_transform("hessian", input)
+    })
 }
 
 // `vmap!(f, in_axes = [None, 0, ..])`: `f` mapped over axis `k` of the arguments
@@ -112,7 +131,7 @@ pub fn hessian(input: TokenStream) -> TokenStream {
 // lengths along their axes differ, or the examples' outputs differ in shape.
 #[proc_macro]
 pub fn vmap(input: TokenStream) -> TokenStream {
-    hygienic(input, vmap::vmap)
+    hygienic(input, expand::vmap::vmap)
 }
 
 // Runs an expansion with its generated locals kept apart from the user's (see

@@ -9,6 +9,7 @@
 use crate::ctxt::Ctxt;
 use crate::ir::*;
 use crate::ops::{self, Rule};
+pub use crate::parse::signature::ParamSpec;
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote};
 use std::collections::{HashMap, HashSet};
@@ -16,18 +17,6 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{BinOp, Expr, Pat, UnOp};
-
-/// A parameter to lower: its pattern and whether it is differentiated.
-pub struct ParamSpec<'a> {
-    pub pat: &'a Pat,
-    pub active: bool,
-    /// The module's scope (`cx: &mut Scope`).
-    pub scope: bool,
-    /// A float scalar (`f32`, `f64`, or a reference to one).
-    pub scalar: bool,
-    /// A reference (`&T`).
-    pub reference: bool,
-}
 
 /// The variables of an enclosing body that a closure may read.
 pub type OuterEnv = HashMap<String, (Val, Vec<(Var, Ident)>)>;
@@ -1300,7 +1289,7 @@ impl Lowerer<'_> {
     /// `value_and_grad!`) with a constant child: a statement that can be differentiated
     /// again. Other forms stay opaque.
     fn lifted_grad(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
-        let mut input: crate::expand::TransformInput = m.mac.parse_body().ok()?;
+        let mut input: crate::parse::transform::TransformInput = m.mac.parse_body().ok()?;
         // `has_aux` is covered: the aux is one more output of the child's forward mode.
         let has_aux = std::mem::take(&mut input.has_aux);
         let items = &input.positional;
@@ -2770,7 +2759,7 @@ fn jvp_call(f: &syn::Path, c: &syn::ExprCall) -> syn::ExprCall {
         func: Box::new(Expr::Path(syn::ExprPath {
             attrs: vec![],
             qself: None,
-            path: crate::adjoint::companion_path(f, "jvp", false),
+            path: crate::names::companion_path(f, "jvp", false),
         })),
         paren_token: c.paren_token,
         args: c.args.clone(),

@@ -670,7 +670,7 @@ pub fn activation_derivative(name: &str) -> Option<&'static str> {
 pub static CONCATENATE: Rule = rule!("concatenate", 0, [pb!("concatenate_pb" [])]);
 pub static STACK: Rule = rule!("stack", 0, [pb!("stack_pb" [])]);
 /// A tuple of values passed as one (`f((c, h), x)`): its cotangent is taken apart
-/// into the fields' (special forms in `adjoint`).
+/// into the fields' (special forms in `reverse`).
 pub static TUPLE: Rule = rule!("tuple", 0, [pb!("tuple_pb" [])]);
 /// Field `I` of a tuple the body did not make (`t.1`, `let (a, b) = t;` of a
 /// parameter), the index a constant `At::<I>`: a reference into the tuple.

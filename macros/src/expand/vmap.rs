@@ -13,7 +13,7 @@
 //! allocation for a stacked output, a running sum for a reduced one.
 
 use crate::ctxt::Ctxt;
-use crate::expand::TransformInput;
+use crate::parse::transform::TransformInput;
 use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote};
 use syn::parse::{Parse, ParseStream};
@@ -342,7 +342,7 @@ fn lifted_vmap(cx: &Ctxt, input: &VmapInput) -> TokenStream {
         );
         return TokenStream::new();
     }
-    let Some((names, _, body)) = crate::expand::lifted_closure(cx, c) else {
+    let Some((names, _, body)) = crate::expand::transform::lifted_closure(cx, c) else {
         return TokenStream::new();
     };
     let (mdl, cxn, params) = (&names[0], &names[1], &names[2..]);
@@ -353,7 +353,7 @@ fn lifted_vmap(cx: &Ctxt, input: &VmapInput) -> TokenStream {
         probes,
         probe_items,
     } = examples(&input.in_axes, &temps);
-    let (enter, exit) = crate::expand::lifted_module(module, mdl, cxn);
+    let (enter, exit) = crate::expand::transform::lifted_module(module, mdl, cxn);
     let (push, pop) = match &input.axis_name {
         Some(a) => (quote!(#cxn.push_axis(#a);), quote!(#cxn.pop_axis();)),
         None => (TokenStream::new(), TokenStream::new()),

@@ -6,9 +6,8 @@
 //! gets `init`, `apply` and `apply_with`, plus the companions the transforms call.
 
 use crate::ctxt::Ctxt;
-use crate::expand::{
-    Companions, Flavor, Owner, ParamInfo, companion_items, companions, param_name,
-};
+use crate::expand::companions::{Companions, Flavor, Owner, companion_items, companions};
+use crate::parse::signature::{ParamInfo, param_name};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::spanned::Spanned;
@@ -21,7 +20,7 @@ pub fn is_module_call(sig: &Signature) -> bool {
         && sig
             .inputs
             .iter()
-            .any(|a| matches!(a, FnArg::Typed(t) if crate::expand::mentions_scope(&t.ty)))
+            .any(|a| matches!(a, FnArg::Typed(t) if crate::parse::signature::mentions_scope(&t.ty)))
 }
 
 /// The module's items; `m` (the user's `call`) becomes the wrapper that enters the
@@ -38,7 +37,7 @@ pub fn module_items(
     };
     let scope_pos = params
         .iter()
-        .position(|p| crate::expand::mentions_scope(&p.ty));
+        .position(|p| crate::parse::signature::mentions_scope(&p.ty));
     let Some(scope_pos) = scope_pos else {
         return TokenStream::new();
     };
@@ -98,8 +97,8 @@ pub fn module_items(
     };
     let body_ident = format_ident!("__call_body");
     let (body_vjp, body_vjp_params) = (
-        crate::adjoint::companion_ident(&body_ident, "vjp_owned"),
-        crate::adjoint::companion_ident(&body_ident, "vjp_params"),
+        crate::names::companion_ident(&body_ident, "vjp_owned"),
+        crate::names::companion_ident(&body_ident, "vjp_params"),
     );
 
     // `call` itself: the body in the module's auto-named child scope.
@@ -405,7 +404,7 @@ pub fn method_in_items(sig: &Signature, params: &[ParamInfo]) -> TokenStream {
         }
     };
     for (flavor, what) in [(Flavor::Owned, "vjp_owned"), (Flavor::Params, "vjp_params")] {
-        let inner = crate::adjoint::companion_ident(m, what);
+        let inner = crate::names::companion_ident(m, what);
         out.extend(named_scope_wrapper(
             sig,
             params,
@@ -672,23 +671,23 @@ pub(crate) fn scope_names(params: &[ParamInfo]) -> Vec<String> {
         .collect()
 }
 
-/// A module body in forward mode (see [`crate::tangent`]), or `None` where forward
+/// A module body in forward mode (see [`crate::forward`]), or `None` where forward
 /// mode does not reach it. Along the variables, parameter reads vary too.
 fn forward_body(
     params: &[ParamInfo],
     body: &syn::Block,
-    mode: crate::tangent::Mode,
+    mode: crate::forward::Mode,
 ) -> Option<TokenStream> {
     let quiet = Ctxt::default();
     let specs: Vec<crate::lower::ParamSpec> = params.iter().map(ParamInfo::spec).collect();
     let mut func = crate::lower::lower(&quiet, &specs, body);
-    func.params_active = mode == crate::tangent::Mode::Variables;
+    func.params_active = mode == crate::forward::Mode::Variables;
     let act = crate::activity::analyze(&quiet, &func);
     let reference: Vec<bool> = specs.iter().map(|s| s.reference).collect();
     if quiet.has_errors() {
         return None;
     }
-    crate::tangent::jvp_body(&func, &|v| act.varied(v), &reference, mode)
+    crate::forward::jvp_body(&func, &|v| act.varied(v), &reference, mode)
 }
 
 /// `__call_body_jvp(&self, cx, xs.., dxs..) -> (R, R)` and its parameter-differentiating
@@ -702,10 +701,10 @@ fn body_jvp(
     type_name: &str,
 ) -> TokenStream {
     let quiet = Ctxt::default();
-    let jvp = forward_body(params, body, crate::tangent::Mode::Inputs);
+    let jvp = forward_body(params, body, crate::forward::Mode::Inputs);
     let mut jvp_params: Vec<ParamInfo> = params.to_vec();
     for p in params.iter().filter(|p| p.active) {
-        let name = crate::tangent::dot_name(
+        let name = crate::forward::dot_name(
             &syn::parse2::<syn::Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
         );
         jvp_params.push(ParamInfo {
@@ -717,7 +716,7 @@ fn body_jvp(
     }
     let mut jvp_sig = sig.clone();
     jvp_sig.ident = format_ident!("__call_body_jvp");
-    let ret_cot = crate::expand::cot_type(ret);
+    let ret_cot = crate::parse::signature::cot_type(ret);
     jvp_sig.output = syn::parse_quote!(-> (#ret, #ret_cot));
     let inputs: Vec<TokenStream> = jvp_params.iter().map(ParamInfo::input).collect();
     jvp_sig.inputs = syn::parse_quote!(&self, #(#inputs),*);
@@ -780,7 +779,7 @@ fn body_jvp(
         })
         .unwrap_or_else(stub);
     // What a parent's JVP calls for this module: `__call_jvp` and `__call_in_jvp`.
-    let body_jvp_vjp = crate::adjoint::companion_ident(&jvp_sig.ident, "vjp_params");
+    let body_jvp_vjp = crate::names::companion_ident(&jvp_sig.ident, "vjp_params");
     let wrappers = scope_wrappers(
         &jvp_sig,
         &jvp_params,
@@ -804,7 +803,7 @@ fn body_tjvp(
     ret: &Type,
     type_name: &str,
 ) -> TokenStream {
-    use crate::tangent::{Mode, dot_name};
+    use crate::forward::{Mode, dot_name};
     let tangent = forward_body(params, body, Mode::Variables);
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let scope = &names[0];
@@ -827,7 +826,7 @@ fn body_tjvp(
             continue;
         }
         let mut ty = p.ty.clone();
-        crate::expand::StaticLifetimes.visit_type_mut(&mut ty);
+        crate::parse::signature::StaticLifetimes.visit_type_mut(&mut ty);
         generics
             .make_where_clause()
             .predicates
@@ -845,7 +844,7 @@ fn body_tjvp(
         }),
     };
     let where_clause = &generics.where_clause;
-    let ret_cot = crate::expand::cot_type(ret);
+    let ret_cot = crate::parse::signature::cot_type(ret);
     let out = quote!((#ret, #ret_cot));
     quote! {
         #[doc(hidden)]

@@ -47,10 +47,10 @@ pub fn jvp_body(
         Mode::Variables => HashSet::new(),
     };
     let mut defs = std::collections::HashMap::new();
-    crate::adjoint::collect_defs(&f.body, &mut defs);
-    let mut scalar = crate::adjoint::scalars(f, &defs);
+    crate::facts::collect_defs(&f.body, &mut defs);
+    let mut scalar = crate::facts::scalars(f, &defs);
     // Integers are `Copy` too, and written by value like float scalars.
-    for (s, i) in scalar.iter_mut().zip(crate::adjoint::integers(f, &defs)) {
+    for (s, i) in scalar.iter_mut().zip(crate::facts::integers(f, &defs)) {
         *s |= i;
     }
     let mut t = Tangent {
@@ -85,7 +85,7 @@ pub fn jvp_body(
 
 /// The variables `b` defines at its level and in the arms of its tail.
 fn iteration_defs(b: &Block, out: &mut HashSet<Var>) {
-    crate::adjoint::block_defs(b, out);
+    crate::facts::block_defs(b, out);
     if let Tail::Branch(br) = &b.tail {
         br.arms.iter().for_each(|a| iteration_defs(a, out));
     }

@@ -1,0 +1,244 @@
+//! The last stage: the items `#[differentiable]` writes next to a function or an
+//! impl, and what the transform macros expand to. `companions` writes a function's
+//! reverse-mode companions (`f::vjp`, `f::grad`, ..), `jacobian` its forward-mode
+//! ones (`f::jvp`, `f::hvp`, `f::jacfwd`, ..), `module` what a Flax-style module gets,
+//! `transform` the transforms' closure and lifted forms, `vmap` the vectorising map.
+
+pub mod companions;
+mod jacobian;
+pub mod module;
+pub mod transform;
+pub mod vmap;
+
+use self::companions::{Companions, Flavor, Owner, companion_items, companion_struct};
+use self::jacobian::jvp_item;
+use crate::ctxt::Ctxt;
+use crate::parse::signature::*;
+use proc_macro2::TokenStream;
+use quote::{ToTokens, quote};
+use syn::parse::{Parse, ParseStream};
+use syn::{Ident, ImplItem, Item, ItemFn, ItemImpl, ReturnType, Token};
+
+/// `#[differentiable]` on a function or an inherent impl.
+pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let cx = Ctxt::default();
+    // `#[differentiable(jvp)]` also writes the forward-mode companion `__f_jvp`.
+    let jvp = attr.to_string() == "jvp";
+    if !attr.is_empty() && !jvp {
+        cx.error_at(
+            &attr,
+            "#[differentiable] takes no arguments, or `jvp` for a forward-mode companion",
+        );
+    }
+    let item: Item = match syn::parse2(item.clone()) {
+        Ok(i) => i,
+        Err(e) => return e.into_compile_error(),
+    };
+    let out = match item {
+        Item::Fn(f) => expand_fn(&cx, f, jvp),
+        Item::Impl(i) => expand_impl(&cx, i),
+        other => {
+            cx.error_at(
+                &other,
+                "#[differentiable] applies to a function or an inherent `impl` block",
+            );
+            other.into_token_stream()
+        }
+    };
+    let errors = cx.into_compile_errors();
+    quote!(#out #errors)
+}
+
+fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
+    check_signature(cx, &f.sig);
+    let params = params(cx, &mut f.sig);
+    let scopes = crate::expand::module::scope_names(&params);
+    crate::expand::module::route_module_calls(&scopes, &mut f.block);
+    let mut items = TokenStream::new();
+    for which in Companions::for_scope(!scopes.is_empty()) {
+        if cx.has_errors() {
+            break;
+        }
+        items.extend(companions::companions(
+            cx,
+            &f.vis,
+            &f.sig,
+            &params,
+            &f.block,
+            Owner::Function,
+            *which,
+        ));
+    }
+    let jvp = if jvp && !cx.has_errors() {
+        jvp_item(cx, &f, &params)
+    } else {
+        None
+    };
+    let owner = companion_struct(&f.vis, &f.sig.ident);
+    quote!(#f #owner #items #jvp)
+}
+
+/// `#[custom_vjp(fwd = f_fwd, bwd = f_bwd)]`: the user's rule for a function the
+/// transform does not see into, like `jax.custom_vjp`. `f_fwd` takes `f`'s
+/// arguments and returns `(output, residuals)`; `f_bwd(residuals, cotangent)`
+/// returns one cotangent per argument (`()` for `#[no_grad]` ones).
+pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let cx = Ctxt::default();
+    let mut f: ItemFn = match syn::parse2(item) {
+        Ok(f) => f,
+        Err(e) => return e.into_compile_error(),
+    };
+    let rule = match syn::parse2::<CustomRule>(attr) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            cx.syn_error(e);
+            None
+        }
+    };
+    check_signature(&cx, &f.sig);
+    let params = params(&cx, &mut f.sig);
+    let items = match (&rule, cx.has_errors()) {
+        (Some(rule), false) => {
+            let (fwd, bwd) = (&rule.fwd, &rule.bwd);
+            let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+            let ReturnType::Type(_, ret) = &f.sig.output else {
+                unreachable!("checked by check_signature")
+            };
+            let ret_cot = cot_type(ret);
+            let body = quote! {
+                let (__out, __res) = #fwd(#(#names),*);
+                (__out, move |__ct: #ret_cot| #bwd(__res, __ct))
+            };
+            let mut out = companion_items(
+                &f.vis,
+                &f.sig,
+                &params,
+                body.clone(),
+                Owner::Function,
+                Flavor::Borrowing,
+            );
+            out.extend(companion_items(
+                &f.vis,
+                &f.sig,
+                &params,
+                body,
+                Owner::Function,
+                Flavor::Owned,
+            ));
+            out
+        }
+        _ => TokenStream::new(),
+    };
+    let errors = cx.into_compile_errors();
+    let owner = companion_struct(&f.vis, &f.sig.ident);
+    quote!(#f #owner #items #errors)
+}
+
+/// `fwd = path, bwd = path`.
+struct CustomRule {
+    fwd: syn::Path,
+    bwd: syn::Path,
+}
+
+impl Parse for CustomRule {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let mut fwd = None;
+        let mut bwd = None;
+        while !input.is_empty() {
+            let key: Ident = input.parse()?;
+            input.parse::<Token![=]>()?;
+            let path: syn::Path = input.parse()?;
+            match key.to_string().as_str() {
+                "fwd" => fwd = Some(path),
+                "bwd" => bwd = Some(path),
+                other => {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!("unknown key `{other}`: expected `fwd = ..` and `bwd = ..`"),
+                    ));
+                }
+            }
+            if !input.is_empty() {
+                input.parse::<Token![,]>()?;
+            }
+        }
+        match (fwd, bwd) {
+            (Some(fwd), Some(bwd)) => Ok(CustomRule { fwd, bwd }),
+            _ => Err(input.error(
+                "#[custom_vjp] needs both rules: `#[custom_vjp(fwd = f_fwd, bwd = f_bwd)]`",
+            )),
+        }
+    }
+}
+
+fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
+    if let Some((_, path, _)) = &item.trait_ {
+        cx.error_at(path, "#[differentiable] applies to inherent impls; put the differentiable methods in an `impl Type` block");
+        return item.into_token_stream();
+    }
+    let _impl_params = ImplParams::enter(&item.generics);
+    let mut extra = Vec::new();
+    let mut module = false;
+    let is_module = item
+        .items
+        .iter()
+        .any(|it| matches!(it, ImplItem::Fn(m) if crate::expand::module::is_module_call(&m.sig)));
+    let self_ty = item.self_ty.clone();
+    for it in item.items.iter_mut() {
+        let ImplItem::Fn(m) = it else { continue };
+        check_signature(cx, &m.sig);
+        match m.sig.receiver() {
+            Some(r) if r.reference.is_some() && r.mutability.is_none() => {}
+            Some(r) => cx.error_at(r, "a #[differentiable] method takes `&self`"),
+            None => {}
+        }
+        let params = params(cx, &mut m.sig);
+        if cx.has_errors() {
+            continue;
+        }
+        let scopes = crate::expand::module::scope_names(&params);
+        crate::expand::module::route_module_calls(&scopes, &mut m.block);
+        if crate::expand::module::is_module_call(&m.sig) {
+            module = true;
+            extra.push(crate::expand::module::module_items(
+                cx, &self_ty, m, &params,
+            ));
+            continue;
+        }
+        for which in Companions::for_scope(!scopes.is_empty()) {
+            if let Some(c) = companions::companions(
+                cx,
+                &m.vis,
+                &m.sig,
+                &params,
+                &m.block,
+                if m.sig.receiver().is_some() {
+                    Owner::Method
+                } else {
+                    Owner::Associated
+                },
+                *which,
+            ) {
+                extra.push(c);
+            }
+        }
+        if is_module && !scopes.is_empty() {
+            extra.push(crate::expand::module::method_in_items(&m.sig, &params));
+        }
+    }
+    if extra.is_empty() {
+        return item.into_token_stream();
+    }
+    let child = module.then(|| crate::expand::module::child_impl(&item));
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    let self_ty = &item.self_ty;
+    quote! {
+        #item
+        impl #impl_generics #self_ty #where_clause {
+            #(#extra)*
+        }
+        #child
+    }
+}
+
+// ----- grad!, value_and_grad!, vjp! -----

@@ -1,0 +1,480 @@
+//! What the transform macros expand to: `grad!(f)` and its siblings as calls of
+//! companions, their closure forms (differentiated in place), and their lifted
+//! forms inside a module (Flax's `nn.grad`, `nn.vjp`, `nn.jvp`).
+
+use super::companions::*;
+use crate::activity;
+use crate::ctxt::Ctxt;
+use crate::lower::{self, ParamSpec};
+use crate::parse::signature::*;
+use crate::parse::transform::{Transform, TransformInput};
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident, quote};
+use syn::spanned::Spanned;
+use syn::{Ident, Pat, Type};
+
+/// `hvp!(f)`, `jacfwd!(f)`, `jacrev!(f)`, `hessian!(f)`: the companion of that name,
+/// which `#[differentiable(jvp)]` writes.
+pub fn jacobian_transform(which: &str, input: TokenStream) -> TokenStream {
+    match syn::parse2::<syn::Path>(input.clone()) {
+        Ok(path) => crate::names::companion_path(&path, which, false).into_token_stream(),
+        Err(_) => syn::Error::new_spanned(
+            input,
+            format!("{which}! takes a function marked `#[differentiable(jvp)]`: `{which}!(f)`"),
+        )
+        .into_compile_error(),
+    }
+}
+
+pub fn transform(which: Transform, input: TokenStream) -> TokenStream {
+    let input: TransformInput = match syn::parse2(input) {
+        Ok(i) => i,
+        Err(e) => return e.into_compile_error(),
+    };
+    let cx = Ctxt::default();
+    let lifted =
+        input.positional.len() >= 3 && matches!(input.positional[1], syn::Expr::Closure(_));
+    if let Some(axes) = &input.reduce_axes {
+        let at = axes
+            .first()
+            .map(|a| a.span())
+            .unwrap_or_else(Span::call_site);
+        if !lifted {
+            cx.error(at, "`reduce_axes` names the axis of an enclosing `vmap!`: write `vmap!(grad!(|w, x| .., wrt = [w], reduce_axes = [\"batch\"]), in_axes = [None, 0], axis_name = \"batch\")`");
+        } else if which != Transform::Vjp {
+            cx.error(at, "`reduce_axes` sums variable cotangents over a `vmap!` axis: only `vjp!` computes them inside a module");
+        }
+    }
+    let out = if which == Transform::Jvp
+        && input.positional.len() == 1
+        && matches!(input.positional[0], syn::Expr::Path(_))
+    {
+        let syn::Expr::Path(p) = &input.positional[0] else {
+            unreachable!("checked")
+        };
+        crate::names::companion_path(&p.path, "jvp", false).into_token_stream()
+    } else if which == Transform::Jvp {
+        if lifted && input.positional.len() == 6 {
+            lifted_jvp(&cx, &input)
+        } else {
+            cx.error(
+                Span::call_site(),
+                "jvp! takes `cx, |mdl, cx, x..| body, Module, (primals..), (tangents..), variable_tangents` inside a module",
+            );
+            TokenStream::new()
+        }
+    } else if lifted {
+        lifted_transform(&cx, which, &input)
+    } else if input.positional.len() > 1 {
+        cx.error_at(&input.positional[1], "expected options after the function (`wrt = [..]`, `has_aux`); inside a module write `grad!(cx, |mdl, cx, x| .., Module, x)`");
+        TokenStream::new()
+    } else {
+        match &input.positional[0] {
+            syn::Expr::Path(p) => {
+                if input.wrt.is_some() || input.has_aux {
+                    cx.error_at(p, "`wrt` and `has_aux` take the closure form: `grad!(|x, y| f(x, y), wrt = [x])`");
+                    TokenStream::new()
+                } else {
+                    let what = match which {
+                        Transform::Grad => "grad",
+                        Transform::ValueAndGrad => "value_and_grad",
+                        Transform::Vjp | Transform::Jvp => "vjp",
+                    };
+                    crate::names::companion_path(&p.path, what, false).into_token_stream()
+                }
+            }
+            syn::Expr::Closure(c) => closure_transform(&cx, which, c, &input),
+            other => {
+                cx.error_at(
+                    other,
+                    "expected a function path (`grad!(f)`) or a closure (`grad!(|x| ..)`)",
+                );
+                TokenStream::new()
+            }
+        }
+    };
+    let errors = cx.into_compile_errors();
+    if errors.is_empty() { out } else { errors }
+}
+
+/// The lifted transform of a module, as `flax.linen.grad`: inside `call`,
+/// `grad!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), Child, x, y)` differentiates the
+/// child with respect to the primals only; the child's variables are read from the
+/// scope as constants, and what it writes to mutable collections stays written.
+/// The result has one cotangent per primal (a 1-tuple for one primal).
+pub(crate) fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInput) -> TokenStream {
+    let scope = &input.positional[0];
+    let syn::Expr::Closure(c) = &input.positional[1] else {
+        return TokenStream::new();
+    };
+    let module = &input.positional[2];
+    let args = &input.positional[3..];
+    if c.inputs.len() != args.len() + 2 {
+        cx.error_at(
+            &c.inputs,
+            format!(
+                "the closure takes the module, the scope and {} primal(s): `|mdl, cx, ..|`",
+                args.len()
+            ),
+        );
+        return TokenStream::new();
+    }
+    let Some((names, infos, body)) = lifted_closure(cx, c) else {
+        return TokenStream::new();
+    };
+    // vjp! differentiates the child's parameters too; grad! treats them as constants.
+    let params_active = which == Transform::Vjp;
+    let options = Options {
+        has_aux: input.has_aux,
+        params_active,
+        local_pullback: which != Transform::Vjp,
+    };
+    let Some((_, g)) = generate(cx, &infos, &body, options) else {
+        return TokenStream::new();
+    };
+    let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
+    let temps: Vec<Ident> = (0..args.len())
+        .map(|i| format_ident!("__primal{}", i))
+        .collect();
+    let (mdl, cxn) = (&names[0], &names[1]);
+    let primals = &names[2..];
+    let grads: Vec<Ident> = (0..args.len()).map(|i| format_ident!("__g{}", i)).collect();
+    let (value_pat, result) = match (which, input.has_aux) {
+        (Transform::Grad, false) => (quote!(__value), quote!((#(#grads,)*))),
+        (Transform::Grad, true) => (quote!((__value, __aux)), quote!(((#(#grads,)*), __aux))),
+        (_, false) => (quote!(__value), quote!((__value, (#(#grads,)*)))),
+        (_, true) => (
+            quote!((__value, __aux)),
+            quote!(((__value, __aux), (#(#grads,)*))),
+        ),
+    };
+    let computation = if which == Transform::Vjp {
+        let collections = match &input.vjp_variables {
+            Some(names) => quote!(&[#(#names),*]),
+            None => quote!(&["params"]),
+        };
+        let (out, ret) = if input.has_aux {
+            (quote!((__value, __aux)), quote!((__value, __pb, __aux)))
+        } else {
+            (quote!(__value), quote!((__value, __pb)))
+        };
+        // Summed over a vmap! axis: the scope checks that the axis is bound.
+        let vars_out =
+            quote!(::adjoint::__private::vjp_variables(&__vars_bar, &__child, #collections));
+        let (reduce_check, vars_out) = match &input.reduce_axes {
+            Some(axes) => (
+                quote!(#cxn.check_axes(&[#(#axes),*]);),
+                quote!(::adjoint::__private::Reduced(#vars_out)),
+            ),
+            None => (TokenStream::new(), vars_out),
+        };
+        quote! {
+            #reduce_check
+            #primal
+            let #out = #output;
+            let __pb = move |__ct| {
+                let (__vars_bar, _, _, #(#grads,)*) = { #reverse };
+                (#vars_out, #(#grads,)*)
+            };
+            #ret
+        }
+    } else {
+        quote! {
+            #primal
+            let #value_pat = #output;
+            let __ct = ::adjoint::__private::grad_seed(&__value);
+            let (_, _, #(#grads,)*) = { #reverse };
+            #result
+        }
+    };
+    let option = |names: &Option<Vec<syn::LitStr>>| match names {
+        Some(n) => quote!(::core::option::Option::Some(&[#(#n),*][..])),
+        None => quote!(::core::option::Option::None),
+    };
+    let (visible, rngs) = (option(&input.variables), option(&input.rngs));
+    let (enter, exit) = lifted_module(module, mdl, cxn);
+    quote!({
+        let (#(#temps,)*) = (#(#args,)*);
+        let #cxn: &mut ::adjoint::Scope = &mut *(#scope);
+        #enter
+        let __child = #cxn.path();
+        #(let #primals = #temps;)*
+        let __restriction = #cxn.restrict(#visible, #rngs);
+        #[allow(unused_mut, unused_variables, unused_parens)]
+        let __result = { #computation };
+        #cxn.unrestrict(__restriction);
+        #exit
+        __result
+    })
+}
+
+/// The closure of a lifted transform, `|mdl, cx, primals..| body`: its parameter
+/// names, their roles (the module and the scope constant, the primals
+/// differentiated) and its body as a block.
+pub(crate) fn lifted_closure(
+    cx: &Ctxt,
+    c: &syn::ExprClosure,
+) -> Option<(Vec<Ident>, Vec<ParamInfo>, syn::Block)> {
+    let mut infos = Vec::new();
+    let mut names = Vec::new();
+    for (i, p) in c.inputs.iter().enumerate() {
+        let pat = match p {
+            Pat::Type(t) => (*t.pat).clone(),
+            other => other.clone(),
+        };
+        let Pat::Ident(id) = &pat else {
+            cx.error_at(p, "closure parameters must be plain names");
+            return None;
+        };
+        names.push(id.ident.clone());
+        infos.push(ParamInfo {
+            pat: pat.clone(),
+            ty: Type::Verbatim(quote!(_)),
+            active: i >= 2,
+            scope: i == 1,
+        });
+    }
+    let mut body: syn::Block = match &*c.body {
+        syn::Expr::Block(b) => b.block.clone(),
+        other => syn::parse_quote_spanned!(other.span()=> { #other }),
+    };
+    if names.len() >= 2 {
+        let scopes = [names[1].to_string()];
+        crate::expand::module::route_module_calls(&scopes, &mut body);
+    }
+    Some((names, infos, body))
+}
+
+/// Where a lifted transform's module runs: `self` in the current scope; any other
+/// module in the scope its [`Child`](adjoint::scope::Child) impl names (a field's
+/// name for `self.field`, a bound path, else the next auto name), entered before the
+/// transform runs and left after. Returns the statements that bind the closure's
+/// module parameter `mdl` and enter, and those that leave.
+pub(crate) fn lifted_module(
+    module: &syn::Expr,
+    mdl: &Ident,
+    cxn: &Ident,
+) -> (TokenStream, TokenStream) {
+    if matches!(module, syn::Expr::Path(p) if p.path.is_ident("self")) {
+        return (
+            quote!(let #mdl = ::adjoint::scope::Here(self);),
+            TokenStream::new(),
+        );
+    }
+    let field = match module {
+        syn::Expr::Field(f) => match (&*f.base, &f.member) {
+            (syn::Expr::Path(p), syn::Member::Named(n)) if p.path.is_ident("self") => {
+                let lit = syn::LitStr::new(&n.to_string(), n.span());
+                quote!(::core::option::Option::Some(#lit))
+            }
+            _ => quote!(::core::option::Option::None),
+        },
+        _ => quote!(::core::option::Option::None),
+    };
+    (
+        quote! {
+            let __module = &(#module);
+            #cxn.enter_child(::adjoint::scope::Child::child_name(__module, #field));
+            let #mdl = ::adjoint::scope::Here(::adjoint::scope::Child::module(__module));
+        },
+        quote!(#cxn.exit();),
+    )
+}
+
+/// The lifted forward-mode transform, as `flax.linen.jvp`:
+/// `jvp!(cx, |mdl, cx, x| body, Child, (x,), (tx,), variable_tangents)` gives
+/// `(output, output_tangent)` for tangents of the primals and of the child's
+/// variables (`variable_tangents`, a `Variables` tree relative to the child).
+///
+/// Forward mode proper: the closure's body with a tangent after each statement, the
+/// child's parameter reads taking their tangents from the scope, and submodules
+/// running their own forward mode (`__call_tjvp`).
+pub(crate) fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
+    let scope = &input.positional[0];
+    let syn::Expr::Closure(c) = &input.positional[1] else {
+        return TokenStream::new();
+    };
+    let module = &input.positional[2];
+    let (primals_tuple, tangents_tuple, var_tangents) = (
+        &input.positional[3],
+        &input.positional[4],
+        &input.positional[5],
+    );
+    let n = c.inputs.len().saturating_sub(2);
+    let tuple_len = |e: &syn::Expr| match e {
+        syn::Expr::Tuple(t) => Some(t.elems.len()),
+        _ => None,
+    };
+    if tuple_len(primals_tuple) != Some(n) || tuple_len(tangents_tuple) != Some(n) {
+        cx.error_at(
+            primals_tuple,
+            format!("jvp! takes the primals and the tangents as tuples of {n}: `(x,), (tx,)`"),
+        );
+        return TokenStream::new();
+    }
+    let Some((names, infos, body)) = lifted_closure(cx, c) else {
+        return TokenStream::new();
+    };
+    let specs: Vec<ParamSpec> = infos.iter().map(ParamInfo::spec).collect();
+    let mut func = lower::lower(cx, &specs, &body);
+    func.params_active = true;
+    let act = activity::analyze(cx, &func);
+    if cx.has_errors() {
+        return TokenStream::new();
+    }
+    let refs = vec![false; specs.len()];
+    let Some(jvp) = crate::forward::jvp_body(
+        &func,
+        &|v| act.varied(v),
+        &refs,
+        crate::forward::Mode::Variables,
+    ) else {
+        cx.error_at(
+            &c.body,
+            "jvp!: forward mode covers module calls, branches, loops, arithmetic, elementwise maths, reductions, products and layers' rules so far; not yet `mapv` closures or calls to other functions",
+        );
+        return TokenStream::new();
+    };
+    let (mdl, cxn) = (&names[0], &names[1]);
+    let primals = &names[2..];
+    let dots: Vec<Ident> = primals.iter().map(crate::forward::dot_name).collect();
+    let temps: Vec<Ident> = (0..n).map(|i| format_ident!("__primal{}", i)).collect();
+    let tangents: Vec<Ident> = (0..n).map(|i| format_ident!("__tangent{}", i)).collect();
+    let (enter, exit) = lifted_module(module, mdl, cxn);
+    quote!({
+        let (#(#temps,)*) = #primals_tuple;
+        let (#(#tangents,)*) = #tangents_tuple;
+        let __var_tangents: &::adjoint::Variables = &(#var_tangents);
+        let #cxn: &mut ::adjoint::Scope = &mut *(#scope);
+        #enter
+        let __old = #cxn.set_tangents(::core::option::Option::Some(__var_tangents));
+        #(let #primals = #temps;)*
+        #(let #dots = ::adjoint::__private::own(&#tangents);)*
+        #[allow(unused_mut, unused_variables, unused_parens)]
+        let __result = { #jvp };
+        #cxn.restore_tangents(__old);
+        #exit
+        __result
+    })
+}
+
+pub(crate) fn closure_transform(
+    cx: &Ctxt,
+    which: Transform,
+    c: &syn::ExprClosure,
+    input: &TransformInput,
+) -> TokenStream {
+    let mut params = Vec::new();
+    for p in &c.inputs {
+        let (pat, ty) = match p {
+            Pat::Type(t) => ((*t.pat).clone(), Some((*t.ty).clone())),
+            other => (other.clone(), None),
+        };
+        let name = match &pat {
+            Pat::Ident(i) => i.ident.to_string(),
+            other => {
+                cx.error_at(other, "closure parameters must be plain names");
+                return TokenStream::new();
+            }
+        };
+        let active = input
+            .wrt
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|i| *i == name));
+        params.push((pat, ty, active, name));
+    }
+    if let Some(wrt) = &input.wrt {
+        for w in wrt {
+            if !params.iter().any(|p| *w == p.3) {
+                cx.error_at(w, format!("`{w}` is not a parameter of the closure"));
+            }
+        }
+    }
+    let infos: Vec<ParamInfo> = params
+        .iter()
+        .map(|(pat, ty, active, _)| ParamInfo {
+            pat: pat.clone(),
+            ty: ty.clone().unwrap_or(Type::Verbatim(quote!(_))),
+            active: *active,
+            scope: ty.as_ref().is_some_and(mentions_scope),
+        })
+        .collect();
+    let body: syn::Block = match &*c.body {
+        syn::Expr::Block(b) => b.block.clone(),
+        other => syn::parse_quote_spanned!(other.span()=> { #other }),
+    };
+    let options = Options {
+        has_aux: input.has_aux,
+        params_active: false,
+        local_pullback: which != Transform::Vjp,
+    };
+    let Some((_, g)) = generate(cx, &infos, &body, options) else {
+        return TokenStream::new();
+    };
+    let closure_params = c.inputs.iter();
+    let (primal, output, reverse) = (&g.primal, &g.output, &g.reverse);
+    // The cotangents of the differentiated parameters, in `wrt` order.
+    let order: Vec<usize> = match &input.wrt {
+        Some(w) => w
+            .iter()
+            .filter_map(|w| params.iter().position(|p| *w == p.3))
+            .collect(),
+        None => (0..params.len()).collect(),
+    };
+    let (picks, picked) = pick_cotangents(params.len(), &order);
+    let (value_pat, seed) = if input.has_aux {
+        (
+            quote!((__value, __aux)),
+            quote!(::adjoint::__private::grad_seed(&__value)),
+        )
+    } else {
+        (
+            quote!(__value),
+            quote!(::adjoint::__private::grad_seed(&__value)),
+        )
+    };
+    let body = match which {
+        Transform::Grad | Transform::ValueAndGrad => {
+            let result = match (which, input.has_aux) {
+                (Transform::Grad, false) => quote!(#picked),
+                (Transform::Grad, true) => quote!((#picked, __aux)),
+                (_, false) => quote!((__value, #picked)),
+                (_, true) => quote!(((__value, __aux), #picked)),
+            };
+            quote!({
+                #primal
+                let #value_pat = #output;
+                let __ct = #seed;
+                let (#(#picks,)*) = { #reverse };
+                #result
+            })
+        }
+        Transform::Vjp | Transform::Jvp => {
+            let (out, ret) = if input.has_aux {
+                (quote!((__value, __aux)), quote!((__value, __pb, __aux)))
+            } else {
+                (quote!(__value), quote!((__value, __pb)))
+            };
+            // The pullback owns the arguments it reads: a closure cannot return
+            // something that borrows its own arguments.
+            let owned = &g.captured_params;
+            quote!({
+                #primal
+                let #out = #output;
+                #(let #owned = ::adjoint::__private::own(&#owned);)*
+                let __pb = move |__ct| {
+                    let (#(#picks,)*) = { #reverse };
+                    #picked
+                };
+                #ret
+            })
+        }
+    };
+    // grad! and value_and_grad! borrow the environment; vjp!'s pullback owns it.
+    let mover = (which == Transform::Vjp).then(|| quote!(move));
+    quote!({
+        #[allow(unused_mut, unused_variables, unused_parens)]
+        let __f = #mover |#(#closure_params),*| #body;
+        __f
+    })
+}
