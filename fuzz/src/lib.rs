@@ -62,7 +62,8 @@ struct Gen<'r> {
     scalars: Vec<String>,
     arrays: Vec<String>,
     next: usize,
-    /// Whether forward mode covers the body (not yet `mapv` closures or helper calls).
+    /// Whether forward mode covers the body (not yet `mapv` closures; helper calls
+    /// where the helper is covered).
     forward: bool,
     depth: usize,
 }
@@ -178,7 +179,8 @@ impl Gen<'_> {
     }
 
     /// One statement (or a few), appended to `out`.
-    fn stmt(&mut self, out: &mut String, helpers: usize) {
+    /// `helpers[h]`: whether forward mode covers helper `h` (it is `(jvp)`).
+    fn stmt(&mut self, out: &mut String, helpers: &[bool]) {
         match self.rng.below(10) {
             0..=3 => {
                 let v = self.fresh("s");
@@ -220,10 +222,10 @@ impl Gen<'_> {
                 self.scalars.push(s);
                 self.arrays.push(a);
             }
-            8 if helpers > 0 => {
-                self.forward = false;
+            8 if !helpers.is_empty() => {
                 let v = self.fresh("s");
-                let h = self.rng.below(helpers);
+                let h = self.rng.below(helpers.len());
+                self.forward &= helpers[h];
                 let (x, a) = (self.scalar_var(), self.array_ref());
                 let _ = writeln!(out, "    let {v} = helper{h}({x}, {a});");
                 self.scalars.push(v);
@@ -239,8 +241,8 @@ impl Gen<'_> {
 }
 
 /// A random function `name(x: f64, y: f64, a: &Array1<f64>, b: &Array1<f64>) -> f64`
-/// with `stmts` statements, and whether forward mode covers it (no `mapv` or helper calls yet).
-pub fn function(rng: &mut Rng, name: &str, stmts: usize, helpers: usize) -> (String, bool) {
+/// with `stmts` statements, and whether forward mode covers it (no `mapv` closures yet).
+pub fn function(rng: &mut Rng, name: &str, stmts: usize, helpers: &[bool]) -> (String, bool) {
     let mut g = Gen {
         rng,
         scalars: vec!["x".into(), "y".into()],
@@ -276,20 +278,23 @@ pub fn program_file(seed: u64, n: usize, as_main: bool) -> String {
          use adjoint::prelude::*;\nuse ndarray::{array, Array1};\n\n",
     );
     // Helpers the programs call.
-    let helpers = 2;
-    for h in 0..helpers {
-        let (f, _) = function(&mut rng, &format!("helper_body{h}"), 2, 0);
+    // A helper forward mode covers is `(jvp)`, and so are the calls of it.
+    let mut helpers = Vec::new();
+    for h in 0..2 {
+        let (f, forward) = function(&mut rng, &format!("helper_body{h}"), 2, &[]);
         src.push_str(&f);
+        let jvp = if forward { "(jvp)" } else { "" };
         let _ = writeln!(
             src,
-            "#[differentiable]\nfn helper{h}(x: f64, a: &Array1<f64>) -> f64 {{\n    helper_body{h}(x, x * 0.5, a, a)\n}}\n"
+            "#[differentiable{jvp}]\nfn helper{h}(x: f64, a: &Array1<f64>) -> f64 {{\n    helper_body{h}(x, x * 0.5, a, a)\n}}\n"
         );
+        helpers.push(forward);
     }
     let mut checks = String::new();
     for i in 0..n {
         let name = format!("program{i}");
         let stmts = 1 + rng.below(6);
-        let (f, forward) = function(&mut rng, &name, stmts, helpers);
+        let (f, forward) = function(&mut rng, &name, stmts, &helpers);
         let _ = writeln!(src, "// {name}");
         src.push_str(&f);
         let inputs = format!(

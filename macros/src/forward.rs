@@ -29,11 +29,17 @@ pub enum Mode {
 
 /// The body of `fn __f_jvp(args.., tangents..) -> (R, R)`, or `None` if the body uses
 /// something forward mode does not cover yet.
+///
+/// With `calls`, a call of a function is written as a call of its `jvp_all`, which
+/// `#[differentiable(jvp)]` writes (so the callee must be marked so: the error is at
+/// the call); without, a body with such a call has no JVP (a module's forward mode,
+/// generated whether or not anyone asks for it, must not break the build).
 pub fn jvp_body(
     f: &Func,
     varied: &dyn Fn(Var) -> bool,
     reference_params: &[bool],
     mode: Mode,
+    calls: bool,
 ) -> Option<TokenStream> {
     let refs: HashSet<Var> = f
         .params
@@ -63,6 +69,7 @@ pub fn jvp_body(
         mode,
         loops: 0,
         in_loop_tail: false,
+        calls,
     };
     for p in &f.params {
         if p.active {
@@ -110,6 +117,8 @@ struct Tangent<'a> {
     scalar: Vec<bool>,
     /// Loops written so far: their carries' names are numbered by it.
     loops: usize,
+    /// Calls of functions go through their `jvp_all` (see [`jvp_body`]).
+    calls: bool,
     /// The tail being written ends a loop's body: `break` and `continue` leaves are
     /// the loop's (a function's `return` inside a loop is not covered).
     in_loop_tail: bool,
@@ -275,6 +284,34 @@ impl Tangent<'_> {
                         let dn = dot_name(&name);
                         self.has_dot.insert(*dst);
                         Some(quote!(let (#name, #dn) = #f(#(#args,)* #(#dots),*);))
+                    }
+                    // A call of a `#[differentiable(jvp)]` function: its `jvp_all`, with a
+                    // tangent for every argument (a zero, or `NoTangent` for a parameter
+                    // the callee does not differentiate: its type picks).
+                    Op::Call(call) if call.scoped == Scoped::No && self.calls => {
+                        let Callee::Path {
+                            prefix,
+                            name: callee,
+                            generics,
+                            assoc: false,
+                        } = &call.callee
+                        else {
+                            return None;
+                        };
+                        if !generics.is_empty() {
+                            return None;
+                        }
+                        let dots: Vec<TokenStream> =
+                            call.args.iter().map(|a| self.call_tangent(a)).collect();
+                        let args: Vec<TokenStream> =
+                            call.args.iter().map(|a| self.arg(a)).collect();
+                        let dn = dot_name(&name);
+                        self.has_dot.insert(*dst);
+                        // Spanned at the user's call: a callee without `(jvp)` is named there.
+                        let jvp_all = Ident::new("jvp_all", callee.span());
+                        Some(quote! {
+                            let (#name, #dn) = #prefix #callee::#jvp_all(#(#args,)* #(#dots),*);
+                        })
                     }
                     Op::Prim {
                         rule,
@@ -611,6 +648,27 @@ impl Tangent<'_> {
                     quote!(::adjoint::no_grad(::adjoint::__private::zeros(&#x)))
                 }
             },
+        }
+    }
+
+    /// The tangent of a call's argument, passed as the argument is (`&dx` for `&x`),
+    /// or a zero whose type the callee's parameter picks.
+    fn call_tangent(&self, a: &Arg) -> TokenStream {
+        let Some(v) = a.atom.var().filter(|v| self.has_dot.contains(v)) else {
+            let x = self.atom(&a.atom);
+            let zero = quote!(::adjoint::no_grad(::adjoint::__private::zero_tangent(&#x)));
+            let by_ref = a.by_ref || a.atom.var().is_some_and(|v| self.refs.contains(&v));
+            return if by_ref { quote!(&#zero) } else { zero };
+        };
+        let d = dot_name(self.f.name(v));
+        if a.by_ref {
+            quote!(&#d)
+        } else if self.tangent_refs.contains(&v) || self.scalar[v.0 as usize] {
+            quote!(#d)
+        } else if self.refs.contains(&v) {
+            quote!(&#d)
+        } else {
+            quote!(::adjoint::__private::dup(&#d))
         }
     }
 

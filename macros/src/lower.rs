@@ -1961,13 +1961,15 @@ impl Lowerer<'_> {
             .pop()
             .expect("a path has a segment")
             .into_value();
+        // `f::jvp_all` (what forward mode calls) lives on the struct `f`.
         let assoc = assoc.unwrap_or_else(|| {
-            path.segments.last().is_some_and(|s| {
-                s.ident == "Self"
-                    || s.ident
-                        .to_string()
-                        .starts_with(|c: char| c.is_ascii_uppercase())
-            })
+            last.ident == "jvp_all"
+                || path.segments.last().is_some_and(|s| {
+                    s.ident == "Self"
+                        || s.ident
+                            .to_string()
+                            .starts_with(|c: char| c.is_ascii_uppercase())
+                })
         });
         let leading = path.leading_colon;
         let segs = path.segments.iter();

@@ -319,7 +319,9 @@ pub mod __private {
     pub use crate::rules::shape::*;
     pub use crate::rules::tree::*;
     pub use crate::scope::{add_param, second_order, vjp_variables};
-    pub use crate::transforms::{GradOf, IntoTangent, NoTangent, ScalarOutput, grad_seed, tangent};
+    pub use crate::transforms::{
+        GradOf, IntoTangent, NoTangent, ScalarOutput, ZeroTangent, grad_seed, tangent, zero_tangent,
+    };
     pub use crate::value::{Accumulate, Cot, Own, Value};
 
     /// An owned copy of `x` (see [`Own`]).

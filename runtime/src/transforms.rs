@@ -125,3 +125,57 @@ impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension>
 pub fn tangent<X: Value, T: IntoTangent<X::Cot>>(t: T, x: &X) -> X::Cot {
     t.into_tangent(|| x.zeros())
 }
+
+/// A zero tangent of type `Self` for an argument `x` of type `X`, where a caller's
+/// forward mode passes an argument that does not vary to a `jvp_all` companion:
+/// zero of the argument's float type, or [`NoTangent`] for a parameter that is not
+/// differentiated. The parameter's type picks which.
+pub trait ZeroTangent<X: ?Sized> {
+    /// The zero.
+    fn zero_tangent(x: &X) -> Self;
+}
+
+impl<X: ?Sized> ZeroTangent<X> for NoTangent {
+    #[inline(always)]
+    fn zero_tangent(_: &X) -> Self {
+        NoTangent
+    }
+}
+
+impl<A: crate::value::Real> ZeroTangent<A> for A {
+    #[inline(always)]
+    fn zero_tangent(_: &A) -> A {
+        A::lit(0.0)
+    }
+}
+
+impl<A: crate::value::Real> ZeroTangent<&A> for A {
+    #[inline(always)]
+    fn zero_tangent(_: &&A) -> A {
+        A::lit(0.0)
+    }
+}
+
+impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension>
+    ZeroTangent<ndarray::ArrayBase<S, D>> for ndarray::Array<A, D>
+{
+    #[inline(always)]
+    fn zero_tangent(x: &ndarray::ArrayBase<S, D>) -> Self {
+        ndarray::Array::zeros(x.raw_dim())
+    }
+}
+
+impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension>
+    ZeroTangent<&ndarray::ArrayBase<S, D>> for ndarray::Array<A, D>
+{
+    #[inline(always)]
+    fn zero_tangent(x: &&ndarray::ArrayBase<S, D>) -> Self {
+        ndarray::Array::zeros(x.raw_dim())
+    }
+}
+
+/// See [`ZeroTangent`].
+#[inline(always)]
+pub fn zero_tangent<X: ?Sized, T: ZeroTangent<X>>(x: &X) -> T {
+    T::zero_tangent(x)
+}

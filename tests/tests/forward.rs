@@ -247,3 +247,45 @@ fn forward_mode_goes_through_loops() {
         assert!((d2 - fd).abs() < 1e-6 * fd.abs().max(1.0), "{d2} vs {fd}");
     }
 }
+
+/// A helper with a loop, called twice with an argument that varies and one that
+/// does not, and a scalar helper.
+#[differentiable(jvp)]
+fn stretched(x: &Array1<f64>, k: f64, n: usize) -> Array1<f64> {
+    let mut y = x * k;
+    for _ in 0..n {
+        y = y.tanh() + x;
+    }
+    y
+}
+
+#[differentiable(jvp)]
+fn square(s: f64) -> f64 {
+    s * s
+}
+
+#[differentiable(jvp)]
+fn composed(x: &Array1<f64>, k: f64) -> f64 {
+    let y = stretched(x, k, 2);
+    let z = stretched(&y, 0.5, 1);
+    square(z.sum()) + square(k)
+}
+
+#[test]
+fn forward_mode_goes_through_calls() {
+    let (x, v, k, dk) = (array![0.3, -0.7, 1.1], array![1.0, 0.5, -2.0], 1.3, 0.25);
+    let (y, dy) = jvp!(composed)(&x, k, &v, dk);
+    assert_eq!(y, composed(&x, k));
+    let (gx, gk) = grad!(composed)(&x, k);
+    let along = gx.dot(&v) + gk * dk;
+    assert!((dy - along).abs() < 1e-12 * along.abs(), "{dy} vs {along}");
+    // Reverse over forward through the calls: H v against differences of the
+    // gradient in x.
+    let (hx, _) = hvp!(composed)(&x, k, &v, 0.0);
+    let tol = Tolerance {
+        step: 1e-6,
+        rtol: 1e-6,
+        atol: 1e-8,
+    };
+    check_vjp(|x: &Array1<f64>| grad!(composed)(x, k).0, &x, &v, &hx, tol).unwrap();
+}

@@ -1,17 +1,9 @@
 use adjoint::prelude::*;
-
-#[differentiable]
-fn helper(x: f64) -> f64 {
-    x * x
-}
+use ndarray::Array1;
 
 #[differentiable(jvp)]
-fn f(x: f64) -> f64 {
-    let mut s = x;
-    for _ in 0..3 {
-        s = s * helper(x);
-    }
-    s
+fn f(x: &Array1<f64>, s: f64) -> f64 {
+    x.mapv(|v| (v * s).tanh()).sum()
 }
 
 fn main() {}

@@ -30,10 +30,11 @@ pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<To
         &|v| act.varied(v),
         &reference_params,
         crate::forward::Mode::Inputs,
+        true,
     ) else {
         cx.error_at(
             &f.sig.ident,
-            "#[differentiable(jvp)]: forward mode covers branches, loops, arithmetic, elementwise maths, reductions, products, layers' rules and module calls so far; not yet `mapv` closures or calls to other functions",
+            "#[differentiable(jvp)]: forward mode covers branches, loops, calls of `#[differentiable(jvp)]` functions, arithmetic, elementwise maths, reductions, products, layers' rules and module calls so far; not yet `mapv` closures or methods",
         );
         return None;
     };
@@ -55,6 +56,31 @@ pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<To
     );
     let ret_cot = cot_type(ret);
     let jacobians = jacobian_items(f, params);
+    // What a caller's forward mode calls: a tangent for every argument, `NoTangent`
+    // for those not differentiated (so that the caller need not know which are).
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let dnames: Vec<Ident> = params
+        .iter()
+        .map(|p| {
+            crate::forward::dot_name(
+                &syn::parse2::<Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
+            )
+        })
+        .collect();
+    let all_tangents = params.iter().zip(&dnames).map(|(p, d)| {
+        let ty = &p.ty;
+        match (p.active, &p.ty) {
+            (true, _) => quote!(#d: #ty),
+            (false, Type::Reference(_)) => quote!(#d: &::adjoint::NoTangent),
+            (false, _) => quote!(#d: ::adjoint::NoTangent),
+        }
+    });
+    let active_dnames = params
+        .iter()
+        .zip(&dnames)
+        .filter(|(p, _)| p.active)
+        .map(|(_, d)| d);
+    let args_again = params.iter().map(ParamInfo::input);
     Some(quote! {
         #[::adjoint::differentiable]
         impl #owner {
@@ -63,6 +89,12 @@ pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<To
             #[allow(clippy::all)]
             #vis fn jvp #generics (#(#args,)* #(#tangents),*) -> (#ret, #ret_cot) #where_clause {
                 #body
+            }
+
+            #[doc(hidden)]
+            #[allow(clippy::all, unused_variables)]
+            #vis fn jvp_all #generics (#(#args_again,)* #(#all_tangents),*) -> (#ret, #ret_cot) #where_clause {
+                Self::jvp(#(#names,)* #(#active_dnames),*)
             }
         }
         #jacobians

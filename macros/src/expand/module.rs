@@ -687,7 +687,7 @@ fn forward_body(
     if quiet.has_errors() {
         return None;
     }
-    crate::forward::jvp_body(&func, &|v| act.varied(v), &reference, mode)
+    crate::forward::jvp_body(&func, &|v| act.varied(v), &reference, mode, false)
 }
 
 /// `__call_body_jvp(&self, cx, xs.., dxs..) -> (R, R)` and its parameter-differentiating

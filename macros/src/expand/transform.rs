@@ -328,10 +328,11 @@ pub(crate) fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
         &|v| act.varied(v),
         &refs,
         crate::forward::Mode::Variables,
+        true,
     ) else {
         cx.error_at(
             &c.body,
-            "jvp!: forward mode covers module calls, branches, loops, arithmetic, elementwise maths, reductions, products and layers' rules so far; not yet `mapv` closures or calls to other functions",
+            "jvp!: forward mode covers module calls, branches, loops, calls of `#[differentiable(jvp)]` functions, arithmetic, elementwise maths, reductions, products and layers' rules so far; not yet `mapv` closures or methods",
         );
         return TokenStream::new();
     };
