@@ -62,8 +62,7 @@ struct Gen<'r> {
     scalars: Vec<String>,
     arrays: Vec<String>,
     next: usize,
-    /// Whether forward mode covers the body (not yet `mapv` closures; helper calls
-    /// where the helper is covered).
+    /// Whether forward mode covers the body (calls only of helpers it covers).
     forward: bool,
     depth: usize,
 }
@@ -152,7 +151,6 @@ impl Gen<'_> {
             }
             6 => {
                 // A closure reading an enclosing scalar, which may be differentiated.
-                self.forward = false;
                 let c = self.scalar_var();
                 let f = self.rng.pick(SMOOTH);
                 format!(
@@ -162,7 +160,6 @@ impl Gen<'_> {
                 )
             }
             _ => {
-                self.forward = false;
                 format!("{}.mapv(|v| v * v + {})", self.array_var(), self.rng.lit())
             }
         };
@@ -241,7 +238,7 @@ impl Gen<'_> {
 }
 
 /// A random function `name(x: f64, y: f64, a: &Array1<f64>, b: &Array1<f64>) -> f64`
-/// with `stmts` statements, and whether forward mode covers it (no `mapv` closures yet).
+/// with `stmts` statements, and whether forward mode covers it.
 pub fn function(rng: &mut Rng, name: &str, stmts: usize, helpers: &[bool]) -> (String, bool) {
     let mut g = Gen {
         rng,

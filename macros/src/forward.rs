@@ -90,6 +90,40 @@ pub fn jvp_body(
     Some(out)
 }
 
+/// The partial derivative of a `mapv` closure `|v| f(v, c..)` as a closure of `v`:
+/// in `v` (`captured` `None`), or in its `k`-th captured value, from the closure's
+/// JVP with a unit tangent for that input and zero for the others.
+fn mapv_partial(closure: &Func, captured: Option<usize>) -> Option<TokenStream> {
+    let mut f = closure.clone();
+    if let Some(k) = captured {
+        f.params.push(Param {
+            var: f.free.get(k)?.0,
+            active: true,
+            scalar: true,
+            reference: false,
+        });
+    }
+    // Errors of the closure were reported with the enclosing body.
+    let act = crate::activity::analyze(&crate::ctxt::Ctxt::default(), &f);
+    let refs = vec![false; f.params.len()];
+    let body = jvp_body(&f, &|v| act.varied(v), &refs, Mode::Inputs, false)?;
+    let v = f.name(f.params.first()?.var);
+    let seeds = f.params.iter().enumerate().map(|(i, p)| {
+        let d = dot_name(f.name(p.var));
+        let along = match captured {
+            None => i == 0,
+            Some(_) => i > 0,
+        };
+        let unit = if along { quote!(1.0) } else { quote!(0.0) };
+        quote!(let #d = ::adjoint::no_grad(::adjoint::__private::lit(&#v, #unit));)
+    });
+    Some(quote!(|#v| {
+        #(#seeds)*
+        let (_, __d) = { #body };
+        __d
+    }))
+}
+
 /// The variables `b` defines at its level and in the arms of its tail.
 fn iteration_defs(b: &Block, out: &mut HashSet<Var>) {
     crate::facts::block_defs(b, out);
@@ -312,6 +346,40 @@ impl Tangent<'_> {
                         Some(quote! {
                             let (#name, #dn) = #prefix #callee::#jvp_all(#(#args,)* #(#dots),*);
                         })
+                    }
+                    // `x.mapv(f)`: the primal as written; the tangent is `dx` times `f'`
+                    // elementwise, plus each differentiated captured value's tangent times
+                    // `f`'s partial in it: `mapv`s of `f`'s own JVP, so that the tangent
+                    // is differentiable again.
+                    Op::MapV {
+                        recv,
+                        closure,
+                        native,
+                        captured,
+                    } => {
+                        let x = self.atom(recv);
+                        let mut out = quote!(let #decl = #x.mapv(#native););
+                        if !(self.varied)(*dst) {
+                            return Some(out);
+                        }
+                        let mut terms = Vec::new();
+                        if let Some(d) = self.dot(recv) {
+                            let partial = mapv_partial(closure, None)?;
+                            terms.push(quote!((#d * &#x.mapv(#partial))));
+                        }
+                        for (k, c) in captured.iter().enumerate() {
+                            // A captured value is a scalar (the closure's code is).
+                            if let Some(dc) = self.dot(c) {
+                                let partial = mapv_partial(closure, Some(k))?;
+                                terms.push(quote!((#x.mapv(#partial) * #dc)));
+                            }
+                        }
+                        if !terms.is_empty() {
+                            let dn = dot_name(&name);
+                            out.extend(quote!(let #dn = #(#terms)+*;));
+                            self.has_dot.insert(*dst);
+                        }
+                        Some(out)
                     }
                     Op::Prim {
                         rule,

@@ -289,3 +289,47 @@ fn forward_mode_goes_through_calls() {
     };
     check_vjp(|x: &Array1<f64>| grad!(composed)(x, k).0, &x, &v, &hx, tol).unwrap();
 }
+
+/// `mapv` closures, one reading a differentiated scalar of the enclosing body.
+#[differentiable(jvp)]
+fn mapped(x: &Array1<f64>, s: f64) -> f64 {
+    let y = x.mapv(|v| (v * s).tanh() + v * v);
+    let z = y.mapv(|v| v.sin() * 0.5);
+    (&z * &y).sum() + s
+}
+
+#[test]
+fn forward_mode_goes_through_mapv_closures() {
+    let (x, v, s, ds) = (array![0.3, -0.7, 1.1], array![1.0, 0.5, -2.0], 0.8, -0.4);
+    let (y, dy) = jvp!(mapped)(&x, s, &v, ds);
+    assert_eq!(y, mapped(&x, s));
+    let (gx, gs) = grad!(mapped)(&x, s);
+    let along = gx.dot(&v) + gs * ds;
+    assert!((dy - along).abs() < 1e-12 * along.abs(), "{dy} vs {along}");
+    let (hx, _) = hvp!(mapped)(&x, s, &v, 0.0);
+    let tol = Tolerance {
+        step: 1e-6,
+        rtol: 1e-6,
+        atol: 1e-8,
+    };
+    check_vjp(|x: &Array1<f64>| grad!(mapped)(x, s).0, &x, &v, &hx, tol).unwrap();
+    // Along s: the HVP's s component against differences of the gradient in s.
+    let (_, hs) = hvp!(mapped)(&x, s, &(&v * 0.0), 1.0);
+    let h = 1e-6;
+    let fd = (grad!(mapped)(&x, s + h).1 - grad!(mapped)(&x, s - h).1) / (2.0 * h);
+    assert!((hs - fd).abs() < 1e-6 * fd.abs().max(1.0), "{hs} vs {fd}");
+}
+
+/// A tuple output: its tangent is the tuple of tangents (and, having no Jacobian
+/// shape, it gets no `jacfwd`).
+#[differentiable(jvp)]
+fn pair(x: f64) -> (f64, f64) {
+    (x * x, x.sin())
+}
+
+#[test]
+fn forward_mode_of_a_tuple_output() {
+    let ((a, b), (da, db)) = jvp!(pair)(0.5, 2.0);
+    assert_eq!((a, b), pair(0.5));
+    assert_eq!((da, db), (2.0, 2.0 * 0.5f64.cos()));
+}

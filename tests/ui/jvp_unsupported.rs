@@ -1,9 +1,14 @@
 use adjoint::prelude::*;
-use ndarray::Array1;
 
 #[differentiable(jvp)]
-fn f(x: &Array1<f64>, s: f64) -> f64 {
-    x.mapv(|v| (v * s).tanh()).sum()
+fn pair(x: f64) -> (f64, f64) {
+    (x * x, x + 1.0)
+}
+
+#[differentiable(jvp)]
+fn f(x: f64) -> f64 {
+    let (a, b) = pair(x);
+    a * b
 }
 
 fn main() {}

@@ -34,7 +34,7 @@ pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<To
     ) else {
         cx.error_at(
             &f.sig.ident,
-            "#[differentiable(jvp)]: forward mode covers branches, loops, calls of `#[differentiable(jvp)]` functions, arithmetic, elementwise maths, reductions, products, layers' rules and module calls so far; not yet `mapv` closures or methods",
+            "#[differentiable(jvp)]: forward mode covers branches, loops, `mapv` closures, calls of `#[differentiable(jvp)]` functions, arithmetic, elementwise maths, reductions, products, layers' rules and module calls; not yet method calls or calls whose result is destructured",
         );
         return None;
     };
@@ -202,16 +202,33 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
     let hessian_column = grad_of_jvp(&[&arg_names[w]], &unit_tangents);
     let at = syn::Index::from(w);
     let args: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
-    // Second order needs a scalar output: `f32`, `f64` or a float type parameter.
-    let scalar_output = match &f.sig.output {
-        ReturnType::Type(_, t) => match &**t {
-            Type::Path(p) => p.path.get_ident().is_some_and(|i| {
-                i == "f32" || i == "f64" || generics.type_params().any(|g| g.ident == *i)
-            }),
-            _ => false,
-        },
-        ReturnType::Default => false,
+    // Jacobians are of a float scalar or an array, from one (as written: a tuple or a
+    // tree has none); second order needs a scalar output.
+    let float_param = |t: &Type| match t {
+        Type::Path(p) => p.path.get_ident().is_some_and(|i| {
+            i == "f32" || i == "f64" || generics.type_params().any(|g| g.ident == *i)
+        }),
+        _ => false,
     };
+    let scalar_or_array = |t: &Type| {
+        let mut t = t;
+        while let Type::Reference(r) = t {
+            t = &r.elem;
+        }
+        float_param(t)
+            || matches!(t, Type::Path(p) if p.path.segments.last().is_some_and(|s| {
+                let s = s.ident.to_string();
+                s == "Array" || s == "ArrayD" || (s.starts_with("Array") && s[5..].parse::<u8>().is_ok())
+            }))
+    };
+    let output = match &f.sig.output {
+        ReturnType::Type(_, t) => Some(&**t),
+        ReturnType::Default => None,
+    };
+    if !output.is_some_and(scalar_or_array) || !scalar_or_array(&params[w].ty) {
+        return TokenStream::new();
+    }
+    let scalar_output = output.is_some_and(float_param);
     let name = owner.to_string();
     let doc_hvp = format!("The Hessian of [`{name}`] times the tangents (`hvp!({name})`).");
     let doc_jacfwd = format!("The Jacobian of [`{name}`] by forward mode (`jacfwd!({name})`).");

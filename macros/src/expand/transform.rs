@@ -332,7 +332,7 @@ pub(crate) fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
     ) else {
         cx.error_at(
             &c.body,
-            "jvp!: forward mode covers module calls, branches, loops, calls of `#[differentiable(jvp)]` functions, arithmetic, elementwise maths, reductions, products and layers' rules so far; not yet `mapv` closures or methods",
+            "jvp!: forward mode covers module calls, branches, loops, `mapv` closures, calls of `#[differentiable(jvp)]` functions, arithmetic, elementwise maths, reductions, products and layers' rules; not yet method calls or calls whose result is destructured",
         );
         return TokenStream::new();
     };
