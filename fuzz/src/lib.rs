@@ -337,15 +337,19 @@ fn guard(name: &str, report: &mut Vec<String>, body: impl FnOnce(&mut Vec<String
 /// Central differences against the claimed gradient; a failure is recorded.
 fn check(name: &str, f: impl Fn(&Point) -> f64, g: impl Fn(&Point) -> Point, at: Point, report: &mut Vec<String>) {
     let grad = g(&at);
-    if !f(&at).is_finite() {
+    let value = f(&at);
+    if !value.is_finite() {
         return;
     }
     // Central differences at shrinking steps: a program with a steep, fast-turning
     // output (a gradient of 1e7 under a cosine) needs a small step, where round-off
-    // grows; the gradient is wrong only if no step agrees with it.
+    // grows; the gradient is wrong only if no step agrees with it. The round-off of a
+    // difference is about eps |f| / step: a value of 1e6 with a gradient element of
+    // 0.1 is as exact as its differences can tell.
     let mut first = None;
     for step in [1e-6, 1e-8, 1e-10] {
-        let tol = adjoint::check::Tolerance { step, rtol: 1e-5, atol: 1e-6 };
+        let atol = 1e-6_f64.max(4.0 * f64::EPSILON * value.abs() / step);
+        let tol = adjoint::check::Tolerance { step, rtol: 1e-5, atol };
         match adjoint::check::check_grad(&f, &at, &grad, tol) {
             Ok(()) => return,
             Err(e) => {
