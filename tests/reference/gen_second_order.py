@@ -1,7 +1,8 @@
 """Reference results for second order and Jacobians, computed with JAX (float64):
 `jax.hessian`, `jax.jacfwd`, `jax.jacrev` and Hessian-vector products
-(`jax.jvp(jax.grad(f), ..)`) of functions written with loops and branches, as the
-Rust tests write them (`tests/tests/second_order.rs`).
+(`jax.jvp(jax.grad(f), ..)`) of functions written with loops and branches, and the
+HVPs of the benchmark losses' shapes (W2, W3, W4, small), as the Rust tests write
+them (`tests/tests/second_order.rs`).
 
 Each case gives its inputs, the function's value, and the requested derivatives, each
 as a flat list with its shape (JAX's: `output ++ input` for Jacobians, `input ++
@@ -111,6 +112,52 @@ CASES["field"] = {
     "jacfwd": flat(jax.jacfwd(f_f)(x_f)),
     "jacrev": flat(jax.jacrev(f_f)(x_f)),
 }
+
+# HVPs of the benchmark losses' shapes, small: W2's tanh MLP with MSE, W3's relu MLP
+# with softmax cross-entropy, W4's RNN in its weights. The direction is a pattern
+# of every parameter's shape; the HVP is `jvp(grad(loss))` over all of them.
+def mlp_tanh(w1, b1, w2, b2, w3, b3, x, t):
+    h1 = jnp.tanh(x @ w1 + b1)
+    h2 = jnp.tanh(h1 @ w2 + b2)
+    d = h2 @ w3 + b3 - t
+    return jnp.mean(d * d)
+
+
+def mlp_xent(w1, b1, w2, b2, x, onehot):
+    h = jax.nn.relu(x @ w1 + b1)
+    logp = jax.nn.log_softmax(h @ w2 + b2, axis=1)
+    return -jnp.sum(logp * onehot) / x.shape[0]
+
+
+def rnn_weights(w, u, b, xs):
+    h = jnp.zeros((xs.shape[1], w.shape[0]))
+    for t in range(xs.shape[0]):
+        h = jnp.tanh(h @ w + xs[t] @ u + b)
+    return jnp.sum(h * h)
+
+
+def hvp_case(f, params, consts, seed):
+    v = tuple(arr(*p.shape, seed=seed + k) for k, p in enumerate(params))
+    g = lambda *ps: jax.grad(f, argnums=tuple(range(len(ps))))(*ps, *consts)
+    _, hv = jax.jvp(g, params, v)
+    return {
+        "params": [flat(p) for p in params],
+        "consts": [flat(c) for c in consts],
+        "v": [flat(d) for d in v],
+        "value": float(f(*params, *consts)),
+        "hvp": [flat(h) for h in hv],
+    }
+
+
+p2 = (arr(2, 4, seed=1, scale=0.7), arr(4, seed=2, scale=0.1), arr(4, 4, seed=3, scale=0.5),
+      arr(4, seed=4, scale=0.1), arr(4, 1, seed=5, scale=0.5), arr(1, seed=6, scale=0.1))
+CASES["hvp_mlp_tanh"] = hvp_case(mlp_tanh, p2, (arr(3, 2, seed=7), arr(3, 1, seed=8)), 20)
+p3 = (arr(6, 5, seed=1, scale=0.4), arr(5, seed=2, scale=0.1), arr(5, 3, seed=3, scale=0.4),
+      arr(3, seed=4, scale=0.1))
+onehot = jnp.array([[1.0 if (i * 7) % 3 == j else 0.0 for j in range(3)] for i in range(4)])
+CASES["hvp_mlp_xent"] = hvp_case(mlp_xent, p3, (arr(4, 6, seed=7), onehot), 30)
+p4 = (arr(3, 3, seed=1, scale=0.4), arr(2, 3, seed=2, scale=0.4), arr(3, seed=3, scale=0.1))
+CASES["hvp_rnn"] = hvp_case(rnn_weights, p4, (arr(4, 2, 2, seed=4),), 40)
 
 with open("second_order.json", "w") as out:
     json.dump(CASES, out, indent=1)

@@ -1,6 +1,8 @@
 //! Second order and Jacobians against JAX (`reference/second_order.json`, from
 //! `gen_second_order.py`): `hessian!`, `hvp!`, `jacfwd!` and `jacrev!` of functions
-//! with loops and branches, to 1e-9 relative (normwise over each result).
+//! with loops and branches, and the HVPs of the benchmark losses' shapes (W1's
+//! Rosenbrock, W2's tanh MLP, W3's relu MLP with cross-entropy, W4's RNN in its
+//! weights), to 1e-9 relative (normwise over each result).
 
 use adjoint::prelude::*;
 use adjoint_tests::reference;
@@ -139,4 +141,163 @@ fn jacobians_forward_and_reverse() {
     assert_close("value", &field(&x, k).into_dyn(), &flat(&case["value"]));
     assert_close("jacfwd", &jacfwd!(field)(&x, k), &flat(&case["jacfwd"]));
     assert_close("jacrev", &jacrev!(field)(&x, k), &flat(&case["jacrev"]));
+}
+
+// ----- HVPs of the benchmark losses' shapes (W2, W3, W4), small -----
+
+/// The parameters, constants and direction of an `hvp_*` case.
+fn hvp_case(name: &str) -> (Json, Vec<ArrayD<f64>>, Vec<ArrayD<f64>>, Vec<ArrayD<f64>>) {
+    let case = reference("second_order.json", name);
+    let list = |k: &str| {
+        case[k]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(flat)
+            .collect()
+    };
+    let (p, c, v) = (list("params"), list("consts"), list("v"));
+    (case, p, c, v)
+}
+
+fn m2(a: &ArrayD<f64>) -> Array2<f64> {
+    a.clone().into_dimensionality().expect("a matrix")
+}
+
+fn v1(a: &ArrayD<f64>) -> Array1<f64> {
+    a.clone().into_dimensionality().expect("a vector")
+}
+
+#[differentiable(jvp)]
+#[allow(clippy::too_many_arguments)]
+fn mlp_tanh(
+    w1: &Array2<f64>,
+    b1: &Array1<f64>,
+    w2: &Array2<f64>,
+    b2: &Array1<f64>,
+    w3: &Array2<f64>,
+    b3: &Array1<f64>,
+    #[no_grad] x: &Array2<f64>,
+    #[no_grad] t: &Array2<f64>,
+) -> f64 {
+    let h1 = (x.dot(w1) + b1).tanh();
+    let h2 = (h1.dot(w2) + b2).tanh();
+    let d = h2.dot(w3) + b3 - t;
+    (&d * &d).mean().unwrap()
+}
+
+#[test]
+fn hvp_of_a_tanh_mlp() {
+    let (case, p, c, v) = hvp_case("hvp_mlp_tanh");
+    let (w1, b1, w2, b2, w3, b3) = (
+        m2(&p[0]),
+        v1(&p[1]),
+        m2(&p[2]),
+        v1(&p[3]),
+        m2(&p[4]),
+        v1(&p[5]),
+    );
+    let (x, t) = (m2(&c[0]), m2(&c[1]));
+    let value = mlp_tanh(&w1, &b1, &w2, &b2, &w3, &b3, &x, &t);
+    assert!((value - case["value"].as_f64().unwrap()).abs() < 1e-12);
+    let hv = hvp!(mlp_tanh)(
+        &w1,
+        &b1,
+        &w2,
+        &b2,
+        &w3,
+        &b3,
+        &x,
+        &t,
+        &m2(&v[0]),
+        &v1(&v[1]),
+        &m2(&v[2]),
+        &v1(&v[3]),
+        &m2(&v[4]),
+        &v1(&v[5]),
+    );
+    let ours = [
+        hv.0.into_dyn(),
+        hv.1.into_dyn(),
+        hv.2.into_dyn(),
+        hv.3.into_dyn(),
+        hv.4.into_dyn(),
+        hv.5.into_dyn(),
+    ];
+    for (k, (o, j)) in ours.iter().zip(case["hvp"].as_array().unwrap()).enumerate() {
+        assert_close(&format!("hvp {k}"), o, &flat(j));
+    }
+}
+
+#[differentiable(jvp)]
+fn mlp_xent(
+    w1: &Array2<f64>,
+    b1: &Array1<f64>,
+    w2: &Array2<f64>,
+    b2: &Array1<f64>,
+    #[no_grad] x: &Array2<f64>,
+    #[no_grad] onehot: &Array2<f64>,
+) -> f64 {
+    let h = relu(&(x.dot(w1) + b1));
+    let logp = log_softmax(&(h.dot(w2) + b2), ndarray::Axis(1));
+    -(&logp * onehot).sum() / x.nrows() as f64
+}
+
+#[test]
+fn hvp_of_a_relu_mlp_with_cross_entropy() {
+    let (case, p, c, v) = hvp_case("hvp_mlp_xent");
+    let (w1, b1, w2, b2) = (m2(&p[0]), v1(&p[1]), m2(&p[2]), v1(&p[3]));
+    let (x, onehot) = (m2(&c[0]), m2(&c[1]));
+    let value = mlp_xent(&w1, &b1, &w2, &b2, &x, &onehot);
+    assert!((value - case["value"].as_f64().unwrap()).abs() < 1e-12);
+    let hv = hvp!(mlp_xent)(
+        &w1,
+        &b1,
+        &w2,
+        &b2,
+        &x,
+        &onehot,
+        &m2(&v[0]),
+        &v1(&v[1]),
+        &m2(&v[2]),
+        &v1(&v[3]),
+    );
+    let ours = [
+        hv.0.into_dyn(),
+        hv.1.into_dyn(),
+        hv.2.into_dyn(),
+        hv.3.into_dyn(),
+    ];
+    for (k, (o, j)) in ours.iter().zip(case["hvp"].as_array().unwrap()).enumerate() {
+        assert_close(&format!("hvp {k}"), o, &flat(j));
+    }
+}
+
+/// W4's RNN, in its weights.
+#[differentiable(jvp)]
+fn rnn_weights(
+    w: &Array2<f64>,
+    u: &Array2<f64>,
+    b: &Array1<f64>,
+    #[no_grad] xs: &ndarray::Array3<f64>,
+) -> f64 {
+    let mut h = Array2::<f64>::zeros((xs.len_of(ndarray::Axis(1)), w.nrows()));
+    for t in 0..xs.len_of(ndarray::Axis(0)) {
+        h = (h.dot(w) + xs.index_axis(ndarray::Axis(0), t).dot(u) + b).tanh();
+    }
+    (&h * &h).sum()
+}
+
+#[test]
+fn hvp_of_an_rnn_in_its_weights() {
+    let (case, p, c, v) = hvp_case("hvp_rnn");
+    let (w, u, b) = (m2(&p[0]), m2(&p[1]), v1(&p[2]));
+    let xs: ndarray::Array3<f64> = c[0].clone().into_dimensionality().unwrap();
+    let value = rnn_weights(&w, &u, &b, &xs);
+    assert!((value - case["value"].as_f64().unwrap()).abs() < 1e-12);
+    let hv = hvp!(rnn_weights)(&w, &u, &b, &xs, &m2(&v[0]), &m2(&v[1]), &v1(&v[2]));
+    let ours = [hv.0.into_dyn(), hv.1.into_dyn(), hv.2.into_dyn()];
+    for (k, (o, j)) in ours.iter().zip(case["hvp"].as_array().unwrap()).enumerate() {
+        assert_close(&format!("hvp {k}"), o, &flat(j));
+    }
 }
