@@ -120,6 +120,14 @@ pub fn hessian(input: TokenStream) -> TokenStream {
     })
 }
 
+// `sequential! { struct Mlp(x: &Array2<f64>) -> Array2<f64> [nn::Dense::new(4),
+// nn::relu, nn::Dense::new(1)] }`: Flax's `nn.Sequential`, a module type whose
+// `call` runs the layers in order (modules in scopes `layers_{i}`).
+#[proc_macro]
+pub fn sequential(input: TokenStream) -> TokenStream {
+    hygienic(input, expand::sequential::sequential)
+}
+
 // `vmap!(f, in_axes = [None, 0, ..])`: `f` mapped over axis `k` of the arguments
 // marked `k` (the others broadcast), outputs stacked along a new axis 0, as
 // `jax.vmap`. With `grad!`, per-example gradients; with `axis_name = "batch"` and a

@@ -420,3 +420,28 @@ fn embed_attend_differentiates_the_query() {
     assert!(gq.iter().any(|g| g.abs() > 1e-3));
     assert_eq!(gv.shapes(), vars.shapes());
 }
+
+nn::sequential! {
+    /// Flax's `nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(3), nn.tanh, nn.Dense(2)])`.
+    struct SeqMlp(x: &Array2<f64>) -> Array2<f64> [
+        nn::Dense::new(4),
+        nn::relu,
+        nn::Dense::new(3),
+        |h| h.tanh(),
+        nn::Dense::new(2),
+    ]
+}
+
+/// `reference/sequential.json` (`gen_sequential.py`): the tree (`layers_0`,
+/// `layers_2`, `layers_4`: list indices, functions counted), the output and the
+/// gradients.
+#[test]
+fn sequential_of_modules_and_functions() {
+    let case = reference("sequential.json", "mlp");
+    let x = input2(&case);
+    check_init(&case, &SeqMlp.init(0, &x).unwrap());
+    check_layer!("sequential", case, x, Array2<f64>, |v, x| (
+        SeqMlp.apply(v, x).unwrap(),
+        Variables::new()
+    ));
+}

@@ -7,6 +7,7 @@
 pub mod companions;
 mod jacobian;
 pub mod module;
+pub mod sequential;
 pub mod transform;
 pub mod vmap;
 

@@ -58,4 +58,39 @@ pub use dense::Dense;
 pub use dropout::Dropout;
 pub use embed::Embed;
 pub use normalization::{BatchNorm, GroupNorm, LayerNorm, RMSNorm, standardize};
+
+/// Flax's `nn.Sequential`: a module type whose `call` runs its layers in order, each
+/// on the output of the one before. A module layer runs in a scope named `layers_{i}`,
+/// `i` its index in the list with functions counted (Flax's names for a top-level
+/// `Sequential`, so its checkpoints map one to one); a function (`nn::relu`) is
+/// applied to the output, a closure (`|h| h.tanh()`) inlined. The type is a module
+/// like any other: `init`, `apply`, lifted transforms, a submodule of another (named
+/// as any module, `Mlp_0/layers_0/..` or its field's name; Flax's `nn.Sequential([..])`
+/// built inline in a compact method names the layers in the parent instead, since
+/// they are made there: write those calls in the parent's `call`).
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::Array2;
+///
+/// nn::sequential! {
+///     /// A small MLP.
+///     struct Mlp(x: &Array2<f64>) -> Array2<f64> [
+///         nn::Dense::new(4),
+///         nn::relu,
+///         nn::Dense::new(3),
+///         |h| h.tanh(),
+///         nn::Dense::new(2),
+///     ]
+/// }
+///
+/// let x = Array2::<f64>::ones((5, 3));
+/// let vars = Mlp.init(0, &x).unwrap();
+/// assert_eq!(
+///     vars.shapes(),
+///     r#"{"params": {"layers_0": {"bias": [4], "kernel": [3, 4]}, "layers_2": {"bias": [3], "kernel": [4, 3]}, "layers_4": {"bias": [2], "kernel": [3, 2]}}}"#
+/// );
+/// assert_eq!(Mlp.apply(&vars, &x).unwrap().shape(), &[5, 2]);
+/// ```
+pub use adjoint_macros::sequential;
 pub use recurrent::{GRUCell, LSTMCell, RNN, SimpleCell};
