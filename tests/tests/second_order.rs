@@ -145,8 +145,10 @@ fn jacobians_forward_and_reverse() {
 
 // ----- HVPs of the benchmark losses' shapes (W2, W3, W4), small -----
 
-/// The parameters, constants and direction of an `hvp_*` case.
-fn hvp_case(name: &str) -> (Json, Vec<ArrayD<f64>>, Vec<ArrayD<f64>>, Vec<ArrayD<f64>>) {
+/// An `hvp_*` case: the case, its parameters, its constants and the direction.
+type HvpCase = (Json, Vec<ArrayD<f64>>, Vec<ArrayD<f64>>, Vec<ArrayD<f64>>);
+
+fn hvp_case(name: &str) -> HvpCase {
     let case = reference("second_order.json", name);
     let list = |k: &str| {
         case[k]
