@@ -49,6 +49,12 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
     hygienic(item, |item| expand::custom_vjp(attr.into(), item))
 }
 
+// A user-given forward rule: `#[custom_jvp(jvp = f_jvp)]` on `f`.
+#[proc_macro_attribute]
+pub fn custom_jvp(attr: TokenStream, item: TokenStream) -> TokenStream {
+    hygienic(item, |item| expand::custom_jvp(attr.into(), item))
+}
+
 // `grad!(f)`: a function returning the gradient of `f` with respect to its
 // differentiated arguments. `grad!(|x, y| body, wrt = [x], has_aux)` for a closure.
 #[proc_macro]

@@ -109,6 +109,33 @@ pub use adjoint_macros::differentiable;
 /// ```
 pub use adjoint_macros::custom_vjp;
 
+/// Your own forward rule for a function, as `jax.custom_jvp`: `jvp` takes the
+/// function's arguments, then one tangent per differentiated argument (of its type),
+/// and returns `(output, output tangent)`, linear in the tangents. Forward mode
+/// (`jvp!`, a `(jvp)` caller, `hvp!`, `jacfwd!`, `hessian!`) calls it, and reverse
+/// mode (`grad!`, `vjp!`) transposes it, as JAX does: the body itself is never
+/// differentiated. The rule must be `#[differentiable]`: both differentiate it.
+///
+/// ```
+/// use adjoint::prelude::*;
+///
+/// /// `ln(1 + e^x)`: its body's derivative is `e^x / (1 + e^x)`, NaN for large `x`.
+/// #[custom_jvp(jvp = softplus_jvp)]
+/// fn softplus(x: f64) -> f64 {
+///     (1.0 + x.exp()).ln()
+/// }
+///
+/// #[differentiable]
+/// fn softplus_jvp(x: f64, dx: f64) -> (f64, f64) {
+///     (softplus(x), dx / (1.0 + (-x).exp()))
+/// }
+///
+/// let (_, d) = jvp!(softplus)(1000.0, 1.0);
+/// assert_eq!(d, 1.0);
+/// assert_eq!(grad!(softplus)(1000.0), 1.0); // reverse mode transposes the rule
+/// ```
+pub use adjoint_macros::custom_jvp;
+
 /// The gradient of a function with respect to its differentiated arguments (one
 /// cotangent, or a tuple of them), as `jax.grad`; `grad!(|x, y| body, wrt = [x])` for
 /// a closure, `has_aux` for a `(value, aux)` output. Inside a module,
@@ -296,8 +323,8 @@ pub mod prelude {
     pub use crate::optim::{self, GradientTransformation};
     pub use crate::scope::{Bound, Scope, ScopeError, Variables};
     pub use crate::{
-        custom_vjp, differentiable, grad, hessian, hvp, jacfwd, jacrev, jvp, value_and_grad, vjp,
-        vmap,
+        custom_jvp, custom_vjp, differentiable, grad, hessian, hvp, jacfwd, jacrev, jvp,
+        value_and_grad, vjp, vmap,
     };
 }
 
@@ -320,7 +347,8 @@ pub mod __private {
     pub use crate::rules::tree::*;
     pub use crate::scope::{add_param, second_order, vjp_variables};
     pub use crate::transforms::{
-        GradOf, IntoTangent, NoTangent, ScalarOutput, ZeroTangent, grad_seed, tangent, zero_tangent,
+        GradOf, IntoTangent, IsZero, NoTangent, ScalarOutput, ZeroTangent, grad_seed, tangent,
+        zero_tangent,
     };
     pub use crate::value::{Accumulate, Cot, Own, Value};
 

@@ -179,3 +179,51 @@ impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension>
 pub fn zero_tangent<X: ?Sized, T: ZeroTangent<X>>(x: &X) -> T {
     T::zero_tangent(x)
 }
+
+/// Whether a cotangent is zero everywhere: a `#[custom_jvp]` function's pullback
+/// returns zeros for it without running its rule's VJP (which may call the function
+/// again, as `f_jvp` computes `f(x)`: the recursion ends there).
+pub trait IsZero {
+    /// Every element is zero.
+    fn is_zero(&self) -> bool;
+}
+
+impl IsZero for f32 {
+    fn is_zero(&self) -> bool {
+        *self == 0.0
+    }
+}
+
+impl IsZero for f64 {
+    fn is_zero(&self) -> bool {
+        *self == 0.0
+    }
+}
+
+impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension> IsZero
+    for ndarray::ArrayBase<S, D>
+{
+    fn is_zero(&self) -> bool {
+        self.iter().all(|v| *v == A::lit(0.0))
+    }
+}
+
+impl IsZero for () {
+    fn is_zero(&self) -> bool {
+        true
+    }
+}
+
+macro_rules! tuple_is_zero {
+    ($($t:ident $i:tt),*) => {
+        impl<$($t: IsZero),*> IsZero for ($($t,)*) {
+            fn is_zero(&self) -> bool {
+                true $(&& self.$i.is_zero())*
+            }
+        }
+    };
+}
+
+tuple_is_zero!(A 0, B 1);
+tuple_is_zero!(A 0, B 1, C 2);
+tuple_is_zero!(A 0, B 1, C 2, D 3);

@@ -333,3 +333,61 @@ fn forward_mode_of_a_tuple_output() {
     assert_eq!((a, b), pair(0.5));
     assert_eq!((da, db), (2.0, 2.0 * 0.5f64.cos()));
 }
+
+/// `ln(1 + e^x)` with its forward rule: the body's derivative overflows for large
+/// `x`, the rule's does not.
+#[custom_jvp(jvp = softplus_jvp)]
+fn softplus_ruled(x: f64) -> f64 {
+    (1.0 + x.exp()).ln()
+}
+
+#[differentiable]
+fn softplus_jvp(x: f64, dx: f64) -> (f64, f64) {
+    (softplus_ruled(x), dx / (1.0 + (-x).exp()))
+}
+
+#[differentiable(jvp)]
+fn uses_softplus(x: f64, s: f64) -> f64 {
+    softplus_ruled(x * s) * s
+}
+
+/// A straight-through estimator: clipped forward, the identity's derivative.
+#[custom_jvp(jvp = clip_straight_through)]
+fn clip(x: &Array1<f64>) -> Array1<f64> {
+    x.mapv(|v| v.clamp(-1.0, 1.0))
+}
+
+#[differentiable]
+fn clip_straight_through(x: &Array1<f64>, dx: &Array1<f64>) -> (Array1<f64>, Array1<f64>) {
+    (clip(x), dx.to_owned())
+}
+
+#[differentiable(jvp)]
+fn clipped_energy(x: &Array1<f64>) -> f64 {
+    let y = clip(x);
+    (&y * &y).sum()
+}
+
+#[test]
+fn custom_jvp_rules_are_used_by_forward_and_reverse_mode() {
+    // The rule, directly: finite where the body's derivative, e^x / (1 + e^x), is
+    // inf / inf; and reverse mode transposes it.
+    assert_eq!(jvp!(softplus_ruled)(1000.0, 1.0).1, 1.0);
+    assert_eq!(grad!(softplus_ruled)(1000.0), 1.0);
+    let (x, s) = (0.7, 1.3);
+    let (_, d) = jvp!(uses_softplus)(x, s, 1.0, 0.0);
+    let (gx, _) = grad!(uses_softplus)(x, s);
+    assert!((d - gx).abs() < 1e-12, "{d} vs {gx}");
+    // Second order through the rule: d/dx of the JVP is s³ sigmoid'(x s).
+    let (hx, _) = hvp!(uses_softplus)(x, s, 1.0, 0.0);
+    let sig = 1.0 / (1.0 + (-x * s).exp());
+    let want = s * s * s * sig * (1.0 - sig);
+    assert!((hx - want).abs() < 1e-12, "{hx} vs {want}");
+    // The straight-through estimator as JAX's `custom_jvp` gives it in both modes:
+    // d/dx sum(clip(x)²) = 2 clip(x), also where x is clipped.
+    let x = array![-2.0, 0.5, 3.0];
+    let want = array![-2.0, 1.0, 2.0];
+    assert_eq!(grad!(clipped_energy)(&x), want);
+    let v = array![1.0, 1.0, 1.0];
+    assert_eq!(jvp!(clipped_energy)(&x, &v).1, want.sum());
+}

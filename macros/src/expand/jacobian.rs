@@ -15,7 +15,7 @@ use syn::{Ident, ItemFn, ReturnType, Type};
 /// derivative, as ordinary Rust, itself `#[differentiable]` (so `grad!` of it gives
 /// Hessian-vector products). One tangent per differentiated argument, same type.
 pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> {
-    let ReturnType::Type(_, ret) = &f.sig.output else {
+    let ReturnType::Type(..) = &f.sig.output else {
         return None;
     };
     let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
@@ -37,6 +37,27 @@ pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<To
             "#[differentiable(jvp)]: forward mode covers branches, loops, `mapv` closures, calls of `#[differentiable(jvp)]` functions, arithmetic, elementwise maths, reductions, products, layers' rules and module calls; not yet method calls or calls whose result is destructured",
         );
         return None;
+    };
+    Some(forward_items(f, params, body))
+}
+
+/// `jvp` for a function given its rule by `#[custom_jvp(jvp = rule)]`: the rule
+/// called with the arguments and the tangents, as `jvp` takes them.
+pub(crate) fn custom_jvp_item(f: &ItemFn, params: &[ParamInfo], rule: &syn::Path) -> TokenStream {
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let dnames = params.iter().filter(|p| p.active).map(|p| {
+        crate::forward::dot_name(
+            &syn::parse2::<Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
+        )
+    });
+    forward_items(f, params, quote!(#rule(#(#names,)* #(#dnames),*)))
+}
+
+/// `jvp` with `body`, `jvp_all` (what a caller's forward mode calls) and the
+/// Jacobian companions, for a function whose parameters are `params`.
+fn forward_items(f: &ItemFn, params: &[ParamInfo], body: TokenStream) -> TokenStream {
+    let ReturnType::Type(_, ret) = &f.sig.output else {
+        return TokenStream::new();
     };
     let owner = &f.sig.ident;
     let vis = &f.vis;
@@ -81,7 +102,7 @@ pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<To
         .filter(|(p, _)| p.active)
         .map(|(_, d)| d);
     let args_again = params.iter().map(ParamInfo::input);
-    Some(quote! {
+    quote! {
         #[::adjoint::differentiable]
         impl #owner {
             #[doc = #doc]
@@ -98,7 +119,7 @@ pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<To
             }
         }
         #jacobians
-    })
+    }
 }
 
 /// The companions built on `jvp` and `vjp` that `hvp!`, `jacfwd!`, `jacrev!` and

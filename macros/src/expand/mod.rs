@@ -12,7 +12,7 @@ pub mod transform;
 pub mod vmap;
 
 use self::companions::{Companions, Flavor, Owner, companion_items, companion_struct};
-use self::jacobian::jvp_item;
+use self::jacobian::{custom_jvp_item, jvp_item};
 use crate::ctxt::Ctxt;
 use crate::parse::signature::*;
 use proc_macro2::TokenStream;
@@ -133,6 +133,172 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
     let errors = cx.into_compile_errors();
     let owner = companion_struct(&f.vis, &f.sig.ident);
     quote!(#f #owner #items #errors)
+}
+
+/// `#[custom_jvp(jvp = f_jvp)]`: the user's forward rule, like `jax.custom_jvp`.
+/// `f_jvp` takes `f`'s arguments, then one tangent per differentiated argument (of
+/// its type), and returns `(output, output tangent)`; it must be `#[differentiable]`
+/// itself. Forward mode calls it; reverse mode transposes it (its VJP with respect
+/// to the tangents), as JAX does, so `f`'s body is never differentiated.
+pub fn custom_jvp(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let cx = Ctxt::default();
+    let f: ItemFn = match syn::parse2(item) {
+        Ok(f) => f,
+        Err(e) => return e.into_compile_error(),
+    };
+    let rule = match syn::parse2::<CustomJvp>(attr) {
+        Ok(r) => r.0,
+        Err(e) => {
+            cx.syn_error(e);
+            let errors = cx.into_compile_errors();
+            return quote!(#f #errors);
+        }
+    };
+    check_signature(&cx, &f.sig);
+    let mut f = f;
+    let params = params(&cx, &mut f.sig);
+    let mut items = TokenStream::new();
+    if !cx.has_errors() {
+        // Reverse mode transposes the rule, as JAX's does: the cotangent of each
+        // argument is the cotangent of its tangent in the rule's VJP, seeded with the
+        // output cotangent on the tangent output (the rule is linear in the tangents,
+        // so zero tangents do).
+        let body = transposed_rule(&f, &params, &rule);
+        for flavor in [Flavor::Borrowing, Flavor::Owned] {
+            items.extend(companion_items(
+                &f.vis,
+                &f.sig,
+                &params,
+                body.clone(),
+                Owner::Function,
+                flavor,
+            ));
+        }
+        items.extend(custom_jvp_item(&f, &params, &rule));
+    }
+    let owner = companion_struct(&f.vis, &f.sig.ident);
+    let errors = cx.into_compile_errors();
+    quote!(#f #owner #items #errors)
+}
+
+/// The VJP body of a `#[custom_jvp]` function: its value, and a pullback that runs
+/// the rule's own VJP with respect to the tangents.
+fn transposed_rule(f: &ItemFn, params: &[ParamInfo], rule: &syn::Path) -> TokenStream {
+    let name = &f.sig.ident;
+    let ReturnType::Type(_, ret) = &f.sig.output else {
+        return TokenStream::new();
+    };
+    let ret_cot = cot_type(ret);
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let reference = |p: &ParamInfo| matches!(p.ty, syn::Type::Reference(_));
+    let owned: Vec<Ident> = (0..params.len())
+        .map(|i| quote::format_ident!("__arg{}", i))
+        .collect();
+    // Owned copies of the arguments, which the pullback keeps.
+    let copies = params.iter().zip(&names).map(|(p, n)| {
+        if reference(p) {
+            quote!(::adjoint::__private::own(#n))
+        } else {
+            quote!(::core::clone::Clone::clone(&#n))
+        }
+    });
+    let pass = params.iter().zip(&owned).map(|(p, o)| {
+        if reference(p) {
+            quote!(&#o)
+        } else {
+            quote!(::core::clone::Clone::clone(&#o))
+        }
+    });
+    let zeros = params
+        .iter()
+        .zip(&owned)
+        .filter(|(p, _)| p.active)
+        .map(|(p, o)| {
+            if reference(p) {
+                quote!(&::adjoint::__private::zeros(&#o))
+            } else {
+                quote!(::adjoint::__private::zeros(&#o))
+            }
+        });
+    let n = params.len();
+    let mut k = 0;
+    let picks = params
+        .iter()
+        .map(|p| {
+            if p.active {
+                let at = syn::Index::from(n + k);
+                k += 1;
+                quote!(__cots.#at)
+            } else {
+                quote!(())
+            }
+        })
+        .collect::<Vec<_>>();
+    // Zero cotangents for a zero output cotangent (see `IsZero`).
+    let zero_picks: Vec<TokenStream> = params
+        .iter()
+        .zip(&owned)
+        .map(|(p, o)| {
+            if p.active {
+                quote!(::adjoint::__private::zeros(&#o))
+            } else {
+                quote!(())
+            }
+        })
+        .collect();
+    let rule_vjp = crate::names::companion_path(rule, "vjp_owned", false);
+    let args_pass: Vec<TokenStream> = params
+        .iter()
+        .zip(&names)
+        .map(|(p, n)| {
+            if reference(p) {
+                quote!(#n)
+            } else {
+                quote!(::core::clone::Clone::clone(&#n))
+            }
+        })
+        .collect();
+    quote! {
+        let __out = #name(#(#args_pass),*);
+        let __seed = ::adjoint::__private::zeros(&__out);
+        let (#(#owned,)*) = (#(#copies,)*);
+        (__out, move |__ct: #ret_cot| {
+            if ::adjoint::__private::IsZero::is_zero(&__ct) {
+                return (#(#zero_picks,)*);
+            }
+            let (_, __pb) = #rule_vjp(#(#pass,)* #(#zeros),*);
+            let __cots = __pb((__seed, __ct));
+            (#(#picks,)*)
+        })
+    }
+}
+
+/// `jvp = path`, or the path alone.
+struct CustomJvp(syn::Path);
+
+impl Parse for CustomJvp {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        if input.is_empty() {
+            return Err(
+                input.error("#[custom_jvp] needs the forward rule: `#[custom_jvp(jvp = f_jvp)]`")
+            );
+        }
+        if input.peek(Ident) && input.peek2(Token![=]) {
+            let key: Ident = input.parse()?;
+            if key != "jvp" {
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!("unknown key `{key}`: expected `jvp = ..`"),
+                ));
+            }
+            input.parse::<Token![=]>()?;
+        }
+        let path: syn::Path = input.parse()?;
+        if !input.is_empty() {
+            return Err(input.error("#[custom_jvp] takes one rule: `#[custom_jvp(jvp = f_jvp)]`"));
+        }
+        Ok(CustomJvp(path))
+    }
 }
 
 /// `fwd = path, bwd = path`.
