@@ -347,8 +347,8 @@ pub mod __private {
     pub use crate::rules::tree::*;
     pub use crate::scope::{add_param, second_order, vjp_variables};
     pub use crate::transforms::{
-        GradOf, IntoTangent, IsZero, NoTangent, ScalarOutput, ZeroTangent, grad_seed, tangent,
-        zero_tangent,
+        GradOf, IntoTangent, IsZero, NoTangent, OnlyVjp, ScalarOutput, ZeroTangent, grad_seed,
+        tangent, zero_tangent,
     };
     pub use crate::value::{Accumulate, Cot, Own, Value};
 

@@ -227,3 +227,12 @@ macro_rules! tuple_is_zero {
 tuple_is_zero!(A 0, B 1);
 tuple_is_zero!(A 0, B 1, C 2);
 tuple_is_zero!(A 0, B 1, C 2, D 3);
+
+/// Never implemented: what a `#[custom_vjp]` function's forward-mode companion asks
+/// of its tangents, so that calling it from forward mode is an error that says why.
+#[diagnostic::on_unimplemented(
+    message = "this function has a custom VJP but no forward rule, so forward mode cannot call it",
+    label = "called from forward mode (a `#[differentiable(jvp)]` function, `jvp!`, `hvp!`, ..)",
+    note = "give it a forward rule too: `#[custom_jvp(jvp = f_jvp)]` instead of `#[custom_vjp]` (reverse mode then transposes the forward rule)"
+)]
+pub trait OnlyVjp {}

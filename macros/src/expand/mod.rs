@@ -98,6 +98,7 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
     };
     check_signature(&cx, &f.sig);
     let params = params(&cx, &mut f.sig);
+    let owner_ident = f.sig.ident.clone();
     let items = match (&rule, cx.has_errors()) {
         (Some(rule), false) => {
             let (fwd, bwd) = (&rule.fwd, &rule.bwd);
@@ -126,6 +127,32 @@ pub fn custom_vjp(attr: TokenStream, item: TokenStream) -> TokenStream {
                 Owner::Function,
                 Flavor::Owned,
             ));
+            // What a caller's forward mode calls: a bound no tangent meets, whose
+            // message says to give a forward rule.
+            let vis = &f.vis;
+            let inputs = params.iter().map(ParamInfo::input);
+            let dts: Vec<Ident> = (0..params.len())
+                .map(|i| quote::format_ident!("__T{}", i))
+                .collect();
+            let dns: Vec<Ident> = (0..params.len())
+                .map(|i| quote::format_ident!("__t{}", i))
+                .collect();
+            let mut generics = f.sig.generics.clone();
+            for t in &dts {
+                generics
+                    .params
+                    .push(syn::parse_quote!(#t: ::adjoint::__private::OnlyVjp));
+            }
+            let where_clause = &generics.where_clause;
+            out.extend(quote! {
+                impl #owner_ident {
+                    #[doc(hidden)]
+                    #[allow(clippy::all, unused_variables)]
+                    #vis fn jvp_all #generics (#(#inputs,)* #(#dns: #dts),*) -> (#ret, #ret_cot) #where_clause {
+                        ::core::unreachable!("no tangent type implements OnlyVjp")
+                    }
+                }
+            });
             out
         }
         _ => TokenStream::new(),
