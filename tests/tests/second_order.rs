@@ -303,3 +303,30 @@ fn hvp_of_an_rnn_in_its_weights() {
         assert_close(&format!("hvp {k}"), o, &flat(j));
     }
 }
+
+/// Generic over the float type: a Hessian in f64 and in f32.
+#[differentiable(jvp)]
+fn wave<A: adjoint::Real>(x: &Array1<A>, k: A) -> A {
+    (x.sin() * k).sum()
+}
+
+#[differentiable(jvp)]
+fn cubes(x: &Array1<f32>) -> f32 {
+    (x * x * x).sum()
+}
+
+#[test]
+fn hessians_of_generic_and_f32_functions() {
+    let x = ndarray::array![1.0f64, 2.0];
+    let h = hessian!(wave)(&x, 3.0);
+    // -k sin(x) on the diagonal.
+    let want = ndarray::array![[-3.0 * 1.0f64.sin(), 0.0], [0.0, -3.0 * 2.0f64.sin()]];
+    assert_close("wave", &h, &want.into_dyn());
+    assert_eq!(wave(&x, 3.0), (x.sin() * 3.0).sum());
+    let y = ndarray::array![1.0f32, 2.0];
+    assert_eq!(
+        hessian!(cubes)(&y),
+        ndarray::array![[6.0f32, 0.0], [0.0, 12.0]].into_dyn()
+    );
+    assert_eq!(cubes(&y), 9.0);
+}

@@ -224,19 +224,20 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
     let at = syn::Index::from(w);
     let args: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
     // Jacobians are of a float scalar or an array, from one (as written: a tuple or a
-    // tree has none); second order needs a scalar output.
-    let float_param = |t: &Type| match t {
-        Type::Path(p) => p.path.get_ident().is_some_and(|i| {
-            i == "f32" || i == "f64" || generics.type_params().any(|g| g.ident == *i)
-        }),
+    // tree has none; a scalar of a type parameter has no `Basis`); second order
+    // needs a scalar output.
+    let ident_is = |t: &Type, pick: &dyn Fn(&Ident) -> bool| match t {
+        Type::Path(p) => p.path.get_ident().is_some_and(pick),
         _ => false,
     };
-    let scalar_or_array = |t: &Type| {
+    let concrete_float = |i: &Ident| i == "f32" || i == "f64";
+    let float = |i: &Ident| concrete_float(i) || generics.type_params().any(|g| g.ident == *i);
+    let has_basis = |t: &Type| {
         let mut t = t;
         while let Type::Reference(r) = t {
             t = &r.elem;
         }
-        float_param(t)
+        ident_is(t, &concrete_float)
             || matches!(t, Type::Path(p) if p.path.segments.last().is_some_and(|s| {
                 let s = s.ident.to_string();
                 s == "Array" || s == "ArrayD" || (s.starts_with("Array") && s[5..].parse::<u8>().is_ok())
@@ -246,23 +247,26 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
         ReturnType::Type(_, t) => Some(&**t),
         ReturnType::Default => None,
     };
-    if !output.is_some_and(scalar_or_array) || !scalar_or_array(&params[w].ty) {
-        return TokenStream::new();
-    }
-    let scalar_output = output.is_some_and(float_param);
+    let scalar_output = output.is_some_and(|t| ident_is(t, &float));
+    let wrt_basis = has_basis(&params[w].ty);
+    let jacobians = wrt_basis && output.is_some_and(has_basis);
+    let hessian = wrt_basis && scalar_output;
     let name = owner.to_string();
     let doc_hvp = format!("The Hessian of [`{name}`] times the tangents (`hvp!({name})`).");
     let doc_jacfwd = format!("The Jacobian of [`{name}`] by forward mode (`jacfwd!({name})`).");
     let doc_jacrev = format!("The Jacobian of [`{name}`] by reverse mode (`jacrev!({name})`).");
     let doc_hessian = format!("The Hessian of [`{name}`] (`hessian!({name})`).");
-    let second = scalar_output.then(|| {
+    let hvp = scalar_output.then(|| {
         quote! {
             #[doc = #doc_hvp]
             #[doc(hidden)]
             #vis fn hvp #generics (#(#args,)* #(#dargs),*) -> #hvp_ret #where_clause {
                 #hvp_body
             }
-
+        }
+    });
+    let hessian = hessian.then(|| {
+        quote! {
             #[doc = #doc_hessian]
             #[doc(hidden)]
             #vis fn hessian #generics (#(#args),*) -> #jacobian #where_clause {
@@ -270,11 +274,8 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
             }
         }
     });
-    quote! {
-        #[allow(clippy::all, unused_parens, unused_variables)]
-        impl #owner {
-            #second
-
+    let jacobians = jacobians.then(|| {
+        quote! {
             #[doc = #doc_jacfwd]
             #[doc(hidden)]
             #vis fn jacfwd #generics (#(#args),*) -> #jacobian #where_clause {
@@ -290,7 +291,14 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
                     __pullback(__e).#at
                 })
             }
-
+        }
+    });
+    quote! {
+        #[allow(clippy::all, unused_parens, unused_variables)]
+        impl #owner {
+            #hvp
+            #hessian
+            #jacobians
         }
     }
 }
