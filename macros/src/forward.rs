@@ -811,6 +811,11 @@ impl Tangent<'_> {
         let y = quote!(&#y);
         let cs: Vec<TokenStream> = consts.iter().map(|c| self.atom(c)).collect();
         let unary = |deriv: TokenStream| da.as_ref().map(|d| quote!((#d * &(#deriv))));
+        // Constants in the element type of the result, which may be a type parameter
+        // (a bare `2.0` is `f64`); `no_grad` keeps them constants when this is lowered
+        // again.
+        let one = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, 1.0)));
+        let two = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, 2.0)));
         match func {
             "add" | "sub" => {
                 let b = &operands[1].atom;
@@ -850,17 +855,17 @@ impl Tangent<'_> {
                 let t = &cs[0];
                 quote!((#d as #t))
             }),
-            "square" => da.map(|d| quote!((#d * #ar * 2.0))),
+            "square" => da.map(|d| quote!((#d * #ar * #two))),
             "exp" => unary(quote!(#y_name)),
-            "exp_m1" => unary(quote!(#y + 1.0)),
+            "exp_m1" => unary(quote!(#y + #one)),
             "ln" => unary(quote!(#an.recip())),
-            "ln_1p" => unary(quote!((#ar + 1.0).recip())),
-            "sqrt" => unary(quote!((#y * 2.0).recip())),
+            "ln_1p" => unary(quote!((#ar + #one).recip())),
+            "sqrt" => unary(quote!((#y * #two).recip())),
             "recip" => unary(quote!(-(#y * #y))),
             "sin" => unary(quote!(#an.cos())),
             "cos" => unary(quote!(-#an.sin())),
-            "tan" => unary(quote!(#y * #y + 1.0)),
-            "atan" => unary(quote!((#ar * #ar + 1.0).recip())),
+            "tan" => unary(quote!(#y * #y + #one)),
+            "atan" => unary(quote!((#ar * #ar + #one).recip())),
             "sinh" => unary(quote!(#an.cosh())),
             "cosh" => unary(quote!(#an.sinh())),
             // One fused operation each, with its own pullbacks.
@@ -879,6 +884,7 @@ impl Tangent<'_> {
                     (n - 1) as i32,
                     syn::LitFloat::new(&format!("{n}.0"), proc_macro2::Span::call_site()),
                 );
+                let nf = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, #nf)));
                 unary(quote!(#an.powi(#m) * #nf))
             }
             "sum" => da.map(|d| quote!((#d).sum())),

@@ -391,3 +391,28 @@ fn custom_jvp_rules_are_used_by_forward_and_reverse_mode() {
     let v = array![1.0, 1.0, 1.0];
     assert_eq!(jvp!(clipped_energy)(&x, &v).1, want.sum());
 }
+
+/// Generic over the float type, with the constants forward mode writes (`2 x` for
+/// `x²`, `1 / (2 sqrt x)`, `3 x²`, `1 / (1 + x)`): in f64 and f32.
+#[differentiable(jvp)]
+fn generic_energy<A: adjoint::Real>(x: &Array1<A>, k: A) -> A {
+    ((x * x).sum() + x.sqrt().sum() + x.powi(3).sum() + x.ln_1p().sum()) * k
+}
+
+#[test]
+fn forward_mode_in_a_generic_float_type() {
+    // d/dx0 at x0 = 1: k (2 + 1/2 + 3 + 1/2) = 18 for k = 3.
+    let x = array![1.0f64, 2.0];
+    let (_, d) = jvp!(generic_energy)(&x, 3.0, &array![1.0, 0.0], 0.0);
+    assert!((d - 18.0).abs() < 1e-12, "{d}");
+    assert!((grad!(generic_energy)(&x, 3.0).0[0] - 18.0).abs() < 1e-12);
+    let (_, d32) = jvp!(generic_energy)(&array![1.0f32, 2.0], 3.0f32, &array![1.0f32, 0.0], 0.0f32);
+    assert!((d32 - 18.0).abs() < 1e-5, "{d32}");
+    // H e0 at x0 = 1: k (2 - 1/4 + 6 - 1/4) = 22.5; and d/dk of the JVP is 6.
+    let (hx, hk) = hvp!(generic_energy)(&x, 3.0, &array![1.0, 0.0], 0.0);
+    assert!(
+        (hx[0] - 22.5).abs() < 1e-12 && hx[1] == 0.0 && (hk - 6.0).abs() < 1e-12,
+        "{hx} {hk}"
+    );
+    assert!(generic_energy(&x, 3.0) > 0.0);
+}
