@@ -894,6 +894,20 @@ impl Tangent<'_> {
                 quote!((#d).sum_axis(#ax))
             }),
             "t" => da.map(|d| quote!((#d).t())),
+            // Views and means along an axis are linear: the same operation on the
+            // tangent (a view borrows the tangent variable, as the primal's does).
+            "row" | "column" | "index_axis" | "slice" => self.dot_ref(a).map(|d| {
+                let m = Ident::new(func, proc_macro2::Span::call_site());
+                quote!((#d).#m(#(#cs),*))
+            }),
+            // `insert_axis` takes its array by value: a view of the tangent.
+            "insert_axis" => self
+                .dot_ref(a)
+                .map(|d| quote!((#d).view().insert_axis(#(#cs),*))),
+            "mean_axis" => da.map(|d| {
+                let ax = &cs[0];
+                quote!((#d).mean_axis(#ax).unwrap())
+            }),
             // Ownership and layout conversions carry the tangent the same way.
             "to_owned" | "clone" | "view" | "as_standard_layout" | "to_shared" => da.map(|d| {
                 let m = Ident::new(func, proc_macro2::Span::call_site());

@@ -416,3 +416,38 @@ fn forward_mode_in_a_generic_float_type() {
     );
     assert!(generic_energy(&x, 3.0) > 0.0);
 }
+
+/// Views and means along axes: rows, columns, slices, `index_axis`, `insert_axis`,
+/// `mean_axis`.
+#[differentiable(jvp)]
+fn axes(x: &ndarray::Array2<f64>) -> f64 {
+    let mut acc = 0.0;
+    for i in 0..x.nrows() {
+        let r = x.row(i);
+        acc += (&r * &r).sum() * (i as f64 + 1.0);
+    }
+    let c = x.column(1);
+    let s = x.slice(ndarray::s![.., 0..2]);
+    let m = x.mean_axis(ndarray::Axis(0)).unwrap();
+    let e = x
+        .index_axis(ndarray::Axis(1), 0)
+        .insert_axis(ndarray::Axis(0));
+    acc + c.sin().sum() + (&s * &s).sum() + m.exp().sum() + e.tanh().sum()
+}
+
+#[test]
+fn forward_mode_through_views_and_axis_means() {
+    let x = ndarray::array![[0.3, -0.7, 1.1], [0.4, 0.2, -0.5]];
+    let v = ndarray::array![[1.0, 0.5, -2.0], [0.25, -1.0, 0.75]];
+    let (y, dy) = jvp!(axes)(&x, &v);
+    assert_eq!(y, axes(&x));
+    let along = (&grad!(axes)(&x) * &v).sum();
+    assert!((dy - along).abs() < 1e-12 * along.abs(), "{dy} vs {along}");
+    let hv = hvp!(axes)(&x, &v);
+    let tol = Tolerance {
+        step: 1e-6,
+        rtol: 1e-6,
+        atol: 1e-8,
+    };
+    check_vjp(|x: &ndarray::Array2<f64>| grad!(axes)(x), &x, &v, &hv, tol).unwrap();
+}
