@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile time of #[differentiable]: a ~360-line model (20 functions with arrays,
-# a loop, a branch, reductions) built with and without the attribute, debug and
-# release, timing a rebuild of the model crate only (the fastest of six).
+# a loop, a branch, reductions) built with the attribute, with `(jvp)` (forward
+# mode, its JVP differentiable again, and the Jacobian companions) and without,
+# debug and release, timing a rebuild of the model crate only (the fastest of six).
 # Run: bash bench/compile_time.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -34,9 +35,10 @@ pub fn layer{k}(w: &Array2<f64>, b: &Array1<f64>, x: &Array2<f64>, s: f64) -> f6
 body = "use adjoint::prelude::*;\nuse ndarray::{Array1, Array2, Axis};\n" + "".join(fns)
 open(f"{work}/with.rs", "w").write(body)
 open(f"{work}/without.rs", "w").write(body.replace("#[differentiable]\n", ""))
+open(f"{work}/jvp.rs", "w").write(body.replace("#[differentiable]\n", "#[differentiable(jvp)]\n"))
 print(f"model: {len(body.splitlines())} lines")
 PY
-for v in with without; do
+for v in with jvp without; do
   mkdir -p "$work/$v/src"
   cp "$work/$v.rs" "$work/$v/src/lib.rs"
   cat > "$work/$v/Cargo.toml" <<TOML
@@ -52,7 +54,7 @@ TOML
 done
 # The fastest of six rebuilds: the shared host's speed drifts.
 for profile in dev release; do
-  for v in with without; do
+  for v in with jvp without; do
     (cd "$work/$v" && cargo build -q --profile "$profile" 2>/dev/null &&
       best=
       for _ in 1 2 3 4 5 6; do
