@@ -9,6 +9,7 @@
 //! gets no JVP.
 
 use crate::ir::*;
+use crate::names::dot_name;
 use crate::ops;
 use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote};
@@ -130,11 +131,6 @@ fn iteration_defs(b: &Block, out: &mut HashSet<Var>) {
     if let Tail::Branch(br) = &b.tail {
         br.arms.iter().for_each(|a| iteration_defs(a, out));
     }
-}
-
-/// The name of `x`'s tangent.
-pub fn dot_name(x: &Ident) -> Ident {
-    format_ident!("__d_{}", crate::hygiene::plain(x), span = x.span())
 }
 
 struct Tangent<'a> {

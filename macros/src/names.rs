@@ -39,3 +39,8 @@ pub fn companion_ident(name: &Ident, what: &str) -> Ident {
     let raw = raw.trim_start_matches("r#");
     Ident::new(&format!("__{raw}_{what}"), name.span())
 }
+
+/// The name of `x`'s tangent in forward mode.
+pub fn dot_name(x: &Ident) -> Ident {
+    quote::format_ident!("__d_{}", crate::hygiene::plain(x), span = x.span())
+}

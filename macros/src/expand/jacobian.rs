@@ -45,11 +45,7 @@ pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<To
 /// called with the arguments and the tangents, as `jvp` takes them.
 pub(crate) fn custom_jvp_item(f: &ItemFn, params: &[ParamInfo], rule: &syn::Path) -> TokenStream {
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
-    let dnames = params.iter().filter(|p| p.active).map(|p| {
-        crate::forward::dot_name(
-            &syn::parse2::<Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
-        )
-    });
+    let dnames = params.iter().filter(|p| p.active).map(|p| p.tangent_name());
     forward_items(f, params, quote!(#rule(#(#names,)* #(#dnames),*)))
 }
 
@@ -65,9 +61,7 @@ fn forward_items(f: &ItemFn, params: &[ParamInfo], body: TokenStream) -> TokenSt
     let where_clause = &f.sig.generics.where_clause;
     let args = params.iter().map(ParamInfo::input);
     let tangents = params.iter().filter(|p| p.active).map(|p| {
-        let n = crate::forward::dot_name(
-            &syn::parse2::<Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
-        );
+        let n = p.tangent_name();
         let ty = &p.ty;
         quote!(#n: #ty)
     });
@@ -80,14 +74,7 @@ fn forward_items(f: &ItemFn, params: &[ParamInfo], body: TokenStream) -> TokenSt
     // What a caller's forward mode calls: a tangent for every argument, `NoTangent`
     // for those not differentiated (so that the caller need not know which are).
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
-    let dnames: Vec<Ident> = params
-        .iter()
-        .map(|p| {
-            crate::forward::dot_name(
-                &syn::parse2::<Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
-            )
-        })
-        .collect();
+    let dnames: Vec<Ident> = params.iter().map(|p| p.tangent_name()).collect();
     let all_tangents = params.iter().zip(&dnames).map(|(p, d)| {
         let ty = &p.ty;
         match (p.active, &p.ty) {
@@ -141,18 +128,8 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
         ty
     };
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
-    // Each call gets the arguments anew: references as they are, values cloned.
-    let pass: Vec<TokenStream> = params
-        .iter()
-        .zip(&names)
-        .map(|(p, n)| {
-            if reference(p) {
-                quote!(#n)
-            } else {
-                quote!(::core::clone::Clone::clone(&#n))
-            }
-        })
-        .collect();
+    // Each call gets the arguments anew.
+    let pass: Vec<TokenStream> = params.iter().map(ParamInfo::passed_again).collect();
     let active: Vec<usize> = (0..params.len()).filter(|&i| params[i].active).collect();
     // The tangents of the active arguments: `e` along argument `w`, zero elsewhere.
     let unit_tangents: Vec<TokenStream> = active
@@ -201,12 +178,7 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
         }
     };
     let all_active: Vec<&Ident> = active.iter().map(|&i| &arg_names[i]).collect();
-    let dnames: Vec<Ident> = active
-        .iter()
-        .map(|&i| {
-            crate::forward::dot_name(&format_ident!("{}", param_name(&params[i].pat).to_string()))
-        })
-        .collect();
+    let dnames: Vec<Ident> = active.iter().map(|&i| params[i].tangent_name()).collect();
     let dargs = active.iter().zip(&dnames).map(|(&i, d)| {
         let ty = &params[i].ty;
         quote!(#d: #ty)

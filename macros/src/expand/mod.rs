@@ -274,17 +274,7 @@ fn transposed_rule(f: &ItemFn, params: &[ParamInfo], rule: &syn::Path) -> TokenS
         })
         .collect();
     let rule_vjp = crate::names::companion_path(rule, "vjp_owned", false);
-    let args_pass: Vec<TokenStream> = params
-        .iter()
-        .zip(&names)
-        .map(|(p, n)| {
-            if reference(p) {
-                quote!(#n)
-            } else {
-                quote!(::core::clone::Clone::clone(&#n))
-            }
-        })
-        .collect();
+    let args_pass: Vec<TokenStream> = params.iter().map(ParamInfo::passed_again).collect();
     quote! {
         let __out = #name(#(#args_pass),*);
         let __seed = ::adjoint::__private::zeros(&__out);

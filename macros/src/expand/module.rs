@@ -704,9 +704,7 @@ fn body_jvp(
     let jvp = forward_body(params, body, crate::forward::Mode::Inputs);
     let mut jvp_params: Vec<ParamInfo> = params.to_vec();
     for p in params.iter().filter(|p| p.active) {
-        let name = crate::forward::dot_name(
-            &syn::parse2::<syn::Ident>(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_")),
-        );
+        let name = p.tangent_name();
         jvp_params.push(ParamInfo {
             pat: syn::parse_quote!(#name),
             ty: p.ty.clone(),
@@ -803,16 +801,13 @@ fn body_tjvp(
     ret: &Type,
     type_name: &str,
 ) -> TokenStream {
-    use crate::forward::{Mode, dot_name};
+    use crate::forward::Mode;
     let tangent = forward_body(params, body, Mode::Variables);
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let scope = &names[0];
     let inputs: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
     let rest_inputs = &inputs[1..];
-    let dnames: Vec<syn::Ident> = params[1..]
-        .iter()
-        .map(|p| dot_name(&syn::parse2(param_name(&p.pat)).unwrap_or_else(|_| format_ident!("_"))))
-        .collect();
+    let dnames: Vec<syn::Ident> = params[1..].iter().map(ParamInfo::tangent_name).collect();
     let dtypes: Vec<syn::Ident> = (0..dnames.len())
         .map(|i| format_ident!("__D{}", i))
         .collect();

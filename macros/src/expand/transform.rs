@@ -338,7 +338,7 @@ pub(crate) fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
     };
     let (mdl, cxn) = (&names[0], &names[1]);
     let primals = &names[2..];
-    let dots: Vec<Ident> = primals.iter().map(crate::forward::dot_name).collect();
+    let dots: Vec<Ident> = primals.iter().map(crate::names::dot_name).collect();
     let temps: Vec<Ident> = (0..n).map(|i| format_ident!("__primal{}", i)).collect();
     let tangents: Vec<Ident> = (0..n).map(|i| format_ident!("__tangent{}", i)).collect();
     let (enter, exit) = lifted_module(module, mdl, cxn);

@@ -4,7 +4,7 @@
 
 use crate::ctxt::Ctxt;
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote};
+use quote::{ToTokens, format_ident, quote};
 use syn::spanned::Spanned;
 
 /// A parameter to lower: its pattern and whether it is differentiated.
@@ -35,6 +35,24 @@ impl ParamInfo {
     pub(crate) fn input(&self) -> TokenStream {
         let (pat, ty) = (&self.pat, &self.ty);
         quote!(#pat: #ty)
+    }
+
+    /// The name of its tangent in forward mode (`__d_x`).
+    pub(crate) fn tangent_name(&self) -> Ident {
+        let name =
+            syn::parse2::<Ident>(param_name(&self.pat)).unwrap_or_else(|_| format_ident!("_"));
+        crate::names::dot_name(&name)
+    }
+
+    /// It passed on once more, to a call that may be made again: a reference as it
+    /// is, a value cloned.
+    pub(crate) fn passed_again(&self) -> TokenStream {
+        let n = param_name(&self.pat);
+        if matches!(self.ty, Type::Reference(_)) {
+            quote!(#n)
+        } else {
+            quote!(::core::clone::Clone::clone(&#n))
+        }
     }
 
     /// What lowering needs to know of it.
