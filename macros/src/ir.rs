@@ -176,11 +176,18 @@ pub struct Lifted {
     pub dsts: Vec<Var>,
     /// The macro invocation, as written (variables renamed).
     pub tokens: TokenStream,
-    /// The child module's expression (a constant: re-evaluated by the pullback).
+    /// The child module's expression: constants, or a local bound module.
     pub module: TokenStream,
+    /// Whether the pullback keeps a copy of the module (it reads `self` or a local,
+    /// which the pullback may not borrow) rather than making it again.
+    pub keep: bool,
     /// The scope variable.
     pub scope: Atom,
     pub args: Vec<Arg>,
+    /// The collections and random streams it lets through (`variables`, `rngs`), as
+    /// `Option<&[&str]>` expressions.
+    pub visible: TokenStream,
+    pub rngs: TokenStream,
 }
 
 /// A loop with the variables it carries from one iteration to the next.

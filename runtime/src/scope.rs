@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use crate::variables::{
-    Leaf, ParamCot, Stored, Variables, add_param, second_order, vjp_variables,
+    Leaf, ParamCot, Stored, Variables, add_param, rerun_failed, second_order, vjp_variables,
 };
 
 /// A runtime misuse of scopes or variables, naming the variable's path.
@@ -1027,11 +1027,24 @@ impl Scope<'_> {
         self.counters = mark.counters.clone();
     }
 
-    /// A copy of the variables as they are now (leaves are shared: no data is copied),
-    /// for a pullback that must run a child again later (second order).
+    /// What a second-order pullback needs to run a lifted transform's child again as
+    /// the primal ran it: taken just before the transform, the variables (leaves are
+    /// shared: no data is copied), which collections may be written and are visible,
+    /// the random streams with the number of keys each module path has drawn (so that
+    /// `make_rng` gives the same keys, e.g. the same `Dropout` masks), the naming
+    /// counters and the enclosing `vmap!` axes.
     #[doc(hidden)]
-    pub fn snapshot(&self) -> Variables {
-        self.vars.clone()
+    pub fn rerun_point(&self) -> Rerun {
+        Rerun {
+            vars: self.vars.clone(),
+            counters: self.counters.clone(),
+            mutable: self.mutable.clone(),
+            rngs: self.rngs.clone(),
+            rng_counters: self.rng_counters.clone(),
+            axes: self.axes.clone(),
+            visible: self.visible.clone(),
+            visible_rngs: self.visible_rngs.clone(),
+        }
     }
 
     /// Moves the cursor to the absolute path `path` (`/`-joined).
@@ -1048,6 +1061,39 @@ impl Scope<'_> {
     #[doc(hidden)]
     pub fn last_child_path(&self) -> String {
         self.last_child.clone().unwrap_or_else(|| self.path())
+    }
+}
+
+/// The state of a scope a lifted transform started from (see [`Scope::rerun_point`]).
+#[doc(hidden)]
+pub struct Rerun {
+    vars: Variables,
+    counters: HashMap<String, HashMap<String, usize>>,
+    mutable: Mutable,
+    rngs: BTreeMap<String, u64>,
+    rng_counters: HashMap<String, u64>,
+    axes: Vec<String>,
+    visible: Option<BTreeSet<String>>,
+    visible_rngs: Option<BTreeSet<String>>,
+}
+
+impl Rerun {
+    /// A copy of the variables as they were (what the rerun may write to).
+    pub fn variables(&self) -> Variables {
+        self.vars.clone()
+    }
+
+    /// A scope over `vars` at the absolute path `path` in the state the transform
+    /// started from: the child then reads, names and draws what it did the first time.
+    pub fn scope<'v>(&self, vars: &'v mut Variables, path: &str) -> Scope<'v> {
+        let mut cx = Scope::new(vars, false, self.mutable.clone(), self.rngs.clone());
+        cx.counters = self.counters.clone();
+        cx.rng_counters = self.rng_counters.clone();
+        cx.axes = self.axes.clone();
+        cx.visible = self.visible.clone();
+        cx.visible_rngs = self.visible_rngs.clone();
+        cx.enter_path(path);
+        cx
     }
 }
 

@@ -1185,6 +1185,15 @@ pub fn second_order(acc: &mut Variables) {
     acc.poison(ScopeError::SecondOrderUnsupported);
 }
 
+/// Marks parameter gradients computed by running a child again (second order) if
+/// that run failed, which it does only if the variables changed shape in between.
+#[doc(hidden)]
+pub fn rerun_failed(acc: &mut Variables, error: Option<&ScopeError>) {
+    if let Some(e) = error {
+        acc.poison(e.clone());
+    }
+}
+
 /// The cotangents a lifted `vjp!` returns: the listed collections of the child at
 /// `child`, with paths relative to the child (Flax's `vjp_variables`).
 #[doc(hidden)]

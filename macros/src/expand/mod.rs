@@ -23,7 +23,9 @@ use syn::{Ident, ImplItem, Item, ItemFn, ItemImpl, ReturnType, Token};
 /// `#[differentiable]` on a function or an inherent impl.
 pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
     let cx = Ctxt::default();
-    // `#[differentiable(jvp)]` also writes the forward-mode companion `__f_jvp`.
+    // `#[differentiable(jvp)]` also writes a function's forward-mode companions
+    // (`f::jvp`, ..); on a module's impl, its forward mode (second order, `jvp!`)
+    // follows the calls of functions in the body, which must then be `(jvp)` too.
     let jvp = attr.to_string() == "jvp";
     if !attr.is_empty() && !jvp {
         cx.error_at(
@@ -37,7 +39,7 @@ pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
     };
     let out = match item {
         Item::Fn(f) => expand_fn(&cx, f, jvp),
-        Item::Impl(i) => expand_impl(&cx, i),
+        Item::Impl(i) => expand_impl(&cx, i, jvp),
         other => {
             cx.error_at(
                 &other,
@@ -355,7 +357,7 @@ impl Parse for CustomRule {
     }
 }
 
-fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
+fn expand_impl(cx: &Ctxt, mut item: ItemImpl, jvp: bool) -> TokenStream {
     if let Some((_, path, _)) = &item.trait_ {
         cx.error_at(path, "#[differentiable] applies to inherent impls; put the differentiable methods in an `impl Type` block");
         return item.into_token_stream();
@@ -385,7 +387,7 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl) -> TokenStream {
         if crate::expand::module::is_module_call(&m.sig) {
             module = true;
             extra.push(crate::expand::module::module_items(
-                cx, &self_ty, m, &params,
+                cx, &self_ty, m, &params, jvp,
             ));
             continue;
         }

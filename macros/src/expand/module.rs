@@ -30,6 +30,7 @@ pub fn module_items(
     self_ty: &Type,
     m: &mut ImplItemFn,
     params: &[ParamInfo],
+    calls: bool,
 ) -> TokenStream {
     let Some(type_name) = type_name(self_ty) else {
         cx.error_at(self_ty, "a module must be a named type");
@@ -126,9 +127,9 @@ pub fn module_items(
 
     // Forward mode, for second order through a lifted transform: the body's JVP along
     // the inputs, and its VJP with parameters differentiated (`__call_body_jvp`).
-    let jvp_items = body_jvp(&m.sig, params, &body, &ret, &type_name);
+    let jvp_items = body_jvp(&m.sig, params, &body, &ret, &type_name, calls);
     // Forward mode along the inputs and the variables, for a lifted `jvp!`.
-    let tjvp_items = body_tjvp(&m.sig, params, &body, &ret, &type_name);
+    let tjvp_items = body_tjvp(&m.sig, params, &body, &ret, &type_name, calls);
 
     // `model.apply(variables, ..).unwrap()` inside a transform: the gradient with
     // respect to the variables (the training path) and the inputs.
@@ -677,6 +678,7 @@ fn forward_body(
     params: &[ParamInfo],
     body: &syn::Block,
     mode: crate::forward::Mode,
+    calls: bool,
 ) -> Option<TokenStream> {
     let quiet = Ctxt::default();
     let specs: Vec<crate::lower::ParamSpec> = params.iter().map(ParamInfo::spec).collect();
@@ -687,7 +689,7 @@ fn forward_body(
     if quiet.has_errors() {
         return None;
     }
-    crate::forward::jvp_body(&func, &|v| act.varied(v), &reference, mode, false)
+    crate::forward::jvp_body(&func, &|v| act.varied(v), &reference, mode, calls)
 }
 
 /// `__call_body_jvp(&self, cx, xs.., dxs..) -> (R, R)` and its parameter-differentiating
@@ -699,9 +701,10 @@ fn body_jvp(
     body: &syn::Block,
     ret: &Type,
     type_name: &str,
+    calls: bool,
 ) -> TokenStream {
     let quiet = Ctxt::default();
-    let jvp = forward_body(params, body, crate::forward::Mode::Inputs);
+    let jvp = forward_body(params, body, crate::forward::Mode::Inputs, calls);
     let mut jvp_params: Vec<ParamInfo> = params.to_vec();
     for p in params.iter().filter(|p| p.active) {
         let name = p.tangent_name();
@@ -800,9 +803,10 @@ fn body_tjvp(
     body: &syn::Block,
     ret: &Type,
     type_name: &str,
+    calls: bool,
 ) -> TokenStream {
     use crate::forward::Mode;
-    let tangent = forward_body(params, body, Mode::Variables);
+    let tangent = forward_body(params, body, Mode::Variables, calls);
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let scope = &names[0];
     let inputs: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();

@@ -7,7 +7,7 @@ use crate::activity;
 use crate::ctxt::Ctxt;
 use crate::lower::{self, ParamSpec};
 use crate::parse::signature::*;
-use crate::parse::transform::{Transform, TransformInput};
+use crate::parse::transform::{Transform, TransformInput, names_option};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote};
 use syn::spanned::Spanned;
@@ -187,11 +187,7 @@ pub(crate) fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInp
             #result
         }
     };
-    let option = |names: &Option<Vec<syn::LitStr>>| match names {
-        Some(n) => quote!(::core::option::Option::Some(&[#(#n),*][..])),
-        None => quote!(::core::option::Option::None),
-    };
-    let (visible, rngs) = (option(&input.variables), option(&input.rngs));
+    let (visible, rngs) = (names_option(&input.variables), names_option(&input.rngs));
     let (enter, exit) = lifted_module(module, mdl, cxn);
     quote!({
         let (#(#temps,)*) = (#(#args,)*);

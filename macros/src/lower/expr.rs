@@ -2,6 +2,7 @@
 //! and arguments they name.
 
 use super::*;
+use crate::parse::transform::{TransformInput, names_option};
 
 impl Lowerer<'_> {
     pub(super) fn expr(&mut self, out: &mut Stmts, e: &Expr) -> Val {
@@ -213,9 +214,14 @@ impl Lowerer<'_> {
         e: &Expr,
         m: &syn::ExprMacro,
     ) -> Option<Val> {
-        let mut input: crate::parse::transform::TransformInput = m.mac.parse_body().ok()?;
+        let mut input: TransformInput = m.mac.parse_body().ok()?;
         // `has_aux` is covered: the aux is one more output of the child's forward mode.
         let has_aux = std::mem::take(&mut input.has_aux);
+        // `variables` and `rngs` are covered: the rerun restricts its scope the same way.
+        let (visible, rngs) = (
+            names_option(&std::mem::take(&mut input.variables)),
+            names_option(&std::mem::take(&mut input.rngs)),
+        );
         let items = &input.positional;
         if items.len() < 4 || !input.plain() {
             return None;
@@ -247,7 +253,11 @@ impl Lowerer<'_> {
                 .iter()
                 .zip(&names[1..])
                 .all(|(a, nm)| matches!(a, Expr::Path(p) if p.path.is_ident(nm)));
-        if !recv_ok || !args_ok || self.mentions_local(items[2].to_token_stream()) {
+        // The module: an expression of constants, or a local bound module (`let
+        // learner = Learner;`, shared by every call).
+        let local = self.mentions_local(items[2].to_token_stream());
+        let bound = matches!(&items[2], Expr::Path(p) if p.path.get_ident().is_some());
+        if !recv_ok || !args_ok || (local && !bound) {
             return None;
         }
         let Expr::Path(sp) = &items[0] else {
@@ -266,15 +276,23 @@ impl Lowerer<'_> {
         let aux = has_aux.then(|| self.temp(e.span()));
         let dsts: Vec<Var> = (0..n).map(|_| self.temp(e.span())).collect();
         let tokens = self.verbatim(e.to_token_stream());
-        let module = items[2].to_token_stream();
+        let module = if local {
+            self.verbatim(items[2].to_token_stream())
+        } else {
+            items[2].to_token_stream()
+        };
+        let keep = local || mentions_self(&module);
         out.push(Stmt::LetLifted(Lifted {
             value,
             aux,
             dsts: dsts.clone(),
             tokens,
             module,
+            keep,
             scope,
             args,
+            visible,
+            rngs,
         }));
         let var = |v: Var| Val::Atom(Atom::Var(v));
         let grads = Val::Tuple(dsts.into_iter().map(var).collect());
@@ -643,4 +661,13 @@ impl Lowerer<'_> {
             }
         }
     }
+}
+
+/// Whether `t` mentions `self`.
+fn mentions_self(t: &TokenStream) -> bool {
+    t.clone().into_iter().any(|tt| match tt {
+        proc_macro2::TokenTree::Ident(i) => i == "self",
+        proc_macro2::TokenTree::Group(g) => mentions_self(&g.stream()),
+        _ => false,
+    })
 }

@@ -43,6 +43,15 @@ impl TransformInput {
     }
 }
 
+/// `variables = [..]` or `rngs = [..]` as an `Option<&[&str]>` expression (`None`:
+/// everything passes), what `Scope::restrict` takes.
+pub(crate) fn names_option(names: &Option<Vec<syn::LitStr>>) -> proc_macro2::TokenStream {
+    match names {
+        Some(n) => quote::quote!(::core::option::Option::Some(&[#(#n),*][..])),
+        None => quote::quote!(::core::option::Option::None),
+    }
+}
+
 impl Parse for TransformInput {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let items: Punctuated<syn::Expr, Token![,]> = Punctuated::parse_terminated(input)?;

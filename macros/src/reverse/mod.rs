@@ -397,16 +397,6 @@ impl<'a> Gen<'a> {
         self.branch_expr(br, n, &payload)
     }
 }
-
-/// Whether `t` mentions `self`.
-fn mentions_self(t: &TokenStream) -> bool {
-    t.clone().into_iter().any(|tt| match tt {
-        proc_macro2::TokenTree::Ident(i) => i == "self",
-        proc_macro2::TokenTree::Group(g) => mentions_self(&g.stream()),
-        _ => false,
-    })
-}
-
 /// `__private::f(&x, &y, c..)`, with the special forms of casts and variadics.
 fn fwd_call(
     rule: &crate::ops::Rule,

@@ -261,24 +261,26 @@ impl<'a> Gen<'a> {
                     (Some(v), None) => quote!((#v, #grads)),
                     (Some(v), Some(a)) => quote!(((#v, #a), #grads)),
                 };
-                let mut out = quote!(let #pat = #tokens;);
-                if self.reads_all.contains(&Slot::Pb(l.dsts[0])) {
-                    // What the second-order pullback reruns the child on: the variables,
-                    // the child's path, and the module (a copy if it is a field of
-                    // `self`, which the pullback may not borrow).
-                    let snap = self.slot_name(Slot::Pb(l.dsts[0]));
-                    let scope = self.atom(&l.scope);
-                    let module = &l.module;
-                    let module = if mentions_self(module) {
-                        quote!(::adjoint::__private::keep_module(&(#module)))
-                    } else {
-                        quote!(#module)
-                    };
-                    out.extend(
-                        quote!(let #snap = (#scope.snapshot(), #scope.last_child_path(), #module);),
-                    );
+                if !self.reads_all.contains(&Slot::Pb(l.dsts[0])) {
+                    return quote!(let #pat = #tokens;);
                 }
-                out
+                // What the second-order pullback reruns the child on: the scope's state
+                // before the transform (variables, random streams), the child's path,
+                // and the module (a copy if it is a field of `self`, which the pullback
+                // may not borrow).
+                let snap = self.slot_name(Slot::Pb(l.dsts[0]));
+                let scope = self.atom(&l.scope);
+                let module = &l.module;
+                let module = if l.keep {
+                    quote!(::adjoint::__private::keep_module(&(#module)))
+                } else {
+                    quote!(#module)
+                };
+                quote! {
+                    let #snap = #scope.rerun_point();
+                    let #pat = #tokens;
+                    let #snap = (#snap, #scope.last_child_path(), #module);
+                }
             }
         }
     }

@@ -370,21 +370,22 @@ impl<'a> Gen<'a> {
             .collect();
         let skip = l.args.iter().map(|_| quote!(_));
         let merge = if self.f.params_active {
-            quote!(::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);)
+            quote! {
+                ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
+                ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
+            }
         } else {
             TokenStream::new()
         };
+        let (visible, rngs) = (&l.visible, &l.rngs);
         r.code.push(quote! {
             let (#(#cots,)*) = {
-                let (mut __snapshot, __child, __module) = #snap;
-                let mut __cx2 = ::adjoint::Scope::for_apply(
-                    &mut __snapshot,
-                    ::adjoint::scope::Mutable::Only(::core::default::Default::default()),
-                    ::core::default::Default::default(),
-                );
-                __cx2.enter_path(&__child);
+                let (__rerun, __child, __module) = #snap;
+                let mut __snapshot = __rerun.variables();
+                let mut __cx2 = __rerun.scope(&mut __snapshot, &__child);
+                __cx2.restrict(#visible, #rngs);
                 let (__o, __pb2) = ::adjoint::scope::Child::module(&__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
-                let (__cv, _, #(#cots,)* #(#skip,)*) =
+                let (mut __cv, _, #(#cots,)* #(#skip,)*) =
                     __pb2(#seeds);
                 #merge
                 (#(#cots,)*)

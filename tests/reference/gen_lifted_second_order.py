@@ -1,0 +1,224 @@
+"""Reference results for second order through Flax's lifted transforms, computed with
+Flax linen and JAX (float64): `jax.grad` of a loss that calls `nn.grad` or
+`nn.value_and_grad` inside a module, as the Rust tests write them
+(`tests/tests/lifted_second_order.rs`).
+
+- `loop_branch_call`: a child whose body has a loop, a branch (`lax.cond` on the data;
+  Rust's `if`), a call of a plain function and a deterministic Dropout, under
+  `nn.value_and_grad(.., variables="params", rngs="dropout")`; the loss is the value plus
+  the squared input gradient. Its gradient in the parameters, for two inputs (one per
+  arm of the branch), and three steps of SGD at learning rate 0.01 (the loss before each step).
+- `pinn_loop`: a physics-informed loss, `mean((du/dx - cos x)^2)`, of a field whose
+  network applies a shared residual layer in a loop.
+- `gradient_penalty_dropout`: WGAN-GP's penalty `mean((|grad_x D(x_i)| - 1)^2)` of a
+  critic with a deterministic Dropout between its layers.
+- `maml_inner`: MAML: a loop of inner SGD steps on fast weights, each a `nn.grad`
+  of a learner's loss, then the learner's loss on held-out data at the adapted weights,
+  differentiated with respect to the initial weights and the learner's own scale.
+
+Variables are given explicitly (no random generator must match). Each case lists its
+inputs, the variables, the loss and `grads` (same tree as the variables).
+
+Run:  python gen_lifted_second_order.py   (writes lifted_second_order.json)
+"""
+import json
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+jax.config.update("jax_enable_x64", True)
+
+
+def arr(*shape, seed, scale=1.0):
+    n = 1
+    for s in shape:
+        n *= s
+    vals = [(((i * 7919 + seed * 104729) % 1000) / 500.0 - 1.0) * scale for i in range(n)]
+    return jnp.array(vals, dtype=jnp.float64).reshape(shape)
+
+
+def tolist(tree):
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(v).tolist(), tree)
+
+
+OUT = {}
+
+
+# 1. A loop, a branch and a call in the child; value_and_grad with variables and rngs.
+def shift(h, s):
+    """The plain function the child calls."""
+    return jnp.sin(h) * s + h
+
+
+class Body(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("w", nn.initializers.zeros, (3, 3))
+        s = self.param("s", nn.initializers.zeros, ())
+        h = x
+        for _ in range(3):
+            h = jnp.tanh(w @ h + x)
+        h = jax.lax.cond(jnp.sum(h) > 0.0, lambda h: h * 2.0, lambda h: h * h, h)
+        h = shift(h, s)
+        h = nn.Dropout(0.5, deterministic=True)(h)
+        return jnp.sum(nn.Dense(2)(h) ** 2)
+
+
+class Trained(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        v, (gx,) = nn.value_and_grad(
+            lambda mdl, x: mdl(x), Body(), x, variables="params", rngs="dropout"
+        )
+        return v + jnp.sum(gx * gx)
+
+
+def case_loop_branch_call():
+    variables = {
+        "params": {
+            "Body_0": {
+                "w": arr(3, 3, seed=1, scale=0.6),
+                "s": jnp.array(0.7),
+                "Dense_0": {"kernel": arr(3, 2, seed=2, scale=0.8), "bias": arr(2, seed=3, scale=0.1)},
+            }
+        }
+    }
+    out = {"variables": tolist(variables), "inputs": {}}
+    model = Trained()
+    for name, x in [("x_pos", jnp.array([0.5, 0.9, -0.2])), ("x_neg", jnp.array([-0.8, -0.4, 0.3]))]:
+        loss_fn = lambda v: model.apply(v, x, rngs={"dropout": jax.random.PRNGKey(0)})
+        loss, grads = jax.value_and_grad(loss_fn)(variables)
+        # which arm ran
+        h = x
+        w = variables["params"]["Body_0"]["w"]
+        for _ in range(3):
+            h = jnp.tanh(w @ h + x)
+        losses = []
+        v = variables
+        for _ in range(3):
+            l, g = jax.value_and_grad(loss_fn)(v)
+            losses.append(float(l))
+            v = jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, v, g)
+        out["inputs"][name] = {
+            "x": x.tolist(),
+            "positive_arm": bool(jnp.sum(h) > 0.0),
+            "loss": float(loss),
+            "grads": tolist(grads),
+            "sgd_losses": losses,
+            "after_sgd": tolist(v),
+        }
+    return out
+
+
+OUT["loop_branch_call"] = case_loop_branch_call()
+
+
+# 2. A PINN whose field applies a shared residual layer in a loop.
+class Field(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(6)(x))
+        r = self.param("r", nn.initializers.zeros, (6, 6))
+        for _ in range(3):
+            h = h + jnp.tanh(h @ r)
+        return jnp.sum(nn.Dense(1)(h))
+
+
+class Pinn(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        (du,) = nn.grad(lambda mdl, x: mdl(x), Field(), x)
+        res = du - jnp.cos(x)
+        return jnp.mean(res * res)
+
+
+def case_pinn():
+    x = arr(5, 2, seed=4, scale=1.5)
+    variables = {
+        "params": {
+            "Field_0": {
+                "Dense_0": {"kernel": arr(2, 6, seed=5, scale=0.9), "bias": arr(6, seed=6, scale=0.2)},
+                "r": arr(6, 6, seed=7, scale=0.4),
+                "Dense_1": {"kernel": arr(6, 1, seed=8, scale=0.7), "bias": arr(1, seed=9, scale=0.1)},
+            }
+        }
+    }
+    loss, grads = jax.value_and_grad(lambda v: Pinn().apply(v, x))(variables)
+    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads)}
+
+
+OUT["pinn_loop"] = case_pinn()
+
+
+# 3. WGAN-GP's gradient penalty through a critic with a deterministic Dropout.
+class Critic(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.gelu(nn.Dense(8)(x))
+        h = nn.Dropout(0.3, deterministic=True)(h)
+        return jnp.sum(nn.Dense(1)(h))
+
+
+class Penalty(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        (g,) = nn.grad(lambda mdl, x: mdl(x), Critic(), x)
+        norms = jnp.sqrt(jnp.sum(g * g, axis=1))
+        return jnp.mean((norms - 1.0) ** 2)
+
+
+def case_penalty():
+    x = arr(4, 3, seed=10)
+    variables = {
+        "params": {
+            "Critic_0": {
+                "Dense_0": {"kernel": arr(3, 8, seed=11, scale=0.8), "bias": arr(8, seed=12, scale=0.2)},
+                "Dense_1": {"kernel": arr(8, 1, seed=13, scale=0.9), "bias": arr(1, seed=14, scale=0.1)},
+            }
+        }
+    }
+    loss, grads = jax.value_and_grad(lambda v: Penalty().apply(v, x))(variables)
+    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads)}
+
+
+OUT["gradient_penalty_dropout"] = case_penalty()
+
+
+# 4. MAML: inner SGD steps on fast weights (a nn.grad each), then the held-out loss.
+class Learner(nn.Module):
+    @nn.compact
+    def __call__(self, w, x, y):
+        scale = self.param("scale", nn.initializers.ones, ())
+        pred = jnp.tanh(x @ w) * scale
+        return jnp.mean((pred - y) ** 2)
+
+
+class Maml(nn.Module):
+    steps: int = 3
+    lr: float = 0.5
+
+    @nn.compact
+    def __call__(self, xs, ys, xq, yq):
+        w = self.param("w0", nn.initializers.zeros, (3,))
+        learner = Learner()
+        for _ in range(self.steps):
+            (gw, _, _) = nn.grad(lambda mdl, w, x, y: mdl(w, x, y), learner, w, xs, ys)
+            w = w - self.lr * gw
+        return learner(w, xq, yq)
+
+
+def case_maml():
+    xs, ys = arr(6, 3, seed=15), arr(6, seed=16)
+    xq, yq = arr(4, 3, seed=17), arr(4, seed=18)
+    variables = {"params": {"w0": arr(3, seed=19, scale=0.5), "Learner_0": {"scale": jnp.array(1.3)}}}
+    loss, grads = jax.value_and_grad(lambda v: Maml().apply(v, xs, ys, xq, yq))(variables)
+    return {
+        "xs": xs.tolist(), "ys": ys.tolist(), "xq": xq.tolist(), "yq": yq.tolist(),
+        "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads),
+    }
+
+
+OUT["maml_inner"] = case_maml()
+
+with open("lifted_second_order.json", "w") as f:
+    json.dump(OUT, f, indent=1)
