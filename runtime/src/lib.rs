@@ -255,6 +255,43 @@ pub use adjoint_macros::jacfwd;
 /// let x = array![0.0, 1.0];
 /// assert_eq!(jacrev!(f)(&x), jacfwd!(f)(&x));
 /// ```
+///
+/// Inside a module, both take the lifted form (which Flax lacks, flax#735):
+/// `jacrev!(cx, |mdl, cx, x, ..| body, Child, x, ..)` is the Jacobian of the
+/// closure's output with respect to its first primal, the child's variables held
+/// constant as in `grad!`. One lifted `vjp!` (`jvp!` for `jacfwd!`) runs per output
+/// (input) element: the first in the module's scope, the others again from the
+/// scope's state before it, so that every row sees the same variables and random
+/// keys (a `Dropout` mask).
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::{array, Array1, ArrayD};
+///
+/// struct Scale;
+///
+/// #[differentiable]
+/// impl Scale {
+///     fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+///         let w: f64 = cx.param("w", init::constant(3.0), ());
+///         x * x * w
+///     }
+/// }
+///
+/// struct Sensitivity;
+///
+/// #[differentiable]
+/// impl Sensitivity {
+///     fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> ArrayD<f64> {
+///         jacrev!(cx, |mdl, cx, x| mdl.call(cx, x), Scale, x)
+///     }
+/// }
+///
+/// let x = array![1.0, 2.0];
+/// let vars = Sensitivity.init(0, &x).unwrap();
+/// let j = Sensitivity.apply(&vars, &x).unwrap();
+/// assert_eq!(j, array![[6.0, 0.0], [0.0, 12.0]].into_dyn());
+/// ```
 pub use adjoint_macros::jacrev;
 
 /// The Hessian, as `jax.hessian`: for `f` marked `#[differentiable(jvp)]` with a

@@ -95,7 +95,7 @@ pub enum ScopeError {
     UnboundAxis { axis: String, path: String },
     /// A lifted `jvp!` reached a module whose forward mode does not cover its body.
     #[error(
-        "jvp! through `{path}`: forward mode does not cover this module's body yet (`mapv` closures and calls to plain functions)"
+        "jvp! through `{path}`: forward mode does not cover this module's body (a method call, a destructured call result, or a call of a function while the module's impl is not `#[differentiable(jvp)]`)"
     )]
     ForwardModeUnsupported { path: String },
     /// Variables whose structure is not a tree of leaves.
@@ -104,7 +104,7 @@ pub enum ScopeError {
     /// Gradients that would flow through a lifted transform (`grad!` inside a module
     /// differentiated with respect to its parameters: second order).
     #[error(
-        "these gradients flow through a lifted grad!/vjp! inside a module (second order), which adjoint does not differentiate yet"
+        "these gradients flow through a lifted transform inside a module (second order) that adjoint does not differentiate yet: a vjp!, jvp!, vmap!, jacfwd! or jacrev!, a grad! whose closure is more than `mdl.call(cx, ..)`, or a child whose body forward mode does not cover"
     )]
     SecondOrderUnsupported,
     /// A layer given an input it cannot take (a convolution's rank or features, an

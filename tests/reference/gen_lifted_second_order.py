@@ -1,7 +1,7 @@
-"""Reference results for second order through Flax's lifted transforms, computed with
-Flax linen and JAX (float64): `jax.grad` of a loss that calls `nn.grad` or
-`nn.value_and_grad` inside a module, as the Rust tests write them
-(`tests/tests/lifted_second_order.rs`).
+"""Reference results for second order and Jacobians through Flax's lifted transforms,
+computed with Flax linen and JAX (float64): `jax.grad` of a loss that calls `nn.grad`
+or `nn.value_and_grad` inside a module, and the Jacobians a lifted `jacrev!`/`jacfwd!`
+gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
 
 - `loop_branch_call`: a child whose body has a loop, a branch (`lax.cond` on the data;
   Rust's `if`), a call of a plain function and a deterministic Dropout, under
@@ -15,6 +15,10 @@ Flax linen and JAX (float64): `jax.grad` of a loss that calls `nn.grad` or
 - `maml_inner`: MAML: a loop of inner SGD steps on fast weights, each a `nn.grad`
   of a learner's loss, then the learner's loss on held-out data at the adapted weights,
   differentiated with respect to the initial weights and the learner's own scale.
+- `lifted_jacobian`: `jax.jacrev` and `jax.jacfwd` of a child (a loop and a branch in its
+  body) in its input, its variables held, for one input and for a batch (shape
+  `output ++ input`); Flax has no lifted Jacobians (flax#735), so the reference is what a
+  user writes over `apply`.
 
 Variables are given explicitly (no random generator must match). Each case lists its
 inputs, the variables, the loss and `grads` (same tree as the variables).
@@ -219,6 +223,40 @@ def case_maml():
 
 
 OUT["maml_inner"] = case_maml()
+
+# 5. Lifted Jacobians (Flax has none, flax#735): what a user writes with jax.jacrev and
+# jax.jacfwd over the child's apply, its variables held; the child loops and branches.
+class Curve(nn.Module):
+    @nn.compact
+    def __call__(self, x, t):
+        h = jnp.tanh(nn.Dense(3)(x))
+        r = self.param("r", nn.initializers.zeros, (3, 3))
+        for _ in range(2):
+            h = jnp.sin(h @ r) * t + h
+        h = jax.lax.cond(jnp.sum(h) > 0.0, lambda h: h * h, lambda h: -h, h)
+        return nn.Dense(2)(h)
+
+
+def case_jacobian():
+    x, t = arr(4, seed=20), jnp.array(0.8)
+    xb = arr(2, 4, seed=21)
+    child = {
+        "Dense_0": {"kernel": arr(4, 3, seed=22, scale=0.7), "bias": arr(3, seed=23, scale=0.2)},
+        "r": arr(3, 3, seed=24, scale=0.6),
+        "Dense_1": {"kernel": arr(3, 2, seed=25, scale=0.9), "bias": arr(2, seed=26, scale=0.1)},
+    }
+    f = lambda x: Curve().apply({"params": child}, x, t)
+    return {
+        "x": x.tolist(), "t": float(t), "x_batch": xb.tolist(),
+        "variables": tolist({"params": {"Curve_0": child}}),
+        "value": f(x).tolist(),
+        "jacobian": jax.jacrev(f)(x).tolist(),
+        "jacobian_fwd": jax.jacfwd(f)(x).tolist(),
+        "jacobian_batch": jax.jacrev(f)(xb).tolist(),
+    }
+
+
+OUT["lifted_jacobian"] = case_jacobian()
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

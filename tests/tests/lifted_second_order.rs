@@ -98,12 +98,20 @@ fn a_loop_a_branch_and_a_call_trained_through_value_and_grad() {
     };
     for (name, arm) in [("x_pos", true), ("x_neg", false)] {
         let input = &case["inputs"][name];
-        assert_eq!(input["positive_arm"].as_bool(), Some(arm), "{name}: the arm");
+        assert_eq!(
+            input["positive_arm"].as_bool(),
+            Some(arm),
+            "{name}: the arm"
+        );
         let x = vector(&input["x"]);
         let vars = variables(&case["variables"]);
         let (loss, grads) = trained_loss(&model, &vars, &x);
         assert_eq!(grads.error(), None);
-        close(&format!("{name} loss"), loss, input["loss"].as_f64().unwrap());
+        close(
+            &format!("{name} loss"),
+            loss,
+            input["loss"].as_f64().unwrap(),
+        );
         let err = assert_tree_close(&format!("{name} grads"), &grads, &input["grads"], RTOL);
         println!("{name} gradient in the parameters: normwise relative error {err:.1e}");
 
@@ -111,7 +119,11 @@ fn a_loop_a_branch_and_a_call_trained_through_value_and_grad() {
         let mut state = TrainState::create(vars, sgd(0.01, None, false));
         for (step, want) in input["sgd_losses"].as_array().unwrap().iter().enumerate() {
             let (loss, grads) = trained_loss(&model, &state.variables(), &x);
-            close(&format!("{name} loss at step {step}"), loss, want.as_f64().unwrap());
+            close(
+                &format!("{name} loss at step {step}"),
+                loss,
+                want.as_f64().unwrap(),
+            );
             state.apply_gradients(grads).unwrap();
         }
         let err = assert_tree_close(
@@ -292,4 +304,205 @@ fn maml_inner_steps_are_differentiated() {
     close("maml loss", loss, case["loss"].as_f64().unwrap());
     let err = assert_tree_close("maml grads", &grads, &case["grads"], RTOL);
     println!("maml gradient: normwise relative error {err:.1e}");
+}
+
+// ----- lifted Jacobians (flax#735): jacrev! and jacfwd! inside a module -----
+
+/// The child, for an input of rank 1 or 2 (the same body).
+macro_rules! curve {
+    ($name:ident, $array:ident) => {
+        struct $name;
+
+        #[differentiable]
+        impl $name {
+            fn call(&self, cx: &mut Scope, x: &$array<f64>, t: f64) -> $array<f64> {
+                let mut h = Dense::new(3).call(cx, x).tanh();
+                let r: Array2<f64> = cx.param("r", init::zeros, (3, 3));
+                for _ in 0..2 {
+                    h = h.dot(&r).sin() * t + &h;
+                }
+                let h = if h.sum() > 0.0 { &h * &h } else { -&h };
+                Dense::new(2).call(cx, &h)
+            }
+        }
+    };
+}
+
+curve!(Curve, Array1);
+curve!(CurveBatch, Array2);
+
+/// The Jacobian of the child in its input, the child's variables held, by reverse
+/// (`forward: false`) or forward mode.
+struct Sensitivity {
+    forward: bool,
+}
+
+#[differentiable]
+impl Sensitivity {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>, t: f64) -> ArrayD<f64> {
+        if self.forward {
+            jacfwd!(cx, |mdl, cx, x, t| mdl.call(cx, x, t), Curve, x, t)
+        } else {
+            jacrev!(cx, |mdl, cx, x, t| mdl.call(cx, x, t), Curve, x, t)
+        }
+    }
+}
+
+struct BatchSensitivity;
+
+#[differentiable]
+impl BatchSensitivity {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, t: f64) -> ArrayD<f64> {
+        jacrev!(cx, |mdl, cx, x, t| mdl.call(cx, x, t), CurveBatch, x, t)
+    }
+}
+
+#[test]
+fn lifted_jacobians_inside_a_module() {
+    let case = reference("lifted_second_order.json", "lifted_jacobian");
+    let (x, t) = (vector(&case["x"]), case["t"].as_f64().unwrap());
+    let vars = variables(&case["variables"]);
+    for (forward, want) in [(false, "jacobian"), (true, "jacobian_fwd")] {
+        let jac = Sensitivity { forward }.apply(&vars, &x, t).unwrap();
+        assert_eq!(jac.shape(), &[2, 4]);
+        let err = adjoint_tests::max_rel_err(&jac, &array(&case[want]));
+        println!("lifted {want}: normwise relative error {err:.1e}");
+        adjoint_tests::assert_close(want, &jac, &array(&case[want]), RTOL);
+    }
+    // A batch: the Jacobian of every output in every input, shape [2, 2] ++ [2, 4].
+    let xb = matrix(&case["x_batch"]);
+    let vars_b = vars.subtree("Curve_0").prefixed("CurveBatch_0");
+    let jac = BatchSensitivity.apply(&vars_b, &xb, t).unwrap();
+    assert_eq!(jac.shape(), &[2, 2, 2, 4]);
+    adjoint_tests::assert_close("batch", &jac, &array(&case["jacobian_batch"]), RTOL);
+}
+
+/// A child with a random Dropout: every row of `jacrev!` (and column of `jacfwd!`)
+/// runs with the mask the first drew, so both modes give one Jacobian, whose dropped
+/// features are dropped for every output.
+struct NoisyCurve;
+
+#[differentiable]
+impl NoisyCurve {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+        let h = Dense::new(6).call(cx, x).tanh();
+        let h = Dropout::new(0.5).call(cx, &h);
+        Dense::new(3).call(cx, &h)
+    }
+}
+
+struct NoisySensitivity {
+    forward: bool,
+}
+
+#[differentiable]
+impl NoisySensitivity {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> ArrayD<f64> {
+        if self.forward {
+            jacfwd!(cx, |mdl, cx, x| mdl.call(cx, x), NoisyCurve, x)
+        } else {
+            jacrev!(cx, |mdl, cx, x| mdl.call(cx, x), NoisyCurve, x)
+        }
+    }
+}
+
+#[test]
+fn lifted_jacobians_see_one_dropout_mask() {
+    let x = ndarray::array![0.3, -0.5, 0.8, 0.1];
+    let model = NoisySensitivity { forward: false };
+    let vars = model.init(1, &x).unwrap();
+    let opts = ApplyOptions::new().rng("dropout", 3);
+    let (rev, _) = model.apply_with(&vars, &opts, &x).unwrap();
+    let (fwd, _) = NoisySensitivity { forward: true }
+        .apply_with(&vars, &opts, &x)
+        .unwrap();
+    assert_eq!(rev.shape(), &[3, 4]);
+    adjoint_tests::assert_close("jacrev against jacfwd", &rev, &fwd, 1e-12);
+    // Against differences of the child run plainly at the same path with the same key
+    // (so with the same mask).
+    let column = |i: usize, d: f64| {
+        let mut xd = x.clone();
+        xd[i] += d;
+        Plain.apply_with(&vars, &opts, &xd).unwrap().0
+    };
+    let h = 1e-6;
+    let mut zeros = 0;
+    for i in 0..4 {
+        let fd = (column(i, h) - column(i, -h)) / (2.0 * h);
+        for j in 0..3 {
+            assert!(
+                (rev[[j, i]] - fd[j]).abs() < 1e-8,
+                "[{j}, {i}]: {} against {}",
+                rev[[j, i]],
+                fd[j]
+            );
+        }
+    }
+    for v in rev.iter() {
+        zeros += usize::from(*v == 0.0);
+    }
+    assert_eq!(
+        zeros, 0,
+        "a dense Jacobian (the mask drops hidden features, not inputs)"
+    );
+}
+
+/// The child run plainly, at the path the lifted transforms give it.
+struct Plain;
+
+#[differentiable]
+impl Plain {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+        NoisyCurve.call(cx, x)
+    }
+}
+
+/// The same child, called once before its Jacobian (a bound local, one scope): the
+/// Jacobian's rows all see the mask of the second draw at that path.
+struct SecondDraw;
+
+#[differentiable]
+impl SecondDraw {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> ArrayD<f64> {
+        let curve = NoisyCurve;
+        let first = curve.call(cx, x);
+        let jac = jacrev!(cx, |mdl, cx, x| mdl.call(cx, x), curve, x);
+        jac + no_grad(first.sum() * 0.0)
+    }
+}
+
+/// What the Jacobian is of: the child's second run at its path.
+struct PlainSecondDraw;
+
+#[differentiable]
+impl PlainSecondDraw {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+        let curve = NoisyCurve;
+        let _first = curve.call(cx, x);
+        curve.call(cx, x)
+    }
+}
+
+#[test]
+fn lifted_jacobian_after_an_earlier_draw_at_the_same_path() {
+    let x = ndarray::array![0.3, -0.5, 0.8, 0.1];
+    let vars = SecondDraw.init(1, &x).unwrap();
+    let opts = ApplyOptions::new().rng("dropout", 4);
+    let (jac, _) = SecondDraw.apply_with(&vars, &opts, &x).unwrap();
+    let at = |i: usize, d: f64| {
+        let mut xd = x.clone();
+        xd[i] += d;
+        PlainSecondDraw.apply_with(&vars, &opts, &xd).unwrap().0
+    };
+    for i in 0..4 {
+        let fd = (at(i, 1e-6) - at(i, -1e-6)) / 2e-6;
+        for j in 0..3 {
+            assert!(
+                (jac[[j, i]] - fd[j]).abs() < 1e-8,
+                "[{j}, {i}]: {} against {}",
+                jac[[j, i]],
+                fd[j]
+            );
+        }
+    }
 }

@@ -1294,7 +1294,7 @@ fn jvp_through_a_module_forward_mode_does_not_reach_is_a_typed_error() {
     assert_eq!(JvpCalling.apply(&vars, 2.0).unwrap_err(), err);
     assert_eq!(
         err.to_string(),
-        "jvp! through `Calling_0`: forward mode does not cover this module's body yet (`mapv` closures and calls to plain functions)"
+        "jvp! through `Calling_0`: forward mode does not cover this module's body (a method call, a destructured call result, or a call of a function while the module's impl is not `#[differentiable(jvp)]`)"
     );
 }
 

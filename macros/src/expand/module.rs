@@ -102,7 +102,10 @@ pub fn module_items(
         crate::names::companion_ident(&body_ident, "vjp_params"),
     );
 
-    // `call` itself: the body in the module's auto-named child scope.
+    // `call` itself: the body in the module's auto-named child scope. A module run
+    // only through lifted transforms never has `call` itself called (their generated
+    // code runs the companions): not dead code to its author.
+    m.attrs.push(syn::parse_quote!(#[allow(dead_code)]));
     m.block = syn::parse_quote!({
         #scope.enter_auto(#type_name);
         let __out = self.__call_body(#(#names),*);
@@ -515,7 +518,7 @@ impl<'ast> syn::visit::Visit<'ast> for Receivers<'_> {
     }
 
     fn visit_macro(&mut self, m: &'ast syn::Macro) {
-        let lifted = ["grad", "value_and_grad", "vjp", "jvp", "vmap"]
+        let lifted = crate::parse::transform::LIFTED
             .iter()
             .any(|n| m.path.is_ident(n));
         let args = m.parse_body_with(

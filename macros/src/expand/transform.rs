@@ -16,6 +16,12 @@ use syn::{Ident, Pat, Type};
 /// `hvp!(f)`, `jacfwd!(f)`, `jacrev!(f)`, `hessian!(f)`: the companion of that name,
 /// which `#[differentiable(jvp)]` writes.
 pub fn jacobian_transform(which: &str, input: TokenStream) -> TokenStream {
+    if let Ok(lifted) = syn::parse2::<TransformInput>(input.clone())
+        && lifted.positional.len() >= 3
+        && matches!(lifted.positional[1], syn::Expr::Closure(_))
+    {
+        return lifted_jacobian(which, &lifted);
+    }
     match syn::parse2::<syn::Path>(input.clone()) {
         Ok(path) => crate::names::companion_path(&path, which, false).into_token_stream(),
         Err(_) => syn::Error::new_spanned(
@@ -24,6 +30,112 @@ pub fn jacobian_transform(which: &str, input: TokenStream) -> TokenStream {
         )
         .into_compile_error(),
     }
+}
+
+/// The lifted Jacobians inside a module (which Flax lacks, flax#735):
+/// `jacrev!(cx, |mdl, cx, x, ..| body, Child, x, ..)` and `jacfwd!(..)` give the
+/// Jacobian of the closure's output with respect to its first primal, shaped as JAX's
+/// (`output ++ input`), the child's variables held constant as in `grad!`.
+///
+/// `jacrev!` runs a lifted `vjp!` per output element, `jacfwd!` a lifted `jvp!` per
+/// input element. The first runs in the module's scope (what the child writes stays
+/// written); the others run again from the scope's state before it (the same
+/// variables, the same random keys), so every row or column sees the same function.
+fn lifted_jacobian(which: &str, input: &TransformInput) -> TokenStream {
+    let cx = Ctxt::default();
+    let forward = which == "jacfwd";
+    if !matches!(which, "jacfwd" | "jacrev") {
+        cx.error(
+            Span::call_site(),
+            format!("{which}! takes a function marked `#[differentiable(jvp)]`: `{which}!(f)`; inside a module, `jacfwd!` and `jacrev!` take the lifted form"),
+        );
+    }
+    if input.positional.len() < 4 {
+        cx.error_at(
+            &input.positional[1],
+            format!("{which}! takes `cx, |mdl, cx, x, ..| body, Module, x, ..` inside a module: at least one primal"),
+        );
+    }
+    if !input.plain() {
+        cx.error(
+            Span::call_site(),
+            format!("{which}! inside a module takes no options: it differentiates with respect to the first primal, the variables held constant"),
+        );
+    }
+    let errors = cx.into_compile_errors();
+    if !errors.is_empty() {
+        return errors;
+    }
+    let (scope, closure, module) = (
+        &input.positional[0],
+        &input.positional[1],
+        &input.positional[2],
+    );
+    let args = &input.positional[3..];
+    let names: Vec<Ident> = (0..args.len())
+        .map(|i| format_ident!("__arg{}", i))
+        .collect();
+    let pass: Vec<TokenStream> = names
+        .iter()
+        .map(|n| quote!(::core::clone::Clone::clone(&#n)))
+        .collect();
+    let first = &names[0];
+    // One derivative of the closure, in the scope `$cx`, along `$dir` (a unit tangent
+    // of the first primal, or a unit cotangent of the output).
+    let pass_rest = &pass[1..];
+    let derivative = |cxn: TokenStream, dir: TokenStream| {
+        if forward {
+            quote! {
+                ::adjoint::jvp!(
+                    #cxn, #closure, #module,
+                    (#(#pass,)*),
+                    (#dir, #(::adjoint::__private::zeros(&#pass_rest),)*),
+                    ::adjoint::Variables::new()
+                )
+            }
+        } else {
+            quote!(::adjoint::vjp!(#cxn, #closure, #module, #(#pass),*))
+        }
+    };
+    let again = |dir: TokenStream| {
+        let d = derivative(quote!(&mut __cx2), dir);
+        quote! {{
+            let mut __vars = __point.variables();
+            let mut __cx2 = __point.scope(&mut __vars, &__path);
+            #d
+        }}
+    };
+    let body = if forward {
+        let real = derivative(quote!(__cx), quote!(__e));
+        let rerun = again(quote!(__e));
+        quote! {
+            let mut __first = true;
+            ::adjoint::jacobian::jacfwd(&#first, |__e| {
+                if ::core::mem::take(&mut __first) { #real.1 } else { #rerun.1 }
+            })
+        }
+    } else {
+        let real = derivative(quote!(__cx), TokenStream::new());
+        let rerun = again(TokenStream::new());
+        quote! {
+            let (__y, __pb) = #real;
+            let mut __first = ::core::option::Option::Some(__pb);
+            ::adjoint::jacobian::jacrev(&#first, &__y, |__e| match __first.take() {
+                ::core::option::Option::Some(__pb) => __pb(__e).1,
+                ::core::option::Option::None => {
+                    let (_, __pb) = #rerun;
+                    __pb(__e).1
+                }
+            })
+        }
+    };
+    quote!({
+        let (#(#names,)*) = (#(#args,)*);
+        let __cx: &mut ::adjoint::Scope = &mut *(#scope);
+        let __point = __cx.rerun_point();
+        let __path = __cx.path();
+        #body
+    })
 }
 
 pub fn transform(which: Transform, input: TokenStream) -> TokenStream {

@@ -143,7 +143,7 @@ impl Lowerer<'_> {
                 poison()
             }
             Expr::Macro(m)
-                if ["grad", "value_and_grad", "vjp", "jvp", "vmap"]
+                if crate::parse::transform::LIFTED
                     .iter()
                     .any(|n| m.mac.path.is_ident(n))
                     && !self.scopes_vars.is_empty() =>

@@ -5,6 +5,18 @@ use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Ident, Token};
 
+/// The transform macros that have a lifted form inside a module
+/// (`name!(cx, |mdl, cx, ..| .., Module, ..)`).
+pub(crate) const LIFTED: [&str; 7] = [
+    "grad",
+    "value_and_grad",
+    "vjp",
+    "jvp",
+    "vmap",
+    "jacfwd",
+    "jacrev",
+];
+
 /// Which transform a macro call asks for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Transform {

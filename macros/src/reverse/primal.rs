@@ -202,12 +202,9 @@ impl<'a> Gen<'a> {
                             let f = self.companion_for(call);
                             let pb = self.slot_name(Slot::Pb(*dst));
                             quote!(let (#plain_name, #pb) #pair_ty = #f(#(#args),*);)
-                        } else if call.scoped == Scoped::Apply {
-                            let f = self.plain(&call.callee);
-                            quote!(let #name = #f(#(#args),*).unwrap();)
                         } else {
-                            let f = self.plain(&call.callee);
-                            quote!(let #name = #f(#(#args),*);)
+                            let e = self.inactive_call(call, &args);
+                            quote!(let #name = #e;)
                         }
                     }
                     Op::Const(t) | Op::Lifted(t) | Op::Build { tokens: t, .. } => {
@@ -231,9 +228,8 @@ impl<'a> Gen<'a> {
                     let pb = self.slot_name(Slot::Pb(dsts[0]));
                     quote!(let ((#(#names,)*), #pb) = #f(#(#args),*);)
                 } else {
-                    let f = self.plain(&call.callee);
-                    let unwrap = (call.scoped == Scoped::Apply).then(|| quote!(.unwrap()));
-                    quote!(let (#(#names,)*) = #f(#(#args),*) #unwrap;)
+                    let e = self.inactive_call(call, &args);
+                    quote!(let (#(#names,)*) = #e;)
                 }
             }
             Stmt::If { branch, phis } => {
@@ -603,6 +599,20 @@ impl<'a> Gen<'a> {
             }
             _ => callee.render(|n| companion_ident(n, what), |r| self.arg(r)),
         }
+    }
+
+    /// A call nothing is differentiated through, as written; `apply`'s result
+    /// unwrapped; and a submodule's call in a body whose parameters are differentiated
+    /// through its companion, the pullback dropped (a module body's JVP, `__call_jvp`,
+    /// exists only as companions).
+    fn inactive_call(&self, call: &Call, args: &[TokenStream]) -> TokenStream {
+        if call.scoped == Scoped::Module && self.f.params_active {
+            let f = self.companion(&call.callee, "vjp_params");
+            return quote!(#f(#(#args),*).0);
+        }
+        let f = self.plain(&call.callee);
+        let unwrap = (call.scoped == Scoped::Apply).then(|| quote!(.unwrap()));
+        quote!(#f(#(#args),*) #unwrap)
     }
 
     pub(super) fn plain(&self, callee: &Callee) -> TokenStream {
