@@ -653,6 +653,30 @@ static DERIVATIVES: &[(&str, Rule)] = &[
         "softplus",
         rule!("softplus_d1", 1, [pb!("softplus_d1_pb"[Operand(0)])]).elementwise(),
     ),
+    (
+        "abs",
+        rule!("abs_d1", 1, [pb!("abs_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "cbrt",
+        rule!("cbrt_d1", 1, [pb!("cbrt_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "asin",
+        rule!("asin_d1", 1, [pb!("asin_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "acos",
+        rule!("acos_d1", 1, [pb!("acos_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "log2",
+        rule!("log2_d1", 1, [pb!("log2_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "log10",
+        rule!("log10_d1", 1, [pb!("log10_d1_pb"[Operand(0)])]).elementwise(),
+    ),
 ];
 
 /// The derivative rule forward mode writes for activation `name` (`gelu_d1`).

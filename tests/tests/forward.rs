@@ -451,3 +451,44 @@ fn forward_mode_through_views_and_axis_means() {
     };
     check_vjp(|x: &ndarray::Array2<f64>| grad!(axes)(x), &x, &v, &hv, tol).unwrap();
 }
+
+/// The rules whose tangent is a derivative rule of its own (`abs_d1`, `cbrt_d1`, ..):
+/// the JVP against central differences of the function, the Hessian (reverse over
+/// forward, through each rule's second derivative) against central differences of
+/// the gradient.
+#[differentiable(jvp)]
+fn inverse_and_roots(x: &Array1<f64>) -> f64 {
+    let a = (x * 0.5).asin() + (x * 0.3).acos();
+    let b = x.cbrt() * x.abs();
+    let c = (x * x + 1.0).log2() + (x * x + 2.0).log10();
+    (&a * &b).sum() + (&c * &a).sum()
+}
+
+#[test]
+fn derivative_rules_in_forward_mode_and_second_order() {
+    let (x, v) = (array![0.4, -0.9, 1.3], array![1.0, -0.5, 0.25]);
+    let (y, dy) = jvp!(inverse_and_roots)(&x, &v);
+    assert_eq!(y, inverse_and_roots(&x));
+    let h = 1e-6;
+    let at = |s: f64| inverse_and_roots(&(&x + &(&v * s)));
+    let fd = (at(h) - at(-h)) / (2.0 * h);
+    assert!(
+        (dy - fd).abs() < 1e-8 * fd.abs().max(1.0),
+        "jvp {dy}, differences {fd}"
+    );
+
+    let hess = hessian!(inverse_and_roots)(&x);
+    for j in 0..3 {
+        let mut e = Array1::zeros(3);
+        e[j] = 1.0;
+        let g = |s: f64| grad!(inverse_and_roots)(&(&x + &(&e * s)));
+        let col = (g(h) - g(-h)) / (2.0 * h);
+        for i in 0..3 {
+            let (got, want) = (hess[[i, j]], col[i]);
+            assert!(
+                (got - want).abs() < 1e-6 * want.abs().max(1.0),
+                "H[{i}, {j}] = {got}, differences {want}"
+            );
+        }
+    }
+}

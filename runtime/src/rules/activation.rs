@@ -134,6 +134,8 @@ macro_rules! derivatives {
     )*};
 }
 
+pub(crate) use derivatives;
+
 derivatives! {
     relu: relu_d1, relu_d1_pb (): |v| d1 = step(v > k(0.0)), d2 = k(0.0);
     softplus: softplus_d1, softplus_d1_pb ():

@@ -237,6 +237,28 @@ unary! {
     softplus / softplus_reusing, softplus_pb(x) = |g, x| g * sigmoid_scalar(x);
 }
 
+// Forward mode's derivatives of the rules above whose tangent is not written in
+// terms of other rules (as `sin`'s is `cos`): each with its own pullback, the second
+// derivative, so that second order goes through forward mode.
+crate::rules::activation::derivatives! {
+    abs: abs_d1, abs_d1_pb (): |v| d1 = sign(v), d2 = Elem::<X>::zero();
+    cbrt: cbrt_d1, cbrt_d1_pb ():
+        |v| d1 = { let c = v.cbrt(); (Elem::<X>::lit(3.0) * c * c).recip() },
+        d2 = { let c = v.cbrt(); Elem::<X>::lit(-2.0 / 9.0) / (v * c * c) };
+    asin: asin_d1, asin_d1_pb ():
+        |v| d1 = (Elem::<X>::one() - v * v).sqrt().recip(),
+        d2 = { let q = Elem::<X>::one() - v * v; v / (q * q.sqrt()) };
+    acos: acos_d1, acos_d1_pb ():
+        |v| d1 = -(Elem::<X>::one() - v * v).sqrt().recip(),
+        d2 = { let q = Elem::<X>::one() - v * v; -v / (q * q.sqrt()) };
+    log2: log2_d1, log2_d1_pb ():
+        |v| d1 = (v * Elem::<X>::lit(std::f64::consts::LN_2)).recip(),
+        d2 = -(v * v * Elem::<X>::lit(std::f64::consts::LN_2)).recip();
+    log10: log10_d1, log10_d1_pb ():
+        |v| d1 = (v * Elem::<X>::lit(std::f64::consts::LN_10)).recip(),
+        d2 = -(v * v * Elem::<X>::lit(std::f64::consts::LN_10)).recip();
+}
+
 /// Two results at once from a cotangent, a value and a second value of its shape:
 /// what the joint pullback of a tangent (`tanh_tangent`) needs.
 pub trait Pull2<O>: Elementwise {
