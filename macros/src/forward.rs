@@ -9,7 +9,7 @@
 //! gets no JVP.
 
 use crate::ir::*;
-use crate::names::dot_name;
+use crate::names::{companion_ident, dot_name};
 use crate::ops;
 use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote};
@@ -96,6 +96,10 @@ pub fn jvp_body(
 /// JVP with a unit tangent for that input and zero for the others.
 fn mapv_partial(closure: &Func, captured: Option<usize>) -> Option<TokenStream> {
     let mut f = closure.clone();
+    // An element is a scalar, whatever its (perhaps generic) type.
+    for p in &mut f.params {
+        p.scalar = true;
+    }
     if let Some(k) = captured {
         f.params.push(Param {
             var: f.free.get(k)?.0,
@@ -207,15 +211,15 @@ impl Tangent<'_> {
         })
     }
 
-    /// A reference to the tangent, or a zero of the value's shape (`&(x * 0.0)`).
+    /// A reference to the tangent, or a zero of the value's shape and type.
     fn dot_or_zero(&self, a: &Atom) -> TokenStream {
         match (self.dot(a), a) {
             (Some(d), _) => d,
             // A literal's tangent is a zero that takes its type from the other side.
             (None, Atom::Lit(_)) => quote!(0.0),
-            (None, Atom::Var(_)) => {
-                let x = self.r(a);
-                quote!(::adjoint::__private::operand(&(#x * 0.0)))
+            (None, Atom::Var(v)) => {
+                let x = self.f.name(*v);
+                quote!(::adjoint::__private::operand(&::adjoint::no_grad(::adjoint::__private::zeros(&#x))))
             }
         }
     }
@@ -267,81 +271,16 @@ impl Tangent<'_> {
                         let args = call.args.iter().map(|a| self.arg(a));
                         Some(quote!(let #decl = #f(#(#args),*);))
                     }
-                    // A submodule's call: its JVP, along the tangents of all its
-                    // arguments (a module's `call`, or `__call_in` with the child's name).
-                    Op::Call(call) if call.scoped == Scoped::Module => {
-                        let m = call.callee.name();
-                        let suffix = match self.mode {
-                            Mode::Inputs => "jvp",
-                            Mode::Variables => "tjvp",
-                        };
-                        let jvp = match m.to_string().as_str() {
-                            "call" => format_ident!("__call_{}", suffix),
-                            "__call_in" => format_ident!("__call_in_{}", suffix),
-                            _ => return None,
-                        };
-                        // The scope, the child's name: constants without tangents.
-                        let skip = if m == "call" { 1 } else { 2 };
-                        let dots = call.args[skip..]
-                            .iter()
-                            .map(|a| {
-                                let with = a.atom.var().filter(|v| self.has_dot.contains(v));
-                                match (self.mode, with) {
-                                    (Mode::Variables, Some(_)) => self.dot(&a.atom),
-                                    (Mode::Variables, None) => {
-                                        Some(quote!(::adjoint::__private::NoTangent))
-                                    }
-                                    // Each tangent is passed as its primal is (`&x`, `x`).
-                                    (Mode::Inputs, Some(v)) => {
-                                        let d = dot_name(self.f.name(v));
-                                        Some(if a.by_ref {
-                                            quote!(&#d)
-                                        } else if self.refs.contains(&v)
-                                            || self.scalar[v.0 as usize]
-                                        {
-                                            quote!(#d)
-                                        } else {
-                                            quote!(::adjoint::__private::dup(&#d))
-                                        })
-                                    }
-                                    (Mode::Inputs, None) => None,
-                                }
-                            })
-                            .collect::<Option<Vec<_>>>()?;
-                        let f = call.callee.render(|_| jvp, |r| self.arg(r));
-                        let args: Vec<TokenStream> =
-                            call.args.iter().map(|a| self.arg(a)).collect();
+                    // A submodule's call, or a call of a `(jvp)` function or method:
+                    // its JVP (see [`Jvp::call_jvp`]).
+                    Op::Call(call)
+                        if call.scoped == Scoped::Module
+                            || (call.scoped == Scoped::No && self.calls) =>
+                    {
+                        let jvp = self.call_jvp(call)?;
                         let dn = dot_name(&name);
                         self.has_dot.insert(*dst);
-                        Some(quote!(let (#name, #dn) = #f(#(#args,)* #(#dots),*);))
-                    }
-                    // A call of a `#[differentiable(jvp)]` function: its `jvp_all`, with a
-                    // tangent for every argument (a zero, or `NoTangent` for a parameter
-                    // the callee does not differentiate: its type picks).
-                    Op::Call(call) if call.scoped == Scoped::No && self.calls => {
-                        let Callee::Path {
-                            prefix,
-                            name: callee,
-                            generics,
-                            assoc: false,
-                        } = &call.callee
-                        else {
-                            return None;
-                        };
-                        if !generics.is_empty() {
-                            return None;
-                        }
-                        let dots: Vec<TokenStream> =
-                            call.args.iter().map(|a| self.call_tangent(a)).collect();
-                        let args: Vec<TokenStream> =
-                            call.args.iter().map(|a| self.arg(a)).collect();
-                        let dn = dot_name(&name);
-                        self.has_dot.insert(*dst);
-                        // Spanned at the user's call: a callee without `(jvp)` is named there.
-                        let jvp_all = Ident::new("jvp_all", callee.span());
-                        Some(quote! {
-                            let (#name, #dn) = #prefix #callee::#jvp_all(#(#args,)* #(#dots),*);
-                        })
+                        Some(quote!(let (#name, #dn) = #jvp;))
                     }
                     // `x.mapv(f)`: the primal as written; the tangent is `dx` times `f'`
                     // elementwise, plus each differentiated captured value's tangent times
@@ -388,7 +327,8 @@ impl Tangent<'_> {
                         if (self.varied)(*dst)
                             && operands.iter().any(|a| self.dot(&a.atom).is_some())
                         {
-                            let d = self.template(rule.func, &name, operands, consts)?;
+                            let scalar = self.scalar[dst.0 as usize];
+                            let d = self.template(rule.func, &name, scalar, operands, consts)?;
                             let dn = dot_name(&name);
                             out.extend(quote!(let #dn = #d;));
                             self.has_dot.insert(*dst);
@@ -438,8 +378,119 @@ impl Tangent<'_> {
                 Some(quote!(let (#(#pats,)*) = #expr;))
             }
             Stmt::Loop(lp) => self.looping(lp),
+            // `let (a, b) = f(..);`: the call's JVP gives the tuple and its tangent,
+            // taken apart alike.
+            Stmt::LetTuple {
+                dsts,
+                pattern,
+                call,
+            } => {
+                let pats: Vec<TokenStream> = dsts
+                    .iter()
+                    .map(|d| {
+                        let name = self.f.name(*d);
+                        if self.f.vars[d.0 as usize].mutable {
+                            quote!(mut #name)
+                        } else {
+                            quote!(#name)
+                        }
+                    })
+                    .collect();
+                if !dsts.iter().any(|d| (self.varied)(*d)) {
+                    let f = call.callee.render(Ident::clone, |r| self.arg(r));
+                    let args = call.args.iter().map(|a| self.arg(a));
+                    let unwrap = (call.scoped == Scoped::Apply).then(|| quote!(.unwrap()));
+                    let pat = pattern.render(&pats);
+                    return Some(quote!(let #pat = #f(#(#args),*) #unwrap;));
+                }
+                let callable =
+                    call.scoped == Scoped::Module || (call.scoped == Scoped::No && self.calls);
+                if !callable {
+                    return None;
+                }
+                let jvp = self.call_jvp(call)?;
+                let dots: Vec<TokenStream> = dsts
+                    .iter()
+                    .map(|d| {
+                        if (self.varied)(*d) {
+                            self.has_dot.insert(*d);
+                            dot_name(self.f.name(*d)).to_token_stream()
+                        } else {
+                            quote!(_)
+                        }
+                    })
+                    .collect();
+                let (pat, dot_pat) = (pattern.render(&pats), pattern.render(&dots));
+                Some(quote!(let (#pat, #dot_pat) = #jvp;))
+            }
             _ => None,
         }
+    }
+
+    /// The JVP of a call, `f(args.., tangents..)` giving `(value, tangent)`: a
+    /// submodule's `__call_jvp` (`__call_in_jvp`; `tjvp` along the variables), along
+    /// the tangents of all its arguments; or a `#[differentiable(jvp)]` function's
+    /// `jvp_all`, with a tangent for every argument (a zero, or `NoTangent` for a
+    /// parameter the callee does not differentiate: its type picks); or a method's or
+    /// an associated function's of a `(jvp)` impl, `__m_jvp_all` beside it.
+    fn call_jvp(&self, call: &Call) -> Option<TokenStream> {
+        let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
+        if call.scoped == Scoped::Module {
+            let m = call.callee.name();
+            let suffix = match self.mode {
+                Mode::Inputs => "jvp",
+                Mode::Variables => "tjvp",
+            };
+            let jvp = match m.to_string().as_str() {
+                "call" => format_ident!("__call_{}", suffix),
+                "__call_in" => format_ident!("__call_in_{}", suffix),
+                _ => return None,
+            };
+            // The scope, the child's name: constants without tangents.
+            let skip = if m == "call" { 1 } else { 2 };
+            let dots = call.args[skip..]
+                .iter()
+                .map(|a| {
+                    let with = a.atom.var().filter(|v| self.has_dot.contains(v));
+                    match (self.mode, with) {
+                        (Mode::Variables, Some(_)) => self.dot(&a.atom),
+                        (Mode::Variables, None) => Some(quote!(::adjoint::__private::NoTangent)),
+                        // Each tangent is passed as its primal is (`&x`, `x`).
+                        (Mode::Inputs, Some(v)) => {
+                            let d = dot_name(self.f.name(v));
+                            Some(if a.by_ref {
+                                quote!(&#d)
+                            } else if self.refs.contains(&v) || self.scalar[v.0 as usize] {
+                                quote!(#d)
+                            } else {
+                                quote!(::adjoint::__private::dup(&#d))
+                            })
+                        }
+                        (Mode::Inputs, None) => None,
+                    }
+                })
+                .collect::<Option<Vec<_>>>()?;
+            let f = call.callee.render(|_| jvp, |r| self.arg(r));
+            return Some(quote!(#f(#(#args,)* #(#dots),*)));
+        }
+        let f = match &call.callee {
+            Callee::Path {
+                prefix,
+                name: callee,
+                generics,
+                assoc: false,
+            } => {
+                // Spanned at the user's call: a callee without `(jvp)` is named there.
+                // A turbofish moves to the companion (`f::jvp_all::<f32>`).
+                let jvp_all = Ident::new("jvp_all", callee.span());
+                quote!(#prefix #callee::#jvp_all #generics)
+            }
+            Callee::Path { .. } | Callee::Method { .. } => call
+                .callee
+                .render(|n| companion_ident(n, "jvp_all"), |r| self.arg(r)),
+        };
+        let dots = call.args.iter().map(|a| self.call_tangent(a));
+        Some(quote!(#f(#(#args,)* #(#dots),*)))
     }
 
     /// A loop with its tangents carried beside its values: each carry `c` that
@@ -795,6 +846,7 @@ impl Tangent<'_> {
         &self,
         func: &str,
         y: &Ident,
+        scalar: bool,
         operands: &[Arg],
         consts: &[Atom],
     ) -> Option<TokenStream> {
@@ -804,9 +856,20 @@ impl Tangent<'_> {
         let an = self.atom(a);
         let da = self.dot(a);
         let y_name = y.clone();
+        // A scalar by value (its type may be a type parameter, which has no arithmetic
+        // on references), an array by reference.
+        let yv = if scalar { quote!(#y) } else { quote!(&#y) };
         let y = quote!(&#y);
         let cs: Vec<TokenStream> = consts.iter().map(|c| self.atom(c)).collect();
-        let unary = |deriv: TokenStream| da.as_ref().map(|d| quote!((#d * &(#deriv))));
+        let unary = |deriv: TokenStream| {
+            da.as_ref().map(|d| {
+                if scalar {
+                    quote!((#d * (#deriv)))
+                } else {
+                    quote!((#d * &(#deriv)))
+                }
+            })
+        };
         // Constants in the element type of the result, which may be a type parameter
         // (a bare `2.0` is `f64`); `no_grad` keeps them constants when this is lowered
         // again.
@@ -838,12 +901,98 @@ impl Tangent<'_> {
                 let b = &operands[1].atom;
                 let br = self.r(b);
                 let num = match (da.as_ref(), self.dot(b)) {
-                    (Some(d), Some(e)) => quote!(&(#d - &(#y * #e))),
+                    (Some(d), Some(e)) => quote!(&(#d - &(#yv * #e))),
                     (Some(d), None) => quote!(#d),
-                    (None, Some(e)) => quote!(&(-(#y * #e))),
+                    (None, Some(e)) => quote!(&(-(#yv * #e))),
                     (None, None) => return None,
                 };
                 Some(quote!((#num / #br)))
+            }
+            // Piecewise linear: each tangent weighted by the rule's own pullback at a
+            // unit cotangent (one, zero, or a half at a tie), constant where defined.
+            "max" | "min" => {
+                let b = &operands[1].atom;
+                let bn = self.atom(b);
+                let (lhs, rhs) = (format_ident!("{}_pb_lhs", func), format_ident!("{}_pb_rhs", func));
+                let weight = |pb: &Ident| {
+                    quote!(::adjoint::no_grad(::adjoint::__private::#pb(&#an, &#bn, #one)))
+                };
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| {
+                        let w = weight(&lhs);
+                        quote!((#d * #w))
+                    }),
+                    self.dot(b).map(|d| {
+                        let w = weight(&rhs);
+                        quote!((#d * #w))
+                    }),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!terms.is_empty()).then(|| quote!((#(#terms)+*)))
+            }
+            // The bounds are constants (as in reverse mode).
+            "clamp" => da.map(|d| {
+                let (lo, hi) = (self.atom(&operands[1].atom), self.atom(&operands[2].atom));
+                quote!((#d * ::adjoint::no_grad(::adjoint::__private::clamp_pb(&#an, &#lo, &#hi, #one))))
+            }),
+            // `a.atan2(b)`: (b da - a db) / (a² + b²).
+            "atan2" => {
+                let b = &operands[1].atom;
+                let bn = self.atom(b);
+                let num = match (da.as_ref(), self.dot(b)) {
+                    (Some(d), Some(e)) => quote!((#d * #bn - #an * #e)),
+                    (Some(d), None) => quote!((#d * #bn)),
+                    (None, Some(e)) => quote!((-(#an * #e))),
+                    (None, None) => return None,
+                };
+                Some(quote!((#num / (#an * #an + #bn * #bn))))
+            }
+            // `a.hypot(b)`: (a da + b db) / y.
+            "hypot" => {
+                let b = &operands[1].atom;
+                let bn = self.atom(b);
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| quote!((#an * #d))),
+                    self.dot(b).map(|e| quote!((#bn * #e))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!terms.is_empty()).then(|| quote!(((#(#terms)+*) / #y_name)))
+            }
+            // `a.mul_add(b, c)` = a b + c.
+            "mul_add" => {
+                let (b, c) = (&operands[1].atom, &operands[2].atom);
+                let bn = self.atom(b);
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| quote!((#d * #bn))),
+                    self.dot(b).map(|e| quote!((#an * #e))),
+                    self.dot(c),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!terms.is_empty()).then(|| quote!((#(#terms)+*)))
+            }
+            // `x.powf(p)`: p x^(p-1) dx + y ln(x) dp (the exponent a scalar).
+            "powf" => {
+                let p = &operands[1].atom;
+                let pn = self.atom(p);
+                let ln = if scalar {
+                    quote!((#yv * #an.ln()))
+                } else {
+                    quote!((#yv * &#an.ln()))
+                };
+                let terms: Vec<TokenStream> = [
+                    unary(quote!(#an.powf(#pn - #one) * #pn)),
+                    self.dot(p).map(|e| quote!((#ln * #e))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!terms.is_empty()).then(|| quote!((#(#terms)+*)))
             }
             "neg" => da.map(|d| quote!((-#d))),
             // Between float types: the tangent converted alike.
@@ -853,14 +1002,14 @@ impl Tangent<'_> {
             }),
             "square" => da.map(|d| quote!((#d * #ar * #two))),
             "exp" => unary(quote!(#y_name)),
-            "exp_m1" => unary(quote!(#y + #one)),
+            "exp_m1" => unary(quote!(#yv + #one)),
             "ln" => unary(quote!(#an.recip())),
             "ln_1p" => unary(quote!((#ar + #one).recip())),
-            "sqrt" => unary(quote!((#y * #two).recip())),
-            "recip" => unary(quote!(-(#y * #y))),
+            "sqrt" => unary(quote!((#yv * #two).recip())),
+            "recip" => unary(quote!(-(#yv * #yv))),
             "sin" => unary(quote!(#an.cos())),
             "cos" => unary(quote!(-#an.sin())),
-            "tan" => unary(quote!(#y * #y + #one)),
+            "tan" => unary(quote!(#yv * #yv + #one)),
             "atan" => unary(quote!((#ar * #ar + #one).recip())),
             "sinh" => unary(quote!(#an.cosh())),
             "cosh" => unary(quote!(#an.sinh())),
@@ -1002,7 +1151,7 @@ impl Tangent<'_> {
                     ops::activation_derivative(func)?,
                     proc_macro2::Span::call_site(),
                 );
-                unary(quote!(::adjoint::__private::#d1(#ar #(, #cs)*)))
+                unary(quote!(::adjoint::__private::#d1(&#an #(, #cs)*)))
             }
         }
     }

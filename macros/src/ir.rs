@@ -151,8 +151,14 @@ pub enum BranchKind {
 pub enum Stmt {
     /// `let dst = op;`
     Let { dst: Var, op: Op, span: Span },
-    /// `let (dsts..) = call;`: a differentiable call whose result is destructured.
-    LetTuple { dsts: Vec<Var>, call: Call },
+    /// `let (dsts..) = call;`: a differentiable call whose result is destructured,
+    /// by a pattern of nested tuples (`let ((c, h), y) = ..`) whose leaves are the
+    /// `dsts` in order.
+    LetTuple {
+        dsts: Vec<Var>,
+        pattern: Nest,
+        call: Call,
+    },
     /// A branch in statement position: each arm's leaf gives the values of `phis`
     /// (the branch's value, then the outer variables it assigns).
     If { branch: Branching, phis: Vec<Var> },
@@ -163,6 +169,35 @@ pub enum Stmt {
     /// primal's gradient. Its pullback (second order) reruns the child's JVP-VJP on a
     /// snapshot of the variables.
     LetLifted(Lifted),
+}
+
+/// The shape of a nested tuple pattern: a leaf (the next of the flat names), or a
+/// tuple of such.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Nest {
+    Leaf,
+    Tuple(Vec<Nest>),
+}
+
+impl Nest {
+    /// A flat tuple of `n` leaves.
+    pub fn flat(n: usize) -> Nest {
+        Nest::Tuple(vec![Nest::Leaf; n])
+    }
+
+    /// The pattern (or expression) with the leaves `items`, in order.
+    pub fn render(&self, items: &[TokenStream]) -> TokenStream {
+        fn go(n: &Nest, items: &mut std::slice::Iter<'_, TokenStream>) -> TokenStream {
+            match n {
+                Nest::Leaf => items.next().cloned().unwrap_or_else(|| quote::quote!(_)),
+                Nest::Tuple(parts) => {
+                    let parts: Vec<TokenStream> = parts.iter().map(|p| go(p, items)).collect();
+                    quote::quote!((#(#parts,)*))
+                }
+            }
+        }
+        go(self, &mut items.iter())
+    }
 }
 
 /// A lifted gradient that can be differentiated.

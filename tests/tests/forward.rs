@@ -492,3 +492,161 @@ fn derivative_rules_in_forward_mode_and_second_order() {
         }
     }
 }
+
+/// Forward mode through methods and associated functions of a `(jvp)` impl, and a
+/// module whose `call` uses one: H v and the lifted second order go through them.
+struct Poly {
+    coeffs: Vec<f64>,
+}
+
+#[differentiable(jvp)]
+impl Poly {
+    /// Horner's rule: sum of c_k x^k.
+    fn eval(&self, x: f64) -> f64 {
+        let mut acc = 0.0;
+        for k in (0..self.coeffs.len()).rev() {
+            acc = acc * x + self.coeffs[k];
+        }
+        acc
+    }
+
+    fn squash(y: f64) -> f64 {
+        y.tanh()
+    }
+}
+
+#[differentiable(jvp)]
+fn through_methods(p: &Poly, x: f64) -> f64 {
+    Poly::squash(p.eval(x)) * x
+}
+
+#[test]
+fn forward_mode_through_methods_and_associated_functions() {
+    let p = Poly {
+        coeffs: vec![0.5, -1.0, 0.25, 0.1],
+    };
+    let x = 0.7;
+    let (y, dy) = jvp!(through_methods)(&p, x, 1.0);
+    assert_eq!(y, through_methods(&p, x));
+    let g = grad!(|x: f64| through_methods(&p, x))(x);
+    assert!((dy - g).abs() < 1e-14, "jvp {dy}, grad {g}");
+    // d2/dx2 by reverse over forward, against differences of the gradient.
+    let h2 = grad!(|x: f64| {
+        let (_, d) = jvp!(through_methods)(&p, x, 1.0);
+        d
+    })(x);
+    let d = 1e-6;
+    let fd = (grad!(|x: f64| through_methods(&p, x))(x + d)
+        - grad!(|x: f64| through_methods(&p, x))(x - d))
+        / (2.0 * d);
+    assert!(
+        (h2 - fd).abs() < 1e-7,
+        "second derivative {h2}, differences {fd}"
+    );
+}
+
+/// A module whose `call` uses a method of its own (`(jvp)` impl), under a lifted
+/// `grad!`: d/dw of (d/dx (w x)^3 / 3)... = d/dw of w^3 x^2 = 3 w^2 x^2.
+struct Cubed;
+
+#[differentiable(jvp)]
+impl Cubed {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        let w: f64 = cx.param("w", init::ones, ());
+        self.cube(w * x) / 3.0
+    }
+
+    fn cube(&self, y: f64) -> f64 {
+        y * y * y
+    }
+}
+
+struct CubedSlope;
+
+#[differentiable]
+impl CubedSlope {
+    fn call(&self, cx: &mut Scope, x: f64) -> f64 {
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), Cubed, x);
+        g
+    }
+}
+
+#[test]
+fn second_order_through_a_method_of_a_module() {
+    let (w, x) = (1.5, 2.0);
+    let vars = Variables::new().with("params", "Cubed_0/w", w).unwrap();
+    let (slope, grads) = value_and_grad!(|v: &Variables| CubedSlope.apply(v, x).unwrap())(&vars);
+    assert_eq!(slope, w * w * w * x * x);
+    assert_eq!(grads.error(), None);
+    let gw = grads.read::<f64>("params", "Cubed_0/w").unwrap();
+    assert!((gw - 3.0 * w * w * x * x).abs() < 1e-12, "{gw}");
+}
+
+/// Third order where it falls out: with `jvp = 2`, `f::jvp` has forward mode of its
+/// own, so `df = jvp!(f)(x, 1)` is `(jvp)` and `hessian!(df)` is f'''.
+#[differentiable(jvp = 2)]
+fn wave(x: f64) -> f64 {
+    x.sin() * x * x
+}
+
+#[differentiable(jvp)]
+fn wave_slope(x: f64) -> f64 {
+    let (_, d) = jvp!(wave)(x, 1.0);
+    d
+}
+
+#[test]
+fn third_derivative_of_a_scalar_function() {
+    for x in [-1.3, 0.2, 0.9, 2.5] {
+        let (s, c) = (f64::sin(x), f64::cos(x));
+        let d2 = -x * x * s + 4.0 * x * c + 2.0 * s;
+        let d3 = -x * x * c - 6.0 * x * s + 6.0 * c;
+        let (_, got2) = jvp!(wave_slope)(x, 1.0);
+        assert!((got2 - d2).abs() < 1e-12, "f''({x}) = {got2}, want {d2}");
+        let got3 = hessian!(wave_slope)(x);
+        assert_eq!(got3.shape(), &[] as &[usize]);
+        let got3 = got3[[]];
+        assert!((got3 - d3).abs() < 1e-12, "f'''({x}) = {got3}, want {d3}");
+    }
+}
+
+/// The binary scalar rules and `powf` in forward mode and second order.
+#[differentiable(jvp)]
+fn binary_rules(x: &Array1<f64>) -> f64 {
+    let (a, b, c) = (x[0], x[1], x[2]);
+    let m = a.max(b) * 2.0 + a.min(c) + (b * 3.0).clamp(-1.0, 1.0);
+    let t = a.atan2(b) + b.hypot(c) + a.mul_add(b, c);
+    let p = (x * x + 1.0).powf(c) + a.abs().powf(1.5);
+    m * t + p.sum() + m * m
+}
+
+#[test]
+fn binary_rules_in_forward_mode_and_second_order() {
+    // Points away from the kinks of max, min and clamp.
+    for x in [array![0.7, -0.4, 1.3], array![-0.9, 0.2, 0.5]] {
+        let v = array![0.3, -1.1, 0.6];
+        let (y, dy) = jvp!(binary_rules)(&x, &v);
+        assert_eq!(y, binary_rules(&x));
+        let h = 1e-6;
+        let at = |s: f64| binary_rules(&(&x + &(&v * s)));
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (dy - fd).abs() < 1e-7 * fd.abs().max(1.0),
+            "jvp {dy}, differences {fd}"
+        );
+        let hess = hessian!(binary_rules)(&x);
+        for j in 0..3 {
+            let mut e = Array1::zeros(3);
+            e[j] = 1.0;
+            let g = |s: f64| grad!(binary_rules)(&(&x + &(&e * s)));
+            let col = (g(h) - g(-h)) / (2.0 * h);
+            for i in 0..3 {
+                let (got, want) = (hess[[i, j]], col[i]);
+                assert!(
+                    (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                    "H[{i}, {j}] = {got}, differences {want}"
+                );
+            }
+        }
+    }
+}

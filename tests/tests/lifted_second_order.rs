@@ -506,3 +506,63 @@ fn lifted_jacobian_after_an_earlier_draw_at_the_same_path() {
         }
     }
 }
+
+// ----- second order through the normalization layers -----
+
+/// LayerNorm, RMSNorm, GroupNorm and BatchNorm (in evaluation) between Dense layers:
+/// forward mode through tuple results taken apart, `standardize`, `max` in `mapv`.
+struct Normalized;
+
+#[differentiable]
+impl Normalized {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let h = nn::LayerNorm::new().call(cx, x);
+        let h = Dense::new(4).call(cx, &h).tanh();
+        let h = nn::RMSNorm::new().call(cx, &h);
+        let h = nn::GroupNorm::new(2).call(cx, &h);
+        let h = nn::BatchNorm::new().use_running_average(true).call(cx, &h);
+        Dense::new(1).call(cx, &h).sin().sum()
+    }
+}
+
+struct NormalizedPenalty;
+
+#[differentiable]
+impl NormalizedPenalty {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), Normalized, x);
+        (&g * &g).sum()
+    }
+}
+
+#[test]
+fn second_order_through_normalization_layers() {
+    let x = Array2::from_shape_fn((3, 4), |(i, j)| ((i * 4 + j) as f64 * 0.7).sin());
+    let vars = NormalizedPenalty.init(2, &x).unwrap();
+    let (_, grads) =
+        value_and_grad!(|v: &Variables| NormalizedPenalty.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    let loss = |v: &Variables| NormalizedPenalty.apply(v, &x).unwrap();
+    let h = 1e-6;
+    let mut checked = 0;
+    for (path, leaf) in vars.iter("params") {
+        let value: ArrayD<f64> = vars.read("params", path).unwrap();
+        let got: ArrayD<f64> = grads.read("params", path).unwrap();
+        assert_eq!(got.shape(), leaf.shape());
+        for (ix, g) in got.indexed_iter() {
+            let at = |d: f64| {
+                let mut p = value.clone();
+                p[&ix] += d;
+                loss(&vars.clone().with("params", path, p).unwrap())
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (g - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "{path}{:?}: {g} against differences {fd}",
+                ix.slice()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "{checked}");
+}

@@ -1,14 +1,9 @@
 use adjoint::prelude::*;
+use ndarray::Array2;
 
 #[differentiable(jvp)]
-fn pair(x: f64) -> (f64, f64) {
-    (x * x, x + 1.0)
-}
-
-#[differentiable(jvp)]
-fn f(x: f64) -> f64 {
-    let (a, b) = pair(x);
-    a * b
+fn f(logits: &Array2<f64>, labels: &Array2<f64>) -> f64 {
+    losses::softmax_cross_entropy(logits, labels).sum()
 }
 
 fn main() {}

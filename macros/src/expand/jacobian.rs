@@ -14,7 +14,12 @@ use syn::{Ident, ItemFn, ReturnType, Type};
 /// `fn __f_jvp(args.., tangents..) -> (R, R)`: the value and its directional
 /// derivative, as ordinary Rust, itself `#[differentiable]` (so `grad!` of it gives
 /// Hessian-vector products). One tangent per differentiated argument, same type.
-pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<TokenStream> {
+pub(crate) fn jvp_item(
+    cx: &Ctxt,
+    f: &ItemFn,
+    params: &[ParamInfo],
+    depth: u32,
+) -> Option<TokenStream> {
     let ReturnType::Type(..) = &f.sig.output else {
         return None;
     };
@@ -32,13 +37,100 @@ pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<To
         crate::forward::Mode::Inputs,
         true,
     ) else {
-        cx.error_at(
-            &f.sig.ident,
-            "#[differentiable(jvp)]: forward mode covers branches, loops, `mapv` closures, calls of `#[differentiable(jvp)]` functions, arithmetic, elementwise maths, reductions, products, layers' rules and module calls; not yet method calls or calls whose result is destructured",
-        );
+        cx.error_at(&f.sig.ident, format!("#[differentiable(jvp)]: {FORWARD_COVERS}"));
         return None;
     };
-    Some(forward_items(f, params, body))
+    Some(forward_items(f, params, body, depth))
+}
+
+/// For a method or an associated function `m` of a `#[differentiable(jvp)]` impl:
+/// `__m_jvp(args.., tangents..)` and `__m_jvp_all` (a tangent for every argument, what
+/// a caller's forward mode calls: `self.__m_jvp_all(..)`), in an impl of their own
+/// that is `#[differentiable]` (so second order goes through them). `self` is held.
+pub(crate) fn method_forward_items(
+    cx: &Ctxt,
+    item: &syn::ItemImpl,
+    m: &syn::ImplItemFn,
+    params: &[ParamInfo],
+) -> Option<TokenStream> {
+    let ReturnType::Type(_, ret) = &m.sig.output else {
+        return None;
+    };
+    let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
+    let func = lower::lower(cx, &specs, &m.block);
+    let act = activity::analyze(cx, &func);
+    let reference_params: Vec<bool> = params
+        .iter()
+        .map(|p| matches!(p.ty, Type::Reference(_)))
+        .collect();
+    let Some(body) = crate::forward::jvp_body(
+        &func,
+        &|v| act.varied(v),
+        &reference_params,
+        crate::forward::Mode::Inputs,
+        true,
+    ) else {
+        cx.error_at(&m.sig.ident, format!("#[differentiable(jvp)]: {FORWARD_COVERS}"));
+        return None;
+    };
+    let (jvp, jvp_all) = (
+        crate::names::companion_ident(&m.sig.ident, "jvp"),
+        crate::names::companion_ident(&m.sig.ident, "jvp_all"),
+    );
+    let (vis, generics) = (&m.vis, &m.sig.generics);
+    let where_clause = &generics.where_clause;
+    let receiver = m.sig.receiver().map(|_| quote!(&self,));
+    let call = if receiver.is_some() {
+        quote!(self.#jvp)
+    } else {
+        quote!(Self::#jvp)
+    };
+    let args: Vec<TokenStream> = params.iter().map(ParamInfo::input_kept).collect();
+    let tangents = params.iter().filter(|p| p.active).map(|p| {
+        let (n, ty) = (p.tangent_name(), &p.ty);
+        quote!(#n: #ty)
+    });
+    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let dnames: Vec<Ident> = params.iter().map(|p| p.tangent_name()).collect();
+    let all_tangents = params.iter().zip(&dnames).map(|(p, d)| all_tangent(p, d));
+    let active_dnames = params
+        .iter()
+        .zip(&dnames)
+        .filter(|(p, _)| p.active)
+        .map(|(_, d)| d);
+    let ret_cot = cot_type(ret);
+    let (impl_generics, _, impl_where) = item.generics.split_for_impl();
+    let self_ty = &item.self_ty;
+    Some(quote! {
+        #[::adjoint::differentiable]
+        impl #impl_generics #self_ty #impl_where {
+            #[doc(hidden)]
+            #[allow(clippy::all)]
+            #vis fn #jvp #generics (#receiver #(#args,)* #(#tangents),*) -> (#ret, #ret_cot) #where_clause {
+                #body
+            }
+
+            #[doc(hidden)]
+            #[allow(clippy::all, unused_variables)]
+            #vis fn #jvp_all #generics (#receiver #(#args,)* #(#all_tangents),*) -> (#ret, #ret_cot) #where_clause {
+                #call(#(#names,)* #(#active_dnames),*)
+            }
+        }
+    })
+}
+
+/// What forward mode covers, for the error where it does not.
+pub(crate) const FORWARD_COVERS: &str = "forward mode covers branches, loops, `mapv` closures, calls of `#[differentiable(jvp)]` functions and of methods of `#[differentiable(jvp)]` impls, arithmetic, elementwise maths, reductions, products, layers' rules and module calls; not yet `concatenate`, `stack`, `array![..]` of differentiated values, or the fused cross-entropy losses (write those with `log_softmax`)";
+
+/// A parameter of `jvp_all`: the tangent `d` of `p`, or `NoTangent` (by reference for
+/// a reference) where `p` is not differentiated.
+fn all_tangent(p: &ParamInfo, d: &Ident) -> TokenStream {
+    let ty = &p.ty;
+    match (p.active, &p.ty) {
+        (true, _) => quote!(#d: #ty),
+        (false, Type::Reference(_)) => quote!(#d: &::adjoint::NoTangent),
+        (false, _) => quote!(#d: ::adjoint::NoTangent),
+    }
 }
 
 /// `jvp` for a function given its rule by `#[custom_jvp(jvp = rule)]`: the rule
@@ -46,12 +138,14 @@ pub(crate) fn jvp_item(cx: &Ctxt, f: &ItemFn, params: &[ParamInfo]) -> Option<To
 pub(crate) fn custom_jvp_item(f: &ItemFn, params: &[ParamInfo], rule: &syn::Path) -> TokenStream {
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let dnames = params.iter().filter(|p| p.active).map(|p| p.tangent_name());
-    forward_items(f, params, quote!(#rule(#(#names,)* #(#dnames),*)))
+    forward_items(f, params, quote!(#rule(#(#names,)* #(#dnames),*)), 1)
 }
 
 /// `jvp` with `body`, `jvp_all` (what a caller's forward mode calls) and the
-/// Jacobian companions, for a function whose parameters are `params`.
-fn forward_items(f: &ItemFn, params: &[ParamInfo], body: TokenStream) -> TokenStream {
+/// Jacobian companions, for a function whose parameters are `params`. With `depth`
+/// 2 (`jvp = 2`), `jvp` and `jvp_all` get forward mode of their own (`f::__jvp_jvp`),
+/// so that a `(jvp)` function calling `jvp!(f)` has one: third order.
+fn forward_items(f: &ItemFn, params: &[ParamInfo], body: TokenStream, depth: u32) -> TokenStream {
     let ReturnType::Type(_, ret) = &f.sig.output else {
         return TokenStream::new();
     };
@@ -59,7 +153,7 @@ fn forward_items(f: &ItemFn, params: &[ParamInfo], body: TokenStream) -> TokenSt
     let vis = &f.vis;
     let generics = &f.sig.generics;
     let where_clause = &f.sig.generics.where_clause;
-    let args = params.iter().map(ParamInfo::input);
+    let args = params.iter().map(ParamInfo::input_kept);
     let tangents = params.iter().filter(|p| p.active).map(|p| {
         let n = p.tangent_name();
         let ty = &p.ty;
@@ -75,27 +169,35 @@ fn forward_items(f: &ItemFn, params: &[ParamInfo], body: TokenStream) -> TokenSt
     // for those not differentiated (so that the caller need not know which are).
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let dnames: Vec<Ident> = params.iter().map(|p| p.tangent_name()).collect();
-    let all_tangents = params.iter().zip(&dnames).map(|(p, d)| {
-        let ty = &p.ty;
-        match (p.active, &p.ty) {
-            (true, _) => quote!(#d: #ty),
-            (false, Type::Reference(_)) => quote!(#d: &::adjoint::NoTangent),
-            (false, _) => quote!(#d: ::adjoint::NoTangent),
-        }
-    });
+    let all_tangents = params.iter().zip(&dnames).map(|(p, d)| all_tangent(p, d));
     let active_dnames = params
         .iter()
         .zip(&dnames)
         .filter(|(p, _)| p.active)
         .map(|(_, d)| d);
-    let args_again = params.iter().map(ParamInfo::input);
+    let args_again = params.iter().map(ParamInfo::input_kept);
+    // The forward-mode companions stand for the function: one only ever run through
+    // `jvp!` or `hessian!` is not dead code.
+    let turbofish = {
+        let tys = generics.type_params().map(|t| &t.ident);
+        let cs = generics.const_params().map(|c| &c.ident);
+        let args: Vec<&Ident> = tys.chain(cs).collect();
+        (!args.is_empty()).then(|| quote!(::<#(#args),*>))
+    };
+    let mention = quote!(let _ = #owner #turbofish;);
+    let attr = if depth > 1 {
+        quote!(#[::adjoint::differentiable(jvp)])
+    } else {
+        quote!(#[::adjoint::differentiable])
+    };
     quote! {
-        #[::adjoint::differentiable]
+        #attr
         impl #owner {
             #[doc = #doc]
             #[doc(hidden)]
             #[allow(clippy::all)]
             #vis fn jvp #generics (#(#args,)* #(#tangents),*) -> (#ret, #ret_cot) #where_clause {
+                #mention
                 #body
             }
 

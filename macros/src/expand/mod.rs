@@ -12,7 +12,7 @@ pub mod transform;
 pub mod vmap;
 
 use self::companions::{Companions, Flavor, Owner, companion_items, companion_struct};
-use self::jacobian::{custom_jvp_item, jvp_item};
+use self::jacobian::{custom_jvp_item, jvp_item, method_forward_items};
 use crate::ctxt::Ctxt;
 use crate::parse::signature::*;
 use proc_macro2::TokenStream;
@@ -24,21 +24,24 @@ use syn::{Ident, ImplItem, Item, ItemFn, ItemImpl, ReturnType, Token};
 pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
     let cx = Ctxt::default();
     // `#[differentiable(jvp)]` also writes a function's forward-mode companions
-    // (`f::jvp`, ..); on a module's impl, its forward mode (second order, `jvp!`)
-    // follows the calls of functions in the body, which must then be `(jvp)` too.
-    let jvp = attr.to_string() == "jvp";
-    if !attr.is_empty() && !jvp {
+    // (`f::jvp`, ..); on an impl, its methods' (`__m_jvp`), and a module's forward
+    // mode (second order, `jvp!`) follows the calls in its body, whose callees must
+    // then be `(jvp)` too. `jvp = 2` makes `f::jvp` itself `(jvp)`: third order.
+    let depth = jvp_depth(&attr);
+    if depth.is_none() {
         cx.error_at(
             &attr,
-            "#[differentiable] takes no arguments, or `jvp` for a forward-mode companion",
+            "#[differentiable] takes no arguments, `jvp` for forward-mode companions, or `jvp = 2` for forward mode of those too (third order)",
         );
     }
+    let depth = depth.unwrap_or(0);
+    let jvp = depth > 0;
     let item: Item = match syn::parse2(item.clone()) {
         Ok(i) => i,
         Err(e) => return e.into_compile_error(),
     };
     let out = match item {
-        Item::Fn(f) => expand_fn(&cx, f, jvp),
+        Item::Fn(f) => expand_fn(&cx, f, depth),
         Item::Impl(i) => expand_impl(&cx, i, jvp),
         other => {
             cx.error_at(
@@ -52,7 +55,31 @@ pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
     quote!(#out #errors)
 }
 
-fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
+/// How deep forward mode nests: `0` without arguments, `1` for `jvp`, `n` for
+/// `jvp = n` (`None` for anything else).
+fn jvp_depth(attr: &TokenStream) -> Option<u32> {
+    if attr.is_empty() {
+        return Some(0);
+    }
+    match syn::parse2::<syn::Expr>(attr.clone()).ok()? {
+        syn::Expr::Path(p) if p.path.is_ident("jvp") => Some(1),
+        syn::Expr::Assign(a) => {
+            let key_ok = matches!(&*a.left, syn::Expr::Path(p) if p.path.is_ident("jvp"));
+            let syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Int(n),
+                ..
+            }) = &*a.right
+            else {
+                return None;
+            };
+            let n: u32 = n.base10_parse().ok()?;
+            (key_ok && (1..=2).contains(&n)).then_some(n)
+        }
+        _ => None,
+    }
+}
+
+fn expand_fn(cx: &Ctxt, mut f: ItemFn, depth: u32) -> TokenStream {
     check_signature(cx, &f.sig);
     let params = params(cx, &mut f.sig);
     let scopes = crate::expand::module::scope_names(&params);
@@ -72,8 +99,8 @@ fn expand_fn(cx: &Ctxt, mut f: ItemFn, jvp: bool) -> TokenStream {
             *which,
         ));
     }
-    let jvp = if jvp && !cx.has_errors() {
-        jvp_item(cx, &f, &params)
+    let jvp = if depth > 0 && !cx.has_errors() {
+        jvp_item(cx, &f, &params, depth)
     } else {
         None
     };
@@ -363,7 +390,9 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl, jvp: bool) -> TokenStream {
         return item.into_token_stream();
     }
     let _impl_params = ImplParams::enter(&item.generics);
+    let original = item.clone();
     let mut extra = Vec::new();
+    let mut forward = TokenStream::new();
     let mut module = false;
     let is_module = item
         .items
@@ -411,9 +440,13 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl, jvp: bool) -> TokenStream {
         if is_module && !scopes.is_empty() {
             extra.push(crate::expand::module::method_in_items(&m.sig, &params));
         }
+        // A method without a scope gets forward mode too: a `(jvp)` body calls it.
+        if jvp && scopes.is_empty() && !cx.has_errors() {
+            forward.extend(method_forward_items(cx, &original, m, &params));
+        }
     }
     if extra.is_empty() {
-        return item.into_token_stream();
+        return quote!(#item #forward);
     }
     let child = module.then(|| crate::expand::module::child_impl(&item));
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
@@ -424,6 +457,7 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl, jvp: bool) -> TokenStream {
             #(#extra)*
         }
         #child
+        #forward
     }
 }
 

@@ -440,7 +440,7 @@ pub(crate) fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
     ) else {
         cx.error_at(
             &c.body,
-            "jvp!: forward mode covers module calls, branches, loops, `mapv` closures, calls of `#[differentiable(jvp)]` functions, arithmetic, elementwise maths, reductions, products and layers' rules; not yet method calls or calls whose result is destructured",
+            format!("jvp!: {}", crate::expand::jacobian::FORWARD_COVERS),
         );
         return TokenStream::new();
     };

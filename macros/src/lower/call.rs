@@ -260,9 +260,11 @@ impl Lowerer<'_> {
             .pop()
             .expect("a path has a segment")
             .into_value();
-        // `f::jvp_all` (what forward mode calls) lives on the struct `f`.
+        // `f::jvp_all` (what forward mode calls) lives on the struct `f`, as do the
+        // companions of its own companions (`f::__jvp_jvp_all`, third order).
         let assoc = assoc.unwrap_or_else(|| {
             last.ident == "jvp_all"
+                || last.ident.to_string().starts_with("__")
                 || path.segments.last().is_some_and(|s| {
                     s.ident == "Self"
                         || s.ident

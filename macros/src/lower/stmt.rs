@@ -232,32 +232,15 @@ impl Lowerer<'_> {
         if let (Pat::Tuple(pt), Expr::Call(_) | Expr::MethodCall(_)) = (pat, &*init.expr)
             && let Some(call) = self.call_target(out, &init.expr)
         {
-            // `let (a, b) = f(x);`: one statement with a name per field.
+            // `let (a, b) = f(x);`, `let ((c, h), y) = f(x);`: one statement with a
+            // name per leaf.
             let mut dsts = Vec::new();
             let mut binds = Vec::new();
             let mut nested = Vec::new();
-            for p in &pt.elems {
-                match strip_type(p) {
-                    Pat::Ident(id) => {
-                        let v = self.fresh_user(&id.ident);
-                        dsts.push(v);
-                        binds.push(Some(id.ident.to_string()));
-                    }
-                    Pat::Wild(w) => {
-                        dsts.push(self.temp(w.span()));
-                        binds.push(None);
-                    }
-                    // A nested pattern: the field, then taken apart by the `field`
-                    // rule (`let ((c, h), y) = cell.call(..);`).
-                    other => {
-                        dsts.push(self.temp(other.span()));
-                        binds.push(None);
-                        nested.push((dsts.len() - 1, other.clone()));
-                    }
-                }
-            }
+            let pattern = self.tuple_leaves(pt, &mut dsts, &mut binds, &mut nested);
             out.push(Stmt::LetTuple {
                 dsts: dsts.clone(),
+                pattern,
                 call,
             });
             for (d, b) in dsts.iter().zip(binds) {
@@ -468,6 +451,42 @@ impl Lowerer<'_> {
             .is_some_and(|d| self.ref_bound.get(d).is_some_and(|r| r.contains(&name)))
     }
 
+    /// The leaves of a tuple pattern a call's result is taken apart by: a name (a
+    /// fresh variable bound to it), `_`, or a tuple of such; any other pattern is a
+    /// leaf taken apart after (by the `field` rule).
+    fn tuple_leaves(
+        &mut self,
+        pt: &syn::PatTuple,
+        dsts: &mut Vec<Var>,
+        binds: &mut Vec<Option<String>>,
+        nested: &mut Vec<(usize, Pat)>,
+    ) -> Nest {
+        let mut parts = Vec::new();
+        for p in &pt.elems {
+            match strip_type(p) {
+                Pat::Ident(id) if id.subpat.is_none() => {
+                    let v = self.fresh_user(&id.ident);
+                    dsts.push(v);
+                    binds.push(Some(id.ident.to_string()));
+                    parts.push(Nest::Leaf);
+                }
+                Pat::Wild(w) => {
+                    dsts.push(self.temp(w.span()));
+                    binds.push(None);
+                    parts.push(Nest::Leaf);
+                }
+                Pat::Tuple(inner) => parts.push(self.tuple_leaves(inner, dsts, binds, nested)),
+                other => {
+                    dsts.push(self.temp(other.span()));
+                    binds.push(None);
+                    nested.push((dsts.len() - 1, other.clone()));
+                    parts.push(Nest::Leaf);
+                }
+            }
+        }
+        Nest::Tuple(parts)
+    }
+
     pub(super) fn bind_pat(&mut self, out: &mut Stmts, pat: &Pat, val: Val) {
         if let (Pat::Type(t), Val::Atom(Atom::Var(v))) = (pat, &val) {
             // `let p: f32 = ..`: the annotation may be what fixes the type.
@@ -543,6 +562,7 @@ impl Lowerer<'_> {
             let dsts: Vec<Var> = (0..n).map(|_| self.temp(at.span())).collect();
             out.push(Stmt::LetTuple {
                 dsts: dsts.clone(),
+                pattern: Nest::flat(n),
                 call,
             });
             return dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect();

@@ -37,6 +37,17 @@ impl ParamInfo {
         quote!(#pat: #ty)
     }
 
+    /// `pat: ty` as a parameter of a generated function that is differentiated again
+    /// (a JVP): `#[no_grad]` kept where it was given, so that it stays constant.
+    pub(crate) fn input_kept(&self) -> TokenStream {
+        let (pat, ty) = (&self.pat, &self.ty);
+        if self.active || self.scope {
+            quote!(#pat: #ty)
+        } else {
+            quote!(#[no_grad] #pat: #ty)
+        }
+    }
+
     /// The name of its tangent in forward mode (`__d_x`).
     pub(crate) fn tangent_name(&self) -> Ident {
         let name =

@@ -220,16 +220,24 @@ impl<'a> Gen<'a> {
                     }
                 }
             }
-            Stmt::LetTuple { dsts, call, .. } => {
-                let names: Vec<&Ident> = dsts.iter().map(|d| self.name(*d)).collect();
+            Stmt::LetTuple {
+                dsts,
+                pattern,
+                call,
+            } => {
+                let names: Vec<TokenStream> = dsts
+                    .iter()
+                    .map(|d| self.name(*d).to_token_stream())
+                    .collect();
+                let pat = pattern.render(&names);
                 let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
                 if dsts.iter().any(|d| self.active(*d)) {
                     let f = self.companion_for(call);
                     let pb = self.slot_name(Slot::Pb(dsts[0]));
-                    quote!(let ((#(#names,)*), #pb) = #f(#(#args),*);)
+                    quote!(let (#pat, #pb) = #f(#(#args),*);)
                 } else {
                     let e = self.inactive_call(call, &args);
-                    quote!(let (#(#names,)*) = #e;)
+                    quote!(let #pat = #e;)
                 }
             }
             Stmt::If { branch, phis } => {

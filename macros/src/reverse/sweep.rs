@@ -246,7 +246,11 @@ impl<'a> Gen<'a> {
                     Op::Const(_) | Op::Build { .. } => {}
                 }
             }
-            Stmt::LetTuple { dsts, call, .. } => {
+            Stmt::LetTuple {
+                dsts,
+                pattern,
+                call,
+            } => {
                 if !dsts.iter().any(|d| self.active(*d) && r.init.contains(d)) {
                     return;
                 }
@@ -262,7 +266,7 @@ impl<'a> Gen<'a> {
                     })
                     .collect();
                 let pb = self.read_slot(r, Slot::Pb(dsts[0]));
-                self.rev_call(r, call, pb, quote!((#(#cts,)*)));
+                self.rev_call(r, call, pb, pattern.render(&cts));
             }
             Stmt::If { branch, phis } => {
                 let phi_seeds: Vec<Option<TokenStream>> = phis

@@ -194,7 +194,7 @@ fn rows_features(shape: &[usize]) -> (usize, usize) {
 /// let y = nn::standardize(&ndarray::array![[1.0, 3.0]], 0.0);
 /// assert_eq!(y, ndarray::array![[-1.0, 1.0]]);
 /// ```
-#[differentiable]
+#[differentiable(jvp)]
 pub fn standardize<A: Real, D: Dimension>(x: &Array<A, D>, #[no_grad] epsilon: f64) -> Array<A, D> {
     let (rows, features) = rows_features(x.shape());
     let x2 = x.to_shape((rows, features)).unwrap();
@@ -320,7 +320,7 @@ impl LayerNorm {
 
 norm_builders!(LayerNorm);
 
-#[differentiable]
+#[differentiable(jvp)]
 impl LayerNorm {
     /// The layer in the scope `cx`: what a parent module's `call` runs, and
     /// `init` and `apply` at the root.

@@ -501,6 +501,22 @@ impl<A: Real> Operand for A {
     }
 }
 
+// Integers, which code lowered again (a module body's forward mode) may not know
+// to be integers (`g * c` of counts taken apart from a tuple): by value.
+macro_rules! integer_operand {
+    ($($t:ty),*) => {$(
+        impl Operand for $t {
+            type Out<'a> = $t;
+            #[inline(always)]
+            fn operand(&self) -> $t {
+                *self
+            }
+        }
+    )*};
+}
+
+integer_operand!(usize, isize, u32, i32, u64, i64);
+
 impl<A: Real, S: Data<Elem = A>, D: Dimension> Operand for ArrayBase<S, D> {
     type Out<'a>
         = &'a ArrayBase<S, D>
