@@ -200,14 +200,11 @@ impl Nest {
     }
 }
 
-/// A lifted gradient that can be differentiated.
+/// A lifted transform that can be differentiated (second order).
 #[derive(Clone)]
 pub struct Lifted {
-    /// The value, for `value_and_grad!`.
-    pub value: Option<Var>,
-    /// The auxiliary output, with `has_aux`.
-    pub aux: Option<Var>,
-    /// One gradient per primal.
+    pub kind: LiftedKind,
+    /// One gradient per primal (`grad!`), or the output and its tangent (`jvp!`).
     pub dsts: Vec<Var>,
     /// The macro invocation, as written (variables renamed).
     pub tokens: TokenStream,
@@ -223,6 +220,19 @@ pub struct Lifted {
     /// `Option<&[&str]>` expressions.
     pub visible: TokenStream,
     pub rngs: TokenStream,
+}
+
+/// Which lifted transform.
+#[derive(Clone)]
+pub enum LiftedKind {
+    /// `grad!` or `value_and_grad!` (with its value), with `has_aux` (its aux).
+    Grad {
+        value: Option<Var>,
+        aux: Option<Var>,
+    },
+    /// `jvp!`: the arguments are the primals then their tangents; the variables'
+    /// tangents, an expression (renamed), must hold no nonzero leaf.
+    Jvp { var_tangents: TokenStream },
 }
 
 /// A loop with the variables it carries from one iteration to the next.
@@ -427,9 +437,13 @@ pub enum Native {
 impl Lifted {
     /// Every variable it defines: the value and aux (if any), then the gradients.
     pub fn defined(&self) -> Vec<Var> {
-        self.value
+        let (value, aux) = match &self.kind {
+            LiftedKind::Grad { value, aux } => (*value, *aux),
+            LiftedKind::Jvp { .. } => (None, None),
+        };
+        value
             .iter()
-            .chain(&self.aux)
+            .chain(&aux)
             .chain(&self.dsts)
             .copied()
             .collect()

@@ -382,7 +382,7 @@ pub mod __private {
     pub use crate::rules::reuse::*;
     pub use crate::rules::shape::*;
     pub use crate::rules::tree::*;
-    pub use crate::scope::{add_param, rerun_failed, second_order, vjp_variables};
+    pub use crate::scope::{add_param, no_tangents, rerun_failed, second_order, vjp_variables};
     pub use crate::transforms::{
         GradOf, IntoTangent, IsZero, NoTangent, OnlyVjp, ScalarOutput, ZeroTangent, grad_seed,
         tangent, zero_tangent,

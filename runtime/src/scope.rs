@@ -9,7 +9,8 @@ use rand::SeedableRng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use crate::variables::{
-    Leaf, ParamCot, Stored, Variables, add_param, rerun_failed, second_order, vjp_variables,
+    Leaf, ParamCot, Stored, Variables, add_param, no_tangents, rerun_failed, second_order,
+    vjp_variables,
 };
 
 /// A runtime misuse of scopes or variables, naming the variable's path.
@@ -104,7 +105,7 @@ pub enum ScopeError {
     /// Gradients that would flow through a lifted transform (`grad!` inside a module
     /// differentiated with respect to its parameters: second order).
     #[error(
-        "these gradients flow through a lifted transform inside a module (second order) that adjoint does not differentiate yet: a vjp!, jvp!, vmap!, jacfwd! or jacrev!, a grad! whose closure is more than `mdl.call(cx, ..)`, or a child whose body forward mode does not cover"
+        "these gradients flow through a lifted transform inside a module (second order) that adjoint does not differentiate yet: a vjp!, vmap!, jacfwd! or jacrev!, a jvp! along nonzero variable tangents, a grad! or jvp! whose closure is more than `mdl.call(cx, ..)`, or a child whose body forward mode does not cover"
     )]
     SecondOrderUnsupported,
     /// A layer given an input it cannot take (a convolution's rank or features, an

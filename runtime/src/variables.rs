@@ -1194,6 +1194,15 @@ pub fn rerun_failed(acc: &mut Variables, error: Option<&ScopeError>) {
     }
 }
 
+/// Whether a lifted `jvp!`'s variable tangents are all zero (or absent): then its
+/// second order is the child's forward mode along the inputs, run again.
+#[doc(hidden)]
+pub fn no_tangents(tangents: &Variables) -> bool {
+    tangents
+        .leaves()
+        .all(|(_, _, l)| matches!(l, Leaf::I64(_)) || l.to_f64_vec().iter().all(|v| *v == 0.0))
+}
+
 /// The cotangents a lifted `vjp!` returns: the listed collections of the child at
 /// `child`, with paths relative to the child (Flax's `vjp_variables`).
 #[doc(hidden)]

@@ -15,6 +15,8 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
 - `maml_inner`: MAML: a loop of inner SGD steps on fast weights, each a `nn.grad`
   of a learner's loss, then the learner's loss on held-out data at the adapted weights,
   differentiated with respect to the initial weights and the learner's own scale.
+- `jvp_loss`: second order through `nn.jvp` (zero variable tangents): a loss on the
+  directional derivative of a field (whose network loops) and on its value.
 - `lifted_jacobian`: `jax.jacrev` and `jax.jacfwd` of a child (a loop and a branch in its
   body) in its input, its variables held, for one input and for a batch (shape
   `output ++ input`); Flax has no lifted Jacobians (flax#735), so the reference is what a
@@ -224,7 +226,40 @@ def case_maml():
 
 OUT["maml_inner"] = case_maml()
 
-# 5. Lifted Jacobians (Flax has none, flax#735): what a user writes with jax.jacrev and
+# 5. Second order through nn.jvp (zero variable tangents): a directional derivative of
+# a field (per point) in the loss, trained with respect to the field's parameters.
+class Field2(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(5)(x))
+        for _ in range(2):
+            h = jnp.sin(nn.Dense(5)(h)) + h
+        return nn.Dense(1)(h)
+
+
+class JvpLoss(nn.Module):
+    @nn.compact
+    def __call__(self, x, v):
+        y, dy = nn.jvp(lambda mdl, x: mdl(x), Field2(), (x,), (v,), {})
+        r = dy[:, 0] - jnp.cos(x[:, 0])
+        return jnp.mean(r * r) + 0.1 * jnp.mean(y * y)
+
+
+def case_jvp():
+    x, v = arr(6, 2, seed=30, scale=1.2), arr(6, 2, seed=31)
+    child = {"Dense_0": {"kernel": arr(2, 5, seed=32, scale=0.8), "bias": arr(5, seed=33, scale=0.2)}}
+    for k in range(1, 3):
+        child[f"Dense_{k}"] = {"kernel": arr(5, 5, seed=33 + 2 * k, scale=0.5), "bias": arr(5, seed=34 + 2 * k, scale=0.1)}
+    child["Dense_3"] = {"kernel": arr(5, 1, seed=40, scale=0.7), "bias": arr(1, seed=41, scale=0.1)}
+    variables = {"params": {"Field2_0": child}}
+    loss, grads = jax.value_and_grad(lambda vs: JvpLoss().apply(vs, x, v))(variables)
+    return {"x": x.tolist(), "v": v.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads)}
+
+
+OUT["jvp_loss"] = case_jvp()
+
+
+# 6. Lifted Jacobians (Flax has none, flax#735): what a user writes with jax.jacrev and
 # jax.jacfwd over the child's apply, its variables held; the child loops and branches.
 class Curve(nn.Module):
     @nn.compact

@@ -37,7 +37,10 @@ pub(crate) fn jvp_item(
         crate::forward::Mode::Inputs,
         true,
     ) else {
-        cx.error_at(&f.sig.ident, format!("#[differentiable(jvp)]: {FORWARD_COVERS}"));
+        cx.error_at(
+            &f.sig.ident,
+            format!("#[differentiable(jvp)]: {FORWARD_COVERS}"),
+        );
         return None;
     };
     Some(forward_items(f, params, body, depth))
@@ -70,7 +73,10 @@ pub(crate) fn method_forward_items(
         crate::forward::Mode::Inputs,
         true,
     ) else {
-        cx.error_at(&m.sig.ident, format!("#[differentiable(jvp)]: {FORWARD_COVERS}"));
+        cx.error_at(
+            &m.sig.ident,
+            format!("#[differentiable(jvp)]: {FORWARD_COVERS}"),
+        );
         return None;
     };
     let (jvp, jvp_all) = (

@@ -153,6 +153,11 @@ impl Lowerer<'_> {
                 {
                     return v;
                 }
+                if m.mac.path.is_ident("jvp")
+                    && let Some(v) = self.lifted_jvp(out, e, m)
+                {
+                    return v;
+                }
                 let tokens = self.verbatim(e.to_token_stream());
                 Val::Atom(self.emit(out, Op::Lifted(tokens), e.span()))
             }
@@ -217,13 +222,93 @@ impl Lowerer<'_> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         // `has_aux` is covered: the aux is one more output of the child's forward mode.
         let has_aux = std::mem::take(&mut input.has_aux);
-        // `variables` and `rngs` are covered: the rerun restricts its scope the same way.
+        let n = input.positional.len().checked_sub(3)?;
+        let child = self.lifted_child(&mut input, n)?;
+        let args: Vec<Arg> = input.positional[3..]
+            .iter()
+            .map(|a| self.operand(out, a))
+            .collect();
+        let value = m
+            .mac
+            .path
+            .is_ident("value_and_grad")
+            .then(|| self.temp(e.span()));
+        let aux = has_aux.then(|| self.temp(e.span()));
+        let dsts: Vec<Var> = (0..n).map(|_| self.temp(e.span())).collect();
+        let tokens = self.verbatim(e.to_token_stream());
+        out.push(Stmt::LetLifted(child.lifted(
+            LiftedKind::Grad { value, aux },
+            dsts.clone(),
+            tokens,
+            args,
+        )));
+        let var = |v: Var| Val::Atom(Atom::Var(v));
+        let grads = Val::Tuple(dsts.into_iter().map(var).collect());
+        // grad!: `grads` or `(grads, aux)`; value_and_grad!: `(value, grads)` or
+        // `((value, aux), grads)`.
+        Some(match (value, aux) {
+            (None, None) => grads,
+            (None, Some(a)) => Val::Tuple(vec![grads, var(a)]),
+            (Some(v), None) => Val::Tuple(vec![var(v), grads]),
+            (Some(v), Some(a)) => Val::Tuple(vec![Val::Tuple(vec![var(v), var(a)]), grads]),
+        })
+    }
+
+    /// `jvp!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, (x..), (tx..), var_tangents)`:
+    /// `(y, ty)`, a statement that can be differentiated again (reverse over the
+    /// child's forward mode) while `var_tangents` holds no nonzero tangent (checked
+    /// when it runs). Other forms stay opaque.
+    pub(super) fn lifted_jvp(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        m: &syn::ExprMacro,
+    ) -> Option<Val> {
+        let mut input: TransformInput = m.mac.parse_body().ok()?;
+        if input.positional.len() != 6 {
+            return None;
+        }
+        let elems = |e: &Expr| match e {
+            Expr::Tuple(t) => Some(t.elems.iter().cloned().collect::<Vec<Expr>>()),
+            Expr::Paren(p) => Some(vec![(*p.expr).clone()]),
+            _ => None,
+        };
+        let (primals, tangents) = (elems(&input.positional[3])?, elems(&input.positional[4])?);
+        let n = primals.len();
+        if tangents.len() != n {
+            return None;
+        }
+        let var_tangents = self.verbatim(input.positional[5].to_token_stream());
+        let child = self.lifted_child(&mut input, n)?;
+        let args: Vec<Arg> = primals
+            .iter()
+            .chain(&tangents)
+            .map(|a| self.operand(out, a))
+            .collect();
+        let dsts = vec![self.temp(e.span()), self.temp(e.span())];
+        let tokens = self.verbatim(e.to_token_stream());
+        out.push(Stmt::LetLifted(child.lifted(
+            LiftedKind::Jvp { var_tangents },
+            dsts.clone(),
+            tokens,
+            args,
+        )));
+        Some(Val::Tuple(
+            dsts.into_iter().map(|v| Val::Atom(Atom::Var(v))).collect(),
+        ))
+    }
+
+    /// What a lifted transform over `n` primals must be for second order to go through
+    /// it: the closure exactly `|mdl, cx, a..| mdl.call(cx, a..)`, the module an
+    /// expression of constants or a local bound module (`let learner = Learner;`),
+    /// no options but `variables` and `rngs` (taken: the rerun restricts alike).
+    fn lifted_child(&mut self, input: &mut TransformInput, n: usize) -> Option<LiftedChild> {
         let (visible, rngs) = (
             names_option(&std::mem::take(&mut input.variables)),
             names_option(&std::mem::take(&mut input.rngs)),
         );
         let items = &input.positional;
-        if items.len() < 4 || !input.plain() {
+        if items.len() < 3 || !input.plain() {
             return None;
         }
         let Expr::Closure(c) = &items[1] else {
@@ -237,11 +322,9 @@ impl Lowerer<'_> {
                 _ => None,
             })
             .collect::<Option<_>>()?;
-        let n = items.len() - 3;
-        if names.len() != n + 2 {
+        if n == 0 || names.len() != n + 2 {
             return None;
         }
-        // The body must be exactly `mdl.call(cx, a..)` with the closure's parameters.
         let Expr::MethodCall(call) = &*c.body else {
             return None;
         };
@@ -253,8 +336,6 @@ impl Lowerer<'_> {
                 .iter()
                 .zip(&names[1..])
                 .all(|(a, nm)| matches!(a, Expr::Path(p) if p.path.is_ident(nm)));
-        // The module: an expression of constants, or a local bound module (`let
-        // learner = Learner;`, shared by every call).
         let local = self.mentions_local(items[2].to_token_stream());
         let bound = matches!(&items[2], Expr::Path(p) if p.path.get_ident().is_some());
         if !recv_ok || !args_ok || (local && !bound) {
@@ -267,42 +348,18 @@ impl Lowerer<'_> {
             Val::Atom(a) => a,
             Val::Tuple(_) => return None,
         };
-        let args: Vec<Arg> = items[3..].iter().map(|a| self.operand(out, a)).collect();
-        let value = m
-            .mac
-            .path
-            .is_ident("value_and_grad")
-            .then(|| self.temp(e.span()));
-        let aux = has_aux.then(|| self.temp(e.span()));
-        let dsts: Vec<Var> = (0..n).map(|_| self.temp(e.span())).collect();
-        let tokens = self.verbatim(e.to_token_stream());
         let module = if local {
             self.verbatim(items[2].to_token_stream())
         } else {
             items[2].to_token_stream()
         };
         let keep = local || mentions_self(&module);
-        out.push(Stmt::LetLifted(Lifted {
-            value,
-            aux,
-            dsts: dsts.clone(),
-            tokens,
+        Some(LiftedChild {
             module,
             keep,
             scope,
-            args,
             visible,
             rngs,
-        }));
-        let var = |v: Var| Val::Atom(Atom::Var(v));
-        let grads = Val::Tuple(dsts.into_iter().map(var).collect());
-        // grad!: `grads` or `(grads, aux)`; value_and_grad!: `(value, grads)` or
-        // `((value, aux), grads)`.
-        Some(match (value, aux) {
-            (None, None) => grads,
-            (None, Some(a)) => Val::Tuple(vec![grads, var(a)]),
-            (Some(v), None) => Val::Tuple(vec![var(v), grads]),
-            (Some(v), Some(a)) => Val::Tuple(vec![Val::Tuple(vec![var(v), var(a)]), grads]),
         })
     }
 
@@ -670,4 +727,35 @@ fn mentions_self(t: &TokenStream) -> bool {
         proc_macro2::TokenTree::Group(g) => mentions_self(&g.stream()),
         _ => false,
     })
+}
+
+/// The child of a lifted transform that second order can run again.
+struct LiftedChild {
+    module: TokenStream,
+    keep: bool,
+    scope: Atom,
+    visible: TokenStream,
+    rngs: TokenStream,
+}
+
+impl LiftedChild {
+    fn lifted(
+        self,
+        kind: LiftedKind,
+        dsts: Vec<Var>,
+        tokens: TokenStream,
+        args: Vec<Arg>,
+    ) -> Lifted {
+        Lifted {
+            kind,
+            dsts,
+            tokens,
+            module: self.module,
+            keep: self.keep,
+            scope: self.scope,
+            args,
+            visible: self.visible,
+            rngs: self.rngs,
+        }
+    }
 }

@@ -259,11 +259,22 @@ impl<'a> Gen<'a> {
                 let names: Vec<&Ident> = l.dsts.iter().map(|d| self.name(*d)).collect();
                 let tokens = &l.tokens;
                 let grads = quote!((#(#names,)*));
-                let pat = match (l.value.map(|v| self.name(v)), l.aux.map(|a| self.name(a))) {
-                    (None, None) => grads,
-                    (None, Some(a)) => quote!((#grads, #a)),
-                    (Some(v), None) => quote!((#v, #grads)),
-                    (Some(v), Some(a)) => quote!(((#v, #a), #grads)),
+                let (pat, tangents_ok) = match &l.kind {
+                    LiftedKind::Grad { value, aux } => {
+                        let pat = match (value.map(|v| self.name(v)), aux.map(|a| self.name(a))) {
+                            (None, None) => grads,
+                            (None, Some(a)) => quote!((#grads, #a)),
+                            (Some(v), None) => quote!((#v, #grads)),
+                            (Some(v), Some(a)) => quote!(((#v, #a), #grads)),
+                        };
+                        (pat, quote!(true))
+                    }
+                    // `(y, ty)`; whether the variables' tangents are all zero (else the
+                    // rerun, along the inputs only, would not be this JVP).
+                    LiftedKind::Jvp { var_tangents } => (
+                        grads,
+                        quote!(::adjoint::__private::no_tangents(&(#var_tangents))),
+                    ),
                 };
                 if !self.reads_all.contains(&Slot::Pb(l.dsts[0])) {
                     return quote!(let #pat = #tokens;);
@@ -280,10 +291,16 @@ impl<'a> Gen<'a> {
                 } else {
                     quote!(#module)
                 };
+                // Copies of the arguments (the transform may move them).
+                let args = l.args.iter().map(|a| {
+                    let x = self.atom(&a.atom);
+                    quote!(::adjoint::__private::own(&#x))
+                });
                 quote! {
                     let #snap = #scope.rerun_point();
+                    let __args = (#(#args,)*);
                     let #pat = #tokens;
-                    let #snap = (#snap, #scope.last_child_path(), #module);
+                    let #snap = (#snap, #scope.last_child_path(), #module, #tangents_ok, __args);
                 }
             }
         }

@@ -254,17 +254,10 @@ impl<'a> Gen<'a> {
                 if !dsts.iter().any(|d| self.active(*d) && r.init.contains(d)) {
                     return;
                 }
-                let cts: Vec<TokenStream> = dsts
-                    .iter()
-                    .map(|d| {
-                        if r.init.contains(d) {
-                            self.bar(*d).to_token_stream()
-                        } else {
-                            let x = self.read_var(r, *d);
-                            quote!(::adjoint::__private::zeros(&#x))
-                        }
-                    })
-                    .collect();
+                let mut cts = Vec::new();
+                for d in dsts {
+                    cts.push(self.cot_or_zero(r, *d));
+                }
                 let pb = self.read_slot(r, Slot::Pb(dsts[0]));
                 self.rev_call(r, call, pb, pattern.render(&cts));
             }
@@ -314,68 +307,78 @@ impl<'a> Gen<'a> {
         {
             return;
         }
-        // The value's and the aux's cotangents seed the child's outputs; the tangent of
-        // the value is seeded with one, the aux's tangent with zero.
-        let seed = |v: Option<Var>, out: TokenStream| match v {
-            Some(v) if r.init.contains(&v) => self.bar(v).to_token_stream(),
-            _ => quote!(::adjoint::__private::zeros(&#out)),
-        };
-        let seeds = match l.aux {
-            Some(a) => {
-                let (v, x) = (
-                    seed(l.value, quote!(__o.0.0)),
-                    seed(Some(a), quote!(__o.0.1)),
-                );
-                quote!(((#v, #x), (::adjoint::__private::grad_seed(&__o.1.0), ::adjoint::__private::zeros(&__o.1.1))))
-            }
-            None => {
-                let v = seed(l.value, quote!(__o.0));
-                quote!((#v, ::adjoint::__private::grad_seed(&__o.1)))
-            }
-        };
         let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
-        let tangents: Vec<TokenStream> = l
-            .dsts
-            .iter()
-            .zip(&l.args)
-            .map(|(d, a)| {
-                let g = if r.init.contains(d) {
-                    self.bar(*d).to_token_stream()
-                } else {
-                    let x = self.read_var(r, *d);
-                    quote!(::adjoint::__private::zeros(&#x))
+        let (seeds, tangents, n) = match &l.kind {
+            // The value's and the aux's cotangents seed the child's outputs; the
+            // tangent of the value is seeded with one, the aux's tangent with zero.
+            // The tangents are the gradients' cotangents.
+            LiftedKind::Grad { value, aux } => {
+                let seed = |v: Option<Var>, out: TokenStream| match v {
+                    Some(v) if r.init.contains(&v) => self.bar(v).to_token_stream(),
+                    _ => quote!(::adjoint::__private::zeros(&#out)),
+                };
+                let seeds = match aux {
+                    Some(a) => {
+                        let (v, x) = (
+                            seed(*value, quote!(__o.0.0)),
+                            seed(Some(*a), quote!(__o.0.1)),
+                        );
+                        quote!(((#v, #x), (::adjoint::__private::grad_seed(&__o.1.0), ::adjoint::__private::zeros(&__o.1.1))))
+                    }
+                    None => {
+                        let v = seed(*value, quote!(__o.0));
+                        quote!((#v, ::adjoint::__private::grad_seed(&__o.1)))
+                    }
                 };
                 // A tangent has its primal's type: a reference for a reference.
-                if a.by_ref || self.is_reference_param(&a.atom) {
-                    quote!(&#g)
-                } else {
-                    g
+                let mut tangents = Vec::new();
+                for (d, a) in l.dsts.iter().zip(&l.args) {
+                    let g = self.cot_or_zero(r, *d);
+                    tangents.push(if a.by_ref || self.is_reference_param(&a.atom) {
+                        quote!(&#g)
+                    } else {
+                        g
+                    });
                 }
-            })
-            .collect();
-        let primals: Vec<TokenStream> = l
-            .args
-            .iter()
-            .map(|a| {
-                let x = self.read_atom(r, &a.atom);
-                if a.by_ref {
-                    quote!(&#x)
-                } else if self.is_reference_param(&a.atom) {
-                    // The owning companion holds its own copy: borrow either way.
-                    quote!(::adjoint::__private::Value::primal(&#x))
-                } else {
-                    x
-                }
-            })
+                (seeds, tangents, l.args.len())
+            }
+            // The output's and its tangent's cotangents seed the JVP's; its tangents
+            // are the transform's own (the second half of the arguments).
+            LiftedKind::Jvp { .. } => {
+                let (y, ty) = (
+                    self.cot_or_zero(r, l.dsts[0]),
+                    self.cot_or_zero(r, l.dsts[1]),
+                );
+                let n = l.args.len() / 2;
+                // Each tangent (the primal's copy) as its primal is passed.
+                let tangents: Vec<TokenStream> = (0..n)
+                    .map(|k| self.kept_arg(&l.args[k], n + k))
+                    .collect();
+                (quote!((#y, #ty)), tangents, n)
+            }
+        };
+        let primals: Vec<TokenStream> = (0..n).map(|k| self.kept_arg(&l.args[k], k)).collect();
+        let kept: Vec<Ident> = (0..l.args.len())
+            .map(|k| format_ident!("__a{}", k))
             .collect();
         let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
+        // Cotangents of the primals, and for `jvp!` of its tangents (`grad!` has none
+        // to give: its tangents were the gradients' cotangents).
+        let jvp = matches!(l.kind, LiftedKind::Jvp { .. });
         let cots: Vec<Ident> = (0..l.args.len())
             .map(|i| format_ident!("__c{}", i))
             .collect();
-        let skip = l.args.iter().map(|_| quote!(_));
+        let skip: Vec<TokenStream> = if jvp {
+            Vec::new()
+        } else {
+            l.args.iter().map(|_| quote!(_)).collect()
+        };
         let merge = if self.f.params_active {
             quote! {
                 ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
+                if !__tangents_ok {
+                    ::adjoint::__private::second_order(&mut __cv);
+                }
                 ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
             }
         } else {
@@ -384,7 +387,7 @@ impl<'a> Gen<'a> {
         let (visible, rngs) = (&l.visible, &l.rngs);
         r.code.push(quote! {
             let (#(#cots,)*) = {
-                let (__rerun, __child, __module) = #snap;
+                let (__rerun, __child, __module, __tangents_ok, (#(#kept,)*)) = #snap;
                 let mut __snapshot = __rerun.variables();
                 let mut __cx2 = __rerun.scope(&mut __snapshot, &__child);
                 __cx2.restrict(#visible, #rngs);
@@ -397,6 +400,27 @@ impl<'a> Gen<'a> {
         });
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// The cotangent of `v`, or a zero of its value's shape where none reached it.
+    fn cot_or_zero(&mut self, r: &mut Rev, v: Var) -> TokenStream {
+        if r.init.contains(&v) {
+            self.bar(v).to_token_stream()
+        } else {
+            let x = self.read_var(r, v);
+            quote!(::adjoint::__private::zeros(&#x))
+        }
+    }
+
+    /// The primal's copy `__a{k}` of a lifted transform's argument, passed to its
+    /// rerun as `like` was passed: by reference where it was a reference.
+    fn kept_arg(&self, like: &Arg, k: usize) -> TokenStream {
+        let x = format_ident!("__a{}", k);
+        if like.by_ref || self.is_reference_param(&like.atom) {
+            quote!(&#x)
+        } else {
+            quote!(#x)
         }
     }
 
