@@ -233,6 +233,8 @@ pub enum LiftedKind {
     /// `jvp!`: the arguments are the primals then their tangents; the variables'
     /// tangents, an expression (renamed), must hold no nonzero leaf.
     Jvp { var_tangents: TokenStream },
+    /// `jacfwd!` or `jacrev!`: the Jacobian in the first primal (one `dst`).
+    Jacobian,
 }
 
 /// A loop with the variables it carries from one iteration to the next.
@@ -439,7 +441,7 @@ impl Lifted {
     pub fn defined(&self) -> Vec<Var> {
         let (value, aux) = match &self.kind {
             LiftedKind::Grad { value, aux } => (*value, *aux),
-            LiftedKind::Jvp { .. } => (None, None),
+            LiftedKind::Jvp { .. } | LiftedKind::Jacobian => (None, None),
         };
         value
             .iter()

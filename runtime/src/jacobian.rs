@@ -24,6 +24,8 @@ pub trait Basis {
     fn unit(&self, i: usize) -> Self::Owned;
     /// The elements, row-major.
     fn elements(&self) -> Vec<Self::Elem>;
+    /// A value of this shape with the elements `data` (row-major, as many).
+    fn with_elements(&self, data: Vec<Self::Elem>) -> Self::Owned;
 }
 
 macro_rules! scalar_basis {
@@ -39,6 +41,9 @@ macro_rules! scalar_basis {
             }
             fn elements(&self) -> Vec<$t> {
                 vec![*self]
+            }
+            fn with_elements(&self, data: Vec<$t>) -> $t {
+                data.first().copied().unwrap_or(0.0)
             }
         }
     )*};
@@ -62,6 +67,10 @@ impl<A: Real, S: Data<Elem = A>, D: Dimension> Basis for ArrayBase<S, D> {
     fn elements(&self) -> Vec<A> {
         self.iter().copied().collect()
     }
+    fn with_elements(&self, data: Vec<A>) -> Array<A, D> {
+        Array::from_shape_vec(self.raw_dim(), data)
+            .unwrap_or_else(|_| unreachable!("adjoint: a column has as many elements as its shape"))
+    }
 }
 
 impl<T: Basis + ?Sized> Basis for &T {
@@ -75,6 +84,9 @@ impl<T: Basis + ?Sized> Basis for &T {
     }
     fn elements(&self) -> Vec<T::Elem> {
         (**self).elements()
+    }
+    fn with_elements(&self, data: Vec<T::Elem>) -> T::Owned {
+        (**self).with_elements(data)
     }
 }
 
@@ -130,4 +142,25 @@ pub fn jacrev<X: Basis, Y: Basis<Elem = X::Elem>, C: Basis<Elem = X::Elem>>(
     let mut shape = output;
     shape.extend(input);
     shaped(shape, data)
+}
+
+/// The unit value along element `i` of `x` (what a lifted Jacobian's second order
+/// runs the child's JVP along).
+#[doc(hidden)]
+pub fn unit<X: Basis>(x: &X, i: usize) -> X::Owned {
+    x.unit(i)
+}
+
+/// How many elements `x` has.
+#[doc(hidden)]
+pub fn basis_len<X: Basis>(x: &X) -> usize {
+    len(&x.shape())
+}
+
+/// Column `i` of a Jacobian `j` (shape `O ++ I`, `n` input elements), shaped as the
+/// output `like`: the cotangent of the JVP along the `i`-th unit tangent.
+#[doc(hidden)]
+pub fn jacobian_column<Y: Basis>(j: &ArrayD<Y::Elem>, like: &Y, i: usize, n: usize) -> Y::Owned {
+    let data: Vec<Y::Elem> = j.iter().skip(i).step_by(n.max(1)).copied().collect();
+    like.with_elements(data)
 }

@@ -370,7 +370,7 @@ pub mod prelude {
 pub mod __private {
     pub use crate::batch::{Batch, Reduced, batch_len, common_len, probe, unbatch};
     pub use crate::control::*;
-    pub use crate::jacobian::{Basis, Jacobian, jacfwd, jacrev};
+    pub use crate::jacobian::{Basis, Jacobian, basis_len, jacfwd, jacobian_column, jacrev, unit};
     pub use crate::rules::activation::*;
     pub use crate::rules::conv::{conv, conv_pb_k, conv_pb_x};
     pub use crate::rules::elementwise::*;

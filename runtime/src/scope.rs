@@ -105,7 +105,7 @@ pub enum ScopeError {
     /// Gradients that would flow through a lifted transform (`grad!` inside a module
     /// differentiated with respect to its parameters: second order).
     #[error(
-        "these gradients flow through a lifted transform inside a module (second order) that adjoint does not differentiate yet: a vjp!, vmap!, jacfwd! or jacrev!, a jvp! along nonzero variable tangents, a grad! or jvp! whose closure is more than `mdl.call(cx, ..)`, or a child whose body forward mode does not cover"
+        "these gradients flow through a lifted transform inside a module (second order) that adjoint does not differentiate yet: a vjp! or vmap!, a jvp! along nonzero variable tangents, a grad!, jvp!, jacfwd! or jacrev! whose closure is more than `mdl.call(cx, ..)`, or a child whose body forward mode does not cover"
     )]
     SecondOrderUnsupported,
     /// A layer given an input it cannot take (a convolution's rank or features, an
@@ -1037,6 +1037,7 @@ impl Scope<'_> {
     #[doc(hidden)]
     pub fn rerun_point(&self) -> Rerun {
         Rerun {
+            at: self.path(),
             vars: self.vars.clone(),
             counters: self.counters.clone(),
             mutable: self.mutable.clone(),
@@ -1068,6 +1069,8 @@ impl Scope<'_> {
 /// The state of a scope a lifted transform started from (see [`Scope::rerun_point`]).
 #[doc(hidden)]
 pub struct Rerun {
+    /// Where the transform ran (its module's path).
+    at: String,
     vars: Variables,
     counters: HashMap<String, HashMap<String, usize>>,
     mutable: Mutable,
@@ -1094,6 +1097,11 @@ impl Rerun {
         cx.visible = self.visible.clone();
         cx.visible_rngs = self.visible_rngs.clone();
         cx.enter_path(path);
+        // A child's call names its submodules afresh (as `enter_child` does); the
+        // module's own (`self` as the child) goes on with its names.
+        if path != self.at {
+            cx.counters.remove(path);
+        }
         cx
     }
 }

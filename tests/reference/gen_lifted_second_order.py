@@ -21,6 +21,8 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
   body) in its input, its variables held, for one input and for a batch (shape
   `output ++ input`); Flax has no lifted Jacobians (flax#735), so the reference is what a
   user writes over `apply`.
+- `jacobian_penalty`: second order through a lifted Jacobian: `sum(J^2) + sum(y^2)` of
+  the same child, its gradient in the child's parameters.
 
 Variables are given explicitly (no random generator must match). Each case lists its
 inputs, the variables, the loss and `grads` (same tree as the variables).
@@ -275,11 +277,19 @@ class Curve(nn.Module):
 def case_jacobian():
     x, t = arr(4, seed=20), jnp.array(0.8)
     xb = arr(2, 4, seed=21)
-    child = {
+    child = case_jacobian_child()
+    return case_jacobian_rest(x, t, xb, child)
+
+
+def case_jacobian_child():
+    return {
         "Dense_0": {"kernel": arr(4, 3, seed=22, scale=0.7), "bias": arr(3, seed=23, scale=0.2)},
         "r": arr(3, 3, seed=24, scale=0.6),
         "Dense_1": {"kernel": arr(3, 2, seed=25, scale=0.9), "bias": arr(2, seed=26, scale=0.1)},
     }
+
+
+def case_jacobian_rest(x, t, xb, child):
     f = lambda x: Curve().apply({"params": child}, x, t)
     return {
         "x": x.tolist(), "t": float(t), "x_batch": xb.tolist(),
@@ -292,6 +302,25 @@ def case_jacobian():
 
 
 OUT["lifted_jacobian"] = case_jacobian()
+
+
+# 7. Second order through a lifted Jacobian: a contractive penalty `|J|^2` plus the
+# output's square, trained with respect to the child's parameters (those of case 6).
+def case_jacobian_penalty():
+    x, t = arr(4, seed=20), jnp.array(0.8)
+    child = case_jacobian_child()
+
+    def loss(params):
+        f = lambda x: Curve().apply({"params": params["params"]["Curve_0"]}, x, t)
+        j = jax.jacrev(f)(x)
+        y = f(x)
+        return jnp.sum(j * j) + jnp.sum(y * y)
+
+    variables = {"params": {"Curve_0": child}}
+    value, grads = jax.value_and_grad(loss)(variables)
+    return {"x": x.tolist(), "t": float(t), "variables": tolist(variables), "loss": float(value), "grads": tolist(grads)}
+
+OUT["jacobian_penalty"] = case_jacobian_penalty()
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

@@ -637,3 +637,40 @@ fn second_order_through_a_jvp_along_variables_is_a_typed_error() {
         Some(adjoint::ScopeError::SecondOrderUnsupported)
     );
 }
+
+/// A contractive penalty, `|J|^2 + |y|^2` of the child at `x`, trained: second order
+/// through `jacrev!` (and `jacfwd!`: the same Jacobian).
+struct Contractive {
+    forward: bool,
+}
+
+#[differentiable]
+impl Contractive {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>, t: f64) -> f64 {
+        let curve = Curve;
+        let y = curve.call(cx, x, t);
+        let j = if self.forward {
+            jacfwd!(cx, |mdl, cx, x, t| mdl.call(cx, x, t), curve, x, t)
+        } else {
+            jacrev!(cx, |mdl, cx, x, t| mdl.call(cx, x, t), curve, x, t)
+        };
+        (&j * &j).sum() + (&y * &y).sum()
+    }
+}
+
+#[test]
+fn second_order_through_a_lifted_jacobian() {
+    let case = reference("lifted_second_order.json", "jacobian_penalty");
+    let (x, t) = (vector(&case["x"]), case["t"].as_f64().unwrap());
+    let vars = variables(&case["variables"]);
+    for forward in [false, true] {
+        let model = Contractive { forward };
+        let (loss, grads) = value_and_grad!(|v: &Variables| model.apply(v, &x, t).unwrap())(&vars);
+        assert_eq!(grads.error(), None);
+        close("contractive loss", loss, case["loss"].as_f64().unwrap());
+        let err = assert_tree_close("contractive grads", &grads, &case["grads"], RTOL);
+        println!(
+            "second order through a lifted Jacobian (forward: {forward}): normwise relative error {err:.1e}"
+        );
+    }
+}

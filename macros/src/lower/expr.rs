@@ -158,6 +158,11 @@ impl Lowerer<'_> {
                 {
                     return v;
                 }
+                if (m.mac.path.is_ident("jacfwd") || m.mac.path.is_ident("jacrev"))
+                    && let Some(v) = self.lifted_jacobian(out, e, m)
+                {
+                    return v;
+                }
                 let tokens = self.verbatim(e.to_token_stream());
                 Val::Atom(self.emit(out, Op::Lifted(tokens), e.span()))
             }
@@ -296,6 +301,33 @@ impl Lowerer<'_> {
         Some(Val::Tuple(
             dsts.into_iter().map(|v| Val::Atom(Atom::Var(v))).collect(),
         ))
+    }
+
+    /// `jacfwd!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` or `jacrev!`:
+    /// the Jacobian in the first primal, a statement that can be differentiated again
+    /// (one JVP-VJP of the child per input element). Other forms stay opaque.
+    pub(super) fn lifted_jacobian(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        m: &syn::ExprMacro,
+    ) -> Option<Val> {
+        let mut input: TransformInput = m.mac.parse_body().ok()?;
+        let n = input.positional.len().checked_sub(3)?;
+        let child = self.lifted_child(&mut input, n)?;
+        let args: Vec<Arg> = input.positional[3..]
+            .iter()
+            .map(|a| self.operand(out, a))
+            .collect();
+        let jacobian = self.temp(e.span());
+        let tokens = self.verbatim(e.to_token_stream());
+        out.push(Stmt::LetLifted(child.lifted(
+            LiftedKind::Jacobian,
+            vec![jacobian],
+            tokens,
+            args,
+        )));
+        Some(Val::Atom(Atom::Var(jacobian)))
     }
 
     /// What a lifted transform over `n` primals must be for second order to go through

@@ -275,6 +275,10 @@ impl<'a> Gen<'a> {
                         grads,
                         quote!(::adjoint::__private::no_tangents(&(#var_tangents))),
                     ),
+                    LiftedKind::Jacobian => {
+                        let j = &names[0];
+                        (quote!(#j), quote!(true))
+                    }
                 };
                 if !self.reads_all.contains(&Slot::Pb(l.dsts[0])) {
                     return quote!(let #pat = #tokens;);

@@ -307,6 +307,9 @@ impl<'a> Gen<'a> {
         {
             return;
         }
+        if matches!(l.kind, LiftedKind::Jacobian) {
+            return self.rev_lifted_jacobian(r, l);
+        }
         let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
         let (seeds, tangents, n) = match &l.kind {
             // The value's and the aux's cotangents seed the child's outputs; the
@@ -344,6 +347,7 @@ impl<'a> Gen<'a> {
             }
             // The output's and its tangent's cotangents seed the JVP's; its tangents
             // are the transform's own (the second half of the arguments).
+            LiftedKind::Jacobian => unreachable!("handled above"),
             LiftedKind::Jvp { .. } => {
                 let (y, ty) = (
                     self.cot_or_zero(r, l.dsts[0]),
@@ -351,9 +355,8 @@ impl<'a> Gen<'a> {
                 );
                 let n = l.args.len() / 2;
                 // Each tangent (the primal's copy) as its primal is passed.
-                let tangents: Vec<TokenStream> = (0..n)
-                    .map(|k| self.kept_arg(&l.args[k], n + k))
-                    .collect();
+                let tangents: Vec<TokenStream> =
+                    (0..n).map(|k| self.kept_arg(&l.args[k], n + k)).collect();
                 (quote!((#y, #ty)), tangents, n)
             }
         };
@@ -399,6 +402,79 @@ impl<'a> Gen<'a> {
             };
         });
         for (a, c) in l.args.iter().zip(&cots) {
+            self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// The pullback of a lifted Jacobian `J = d child / d x` (second order): with
+    /// cotangent `C` (shaped as `J`), the cotangents are those of `sum_i <J e_i, C e_i>`:
+    /// for each input element `i`, the child's JVP along `e_i` run again and its VJP
+    /// seeded with the column `C e_i` on the tangent output.
+    fn rev_lifted_jacobian(&mut self, r: &mut Rev, l: &Lifted) {
+        let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
+        let cj = self.bar(l.dsts[0]).clone();
+        let n = l.args.len();
+        let kept: Vec<Ident> = (0..n).map(|k| format_ident!("__a{}", k)).collect();
+        let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
+        let accs: Vec<Ident> = (0..n).map(|k| format_ident!("__acc{}", k)).collect();
+        // Each argument as it was passed, a copy per run for one passed by value.
+        let pass: Vec<TokenStream> = (0..n)
+            .map(|k| {
+                let x = &kept[k];
+                if l.args[k].by_ref || self.is_reference_param(&l.args[k].atom) {
+                    quote!(&#x)
+                } else {
+                    quote!(::core::clone::Clone::clone(&#x))
+                }
+            })
+            .collect();
+        // The unit tangent along the first primal, zero along the others.
+        let tangents: Vec<TokenStream> = (0..n)
+            .map(|k| {
+                let x = &kept[k];
+                let t = if k == 0 {
+                    quote!(::adjoint::__private::unit(&#x, __i))
+                } else {
+                    quote!(::adjoint::__private::zeros(&#x))
+                };
+                if l.args[k].by_ref || self.is_reference_param(&l.args[k].atom) {
+                    quote!(&#t)
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let skip = (0..n).map(|_| quote!(_));
+        let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
+        let merge = self.f.params_active.then(|| {
+            quote! {
+                ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
+                ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
+            }
+        });
+        let (visible, rngs) = (&l.visible, &l.rngs);
+        let first = &kept[0];
+        r.code.push(quote! {
+            let (#(#accs,)*) = {
+                let (__rerun, __child, __module, _, (#(#kept,)*)) = #snap;
+                let (#(mut #accs,)*) = (#(::adjoint::__private::zeros(&#kept),)*);
+                let __n = ::adjoint::__private::basis_len(&#first);
+                for __i in 0..__n {
+                    let mut __snapshot = __rerun.variables();
+                    let mut __cx2 = __rerun.scope(&mut __snapshot, &__child);
+                    __cx2.restrict(#visible, #rngs);
+                    let (__o, __pb2) = ::adjoint::scope::Child::module(&__module)
+                        .#companion(&mut __cx2, #(#pass,)* #(#tangents,)*);
+                    let __column = ::adjoint::__private::jacobian_column(&#cj, &__o.1, __i, __n);
+                    let (mut __cv, _, #(#cots,)* #(#skip,)*) =
+                        __pb2((::adjoint::__private::zeros(&__o.0), __column));
+                    #merge
+                    #(::adjoint::__private::Accumulate::accumulate(&mut #accs, #cots);)*
+                }
+                (#(#accs,)*)
+            };
+        });
+        for (a, c) in l.args.iter().zip(&accs) {
             self.contribute(r, &a.atom, c.to_token_stream());
         }
     }
