@@ -85,7 +85,8 @@ fn inputs(op: &Op) -> Vec<&Atom> {
         }
         Op::Call(c) if c.scoped == Scoped::Param => Vec::new(),
         Op::Call(c) => call_inputs(c),
-        Op::Const(_) | Op::Build { .. } | Op::Lifted(_) => Vec::new(),
+        Op::Lifted { reads, .. } => reads.iter().collect(),
+        Op::Const(_) | Op::Build { .. } => Vec::new(),
         Op::MapV { recv, captured, .. } => std::iter::once(recv).chain(captured).collect(),
     }
 }
@@ -125,7 +126,7 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
                 // With parameters differentiated, a parameter read and a submodule's
                 // output vary whatever their arguments.
                 let from_params = params
-                    && (matches!(op, Op::Lifted(_))
+                    && (matches!(op, Op::Lifted { .. })
                         || matches!(op, Op::Call(c) if matches!(c.scoped, Scoped::Param | Scoped::Module)));
                 if from_params || inputs(op).iter().any(|a| is(varied, a)) {
                     changed |= set(varied, *dst);
@@ -360,7 +361,7 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity) {
                         cx.error(*span, msg);
                     }
                 }
-                Op::Const(_) | Op::Lifted(_) | Op::MapV { .. } => {}
+                Op::Const(_) | Op::Lifted { .. } | Op::MapV { .. } => {}
             },
             Stmt::LetTuple { dsts, call, .. } => {
                 if let Callee::Method { receiver, name, .. } = &call.callee

@@ -299,11 +299,16 @@ pub enum Op {
         reads: Vec<Var>,
         what: Built,
     },
-    /// A lifted transform (`grad!(cx, ..)`) inside a module, emitted as written. Its
-    /// result depends on the module's parameters, and differentiating through it
-    /// (second order) is not supported yet: with parameters differentiated, its
-    /// cotangent marks the parameter gradients as unusable instead of dropping it.
-    Lifted(TokenStream),
+    /// A lifted transform inside a module that second order does not go through
+    /// (`vjp!`, `vmap!`, a closure other than `mdl.call(..)`), a field of its result,
+    /// or a call of what it returned (`pb(ct)`), emitted as written. It depends on the
+    /// module's parameters and on the values it `reads`; its cotangent marks the
+    /// parameter gradients as unusable and makes those values' cotangents NaN, so
+    /// that nothing is silently dropped.
+    Lifted {
+        tokens: TokenStream,
+        reads: Vec<Atom>,
+    },
     /// `x.mapv(closure)` with a differentiable scalar closure.
     MapV {
         recv: Atom,

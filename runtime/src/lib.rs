@@ -81,7 +81,30 @@ pub mod variables;
 /// ```
 ///
 /// `#[differentiable(jvp)]` also writes the forward-mode companion that [`jvp!`]
-/// calls. Arguments of types mentioning `f32`, `f64`, a type parameter bounded by
+/// calls (and [`hvp!`], [`jacfwd!`], [`jacrev!`], [`hessian!`] on top of it). On an
+/// impl, it gives the methods forward mode too, and a module's forward mode (second
+/// order through a lifted `grad!`, a lifted `jvp!`) follows the calls in its body.
+/// `#[differentiable(jvp = 2)]` makes `f::jvp` itself `(jvp)`: a `(jvp)` function
+/// calling `jvp!(f)` then has forward mode, and its Hessian is a third derivative.
+///
+/// ```
+/// use adjoint::prelude::*;
+///
+/// #[differentiable(jvp = 2)]
+/// fn cube(x: f64) -> f64 {
+///     x * x * x
+/// }
+///
+/// #[differentiable(jvp)]
+/// fn slope(x: f64) -> f64 {
+///     let (_, d) = jvp!(cube)(x, 1.0); // 3 x^2
+///     d
+/// }
+///
+/// assert_eq!(hessian!(slope)(2.0)[[]], 6.0); // d3/dx3 of x^3
+/// ```
+///
+/// Arguments of types mentioning `f32`, `f64`, a type parameter bounded by
 /// [`Real`], or [`Variables`] are differentiated; `#[no_grad]` on a parameter makes
 /// it a constant.
 pub use adjoint_macros::differentiable;
@@ -382,7 +405,9 @@ pub mod __private {
     pub use crate::rules::reuse::*;
     pub use crate::rules::shape::*;
     pub use crate::rules::tree::*;
-    pub use crate::scope::{add_param, no_tangents, rerun_failed, second_order, vjp_variables};
+    pub use crate::scope::{
+        add_param, no_tangents, rerun_failed, second_order, unsupported_cot, vjp_variables,
+    };
     pub use crate::transforms::{
         GradOf, IntoTangent, IsZero, NoTangent, OnlyVjp, ScalarOutput, ZeroTangent, grad_seed,
         tangent, zero_tangent,

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use crate::variables::{
     Leaf, ParamCot, Stored, Variables, add_param, no_tangents, rerun_failed, second_order,
-    vjp_variables,
+    unsupported_cot, vjp_variables,
 };
 
 /// A runtime misuse of scopes or variables, naming the variable's path.

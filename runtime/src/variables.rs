@@ -1185,6 +1185,67 @@ pub fn second_order(acc: &mut Variables) {
     acc.poison(ScopeError::SecondOrderUnsupported);
 }
 
+/// The cotangent of a value read by a lifted computation that is not differentiated
+/// (second order through a lifted `vjp!` or `vmap!`): NaN (a tree: poisoned), so
+/// that it cannot pass for a gradient.
+#[doc(hidden)]
+pub fn unsupported_cot<X: crate::value::Value>(x: &X) -> X::Cot
+where
+    X::Cot: NotDifferentiated,
+{
+    x.zeros().not_differentiated()
+}
+
+/// A cotangent that says its value was not differentiated.
+#[doc(hidden)]
+pub trait NotDifferentiated {
+    fn not_differentiated(self) -> Self;
+}
+
+impl NotDifferentiated for f32 {
+    fn not_differentiated(self) -> f32 {
+        f32::NAN
+    }
+}
+
+impl NotDifferentiated for f64 {
+    fn not_differentiated(self) -> f64 {
+        f64::NAN
+    }
+}
+
+impl<A: Real, D: Dimension> NotDifferentiated for Array<A, D> {
+    fn not_differentiated(self) -> Self {
+        self.mapv_into(|_| A::nan())
+    }
+}
+
+impl NotDifferentiated for () {
+    fn not_differentiated(self) {}
+}
+
+impl NotDifferentiated for Variables {
+    fn not_differentiated(mut self) -> Variables {
+        self.poison(ScopeError::SecondOrderUnsupported);
+        self
+    }
+}
+
+macro_rules! not_differentiated_tuple {
+    ($($t:ident $i:tt),*) => {
+        impl<$($t: NotDifferentiated),*> NotDifferentiated for ($($t,)*) {
+            fn not_differentiated(self) -> Self {
+                ($(self.$i.not_differentiated(),)*)
+            }
+        }
+    };
+}
+
+not_differentiated_tuple!(A 0);
+not_differentiated_tuple!(A 0, B 1);
+not_differentiated_tuple!(A 0, B 1, C 2);
+not_differentiated_tuple!(A 0, B 1, C 2, E 3);
+
 /// Marks parameter gradients computed by running a child again (second order) if
 /// that run failed, which it does only if the variables changed shape in between.
 #[doc(hidden)]

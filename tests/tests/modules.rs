@@ -860,6 +860,40 @@ impl VjpValue {
     }
 }
 
+/// The gradient of a lifted `vjp!`'s pullback in the loss.
+struct VjpPullback;
+
+#[differentiable]
+impl VjpPullback {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let (_y, pb) = vjp!(cx, |mdl, cx, x| mdl.call(cx, x), LearnScaleSq, x);
+        let (_vars, gx) = pb(1.0);
+        (&gx * &gx).sum()
+    }
+}
+
+/// Through a form second order does not cover, nothing is silently dropped: the
+/// parameters' gradients report it, the inputs' are NaN (they were zero before).
+#[test]
+fn a_form_not_covered_is_never_a_silent_zero() {
+    let x = ndarray::arr1(&[1.0, 2.0]);
+    let vars = Variables::new()
+        .with("params", "LearnScaleSq_0/scale", 2.0)
+        .unwrap();
+    let (loss, grads) = value_and_grad!(|v: &Variables| VjpPullback.apply(v, &x).unwrap())(&vars);
+    // gx = 2 p x, so the loss is 4 p^2 |x|^2.
+    assert_eq!(loss, 80.0);
+    assert_eq!(grads.error(), Some(ScopeError::SecondOrderUnsupported));
+    for model in [0, 1] {
+        let gx = grad!(|x: &Array1<f64>| if model == 0 {
+            VjpValue.apply(&vars, x).unwrap()
+        } else {
+            VjpPullback.apply(&vars, x).unwrap()
+        })(&x);
+        assert!(gx.iter().all(|g| g.is_nan()), "{gx}");
+    }
+}
+
 #[test]
 fn second_order_through_a_form_not_covered_is_a_typed_error() {
     let x = ndarray::arr1(&[1.0, 2.0]);

@@ -187,8 +187,21 @@ impl Lowerer<'_> {
         Val::Atom(self.emit(out, Op::Call(call), span))
     }
 
+    /// Whether `c` calls a value an opaque lifted op made (`pb` of a `vjp!`).
+    pub(super) fn calls_lifted(&mut self, c: &syn::ExprCall) -> bool {
+        let Expr::Path(p) = &*c.func else {
+            return false;
+        };
+        let Some(id) = p.path.get_ident() else {
+            return false;
+        };
+        self.is_local(&id.to_string())
+            && matches!(self.lookup(&id.to_string()), Some(Val::Atom(Atom::Var(v))) if self.lifted.contains_key(&v))
+    }
+
     pub(super) fn call_target(&mut self, out: &mut Stmts, e: &Expr) -> Option<Call> {
         match e {
+            Expr::Call(c) if self.calls_lifted(c) => None,
             Expr::Call(c) => {
                 if let Expr::Macro(m) = &*c.func
                     && is_jvp_macro(&m.mac.path)
@@ -348,6 +361,10 @@ impl Lowerer<'_> {
                 .unwrap_or_default();
             let tokens = self.verbatim(arg);
             return Val::Atom(self.emit(out, Op::Const(quote!((#tokens))), span));
+        }
+        // A call of what a lifted transform returned (`pb(ct)` of a `vjp!`): as opaque.
+        if self.calls_lifted(c) {
+            return Val::Atom(self.opaque_lifted(out, c.to_token_stream(), span));
         }
         if !self.mentions_local(c.args.to_token_stream()) {
             return Val::Atom(self.constant(out, &Expr::Call(c.clone())));

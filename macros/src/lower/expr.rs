@@ -163,8 +163,7 @@ impl Lowerer<'_> {
                 {
                     return v;
                 }
-                let tokens = self.verbatim(e.to_token_stream());
-                Val::Atom(self.emit(out, Op::Lifted(tokens), e.span()))
+                Val::Atom(self.opaque_lifted(out, e.to_token_stream(), e.span()))
             }
             Expr::Array(_) | Expr::Struct(_) if self.mentions_local(e.to_token_stream()) => {
                 // A module built from locals (`Outer { inner }`), a list of indices.
@@ -328,6 +327,25 @@ impl Lowerer<'_> {
             args,
         )));
         Some(Val::Atom(Atom::Var(jacobian)))
+    }
+
+    /// An opaque lifted computation written as `tokens` (see [`Op::Lifted`]): what it
+    /// reads, a value made by another such op standing for what that one reads.
+    pub(super) fn opaque_lifted(
+        &mut self,
+        out: &mut Stmts,
+        tokens: TokenStream,
+        span: Span,
+    ) -> Atom {
+        let mut reads = Vec::new();
+        for v in self.mentioned_vars(tokens.clone()) {
+            match self.lifted.get(&v).cloned() {
+                Some(inner) => reads.extend(inner),
+                None => reads.push(Atom::Var(v)),
+            }
+        }
+        let tokens = self.verbatim(tokens);
+        self.emit(out, Op::Lifted { tokens, reads }, span)
     }
 
     /// What a lifted transform over `n` primals must be for second order to go through

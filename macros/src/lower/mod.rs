@@ -54,6 +54,7 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         outer,
         free: Vec::new(),
         scopes_vars: Vec::new(),
+        lifted: HashMap::new(),
         memo: vec![HashMap::new()],
     };
     let params = params
@@ -98,6 +99,8 @@ struct Lowerer<'c> {
     free: Vec<(Var, Var)>,
     /// The variables holding the module's scope.
     scopes_vars: Vec<Var>,
+    /// The values opaque lifted ops made ([`Op::Lifted`]), with what each read.
+    lifted: HashMap<Var, Vec<Atom>>,
     /// Per scope, the names bound to a reference (`let v = &x;`): passed on as
     /// references, since the IR drops the `&`.
     ref_bound: Vec<HashSet<String>>,
@@ -291,6 +294,9 @@ impl Lowerer<'_> {
 
     fn emit(&mut self, out: &mut Stmts, op: Op, span: Span) -> Atom {
         let dst = self.temp(span);
+        if let Op::Lifted { reads, .. } = &op {
+            self.lifted.insert(dst, reads.clone());
+        }
         out.push(Stmt::Let { dst, op, span });
         Atom::Var(dst)
     }

@@ -575,19 +575,19 @@ impl Lowerer<'_> {
                 .map(|i| Val::Atom(self.tuple_field(out, v, i, span)))
                 .collect();
         }
-        let lifted = out
-            .iter()
-            .rev()
-            .any(|s| matches!(s, Stmt::Let { dst, op: Op::Lifted(_), .. } if *dst == v));
+        let lifted = self.lifted.get(&v).cloned();
         let name = self.vars[v.0 as usize].name.clone();
         (0..n)
             .map(|i| {
                 let idx = syn::Index::from(i);
                 let field = quote!(#name.#idx);
-                let op = if lifted {
-                    Op::Lifted(field)
-                } else {
-                    Op::Const(field)
+                let op = match &lifted {
+                    // What the transform read, the field reads.
+                    Some(reads) => Op::Lifted {
+                        tokens: field,
+                        reads: reads.clone(),
+                    },
+                    None => Op::Const(field),
                 };
                 Val::Atom(self.emit(out, op, at.span()))
             })
@@ -644,7 +644,7 @@ impl Lowerer<'_> {
 
     pub(super) fn defined_as_const(&self, out: &Stmts, v: Var) -> bool {
         out.iter().rev().any(
-            |s| matches!(s, Stmt::Let { dst, op: Op::Const(_) | Op::Lifted(_) | Op::Build { .. }, .. } if *dst == v),
+            |s| matches!(s, Stmt::Let { dst, op: Op::Const(_) | Op::Lifted { .. } | Op::Build { .. }, .. } if *dst == v),
         )
     }
 }

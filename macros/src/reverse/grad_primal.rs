@@ -104,7 +104,7 @@ impl<'a> Gen<'a> {
             } => true,
             Op::Build { .. } => false,
             Op::Const(t) => self.index_arithmetic(t).is_some(),
-            Op::Call(_) | Op::Lifted(_) => false,
+            Op::Call(_) | Op::Lifted { .. } => false,
         }
     }
 
@@ -136,7 +136,7 @@ impl<'a> Gen<'a> {
                     consts.iter().for_each(|c| atom(c, live));
                 }
                 Op::Call(c) => self.reads_of_call(c, live),
-                Op::Const(t) | Op::Lifted(t) => self.reads_of_tokens(t, live),
+                Op::Const(t) | Op::Lifted { tokens: t, .. } => self.reads_of_tokens(t, live),
                 Op::Build { reads, .. } => live.extend(reads.iter().copied()),
                 Op::MapV { recv, closure, .. } => {
                     atom(recv, live);

@@ -207,7 +207,7 @@ impl<'a> Gen<'a> {
                             quote!(let #name = #e;)
                         }
                     }
-                    Op::Const(t) | Op::Lifted(t) | Op::Build { tokens: t, .. } => {
+                    Op::Const(t) | Op::Lifted { tokens: t, .. } | Op::Build { tokens: t, .. } => {
                         quote!(let #name = #t;)
                     }
                     Op::MapV { recv, native, .. } => {

@@ -239,9 +239,23 @@ impl<'a> Gen<'a> {
                             }
                         }
                     }
-                    Op::Lifted(_) => {
-                        r.code
-                            .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
+                    // Not differentiated: the parameter gradients say so, and the
+                    // cotangents of what it read are NaN (never a silent zero).
+                    Op::Lifted { reads, .. } => {
+                        if self.f.params_active {
+                            r.code
+                                .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
+                        }
+                        for a in reads {
+                            if self.act.is_active(a) {
+                                let x = self.read_atom(r, a);
+                                self.contribute(
+                                    r,
+                                    a,
+                                    quote!(::adjoint::__private::unsupported_cot(&#x)),
+                                );
+                            }
+                        }
                     }
                     Op::Const(_) | Op::Build { .. } => {}
                 }
