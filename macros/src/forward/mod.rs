@@ -1,0 +1,526 @@
+//! Forward mode: the JVP of a lowered body, written back as ordinary Rust source
+//! (operators and methods on references), so that `#[differentiable]` can
+//! differentiate it again: reverse over forward gives Hessian-vector products.
+//!
+//! Each statement is followed by its tangent (`__d_x` for `x`), from a template that
+//! uses only primitives with rules (`rules`): the product rule for `*` and `dot`, the
+//! operation itself for linear ones, `dx * f'(x)` for elementwise functions with `f'`
+//! written in primitives. Loops and branches carry tangents beside values
+//! (`control`); calls go to the callee's JVP (`jvp_all`, a submodule's `__call_jvp`,
+//! a method's `__m_jvp_all`). A body using anything without a template gets no JVP.
+
+mod control;
+mod rules;
+
+use crate::ir::*;
+use crate::names::{companion_ident, dot_name};
+use crate::ops;
+use proc_macro2::TokenStream;
+use quote::{ToTokens, format_ident, quote};
+use std::collections::HashSet;
+use syn::Ident;
+
+/// Which tangents forward mode follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Along the inputs, as ordinary Rust differentiated again (second order); a
+    /// tangent has its input's type.
+    Inputs,
+    /// Along the inputs and the variables (a lifted `jvp!`): tangents are owned values,
+    /// parameter reads take theirs from the scope, and submodules run the same kind of
+    /// forward mode (`__call_tjvp`), given `NoTangent` for arguments that do not vary.
+    Variables,
+}
+
+/// The body of `fn __f_jvp(args.., tangents..) -> (R, R)`, or `None` if the body uses
+/// something forward mode does not cover yet.
+///
+/// With `calls`, a call of a function is written as a call of its `jvp_all`, which
+/// `#[differentiable(jvp)]` writes (so the callee must be marked so: the error is at
+/// the call); without, a body with such a call has no JVP (a module's forward mode,
+/// generated whether or not anyone asks for it, must not break the build).
+pub fn jvp_body(
+    f: &Func,
+    varied: &dyn Fn(Var) -> bool,
+    reference_params: &[bool],
+    mode: Mode,
+    calls: bool,
+) -> Option<TokenStream> {
+    let refs: HashSet<Var> = f
+        .params
+        .iter()
+        .zip(reference_params)
+        .filter(|(_, r)| **r)
+        .map(|(p, _)| p.var)
+        .collect();
+    let tangent_refs = match mode {
+        Mode::Inputs => refs.clone(),
+        Mode::Variables => HashSet::new(),
+    };
+    let mut defs = std::collections::HashMap::new();
+    crate::facts::collect_defs(&f.body, &mut defs);
+    let mut scalar = crate::facts::scalars(f, &defs);
+    // Integers are `Copy` too, and written by value like float scalars.
+    for (s, i) in scalar.iter_mut().zip(crate::facts::integers(f, &defs)) {
+        *s |= i;
+    }
+    let mut t = Tangent {
+        f,
+        varied,
+        has_dot: HashSet::new(),
+        refs,
+        tangent_refs,
+        scalar,
+        mode,
+        loops: 0,
+        in_loop_tail: false,
+        calls,
+    };
+    for p in &f.params {
+        if p.active {
+            t.has_dot.insert(p.var);
+        }
+    }
+    let items = &f.items;
+    let mut out = quote!(#(#items)*);
+    out.extend(t.stmts(&f.body.stmts)?);
+    // The output and its tangent, from the body's last leaf or each arm of its last
+    // branch.
+    let tail = t.tail(&f.body.tail, true, &mut |t, leaf| {
+        let output = leaf.value.as_ref()?;
+        let (y, dy) = (t.output(output, false), t.output(output, true));
+        Some(quote!((#y, #dy)))
+    })?;
+    out.extend(tail);
+    Some(out)
+}
+
+/// The partial derivative of a `mapv` closure `|v| f(v, c..)` as a closure of `v`:
+/// in `v` (`captured` `None`), or in its `k`-th captured value, from the closure's
+/// JVP with a unit tangent for that input and zero for the others.
+fn mapv_partial(closure: &Func, captured: Option<usize>) -> Option<TokenStream> {
+    let mut f = closure.clone();
+    // An element is a scalar, whatever its (perhaps generic) type.
+    for p in &mut f.params {
+        p.scalar = true;
+    }
+    if let Some(k) = captured {
+        f.params.push(Param {
+            var: f.free.get(k)?.0,
+            active: true,
+            scalar: true,
+            reference: false,
+        });
+    }
+    // Errors of the closure were reported with the enclosing body.
+    let act = crate::activity::analyze(&crate::ctxt::Ctxt::default(), &f);
+    let refs = vec![false; f.params.len()];
+    let body = jvp_body(&f, &|v| act.varied(v), &refs, Mode::Inputs, false)?;
+    let v = f.name(f.params.first()?.var);
+    let seeds = f.params.iter().enumerate().map(|(i, p)| {
+        let d = dot_name(f.name(p.var));
+        let along = match captured {
+            None => i == 0,
+            Some(_) => i > 0,
+        };
+        let unit = if along { quote!(1.0) } else { quote!(0.0) };
+        quote!(let #d = ::adjoint::no_grad(::adjoint::__private::lit(&#v, #unit));)
+    });
+    Some(quote!(|#v| {
+        #(#seeds)*
+        let (_, __d) = { #body };
+        __d
+    }))
+}
+
+/// The variables `b` defines at its level and in the arms of its tail.
+fn iteration_defs(b: &Block, out: &mut HashSet<Var>) {
+    crate::facts::block_defs(b, out);
+    if let Tail::Branch(br) = &b.tail {
+        br.arms.iter().for_each(|a| iteration_defs(a, out));
+    }
+}
+
+struct Tangent<'a> {
+    f: &'a Func,
+    varied: &'a dyn Fn(Var) -> bool,
+    has_dot: HashSet<Var>,
+    /// Parameters of reference type: already references.
+    refs: HashSet<Var>,
+    /// The variables whose tangents are references.
+    tangent_refs: HashSet<Var>,
+    mode: Mode,
+    /// Float scalars and integers: used by value (`Copy`), as ndarray's operators
+    /// want them.
+    scalar: Vec<bool>,
+    /// Loops written so far: their carries' names are numbered by it.
+    loops: usize,
+    /// Calls of functions go through their `jvp_all` (see [`jvp_body`]).
+    calls: bool,
+    /// The tail being written ends a loop's body: `break` and `continue` leaves are
+    /// the loop's (a function's `return` inside a loop is not covered).
+    in_loop_tail: bool,
+}
+
+impl Tangent<'_> {
+    fn atom(&self, a: &Atom) -> TokenStream {
+        match a {
+            Atom::Var(v) => self.f.name(*v).to_token_stream(),
+            Atom::Lit(t) => t.clone(),
+        }
+    }
+
+    /// A reference to a variable (`&x`, or `x` if it is one already), a literal as
+    /// is: operators on references never move.
+    fn r(&self, a: &Atom) -> TokenStream {
+        match a {
+            Atom::Var(v) if self.refs.contains(v) || self.scalar[v.0 as usize] => {
+                self.f.name(*v).to_token_stream()
+            }
+            // A scalar by value, an array by reference, whichever it is: a dot
+            // product of vectors is a scalar, of matrices an array.
+            Atom::Var(v) => {
+                let n = self.f.name(*v);
+                quote!(::adjoint::__private::operand(&#n))
+            }
+            Atom::Lit(t) => t.clone(),
+        }
+    }
+
+    /// A reference to the tangent of `a`, if it has one.
+    fn dot(&self, a: &Atom) -> Option<TokenStream> {
+        let v = a.var()?;
+        if !self.has_dot.contains(&v) {
+            return None;
+        }
+        let d = dot_name(self.f.name(v));
+        Some(
+            if self.tangent_refs.contains(&v) || self.scalar[v.0 as usize] {
+                quote!(#d)
+            } else {
+                quote!(::adjoint::__private::operand(&#d))
+            },
+        )
+    }
+
+    /// The tangent of `a` by reference to the variable itself (not a temporary), for
+    /// rules whose result borrows their operand (reshapes, permutations).
+    fn dot_ref(&self, a: &Atom) -> Option<TokenStream> {
+        let v = a.var().filter(|v| self.has_dot.contains(v))?;
+        let d = dot_name(self.f.name(v));
+        Some(if self.tangent_refs.contains(&v) {
+            quote!(#d)
+        } else {
+            quote!(&#d)
+        })
+    }
+
+    /// A reference to the tangent, or a zero of the value's shape and type.
+    fn dot_or_zero(&self, a: &Atom) -> TokenStream {
+        match (self.dot(a), a) {
+            (Some(d), _) => d,
+            // A literal's tangent is a zero that takes its type from the other side.
+            (None, Atom::Lit(_)) => quote!(0.0),
+            (None, Atom::Var(v)) => {
+                let x = self.f.name(*v);
+                quote!(::adjoint::__private::operand(&::adjoint::no_grad(::adjoint::__private::zeros(&#x))))
+            }
+        }
+    }
+
+    fn stmts(&mut self, stmts: &[Stmt]) -> Option<TokenStream> {
+        let mut out = TokenStream::new();
+        for s in stmts {
+            out.extend(self.stmt(s)?);
+        }
+        Some(out)
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Option<TokenStream> {
+        match s {
+            Stmt::Let { dst, op, .. } => {
+                let name = self.f.name(*dst).clone();
+                let info = &self.f.vars[dst.0 as usize];
+                let decl = match (&info.ty, info.mutable) {
+                    (Some(ty), _) => quote!(#name: #ty),
+                    (None, true) => quote!(mut #name),
+                    (None, false) => quote!(#name),
+                };
+                match op {
+                    // `no_grad` keeps it a constant when this source is lowered again.
+                    Op::Const(t) | Op::Build { tokens: t, .. } => {
+                        Some(quote!(let #decl = ::adjoint::no_grad(#t);))
+                    }
+                    // A parameter read: constant along the inputs' tangents.
+                    Op::Call(call) if call.scoped == Scoped::Param => {
+                        let Callee::Method { receiver, .. } = &call.callee else {
+                            return None;
+                        };
+                        let recv = self.atom(&receiver.atom);
+                        let f = call.callee.render(Ident::clone, |r| self.atom(&r.atom));
+                        let args: Vec<TokenStream> =
+                            call.args.iter().map(|a| self.arg(a)).collect();
+                        let mut out = quote!(let #decl = #f(#(#args),*););
+                        // Along the variables: the tangent the scope was given, or zero.
+                        if self.mode == Mode::Variables && (self.varied)(*dst) {
+                            let (dn, param) = (dot_name(&name), &args[0]);
+                            out.extend(quote!(let #dn = #recv.param_tangent(&#name, #param);));
+                            self.has_dot.insert(*dst);
+                        }
+                        Some(out)
+                    }
+                    // A call along which nothing varies: as written.
+                    Op::Call(call) if !(self.varied)(*dst) => {
+                        let f = call.callee.render(Ident::clone, |r| self.arg(r));
+                        let args = call.args.iter().map(|a| self.arg(a));
+                        Some(quote!(let #decl = #f(#(#args),*);))
+                    }
+                    // A submodule's call, or a call of a `(jvp)` function or method:
+                    // its JVP (see [`Jvp::call_jvp`]).
+                    Op::Call(call)
+                        if call.scoped == Scoped::Module
+                            || (call.scoped == Scoped::No && self.calls) =>
+                    {
+                        let jvp = self.call_jvp(call)?;
+                        let dn = dot_name(&name);
+                        self.has_dot.insert(*dst);
+                        Some(quote!(let (#name, #dn) = #jvp;))
+                    }
+                    // `x.mapv(f)`: the primal as written; the tangent is `dx` times `f'`
+                    // elementwise, plus each differentiated captured value's tangent times
+                    // `f`'s partial in it: `mapv`s of `f`'s own JVP, so that the tangent
+                    // is differentiable again.
+                    Op::MapV {
+                        recv,
+                        closure,
+                        native,
+                        captured,
+                    } => {
+                        let x = self.atom(recv);
+                        let mut out = quote!(let #decl = #x.mapv(#native););
+                        if !(self.varied)(*dst) {
+                            return Some(out);
+                        }
+                        let mut terms = Vec::new();
+                        if let Some(d) = self.dot(recv) {
+                            let partial = mapv_partial(closure, None)?;
+                            terms.push(quote!((#d * &#x.mapv(#partial))));
+                        }
+                        for (k, c) in captured.iter().enumerate() {
+                            // A captured value is a scalar (the closure's code is).
+                            if let Some(dc) = self.dot(c) {
+                                let partial = mapv_partial(closure, Some(k))?;
+                                terms.push(quote!((#x.mapv(#partial) * #dc)));
+                            }
+                        }
+                        if !terms.is_empty() {
+                            let dn = dot_name(&name);
+                            out.extend(quote!(let #dn = #(#terms)+*;));
+                            self.has_dot.insert(*dst);
+                        }
+                        Some(out)
+                    }
+                    Op::Prim {
+                        rule,
+                        operands,
+                        consts,
+                        native,
+                    } => {
+                        let primal = self.native(native, operands, consts)?;
+                        let mut out = quote!(let #name = #primal;);
+                        if (self.varied)(*dst)
+                            && operands.iter().any(|a| self.dot(&a.atom).is_some())
+                        {
+                            let scalar = self.scalar[dst.0 as usize];
+                            let d = self.template(rule.func, &name, scalar, operands, consts)?;
+                            let dn = dot_name(&name);
+                            out.extend(quote!(let #dn = #d;));
+                            self.has_dot.insert(*dst);
+                        }
+                        Some(out)
+                    }
+                    _ => None,
+                }
+            }
+            // A branch: each arm with its tangents, ending in its values of the phis
+            // and the tangents of those that vary (a zero where an arm's is constant).
+            Stmt::If { branch, phis } => {
+                let varied: Vec<bool> = phis.iter().map(|p| (self.varied)(*p)).collect();
+                let expr = self.branching(branch, false, &mut |t, leaf| {
+                    let mut atoms = Vec::new();
+                    if let Some(v) = &leaf.value {
+                        v.flatten(&mut atoms);
+                    }
+                    atoms.extend(leaf.carries.iter().cloned());
+                    // The tangents first: a zero one borrows its primal, which the
+                    // tuple then moves.
+                    let (mut lets, mut items) = (TokenStream::new(), Vec::new());
+                    for (i, (a, varies)) in atoms.iter().zip(&varied).enumerate() {
+                        items.push(t.atom(a));
+                        if *varies {
+                            let d = format_ident!("__d_phi{}", i);
+                            let tangent = t.output(&Val::Atom(a.clone()), true);
+                            lets.extend(quote!(let #d = #tangent;));
+                            items.push(d.to_token_stream());
+                        }
+                    }
+                    Some(quote!(#lets (#(#items,)*)))
+                })?;
+                let mut pats = Vec::new();
+                for (p, varies) in phis.iter().zip(&varied) {
+                    let name = self.f.name(*p);
+                    pats.push(if self.f.vars[p.0 as usize].mutable {
+                        quote!(mut #name)
+                    } else {
+                        quote!(#name)
+                    });
+                    if *varies {
+                        pats.push(dot_name(name).to_token_stream());
+                        self.has_dot.insert(*p);
+                    }
+                }
+                Some(quote!(let (#(#pats,)*) = #expr;))
+            }
+            Stmt::Loop(lp) => self.looping(lp),
+            // `let (a, b) = f(..);`: the call's JVP gives the tuple and its tangent,
+            // taken apart alike.
+            Stmt::LetTuple {
+                dsts,
+                pattern,
+                call,
+            } => {
+                let pats: Vec<TokenStream> = dsts
+                    .iter()
+                    .map(|d| {
+                        let name = self.f.name(*d);
+                        if self.f.vars[d.0 as usize].mutable {
+                            quote!(mut #name)
+                        } else {
+                            quote!(#name)
+                        }
+                    })
+                    .collect();
+                if !dsts.iter().any(|d| (self.varied)(*d)) {
+                    let f = call.callee.render(Ident::clone, |r| self.arg(r));
+                    let args = call.args.iter().map(|a| self.arg(a));
+                    let unwrap = (call.scoped == Scoped::Apply).then(|| quote!(.unwrap()));
+                    let pat = pattern.render(&pats);
+                    return Some(quote!(let #pat = #f(#(#args),*) #unwrap;));
+                }
+                let callable =
+                    call.scoped == Scoped::Module || (call.scoped == Scoped::No && self.calls);
+                if !callable {
+                    return None;
+                }
+                let jvp = self.call_jvp(call)?;
+                let dots: Vec<TokenStream> = dsts
+                    .iter()
+                    .map(|d| {
+                        if (self.varied)(*d) {
+                            self.has_dot.insert(*d);
+                            dot_name(self.f.name(*d)).to_token_stream()
+                        } else {
+                            quote!(_)
+                        }
+                    })
+                    .collect();
+                let (pat, dot_pat) = (pattern.render(&pats), pattern.render(&dots));
+                Some(quote!(let (#pat, #dot_pat) = #jvp;))
+            }
+            _ => None,
+        }
+    }
+
+    /// The JVP of a call, `f(args.., tangents..)` giving `(value, tangent)`: a
+    /// submodule's `__call_jvp` (`__call_in_jvp`; `tjvp` along the variables), along
+    /// the tangents of all its arguments; or a `#[differentiable(jvp)]` function's
+    /// `jvp_all`, with a tangent for every argument (a zero, or `NoTangent` for a
+    /// parameter the callee does not differentiate: its type picks); or a method's or
+    /// an associated function's of a `(jvp)` impl, `__m_jvp_all` beside it.
+    fn call_jvp(&self, call: &Call) -> Option<TokenStream> {
+        let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
+        if call.scoped == Scoped::Module {
+            let m = call.callee.name();
+            let suffix = match self.mode {
+                Mode::Inputs => "jvp",
+                Mode::Variables => "tjvp",
+            };
+            let jvp = match m.to_string().as_str() {
+                "call" => format_ident!("__call_{}", suffix),
+                "__call_in" => format_ident!("__call_in_{}", suffix),
+                _ => return None,
+            };
+            // The scope, the child's name: constants without tangents.
+            let skip = if m == "call" { 1 } else { 2 };
+            let dots = call.args[skip..]
+                .iter()
+                .map(|a| {
+                    let with = a.atom.var().filter(|v| self.has_dot.contains(v));
+                    match (self.mode, with) {
+                        (Mode::Variables, Some(_)) => self.dot(&a.atom),
+                        (Mode::Variables, None) => Some(quote!(::adjoint::__private::NoTangent)),
+                        // Each tangent is passed as its primal is (`&x`, `x`).
+                        (Mode::Inputs, Some(v)) => {
+                            let d = dot_name(self.f.name(v));
+                            Some(if a.by_ref {
+                                quote!(&#d)
+                            } else if self.refs.contains(&v) || self.scalar[v.0 as usize] {
+                                quote!(#d)
+                            } else {
+                                quote!(::adjoint::__private::dup(&#d))
+                            })
+                        }
+                        (Mode::Inputs, None) => None,
+                    }
+                })
+                .collect::<Option<Vec<_>>>()?;
+            let f = call.callee.render(|_| jvp, |r| self.arg(r));
+            return Some(quote!(#f(#(#args,)* #(#dots),*)));
+        }
+        let f = match &call.callee {
+            Callee::Path {
+                prefix,
+                name: callee,
+                generics,
+                assoc: false,
+            } => {
+                // Spanned at the user's call: a callee without `(jvp)` is named there.
+                // A turbofish moves to the companion (`f::jvp_all::<f32>`).
+                let jvp_all = Ident::new("jvp_all", callee.span());
+                quote!(#prefix #callee::#jvp_all #generics)
+            }
+            Callee::Path { .. } | Callee::Method { .. } => call
+                .callee
+                .render(|n| companion_ident(n, "jvp_all"), |r| self.arg(r)),
+        };
+        let dots = call.args.iter().map(|a| self.call_tangent(a));
+        Some(quote!(#f(#(#args,)* #(#dots),*)))
+    }
+
+    /// The tangent of a call's argument, passed as the argument is (`&dx` for `&x`),
+    /// or a zero whose type the callee's parameter picks.
+    fn call_tangent(&self, a: &Arg) -> TokenStream {
+        let Some(v) = a.atom.var().filter(|v| self.has_dot.contains(v)) else {
+            let x = self.atom(&a.atom);
+            let zero = quote!(::adjoint::no_grad(::adjoint::__private::zero_tangent(&#x)));
+            let by_ref = a.by_ref || a.atom.var().is_some_and(|v| self.refs.contains(&v));
+            return if by_ref { quote!(&#zero) } else { zero };
+        };
+        let d = dot_name(self.f.name(v));
+        if a.by_ref {
+            quote!(&#d)
+        } else if self.tangent_refs.contains(&v) || self.scalar[v.0 as usize] {
+            quote!(#d)
+        } else if self.refs.contains(&v) {
+            quote!(&#d)
+        } else {
+            quote!(::adjoint::__private::dup(&#d))
+        }
+    }
+
+    /// A call's argument as the user passed it (`&x` or `x`).
+    fn arg(&self, a: &Arg) -> TokenStream {
+        let x = self.atom(&a.atom);
+        if a.by_ref { quote!(&#x) } else { x }
+    }
+}

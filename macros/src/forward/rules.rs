@@ -1,0 +1,375 @@
+//! Forward mode of the operations: each primal as the user writes it, and each
+//! rule's tangent (a template in terms of other differentiable operations, so that
+//! the JVP is differentiated again).
+
+use super::*;
+
+impl Tangent<'_> {
+    /// The primal operation as the user would write it, on references.
+    pub(super) fn native(
+        &self,
+        native: &Native,
+        operands: &[Arg],
+        consts: &[Atom],
+    ) -> Option<TokenStream> {
+        let cs: Vec<TokenStream> = consts.iter().map(|c| self.atom(c)).collect();
+        Some(match native {
+            Native::Binary(op) => {
+                let (a, b) = (self.r(&operands[0].atom), self.r(&operands[1].atom));
+                quote!((#a #op #b))
+            }
+            Native::Neg => {
+                let a = self.r(&operands[0].atom);
+                quote!((-#a))
+            }
+            Native::Square => {
+                let a = self.r(&operands[0].atom);
+                quote!((#a * #a))
+            }
+            Native::Method { name, suffix } => {
+                let recv = self.atom(&operands[0].atom);
+                let args = operands[1..].iter().map(|a| self.r(&a.atom)).chain(cs);
+                quote!(#recv.#name(#(#args),*) #suffix)
+            }
+            Native::Index => {
+                let (a, i) = (self.atom(&operands[0].atom), &cs[0]);
+                quote!(#a[#i])
+            }
+            // A rule's operands by reference, whatever they hold (ids are integers).
+            Native::Function(path) => {
+                let ops = operands.iter().map(|a| match &a.atom {
+                    Atom::Var(v) if self.refs.contains(v) => self.atom(&a.atom),
+                    other => {
+                        let x = self.atom(other);
+                        quote!(&#x)
+                    }
+                });
+                quote!(#path(#(#ops,)* #(#cs),*))
+            }
+            Native::Tuple => {
+                let items = operands.iter().map(|a| self.atom(&a.atom));
+                quote!((#(#items,)*))
+            }
+            Native::Cast(t) => {
+                let a = self.atom(&operands[0].atom);
+                quote!((#a as #t))
+            }
+            Native::Variadic(_) | Native::Rule => return None,
+        })
+    }
+
+    /// The tangent of `y = func(operands, consts)`.
+    pub(super) fn template(
+        &self,
+        func: &str,
+        y: &Ident,
+        scalar: bool,
+        operands: &[Arg],
+        consts: &[Atom],
+    ) -> Option<TokenStream> {
+        let a = &operands[0].atom;
+        let ar = self.r(a);
+        // A method's receiver is written bare: auto-referencing takes care of it.
+        let an = self.atom(a);
+        let da = self.dot(a);
+        let y_name = y.clone();
+        // A scalar by value (its type may be a type parameter, which has no arithmetic
+        // on references), an array by reference.
+        let yv = if scalar { quote!(#y) } else { quote!(&#y) };
+        let y = quote!(&#y);
+        let cs: Vec<TokenStream> = consts.iter().map(|c| self.atom(c)).collect();
+        let unary = |deriv: TokenStream| {
+            da.as_ref().map(|d| {
+                if scalar {
+                    quote!((#d * (#deriv)))
+                } else {
+                    quote!((#d * &(#deriv)))
+                }
+            })
+        };
+        // Constants in the element type of the result, which may be a type parameter
+        // (a bare `2.0` is `f64`); `no_grad` keeps them constants when this is lowered
+        // again.
+        let one = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, 1.0)));
+        let two = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, 2.0)));
+        match func {
+            "add" | "sub" => {
+                let b = &operands[1].atom;
+                let (dao, dbo) = (self.dot_or_zero(a), self.dot_or_zero(b));
+                Some(if func == "add" {
+                    quote!((#dao + #dbo))
+                } else {
+                    quote!((#dao - #dbo))
+                })
+            }
+            "mul" => {
+                let b = &operands[1].atom;
+                let br = self.r(b);
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| quote!((#d * #br))),
+                    self.dot(b).map(|d| quote!((#ar * #d))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Some(quote!((#(#terms)+*)))
+            }
+            "div" => {
+                let b = &operands[1].atom;
+                let br = self.r(b);
+                let num = match (da.as_ref(), self.dot(b)) {
+                    (Some(d), Some(e)) => quote!(&(#d - &(#yv * #e))),
+                    (Some(d), None) => quote!(#d),
+                    (None, Some(e)) => quote!(&(-(#yv * #e))),
+                    (None, None) => return None,
+                };
+                Some(quote!((#num / #br)))
+            }
+            // Piecewise linear: each tangent weighted by the rule's own pullback at a
+            // unit cotangent (one, zero, or a half at a tie), constant where defined.
+            "max" | "min" => {
+                let b = &operands[1].atom;
+                let bn = self.atom(b);
+                let (lhs, rhs) = (format_ident!("{}_pb_lhs", func), format_ident!("{}_pb_rhs", func));
+                let weight = |pb: &Ident| {
+                    quote!(::adjoint::no_grad(::adjoint::__private::#pb(&#an, &#bn, #one)))
+                };
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| {
+                        let w = weight(&lhs);
+                        quote!((#d * #w))
+                    }),
+                    self.dot(b).map(|d| {
+                        let w = weight(&rhs);
+                        quote!((#d * #w))
+                    }),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!terms.is_empty()).then(|| quote!((#(#terms)+*)))
+            }
+            // The bounds are constants (as in reverse mode).
+            "clamp" => da.map(|d| {
+                let (lo, hi) = (self.atom(&operands[1].atom), self.atom(&operands[2].atom));
+                quote!((#d * ::adjoint::no_grad(::adjoint::__private::clamp_pb(&#an, &#lo, &#hi, #one))))
+            }),
+            // `a.atan2(b)`: (b da - a db) / (a² + b²).
+            "atan2" => {
+                let b = &operands[1].atom;
+                let bn = self.atom(b);
+                let num = match (da.as_ref(), self.dot(b)) {
+                    (Some(d), Some(e)) => quote!((#d * #bn - #an * #e)),
+                    (Some(d), None) => quote!((#d * #bn)),
+                    (None, Some(e)) => quote!((-(#an * #e))),
+                    (None, None) => return None,
+                };
+                Some(quote!((#num / (#an * #an + #bn * #bn))))
+            }
+            // `a.hypot(b)`: (a da + b db) / y.
+            "hypot" => {
+                let b = &operands[1].atom;
+                let bn = self.atom(b);
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| quote!((#an * #d))),
+                    self.dot(b).map(|e| quote!((#bn * #e))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!terms.is_empty()).then(|| quote!(((#(#terms)+*) / #y_name)))
+            }
+            // `a.mul_add(b, c)` = a b + c.
+            "mul_add" => {
+                let (b, c) = (&operands[1].atom, &operands[2].atom);
+                let bn = self.atom(b);
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| quote!((#d * #bn))),
+                    self.dot(b).map(|e| quote!((#an * #e))),
+                    self.dot(c),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!terms.is_empty()).then(|| quote!((#(#terms)+*)))
+            }
+            // `x.powf(p)`: p x^(p-1) dx + y ln(x) dp (the exponent a scalar).
+            "powf" => {
+                let p = &operands[1].atom;
+                let pn = self.atom(p);
+                let ln = if scalar {
+                    quote!((#yv * #an.ln()))
+                } else {
+                    quote!((#yv * &#an.ln()))
+                };
+                let terms: Vec<TokenStream> = [
+                    unary(quote!(#an.powf(#pn - #one) * #pn)),
+                    self.dot(p).map(|e| quote!((#ln * #e))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!terms.is_empty()).then(|| quote!((#(#terms)+*)))
+            }
+            "neg" => da.map(|d| quote!((-#d))),
+            // Between float types: the tangent converted alike.
+            "cast" => da.map(|d| {
+                let t = &cs[0];
+                quote!((#d as #t))
+            }),
+            "square" => da.map(|d| quote!((#d * #ar * #two))),
+            "exp" => unary(quote!(#y_name)),
+            "exp_m1" => unary(quote!(#yv + #one)),
+            "ln" => unary(quote!(#an.recip())),
+            "ln_1p" => unary(quote!((#ar + #one).recip())),
+            "sqrt" => unary(quote!((#yv * #two).recip())),
+            "recip" => unary(quote!(-(#yv * #yv))),
+            "sin" => unary(quote!(#an.cos())),
+            "cos" => unary(quote!(-#an.sin())),
+            "tan" => unary(quote!(#yv * #yv + #one)),
+            "atan" => unary(quote!((#ar * #ar + #one).recip())),
+            "sinh" => unary(quote!(#an.cosh())),
+            "cosh" => unary(quote!(#an.sinh())),
+            // One fused operation each, with its own pullbacks.
+            "tanh" => da.map(|d| quote!(::adjoint::__private::tanh_tangent(#y, &(#d)))),
+            "sigmoid" => da.map(|d| quote!(::adjoint::__private::sigmoid_tangent(#y, &(#d)))),
+            "powi" => {
+                // Only a literal exponent: its float twin is written as a literal too.
+                let Some(Atom::Lit(n)) = consts.first() else {
+                    return None;
+                };
+                let n: i64 = syn::parse2::<syn::LitInt>(n.clone())
+                    .ok()?
+                    .base10_parse()
+                    .ok()?;
+                let (m, nf) = (
+                    (n - 1) as i32,
+                    syn::LitFloat::new(&format!("{n}.0"), proc_macro2::Span::call_site()),
+                );
+                let nf = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, #nf)));
+                unary(quote!(#an.powi(#m) * #nf))
+            }
+            "sum" => da.map(|d| quote!((#d).sum())),
+            "mean" => da.map(|d| quote!((#d).mean().unwrap())),
+            "sum_axis" => da.map(|d| {
+                let ax = &cs[0];
+                quote!((#d).sum_axis(#ax))
+            }),
+            "t" => da.map(|d| quote!((#d).t())),
+            // Views and means along an axis are linear: the same operation on the
+            // tangent (a view borrows the tangent variable, as the primal's does).
+            "row" | "column" | "index_axis" | "slice" => self.dot_ref(a).map(|d| {
+                let m = Ident::new(func, proc_macro2::Span::call_site());
+                quote!((#d).#m(#(#cs),*))
+            }),
+            // `insert_axis` takes its array by value: a view of the tangent.
+            "insert_axis" => self
+                .dot_ref(a)
+                .map(|d| quote!((#d).view().insert_axis(#(#cs),*))),
+            "mean_axis" => da.map(|d| {
+                let ax = &cs[0];
+                quote!((#d).mean_axis(#ax).unwrap())
+            }),
+            // Ownership and layout conversions carry the tangent the same way.
+            "to_owned" | "clone" | "view" | "as_standard_layout" | "to_shared" => da.map(|d| {
+                let m = Ident::new(func, proc_macro2::Span::call_site());
+                quote!((#d).#m())
+            }),
+            "index" => da.map(|d| {
+                let i = &cs[0];
+                quote!((#d)[#i])
+            }),
+            "dot" => {
+                let b = &operands[1].atom;
+                let br = self.r(b);
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| quote!((#d).dot(#br))),
+                    self.dot(b).map(|e| quote!((#ar).dot(#e))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Some(quote!((#(#terms)+*)))
+            }
+            // Bilinear: the rule once per active operand.
+            "conv" | "dot_last" | "batch_matmul" => {
+                let (b, f) = (&operands[1].atom, format_ident!("{}", func));
+                let br = self.r(b);
+                let terms: Vec<TokenStream> = [
+                    da.as_ref()
+                        .map(|d| quote!(::adjoint::__private::#f(&(#d), #br #(, #cs)*))),
+                    self.dot(b)
+                        .map(|e| quote!(::adjoint::__private::#f(#ar, &(#e) #(, #cs)*))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Some(quote!((#(#terms)+*)))
+            }
+            // The tangent reshaped to the result's shape.
+            "reshape" | "into_shape" => self.dot_ref(a).map(|d| {
+                let f = format_ident!("{}", func);
+                quote!(::adjoint::__private::#f(#d, #y_name.raw_dim()))
+            }),
+            // Linear in the table; the ids are constant.
+            "take" => da.map(|d| {
+                let ids = self.atom(&operands[1].atom);
+                quote!(::adjoint::__private::take(&(#d), &#ids))
+            }),
+            // Along an axis: rules of their own, differentiated again by second order.
+            "softmax" | "log_softmax" => da.map(|d| {
+                let (f, axis) = (format_ident!("{}_tangent", func), &cs[0]);
+                quote!(::adjoint::__private::#f(#y, &(#d), #axis))
+            }),
+            "logsumexp" => da.map(|d| {
+                let axis = &cs[0];
+                quote!((::adjoint::__private::softmax(#ar, #axis) * &(#d)).sum_axis(#axis))
+            }),
+            // Linear in both: the tangents put alike (a zero for a constant one).
+            "put_index_axis" => {
+                let (dx, dy) = (self.dot_or_zero(a), self.dot_or_zero(&operands[1].atom));
+                let (axis, i) = (&cs[0], &cs[1]);
+                Some(quote!(::adjoint::__private::put_index_axis(#dx, #dy, #axis, #i)))
+            }
+            // A copy of the tangent, of its own type (as the primal's).
+            "dup" => a.var().filter(|v| self.has_dot.contains(v)).map(|v| {
+                let dn = dot_name(self.f.name(v));
+                quote!(::adjoint::__private::dup(&#dn))
+            }),
+            "tuple" => {
+                let items = operands.iter().map(|o| {
+                    let d = self.dot_or_zero(&o.atom);
+                    quote!(::adjoint::__private::own(&#d))
+                });
+                Some(quote!((#(#items,)*)))
+            }
+            // A tuple's tangent is the tuple of its fields' tangents.
+            "field" => self.dot_ref(a).map(|d| {
+                let at = &cs[0];
+                quote!(::adjoint::__private::field(#d, #at))
+            }),
+            "permuted_axes" => self.dot_ref(a).map(|d| {
+                let axes = &cs[0];
+                quote!(::adjoint::__private::permuted_axes(#d, &#axes))
+            }),
+            // Linear in `x`; the mask is constant and the fill's tangent zero.
+            "where_" => self.dot(&operands[1].atom).map(|d| {
+                let (mask, fill) = (self.atom(&operands[0].atom), &cs[0]);
+                quote!(::adjoint::__private::where_(&#mask, &(#d), #fill - #fill))
+            }),
+            "avg_pool" => da.map(|d| quote!(::adjoint::__private::avg_pool(&(#d) #(, #cs)*))),
+            "max_pool" | "min_pool" => da.map(|d| {
+                let f = format_ident!("{}_tangent", func);
+                quote!(::adjoint::__private::#f(#ar, &(#d) #(, #cs)*))
+            }),
+            // An activation: the tangent times its derivative rule (`gelu_d1`).
+            _ => {
+                let d1 = Ident::new(
+                    ops::activation_derivative(func)?,
+                    proc_macro2::Span::call_site(),
+                );
+                unary(quote!(::adjoint::__private::#d1(&#an #(, #cs)*)))
+            }
+        }
+    }
+}
