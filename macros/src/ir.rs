@@ -235,6 +235,9 @@ pub enum LiftedKind {
     Jvp { var_tangents: TokenStream },
     /// `jacfwd!` or `jacrev!`: the Jacobian in the first primal (one `dst`).
     Jacobian,
+    /// `vjp!`: the output and the pullback (`dsts`); the output is differentiated
+    /// (the child's reverse mode, run again), calls of the pullback stay opaque.
+    Vjp,
 }
 
 /// A loop with the variables it carries from one iteration to the next.
@@ -446,7 +449,7 @@ impl Lifted {
     pub fn defined(&self) -> Vec<Var> {
         let (value, aux) = match &self.kind {
             LiftedKind::Grad { value, aux } => (*value, *aux),
-            LiftedKind::Jvp { .. } | LiftedKind::Jacobian => (None, None),
+            LiftedKind::Jvp { .. } | LiftedKind::Jacobian | LiftedKind::Vjp => (None, None),
         };
         value
             .iter()

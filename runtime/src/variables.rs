@@ -1202,15 +1202,9 @@ pub trait NotDifferentiated {
     fn not_differentiated(self) -> Self;
 }
 
-impl NotDifferentiated for f32 {
-    fn not_differentiated(self) -> f32 {
-        f32::NAN
-    }
-}
-
-impl NotDifferentiated for f64 {
-    fn not_differentiated(self) -> f64 {
-        f64::NAN
+impl<A: Real> NotDifferentiated for A {
+    fn not_differentiated(self) -> A {
+        A::nan()
     }
 }
 

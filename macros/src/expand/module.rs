@@ -731,9 +731,10 @@ fn body_jvp(
     // Not covered by forward mode: a JVP-VJP that marks parameter gradients as
     // unusable, so a parent differentiating through a lifted grad! still compiles.
     let stub = || {
+        // NaN cotangents: an input's gradient through it must not pass for one.
         let zero = |p: &ParamInfo| {
             let n = param_name(&p.pat);
-            quote!(::adjoint::__private::zeros(&#n))
+            quote!(::adjoint::__private::unsupported_cot(&#n))
         };
         let zeros: Vec<TokenStream> = params
             .iter()

@@ -158,6 +158,11 @@ impl Lowerer<'_> {
                 {
                     return v;
                 }
+                if m.mac.path.is_ident("vjp")
+                    && let Some(v) = self.lifted_vjp(out, e, m)
+                {
+                    return v;
+                }
                 if (m.mac.path.is_ident("jacfwd") || m.mac.path.is_ident("jacrev"))
                     && let Some(v) = self.lifted_jacobian(out, e, m)
                 {
@@ -300,6 +305,41 @@ impl Lowerer<'_> {
         Some(Val::Tuple(
             dsts.into_iter().map(|v| Val::Atom(Atom::Var(v))).collect(),
         ))
+    }
+
+    /// `vjp!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` (`vjp_variables`
+    /// allowed): `(y, pb)`, the output differentiated through the child (its reverse
+    /// mode run again), calls of the pullback opaque (reading what the transform
+    /// read). Other forms (`has_aux`, `reduce_axes`) stay opaque.
+    pub(super) fn lifted_vjp(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        m: &syn::ExprMacro,
+    ) -> Option<Val> {
+        let mut input: TransformInput = m.mac.parse_body().ok()?;
+        // Which variables' cotangents the pullback returns does not change `y`.
+        input.vjp_variables = None;
+        let n = input.positional.len().checked_sub(3)?;
+        let child = self.lifted_child(&mut input, n)?;
+        let args: Vec<Arg> = input.positional[3..]
+            .iter()
+            .map(|a| self.operand(out, a))
+            .collect();
+        let (y, pb) = (self.temp(e.span()), self.temp(e.span()));
+        self.lifted
+            .insert(pb, args.iter().map(|a| a.atom.clone()).collect());
+        let tokens = self.verbatim(e.to_token_stream());
+        out.push(Stmt::LetLifted(child.lifted(
+            LiftedKind::Vjp,
+            vec![y, pb],
+            tokens,
+            args,
+        )));
+        Some(Val::Tuple(vec![
+            Val::Atom(Atom::Var(y)),
+            Val::Atom(Atom::Var(pb)),
+        ]))
     }
 
     /// `jacfwd!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` or `jacrev!`:

@@ -275,6 +275,7 @@ impl<'a> Gen<'a> {
                         grads,
                         quote!(::adjoint::__private::no_tangents(&(#var_tangents))),
                     ),
+                    LiftedKind::Vjp => (grads, quote!(true)),
                     LiftedKind::Jacobian => {
                         let j = &names[0];
                         (quote!(#j), quote!(true))

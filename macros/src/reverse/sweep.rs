@@ -321,8 +321,10 @@ impl<'a> Gen<'a> {
         {
             return;
         }
-        if matches!(l.kind, LiftedKind::Jacobian) {
-            return self.rev_lifted_jacobian(r, l);
+        match l.kind {
+            LiftedKind::Jacobian => return self.rev_lifted_jacobian(r, l),
+            LiftedKind::Vjp => return self.rev_lifted_vjp(r, l),
+            _ => {}
         }
         let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
         let (seeds, tangents, n) = match &l.kind {
@@ -361,7 +363,7 @@ impl<'a> Gen<'a> {
             }
             // The output's and its tangent's cotangents seed the JVP's; its tangents
             // are the transform's own (the second half of the arguments).
-            LiftedKind::Jacobian => unreachable!("handled above"),
+            LiftedKind::Jacobian | LiftedKind::Vjp => unreachable!("handled above"),
             LiftedKind::Jvp { .. } => {
                 let (y, ty) = (
                     self.cot_or_zero(r, l.dsts[0]),
@@ -411,6 +413,46 @@ impl<'a> Gen<'a> {
                 let (__o, __pb2) = ::adjoint::scope::Child::module(&__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
                 let (mut __cv, _, #(#cots,)* #(#skip,)*) =
                     __pb2(#seeds);
+                #merge
+                (#(#cots,)*)
+            };
+        });
+        for (a, c) in l.args.iter().zip(&cots) {
+            self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// The pullback of a lifted `vjp!`'s output `y` (first order through the child):
+    /// the child's reverse mode run again, its parameters differentiated, on the
+    /// scope's state before the transform, seeded with `y`'s cotangent.
+    fn rev_lifted_vjp(&mut self, r: &mut Rev, l: &Lifted) {
+        let y = l.dsts[0];
+        if !(self.active(y) && r.init.contains(&y)) {
+            return;
+        }
+        let snap = self.read_slot(r, Slot::Pb(y));
+        let ybar = self.bar(y).clone();
+        let n = l.args.len();
+        let kept: Vec<Ident> = (0..n).map(|k| format_ident!("__a{}", k)).collect();
+        let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
+        let primals: Vec<TokenStream> = (0..n).map(|k| self.kept_arg(&l.args[k], k)).collect();
+        let companion = companion_ident(&format_ident!("__call_body"), "vjp_params");
+        let merge = self.f.params_active.then(|| {
+            quote! {
+                ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
+                ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
+            }
+        });
+        let (visible, rngs) = (&l.visible, &l.rngs);
+        r.code.push(quote! {
+            let (#(#cots,)*) = {
+                let (__rerun, __child, __module, _, (#(#kept,)*)) = #snap;
+                let mut __snapshot = __rerun.variables();
+                let mut __cx2 = __rerun.scope(&mut __snapshot, &__child);
+                __cx2.restrict(#visible, #rngs);
+                let (_, __pb2) = ::adjoint::scope::Child::module(&__module)
+                    .#companion(&mut __cx2, #(#primals,)*);
+                let (mut __cv, _, #(#cots,)*) = __pb2(#ybar);
                 #merge
                 (#(#cots,)*)
             };
