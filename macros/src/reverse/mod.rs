@@ -7,9 +7,10 @@
 //! the first contribution initialises one, later ones add into it, and a value whose
 //! adjoint was never initialised contributes nothing, so no pullback runs for it.
 //!
-//! `sweep` writes the reverse sweep, `primal` the primal pass that records what it
-//! reads, `grad_primal` the trimmed primal of a gradient alone; this module drives
-//! them (`run`) and holds what they share.
+//! `sweep` writes the reverse sweep (`lifted` that of lifted transforms: second
+//! order), `primal` the primal pass that records what it reads, `grad_primal` the
+//! trimmed primal of a gradient alone; this module drives them (`run`) and holds
+//! what they share.
 
 use crate::activity::Activity;
 use crate::facts::*;
@@ -22,6 +23,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use syn::Ident;
 
 mod grad_primal;
+mod lifted;
 mod primal;
 mod sweep;
 

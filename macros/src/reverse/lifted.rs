@@ -1,0 +1,256 @@
+//! The reverse sweep of lifted transforms (second order): each pullback runs the
+//! child again from the scope's state before the transform (`Scope::rerun_point`):
+//! its JVP-VJP for `grad!`, `value_and_grad!` and `jvp!`, one per input element for
+//! `jacfwd!`/`jacrev!`, its reverse mode for a `vjp!`'s output.
+
+use super::*;
+
+impl Gen<'_> {
+    /// The pullback of a lifted gradient `g = grad_x f(params, x)` (second order):
+    /// with cotangent `c`, the parameters' and `x`'s cotangents are the gradient of
+    /// `<grad_x f, c>`, the child's JVP along `c`; so the child's JVP-VJP runs, on a
+    /// snapshot of the variables, in the child's scope. For `value_and_grad!` the
+    /// value's cotangent `c_v` adds `c_v f`: it seeds the JVP's value.
+    pub(super) fn rev_lifted(&mut self, r: &mut Rev, l: &Lifted) {
+        if !l
+            .defined()
+            .iter()
+            .any(|d| self.active(*d) && r.init.contains(d))
+        {
+            return;
+        }
+        match l.kind {
+            LiftedKind::Jacobian => return self.rev_lifted_jacobian(r, l),
+            LiftedKind::Vjp => return self.rev_lifted_vjp(r, l),
+            _ => {}
+        }
+        let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
+        let (seeds, tangents, n) = match &l.kind {
+            // The value's and the aux's cotangents seed the child's outputs; the
+            // tangent of the value is seeded with one, the aux's tangent with zero.
+            // The tangents are the gradients' cotangents.
+            LiftedKind::Grad { value, aux } => {
+                let seed = |v: Option<Var>, out: TokenStream| match v {
+                    Some(v) if r.init.contains(&v) => self.bar(v).to_token_stream(),
+                    _ => quote!(::adjoint::__private::zeros(&#out)),
+                };
+                let seeds = match aux {
+                    Some(a) => {
+                        let (v, x) = (
+                            seed(*value, quote!(__o.0.0)),
+                            seed(Some(*a), quote!(__o.0.1)),
+                        );
+                        quote!(((#v, #x), (::adjoint::__private::grad_seed(&__o.1.0), ::adjoint::__private::zeros(&__o.1.1))))
+                    }
+                    None => {
+                        let v = seed(*value, quote!(__o.0));
+                        quote!((#v, ::adjoint::__private::grad_seed(&__o.1)))
+                    }
+                };
+                // A tangent has its primal's type: a reference for a reference.
+                let mut tangents = Vec::new();
+                for (d, a) in l.dsts.iter().zip(&l.args) {
+                    let g = self.cot_or_zero(r, *d);
+                    tangents.push(if a.by_ref || self.is_reference_param(&a.atom) {
+                        quote!(&#g)
+                    } else {
+                        g
+                    });
+                }
+                (seeds, tangents, l.args.len())
+            }
+            // The output's and its tangent's cotangents seed the JVP's; its tangents
+            // are the transform's own (the second half of the arguments).
+            LiftedKind::Jacobian | LiftedKind::Vjp => unreachable!("handled above"),
+            LiftedKind::Jvp { .. } => {
+                let (y, ty) = (
+                    self.cot_or_zero(r, l.dsts[0]),
+                    self.cot_or_zero(r, l.dsts[1]),
+                );
+                let n = l.args.len() / 2;
+                // Each tangent (the primal's copy) as its primal is passed.
+                let tangents: Vec<TokenStream> =
+                    (0..n).map(|k| self.kept_arg(&l.args[k], n + k)).collect();
+                (quote!((#y, #ty)), tangents, n)
+            }
+        };
+        let primals: Vec<TokenStream> = (0..n).map(|k| self.kept_arg(&l.args[k], k)).collect();
+        let kept: Vec<Ident> = (0..l.args.len())
+            .map(|k| format_ident!("__a{}", k))
+            .collect();
+        let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
+        // Cotangents of the primals, and for `jvp!` of its tangents (`grad!` has none
+        // to give: its tangents were the gradients' cotangents).
+        let jvp = matches!(l.kind, LiftedKind::Jvp { .. });
+        let cots: Vec<Ident> = (0..l.args.len())
+            .map(|i| format_ident!("__c{}", i))
+            .collect();
+        let skip: Vec<TokenStream> = if jvp {
+            Vec::new()
+        } else {
+            l.args.iter().map(|_| quote!(_)).collect()
+        };
+        let merge = if self.f.params_active {
+            quote! {
+                ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
+                if !__tangents_ok {
+                    ::adjoint::__private::second_order(&mut __cv);
+                }
+                ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
+            }
+        } else {
+            TokenStream::new()
+        };
+        let (visible, rngs) = (&l.visible, &l.rngs);
+        r.code.push(quote! {
+            let (#(#cots,)*) = {
+                let (__rerun, __child, __module, __tangents_ok, (#(#kept,)*)) = #snap;
+                let mut __snapshot = __rerun.variables();
+                let mut __cx2 = __rerun.scope(&mut __snapshot, &__child);
+                __cx2.restrict(#visible, #rngs);
+                let (__o, __pb2) = ::adjoint::scope::Child::module(&__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
+                let (mut __cv, _, #(#cots,)* #(#skip,)*) =
+                    __pb2(#seeds);
+                #merge
+                (#(#cots,)*)
+            };
+        });
+        for (a, c) in l.args.iter().zip(&cots) {
+            self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// The pullback of a lifted `vjp!`'s output `y` (first order through the child):
+    /// the child's reverse mode run again, its parameters differentiated, on the
+    /// scope's state before the transform, seeded with `y`'s cotangent.
+    pub(super) fn rev_lifted_vjp(&mut self, r: &mut Rev, l: &Lifted) {
+        let y = l.dsts[0];
+        if !(self.active(y) && r.init.contains(&y)) {
+            return;
+        }
+        let snap = self.read_slot(r, Slot::Pb(y));
+        let ybar = self.bar(y).clone();
+        let n = l.args.len();
+        let kept: Vec<Ident> = (0..n).map(|k| format_ident!("__a{}", k)).collect();
+        let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
+        let primals: Vec<TokenStream> = (0..n).map(|k| self.kept_arg(&l.args[k], k)).collect();
+        let companion = companion_ident(&format_ident!("__call_body"), "vjp_params");
+        let merge = self.f.params_active.then(|| {
+            quote! {
+                ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
+                ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
+            }
+        });
+        let (visible, rngs) = (&l.visible, &l.rngs);
+        r.code.push(quote! {
+            let (#(#cots,)*) = {
+                let (__rerun, __child, __module, _, (#(#kept,)*)) = #snap;
+                let mut __snapshot = __rerun.variables();
+                let mut __cx2 = __rerun.scope(&mut __snapshot, &__child);
+                __cx2.restrict(#visible, #rngs);
+                let (_, __pb2) = ::adjoint::scope::Child::module(&__module)
+                    .#companion(&mut __cx2, #(#primals,)*);
+                let (mut __cv, _, #(#cots,)*) = __pb2(#ybar);
+                #merge
+                (#(#cots,)*)
+            };
+        });
+        for (a, c) in l.args.iter().zip(&cots) {
+            self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// The pullback of a lifted Jacobian `J = d child / d x` (second order): with
+    /// cotangent `C` (shaped as `J`), the cotangents are those of `sum_i <J e_i, C e_i>`:
+    /// for each input element `i`, the child's JVP along `e_i` run again and its VJP
+    /// seeded with the column `C e_i` on the tangent output.
+    pub(super) fn rev_lifted_jacobian(&mut self, r: &mut Rev, l: &Lifted) {
+        let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
+        let cj = self.bar(l.dsts[0]).clone();
+        let n = l.args.len();
+        let kept: Vec<Ident> = (0..n).map(|k| format_ident!("__a{}", k)).collect();
+        let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
+        let accs: Vec<Ident> = (0..n).map(|k| format_ident!("__acc{}", k)).collect();
+        // Each argument as it was passed, a copy per run for one passed by value.
+        let pass: Vec<TokenStream> = (0..n)
+            .map(|k| {
+                let x = &kept[k];
+                if l.args[k].by_ref || self.is_reference_param(&l.args[k].atom) {
+                    quote!(&#x)
+                } else {
+                    quote!(::core::clone::Clone::clone(&#x))
+                }
+            })
+            .collect();
+        // The unit tangent along the first primal, zero along the others.
+        let tangents: Vec<TokenStream> = (0..n)
+            .map(|k| {
+                let x = &kept[k];
+                let t = if k == 0 {
+                    quote!(::adjoint::__private::unit(&#x, __i))
+                } else {
+                    quote!(::adjoint::__private::zeros(&#x))
+                };
+                if l.args[k].by_ref || self.is_reference_param(&l.args[k].atom) {
+                    quote!(&#t)
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let skip = (0..n).map(|_| quote!(_));
+        let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
+        let merge = self.f.params_active.then(|| {
+            quote! {
+                ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
+                ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
+            }
+        });
+        let (visible, rngs) = (&l.visible, &l.rngs);
+        let first = &kept[0];
+        r.code.push(quote! {
+            let (#(#accs,)*) = {
+                let (__rerun, __child, __module, _, (#(#kept,)*)) = #snap;
+                let (#(mut #accs,)*) = (#(::adjoint::__private::zeros(&#kept),)*);
+                let __n = ::adjoint::__private::basis_len(&#first);
+                for __i in 0..__n {
+                    let mut __snapshot = __rerun.variables();
+                    let mut __cx2 = __rerun.scope(&mut __snapshot, &__child);
+                    __cx2.restrict(#visible, #rngs);
+                    let (__o, __pb2) = ::adjoint::scope::Child::module(&__module)
+                        .#companion(&mut __cx2, #(#pass,)* #(#tangents,)*);
+                    let __column = ::adjoint::__private::jacobian_column(&#cj, &__o.1, __i, __n);
+                    let (mut __cv, _, #(#cots,)* #(#skip,)*) =
+                        __pb2((::adjoint::__private::zeros(&__o.0), __column));
+                    #merge
+                    #(::adjoint::__private::Accumulate::accumulate(&mut #accs, #cots);)*
+                }
+                (#(#accs,)*)
+            };
+        });
+        for (a, c) in l.args.iter().zip(&accs) {
+            self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// The cotangent of `v`, or a zero of its value's shape where none reached it.
+    pub(super) fn cot_or_zero(&mut self, r: &mut Rev, v: Var) -> TokenStream {
+        if r.init.contains(&v) {
+            self.bar(v).to_token_stream()
+        } else {
+            let x = self.read_var(r, v);
+            quote!(::adjoint::__private::zeros(&#x))
+        }
+    }
+
+    /// The primal's copy `__a{k}` of a lifted transform's argument, passed to its
+    /// rerun as `like` was passed: by reference where it was a reference.
+    pub(super) fn kept_arg(&self, like: &Arg, k: usize) -> TokenStream {
+        let x = format_ident!("__a{}", k);
+        if like.by_ref || self.is_reference_param(&like.atom) {
+            quote!(&#x)
+        } else {
+            quote!(#x)
+        }
+    }
+}
