@@ -236,8 +236,12 @@ pub enum LiftedKind {
     /// `jacfwd!` or `jacrev!`: the Jacobian in the first primal (one `dst`).
     Jacobian,
     /// `vjp!`: the output and the pullback (`dsts`); the output is differentiated
-    /// (the child's reverse mode, run again), calls of the pullback stay opaque.
+    /// (the child's reverse mode, run again).
     Vjp,
+    /// `pb(ct)` of the pullback of the `vjp!` whose output is `y` (its snapshot is
+    /// `y`'s): `dsts` are the variables' cotangents and one per primal; `args` are
+    /// `ct` then the `vjp!`'s own.
+    Pull { y: Var },
 }
 
 /// A loop with the variables it carries from one iteration to the next.
@@ -449,7 +453,10 @@ impl Lifted {
     pub fn defined(&self) -> Vec<Var> {
         let (value, aux) = match &self.kind {
             LiftedKind::Grad { value, aux } => (*value, *aux),
-            LiftedKind::Jvp { .. } | LiftedKind::Jacobian | LiftedKind::Vjp => (None, None),
+            LiftedKind::Jvp { .. }
+            | LiftedKind::Jacobian
+            | LiftedKind::Vjp
+            | LiftedKind::Pull { .. } => (None, None),
         };
         value
             .iter()

@@ -21,6 +21,8 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
   body) in its input, its variables held, for one input and for a batch (shape
   `output ++ input`); Flax has no lifted Jacobians (flax#735), so the reference is what a
   user writes over `apply`.
+- `vjp_pullback`: through `nn.vjp`: its output and its pullback applied to a cotangent
+  that depends on the output, in the loss; gradients in the parameters and the input.
 - `jacobian_penalty`: second order through a lifted Jacobian: `sum(J^2) + sum(y^2)` of
   the same child, its gradient in the child's parameters.
 
@@ -247,13 +249,17 @@ class JvpLoss(nn.Module):
         return jnp.mean(r * r) + 0.1 * jnp.mean(y * y)
 
 
-def case_jvp():
-    x, v = arr(6, 2, seed=30, scale=1.2), arr(6, 2, seed=31)
+def case_jvp_child():
     child = {"Dense_0": {"kernel": arr(2, 5, seed=32, scale=0.8), "bias": arr(5, seed=33, scale=0.2)}}
     for k in range(1, 3):
         child[f"Dense_{k}"] = {"kernel": arr(5, 5, seed=33 + 2 * k, scale=0.5), "bias": arr(5, seed=34 + 2 * k, scale=0.1)}
     child["Dense_3"] = {"kernel": arr(5, 1, seed=40, scale=0.7), "bias": arr(1, seed=41, scale=0.1)}
-    variables = {"params": {"Field2_0": child}}
+    return child
+
+
+def case_jvp():
+    x, v = arr(6, 2, seed=30, scale=1.2), arr(6, 2, seed=31)
+    variables = {"params": {"Field2_0": case_jvp_child()}}
     loss, grads = jax.value_and_grad(lambda vs: JvpLoss().apply(vs, x, v))(variables)
     return {"x": x.tolist(), "v": v.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads)}
 
@@ -321,6 +327,27 @@ def case_jacobian_penalty():
     return {"x": x.tolist(), "t": float(t), "variables": tolist(variables), "loss": float(value), "grads": tolist(grads)}
 
 OUT["jacobian_penalty"] = case_jacobian_penalty()
+
+
+# 8. Through nn.vjp: its output, and its pullback applied to a cotangent that depends on
+# the output (the pullback's cotangent, the output and the primal all differentiated).
+class VjpLoss(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        y, bwd = nn.vjp(lambda mdl, x: mdl(x), Field2(), x)
+        ct = jnp.cos(y)
+        _, gx = bwd(ct)
+        return jnp.sum(gx * gx) + jnp.sum(y)
+
+
+def case_vjp():
+    x = arr(6, 2, seed=50, scale=1.1)
+    variables = {"params": {"Field2_0": case_jvp_child()}}
+    loss, grads = jax.value_and_grad(lambda vs: VjpLoss().apply(vs, x))(variables)
+    gx = jax.grad(lambda x: VjpLoss().apply(variables, x))(x)
+    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads), "grad_x": gx.tolist()}
+
+OUT["vjp_pullback"] = case_vjp()
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

@@ -674,3 +674,32 @@ fn second_order_through_a_lifted_jacobian() {
         );
     }
 }
+
+// ----- through a lifted vjp!: its output and its pullback -----
+
+struct VjpLoss;
+
+#[differentiable]
+impl VjpLoss {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (y, pb) = vjp!(cx, |mdl, cx, x| mdl.call(cx, x), Field2, x);
+        let ct = y.cos();
+        let (_, gx) = pb(ct);
+        (&gx * &gx).sum() + y.sum()
+    }
+}
+
+#[test]
+fn second_order_through_a_lifted_vjp() {
+    let case = reference("lifted_second_order.json", "vjp_pullback");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    let (loss, grads) = value_and_grad!(|v: &Variables| VjpLoss.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("vjp loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("vjp loss grads", &grads, &case["grads"], RTOL);
+    println!("second order through vjp!: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| VjpLoss.apply(&vars, x).unwrap())(&x);
+    let want = array(&case["grad_x"]);
+    adjoint_tests::assert_close("vjp loss grad_x", &gx.into_dyn(), &want, RTOL);
+}

@@ -860,7 +860,7 @@ impl VjpValue {
     }
 }
 
-/// The gradient of a lifted `vjp!`'s pullback in the loss.
+/// The gradient of a lifted `vjp!`'s pullback in the loss (second order).
 struct VjpPullback;
 
 #[differentiable]
@@ -887,24 +887,54 @@ fn the_value_of_a_lifted_vjp_is_differentiated() {
     assert_eq!(gx, ndarray::arr1(&[4.0, 8.0]));
 }
 
-/// Through a form second order does not cover (here the output of a lifted `vjp!`'s
-/// pullback), nothing is silently dropped: the parameters' gradients report it, the
-/// inputs' are NaN (they were zero before).
+#[test]
+fn second_order_through_a_lifted_vjp_pullback() {
+    // gx = 2 p x, the loss 4 p^2 |x|^2: d/dp = 8 p |x|^2 = 80, d/dx = 8 p^2 x.
+    let x = ndarray::arr1(&[1.0, 2.0]);
+    let vars = Variables::new()
+        .with("params", "LearnScaleSq_0/scale", 2.0)
+        .unwrap();
+    let (loss, grads) = value_and_grad!(|v: &Variables| VjpPullback.apply(v, &x).unwrap())(&vars);
+    assert_eq!(loss, 80.0);
+    assert_eq!(grads.error(), None);
+    assert_eq!(
+        grads.read::<f64>("params", "LearnScaleSq_0/scale"),
+        Ok(80.0)
+    );
+    let gx = grad!(|x: &Array1<f64>| VjpPullback.apply(&vars, x).unwrap())(&x);
+    assert_eq!(gx, ndarray::arr1(&[32.0, 64.0]));
+}
+
+/// A lifted `grad!` whose closure is more than `mdl.call(cx, x)`: not differentiated
+/// again.
+struct GradOfScaled;
+
+#[differentiable]
+impl GradOfScaled {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let (gx,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x) * 2.0, LearnScaleSq, x);
+        (&gx * &gx).sum()
+    }
+}
+
+/// Through a form second order does not cover (here a lifted `grad!` whose closure
+/// scales the child's output), nothing is silently dropped: the parameters'
+/// gradients report it, the inputs' are NaN (they were zero before).
 #[test]
 fn a_form_not_covered_is_never_a_silent_zero() {
     let x = ndarray::arr1(&[1.0, 2.0]);
     let vars = Variables::new()
         .with("params", "LearnScaleSq_0/scale", 2.0)
         .unwrap();
-    let (loss, grads) = value_and_grad!(|v: &Variables| VjpPullback.apply(v, &x).unwrap())(&vars);
-    // gx = 2 p x, so the loss is 4 p^2 |x|^2.
-    assert_eq!(loss, 80.0);
+    let (loss, grads) = value_and_grad!(|v: &Variables| GradOfScaled.apply(v, &x).unwrap())(&vars);
+    // gx = 4 p x, so the loss is 16 p^2 |x|^2.
+    assert_eq!(loss, 320.0);
     assert_eq!(grads.error(), Some(ScopeError::SecondOrderUnsupported));
     assert_eq!(
         grads.read::<f64>("params", "LearnScaleSq_0/scale"),
         Err(ScopeError::SecondOrderUnsupported)
     );
-    let gx = grad!(|x: &Array1<f64>| VjpPullback.apply(&vars, x).unwrap())(&x);
+    let gx = grad!(|x: &Array1<f64>| GradOfScaled.apply(&vars, x).unwrap())(&x);
     assert!(gx.iter().all(|g| g.is_nan()), "{gx}");
 }
 

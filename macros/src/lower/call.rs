@@ -187,6 +187,41 @@ impl Lowerer<'_> {
         Val::Atom(self.emit(out, Op::Call(call), span))
     }
 
+    /// `pb(ct)` where `pb` is the pullback of a lifted `vjp!` of this block: a
+    /// statement second order goes through (see [`LiftedKind::Pull`]).
+    fn pullback_call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Option<Val> {
+        let Expr::Path(p) = &*c.func else {
+            return None;
+        };
+        let Some(Val::Atom(Atom::Var(pb))) = self.lookup(&p.path.get_ident()?.to_string()) else {
+            return None;
+        };
+        let vjp = out.iter().find_map(|s| match s {
+            Stmt::LetLifted(l) if matches!(l.kind, LiftedKind::Vjp) && l.dsts[1] == pb => {
+                Some(l.clone())
+            }
+            _ => None,
+        })?;
+        if c.args.len() != 1 {
+            return None;
+        }
+        let ct = self.operand(out, &c.args[0]);
+        let dsts: Vec<Var> = (0..=vjp.args.len()).map(|_| self.temp(c.span())).collect();
+        let tokens = self.verbatim(c.to_token_stream());
+        out.push(Stmt::LetLifted(Lifted {
+            kind: LiftedKind::Pull { y: vjp.dsts[0] },
+            dsts: dsts.clone(),
+            tokens,
+            args: std::iter::once(ct)
+                .chain(vjp.args.iter().cloned())
+                .collect(),
+            ..vjp
+        }));
+        Some(Val::Tuple(
+            dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect(),
+        ))
+    }
+
     /// Whether `c` calls a value an opaque lifted op made (`pb` of a `vjp!`).
     pub(super) fn calls_lifted(&mut self, c: &syn::ExprCall) -> bool {
         let Expr::Path(p) = &*c.func else {
@@ -362,8 +397,12 @@ impl Lowerer<'_> {
             let tokens = self.verbatim(arg);
             return Val::Atom(self.emit(out, Op::Const(quote!((#tokens))), span));
         }
-        // A call of what a lifted transform returned (`pb(ct)` of a `vjp!`): as opaque.
+        // A call of what a lifted transform returned (`pb(ct)` of a `vjp!` in this
+        // block: differentiated again; else opaque).
         if self.calls_lifted(c) {
+            if let Some(v) = self.pullback_call(out, c) {
+                return v;
+            }
             return Val::Atom(self.opaque_lifted(out, c.to_token_stream(), span));
         }
         if !self.mentions_local(c.args.to_token_stream()) {

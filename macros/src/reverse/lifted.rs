@@ -1,7 +1,8 @@
 //! The reverse sweep of lifted transforms (second order): each pullback runs the
 //! child again from the scope's state before the transform (`Scope::rerun_point`):
 //! its JVP-VJP for `grad!`, `value_and_grad!` and `jvp!`, one per input element for
-//! `jacfwd!`/`jacrev!`, its reverse mode for a `vjp!`'s output.
+//! `jacfwd!`/`jacrev!`, its reverse mode for a `vjp!`'s output, its JVP-VJP along the
+//! cotangents of what a `vjp!`'s pullback returned.
 
 use super::*;
 
@@ -22,6 +23,7 @@ impl Gen<'_> {
         match l.kind {
             LiftedKind::Jacobian => return self.rev_lifted_jacobian(r, l),
             LiftedKind::Vjp => return self.rev_lifted_vjp(r, l),
+            LiftedKind::Pull { y } => return self.rev_lifted_pull(r, l, y),
             _ => {}
         }
         let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
@@ -61,7 +63,9 @@ impl Gen<'_> {
             }
             // The output's and its tangent's cotangents seed the JVP's; its tangents
             // are the transform's own (the second half of the arguments).
-            LiftedKind::Jacobian | LiftedKind::Vjp => unreachable!("handled above"),
+            LiftedKind::Jacobian | LiftedKind::Vjp | LiftedKind::Pull { .. } => {
+                unreachable!("handled above")
+            }
             LiftedKind::Jvp { .. } => {
                 let (y, ty) = (
                     self.cot_or_zero(r, l.dsts[0]),
@@ -133,22 +137,17 @@ impl Gen<'_> {
         let n = l.args.len();
         let kept: Vec<Ident> = (0..n).map(|k| format_ident!("__a{}", k)).collect();
         let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
-        let primals: Vec<TokenStream> = (0..n).map(|k| self.kept_arg(&l.args[k], k)).collect();
+        let primals: Vec<TokenStream> = (0..n).map(|k| self.kept_arg_ref(&l.args[k], k)).collect();
         let companion = companion_ident(&format_ident!("__call_body"), "vjp_params");
-        let merge = self.f.params_active.then(|| {
-            quote! {
-                ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
-                ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
-            }
-        });
+        let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
         r.code.push(quote! {
             let (#(#cots,)*) = {
-                let (__rerun, __child, __module, _, (#(#kept,)*)) = #snap;
+                let (__rerun, __child, __module, _, (#(#kept,)*)) = &#snap;
                 let mut __snapshot = __rerun.variables();
-                let mut __cx2 = __rerun.scope(&mut __snapshot, &__child);
+                let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
                 __cx2.restrict(#visible, #rngs);
-                let (_, __pb2) = ::adjoint::scope::Child::module(&__module)
+                let (_, __pb2) = ::adjoint::scope::Child::module(__module)
                     .#companion(&mut __cx2, #(#primals,)*);
                 let (mut __cv, _, #(#cots,)*) = __pb2(#ybar);
                 #merge
@@ -156,6 +155,66 @@ impl Gen<'_> {
             };
         });
         for (a, c) in l.args.iter().zip(&cots) {
+            self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// The pullback of `(vars_ct, g..) = pb(ct)`, `pb` a lifted `vjp!`'s (second
+    /// order): `g = J' ct`, so with `g`'s cotangents `gbar` the cotangent of `ct` is
+    /// `J gbar` (the child's JVP along `gbar`), and those of the parameters and the
+    /// primals are the gradient of `<ct, J gbar>`: the child's JVP-VJP along `gbar`,
+    /// run again from the `vjp!`'s snapshot, seeded with `ct` on the tangent output.
+    /// The variables' cotangents (`vars_ct`) are not differentiated again.
+    fn rev_lifted_pull(&mut self, r: &mut Rev, l: &Lifted, y: Var) {
+        let n = l.args.len() - 1;
+        let (ct, primal_args) = (&l.args[0], &l.args[1..]);
+        if self.active(l.dsts[0]) && r.init.contains(&l.dsts[0]) && self.f.params_active {
+            r.code
+                .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
+        }
+        if !l.dsts[1..]
+            .iter()
+            .any(|d| self.active(*d) && r.init.contains(d))
+        {
+            return;
+        }
+        let snap = self.read_slot(r, Slot::Pb(y));
+        let kept: Vec<Ident> = (0..n).map(|k| format_ident!("__a{}", k)).collect();
+        let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
+        let primals: Vec<TokenStream> = (0..n)
+            .map(|k| self.kept_arg_ref(&primal_args[k], k))
+            .collect();
+        let mut tangents = Vec::new();
+        for (k, a) in primal_args.iter().enumerate() {
+            let g = self.cot_or_zero(r, l.dsts[1 + k]);
+            tangents.push(if a.by_ref || self.is_reference_param(&a.atom) {
+                quote!(&#g)
+            } else {
+                g
+            });
+        }
+        let ctv = self.read_slot(r, Slot::Pb(l.dsts[0]));
+        let skip = (0..n).map(|_| quote!(_));
+        let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
+        let merge = self.merge_rerun();
+        let (visible, rngs) = (&l.visible, &l.rngs);
+        r.code.push(quote! {
+            let (__ct_bar, #(#cots,)*) = {
+                let (__rerun, __child, __module, _, (#(#kept,)*)) = &#snap;
+                let mut __snapshot = __rerun.variables();
+                let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
+                __cx2.restrict(#visible, #rngs);
+                let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
+                    .#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
+                let __seed = #ctv;
+                let (mut __cv, _, #(#cots,)* #(#skip,)*) =
+                    __pb2((::adjoint::__private::zeros(&__o.0), __seed));
+                #merge
+                (__o.1, #(#cots,)*)
+            };
+        });
+        self.contribute(r, &ct.atom, quote!(__ct_bar));
+        for (a, c) in primal_args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
         }
     }
@@ -200,12 +259,7 @@ impl Gen<'_> {
             .collect();
         let skip = (0..n).map(|_| quote!(_));
         let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
-        let merge = self.f.params_active.then(|| {
-            quote! {
-                ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
-                ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
-            }
-        });
+        let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
         let first = &kept[0];
         r.code.push(quote! {
@@ -245,6 +299,28 @@ impl Gen<'_> {
 
     /// The primal's copy `__a{k}` of a lifted transform's argument, passed to its
     /// rerun as `like` was passed: by reference where it was a reference.
+    /// With parameters differentiated, what a rerun gives the parameters (`__cv`,
+    /// poisoned if the rerun failed) added into theirs.
+    fn merge_rerun(&self) -> Option<TokenStream> {
+        self.f.params_active.then(|| {
+            quote! {
+                ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
+                ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
+            }
+        })
+    }
+
+    /// As [`Gen::kept_arg`], the copies bound by reference (`&snapshot`): a copy of
+    /// one passed by value.
+    pub(super) fn kept_arg_ref(&self, like: &Arg, k: usize) -> TokenStream {
+        let x = format_ident!("__a{}", k);
+        if like.by_ref || self.is_reference_param(&like.atom) {
+            quote!(#x)
+        } else {
+            quote!(::core::clone::Clone::clone(#x))
+        }
+    }
+
     pub(super) fn kept_arg(&self, like: &Arg, k: usize) -> TokenStream {
         let x = format_ident!("__a{}", k);
         if like.by_ref || self.is_reference_param(&like.atom) {

@@ -275,7 +275,7 @@ impl<'a> Gen<'a> {
                         grads,
                         quote!(::adjoint::__private::no_tangents(&(#var_tangents))),
                     ),
-                    LiftedKind::Vjp => (grads, quote!(true)),
+                    LiftedKind::Vjp | LiftedKind::Pull { .. } => (grads, quote!(true)),
                     LiftedKind::Jacobian => {
                         let j = &names[0];
                         (quote!(#j), quote!(true))
@@ -283,6 +283,16 @@ impl<'a> Gen<'a> {
                 };
                 if !self.reads_all.contains(&Slot::Pb(l.dsts[0])) {
                     return quote!(let #pat = #tokens;);
+                }
+                // A pullback's call keeps a copy of its cotangent (the call may move it);
+                // the rest it reads is its `vjp!`'s snapshot.
+                if matches!(l.kind, LiftedKind::Pull { .. }) {
+                    let snap = self.slot_name(Slot::Pb(l.dsts[0]));
+                    let ct = self.atom(&l.args[0].atom);
+                    return quote! {
+                        let #snap = ::adjoint::__private::own(&#ct);
+                        let #pat = #tokens;
+                    };
                 }
                 // What the second-order pullback reruns the child on: the scope's state
                 // before the transform (variables, random streams), the child's path,
