@@ -13,6 +13,15 @@ use ndarray::{Array, ArrayBase, ArrayD, Data, Dimension, IxDyn};
 
 /// A value along whose elements a Jacobian is taken, or which a function returns:
 /// a float scalar or an array (or a reference to one).
+///
+/// ```
+/// use adjoint::jacobian::Basis;
+/// let x = ndarray::array![[1.0, 2.0], [3.0, 4.0]];
+/// assert_eq!(x.shape(), vec![2, 2]);
+/// assert_eq!(x.unit(1), ndarray::array![[0.0, 1.0], [0.0, 0.0]]);
+/// assert_eq!(x.with_elements(vec![4.0, 3.0, 2.0, 1.0]), ndarray::array![[4.0, 3.0], [2.0, 1.0]]);
+/// assert_eq!(2.5f64.with_elements(vec![7.0]), 7.0);
+/// ```
 pub trait Basis {
     /// The element type.
     type Elem: Real;

@@ -23,27 +23,36 @@ pub(crate) fn jvp_item(
     let ReturnType::Type(..) = &f.sig.output else {
         return None;
     };
+    let body = jvp_of(cx, params, &f.block, &f.sig.ident)?;
+    Some(forward_items(f, params, body, depth))
+}
+
+/// The JVP of a function's or a method's body (calls followed), or the error saying
+/// what forward mode covers, at `name`.
+fn jvp_of(
+    cx: &Ctxt,
+    params: &[ParamInfo],
+    block: &syn::Block,
+    name: &Ident,
+) -> Option<TokenStream> {
     let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
-    let func = lower::lower(cx, &specs, &f.block);
+    let func = lower::lower(cx, &specs, block);
     let act = activity::analyze(cx, &func);
     let reference_params: Vec<bool> = params
         .iter()
         .map(|p| matches!(p.ty, Type::Reference(_)))
         .collect();
-    let Some(body) = crate::forward::jvp_body(
+    let body = crate::forward::jvp_body(
         &func,
         &|v| act.varied(v),
         &reference_params,
         crate::forward::Mode::Inputs,
         true,
-    ) else {
-        cx.error_at(
-            &f.sig.ident,
-            format!("#[differentiable(jvp)]: {FORWARD_COVERS}"),
-        );
-        return None;
-    };
-    Some(forward_items(f, params, body, depth))
+    );
+    if body.is_none() {
+        cx.error_at(name, format!("#[differentiable(jvp)]: {FORWARD_COVERS}"));
+    }
+    body
 }
 
 /// For a method or an associated function `m` of a `#[differentiable(jvp)]` impl:
@@ -59,26 +68,7 @@ pub(crate) fn method_forward_items(
     let ReturnType::Type(_, ret) = &m.sig.output else {
         return None;
     };
-    let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
-    let func = lower::lower(cx, &specs, &m.block);
-    let act = activity::analyze(cx, &func);
-    let reference_params: Vec<bool> = params
-        .iter()
-        .map(|p| matches!(p.ty, Type::Reference(_)))
-        .collect();
-    let Some(body) = crate::forward::jvp_body(
-        &func,
-        &|v| act.varied(v),
-        &reference_params,
-        crate::forward::Mode::Inputs,
-        true,
-    ) else {
-        cx.error_at(
-            &m.sig.ident,
-            format!("#[differentiable(jvp)]: {FORWARD_COVERS}"),
-        );
-        return None;
-    };
+    let body = jvp_of(cx, params, &m.block, &m.sig.ident)?;
     let (jvp, jvp_all) = (
         crate::names::companion_ident(&m.sig.ident, "jvp"),
         crate::names::companion_ident(&m.sig.ident, "jvp_all"),

@@ -217,9 +217,7 @@ impl Lowerer<'_> {
                 .collect(),
             ..vjp
         }));
-        Some(Val::Tuple(
-            dsts.into_iter().map(|d| Val::Atom(Atom::Var(d))).collect(),
-        ))
+        Some(super::expr::vars(dsts))
     }
 
     /// Whether `c` calls a value an opaque lifted op made (`pb` of a `vjp!`).

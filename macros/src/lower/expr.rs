@@ -233,24 +233,14 @@ impl Lowerer<'_> {
         let has_aux = std::mem::take(&mut input.has_aux);
         let n = input.positional.len().checked_sub(3)?;
         let child = self.lifted_child(&mut input, n)?;
-        let args: Vec<Arg> = input.positional[3..]
-            .iter()
-            .map(|a| self.operand(out, a))
-            .collect();
+        let args = self.operands(out, &input.positional[3..]);
         let value = m
             .mac
             .path
             .is_ident("value_and_grad")
             .then(|| self.temp(e.span()));
         let aux = has_aux.then(|| self.temp(e.span()));
-        let dsts: Vec<Var> = (0..n).map(|_| self.temp(e.span())).collect();
-        let tokens = self.verbatim(e.to_token_stream());
-        out.push(Stmt::LetLifted(child.lifted(
-            LiftedKind::Grad { value, aux },
-            dsts.clone(),
-            tokens,
-            args,
-        )));
+        let dsts = self.push_lifted(out, e, child, LiftedKind::Grad { value, aux }, n, args);
         let var = |v: Var| Val::Atom(Atom::Var(v));
         let grads = Val::Tuple(dsts.into_iter().map(var).collect());
         // grad!: `grads` or `(grads, aux)`; value_and_grad!: `(value, grads)` or
@@ -289,22 +279,10 @@ impl Lowerer<'_> {
         }
         let var_tangents = self.verbatim(input.positional[5].to_token_stream());
         let child = self.lifted_child(&mut input, n)?;
-        let args: Vec<Arg> = primals
-            .iter()
-            .chain(&tangents)
-            .map(|a| self.operand(out, a))
-            .collect();
-        let dsts = vec![self.temp(e.span()), self.temp(e.span())];
-        let tokens = self.verbatim(e.to_token_stream());
-        out.push(Stmt::LetLifted(child.lifted(
-            LiftedKind::Jvp { var_tangents },
-            dsts.clone(),
-            tokens,
-            args,
-        )));
-        Some(Val::Tuple(
-            dsts.into_iter().map(|v| Val::Atom(Atom::Var(v))).collect(),
-        ))
+        let mut args = self.operands(out, &primals);
+        args.extend(self.operands(out, &tangents));
+        let dsts = self.push_lifted(out, e, child, LiftedKind::Jvp { var_tangents }, 2, args);
+        Some(vars(dsts))
     }
 
     /// `vjp!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` (`vjp_variables`
@@ -322,24 +300,12 @@ impl Lowerer<'_> {
         input.vjp_variables = None;
         let n = input.positional.len().checked_sub(3)?;
         let child = self.lifted_child(&mut input, n)?;
-        let args: Vec<Arg> = input.positional[3..]
-            .iter()
-            .map(|a| self.operand(out, a))
-            .collect();
-        let (y, pb) = (self.temp(e.span()), self.temp(e.span()));
-        self.lifted
-            .insert(pb, args.iter().map(|a| a.atom.clone()).collect());
-        let tokens = self.verbatim(e.to_token_stream());
-        out.push(Stmt::LetLifted(child.lifted(
-            LiftedKind::Vjp,
-            vec![y, pb],
-            tokens,
-            args,
-        )));
-        Some(Val::Tuple(vec![
-            Val::Atom(Atom::Var(y)),
-            Val::Atom(Atom::Var(pb)),
-        ]))
+        let args = self.operands(out, &input.positional[3..]);
+        let reads: Vec<Atom> = args.iter().map(|a| a.atom.clone()).collect();
+        let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp, 2, args);
+        // A call of the pullback reads what the transform read.
+        self.lifted.insert(dsts[1], reads);
+        Some(vars(dsts))
     }
 
     /// `jacfwd!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` or `jacrev!`:
@@ -354,19 +320,41 @@ impl Lowerer<'_> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         let n = input.positional.len().checked_sub(3)?;
         let child = self.lifted_child(&mut input, n)?;
-        let args: Vec<Arg> = input.positional[3..]
-            .iter()
-            .map(|a| self.operand(out, a))
-            .collect();
-        let jacobian = self.temp(e.span());
+        let args = self.operands(out, &input.positional[3..]);
+        let dsts = self.push_lifted(out, e, child, LiftedKind::Jacobian, 1, args);
+        Some(Val::Atom(Atom::Var(dsts[0])))
+    }
+
+    /// The operands of a lifted transform's primals (or tangents).
+    fn operands(&mut self, out: &mut Stmts, exprs: &[Expr]) -> Vec<Arg> {
+        exprs.iter().map(|a| self.operand(out, a)).collect()
+    }
+
+    /// Pushes the lifted transform `e` over `child` as a statement of `kind` with `n`
+    /// results, and returns them.
+    fn push_lifted(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        child: LiftedChild,
+        kind: LiftedKind,
+        n: usize,
+        args: Vec<Arg>,
+    ) -> Vec<Var> {
+        let dsts: Vec<Var> = (0..n).map(|_| self.temp(e.span())).collect();
         let tokens = self.verbatim(e.to_token_stream());
-        out.push(Stmt::LetLifted(child.lifted(
-            LiftedKind::Jacobian,
-            vec![jacobian],
+        out.push(Stmt::LetLifted(Lifted {
+            kind,
+            dsts: dsts.clone(),
             tokens,
+            module: child.module,
+            keep: child.keep,
+            scope: child.scope,
             args,
-        )));
-        Some(Val::Atom(Atom::Var(jacobian)))
+            visible: child.visible,
+            rngs: child.rngs,
+        }));
+        dsts
     }
 
     /// An opaque lifted computation written as `tokens` (see [`Op::Lifted`]): what it
@@ -828,24 +816,7 @@ struct LiftedChild {
     rngs: TokenStream,
 }
 
-impl LiftedChild {
-    fn lifted(
-        self,
-        kind: LiftedKind,
-        dsts: Vec<Var>,
-        tokens: TokenStream,
-        args: Vec<Arg>,
-    ) -> Lifted {
-        Lifted {
-            kind,
-            dsts,
-            tokens,
-            module: self.module,
-            keep: self.keep,
-            scope: self.scope,
-            args,
-            visible: self.visible,
-            rngs: self.rngs,
-        }
-    }
+/// Each variable as a value, in a tuple.
+pub(super) fn vars(dsts: Vec<Var>) -> Val {
+    Val::Tuple(dsts.into_iter().map(|v| Val::Atom(Atom::Var(v))).collect())
 }

@@ -61,27 +61,30 @@ impl Gen<'_> {
                 }
                 (seeds, tangents, l.args.len())
             }
-            // The output's and its tangent's cotangents seed the JVP's; its tangents
-            // are the transform's own (the second half of the arguments).
             LiftedKind::Jacobian | LiftedKind::Vjp | LiftedKind::Pull { .. } => {
                 unreachable!("handled above")
             }
+            // The output's and its tangent's cotangents seed the JVP's; its tangents
+            // are the transform's own (the second half of the arguments).
             LiftedKind::Jvp { .. } => {
                 let (y, ty) = (
                     self.cot_or_zero(r, l.dsts[0]),
                     self.cot_or_zero(r, l.dsts[1]),
                 );
                 let n = l.args.len() / 2;
-                // Each tangent (the primal's copy) as its primal is passed.
-                let tangents: Vec<TokenStream> =
-                    (0..n).map(|k| self.kept_arg(&l.args[k], n + k)).collect();
+                // Each tangent as its primal is passed.
+                let mut tangents = Vec::new();
+                for k in 0..n {
+                    tangents.push(self.rerun_arg(r, &l.args[n + k], &l.args[k], n + k));
+                }
                 (quote!((#y, #ty)), tangents, n)
             }
         };
-        let primals: Vec<TokenStream> = (0..n).map(|k| self.kept_arg(&l.args[k], k)).collect();
-        let kept: Vec<Ident> = (0..l.args.len())
-            .map(|k| format_ident!("__a{}", k))
-            .collect();
+        let mut primals = Vec::new();
+        for (k, a) in l.args[..n].iter().enumerate() {
+            primals.push(self.rerun_arg(r, a, a, k));
+        }
+        let kept = self.kept_pattern(&l.args);
         let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
         // Cotangents of the primals, and for `jvp!` of its tangents (`grad!` has none
         // to give: its tangents were the gradients' cotangents).
@@ -97,7 +100,7 @@ impl Gen<'_> {
         let merge = if self.f.params_active {
             quote! {
                 ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
-                if !__tangents_ok {
+                if !*__tangents_ok {
                     ::adjoint::__private::second_order(&mut __cv);
                 }
                 ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
@@ -108,11 +111,11 @@ impl Gen<'_> {
         let (visible, rngs) = (&l.visible, &l.rngs);
         r.code.push(quote! {
             let (#(#cots,)*) = {
-                let (__rerun, __child, __module, __tangents_ok, (#(#kept,)*)) = #snap;
+                let (__rerun, __child, __module, __tangents_ok, (#(#kept,)*)) = &#snap;
                 let mut __snapshot = __rerun.variables();
-                let mut __cx2 = __rerun.scope(&mut __snapshot, &__child);
+                let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
                 __cx2.restrict(#visible, #rngs);
-                let (__o, __pb2) = ::adjoint::scope::Child::module(&__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
+                let (__o, __pb2) = ::adjoint::scope::Child::module(__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
                 let (mut __cv, _, #(#cots,)* #(#skip,)*) =
                     __pb2(#seeds);
                 #merge
@@ -135,9 +138,12 @@ impl Gen<'_> {
         let snap = self.read_slot(r, Slot::Pb(y));
         let ybar = self.bar(y).clone();
         let n = l.args.len();
-        let kept: Vec<Ident> = (0..n).map(|k| format_ident!("__a{}", k)).collect();
+        let kept = self.kept_pattern(&l.args);
         let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
-        let primals: Vec<TokenStream> = (0..n).map(|k| self.kept_arg_ref(&l.args[k], k)).collect();
+        let mut primals = Vec::new();
+        for (k, a) in l.args.iter().enumerate() {
+            primals.push(self.rerun_arg(r, a, a, k));
+        }
         let companion = companion_ident(&format_ident!("__call_body"), "vjp_params");
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
@@ -179,15 +185,16 @@ impl Gen<'_> {
             return;
         }
         let snap = self.read_slot(r, Slot::Pb(y));
-        let kept: Vec<Ident> = (0..n).map(|k| format_ident!("__a{}", k)).collect();
+        let kept = self.kept_pattern(primal_args);
         let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
-        let primals: Vec<TokenStream> = (0..n)
-            .map(|k| self.kept_arg_ref(&primal_args[k], k))
-            .collect();
+        let mut primals = Vec::new();
+        for (k, a) in primal_args.iter().enumerate() {
+            primals.push(self.rerun_arg(r, a, a, k));
+        }
         let mut tangents = Vec::new();
         for (k, a) in primal_args.iter().enumerate() {
             let g = self.cot_or_zero(r, l.dsts[1 + k]);
-            tangents.push(if a.by_ref || self.is_reference_param(&a.atom) {
+            tangents.push(if self.passed_by_ref(a) {
                 quote!(&#g)
             } else {
                 g
@@ -227,51 +234,49 @@ impl Gen<'_> {
         let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
         let cj = self.bar(l.dsts[0]).clone();
         let n = l.args.len();
-        let kept: Vec<Ident> = (0..n).map(|k| format_ident!("__a{}", k)).collect();
+        let kept = self.kept_pattern(&l.args);
         let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
         let accs: Vec<Ident> = (0..n).map(|k| format_ident!("__acc{}", k)).collect();
-        // Each argument as it was passed, a copy per run for one passed by value.
-        let pass: Vec<TokenStream> = (0..n)
-            .map(|k| {
-                let x = &kept[k];
-                if l.args[k].by_ref || self.is_reference_param(&l.args[k].atom) {
-                    quote!(&#x)
-                } else {
-                    quote!(::core::clone::Clone::clone(&#x))
-                }
-            })
-            .collect();
-        // The unit tangent along the first primal, zero along the others.
-        let tangents: Vec<TokenStream> = (0..n)
-            .map(|k| {
-                let x = &kept[k];
-                let t = if k == 0 {
-                    quote!(::adjoint::__private::unit(&#x, __i))
-                } else {
-                    quote!(::adjoint::__private::zeros(&#x))
-                };
-                if l.args[k].by_ref || self.is_reference_param(&l.args[k].atom) {
-                    quote!(&#t)
-                } else {
-                    t
-                }
-            })
-            .collect();
+        // A reference to each argument (`__x{k}`), passed as it was (a copy per run
+        // for one passed by value); the unit tangent along the first, zero along the
+        // others, each of its primal's type.
+        let refs: Vec<Ident> = (0..n).map(|k| format_ident!("__x{}", k)).collect();
+        let mut bind = Vec::new();
+        let mut pass = Vec::new();
+        let mut tangents = Vec::new();
+        for (k, a) in l.args.iter().enumerate() {
+            let x = &refs[k];
+            let value = self.rerun_arg_ref(r, a, k);
+            bind.push(quote!(let #x = #value;));
+            let t = if k == 0 {
+                quote!(::adjoint::__private::unit(#x, __i))
+            } else {
+                quote!(::adjoint::__private::zeros(#x))
+            };
+            if self.passed_by_ref(a) {
+                pass.push(quote!(#x));
+                tangents.push(quote!(&#t));
+            } else {
+                pass.push(quote!(::core::clone::Clone::clone(#x)));
+                tangents.push(t);
+            }
+        }
         let skip = (0..n).map(|_| quote!(_));
         let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
-        let first = &kept[0];
+        let first = &refs[0];
         r.code.push(quote! {
             let (#(#accs,)*) = {
-                let (__rerun, __child, __module, _, (#(#kept,)*)) = #snap;
-                let (#(mut #accs,)*) = (#(::adjoint::__private::zeros(&#kept),)*);
-                let __n = ::adjoint::__private::basis_len(&#first);
+                let (__rerun, __child, __module, _, (#(#kept,)*)) = &#snap;
+                #(#bind)*
+                let (#(mut #accs,)*) = (#(::adjoint::__private::zeros(#refs),)*);
+                let __n = ::adjoint::__private::basis_len(#first);
                 for __i in 0..__n {
                     let mut __snapshot = __rerun.variables();
-                    let mut __cx2 = __rerun.scope(&mut __snapshot, &__child);
+                    let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
                     __cx2.restrict(#visible, #rngs);
-                    let (__o, __pb2) = ::adjoint::scope::Child::module(&__module)
+                    let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
                         .#companion(&mut __cx2, #(#pass,)* #(#tangents,)*);
                     let __column = ::adjoint::__private::jacobian_column(&#cj, &__o.1, __i, __n);
                     let (mut __cv, _, #(#cots,)* #(#skip,)*) =
@@ -297,8 +302,6 @@ impl Gen<'_> {
         }
     }
 
-    /// The primal's copy `__a{k}` of a lifted transform's argument, passed to its
-    /// rerun as `like` was passed: by reference where it was a reference.
     /// With parameters differentiated, what a rerun gives the parameters (`__cv`,
     /// poisoned if the rerun failed) added into theirs.
     fn merge_rerun(&self) -> Option<TokenStream> {
@@ -310,23 +313,53 @@ impl Gen<'_> {
         })
     }
 
-    /// As [`Gen::kept_arg`], the copies bound by reference (`&snapshot`): a copy of
-    /// one passed by value.
-    pub(super) fn kept_arg_ref(&self, like: &Arg, k: usize) -> TokenStream {
-        let x = format_ident!("__a{}", k);
-        if like.by_ref || self.is_reference_param(&like.atom) {
-            quote!(#x)
+    /// Whether the transform was given `a` by reference (`&x`, or a parameter that is
+    /// a reference).
+    fn passed_by_ref(&self, a: &Arg) -> bool {
+        a.by_ref || self.is_reference_param(&a.atom)
+    }
+
+    /// The pattern binding the copies in a snapshot (see `primal.rs`): `__a{k}` for an
+    /// argument passed by value, which the transform may have moved; `_` for one
+    /// passed by reference, read as any value the sweep reads.
+    fn kept_pattern(&self, args: &[Arg]) -> Vec<TokenStream> {
+        args.iter()
+            .enumerate()
+            .map(|(k, a)| {
+                if self.passed_by_ref(a) {
+                    quote!(_)
+                } else {
+                    format_ident!("__a{}", k).to_token_stream()
+                }
+            })
+            .collect()
+    }
+
+    /// A reference to argument `k` of a lifted transform for its rerun (the snapshot
+    /// bound by reference): read from the primal if it was passed by reference, its
+    /// kept copy if by value.
+    fn rerun_arg_ref(&mut self, r: &mut Rev, a: &Arg, k: usize) -> TokenStream {
+        if self.passed_by_ref(a) {
+            let x = self.read_atom(r, &a.atom);
+            if a.by_ref {
+                quote!(&#x)
+            } else {
+                // The owning companion holds its own copy: borrow either way.
+                quote!(::adjoint::__private::Value::primal(&#x))
+            }
         } else {
-            quote!(::core::clone::Clone::clone(#x))
+            format_ident!("__a{}", k).to_token_stream()
         }
     }
 
-    pub(super) fn kept_arg(&self, like: &Arg, k: usize) -> TokenStream {
-        let x = format_ident!("__a{}", k);
-        if like.by_ref || self.is_reference_param(&like.atom) {
-            quote!(&#x)
+    /// Argument `k` passed to the rerun as `like` was passed to the transform: by
+    /// reference where it was, else a copy (the rerun may run more than once).
+    fn rerun_arg(&mut self, r: &mut Rev, a: &Arg, like: &Arg, k: usize) -> TokenStream {
+        let x = self.rerun_arg_ref(r, a, k);
+        if self.passed_by_ref(like) {
+            x
         } else {
-            quote!(#x)
+            quote!(::core::clone::Clone::clone(#x))
         }
     }
 }

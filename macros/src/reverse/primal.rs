@@ -306,10 +306,15 @@ impl<'a> Gen<'a> {
                 } else {
                     quote!(#module)
                 };
-                // Copies of the arguments (the transform may move them).
+                // Copies of the arguments passed by value (the transform may move
+                // them); those passed by reference the sweep reads as any value.
                 let args = l.args.iter().map(|a| {
-                    let x = self.atom(&a.atom);
-                    quote!(::adjoint::__private::own(&#x))
+                    if a.by_ref || self.is_reference_param(&a.atom) {
+                        quote!(())
+                    } else {
+                        let x = self.atom(&a.atom);
+                        quote!(::adjoint::__private::own(&#x))
+                    }
                 });
                 quote! {
                     let #snap = #scope.rerun_point();
