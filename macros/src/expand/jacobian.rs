@@ -7,7 +7,7 @@ use crate::ctxt::Ctxt;
 use crate::lower::{self, ParamSpec};
 use crate::parse::signature::*;
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::{ToTokens, format_ident, quote};
 use syn::visit_mut::VisitMut;
 use syn::{Ident, ItemFn, ReturnType, Type};
 
@@ -81,19 +81,12 @@ pub(crate) fn method_forward_items(
     } else {
         quote!(Self::#jvp)
     };
-    let args: Vec<TokenStream> = params.iter().map(ParamInfo::input_kept).collect();
-    let tangents = params.iter().filter(|p| p.active).map(|p| {
-        let (n, ty) = (p.tangent_name(), &p.ty);
-        quote!(#n: #ty)
-    });
-    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
-    let dnames: Vec<Ident> = params.iter().map(|p| p.tangent_name()).collect();
-    let all_tangents = params.iter().zip(&dnames).map(|(p, d)| all_tangent(p, d));
-    let active_dnames = params
-        .iter()
-        .zip(&dnames)
-        .filter(|(p, _)| p.active)
-        .map(|(_, d)| d);
+    let JvpInputs {
+        args,
+        tangents,
+        all_tangents,
+        forwarded,
+    } = JvpInputs::of(params);
     let ret_cot = cot_type(ret);
     let (impl_generics, _, impl_where) = item.generics.split_for_impl();
     let self_ty = &item.self_ty;
@@ -109,7 +102,7 @@ pub(crate) fn method_forward_items(
             #[doc(hidden)]
             #[allow(clippy::all, unused_variables)]
             #vis fn #jvp_all #generics (#receiver #(#args,)* #(#all_tangents),*) -> (#ret, #ret_cot) #where_clause {
-                #call(#(#names,)* #(#active_dnames),*)
+                #call(#(#forwarded),*)
             }
         }
     })
@@ -118,23 +111,49 @@ pub(crate) fn method_forward_items(
 /// What forward mode covers, for the error where it does not.
 pub(crate) const FORWARD_COVERS: &str = "forward mode covers branches, loops, `mapv` closures, calls of `#[differentiable(jvp)]` functions and of methods of `#[differentiable(jvp)]` impls, arithmetic, elementwise maths, reductions, products, layers' rules and module calls; not yet `concatenate`, `stack`, `array![..]` of differentiated values, or the fused cross-entropy losses (write those with `log_softmax`)";
 
-/// A parameter of `jvp_all`: the tangent `d` of `p`, or `NoTangent` (by reference for
-/// a reference) where `p` is not differentiated.
-fn all_tangent(p: &ParamInfo, d: &Ident) -> TokenStream {
-    let ty = &p.ty;
-    match (p.active, &p.ty) {
-        (true, _) => quote!(#d: #ty),
-        (false, Type::Reference(_)) => quote!(#d: &::adjoint::NoTangent),
-        (false, _) => quote!(#d: ::adjoint::NoTangent),
+/// The parameters of a JVP (`jvp`) and of what a caller's forward mode calls
+/// (`jvp_all`), for a function whose parameters are `params`.
+struct JvpInputs {
+    /// The arguments (`#[no_grad]` kept: the JVP is differentiated again).
+    args: Vec<TokenStream>,
+    /// `jvp`'s tangents: one per differentiated argument, of its type.
+    tangents: Vec<TokenStream>,
+    /// `jvp_all`'s: one per argument, `NoTangent` (by reference for a reference)
+    /// where it is not differentiated, so that a caller need not know which are.
+    all_tangents: Vec<TokenStream>,
+    /// What `jvp_all` passes on to `jvp`: the arguments, then the tangents it takes.
+    forwarded: Vec<TokenStream>,
+}
+
+impl JvpInputs {
+    fn of(params: &[ParamInfo]) -> JvpInputs {
+        let mut inputs = JvpInputs {
+            args: params.iter().map(ParamInfo::input_kept).collect(),
+            tangents: Vec::new(),
+            all_tangents: Vec::new(),
+            forwarded: params.iter().map(|p| param_name(&p.pat)).collect(),
+        };
+        for p in params {
+            let (d, ty) = (p.tangent_name(), &p.ty);
+            inputs.all_tangents.push(match (p.active, ty) {
+                (true, _) => quote!(#d: #ty),
+                (false, Type::Reference(_)) => quote!(#d: &::adjoint::NoTangent),
+                (false, _) => quote!(#d: ::adjoint::NoTangent),
+            });
+            if p.active {
+                inputs.tangents.push(quote!(#d: #ty));
+                inputs.forwarded.push(d.to_token_stream());
+            }
+        }
+        inputs
     }
 }
 
 /// `jvp` for a function given its rule by `#[custom_jvp(jvp = rule)]`: the rule
 /// called with the arguments and the tangents, as `jvp` takes them.
 pub(crate) fn custom_jvp_item(f: &ItemFn, params: &[ParamInfo], rule: &syn::Path) -> TokenStream {
-    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
-    let dnames = params.iter().filter(|p| p.active).map(|p| p.tangent_name());
-    forward_items(f, params, quote!(#rule(#(#names,)* #(#dnames),*)), 1)
+    let forwarded = JvpInputs::of(params).forwarded;
+    forward_items(f, params, quote!(#rule(#(#forwarded),*)), 1)
 }
 
 /// `jvp` with `body`, `jvp_all` (what a caller's forward mode calls) and the
@@ -149,29 +168,18 @@ fn forward_items(f: &ItemFn, params: &[ParamInfo], body: TokenStream, depth: u32
     let vis = &f.vis;
     let generics = &f.sig.generics;
     let where_clause = &f.sig.generics.where_clause;
-    let args = params.iter().map(ParamInfo::input_kept);
-    let tangents = params.iter().filter(|p| p.active).map(|p| {
-        let n = p.tangent_name();
-        let ty = &p.ty;
-        quote!(#n: #ty)
-    });
+    let JvpInputs {
+        args,
+        tangents,
+        all_tangents,
+        forwarded,
+    } = JvpInputs::of(params);
     let doc = format!(
         "The value of [`{}`] and its derivative along the tangents (generated by `#[differentiable(jvp)]`).",
         f.sig.ident
     );
     let ret_cot = cot_type(ret);
     let jacobians = jacobian_items(f, params);
-    // What a caller's forward mode calls: a tangent for every argument, `NoTangent`
-    // for those not differentiated (so that the caller need not know which are).
-    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
-    let dnames: Vec<Ident> = params.iter().map(|p| p.tangent_name()).collect();
-    let all_tangents = params.iter().zip(&dnames).map(|(p, d)| all_tangent(p, d));
-    let active_dnames = params
-        .iter()
-        .zip(&dnames)
-        .filter(|(p, _)| p.active)
-        .map(|(_, d)| d);
-    let args_again = params.iter().map(ParamInfo::input_kept);
     // The forward-mode companions stand for the function: one only ever run through
     // `jvp!` or `hessian!` is not dead code.
     let turbofish = {
@@ -199,8 +207,8 @@ fn forward_items(f: &ItemFn, params: &[ParamInfo], body: TokenStream, depth: u32
 
             #[doc(hidden)]
             #[allow(clippy::all, unused_variables)]
-            #vis fn jvp_all #generics (#(#args_again,)* #(#all_tangents),*) -> (#ret, #ret_cot) #where_clause {
-                Self::jvp(#(#names,)* #(#active_dnames),*)
+            #vis fn jvp_all #generics (#(#args,)* #(#all_tangents),*) -> (#ret, #ret_cot) #where_clause {
+                Self::jvp(#(#forwarded),*)
             }
         }
         #jacobians
