@@ -5,3 +5,4 @@
 
 pub mod signature;
 pub mod transform;
+pub mod vmap;
