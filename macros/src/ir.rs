@@ -242,6 +242,13 @@ pub enum LiftedKind {
     /// `y`'s): `dsts` are the variables' cotangents and one per primal; `args` are
     /// `ct` then the `vjp!`'s own.
     Pull { y: Var },
+    /// `vmap!`: the batched output (one `dst`); each argument's axis (`None`:
+    /// broadcast) and the axis's name. The output is differentiated (the child's
+    /// reverse mode run again, example by example).
+    Vmap {
+        in_axes: Vec<Option<syn::LitInt>>,
+        axis_name: Option<syn::LitStr>,
+    },
 }
 
 /// A loop with the variables it carries from one iteration to the next.
@@ -456,7 +463,8 @@ impl Lifted {
             LiftedKind::Jvp { .. }
             | LiftedKind::Jacobian
             | LiftedKind::Vjp
-            | LiftedKind::Pull { .. } => (None, None),
+            | LiftedKind::Pull { .. }
+            | LiftedKind::Vmap { .. } => (None, None),
         };
         value
             .iter()

@@ -128,6 +128,46 @@ pub fn probe<const AXIS: usize, T: Unbatch<AXIS>>(x: &T) -> T::Probe {
     x.probe()
 }
 
+/// The cotangent of a mapped argument, written one example at a time: the reverse
+/// of [`Unbatch`], for a `vmap!` differentiated inside a module.
+pub trait Rebatch<const AXIS: usize> {
+    /// One example's cotangent.
+    type Item;
+    /// Adds `ct` into example `i` along the axis.
+    fn add_example(&mut self, i: usize, ct: Self::Item);
+}
+
+impl<A: Real> Rebatch<0> for Array1<A> {
+    type Item = A;
+    fn add_example(&mut self, i: usize, ct: A) {
+        self[i] += ct;
+    }
+}
+
+macro_rules! rebatch_views {
+    ($($d:ty: $($axis:literal)*;)*) => {$($(
+        impl<A: Real> Rebatch<$axis> for Array<A, $d> {
+            type Item = Array<A, <$d as Dimension>::Smaller>;
+            fn add_example(&mut self, i: usize, ct: Self::Item) {
+                let mut row = self.index_axis_mut(Axis($axis), i);
+                row += &ct;
+            }
+        }
+    )*)*};
+}
+rebatch_views! {
+    ndarray::Ix2: 0 1;
+    ndarray::Ix3: 0 1 2;
+    ndarray::Ix4: 0 1 2 3;
+    ndarray::Ix5: 0 1 2 3 4;
+    ndarray::Ix6: 0 1 2 3 4 5;
+}
+
+/// Adds example `i`'s cotangent into a mapped argument's.
+pub fn add_example<const AXIS: usize, T: Rebatch<AXIS>>(acc: &mut T, i: usize, ct: T::Item) {
+    acc.add_example(i, ct);
+}
+
 /// The batch size shared by every mapped argument.
 ///
 /// # Panics
@@ -343,6 +383,50 @@ tuple_stack!(A 0);
 tuple_stack!(A 0, B 1);
 tuple_stack!(A 0, B 1, C 2);
 tuple_stack!(A 0, B 1, C 2, D 3);
+
+/// One example of a batched output, the reverse of [`Stack`]: example `i` of the
+/// cotangent of a `vmap!`'s output, for that example's pullback.
+pub trait Unstack: Stack {
+    /// Example `i` of `batch`.
+    fn example(batch: &Self::Stacked, i: usize) -> Self;
+}
+
+impl<A: Real> Unstack for A {
+    fn example(batch: &Array1<A>, i: usize) -> A {
+        batch[i]
+    }
+}
+
+impl<A: Real, D: Dimension> Unstack for Array<A, D>
+where
+    D::Larger: RemoveAxis,
+{
+    fn example(batch: &Self::Stacked, i: usize) -> Self {
+        let row = batch.index_axis(Axis(0), i).to_owned();
+        // `index_axis` of `D::Larger` gives `D::Larger::Smaller`, which is `D`.
+        row.into_dimensionality::<D>()
+            .expect("removing the axis `Larger` added gives the dimension back")
+    }
+}
+
+macro_rules! tuple_unstack {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: Unstack),+> Unstack for ($($t,)+) {
+            fn example(batch: &Self::Stacked, i: usize) -> Self {
+                ($($t::example(&batch.$i, i),)+)
+            }
+        }
+    };
+}
+tuple_unstack!(A 0);
+tuple_unstack!(A 0, B 1);
+tuple_unstack!(A 0, B 1, C 2);
+tuple_unstack!(A 0, B 1, C 2, D 3);
+
+/// Example `i` of a batched output's cotangent (see [`Unstack`]).
+pub fn example<T: Unstack>(batch: &T::Stacked, i: usize) -> T {
+    T::example(batch, i)
+}
 
 /// Gathers a batch's outputs: `vmap!` calls [`Batch::push`] with each example's
 /// output, in order, and [`Batch::finish`] at the end.

@@ -391,7 +391,9 @@ pub mod prelude {
 /// What the generated code calls. Not a public API: names here change freely.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::batch::{Batch, Reduced, batch_len, common_len, probe, unbatch};
+    pub use crate::batch::{
+        Batch, Reduced, add_example, batch_len, common_len, example, probe, unbatch,
+    };
     pub use crate::control::*;
     pub use crate::jacobian::{Basis, Jacobian, basis_len, jacfwd, jacobian_column, jacrev, unit};
     pub use crate::rules::activation::*;

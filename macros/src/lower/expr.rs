@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::parse::transform::{TransformInput, names_option};
+use crate::parse::vmap::VmapInput;
 
 impl Lowerer<'_> {
     pub(super) fn expr(&mut self, out: &mut Stmts, e: &Expr) -> Val {
@@ -168,6 +169,11 @@ impl Lowerer<'_> {
                 {
                     return v;
                 }
+                if m.mac.path.is_ident("vmap")
+                    && let Some(v) = self.lifted_vmap(out, e, m)
+                {
+                    return v;
+                }
                 Val::Atom(self.opaque_lifted(out, e.to_token_stream(), e.span()))
             }
             Expr::Array(_) | Expr::Struct(_) if self.mentions_local(e.to_token_stream()) => {
@@ -322,6 +328,31 @@ impl Lowerer<'_> {
         let child = self.lifted_child(&mut input, n)?;
         let args = self.operands(out, &input.positional[3..]);
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jacobian, 1, args);
+        Some(Val::Atom(Atom::Var(dsts[0])))
+    }
+
+    /// `vmap!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args.., in_axes = [..])`
+    /// (`axis_name` allowed): the batched output, differentiated through the child
+    /// (its reverse mode run again per example). Other forms stay opaque.
+    pub(super) fn lifted_vmap(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        m: &syn::ExprMacro,
+    ) -> Option<Val> {
+        let vmap: VmapInput = m.mac.parse_body().ok()?;
+        let n = vmap.positional.len().checked_sub(3)?;
+        if vmap.in_axes.len() != n {
+            return None;
+        }
+        let mut input = TransformInput::positional(vmap.positional);
+        let child = self.lifted_child(&mut input, n)?;
+        let args = self.operands(out, &input.positional[3..]);
+        let kind = LiftedKind::Vmap {
+            in_axes: vmap.in_axes,
+            axis_name: vmap.axis_name,
+        };
+        let dsts = self.push_lifted(out, e, child, kind, 1, args);
         Some(Val::Atom(Atom::Var(dsts[0])))
     }
 

@@ -44,6 +44,19 @@ pub(crate) struct TransformInput {
 }
 
 impl TransformInput {
+    /// Only positional arguments, no option.
+    pub(crate) fn positional(positional: Vec<syn::Expr>) -> Self {
+        TransformInput {
+            positional,
+            wrt: None,
+            has_aux: false,
+            vjp_variables: None,
+            variables: None,
+            rngs: None,
+            reduce_axes: None,
+        }
+    }
+
     /// No option was given: no `wrt`, `has_aux`, `vjp_variables`, `variables`, `rngs`.
     pub(crate) fn plain(&self) -> bool {
         !self.has_aux
@@ -67,15 +80,7 @@ pub(crate) fn names_option(names: &Option<Vec<syn::LitStr>>) -> proc_macro2::Tok
 impl Parse for TransformInput {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let items: Punctuated<syn::Expr, Token![,]> = Punctuated::parse_terminated(input)?;
-        let mut out = TransformInput {
-            positional: Vec::new(),
-            wrt: None,
-            has_aux: false,
-            vjp_variables: None,
-            variables: None,
-            rngs: None,
-            reduce_axes: None,
-        };
+        let mut out = TransformInput::positional(Vec::new());
         for item in items {
             match &item {
                 syn::Expr::Path(p) if p.path.is_ident("has_aux") => out.has_aux = true,

@@ -24,6 +24,7 @@ impl Gen<'_> {
             LiftedKind::Jacobian => return self.rev_lifted_jacobian(r, l),
             LiftedKind::Vjp => return self.rev_lifted_vjp(r, l),
             LiftedKind::Pull { y } => return self.rev_lifted_pull(r, l, y),
+            LiftedKind::Vmap { .. } => return self.rev_lifted_vmap(r, l),
             _ => {}
         }
         let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
@@ -61,7 +62,10 @@ impl Gen<'_> {
                 }
                 (seeds, tangents, l.args.len())
             }
-            LiftedKind::Jacobian | LiftedKind::Vjp | LiftedKind::Pull { .. } => {
+            LiftedKind::Jacobian
+            | LiftedKind::Vjp
+            | LiftedKind::Pull { .. }
+            | LiftedKind::Vmap { .. } => {
                 unreachable!("handled above")
             }
             // The output's and its tangent's cotangents seed the JVP's; its tangents
@@ -162,6 +166,91 @@ impl Gen<'_> {
         });
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// The pullback of a lifted `vmap!`'s batched output `y` (first order through the
+    /// child): the examples run again in order through the child's reverse mode, from
+    /// the scope's state before the transform (so each reads the same variables and
+    /// draws the same keys as the first time), each seeded with its slice of `y`'s
+    /// cotangent. A mapped argument's cotangent gets each example's at its index, a
+    /// broadcast one their sum (as `jax.vmap`'s transpose).
+    fn rev_lifted_vmap(&mut self, r: &mut Rev, l: &Lifted) {
+        let LiftedKind::Vmap { in_axes, axis_name } = &l.kind else {
+            return;
+        };
+        let y = l.dsts[0];
+        let snap = self.read_slot(r, Slot::Pb(y));
+        let ybar = self.bar(y).clone();
+        let n = l.args.len();
+        let kept = self.kept_pattern(&l.args);
+        let refs: Vec<Ident> = (0..n).map(|k| format_ident!("__x{}", k)).collect();
+        let mut bind = Vec::new();
+        let mut items = Vec::new();
+        let mut lens = Vec::new();
+        // Only the differentiated arguments gather cotangents (an integer label has
+        // none to gather into).
+        let (mut accs, mut zeros, mut cots, mut adds) = (vec![], vec![], vec![], vec![]);
+        for (k, (a, axis)) in l.args.iter().zip(in_axes).enumerate() {
+            let x = &refs[k];
+            let value = self.rerun_arg_ref(r, a, k);
+            bind.push(quote!(let #x = #value;));
+            items.push(match axis {
+                Some(ax) => {
+                    lens.push(quote!(::adjoint::__private::batch_len::<#ax, _>(#x)));
+                    quote!(::adjoint::__private::unbatch::<#ax, _>(#x, __i))
+                }
+                None if self.passed_by_ref(a) => quote!(#x),
+                None => quote!(::core::clone::Clone::clone(#x)),
+            });
+            let (acc, c) = (format_ident!("__acc{}", k), format_ident!("__c{}", k));
+            if !a.atom.var().is_some_and(|v| self.active(v)) {
+                cots.push(quote!(_));
+                continue;
+            }
+            zeros.push(quote!(::adjoint::__private::zeros(#x)));
+            adds.push(match axis {
+                Some(ax) => {
+                    quote!(::adjoint::__private::add_example::<#ax, _>(&mut #acc, __i, #c);)
+                }
+                None => quote!(::adjoint::__private::Accumulate::accumulate(&mut #acc, #c);),
+            });
+            cots.push(c.to_token_stream());
+            accs.push((a.atom.clone(), acc));
+        }
+        let acc_names: Vec<&Ident> = accs.iter().map(|(_, acc)| acc).collect();
+        let (push, pop) = match axis_name {
+            Some(name) => (quote!(__cx2.push_axis(#name);), quote!(__cx2.pop_axis();)),
+            None => (TokenStream::new(), TokenStream::new()),
+        };
+        let companion = companion_ident(&format_ident!("__call_body"), "vjp_params");
+        let merge = self.merge_rerun();
+        let (visible, rngs) = (&l.visible, &l.rngs);
+        r.code.push(quote! {
+            let (#(#acc_names,)*) = {
+                let (__rerun, __child, __module, _, (#(#kept,)*)) = &#snap;
+                #(#bind)*
+                let (#(mut #acc_names,)*) = (#(#zeros,)*);
+                let __n = ::adjoint::__private::common_len(&[#(#lens),*]);
+                let mut __snapshot = __rerun.variables();
+                let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
+                __cx2.restrict(#visible, #rngs);
+                #push
+                let __mark = __cx2.mark();
+                for __i in 0..__n {
+                    __cx2.reset_names_to(&__mark);
+                    let (_, __pb2) = ::adjoint::scope::Child::module(__module)
+                        .#companion(&mut __cx2, #(#items,)*);
+                    let (mut __cv, _, #(#cots,)*) = __pb2(::adjoint::__private::example(&#ybar, __i));
+                    #merge
+                    #(#adds)*
+                }
+                #pop
+                (#(#acc_names,)*)
+            };
+        });
+        for (atom, acc) in &accs {
+            self.contribute(r, atom, acc.to_token_stream());
         }
     }
 

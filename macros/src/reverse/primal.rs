@@ -276,9 +276,9 @@ impl<'a> Gen<'a> {
                         quote!(::adjoint::__private::no_tangents(&(#var_tangents))),
                     ),
                     LiftedKind::Vjp | LiftedKind::Pull { .. } => (grads, quote!(true)),
-                    LiftedKind::Jacobian => {
-                        let j = &names[0];
-                        (quote!(#j), quote!(true))
+                    LiftedKind::Jacobian | LiftedKind::Vmap { .. } => {
+                        let y = &names[0];
+                        (quote!(#y), quote!(true))
                     }
                 };
                 if !self.reads_all.contains(&Slot::Pb(l.dsts[0])) {

@@ -1,0 +1,230 @@
+//! Derivatives through a lifted `vmap!` inside a module against Flax's `nn.vmap` with
+//! the variables broadcast (`reference/lifted_vmap.json`, from `gen_lifted_vmap.py`),
+//! to 1e-9 relative; with a random Dropout mask per example, against central
+//! differences (no generator of ours matches JAX's).
+
+use adjoint::nn::{Dense, Dropout};
+use adjoint::optim::sgd;
+use adjoint::prelude::*;
+use adjoint::scope::ApplyOptions;
+use adjoint::train::TrainState;
+use adjoint_tests::{array, assert_tree_close, reference, variables};
+use ndarray::{Array1, Array2, ArrayD, ArrayView1, Dimension};
+
+const RTOL: f64 = 1e-9;
+
+fn matrix(v: &serde_json::Value) -> Array2<f64> {
+    array(v).into_dimensionality().expect("a matrix")
+}
+
+fn close(what: &str, got: f64, want: f64) {
+    let err = (got - want).abs() / want.abs().max(1e-300);
+    println!("{what}: {got} (JAX {want}, relative error {err:.1e})");
+    assert!(err <= RTOL, "{what}: got {got}, want {want}");
+}
+
+// ----- a per-example net with a loop and a branch, trained through vmap! -----
+
+/// One example: a row of `x` and the broadcast scale `s`.
+#[derive(Clone)]
+struct PointNet {
+    random_dropout: bool,
+}
+
+#[differentiable]
+impl PointNet {
+    fn call(&self, cx: &mut Scope, x: ArrayView1<f64>, s: f64) -> f64 {
+        let h = Dense::new(3).call(cx, &x.to_owned()).tanh();
+        let h = Dropout::new(0.5)
+            .deterministic(!self.random_dropout)
+            .call(cx, &h);
+        let mut acc = h.clone();
+        for _ in 0..2 {
+            acc = (&acc * &h).sin() + &h;
+        }
+        let y = Dense::new(1).call(cx, &acc).sum();
+        if y > 0.0 { y * s } else { y * y }
+    }
+}
+
+struct Batched {
+    random_dropout: bool,
+}
+
+#[differentiable]
+impl Batched {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, s: f64) -> f64 {
+        let net = PointNet {
+            random_dropout: self.random_dropout,
+        };
+        let ys = vmap!(
+            cx,
+            |mdl, cx, x, s| mdl.call(cx, x, s),
+            net,
+            x,
+            s,
+            in_axes = [0, None]
+        );
+        (&ys * &ys).sum()
+    }
+}
+
+fn batched_loss(
+    model: &Batched,
+    vars: &Variables,
+    x: &Array2<f64>,
+    s: f64,
+) -> (f64, (Variables, Array2<f64>, f64)) {
+    let opts = ApplyOptions::new().rng("dropout", 0);
+    value_and_grad!(|v: &Variables, x: &Array2<f64>, s: f64| {
+        let (loss, _) = model.apply_with(v, &opts, x, s).unwrap();
+        loss
+    })(vars, x, s)
+}
+
+#[test]
+fn a_module_is_trained_through_a_lifted_vmap() {
+    let case = reference("lifted_vmap.json", "trained_through_vmap");
+    let (x, s) = (matrix(&case["x"]), case["s"].as_f64().unwrap());
+    let vars = variables(&case["variables"]);
+    let model = Batched {
+        random_dropout: false,
+    };
+    // Both arms of the branch run (per example, as JAX's select under vmap).
+    let arms: Vec<bool> = case["positive_arm"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_bool().unwrap())
+        .collect();
+    assert!(arms.contains(&true) && arms.contains(&false));
+
+    let (loss, (grads, gx, gs)) = batched_loss(&model, &vars, &x, s);
+    assert_eq!(grads.error(), None);
+    close("loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("grads", &grads, &case["grads"], RTOL);
+    println!("gradient in the parameters: normwise relative error {err:.1e}");
+    let want_gx = matrix(&case["x_grad"]);
+    let err = (&gx - &want_gx).mapv(f64::abs).sum() / want_gx.mapv(f64::abs).sum();
+    println!("gradient in x: relative error {err:.1e}");
+    assert!(err <= RTOL, "x_grad: got {gx}, want {want_gx}");
+    close("s_grad", gs, case["s_grad"].as_f64().unwrap());
+
+    // Three steps of SGD, as optax's `sgd(0.05)`: the loss before each step.
+    let mut state = TrainState::create(vars, sgd(0.05, None, false));
+    for (step, want) in case["sgd_losses"].as_array().unwrap().iter().enumerate() {
+        let (loss, (grads, _, _)) = batched_loss(&model, &state.variables(), &x, s);
+        close(
+            &format!("loss at step {step}"),
+            loss,
+            want.as_f64().unwrap(),
+        );
+        state.apply_gradients(grads).unwrap();
+    }
+    let err = assert_tree_close("after sgd", &state.variables(), &case["after_sgd"], RTOL);
+    println!("parameters after 3 steps: normwise relative error {err:.1e}");
+}
+
+/// Each example draws its own Dropout mask; the pullback runs the examples again in
+/// order from the scope's state before the `vmap!`, so each draws the same one.
+#[test]
+fn each_example_keeps_its_dropout_mask_in_the_pullback() {
+    let case = reference("lifted_vmap.json", "trained_through_vmap");
+    let (x, s) = (matrix(&case["x"]), case["s"].as_f64().unwrap());
+    let vars = variables(&case["variables"]);
+    let model = Batched {
+        random_dropout: true,
+    };
+    let loss = |v: &Variables, x: &Array2<f64>, s: f64| batched_loss(&model, v, x, s).0;
+    let (_, (grads, gx, gs)) = batched_loss(&model, &vars, &x, s);
+    assert_eq!(grads.error(), None);
+    let h = 1e-6;
+    let near = |what: String, g: f64, fd: f64| {
+        assert!(
+            (g - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+            "{what}: {g} against differences {fd}"
+        );
+    };
+    for path in ["PointNet_0/Dense_0/kernel", "PointNet_0/Dense_1/kernel"] {
+        let kernel: ArrayD<f64> = vars.read("params", path).unwrap();
+        let got: ArrayD<f64> = grads.read("params", path).unwrap();
+        for (ix, g) in got.indexed_iter() {
+            let at = |d: f64| {
+                let mut k = kernel.clone();
+                k[&ix] += d;
+                loss(&vars.clone().with("params", path, k).unwrap(), &x, s)
+            };
+            near(
+                format!("{path}{:?}", ix.slice()),
+                *g,
+                (at(h) - at(-h)) / (2.0 * h),
+            );
+        }
+    }
+    for (ix, g) in gx.indexed_iter() {
+        let at = |d: f64| {
+            let mut x = x.clone();
+            x[ix] += d;
+            loss(&vars, &x, s)
+        };
+        near(format!("x{ix:?}"), *g, (at(h) - at(-h)) / (2.0 * h));
+    }
+    near(
+        "s".into(),
+        gs,
+        (loss(&vars, &x, s + h) - loss(&vars, &x, s - h)) / (2.0 * h),
+    );
+    // The masks differ between examples: the gradient differs from the
+    // deterministic one.
+    let deterministic = Batched {
+        random_dropout: false,
+    };
+    let (_, (_, gx_det, _)) = batched_loss(&deterministic, &vars, &x, s);
+    assert!((&gx - &gx_det).mapv(f64::abs).sum() > 1e-3);
+}
+
+// ----- a PINN written per point: grad! inside the mapped child -----
+
+struct Field;
+
+#[differentiable]
+impl Field {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let h = Dense::new(5).call(cx, x).tanh();
+        Dense::new(1).call(cx, &h).sum()
+    }
+}
+
+struct Residual;
+
+#[differentiable]
+impl Residual {
+    fn call(&self, cx: &mut Scope, x: ArrayView1<f64>) -> f64 {
+        let x = x.to_owned();
+        let (du,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), Field, &x);
+        let r = &du - &no_grad(x.cos());
+        (&r * &r).sum()
+    }
+}
+
+struct PerPoint;
+
+#[differentiable]
+impl PerPoint {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let rs = vmap!(cx, |mdl, cx, x| mdl.call(cx, x), Residual, x, in_axes = [0]);
+        rs.mean().unwrap()
+    }
+}
+
+#[test]
+fn a_pinn_written_per_point_is_trained_through_vmap() {
+    let case = reference("lifted_vmap.json", "pinn_per_point");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    let (loss, grads) = value_and_grad!(|v: &Variables| PerPoint.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("per-point pinn loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("per-point pinn grads", &grads, &case["grads"], RTOL);
+    println!("per-point pinn gradient: normwise relative error {err:.1e}");
+}
