@@ -244,10 +244,13 @@ pub enum LiftedKind {
     Pull { y: Var },
     /// `vmap!`: the batched output (one `dst`); each argument's axis (`None`:
     /// broadcast) and the axis's name. The output is differentiated (the child's
-    /// reverse mode run again, example by example).
+    /// reverse mode run again, example by example). With `jvp`, the closure maps the
+    /// child's JVP (forward mode's `vmap!`): the arguments are the primals then their
+    /// tangents, the `dsts` the output and its tangent.
     Vmap {
         in_axes: Vec<Option<syn::LitInt>>,
         axis_name: Option<syn::LitStr>,
+        jvp: bool,
     },
 }
 

@@ -44,3 +44,11 @@ pub fn companion_ident(name: &Ident, what: &str) -> Ident {
 pub fn dot_name(x: &Ident) -> Ident {
     quote::format_ident!("__d_{}", crate::hygiene::plain(x), span = x.span())
 }
+
+/// What a lifted `vmap!` in forward mode's output calls per example: a module body's
+/// JVP, taken from its JVP-VJP (`____call_body_jvp_vjp_params`: a module's forward
+/// mode exists only as that); lowering recognises the form
+/// (`Child::module(&mdl).____call_body_jvp_vjp_params(&mut *cx, ..).0`).
+pub fn child_jvp() -> Ident {
+    companion_ident(&quote::format_ident!("__call_body_jvp"), "vjp_params")
+}

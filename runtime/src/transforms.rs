@@ -120,6 +120,15 @@ impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension>
     }
 }
 
+/// A view's tangent is passed as a view too (one example of a `vmap!`'s tangent).
+impl<A: crate::value::Real, D: ndarray::Dimension> IntoTangent<ndarray::Array<A, D>>
+    for ndarray::ArrayView<'_, A, D>
+{
+    fn into_tangent(self, _zero: impl FnOnce() -> ndarray::Array<A, D>) -> ndarray::Array<A, D> {
+        self.to_owned()
+    }
+}
+
 /// The tangent `t` for an argument `x` (zero for [`NoTangent`]).
 #[inline(always)]
 pub fn tangent<X: Value, T: IntoTangent<X::Cot>>(t: T, x: &X) -> X::Cot {

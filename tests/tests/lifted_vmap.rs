@@ -228,3 +228,47 @@ fn a_pinn_written_per_point_is_trained_through_vmap() {
     let err = assert_tree_close("per-point pinn grads", &grads, &case["grads"], RTOL);
     println!("per-point pinn gradient: normwise relative error {err:.1e}");
 }
+
+// ----- second order through vmap!: a gradient penalty of a critic that maps its rows -----
+
+struct Scorer;
+
+#[differentiable]
+impl Scorer {
+    fn call(&self, cx: &mut Scope, x: ArrayView1<f64>) -> f64 {
+        let h = adjoint::nn::gelu(&Dense::new(4).call(cx, &x.to_owned()));
+        Dense::new(1).call(cx, &h).sum()
+    }
+}
+
+struct Critic;
+
+#[differentiable]
+impl Critic {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let scores = vmap!(cx, |mdl, cx, x| mdl.call(cx, x), Scorer, x, in_axes = [0]);
+        scores.sum()
+    }
+}
+
+struct Penalty;
+
+#[differentiable]
+impl Penalty {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), Critic, x);
+        (&g * &g).sum()
+    }
+}
+
+#[test]
+fn second_order_through_a_lifted_vmap() {
+    let case = reference("lifted_vmap.json", "grad_of_vmap");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    let (loss, grads) = value_and_grad!(|v: &Variables| Penalty.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("penalty", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("penalty grads", &grads, &case["grads"], RTOL);
+    println!("penalty gradient: normwise relative error {err:.1e}");
+}

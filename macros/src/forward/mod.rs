@@ -10,6 +10,7 @@
 //! a method's `__m_jvp_all`). A body using anything without a template gets no JVP.
 
 mod control;
+mod lifted;
 mod rules;
 
 use crate::ir::*;
@@ -382,6 +383,7 @@ impl Tangent<'_> {
                 Some(quote!(let (#(#pats,)*) = #expr;))
             }
             Stmt::Loop(lp) => self.looping(lp),
+            Stmt::LetLifted(l) => self.lifted(l),
             // `let (a, b) = f(..);`: the call's JVP gives the tuple and its tangent,
             // taken apart alike.
             Stmt::LetTuple {
@@ -427,7 +429,6 @@ impl Tangent<'_> {
                 let (pat, dot_pat) = (pattern.render(&pats), pattern.render(&dots));
                 Some(quote!(let (#pat, #dot_pat) = #jvp;))
             }
-            _ => None,
         }
     }
 

@@ -238,7 +238,7 @@ impl Lowerer<'_> {
         // `has_aux` is covered: the aux is one more output of the child's forward mode.
         let has_aux = std::mem::take(&mut input.has_aux);
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n)?;
+        let child = self.lifted_child(&mut input, n, false)?;
         let args = self.operands(out, &input.positional[3..]);
         let value = m
             .mac
@@ -284,7 +284,7 @@ impl Lowerer<'_> {
             return None;
         }
         let var_tangents = self.verbatim(input.positional[5].to_token_stream());
-        let child = self.lifted_child(&mut input, n)?;
+        let child = self.lifted_child(&mut input, n, false)?;
         let mut args = self.operands(out, &primals);
         args.extend(self.operands(out, &tangents));
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jvp { var_tangents }, 2, args);
@@ -305,7 +305,7 @@ impl Lowerer<'_> {
         // Which variables' cotangents the pullback returns does not change `y`.
         input.vjp_variables = None;
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n)?;
+        let child = self.lifted_child(&mut input, n, false)?;
         let args = self.operands(out, &input.positional[3..]);
         let reads: Vec<Atom> = args.iter().map(|a| a.atom.clone()).collect();
         let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp, 2, args);
@@ -325,7 +325,7 @@ impl Lowerer<'_> {
     ) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n)?;
+        let child = self.lifted_child(&mut input, n, false)?;
         let args = self.operands(out, &input.positional[3..]);
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jacobian, 1, args);
         Some(Val::Atom(Atom::Var(dsts[0])))
@@ -346,14 +346,25 @@ impl Lowerer<'_> {
             return None;
         }
         let mut input = TransformInput::positional(vmap.positional);
-        let child = self.lifted_child(&mut input, n)?;
+        // Forward mode's JVP of a `vmap!` maps the child's JVP: the output and its
+        // tangent.
+        let child = match self.lifted_child(&mut input, n, false) {
+            Some(child) => child,
+            None => self.lifted_child(&mut input, n, true)?,
+        };
+        let jvp = child.jvp;
         let args = self.operands(out, &input.positional[3..]);
         let kind = LiftedKind::Vmap {
             in_axes: vmap.in_axes,
             axis_name: vmap.axis_name,
+            jvp,
         };
-        let dsts = self.push_lifted(out, e, child, kind, 1, args);
-        Some(Val::Atom(Atom::Var(dsts[0])))
+        let dsts = self.push_lifted(out, e, child, kind, 1 + usize::from(jvp), args);
+        Some(if jvp {
+            vars(dsts)
+        } else {
+            Val::Atom(Atom::Var(dsts[0]))
+        })
     }
 
     /// The operands of a lifted transform's primals (or tangents).
@@ -411,7 +422,12 @@ impl Lowerer<'_> {
     /// it: the closure exactly `|mdl, cx, a..| mdl.call(cx, a..)`, the module an
     /// expression of constants or a local bound module (`let learner = Learner;`),
     /// no options but `variables` and `rngs` (taken: the rerun restricts alike).
-    fn lifted_child(&mut self, input: &mut TransformInput, n: usize) -> Option<LiftedChild> {
+    fn lifted_child(
+        &mut self,
+        input: &mut TransformInput,
+        n: usize,
+        allow_jvp: bool,
+    ) -> Option<LiftedChild> {
         let (visible, rngs) = (
             names_option(&std::mem::take(&mut input.variables)),
             names_option(&std::mem::take(&mut input.rngs)),
@@ -434,17 +450,45 @@ impl Lowerer<'_> {
         if n == 0 || names.len() != n + 2 {
             return None;
         }
-        let Expr::MethodCall(call) = &*c.body else {
-            return None;
+        let (call, jvp) = match &*c.body {
+            Expr::MethodCall(call) if call.method == "call" => (call, false),
+            // `Child::module(&mdl).____call_body_jvp_vjp_params(&mut *cx, x.., dx..).0`: the
+            // child's JVP, which forward mode writes for a `vmap!` (see
+            // `forward/lifted.rs`).
+            Expr::Field(f) if matches!(&f.member, syn::Member::Unnamed(i) if i.index == 0) => {
+                match &*f.base {
+                    Expr::MethodCall(call)
+                        if call.method == crate::names::child_jvp()
+                            && child_of(&call.receiver, &names[0]) =>
+                    {
+                        (call, true)
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
         };
-        let recv_ok = matches!(&*call.receiver, Expr::Path(p) if p.path.is_ident(&names[0]));
-        let args_ok = call.method == "call"
-            && call.args.len() == n + 1
+        if jvp != allow_jvp {
+            return None;
+        }
+        let recv_ok = jvp || matches!(&*call.receiver, Expr::Path(p) if p.path.is_ident(&names[0]));
+        // The JVP's scope is a reborrow, `&mut *cx` (so that module-call routing
+        // leaves the call as written).
+        let is = |a: &Expr, nm: &Ident| matches!(a, Expr::Path(p) if p.path.is_ident(nm));
+        let scope_ok = |a: &Expr| match a {
+            Expr::Reference(r) if jvp => {
+                matches!(&*r.expr, Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) && is(&u.expr, &names[1]))
+            }
+            _ => !jvp && is(a, &names[1]),
+        };
+        let args_ok = call.args.len() == n + 1
+            && scope_ok(&call.args[0])
             && call
                 .args
                 .iter()
-                .zip(&names[1..])
-                .all(|(a, nm)| matches!(a, Expr::Path(p) if p.path.is_ident(nm)));
+                .skip(1)
+                .zip(&names[2..])
+                .all(|(a, nm)| is(a, nm));
         let local = self.mentions_local(items[2].to_token_stream());
         let bound = matches!(&items[2], Expr::Path(p) if p.path.get_ident().is_some());
         if !recv_ok || !args_ok || (local && !bound) {
@@ -464,6 +508,7 @@ impl Lowerer<'_> {
         };
         let keep = local || mentions_self(&module);
         Some(LiftedChild {
+            jvp,
             module,
             keep,
             scope,
@@ -840,11 +885,21 @@ fn mentions_self(t: &TokenStream) -> bool {
 
 /// The child of a lifted transform that second order can run again.
 struct LiftedChild {
+    /// The closure calls the child's JVP (forward mode's `vmap!`), not `call`.
+    jvp: bool,
     module: TokenStream,
     keep: bool,
     scope: Atom,
     visible: TokenStream,
     rngs: TokenStream,
+}
+
+/// Whether `e` is `Child::module(&mdl)` (the module `mdl` stands for).
+fn child_of(e: &Expr, mdl: &Ident) -> bool {
+    let Expr::Call(c) = e else { return false };
+    matches!(&*c.func, Expr::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "module"))
+        && c.args.len() == 1
+        && matches!(&c.args[0], Expr::Reference(r) if matches!(&*r.expr, Expr::Path(p) if p.path.is_ident(mdl)))
 }
 
 /// Each variable as a value, in a tuple.

@@ -176,12 +176,27 @@ impl Gen<'_> {
     /// cotangent. A mapped argument's cotangent gets each example's at its index, a
     /// broadcast one their sum (as `jax.vmap`'s transpose).
     fn rev_lifted_vmap(&mut self, r: &mut Rev, l: &Lifted) {
-        let LiftedKind::Vmap { in_axes, axis_name } = &l.kind else {
+        let LiftedKind::Vmap {
+            in_axes,
+            axis_name,
+            jvp,
+        } = &l.kind
+        else {
             return;
         };
-        let y = l.dsts[0];
-        let snap = self.read_slot(r, Slot::Pb(y));
-        let ybar = self.bar(y).clone();
+        let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
+        // Each example's pullback is seeded with its slice of the output's cotangent
+        // (and of its tangent's, for the child's JVP).
+        let (mut cts, mut seeds) = (Vec::new(), Vec::new());
+        for (k, d) in l.dsts.iter().enumerate() {
+            let (c, ct) = (self.cot_or_zero(r, *d), format_ident!("__ct{}", k));
+            cts.push(quote!(let #ct = &#c;));
+            seeds.push(quote!(::adjoint::__private::example(#ct, __i)));
+        }
+        let seed = match seeds.as_slice() {
+            [one] => one.clone(),
+            _ => quote!((#(#seeds,)*)),
+        };
         let n = l.args.len();
         let kept = self.kept_pattern(&l.args);
         let refs: Vec<Ident> = (0..n).map(|k| format_ident!("__x{}", k)).collect();
@@ -223,13 +238,18 @@ impl Gen<'_> {
             Some(name) => (quote!(__cx2.push_axis(#name);), quote!(__cx2.pop_axis();)),
             None => (TokenStream::new(), TokenStream::new()),
         };
-        let companion = companion_ident(&format_ident!("__call_body"), "vjp_params");
+        let companion = if *jvp {
+            crate::names::child_jvp()
+        } else {
+            companion_ident(&format_ident!("__call_body"), "vjp_params")
+        };
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
         r.code.push(quote! {
             let (#(#acc_names,)*) = {
                 let (__rerun, __child, __module, _, (#(#kept,)*)) = &#snap;
                 #(#bind)*
+                #(#cts)*
                 let (#(mut #acc_names,)*) = (#(#zeros,)*);
                 let __n = ::adjoint::__private::common_len(&[#(#lens),*]);
                 let mut __snapshot = __rerun.variables();
@@ -241,7 +261,7 @@ impl Gen<'_> {
                     __cx2.reset_names_to(&__mark);
                     let (_, __pb2) = ::adjoint::scope::Child::module(__module)
                         .#companion(&mut __cx2, #(#items,)*);
-                    let (mut __cv, _, #(#cots,)*) = __pb2(::adjoint::__private::example(&#ybar, __i));
+                    let (mut __cv, _, #(#cots,)*) = __pb2(#seed);
                     #merge
                     #(#adds)*
                 }

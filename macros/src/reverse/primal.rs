@@ -276,6 +276,7 @@ impl<'a> Gen<'a> {
                         quote!(::adjoint::__private::no_tangents(&(#var_tangents))),
                     ),
                     LiftedKind::Vjp | LiftedKind::Pull { .. } => (grads, quote!(true)),
+                    LiftedKind::Vmap { jvp: true, .. } => (grads, quote!(true)),
                     LiftedKind::Jacobian | LiftedKind::Vmap { .. } => {
                         let y = &names[0];
                         (quote!(#y), quote!(true))
