@@ -352,6 +352,42 @@ pub use adjoint_macros::hessian;
 /// let per_example = vmap!(grad!(loss), in_axes = [None, 0])(&w, &x);
 /// assert_eq!(per_example, array![[2.0, 0.0], [0.0, 4.0]]);
 /// ```
+///
+/// Inside a module, `vmap!(cx, |mdl, cx, x| mdl.call(cx, x), Child, x, in_axes = [0])`
+/// runs the child once per row with one set of parameters; a module whose output
+/// comes through it is differentiated as any other (second order too):
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::{array, Array1, Array2, ArrayD, ArrayView1};
+///
+/// struct Row;
+///
+/// #[differentiable]
+/// impl Row {
+///     fn call(&self, cx: &mut Scope, x: ArrayView1<f64>) -> f64 {
+///         let w: Array1<f64> = cx.param("w", init::ones, x.len());
+///         x.dot(&w).powi(2)
+///     }
+/// }
+///
+/// struct Rows;
+///
+/// #[differentiable]
+/// impl Rows {
+///     fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+///         let per_row = vmap!(cx, |mdl, cx, x| mdl.call(cx, x), Row, x, in_axes = [0]);
+///         per_row.sum()
+///     }
+/// }
+///
+/// let x = array![[1.0, 0.0], [1.0, 1.0]];
+/// let vars = Rows.init(0, &x).unwrap();
+/// let g = grad!(|v: &Variables| Rows.apply(v, &x).unwrap())(&vars);
+/// // d/dw sum_i (x_i . w)^2 = sum_i 2 (x_i . w) x_i, at w = [1, 1].
+/// let gw: ArrayD<f64> = g.read("params", "Row_0/w").unwrap();
+/// assert_eq!(gw, array![6.0, 4.0].into_dyn());
+/// ```
 pub use adjoint_macros::vmap;
 pub use scope::{Scope, ScopeError, Variables};
 pub use transforms::NoTangent;
