@@ -231,34 +231,59 @@ fn a_pinn_written_per_point_is_trained_through_vmap() {
 
 // ----- second order through vmap!: a gradient penalty of a critic that maps its rows -----
 
-struct Scorer;
+#[derive(Clone)]
+struct Scorer {
+    random_dropout: bool,
+}
 
 #[differentiable]
 impl Scorer {
     fn call(&self, cx: &mut Scope, x: ArrayView1<f64>) -> f64 {
         let h = adjoint::nn::gelu(&Dense::new(4).call(cx, &x.to_owned()));
+        let h = Dropout::new(0.5)
+            .deterministic(!self.random_dropout)
+            .call(cx, &h);
         Dense::new(1).call(cx, &h).sum()
     }
 }
 
-struct Critic;
+#[derive(Clone)]
+struct Critic {
+    random_dropout: bool,
+}
 
 #[differentiable]
 impl Critic {
     fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
-        let scores = vmap!(cx, |mdl, cx, x| mdl.call(cx, x), Scorer, x, in_axes = [0]);
+        let scorer = Scorer {
+            random_dropout: self.random_dropout,
+        };
+        let scores = vmap!(cx, |mdl, cx, x| mdl.call(cx, x), scorer, x, in_axes = [0]);
         scores.sum()
     }
 }
 
-struct Penalty;
+struct Penalty {
+    random_dropout: bool,
+}
 
 #[differentiable]
 impl Penalty {
     fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
-        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), Critic, x);
+        let critic = Critic {
+            random_dropout: self.random_dropout,
+        };
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), critic, x);
         (&g * &g).sum()
     }
+}
+
+fn penalty(model: &Penalty, vars: &Variables, x: &Array2<f64>) -> (f64, Variables) {
+    let opts = ApplyOptions::new().rng("dropout", 0);
+    value_and_grad!(|v: &Variables| {
+        let (loss, _) = model.apply_with(v, &opts, x).unwrap();
+        loss
+    })(vars)
 }
 
 #[test]
@@ -266,9 +291,50 @@ fn second_order_through_a_lifted_vmap() {
     let case = reference("lifted_vmap.json", "grad_of_vmap");
     let x = matrix(&case["x"]);
     let vars = variables(&case["variables"]);
-    let (loss, grads) = value_and_grad!(|v: &Variables| Penalty.apply(v, &x).unwrap())(&vars);
+    let model = Penalty {
+        random_dropout: false,
+    };
+    let (loss, grads) = penalty(&model, &vars, &x);
     assert_eq!(grads.error(), None);
     close("penalty", loss, case["loss"].as_f64().unwrap());
     let err = assert_tree_close("penalty grads", &grads, &case["grads"], RTOL);
     println!("penalty gradient: normwise relative error {err:.1e}");
+}
+
+/// Second order through a `vmap!` whose examples each draw a Dropout mask: the
+/// JVP-VJP runs the examples again from the scope's state before the `grad!`, so
+/// each draws the mask it drew. Against central differences.
+#[test]
+fn second_order_through_vmap_keeps_each_examples_dropout_mask() {
+    let case = reference("lifted_vmap.json", "grad_of_vmap");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    let model = Penalty {
+        random_dropout: true,
+    };
+    let (_, grads) = penalty(&model, &vars, &x);
+    assert_eq!(grads.error(), None);
+    let path = "Critic_0/Scorer_0/Dense_0/kernel";
+    let kernel: ArrayD<f64> = vars.read("params", path).unwrap();
+    let got: ArrayD<f64> = grads.read("params", path).unwrap();
+    let h = 1e-6;
+    for (ix, g) in got.indexed_iter() {
+        let at = |d: f64| {
+            let mut k = kernel.clone();
+            k[&ix] += d;
+            penalty(&model, &vars.clone().with("params", path, k).unwrap(), &x).0
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (g - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+            "{path}{:?}: {g} against differences {fd}",
+            ix.slice()
+        );
+    }
+    let deterministic = Penalty {
+        random_dropout: false,
+    };
+    let (_, det) = penalty(&deterministic, &vars, &x);
+    let det: ArrayD<f64> = det.read("params", path).unwrap();
+    assert!((&got - &det).mapv(f64::abs).sum() > 1e-3, "the masks matter");
 }
