@@ -334,6 +334,31 @@ fn forward_mode_of_a_tuple_output() {
     assert_eq!((da, db), (2.0, 2.0 * 0.5f64.cos()));
 }
 
+/// A field of a call's tuple result as the output (`f(x).0`): owned, in every mode.
+#[differentiable(jvp)]
+fn squared_part(x: &Array1<f64>) -> f64 {
+    halves(x).0
+}
+
+#[differentiable(jvp)]
+fn halves(x: &Array1<f64>) -> (f64, Array1<f64>) {
+    ((x * x).sum(), x.sin())
+}
+
+#[test]
+fn a_field_of_a_calls_result_is_an_output() {
+    let x = array![1.0, 2.0];
+    assert_eq!(grad!(squared_part)(&x), array![2.0, 4.0]);
+    assert_eq!(grad!(|x: &Array1<f64>| halves(x).0)(&x), array![2.0, 4.0]);
+    let (y, dy) = jvp!(squared_part)(&x, &array![1.0, 0.5]);
+    assert_eq!((y, dy), (5.0, 2.0 * 1.0 + 4.0 * 0.5));
+    // An array field, through a closure, and second order through it.
+    let g = grad!(|x: &Array1<f64>| halves(x).1.sum())(&x);
+    assert_eq!(g, x.cos());
+    let h = hessian!(squared_part)(&x);
+    assert_eq!(h, array![[2.0, 0.0], [0.0, 2.0]].into_dyn());
+}
+
 /// `ln(1 + e^x)` with its forward rule: the body's derivative overflows for large
 /// `x`, the rule's does not.
 #[custom_jvp(jvp = softplus_jvp)]
