@@ -451,6 +451,8 @@ pub mod __private {
         tangent, zero_tangent,
     };
     pub use crate::value::{Accumulate, Cot, Own, Value};
+    /// `array![..]`, for forward mode's output (read back as `from_elems`).
+    pub use ndarray::array;
 
     /// An owned copy of `x` (see [`Own`]).
     #[inline(always)]

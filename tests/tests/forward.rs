@@ -4,7 +4,7 @@
 
 use adjoint::check::{Tolerance, check_vjp};
 use adjoint::prelude::*;
-use ndarray::{Array1, Array2, array};
+use ndarray::{Array1, Array2, Axis, array};
 
 #[differentiable(jvp)]
 fn energy(x: &Array1<f64>) -> f64 {
@@ -674,4 +674,117 @@ fn binary_rules_in_forward_mode_and_second_order() {
             }
         }
     }
+}
+
+/// `jvp` against central differences of `f` along `v`, and the Hessian against
+/// central differences of the gradient.
+fn check_jvp_and_hessian(
+    f: impl Fn(&Array1<f64>) -> f64,
+    jvp: impl Fn(&Array1<f64>, &Array1<f64>) -> (f64, f64),
+    grad: impl Fn(&Array1<f64>) -> Array1<f64>,
+    hessian: impl Fn(&Array1<f64>) -> ndarray::ArrayD<f64>,
+    x: &Array1<f64>,
+    v: &Array1<f64>,
+) {
+    let h = 1e-6;
+    let (y, dy) = jvp(x, v);
+    assert_eq!(y, f(x));
+    let fd = (f(&(x + &(v * h))) - f(&(x - &(v * h)))) / (2.0 * h);
+    assert!(
+        (dy - fd).abs() < 1e-7 * fd.abs().max(1.0),
+        "jvp {dy}, differences {fd}"
+    );
+    let hess = hessian(x);
+    let n = x.len();
+    for j in 0..n {
+        let mut e = Array1::zeros(n);
+        e[j] = 1.0;
+        let col = (grad(&(x + &(&e * h))) - grad(&(x - &(&e * h)))) / (2.0 * h);
+        for i in 0..n {
+            let (got, want) = (hess[[i, j]], col[i]);
+            assert!(
+                (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                "H[{i}, {j}] = {got}, differences {want}"
+            );
+        }
+    }
+}
+
+/// Arrays assembled from differentiated values: `concatenate`, `stack`, `array!`.
+#[differentiable(jvp)]
+fn assembled(x: &Array1<f64>) -> f64 {
+    let a = x.sin();
+    let b = &a * x;
+    let c = ndarray::concatenate(Axis(0), &[a.view(), b.view(), x.view()]).unwrap();
+    let s = ndarray::stack(Axis(0), &[a.view(), b.view()]).unwrap();
+    let m = array![[x[0] * x[1], x[2]], [x[1].exp(), 2.0]];
+    (&c * &c).sum() + s.sum_axis(Axis(0)).dot(x) + m.dot(&m).sum()
+}
+
+#[test]
+fn forward_mode_of_assembled_arrays() {
+    check_jvp_and_hessian(
+        assembled,
+        jvp!(assembled),
+        grad!(assembled),
+        hessian!(assembled),
+        &array![0.7, -0.4, 1.3],
+        &array![0.3, -1.1, 0.6],
+    );
+}
+
+/// optax's fused cross entropies, soft labels differentiated too.
+#[differentiable(jvp)]
+fn fused_losses(x: &Array1<f64>) -> f64 {
+    let logits = array![[x[0], x[1] * x[2]], [x[2].sin(), x[0] * 2.0], [x[1], 0.5]];
+    let soft = adjoint::nn::softmax(&array![[x[1], 0.5], [x[0], x[2]], [0.1, x[0]]], Axis(1));
+    let hard = ndarray::array![1usize, 0, 1];
+    losses::softmax_cross_entropy(&logits, &soft).sum()
+        + losses::softmax_cross_entropy_with_integer_labels(&logits, &hard).sum()
+}
+
+/// A label out of range: the loss is NaN, and so is its tangent (never a zero).
+#[differentiable(jvp)]
+fn out_of_range(x: &Array1<f64>) -> f64 {
+    let logits = array![[x[0], x[1]]];
+    losses::softmax_cross_entropy_with_integer_labels(&logits, &ndarray::array![5usize]).sum()
+}
+
+#[test]
+fn forward_mode_of_the_fused_cross_entropies() {
+    let (y, dy) = jvp!(out_of_range)(&array![0.1, 0.2], &array![1.0, 0.0]);
+    assert!(y.is_nan() && dy.is_nan(), "{y}, {dy}");
+    check_jvp_and_hessian(
+        fused_losses,
+        jvp!(fused_losses),
+        grad!(fused_losses),
+        hessian!(fused_losses),
+        &array![0.7, -0.4, 1.3],
+        &array![0.3, -1.1, 0.6],
+    );
+}
+
+/// Third order through the activations' tangents: `jvp = 2` differentiates the
+/// `tanh` and `sigmoid` tangents forward mode writes.
+#[differentiable(jvp = 2)]
+fn activated(x: &Array1<f64>) -> f64 {
+    (x.tanh() * x + adjoint::nn::sigmoid(x) * x * x).sum()
+}
+
+#[differentiable(jvp)]
+fn activated_slope(x: &Array1<f64>) -> f64 {
+    let (_, d) = jvp!(activated)(x, &array![1.0, 0.5, -0.3]);
+    d
+}
+
+#[test]
+fn third_order_through_activations() {
+    check_jvp_and_hessian(
+        activated_slope,
+        jvp!(activated_slope),
+        grad!(activated_slope),
+        hessian!(activated_slope),
+        &array![0.3, -0.2, 1.1],
+        &array![0.4, 0.9, -0.7],
+    );
 }

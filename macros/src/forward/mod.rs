@@ -345,7 +345,10 @@ impl Tangent<'_> {
                             && operands.iter().any(|a| self.dot(&a.atom).is_some())
                         {
                             let scalar = self.scalar[dst.0 as usize];
-                            let d = self.template(rule.func, &name, scalar, operands, consts)?;
+                            let d = match native {
+                                Native::Variadic(path) => self.variadic(path, operands, consts),
+                                _ => self.template(rule.func, &name, scalar, operands, consts)?,
+                            };
                             let dn = dot_name(&name);
                             out.extend(quote!(let #dn = #d;));
                             self.has_dot.insert(*dst);

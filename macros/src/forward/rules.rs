@@ -54,8 +54,29 @@ impl Tangent<'_> {
                 let a = self.atom(&operands[0].atom);
                 quote!((#a as #t))
             }
-            Native::Variadic(_) | Native::Rule => return None,
+            // `concatenate(axis, &[a.view(), ..]).unwrap()`, `stack(..)`.
+            Native::Variadic(path) => {
+                let items: Vec<TokenStream> = operands.iter().map(|o| self.atom(&o.atom)).collect();
+                variadic(path, &items, &cs[0])
+            }
+            // `array![..]` (the only rule written as its own function).
+            Native::Rule => {
+                let items: Vec<TokenStream> = operands.iter().map(|o| self.r(&o.atom)).collect();
+                array_macro(&items, consts.first()?)?
+            }
         })
+    }
+
+    /// The tangent of `concatenate`/`stack` (`path`): the same of the operands'
+    /// tangents (a zero for a constant one).
+    pub(super) fn variadic(
+        &self,
+        path: &TokenStream,
+        operands: &[Arg],
+        consts: &[Atom],
+    ) -> TokenStream {
+        let items: Vec<TokenStream> = operands.iter().map(|o| self.dot_or_zero(&o.atom)).collect();
+        variadic(path, &items, &self.atom(&consts[0]))
     }
 
     /// The tangent of `y = func(operands, consts)`.
@@ -232,6 +253,31 @@ impl Tangent<'_> {
             "cosh" => unary(quote!(#an.sinh())),
             // One fused operation each, with its own pullbacks.
             "tanh" => da.map(|d| quote!(::adjoint::__private::tanh_tangent(#y, &(#d)))),
+            // The tangents forward mode writes for them, differentiated again (`jvp =
+            // 2`): `t = dx (1 - y^2)` gives `ddx (1 - y^2) - 2 y dy dx`, `t = dx y (1 -
+            // y)` gives `ddx y (1 - y) + dy dx (1 - 2 y)`.
+            "tanh_tangent" | "sigmoid_tangent" => {
+                let (x, dx) = (&operands[1].atom, self.dot(&operands[1].atom));
+                let (xr, dy) = (self.r(x), da.clone());
+                let f = format_ident!("{}", func);
+                let two = quote!(::adjoint::no_grad(::adjoint::__private::lit(&#an, 2.0)));
+                let along_y = dy.map(|dy| {
+                    let p = quote!((#dy * #xr));
+                    if func == "tanh_tangent" {
+                        quote!(-(((#p * #ar)) * #two))
+                    } else {
+                        quote!((#p - ((#p * #ar) * #two)))
+                    }
+                });
+                let terms: Vec<TokenStream> = [
+                    dx.map(|d| quote!(::adjoint::__private::#f(&#an, &(#d)))),
+                    along_y,
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Some(quote!((#(#terms)+*)))
+            }
             "sigmoid" => da.map(|d| quote!(::adjoint::__private::sigmoid_tangent(#y, &(#d)))),
             "powi" => {
                 // Only a literal exponent: its float twin is written as a literal too.
@@ -248,6 +294,11 @@ impl Tangent<'_> {
                 );
                 let nf = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, #nf)));
                 unary(quote!(#an.powi(#m) * #nf))
+            }
+            // `array![..]` of the elements' tangents.
+            "from_elems" => {
+                let items: Vec<TokenStream> = operands.iter().map(|o| self.dot_or_zero(&o.atom)).collect();
+                array_macro(&items, consts.first()?)
             }
             "sum" => da.map(|d| quote!((#d).sum())),
             "mean" => da.map(|d| quote!((#d).mean().unwrap())),
@@ -271,6 +322,8 @@ impl Tangent<'_> {
                 quote!((#d).mean_axis(#ax).unwrap())
             }),
             // Ownership and layout conversions carry the tangent the same way.
+            // How forward mode reads an operand (`jvp = 2` reads its own output).
+            "operand" => da.map(|d| quote!(::adjoint::__private::operand(#d))),
             "to_owned" | "clone" | "view" | "as_standard_layout" | "to_shared" => da.map(|d| {
                 let m = Ident::new(func, proc_macro2::Span::call_site());
                 quote!((#d).#m())
@@ -321,6 +374,28 @@ impl Tangent<'_> {
                 let (f, axis) = (format_ident!("{}_tangent", func), &cs[0]);
                 quote!(::adjoint::__private::#f(#y, &(#d), #axis))
             }),
+            // optax's fused cross entropies over the last axis: `-sum(l * lsm)` with
+            // `lsm = log_softmax(x)`, its tangent `-sum(dl * lsm + l * dlsm)`; integer
+            // labels as a constant one-hot (NaN for a label out of range, as the loss).
+            "softmax_cross_entropy" | "softmax_cross_entropy_with_integer_labels" => {
+                let axis = quote!(::adjoint::no_grad(::adjoint::__private::last_axis(#ar)));
+                let lsm = quote!(::adjoint::__private::log_softmax(#ar, #axis));
+                let l = &operands[1].atom;
+                let labels = if func == "softmax_cross_entropy" {
+                    self.r(l)
+                } else {
+                    let l = self.atom(l);
+                    quote!(&::adjoint::no_grad(::adjoint::__private::one_hot_like(#ar, &#l)))
+                };
+                let terms: Vec<TokenStream> = [
+                    da.as_ref().map(|d| quote!((#labels * &::adjoint::__private::log_softmax_tangent(&#lsm, &(#d), #axis)).sum_axis(#axis))),
+                    self.dot(l).map(|dl| quote!((#dl * &#lsm).sum_axis(#axis))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Some(quote!((-(#(#terms)+*))))
+            }
             "logsumexp" => da.map(|d| {
                 let axis = &cs[0];
                 quote!((::adjoint::__private::softmax(#ar, #axis) * &(#d)).sum_axis(#axis))
@@ -372,4 +447,45 @@ impl Tangent<'_> {
             }
         }
     }
+}
+
+/// `path(axis, &[item.view(), ..]).unwrap()`, as the user writes it (lowering reads it
+/// back).
+fn variadic(path: &TokenStream, items: &[TokenStream], axis: &TokenStream) -> TokenStream {
+    quote!(#path(#axis, &[#((#items).view()),*]).unwrap())
+}
+
+/// `array![..]` of `items` (row-major) nested as `shape` (the `from_elems` constant,
+/// a tuple of lengths), written so that lowering reads it back as `from_elems`.
+fn array_macro(items: &[TokenStream], shape: &Atom) -> Option<TokenStream> {
+    let Atom::Lit(t) = shape else { return None };
+    let lens: Vec<usize> = match syn::parse2::<syn::Expr>(t.clone()).ok()? {
+        syn::Expr::Tuple(tuple) => tuple
+            .elems
+            .iter()
+            .map(|e| match e {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Int(i),
+                    ..
+                }) => i.base10_parse().ok(),
+                _ => None,
+            })
+            .collect::<Option<_>>()?,
+        _ => return None,
+    };
+    /// One level of nesting: its `lens[0]` parts, each an element or a row.
+    fn level(
+        items: &mut std::slice::Iter<'_, TokenStream>,
+        lens: &[usize],
+    ) -> Option<Vec<TokenStream>> {
+        let (&n, rest) = lens.split_first()?;
+        (0..n)
+            .map(|_| match rest {
+                [] => items.next().cloned(),
+                _ => level(items, rest).map(|row| quote!([#(#row),*])),
+            })
+            .collect()
+    }
+    let top = level(&mut items.iter(), &lens)?;
+    Some(quote!(::adjoint::__private::array![#(#top),*]))
 }

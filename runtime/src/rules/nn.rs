@@ -393,6 +393,43 @@ where
     out
 }
 
+/// The one-hot of integer `labels` among the logits' classes (their last axis), NaN
+/// across a lane whose label is out of range (where the loss is NaN): forward mode
+/// writes [`softmax_cross_entropy_with_integer_labels`]'s tangent as
+/// `-sum(one_hot * log_softmax_tangent(..))`, a constant times rules.
+///
+/// # Panics
+/// When the labels' shape is not the logits' without their last axis.
+pub fn one_hot_like<X, A, S, D, I, S2>(
+    logits: &X,
+    labels: &ArrayBase<S2, D::Smaller>,
+) -> Array<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    A: Real,
+    S: Data<Elem = A>,
+    D: RemoveAxis,
+    I: crate::rules::gather::Id,
+    S2: Data<Elem = I>,
+{
+    let x = logits.primal();
+    let axis = Axis(x.ndim() - 1);
+    let classes = x.len_of(axis);
+    let mut out = Array::zeros(x.raw_dim());
+    ndarray::Zip::from(out.lanes_mut(axis))
+        .and(labels)
+        .for_each(|mut lane, l| match l.index_in(classes) {
+            Some(c) => lane[c] = A::one(),
+            None => lane.fill(A::nan()),
+        });
+    out
+}
+
+/// The last axis of `x` (the classes of the fused cross entropies).
+pub fn last_axis<X: Value<Primal = ArrayBase<S, D>>, S: Data, D: Dimension>(x: &X) -> Axis {
+    Axis(x.primal().ndim().saturating_sub(1))
+}
+
 /// Pullback of [`softmax_cross_entropy_with_integer_labels`] for the logits:
 /// `ct (softmax(x) - one_hot(label))` (a label out of range contributes only the
 /// softmax, as optax's gradient does).
