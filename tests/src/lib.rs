@@ -82,6 +82,24 @@ pub fn grad(case: &Json, name: &str) -> ArrayD<f64> {
     array(&case["grads"][name]["value"])
 }
 
+/// A JSON list as a vector.
+pub fn vector(value: &Json) -> ndarray::Array1<f64> {
+    array(value).into_dimensionality().expect("a vector")
+}
+
+/// A JSON list of lists as a matrix.
+pub fn matrix(value: &Json) -> ndarray::Array2<f64> {
+    array(value).into_dimensionality().expect("a matrix")
+}
+
+/// Asserts that the scalar `got` is within `rtol` of `want` (relative to `want`),
+/// and prints both with the error.
+pub fn assert_scalar_close(what: &str, got: f64, want: f64, rtol: f64) {
+    let err = (got - want).abs() / want.abs().max(1e-300);
+    println!("{what}: {got} (JAX {want}, relative error {err:.1e})");
+    assert!(err <= rtol, "{what}: got {got}, want {want}");
+}
+
 /// Asserts `|a - b| <= rtol * max(|a|, |b|)` elementwise (with a tiny absolute floor
 /// for exact zeros).
 pub fn assert_close(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>, rtol: f64) {

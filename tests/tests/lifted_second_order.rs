@@ -9,23 +9,15 @@ use adjoint::optim::sgd;
 use adjoint::prelude::*;
 use adjoint::scope::ApplyOptions;
 use adjoint::train::TrainState;
-use adjoint_tests::{array, assert_tree_close, reference, variables};
+use adjoint_tests::{
+    array, assert_scalar_close, assert_tree_close, matrix, reference, variables, vector,
+};
 use ndarray::{Array1, Array2, ArrayD, Dimension};
 
 const RTOL: f64 = 1e-9;
 
-fn vector(v: &serde_json::Value) -> Array1<f64> {
-    array(v).into_dimensionality().expect("a vector")
-}
-
-fn matrix(v: &serde_json::Value) -> Array2<f64> {
-    array(v).into_dimensionality().expect("a matrix")
-}
-
 fn close(what: &str, got: f64, want: f64) {
-    let err = (got - want).abs() / want.abs().max(1e-300);
-    println!("{what}: {got} (JAX {want}, relative error {err:.1e})");
-    assert!(err <= RTOL, "{what}: got {got}, want {want}");
+    assert_scalar_close(what, got, want, RTOL);
 }
 
 // ----- a loop, a branch and a call, under value_and_grad with variables and rngs -----

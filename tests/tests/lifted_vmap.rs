@@ -8,19 +8,13 @@ use adjoint::optim::sgd;
 use adjoint::prelude::*;
 use adjoint::scope::ApplyOptions;
 use adjoint::train::TrainState;
-use adjoint_tests::{array, assert_tree_close, reference, variables};
+use adjoint_tests::{assert_scalar_close, assert_tree_close, matrix, reference, variables};
 use ndarray::{Array1, Array2, ArrayD, ArrayView1, Dimension};
 
 const RTOL: f64 = 1e-9;
 
-fn matrix(v: &serde_json::Value) -> Array2<f64> {
-    array(v).into_dimensionality().expect("a matrix")
-}
-
 fn close(what: &str, got: f64, want: f64) {
-    let err = (got - want).abs() / want.abs().max(1e-300);
-    println!("{what}: {got} (JAX {want}, relative error {err:.1e})");
-    assert!(err <= RTOL, "{what}: got {got}, want {want}");
+    assert_scalar_close(what, got, want, RTOL);
 }
 
 // ----- a per-example net with a loop and a branch, trained through vmap! -----
