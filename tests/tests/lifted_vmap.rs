@@ -332,3 +332,84 @@ fn second_order_through_vmap_keeps_each_examples_dropout_mask() {
         "the masks matter"
     );
 }
+
+// ----- a broadcast array passed by reference, and a mapped axis other than 0 -----
+
+struct Projected;
+
+#[differentiable]
+impl Projected {
+    fn call(&self, cx: &mut Scope, x: ArrayView1<f64>, w: &Array1<f64>) -> f64 {
+        let scale: f64 = cx.param("scale", init::ones, ());
+        (x.dot(w) * scale).tanh()
+    }
+}
+
+struct Columns;
+
+#[differentiable]
+impl Columns {
+    fn call(&self, cx: &mut Scope, xt: &Array2<f64>, w: &Array1<f64>) -> f64 {
+        let ys = vmap!(
+            cx,
+            |mdl, cx, x, w| mdl.call(cx, x, w),
+            Projected,
+            xt,
+            w,
+            in_axes = [1, None]
+        );
+        (&ys * &ys).sum()
+    }
+}
+
+/// Against central differences: the broadcast `w`'s cotangent is the sum over the
+/// examples, the mapped `xt`'s is each example's in its column.
+#[test]
+fn broadcast_references_and_other_axes_get_their_cotangents() {
+    let xt = Array2::from_shape_fn((3, 4), |(i, j)| ((i * 4 + j) as f64 * 0.37).sin());
+    let w = ndarray::array![0.4, -0.7, 0.2];
+    let vars = Variables::new()
+        .with("params", "Projected_0/scale", ndarray::arr0(1.3).into_dyn())
+        .unwrap();
+    let loss = |v: &Variables, xt: &Array2<f64>, w: &Array1<f64>| Columns.apply(v, xt, w).unwrap();
+    let (gv, gx, gw) = grad!(|v: &Variables, xt: &Array2<f64>, w: &Array1<f64>| Columns
+        .apply(v, xt, w)
+        .unwrap())(&vars, &xt, &w);
+    assert_eq!(gv.error(), None);
+    let h = 1e-6;
+    let near = |what: String, g: f64, fd: f64| {
+        assert!(
+            (g - fd).abs() <= 1e-7 * (1.0 + fd.abs()),
+            "{what}: {g} against differences {fd}"
+        );
+    };
+    for (ix, g) in gx.indexed_iter() {
+        let at = |d: f64| {
+            let mut xt = xt.clone();
+            xt[ix] += d;
+            loss(&vars, &xt, &w)
+        };
+        near(format!("xt{ix:?}"), *g, (at(h) - at(-h)) / (2.0 * h));
+    }
+    for (i, g) in gw.indexed_iter() {
+        let at = |d: f64| {
+            let mut w = w.clone();
+            w[i] += d;
+            loss(&vars, &xt, &w)
+        };
+        near(format!("w[{i}]"), *g, (at(h) - at(-h)) / (2.0 * h));
+    }
+    let gs: ArrayD<f64> = gv.read("params", "Projected_0/scale").unwrap();
+    let at = |d: f64| {
+        let v = vars
+            .clone()
+            .with(
+                "params",
+                "Projected_0/scale",
+                ndarray::arr0(1.3 + d).into_dyn(),
+            )
+            .unwrap();
+        loss(&v, &xt, &w)
+    };
+    near("scale".into(), gs[[]], (at(h) - at(-h)) / (2.0 * h));
+}
