@@ -788,3 +788,61 @@ fn third_order_through_activations() {
         &array![0.4, 0.9, -0.7],
     );
 }
+
+/// Third order through `softmax`, `log_softmax` and pooling: `jvp = 2` differentiates
+/// the tangents forward mode writes for them.
+#[differentiable(jvp = 2)]
+fn normalized(x: &Array1<f64>) -> f64 {
+    let m = array![[x[0], x[1] * x[2], x[2]], [x[1].sin(), x[0], 0.3]];
+    let s = adjoint::nn::softmax(&m, Axis(1));
+    let l = adjoint::nn::log_softmax(&(&m * 2.0), Axis(0));
+    (&s * &s).sum() + (&l * &m).sum()
+}
+
+#[differentiable(jvp)]
+fn normalized_slope(x: &Array1<f64>) -> f64 {
+    let (_, d) = jvp!(normalized)(x, &array![0.6, -0.2, 0.9]);
+    d
+}
+
+#[test]
+fn third_order_through_softmax_and_log_softmax() {
+    check_jvp_and_hessian(
+        normalized_slope,
+        jvp!(normalized_slope),
+        grad!(normalized_slope),
+        hessian!(normalized_slope),
+        &array![0.3, -0.2, 1.1],
+        &array![0.4, 0.9, -0.7],
+    );
+}
+
+#[differentiable(jvp = 2)]
+fn pooled(x: &Array1<f64>) -> f64 {
+    let y = (x * x)
+        .sin()
+        .into_shape_with_order(vec![1, 2, 3, 1])
+        .unwrap();
+    let m = adjoint::nn::max_pool(&y, [2, 2], [1, 1], adjoint::nn::Padding::Valid);
+    (&m * &m).sum()
+}
+
+#[differentiable(jvp)]
+fn pooled_slope(x: &Array1<f64>) -> f64 {
+    let v = array![0.6, -0.2, 0.9, 0.1, -0.5, 0.3];
+    let (_, d) = jvp!(pooled)(x, &v);
+    d
+}
+
+#[test]
+fn third_order_through_pooling() {
+    // Distinct values, away from ties in the windows.
+    check_jvp_and_hessian(
+        pooled_slope,
+        jvp!(pooled_slope),
+        grad!(pooled_slope),
+        hessian!(pooled_slope),
+        &array![0.3, -0.2, 1.1, 0.7, -0.9, 0.5],
+        &array![0.4, 0.9, -0.7, 0.2, 0.1, -0.3],
+    );
+}

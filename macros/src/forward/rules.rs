@@ -433,6 +433,50 @@ impl Tangent<'_> {
                 quote!(::adjoint::__private::where_(&#mask, &(#d), #fill - #fill))
             }),
             "avg_pool" => da.map(|d| quote!(::adjoint::__private::avg_pool(&(#d) #(, #cs)*))),
+            // The tangents forward mode writes, differentiated again (`jvp = 2`).
+            // Pooling's is linear in `dx` (the window's pick is piecewise constant).
+            "max_pool_tangent" | "min_pool_tangent" => self.dot(&operands[1].atom).map(|d| {
+                let f = format_ident!("{}", func);
+                quote!(::adjoint::__private::#f(#ar, &(#d) #(, #cs)*))
+            }),
+            // `t = y (dx - sum(y dx))`: `softmax_tangent(y, ddx)` along `dx`, and
+            // `dy dx - dy sum(y dx) - y sum(dy dx)` along `y`.
+            "softmax_tangent" => {
+                let (x, axis) = (&operands[1].atom, &cs[0]);
+                let xr = self.r(x);
+                let sum = |t: TokenStream| quote!((#t).sum_axis(#axis).insert_axis(#axis));
+                let along_y = da.as_ref().map(|dy| {
+                    let (s, sd) = (sum(quote!(#ar * #xr)), sum(quote!(#dy * #xr)));
+                    quote!(((#dy * #xr) - &(#dy * &#s) - &(#ar * &#sd)))
+                });
+                let terms: Vec<TokenStream> = [
+                    self.dot(x).map(|d| quote!(::adjoint::__private::softmax_tangent(&#an, &(#d), #axis))),
+                    along_y,
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Some(quote!((#(#terms)+*)))
+            }
+            // `t = dx - sum(exp(y) dx)`: `log_softmax_tangent(y, ddx)` along `dx`, and
+            // `-sum(exp(y) dy dx)` (broadcast over the axis) along `y`.
+            "log_softmax_tangent" => {
+                let (x, axis) = (&operands[1].atom, &cs[0]);
+                let xr = self.r(x);
+                let along_dx = self
+                    .dot(x)
+                    .map(|d| quote!(::adjoint::__private::log_softmax_tangent(&#an, &(#d), #axis)));
+                let along_y = da.as_ref().map(|dy| {
+                    quote!(((#ar.exp() * #dy) * #xr).sum_axis(#axis).insert_axis(#axis))
+                });
+                match (along_dx, along_y) {
+                    (Some(t), Some(s)) => Some(quote!((#t - &#s))),
+                    (Some(t), None) => Some(t),
+                    // The full shape, as the tangent's.
+                    (None, Some(s)) => Some(quote!((&::adjoint::no_grad(::adjoint::__private::zeros(&#an)) - &#s))),
+                    (None, None) => None,
+                }
+            }
             "max_pool" | "min_pool" => da.map(|d| {
                 let f = format_ident!("{}_tangent", func);
                 quote!(::adjoint::__private::#f(#ar, &(#d) #(, #cs)*))
