@@ -905,6 +905,44 @@ fn second_order_through_a_lifted_vjp_pullback() {
     assert_eq!(gx, ndarray::arr1(&[32.0, 64.0]));
 }
 
+/// The pullback of a lifted `vjp!` called in a branch, a block other than the
+/// `vjp!`'s. (A pullback is called once, as every pullback adjoint writes: Flax's may
+/// be called again.)
+struct VjpPullbackInABranch;
+
+#[differentiable]
+impl VjpPullbackInABranch {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let (y, pb) = vjp!(cx, |mdl, cx, x| mdl.call(cx, x), LearnScaleSq, x);
+        if y > 0.0 {
+            let (_vars, gx) = pb(2.0);
+            (&gx * &gx).sum()
+        } else {
+            y
+        }
+    }
+}
+
+#[test]
+fn second_order_through_a_pullback_called_in_a_branch() {
+    // y = p |x|^2 > 0, gx = 2 p x 2: the loss 16 p^2 |x|^2 = 320, d/dp = 32 p |x|^2 =
+    // 320, d/dx = 32 p^2 x.
+    let x = ndarray::arr1(&[1.0, 2.0]);
+    let vars = Variables::new()
+        .with("params", "LearnScaleSq_0/scale", 2.0)
+        .unwrap();
+    let (loss, grads) =
+        value_and_grad!(|v: &Variables| VjpPullbackInABranch.apply(v, &x).unwrap())(&vars);
+    assert_eq!(loss, 320.0);
+    assert_eq!(grads.error(), None);
+    assert_eq!(
+        grads.read::<f64>("params", "LearnScaleSq_0/scale"),
+        Ok(320.0)
+    );
+    let gx = grad!(|x: &Array1<f64>| VjpPullbackInABranch.apply(&vars, x).unwrap())(&x);
+    assert_eq!(gx, ndarray::arr1(&[128.0, 256.0]));
+}
+
 /// A lifted `grad!` whose closure is more than `mdl.call(cx, x)`: not differentiated
 /// again.
 struct GradOfScaled;

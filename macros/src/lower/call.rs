@@ -187,8 +187,9 @@ impl Lowerer<'_> {
         Val::Atom(self.emit(out, Op::Call(call), span))
     }
 
-    /// `pb(ct)` where `pb` is the pullback of a lifted `vjp!` of this block: a
-    /// statement second order goes through (see [`LiftedKind::Pull`]).
+    /// `pb(ct)` where `pb` is the pullback of a lifted `vjp!` (in this block or an
+    /// enclosing one): a statement second order goes through (see
+    /// [`LiftedKind::Pull`]).
     fn pullback_call(&mut self, out: &mut Stmts, c: &syn::ExprCall) -> Option<Val> {
         let Expr::Path(p) = &*c.func else {
             return None;
@@ -196,12 +197,7 @@ impl Lowerer<'_> {
         let Some(Val::Atom(Atom::Var(pb))) = self.lookup(&p.path.get_ident()?.to_string()) else {
             return None;
         };
-        let vjp = out.iter().find_map(|s| match s {
-            Stmt::LetLifted(l) if matches!(l.kind, LiftedKind::Vjp) && l.dsts[1] == pb => {
-                Some(l.clone())
-            }
-            _ => None,
-        })?;
+        let vjp = self.vjps.get(&pb)?.clone();
         if c.args.len() != 1 {
             return None;
         }

@@ -311,6 +311,9 @@ impl Lowerer<'_> {
         let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp, 2, args);
         // A call of the pullback reads what the transform read.
         self.lifted.insert(dsts[1], reads);
+        if let Some(Stmt::LetLifted(l)) = out.last() {
+            self.vjps.insert(dsts[1], l.clone());
+        }
         Some(vars(dsts))
     }
 

@@ -55,6 +55,7 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         free: Vec::new(),
         scopes_vars: Vec::new(),
         lifted: HashMap::new(),
+        vjps: HashMap::new(),
         memo: vec![HashMap::new()],
     };
     let params = params
@@ -101,6 +102,9 @@ struct Lowerer<'c> {
     scopes_vars: Vec<Var>,
     /// The values opaque lifted ops made ([`Op::Lifted`]), with what each read.
     lifted: HashMap<Var, Vec<Atom>>,
+    /// The lifted `vjp!`s second order goes through, by their pullback: a call of
+    /// one (`pb(ct)`, in any block after it) is differentiated too.
+    vjps: HashMap<Var, Lifted>,
     /// Per scope, the names bound to a reference (`let v = &x;`): passed on as
     /// references, since the IR drops the `&`.
     ref_bound: Vec<HashSet<String>>,
