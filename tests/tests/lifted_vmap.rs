@@ -63,6 +63,56 @@ impl Batched {
     }
 }
 
+/// The same, the mapped module held in a field: named by the field, as Flax names a
+/// submodule assigned in `setup` (`net/Dense_0`).
+struct BatchedField {
+    net: PointNet,
+}
+
+#[differentiable]
+impl BatchedField {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, s: f64) -> f64 {
+        let ys = vmap!(
+            cx,
+            |mdl, cx, x, s| mdl.call(cx, x, s),
+            self.net,
+            x,
+            s,
+            in_axes = [0, None]
+        );
+        (&ys * &ys).sum()
+    }
+}
+
+#[test]
+fn a_mapped_field_is_named_by_the_field() {
+    let case = reference("lifted_vmap.json", "trained_through_vmap");
+    let (x, s) = (matrix(&case["x"]), case["s"].as_f64().unwrap());
+    let vars = variables(&case["variables"]);
+    let model = BatchedField {
+        net: PointNet {
+            random_dropout: false,
+        },
+    };
+    // The reference's tree with `PointNet_0` renamed `net`.
+    let mut renamed = Variables::new();
+    for (collection, path, leaf) in vars.leaves() {
+        let to = path.replacen("PointNet_0", "net", 1);
+        renamed.insert(collection, &to, leaf.clone()).unwrap();
+    }
+    let (loss, grads) = value_and_grad!(|v: &Variables| model.apply(v, &x, s).unwrap())(&renamed);
+    assert_eq!(grads.error(), None);
+    close("loss", loss, case["loss"].as_f64().unwrap());
+    let want = &case["grads"]["params"]["PointNet_0"];
+    let err = assert_tree_close(
+        "field grads",
+        &grads,
+        &serde_json::json!({ "params": { "net": want } }),
+        RTOL,
+    );
+    println!("gradient in the parameters: normwise relative error {err:.1e}");
+}
+
 fn batched_loss(
     model: &Batched,
     vars: &Variables,
