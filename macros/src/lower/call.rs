@@ -213,7 +213,7 @@ impl Lowerer<'_> {
                 .collect(),
             ..vjp
         }));
-        Some(super::expr::vars(dsts))
+        Some(super::lifted::vars(dsts))
     }
 
     /// Whether `c` calls a value an opaque lifted op made (`pb` of a `vjp!`).

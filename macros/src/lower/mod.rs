@@ -28,6 +28,7 @@ use syn::Ident;
 mod call;
 mod control;
 mod expr;
+mod lifted;
 mod stmt;
 
 /// Lowers a body with the given parameters.

@@ -1,0 +1,358 @@
+//! Lowering of the lifted transforms inside a module (`grad!`, `value_and_grad!`,
+//! `jvp!`, `vjp!` and a call of its pullback, `jacfwd!`/`jacrev!`, `vmap!`): a
+//! `Stmt::LetLifted` that the later stages differentiate again when the closure is
+//! `|mdl, cx, x..| mdl.call(cx, x..)`, an opaque op otherwise.
+
+use super::*;
+use crate::parse::transform::{TransformInput, names_option};
+use crate::parse::vmap::VmapInput;
+
+impl Lowerer<'_> {
+    /// A lifted transform inside a module: a statement second order goes through
+    /// where its form allows (see each), else an opaque op (see [`Op::Lifted`]).
+    pub(super) fn lifted(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Val {
+        let path = &m.mac.path;
+        let covered = if path.is_ident("grad") || path.is_ident("value_and_grad") {
+            self.lifted_grad(out, e, m)
+        } else if path.is_ident("jvp") {
+            self.lifted_jvp(out, e, m)
+        } else if path.is_ident("vjp") {
+            self.lifted_vjp(out, e, m)
+        } else if path.is_ident("jacfwd") || path.is_ident("jacrev") {
+            self.lifted_jacobian(out, e, m)
+        } else if path.is_ident("vmap") {
+            self.lifted_vmap(out, e, m)
+        } else {
+            None
+        };
+        covered.unwrap_or_else(|| Val::Atom(self.opaque_lifted(out, e.to_token_stream(), e.span())))
+    }
+
+    /// `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` (or
+    /// `value_and_grad!`) with a constant child: a statement that can be differentiated
+    /// again. Other forms stay opaque.
+    fn lifted_grad(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        m: &syn::ExprMacro,
+    ) -> Option<Val> {
+        let mut input: TransformInput = m.mac.parse_body().ok()?;
+        // `has_aux` is covered: the aux is one more output of the child's forward mode.
+        let has_aux = std::mem::take(&mut input.has_aux);
+        let n = input.positional.len().checked_sub(3)?;
+        let child = self.lifted_child(&mut input, n, false)?;
+        let args = self.operands(out, &input.positional[3..]);
+        let value = m
+            .mac
+            .path
+            .is_ident("value_and_grad")
+            .then(|| self.temp(e.span()));
+        let aux = has_aux.then(|| self.temp(e.span()));
+        let dsts = self.push_lifted(out, e, child, LiftedKind::Grad { value, aux }, n, args);
+        let var = |v: Var| Val::Atom(Atom::Var(v));
+        let grads = Val::Tuple(dsts.into_iter().map(var).collect());
+        // grad!: `grads` or `(grads, aux)`; value_and_grad!: `(value, grads)` or
+        // `((value, aux), grads)`.
+        Some(match (value, aux) {
+            (None, None) => grads,
+            (None, Some(a)) => Val::Tuple(vec![grads, var(a)]),
+            (Some(v), None) => Val::Tuple(vec![var(v), grads]),
+            (Some(v), Some(a)) => Val::Tuple(vec![Val::Tuple(vec![var(v), var(a)]), grads]),
+        })
+    }
+
+    /// `jvp!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, (x..), (tx..), var_tangents)`:
+    /// `(y, ty)`, a statement that can be differentiated again (reverse over the
+    /// child's forward mode) while `var_tangents` holds no nonzero tangent (checked
+    /// when it runs). Other forms stay opaque.
+    fn lifted_jvp(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        m: &syn::ExprMacro,
+    ) -> Option<Val> {
+        let mut input: TransformInput = m.mac.parse_body().ok()?;
+        if input.positional.len() != 6 {
+            return None;
+        }
+        let elems = |e: &Expr| match e {
+            Expr::Tuple(t) => Some(t.elems.iter().cloned().collect::<Vec<Expr>>()),
+            Expr::Paren(p) => Some(vec![(*p.expr).clone()]),
+            _ => None,
+        };
+        let (primals, tangents) = (elems(&input.positional[3])?, elems(&input.positional[4])?);
+        let n = primals.len();
+        if tangents.len() != n {
+            return None;
+        }
+        let var_tangents = self.verbatim(input.positional[5].to_token_stream());
+        let child = self.lifted_child(&mut input, n, false)?;
+        let mut args = self.operands(out, &primals);
+        args.extend(self.operands(out, &tangents));
+        let dsts = self.push_lifted(out, e, child, LiftedKind::Jvp { var_tangents }, 2, args);
+        Some(vars(dsts))
+    }
+
+    /// `vjp!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` (`vjp_variables`
+    /// allowed): `(y, pb)`, the output differentiated through the child (its reverse
+    /// mode run again), calls of the pullback opaque (reading what the transform
+    /// read). Other forms (`has_aux`, `reduce_axes`) stay opaque.
+    fn lifted_vjp(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        m: &syn::ExprMacro,
+    ) -> Option<Val> {
+        let mut input: TransformInput = m.mac.parse_body().ok()?;
+        // Which variables' cotangents the pullback returns does not change `y`.
+        input.vjp_variables = None;
+        let n = input.positional.len().checked_sub(3)?;
+        let child = self.lifted_child(&mut input, n, false)?;
+        let args = self.operands(out, &input.positional[3..]);
+        let reads: Vec<Atom> = args.iter().map(|a| a.atom.clone()).collect();
+        let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp, 2, args);
+        // A call of the pullback reads what the transform read.
+        self.lifted.insert(dsts[1], reads);
+        if let Some(Stmt::LetLifted(l)) = out.last() {
+            self.vjps.insert(dsts[1], l.clone());
+        }
+        Some(vars(dsts))
+    }
+
+    /// `jacfwd!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` or `jacrev!`:
+    /// the Jacobian in the first primal, a statement that can be differentiated again
+    /// (one JVP-VJP of the child per input element). Other forms stay opaque.
+    fn lifted_jacobian(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        m: &syn::ExprMacro,
+    ) -> Option<Val> {
+        let mut input: TransformInput = m.mac.parse_body().ok()?;
+        let n = input.positional.len().checked_sub(3)?;
+        let child = self.lifted_child(&mut input, n, false)?;
+        let args = self.operands(out, &input.positional[3..]);
+        let dsts = self.push_lifted(out, e, child, LiftedKind::Jacobian, 1, args);
+        Some(Val::Atom(Atom::Var(dsts[0])))
+    }
+
+    /// `vmap!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args.., in_axes = [..])`
+    /// (`axis_name` allowed): the batched output, differentiated through the child
+    /// (its reverse mode run again per example). Other forms stay opaque.
+    fn lifted_vmap(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        m: &syn::ExprMacro,
+    ) -> Option<Val> {
+        let vmap: VmapInput = m.mac.parse_body().ok()?;
+        let n = vmap.positional.len().checked_sub(3)?;
+        if vmap.in_axes.len() != n {
+            return None;
+        }
+        let mut input = TransformInput::positional(vmap.positional);
+        // Forward mode's JVP of a `vmap!` maps the child's JVP: the output and its
+        // tangent.
+        let child = match self.lifted_child(&mut input, n, false) {
+            Some(child) => child,
+            None => self.lifted_child(&mut input, n, true)?,
+        };
+        let jvp = child.jvp;
+        let args = self.operands(out, &input.positional[3..]);
+        let kind = LiftedKind::Vmap {
+            in_axes: vmap.in_axes,
+            axis_name: vmap.axis_name,
+            jvp,
+        };
+        let dsts = self.push_lifted(out, e, child, kind, 1 + usize::from(jvp), args);
+        Some(if jvp {
+            vars(dsts)
+        } else {
+            Val::Atom(Atom::Var(dsts[0]))
+        })
+    }
+
+    /// The operands of a lifted transform's primals (or tangents).
+    fn operands(&mut self, out: &mut Stmts, exprs: &[Expr]) -> Vec<Arg> {
+        exprs.iter().map(|a| self.operand(out, a)).collect()
+    }
+
+    /// Pushes the lifted transform `e` over `child` as a statement of `kind` with `n`
+    /// results, and returns them.
+    fn push_lifted(
+        &mut self,
+        out: &mut Stmts,
+        e: &Expr,
+        child: LiftedChild,
+        kind: LiftedKind,
+        n: usize,
+        args: Vec<Arg>,
+    ) -> Vec<Var> {
+        let dsts: Vec<Var> = (0..n).map(|_| self.temp(e.span())).collect();
+        let tokens = self.verbatim(e.to_token_stream());
+        out.push(Stmt::LetLifted(Lifted {
+            kind,
+            dsts: dsts.clone(),
+            tokens,
+            module: child.module,
+            keep: child.keep,
+            scope: child.scope,
+            args,
+            visible: child.visible,
+            rngs: child.rngs,
+        }));
+        dsts
+    }
+
+    /// An opaque lifted computation written as `tokens` (see [`Op::Lifted`]): what it
+    /// reads, a value made by another such op standing for what that one reads.
+    pub(super) fn opaque_lifted(
+        &mut self,
+        out: &mut Stmts,
+        tokens: TokenStream,
+        span: Span,
+    ) -> Atom {
+        let mut reads = Vec::new();
+        for v in self.mentioned_vars(tokens.clone()) {
+            match self.lifted.get(&v).cloned() {
+                Some(inner) => reads.extend(inner),
+                None => reads.push(Atom::Var(v)),
+            }
+        }
+        let tokens = self.verbatim(tokens);
+        self.emit(out, Op::Lifted { tokens, reads }, span)
+    }
+
+    /// What a lifted transform over `n` primals must be for second order to go through
+    /// it: the closure exactly `|mdl, cx, a..| mdl.call(cx, a..)`, the module an
+    /// expression of constants or a local bound module (`let learner = Learner;`),
+    /// no options but `variables` and `rngs` (taken: the rerun restricts alike).
+    fn lifted_child(
+        &mut self,
+        input: &mut TransformInput,
+        n: usize,
+        allow_jvp: bool,
+    ) -> Option<LiftedChild> {
+        let (visible, rngs) = (
+            names_option(&std::mem::take(&mut input.variables)),
+            names_option(&std::mem::take(&mut input.rngs)),
+        );
+        let items = &input.positional;
+        if items.len() < 3 || !input.plain() {
+            return None;
+        }
+        let Expr::Closure(c) = &items[1] else {
+            return None;
+        };
+        let names: Vec<Ident> = c
+            .inputs
+            .iter()
+            .map(|p| match strip_type(p) {
+                Pat::Ident(i) => Some(i.ident.clone()),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        if n == 0 || names.len() != n + 2 {
+            return None;
+        }
+        let (call, jvp) = match &*c.body {
+            Expr::MethodCall(call) if call.method == "call" => (call, false),
+            // `Child::module(&mdl).____call_body_jvp_vjp_params(&mut *cx, x.., dx..).0`: the
+            // child's JVP, which forward mode writes for a `vmap!` (see
+            // `forward/lifted.rs`).
+            Expr::Field(f) if matches!(&f.member, syn::Member::Unnamed(i) if i.index == 0) => {
+                match &*f.base {
+                    Expr::MethodCall(call)
+                        if call.method == crate::names::child_jvp()
+                            && child_of(&call.receiver, &names[0]) =>
+                    {
+                        (call, true)
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        if jvp != allow_jvp {
+            return None;
+        }
+        let recv_ok = jvp || matches!(&*call.receiver, Expr::Path(p) if p.path.is_ident(&names[0]));
+        // The JVP's scope is a reborrow, `&mut *cx` (so that module-call routing
+        // leaves the call as written).
+        let is = |a: &Expr, nm: &Ident| matches!(a, Expr::Path(p) if p.path.is_ident(nm));
+        let scope_ok = |a: &Expr| match a {
+            Expr::Reference(r) if jvp => {
+                matches!(&*r.expr, Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) && is(&u.expr, &names[1]))
+            }
+            _ => !jvp && is(a, &names[1]),
+        };
+        let args_ok = call.args.len() == n + 1
+            && scope_ok(&call.args[0])
+            && call
+                .args
+                .iter()
+                .skip(1)
+                .zip(&names[2..])
+                .all(|(a, nm)| is(a, nm));
+        let local = self.mentions_local(items[2].to_token_stream());
+        let bound = matches!(&items[2], Expr::Path(p) if p.path.get_ident().is_some());
+        if !recv_ok || !args_ok || (local && !bound) {
+            return None;
+        }
+        let Expr::Path(sp) = &items[0] else {
+            return None;
+        };
+        let scope = match self.lookup(&sp.path.get_ident()?.to_string())? {
+            Val::Atom(a) => a,
+            Val::Tuple(_) => return None,
+        };
+        let module = if local {
+            self.verbatim(items[2].to_token_stream())
+        } else {
+            items[2].to_token_stream()
+        };
+        let keep = local || mentions_self(&module);
+        Some(LiftedChild {
+            jvp,
+            module,
+            keep,
+            scope,
+            visible,
+            rngs,
+        })
+    }
+}
+
+/// Whether `t` mentions `self`.
+fn mentions_self(t: &TokenStream) -> bool {
+    t.clone().into_iter().any(|tt| match tt {
+        proc_macro2::TokenTree::Ident(i) => i == "self",
+        proc_macro2::TokenTree::Group(g) => mentions_self(&g.stream()),
+        _ => false,
+    })
+}
+
+/// The child of a lifted transform that second order can run again.
+struct LiftedChild {
+    /// The closure calls the child's JVP (forward mode's `vmap!`), not `call`.
+    jvp: bool,
+    module: TokenStream,
+    keep: bool,
+    scope: Atom,
+    visible: TokenStream,
+    rngs: TokenStream,
+}
+
+/// Whether `e` is `Child::module(&mdl)` (the module `mdl` stands for).
+fn child_of(e: &Expr, mdl: &Ident) -> bool {
+    let Expr::Call(c) = e else { return false };
+    matches!(&*c.func, Expr::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "module"))
+        && c.args.len() == 1
+        && matches!(&c.args[0], Expr::Reference(r) if matches!(&*r.expr, Expr::Path(p) if p.path.is_ident(mdl)))
+}
+
+/// Each variable as a value, in a tuple.
+pub(super) fn vars(dsts: Vec<Var>) -> Val {
+    Val::Tuple(dsts.into_iter().map(|v| Val::Atom(Atom::Var(v))).collect())
+}
