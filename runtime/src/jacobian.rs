@@ -99,6 +99,53 @@ impl<T: Basis + ?Sized> Basis for &T {
     }
 }
 
+/// A tangent (a unit or a zero, owned) passed as its primal `Self` is: by value for
+/// a scalar or an owned array, by reference for a reference. For the lifted
+/// `hessian!`, which calls a child's JVP on tangents of its arguments' types.
+#[doc(hidden)]
+pub trait PassedLike<'t>: Basis {
+    /// The tangent as the primal's type.
+    type Passed;
+    /// `t` as the primal's type.
+    fn passed_like(t: &'t Self::Owned) -> Self::Passed;
+}
+
+macro_rules! scalar_passed {
+    ($($t:ty),*) => {$(
+        impl<'t> PassedLike<'t> for $t {
+            type Passed = $t;
+            fn passed_like(t: &'t $t) -> $t {
+                *t
+            }
+        }
+    )*};
+}
+
+scalar_passed!(f32, f64);
+
+impl<'t, A: Real, D: Dimension> PassedLike<'t> for Array<A, D> {
+    type Passed = Array<A, D>;
+    fn passed_like(t: &'t Array<A, D>) -> Array<A, D> {
+        t.clone()
+    }
+}
+
+impl<'t, T: Basis + ?Sized> PassedLike<'t> for &T
+where
+    T::Owned: 't,
+{
+    type Passed = &'t T::Owned;
+    fn passed_like(t: &'t T::Owned) -> &'t T::Owned {
+        t
+    }
+}
+
+/// The tangent `t` passed as `primal` is (see [`PassedLike`]).
+#[doc(hidden)]
+pub fn passed_like<'t, X: PassedLike<'t>>(_primal: &X, t: &'t X::Owned) -> X::Passed {
+    X::passed_like(t)
+}
+
 /// The Jacobian's type for an input of type `X`: an array of `X`'s elements.
 pub type Jacobian<X> = ArrayD<<X as Basis>::Elem>;
 

@@ -332,6 +332,43 @@ pub use adjoint_macros::jacrev;
 /// let h = hessian!(f)(&array![1.0, 2.0]);
 /// assert_eq!(h, array![[4.0, 2.0], [2.0, 0.0]].into_dyn());
 /// ```
+///
+/// Inside a module, `hessian!(cx, |mdl, cx, x| mdl.call(cx, x), Child, x)` is the
+/// Hessian of a child with a scalar output in its first primal, its variables held
+/// (Flax has no lifted Hessian), and `hvp!(cx, |mdl, cx, x| mdl.call(cx, x), Child,
+/// x, v)` its product with `v`:
+///
+/// ```
+/// use adjoint::prelude::*;
+/// use ndarray::{array, Array1, ArrayD};
+///
+/// struct Cubic;
+///
+/// #[differentiable]
+/// impl Cubic {
+///     fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+///         let w: f64 = cx.param("w", init::ones, ());
+///         (x * x * x).sum() * w // H = diag(6 w x)
+///     }
+/// }
+///
+/// struct Curvature;
+///
+/// #[differentiable]
+/// impl Curvature {
+///     fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> (ArrayD<f64>, Array1<f64>) {
+///         let h = hessian!(cx, |mdl, cx, x| mdl.call(cx, x), Cubic, x);
+///         let hv = hvp!(cx, |mdl, cx, x| mdl.call(cx, x), Cubic, x, x);
+///         (h, hv)
+///     }
+/// }
+///
+/// let x = array![1.0, 2.0];
+/// let vars = Curvature.init(0, &x).unwrap();
+/// let (h, hv) = Curvature.apply(&vars, &x).unwrap();
+/// assert_eq!(h, array![[6.0, 0.0], [0.0, 12.0]].into_dyn());
+/// assert_eq!(hv, array![6.0, 24.0]);
+/// ```
 pub use adjoint_macros::hessian;
 
 /// Vectorizing map, as `jax.vmap`: `f` over axis `k` of the arguments marked `k` in
@@ -431,7 +468,9 @@ pub mod __private {
         Batch, Reduced, add_example, batch_len, common_len, example, probe, unbatch,
     };
     pub use crate::control::*;
-    pub use crate::jacobian::{Basis, Jacobian, basis_len, jacfwd, jacobian_column, jacrev, unit};
+    pub use crate::jacobian::{
+        Basis, Jacobian, basis_len, jacfwd, jacobian_column, jacrev, passed_like, unit,
+    };
     pub use crate::rules::activation::*;
     pub use crate::rules::conv::{conv, conv_pb_k, conv_pb_x};
     pub use crate::rules::elementwise::*;

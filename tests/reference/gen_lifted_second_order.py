@@ -25,6 +25,10 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
   that depends on the output, in the loss; gradients in the parameters and the input.
 - `jacobian_penalty`: second order through a lifted Jacobian: `sum(J^2) + sum(y^2)` of
   the same child, its gradient in the child's parameters.
+- `lifted_hessian`: `jax.hessian` of a scalar child (a loop and a branch) in its
+  first input, the second held, for one input and a batch (shape `input ++ input`),
+  and the Hessian-vector products in both inputs (`jax.jvp` of `jax.grad`), what the
+  lifted `hessian!` and `hvp!` give (Flax has neither).
 
 Variables are given explicitly (no random generator must match). Each case lists its
 inputs, the variables, the loss and `grads` (same tree as the variables).
@@ -327,6 +331,33 @@ def case_jacobian_penalty():
     return {"x": x.tolist(), "t": float(t), "variables": tolist(variables), "loss": float(value), "grads": tolist(grads)}
 
 OUT["jacobian_penalty"] = case_jacobian_penalty()
+
+
+# 8. Lifted Hessians: the same child's squared output, a scalar.
+class Energy(nn.Module):
+    @nn.compact
+    def __call__(self, x, t):
+        return jnp.sum(Curve()(x, t) ** 2)
+
+
+def case_hessian():
+    x, t = arr(4, seed=20), jnp.array(0.8)
+    xb = arr(2, 4, seed=21)
+    v, vt = arr(4, seed=27), jnp.array(-0.6)
+    child = {"Curve_0": case_jacobian_child()}
+    f = lambda x, t: Energy().apply({"params": child}, x, t)
+    hv = jax.jvp(jax.grad(f, argnums=(0, 1)), (x, t), (v, vt))[1]
+    return {
+        "x": x.tolist(), "t": float(t), "x_batch": xb.tolist(), "v": v.tolist(), "v_t": float(vt),
+        "variables": tolist({"params": {"Energy_0": child}}),
+        "hessian": jax.hessian(f)(x, t).tolist(),
+        "hessian_batch": jax.hessian(f)(xb, t).tolist(),
+        "hvp_x": hv[0].tolist(),
+        "hvp_t": float(hv[1]),
+    }
+
+
+OUT["lifted_hessian"] = case_hessian()
 
 
 # 8. Through nn.vjp: its output, and its pullback applied to a cotangent that depends on

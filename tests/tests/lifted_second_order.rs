@@ -369,6 +369,88 @@ fn lifted_jacobians_inside_a_module() {
     adjoint_tests::assert_close("batch", &jac, &array(&case["jacobian_batch"]), RTOL);
 }
 
+// ----- lifted Hessians: hessian! and hvp! inside a module -----
+
+/// A scalar child: the squared output of `Curve` (rank 1 or 2).
+macro_rules! energy {
+    ($name:ident, $curve:ident, $array:ident) => {
+        struct $name;
+
+        #[differentiable]
+        impl $name {
+            fn call(&self, cx: &mut Scope, x: &$array<f64>, t: f64) -> f64 {
+                let y = $curve.call(cx, x, t);
+                (&y * &y).sum()
+            }
+        }
+    };
+}
+
+energy!(Energy, Curve, Array1);
+energy!(EnergyBatch, CurveBatch, Array2);
+
+/// The Hessian of the child in its first input, and its Hessian-vector products.
+struct Curvature;
+
+#[differentiable]
+impl Curvature {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>, t: f64) -> ArrayD<f64> {
+        hessian!(cx, |mdl, cx, x, t| mdl.call(cx, x, t), Energy, x, t)
+    }
+}
+
+struct CurvatureBatch;
+
+#[differentiable]
+impl CurvatureBatch {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, t: f64) -> ArrayD<f64> {
+        hessian!(cx, |mdl, cx, x, t| mdl.call(cx, x, t), EnergyBatch, x, t)
+    }
+}
+
+struct Products;
+
+#[differentiable]
+impl Products {
+    fn call(
+        &self,
+        cx: &mut Scope,
+        x: &Array1<f64>,
+        t: f64,
+        v: &Array1<f64>,
+        vt: f64,
+    ) -> (Array1<f64>, f64) {
+        hvp!(cx, |mdl, cx, x, t| mdl.call(cx, x, t), Energy, x, t, v, vt)
+    }
+}
+
+#[test]
+fn lifted_hessians_inside_a_module() {
+    let case = reference("lifted_second_order.json", "lifted_hessian");
+    let (x, t) = (vector(&case["x"]), case["t"].as_f64().unwrap());
+    let vars = variables(&case["variables"]);
+    let h = Curvature.apply(&vars, &x, t).unwrap();
+    assert_eq!(h.shape(), &[4, 4]);
+    let err = adjoint_tests::max_rel_err(&h, &array(&case["hessian"]));
+    println!("lifted hessian: normwise relative error {err:.1e}");
+    adjoint_tests::assert_close("hessian", &h, &array(&case["hessian"]), RTOL);
+
+    let xb = matrix(&case["x_batch"]);
+    let vars_b = vars
+        .subtree("Energy_0/Curve_0")
+        .prefixed("EnergyBatch_0/CurveBatch_0");
+    let h = CurvatureBatch.apply(&vars_b, &xb, t).unwrap();
+    assert_eq!(h.shape(), &[2, 4, 2, 4]);
+    adjoint_tests::assert_close("batch", &h, &array(&case["hessian_batch"]), RTOL);
+
+    let (v, vt) = (vector(&case["v"]), case["v_t"].as_f64().unwrap());
+    let (hx, ht) = Products.apply(&vars, &x, t, &v, vt).unwrap();
+    let err = adjoint_tests::max_rel_err(&hx.clone().into_dyn(), &array(&case["hvp_x"]));
+    println!("lifted hvp: normwise relative error {err:.1e}");
+    adjoint_tests::assert_close("hvp x", &hx.into_dyn(), &array(&case["hvp_x"]), RTOL);
+    close("hvp t", ht, case["hvp_t"].as_f64().unwrap());
+}
+
 /// A child with a random Dropout: every row of `jacrev!` (and column of `jacfwd!`)
 /// runs with the mask the first drew, so both modes give one Jacobian, whose dropped
 /// features are dropped for every output.

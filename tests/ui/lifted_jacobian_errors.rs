@@ -29,12 +29,21 @@ impl WithOption {
     }
 }
 
-struct LiftedHessian;
+struct ScaledHessian;
 
 #[differentiable]
-impl LiftedHessian {
+impl ScaledHessian {
     fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> ArrayD<f64> {
-        hessian!(cx, |mdl, cx, x| mdl.call(cx, x), Child, x)
+        hessian!(cx, |mdl, cx, x| mdl.call(cx, x).sum() * 2.0, Child, x)
+    }
+}
+
+struct HvpWithoutTangent;
+
+#[differentiable]
+impl HvpWithoutTangent {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+        hvp!(cx, |mdl, cx, x| mdl.call(cx, x), Child, x)
     }
 }
 

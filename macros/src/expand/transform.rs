@@ -20,7 +20,10 @@ pub fn jacobian_transform(which: &str, input: TokenStream) -> TokenStream {
         && lifted.positional.len() >= 3
         && matches!(lifted.positional[1], syn::Expr::Closure(_))
     {
-        return lifted_jacobian(which, &lifted);
+        return match which {
+            "hvp" | "hessian" => lifted_hessian(which, &lifted),
+            _ => lifted_jacobian(which, &lifted),
+        };
     }
     match syn::parse2::<syn::Path>(input.clone()) {
         Ok(path) => crate::names::companion_path(&path, which, false).into_token_stream(),
@@ -44,12 +47,6 @@ pub fn jacobian_transform(which: &str, input: TokenStream) -> TokenStream {
 fn lifted_jacobian(which: &str, input: &TransformInput) -> TokenStream {
     let cx = Ctxt::default();
     let forward = which == "jacfwd";
-    if !matches!(which, "jacfwd" | "jacrev") {
-        cx.error(
-            Span::call_site(),
-            format!("{which}! takes a function marked `#[differentiable(jvp)]`: `{which}!(f)`; inside a module, `jacfwd!` and `jacrev!` take the lifted form"),
-        );
-    }
     if input.positional.len() < 4 {
         cx.error_at(
             &input.positional[1],
@@ -134,6 +131,130 @@ fn lifted_jacobian(which: &str, input: &TransformInput) -> TokenStream {
         let __cx: &mut ::adjoint::Scope = &mut *(#scope);
         let __point = __cx.rerun_point();
         let __path = __cx.path();
+        #body
+    })
+}
+
+/// The lifted second derivatives inside a module (which Flax lacks, flax#735), of a
+/// child with a scalar output, the child's variables held constant as in `grad!`:
+/// `hvp!(cx, |mdl, cx, x, ..| mdl.call(cx, x, ..), Child, x, .., v, ..)` gives the
+/// Hessian times the tangents (one per primal, a tuple for more than one), and
+/// `hessian!(cx, |mdl, cx, x, ..| mdl.call(cx, x, ..), Child, x, ..)` the Hessian in
+/// the first primal (the others held), shaped `input ++ input` as `jax.hessian`.
+///
+/// Each product is the child's JVP differentiated in reverse (its JVP-VJP, as a
+/// lifted `grad!` differentiated again runs it), seeded with one on the tangent
+/// output; `hessian!` runs it once per input element, the first in the module's scope
+/// and the others again from the scope's state before it (the same variables and
+/// random keys), so every column sees the same function. The closure must be
+/// `mdl.call(..)`: the child's forward mode is what is differentiated.
+fn lifted_hessian(which: &str, input: &TransformInput) -> TokenStream {
+    let cx = Ctxt::default();
+    let (scope, module) = (&input.positional[0], &input.positional[2]);
+    let syn::Expr::Closure(c) = &input.positional[1] else {
+        return TokenStream::new();
+    };
+    let n = c.inputs.len().saturating_sub(2);
+    let calls_child = match &*c.body {
+        syn::Expr::MethodCall(m) => {
+            m.method == "call"
+                && matches!((&*m.receiver, c.inputs.first()), (syn::Expr::Path(r), Some(Pat::Ident(p))) if r.path.is_ident(&p.ident))
+                && m.args.len() == n + 1
+        }
+        _ => false,
+    };
+    let given = input.positional.len() - 3;
+    let want = if which == "hvp" { 2 * n } else { n };
+    if n == 0 || !calls_child {
+        cx.error_at(
+            c,
+            format!("{which}! inside a module differentiates a child's forward mode: its closure is `|mdl, cx, x, ..| mdl.call(cx, x, ..)`"),
+        );
+    } else if given != want {
+        cx.error_at(
+            &input.positional[1],
+            format!(
+                "{which}! takes the scope, the closure, the module and {}: {want} argument(s) after the module, {given} given",
+                if which == "hvp" { "the primals then their tangents" } else { "the primals" }
+            ),
+        );
+    }
+    if !input.plain() {
+        cx.error(
+            Span::call_site(),
+            format!("{which}! inside a module takes no options: the variables are held constant"),
+        );
+    }
+    let errors = cx.into_compile_errors();
+    if !errors.is_empty() {
+        return errors;
+    }
+    let args = &input.positional[3..];
+    let names: Vec<Ident> = (0..args.len())
+        .map(|i| format_ident!("__arg{}", i))
+        .collect();
+    let pass = |k: usize| {
+        let a = &names[k];
+        quote!(::core::clone::Clone::clone(&#a))
+    };
+    let primals: Vec<TokenStream> = (0..n).map(pass).collect();
+    let hs: Vec<Ident> = (0..n).map(|i| format_ident!("__h{}", i)).collect();
+    // The child's JVP-VJP in the scope `$cxn` along the tangents `$tangents`: the
+    // cotangents of the primals for a one on the tangent output.
+    let companion = crate::names::child_jvp();
+    let product = |cxn: TokenStream, tangents: &[TokenStream]| {
+        let (enter, exit) = lifted_module(module, &format_ident!("__mdl"), &format_ident!("__cxh"));
+        quote! {{
+            let __cxh: &mut ::adjoint::Scope = #cxn;
+            #enter
+            let (__o, __pb) = ::adjoint::scope::Child::module(&__mdl)
+                .#companion(&mut *__cxh, #(#primals,)* #(#tangents,)*);
+            let (_, _, #(#hs,)* ..) = __pb((
+                ::adjoint::__private::zeros(&__o.0),
+                ::adjoint::__private::grad_seed(&__o.1),
+            ));
+            #exit
+            (#(#hs,)*)
+        }}
+    };
+    let body = if which == "hvp" {
+        let tangents: Vec<TokenStream> = (n..2 * n).map(pass).collect();
+        let p = product(quote!(__cx), &tangents);
+        if n == 1 { quote!(#p.0) } else { p }
+    } else {
+        // The first primal along a unit tangent, the others along zeros, each passed
+        // as its primal is.
+        let zeros: Vec<Ident> = (1..n).map(|k| format_ident!("__zero{}", k)).collect();
+        let mut tangents = vec![quote!(::adjoint::__private::passed_like(&__arg0, &__e))];
+        tangents.extend(
+            zeros
+                .iter()
+                .zip(&names[1..n])
+                .map(|(z, a)| quote!(::adjoint::__private::passed_like(&#a, &#z))),
+        );
+        let real = product(quote!(&mut *__cx), &tangents);
+        let rerun = product(quote!(&mut __cx2), &tangents);
+        let first = &names[0];
+        let held = &names[1..n];
+        quote! {
+            let __point = __cx.rerun_point();
+            let __path = __cx.path();
+            #(let #zeros = ::adjoint::__private::zeros(&#held);)*
+            let mut __first = true;
+            ::adjoint::jacobian::jacfwd(&#first, |__e| {
+                if ::core::mem::take(&mut __first) {
+                    #real.0
+                } else {
+                    let mut __vars = __point.variables();
+                    let mut __cx2 = __point.scope(&mut __vars, &__path);
+                    #rerun.0
+                }
+            })
+        }
+    };
+    quote!({
+        let (#(#names,)*) = (#(#args,)*);
+        let __cx: &mut ::adjoint::Scope = &mut *(#scope);
         #body
     })
 }

@@ -31,12 +31,7 @@ impl Lowerer<'_> {
     /// `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` (or
     /// `value_and_grad!`) with a constant child: a statement that can be differentiated
     /// again. Other forms stay opaque.
-    fn lifted_grad(
-        &mut self,
-        out: &mut Stmts,
-        e: &Expr,
-        m: &syn::ExprMacro,
-    ) -> Option<Val> {
+    fn lifted_grad(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         // `has_aux` is covered: the aux is one more output of the child's forward mode.
         let has_aux = std::mem::take(&mut input.has_aux);
@@ -66,12 +61,7 @@ impl Lowerer<'_> {
     /// `(y, ty)`, a statement that can be differentiated again (reverse over the
     /// child's forward mode) while `var_tangents` holds no nonzero tangent (checked
     /// when it runs). Other forms stay opaque.
-    fn lifted_jvp(
-        &mut self,
-        out: &mut Stmts,
-        e: &Expr,
-        m: &syn::ExprMacro,
-    ) -> Option<Val> {
+    fn lifted_jvp(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         if input.positional.len() != 6 {
             return None;
@@ -98,12 +88,7 @@ impl Lowerer<'_> {
     /// allowed): `(y, pb)`, the output differentiated through the child (its reverse
     /// mode run again), calls of the pullback opaque (reading what the transform
     /// read). Other forms (`has_aux`, `reduce_axes`) stay opaque.
-    fn lifted_vjp(
-        &mut self,
-        out: &mut Stmts,
-        e: &Expr,
-        m: &syn::ExprMacro,
-    ) -> Option<Val> {
+    fn lifted_vjp(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         // Which variables' cotangents the pullback returns does not change `y`.
         input.vjp_variables = None;
@@ -123,12 +108,7 @@ impl Lowerer<'_> {
     /// `jacfwd!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` or `jacrev!`:
     /// the Jacobian in the first primal, a statement that can be differentiated again
     /// (one JVP-VJP of the child per input element). Other forms stay opaque.
-    fn lifted_jacobian(
-        &mut self,
-        out: &mut Stmts,
-        e: &Expr,
-        m: &syn::ExprMacro,
-    ) -> Option<Val> {
+    fn lifted_jacobian(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         let n = input.positional.len().checked_sub(3)?;
         let child = self.lifted_child(&mut input, n, false)?;
@@ -140,12 +120,7 @@ impl Lowerer<'_> {
     /// `vmap!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args.., in_axes = [..])`
     /// (`axis_name` allowed): the batched output, differentiated through the child
     /// (its reverse mode run again per example). Other forms stay opaque.
-    fn lifted_vmap(
-        &mut self,
-        out: &mut Stmts,
-        e: &Expr,
-        m: &syn::ExprMacro,
-    ) -> Option<Val> {
+    fn lifted_vmap(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let vmap: VmapInput = m.mac.parse_body().ok()?;
         let n = vmap.positional.len().checked_sub(3)?;
         if vmap.in_axes.len() != n {

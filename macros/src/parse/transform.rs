@@ -7,7 +7,7 @@ use syn::{Ident, Token};
 
 /// The transform macros that have a lifted form inside a module
 /// (`name!(cx, |mdl, cx, ..| .., Module, ..)`).
-pub(crate) const LIFTED: [&str; 7] = [
+pub(crate) const LIFTED: [&str; 9] = [
     "grad",
     "value_and_grad",
     "vjp",
@@ -15,6 +15,8 @@ pub(crate) const LIFTED: [&str; 7] = [
     "vmap",
     "jacfwd",
     "jacrev",
+    "hvp",
+    "hessian",
 ];
 
 /// Which transform a macro call asks for.
