@@ -69,7 +69,9 @@ impl<A: Clone + num_traits::Zero, S: Data<Elem = A>> Unbatch<0> for ArrayBase<S,
     }
 }
 
-macro_rules! unbatch_views {
+/// Per rank and axis: an example is a view ([`Unbatch`]), its cotangent an array
+/// written back into the batch's ([`Rebatch`]).
+macro_rules! per_axis {
     ($($d:ty: $($axis:literal)*;)*) => {$($(
         impl<A: Clone + num_traits::Zero, S: Data<Elem = A>> Unbatch<$axis> for ArrayBase<S, $d> {
             type Item<'a> = ArrayView<'a, A, <$d as Dimension>::Smaller> where Self: 'a;
@@ -86,9 +88,17 @@ macro_rules! unbatch_views {
                 Array::zeros(dim)
             }
         }
+
+        impl<A: Real> Rebatch<$axis> for Array<A, $d> {
+            type Item = Array<A, <$d as Dimension>::Smaller>;
+            fn add_example(&mut self, i: usize, ct: Self::Item) {
+                let mut row = self.index_axis_mut(Axis($axis), i);
+                row += &ct;
+            }
+        }
     )*)*};
 }
-unbatch_views! {
+per_axis! {
     ndarray::Ix2: 0 1;
     ndarray::Ix3: 0 1 2;
     ndarray::Ix4: 0 1 2 3;
@@ -142,25 +152,6 @@ impl<A: Real> Rebatch<0> for Array1<A> {
     fn add_example(&mut self, i: usize, ct: A) {
         self[i] += ct;
     }
-}
-
-macro_rules! rebatch_views {
-    ($($d:ty: $($axis:literal)*;)*) => {$($(
-        impl<A: Real> Rebatch<$axis> for Array<A, $d> {
-            type Item = Array<A, <$d as Dimension>::Smaller>;
-            fn add_example(&mut self, i: usize, ct: Self::Item) {
-                let mut row = self.index_axis_mut(Axis($axis), i);
-                row += &ct;
-            }
-        }
-    )*)*};
-}
-rebatch_views! {
-    ndarray::Ix2: 0 1;
-    ndarray::Ix3: 0 1 2;
-    ndarray::Ix4: 0 1 2 3;
-    ndarray::Ix5: 0 1 2 3 4;
-    ndarray::Ix6: 0 1 2 3 4 5;
 }
 
 /// Adds example `i`'s cotangent into a mapped argument's.
