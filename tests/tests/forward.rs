@@ -846,3 +846,21 @@ fn third_order_through_pooling() {
         &array![0.4, 0.9, -0.7, 0.2, 0.1, -0.3],
     );
 }
+
+/// `powi` with an exponent that is not a literal.
+#[differentiable(jvp)]
+fn powered(x: &Array1<f64>, n: i32) -> f64 {
+    (x.powi(n) * x[0].powi(n + 1)).sum()
+}
+
+#[test]
+fn forward_mode_of_powi_with_a_variable_exponent() {
+    check_jvp_and_hessian(
+        |x| powered(x, 3),
+        |x, v| jvp!(powered)(x, 3, v),
+        |x| grad!(powered)(x, 3),
+        |x| hessian!(powered)(x, 3),
+        &array![0.7, 1.3],
+        &array![0.4, -0.2],
+    );
+}

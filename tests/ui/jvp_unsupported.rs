@@ -1,8 +1,19 @@
 use adjoint::prelude::*;
+use ndarray::Array1;
+
+struct Scale;
+
+#[differentiable]
+impl Scale {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let w: f64 = cx.param("w", init::ones, ());
+        x.sum() * w
+    }
+}
 
 #[differentiable(jvp)]
-fn f(x: f64, n: i32) -> f64 {
-    x.powi(n) + 1.0
+fn f(v: &Variables, x: &Array1<f64>) -> f64 {
+    Scale.apply(v, x).unwrap()
 }
 
 fn main() {}

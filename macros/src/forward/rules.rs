@@ -279,19 +279,24 @@ impl Tangent<'_> {
                 Some(quote!((#(#terms)+*)))
             }
             "sigmoid" => da.map(|d| quote!(::adjoint::__private::sigmoid_tangent(#y, &(#d)))),
+            // `n x^(n - 1)`: a literal exponent as literals, another as the integer
+            // expression it is (`lit` converts it to the element type).
             "powi" => {
-                // Only a literal exponent: its float twin is written as a literal too.
-                let Some(Atom::Lit(n)) = consts.first() else {
-                    return None;
+                let (m, nf) = match consts.first()? {
+                    Atom::Lit(n) => {
+                        let n: i64 = syn::parse2::<syn::LitInt>(n.clone())
+                            .ok()?
+                            .base10_parse()
+                            .ok()?;
+                        let m = (n - 1) as i32;
+                        let nf = syn::LitFloat::new(&format!("{n}.0"), proc_macro2::Span::call_site());
+                        (quote!(#m), quote!(#nf))
+                    }
+                    Atom::Var(_) => {
+                        let n = &cs[0];
+                        (quote!((#n - 1)), quote!(((#n) as f64)))
+                    }
                 };
-                let n: i64 = syn::parse2::<syn::LitInt>(n.clone())
-                    .ok()?
-                    .base10_parse()
-                    .ok()?;
-                let (m, nf) = (
-                    (n - 1) as i32,
-                    syn::LitFloat::new(&format!("{n}.0"), proc_macro2::Span::call_site()),
-                );
                 let nf = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, #nf)));
                 unary(quote!(#an.powi(#m) * #nf))
             }
