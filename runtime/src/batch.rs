@@ -140,6 +140,16 @@ pub fn probe<const AXIS: usize, T: Unbatch<AXIS>>(x: &T) -> T::Probe {
 
 /// The cotangent of a mapped argument, written one example at a time: the reverse
 /// of [`Unbatch`], for a `vmap!` differentiated inside a module.
+///
+/// ```
+/// use adjoint::batch::Rebatch;
+/// use ndarray::array;
+///
+/// let mut ct = ndarray::Array2::<f64>::zeros((2, 3));
+/// // Example 1 along axis 1 (a column).
+/// Rebatch::<1>::add_example(&mut ct, 1, array![1.0, 2.0]);
+/// assert_eq!(ct, array![[0.0, 1.0, 0.0], [0.0, 2.0, 0.0]]);
+/// ```
 pub trait Rebatch<const AXIS: usize> {
     /// One example's cotangent.
     type Item;
@@ -155,6 +165,7 @@ impl<A: Real> Rebatch<0> for Array1<A> {
 }
 
 /// Adds example `i`'s cotangent into a mapped argument's.
+#[doc(hidden)]
 pub fn add_example<const AXIS: usize, T: Rebatch<AXIS>>(acc: &mut T, i: usize, ct: T::Item) {
     acc.add_example(i, ct);
 }
@@ -377,6 +388,15 @@ tuple_stack!(A 0, B 1, C 2, D 3);
 
 /// One example of a batched output, the reverse of [`Stack`]: example `i` of the
 /// cotangent of a `vmap!`'s output, for that example's pullback.
+///
+/// ```
+/// use adjoint::batch::Unstack;
+/// use ndarray::{array, Array1};
+///
+/// let batch = array![[1.0, 2.0], [3.0, 4.0]];
+/// assert_eq!(<Array1<f64> as Unstack>::example(&batch, 1), array![3.0, 4.0]);
+/// assert_eq!(<f64 as Unstack>::example(&array![5.0, 6.0], 0), 5.0);
+/// ```
 pub trait Unstack: Stack {
     /// Example `i` of `batch`.
     fn example(batch: &Self::Stacked, i: usize) -> Self;
@@ -415,6 +435,7 @@ tuple_unstack!(A 0, B 1, C 2);
 tuple_unstack!(A 0, B 1, C 2, D 3);
 
 /// Example `i` of a batched output's cotangent (see [`Unstack`]).
+#[doc(hidden)]
 pub fn example<T: Unstack>(batch: &T::Stacked, i: usize) -> T {
     T::example(batch, i)
 }

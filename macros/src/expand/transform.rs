@@ -94,32 +94,22 @@ fn lifted_jacobian(which: &str, input: &TransformInput) -> TokenStream {
             quote!(::adjoint::vjp!(#cxn, #closure, #module, #(#pass),*))
         }
     };
-    let again = |dir: TokenStream| {
-        let d = derivative(quote!(&mut __cx2), dir);
-        quote! {{
-            let mut __vars = __point.variables();
-            let mut __cx2 = __point.scope(&mut __vars, &__path);
-            #d
-        }}
-    };
     let body = if forward {
-        let real = derivative(quote!(__cx), quote!(__e));
-        let rerun = again(quote!(__e));
-        quote! {
-            let mut __first = true;
-            ::adjoint::jacobian::jacfwd(&#first, |__e| {
-                if ::core::mem::take(&mut __first) { #real.1 } else { #rerun.1 }
-            })
-        }
+        forward_columns(first, |cxn| {
+            let d = derivative(cxn, quote!(__e));
+            quote!(#d.1)
+        })
     } else {
         let real = derivative(quote!(__cx), TokenStream::new());
-        let rerun = again(TokenStream::new());
+        let rerun = derivative(quote!(&mut __cx2), TokenStream::new());
+        let again = rerun_scope();
         quote! {
             let (__y, __pb) = #real;
             let mut __first = ::core::option::Option::Some(__pb);
             ::adjoint::jacobian::jacrev(&#first, &__y, |__e| match __first.take() {
                 ::core::option::Option::Some(__pb) => __pb(__e).1,
                 ::core::option::Option::None => {
+                    #again
                     let (_, __pb) = #rerun;
                     __pb(__e).1
                 }
@@ -154,15 +144,11 @@ fn lifted_hessian(which: &str, input: &TransformInput) -> TokenStream {
     let syn::Expr::Closure(c) = &input.positional[1] else {
         return TokenStream::new();
     };
+    // The child's forward mode is what is differentiated: the closure must be its call
+    // with the closure's own parameters, in order.
+    let child = crate::parse::transform::child_call(c);
     let n = c.inputs.len().saturating_sub(2);
-    let calls_child = match &*c.body {
-        syn::Expr::MethodCall(m) => {
-            m.method == "call"
-                && matches!((&*m.receiver, c.inputs.first()), (syn::Expr::Path(r), Some(Pat::Ident(p))) if r.path.is_ident(&p.ident))
-                && m.args.len() == n + 1
-        }
-        _ => false,
-    };
+    let calls_child = child == Some((crate::parse::transform::ChildCall::Call, n));
     let given = input.positional.len() - 3;
     let want = if which == "hvp" { 2 * n } else { n };
     if n == 0 || !calls_child {
@@ -232,24 +218,16 @@ fn lifted_hessian(which: &str, input: &TransformInput) -> TokenStream {
                 .zip(&names[1..n])
                 .map(|(z, a)| quote!(::adjoint::__private::passed_like(&#a, &#z))),
         );
-        let real = product(quote!(&mut *__cx), &tangents);
-        let rerun = product(quote!(&mut __cx2), &tangents);
-        let first = &names[0];
+        let columns = forward_columns(&names[0], |cxn| {
+            let p = product(cxn, &tangents);
+            quote!(#p.0)
+        });
         let held = &names[1..n];
         quote! {
             let __point = __cx.rerun_point();
             let __path = __cx.path();
             #(let #zeros = ::adjoint::__private::zeros(&#held);)*
-            let mut __first = true;
-            ::adjoint::jacobian::jacfwd(&#first, |__e| {
-                if ::core::mem::take(&mut __first) {
-                    #real.0
-                } else {
-                    let mut __vars = __point.variables();
-                    let mut __cx2 = __point.scope(&mut __vars, &__path);
-                    #rerun.0
-                }
-            })
+            #columns
         }
     };
     quote!({
@@ -257,6 +235,34 @@ fn lifted_hessian(which: &str, input: &TransformInput) -> TokenStream {
         let __cx: &mut ::adjoint::Scope = &mut *(#scope);
         #body
     })
+}
+
+/// A scope `__cx2` in the state a lifted Jacobian started from (`__point`, at
+/// `__path`): where its rows or columns after the first run, so that all see the same
+/// variables and random keys.
+fn rerun_scope() -> TokenStream {
+    quote! {
+        let mut __vars = __point.variables();
+        let mut __cx2 = __point.scope(&mut __vars, &__path);
+    }
+}
+
+/// `jacfwd` of `first` by columns, `column(scope)` along the unit tangent `__e`: the
+/// first in the module's scope `__cx`, the others again in a [`rerun_scope`].
+fn forward_columns(first: &Ident, column: impl Fn(TokenStream) -> TokenStream) -> TokenStream {
+    let (real, rerun) = (column(quote!(&mut *__cx)), column(quote!(&mut __cx2)));
+    let again = rerun_scope();
+    quote! {
+        let mut __first = true;
+        ::adjoint::jacobian::jacfwd(&#first, |__e| {
+            if ::core::mem::take(&mut __first) {
+                #real
+            } else {
+                #again
+                #rerun
+            }
+        })
+    }
 }
 
 pub fn transform(which: Transform, input: TokenStream) -> TokenStream {

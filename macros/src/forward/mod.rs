@@ -87,22 +87,10 @@ pub fn jvp_body(
     out.extend(t.stmts(&f.body.stmts)?);
     // The output and its tangent, from the body's last leaf or each arm of its last
     // branch.
-    // A field of a tuple is a reference (`f(x).0`): the output owns it (with a rule
-    // that the JVP-VJP differentiates).
-    let field = |v: &Val| match v {
-        Val::Atom(Atom::Var(v)) => {
-            matches!(defs.get(v), Some(Op::Prim { rule, .. }) if rule.func == "field")
-        }
-        _ => false,
-    };
     let tail = t.tail(&f.body.tail, true, &mut |t, leaf| {
         let output = leaf.value.as_ref()?;
         let (y, dy) = (t.output(output, false), t.output(output, true));
-        Some(if field(output) {
-            quote!((#y.to_owned(), #dy.to_owned()))
-        } else {
-            quote!((#y, #dy))
-        })
+        Some(quote!((#y, #dy)))
     })?;
     out.extend(tail);
     Some(out)

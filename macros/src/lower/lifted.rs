@@ -4,7 +4,7 @@
 //! `|mdl, cx, x..| mdl.call(cx, x..)`, an opaque op otherwise.
 
 use super::*;
-use crate::parse::transform::{TransformInput, names_option};
+use crate::parse::transform::{ChildCall, TransformInput, child_call, names_option};
 use crate::parse::vmap::VmapInput;
 
 impl Lowerer<'_> {
@@ -36,7 +36,7 @@ impl Lowerer<'_> {
         // `has_aux` is covered: the aux is one more output of the child's forward mode.
         let has_aux = std::mem::take(&mut input.has_aux);
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n, false)?;
+        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let value = m
             .mac
@@ -77,7 +77,7 @@ impl Lowerer<'_> {
             return None;
         }
         let var_tangents = self.verbatim(input.positional[5].to_token_stream());
-        let child = self.lifted_child(&mut input, n, false)?;
+        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
         let mut args = self.operands(out, &primals);
         args.extend(self.operands(out, &tangents));
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jvp { var_tangents }, 2, args);
@@ -93,7 +93,7 @@ impl Lowerer<'_> {
         // Which variables' cotangents the pullback returns does not change `y`.
         input.vjp_variables = None;
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n, false)?;
+        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let reads: Vec<Atom> = args.iter().map(|a| a.atom.clone()).collect();
         let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp, 2, args);
@@ -111,7 +111,7 @@ impl Lowerer<'_> {
     fn lifted_jacobian(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n, false)?;
+        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jacobian, 1, args);
         Some(Val::Atom(Atom::Var(dsts[0])))
@@ -129,10 +129,7 @@ impl Lowerer<'_> {
         let mut input = TransformInput::positional(vmap.positional);
         // Forward mode's JVP of a `vmap!` maps the child's JVP: the output and its
         // tangent.
-        let child = match self.lifted_child(&mut input, n, false) {
-            Some(child) => child,
-            None => self.lifted_child(&mut input, n, true)?,
-        };
+        let child = self.lifted_child(&mut input, n)?;
         let jvp = child.jvp;
         let args = self.operands(out, &input.positional[3..]);
         let kind = LiftedKind::Vmap {
@@ -200,15 +197,11 @@ impl Lowerer<'_> {
     }
 
     /// What a lifted transform over `n` primals must be for second order to go through
-    /// it: the closure exactly `|mdl, cx, a..| mdl.call(cx, a..)`, the module an
+    /// it: the closure exactly `|mdl, cx, a..| mdl.call(cx, a..)` (or the child's JVP
+    /// forward mode writes for a `vmap!`, `jvp`: see [`child_call`]), the module an
     /// expression of constants or a local bound module (`let learner = Learner;`),
     /// no options but `variables` and `rngs` (taken: the rerun restricts alike).
-    fn lifted_child(
-        &mut self,
-        input: &mut TransformInput,
-        n: usize,
-        allow_jvp: bool,
-    ) -> Option<LiftedChild> {
+    fn lifted_child(&mut self, input: &mut TransformInput, n: usize) -> Option<LiftedChild> {
         let (visible, rngs) = (
             names_option(&std::mem::take(&mut input.variables)),
             names_option(&std::mem::take(&mut input.rngs)),
@@ -220,59 +213,13 @@ impl Lowerer<'_> {
         let Expr::Closure(c) = &items[1] else {
             return None;
         };
-        let names: Vec<Ident> = c
-            .inputs
-            .iter()
-            .map(|p| match strip_type(p) {
-                Pat::Ident(i) => Some(i.ident.clone()),
-                _ => None,
-            })
-            .collect::<Option<_>>()?;
-        if n == 0 || names.len() != n + 2 {
+        let (form, primals) = child_call(c)?;
+        if primals != n {
             return None;
         }
-        let (call, jvp) = match &*c.body {
-            Expr::MethodCall(call) if call.method == "call" => (call, false),
-            // `Child::module(&mdl).____call_body_jvp_vjp_params(&mut *cx, x.., dx..).0`: the
-            // child's JVP, which forward mode writes for a `vmap!` (see
-            // `forward/lifted.rs`).
-            Expr::Field(f) if matches!(&f.member, syn::Member::Unnamed(i) if i.index == 0) => {
-                match &*f.base {
-                    Expr::MethodCall(call)
-                        if call.method == crate::names::child_jvp()
-                            && child_of(&call.receiver, &names[0]) =>
-                    {
-                        (call, true)
-                    }
-                    _ => return None,
-                }
-            }
-            _ => return None,
-        };
-        if jvp != allow_jvp {
-            return None;
-        }
-        let recv_ok = jvp || matches!(&*call.receiver, Expr::Path(p) if p.path.is_ident(&names[0]));
-        // The JVP's scope is a reborrow, `&mut *cx` (so that module-call routing
-        // leaves the call as written).
-        let is = |a: &Expr, nm: &Ident| matches!(a, Expr::Path(p) if p.path.is_ident(nm));
-        let scope_ok = |a: &Expr| match a {
-            Expr::Reference(r) if jvp => {
-                matches!(&*r.expr, Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) && is(&u.expr, &names[1]))
-            }
-            _ => !jvp && is(a, &names[1]),
-        };
-        let args_ok = call.args.len() == n + 1
-            && scope_ok(&call.args[0])
-            && call
-                .args
-                .iter()
-                .skip(1)
-                .zip(&names[2..])
-                .all(|(a, nm)| is(a, nm));
         let local = self.mentions_local(items[2].to_token_stream());
         let bound = matches!(&items[2], Expr::Path(p) if p.path.get_ident().is_some());
-        if !recv_ok || !args_ok || (local && !bound) {
+        if local && !bound {
             return None;
         }
         let Expr::Path(sp) = &items[0] else {
@@ -289,7 +236,7 @@ impl Lowerer<'_> {
         };
         let keep = local || mentions_self(&module);
         Some(LiftedChild {
-            jvp,
+            jvp: form == ChildCall::Jvp,
             module,
             keep,
             scope,
@@ -317,14 +264,6 @@ struct LiftedChild {
     scope: Atom,
     visible: TokenStream,
     rngs: TokenStream,
-}
-
-/// Whether `e` is `Child::module(&mdl)` (the module `mdl` stands for).
-fn child_of(e: &Expr, mdl: &Ident) -> bool {
-    let Expr::Call(c) = e else { return false };
-    matches!(&*c.func, Expr::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "module"))
-        && c.args.len() == 1
-        && matches!(&c.args[0], Expr::Reference(r) if matches!(&*r.expr, Expr::Path(p) if p.path.is_ident(mdl)))
 }
 
 /// Each variable as a value, in a tuple.

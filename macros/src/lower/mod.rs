@@ -57,6 +57,7 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         scopes_vars: Vec::new(),
         lifted: HashMap::new(),
         vjps: HashMap::new(),
+        fields: HashSet::new(),
         memo: vec![HashMap::new()],
     };
     let params = params
@@ -106,6 +107,8 @@ struct Lowerer<'c> {
     /// The lifted `vjp!`s second order goes through, by their pullback: a call of
     /// one (`pb(ct)`, in any block after it) is differentiated too.
     vjps: HashMap<Var, Lifted>,
+    /// The fields of tuples taken by the `field` rule (references into the tuple).
+    fields: HashSet<Var>,
     /// Per scope, the names bound to a reference (`let v = &x;`): passed on as
     /// references, since the IR drops the `&`.
     ref_bound: Vec<HashSet<String>>,

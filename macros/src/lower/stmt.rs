@@ -42,6 +42,7 @@ impl Lowerer<'_> {
                                 Some(e) => self.expr(out, e),
                                 None => Val::Tuple(vec![]),
                             };
+                            let value = self.owned_output(out, value, r.span());
                             return self.leaf(LeafKind::Return, Some(value), region);
                         }
                         Expr::Break(b) => {
@@ -63,7 +64,10 @@ impl Lowerer<'_> {
                         _ => {}
                     }
                     if last && semi.is_none() {
-                        let value = self.expr(out, e);
+                        let mut value = self.expr(out, e);
+                        if end == LeafKind::Return {
+                            value = self.owned_output(out, value, e.span());
+                        }
                         return self.leaf(end, Some(value), region);
                     }
                     self.expr(out, e);
@@ -603,14 +607,46 @@ impl Lowerer<'_> {
             by_ref: true,
         };
         let native = Native::Function(quote!(::adjoint::__private::field));
-        self.prim(
+        let field = self.prim(
             out,
             &ops::FIELD,
             vec![operand],
             vec![Atom::Lit(at)],
             native,
             span,
-        )
+        );
+        if let Atom::Var(f) = field {
+            self.fields.insert(f);
+        }
+        field
+    }
+
+    /// The function's output `v`, owned: a field of a tuple (`f(x).0`) is a reference
+    /// into the tuple, which must not outlive it, so it is copied (`to_owned`, a rule
+    /// like any other, in every mode).
+    fn owned_output(&mut self, out: &mut Stmts, v: Val, span: Span) -> Val {
+        match v {
+            Val::Atom(Atom::Var(f)) if self.fields.contains(&f) => {
+                let Some(rule) = ops::method("to_owned") else {
+                    return Val::Atom(Atom::Var(f));
+                };
+                let native = Native::Method {
+                    name: Ident::new("to_owned", span),
+                    suffix: TokenStream::new(),
+                };
+                let operand = Arg {
+                    atom: Atom::Var(f),
+                    by_ref: false,
+                };
+                Val::Atom(self.prim(out, rule, vec![operand], vec![], native, span))
+            }
+            Val::Tuple(vs) => Val::Tuple(
+                vs.into_iter()
+                    .map(|v| self.owned_output(out, v, span))
+                    .collect(),
+            ),
+            other => other,
+        }
     }
 
     /// `v` taken apart, where it is a tuple made at run time, to the tuple structure

@@ -19,6 +19,69 @@ pub(crate) const LIFTED: [&str; 9] = [
     "hessian",
 ];
 
+/// How a lifted transform's closure calls its module, when it is nothing but that
+/// call with the closure's own parameters in order: `|mdl, cx, x..| mdl.call(cx,
+/// x..)`, or the child's JVP that forward mode writes for a `vmap!`
+/// (`|mdl, cx, x..| Child::module(&mdl).____call_body_jvp_vjp_params(&mut *cx, x..).0`,
+/// the scope a reborrow so that module-call routing leaves the call as written).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ChildCall {
+    Call,
+    Jvp,
+}
+
+/// The closure's form (see [`ChildCall`]) and its number of primals; `None` for any
+/// other closure.
+pub(crate) fn child_call(c: &syn::ExprClosure) -> Option<(ChildCall, usize)> {
+    use syn::{Expr, Pat};
+    fn name(p: &Pat) -> Option<&Ident> {
+        match p {
+            Pat::Ident(i) => Some(&i.ident),
+            Pat::Type(t) => name(&t.pat),
+            Pat::Paren(p) => name(&p.pat),
+            _ => None,
+        }
+    }
+    let names: Vec<&Ident> = c.inputs.iter().map(name).collect::<Option<_>>()?;
+    let n = names.len().checked_sub(2).filter(|n| *n > 0)?;
+    let is = |e: &Expr, nm: &Ident| matches!(e, Expr::Path(p) if p.path.is_ident(nm));
+    let (call, form) = match &*c.body {
+        Expr::MethodCall(m) if m.method == "call" && is(&m.receiver, names[0]) => {
+            (m, ChildCall::Call)
+        }
+        Expr::Field(f) if matches!(&f.member, syn::Member::Unnamed(i) if i.index == 0) => {
+            let Expr::MethodCall(m) = &*f.base else {
+                return None;
+            };
+            // `Child::module(&mdl)`.
+            let module_of = matches!(&*m.receiver, Expr::Call(c)
+                if matches!(&*c.func, Expr::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "module"))
+                    && c.args.len() == 1
+                    && matches!(&c.args[0], Expr::Reference(r) if is(&r.expr, names[0])));
+            if m.method != crate::names::child_jvp() || !module_of {
+                return None;
+            }
+            (m, ChildCall::Jvp)
+        }
+        _ => return None,
+    };
+    let scope_ok = match (form, call.args.first()?) {
+        (ChildCall::Call, a) => is(a, names[1]),
+        (ChildCall::Jvp, Expr::Reference(r)) => {
+            matches!(&*r.expr, Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) && is(&u.expr, names[1]))
+        }
+        (ChildCall::Jvp, _) => false,
+    };
+    let args_ok = call.args.len() == n + 1
+        && call
+            .args
+            .iter()
+            .skip(1)
+            .zip(&names[2..])
+            .all(|(a, nm)| is(a, nm));
+    (scope_ok && args_ok).then_some((form, n))
+}
+
 /// Which transform a macro call asks for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Transform {

@@ -197,10 +197,8 @@ impl Gen<'_> {
             [one] => one.clone(),
             _ => quote!((#(#seeds,)*)),
         };
-        let n = l.args.len();
         let kept = self.kept_pattern(&l.args);
-        let refs: Vec<Ident> = (0..n).map(|k| format_ident!("__x{}", k)).collect();
-        let mut bind = Vec::new();
+        let (refs, bind) = self.bound_args(r, &l.args);
         let mut items = Vec::new();
         let mut lens = Vec::new();
         // Only the differentiated arguments gather cotangents (an integer label has
@@ -208,8 +206,6 @@ impl Gen<'_> {
         let (mut accs, mut zeros, mut cots, mut adds) = (vec![], vec![], vec![], vec![]);
         for (k, (a, axis)) in l.args.iter().zip(in_axes).enumerate() {
             let x = &refs[k];
-            let value = self.rerun_arg_ref(r, a, k);
-            bind.push(quote!(let #x = #value;));
             items.push(match axis {
                 Some(ax) => {
                     lens.push(quote!(::adjoint::__private::batch_len::<#ax, _>(#x)));
@@ -349,14 +345,11 @@ impl Gen<'_> {
         // A reference to each argument (`__x{k}`), passed as it was (a copy per run
         // for one passed by value); the unit tangent along the first, zero along the
         // others, each of its primal's type.
-        let refs: Vec<Ident> = (0..n).map(|k| format_ident!("__x{}", k)).collect();
-        let mut bind = Vec::new();
+        let (refs, bind) = self.bound_args(r, &l.args);
         let mut pass = Vec::new();
         let mut tangents = Vec::new();
         for (k, a) in l.args.iter().enumerate() {
             let x = &refs[k];
-            let value = self.rerun_arg_ref(r, a, k);
-            bind.push(quote!(let #x = #value;));
             let t = if k == 0 {
                 quote!(::adjoint::__private::unit(#x, __i))
             } else {
@@ -459,6 +452,22 @@ impl Gen<'_> {
         } else {
             format_ident!("__a{}", k).to_token_stream()
         }
+    }
+
+    /// A reference to each argument of a lifted transform for its reruns, bound as
+    /// `__x{k}` (see [`Self::rerun_arg_ref`]): the names and the statements.
+    fn bound_args(&mut self, r: &mut Rev, args: &[Arg]) -> (Vec<Ident>, Vec<TokenStream>) {
+        let refs: Vec<Ident> = (0..args.len()).map(|k| format_ident!("__x{}", k)).collect();
+        let bind = args
+            .iter()
+            .zip(&refs)
+            .enumerate()
+            .map(|(k, (a, x))| {
+                let value = self.rerun_arg_ref(r, a, k);
+                quote!(let #x = #value;)
+            })
+            .collect();
+        (refs, bind)
     }
 
     /// Argument `k` passed to the rerun as `like` was passed to the transform: by

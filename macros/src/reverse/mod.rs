@@ -357,10 +357,7 @@ impl<'a> Gen<'a> {
                 if let Some(v) = &l.value {
                     v.flatten(&mut atoms);
                 }
-                atoms
-                    .iter()
-                    .map(|a| self.owned_output(a, self.by_value(a, false, &[])))
-                    .collect()
+                atoms.iter().map(|a| self.by_value(a, false, &[])).collect()
             }
             Tail::Branch(br) => {
                 let (names, expr) = self.output_branch(br, out_atoms.len());
@@ -392,27 +389,14 @@ impl<'a> Gen<'a> {
     /// giving the `n` atoms of the output.
     fn output_branch(&mut self, br: &'a Branching, n: usize) -> (Vec<Ident>, TokenStream) {
         let payload =
-            |g: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
+            |_: &Gen, l: &Leaf, moved: &dyn Fn(&Atom) -> TokenStream| -> Vec<TokenStream> {
                 let mut atoms = Vec::new();
                 if let Some(v) = &l.value {
                     v.flatten(&mut atoms);
                 }
-                atoms.iter().map(|a| g.owned_output(a, moved(a))).collect()
+                atoms.iter().map(moved).collect()
             };
         self.branch_expr(br, n, &payload)
-    }
-
-    /// An output `a` written as `value`: owned if it is a field of a tuple (the rule
-    /// gives a reference, which must not outlive the tuple: `f(x).0`).
-    fn owned_output(&self, a: &Atom, value: TokenStream) -> TokenStream {
-        let field = a.var().is_some_and(
-            |v| matches!(self.defs.get(&v), Some(Op::Prim { rule, .. }) if rule.func == "field"),
-        );
-        if field {
-            quote!(::adjoint::__private::own(&#value))
-        } else {
-            value
-        }
     }
 }
 /// `__private::f(&x, &y, c..)`, with the special forms of casts and variadics.

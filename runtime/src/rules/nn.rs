@@ -398,6 +398,16 @@ where
 /// writes [`softmax_cross_entropy_with_integer_labels`]'s tangent as
 /// `-sum(one_hot * log_softmax_tangent(..))`, a constant times rules.
 ///
+/// ```
+/// use adjoint::rules::nn::one_hot_like;
+/// use ndarray::array;
+///
+/// let logits = array![[0.1f64, 0.2, 0.3], [1.0, 2.0, 3.0]];
+/// let one_hot = one_hot_like(&logits, &array![2i64, 7]);
+/// assert_eq!(one_hot.row(0), array![0.0, 0.0, 1.0]);
+/// assert!(one_hot.row(1).iter().all(|v: &f64| v.is_nan())); // 7 is out of range
+/// ```
+///
 /// # Panics
 /// When the labels' shape is not the logits' without their last axis.
 pub fn one_hot_like<X, A, S, D, I, S2>(
@@ -426,6 +436,7 @@ where
 }
 
 /// The last axis of `x` (the classes of the fused cross entropies).
+#[doc(hidden)]
 pub fn last_axis<X: Value<Primal = ArrayBase<S, D>>, S: Data, D: Dimension>(x: &X) -> Axis {
     Axis(x.primal().ndim().saturating_sub(1))
 }
