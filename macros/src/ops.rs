@@ -419,10 +419,11 @@ static FUNCTIONS: &[(&str, Rule)] = &[
             "dot_last",
             2,
             [
-                pb!("dot_last_pb_x" [Operand(0), Operand(1)]),
-                pb!("dot_last_pb_w" [Operand(0), Operand(1)])
+                pb!("dot_last_pb_x" [Operand(0), Operand(1)] into "dot_last_pb_x_into"),
+                pb!("dot_last_pb_w" [Operand(0), Operand(1)] into "dot_last_pb_w_into")
             ]
-        ),
+        )
+        .joint(pb!("dot_last_pb_both" [Operand(0), Operand(1)])),
     ),
     // What forward mode writes for reshapes (the tangent, then the shape).
     (

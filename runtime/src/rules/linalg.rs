@@ -3,7 +3,7 @@
 
 use crate::value::{Accumulate, Real, Value};
 use ndarray::{
-    Array, Array1, Array2, ArrayBase, ArrayView, Axis, CowArray, Data, Dimension, Ix1, Ix2,
+    Array, Array1, Array2, ArrayBase, ArrayView, Axis, CowArray, Data, DataMut, Dimension, Ix1, Ix2,
 };
 use std::any::TypeId;
 
@@ -49,8 +49,8 @@ pub fn matmul<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>>(
 /// # Panics
 ///
 /// As `c += &a.dot(b)`, when the shapes do not fit.
-pub fn matmul_into<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>>(
-    c: &mut Array2<A>,
+pub fn matmul_into<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>, S3: DataMut<Elem = A>>(
+    c: &mut ArrayBase<S3, Ix2>,
     a: &ArrayBase<S, Ix2>,
     b: &ArrayBase<S2, Ix2>,
 ) {
@@ -62,8 +62,8 @@ pub fn matmul_into<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>>(
 /// `c = a · b`, or `c += a · b` when `accumulate`, by the `gemm` crate; `false` (and
 /// `c` untouched) when it does not apply: another element type, shapes that do not
 /// fit, or an empty operand.
-fn gemm_into<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>>(
-    c: &mut Array2<A>,
+fn gemm_into<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>, S3: DataMut<Elem = A>>(
+    c: &mut ArrayBase<S3, Ix2>,
     a: &ArrayBase<S, Ix2>,
     b: &ArrayBase<S2, Ix2>,
     accumulate: bool,
@@ -401,14 +401,7 @@ where
     S2: Data<Elem = A>,
     D: Dimension,
 {
-    let w = w.primal();
-    let dx = matmul(&rows_of(&ct), &w.t());
-    let mut dim = ct.raw_dim();
-    if let Some(last) = dim.slice_mut().last_mut() {
-        *last = w.nrows();
-    }
-    dx.into_shape_with_order(dim)
-        .unwrap_or_else(|_| unreachable!("adjoint: the cotangent of x has x's shape"))
+    ct_times_wt(w.primal(), &ct)
 }
 
 /// Pullback of [`dot_last`] for `w`: `xᵀ · ct`, every leading axis summed.
@@ -422,6 +415,74 @@ where
     D: Dimension,
 {
     matmul(&rows_of(x.primal()).t(), &rows_of(&ct))
+}
+
+/// Pullback of [`dot_last`] for both operands, from one cotangent (no copy of it).
+#[allow(clippy::type_complexity)]
+pub fn dot_last_pb_both<X, W, A, S, D, S2>(
+    x: &X,
+    w: &W,
+    ct: Array<A, D>,
+) -> (Array<A, D>, Array<A, Ix2>)
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    W: Value<Primal = ArrayBase<S2, Ix2>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension,
+{
+    let dw = matmul(&rows_of(x.primal()).t(), &rows_of(&ct));
+    (ct_times_wt(w.primal(), &ct), dw)
+}
+
+/// [`dot_last_pb_x`] added into `x`'s adjoint, in the product's kernel.
+pub fn dot_last_pb_x_into<X, W, A, S, D, S2>(acc: &mut Array<A, D>, _x: &X, w: &W, ct: &Array<A, D>)
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    W: Value<Primal = ArrayBase<S2, Ix2>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension,
+{
+    let (w, ct_rows) = (w.primal(), rows_of(ct));
+    let (rows, n) = (ct_rows.nrows(), w.nrows());
+    if acc.shape().last() == Some(&n)
+        && acc.len() == rows * n
+        && let Ok(mut acc) = acc.view_mut().into_shape_with_order((rows, n))
+    {
+        matmul_into(&mut acc, &ct_rows, &w.t());
+        return;
+    }
+    *acc += &ct_times_wt(w, ct);
+}
+
+/// [`dot_last_pb_w`] added into `w`'s adjoint, in the product's kernel.
+pub fn dot_last_pb_w_into<X, W, A, S, D, S2>(acc: &mut Array2<A>, x: &X, _w: &W, ct: &Array<A, D>)
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    W: Value<Primal = ArrayBase<S2, Ix2>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension,
+{
+    matmul_into(acc, &rows_of(x.primal()).t(), &rows_of(ct))
+}
+
+/// `ct · wᵀ` over `ct`'s last axis: the cotangent of `dot_last`'s input.
+fn ct_times_wt<A: Real, S2: Data<Elem = A>, D: Dimension>(
+    w: &ArrayBase<S2, Ix2>,
+    ct: &Array<A, D>,
+) -> Array<A, D> {
+    let dx = matmul(&rows_of(ct), &w.t());
+    let mut dim = ct.raw_dim();
+    if let Some(last) = dim.slice_mut().last_mut() {
+        *last = w.nrows();
+    }
+    dx.into_shape_with_order(dim)
+        .unwrap_or_else(|_| unreachable!("adjoint: the cotangent of x has x's shape"))
 }
 
 /// The matrix product over the last two axes, batched over the others, which must
@@ -604,5 +665,57 @@ mod tests {
         let b = Array2::<f64>::zeros((0, 2));
         assert_eq!(matmul(&a, &b), Array2::<f64>::zeros((3, 2)));
         assert_eq!(matmul(&b.t(), &a.t()).dim(), (2, 3));
+    }
+
+    #[test]
+    fn dot_last_pullbacks_agree_joint_separate_and_in_place() {
+        use super::{
+            dot_last_pb_both, dot_last_pb_w, dot_last_pb_w_into, dot_last_pb_x, dot_last_pb_x_into,
+        };
+        // A rank-3 input (rows over two leading axes), and a transposed adjoint that
+        // the in-place form cannot view as rows.
+        let x = pattern(6, 4, 7).into_shape_with_order((2, 3, 4)).unwrap();
+        let w = pattern(4, 5, 8);
+        let ct = pattern(6, 5, 9).into_shape_with_order((2, 3, 5)).unwrap();
+        let (dx, dw) = (
+            dot_last_pb_x(&x, &w, ct.clone()),
+            dot_last_pb_w(&x, &w, ct.clone()),
+        );
+        let x2 = x.to_shape((6, 4)).unwrap();
+        let ct2 = ct.to_shape((6, 5)).unwrap();
+        close(
+            dx.to_shape((6, 4)).unwrap().view(),
+            ct2.dot(&w.t()).view(),
+            1e-13,
+        );
+        close(dw.view(), x2.t().dot(&ct2).view(), 1e-13);
+        let (jx, jw) = dot_last_pb_both(&x, &w, ct.clone());
+        assert_eq!((jx, jw), (dx.clone(), dw.clone()));
+        let start_x = pattern(6, 4, 10).into_shape_with_order((2, 3, 4)).unwrap();
+        let mut acc = start_x.clone();
+        dot_last_pb_x_into(&mut acc, &x, &w, &ct);
+        let want = &start_x + &dx;
+        close(
+            acc.to_shape((6, 4)).unwrap().view(),
+            want.to_shape((6, 4)).unwrap().view(),
+            1e-13,
+        );
+        let mut permuted = start_x
+            .clone()
+            .permuted_axes([1, 0, 2])
+            .as_standard_layout()
+            .to_owned();
+        permuted = permuted.permuted_axes([1, 0, 2]);
+        dot_last_pb_x_into(&mut permuted, &x, &w, &ct);
+        assert!(
+            permuted
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| (a - b).abs() < 1e-13)
+        );
+        let start_w = pattern(4, 5, 11);
+        let mut acc_w = start_w.clone();
+        dot_last_pb_w_into(&mut acc_w, &x, &w, &ct);
+        close(acc_w.view(), (&start_w + &dw).view(), 1e-13);
     }
 }
