@@ -17,7 +17,7 @@
 //! Generated locals whose names derive from the user's (`x_bar`, `x_shape`) are made
 //! with `Span::mixed_site()` where they are created (see [`generated`]).
 
-use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use proc_macro2::{Group, Spacing, Span, TokenStream, TokenTree};
 use std::collections::{HashMap, HashSet};
 use syn::visit::Visit;
 
@@ -184,13 +184,18 @@ fn rename(tokens: TokenStream, renames: &HashMap<String, String>) -> TokenStream
     let trees: Vec<TokenTree> = tokens.into_iter().collect();
     let punct =
         |i: usize, c: char| matches!(trees.get(i), Some(TokenTree::Punct(p)) if p.as_char() == c);
+    // `::` starting at `i`: a joint `:` then `:` (`x: ::T`'s colons are not one).
+    let path_sep = |i: usize| {
+        matches!(trees.get(i), Some(TokenTree::Punct(p)) if p.as_char() == ':' && p.spacing() == Spacing::Joint)
+            && punct(i + 1, ':')
+    };
     let mut out = Vec::with_capacity(trees.len());
     for (i, tt) in trees.iter().enumerate() {
         match tt {
             TokenTree::Ident(id) => {
                 let after_dot = i > 0 && punct(i - 1, '.') && !(i > 1 && punct(i - 2, '.'));
-                let after_path = i > 1 && punct(i - 1, ':') && punct(i - 2, ':');
-                let before_path = punct(i + 1, ':') && punct(i + 2, ':');
+                let after_path = i > 1 && path_sep(i - 2);
+                let before_path = path_sep(i + 1);
                 let before_bang = punct(i + 1, '!');
                 match renames.get(&id.to_string()) {
                     Some(new) if !(after_dot || after_path || before_path || before_bang) => {
@@ -228,6 +233,18 @@ mod tests {
             .to_string()
         );
         assert!(kept.contains("__helper") && !kept.contains("__ct"));
+    }
+
+    #[test]
+    fn a_parameter_typed_by_a_leading_path_is_renamed() {
+        // `__d_n: ::adjoint::NoTangent`: the colons after the name are not a path's.
+        let (out, _) = rename_locals(quote::quote! {
+            fn f(__d_n: ::adjoint::NoTangent, x: f64) -> f64 { g(__d_n, x) }
+        });
+        let want = quote::quote! {
+            fn f(_d_n: ::adjoint::NoTangent, x: f64) -> f64 { g(_d_n, x) }
+        };
+        assert_eq!(out.to_string(), want.to_string());
     }
 
     #[test]

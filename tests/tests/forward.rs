@@ -764,6 +764,46 @@ fn forward_mode_of_the_fused_cross_entropies() {
     );
 }
 
+/// Third order of a function with an integer parameter: the parameter has no
+/// tangent at either level (its `NoTangent` is passed through both).
+#[differentiable(jvp = 2)]
+fn power_wave(x: f64, n: i32) -> f64 {
+    x.powi(n) * x.sin()
+}
+
+#[differentiable(jvp)]
+fn power_wave_slope(x: f64, n: i32) -> f64 {
+    let (_, d) = jvp!(power_wave)(x, n, 1.0);
+    d
+}
+
+#[test]
+fn third_derivative_with_an_integer_parameter() {
+    for (x, n) in [(0.7_f64, 3), (-1.2, 4), (1.9, 2)] {
+        // Leibniz's rule for the derivatives of u v, u = x^n and v = sin x.
+        let k = f64::from(n);
+        let u = [
+            x.powi(n),
+            k * x.powi(n - 1),
+            k * (k - 1.0) * x.powi(n - 2),
+            k * (k - 1.0) * (k - 2.0) * x.powi(n - 3),
+        ];
+        let v = [x.sin(), x.cos(), -x.sin(), -x.cos()];
+        let d2 = u[2] * v[0] + 2.0 * u[1] * v[1] + u[0] * v[2];
+        let d3 = u[3] * v[0] + 3.0 * u[2] * v[1] + 3.0 * u[1] * v[2] + u[0] * v[3];
+        let (_, got2) = jvp!(power_wave_slope)(x, n, 1.0);
+        assert!(
+            (got2 - d2).abs() < 1e-12 * (1.0 + d2.abs()),
+            "f''({x}) = {got2}, want {d2}"
+        );
+        let got3 = hessian!(power_wave_slope)(x, n)[[]];
+        assert!(
+            (got3 - d3).abs() < 1e-12 * (1.0 + d3.abs()),
+            "f'''({x}) = {got3}, want {d3}"
+        );
+    }
+}
+
 /// Third order through the activations' tangents: `jvp = 2` differentiates the
 /// `tanh` and `sigmoid` tangents forward mode writes.
 #[differentiable(jvp = 2)]
