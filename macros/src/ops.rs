@@ -419,7 +419,7 @@ static FUNCTIONS: &[(&str, Rule)] = &[
             "dot_last",
             2,
             [
-                pb!("dot_last_pb_x" [Operand(0), Operand(1)] into "dot_last_pb_x_into"),
+                pb!("dot_last_pb_x" [Operand(1)] into "dot_last_pb_x_into"),
                 pb!("dot_last_pb_w" [Operand(0), Operand(1)] into "dot_last_pb_w_into")
             ]
         )

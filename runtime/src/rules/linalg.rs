@@ -391,13 +391,11 @@ where
         .unwrap_or_else(|_| unreachable!("adjoint: dot_last keeps the leading axes"))
 }
 
-/// Pullback of [`dot_last`] for `x`: `ct · wᵀ`.
-pub fn dot_last_pb_x<X, W, A, S, D, S2>(_x: &X, w: &W, ct: Array<A, D>) -> Array<A, D>
+/// Pullback of [`dot_last`] for `x`: `ct · wᵀ` (`x` itself is not read).
+pub fn dot_last_pb_x<W, A, D, S2>(w: &W, ct: Array<A, D>) -> Array<A, D>
 where
-    X: Value<Primal = ArrayBase<S, D>>,
     W: Value<Primal = ArrayBase<S2, Ix2>>,
     A: Real,
-    S: Data<Elem = A>,
     S2: Data<Elem = A>,
     D: Dimension,
 {
@@ -437,12 +435,10 @@ where
 }
 
 /// [`dot_last_pb_x`] added into `x`'s adjoint, in the product's kernel.
-pub fn dot_last_pb_x_into<X, W, A, S, D, S2>(acc: &mut Array<A, D>, _x: &X, w: &W, ct: &Array<A, D>)
+pub fn dot_last_pb_x_into<W, A, D, S2>(acc: &mut Array<A, D>, w: &W, ct: &Array<A, D>)
 where
-    X: Value<Primal = ArrayBase<S, D>>,
     W: Value<Primal = ArrayBase<S2, Ix2>>,
     A: Real,
-    S: Data<Elem = A>,
     S2: Data<Elem = A>,
     D: Dimension,
 {
@@ -678,7 +674,7 @@ mod tests {
         let w = pattern(4, 5, 8);
         let ct = pattern(6, 5, 9).into_shape_with_order((2, 3, 5)).unwrap();
         let (dx, dw) = (
-            dot_last_pb_x(&x, &w, ct.clone()),
+            dot_last_pb_x(&w, ct.clone()),
             dot_last_pb_w(&x, &w, ct.clone()),
         );
         let x2 = x.to_shape((6, 4)).unwrap();
@@ -693,7 +689,7 @@ mod tests {
         assert_eq!((jx, jw), (dx.clone(), dw.clone()));
         let start_x = pattern(6, 4, 10).into_shape_with_order((2, 3, 4)).unwrap();
         let mut acc = start_x.clone();
-        dot_last_pb_x_into(&mut acc, &x, &w, &ct);
+        dot_last_pb_x_into(&mut acc, &w, &ct);
         let want = &start_x + &dx;
         close(
             acc.to_shape((6, 4)).unwrap().view(),
@@ -706,7 +702,7 @@ mod tests {
             .as_standard_layout()
             .to_owned();
         permuted = permuted.permuted_axes([1, 0, 2]);
-        dot_last_pb_x_into(&mut permuted, &x, &w, &ct);
+        dot_last_pb_x_into(&mut permuted, &w, &ct);
         assert!(
             permuted
                 .iter()
