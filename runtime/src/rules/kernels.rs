@@ -19,6 +19,10 @@ const ROUNDER: f64 = 6_755_399_441_055_744.0;
 
 /// `expm1(r)` for `|r| <= ln(2)/2`, by its Taylor series to degree 13 (the next term
 /// is below 2e-17 of the result).
+///
+/// The polynomial is evaluated by Estrin's scheme (pairs, then pairs of pairs in
+/// `r^2`, `r^4`, `r^8`): four dependent steps instead of Horner's twelve, so a vector
+/// loop keeps the multipliers busy instead of waiting on each step's latency.
 #[inline(always)]
 fn expm1_reduced(r: f64) -> f64 {
     const C: [f64; 12] = [
@@ -35,15 +39,17 @@ fn expm1_reduced(r: f64) -> f64 {
         1.0 / 479_001_600.0,
         1.0 / 6_227_020_800.0,
     ];
-    let mut p = C[11];
-    let mut i = 11;
-    while i > 0 {
-        i -= 1;
-        p = p * r + C[i];
-    }
-    // r + r^2 (1/2 + r/6 + ...). Plain multiply-adds: without the FMA target
-    // feature, `mul_add` is a call to a software fma.
-    r * r * p + r
+    let r2 = r * r;
+    let r4 = r2 * r2;
+    let r8 = r4 * r4;
+    // Plain multiply-adds: without the FMA target feature, `mul_add` is a call to a
+    // software fma.
+    let pair = |i: usize| C[i] + C[i + 1] * r;
+    let low = (pair(0) + pair(2) * r2) + (pair(4) + pair(6) * r2) * r4;
+    let high = pair(8) + pair(10) * r2;
+    let p = low + high * r8;
+    // r + r^2 (1/2 + r/6 + ...).
+    r2 * p + r
 }
 
 /// Splits `x` as `n ln 2 + r` with `|r| <= ln(2)/2`; returns `(r, 2^n)`.
@@ -76,14 +82,19 @@ pub fn exp(x: f64) -> f64 {
     if x.is_nan() { x } else { y }
 }
 
+/// `e^x - 1` for `-40 <= x <= 709` (not NaN): no checks.
+#[inline(always)]
+fn exp_m1_in_range(x: f64) -> f64 {
+    let (r, scale) = reduce(x);
+    let m = expm1_reduced(r);
+    // 2^n (expm1(r) + 1) - 1 = 2^n expm1(r) + (2^n - 1); exact for n = 0.
+    m * scale + (scale - 1.0)
+}
+
 /// `e^x - 1` for f64, accurate near 0.
 #[inline(always)]
 pub fn exp_m1(x: f64) -> f64 {
-    let xc = x.clamp(-40.0, 709.0);
-    let (r, scale) = reduce(xc);
-    let m = expm1_reduced(r);
-    // 2^n (expm1(r) + 1) - 1 = 2^n expm1(r) + (2^n - 1); exact for n = 0.
-    let y = m * scale + (scale - 1.0);
+    let y = exp_m1_in_range(x.clamp(-40.0, 709.0));
     let y = if x > 709.782_712_893_384 {
         f64::INFINITY
     } else {
@@ -97,7 +108,7 @@ pub fn exp_m1(x: f64) -> f64 {
 pub fn tanh(x: f64) -> f64 {
     // Beyond 20, tanh is 1 to double precision.
     let a = x.abs().min(20.0);
-    let e = exp_m1(2.0 * a);
+    let e = exp_m1_in_range(2.0 * a);
     let t = e / (e + 2.0);
     if x.is_nan() { x } else { t.copysign(x) }
 }
