@@ -382,13 +382,7 @@ where
         // Inside an apply that has already failed: zeros, not a panic.
         return crate::rules::conv::zeros_with_last(x.raw_dim(), w.ncols());
     }
-    let y = matmul(&rows_of(x), w);
-    let mut dim = x.raw_dim();
-    if let Some(last) = dim.slice_mut().last_mut() {
-        *last = w.ncols();
-    }
-    y.into_shape_with_order(dim)
-        .unwrap_or_else(|_| unreachable!("adjoint: dot_last keeps the leading axes"))
+    times_last(x, w)
 }
 
 /// Pullback of [`dot_last`] for `x`: `ct · wᵀ` (`x` itself is not read).
@@ -399,7 +393,7 @@ where
     S2: Data<Elem = A>,
     D: Dimension,
 {
-    ct_times_wt(w.primal(), &ct)
+    times_last(&ct, &w.primal().t())
 }
 
 /// Pullback of [`dot_last`] for `w`: `xᵀ · ct`, every leading axis summed.
@@ -431,7 +425,7 @@ where
     D: Dimension,
 {
     let dw = matmul(&rows_of(x.primal()).t(), &rows_of(&ct));
-    (ct_times_wt(w.primal(), &ct), dw)
+    (times_last(&ct, &w.primal().t()), dw)
 }
 
 /// [`dot_last_pb_x`] added into `x`'s adjoint, in the product's kernel.
@@ -451,7 +445,7 @@ where
         matmul_into(&mut acc, &ct_rows, &w.t());
         return;
     }
-    *acc += &ct_times_wt(w, ct);
+    *acc += &times_last(ct, &w.t());
 }
 
 /// [`dot_last_pb_w`] added into `w`'s adjoint, in the product's kernel.
@@ -467,18 +461,18 @@ where
     matmul_into(acc, &rows_of(x.primal()).t(), &rows_of(ct))
 }
 
-/// `ct · wᵀ` over `ct`'s last axis: the cotangent of `dot_last`'s input.
-fn ct_times_wt<A: Real, S2: Data<Elem = A>, D: Dimension>(
+/// `x · w` over `x`'s last axis, the leading axes kept.
+fn times_last<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>, D: Dimension>(
+    x: &ArrayBase<S, D>,
     w: &ArrayBase<S2, Ix2>,
-    ct: &Array<A, D>,
 ) -> Array<A, D> {
-    let dx = matmul(&rows_of(ct), &w.t());
-    let mut dim = ct.raw_dim();
+    let y = matmul(&rows_of(x), w);
+    let mut dim = x.raw_dim();
     if let Some(last) = dim.slice_mut().last_mut() {
-        *last = w.nrows();
+        *last = w.ncols();
     }
-    dx.into_shape_with_order(dim)
-        .unwrap_or_else(|_| unreachable!("adjoint: the cotangent of x has x's shape"))
+    y.into_shape_with_order(dim)
+        .unwrap_or_else(|_| unreachable!("adjoint: a product over the last axis keeps the others"))
 }
 
 /// The matrix product over the last two axes, batched over the others, which must
