@@ -235,13 +235,13 @@ pub enum LiftedKind {
     Jvp { var_tangents: TokenStream },
     /// `jacfwd!` or `jacrev!`: the Jacobian in the first primal (one `dst`).
     Jacobian,
-    /// `vjp!`: the output and the pullback (`dsts`); the output is differentiated
-    /// (the child's reverse mode, run again).
-    Vjp,
+    /// `vjp!`: the output and the pullback (`dsts`), with `has_aux` the aux; the
+    /// output and the aux are differentiated (the child's reverse mode, run again).
+    Vjp { aux: Option<Var> },
     /// `pb(ct)` of the pullback of the `vjp!` whose output is `y` (its snapshot is
-    /// `y`'s): `dsts` are the variables' cotangents and one per primal; `args` are
-    /// `ct` then the `vjp!`'s own.
-    Pull { y: Var },
+    /// `y`'s; `aux`: that `vjp!` has one): `dsts` are the variables' cotangents and
+    /// one per primal; `args` are `ct` then the `vjp!`'s own.
+    Pull { y: Var, aux: bool },
     /// `vmap!`: the batched output (one `dst`); each argument's axis (`None`:
     /// broadcast) and the axis's name. The output is differentiated (the child's
     /// reverse mode run again, example by example). With `jvp`, the closure maps the
@@ -463,9 +463,9 @@ impl Lifted {
     pub fn defined(&self) -> Vec<Var> {
         let (value, aux) = match &self.kind {
             LiftedKind::Grad { value, aux } => (*value, *aux),
+            LiftedKind::Vjp { aux } => (None, *aux),
             LiftedKind::Jvp { .. }
             | LiftedKind::Jacobian
-            | LiftedKind::Vjp
             | LiftedKind::Pull { .. }
             | LiftedKind::Vmap { .. } => (None, None),
         };

@@ -23,6 +23,8 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
   user writes over `apply`.
 - `vjp_pullback`: through `nn.vjp`: its output and its pullback applied to a cotangent
   that depends on the output, in the loss; gradients in the parameters and the input.
+- `vjp_aux`: the same through `nn.vjp(.., has_aux=True)`, the aux (a mean of the child's
+  last hidden layer squared) in the cotangent and in the loss.
 - `jacobian_penalty`: second order through a lifted Jacobian: `sum(J^2) + sum(y^2)` of
   the same child, its gradient in the child's parameters.
 - `lifted_hessian`: `jax.hessian` of a scalar child (a loop and a branch) in its
@@ -379,6 +381,37 @@ def case_vjp():
     return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads), "grad_x": gx.tolist()}
 
 OUT["vjp_pullback"] = case_vjp()
+
+
+# 9. Through nn.vjp with has_aux: the child returns (y, aux); the aux enters the
+# cotangent given to the pullback and the loss.
+class Field2Aux(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(5)(x))
+        for _ in range(2):
+            h = jnp.sin(nn.Dense(5)(h)) + h
+        return nn.Dense(1)(h), jnp.mean(h * h)
+
+
+class VjpAuxLoss(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        y, bwd, aux = nn.vjp(lambda mdl, x: mdl(x), Field2Aux(), x, has_aux=True)
+        ct = jnp.cos(y) * aux
+        _, gx = bwd(ct)
+        return jnp.sum(gx * gx) + jnp.sum(y) + 0.5 * aux
+
+
+def case_vjp_aux():
+    x = arr(6, 2, seed=51, scale=1.1)
+    variables = {"params": {"Field2Aux_0": case_jvp_child()}}
+    loss, grads = jax.value_and_grad(lambda vs: VjpAuxLoss().apply(vs, x))(variables)
+    gx = jax.grad(lambda x: VjpAuxLoss().apply(variables, x))(x)
+    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads), "grad_x": gx.tolist()}
+
+
+OUT["vjp_aux"] = case_vjp_aux()
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

@@ -946,3 +946,48 @@ fn third_order_through_nested_lifted_grads_is_a_typed_error() {
     let gx = grad!(|x: &Array1<f64>| ThirdOrder.apply(&vars, x).unwrap())(&x);
     assert!(gx.iter().all(|g| g.is_nan()), "{gx}");
 }
+
+// ----- through a lifted vjp! with has_aux -----
+
+struct Field2Aux;
+
+#[differentiable]
+impl Field2Aux {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> (Array2<f64>, f64) {
+        let mut h = Dense::new(5).call(cx, x).tanh();
+        for _ in 0..2 {
+            h = Dense::new(5).call(cx, &h).sin() + &h;
+        }
+        let aux = (&h * &h).mean().unwrap();
+        (Dense::new(1).call(cx, &h), aux)
+    }
+}
+
+struct VjpAuxLoss;
+
+#[differentiable]
+impl VjpAuxLoss {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (y, pb, aux) = vjp!(cx, |mdl, cx, x| mdl.call(cx, x), Field2Aux, x, has_aux);
+        let ct = y.cos() * aux;
+        let (_, gx) = pb(ct);
+        (&gx * &gx).sum() + y.sum() + aux * 0.5
+    }
+}
+
+/// The aux of a `vjp!` with `has_aux` is differentiated too: here it scales the
+/// cotangent given to the pullback and enters the loss.
+#[test]
+fn second_order_through_a_lifted_vjp_with_aux() {
+    let case = reference("lifted_second_order.json", "vjp_aux");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    let (loss, grads) = value_and_grad!(|v: &Variables| VjpAuxLoss.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("vjp aux loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("vjp aux loss grads", &grads, &case["grads"], RTOL);
+    println!("second order through vjp! with has_aux: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| VjpAuxLoss.apply(&vars, x).unwrap())(&x);
+    let want = array(&case["grad_x"]);
+    adjoint_tests::assert_close("vjp aux loss grad_x", &gx.into_dyn(), &want, RTOL);
+}

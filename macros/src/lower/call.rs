@@ -205,7 +205,10 @@ impl Lowerer<'_> {
         let dsts: Vec<Var> = (0..=vjp.args.len()).map(|_| self.temp(c.span())).collect();
         let tokens = self.verbatim(c.to_token_stream());
         out.push(Stmt::LetLifted(Lifted {
-            kind: LiftedKind::Pull { y: vjp.dsts[0] },
+            kind: LiftedKind::Pull {
+                y: vjp.dsts[0],
+                aux: matches!(vjp.kind, LiftedKind::Vjp { aux: Some(_) }),
+            },
             dsts: dsts.clone(),
             tokens,
             args: std::iter::once(ct)

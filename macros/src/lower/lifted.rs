@@ -85,24 +85,29 @@ impl Lowerer<'_> {
     }
 
     /// `vjp!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` (`vjp_variables`
-    /// allowed): `(y, pb)`, the output differentiated through the child (its reverse
-    /// mode run again), calls of the pullback opaque (reading what the transform
-    /// read). Other forms (`has_aux`, `reduce_axes`) stay opaque.
+    /// and `has_aux` allowed): `(y, pb)` or `(y, pb, aux)`, the output and the aux
+    /// differentiated through the child (its reverse mode run again), calls of the
+    /// pullback statements of their own (see [`LiftedKind::Pull`]). With
+    /// `reduce_axes` it stays opaque.
     fn lifted_vjp(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         // Which variables' cotangents the pullback returns does not change `y`.
         input.vjp_variables = None;
+        // The aux is one more output of the child's reverse and forward modes.
+        let aux = std::mem::take(&mut input.has_aux).then(|| self.temp(e.span()));
         let n = input.positional.len().checked_sub(3)?;
         let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let reads: Vec<Atom> = args.iter().map(|a| a.atom.clone()).collect();
-        let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp, 2, args);
+        let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp { aux }, 2, args);
         // A call of the pullback reads what the transform read.
         self.lifted.insert(dsts[1], reads);
         if let Some(Stmt::LetLifted(l)) = out.last() {
             self.vjps.insert(dsts[1], l.clone());
         }
-        Some(vars(dsts))
+        let mut outs = dsts;
+        outs.extend(aux);
+        Some(vars(outs))
     }
 
     /// `jacfwd!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` or `jacrev!`:

@@ -22,8 +22,8 @@ impl Gen<'_> {
         }
         match l.kind {
             LiftedKind::Jacobian => return self.rev_lifted_jacobian(r, l),
-            LiftedKind::Vjp => return self.rev_lifted_vjp(r, l),
-            LiftedKind::Pull { y } => return self.rev_lifted_pull(r, l, y),
+            LiftedKind::Vjp { aux } => return self.rev_lifted_vjp(r, l, aux),
+            LiftedKind::Pull { y, aux } => return self.rev_lifted_pull(r, l, y, aux),
             LiftedKind::Vmap { .. } => return self.rev_lifted_vmap(r, l),
             _ => {}
         }
@@ -63,7 +63,7 @@ impl Gen<'_> {
                 (seeds, tangents, l.args.len())
             }
             LiftedKind::Jacobian
-            | LiftedKind::Vjp
+            | LiftedKind::Vjp { .. }
             | LiftedKind::Pull { .. }
             | LiftedKind::Vmap { .. } => {
                 unreachable!("handled above")
@@ -131,16 +131,29 @@ impl Gen<'_> {
         }
     }
 
-    /// The pullback of a lifted `vjp!`'s output `y` (first order through the child):
-    /// the child's reverse mode run again, its parameters differentiated, on the
-    /// scope's state before the transform, seeded with `y`'s cotangent.
-    pub(super) fn rev_lifted_vjp(&mut self, r: &mut Rev, l: &Lifted) {
+    /// The pullback of a lifted `vjp!`'s output `y` and aux (first order through the
+    /// child): the child's reverse mode run again, its parameters differentiated, on
+    /// the scope's state before the transform, seeded with their cotangents.
+    pub(super) fn rev_lifted_vjp(&mut self, r: &mut Rev, l: &Lifted, aux: Option<Var>) {
         let y = l.dsts[0];
-        if !(self.active(y) && r.init.contains(&y)) {
+        let has_bar = |v: Var| self.active(v) && r.init.contains(&v);
+        let (y_bar, aux_bar) = (has_bar(y), aux.filter(|a| has_bar(*a)));
+        if !(y_bar || aux_bar.is_some()) {
             return;
         }
         let snap = self.read_slot(r, Slot::Pb(y));
-        let ybar = self.bar(y).clone();
+        let seed = |bar: Option<Var>, out: TokenStream| match bar {
+            Some(v) => self.bar(v).to_token_stream(),
+            None => quote!(::adjoint::__private::zeros(&#out)),
+        };
+        let ybar = match aux {
+            Some(_) => {
+                let yb = seed(y_bar.then_some(y), quote!(__o.0));
+                let ab = seed(aux_bar, quote!(__o.1));
+                quote!((#yb, #ab))
+            }
+            None => seed(y_bar.then_some(y), quote!(__o)),
+        };
         let n = l.args.len();
         let kept = self.kept_pattern(&l.args);
         let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
@@ -157,7 +170,7 @@ impl Gen<'_> {
                 let mut __snapshot = __rerun.variables();
                 let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
                 __cx2.restrict(#visible, #rngs);
-                let (_, __pb2) = ::adjoint::scope::Child::module(__module)
+                let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
                     .#companion(&mut __cx2, #(#primals,)*);
                 let (mut __cv, _, #(#cots,)*) = __pb2(#ybar);
                 #merge
@@ -276,7 +289,7 @@ impl Gen<'_> {
     /// primals are the gradient of `<ct, J gbar>`: the child's JVP-VJP along `gbar`,
     /// run again from the `vjp!`'s snapshot, seeded with `ct` on the tangent output.
     /// The variables' cotangents (`vars_ct`) are not differentiated again.
-    fn rev_lifted_pull(&mut self, r: &mut Rev, l: &Lifted, y: Var) {
+    fn rev_lifted_pull(&mut self, r: &mut Rev, l: &Lifted, y: Var, aux: bool) {
         let n = l.args.len() - 1;
         let (ct, primal_args) = (&l.args[0], &l.args[1..]);
         if self.active(l.dsts[0]) && r.init.contains(&l.dsts[0]) && self.f.params_active {
@@ -306,6 +319,25 @@ impl Gen<'_> {
             });
         }
         let ctv = self.read_slot(r, Slot::Pb(l.dsts[0]));
+        // The child's JVP gives `(y, J gbar)` (with the aux, `((y, aux), (J gbar,
+        // its tangent))`): the cotangent seeds `J gbar` only.
+        let (seeds, ct_bar) = if aux {
+            (
+                quote!((
+                    (
+                        ::adjoint::__private::zeros(&__o.0.0),
+                        ::adjoint::__private::zeros(&__o.0.1)
+                    ),
+                    (__seed, ::adjoint::__private::zeros(&__o.1.1)),
+                )),
+                quote!(__o.1.0),
+            )
+        } else {
+            (
+                quote!((::adjoint::__private::zeros(&__o.0), __seed)),
+                quote!(__o.1),
+            )
+        };
         let skip = (0..n).map(|_| quote!(_));
         let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
         let merge = self.merge_rerun();
@@ -319,10 +351,9 @@ impl Gen<'_> {
                 let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
                     .#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
                 let __seed = #ctv;
-                let (mut __cv, _, #(#cots,)* #(#skip,)*) =
-                    __pb2((::adjoint::__private::zeros(&__o.0), __seed));
+                let (mut __cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
                 #merge
-                (__o.1, #(#cots,)*)
+                (#ct_bar, #(#cots,)*)
             };
         });
         self.contribute(r, &ct.atom, quote!(__ct_bar));

@@ -275,7 +275,13 @@ impl<'a> Gen<'a> {
                         grads,
                         quote!(::adjoint::__private::no_tangents(&(#var_tangents))),
                     ),
-                    LiftedKind::Vjp | LiftedKind::Pull { .. } => (grads, quote!(true)),
+                    LiftedKind::Vjp { aux: Some(a) } => {
+                        let (y, pb, a) = (&names[0], &names[1], self.name(*a));
+                        (quote!((#y, #pb, #a)), quote!(true))
+                    }
+                    LiftedKind::Vjp { aux: None } | LiftedKind::Pull { .. } => {
+                        (grads, quote!(true))
+                    }
                     LiftedKind::Vmap { jvp: true, .. } => (grads, quote!(true)),
                     LiftedKind::Jacobian | LiftedKind::Vmap { .. } => {
                         let y = &names[0];
