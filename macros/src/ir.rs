@@ -360,6 +360,15 @@ pub struct Call {
     pub scoped: Scoped,
 }
 
+impl Call {
+    /// A module applied to variables as the user wrote it (`apply`, `apply_with`),
+    /// whose `Result` the user unwrapped; forward mode's `__apply_jvp_all` gives the
+    /// value itself.
+    pub fn unwraps(&self) -> bool {
+        self.scoped == Scoped::Apply && self.callee.name() != "__apply_jvp_all"
+    }
+}
+
 /// How a call involves a module's scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scoped {
@@ -370,7 +379,8 @@ pub enum Scoped {
     Module,
     /// `cx.param(..)`: a parameter read.
     Param,
-    /// `module.apply(variables, ..).unwrap()`: a whole module applied to variables.
+    /// `module.apply(variables, ..).unwrap()`: a whole module applied to variables
+    /// (also `apply_with`, and forward mode's `__apply_jvp_all`).
     Apply,
 }
 

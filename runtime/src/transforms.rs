@@ -120,6 +120,41 @@ impl<A: crate::value::Real, S: ndarray::Data<Elem = A>, D: ndarray::Dimension>
     }
 }
 
+/// A pair's tangent (an LSTM's carry), each part as it could be passed alone; the
+/// zero pair is made at most once, for the parts that are [`NoTangent`].
+impl<C0, C1, T0: IntoTangent<C0>, T1: IntoTangent<C1>> IntoTangent<(C0, C1)> for (T0, T1) {
+    fn into_tangent(self, zero: impl FnOnce() -> (C0, C1)) -> (C0, C1) {
+        let (t0, t1) = self;
+        let mut zero = Some(zero);
+        let mut second = None;
+        let d0 = t0.into_tangent(|| match zero.take() {
+            Some(z) => {
+                let (a, b) = z();
+                second = Some(b);
+                a
+            }
+            None => unreachable!("adjoint: the zero is asked for once per part"),
+        });
+        let d1 = t1.into_tangent(|| match (second.take(), zero.take()) {
+            (Some(b), _) => b,
+            (None, Some(z)) => z().1,
+            (None, None) => unreachable!("adjoint: the zero is asked for once per part"),
+        });
+        (d0, d1)
+    }
+}
+
+/// A pair's tangent by reference: each part by reference.
+impl<'a, C0, C1, X0, X1> IntoTangent<(C0, C1)> for &'a (X0, X1)
+where
+    &'a X0: IntoTangent<C0>,
+    &'a X1: IntoTangent<C1>,
+{
+    fn into_tangent(self, zero: impl FnOnce() -> (C0, C1)) -> (C0, C1) {
+        (&self.0, &self.1).into_tangent(zero)
+    }
+}
+
 /// A view's tangent is passed as a view too (one example of a `vmap!`'s tangent).
 impl<A: crate::value::Real, D: ndarray::Dimension> IntoTangent<ndarray::Array<A, D>>
     for ndarray::ArrayView<'_, A, D>

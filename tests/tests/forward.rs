@@ -904,3 +904,52 @@ fn forward_mode_of_powi_with_a_variable_exponent() {
         &array![0.4, -0.2],
     );
 }
+
+// ----- a module applied to variables, in forward mode -----
+
+struct Potential;
+
+#[differentiable]
+impl Potential {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>, steps: usize) -> f64 {
+        let mut h = adjoint::nn::Dense::new(6).call(cx, x).tanh();
+        let r: Array2<f64> = cx.param("r", init::normal(0.3), (6, 6));
+        for _ in 0..steps {
+            h = &h + &h.dot(&r).tanh();
+        }
+        adjoint::nn::Dense::new(1).call(cx, &h).sum()
+    }
+}
+
+/// A model's output in its inputs, its variables held (`#[no_grad]`); an integer
+/// input has no tangent.
+#[differentiable(jvp)]
+fn potential_energy(#[no_grad] v: &Variables, x: &Array1<f64>) -> f64 {
+    let e = Potential.apply(v, x, 3).unwrap();
+    e * e + x.sum()
+}
+
+/// `model.apply(v, x)` in forward mode (the module's JVP along its inputs), and
+/// reverse over it: `hessian!` and `hvp!` of a model's output in its inputs.
+#[test]
+fn forward_mode_of_a_module_applied_to_variables() {
+    let (x, t) = (array![0.3, -0.5, 0.8], array![0.2, 0.7, -0.4]);
+    let vars = Potential.init(3, &x, 3).unwrap();
+    check_jvp_and_hessian(
+        |x| potential_energy(&vars, x),
+        |x, t| jvp!(potential_energy)(&vars, x, t),
+        |x| grad!(potential_energy)(&vars, x),
+        |x| hessian!(potential_energy)(&vars, x).into_dyn(),
+        &x,
+        &t,
+    );
+    let hv = hvp!(potential_energy)(&vars, &x, &t);
+    let hess = hessian!(potential_energy)(&vars, &x);
+    let want = hess.into_dimensionality::<ndarray::Ix2>().unwrap().dot(&t);
+    assert!(
+        hv.iter()
+            .zip(&want)
+            .all(|(a, b)| (a - b).abs() < 1e-12 * (1.0 + b.abs())),
+        "{hv} against {want}"
+    );
+}

@@ -148,19 +148,15 @@ pub fn module_items(
     }];
     apply_params.extend(params[1..].iter().cloned());
     let cs: Vec<proc_macro2::Ident> = (0..rest.len()).map(|i| format_ident!("__c{}", i)).collect();
+    let (applied, finish) = (apply_scope(&variables), apply_finish());
     let apply_vjp = companion_items(
         &public,
         &apply_sig,
         &apply_params,
         quote! {
-            // Leaves are shared arrays: this clone copies no parameter data.
-            let mut __vars = #variables.clone();
-            let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, ::adjoint::scope::Mutable::Only(::core::default::Default::default()), ::core::default::Default::default());
+            #applied
             let (__out, __pb) = self.#body_vjp_params(&mut __cx, #(#rest),*);
-            if let ::core::result::Result::Err(e) = __cx.finish() {
-                // The caller wrote `apply(..).unwrap()`.
-                ::core::panic!("called `Result::unwrap()` on an `Err` value: {e}");
-            }
+            #finish
             (__out, move |__ct| {
                 let (__v, _, #(#cs,)*) = __pb(__ct);
                 (__v, #(#cs,)*)
@@ -210,6 +206,8 @@ pub fn module_items(
         Flavor::Owned,
     );
 
+    let apply_jvp = apply_jvp_items(&m.sig, params, &ret, &variables);
+
     let body_block = &body;
     let generics = &m.sig.generics;
     let where_clause = &m.sig.generics.where_clause;
@@ -235,6 +233,7 @@ pub fn module_items(
         #wrappers
         #apply_vjp
         #apply_with_vjp
+        #apply_jvp
 
         /// Creates the module's variables by running it once on example inputs, as
         /// Flax's `Module.init`: parameters from their initializers (random streams
@@ -872,6 +871,123 @@ fn body_tjvp(
             let __out = self.__call_body_tjvp(#(#names,)* #(#dnames),*);
             #scope.exit();
             __out
+        }
+    }
+}
+
+/// `model.apply(variables, x..).unwrap()` in forward mode (a `(jvp)` function, a
+/// `jvp!`, `hvp!` or `hessian!` of a closure), the variables without a tangent:
+/// `__apply_jvp_all(variables, x.., tangents..)`, a tangent per input (`NoTangent`
+/// where it has none), the module's forward mode along the inputs; and its VJP
+/// (`____apply_jvp_all_vjp_owned`, the module's JVP-VJP with the variables'
+/// cotangents), what the reverse mode over that forward mode calls.
+fn apply_jvp_items(
+    sig: &Signature,
+    params: &[ParamInfo],
+    ret: &Type,
+    variables: &proc_macro2::Ident,
+) -> TokenStream {
+    let rest = &params[1..];
+    let names: Vec<TokenStream> = rest.iter().map(|p| param_name(&p.pat)).collect();
+    let inputs: Vec<TokenStream> = rest.iter().map(ParamInfo::input).collect();
+    // One tangent per input, as `jvp_all` takes them; the module's forward mode takes
+    // those of the differentiated inputs.
+    let mut tangent_params = Vec::new();
+    let mut passed = Vec::new();
+    for p in rest {
+        let (d, ty) = (p.tangent_name(), &p.ty);
+        let ty: Type = match (p.active, ty) {
+            (true, _) => ty.clone(),
+            (false, Type::Reference(_)) => syn::parse_quote!(&::adjoint::NoTangent),
+            (false, _) => syn::parse_quote!(::adjoint::NoTangent),
+        };
+        tangent_params.push(ParamInfo {
+            pat: syn::parse_quote!(#d),
+            ty,
+            active: p.active,
+            scope: false,
+        });
+        if p.active {
+            passed.push(d);
+        }
+    }
+    let tangents: Vec<TokenStream> = tangent_params.iter().map(ParamInfo::input).collect();
+    let ret_cot = crate::parse::signature::cot_type(ret);
+    let mut jvp_sig = sig.clone();
+    jvp_sig.ident = format_ident!("__apply_jvp_all");
+    jvp_sig.inputs =
+        syn::parse_quote!(&self, #variables: &::adjoint::Variables, #(#inputs,)* #(#tangents),*);
+    jvp_sig.output = syn::parse_quote!(-> (#ret, #ret_cot));
+    let mut jvp_params = vec![ParamInfo {
+        pat: syn::parse_quote!(#variables),
+        ty: syn::parse_quote!(&::adjoint::Variables),
+        active: true,
+        scope: false,
+    }];
+    jvp_params.extend(rest.iter().cloned());
+    jvp_params.extend(tangent_params.iter().cloned());
+    // The cotangents the JVP-VJP gives: the inputs' (`__c`), then the differentiated
+    // inputs' tangents' (`__e`), `()` for a tangent that is `NoTangent`.
+    let cs: Vec<proc_macro2::Ident> = (0..rest.len()).map(|i| format_ident!("__c{}", i)).collect();
+    let ds: Vec<proc_macro2::Ident> = (0..passed.len())
+        .map(|i| format_ident!("__e{}", i))
+        .collect();
+    let mut ds_iter = ds.iter();
+    let tangent_cots: Vec<TokenStream> = rest
+        .iter()
+        .map(|p| match p.active.then(|| ds_iter.next()).flatten() {
+            Some(d) => quote!(#d),
+            None => quote!(()),
+        })
+        .collect();
+    let (scope, finish) = (apply_scope(variables), apply_finish());
+    let generics = &sig.generics;
+    let where_clause = &sig.generics.where_clause;
+    let all_tangents: Vec<TokenStream> =
+        tangent_params.iter().map(|p| param_name(&p.pat)).collect();
+    let vjp = companion_items(
+        &syn::parse_quote!(pub),
+        &jvp_sig,
+        &jvp_params,
+        quote! {
+            #scope
+            let (__out, __pb) = self.____call_body_jvp_vjp_params(&mut __cx, #(#names,)* #(#passed),*);
+            #finish
+            (__out, move |__ct| {
+                let (__v, _, #(#cs,)* #(#ds,)*) = __pb(__ct);
+                (__v, #(#cs,)* #(#tangent_cots,)*)
+            })
+        },
+        Owner::Method,
+        Flavor::Owned,
+    );
+    quote! {
+        #[doc(hidden)]
+        #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
+        pub fn __apply_jvp_all #generics (&self, #variables: &::adjoint::Variables, #(#inputs,)* #(#tangents),*) -> (#ret, #ret_cot) #where_clause {
+            #scope
+            let __out = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
+            #finish
+            __out
+        }
+        #vjp
+    }
+}
+
+/// The scope `apply` runs a module in: the variables (a copy of the tree, whose
+/// leaves are shared arrays: no parameter data is copied), no collection mutable.
+fn apply_scope(variables: &proc_macro2::Ident) -> TokenStream {
+    quote! {
+        let mut __vars = #variables.clone();
+        let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, ::adjoint::scope::Mutable::Only(::core::default::Default::default()), ::core::default::Default::default());
+    }
+}
+
+/// The end of a run inside `apply(..).unwrap()`: the caller unwrapped the result.
+fn apply_finish() -> TokenStream {
+    quote! {
+        if let ::core::result::Result::Err(e) = __cx.finish() {
+            ::core::panic!("called `Result::unwrap()` on an `Err` value: {e}");
         }
     }
 }

@@ -278,10 +278,7 @@ impl Tangent<'_> {
                     }
                     // A submodule's call, or a call of a `(jvp)` function or method:
                     // its JVP (see [`Jvp::call_jvp`]).
-                    Op::Call(call)
-                        if call.scoped == Scoped::Module
-                            || (call.scoped == Scoped::No && self.calls) =>
-                    {
+                    Op::Call(call) if self.callable(call) => {
                         let jvp = self.call_jvp(call)?;
                         let dn = dot_name(&name);
                         self.has_dot.insert(*dst);
@@ -408,13 +405,11 @@ impl Tangent<'_> {
                 if !dsts.iter().any(|d| (self.varied)(*d)) {
                     let f = call.callee.render(Ident::clone, |r| self.arg(r));
                     let args = call.args.iter().map(|a| self.arg(a));
-                    let unwrap = (call.scoped == Scoped::Apply).then(|| quote!(.unwrap()));
+                    let unwrap = call.unwraps().then(|| quote!(.unwrap()));
                     let pat = pattern.render(&pats);
                     return Some(quote!(let #pat = #f(#(#args),*) #unwrap;));
                 }
-                let callable =
-                    call.scoped == Scoped::Module || (call.scoped == Scoped::No && self.calls);
-                if !callable {
+                if !self.callable(call) {
                     return None;
                 }
                 let jvp = self.call_jvp(call)?;
@@ -443,6 +438,18 @@ impl Tangent<'_> {
     /// an associated function's of a `(jvp)` impl, `__m_jvp_all` beside it.
     fn call_jvp(&self, call: &Call) -> Option<TokenStream> {
         let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
+        if call.scoped == Scoped::Apply {
+            // `model.apply(variables, x..)`: the module's forward mode along the
+            // inputs (`__apply_jvp_all`), the variables held.
+            if self.dot(&call.args[0].atom).is_some() {
+                return None;
+            }
+            let f = call
+                .callee
+                .render(|_| format_ident!("__apply_jvp_all"), |r| self.arg(r));
+            let dots = call.args[1..].iter().map(|a| self.call_tangent(a));
+            return Some(quote!(#f(#(#args,)* #(#dots),*)));
+        }
         if call.scoped == Scoped::Module {
             let m = call.callee.name();
             let suffix = match self.mode {
@@ -499,6 +506,19 @@ impl Tangent<'_> {
         };
         let dots = call.args.iter().map(|a| self.call_tangent(a));
         Some(quote!(#f(#(#args,)* #(#dots),*)))
+    }
+
+    /// Whether forward mode goes through `call` by its callee's forward mode: a
+    /// submodule's call, a `(jvp)` function's or method's (when calls are
+    /// followed), a module applied to variables (`model.apply(v, x..)`, along the
+    /// inputs).
+    fn callable(&self, call: &Call) -> bool {
+        match call.scoped {
+            Scoped::Module => true,
+            Scoped::No => self.calls,
+            Scoped::Apply => self.mode == Mode::Inputs && call.callee.name() == "apply",
+            _ => false,
+        }
     }
 
     /// The tangent of a call's argument, passed as the argument is (`&dx` for `&x`),

@@ -36,22 +36,13 @@ impl Lowerer<'_> {
             {
                 // `model.apply(vars, x).unwrap()`, `model.apply_with(vars, options,
                 // x).unwrap()`: the module applied to variables.
-                let span = inner.method.span();
-                let receiver = self.receiver(out, &inner.receiver, span);
-                let args = self.args(out, inner.args.iter().cloned());
-                let generics = inner.turbofish.to_token_stream();
-                let call = Call {
-                    callee: Callee::Method {
-                        receiver,
-                        name: inner.method.clone(),
-                        generics,
-                    },
-                    args,
-                    span,
-                    scoped: Scoped::Apply,
-                };
-                return Val::Atom(self.emit(out, Op::Call(call), span));
+                return self.applied(out, inner);
             }
+        }
+        if name == "__apply_jvp_all" && !recv_is_self {
+            // What forward mode writes for `model.apply(vars, x..).unwrap()`: the
+            // module's forward mode, applied to variables, differentiated as `apply`.
+            return self.applied(out, m);
         }
         if recv_is_self {
             return self.method_companion(out, m);
@@ -159,6 +150,26 @@ impl Lowerer<'_> {
     }
 
     /// A method's receiver as an operand (`&x` passes `x` by reference).
+    /// `model.apply(vars, x..)` (and `apply_with`, and forward mode's
+    /// `__apply_jvp_all`): a call of the module applied to variables, differentiated
+    /// through its companion with the variables' cotangents.
+    fn applied(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
+        let span = m.method.span();
+        let receiver = self.receiver(out, &m.receiver, span);
+        let args = self.args(out, m.args.iter().cloned());
+        let call = Call {
+            callee: Callee::Method {
+                receiver,
+                name: m.method.clone(),
+                generics: m.turbofish.to_token_stream(),
+            },
+            args,
+            span,
+            scoped: Scoped::Apply,
+        };
+        Val::Atom(self.emit(out, Op::Call(call), span))
+    }
+
     pub(super) fn receiver(&mut self, out: &mut Stmts, recv: &Expr, span: Span) -> Arg {
         let by_ref = matches!(recv, Expr::Reference(_));
         let val = self.expr(out, recv);

@@ -663,7 +663,7 @@ impl<'a> Gen<'a> {
             return quote!(#f(#(#args),*).0);
         }
         let f = self.plain(&call.callee);
-        let unwrap = (call.scoped == Scoped::Apply).then(|| quote!(.unwrap()));
+        let unwrap = call.unwraps().then(|| quote!(.unwrap()));
         quote!(#f(#(#args),*) #unwrap)
     }
 
