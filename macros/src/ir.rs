@@ -362,10 +362,10 @@ pub struct Call {
 
 impl Call {
     /// A module applied to variables as the user wrote it (`apply`, `apply_with`),
-    /// whose `Result` the user unwrapped; forward mode's `__apply_jvp_all` gives the
-    /// value itself.
+    /// whose `Result` the user unwrapped; forward mode's `__apply_jvp_all` and
+    /// `__apply_tjvp_all` give the value itself.
     pub fn unwraps(&self) -> bool {
-        self.scoped == Scoped::Apply && self.callee.name() != "__apply_jvp_all"
+        self.scoped == Scoped::Apply && self.callee.name().to_string().starts_with("apply")
     }
 }
 

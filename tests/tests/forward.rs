@@ -953,3 +953,43 @@ fn forward_mode_of_a_module_applied_to_variables() {
         "{hv} against {want}"
     );
 }
+
+/// The model's output as a function of its variables too.
+#[differentiable(jvp)]
+fn potential_output(v: &Variables, x: &Array1<f64>) -> f64 {
+    Potential.apply(v, x, 3).unwrap()
+}
+
+/// Forward mode along the variables (`jax.jvp` of `apply` in the parameters, what a
+/// Gauss-Newton or NTK product takes): against central differences of the output
+/// along the variables' and the input's directions together. Differentiating that
+/// again is second order along the variables: reported, never silent.
+#[test]
+fn forward_mode_of_apply_along_the_variables() {
+    let (x, t) = (array![0.3, -0.5, 0.8], array![0.2, 0.7, -0.4]);
+    let vars = Potential.init(3, &x, 3).unwrap();
+    let dv = vars.map(|w| (w * 1.7 + 0.37).sin());
+    let (y, dy) = jvp!(potential_output)(&vars, &x, &dv, &t);
+    assert_eq!(y, potential_output(&vars, &x));
+    let h = 1e-6;
+    let at = |s: f64| {
+        let v = vars.zip_map(&dv, |w, d| w + s * d).unwrap();
+        potential_output(&v, &(&x + &(&t * s)))
+    };
+    let fd = (at(h) - at(-h)) / (2.0 * h);
+    assert!(
+        (dy - fd).abs() < 1e-7 * fd.abs().max(1.0),
+        "jvp {dy}, differences {fd}"
+    );
+    // Along the input alone (a zero variable tangent) it is the inputs' forward mode.
+    let (_, dx_only) = jvp!(potential_output)(&vars, &x, &dv.map(|_| 0.0), &t);
+    let (_, held) = jvp!(potential_energy)(&vars, &x, &t);
+    let e = potential_output(&vars, &x);
+    assert!((held - (2.0 * e * dx_only + t.sum())).abs() < 1e-12 * (1.0 + held.abs()));
+    let (hv_vars, hv_x) = hvp!(potential_output)(&vars, &x, &dv, &t);
+    assert!(matches!(
+        hv_vars.error(),
+        Some(ScopeError::SecondOrderUnsupported)
+    ));
+    assert!(hv_x.iter().all(|g| g.is_nan()), "{hv_x}");
+}

@@ -13,7 +13,8 @@ impl Scale {
 
 #[differentiable(jvp)]
 fn f(v: &Variables, x: &Array1<f64>) -> f64 {
-    Scale.apply(v, x).unwrap()
+    let options = adjoint::scope::ApplyOptions::new();
+    Scale.apply_with(v, &options, x).unwrap().0
 }
 
 fn main() {}

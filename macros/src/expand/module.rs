@@ -961,6 +961,56 @@ fn apply_jvp_items(
         Owner::Method,
         Flavor::Owned,
     );
+    // Along the variables too (`__apply_tjvp_all(variables, variable tangents, ..)`):
+    // the module's forward mode with the scope holding the variables' tangents. Its
+    // VJP (second order along the variables) is not written: its pullback gives NaN
+    // for the inputs and trees poisoned with `SecondOrderUnsupported`.
+    let var_tangents = crate::hygiene::generated("variable_tangents");
+    let mut tjvp_sig = jvp_sig.clone();
+    tjvp_sig.ident = format_ident!("__apply_tjvp_all");
+    tjvp_sig.inputs = syn::parse_quote!(&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #(#inputs,)* #(#tangents),*);
+    let mut tjvp_params = jvp_params.clone();
+    tjvp_params.insert(
+        1,
+        ParamInfo {
+            pat: syn::parse_quote!(#var_tangents),
+            ty: syn::parse_quote!(&::adjoint::Variables),
+            active: true,
+            scope: false,
+        },
+    );
+    let unsupported: Vec<TokenStream> = tjvp_params
+        .iter()
+        .map(|p| {
+            let n = param_name(&p.pat);
+            if p.active {
+                quote!(::adjoint::__private::unsupported_cot(&#n))
+            } else {
+                quote!(())
+            }
+        })
+        .collect();
+    let zs: Vec<proc_macro2::Ident> = (0..unsupported.len())
+        .map(|i| format_ident!("__z{}", i))
+        .collect();
+    let along_variables = quote! {
+        #scope
+        __cx.set_tangents(::core::option::Option::Some(#var_tangents));
+        let __out = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
+        #finish
+    };
+    let tjvp_vjp = companion_items(
+        &syn::parse_quote!(pub),
+        &tjvp_sig,
+        &tjvp_params,
+        quote! {
+            let (#(#zs,)*) = (#(#unsupported,)*);
+            #along_variables
+            (__out, move |_| (#(#zs,)*))
+        },
+        Owner::Method,
+        Flavor::Owned,
+    );
     quote! {
         #[doc(hidden)]
         #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
@@ -971,6 +1021,14 @@ fn apply_jvp_items(
             __out
         }
         #vjp
+
+        #[doc(hidden)]
+        #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
+        pub fn __apply_tjvp_all #generics (&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #(#inputs,)* #(#tangents),*) -> (#ret, #ret_cot) #where_clause {
+            #along_variables
+            __out
+        }
+        #tjvp_vjp
     }
 }
 

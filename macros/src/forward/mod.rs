@@ -440,15 +440,25 @@ impl Tangent<'_> {
         let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
         if call.scoped == Scoped::Apply {
             // `model.apply(variables, x..)`: the module's forward mode along the
-            // inputs (`__apply_jvp_all`), the variables held.
-            if self.dot(&call.args[0].atom).is_some() {
-                return None;
-            }
-            let f = call
-                .callee
-                .render(|_| format_ident!("__apply_jvp_all"), |r| self.arg(r));
+            // inputs (`__apply_jvp_all`), and along the variables when they have a
+            // tangent (`__apply_tjvp_all`, given it after them).
             let dots = call.args[1..].iter().map(|a| self.call_tangent(a));
-            return Some(quote!(#f(#(#args,)* #(#dots),*)));
+            let (variables, rest) = (&args[0], &args[1..]);
+            return Some(match self.dot(&call.args[0].atom) {
+                None => {
+                    let f = call
+                        .callee
+                        .render(|_| format_ident!("__apply_jvp_all"), |r| self.arg(r));
+                    quote!(#f(#variables, #(#rest,)* #(#dots),*))
+                }
+                Some(_) => {
+                    let dv = self.call_tangent(&call.args[0]);
+                    let f = call
+                        .callee
+                        .render(|_| format_ident!("__apply_tjvp_all"), |r| self.arg(r));
+                    quote!(#f(#variables, #dv, #(#rest,)* #(#dots),*))
+                }
+            });
         }
         if call.scoped == Scoped::Module {
             let m = call.callee.name();

@@ -39,7 +39,7 @@ impl Lowerer<'_> {
                 return self.applied(out, inner);
             }
         }
-        if name == "__apply_jvp_all" && !recv_is_self {
+        if (name == "__apply_jvp_all" || name == "__apply_tjvp_all") && !recv_is_self {
             // What forward mode writes for `model.apply(vars, x..).unwrap()`: the
             // module's forward mode, applied to variables, differentiated as `apply`.
             return self.applied(out, m);
