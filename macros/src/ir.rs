@@ -380,7 +380,7 @@ pub enum Scoped {
     /// `cx.param(..)`: a parameter read.
     Param,
     /// `module.apply(variables, ..).unwrap()`: a whole module applied to variables
-    /// (also `apply_with`, and forward mode's `__apply_jvp_all`).
+    /// (also `apply_with`, and forward mode's `__apply_jvp_all`/`__apply_tjvp_all`).
     Apply,
 }
 

@@ -149,10 +149,10 @@ impl Lowerer<'_> {
         Scoped::No
     }
 
-    /// A method's receiver as an operand (`&x` passes `x` by reference).
     /// `model.apply(vars, x..)` (and `apply_with`, and forward mode's
-    /// `__apply_jvp_all`): a call of the module applied to variables, differentiated
-    /// through its companion with the variables' cotangents.
+    /// `__apply_jvp_all`, `__apply_tjvp_all`): a call of the module applied to
+    /// variables, differentiated through its companion with the variables'
+    /// cotangents.
     fn applied(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
         let span = m.method.span();
         let receiver = self.receiver(out, &m.receiver, span);
@@ -170,6 +170,7 @@ impl Lowerer<'_> {
         Val::Atom(self.emit(out, Op::Call(call), span))
     }
 
+    /// A method's receiver as an operand (`&x` passes `x` by reference).
     pub(super) fn receiver(&mut self, out: &mut Stmts, recv: &Expr, span: Span) -> Arg {
         let by_ref = matches!(recv, Expr::Reference(_));
         let val = self.expr(out, recv);

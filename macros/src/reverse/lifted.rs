@@ -33,20 +33,16 @@ impl Gen<'_> {
             // tangent of the value is seeded with one, the aux's tangent with zero.
             // The tangents are the gradients' cotangents.
             LiftedKind::Grad { value, aux } => {
-                let seed = |v: Option<Var>, out: TokenStream| match v {
-                    Some(v) if r.init.contains(&v) => self.bar(v).to_token_stream(),
-                    _ => quote!(::adjoint::__private::zeros(&#out)),
-                };
                 let seeds = match aux {
                     Some(a) => {
                         let (v, x) = (
-                            seed(*value, quote!(__o.0.0)),
-                            seed(Some(*a), quote!(__o.0.1)),
+                            self.seed(r, *value, quote!(__o.0.0)),
+                            self.seed(r, Some(*a), quote!(__o.0.1)),
                         );
                         quote!(((#v, #x), (::adjoint::__private::grad_seed(&__o.1.0), ::adjoint::__private::zeros(&__o.1.1))))
                     }
                     None => {
-                        let v = seed(*value, quote!(__o.0));
+                        let v = self.seed(r, *value, quote!(__o.0));
                         quote!((#v, ::adjoint::__private::grad_seed(&__o.1)))
                     }
                 };
@@ -136,24 +132,21 @@ impl Gen<'_> {
     /// the scope's state before the transform, seeded with their cotangents.
     pub(super) fn rev_lifted_vjp(&mut self, r: &mut Rev, l: &Lifted, aux: Option<Var>) {
         let y = l.dsts[0];
-        let has_bar = |v: Var| self.active(v) && r.init.contains(&v);
-        let (y_bar, aux_bar) = (has_bar(y), aux.filter(|a| has_bar(*a)));
-        if !(y_bar || aux_bar.is_some()) {
+        let has_bar = |v: &Var| self.active(*v) && r.init.contains(v);
+        if !std::iter::once(y).chain(aux).any(|v| has_bar(&v)) {
             return;
         }
-        let snap = self.read_slot(r, Slot::Pb(y));
-        let seed = |bar: Option<Var>, out: TokenStream| match bar {
-            Some(v) => self.bar(v).to_token_stream(),
-            None => quote!(::adjoint::__private::zeros(&#out)),
-        };
         let ybar = match aux {
-            Some(_) => {
-                let yb = seed(y_bar.then_some(y), quote!(__o.0));
-                let ab = seed(aux_bar, quote!(__o.1));
+            Some(a) => {
+                let (yb, ab) = (
+                    self.seed(r, Some(y), quote!(__o.0)),
+                    self.seed(r, Some(a), quote!(__o.1)),
+                );
                 quote!((#yb, #ab))
             }
-            None => seed(y_bar.then_some(y), quote!(__o)),
+            None => self.seed(r, Some(y), quote!(__o)),
         };
+        let snap = self.read_slot(r, Slot::Pb(y));
         let n = l.args.len();
         let kept = self.kept_pattern(&l.args);
         let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
@@ -426,6 +419,15 @@ impl Gen<'_> {
     }
 
     /// The cotangent of `v`, or a zero of its value's shape where none reached it.
+    /// The cotangent of `v` if it has one, else zeros shaped as `like` (a part of
+    /// the rerun's output, `__o..`): what seeds a rerun's output.
+    fn seed(&self, r: &Rev, v: Option<Var>, like: TokenStream) -> TokenStream {
+        match v {
+            Some(v) if r.init.contains(&v) => self.bar(v).to_token_stream(),
+            _ => quote!(::adjoint::__private::zeros(&#like)),
+        }
+    }
+
     pub(super) fn cot_or_zero(&mut self, r: &mut Rev, v: Var) -> TokenStream {
         if r.init.contains(&v) {
             self.bar(v).to_token_stream()
