@@ -4,6 +4,7 @@
 //! ones (`f::jvp`, `f::hvp`, `f::jacfwd`, ..), `module` what a Flax-style module gets,
 //! `transform` the transforms' closure and lifted forms, `vmap` the vectorising map.
 
+mod apply;
 pub mod companions;
 mod jacobian;
 pub mod module;
