@@ -993,3 +993,37 @@ fn forward_mode_of_apply_along_the_variables() {
     ));
     assert!(hv_x.iter().all(|g| g.is_nan()), "{hv_x}");
 }
+
+/// An LSTM cell applied to variables, its carry a pair built in the body: forward
+/// mode of the pair (each part's tangent owned by a rule, so the JVP is
+/// differentiated again) and of `apply` with a pair input.
+#[differentiable(jvp)]
+fn lstm_energy(#[no_grad] v: &Variables, c: &Array2<f64>, x: &Array2<f64>) -> f64 {
+    let cell = adjoint::nn::LSTMCell::new(3);
+    let carry = (c.to_owned(), c * 2.0);
+    let ((c2, h2), y) = cell.apply(v, &carry, x).unwrap();
+    (c2.sum() + h2.sum()) * y.sum()
+}
+
+#[test]
+fn hvp_through_an_applied_lstm_cell_with_a_built_carry() {
+    let (c, x) = (array![[0.2, -0.3, 0.5]], array![[0.7, -0.4]]);
+    let (dc, dx) = (array![[1.0, 0.3, -0.6]], array![[0.5, 0.9]]);
+    let cell = adjoint::nn::LSTMCell::new(3);
+    let v = cell.init(0, &(c.clone(), c.clone()), &x).unwrap();
+    let (hc, hx) = hvp!(lstm_energy)(&v, &c, &x, &dc, &dx);
+    // H (dc, dx) by central differences of the gradient along (dc, dx).
+    let g = grad!(lstm_energy);
+    let h = 1e-6;
+    let (gp, gm) = (
+        g(&v, &(&c + &(&dc * h)), &(&x + &(&dx * h))),
+        g(&v, &(&c - &(&dc * h)), &(&x - &(&dx * h))),
+    );
+    let (wc, wx) = ((&gp.0 - &gm.0) / (2.0 * h), (&gp.1 - &gm.1) / (2.0 * h));
+    for (got, want) in hc.iter().chain(&hx).zip(wc.iter().chain(&wx)) {
+        assert!(
+            (got - want).abs() < 1e-6 * want.abs().max(1.0),
+            "{got} against differences {want}"
+        );
+    }
+}

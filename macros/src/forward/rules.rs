@@ -416,10 +416,12 @@ impl Tangent<'_> {
                 let dn = dot_name(self.f.name(v));
                 quote!(::adjoint::__private::dup(&#dn))
             }),
+            // Each part's tangent owned, by `to_owned` (a rule: the JVP is
+            // differentiated again).
             "tuple" => {
                 let items = operands.iter().map(|o| {
                     let d = self.dot_or_zero(&o.atom);
-                    quote!(::adjoint::__private::own(&#d))
+                    quote!((#d).to_owned())
                 });
                 Some(quote!((#(#items,)*)))
             }
