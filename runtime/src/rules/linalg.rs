@@ -406,10 +406,17 @@ where
     S2: Data<Elem = A>,
     D: Dimension,
 {
-    matmul(&rows_of(x.primal()).t(), &rows_of(&ct))
+    xt_times(x.primal(), &ct)
 }
 
 /// Pullback of [`dot_last`] for both operands, from one cotangent (no copy of it).
+///
+/// ```
+/// use adjoint::rules::linalg::dot_last_pb_both;
+/// let (x, w) = (ndarray::array![[1.0, 2.0]], ndarray::array![[3.0], [4.0]]);
+/// let (dx, dw) = dot_last_pb_both(&x, &w, ndarray::array![[1.0]]);
+/// assert_eq!((dx, dw), (ndarray::array![[3.0, 4.0]], ndarray::array![[1.0], [2.0]]));
+/// ```
 #[allow(clippy::type_complexity)]
 pub fn dot_last_pb_both<X, W, A, S, D, S2>(
     x: &X,
@@ -424,11 +431,19 @@ where
     S2: Data<Elem = A>,
     D: Dimension,
 {
-    let dw = matmul(&rows_of(x.primal()).t(), &rows_of(&ct));
+    let dw = xt_times(x.primal(), &ct);
     (times_last(&ct, &w.primal().t()), dw)
 }
 
 /// [`dot_last_pb_x`] added into `x`'s adjoint, in the product's kernel.
+///
+/// ```
+/// use adjoint::rules::linalg::dot_last_pb_x_into;
+/// let w = ndarray::array![[3.0], [4.0]];
+/// let mut acc = ndarray::array![[1.0, 1.0]];
+/// dot_last_pb_x_into(&mut acc, &w, &ndarray::array![[2.0]]);
+/// assert_eq!(acc, ndarray::array![[7.0, 9.0]]);
+/// ```
 pub fn dot_last_pb_x_into<W, A, D, S2>(acc: &mut Array<A, D>, w: &W, ct: &Array<A, D>)
 where
     W: Value<Primal = ArrayBase<S2, Ix2>>,
@@ -438,8 +453,8 @@ where
 {
     let (w, ct_rows) = (w.primal(), rows_of(ct));
     let (rows, n) = (ct_rows.nrows(), w.nrows());
+    // `acc` as rows when its layout allows (it has `x`'s shape, `(.., n)`).
     if acc.shape().last() == Some(&n)
-        && acc.len() == rows * n
         && let Ok(mut acc) = acc.view_mut().into_shape_with_order((rows, n))
     {
         matmul_into(&mut acc, &ct_rows, &w.t());
@@ -449,6 +464,14 @@ where
 }
 
 /// [`dot_last_pb_w`] added into `w`'s adjoint, in the product's kernel.
+///
+/// ```
+/// use adjoint::rules::linalg::dot_last_pb_w_into;
+/// let (x, w) = (ndarray::array![[1.0, 2.0]], ndarray::array![[3.0], [4.0]]);
+/// let mut acc = ndarray::array![[1.0], [1.0]];
+/// dot_last_pb_w_into(&mut acc, &x, &w, &ndarray::array![[2.0]]);
+/// assert_eq!(acc, ndarray::array![[3.0], [5.0]]);
+/// ```
 pub fn dot_last_pb_w_into<X, W, A, S, D, S2>(acc: &mut Array2<A>, x: &X, _w: &W, ct: &Array<A, D>)
 where
     X: Value<Primal = ArrayBase<S, D>>,
@@ -459,6 +482,15 @@ where
     D: Dimension,
 {
     matmul_into(acc, &rows_of(x.primal()).t(), &rows_of(ct))
+}
+
+/// `xᵀ · ct` over the rows of both (every leading axis summed): the cotangent of
+/// `dot_last`'s matrix.
+fn xt_times<A: Real, S: Data<Elem = A>, D: Dimension>(
+    x: &ArrayBase<S, D>,
+    ct: &Array<A, D>,
+) -> Array2<A> {
+    matmul(&rows_of(x).t(), &rows_of(ct))
 }
 
 /// `x · w` over `x`'s last axis, the leading axes kept.
