@@ -581,6 +581,13 @@ static FUNCTIONS: &[(&str, Rule)] = &[
             ]
         ),
     ),
+    // What forward mode writes for `a + b` (or `a - b`) when only `a` has a tangent:
+    // `da` broadcast to the sum's shape, without adding a zero of `b`'s (`b` is
+    // read for its shape only, through `no_grad`).
+    (
+        "widen",
+        rule!("widen", 2, [pb!("add_pb_lhs"[Shape(0)]), None]).elementwise(),
+    ),
     // What forward mode writes for `tanh` and `sigmoid` (`y`, `dx`): differentiated
     // again by second order.
     (

@@ -1027,3 +1027,65 @@ fn hvp_through_an_applied_lstm_cell_with_a_built_carry() {
         );
     }
 }
+
+// ----- sums with one operand held -----
+
+/// Sums and differences whose other operand is held: the tangent is the moving
+/// operand's alone, broadcast to the result's shape, in either order.
+#[differentiable(jvp)]
+fn held_sums(
+    a: &ndarray::ArrayD<f64>,
+    #[no_grad] b: &ndarray::ArrayD<f64>,
+    #[no_grad] s: f64,
+) -> f64 {
+    let u = (a + b).sin() + (b + a).cos();
+    let v = (a - b) * (b - a);
+    (&u * &v).sum() + ((a + s) * (s + a) - (a - s)).sum()
+}
+
+/// Against central differences of the function (its JVP) and of its gradient
+/// (reverse over that JVP, `hvp!`), over shapes that broadcast either way.
+#[test]
+fn forward_mode_of_a_sum_with_a_held_operand_broadcasts() {
+    use ndarray::{ArrayD, Dimension, IxDyn};
+    let fill = |shape: &[usize], k: f64| {
+        ArrayD::from_shape_fn(IxDyn(shape), |i| {
+            let n = i
+                .slice()
+                .iter()
+                .fold(0.0, |acc, &j| acc * 5.0 + j as f64 + 1.0);
+            (n * 0.37 + k).sin()
+        })
+    };
+    let pairs: [(&[usize], &[usize]); 7] = [
+        (&[3, 4], &[4]),
+        (&[4], &[3, 4]),
+        (&[3, 1], &[1, 4]),
+        (&[2, 3, 4], &[3, 1]),
+        (&[], &[3]),
+        (&[3], &[]),
+        (&[3, 4], &[3, 4]),
+    ];
+    let h = 1e-6;
+    for (sa, sb) in pairs {
+        let (a, b, t) = (fill(sa, 0.1), fill(sb, 0.7), fill(sa, 1.3));
+        let f = |a: &ArrayD<f64>| held_sums(a, &b, 0.4);
+        let (y, dy) = jvp!(held_sums)(&a, &b, 0.4, &t);
+        assert_eq!(y, f(&a));
+        let fd = (f(&(&a + &(&t * h))) - f(&(&a - &(&t * h)))) / (2.0 * h);
+        assert!(
+            (dy - fd).abs() < 1e-7 * fd.abs().max(1.0),
+            "{sa:?} {sb:?}: jvp {dy}, differences {fd}"
+        );
+        let hv = hvp!(held_sums)(&a, &b, 0.4, &t);
+        let g = |a: &ArrayD<f64>| grad!(held_sums)(a, &b, 0.4);
+        let want = (g(&(&a + &(&t * h))) - g(&(&a - &(&t * h)))) / (2.0 * h);
+        assert_eq!(hv.shape(), a.shape());
+        for (got, w) in hv.iter().zip(&want) {
+            assert!(
+                (got - w).abs() < 1e-6 * w.abs().max(1.0),
+                "{sa:?} {sb:?}: hvp {got}, differences {w}"
+            );
+        }
+    }
+}

@@ -116,6 +116,19 @@ impl Tangent<'_> {
         match func {
             "add" | "sub" => {
                 let b = &operands[1].atom;
+                // One tangent: it alone, broadcast to the result's shape (no zero
+                // of the other operand's shape added to it).
+                let widen = |d: &TokenStream, other: &Atom| {
+                    let o = self.r(other);
+                    quote!(::adjoint::__private::widen(&(#d), &::adjoint::no_grad(#o)))
+                };
+                match (&da, self.dot(b), b) {
+                    (Some(d), None, Atom::Var(_)) => return Some(widen(d, b)),
+                    (None, Some(e), _) if func == "add" && a.var().is_some() => {
+                        return Some(widen(&e, a));
+                    }
+                    _ => {}
+                }
                 let (dao, dbo) = (self.dot_or_zero(a), self.dot_or_zero(b));
                 Some(if func == "add" {
                     quote!((#dao + #dbo))
@@ -329,6 +342,10 @@ impl Tangent<'_> {
             // Ownership and layout conversions carry the tangent the same way.
             // How forward mode reads an operand (`jvp = 2` reads its own output).
             "operand" => da.map(|d| quote!(::adjoint::__private::operand(#d))),
+            "widen" => da.map(|d| {
+                let o = self.r(&operands[1].atom);
+                quote!(::adjoint::__private::widen(&(#d), &::adjoint::no_grad(#o)))
+            }),
             "to_owned" | "clone" | "view" | "as_standard_layout" | "to_shared" => da.map(|d| {
                 let m = Ident::new(func, proc_macro2::Span::call_site());
                 quote!((#d).#m())

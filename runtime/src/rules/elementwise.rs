@@ -288,17 +288,41 @@ impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>, D: Dimension> Pull2<ArrayBa
         mut ct: Array<A, D>,
         f: impl Fn(A, A, A) -> (A, A),
     ) -> (Array<A, D>, Array<A, D>) {
-        let mut second = Array::zeros(ct.raw_dim());
-        ndarray::Zip::from(&mut ct)
-            .and(&mut second)
+        // The second result is written once, where it is computed (no zeroing pass).
+        let second = ndarray::Zip::from(&mut ct)
             .and(self)
             .and(other)
-            .for_each(|g, s, &y, &d| {
+            .map_collect(|g, &y, &d| {
                 let (a, b) = f(*g, y, d);
                 *g = a;
-                *s = b;
+                b
             });
         (ct, second)
+    }
+}
+
+/// One result from two values of the same shape, neither consumed: what a tangent
+/// `dx * f'(y)` reads when `dx` is borrowed (no copy of it to compute in).
+pub trait Map2<O>: Elementwise {
+    /// `r[i] = f(self[i], other[i])`.
+    fn map2(&self, other: &O, f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem) -> Self::Owned;
+}
+
+impl<A: Real> Map2<A> for A {
+    #[inline(always)]
+    fn map2(&self, other: &A, f: impl Fn(A, A) -> A) -> A {
+        f(*self, *other)
+    }
+}
+
+impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>, D: Dimension> Map2<ArrayBase<S2, D>>
+    for ArrayBase<S, D>
+{
+    #[inline]
+    fn map2(&self, other: &ArrayBase<S2, D>, f: impl Fn(A, A) -> A) -> Array<A, D> {
+        ndarray::Zip::from(self)
+            .and(other)
+            .map_collect(|&a, &b| f(a, b))
     }
 }
 
@@ -313,10 +337,9 @@ macro_rules! tangent {
         #[inline]
         pub fn $name<Y: Value, D: Value>(y: &Y, dx: &D) -> Owned<Y>
         where
-            Y::Primal: Elementwise,
-            D::Primal: Elementwise<Owned = Owned<Y>, Elem = Elem<Y>>,
+            Y::Primal: Map2<D::Primal>,
         {
-            y.primal().pull(dx.primal().owned(), |d, $y| d * $deriv)
+            y.primal().map2(dx.primal(), |$y, d| d * $deriv)
         }
 
         #[doc = concat!("Pullback of [`", stringify!($name), "`] for `y`.")]
@@ -425,6 +448,9 @@ pub trait Arith<Rhs: ?Sized> {
     fn mul(&self, rhs: &Rhs) -> Self::Output;
     /// `self / rhs`.
     fn div(&self, rhs: &Rhs) -> Self::Output;
+    /// `self` broadcast to the shape of `self + rhs`, without reading `rhs`'s
+    /// values: the tangent of a sum whose other operand has none.
+    fn widen(&self, rhs: &Rhs) -> Self::Output;
 }
 
 impl<A: Real> Arith<A> for A {
@@ -444,6 +470,10 @@ impl<A: Real> Arith<A> for A {
     #[inline(always)]
     fn div(&self, r: &A) -> A {
         *self / *r
+    }
+    #[inline(always)]
+    fn widen(&self, _: &A) -> A {
+        *self
     }
 }
 
@@ -469,6 +499,10 @@ impl<A: Real, S: Data<Elem = A>, D: Dimension> Arith<ArrayBase<S, D>> for A {
         let a = *self;
         r.mapv(move |v| a / v)
     }
+    #[inline]
+    fn widen(&self, r: &ArrayBase<S, D>) -> Array<A, D> {
+        Array::from_elem(r.raw_dim(), *self)
+    }
 }
 
 impl<A: Real, S: Data<Elem = A>, D: Dimension> Arith<A> for ArrayBase<S, D> {
@@ -488,6 +522,10 @@ impl<A: Real, S: Data<Elem = A>, D: Dimension> Arith<A> for ArrayBase<S, D> {
     #[inline]
     fn div(&self, r: &A) -> Array<A, D> {
         self / *r
+    }
+    #[inline]
+    fn widen(&self, _: &A) -> Array<A, D> {
+        self.to_owned()
     }
 }
 
@@ -515,6 +553,25 @@ where
     #[inline]
     fn div(&self, r: &ArrayBase<S2, E>) -> Self::Output {
         self / r
+    }
+    #[inline]
+    fn widen(&self, r: &ArrayBase<S2, E>) -> Self::Output {
+        // The shapes aligned at the right, each axis the one that is not 1.
+        let n = self.ndim().max(r.ndim());
+        let mut dim = <D as DimMax<E>>::Output::zeros(n);
+        let (a, b) = (self.shape(), r.shape());
+        let mut fits = true;
+        for (i, d) in dim.slice_mut().iter_mut().enumerate() {
+            let at = |s: &[usize]| (i + s.len()).checked_sub(n).map_or(1, |j| s[j]);
+            let (p, q) = (at(a), at(b));
+            fits &= p == q || p == 1 || q == 1;
+            *d = if p == 1 { q } else { p };
+        }
+        match self.broadcast(dim).filter(|_| fits) {
+            Some(view) => view.to_owned(),
+            // Shapes that do not broadcast: ndarray's error, as `self + rhs` gives it.
+            None => self + &r.mapv(|_| A::zero()),
+        }
     }
 }
 
@@ -579,6 +636,8 @@ arith_fwd! {
     mul;
     /// `x / y`, broadcasting.
     div;
+    /// `x` broadcast to the shape of `x + y` (see [`Arith::widen`]).
+    widen;
 }
 
 /// Pullback of [`add`] for the left operand, given its shape.
