@@ -362,8 +362,8 @@ pub struct Call {
 
 impl Call {
     /// A module applied to variables as the user wrote it (`apply`, `apply_with`),
-    /// whose `Result` the user unwrapped; forward mode's `__apply_jvp_all` and
-    /// `__apply_tjvp_all` give the value itself.
+    /// whose `Result` the user unwrapped; forward mode's `__apply_jvp_all`,
+    /// `__apply_with_jvp_all` and `__apply_tjvp_all` give the value itself.
     pub fn unwraps(&self) -> bool {
         self.scoped == Scoped::Apply && self.callee.name().to_string().starts_with("apply")
     }
@@ -380,7 +380,8 @@ pub enum Scoped {
     /// `cx.param(..)`: a parameter read.
     Param,
     /// `module.apply(variables, ..).unwrap()`: a whole module applied to variables
-    /// (also `apply_with`, and forward mode's `__apply_jvp_all`/`__apply_tjvp_all`).
+    /// (also `apply_with`, and forward mode's `__apply_jvp_all`,
+    /// `__apply_with_jvp_all`, `__apply_tjvp_all`).
     Apply,
 }
 

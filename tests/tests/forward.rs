@@ -4,6 +4,7 @@
 
 use adjoint::check::{Tolerance, check_vjp};
 use adjoint::prelude::*;
+use adjoint::scope::ApplyOptions;
 use ndarray::{Array1, Array2, Axis, array};
 
 #[differentiable(jvp)]
@@ -1026,6 +1027,68 @@ fn hvp_through_an_applied_lstm_cell_with_a_built_carry() {
             "{got} against differences {want}"
         );
     }
+}
+
+// ----- a module applied with options (mutable collections, random streams) -----
+
+/// Dropout (a random stream) and a call counter (a mutable collection) around a
+/// layer: what `apply_with` runs.
+struct Noisy;
+
+#[differentiable]
+impl Noisy {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let count: i64 = cx.variable("state", "count", || 0);
+        cx.put("state", "count", count + 1);
+        let h = adjoint::nn::Dense::new(5).call(cx, x).tanh();
+        let h = adjoint::nn::Dropout::new(0.4).call(cx, &h);
+        (&h * &h).sum()
+    }
+}
+
+/// The model's output in its inputs through `apply_with` (the counter and the key
+/// as the options give them), its variables and options held.
+#[differentiable(jvp)]
+fn noisy_energy(#[no_grad] v: &Variables, #[no_grad] opts: &ApplyOptions, x: &Array1<f64>) -> f64 {
+    let (e, _state) = Noisy.apply_with(v, opts, x).unwrap();
+    e * x.sum()
+}
+
+/// `apply_with` in forward mode (the module's JVP along its inputs, the mutated
+/// collections constants), and `hessian!`/`hvp!` over it: against central
+/// differences of the function and of its gradient; the dropout mask is the same
+/// on every run (the options' key), so the differences see one smooth function.
+#[test]
+fn forward_mode_of_a_module_applied_with_options() {
+    let (x, t) = (array![0.3, -0.5, 0.8], array![0.2, 0.7, -0.4]);
+    let vars = Noisy.init(3, &x).unwrap();
+    let opts = ApplyOptions::new().mutable(["state"]).rng("dropout", 1);
+    // `init` counted one call, this run a second.
+    let (_, state) = Noisy.apply_with(&vars, &opts, &x).unwrap();
+    assert_eq!(state.read::<i64>("state", "count").unwrap(), 2);
+    // The random stream is used: another key, another mask.
+    let other = ApplyOptions::new().mutable(["state"]).rng("dropout", 2);
+    assert_ne!(
+        noisy_energy(&vars, &opts, &x),
+        noisy_energy(&vars, &other, &x)
+    );
+    check_jvp_and_hessian(
+        |x| noisy_energy(&vars, &opts, x),
+        |x, t| jvp!(noisy_energy)(&vars, &opts, x, t),
+        |x| grad!(noisy_energy)(&vars, &opts, x),
+        |x| hessian!(noisy_energy)(&vars, &opts, x).into_dyn(),
+        &x,
+        &t,
+    );
+    let hv = hvp!(noisy_energy)(&vars, &opts, &x, &t);
+    let hess = hessian!(noisy_energy)(&vars, &opts, &x);
+    let want = hess.into_dimensionality::<ndarray::Ix2>().unwrap().dot(&t);
+    assert!(
+        hv.iter()
+            .zip(&want)
+            .all(|(a, b)| (a - b).abs() < 1e-12 * (1.0 + b.abs())),
+        "{hv} against {want}"
+    );
 }
 
 // ----- sums with one operand held -----

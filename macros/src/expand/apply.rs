@@ -1,7 +1,8 @@
 //! What a module gets for `model.apply(variables, x..)` and `apply_with` inside the
 //! transforms: their VJPs (the gradient with respect to the variables, the training
-//! path, and the inputs), and `apply`'s forward mode (`__apply_jvp_all` along the
-//! inputs, `__apply_tjvp_all` along the variables too) with the VJP of the first.
+//! path, and the inputs), and their forward modes (`__apply_jvp_all` and
+//! `__apply_with_jvp_all` along the inputs, `__apply_tjvp_all` along the variables
+//! too) with the VJPs of the first two.
 
 use crate::expand::companions::{Flavor, Owner, companion_items};
 use crate::parse::signature::{ParamInfo, param_name};
@@ -74,13 +75,13 @@ pub(crate) fn apply_items(
             scope: false,
         },
     );
+    let with_scope = apply_with_scope(variables, options);
     let apply_with_vjp = companion_items(
         &public,
         &apply_with_sig,
         &apply_with_params,
         quote! {
-            let mut __vars = #variables.clone();
-            let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, #options.mutability(), #options.rng_seeds());
+            #with_scope
             let (__out, __pb) = self.#body_vjp_params(&mut __cx, #(#rest),*);
             #finish
             let __mutated = #options.mutated(&__vars);
@@ -94,10 +95,106 @@ pub(crate) fn apply_items(
     );
 
     let apply_jvp = apply_jvp_items(sig, params, ret, variables);
+    let apply_with_jvp = apply_with_jvp_items(sig, params, ret, variables, options);
     quote! {
         #apply_vjp
         #apply_with_vjp
         #apply_jvp
+        #apply_with_jvp
+    }
+}
+
+/// What the forward-mode companions of `apply` and `apply_with` share: the inputs
+/// after the scope, a tangent for each (as `jvp_all` takes them: `NoTangent` where
+/// an input is not differentiated), and how the JVP-VJP's cotangents map back.
+struct Forward {
+    /// The inputs' names, and the parameters declaring them.
+    names: Vec<TokenStream>,
+    inputs: Vec<TokenStream>,
+    /// A tangent per input, and the parameters declaring them.
+    tangent_params: Vec<ParamInfo>,
+    tangents: Vec<TokenStream>,
+    all_tangents: Vec<TokenStream>,
+    /// The tangents the module's forward mode takes (the differentiated inputs').
+    passed: Vec<Ident>,
+    /// The JVP-VJP's cotangents: the inputs' (`__c`), the passed tangents' (`__e`),
+    /// and per input its tangent's, `()` for a `NoTangent`.
+    cs: Vec<Ident>,
+    ds: Vec<Ident>,
+    tangent_cots: Vec<TokenStream>,
+}
+
+impl Forward {
+    fn new(rest: &[ParamInfo]) -> Forward {
+        let names = rest.iter().map(|p| param_name(&p.pat)).collect();
+        let inputs = rest.iter().map(ParamInfo::input).collect();
+        let mut tangent_params = Vec::new();
+        let mut passed = Vec::new();
+        for p in rest {
+            let (d, ty) = (p.tangent_name(), &p.ty);
+            let ty: Type = match (p.active, ty) {
+                (true, _) => ty.clone(),
+                (false, Type::Reference(_)) => syn::parse_quote!(&::adjoint::NoTangent),
+                (false, _) => syn::parse_quote!(::adjoint::NoTangent),
+            };
+            tangent_params.push(ParamInfo {
+                pat: syn::parse_quote!(#d),
+                ty,
+                active: p.active,
+                scope: false,
+            });
+            if p.active {
+                passed.push(d);
+            }
+        }
+        let tangents = tangent_params.iter().map(ParamInfo::input).collect();
+        let all_tangents = tangent_params.iter().map(|p| param_name(&p.pat)).collect();
+        let cs = (0..rest.len()).map(|i| format_ident!("__c{}", i)).collect();
+        let ds: Vec<Ident> = (0..passed.len())
+            .map(|i| format_ident!("__e{}", i))
+            .collect();
+        let mut ds_iter = ds.iter();
+        let tangent_cots = rest
+            .iter()
+            .map(|p| match p.active.then(|| ds_iter.next()).flatten() {
+                Some(d) => quote!(#d),
+                None => quote!(()),
+            })
+            .collect();
+        Forward {
+            names,
+            inputs,
+            tangent_params,
+            tangents,
+            all_tangents,
+            passed,
+            cs,
+            ds,
+            tangent_cots,
+        }
+    }
+
+    /// The module's JVP-VJP in the scope `__cx` (which `scope` opens), finished;
+    /// `__out` and `__pb` hold its value and pullback.
+    fn jvp_vjp(&self, scope: &TokenStream) -> TokenStream {
+        let (names, passed, finish) = (&self.names, &self.passed, apply_finish());
+        quote! {
+            #scope
+            let (__out, __pb) = self.____call_body_jvp_vjp_params(&mut __cx, #(#names,)* #(#passed),*);
+            #finish
+        }
+    }
+
+    /// The pullback's result from the JVP-VJP's (`__pb(..)` bound to `__v`, `__c..`,
+    /// `__e..`): the variables', `extra` (the options' `()`), the inputs', the
+    /// tangents'.
+    fn cotangents(&self, extra: Option<TokenStream>) -> (TokenStream, TokenStream) {
+        let (cs, ds, tangent_cots) = (&self.cs, &self.ds, &self.tangent_cots);
+        let extra = extra.into_iter();
+        (
+            quote!((__v, _, #(#cs,)* #(#ds,)*)),
+            quote!((__v, #(#extra,)* #(#cs,)* #(#tangent_cots,)*)),
+        )
     }
 }
 
@@ -114,30 +211,9 @@ fn apply_jvp_items(
     variables: &Ident,
 ) -> TokenStream {
     let rest = &params[1..];
-    let names: Vec<TokenStream> = rest.iter().map(|p| param_name(&p.pat)).collect();
-    let inputs: Vec<TokenStream> = rest.iter().map(ParamInfo::input).collect();
-    // One tangent per input, as `jvp_all` takes them; the module's forward mode takes
-    // those of the differentiated inputs.
-    let mut tangent_params = Vec::new();
-    let mut passed = Vec::new();
-    for p in rest {
-        let (d, ty) = (p.tangent_name(), &p.ty);
-        let ty: Type = match (p.active, ty) {
-            (true, _) => ty.clone(),
-            (false, Type::Reference(_)) => syn::parse_quote!(&::adjoint::NoTangent),
-            (false, _) => syn::parse_quote!(::adjoint::NoTangent),
-        };
-        tangent_params.push(ParamInfo {
-            pat: syn::parse_quote!(#d),
-            ty,
-            active: p.active,
-            scope: false,
-        });
-        if p.active {
-            passed.push(d);
-        }
-    }
-    let tangents: Vec<TokenStream> = tangent_params.iter().map(ParamInfo::input).collect();
+    let fw = Forward::new(rest);
+    let (names, inputs, tangents, all_tangents) =
+        (&fw.names, &fw.inputs, &fw.tangents, &fw.all_tangents);
     let ret_cot = crate::parse::signature::cot_type(ret);
     let mut jvp_sig = sig.clone();
     jvp_sig.ident = format_ident!("__apply_jvp_all");
@@ -151,37 +227,21 @@ fn apply_jvp_items(
         scope: false,
     }];
     jvp_params.extend(rest.iter().cloned());
-    jvp_params.extend(tangent_params.iter().cloned());
-    // The cotangents the JVP-VJP gives: the inputs' (`__c`), then the differentiated
-    // inputs' tangents' (`__e`), `()` for a tangent that is `NoTangent`.
-    let cs: Vec<Ident> = (0..rest.len()).map(|i| format_ident!("__c{}", i)).collect();
-    let ds: Vec<Ident> = (0..passed.len())
-        .map(|i| format_ident!("__e{}", i))
-        .collect();
-    let mut ds_iter = ds.iter();
-    let tangent_cots: Vec<TokenStream> = rest
-        .iter()
-        .map(|p| match p.active.then(|| ds_iter.next()).flatten() {
-            Some(d) => quote!(#d),
-            None => quote!(()),
-        })
-        .collect();
+    jvp_params.extend(fw.tangent_params.iter().cloned());
     let (scope, finish) = (apply_scope(variables), apply_finish());
     let generics = &sig.generics;
     let where_clause = &sig.generics.where_clause;
-    let all_tangents: Vec<TokenStream> =
-        tangent_params.iter().map(|p| param_name(&p.pat)).collect();
+    let run = fw.jvp_vjp(&scope);
+    let (given, gives) = fw.cotangents(None);
     let vjp = companion_items(
         &syn::parse_quote!(pub),
         &jvp_sig,
         &jvp_params,
         quote! {
-            #scope
-            let (__out, __pb) = self.____call_body_jvp_vjp_params(&mut __cx, #(#names,)* #(#passed),*);
-            #finish
+            #run
             (__out, move |__ct| {
-                let (__v, _, #(#cs,)* #(#ds,)*) = __pb(__ct);
-                (__v, #(#cs,)* #(#tangent_cots,)*)
+                let #given = __pb(__ct);
+                #gives
             })
         },
         Owner::Method,
@@ -255,6 +315,87 @@ fn apply_jvp_items(
             __out
         }
         #tjvp_vjp
+    }
+}
+
+/// `model.apply_with(variables, options, x..).unwrap()` in forward mode, along the
+/// inputs: `__apply_with_jvp_all(variables, options, x.., tangents..)` gives the
+/// value and the mutated collections, and their tangents (the collections' an
+/// empty tree: constants, as in reverse mode); and its VJP, the module's JVP-VJP
+/// run as `apply_with` runs it (its mutability and random streams).
+fn apply_with_jvp_items(
+    sig: &Signature,
+    params: &[ParamInfo],
+    ret: &Type,
+    variables: &Ident,
+    options: &Ident,
+) -> TokenStream {
+    let rest = &params[1..];
+    let fw = Forward::new(rest);
+    let (names, inputs, tangents, all_tangents) =
+        (&fw.names, &fw.inputs, &fw.tangents, &fw.all_tangents);
+    let ret_cot = crate::parse::signature::cot_type(ret);
+    let mut jvp_sig = sig.clone();
+    jvp_sig.ident = format_ident!("__apply_with_jvp_all");
+    jvp_sig.inputs = syn::parse_quote!(&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#inputs,)* #(#tangents),*);
+    jvp_sig.output =
+        syn::parse_quote!(-> ((#ret, ::adjoint::Variables), (#ret_cot, ::adjoint::Variables)));
+    let mut jvp_params = vec![
+        ParamInfo {
+            pat: syn::parse_quote!(#variables),
+            ty: syn::parse_quote!(&::adjoint::Variables),
+            active: true,
+            scope: false,
+        },
+        ParamInfo {
+            pat: syn::parse_quote!(#options),
+            ty: syn::parse_quote!(&::adjoint::scope::ApplyOptions),
+            active: false,
+            scope: false,
+        },
+    ];
+    jvp_params.extend(rest.iter().cloned());
+    jvp_params.extend(fw.tangent_params.iter().cloned());
+    let scope = apply_with_scope(variables, options);
+    let finish = apply_finish();
+    let (generics, where_clause) = (&sig.generics, &sig.generics.where_clause);
+    let run = fw.jvp_vjp(&scope);
+    let (given, gives) = fw.cotangents(Some(quote!(())));
+    let vjp = companion_items(
+        &syn::parse_quote!(pub),
+        &jvp_sig,
+        &jvp_params,
+        quote! {
+            #run
+            let __mutated = #options.mutated(&__vars);
+            let ((__y, __dy), __none) = (__out, ::adjoint::Variables::new());
+            (((__y, __mutated), (__dy, __none)), move |((__ct, _), (__dct, _))| {
+                let #given = __pb((__ct, __dct));
+                #gives
+            })
+        },
+        Owner::Method,
+        Flavor::Owned,
+    );
+    quote! {
+        #[doc(hidden)]
+        #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
+        pub fn __apply_with_jvp_all #generics (&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#inputs,)* #(#tangents),*) -> ((#ret, ::adjoint::Variables), (#ret_cot, ::adjoint::Variables)) #where_clause {
+            #scope
+            let (__y, __dy) = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
+            #finish
+            ((__y, #options.mutated(&__vars)), (__dy, ::adjoint::Variables::new()))
+        }
+        #vjp
+    }
+}
+
+/// The scope `apply_with` runs a module in: the variables, its options' mutable
+/// collections and random streams.
+fn apply_with_scope(variables: &Ident, options: &Ident) -> TokenStream {
+    quote! {
+        let mut __vars = #variables.clone();
+        let mut __cx = ::adjoint::Scope::for_apply(&mut __vars, #options.mutability(), #options.rng_seeds());
     }
 }
 

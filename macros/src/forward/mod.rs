@@ -413,10 +413,14 @@ impl Tangent<'_> {
                     return None;
                 }
                 let jvp = self.call_jvp(call)?;
+                // `apply_with`'s mutated collections (its last part) are constants.
+                let constant = (call.scoped == Scoped::Apply && call.callee.name() == "apply_with")
+                    .then(|| dsts.last().copied())
+                    .flatten();
                 let dots: Vec<TokenStream> = dsts
                     .iter()
                     .map(|d| {
-                        if (self.varied)(*d) {
+                        if (self.varied)(*d) && Some(*d) != constant {
                             self.has_dot.insert(*d);
                             dot_name(self.f.name(*d)).to_token_stream()
                         } else {
@@ -438,6 +442,18 @@ impl Tangent<'_> {
     /// an associated function's of a `(jvp)` impl, `__m_jvp_all` beside it.
     fn call_jvp(&self, call: &Call) -> Option<TokenStream> {
         let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
+        if call.scoped == Scoped::Apply && call.callee.name() == "apply_with" {
+            // `model.apply_with(variables, options, x..)`: the module's forward mode
+            // along the inputs, run as `apply_with` runs it.
+            if self.dot(&call.args[0].atom).is_some() {
+                return None;
+            }
+            let dots = call.args[2..].iter().map(|a| self.call_tangent(a));
+            let f = call
+                .callee
+                .render(|_| format_ident!("__apply_with_jvp_all"), |r| self.arg(r));
+            return Some(quote!(#f(#(#args,)* #(#dots),*)));
+        }
         if call.scoped == Scoped::Apply {
             // `model.apply(variables, x..)`: the module's forward mode along the
             // inputs (`__apply_jvp_all`), and along the variables when they have a
@@ -526,7 +542,13 @@ impl Tangent<'_> {
         match call.scoped {
             Scoped::Module => true,
             Scoped::No => self.calls,
-            Scoped::Apply => self.mode == Mode::Inputs && call.callee.name() == "apply",
+            Scoped::Apply => {
+                self.mode == Mode::Inputs
+                    && matches!(
+                        call.callee.name().to_string().as_str(),
+                        "apply" | "apply_with"
+                    )
+            }
             _ => false,
         }
     }

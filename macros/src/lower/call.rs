@@ -39,7 +39,11 @@ impl Lowerer<'_> {
                 return self.applied(out, inner);
             }
         }
-        if (name == "__apply_jvp_all" || name == "__apply_tjvp_all") && !recv_is_self {
+        if matches!(
+            name.as_str(),
+            "__apply_jvp_all" | "__apply_with_jvp_all" | "__apply_tjvp_all"
+        ) && !recv_is_self
+        {
             // What forward mode writes for `model.apply(vars, x..).unwrap()`: the
             // module's forward mode, applied to variables, differentiated as `apply`.
             return self.applied(out, m);
@@ -150,9 +154,9 @@ impl Lowerer<'_> {
     }
 
     /// `model.apply(vars, x..)` (and `apply_with`, and forward mode's
-    /// `__apply_jvp_all`, `__apply_tjvp_all`): a call of the module applied to
-    /// variables, differentiated through its companion with the variables'
-    /// cotangents.
+    /// `__apply_jvp_all`, `__apply_with_jvp_all`, `__apply_tjvp_all`): a call of the
+    /// module applied to variables, differentiated through its companion with the
+    /// variables' cotangents.
     fn applied(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
         let span = m.method.span();
         let receiver = self.receiver(out, &m.receiver, span);
