@@ -2,7 +2,9 @@
 `jax.hessian`, `jax.jacfwd`, `jax.jacrev` and Hessian-vector products
 (`jax.jvp(jax.grad(f), ..)`) of functions written with loops and branches, and the
 HVPs of the benchmark losses' shapes (W2, W3, W4, small), as the Rust tests write
-them (`tests/tests/second_order.rs`).
+them (`tests/tests/second_order.rs`), and `grad_penalty`: `jax.grad` of a function
+that calls `jax.grad` (an input-gradient penalty; what `grad!(f)(..)` inside a
+`#[differentiable]` body gives).
 
 Each case gives its inputs, the function's value, and the requested derivatives, each
 as a flat list with its shape (JAX's: `output ++ input` for Jacobians, `input ++
@@ -158,6 +160,30 @@ onehot = jnp.array([[1.0 if (i * 7) % 3 == j else 0.0 for j in range(3)] for i i
 CASES["hvp_mlp_xent"] = hvp_case(mlp_xent, p3, (arr(4, 6, seed=7), onehot), 30)
 p4 = (arr(3, 3, seed=1, scale=0.4), arr(2, 3, seed=2, scale=0.4), arr(3, seed=3, scale=0.1))
 CASES["hvp_rnn"] = hvp_case(rnn_weights, p4, (arr(4, 2, 2, seed=4),), 40)
+
+# `jax.grad` inside a function `jax.grad` differentiates (free functions, no module):
+# an input-gradient penalty of a small tanh network, `|grad_x f|^2 + sum(grad_w f) *
+# sum(x)`, differentiated in `x` and `w` (second order through the inner gradient).
+def net(x, w):
+    h = jnp.tanh(w[:3] * x + w[3:])
+    return jnp.sum(h * h * x) + jnp.sum(jnp.sin(x * w[:3]))
+
+
+def grad_penalty(x, w):
+    gx, gw = jax.grad(net, argnums=(0, 1))(x, w)
+    return jnp.sum(gx * gx) + jnp.sum(gw) * jnp.sum(x)
+
+
+x_g = jnp.array([0.5, -0.6, 0.9])
+w_g = jnp.array([0.3, -0.2, 0.7, 0.1, -0.4, 0.25])
+gp_x, gp_w = jax.grad(grad_penalty, argnums=(0, 1))(x_g, w_g)
+CASES["grad_penalty"] = {
+    "x": flat(x_g),
+    "w": flat(w_g),
+    "value": float(grad_penalty(x_g, w_g)),
+    "grad_x": flat(gp_x),
+    "grad_w": flat(gp_w),
+}
 
 with open("second_order.json", "w") as out:
     json.dump(CASES, out, indent=1)

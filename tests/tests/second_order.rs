@@ -330,3 +330,38 @@ fn hessians_of_generic_and_f32_functions() {
     );
     assert_eq!(cubes(&y), 9.0);
 }
+
+// ----- `grad!` inside a function that is differentiated -----
+
+/// A small tanh network of its input `x` and weights `w` (`w[..3]` scales, `w[3..]`
+/// shifts).
+#[differentiable(jvp)]
+fn net(x: &Array1<f64>, w: &Array1<f64>) -> f64 {
+    let (a, b) = (w.slice(ndarray::s![..3]), w.slice(ndarray::s![3..]));
+    let h = (&a * x + b).tanh();
+    (&h * &h * x).sum() + (x * &a).sin().sum()
+}
+
+/// An input-gradient penalty: `grad!` of `net` inside the function (JAX's
+/// `jax.grad(net, argnums=(0, 1))` inside `grad_penalty`).
+#[differentiable]
+fn grad_penalty(x: &Array1<f64>, w: &Array1<f64>) -> f64 {
+    let (gx, gw) = grad!(net)(x, w);
+    (&gx * &gx).sum() + gw.sum() * x.sum()
+}
+
+/// Second order through a `grad!` in the body (its pullback is `net`'s
+/// Hessian-vector product), against `jax.grad` of the same penalty.
+#[test]
+fn gradient_of_a_function_that_takes_a_gradient() {
+    let case = reference("second_order.json", "grad_penalty");
+    let (x, w) = (vector(&case["x"]), vector(&case["w"]));
+    let (value, (gx, gw)) = value_and_grad!(grad_penalty)(&x, &w);
+    let want = case["value"].as_f64().expect("value");
+    assert!(
+        (value - want).abs() <= 1e-12 * want.abs(),
+        "{value} against {want}"
+    );
+    assert_close("grad_x", &gx.into_dyn(), &flat(&case["grad_x"]));
+    assert_close("grad_w", &gw.into_dyn(), &flat(&case["grad_w"]));
+}

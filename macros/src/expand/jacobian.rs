@@ -343,6 +343,8 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
             }
         }
     });
+    let grad_fn = (scalar_output && params.iter().all(kept_by_pullback))
+        .then(|| grad_fn_items(f, params, &hvp_ret));
     let hessian = hessian.then(|| {
         quote! {
             #[doc = #doc_hessian]
@@ -375,8 +377,119 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
         #[allow(clippy::all, unused_parens, unused_variables)]
         impl #owner {
             #hvp
+            #grad_fn
             #hessian
             #jacobians
+        }
+    }
+}
+
+/// Whether `grad_fn`'s pullback can keep its own copy of the parameter: one taken
+/// by value (cloned, as every companion passes it again), or a reference to a float,
+/// an owned array or a tree of variables (`adjoint::__private::own`).
+fn kept_by_pullback(p: &ParamInfo) -> bool {
+    let Type::Reference(r) = &p.ty else {
+        return true;
+    };
+    let Type::Path(t) = &*r.elem else {
+        return false;
+    };
+    t.qself.is_none()
+        && t.path.segments.last().is_some_and(|s| {
+            let s = s.ident.to_string();
+            matches!(s.as_str(), "f32" | "f64" | "Variables" | "Array" | "ArrayD")
+                || (s.starts_with("Array") && s[5..].parse::<u8>().is_ok())
+        })
+}
+
+/// `grad!(f)(args..)` inside a `#[differentiable]` body: `f::grad_fn(args..)`, the
+/// gradient (shaped as `grad!(f)`'s, `grad` its type), and its VJP: with cotangent
+/// `c` the cotangents are those of `<grad f, c>`, the Hessian times `c` (`hvp`),
+/// from the pullback's own copies of the arguments.
+fn grad_fn_items(f: &ItemFn, params: &[ParamInfo], grad: &TokenStream) -> TokenStream {
+    let owner = &f.sig.ident;
+    let (vis, generics) = (&f.vis, &f.sig.generics);
+    let where_clause = &generics.where_clause;
+    let args: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
+    let pass: Vec<TokenStream> = params.iter().map(ParamInfo::passed_again).collect();
+    let reference = |p: &ParamInfo| matches!(p.ty, Type::Reference(_));
+    // The pullback's copies, passed as the parameters are.
+    let kept: Vec<Ident> = (0..params.len())
+        .map(|i| format_ident!("__k{}", i))
+        .collect();
+    let keep = params.iter().zip(&kept).map(|(p, k)| {
+        let n = param_name(&p.pat);
+        if reference(p) {
+            quote!(let #k = ::adjoint::__private::own(#n);)
+        } else {
+            quote!(let #k = ::core::clone::Clone::clone(&#n);)
+        }
+    });
+    let kept_pass = params.iter().zip(&kept).map(|(p, k)| {
+        if reference(p) {
+            quote!(&#k)
+        } else {
+            quote!(#k)
+        }
+    });
+    // The cotangent's parts (one per differentiated parameter), each passed as its
+    // parameter is; the Hessian's parts likewise; `()` for the others.
+    let active: Vec<&ParamInfo> = params.iter().filter(|p| p.active).collect();
+    let parts: Vec<Ident> = (0..active.len())
+        .map(|k| format_ident!("__c{}", k))
+        .collect();
+    let hs: Vec<Ident> = (0..active.len())
+        .map(|k| format_ident!("__h{}", k))
+        .collect();
+    let (split, joined) = match (parts.as_slice(), hs.as_slice()) {
+        ([c], [h]) => (quote!(let #c = __ct;), quote!(#h)),
+        _ => (quote!(let (#(#parts,)*) = __ct;), quote!((#(#hs,)*))),
+    };
+    let tangents = active.iter().zip(&parts).map(|(p, c)| {
+        if reference(p) {
+            quote!(&#c)
+        } else {
+            quote!(#c)
+        }
+    });
+    let mut hs_iter = hs.iter();
+    let cots: Vec<TokenStream> = params
+        .iter()
+        .map(|p| match p.active.then(|| hs_iter.next()).flatten() {
+            Some(h) => quote!(#h),
+            None => quote!(()),
+        })
+        .collect();
+    let cot_types = params.iter().map(|p| {
+        if p.active {
+            let mut ty = p.ty.clone();
+            StaticLifetimes.visit_type_mut(&mut ty);
+            cot_type(&ty)
+        } else {
+            quote!(())
+        }
+    });
+    let captured = generics.type_params().map(|t| &t.ident);
+    let name = owner.to_string();
+    let doc = format!(
+        "The gradient of [`{name}`] as a differentiable function: what `grad!({name})(..)` inside a `#[differentiable]` body calls."
+    );
+    quote! {
+        #[doc = #doc]
+        #[doc(hidden)]
+        #vis fn grad_fn #generics (#(#args),*) -> #grad #where_clause {
+            ::adjoint::grad!(#owner)(#(#pass),*)
+        }
+
+        #[doc(hidden)]
+        #vis fn __grad_fn_vjp_owned #generics (#(#args),*) -> (#grad, impl ::core::ops::FnOnce(#grad) -> (#(#cot_types,)*) + use<#(#captured),*>) #where_clause {
+            let __g = ::adjoint::grad!(#owner)(#(#pass),*);
+            #(#keep)*
+            (__g, move |__ct: #grad| {
+                #split
+                let #joined = Self::hvp(#(#kept_pass,)* #(#tangents),*);
+                (#(#cots,)*)
+            })
         }
     }
 }

@@ -251,11 +251,8 @@ impl Lowerer<'_> {
         match e {
             Expr::Call(c) if self.calls_lifted(c) => None,
             Expr::Call(c) => {
-                if let Expr::Macro(m) = &*c.func
-                    && is_jvp_macro(&m.mac.path)
-                {
-                    let path = syn::parse2::<syn::Path>(m.mac.tokens.clone()).ok()?;
-                    let rewritten = jvp_call(&path, c);
+                if let Expr::Macro(m) = &*c.func {
+                    let rewritten = companion_call(m, c)?;
                     return Some(self.path_call(out, &rewritten, Some(true)));
                 }
                 let Expr::Path(p) = &*c.func else { return None };
@@ -358,11 +355,9 @@ impl Lowerer<'_> {
             return self.closure_call(out, &Expr::Call(c.clone()));
         }
         if let Expr::Macro(m) = &*c.func {
-            // `jvp!(f)(args..)`: a call of the forward-mode companion `f::jvp`.
-            if is_jvp_macro(&m.mac.path)
-                && let Ok(path) = syn::parse2::<syn::Path>(m.mac.tokens.clone())
-            {
-                let rewritten = jvp_call(&path, c);
+            // `jvp!(f)(args..)`, `grad!(f)(args..)`: a call of the companion `f::jvp`,
+            // `f::grad_fn`.
+            if let Some(rewritten) = companion_call(m, c) {
                 if !self.mentions_local(c.args.to_token_stream()) {
                     return Val::Atom(self.constant(out, &Expr::Call(rewritten)));
                 }

@@ -679,14 +679,6 @@ fn assigned_names(tokens: TokenStream, out: &mut Vec<String>) {
 
 /// Whether `e` may leave its enclosing block early: a `return`, or a `break` or
 /// `continue` that is not inside a loop of its own.
-/// `jvp!`, also as `adjoint::jvp!` or `::adjoint::jvp!` (how generated code names it).
-fn is_jvp_macro(path: &syn::Path) -> bool {
-    path.is_ident("jvp")
-        || (path.segments.len() == 2
-            && path.segments[0].ident == "adjoint"
-            && path.segments[1].ident == "jvp")
-}
-
 pub fn may_diverge(e: &Expr) -> bool {
     struct V {
         found: bool,
@@ -806,17 +798,37 @@ fn usize_literals(e: &Expr) -> Option<TokenStream> {
     }
 }
 
-/// `jvp!(f)(args..)` as the call it stands for: `f::jvp(args..)`, the forward-mode
-/// companion `#[differentiable(jvp)]` writes beside `f`'s others.
-fn jvp_call(f: &syn::Path, c: &syn::ExprCall) -> syn::ExprCall {
-    syn::ExprCall {
+/// `jvp!(f)(args..)` and `grad!(f)(args..)` as the calls they stand for, of
+/// companions `#[differentiable(jvp)]` writes beside `f`'s others: `f::jvp(args..)`,
+/// and `f::grad_fn(args..)`, the gradient as a function whose pullback is `f`'s
+/// Hessian-vector product (second order, as `jax.grad` inside a function `jax.grad`
+/// differentiates). `None` for another macro, or a `grad!` of a closure or with
+/// options.
+fn companion_call(m: &syn::ExprMacro, c: &syn::ExprCall) -> Option<syn::ExprCall> {
+    // Also as `adjoint::jvp!` or `::adjoint::jvp!` (how generated code names it).
+    let path = &m.mac.path;
+    let named = |what: &str| {
+        path.is_ident(what)
+            || (path.segments.len() == 2
+                && path.segments[0].ident == "adjoint"
+                && path.segments[1].ident == what)
+    };
+    let companion = if named("jvp") {
+        "jvp"
+    } else if named("grad") {
+        "grad_fn"
+    } else {
+        return None;
+    };
+    let f = syn::parse2::<syn::Path>(m.mac.tokens.clone()).ok()?;
+    Some(syn::ExprCall {
         attrs: vec![],
         func: Box::new(Expr::Path(syn::ExprPath {
             attrs: vec![],
             qself: None,
-            path: crate::names::companion_path(f, "jvp", false),
+            path: crate::names::companion_path(&f, companion, false),
         })),
         paren_token: c.paren_token,
         args: c.args.clone(),
-    }
+    })
 }
