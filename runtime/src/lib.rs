@@ -489,7 +489,7 @@ pub mod __private {
         GradOf, IntoTangent, IsZero, NoTangent, OnlyVjp, ScalarOutput, ZeroTangent, grad_seed,
         tangent, zero_tangent,
     };
-    pub use crate::value::{Accumulate, Cot, Own, Value};
+    pub use crate::value::{Accumulate, AddScaled, Cot, Own, Value};
     /// `array![..]`, for forward mode's output (read back as `from_elems`).
     pub use ndarray::array;
 

@@ -301,6 +301,42 @@ impl<A: Real> Accumulate for A {
     }
 }
 
+/// `self += s * g`: a gradient scaled by a value's cotangent, added to an adjoint
+/// (the pullback of `value_and_grad!(f)(..)` inside a differentiated body).
+///
+/// ```
+/// use adjoint::__private::AddScaled;
+/// let mut h = ndarray::array![1.0, 2.0];
+/// h.add_scaled(&ndarray::array![3.0, -1.0], 0.5);
+/// assert_eq!(h, ndarray::array![2.5, 1.5]);
+/// ```
+#[doc(hidden)]
+pub trait AddScaled<S> {
+    /// `self += s * g`.
+    fn add_scaled(&mut self, g: &Self, s: S);
+}
+
+impl<A: Real> AddScaled<A> for A {
+    #[inline(always)]
+    fn add_scaled(&mut self, g: &A, s: A) {
+        *self += *g * s;
+    }
+}
+
+impl<A: Real, D: Dimension> AddScaled<A> for Array<A, D> {
+    #[inline]
+    fn add_scaled(&mut self, g: &Self, s: A) {
+        self.zip_mut_with(g, |a, &b| *a += b * s);
+    }
+}
+
+impl<A: Real> AddScaled<A> for crate::scope::Variables {
+    fn add_scaled(&mut self, g: &Self, s: A) {
+        let s = s.as_f64();
+        Accumulate::accumulate(self, g.map(|w| w * s));
+    }
+}
+
 impl Accumulate for () {
     fn accumulate(&mut self, _: Self) {}
 }

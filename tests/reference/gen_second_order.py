@@ -2,9 +2,10 @@
 `jax.hessian`, `jax.jacfwd`, `jax.jacrev` and Hessian-vector products
 (`jax.jvp(jax.grad(f), ..)`) of functions written with loops and branches, and the
 HVPs of the benchmark losses' shapes (W2, W3, W4, small), as the Rust tests write
-them (`tests/tests/second_order.rs`), and `grad_penalty`: `jax.grad` of a function
-that calls `jax.grad` (an input-gradient penalty; what `grad!(f)(..)` inside a
-`#[differentiable]` body gives).
+them (`tests/tests/second_order.rs`), and `grad_penalty`, `value_and_grad_loss`:
+`jax.grad` of a function that calls `jax.grad` (an input-gradient penalty) or
+`jax.value_and_grad` (a residual on a network's value and input gradient): what
+`grad!(f)(..)` and `value_and_grad!(f)(..)` inside a `#[differentiable]` body give.
 
 Each case gives its inputs, the function's value, and the requested derivatives, each
 as a flat list with its shape (JAX's: `output ++ input` for Jacobians, `input ++
@@ -183,6 +184,22 @@ CASES["grad_penalty"] = {
     "value": float(grad_penalty(x_g, w_g)),
     "grad_x": flat(gp_x),
     "grad_w": flat(gp_w),
+}
+
+# `jax.value_and_grad` inside: a residual on the value and the input gradient of the
+# same network (a physics-informed loss written with free functions).
+def value_grad_loss(x, w):
+    v, gx = jax.value_and_grad(net)(x, w)
+    return (v - 1.0) ** 2 + jnp.sum((gx - jnp.cos(x)) ** 2)
+
+
+vg_x, vg_w = jax.grad(value_grad_loss, argnums=(0, 1))(x_g, w_g)
+CASES["value_and_grad_loss"] = {
+    "x": flat(x_g),
+    "w": flat(w_g),
+    "value": float(value_grad_loss(x_g, w_g)),
+    "grad_x": flat(vg_x),
+    "grad_w": flat(vg_w),
 }
 
 with open("second_order.json", "w") as out:

@@ -365,3 +365,28 @@ fn gradient_of_a_function_that_takes_a_gradient() {
     assert_close("grad_x", &gx.into_dyn(), &flat(&case["grad_x"]));
     assert_close("grad_w", &gw.into_dyn(), &flat(&case["grad_w"]));
 }
+
+/// A residual on a network's value and input gradient, both from
+/// `value_and_grad!` in the body (`jax.value_and_grad(net)` inside the loss).
+#[differentiable]
+fn value_grad_loss(x: &Array1<f64>, w: &Array1<f64>) -> f64 {
+    let (v, (gx, _)) = value_and_grad!(net)(x, w);
+    let r = &gx - &x.cos();
+    (v - 1.0) * (v - 1.0) + (&r * &r).sum()
+}
+
+/// Second order through a `value_and_grad!` in the body: the value's cotangent
+/// adds the gradient, the gradient's the Hessian-vector product; against JAX.
+#[test]
+fn gradient_of_a_function_that_takes_a_value_and_gradient() {
+    let case = reference("second_order.json", "value_and_grad_loss");
+    let (x, w) = (vector(&case["x"]), vector(&case["w"]));
+    let (value, (gx, gw)) = value_and_grad!(value_grad_loss)(&x, &w);
+    let want = case["value"].as_f64().expect("value");
+    assert!(
+        (value - want).abs() <= 1e-12 * want.abs(),
+        "{value} against {want}"
+    );
+    assert_close("grad_x", &gx.into_dyn(), &flat(&case["grad_x"]));
+    assert_close("grad_w", &gw.into_dyn(), &flat(&case["grad_w"]));
+}

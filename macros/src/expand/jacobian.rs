@@ -441,9 +441,13 @@ fn grad_fn_items(f: &ItemFn, params: &[ParamInfo], grad: &TokenStream) -> TokenS
     let hs: Vec<Ident> = (0..active.len())
         .map(|k| format_ident!("__h{}", k))
         .collect();
-    let (split, joined) = match (parts.as_slice(), hs.as_slice()) {
-        ([c], [h]) => (quote!(let #c = __ct;), quote!(#h)),
-        _ => (quote!(let (#(#parts,)*) = __ct;), quote!((#(#hs,)*))),
+    let (split, joined, joined_mut) = match (parts.as_slice(), hs.as_slice()) {
+        ([c], [h]) => (quote!(let #c = __ct;), quote!(#h), quote!(mut #h)),
+        _ => (
+            quote!(let (#(#parts,)*) = __ct;),
+            quote!((#(#hs,)*)),
+            quote!((#(mut #hs,)*)),
+        ),
     };
     let tangents = active.iter().zip(&parts).map(|(p, c)| {
         if reference(p) {
@@ -469,10 +473,27 @@ fn grad_fn_items(f: &ItemFn, params: &[ParamInfo], grad: &TokenStream) -> TokenS
             quote!(())
         }
     });
-    let captured = generics.type_params().map(|t| &t.ident);
+    let cot_types: Vec<TokenStream> = cot_types.collect();
+    let keep: Vec<TokenStream> = keep.collect();
+    let kept_pass: Vec<TokenStream> = kept_pass.collect();
+    let tangents: Vec<TokenStream> = tangents.collect();
+    // `value_and_grad_fn`'s value adds `c_v` times the gradient (kept) to each part.
+    let (gs, ret) = (&hs_gradient(active.len()), &f.sig.output);
+    let value = match ret {
+        ReturnType::Type(_, t) => quote!(#t),
+        ReturnType::Default => quote!(()),
+    };
+    let split_g = match gs.as_slice() {
+        [g] => quote!(let #g = &__g;),
+        _ => quote!(let (#(#gs,)*) = &__g;),
+    };
+    let captured: Vec<&Ident> = generics.type_params().map(|t| &t.ident).collect();
     let name = owner.to_string();
     let doc = format!(
         "The gradient of [`{name}`] as a differentiable function: what `grad!({name})(..)` inside a `#[differentiable]` body calls."
+    );
+    let doc_vg = format!(
+        "The value and gradient of [`{name}`] as a differentiable function: what `value_and_grad!({name})(..)` inside a `#[differentiable]` body calls."
     );
     quote! {
         #[doc = #doc]
@@ -491,5 +512,31 @@ fn grad_fn_items(f: &ItemFn, params: &[ParamInfo], grad: &TokenStream) -> TokenS
                 (#(#cots,)*)
             })
         }
+
+        #[doc = #doc_vg]
+        #[doc(hidden)]
+        #vis fn value_and_grad_fn #generics (#(#args),*) -> (#value, #grad) #where_clause {
+            ::adjoint::value_and_grad!(#owner)(#(#pass),*)
+        }
+
+        #[doc(hidden)]
+        #vis fn __value_and_grad_fn_vjp_owned #generics (#(#args),*) -> ((#value, #grad), impl ::core::ops::FnOnce((#value, #grad)) -> (#(#cot_types,)*) + use<#(#captured),*>) #where_clause {
+            let (__v, __g) = ::adjoint::value_and_grad!(#owner)(#(#pass),*);
+            #(#keep)*
+            let __kept_g = ::core::clone::Clone::clone(&__g);
+            ((__v, __g), move |(__cv, __ct): (#value, #grad)| {
+                #split
+                let #joined_mut = Self::hvp(#(#kept_pass,)* #(#tangents),*);
+                let __g = __kept_g;
+                #split_g
+                #(::adjoint::__private::AddScaled::add_scaled(&mut #hs, #gs, __cv);)*
+                (#(#cots,)*)
+            })
+        }
     }
+}
+
+/// The names of the kept gradient's parts (`__g0..`).
+fn hs_gradient(n: usize) -> Vec<Ident> {
+    (0..n).map(|k| format_ident!("__g{}", k)).collect()
 }

@@ -798,12 +798,12 @@ fn usize_literals(e: &Expr) -> Option<TokenStream> {
     }
 }
 
-/// `jvp!(f)(args..)` and `grad!(f)(args..)` as the calls they stand for, of
-/// companions `#[differentiable(jvp)]` writes beside `f`'s others: `f::jvp(args..)`,
-/// and `f::grad_fn(args..)`, the gradient as a function whose pullback is `f`'s
-/// Hessian-vector product (second order, as `jax.grad` inside a function `jax.grad`
-/// differentiates). `None` for another macro, or a `grad!` of a closure or with
-/// options.
+/// `jvp!(f)(args..)`, `grad!(f)(args..)` and `value_and_grad!(f)(args..)` as the
+/// calls they stand for, of companions `#[differentiable(jvp)]` writes beside `f`'s
+/// others: `f::jvp(args..)`, and `f::grad_fn(args..)` (`value_and_grad_fn`), the
+/// gradient as a function whose pullback is `f`'s Hessian-vector product (second
+/// order, as `jax.grad` inside a function `jax.grad` differentiates). `None` for
+/// another macro, or a `grad!` of a closure or with options.
 fn companion_call(m: &syn::ExprMacro, c: &syn::ExprCall) -> Option<syn::ExprCall> {
     // Also as `adjoint::jvp!` or `::adjoint::jvp!` (how generated code names it).
     let path = &m.mac.path;
@@ -817,6 +817,8 @@ fn companion_call(m: &syn::ExprMacro, c: &syn::ExprCall) -> Option<syn::ExprCall
         "jvp"
     } else if named("grad") {
         "grad_fn"
+    } else if named("value_and_grad") {
+        "value_and_grad_fn"
     } else {
         return None;
     };
