@@ -354,13 +354,22 @@ fn grad_penalty(x: &Array1<f64>, w: &Array1<f64>) -> f64 {
 /// Hessian-vector product), against `jax.grad` of the same penalty.
 #[test]
 fn gradient_of_a_function_that_takes_a_gradient() {
-    let case = reference("second_order.json", "grad_penalty");
+    check_free_second_order("grad_penalty", grad_penalty::value_and_grad);
+}
+
+/// The value and the gradients in `x` and `w` of the reference case `name`'s loss
+/// (`value_and_grad` of it), against JAX's.
+fn check_free_second_order(
+    name: &str,
+    value_and_grad: impl Fn(&Array1<f64>, &Array1<f64>) -> (f64, (Array1<f64>, Array1<f64>)),
+) {
+    let case = reference("second_order.json", name);
     let (x, w) = (vector(&case["x"]), vector(&case["w"]));
-    let (value, (gx, gw)) = value_and_grad!(grad_penalty)(&x, &w);
+    let (value, (gx, gw)) = value_and_grad(&x, &w);
     let want = case["value"].as_f64().expect("value");
     assert!(
         (value - want).abs() <= 1e-12 * want.abs(),
-        "{value} against {want}"
+        "{name}: {value} against {want}"
     );
     assert_close("grad_x", &gx.into_dyn(), &flat(&case["grad_x"]));
     assert_close("grad_w", &gw.into_dyn(), &flat(&case["grad_w"]));
@@ -379,14 +388,5 @@ fn value_grad_loss(x: &Array1<f64>, w: &Array1<f64>) -> f64 {
 /// adds the gradient, the gradient's the Hessian-vector product; against JAX.
 #[test]
 fn gradient_of_a_function_that_takes_a_value_and_gradient() {
-    let case = reference("second_order.json", "value_and_grad_loss");
-    let (x, w) = (vector(&case["x"]), vector(&case["w"]));
-    let (value, (gx, gw)) = value_and_grad!(value_grad_loss)(&x, &w);
-    let want = case["value"].as_f64().expect("value");
-    assert!(
-        (value - want).abs() <= 1e-12 * want.abs(),
-        "{value} against {want}"
-    );
-    assert_close("grad_x", &gx.into_dyn(), &flat(&case["grad_x"]));
-    assert_close("grad_w", &gw.into_dyn(), &flat(&case["grad_w"]));
+    check_free_second_order("value_and_grad_loss", value_grad_loss::value_and_grad);
 }

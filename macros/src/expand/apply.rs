@@ -27,16 +27,13 @@ pub(crate) fn apply_items(
     let rest: Vec<TokenStream> = params[1..].iter().map(|p| param_name(&p.pat)).collect();
     // `model.apply(variables, ..).unwrap()` inside a transform: the gradient with
     // respect to the variables (the training path) and the inputs.
-    let mut apply_sig = sig.clone();
-    apply_sig.ident = format_ident!("apply");
-    apply_sig.inputs =
-        syn::parse_quote!(&self, #variables: &::adjoint::Variables, #(#rest_inputs),*);
-    let mut apply_params: Vec<ParamInfo> = vec![ParamInfo {
-        pat: syn::parse_quote!(#variables),
-        ty: syn::parse_quote!(&::adjoint::Variables),
-        active: true,
-        scope: false,
-    }];
+    let apply_sig = renamed(
+        sig,
+        "apply",
+        quote!(&self, #variables: &::adjoint::Variables, #(#rest_inputs),*),
+        None,
+    );
+    let mut apply_params: Vec<ParamInfo> = vec![variables_param(variables)];
     apply_params.extend(params[1..].iter().cloned());
     let cs: Vec<proc_macro2::Ident> = (0..rest.len()).map(|i| format_ident!("__c{}", i)).collect();
     let (applied, finish) = (apply_scope(variables), apply_finish());
@@ -61,20 +58,14 @@ pub(crate) fn apply_items(
     // training step of a model with state and randomness (Flax's `apply(..,
     // mutable=[..], rngs={..})` inside `value_and_grad`): the gradient with respect
     // to the variables and the inputs; the mutated collections come out as constants.
-    let mut apply_with_sig = sig.clone();
-    apply_with_sig.ident = format_ident!("apply_with");
-    apply_with_sig.inputs = syn::parse_quote!(&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#rest_inputs),*);
-    apply_with_sig.output = syn::parse_quote!(-> (#ret, ::adjoint::Variables));
-    let mut apply_with_params = apply_params.clone();
-    apply_with_params.insert(
-        1,
-        ParamInfo {
-            pat: syn::parse_quote!(#options),
-            ty: syn::parse_quote!(&::adjoint::scope::ApplyOptions),
-            active: false,
-            scope: false,
-        },
+    let apply_with_sig = renamed(
+        sig,
+        "apply_with",
+        quote!(&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#rest_inputs),*),
+        Some(quote!((#ret, ::adjoint::Variables))),
     );
+    let mut apply_with_params = apply_params.clone();
+    apply_with_params.insert(1, options_param(options));
     let with_scope = apply_with_scope(variables, options);
     let apply_with_vjp = companion_items(
         &public,
@@ -215,17 +206,13 @@ fn apply_jvp_items(
     let (names, inputs, tangents, all_tangents) =
         (&fw.names, &fw.inputs, &fw.tangents, &fw.all_tangents);
     let ret_cot = crate::parse::signature::cot_type(ret);
-    let mut jvp_sig = sig.clone();
-    jvp_sig.ident = format_ident!("__apply_jvp_all");
-    jvp_sig.inputs =
-        syn::parse_quote!(&self, #variables: &::adjoint::Variables, #(#inputs,)* #(#tangents),*);
-    jvp_sig.output = syn::parse_quote!(-> (#ret, #ret_cot));
-    let mut jvp_params = vec![ParamInfo {
-        pat: syn::parse_quote!(#variables),
-        ty: syn::parse_quote!(&::adjoint::Variables),
-        active: true,
-        scope: false,
-    }];
+    let jvp_sig = renamed(
+        sig,
+        "__apply_jvp_all",
+        quote!(&self, #variables: &::adjoint::Variables, #(#inputs,)* #(#tangents),*),
+        Some(quote!((#ret, #ret_cot))),
+    );
+    let mut jvp_params = vec![variables_param(variables)];
     jvp_params.extend(rest.iter().cloned());
     jvp_params.extend(fw.tangent_params.iter().cloned());
     let (scope, finish) = (apply_scope(variables), apply_finish());
@@ -252,9 +239,12 @@ fn apply_jvp_items(
     // VJP (second order along the variables) is not written: its pullback gives NaN
     // for the inputs and trees poisoned with `SecondOrderUnsupported`.
     let var_tangents = crate::hygiene::generated("variable_tangents");
-    let mut tjvp_sig = jvp_sig.clone();
-    tjvp_sig.ident = format_ident!("__apply_tjvp_all");
-    tjvp_sig.inputs = syn::parse_quote!(&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #(#inputs,)* #(#tangents),*);
+    let tjvp_sig = renamed(
+        &jvp_sig,
+        "__apply_tjvp_all",
+        quote!(&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #(#inputs,)* #(#tangents),*),
+        None,
+    );
     let mut tjvp_params = jvp_params.clone();
     tjvp_params.insert(
         1,
@@ -335,25 +325,13 @@ fn apply_with_jvp_items(
     let (names, inputs, tangents, all_tangents) =
         (&fw.names, &fw.inputs, &fw.tangents, &fw.all_tangents);
     let ret_cot = crate::parse::signature::cot_type(ret);
-    let mut jvp_sig = sig.clone();
-    jvp_sig.ident = format_ident!("__apply_with_jvp_all");
-    jvp_sig.inputs = syn::parse_quote!(&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#inputs,)* #(#tangents),*);
-    jvp_sig.output =
-        syn::parse_quote!(-> ((#ret, ::adjoint::Variables), (#ret_cot, ::adjoint::Variables)));
-    let mut jvp_params = vec![
-        ParamInfo {
-            pat: syn::parse_quote!(#variables),
-            ty: syn::parse_quote!(&::adjoint::Variables),
-            active: true,
-            scope: false,
-        },
-        ParamInfo {
-            pat: syn::parse_quote!(#options),
-            ty: syn::parse_quote!(&::adjoint::scope::ApplyOptions),
-            active: false,
-            scope: false,
-        },
-    ];
+    let jvp_sig = renamed(
+        sig,
+        "__apply_with_jvp_all",
+        quote!(&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#inputs,)* #(#tangents),*),
+        Some(quote!(((#ret, ::adjoint::Variables), (#ret_cot, ::adjoint::Variables)))),
+    );
+    let mut jvp_params = vec![variables_param(variables), options_param(options)];
     jvp_params.extend(rest.iter().cloned());
     jvp_params.extend(fw.tangent_params.iter().cloned());
     let scope = apply_with_scope(variables, options);
@@ -387,6 +365,43 @@ fn apply_with_jvp_items(
             ((__y, #options.mutated(&__vars)), (__dy, ::adjoint::Variables::new()))
         }
         #vjp
+    }
+}
+
+/// `sig` renamed `name`, with parameters `inputs` and (if given) the result `output`:
+/// a companion's signature, the module's generics kept.
+fn renamed(
+    sig: &Signature,
+    name: &str,
+    inputs: TokenStream,
+    output: Option<TokenStream>,
+) -> Signature {
+    let mut sig = sig.clone();
+    sig.ident = format_ident!("{}", name);
+    sig.inputs = syn::parse_quote!(#inputs);
+    if let Some(output) = output {
+        sig.output = syn::parse_quote!(-> #output);
+    }
+    sig
+}
+
+/// The variables a module is applied to: differentiated (the training path).
+fn variables_param(variables: &Ident) -> ParamInfo {
+    ParamInfo {
+        pat: syn::parse_quote!(#variables),
+        ty: syn::parse_quote!(&::adjoint::Variables),
+        active: true,
+        scope: false,
+    }
+}
+
+/// `apply_with`'s options: constant.
+fn options_param(options: &Ident) -> ParamInfo {
+    ParamInfo {
+        pat: syn::parse_quote!(#options),
+        ty: syn::parse_quote!(&::adjoint::scope::ApplyOptions),
+        active: false,
+        scope: false,
     }
 }
 

@@ -12,7 +12,6 @@ use crate::reverse;
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote};
 use syn::spanned::Spanned;
-use syn::visit_mut::VisitMut;
 use syn::{Ident, ReturnType, Signature};
 
 /// Of `n` cotangents `__g0..`: the pattern that binds the `chosen` ones (`_` for the
@@ -331,18 +330,7 @@ pub(crate) fn companion_items(
     // A cotangent type does not depend on the argument's lifetimes (`Cot<&'a
     // Array2<f64>>` is `Array2<f64>`): writing them `'static` keeps them out of the
     // pullback's captures.
-    let cots: Vec<TokenStream> = params
-        .iter()
-        .map(|p| {
-            if p.active {
-                let mut ty = p.ty.clone();
-                StaticLifetimes.visit_type_mut(&mut ty);
-                cot_type(&ty)
-            } else {
-                quote!(())
-            }
-        })
-        .collect();
+    let cots: Vec<TokenStream> = params.iter().map(ParamInfo::cot_or_unit).collect();
     let active: Vec<usize> = params
         .iter()
         .enumerate()

@@ -8,7 +8,6 @@ use crate::lower::{self, ParamSpec};
 use crate::parse::signature::*;
 use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote};
-use syn::visit_mut::VisitMut;
 use syn::{Ident, ItemFn, ReturnType, Type};
 
 /// `fn __f_jvp(args.., tangents..) -> (R, R)`: the value and its directional
@@ -228,11 +227,7 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
         return TokenStream::new();
     };
     let reference = |p: &ParamInfo| matches!(p.ty, Type::Reference(_));
-    let owned = |p: &ParamInfo| {
-        let mut ty = p.ty.clone();
-        StaticLifetimes.visit_type_mut(&mut ty);
-        ty
-    };
+    let owned = ParamInfo::owned_type;
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     // Each call gets the arguments anew.
     let pass: Vec<TokenStream> = params.iter().map(ParamInfo::passed_again).collect();
@@ -464,16 +459,7 @@ fn grad_fn_items(f: &ItemFn, params: &[ParamInfo], grad: &TokenStream) -> TokenS
             None => quote!(()),
         })
         .collect();
-    let cot_types = params.iter().map(|p| {
-        if p.active {
-            let mut ty = p.ty.clone();
-            StaticLifetimes.visit_type_mut(&mut ty);
-            cot_type(&ty)
-        } else {
-            quote!(())
-        }
-    });
-    let cot_types: Vec<TokenStream> = cot_types.collect();
+    let cot_types: Vec<TokenStream> = params.iter().map(ParamInfo::cot_or_unit).collect();
     let keep: Vec<TokenStream> = keep.collect();
     let kept_pass: Vec<TokenStream> = kept_pass.collect();
     let tangents: Vec<TokenStream> = tangents.collect();

@@ -755,8 +755,7 @@ fn body_tjvp(
         if !p.active {
             continue;
         }
-        let mut ty = p.ty.clone();
-        crate::parse::signature::StaticLifetimes.visit_type_mut(&mut ty);
+        let ty = p.owned_type();
         generics
             .make_where_clause()
             .predicates

@@ -31,6 +31,24 @@ pub(crate) struct ParamInfo {
 }
 
 impl ParamInfo {
+    /// Its type without references or borrowed lifetimes (see [`StaticLifetimes`]):
+    /// what names its cotangent.
+    pub(crate) fn owned_type(&self) -> Type {
+        let mut ty = self.ty.clone();
+        syn::visit_mut::VisitMut::visit_type_mut(&mut StaticLifetimes, &mut ty);
+        ty
+    }
+
+    /// The type of its cotangent in a pullback's result: `()` where it is not
+    /// differentiated.
+    pub(crate) fn cot_or_unit(&self) -> TokenStream {
+        if self.active {
+            cot_type(&self.owned_type())
+        } else {
+            quote!(())
+        }
+    }
+
     /// `pat: ty`, as it stands in a signature.
     pub(crate) fn input(&self) -> TokenStream {
         let (pat, ty) = (&self.pat, &self.ty);
