@@ -303,6 +303,12 @@ impl<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>, D: Dimension> Pull2<ArrayBa
 
 /// One result from two values of the same shape, neither consumed: what a tangent
 /// `dx * f'(y)` reads when `dx` is borrowed (no copy of it to compute in).
+///
+/// ```
+/// use adjoint::rules::elementwise::Map2;
+/// let (y, dx) = (ndarray::array![0.5, -0.5], ndarray::array![2.0, 4.0]);
+/// assert_eq!(y.map2(&dx, |y, d| d * (1.0 - y * y)), ndarray::array![1.5, 3.0]);
+/// ```
 pub trait Map2<O>: Elementwise {
     /// `r[i] = f(self[i], other[i])`.
     fn map2(&self, other: &O, f: impl Fn(Self::Elem, Self::Elem) -> Self::Elem) -> Self::Owned;
@@ -636,7 +642,15 @@ arith_fwd! {
     mul;
     /// `x / y`, broadcasting.
     div;
-    /// `x` broadcast to the shape of `x + y` (see [`Arith::widen`]).
+    /// `x` broadcast to the shape of `x + y` (see [`Arith::widen`]): the tangent of
+    /// a sum whose other operand has none.
+    ///
+    /// ```
+    /// use adjoint::rules::elementwise::widen;
+    /// let (d, bias) = (ndarray::array![1.0, 2.0], ndarray::Array2::<f64>::zeros((3, 2)));
+    /// assert_eq!(widen(&d, &bias), ndarray::Array2::from_shape_fn((3, 2), |(_, j)| j as f64 + 1.0));
+    /// assert_eq!(widen(&3.0, &d), ndarray::array![3.0, 3.0]);
+    /// ```
     widen;
 }
 
