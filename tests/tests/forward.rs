@@ -1097,6 +1097,41 @@ fn forward_mode_of_a_module_applied_with_options() {
     );
 }
 
+/// The same, the variables differentiated too.
+#[differentiable(jvp)]
+fn noisy_output(v: &Variables, #[no_grad] opts: &ApplyOptions, x: &Array1<f64>) -> f64 {
+    Noisy.apply_with(v, opts, x).unwrap().0
+}
+
+/// `apply_with` along the variables' tangents and the input's together, against
+/// central differences; differentiating that again is second order along the
+/// variables: reported, never silent.
+#[test]
+fn forward_mode_of_apply_with_along_the_variables() {
+    let (x, t) = (array![0.3, -0.5, 0.8], array![0.2, 0.7, -0.4]);
+    let vars = Noisy.init(3, &x).unwrap();
+    let opts = ApplyOptions::new().mutable(["state"]).rng("dropout", 1);
+    let dv = vars.map(|w| (w * 1.3 - 0.2).cos());
+    let (y, dy) = jvp!(noisy_output)(&vars, &opts, &x, &dv, &t);
+    assert_eq!(y, noisy_output(&vars, &opts, &x));
+    let h = 1e-6;
+    let at = |s: f64| {
+        let v = vars.zip_map(&dv, |w, d| w + s * d).unwrap();
+        noisy_output(&v, &opts, &(&x + &(&t * s)))
+    };
+    let fd = (at(h) - at(-h)) / (2.0 * h);
+    assert!(
+        (dy - fd).abs() < 1e-7 * fd.abs().max(1.0),
+        "jvp {dy}, differences {fd}"
+    );
+    let (hv_vars, hv_x) = hvp!(noisy_output)(&vars, &opts, &x, &dv, &t);
+    assert!(matches!(
+        hv_vars.error(),
+        Some(ScopeError::SecondOrderUnsupported)
+    ));
+    assert!(hv_x.iter().all(|g| g.is_nan()), "{hv_x}");
+}
+
 // ----- sums with one operand held -----
 
 /// Sums and differences whose other operand is held: the tangent is the moving

@@ -246,47 +246,14 @@ fn apply_jvp_items(
         None,
     );
     let mut tjvp_params = jvp_params.clone();
-    tjvp_params.insert(
-        1,
-        ParamInfo {
-            pat: syn::parse_quote!(#var_tangents),
-            ty: syn::parse_quote!(&::adjoint::Variables),
-            active: true,
-            scope: false,
-        },
-    );
-    let unsupported: Vec<TokenStream> = tjvp_params
-        .iter()
-        .map(|p| {
-            let n = param_name(&p.pat);
-            if p.active {
-                quote!(::adjoint::__private::unsupported_cot(&#n))
-            } else {
-                quote!(())
-            }
-        })
-        .collect();
-    let zs: Vec<Ident> = (0..unsupported.len())
-        .map(|i| format_ident!("__z{}", i))
-        .collect();
+    tjvp_params.insert(1, variables_param(&var_tangents));
     let along_variables = quote! {
         #scope
         __cx.set_tangents(::core::option::Option::Some(#var_tangents));
         let __out = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
         #finish
     };
-    let tjvp_vjp = companion_items(
-        &syn::parse_quote!(pub),
-        &tjvp_sig,
-        &tjvp_params,
-        quote! {
-            let (#(#zs,)*) = (#(#unsupported,)*);
-            #along_variables
-            (__out, move |_| (#(#zs,)*))
-        },
-        Owner::Method,
-        Flavor::Owned,
-    );
+    let tjvp_vjp = poisoned_vjp(&tjvp_sig, &tjvp_params, &along_variables);
     quote! {
         #[doc(hidden)]
         #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
@@ -355,6 +322,25 @@ fn apply_with_jvp_items(
         Owner::Method,
         Flavor::Owned,
     );
+    // Along the variables too (`__apply_with_tjvp_all(variables, variable tangents,
+    // options, ..)`), its VJP not written (see `poisoned_vjp`).
+    let var_tangents = crate::hygiene::generated("variable_tangents");
+    let tjvp_sig = renamed(
+        &jvp_sig,
+        "__apply_with_tjvp_all",
+        quote!(&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#inputs,)* #(#tangents),*),
+        None,
+    );
+    let mut tjvp_params = jvp_params.clone();
+    tjvp_params.insert(1, variables_param(&var_tangents));
+    let along_variables = quote! {
+        #scope
+        __cx.set_tangents(::core::option::Option::Some(#var_tangents));
+        let (__y, __dy) = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
+        #finish
+        let __out = ((__y, #options.mutated(&__vars)), (__dy, ::adjoint::Variables::new()));
+    };
+    let tjvp_vjp = poisoned_vjp(&tjvp_sig, &tjvp_params, &along_variables);
     quote! {
         #[doc(hidden)]
         #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
@@ -365,7 +351,47 @@ fn apply_with_jvp_items(
             ((__y, #options.mutated(&__vars)), (__dy, ::adjoint::Variables::new()))
         }
         #vjp
+
+        #[doc(hidden)]
+        #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
+        pub fn __apply_with_tjvp_all #generics (&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#inputs,)* #(#tangents),*) -> ((#ret, ::adjoint::Variables), (#ret_cot, ::adjoint::Variables)) #where_clause {
+            #along_variables
+            __out
+        }
+        #tjvp_vjp
     }
+}
+
+/// The VJP of a forward mode along the variables (second order along them): not
+/// written; its pullback gives NaN for the inputs and trees poisoned with
+/// `SecondOrderUnsupported` (reported, never a silent zero). `run` computes `__out`.
+fn poisoned_vjp(sig: &Signature, params: &[ParamInfo], run: &TokenStream) -> TokenStream {
+    let unsupported: Vec<TokenStream> = params
+        .iter()
+        .map(|p| {
+            let n = param_name(&p.pat);
+            if p.active {
+                quote!(::adjoint::__private::unsupported_cot(&#n))
+            } else {
+                quote!(())
+            }
+        })
+        .collect();
+    let zs: Vec<Ident> = (0..unsupported.len())
+        .map(|i| format_ident!("__z{}", i))
+        .collect();
+    companion_items(
+        &syn::parse_quote!(pub),
+        sig,
+        params,
+        quote! {
+            let (#(#zs,)*) = (#(#unsupported,)*);
+            #run
+            (__out, move |_| (#(#zs,)*))
+        },
+        Owner::Method,
+        Flavor::Owned,
+    )
 }
 
 /// `sig` renamed `name`, with parameters `inputs` and (if given) the result `output`:

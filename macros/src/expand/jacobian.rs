@@ -108,7 +108,7 @@ pub(crate) fn method_forward_items(
 }
 
 /// What forward mode covers, for the error where it does not.
-pub(crate) const FORWARD_COVERS: &str = "forward mode covers branches, loops, `mapv` closures, calls of `#[differentiable(jvp)]` functions and of methods of `#[differentiable(jvp)]` impls, arithmetic, elementwise maths, reductions, products, arrays built with `concatenate`, `stack` or `array![..]`, the fused cross entropies, layers' rules, module calls and a module applied to variables (`model.apply(v, x)`, and `model.apply_with(v, options, x)` along its inputs); not yet `apply_with` along the variables (mark them `#[no_grad]`, or use `apply`)";
+pub(crate) const FORWARD_COVERS: &str = "forward mode covers branches, loops, `mapv` closures, calls of `#[differentiable(jvp)]` functions and of methods of `#[differentiable(jvp)]` impls, arithmetic, elementwise maths, reductions, products, arrays built with `concatenate`, `stack` or `array![..]`, the fused cross entropies, layers' rules, module calls, a module applied to variables (`model.apply(v, x)`, `model.apply_with(v, options, x)`) and lifted `vmap!`s (along the inputs); not the other lifted transforms (`grad!`, `vjp!`, `jvp!`, Jacobians: forward mode over them is third order through modules)";
 
 /// The parameters of a JVP (`jvp`) and of what a caller's forward mode calls
 /// (`jvp_all`), for a function whose parameters are `params`.

@@ -444,15 +444,25 @@ impl Tangent<'_> {
         let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
         if call.scoped == Scoped::Apply && call.callee.name() == "apply_with" {
             // `model.apply_with(variables, options, x..)`: the module's forward mode
-            // along the inputs, run as `apply_with` runs it.
-            if self.dot(&call.args[0].atom).is_some() {
-                return None;
-            }
+            // along the inputs, run as `apply_with` runs it, and along the variables
+            // when they have a tangent (given after them).
             let dots = call.args[2..].iter().map(|a| self.call_tangent(a));
-            let f = call
-                .callee
-                .render(|_| format_ident!("__apply_with_jvp_all"), |r| self.arg(r));
-            return Some(quote!(#f(#(#args,)* #(#dots),*)));
+            let (variables, rest) = (&args[0], &args[1..]);
+            return Some(match self.dot(&call.args[0].atom) {
+                None => {
+                    let f = call
+                        .callee
+                        .render(|_| format_ident!("__apply_with_jvp_all"), |r| self.arg(r));
+                    quote!(#f(#variables, #(#rest,)* #(#dots),*))
+                }
+                Some(_) => {
+                    let dv = self.call_tangent(&call.args[0]);
+                    let f = call
+                        .callee
+                        .render(|_| format_ident!("__apply_with_tjvp_all"), |r| self.arg(r));
+                    quote!(#f(#variables, #dv, #(#rest,)* #(#dots),*))
+                }
+            });
         }
         if call.scoped == Scoped::Apply {
             // `model.apply(variables, x..)`: the module's forward mode along the

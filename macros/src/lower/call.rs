@@ -41,7 +41,10 @@ impl Lowerer<'_> {
         }
         if matches!(
             name.as_str(),
-            "__apply_jvp_all" | "__apply_with_jvp_all" | "__apply_tjvp_all"
+            "__apply_jvp_all"
+                | "__apply_with_jvp_all"
+                | "__apply_tjvp_all"
+                | "__apply_with_tjvp_all"
         ) && !recv_is_self
         {
             // What forward mode writes for `model.apply(vars, x..).unwrap()`: the
