@@ -522,6 +522,20 @@ pub mod __private {
         }
     }
 
+    /// What `#[differentiable(jvp)]` implements for a function whose gradient it
+    /// writes as a differentiable function (`f::grad_fn`): the check that a
+    /// `grad!(f)(..)` inside a differentiated body can be differentiated again.
+    #[diagnostic::on_unimplemented(
+        message = "`grad!({Self})(..)` inside a differentiated body needs `{Self}` to be `#[differentiable(jvp)]`",
+        label = "its gradient is differentiated again",
+        note = "the pullback of a gradient is the function's Hessian-vector product, which needs its forward mode; its reference arguments must be floats, owned arrays or `Variables` (the pullback keeps a copy)"
+    )]
+    pub trait GradFn {}
+
+    /// Checks, at compile time, that `F` is a [`GradFn`].
+    #[inline(always)]
+    pub fn grad_fn_of<F: GradFn>() {}
+
     /// `*acc += ct`.
     #[inline(always)]
     pub fn acc<T: Accumulate>(acc: &mut T, ct: T) {

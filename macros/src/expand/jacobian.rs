@@ -368,6 +368,9 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
             }
         }
     });
+    let grad_fn_marker = grad_fn
+        .is_some()
+        .then(|| quote!(impl ::adjoint::__private::GradFn for #owner {}));
     quote! {
         #[allow(clippy::all, unused_parens, unused_variables)]
         impl #owner {
@@ -376,6 +379,7 @@ pub(crate) fn jacobian_items(f: &ItemFn, params: &[ParamInfo]) -> TokenStream {
             #hessian
             #jacobians
         }
+        #grad_fn_marker
     }
 }
 

@@ -255,7 +255,10 @@ impl Lowerer<'_> {
             Expr::Call(c) if self.calls_lifted(c) => None,
             Expr::Call(c) => {
                 if let Expr::Macro(m) = &*c.func {
-                    let rewritten = companion_call(m, c)?;
+                    let (rewritten, check) = companion_call(m, c)?;
+                    if let Some(check) = check {
+                        self.emit(out, Op::Const(check), c.span());
+                    }
                     return Some(self.path_call(out, &rewritten, Some(true)));
                 }
                 let Expr::Path(p) = &*c.func else { return None };
@@ -360,7 +363,10 @@ impl Lowerer<'_> {
         if let Expr::Macro(m) = &*c.func {
             // `jvp!(f)(args..)`, `grad!(f)(args..)`: a call of the companion `f::jvp`,
             // `f::grad_fn`.
-            if let Some(rewritten) = companion_call(m, c) {
+            if let Some((rewritten, check)) = companion_call(m, c) {
+                if let Some(check) = check {
+                    self.emit(out, Op::Const(check), span);
+                }
                 if !self.mentions_local(c.args.to_token_stream()) {
                     return Val::Atom(self.constant(out, &Expr::Call(rewritten)));
                 }

@@ -803,8 +803,13 @@ fn usize_literals(e: &Expr) -> Option<TokenStream> {
 /// others: `f::jvp(args..)`, and `f::grad_fn(args..)` (`value_and_grad_fn`), the
 /// gradient as a function whose pullback is `f`'s Hessian-vector product (second
 /// order, as `jax.grad` inside a function `jax.grad` differentiates). `None` for
-/// another macro, or a `grad!` of a closure or with options.
-fn companion_call(m: &syn::ExprMacro, c: &syn::ExprCall) -> Option<syn::ExprCall> {
+/// another macro, or a `grad!` of a closure or with options. With a gradient, also
+/// the check that `f` has those companions (`grad_fn_of::<f>()`), whose error says
+/// why where rustc's would only say they are missing.
+fn companion_call(
+    m: &syn::ExprMacro,
+    c: &syn::ExprCall,
+) -> Option<(syn::ExprCall, Option<TokenStream>)> {
     // Also as `adjoint::jvp!` or `::adjoint::jvp!` (how generated code names it).
     let path = &m.mac.path;
     let named = |what: &str| {
@@ -823,7 +828,11 @@ fn companion_call(m: &syn::ExprMacro, c: &syn::ExprCall) -> Option<syn::ExprCall
         return None;
     };
     let f = syn::parse2::<syn::Path>(m.mac.tokens.clone()).ok()?;
-    Some(syn::ExprCall {
+    let check = (companion != "jvp").then(|| {
+        let span = f.span();
+        quote::quote_spanned!(span=> ::adjoint::__private::grad_fn_of::<#f>())
+    });
+    let call = syn::ExprCall {
         attrs: vec![],
         func: Box::new(Expr::Path(syn::ExprPath {
             attrs: vec![],
@@ -832,5 +841,6 @@ fn companion_call(m: &syn::ExprMacro, c: &syn::ExprCall) -> Option<syn::ExprCall
         })),
         paren_token: c.paren_token,
         args: c.args.clone(),
-    })
+    };
+    Some((call, check))
 }
