@@ -758,15 +758,37 @@ pub fn unwrapped_method(name: &str) -> Option<&'static Rule> {
     UNWRAPPED.iter().find(|(n, _)| *n == name).map(|(_, r)| r)
 }
 
-/// The rule for a free function of `adjoint::nn` called by its last path segment.
-pub fn function(name: &str) -> Option<&'static Rule> {
+/// The rule for a free function of `adjoint::nn` called by its last path segment
+/// (the internal ones only through `adjoint::__private`, see [`INTERNAL`]).
+pub fn function(path: &syn::Path) -> Option<&'static Rule> {
+    let name = path.segments.last()?.ident.to_string();
+    let private = path.segments.iter().any(|s| s.ident == "__private");
+    if !private && INTERNAL.contains(&name.as_str()) {
+        return None;
+    }
     FUNCTIONS
         .iter()
         .chain(ACTIVATIONS)
         .find(|(n, _)| *n == name)
-        .or_else(|| DERIVATIVES.iter().find(|(_, r)| r.func == name))
+        .or_else(|| DERIVATIVES.iter().find(|(_, r)| private && r.func == name))
         .map(|(_, r)| r)
 }
+
+/// The rules only generated code calls, always as `::adjoint::__private::name(..)`
+/// (forward mode's tangents and reads; the derivatives too): a user's own function
+/// of one of these names is the user's (`field(..)` is not a tuple's field).
+const INTERNAL: &[&str] = &[
+    "operand",
+    "dup",
+    "field",
+    "widen",
+    "tanh_tangent",
+    "sigmoid_tangent",
+    "softmax_tangent",
+    "log_softmax_tangent",
+    "max_pool_tangent",
+    "min_pool_tangent",
+];
 
 /// Elementwise functions callable both as `relu(&x)` and as methods of the table.
 pub fn elementwise_function(name: &str) -> Option<&'static Rule> {

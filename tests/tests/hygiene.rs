@@ -56,6 +56,36 @@ fn parameters_named_like_adjoints_and_shapes() {
     assert_eq!(gs, -3.0);
 }
 
+// Functions named like the rules only generated code calls (`field`, `widen`,
+// `operand`): called unqualified, they are the user's.
+#[differentiable]
+fn field(x: f64, k: f64) -> f64 {
+    x * x * k
+}
+
+#[differentiable]
+fn widen(x: f64, k: f64) -> f64 {
+    x + k * x
+}
+
+#[differentiable]
+fn operand(x: f64) -> f64 {
+    3.0 * x
+}
+
+#[differentiable]
+fn named_like_rules(x: f64) -> f64 {
+    field(x, 2.0) + widen(x, 0.5) + operand(x)
+}
+
+#[test]
+fn functions_named_like_internal_rules() {
+    // 2x^2 + 1.5x + 3x: value and derivative.
+    let (y, g) = value_and_grad!(named_like_rules)(1.5);
+    assert_eq!(y, 2.0 * 1.5 * 1.5 + 1.5 * 1.5 + 3.0 * 1.5);
+    assert_eq!(g, 4.0 * 1.5 + 1.5 + 3.0);
+}
+
 #[test]
 fn closures_with_names_like_generated_ones() {
     let g = grad!(

@@ -265,7 +265,7 @@ impl Lowerer<'_> {
                 let last = p.path.segments.last()?;
                 let name = last.ident.to_string();
                 if name == "no_grad"
-                    || ops::function(&name).is_some()
+                    || ops::function(&p.path).is_some()
                     || ops::elementwise_function(&name).is_some()
                 {
                     return None;
@@ -441,7 +441,7 @@ impl Lowerer<'_> {
             };
             return self.method_prim(out, &m, rule, TokenStream::new());
         }
-        if let Some(rule) = ops::function(&name).or_else(|| ops::elementwise_function(&name)) {
+        if let Some(rule) = ops::function(&p.path).or_else(|| ops::elementwise_function(&name)) {
             let n_args = rule.operands + rule.const_args();
             if c.args.len() != n_args {
                 self.cx
