@@ -467,15 +467,18 @@ fn grad_fn_items(f: &ItemFn, params: &[ParamInfo], grad: &TokenStream) -> TokenS
     let keep: Vec<TokenStream> = keep.collect();
     let kept_pass: Vec<TokenStream> = kept_pass.collect();
     let tangents: Vec<TokenStream> = tangents.collect();
-    // `value_and_grad_fn`'s value adds `c_v` times the gradient (kept) to each part.
-    let (gs, ret) = (&hs_gradient(active.len()), &f.sig.output);
-    let value = match ret {
+    // `value_and_grad_fn`'s value adds `c_v` times the gradient (a copy the
+    // pullback keeps, `__g..` its parts) to each part.
+    let gs: Vec<Ident> = (0..active.len())
+        .map(|k| format_ident!("__g{}", k))
+        .collect();
+    let split_g = match gs.as_slice() {
+        [g] => quote!(let #g = &__kept_g;),
+        _ => quote!(let (#(#gs,)*) = &__kept_g;),
+    };
+    let value = match &f.sig.output {
         ReturnType::Type(_, t) => quote!(#t),
         ReturnType::Default => quote!(()),
-    };
-    let split_g = match gs.as_slice() {
-        [g] => quote!(let #g = &__g;),
-        _ => quote!(let (#(#gs,)*) = &__g;),
     };
     let captured: Vec<&Ident> = generics.type_params().map(|t| &t.ident).collect();
     let name = owner.to_string();
@@ -517,16 +520,10 @@ fn grad_fn_items(f: &ItemFn, params: &[ParamInfo], grad: &TokenStream) -> TokenS
             ((__v, __g), move |(__cv, __ct): (#value, #grad)| {
                 #split
                 let #joined_mut = Self::hvp(#(#kept_pass,)* #(#tangents),*);
-                let __g = __kept_g;
                 #split_g
                 #(::adjoint::__private::AddScaled::add_scaled(&mut #hs, #gs, __cv);)*
                 (#(#cots,)*)
             })
         }
     }
-}
-
-/// The names of the kept gradient's parts (`__g0..`).
-fn hs_gradient(n: usize) -> Vec<Ident> {
-    (0..n).map(|k| format_ident!("__g{}", k)).collect()
 }

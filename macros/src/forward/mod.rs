@@ -442,49 +442,29 @@ impl Tangent<'_> {
     /// an associated function's of a `(jvp)` impl, `__m_jvp_all` beside it.
     fn call_jvp(&self, call: &Call) -> Option<TokenStream> {
         let args: Vec<TokenStream> = call.args.iter().map(|a| self.arg(a)).collect();
-        if call.scoped == Scoped::Apply && call.callee.name() == "apply_with" {
-            // `model.apply_with(variables, options, x..)`: the module's forward mode
-            // along the inputs, run as `apply_with` runs it, and along the variables
-            // when they have a tangent (given after them).
-            let dots = call.args[2..].iter().map(|a| self.call_tangent(a));
-            let (variables, rest) = (&args[0], &args[1..]);
-            return Some(match self.dot(&call.args[0].atom) {
-                None => {
-                    let f = call
-                        .callee
-                        .render(|_| format_ident!("__apply_with_jvp_all"), |r| self.arg(r));
-                    quote!(#f(#variables, #(#rest,)* #(#dots),*))
-                }
-                Some(_) => {
-                    let dv = self.call_tangent(&call.args[0]);
-                    let f = call
-                        .callee
-                        .render(|_| format_ident!("__apply_with_tjvp_all"), |r| self.arg(r));
-                    quote!(#f(#variables, #dv, #(#rest,)* #(#dots),*))
-                }
-            });
-        }
         if call.scoped == Scoped::Apply {
-            // `model.apply(variables, x..)`: the module's forward mode along the
-            // inputs (`__apply_jvp_all`), and along the variables when they have a
-            // tangent (`__apply_tjvp_all`, given it after them).
-            let dots = call.args[1..].iter().map(|a| self.call_tangent(a));
+            // `model.apply(variables, x..)`, `model.apply_with(variables, options,
+            // x..)`: the module's forward mode along the inputs (`__apply_jvp_all`,
+            // `__apply_with_jvp_all`), and along the variables when they have a
+            // tangent (`__apply_tjvp_all`, `__apply_with_tjvp_all`, given after them).
+            let with = call.callee.name() == "apply_with";
+            let (first, prefix) = if with {
+                (2, "__apply_with")
+            } else {
+                (1, "__apply")
+            };
+            let dots = call.args[first..].iter().map(|a| self.call_tangent(a));
             let (variables, rest) = (&args[0], &args[1..]);
-            return Some(match self.dot(&call.args[0].atom) {
-                None => {
-                    let f = call
-                        .callee
-                        .render(|_| format_ident!("__apply_jvp_all"), |r| self.arg(r));
-                    quote!(#f(#variables, #(#rest,)* #(#dots),*))
-                }
-                Some(_) => {
-                    let dv = self.call_tangent(&call.args[0]);
-                    let f = call
-                        .callee
-                        .render(|_| format_ident!("__apply_tjvp_all"), |r| self.arg(r));
-                    quote!(#f(#variables, #dv, #(#rest,)* #(#dots),*))
-                }
-            });
+            let along_variables = self.dot(&call.args[0].atom).is_some();
+            let which = if along_variables { "tjvp" } else { "jvp" };
+            let f = call.callee.render(
+                |_| format_ident!("{}_{}_all", prefix, which),
+                |r| self.arg(r),
+            );
+            let dv = along_variables
+                .then(|| self.call_tangent(&call.args[0]))
+                .into_iter();
+            return Some(quote!(#f(#variables, #(#dv,)* #(#rest,)* #(#dots),*)));
         }
         if call.scoped == Scoped::Module {
             let m = call.callee.name();
