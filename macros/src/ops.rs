@@ -763,7 +763,13 @@ pub fn unwrapped_method(name: &str) -> Option<&'static Rule> {
 pub fn function(path: &syn::Path) -> Option<&'static Rule> {
     let name = path.segments.last()?.ident.to_string();
     let private = path.segments.iter().any(|s| s.ident == "__private");
-    if !private && INTERNAL.contains(&name.as_str()) {
+    function_named(&name, private)
+}
+
+/// The rule a call of `name` names, `private` when written through
+/// `adjoint::__private`.
+fn function_named(name: &str, private: bool) -> Option<&'static Rule> {
+    if !private && INTERNAL.contains(&name) {
         return None;
     }
     FUNCTIONS
@@ -772,6 +778,12 @@ pub fn function(path: &syn::Path) -> Option<&'static Rule> {
         .find(|(n, _)| *n == name)
         .or_else(|| DERIVATIVES.iter().find(|(_, r)| private && r.func == name))
         .map(|(_, r)| r)
+}
+
+/// Whether a call of a function of this name (unqualified) is taken for one of the
+/// rules: what a `#[differentiable]` function must not be named.
+pub fn is_rule_name(name: &str) -> bool {
+    function_named(name, false).is_some() || elementwise_function(name).is_some()
 }
 
 /// The rules only generated code calls, always as `::adjoint::__private::name(..)`

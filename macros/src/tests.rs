@@ -181,6 +181,11 @@ fn no_panics_on_unusual_inputs() {
             }
         ),
         quote!(
+            fn r#loop(x: f64) -> f64 {
+                x
+            }
+        ),
+        quote!(
             fn f(_: f64, x: f64) -> f64 {
                 x
             }

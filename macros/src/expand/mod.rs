@@ -82,6 +82,15 @@ fn jvp_depth(attr: &TokenStream) -> Option<u32> {
 
 fn expand_fn(cx: &Ctxt, mut f: ItemFn, depth: u32) -> TokenStream {
     check_signature(cx, &f.sig);
+    // A call `relu(..)` in a differentiated body is taken for adjoint's rule of that
+    // name: a function of one's own so named would not be the one differentiated.
+    let name = &f.sig.ident;
+    if crate::ops::is_rule_name(&name.to_string()) {
+        cx.error_at(
+            name,
+            format!("`{name}` is the name of adjoint's rule: a call `{name}(..)` in a differentiated body is taken for adjoint's, not this function; name it otherwise"),
+        );
+    }
     let params = params(cx, &mut f.sig);
     let scopes = crate::expand::module::scope_names(&params);
     crate::expand::module::route_module_calls(&scopes, &mut f.block);
