@@ -373,14 +373,16 @@ class VjpLoss(nn.Module):
         return jnp.sum(gx * gx) + jnp.sum(y)
 
 
-def case_vjp():
-    x = arr(6, 2, seed=50, scale=1.1)
-    variables = {"params": {"Field2_0": case_jvp_child()}}
-    loss, grads = jax.value_and_grad(lambda vs: VjpLoss().apply(vs, x))(variables)
-    gx = jax.grad(lambda x: VjpLoss().apply(variables, x))(x)
+def case_loss(model, child, seed):
+    """A loss module over the `case_jvp_child` variables (as `child`), at an input
+    drawn with `seed`: the loss, its gradients in the variables and in the input."""
+    x = arr(6, 2, seed=seed, scale=1.1)
+    variables = {"params": {child: case_jvp_child()}}
+    loss, grads = jax.value_and_grad(lambda vs: model.apply(vs, x))(variables)
+    gx = jax.grad(lambda x: model.apply(variables, x))(x)
     return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads), "grad_x": gx.tolist()}
 
-OUT["vjp_pullback"] = case_vjp()
+OUT["vjp_pullback"] = case_loss(VjpLoss(), "Field2_0", 50)
 
 
 # 9. Through nn.vjp with has_aux: the child returns (y, aux); the aux enters the
@@ -403,15 +405,7 @@ class VjpAuxLoss(nn.Module):
         return jnp.sum(gx * gx) + jnp.sum(y) + 0.5 * aux
 
 
-def case_vjp_aux():
-    x = arr(6, 2, seed=51, scale=1.1)
-    variables = {"params": {"Field2Aux_0": case_jvp_child()}}
-    loss, grads = jax.value_and_grad(lambda vs: VjpAuxLoss().apply(vs, x))(variables)
-    gx = jax.grad(lambda x: VjpAuxLoss().apply(variables, x))(x)
-    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads), "grad_x": gx.tolist()}
-
-
-OUT["vjp_aux"] = case_vjp_aux()
+OUT["vjp_aux"] = case_loss(VjpAuxLoss(), "Field2Aux_0", 51)
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

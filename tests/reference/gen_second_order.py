@@ -177,14 +177,21 @@ def grad_penalty(x, w):
 
 x_g = jnp.array([0.5, -0.6, 0.9])
 w_g = jnp.array([0.3, -0.2, 0.7, 0.1, -0.4, 0.25])
-gp_x, gp_w = jax.grad(grad_penalty, argnums=(0, 1))(x_g, w_g)
-CASES["grad_penalty"] = {
-    "x": flat(x_g),
-    "w": flat(w_g),
-    "value": float(grad_penalty(x_g, w_g)),
-    "grad_x": flat(gp_x),
-    "grad_w": flat(gp_w),
-}
+
+
+def loss_case(loss):
+    """`loss` at (x_g, w_g): its value and its gradients in both."""
+    gx, gw = jax.grad(loss, argnums=(0, 1))(x_g, w_g)
+    return {
+        "x": flat(x_g),
+        "w": flat(w_g),
+        "value": float(loss(x_g, w_g)),
+        "grad_x": flat(gx),
+        "grad_w": flat(gw),
+    }
+
+
+CASES["grad_penalty"] = loss_case(grad_penalty)
 
 # `jax.value_and_grad` inside: a residual on the value and the input gradient of the
 # same network (a physics-informed loss written with free functions).
@@ -193,14 +200,7 @@ def value_grad_loss(x, w):
     return (v - 1.0) ** 2 + jnp.sum((gx - jnp.cos(x)) ** 2)
 
 
-vg_x, vg_w = jax.grad(value_grad_loss, argnums=(0, 1))(x_g, w_g)
-CASES["value_and_grad_loss"] = {
-    "x": flat(x_g),
-    "w": flat(w_g),
-    "value": float(value_grad_loss(x_g, w_g)),
-    "grad_x": flat(vg_x),
-    "grad_w": flat(vg_w),
-}
+CASES["value_and_grad_loss"] = loss_case(value_grad_loss)
 
 with open("second_order.json", "w") as out:
     json.dump(CASES, out, indent=1)

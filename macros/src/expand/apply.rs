@@ -85,8 +85,8 @@ pub(crate) fn apply_items(
         Flavor::Owned,
     );
 
-    let apply_jvp = apply_jvp_items(sig, params, ret, variables);
-    let apply_with_jvp = apply_with_jvp_items(sig, params, ret, variables, options);
+    let apply_jvp = forward_items(sig, params, ret, variables, None);
+    let apply_with_jvp = forward_items(sig, params, ret, variables, Some(options));
     quote! {
         #apply_vjp
         #apply_with_vjp
@@ -190,131 +190,74 @@ impl Forward {
 }
 
 /// `model.apply(variables, x..).unwrap()` in forward mode (a `(jvp)` function, a
-/// `jvp!`, `hvp!` or `hessian!` of a closure), the variables without a tangent:
-/// `__apply_jvp_all(variables, x.., tangents..)`, a tangent per input (`NoTangent`
-/// where it has none), the module's forward mode along the inputs; and its VJP
-/// (`____apply_jvp_all_vjp_owned`, the module's JVP-VJP with the variables'
-/// cotangents), what the reverse mode over that forward mode calls.
-fn apply_jvp_items(
+/// `jvp!`, `hvp!` or `hessian!` of a closure), and `apply_with(variables, options,
+/// x..)` when `options` is given: `__apply_jvp_all(variables, x.., tangents..)`
+/// (`__apply_with_jvp_all(variables, options, ..)`), a tangent per input (`NoTangent`
+/// where it has none), the module's forward mode along the inputs, in the scope
+/// `apply` (`apply_with`) opens; its VJP (`____apply_jvp_all_vjp_owned`, the
+/// module's JVP-VJP with the variables' cotangents), what the reverse mode over that
+/// forward mode calls; and the same along the variables too (`__apply_tjvp_all`,
+/// `__apply_with_tjvp_all`: the variables' tangents given after them), whose VJP is
+/// not written (see `poisoned_vjp`). `apply_with`'s value is `(value, mutated
+/// collections)`, the collections' tangent an empty tree (constants, as in reverse
+/// mode).
+fn forward_items(
     sig: &Signature,
     params: &[ParamInfo],
     ret: &Type,
     variables: &Ident,
+    options: Option<&Ident>,
 ) -> TokenStream {
     let rest = &params[1..];
     let fw = Forward::new(rest);
     let (names, inputs, tangents, all_tangents) =
         (&fw.names, &fw.inputs, &fw.tangents, &fw.all_tangents);
     let ret_cot = crate::parse::signature::cot_type(ret);
+    // What `apply_with` adds: the options' parameter, its scope, its value.
+    let (prefix, opt_input, scope, out_ty, wrap) = match options {
+        None => (
+            "__apply",
+            TokenStream::new(),
+            apply_scope(variables),
+            quote!((#ret, #ret_cot)),
+            quote!((__y, __dy)),
+        ),
+        Some(options) => (
+            "__apply_with",
+            quote!(#options: &::adjoint::scope::ApplyOptions,),
+            apply_with_scope(variables, options),
+            quote!(((#ret, ::adjoint::Variables), (#ret_cot, ::adjoint::Variables))),
+            quote!(((__y, #options.mutated(&__vars)), (__dy, ::adjoint::Variables::new()))),
+        ),
+    };
+    let finish = apply_finish();
+    let jvp_name = format_ident!("{}_jvp_all", prefix);
     let jvp_sig = renamed(
         sig,
-        "__apply_jvp_all",
-        quote!(&self, #variables: &::adjoint::Variables, #(#inputs,)* #(#tangents),*),
-        Some(quote!((#ret, #ret_cot))),
+        &jvp_name.to_string(),
+        quote!(&self, #variables: &::adjoint::Variables, #opt_input #(#inputs,)* #(#tangents),*),
+        Some(out_ty.clone()),
     );
     let mut jvp_params = vec![variables_param(variables)];
+    jvp_params.extend(options.map(options_param));
     jvp_params.extend(rest.iter().cloned());
     jvp_params.extend(fw.tangent_params.iter().cloned());
-    let (scope, finish) = (apply_scope(variables), apply_finish());
-    let generics = &sig.generics;
-    let where_clause = &sig.generics.where_clause;
-    let run = fw.jvp_vjp(&scope);
-    let (given, gives) = fw.cotangents(None);
-    let vjp = companion_items(
-        &syn::parse_quote!(pub),
-        &jvp_sig,
-        &jvp_params,
-        quote! {
-            #run
-            (__out, move |__ct| {
-                let #given = __pb(__ct);
-                #gives
-            })
-        },
-        Owner::Method,
-        Flavor::Owned,
-    );
-    // Along the variables too (`__apply_tjvp_all(variables, variable tangents, ..)`):
-    // the module's forward mode with the scope holding the variables' tangents. Its
-    // VJP (second order along the variables) is not written: its pullback gives NaN
-    // for the inputs and trees poisoned with `SecondOrderUnsupported`.
-    let var_tangents = crate::hygiene::generated("variable_tangents");
-    let tjvp_sig = renamed(
-        &jvp_sig,
-        "__apply_tjvp_all",
-        quote!(&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #(#inputs,)* #(#tangents),*),
-        None,
-    );
-    let mut tjvp_params = jvp_params.clone();
-    tjvp_params.insert(1, variables_param(&var_tangents));
-    let along_variables = quote! {
-        #scope
-        __cx.set_tangents(::core::option::Option::Some(#var_tangents));
-        let __out = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
-        #finish
-    };
-    let tjvp_vjp = poisoned_vjp(&tjvp_sig, &tjvp_params, &along_variables);
-    quote! {
-        #[doc(hidden)]
-        #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
-        pub fn __apply_jvp_all #generics (&self, #variables: &::adjoint::Variables, #(#inputs,)* #(#tangents),*) -> (#ret, #ret_cot) #where_clause {
-            #scope
-            let __out = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
-            #finish
-            __out
-        }
-        #vjp
-
-        #[doc(hidden)]
-        #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
-        pub fn __apply_tjvp_all #generics (&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #(#inputs,)* #(#tangents),*) -> (#ret, #ret_cot) #where_clause {
-            #along_variables
-            __out
-        }
-        #tjvp_vjp
-    }
-}
-
-/// `model.apply_with(variables, options, x..).unwrap()` in forward mode, along the
-/// inputs: `__apply_with_jvp_all(variables, options, x.., tangents..)` gives the
-/// value and the mutated collections, and their tangents (the collections' an
-/// empty tree: constants, as in reverse mode); and its VJP, the module's JVP-VJP
-/// run as `apply_with` runs it (its mutability and random streams).
-fn apply_with_jvp_items(
-    sig: &Signature,
-    params: &[ParamInfo],
-    ret: &Type,
-    variables: &Ident,
-    options: &Ident,
-) -> TokenStream {
-    let rest = &params[1..];
-    let fw = Forward::new(rest);
-    let (names, inputs, tangents, all_tangents) =
-        (&fw.names, &fw.inputs, &fw.tangents, &fw.all_tangents);
-    let ret_cot = crate::parse::signature::cot_type(ret);
-    let jvp_sig = renamed(
-        sig,
-        "__apply_with_jvp_all",
-        quote!(&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#inputs,)* #(#tangents),*),
-        Some(quote!(((#ret, ::adjoint::Variables), (#ret_cot, ::adjoint::Variables)))),
-    );
-    let mut jvp_params = vec![variables_param(variables), options_param(options)];
-    jvp_params.extend(rest.iter().cloned());
-    jvp_params.extend(fw.tangent_params.iter().cloned());
-    let scope = apply_with_scope(variables, options);
-    let finish = apply_finish();
     let (generics, where_clause) = (&sig.generics, &sig.generics.where_clause);
     let run = fw.jvp_vjp(&scope);
-    let (given, gives) = fw.cotangents(Some(quote!(())));
+    let (given, gives) = fw.cotangents(options.map(|_| quote!(())));
+    // The cotangent of the value and its tangent (`apply_with`'s collections' none).
+    let ct_pat = match options {
+        None => quote!((__ct, __dct)),
+        Some(_) => quote!(((__ct, _), (__dct, _))),
+    };
     let vjp = companion_items(
         &syn::parse_quote!(pub),
         &jvp_sig,
         &jvp_params,
         quote! {
             #run
-            let __mutated = #options.mutated(&__vars);
-            let ((__y, __dy), __none) = (__out, ::adjoint::Variables::new());
-            (((__y, __mutated), (__dy, __none)), move |((__ct, _), (__dct, _))| {
+            let (__y, __dy) = __out;
+            (#wrap, move |#ct_pat| {
                 let #given = __pb((__ct, __dct));
                 #gives
             })
@@ -322,13 +265,12 @@ fn apply_with_jvp_items(
         Owner::Method,
         Flavor::Owned,
     );
-    // Along the variables too (`__apply_with_tjvp_all(variables, variable tangents,
-    // options, ..)`), its VJP not written (see `poisoned_vjp`).
     let var_tangents = crate::hygiene::generated("variable_tangents");
+    let tjvp_name = format_ident!("{}_tjvp_all", prefix);
     let tjvp_sig = renamed(
         &jvp_sig,
-        "__apply_with_tjvp_all",
-        quote!(&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#inputs,)* #(#tangents),*),
+        &tjvp_name.to_string(),
+        quote!(&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #opt_input #(#inputs,)* #(#tangents),*),
         None,
     );
     let mut tjvp_params = jvp_params.clone();
@@ -338,23 +280,23 @@ fn apply_with_jvp_items(
         __cx.set_tangents(::core::option::Option::Some(#var_tangents));
         let (__y, __dy) = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
         #finish
-        let __out = ((__y, #options.mutated(&__vars)), (__dy, ::adjoint::Variables::new()));
+        let __out = #wrap;
     };
     let tjvp_vjp = poisoned_vjp(&tjvp_sig, &tjvp_params, &along_variables);
     quote! {
         #[doc(hidden)]
         #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
-        pub fn __apply_with_jvp_all #generics (&self, #variables: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#inputs,)* #(#tangents),*) -> ((#ret, ::adjoint::Variables), (#ret_cot, ::adjoint::Variables)) #where_clause {
+        pub fn #jvp_name #generics (&self, #variables: &::adjoint::Variables, #opt_input #(#inputs,)* #(#tangents),*) -> #out_ty #where_clause {
             #scope
             let (__y, __dy) = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
             #finish
-            ((__y, #options.mutated(&__vars)), (__dy, ::adjoint::Variables::new()))
+            #wrap
         }
         #vjp
 
         #[doc(hidden)]
         #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
-        pub fn __apply_with_tjvp_all #generics (&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #options: &::adjoint::scope::ApplyOptions, #(#inputs,)* #(#tangents),*) -> ((#ret, ::adjoint::Variables), (#ret_cot, ::adjoint::Variables)) #where_clause {
+        pub fn #tjvp_name #generics (&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #opt_input #(#inputs,)* #(#tangents),*) -> #out_ty #where_clause {
             #along_variables
             __out
         }

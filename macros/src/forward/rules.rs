@@ -79,6 +79,13 @@ impl Tangent<'_> {
         variadic(path, &items, &self.atom(&consts[0]))
     }
 
+    /// The tangent `d` broadcast to the shape of a sum with `other` (which has no
+    /// tangent, read for its shape only): the `widen` rule.
+    fn widened(&self, d: &TokenStream, other: &Atom) -> TokenStream {
+        let o = self.r(other);
+        quote!(::adjoint::__private::widen(&(#d), &::adjoint::no_grad(#o)))
+    }
+
     /// The tangent of `y = func(operands, consts)`.
     pub(super) fn template(
         &self,
@@ -118,14 +125,10 @@ impl Tangent<'_> {
                 let b = &operands[1].atom;
                 // One tangent: it alone, broadcast to the result's shape (no zero
                 // of the other operand's shape added to it).
-                let widen = |d: &TokenStream, other: &Atom| {
-                    let o = self.r(other);
-                    quote!(::adjoint::__private::widen(&(#d), &::adjoint::no_grad(#o)))
-                };
                 match (&da, self.dot(b), b) {
-                    (Some(d), None, Atom::Var(_)) => return Some(widen(d, b)),
+                    (Some(d), None, Atom::Var(_)) => return Some(self.widened(d, b)),
                     (None, Some(e), _) if func == "add" && a.var().is_some() => {
-                        return Some(widen(&e, a));
+                        return Some(self.widened(&e, a));
                     }
                     _ => {}
                 }
@@ -342,10 +345,7 @@ impl Tangent<'_> {
             // Ownership and layout conversions carry the tangent the same way.
             // How forward mode reads an operand (`jvp = 2` reads its own output).
             "operand" => da.map(|d| quote!(::adjoint::__private::operand(#d))),
-            "widen" => da.map(|d| {
-                let o = self.r(&operands[1].atom);
-                quote!(::adjoint::__private::widen(&(#d), &::adjoint::no_grad(#o)))
-            }),
+            "widen" => da.map(|d| self.widened(&d, &operands[1].atom)),
             "to_owned" | "clone" | "view" | "as_standard_layout" | "to_shared" => da.map(|d| {
                 let m = Ident::new(func, proc_macro2::Span::call_site());
                 quote!((#d).#m())
