@@ -483,7 +483,8 @@ pub mod __private {
     pub use crate::rules::shape::*;
     pub use crate::rules::tree::*;
     pub use crate::scope::{
-        add_param, no_tangents, rerun_failed, second_order, unsupported_cot, vjp_variables,
+        add_param, kept_tangents, rerun_failed, second_order, split_tangent_cotangents,
+        unsupported_cot, vjp_variables,
     };
     pub use crate::transforms::{
         GradOf, IntoTangent, IsZero, NoTangent, OnlyVjp, ScalarOutput, ZeroTangent, grad_seed,

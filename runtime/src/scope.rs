@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use crate::variables::{
-    Leaf, ParamCot, Stored, Variables, add_param, no_tangents, rerun_failed, second_order,
+    Leaf, ParamCot, Stored, Variables, add_param, kept_tangents, rerun_failed, second_order,
     unsupported_cot, vjp_variables,
 };
 
@@ -216,6 +216,19 @@ impl Drop for Scope<'_> {
 pub struct Restriction {
     visible: Option<BTreeSet<String>>,
     visible_rngs: Option<BTreeSet<String>>,
+}
+
+/// Where a cotangent tree holds the cotangents of the parameters' tangents (forward
+/// mode along the variables, differentiated again): a collection no scope reads.
+const TANGENT_COTANGENTS: &str = "params (tangent)";
+
+/// A cotangent tree split into the parameters' cotangents and their tangents' (the
+/// latter under `params`, shaped as the tangents were given), for the VJP of forward
+/// mode along the variables.
+#[doc(hidden)]
+pub fn split_tangent_cotangents(mut cotangents: Variables) -> (Variables, Variables) {
+    let tangents = cotangents.take_collection(TANGENT_COTANGENTS, "params");
+    (cotangents, tangents)
 }
 
 /// The path of a variable, for the reverse sweep to add its cotangent into.
@@ -450,7 +463,24 @@ impl<'v> Scope<'v> {
     /// one a lifted `jvp!` was given, or zero.
     #[doc(hidden)]
     pub fn param_tangent<T: Stored + Clone>(&mut self, like: &T, name: &str) -> T {
+        self.param_tangent_at(like, name).0
+    }
+
+    /// [`Scope::param_tangent`], also returning where its cotangent goes: the
+    /// variables' tangents' cotangents, kept apart from the parameters' in the same
+    /// tree (see [`split_tangent_cotangents`]), for the reverse sweep of forward mode
+    /// along the variables (second order along them).
+    #[doc(hidden)]
+    pub fn param_tangent_at<T: Stored + Clone>(&mut self, like: &T, name: &str) -> (T, VarPath) {
         let path = self.path_to(name);
+        let at = VarPath {
+            collection: TANGENT_COTANGENTS,
+            path: path.clone(),
+        };
+        (self.read_tangent(like, path), at)
+    }
+
+    fn read_tangent<T: Stored + Clone>(&mut self, like: &T, path: String) -> T {
         let like = like.clone().into_leaf();
         let given = self.tangents.as_ref().and_then(|t| t.get("params", &path));
         if let Some(leaf) = given {

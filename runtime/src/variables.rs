@@ -473,6 +473,19 @@ impl Variables {
         self.error.get_or_insert(Box::new(e));
     }
 
+    /// Collection `name` moved out into a tree of its own, named `renamed` there;
+    /// an error this tree carries, both carry.
+    pub(crate) fn take_collection(&mut self, name: &str, renamed: &str) -> Variables {
+        let mut taken = Variables {
+            collections: BTreeMap::new(),
+            error: self.error.clone(),
+        };
+        if let Some(c) = self.collections.remove(name) {
+            taken.collections.insert(renamed.to_string(), c);
+        }
+        taken
+    }
+
     /// The names of the collections.
     ///
     /// ```
@@ -1249,13 +1262,16 @@ pub fn rerun_failed(acc: &mut Variables, error: Option<&ScopeError>) {
     }
 }
 
-/// Whether a lifted `jvp!`'s variable tangents are all zero (or absent): then its
-/// second order is the child's forward mode along the inputs, run again.
+/// A lifted `jvp!`'s variable tangents as its second order reruns the child: `None`
+/// where all are zero (or absent), and the child's forward mode along the inputs is
+/// run again; else a copy of the tree (its leaves shared), and the rerun is along
+/// the variables too.
 #[doc(hidden)]
-pub fn no_tangents(tangents: &Variables) -> bool {
-    tangents
+pub fn kept_tangents(tangents: &Variables) -> Option<Variables> {
+    let zero = tangents
         .leaves()
-        .all(|(_, _, l)| matches!(l, Leaf::I64(_)) || l.to_f64_vec().iter().all(|v| *v == 0.0))
+        .all(|(_, _, l)| matches!(l, Leaf::I64(_)) || l.to_f64_vec().iter().all(|v| *v == 0.0));
+    (!zero).then(|| tangents.clone())
 }
 
 /// The cotangents a lifted `vjp!` returns: the listed collections of the child at

@@ -17,6 +17,9 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
   differentiated with respect to the initial weights and the learner's own scale.
 - `jvp_loss`: second order through `nn.jvp` (zero variable tangents): a loss on the
   directional derivative of a field (whose network loops) and on its value.
+- `jvp_along_variables`: the same with nonzero variable tangents (a kernel's and a
+  bias's): second order along the variables' tangents; gradients in the parameters
+  and the input.
 - `lifted_jacobian`: `jax.jacrev` and `jax.jacfwd` of a child (a loop and a branch in its
   body) in its input, its variables held, for one input and for a batch (shape
   `output ++ input`); Flax has no lifted Jacobians (flax#735), so the reference is what a
@@ -271,6 +274,39 @@ def case_jvp():
 
 
 OUT["jvp_loss"] = case_jvp()
+
+
+# 5b. The same with nonzero variable tangents (the first layer's kernel and the last
+# bias): second order along the variables' tangents, which are constants.
+def jvp_variable_tangents():
+    t = jax.tree_util.tree_map(jnp.zeros_like, case_jvp_child())
+    t["Dense_0"]["kernel"] = arr(2, 5, seed=42, scale=0.6)
+    t["Dense_3"]["bias"] = jnp.array([1.0])
+    return {"params": t}
+
+
+class JvpAlongVariables(nn.Module):
+    @nn.compact
+    def __call__(self, x, v):
+        y, dy = nn.jvp(lambda mdl, x: mdl(x), Field2(), (x,), (v,), jvp_variable_tangents())
+        r = dy[:, 0] - jnp.cos(x[:, 0])
+        return jnp.mean(r * r) + 0.1 * jnp.mean(y * y)
+
+
+def case_jvp_along_variables():
+    x, v = arr(6, 2, seed=30, scale=1.2), arr(6, 2, seed=31)
+    variables = {"params": {"Field2_0": case_jvp_child()}}
+    model = JvpAlongVariables()
+    loss, grads = jax.value_and_grad(lambda vs: model.apply(vs, x, v))(variables)
+    gx = jax.grad(lambda x: model.apply(variables, x, v))(x)
+    return {
+        "x": x.tolist(), "v": v.tolist(), "variables": tolist(variables),
+        "variable_tangents": tolist(jvp_variable_tangents()),
+        "loss": float(loss), "grads": tolist(grads), "grad_x": gx.tolist(),
+    }
+
+
+OUT["jvp_along_variables"] = case_jvp_along_variables()
 
 
 # 6. Lifted Jacobians (Flax has none, flax#735): what a user writes with jax.jacrev and

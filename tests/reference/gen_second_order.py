@@ -7,6 +7,13 @@ them (`tests/tests/second_order.rs`), and `grad_penalty`, `value_and_grad_loss`:
 `jax.value_and_grad` (a residual on a network's value and input gradient): what
 `grad!(f)(..)` and `value_and_grad!(f)(..)` inside a `#[differentiable]` body give.
 
+And Hessian-vector products in a Flax model's parameters (`jax.jvp(jax.grad(loss),
+(params, ..), (v, ..))` of a loss over `model.apply`), what `hvp!` of a function
+applying a module to its variables gives: `hvp_params_loop` (a shared parameter
+applied in a loop, a branch on the data; in the parameters and the input together)
+and `hvp_params_batchnorm` (BatchNorm on the batch's statistics, its `batch_stats`
+mutable, as `apply(.., mutable=["batch_stats"])`; in the parameters).
+
 Each case gives its inputs, the function's value, and the requested derivatives, each
 as a flat list with its shape (JAX's: `output ++ input` for Jacobians, `input ++
 input` for Hessians).
@@ -16,6 +23,7 @@ Run:  python gen_second_order.py   (writes second_order.json)
 import json
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 
 jax.config.update("jax_enable_x64", True)
 
@@ -201,6 +209,92 @@ def value_grad_loss(x, w):
 
 
 CASES["value_and_grad_loss"] = loss_case(value_grad_loss)
+
+
+
+def tolist(tree):
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(v).tolist(), tree)
+
+
+def pattern_like(tree, seed):
+    """A direction shaped as `tree`, a pattern per leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return jax.tree_util.tree_unflatten(
+        treedef, [arr(*l.shape, seed=seed + k, scale=0.5) for k, l in enumerate(leaves)]
+    )
+
+
+# Hessian-vector products in a model's parameters.
+class Resid(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(4)(x))
+        r = self.param("r", nn.initializers.zeros, (4, 4))
+        for _ in range(2):
+            h = h + jnp.tanh(h @ r)
+        h = jax.lax.cond(jnp.sum(h) > 0.0, lambda h: h * 1.5, lambda h: h * h, h)
+        return nn.Dense(1)(h)
+
+
+def case_hvp_params_loop():
+    x, t = arr(5, 3, seed=60, scale=0.9), arr(5, 1, seed=61)
+    variables = {
+        "params": {
+            "Dense_0": {"kernel": arr(3, 4, seed=62, scale=0.7), "bias": arr(4, seed=63, scale=0.2)},
+            "r": arr(4, 4, seed=64, scale=0.5),
+            "Dense_1": {"kernel": arr(4, 1, seed=65, scale=0.8), "bias": arr(1, seed=66, scale=0.1)},
+        }
+    }
+    loss = lambda v, x: jnp.mean((Resid().apply(v, x) - t) ** 2)
+    dv, dx = pattern_like(variables, 70), arr(5, 3, seed=80, scale=0.3)
+    hv, hx = jax.jvp(jax.grad(loss, argnums=(0, 1)), (variables, x), (dv, dx))[1]
+    h = jnp.tanh(x @ variables["params"]["Dense_0"]["kernel"] + variables["params"]["Dense_0"]["bias"])
+    for _ in range(2):
+        h = h + jnp.tanh(h @ variables["params"]["r"])
+    return {
+        "x": tolist(x), "t": tolist(t), "variables": tolist(variables),
+        "dv": tolist(dv), "dx": tolist(dx),
+        "positive_arm": bool(jnp.sum(h) > 0.0),
+        "loss": float(loss(variables, x)),
+        "hvp_variables": tolist(hv), "hvp_x": tolist(hx),
+    }
+
+
+CASES["hvp_params_loop"] = case_hvp_params_loop()
+
+
+class Normed(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(4)(x)
+        h = nn.BatchNorm(use_running_average=False, momentum=0.9)(h)
+        return nn.Dense(1)(jnp.tanh(h))
+
+
+def case_hvp_params_batchnorm():
+    x, t = arr(6, 2, seed=90, scale=1.2), arr(6, 1, seed=91)
+    params = {
+        "Dense_0": {"kernel": arr(2, 4, seed=92, scale=0.8), "bias": arr(4, seed=93, scale=0.2)},
+        "BatchNorm_0": {"scale": 1.0 + arr(4, seed=94, scale=0.3), "bias": arr(4, seed=95, scale=0.2)},
+        "Dense_1": {"kernel": arr(4, 1, seed=96, scale=0.8), "bias": arr(1, seed=97, scale=0.1)},
+    }
+    stats = {"BatchNorm_0": {"mean": jnp.zeros(4), "var": jnp.ones(4)}}
+
+    def loss(p):
+        y, _ = Normed().apply({"params": p, "batch_stats": stats}, x, mutable=["batch_stats"])
+        return jnp.mean((y - t) ** 2)
+
+    dv = pattern_like({"params": params}, 100)
+    hv = jax.jvp(jax.grad(loss), (params,), (dv["params"],))[1]
+    return {
+        "x": tolist(x), "t": tolist(t),
+        "variables": tolist({"params": params, "batch_stats": stats}),
+        "dv": tolist(dv), "loss": float(loss(params)),
+        "hvp_variables": tolist({"params": hv}),
+    }
+
+
+CASES["hvp_params_batchnorm"] = case_hvp_params_batchnorm()
 
 with open("second_order.json", "w") as out:
     json.dump(CASES, out, indent=1)

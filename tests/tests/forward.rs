@@ -973,8 +973,8 @@ fn potential_output(v: &Variables, x: &Array1<f64>) -> f64 {
 
 /// Forward mode along the variables (`jax.jvp` of `apply` in the parameters, what a
 /// Gauss-Newton or NTK product takes): against central differences of the output
-/// along the variables' and the input's directions together. Differentiating that
-/// again is second order along the variables: reported, never silent.
+/// along the variables' and the input's directions together; and differentiated
+/// again, the Hessian-vector product along both (second order in the parameters).
 #[test]
 fn forward_mode_of_apply_along_the_variables() {
     let (x, t) = (array![0.3, -0.5, 0.8], array![0.2, 0.7, -0.4]);
@@ -997,12 +997,36 @@ fn forward_mode_of_apply_along_the_variables() {
     let (_, held) = jvp!(potential_energy)(&vars, &x, &t);
     let e = potential_output(&vars, &x);
     assert!((held - (2.0 * e * dx_only + t.sum())).abs() < 1e-12 * (1.0 + held.abs()));
-    let (hv_vars, hv_x) = hvp!(potential_output)(&vars, &x, &dv, &t);
-    assert!(matches!(
-        hv_vars.error(),
-        Some(ScopeError::SecondOrderUnsupported)
-    ));
-    assert!(hv_x.iter().all(|g| g.is_nan()), "{hv_x}");
+    let hv = hvp!(potential_output)(&vars, &x, &dv, &t);
+    assert_hvp_along_variables(hv, |s| {
+        let v = vars.zip_map(&dv, |w, d| w + s * d).unwrap();
+        grad!(potential_output)(&v, &(&x + &(&t * s)))
+    });
+}
+
+/// A Hessian-vector product in the variables and an input, `(H v, H x)`, against
+/// central differences of the gradient `at(s)` along the direction: normwise to
+/// 1e-7 of its size (the differences' own error), the trees of the same structure.
+fn assert_hvp_along_variables(
+    (hv_vars, hv_x): (Variables, Array1<f64>),
+    at: impl Fn(f64) -> (Variables, Array1<f64>),
+) {
+    let h = 1e-5;
+    let ((vp, xp), (vm, xm)) = (at(h), at(-h));
+    let fd_vars = vp.sub(&vm).unwrap().scale(0.5 / h);
+    let fd_x = (&xp - &xm) / (2.0 * h);
+    assert_eq!(hv_vars.error(), None);
+    assert_eq!(hv_vars.shapes(), fd_vars.shapes());
+    let off = hv_vars.sub(&fd_vars).unwrap().global_norm();
+    assert!(
+        off < 1e-7 * (1.0 + fd_vars.global_norm()),
+        "H v in the variables off by {off}: {hv_vars} against {fd_vars}"
+    );
+    let off_x = (&hv_x - &fd_x).mapv(|d| d * d).sum().sqrt();
+    assert!(
+        off_x < 1e-7 * (1.0 + fd_x.mapv(|d| d * d).sum().sqrt()),
+        "{hv_x} against {fd_x}"
+    );
 }
 
 /// An LSTM cell applied to variables, its carry a pair built in the body: forward
@@ -1104,8 +1128,8 @@ fn noisy_output(v: &Variables, #[no_grad] opts: &ApplyOptions, x: &Array1<f64>) 
 }
 
 /// `apply_with` along the variables' tangents and the input's together, against
-/// central differences; differentiating that again is second order along the
-/// variables: reported, never silent.
+/// central differences, and its Hessian-vector product along both (the dropout mask
+/// and the counter as the options give them).
 #[test]
 fn forward_mode_of_apply_with_along_the_variables() {
     let (x, t) = (array![0.3, -0.5, 0.8], array![0.2, 0.7, -0.4]);
@@ -1124,12 +1148,11 @@ fn forward_mode_of_apply_with_along_the_variables() {
         (dy - fd).abs() < 1e-7 * fd.abs().max(1.0),
         "jvp {dy}, differences {fd}"
     );
-    let (hv_vars, hv_x) = hvp!(noisy_output)(&vars, &opts, &x, &dv, &t);
-    assert!(matches!(
-        hv_vars.error(),
-        Some(ScopeError::SecondOrderUnsupported)
-    ));
-    assert!(hv_x.iter().all(|g| g.is_nan()), "{hv_x}");
+    let hv = hvp!(noisy_output)(&vars, &opts, &x, &dv, &t);
+    assert_hvp_along_variables(hv, |s| {
+        let v = vars.zip_map(&dv, |w, d| w + s * d).unwrap();
+        grad!(noisy_output)(&v, &opts, &(&x + &(&t * s)))
+    });
 }
 
 // ----- sums with one operand held -----

@@ -11,7 +11,8 @@ use adjoint::prelude::*;
 use adjoint::scope::ApplyOptions;
 use adjoint::train::TrainState;
 use adjoint_tests::{
-    array, assert_scalar_close, assert_tree_close, matrix, reference, variables, vector,
+    array, assert_close, assert_scalar_close, assert_tree_close, matrix, reference, variables,
+    vector,
 };
 use ndarray::{Array1, Array2, ArrayD, Dimension};
 
@@ -681,35 +682,43 @@ fn second_order_through_a_lifted_jvp() {
     println!("second order through jvp!: normwise relative error {err:.1e}");
 }
 
-/// With a nonzero variable tangent the lifted `jvp!`'s second order is not the rerun
-/// along the inputs: the gradients say so instead of being wrong.
-struct JvpAlongABias;
+/// The same with nonzero variable tangents: the lifted `jvp!`'s second order runs
+/// the child's forward mode along the variables too, differentiated.
+struct JvpAlongVariables {
+    tangents: Variables,
+}
 
 #[differentiable]
-impl JvpAlongABias {
+impl JvpAlongVariables {
     fn call(&self, cx: &mut Scope, x: &Array2<f64>, v: &Array2<f64>) -> f64 {
-        let along = no_grad(
-            Variables::new()
-                .with("params", "Dense_3/bias", ndarray::arr1(&[1.0]))
-                .unwrap(),
-        );
-        let (_, dy) = jvp!(cx, |mdl, cx, x| mdl.call(cx, x), Field2, (x,), (v,), along);
-        dy.sum()
+        let along = no_grad(self.tangents.clone());
+        let (y, dy) = jvp!(cx, |mdl, cx, x| mdl.call(cx, x), Field2, (x,), (v,), along);
+        let r = &dy.column(0) - &x.column(0).cos();
+        (&r * &r).mean().unwrap() + (&y * &y).mean().unwrap() * 0.1
     }
 }
 
+/// Against `nn.jvp(.., variable_tangents)` differentiated by JAX, in the parameters
+/// and the input.
 #[test]
-fn second_order_through_a_jvp_along_variables_is_a_typed_error() {
-    let case = reference("lifted_second_order.json", "jvp_loss");
+fn second_order_through_a_jvp_along_variables() {
+    let case = reference("lifted_second_order.json", "jvp_along_variables");
     let (x, v) = (matrix(&case["x"]), matrix(&case["v"]));
-    let vars = variables(&case["variables"])
-        .subtree("Field2_0")
-        .prefixed("Field2_0");
-    let (_, grads) =
-        value_and_grad!(|vs: &Variables| JvpAlongABias.apply(vs, &x, &v).unwrap())(&vars);
-    assert_eq!(
-        grads.error(),
-        Some(adjoint::ScopeError::SecondOrderUnsupported)
+    let vars = variables(&case["variables"]);
+    let model = JvpAlongVariables {
+        tangents: variables(&case["variable_tangents"]),
+    };
+    let (loss, grads) = value_and_grad!(|vs: &Variables| model.apply(vs, &x, &v).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("jvp loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("jvp loss grads", &grads, &case["grads"], RTOL);
+    println!("second order through jvp! along the variables: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| model.apply(&vars, x, &v).unwrap())(&x);
+    assert_close(
+        "jvp loss grad_x",
+        &gx.into_dyn(),
+        &matrix(&case["grad_x"]).into_dyn(),
+        RTOL,
     );
 }
 

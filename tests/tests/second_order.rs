@@ -390,3 +390,113 @@ fn value_grad_loss(x: &Array1<f64>, w: &Array1<f64>) -> f64 {
 fn gradient_of_a_function_that_takes_a_value_and_gradient() {
     check_free_second_order("value_and_grad_loss", value_grad_loss::value_and_grad);
 }
+
+// ----- Hessian-vector products in a model's parameters -----
+
+/// A shared parameter applied in a loop and a branch on the data, between two
+/// layers: `Resid` of `gen_second_order.py`.
+struct Resid;
+
+#[differentiable]
+impl Resid {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let mut h = nn::Dense::new(4).call(cx, x).tanh();
+        let r: Array2<f64> = cx.param("r", init::zeros, (4, 4));
+        for _ in 0..2 {
+            h = &h + &h.dot(&r).tanh();
+        }
+        let h = if h.sum() > 0.0 { &h * 1.5 } else { &h * &h };
+        nn::Dense::new(1).call(cx, &h)
+    }
+}
+
+/// Flax's `loss(variables, x) = mean((model.apply(variables, x) - t)^2)`.
+#[differentiable(jvp)]
+fn resid_loss(v: &Variables, x: &Array2<f64>, #[no_grad] t: &Array2<f64>) -> f64 {
+    let d = &Resid.apply(v, x).unwrap() - t;
+    (&d * &d).mean().unwrap()
+}
+
+/// `jax.jvp(jax.grad(loss, argnums=(0, 1)), (variables, x), (dv, dx))`: the
+/// Hessian-vector product in a model's parameters and its input together (what
+/// Newton-CG, curvature estimates and influence functions take), through `apply`.
+#[test]
+fn hvp_in_a_models_parameters_and_input() {
+    let case = reference("second_order.json", "hvp_params_loop");
+    let (vars, dv) = (
+        adjoint_tests::variables(&case["variables"]),
+        adjoint_tests::variables(&case["dv"]),
+    );
+    let (x, t, dx) = (
+        adjoint_tests::matrix(&case["x"]),
+        adjoint_tests::matrix(&case["t"]),
+        adjoint_tests::matrix(&case["dx"]),
+    );
+    assert_eq!(case["positive_arm"].as_bool(), Some(true));
+    let loss = resid_loss(&vars, &x, &t);
+    assert!(
+        (loss - case["loss"].as_f64().unwrap()).abs() < 1e-12,
+        "{loss}"
+    );
+    let (hv, hx) = hvp!(resid_loss)(&vars, &x, &t, &dv, &dx);
+    assert_eq!(hv.error(), None);
+    adjoint_tests::assert_tree_close("H v in the parameters", &hv, &case["hvp_variables"], 1e-9);
+    assert_close(
+        "H v in the input",
+        &hx.into_dyn(),
+        &adjoint_tests::matrix(&case["hvp_x"]).into_dyn(),
+    );
+}
+
+/// BatchNorm on the batch's statistics: `Normed` of `gen_second_order.py`.
+struct Normed;
+
+#[differentiable]
+impl Normed {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let h = nn::Dense::new(4).call(cx, x);
+        let h = nn::BatchNorm::new()
+            .use_running_average(false)
+            .momentum(0.9)
+            .call(cx, &h);
+        nn::Dense::new(1).call(cx, &h.tanh())
+    }
+}
+
+/// The loss through `apply_with(.., mutable=["batch_stats"])`, the updated
+/// statistics dropped.
+#[differentiable(jvp)]
+fn normed_loss(
+    v: &Variables,
+    #[no_grad] opts: &adjoint::scope::ApplyOptions,
+    #[no_grad] x: &Array2<f64>,
+    #[no_grad] t: &Array2<f64>,
+) -> f64 {
+    let (y, _stats) = Normed.apply_with(v, opts, x).unwrap();
+    let d = &y - t;
+    (&d * &d).mean().unwrap()
+}
+
+/// `jax.jvp(jax.grad(loss), (params,), (v,))` through BatchNorm's batch statistics
+/// (second order through the mean and variance of the batch).
+#[test]
+fn hvp_in_a_models_parameters_through_batch_statistics() {
+    let case = reference("second_order.json", "hvp_params_batchnorm");
+    let (vars, dv) = (
+        adjoint_tests::variables(&case["variables"]),
+        adjoint_tests::variables(&case["dv"]),
+    );
+    let (x, t) = (
+        adjoint_tests::matrix(&case["x"]),
+        adjoint_tests::matrix(&case["t"]),
+    );
+    let opts = adjoint::scope::ApplyOptions::new().mutable(["batch_stats"]);
+    let loss = normed_loss(&vars, &opts, &x, &t);
+    assert!(
+        (loss - case["loss"].as_f64().unwrap()).abs() < 1e-12,
+        "{loss}"
+    );
+    let hv = hvp!(normed_loss)(&vars, &opts, &x, &t, &dv);
+    assert_eq!(hv.error(), None);
+    adjoint_tests::assert_tree_close("H v in the parameters", &hv, &case["hvp_variables"], 1e-9);
+}

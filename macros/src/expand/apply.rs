@@ -2,7 +2,7 @@
 //! transforms: their VJPs (the gradient with respect to the variables, the training
 //! path, and the inputs), and their forward modes (`__apply_jvp_all` and
 //! `__apply_with_jvp_all` along the inputs, `__apply_tjvp_all` along the variables
-//! too) with the VJPs of the first two.
+//! too) with their VJPs.
 
 use crate::expand::companions::{Flavor, Owner, companion_items};
 use crate::parse::signature::{ParamInfo, param_name};
@@ -122,20 +122,9 @@ impl Forward {
         let mut tangent_params = Vec::new();
         let mut passed = Vec::new();
         for p in rest {
-            let (d, ty) = (p.tangent_name(), &p.ty);
-            let ty: Type = match (p.active, ty) {
-                (true, _) => ty.clone(),
-                (false, Type::Reference(_)) => syn::parse_quote!(&::adjoint::NoTangent),
-                (false, _) => syn::parse_quote!(::adjoint::NoTangent),
-            };
-            tangent_params.push(ParamInfo {
-                pat: syn::parse_quote!(#d),
-                ty,
-                active: p.active,
-                scope: false,
-            });
+            tangent_params.push(p.tangent());
             if p.active {
-                passed.push(d);
+                passed.push(p.tangent_name());
             }
         }
         let tangents = tangent_params.iter().map(ParamInfo::input).collect();
@@ -197,8 +186,9 @@ impl Forward {
 /// `apply` (`apply_with`) opens; its VJP (`____apply_jvp_all_vjp_owned`, the
 /// module's JVP-VJP with the variables' cotangents), what the reverse mode over that
 /// forward mode calls; and the same along the variables too (`__apply_tjvp_all`,
-/// `__apply_with_tjvp_all`: the variables' tangents given after them), whose VJP is
-/// not written (see `poisoned_vjp`). `apply_with`'s value is `(value, mutated
+/// `__apply_with_tjvp_all`: the variables' tangents given after them), whose VJP
+/// gives the variables' cotangents and their tangents' (second order along the
+/// variables: a Hessian-vector product in the parameters). `apply_with`'s value is `(value, mutated
 /// collections)`, the collections' tangent an empty tree (constants, as in reverse
 /// mode).
 fn forward_items(
@@ -278,11 +268,32 @@ fn forward_items(
     let along_variables = quote! {
         #scope
         __cx.set_tangents(::core::option::Option::Some(#var_tangents));
-        let (__y, __dy) = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
-        #finish
-        let __out = #wrap;
     };
-    let tjvp_vjp = poisoned_vjp(&tjvp_sig, &tjvp_params, &along_variables);
+    // Its VJP: the module's forward mode along the variables differentiated, whose
+    // tree of cotangents holds the variables' and their tangents' apart.
+    let ts: Vec<Ident> = (0..names.len())
+        .map(|i| format_ident!("__t{}", i))
+        .collect();
+    let cs = &fw.cs;
+    let extra = options.map(|_| quote!((),));
+    let tjvp_vjp = companion_items(
+        &syn::parse_quote!(pub),
+        &tjvp_sig,
+        &tjvp_params,
+        quote! {
+            #along_variables
+            let (__out, __pb) = self.____call_body_tjvp_vjp_params(&mut __cx, #(#names,)* #(#all_tangents),*);
+            #finish
+            let (__y, __dy) = __out;
+            (#wrap, move |#ct_pat| {
+                let (__v, _, #(#cs,)* #(#ts,)*) = __pb((__ct, __dct));
+                let (__v, __dv) = ::adjoint::__private::split_tangent_cotangents(__v);
+                (__v, __dv, #extra #(#cs,)* #(#ts,)*)
+            })
+        },
+        Owner::Method,
+        Flavor::Owned,
+    );
     quote! {
         #[doc(hidden)]
         #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
@@ -298,42 +309,12 @@ fn forward_items(
         #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
         pub fn #tjvp_name #generics (&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #opt_input #(#inputs,)* #(#tangents),*) -> #out_ty #where_clause {
             #along_variables
-            __out
+            let (__y, __dy) = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
+            #finish
+            #wrap
         }
         #tjvp_vjp
     }
-}
-
-/// The VJP of a forward mode along the variables (second order along them): not
-/// written; its pullback gives NaN for the inputs and trees poisoned with
-/// `SecondOrderUnsupported` (reported, never a silent zero). `run` computes `__out`.
-fn poisoned_vjp(sig: &Signature, params: &[ParamInfo], run: &TokenStream) -> TokenStream {
-    let unsupported: Vec<TokenStream> = params
-        .iter()
-        .map(|p| {
-            let n = param_name(&p.pat);
-            if p.active {
-                quote!(::adjoint::__private::unsupported_cot(&#n))
-            } else {
-                quote!(())
-            }
-        })
-        .collect();
-    let zs: Vec<Ident> = (0..unsupported.len())
-        .map(|i| format_ident!("__z{}", i))
-        .collect();
-    companion_items(
-        &syn::parse_quote!(pub),
-        sig,
-        params,
-        quote! {
-            let (#(#zs,)*) = (#(#unsupported,)*);
-            #run
-            (__out, move |_| (#(#zs,)*))
-        },
-        Owner::Method,
-        Flavor::Owned,
-    )
 }
 
 /// `sig` renamed `name`, with parameters `inputs` and (if given) the result `output`:

@@ -7,7 +7,7 @@ use crate::ctxt::Ctxt;
 use crate::lower::{self, ParamSpec};
 use crate::parse::signature::*;
 use proc_macro2::TokenStream;
-use quote::{ToTokens, format_ident, quote};
+use quote::{format_ident, quote};
 use syn::{Ident, ItemFn, ReturnType, Type};
 
 /// `fn __f_jvp(args.., tangents..) -> (R, R)`: the value and its directional
@@ -133,15 +133,11 @@ impl JvpInputs {
             forwarded: params.iter().map(|p| param_name(&p.pat)).collect(),
         };
         for p in params {
-            let (d, ty) = (p.tangent_name(), &p.ty);
-            inputs.all_tangents.push(match (p.active, ty) {
-                (true, _) => quote!(#d: #ty),
-                (false, Type::Reference(_)) => quote!(#d: &::adjoint::NoTangent),
-                (false, _) => quote!(#d: ::adjoint::NoTangent),
-            });
+            let tangent = p.tangent();
+            inputs.all_tangents.push(tangent.input());
             if p.active {
-                inputs.tangents.push(quote!(#d: #ty));
-                inputs.forwarded.push(d.to_token_stream());
+                inputs.tangents.push(tangent.input());
+                inputs.forwarded.push(param_name(&tangent.pat));
             }
         }
         inputs

@@ -523,7 +523,7 @@ pub(crate) fn lifted_module(
 ///
 /// Forward mode proper: the closure's body with a tangent after each statement, the
 /// child's parameter reads taking their tangents from the scope, and submodules
-/// running their own forward mode (`__call_tjvp`).
+/// running their own forward mode (`__call_tjvp_any`).
 pub(crate) fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
     let scope = &input.positional[0];
     let syn::Expr::Closure(c) = &input.positional[1] else {
@@ -562,7 +562,7 @@ pub(crate) fn lifted_jvp(cx: &Ctxt, input: &TransformInput) -> TokenStream {
         &func,
         &|v| act.varied(v),
         &refs,
-        crate::forward::Mode::Variables,
+        crate::forward::Mode::Lifted,
         true,
     ) else {
         cx.error_at(

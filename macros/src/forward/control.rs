@@ -195,13 +195,7 @@ impl Tangent<'_> {
         } else {
             self.f.name(v).clone()
         };
-        let by_copy = self.scalar[v.0 as usize]
-            || if tangent {
-                self.tangent_refs.contains(&v)
-            } else {
-                self.refs.contains(&v)
-            };
-        if by_copy {
+        if self.scalar[v.0 as usize] || self.refs.contains(&v) {
             quote!(#name)
         } else {
             quote!(#name.clone())
@@ -264,7 +258,7 @@ impl Tangent<'_> {
             }
             Val::Atom(a) if !tangent => self.atom(a),
             Val::Atom(a) => match a.var().filter(|v| self.has_dot.contains(v)) {
-                Some(v) if self.tangent_refs.contains(&v) => {
+                Some(v) if self.refs.contains(&v) => {
                     let d = dot_name(self.f.name(v));
                     quote!(#d.to_owned())
                 }

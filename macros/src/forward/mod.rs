@@ -27,10 +27,18 @@ pub enum Mode {
     /// Along the inputs, as ordinary Rust differentiated again (second order); a
     /// tangent has its input's type.
     Inputs,
-    /// Along the inputs and the variables (a lifted `jvp!`): tangents are owned values,
-    /// parameter reads take theirs from the scope, and submodules run the same kind of
-    /// forward mode (`__call_tjvp`), given `NoTangent` for arguments that do not vary.
+    /// Along the inputs and the variables, in a module's body (what a lifted `jvp!`
+    /// or a module applied to variables with a tangent runs): parameter reads take
+    /// theirs from the scope, and submodules run the same kind of forward mode
+    /// (`__call_tjvp`), given a tangent for every argument as their primals are
+    /// passed (as `jvp_all`: a zero, or `NoTangent`, where one does not vary).
+    /// Ordinary Rust differentiated again too: second order along the variables.
     Variables,
+    /// The same in a lifted `jvp!`'s closure, whose arguments' types are not known:
+    /// tangents are owned values, and submodules take them through their generic
+    /// entry (`__call_tjvp_any`: any tangent, or `NoTangent`, converted there). Not
+    /// differentiated again (the lifted `jvp!`'s second order reruns the child).
+    Lifted,
 }
 
 /// The body of `fn __f_jvp(args.., tangents..) -> (R, R)`, or `None` if the body uses
@@ -54,10 +62,6 @@ pub fn jvp_body(
         .filter(|(_, r)| **r)
         .map(|(p, _)| p.var)
         .collect();
-    let tangent_refs = match mode {
-        Mode::Inputs => refs.clone(),
-        Mode::Variables => HashSet::new(),
-    };
     let mut defs = std::collections::HashMap::new();
     crate::facts::collect_defs(&f.body, &mut defs);
     let mut scalar = crate::facts::scalars(f, &defs);
@@ -70,7 +74,6 @@ pub fn jvp_body(
         varied,
         has_dot: HashSet::new(),
         refs,
-        tangent_refs,
         scalar,
         mode,
         loops: 0,
@@ -146,10 +149,8 @@ struct Tangent<'a> {
     f: &'a Func,
     varied: &'a dyn Fn(Var) -> bool,
     has_dot: HashSet<Var>,
-    /// Parameters of reference type: already references.
+    /// Parameters of reference type: already references, as are their tangents.
     refs: HashSet<Var>,
-    /// The variables whose tangents are references.
-    tangent_refs: HashSet<Var>,
     mode: Mode,
     /// Float scalars and integers: used by value (`Copy`), as ndarray's operators
     /// want them.
@@ -195,13 +196,11 @@ impl Tangent<'_> {
             return None;
         }
         let d = dot_name(self.f.name(v));
-        Some(
-            if self.tangent_refs.contains(&v) || self.scalar[v.0 as usize] {
-                quote!(#d)
-            } else {
-                quote!(::adjoint::__private::operand(&#d))
-            },
-        )
+        Some(if self.refs.contains(&v) || self.scalar[v.0 as usize] {
+            quote!(#d)
+        } else {
+            quote!(::adjoint::__private::operand(&#d))
+        })
     }
 
     /// The tangent of `a` by reference to the variable itself (not a temporary), for
@@ -209,7 +208,7 @@ impl Tangent<'_> {
     fn dot_ref(&self, a: &Atom) -> Option<TokenStream> {
         let v = a.var().filter(|v| self.has_dot.contains(v))?;
         let d = dot_name(self.f.name(v));
-        Some(if self.tangent_refs.contains(&v) {
+        Some(if self.refs.contains(&v) {
             quote!(#d)
         } else {
             quote!(&#d)
@@ -263,7 +262,7 @@ impl Tangent<'_> {
                             call.args.iter().map(|a| self.arg(a)).collect();
                         let mut out = quote!(let #decl = #f(#(#args),*););
                         // Along the variables: the tangent the scope was given, or zero.
-                        if self.mode == Mode::Variables && (self.varied)(*dst) {
+                        if self.mode != Mode::Inputs && (self.varied)(*dst) {
                             let (dn, param) = (dot_name(&name), &args[0]);
                             out.extend(quote!(let #dn = #recv.param_tangent(&#name, #param);));
                             self.has_dot.insert(*dst);
@@ -471,6 +470,7 @@ impl Tangent<'_> {
             let suffix = match self.mode {
                 Mode::Inputs => "jvp",
                 Mode::Variables => "tjvp",
+                Mode::Lifted => "tjvp_any",
             };
             let jvp = match m.to_string().as_str() {
                 "call" => format_ident!("__call_{}", suffix),
@@ -484,8 +484,9 @@ impl Tangent<'_> {
                 .map(|a| {
                     let with = a.atom.var().filter(|v| self.has_dot.contains(v));
                     match (self.mode, with) {
-                        (Mode::Variables, Some(_)) => self.dot(&a.atom),
-                        (Mode::Variables, None) => Some(quote!(::adjoint::__private::NoTangent)),
+                        (Mode::Variables, _) => Some(self.call_tangent(a)),
+                        (Mode::Lifted, Some(_)) => self.dot(&a.atom),
+                        (Mode::Lifted, None) => Some(quote!(::adjoint::__private::NoTangent)),
                         // Each tangent is passed as its primal is (`&x`, `x`).
                         (Mode::Inputs, Some(v)) => {
                             let d = dot_name(self.f.name(v));
@@ -555,10 +556,8 @@ impl Tangent<'_> {
         let d = dot_name(self.f.name(v));
         if a.by_ref {
             quote!(&#d)
-        } else if self.tangent_refs.contains(&v) || self.scalar[v.0 as usize] {
+        } else if self.refs.contains(&v) || self.scalar[v.0 as usize] {
             quote!(#d)
-        } else if self.refs.contains(&v) {
-            quote!(&#d)
         } else {
             quote!(::adjoint::__private::dup(&#d))
         }

@@ -54,7 +54,7 @@ impl Lowerer<'_> {
         if recv_is_self {
             return self.method_companion(out, m);
         }
-        if (m.method != "param" && self.is_scope(&m.receiver))
+        if (!is_param_read(&m.method) && self.is_scope(&m.receiver))
             || (self.is_scope_effect(&m.receiver) && !self.mentions_local(m.args.to_token_stream()))
         {
             // State and randomness (`cx.variable`, `cx.put`, `cx.sow`, `cx.make_rng`,
@@ -122,7 +122,7 @@ impl Lowerer<'_> {
     pub(super) fn is_scope_effect(&mut self, e: &Expr) -> bool {
         match e {
             Expr::MethodCall(m) => {
-                (m.method != "param" && self.is_scope(&m.receiver))
+                (!is_param_read(&m.method) && self.is_scope(&m.receiver))
                     || (self.is_scope_effect(&m.receiver)
                         && !self.mentions_local(m.args.to_token_stream()))
             }
@@ -144,7 +144,7 @@ impl Lowerer<'_> {
     pub(super) fn scoped(&self, receiver: Option<&Arg>, name: &Ident, args: &[Arg]) -> Scoped {
         let is_scope = |a: &Arg| a.atom.var().is_some_and(|v| self.scopes_vars.contains(&v));
         if receiver.is_some_and(is_scope) {
-            return if name == "param" {
+            return if is_param_read(name) {
                 Scoped::Param
             } else {
                 Scoped::No
@@ -573,4 +573,11 @@ impl Lowerer<'_> {
             span,
         ))
     }
+}
+
+/// The scope's reads of differentiated values: `cx.param(..)`, and in forward mode
+/// along the variables `cx.param_tangent(..)` (the tangent of a parameter, whose
+/// cotangent is that of the variables' tangent: second order along them).
+fn is_param_read(method: &Ident) -> bool {
+    method == "param" || method == "param_tangent"
 }

@@ -73,6 +73,25 @@ impl ParamInfo {
         crate::names::dot_name(&name)
     }
 
+    /// Its tangent's parameter as a caller's forward mode passes it (`jvp_all`, a
+    /// module's `__call_tjvp`): of its type where it is differentiated, else
+    /// `NoTangent` (by reference for a reference), so that the caller need not know
+    /// which are.
+    pub(crate) fn tangent(&self) -> ParamInfo {
+        let d = self.tangent_name();
+        let ty: Type = match (self.active, &self.ty) {
+            (true, ty) => ty.clone(),
+            (false, Type::Reference(_)) => syn::parse_quote!(&::adjoint::NoTangent),
+            (false, _) => syn::parse_quote!(::adjoint::NoTangent),
+        };
+        ParamInfo {
+            pat: syn::parse_quote!(#d),
+            ty,
+            active: self.active,
+            scope: false,
+        }
+    }
+
     /// It passed on once more, to a call that may be made again: a reference as it
     /// is, a value cloned.
     pub(crate) fn passed_again(&self) -> TokenStream {

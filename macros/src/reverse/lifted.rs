@@ -85,7 +85,6 @@ impl Gen<'_> {
             primals.push(self.rerun_arg(r, a, a, k));
         }
         let kept = self.kept_pattern(&l.args);
-        let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
         // Cotangents of the primals, and for `jvp!` of its tangents (`grad!` has none
         // to give: its tangents were the gradients' cotangents).
         let jvp = matches!(l.kind, LiftedKind::Jvp { .. });
@@ -97,12 +96,40 @@ impl Gen<'_> {
         } else {
             l.args.iter().map(|_| quote!(_)).collect()
         };
+        // The child's forward mode along the inputs (`jvp`), or along the variables'
+        // tangents too (`tjvp`, whose cotangents for the tangents are dropped: the
+        // transform's variable tangents are constants), differentiated.
+        let rerun = |forward: &str| {
+            let companion =
+                companion_ident(&format_ident!("__call_body_{}", forward), "vjp_params");
+            quote! {
+                let (__o, __pb2) = ::adjoint::scope::Child::module(__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
+                let (__cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
+            }
+        };
+        let along_inputs = rerun("jvp");
+        let run = if jvp {
+            let along_variables = rerun("tjvp");
+            quote! {
+                let (mut __cv, #(#cots,)*) = match __tangents {
+                    ::core::option::Option::None => {
+                        #along_inputs
+                        (__cv, #(#cots,)*)
+                    }
+                    ::core::option::Option::Some(__t) => {
+                        __cx2.set_tangents(::core::option::Option::Some(__t));
+                        #along_variables
+                        let (__cv, _) = ::adjoint::__private::split_tangent_cotangents(__cv);
+                        (__cv, #(#cots,)*)
+                    }
+                };
+            }
+        } else {
+            quote!(#along_inputs let mut __cv = __cv;)
+        };
         let merge = if self.f.params_active {
             quote! {
                 ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
-                if !*__tangents_ok {
-                    ::adjoint::__private::second_order(&mut __cv);
-                }
                 ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
             }
         } else {
@@ -111,13 +138,11 @@ impl Gen<'_> {
         let (visible, rngs) = (&l.visible, &l.rngs);
         r.code.push(quote! {
             let (#(#cots,)*) = {
-                let (__rerun, __child, __module, __tangents_ok, (#(#kept,)*)) = &#snap;
+                let (__rerun, __child, __module, __tangents, (#(#kept,)*)) = &#snap;
                 let mut __snapshot = __rerun.variables();
                 let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
                 __cx2.restrict(#visible, #rngs);
-                let (__o, __pb2) = ::adjoint::scope::Child::module(__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
-                let (mut __cv, _, #(#cots,)* #(#skip,)*) =
-                    __pb2(#seeds);
+                #run
                 #merge
                 (#(#cots,)*)
             };

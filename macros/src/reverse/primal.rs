@@ -259,7 +259,8 @@ impl<'a> Gen<'a> {
                 let names: Vec<&Ident> = l.dsts.iter().map(|d| self.name(*d)).collect();
                 let tokens = &l.tokens;
                 let grads = quote!((#(#names,)*));
-                let (pat, tangents_ok) = match &l.kind {
+                let none = quote!(::core::option::Option::None::<::adjoint::Variables>);
+                let (pat, tangents) = match &l.kind {
                     LiftedKind::Grad { value, aux } => {
                         let pat = match (value.map(|v| self.name(v)), aux.map(|a| self.name(a))) {
                             (None, None) => grads,
@@ -267,25 +268,23 @@ impl<'a> Gen<'a> {
                             (Some(v), None) => quote!((#v, #grads)),
                             (Some(v), Some(a)) => quote!(((#v, #a), #grads)),
                         };
-                        (pat, quote!(true))
+                        (pat, none.clone())
                     }
-                    // `(y, ty)`; whether the variables' tangents are all zero (else the
-                    // rerun, along the inputs only, would not be this JVP).
+                    // `(y, ty)`; the variables' tangents, unless all are zero (then the
+                    // rerun is along the inputs only).
                     LiftedKind::Jvp { var_tangents } => (
                         grads,
-                        quote!(::adjoint::__private::no_tangents(&(#var_tangents))),
+                        quote!(::adjoint::__private::kept_tangents(&(#var_tangents))),
                     ),
                     LiftedKind::Vjp { aux: Some(a) } => {
                         let (y, pb, a) = (&names[0], &names[1], self.name(*a));
-                        (quote!((#y, #pb, #a)), quote!(true))
+                        (quote!((#y, #pb, #a)), none)
                     }
-                    LiftedKind::Vjp { aux: None } | LiftedKind::Pull { .. } => {
-                        (grads, quote!(true))
-                    }
-                    LiftedKind::Vmap { jvp: true, .. } => (grads, quote!(true)),
+                    LiftedKind::Vjp { aux: None } | LiftedKind::Pull { .. } => (grads, none),
+                    LiftedKind::Vmap { jvp: true, .. } => (grads, none),
                     LiftedKind::Jacobian | LiftedKind::Vmap { .. } => {
                         let y = &names[0];
-                        (quote!(#y), quote!(true))
+                        (quote!(#y), none)
                     }
                 };
                 if !self.reads_all.contains(&Slot::Pb(l.dsts[0])) {
@@ -327,7 +326,7 @@ impl<'a> Gen<'a> {
                     let #snap = #scope.rerun_point();
                     let __args = (#(#args,)*);
                     let #pat = #tokens;
-                    let #snap = (#snap, #scope.last_child_path(), #module, #tangents_ok, __args);
+                    let #snap = (#snap, #scope.last_child_path(), #module, #tangents, __args);
                 }
             }
         }
@@ -616,17 +615,21 @@ impl<'a> Gen<'a> {
     }
 
     /// What an active call calls: the callee's companion, `param_at` for a parameter
-    /// read, the parameter-differentiating companion of a submodule.
+    /// read (`param_tangent_at` for its tangent's), the parameter-differentiating
+    /// companion of a submodule.
     pub(super) fn companion_for(&self, call: &Call) -> TokenStream {
         match (call.scoped, &call.callee) {
             (
                 Scoped::Param,
                 Callee::Method {
-                    receiver, generics, ..
+                    receiver,
+                    name,
+                    generics,
                 },
             ) => {
                 let r = self.arg(receiver);
-                quote!(#r.param_at #generics)
+                let at = format_ident!("{}_at", name);
+                quote!(#r.#at #generics)
             }
             (Scoped::Module, callee) if self.f.params_active => {
                 self.companion(callee, "vjp_params")
