@@ -105,7 +105,7 @@ pub enum ScopeError {
     /// Gradients that would flow through a lifted transform (`grad!` inside a module
     /// differentiated with respect to its parameters: second order).
     #[error(
-        "these gradients flow through a lifted transform inside a module (second order) that adjoint does not differentiate yet: a vmap! whose closure is more than `mdl.call(cx, ..)`, the variables' cotangents of a vjp!'s pullback, a jvp! along nonzero variable tangents, a grad!, vjp!, jvp!, jacfwd! or jacrev! whose closure is more than `mdl.call(cx, ..)`, or a child whose body forward mode does not cover"
+        "these gradients flow through a lifted transform inside a module (second order) that adjoint does not differentiate yet: a vmap! whose closure is more than `mdl.call(cx, ..)`, a grad!, vjp!, jvp!, jacfwd! or jacrev! whose closure is more than `mdl.call(cx, ..)`, or a child whose body forward mode does not cover"
     )]
     SecondOrderUnsupported,
     /// A layer given an input it cannot take (a convolution's rank or features, an

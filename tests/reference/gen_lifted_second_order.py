@@ -28,6 +28,8 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
   that depends on the output, in the loss; gradients in the parameters and the input.
 - `vjp_aux`: the same through `nn.vjp(.., has_aux=True)`, the aux (a mean of the child's
   last hidden layer squared) in the cotangent and in the loss.
+- `vjp_params`: through the variables' cotangents the pullback returns, applied as
+  the variables of another field in the loss.
 - `jacobian_penalty`: second order through a lifted Jacobian: `sum(J^2) + sum(y^2)` of
   the same child, its gradient in the child's parameters.
 - `lifted_hessian`: `jax.hessian` of a scalar child (a loop and a branch) in its
@@ -442,6 +444,21 @@ class VjpAuxLoss(nn.Module):
 
 
 OUT["vjp_aux"] = case_loss(VjpAuxLoss(), "Field2Aux_0", 51)
+
+
+# 10. Through the variables' cotangents nn.vjp's pullback returns: they are applied as
+# another field's variables (second order along them: the child's forward mode along
+# its variables).
+class VjpParamsLoss(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        y, bwd = nn.vjp(lambda mdl, x: mdl(x), Field2(), x)
+        params_ct, gx = bwd(jnp.cos(y))
+        probe = Field2(parent=None).apply(params_ct, x)
+        return jnp.sum(gx * gx) + jnp.sum(y) + jnp.sum(probe)
+
+
+OUT["vjp_params"] = case_loss(VjpParamsLoss(), "Field2_0", 52)
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

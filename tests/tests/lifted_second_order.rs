@@ -788,6 +788,36 @@ fn second_order_through_a_lifted_vjp() {
     adjoint_tests::assert_close("vjp loss grad_x", &gx.into_dyn(), &want, RTOL);
 }
 
+/// Through the variables' cotangents the pullback returns, applied as the variables
+/// of another field: second order along them.
+struct VjpParamsLoss;
+
+#[differentiable]
+impl VjpParamsLoss {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (y, pb) = vjp!(cx, |mdl, cx, x| mdl.call(cx, x), Field2, x);
+        let ct = y.cos();
+        let (params_ct, gx) = pb(ct);
+        let probe = Field2.apply(&params_ct, x).unwrap();
+        (&gx * &gx).sum() + y.sum() + probe.sum()
+    }
+}
+
+#[test]
+fn second_order_through_a_lifted_vjps_variable_cotangents() {
+    let case = reference("lifted_second_order.json", "vjp_params");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    let (loss, grads) = value_and_grad!(|v: &Variables| VjpParamsLoss.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("vjp params loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("vjp params loss grads", &grads, &case["grads"], RTOL);
+    println!("second order through vjp!'s variable cotangents: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| VjpParamsLoss.apply(&vars, x).unwrap())(&x);
+    let want = array(&case["grad_x"]);
+    adjoint_tests::assert_close("vjp params loss grad_x", &gx.into_dyn(), &want, RTOL);
+}
+
 // ----- a child with many constructs, against central differences -----
 
 /// `softplus` with its own forward rule (`custom_jvp`).

@@ -127,14 +127,7 @@ impl Gen<'_> {
         } else {
             quote!(#along_inputs let mut __cv = __cv;)
         };
-        let merge = if self.f.params_active {
-            quote! {
-                ::adjoint::__private::rerun_failed(&mut __cv, __cx2.error());
-                ::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);
-            }
-        } else {
-            TokenStream::new()
-        };
+        let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
         r.code.push(quote! {
             let (#(#cots,)*) = {
@@ -306,20 +299,16 @@ impl Gen<'_> {
     /// `J gbar` (the child's JVP along `gbar`), and those of the parameters and the
     /// primals are the gradient of `<ct, J gbar>`: the child's JVP-VJP along `gbar`,
     /// run again from the `vjp!`'s snapshot, seeded with `ct` on the tangent output.
-    /// The variables' cotangents (`vars_ct`) are not differentiated again.
+    /// Where the variables' cotangents (`vars_ct`) have cotangents too, those are the
+    /// variables' tangents of that JVP (the child's forward mode along its variables).
     fn rev_lifted_pull(&mut self, r: &mut Rev, l: &Lifted, y: Var, aux: bool) {
         let n = l.args.len() - 1;
         let (ct, primal_args) = (&l.args[0], &l.args[1..]);
-        if self.active(l.dsts[0]) && r.init.contains(&l.dsts[0]) && self.f.params_active {
-            r.code
-                .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
-        }
-        if !l.dsts[1..]
-            .iter()
-            .any(|d| self.active(*d) && r.init.contains(d))
-        {
+        let has_bar = |d: &Var| self.active(*d) && r.init.contains(d);
+        if !l.dsts.iter().any(has_bar) {
             return;
         }
+        let along_variables = has_bar(&l.dsts[0]).then(|| self.bar(l.dsts[0]).clone());
         let snap = self.read_slot(r, Slot::Pb(y));
         let kept = self.kept_pattern(primal_args);
         let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
@@ -357,7 +346,17 @@ impl Gen<'_> {
             )
         };
         let skip = (0..n).map(|_| quote!(_));
-        let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
+        // Along the variables' tangents too: the cotangents of those (third order)
+        // are dropped.
+        let (forward, set, split) = match &along_variables {
+            Some(bar) => (
+                "__call_body_tjvp",
+                quote!(__cx2.set_tangents(::core::option::Option::Some(&#bar));),
+                quote!(let (__cv, _) = ::adjoint::__private::split_tangent_cotangents(__cv);),
+            ),
+            None => ("__call_body_jvp", TokenStream::new(), TokenStream::new()),
+        };
+        let companion = companion_ident(&format_ident!("{}", forward), "vjp_params");
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
         r.code.push(quote! {
@@ -366,10 +365,13 @@ impl Gen<'_> {
                 let mut __snapshot = __rerun.variables();
                 let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
                 __cx2.restrict(#visible, #rngs);
+                #set
                 let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
                     .#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
                 let __seed = #ctv;
-                let (mut __cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
+                let (__cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
+                #split
+                let mut __cv = __cv;
                 #merge
                 (#ct_bar, #(#cots,)*)
             };
