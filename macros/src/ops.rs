@@ -425,7 +425,14 @@ static FUNCTIONS: &[(&str, Rule)] = &[
         )
         .joint(pb!("dot_last_pb_both" [Operand(0), Operand(1)])),
     ),
-    // What forward mode writes for reshapes (the tangent, then the shape).
+    // What forward mode writes for reshapes (the tangent, then the shape) and
+    // permutations (the tangent, then the axes).
+    (
+        "permuted_axes",
+        rule!("permuted_axes", 1, [pb!("permuted_axes_pb"[Const(0)])])
+            .view()
+            .consts_by_ref(),
+    ),
     (
         "reshape",
         rule!("reshape", 1, [pb!("reshape_pb"[Shape(0)])]).view(),
@@ -791,6 +798,7 @@ pub fn is_rule_name(name: &str) -> bool {
 /// of one of these names is the user's (`field(..)` is not a tuple's field).
 const INTERNAL: &[&str] = &[
     "operand",
+    "permuted_axes",
     "dup",
     "field",
     "widen",

@@ -487,8 +487,8 @@ pub mod __private {
         unsupported_cot, vjp_variables,
     };
     pub use crate::transforms::{
-        GradOf, IntoTangent, IsZero, NoTangent, OnlyVjp, ScalarOutput, ZeroTangent, grad_seed,
-        tangent, zero_tangent,
+        GradOf, IntoTangent, IsZero, LiteralTangent, NoTangent, OnlyVjp, ScalarOutput, ZeroTangent,
+        grad_seed, literal_tangent, tangent, zero_tangent,
     };
     pub use crate::value::{Accumulate, AddScaled, Cot, Own, Value};
     /// `array![..]`, for forward mode's output (read back as `from_elems`).

@@ -463,7 +463,8 @@ impl<'v> Scope<'v> {
     /// one a lifted `jvp!` was given, or zero.
     #[doc(hidden)]
     pub fn param_tangent<T: Stored + Clone>(&mut self, like: &T, name: &str) -> T {
-        self.param_tangent_at(like, name).0
+        let path = self.path_to(name);
+        self.read_tangent(like, path)
     }
 
     /// [`Scope::param_tangent`], also returning where its cotangent goes: the

@@ -224,6 +224,35 @@ pub fn zero_tangent<X: ?Sized, T: ZeroTangent<X>>(x: &X) -> T {
     T::zero_tangent(x)
 }
 
+/// The tangent of a literal argument (`None`, `0.5`, a constant's path), whose type
+/// the callee's parameter picks alone (a generic literal such as `None` has none of
+/// its own to go by): `NoTangent` for an argument that is not differentiated, a zero
+/// float for one that is.
+pub trait LiteralTangent {
+    /// The zero.
+    fn literal_tangent() -> Self;
+}
+
+impl LiteralTangent for NoTangent {
+    #[inline(always)]
+    fn literal_tangent() -> Self {
+        NoTangent
+    }
+}
+
+impl<A: crate::value::Real> LiteralTangent for A {
+    #[inline(always)]
+    fn literal_tangent() -> Self {
+        A::lit(0.0)
+    }
+}
+
+/// See [`LiteralTangent`].
+#[inline(always)]
+pub fn literal_tangent<T: LiteralTangent>() -> T {
+    T::literal_tangent()
+}
+
 /// Whether a cotangent is zero everywhere: a `#[custom_jvp]` function's pullback
 /// returns zeros for it without running its rule's VJP (which may call the function
 /// again, as `f_jvp` computes `f(x)`: the recursion ends there).

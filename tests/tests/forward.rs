@@ -444,7 +444,7 @@ fn forward_mode_in_a_generic_float_type() {
 }
 
 /// Views and means along axes: rows, columns, slices, `index_axis`, `insert_axis`,
-/// `mean_axis`.
+/// `permuted_axes`, `mean_axis`.
 #[differentiable(jvp)]
 fn axes(x: &ndarray::Array2<f64>) -> f64 {
     let mut acc = 0.0;
@@ -458,7 +458,12 @@ fn axes(x: &ndarray::Array2<f64>) -> f64 {
     let e = x
         .index_axis(ndarray::Axis(1), 0)
         .insert_axis(ndarray::Axis(0));
-    acc + c.sin().sum() + (&s * &s).sum() + m.exp().sum() + e.tanh().sum()
+    let p = x.view().permuted_axes([1, 0]);
+    acc + c.sin().sum()
+        + (&s * &s).sum()
+        + m.exp().sum()
+        + e.tanh().sum()
+        + p.sin().sum() * p.row(0).sum()
 }
 
 #[test]

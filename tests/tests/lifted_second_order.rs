@@ -947,6 +947,50 @@ fn second_order_through_a_child_of_many_constructs() {
     }
 }
 
+/// A child whose submodules take arguments that are not differentiated: an `Embed`
+/// of token ids and self-attention without a mask (`None`); its forward mode passes
+/// them no tangent (`NoTangent`).
+struct Tokens {
+    ids: ndarray::Array1<usize>,
+}
+
+#[differentiable]
+impl Tokens {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let e: Array2<f64> = adjoint::nn::Embed::new(5, 3).call(cx, &self.ids);
+        let h = (&e * x).tanh().insert_axis(ndarray::Axis(0)).to_owned();
+        let attn = adjoint::nn::MultiHeadDotProductAttention::new(1);
+        let a = attn.call(cx, &h, &h, &h, None);
+        (&a * &a).sum()
+    }
+}
+
+struct TokensLoss;
+
+#[differentiable]
+impl TokensLoss {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let child = Tokens {
+            ids: ndarray::array![1, 4, 0, 1],
+        };
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), child, x);
+        (&g * &g).sum() + g.sum()
+    }
+}
+
+/// Second order through a child whose submodules take token ids and a `None` mask,
+/// against central differences.
+#[test]
+fn second_order_through_submodules_with_arguments_that_do_not_vary() {
+    let x = ndarray::array![0.4, -0.8, 1.2];
+    let vars = TokensLoss.init(2, &x).unwrap();
+    let loss = |v: &Variables, x: &Array1<f64>| TokensLoss.apply(v, x).unwrap();
+    let (_, grads) = value_and_grad!(|v: &Variables| TokensLoss.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    let gx = grad!(|x: &Array1<f64>| TokensLoss.apply(&vars, x).unwrap())(&x);
+    check_against_differences("tokens", loss, &grads, &gx, &vars, &x);
+}
+
 // ----- third order through modules: reported, never silent -----
 
 #[derive(Clone)]

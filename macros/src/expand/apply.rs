@@ -95,102 +95,19 @@ pub(crate) fn apply_items(
     }
 }
 
-/// What the forward-mode companions of `apply` and `apply_with` share: the inputs
-/// after the scope, a tangent for each (as `jvp_all` takes them: `NoTangent` where
-/// an input is not differentiated), and how the JVP-VJP's cotangents map back.
-struct Forward {
-    /// The inputs' names, and the parameters declaring them.
-    names: Vec<TokenStream>,
-    inputs: Vec<TokenStream>,
-    /// A tangent per input, and the parameters declaring them.
-    tangent_params: Vec<ParamInfo>,
-    tangents: Vec<TokenStream>,
-    all_tangents: Vec<TokenStream>,
-    /// The tangents the module's forward mode takes (the differentiated inputs').
-    passed: Vec<Ident>,
-    /// The JVP-VJP's cotangents: the inputs' (`__c`), the passed tangents' (`__e`),
-    /// and per input its tangent's, `()` for a `NoTangent`.
-    cs: Vec<Ident>,
-    ds: Vec<Ident>,
-    tangent_cots: Vec<TokenStream>,
-}
-
-impl Forward {
-    fn new(rest: &[ParamInfo]) -> Forward {
-        let names = rest.iter().map(|p| param_name(&p.pat)).collect();
-        let inputs = rest.iter().map(ParamInfo::input).collect();
-        let mut tangent_params = Vec::new();
-        let mut passed = Vec::new();
-        for p in rest {
-            tangent_params.push(p.tangent());
-            if p.active {
-                passed.push(p.tangent_name());
-            }
-        }
-        let tangents = tangent_params.iter().map(ParamInfo::input).collect();
-        let all_tangents = tangent_params.iter().map(|p| param_name(&p.pat)).collect();
-        let cs = (0..rest.len()).map(|i| format_ident!("__c{}", i)).collect();
-        let ds: Vec<Ident> = (0..passed.len())
-            .map(|i| format_ident!("__e{}", i))
-            .collect();
-        let mut ds_iter = ds.iter();
-        let tangent_cots = rest
-            .iter()
-            .map(|p| match p.active.then(|| ds_iter.next()).flatten() {
-                Some(d) => quote!(#d),
-                None => quote!(()),
-            })
-            .collect();
-        Forward {
-            names,
-            inputs,
-            tangent_params,
-            tangents,
-            all_tangents,
-            passed,
-            cs,
-            ds,
-            tangent_cots,
-        }
-    }
-
-    /// The module's JVP-VJP in the scope `__cx` (which `scope` opens), finished;
-    /// `__out` and `__pb` hold its value and pullback.
-    fn jvp_vjp(&self, scope: &TokenStream) -> TokenStream {
-        let (names, passed, finish) = (&self.names, &self.passed, apply_finish());
-        quote! {
-            #scope
-            let (__out, __pb) = self.____call_body_jvp_vjp_params(&mut __cx, #(#names,)* #(#passed),*);
-            #finish
-        }
-    }
-
-    /// The pullback's result from the JVP-VJP's (`__pb(..)` bound to `__v`, `__c..`,
-    /// `__e..`): the variables', `extra` (the options' `()`), the inputs', the
-    /// tangents'.
-    fn cotangents(&self, extra: Option<TokenStream>) -> (TokenStream, TokenStream) {
-        let (cs, ds, tangent_cots) = (&self.cs, &self.ds, &self.tangent_cots);
-        let extra = extra.into_iter();
-        (
-            quote!((__v, _, #(#cs,)* #(#ds,)*)),
-            quote!((__v, #(#extra,)* #(#cs,)* #(#tangent_cots,)*)),
-        )
-    }
-}
-
 /// `model.apply(variables, x..).unwrap()` in forward mode (a `(jvp)` function, a
 /// `jvp!`, `hvp!` or `hessian!` of a closure), and `apply_with(variables, options,
 /// x..)` when `options` is given: `__apply_jvp_all(variables, x.., tangents..)`
-/// (`__apply_with_jvp_all(variables, options, ..)`), a tangent per input (`NoTangent`
-/// where it has none), the module's forward mode along the inputs, in the scope
-/// `apply` (`apply_with`) opens; its VJP (`____apply_jvp_all_vjp_owned`, the
-/// module's JVP-VJP with the variables' cotangents), what the reverse mode over that
-/// forward mode calls; and the same along the variables too (`__apply_tjvp_all`,
-/// `__apply_with_tjvp_all`: the variables' tangents given after them), whose VJP
-/// gives the variables' cotangents and their tangents' (second order along the
-/// variables: a Hessian-vector product in the parameters). `apply_with`'s value is `(value, mutated
-/// collections)`, the collections' tangent an empty tree (constants, as in reverse
-/// mode).
+/// (`__apply_with_jvp_all(variables, options, ..)`), a tangent per input as
+/// `jvp_all` takes them (`NoTangent` where it has none), the module's forward mode
+/// along the inputs, in the scope `apply` (`apply_with`) opens; and along the
+/// variables too (`__apply_tjvp_all`, `__apply_with_tjvp_all`: the variables'
+/// tangents given after them). Each with its VJP, what reverse mode over that forward
+/// mode calls: the module's forward mode differentiated (`__call_body_jvp`'s or
+/// `__call_body_tjvp`'s), with the variables' cotangents, and along the variables
+/// their tangents' (second order in the parameters). `apply_with`'s value is
+/// `(value, mutated collections)`, the collections' tangent an empty tree
+/// (constants, as in reverse mode).
 fn forward_items(
     sig: &Signature,
     params: &[ParamInfo],
@@ -199,18 +116,24 @@ fn forward_items(
     options: Option<&Ident>,
 ) -> TokenStream {
     let rest = &params[1..];
-    let fw = Forward::new(rest);
-    let (names, inputs, tangents, all_tangents) =
-        (&fw.names, &fw.inputs, &fw.tangents, &fw.all_tangents);
+    let names: Vec<TokenStream> = rest.iter().map(|p| param_name(&p.pat)).collect();
+    let inputs: Vec<TokenStream> = rest.iter().map(ParamInfo::input).collect();
+    let tangent_params: Vec<ParamInfo> = rest.iter().map(ParamInfo::tangent).collect();
+    let tangents: Vec<TokenStream> = tangent_params.iter().map(ParamInfo::input).collect();
+    let all_tangents: Vec<TokenStream> =
+        tangent_params.iter().map(|p| param_name(&p.pat)).collect();
     let ret_cot = crate::parse::signature::cot_type(ret);
-    // What `apply_with` adds: the options' parameter, its scope, its value.
-    let (prefix, opt_input, scope, out_ty, wrap) = match options {
+    // What `apply_with` adds: the options' parameter, its scope, its value, and the
+    // options' (and collections') cotangents.
+    let (prefix, opt_input, scope, out_ty, wrap, ct_pat, extra) = match options {
         None => (
             "__apply",
             TokenStream::new(),
             apply_scope(variables),
             quote!((#ret, #ret_cot)),
             quote!((__y, __dy)),
+            quote!((__ct, __dct)),
+            TokenStream::new(),
         ),
         Some(options) => (
             "__apply_with",
@@ -218,103 +141,82 @@ fn forward_items(
             apply_with_scope(variables, options),
             quote!(((#ret, ::adjoint::Variables), (#ret_cot, ::adjoint::Variables))),
             quote!(((__y, #options.mutated(&__vars)), (__dy, ::adjoint::Variables::new()))),
+            quote!(((__ct, _), (__dct, _))),
+            quote!((),),
         ),
     };
     let finish = apply_finish();
-    let jvp_name = format_ident!("{}_jvp_all", prefix);
-    let jvp_sig = renamed(
-        sig,
-        &jvp_name.to_string(),
-        quote!(&self, #variables: &::adjoint::Variables, #opt_input #(#inputs,)* #(#tangents),*),
-        Some(out_ty.clone()),
-    );
-    let mut jvp_params = vec![variables_param(variables)];
-    jvp_params.extend(options.map(options_param));
-    jvp_params.extend(rest.iter().cloned());
-    jvp_params.extend(fw.tangent_params.iter().cloned());
     let (generics, where_clause) = (&sig.generics, &sig.generics.where_clause);
-    let run = fw.jvp_vjp(&scope);
-    let (given, gives) = fw.cotangents(options.map(|_| quote!(())));
-    // The cotangent of the value and its tangent (`apply_with`'s collections' none).
-    let ct_pat = match options {
-        None => quote!((__ct, __dct)),
-        Some(_) => quote!(((__ct, _), (__dct, _))),
-    };
-    let vjp = companion_items(
-        &syn::parse_quote!(pub),
-        &jvp_sig,
-        &jvp_params,
-        quote! {
-            #run
-            let (__y, __dy) = __out;
-            (#wrap, move |#ct_pat| {
-                let #given = __pb((__ct, __dct));
-                #gives
-            })
-        },
-        Owner::Method,
-        Flavor::Owned,
-    );
+    let mut base_params = vec![variables_param(variables)];
+    base_params.extend(options.map(options_param));
+    base_params.extend(rest.iter().cloned());
+    base_params.extend(tangent_params);
+    // The inputs' cotangents and their tangents' (`()` for a `NoTangent`).
+    let cs: Vec<Ident> = (0..rest.len()).map(|i| format_ident!("__c{}", i)).collect();
+    let ts: Vec<Ident> = (0..rest.len()).map(|i| format_ident!("__t{}", i)).collect();
     let var_tangents = crate::hygiene::generated("variable_tangents");
-    let tjvp_name = format_ident!("{}_tjvp_all", prefix);
-    let tjvp_sig = renamed(
-        &jvp_sig,
-        &tjvp_name.to_string(),
-        quote!(&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #opt_input #(#inputs,)* #(#tangents),*),
-        None,
-    );
-    let mut tjvp_params = jvp_params.clone();
-    tjvp_params.insert(1, variables_param(&var_tangents));
-    let along_variables = quote! {
-        #scope
-        __cx.set_tangents(::core::option::Option::Some(#var_tangents));
-    };
-    // Its VJP: the module's forward mode along the variables differentiated, whose
-    // tree of cotangents holds the variables' and their tangents' apart.
-    let ts: Vec<Ident> = (0..names.len())
-        .map(|i| format_ident!("__t{}", i))
-        .collect();
-    let cs = &fw.cs;
-    let extra = options.map(|_| quote!((),));
-    let tjvp_vjp = companion_items(
-        &syn::parse_quote!(pub),
-        &tjvp_sig,
-        &tjvp_params,
-        quote! {
-            #along_variables
-            let (__out, __pb) = self.____call_body_tjvp_vjp_params(&mut __cx, #(#names,)* #(#all_tangents),*);
-            #finish
-            let (__y, __dy) = __out;
-            (#wrap, move |#ct_pat| {
-                let (__v, _, #(#cs,)* #(#ts,)*) = __pb((__ct, __dct));
-                let (__v, __dv) = ::adjoint::__private::split_tangent_cotangents(__v);
-                (__v, __dv, #extra #(#cs,)* #(#ts,)*)
-            })
-        },
-        Owner::Method,
-        Flavor::Owned,
-    );
-    quote! {
-        #[doc(hidden)]
-        #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
-        pub fn #jvp_name #generics (&self, #variables: &::adjoint::Variables, #opt_input #(#inputs,)* #(#tangents),*) -> #out_ty #where_clause {
-            #scope
-            let (__y, __dy) = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
-            #finish
-            #wrap
+    let mut out = TokenStream::new();
+    for along_variables in [false, true] {
+        let (name, forward, given, set, split, dv) = if along_variables {
+            (
+                format_ident!("{}_tjvp_all", prefix),
+                "tjvp",
+                quote!(#var_tangents: &::adjoint::Variables,),
+                quote!(__cx.set_tangents(::core::option::Option::Some(#var_tangents));),
+                quote!(let (__v, __dv) = ::adjoint::__private::split_tangent_cotangents(__v);),
+                quote!(__dv,),
+            )
+        } else {
+            let none = TokenStream::new();
+            let name = format_ident!("{}_jvp_all", prefix);
+            (name, "jvp", none.clone(), none.clone(), none.clone(), none)
+        };
+        let fn_sig = renamed(
+            sig,
+            &name.to_string(),
+            quote!(&self, #variables: &::adjoint::Variables, #given #opt_input #(#inputs,)* #(#tangents),*),
+            Some(out_ty.clone()),
+        );
+        let mut fn_params = base_params.clone();
+        if along_variables {
+            fn_params.insert(1, variables_param(&var_tangents));
         }
-        #vjp
-
-        #[doc(hidden)]
-        #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
-        pub fn #tjvp_name #generics (&self, #variables: &::adjoint::Variables, #var_tangents: &::adjoint::Variables, #opt_input #(#inputs,)* #(#tangents),*) -> #out_ty #where_clause {
-            #along_variables
-            let (__y, __dy) = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
-            #finish
-            #wrap
-        }
-        #tjvp_vjp
+        let companion = format_ident!("____call_body_{}_vjp_params", forward);
+        let vjp = companion_items(
+            &syn::parse_quote!(pub),
+            &fn_sig,
+            &fn_params,
+            quote! {
+                #scope
+                #set
+                let (__out, __pb) = self.#companion(&mut __cx, #(#names,)* #(#all_tangents),*);
+                #finish
+                let (__y, __dy) = __out;
+                (#wrap, move |#ct_pat| {
+                    let (__v, _, #(#cs,)* #(#ts,)*) = __pb((__ct, __dct));
+                    #split
+                    (__v, #dv #extra #(#cs,)* #(#ts,)*)
+                })
+            },
+            Owner::Method,
+            Flavor::Owned,
+        );
+        // The value itself runs the forward mode along the variables (their tangents
+        // zero where none are set).
+        out.extend(quote! {
+            #[doc(hidden)]
+            #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
+            pub fn #name #generics (&self, #variables: &::adjoint::Variables, #given #opt_input #(#inputs,)* #(#tangents),*) -> #out_ty #where_clause {
+                #scope
+                #set
+                let (__y, __dy) = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
+                #finish
+                #wrap
+            }
+            #vjp
+        });
     }
+    out
 }
 
 /// `sig` renamed `name`, with parameters `inputs` and (if given) the result `output`:

@@ -636,7 +636,7 @@ fn body_jvp(
 ) -> TokenStream {
     let jvp = forward_body(params, body, crate::forward::Mode::Inputs, calls);
     let mut jvp_params: Vec<ParamInfo> = params.to_vec();
-    jvp_params.extend(params.iter().filter(|p| p.active).map(ParamInfo::tangent));
+    jvp_params.extend(params[1..].iter().map(ParamInfo::tangent));
     let jvp_sig = forward_sig(sig, "__call_body_jvp", &jvp_params, ret);
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let run = quote! {

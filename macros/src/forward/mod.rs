@@ -277,11 +277,14 @@ impl Tangent<'_> {
                     }
                     // A submodule's call, or a call of a `(jvp)` function or method:
                     // its JVP (see [`Jvp::call_jvp`]).
+                    // The type the user wrote on the value stays on it (it may be
+                    // what fixes a generic callee's).
                     Op::Call(call) if self.callable(call) => {
                         let jvp = self.call_jvp(call)?;
                         let dn = dot_name(&name);
                         self.has_dot.insert(*dst);
-                        Some(quote!(let (#name, #dn) = #jvp;))
+                        let ty = info.ty.as_ref().map(|ty| quote!(: (#ty, _)));
+                        Some(quote!(let (#name, #dn) #ty = #jvp;))
                     }
                     // `x.mapv(f)`: the primal as written; the tangent is `dx` times `f'`
                     // elementwise, plus each differentiated captured value's tangent times
@@ -477,31 +480,19 @@ impl Tangent<'_> {
                 "__call_in" => format_ident!("__call_in_{}", suffix),
                 _ => return None,
             };
-            // The scope, the child's name: constants without tangents.
+            // The scope, the child's name: constants without tangents. Each other
+            // argument's tangent is passed as its primal is (`&x`, `x`; a zero, or
+            // `NoTangent`, where it has none: the callee's parameter picks).
             let skip = if m == "call" { 1 } else { 2 };
-            let dots = call.args[skip..]
+            let dots: Vec<TokenStream> = call.args[skip..]
                 .iter()
-                .map(|a| {
-                    let with = a.atom.var().filter(|v| self.has_dot.contains(v));
-                    match (self.mode, with) {
-                        (Mode::Variables, _) => Some(self.call_tangent(a)),
-                        (Mode::Lifted, Some(_)) => self.dot(&a.atom),
-                        (Mode::Lifted, None) => Some(quote!(::adjoint::__private::NoTangent)),
-                        // Each tangent is passed as its primal is (`&x`, `x`).
-                        (Mode::Inputs, Some(v)) => {
-                            let d = dot_name(self.f.name(v));
-                            Some(if a.by_ref {
-                                quote!(&#d)
-                            } else if self.refs.contains(&v) || self.scalar[v.0 as usize] {
-                                quote!(#d)
-                            } else {
-                                quote!(::adjoint::__private::dup(&#d))
-                            })
-                        }
-                        (Mode::Inputs, None) => None,
-                    }
+                .map(|a| match self.mode {
+                    Mode::Inputs | Mode::Variables => self.call_tangent(a),
+                    Mode::Lifted => self
+                        .dot(&a.atom)
+                        .unwrap_or_else(|| quote!(::adjoint::__private::NoTangent)),
                 })
-                .collect::<Option<Vec<_>>>()?;
+                .collect();
             let f = call.callee.render(|_| jvp, |r| self.arg(r));
             return Some(quote!(#f(#(#args,)* #(#dots),*)));
         }
@@ -547,6 +538,10 @@ impl Tangent<'_> {
     /// The tangent of a call's argument, passed as the argument is (`&dx` for `&x`),
     /// or a zero whose type the callee's parameter picks.
     fn call_tangent(&self, a: &Arg) -> TokenStream {
+        if let Atom::Lit(_) = a.atom {
+            let zero = quote!(::adjoint::__private::literal_tangent());
+            return if a.by_ref { quote!(&#zero) } else { zero };
+        }
         let Some(v) = a.atom.var().filter(|v| self.has_dot.contains(v)) else {
             let x = self.atom(&a.atom);
             let zero = quote!(::adjoint::no_grad(::adjoint::__private::zero_tangent(&#x)));

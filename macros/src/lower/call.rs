@@ -454,11 +454,16 @@ impl Lowerer<'_> {
                 .take(rule.operands)
                 .map(|a| self.operand(out, a))
                 .collect();
+            // A constant the rule takes by reference is written `&c` in a call of
+            // its function (`permuted_axes(&x, &axes)`): the rule adds the `&`.
             let consts = c
                 .args
                 .iter()
                 .skip(rule.operands)
-                .map(|a| self.const_atom(out, a))
+                .map(|a| match a {
+                    Expr::Reference(r) if rule.consts_by_ref => self.const_atom(out, &r.expr),
+                    a => self.const_atom(out, a),
+                })
                 .collect();
             let native = Native::Function(c.func.to_token_stream());
             return Val::Atom(self.prim(out, rule, operands, consts, native, span));

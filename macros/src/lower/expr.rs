@@ -514,9 +514,14 @@ impl Lowerer<'_> {
         args.into_iter()
             .map(|a| {
                 let by_ref = self.by_ref(&a);
-                // A constant argument (a shape `(3, 4)`, a name) is passed as written.
+                // A constant argument (a shape `(3, 4)`, a name) is passed as written;
+                // a reference to a place (`&self.ids`) is bound as the reference
+                // (binding the place would move it), passed on by reference again.
                 if !self.mentions_local(a.to_token_stream()) {
                     let inner = match &a {
+                        Expr::Reference(r) if is_place(&r.expr) && !is_inline_constant(&r.expr) => {
+                            &a
+                        }
                         Expr::Reference(r) => &*r.expr,
                         other => other,
                     };
@@ -552,5 +557,17 @@ impl Lowerer<'_> {
                 self.prim(out, &ops::TUPLE, operands, vec![], Native::Tuple, span)
             }
         }
+    }
+}
+
+/// Whether `e` names a place (`self.ids`, `self.table[0]`): borrowing it borrows
+/// what outlives the statement, unlike a temporary's (`&array![..]`).
+fn is_place(e: &Expr) -> bool {
+    match e {
+        Expr::Path(_) => true,
+        Expr::Field(f) => is_place(&f.base),
+        Expr::Index(i) => is_place(&i.expr),
+        Expr::Paren(p) => is_place(&p.expr),
+        _ => false,
     }
 }

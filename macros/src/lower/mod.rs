@@ -466,7 +466,7 @@ impl Lowerer<'_> {
     fn constant(&mut self, out: &mut Stmts, e: &Expr) -> Atom {
         match e {
             Expr::Lit(_) | Expr::Path(_) => Atom::Lit(self.verbatim(e.to_token_stream())),
-            _ if is_literal_expr(e) => Atom::Lit(e.to_token_stream()),
+            _ if is_inline_constant(e) => Atom::Lit(e.to_token_stream()),
             _ => {
                 let tokens = self.verbatim(e.to_token_stream());
                 self.emit(out, Op::Const(tokens), e.span())
@@ -843,4 +843,10 @@ fn companion_call(
         args: c.args.clone(),
     };
     Some((call, check))
+}
+
+/// Whether [`Lowerer::constant`] writes `e` inline (a literal, a path) rather than
+/// binding it to a variable.
+pub(super) fn is_inline_constant(e: &Expr) -> bool {
+    matches!(e, Expr::Lit(_) | Expr::Path(_)) || is_literal_expr(e)
 }

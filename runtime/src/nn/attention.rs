@@ -32,7 +32,7 @@ use std::marker::PhantomData;
 /// assert_eq!(w.shape(), &[1, 2, 3, 3]);
 /// assert!(w.iter().all(|&v| (v - 1.0 / 3.0).abs() < 1e-12));
 /// ```
-#[differentiable]
+#[differentiable(jvp)]
 pub fn dot_product_attention_weights<A: Real>(
     query: &Array4<A>,
     key: &Array4<A>,
@@ -60,7 +60,7 @@ pub fn dot_product_attention_weights<A: Real>(
 /// // The first position sees only itself.
 /// assert_eq!(y.slice(ndarray::s![0, 0, 0, ..]), x.slice(ndarray::s![0, 0, 0, ..]));
 /// ```
-#[differentiable]
+#[differentiable(jvp)]
 pub fn dot_product_attention<A: Real>(
     query: &Array4<A>,
     key: &Array4<A>,
@@ -476,7 +476,7 @@ impl MultiHeadDotProductAttention {
     }
 }
 
-#[differentiable]
+#[differentiable(jvp)]
 impl MultiHeadDotProductAttention {
     /// The layer in the scope `cx`: what a parent module's `call` runs, and
     /// `init` and `apply` at the root.
