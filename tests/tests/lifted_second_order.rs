@@ -775,17 +775,38 @@ impl VjpLoss {
 
 #[test]
 fn second_order_through_a_lifted_vjp() {
-    let case = reference("lifted_second_order.json", "vjp_pullback");
+    assert_loss_case(
+        "vjp_pullback",
+        "second order through vjp!",
+        |v, x| value_and_grad!(|v: &Variables| VjpLoss.apply(v, x).unwrap())(v),
+        |v, x| grad!(|x: &Array2<f64>| VjpLoss.apply(v, x).unwrap())(x),
+    );
+}
+
+/// A loss module against a `case_loss` reference of `gen_lifted_second_order.py`:
+/// its value and gradient in the variables (`value_and_grad`) and its gradient in
+/// the input (`grad_x`), to `RTOL`.
+fn assert_loss_case(
+    case: &str,
+    what: &str,
+    value_and_grad: impl Fn(&Variables, &Array2<f64>) -> (f64, Variables),
+    grad_x: impl Fn(&Variables, &Array2<f64>) -> Array2<f64>,
+) {
+    let case = reference("lifted_second_order.json", case);
     let x = matrix(&case["x"]);
     let vars = variables(&case["variables"]);
-    let (loss, grads) = value_and_grad!(|v: &Variables| VjpLoss.apply(v, &x).unwrap())(&vars);
+    let (loss, grads) = value_and_grad(&vars, &x);
     assert_eq!(grads.error(), None);
-    close("vjp loss", loss, case["loss"].as_f64().unwrap());
-    let err = assert_tree_close("vjp loss grads", &grads, &case["grads"], RTOL);
-    println!("second order through vjp!: normwise relative error {err:.1e}");
-    let gx = grad!(|x: &Array2<f64>| VjpLoss.apply(&vars, x).unwrap())(&x);
+    close(
+        &format!("{what}: loss"),
+        loss,
+        case["loss"].as_f64().unwrap(),
+    );
+    let err = assert_tree_close(&format!("{what}: grads"), &grads, &case["grads"], RTOL);
+    println!("{what}: normwise relative error {err:.1e}");
+    let gx = grad_x(&vars, &x);
     let want = array(&case["grad_x"]);
-    adjoint_tests::assert_close("vjp loss grad_x", &gx.into_dyn(), &want, RTOL);
+    adjoint_tests::assert_close(&format!("{what}: grad_x"), &gx.into_dyn(), &want, RTOL);
 }
 
 /// Through the variables' cotangents the pullback returns, applied as the variables
@@ -805,17 +826,12 @@ impl VjpParamsLoss {
 
 #[test]
 fn second_order_through_a_lifted_vjps_variable_cotangents() {
-    let case = reference("lifted_second_order.json", "vjp_params");
-    let x = matrix(&case["x"]);
-    let vars = variables(&case["variables"]);
-    let (loss, grads) = value_and_grad!(|v: &Variables| VjpParamsLoss.apply(v, &x).unwrap())(&vars);
-    assert_eq!(grads.error(), None);
-    close("vjp params loss", loss, case["loss"].as_f64().unwrap());
-    let err = assert_tree_close("vjp params loss grads", &grads, &case["grads"], RTOL);
-    println!("second order through vjp!'s variable cotangents: normwise relative error {err:.1e}");
-    let gx = grad!(|x: &Array2<f64>| VjpParamsLoss.apply(&vars, x).unwrap())(&x);
-    let want = array(&case["grad_x"]);
-    adjoint_tests::assert_close("vjp params loss grad_x", &gx.into_dyn(), &want, RTOL);
+    assert_loss_case(
+        "vjp_params",
+        "second order through vjp!'s variable cotangents",
+        |v, x| value_and_grad!(|v: &Variables| VjpParamsLoss.apply(v, x).unwrap())(v),
+        |v, x| grad!(|x: &Array2<f64>| VjpParamsLoss.apply(v, x).unwrap())(x),
+    );
 }
 
 // ----- a child with many constructs, against central differences -----
@@ -1062,15 +1078,10 @@ impl VjpAuxLoss {
 /// cotangent given to the pullback and enters the loss.
 #[test]
 fn second_order_through_a_lifted_vjp_with_aux() {
-    let case = reference("lifted_second_order.json", "vjp_aux");
-    let x = matrix(&case["x"]);
-    let vars = variables(&case["variables"]);
-    let (loss, grads) = value_and_grad!(|v: &Variables| VjpAuxLoss.apply(v, &x).unwrap())(&vars);
-    assert_eq!(grads.error(), None);
-    close("vjp aux loss", loss, case["loss"].as_f64().unwrap());
-    let err = assert_tree_close("vjp aux loss grads", &grads, &case["grads"], RTOL);
-    println!("second order through vjp! with has_aux: normwise relative error {err:.1e}");
-    let gx = grad!(|x: &Array2<f64>| VjpAuxLoss.apply(&vars, x).unwrap())(&x);
-    let want = array(&case["grad_x"]);
-    adjoint_tests::assert_close("vjp aux loss grad_x", &gx.into_dyn(), &want, RTOL);
+    assert_loss_case(
+        "vjp_aux",
+        "second order through vjp! with has_aux",
+        |v, x| value_and_grad!(|v: &Variables| VjpAuxLoss.apply(v, x).unwrap())(v),
+        |v, x| grad!(|x: &Array2<f64>| VjpAuxLoss.apply(v, x).unwrap())(x),
+    );
 }

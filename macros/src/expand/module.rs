@@ -684,7 +684,7 @@ fn body_tjvp(
     let vjp = forward_vjp(&tjvp_sig, &tjvp_params, tangent, &run, type_name);
     let (generics, where_clause) = (&sig.generics, &sig.generics.where_clause);
     let out = &tjvp_sig.output;
-    let any = any_tangent_entries(sig, params, out, type_name);
+    let any = any_tangent_entries(sig, params, out);
     quote! {
         #[doc(hidden)]
         #[allow(clippy::all, unused_parens, unused_variables, unused_mut)]
@@ -723,12 +723,11 @@ fn any_tangent_entries(
     sig: &Signature,
     params: &[ParamInfo],
     out: &syn::ReturnType,
-    type_name: &str,
 ) -> TokenStream {
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let scope = &names[0];
     let inputs: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
-    let rest_inputs = &inputs[1..];
+    let (rest_inputs, rest) = (&inputs[1..], &names[1..]);
     let dnames: Vec<syn::Ident> = params[1..].iter().map(ParamInfo::tangent_name).collect();
     let dtypes: Vec<syn::Ident> = (0..dnames.len())
         .map(|i| format_ident!("__D{}", i))
@@ -772,10 +771,7 @@ fn any_tangent_entries(
         #[inline]
         pub fn __call_tjvp_any #generics (&self, #(#inputs,)* #tangents) #out #where_clause {
             #convert
-            #scope.enter_auto(#type_name);
-            let __out = self.__call_body_tjvp(#(#names,)* #(#passed),*);
-            #scope.exit();
-            __out
+            self.__call_tjvp(#(#names,)* #(#passed),*)
         }
 
         #[allow(clippy::too_many_arguments)]
@@ -783,10 +779,7 @@ fn any_tangent_entries(
         #[inline]
         pub fn __call_in_tjvp_any #generics (&self, #scope: &mut ::adjoint::Scope, __child: ::adjoint::scope::ChildName<'_>, #(#rest_inputs,)* #tangents) #out #where_clause {
             #convert
-            #scope.enter_child(__child);
-            let __out = self.__call_body_tjvp(#(#names,)* #(#passed),*);
-            #scope.exit();
-            __out
+            self.__call_in_tjvp(#scope, __child, #(#rest,)* #(#passed),*)
         }
     }
 }

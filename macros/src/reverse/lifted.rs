@@ -96,20 +96,19 @@ impl Gen<'_> {
         } else {
             l.args.iter().map(|_| quote!(_)).collect()
         };
-        // The child's forward mode along the inputs (`jvp`), or along the variables'
-        // tangents too (`tjvp`, whose cotangents for the tangents are dropped: the
-        // transform's variable tangents are constants), differentiated.
-        let rerun = |forward: &str| {
-            let companion =
-                companion_ident(&format_ident!("__call_body_{}", forward), "vjp_params");
+        // The variables' tangents a `jvp!` was given, if any were nonzero.
+        let rerun = |along: Option<TokenStream>| {
+            let (companion, set, split) = forward_rerun(along);
             quote! {
+                #set
                 let (__o, __pb2) = ::adjoint::scope::Child::module(__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
                 let (__cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
+                #split
             }
         };
-        let along_inputs = rerun("jvp");
+        let along_inputs = rerun(None);
         let run = if jvp {
-            let along_variables = rerun("tjvp");
+            let along_variables = rerun(Some(quote!(__t)));
             quote! {
                 let (mut __cv, #(#cots,)*) = match __tangents {
                     ::core::option::Option::None => {
@@ -117,9 +116,7 @@ impl Gen<'_> {
                         (__cv, #(#cots,)*)
                     }
                     ::core::option::Option::Some(__t) => {
-                        __cx2.set_tangents(::core::option::Option::Some(__t));
                         #along_variables
-                        let (__cv, _) = ::adjoint::__private::split_tangent_cotangents(__cv);
                         (__cv, #(#cots,)*)
                     }
                 };
@@ -346,17 +343,7 @@ impl Gen<'_> {
             )
         };
         let skip = (0..n).map(|_| quote!(_));
-        // Along the variables' tangents too: the cotangents of those (third order)
-        // are dropped.
-        let (forward, set, split) = match &along_variables {
-            Some(bar) => (
-                "__call_body_tjvp",
-                quote!(__cx2.set_tangents(::core::option::Option::Some(&#bar));),
-                quote!(let (__cv, _) = ::adjoint::__private::split_tangent_cotangents(__cv);),
-            ),
-            None => ("__call_body_jvp", TokenStream::new(), TokenStream::new()),
-        };
-        let companion = companion_ident(&format_ident!("{}", forward), "vjp_params");
+        let (companion, set, split) = forward_rerun(along_variables.map(|bar| quote!(&#bar)));
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
         r.code.push(quote! {
@@ -539,5 +526,26 @@ impl Gen<'_> {
         } else {
             quote!(::core::clone::Clone::clone(#x))
         }
+    }
+}
+
+/// The child's forward mode a second-order pullback runs again, differentiated:
+/// along the inputs (`__call_body_jvp`'s VJP), or with the variables' tangents
+/// `tangents` set in the scope `__cx2` too (`__call_body_tjvp`'s, whose cotangents
+/// for the tangents are dropped: the transform's variable tangents are constants).
+/// Its VJP's name, what goes before the call, and what follows the pullback's result
+/// bound to `__cv`.
+fn forward_rerun(tangents: Option<TokenStream>) -> (Ident, TokenStream, TokenStream) {
+    match tangents {
+        None => (
+            companion_ident(&format_ident!("__call_body_jvp"), "vjp_params"),
+            TokenStream::new(),
+            TokenStream::new(),
+        ),
+        Some(t) => (
+            companion_ident(&format_ident!("__call_body_tjvp"), "vjp_params"),
+            quote!(__cx2.set_tangents(::core::option::Option::Some(#t));),
+            quote!(let (__cv, _) = ::adjoint::__private::split_tangent_cotangents(__cv);),
+        ),
     }
 }
