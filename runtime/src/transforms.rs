@@ -228,6 +228,13 @@ pub fn zero_tangent<X: ?Sized, T: ZeroTangent<X>>(x: &X) -> T {
 /// the callee's parameter picks alone (a generic literal such as `None` has none of
 /// its own to go by): `NoTangent` for an argument that is not differentiated, a zero
 /// float for one that is.
+///
+/// ```
+/// use adjoint::transforms::{NoTangent, literal_tangent};
+/// let _mask: NoTangent = literal_tangent(); // `None` passed for an attention mask
+/// let scale: f64 = literal_tangent(); // `0.5` passed for a differentiated scale
+/// assert_eq!(scale, 0.0);
+/// ```
 pub trait LiteralTangent {
     /// The zero.
     fn literal_tangent() -> Self;
