@@ -1,4 +1,4 @@
-"""W1-W8 in JAX, `jit(value_and_grad)` (W8: `jit(jvp(grad))`), one thread, with the Rust bench's inputs: W1-W5 and W8 in
+"""W1-W9 in JAX, `jit(value_and_grad)` (W8, W9: `jit(jvp(grad))`), one thread, with the Rust bench's inputs: W1-W5 and W8 in
 float64, the layer workloads W6 and W7 in float32 as Flax trains them.
 
 Run by `cargo run --release --manifest-path bench/Cargo.toml` when `python3 -c "import jax"`
@@ -78,6 +78,20 @@ def rnn_hvp(w, u, b, xs, dw, du, db):
     """W8: `jvp(grad(rnn))`, the Hessian of W4's loss along `(dw, du, db)`; returned as
     `(gradient, H d)` so that it times like the value-and-gradient workloads."""
     return jax.jvp(lambda w, u, b: jax.grad(rnn, argnums=(0, 1, 2))(w, u, b, xs), (w, u, b), (dw, du, db))
+
+
+def regressor_hvp(w1, b1, w2, b2, w3, b3, x, t, d1, e1, d2, e2, d3, e3):
+    """W9: `jvp(grad(loss))` in a tanh MLP's parameters along `(d1, e1, ..)`, the loss
+    the mean squared error of `Dense(64), tanh, Dense(64), tanh, Dense(1)` (the
+    parameters as Flax's `params` leaves, in order); returned as `(gradient, H d)`."""
+
+    def loss(w1, b1, w2, b2, w3, b3):
+        h1 = jnp.tanh(x @ w1 + b1)
+        h2 = jnp.tanh(h1 @ w2 + b2)
+        d = h2 @ w3 + b3 - t
+        return jnp.mean(d * d)
+
+    return jax.jvp(jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5)), (w1, b1, w2, b2, w3, b3), (d1, e1, d2, e2, d3, e3))
 
 
 def field(w1, b1, w2, b2, w3, b3, x):
@@ -172,6 +186,9 @@ def workloads():
     p4 = (pattern2(64, 64, 1, 0.15), pattern2(32, 64, 2, 0.2), pattern1(64, 3, 0.1), xs)
     d4 = (pattern2(64, 64, 11, 1.0), pattern2(32, 64, 12, 1.0), pattern1(64, 13, 1.0))
     yield "W8", rnn_hvp, None, p4 + d4, 100
+    p9 = (pattern2(16, 64, 1, 0.25), pattern1(64, 2, 0.1), pattern2(64, 64, 3, 0.125), pattern1(64, 4, 0.1), pattern2(64, 1, 5, 0.125), pattern1(1, 6, 0.1))
+    d9 = (pattern2(16, 64, 11, 1.0), pattern1(64, 12, 1.0), pattern2(64, 64, 13, 1.0), pattern1(64, 14, 1.0), pattern2(64, 1, 15, 1.0), pattern1(1, 16, 1.0))
+    yield "W9", regressor_hvp, None, p9 + (pattern2(128, 16, 7, 1.0), pattern2(128, 1, 8, 1.0)) + d9, 200
     p5 = (pattern2(1, 32, 1, 0.8), pattern1(32, 2, 0.2), pattern2(32, 32, 3, 0.25), pattern1(32, 4, 0.1), pattern2(32, 1, 5, 0.3), pattern1(1, 6, 0.1))
     x5 = jnp.array([[i * 3.0 / 127.0 - 1.5] for i in range(128)])
     yield "W5", pinn, (0, 1, 2, 3, 4, 5), p5 + (x5,), 400

@@ -729,5 +729,89 @@ fn w5() -> Workload {
 }
 
 pub fn all() -> Vec<Workload> {
-    vec![w1(), w2(), w3(), w4(), w5(), w8()]
+    vec![w1(), w2(), w3(), w4(), w5(), w8(), w9()]
+}
+
+// ----- W9: a Hessian-vector product in a model's parameters, through `apply` -----
+
+/// A tanh MLP 16 -> 64 -> 64 -> 1 as Flax modules.
+struct Regressor;
+
+#[differentiable]
+impl Regressor {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let h1 = Dense::new(64).call(cx, x).tanh();
+        let h2 = Dense::new(64).call(cx, &h1).tanh();
+        Dense::new(1).call(cx, &h2)
+    }
+}
+
+/// Mean squared error of the model on `(x, t)`, a function of its variables.
+#[differentiable(jvp)]
+fn regressor_loss(v: &Variables, #[no_grad] x: &Array2<f64>, #[no_grad] t: &Array2<f64>) -> f64 {
+    let d = &Regressor.apply(v, x).unwrap() - t;
+    (&d * &d).mean().unwrap()
+}
+
+const W9_PATHS: [&str; 6] = [
+    "Dense_0/kernel",
+    "Dense_0/bias",
+    "Dense_1/kernel",
+    "Dense_1/bias",
+    "Dense_2/kernel",
+    "Dense_2/bias",
+];
+
+/// A tree of the regressor's variables from six patterns starting at `seed`.
+fn w9_tree(seed: usize, scales: [f64; 6]) -> Variables {
+    let leaves: [ndarray::ArrayD<f64>; 6] = [
+        pattern2(16, 64, seed, scales[0]).into_dyn(),
+        pattern1(64, seed + 1, scales[1]).into_dyn(),
+        pattern2(64, 64, seed + 2, scales[2]).into_dyn(),
+        pattern1(64, seed + 3, scales[3]).into_dyn(),
+        pattern2(64, 1, seed + 4, scales[4]).into_dyn(),
+        pattern1(1, seed + 5, scales[5]).into_dyn(),
+    ];
+    let mut v = Variables::new();
+    for (path, leaf) in W9_PATHS.iter().zip(leaves) {
+        v = v.with("params", path, leaf).expect("W9 variables");
+    }
+    v
+}
+
+fn w9() -> Workload {
+    let vars = w9_tree(1, [0.25, 0.1, 0.125, 0.1, 0.125, 0.1]);
+    let dv = w9_tree(11, [1.0; 6]);
+    let (x, t) = (pattern2(128, 16, 7, 1.0), pattern2(128, 1, 8, 1.0));
+    assert_eq!(vars.shapes(), Regressor.init(0, &x).expect("W9 init").shapes());
+    let hv = hvp!(regressor_loss)(&vars, &x, &t, &dv);
+    // H d against central differences of the gradient along d.
+    let h = 1e-5;
+    let at = |s: f64| grad!(regressor_loss)(&vars.zip_map(&dv, |w, d| w + s * d).unwrap(), &x, &t);
+    let fd = at(h).sub(&at(-h)).expect("W9 trees").scale(0.5 / h);
+    let off = hv.sub(&fd).expect("W9 trees").global_norm() / fd.global_norm();
+    assert!(off <= 1e-6, "W9: H d differs from differences of the gradient by {off:.2e}");
+    let checksums = W9_PATHS
+        .iter()
+        .map(|p| crate::checksum(&hv.read::<ndarray::ArrayD<f64>>("params", p).expect("W9 H d")))
+        .collect();
+    let (va, vc) = ((vars.clone(), x.clone(), t.clone(), dv), (vars, x, t));
+    Workload {
+        name: "W9 Hessian-vector product in a model's parameters (MLP 16-64-64-1 through apply, 128 rows)",
+        key: "W9",
+        checksums,
+        tolerance: 1e-9,
+        runs: 200,
+        adjoint: Box::new(move || {
+            let (v, x, t, dv) = &va;
+            black_box(hvp!(regressor_loss)(v, black_box(x), t, dv));
+        }),
+        hand: None,
+        // The gradient: the column reads what the HVP costs in gradients.
+        primal: Some(Box::new(move || {
+            black_box(grad!(regressor_loss)(&vc.0, black_box(&vc.1), &vc.2));
+        })),
+        candle: None,
+        burn: None,
+    }
 }
