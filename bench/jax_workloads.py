@@ -1,4 +1,4 @@
-"""W1-W9 in JAX, `jit(value_and_grad)` (W8, W9: `jit(jvp(grad))`), one thread, with the Rust bench's inputs: W1-W5 and W8 in
+"""W1-W10 in JAX, `jit(value_and_grad)` (W8, W9: `jit(jvp(grad))`; W10: `jit(jvp)`), one thread, with the Rust bench's inputs: W1-W5 and W8 in
 float64, the layer workloads W6 and W7 in float32 as Flax trains them.
 
 Run by `cargo run --release --manifest-path bench/Cargo.toml` when `python3 -c "import jax"`
@@ -92,6 +92,19 @@ def regressor_hvp(w1, b1, w2, b2, w3, b3, x, t, d1, e1, d2, e2, d3, e3):
         return jnp.mean(d * d)
 
     return jax.jvp(jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5)), (w1, b1, w2, b2, w3, b3), (d1, e1, d2, e2, d3, e3))
+
+
+def regressor_jvp(w1, b1, w2, b2, w3, b3, x, dx):
+    """W10: `jvp` of the W9 MLP's output in its input along `dx`, the parameters held;
+    returned as `(output, (tangent,))`."""
+
+    def out(x):
+        h1 = jnp.tanh(x @ w1 + b1)
+        h2 = jnp.tanh(h1 @ w2 + b2)
+        return h2 @ w3 + b3
+
+    y, dy = jax.jvp(out, (x,), (dx,))
+    return y, (dy,)
 
 
 def field(w1, b1, w2, b2, w3, b3, x):
@@ -189,6 +202,7 @@ def workloads():
     p9 = (pattern2(16, 64, 1, 0.25), pattern1(64, 2, 0.1), pattern2(64, 64, 3, 0.125), pattern1(64, 4, 0.1), pattern2(64, 1, 5, 0.125), pattern1(1, 6, 0.1))
     d9 = (pattern2(16, 64, 11, 1.0), pattern1(64, 12, 1.0), pattern2(64, 64, 13, 1.0), pattern1(64, 14, 1.0), pattern2(64, 1, 15, 1.0), pattern1(1, 16, 1.0))
     yield "W9", regressor_hvp, None, p9 + (pattern2(128, 16, 7, 1.0), pattern2(128, 1, 8, 1.0)) + d9, 200
+    yield "W10", regressor_jvp, None, p9 + (pattern2(128, 16, 7, 1.0), pattern2(128, 16, 9, 1.0)), 400
     p5 = (pattern2(1, 32, 1, 0.8), pattern1(32, 2, 0.2), pattern2(32, 32, 3, 0.25), pattern1(32, 4, 0.1), pattern2(32, 1, 5, 0.3), pattern1(1, 6, 0.1))
     x5 = jnp.array([[i * 3.0 / 127.0 - 1.5] for i in range(128)])
     yield "W5", pinn, (0, 1, 2, 3, 4, 5), p5 + (x5,), 400

@@ -729,7 +729,7 @@ fn w5() -> Workload {
 }
 
 pub fn all() -> Vec<Workload> {
-    vec![w1(), w2(), w3(), w4(), w5(), w8(), w9()]
+    vec![w1(), w2(), w3(), w4(), w5(), w8(), w9(), w10()]
 }
 
 // ----- W9: a Hessian-vector product in a model's parameters, through `apply` -----
@@ -810,6 +810,46 @@ fn w9() -> Workload {
         // The gradient: the column reads what the HVP costs in gradients.
         primal: Some(Box::new(move || {
             black_box(grad!(regressor_loss)(&vc.0, black_box(&vc.1), &vc.2));
+        })),
+        candle: None,
+        burn: None,
+    }
+}
+
+// ----- W10: forward mode of a model in its inputs, through `apply` -----
+
+/// The regressor's output in its inputs, its variables held.
+#[differentiable(jvp)]
+fn regressor_out(#[no_grad] v: &Variables, x: &Array2<f64>) -> Array2<f64> {
+    Regressor.apply(v, x).unwrap()
+}
+
+fn w10() -> Workload {
+    let vars = w9_tree(1, [0.25, 0.1, 0.125, 0.1, 0.125, 0.1]);
+    let (x, dx) = (pattern2(128, 16, 7, 1.0), pattern2(128, 16, 9, 1.0));
+    let (y, dy) = jvp!(regressor_out)(&vars, &x, &dx);
+    assert_eq!(y, regressor_out(&vars, &x));
+    // The tangent against central differences of the output along `dx`.
+    let h = 1e-6;
+    let fd = (regressor_out(&vars, &(&x + &(&dx * h))) - regressor_out(&vars, &(&x - &(&dx * h))))
+        / (2.0 * h);
+    let off = (&dy - &fd).mapv(|d| d * d).sum().sqrt() / fd.mapv(|d| d * d).sum().sqrt();
+    assert!(off <= 1e-6, "W10: the tangent differs from differences by {off:.2e}");
+    let checksums = vec![crate::checksum(&dy)];
+    let (va, vc) = ((vars.clone(), x.clone(), dx), (vars, x));
+    Workload {
+        name: "W10 JVP of a model in its inputs (MLP 16-64-64-1 through apply, 128 rows)",
+        key: "W10",
+        checksums,
+        tolerance: 1e-9,
+        runs: 400,
+        adjoint: Box::new(move || {
+            let (v, x, dx) = &va;
+            black_box(jvp!(regressor_out)(v, black_box(x), dx));
+        }),
+        hand: None,
+        primal: Some(Box::new(move || {
+            black_box(regressor_out(&vc.0, black_box(&vc.1)));
         })),
         candle: None,
         burn: None,

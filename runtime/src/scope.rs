@@ -445,12 +445,19 @@ impl<'v> Scope<'v> {
     }
 
     /// Sets the variables' tangents of a lifted `jvp!` (paths relative to the current
-    /// module) and returns the ones set before.
+    /// module) and returns the ones set before. Tangents that are all zero are none:
+    /// forward mode then runs along the inputs alone.
     #[doc(hidden)]
     pub fn set_tangents(&mut self, tangents: Option<&Variables>) -> Option<Variables> {
         let here = self.path();
-        let new = tangents.map(|t| t.prefixed(&here));
+        let new = tangents.and_then(kept_tangents).map(|t| t.prefixed(&here));
         std::mem::replace(&mut self.tangents, new)
+    }
+
+    /// Whether tangents of the variables are set (see [`Scope::set_tangents`]).
+    #[doc(hidden)]
+    pub fn has_tangents(&self) -> bool {
+        self.tangents.is_some()
     }
 
     /// Restores the tangents [`Scope::set_tangents`] returned.

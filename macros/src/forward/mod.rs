@@ -90,10 +90,14 @@ pub fn jvp_body(
     out.extend(t.stmts(&f.body.stmts)?);
     // The output and its tangent, from the body's last leaf or each arm of its last
     // branch.
+    // The tangent first: a zero one borrows the value, which the pair then moves.
     let tail = t.tail(&f.body.tail, true, &mut |t, leaf| {
         let output = leaf.value.as_ref()?;
         let (y, dy) = (t.output(output, false), t.output(output, true));
-        Some(quote!((#y, #dy)))
+        Some(quote!({
+            let __dy = #dy;
+            (#y, __dy)
+        }))
     })?;
     out.extend(tail);
     Some(out)

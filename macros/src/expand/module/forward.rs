@@ -33,11 +33,17 @@ fn forward_body(
     crate::forward::jvp_body(&func, &|v| act.varied(v), &reference, mode, calls)
 }
 
-/// `__call_body_jvp(&self, cx, xs.., dxs..) -> (R, R)`'s parameter-differentiating
-/// VJP (the JVP itself is not needed: a parent's forward mode calls the VJP) and its
-/// wrappers `__call_jvp`, `__call_in_jvp`, when forward mode covers the body (else a
-/// stub: second order through this module then reports `SecondOrderUnsupported`).
-pub(super) fn body_jvp(
+/// A module's forward-mode companions: along its inputs (`__call_body_jvp` and its
+/// wrappers `__call_jvp`, `__call_in_jvp`, with their parameter-differentiating VJPs,
+/// what a parent's second-order pullback runs), and along its inputs and variables
+/// (`__call_body_tjvp`, whose tangents the scope holds, for a lifted `jvp!` or a
+/// module applied to variables with a tangent; with its VJPs, the parameters'
+/// cotangents and their tangents': second order along the variables). Every
+/// argument but the scope takes a tangent as `jvp_all` does (`NoTangent` where it is
+/// not differentiated). Where forward mode does not cover the body, its VJPs are
+/// stubs (second order through the module reports `SecondOrderUnsupported`) and the
+/// forward mode along the variables records `ForwardModeUnsupported`.
+pub(super) fn forward_items(
     sig: &Signature,
     params: &[ParamInfo],
     body: &syn::Block,
@@ -45,68 +51,96 @@ pub(super) fn body_jvp(
     type_name: &str,
     calls: bool,
 ) -> TokenStream {
-    let jvp = forward_body(params, body, crate::forward::Mode::Inputs, calls);
-    let mut jvp_params: Vec<ParamInfo> = params.to_vec();
-    jvp_params.extend(params[1..].iter().map(ParamInfo::tangent));
-    let jvp_sig = forward_sig(sig, "__call_body_jvp", &jvp_params, ret);
+    use crate::forward::Mode;
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
+    let scope = &names[0];
+    let mut fparams: Vec<ParamInfo> = params.to_vec();
+    fparams.extend(params[1..].iter().map(ParamInfo::tangent));
+    let all: Vec<TokenStream> = fparams.iter().map(|p| param_name(&p.pat)).collect();
+
+    // Along the inputs: the body itself where forward mode covers it (a parent's
+    // forward mode, and the forward mode along the variables when the scope holds
+    // none, call it), and its VJP.
+    let jvp = forward_body(params, body, Mode::Inputs, calls);
+    let jvp_sig = forward_sig(sig, "__call_body_jvp", &fparams, ret);
     let run = quote! {
         let __y = self.__call_body(#(#names),*);
         let __dy = ::adjoint::__private::zeros(&__y);
     };
-    forward_vjp(&jvp_sig, &jvp_params, jvp, &run, type_name)
+    // Where forward mode does not cover the body, running it says so.
+    let unsupported = quote!({
+        #scope.forward_mode_unsupported();
+        #run
+        (__y, __dy)
+    });
+    let block = match &jvp {
+        Some(source) => quote!({ #source }),
+        None => unsupported.clone(),
+    };
+    let mut out = primal_entries(&jvp_sig, &fparams, block, type_name, "jvp");
+    out.extend(forward_vjp(
+        &jvp_sig,
+        &fparams,
+        jvp.clone(),
+        &run,
+        type_name,
+    ));
+
+    // Along the variables too.
+    let tangent = forward_body(params, body, Mode::Variables, calls);
+    let tjvp_sig = forward_sig(sig, "__call_body_tjvp", &fparams, ret);
+    let block = match (&tangent, &jvp) {
+        // No tangent set: the parameters' are zero, and the forward mode along the
+        // inputs alone does less (no products with zero).
+        (Some(t), Some(_)) => quote!({
+            if !#scope.has_tangents() {
+                return self.__call_body_jvp(#(#all),*);
+            }
+            #t
+        }),
+        (Some(t), None) => quote!({ #t }),
+        (None, _) => unsupported,
+    };
+    out.extend(primal_entries(
+        &tjvp_sig, &fparams, block, type_name, "tjvp",
+    ));
+    out.extend(any_tangent_entries(sig, params, &tjvp_sig.output));
+    let run = quote!(let (__y, __dy) = self.__call_body_tjvp(#(#all),*););
+    out.extend(forward_vjp(&tjvp_sig, &fparams, tangent, &run, type_name));
+    out
 }
 
-/// `__call_body_tjvp(&self, cx, xs.., dxs..) -> (R, Cot<R>)`, forward mode along the
-/// inputs and the variables (whose tangents the scope holds) for a lifted `jvp!` or
-/// a module applied to variables with a tangent, with its wrappers `__call_tjvp` and
-/// `__call_in_tjvp` that run it in the module's scope; and their VJPs, with the
-/// parameters' cotangents and those of their tangents (second order along the
-/// variables). Every argument but the scope takes a tangent as `jvp_all` does
-/// (`NoTangent` where it is not differentiated). Where forward mode does not cover
-/// the body, the scope records `ForwardModeUnsupported`.
-pub(super) fn body_tjvp(
+/// A module body's forward mode `sig` (`__call_body_jvp`, `__call_body_tjvp`) with
+/// body `block`, and its wrappers `__call_{which}` and `__call_in_{which}` that run it
+/// in the module's auto-named and named scope.
+fn primal_entries(
     sig: &Signature,
     params: &[ParamInfo],
-    body: &syn::Block,
-    ret: &Type,
+    block: TokenStream,
     type_name: &str,
-    calls: bool,
+    which: &str,
 ) -> TokenStream {
-    let tangent = forward_body(params, body, crate::forward::Mode::Variables, calls);
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let scope = &names[0];
-    let mut tjvp_params: Vec<ParamInfo> = params.to_vec();
-    tjvp_params.extend(params[1..].iter().map(ParamInfo::tangent));
-    let tjvp_sig = forward_sig(sig, "__call_body_tjvp", &tjvp_params, ret);
-    let all: Vec<TokenStream> = tjvp_params.iter().map(|p| param_name(&p.pat)).collect();
-    let inputs: Vec<TokenStream> = tjvp_params.iter().map(ParamInfo::input).collect();
+    let inputs: Vec<TokenStream> = params.iter().map(ParamInfo::input).collect();
     let rest_inputs = &inputs[1..];
-    let block = match &tangent {
-        Some(t) => quote!({ #t }),
-        None => quote!({
-            #scope.forward_mode_unsupported();
-            let __y = self.__call_body(#(#names),*);
-            let __dy = ::adjoint::__private::zeros(&__y);
-            (__y, __dy)
-        }),
-    };
-    let run = quote!(let (__y, __dy) = self.__call_body_tjvp(#(#all),*););
-    let vjp = forward_vjp(&tjvp_sig, &tjvp_params, tangent, &run, type_name);
-    let (generics, where_clause) = (&sig.generics, &sig.generics.where_clause);
-    let out = &tjvp_sig.output;
-    let any = any_tangent_entries(sig, params, out);
+    let (generics, where_clause, out) = (&sig.generics, &sig.generics.where_clause, &sig.output);
+    let body = &sig.ident;
+    let (auto, named) = (
+        format_ident!("__call_{}", which),
+        format_ident!("__call_in_{}", which),
+    );
     quote! {
         #[doc(hidden)]
         #[allow(clippy::all, unused_parens, unused_variables, unused_mut)]
-        pub fn __call_body_tjvp #generics (&self, #(#inputs),*) #out #where_clause #block
+        pub fn #body #generics (&self, #(#inputs),*) #out #where_clause #block
 
         #[allow(clippy::too_many_arguments)]
         #[doc(hidden)]
         #[inline]
-        pub fn __call_tjvp #generics (&self, #(#inputs),*) #out #where_clause {
+        pub fn #auto #generics (&self, #(#inputs),*) #out #where_clause {
             #scope.enter_auto(#type_name);
-            let __out = self.__call_body_tjvp(#(#all),*);
+            let __out = self.#body(#(#names),*);
             #scope.exit();
             __out
         }
@@ -114,15 +148,12 @@ pub(super) fn body_tjvp(
         #[allow(clippy::too_many_arguments)]
         #[doc(hidden)]
         #[inline]
-        pub fn __call_in_tjvp #generics (&self, #scope: &mut ::adjoint::Scope, __child: ::adjoint::scope::ChildName<'_>, #(#rest_inputs),*) #out #where_clause {
+        pub fn #named #generics (&self, #scope: &mut ::adjoint::Scope, __child: ::adjoint::scope::ChildName<'_>, #(#rest_inputs),*) #out #where_clause {
             #scope.enter_child(__child);
-            let __out = self.__call_body_tjvp(#(#all),*);
+            let __out = self.#body(#(#names),*);
             #scope.exit();
             __out
         }
-
-        #any
-        #vjp
     }
 }
 

@@ -130,11 +130,8 @@ pub fn module_items(
         ));
     }
 
-    // Forward mode, for second order through a lifted transform: the body's JVP along
-    // the inputs, and its VJP with parameters differentiated (`__call_body_jvp`).
-    let jvp_items = forward::body_jvp(&m.sig, params, &body, &ret, &type_name, calls);
-    // Forward mode along the inputs and the variables, for a lifted `jvp!`.
-    let tjvp_items = forward::body_tjvp(&m.sig, params, &body, &ret, &type_name, calls);
+    // Forward mode, along the inputs and along the variables, with its VJPs.
+    let forward_items = forward::forward_items(&m.sig, params, &body, &ret, &type_name, calls);
 
     // `apply` and `apply_with` inside transforms, and `apply` in forward mode.
     let apply_items =
@@ -160,8 +157,7 @@ pub fn module_items(
 
         #body_inputs_vjp
         #body_params_vjp
-        #jvp_items
-        #tjvp_items
+        #forward_items
         #wrappers
         #apply_items
 
