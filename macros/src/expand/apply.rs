@@ -201,15 +201,15 @@ fn forward_items(
             Owner::Method,
             Flavor::Owned,
         );
-        // The value itself runs the forward mode along the variables (their tangents
-        // zero where none are set).
+        // The value: the module's forward mode itself.
+        let body = format_ident!("__call_body_{}", forward);
         out.extend(quote! {
             #[doc(hidden)]
             #[allow(clippy::all, clippy::too_many_arguments, unused_variables)]
             pub fn #name #generics (&self, #variables: &::adjoint::Variables, #given #opt_input #(#inputs,)* #(#tangents),*) -> #out_ty #where_clause {
                 #scope
                 #set
-                let (__y, __dy) = self.__call_body_tjvp(&mut __cx, #(#names,)* #(#all_tangents),*);
+                let (__y, __dy) = self.#body(&mut __cx, #(#names,)* #(#all_tangents),*);
                 #finish
                 #wrap
             }
