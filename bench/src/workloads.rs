@@ -828,7 +828,11 @@ fn w10() -> Workload {
     let vars = w9_tree(1, [0.25, 0.1, 0.125, 0.1, 0.125, 0.1]);
     let (x, dx) = (pattern2(128, 16, 7, 1.0), pattern2(128, 16, 9, 1.0));
     let (y, dy) = jvp!(regressor_out)(&vars, &x, &dx);
-    assert_eq!(y, regressor_out(&vars, &x));
+    // The value by the runtime's `tanh` kernel (reverse mode's too), within a few
+    // ulps of the model's own `tanh` (libm's).
+    let plain = regressor_out(&vars, &x);
+    let drift = (&y - &plain).iter().fold(0.0f64, |m, d| m.max(d.abs()));
+    assert!(drift <= 1e-15, "W10: the JVP's value differs from the model's by {drift:.2e}");
     // The tangent against central differences of the output along `dx`.
     let h = 1e-6;
     let fd = (regressor_out(&vars, &(&x + &(&dx * h))) - regressor_out(&vars, &(&x - &(&dx * h))))

@@ -760,6 +760,12 @@ pub fn method(name: &str) -> Option<&'static Rule> {
         .map(|(_, r)| r)
 }
 
+/// The rule of an elementwise method of one operand (`tanh`, `exp`, `relu`..),
+/// which generated code also calls as `__private::name(&x)`.
+pub fn unary(name: &str) -> Option<&'static Rule> {
+    UNARY.iter().find(|(n, _)| *n == name).map(|(_, r)| r)
+}
+
 /// The rule for a method the user unwraps (`mean`, `mean_axis`, reshapes).
 pub fn unwrapped_method(name: &str) -> Option<&'static Rule> {
     UNWRAPPED.iter().find(|(n, _)| *n == name).map(|(_, r)| r)
@@ -784,6 +790,7 @@ fn function_named(name: &str, private: bool) -> Option<&'static Rule> {
         .chain(ACTIVATIONS)
         .find(|(n, _)| *n == name)
         .or_else(|| DERIVATIVES.iter().find(|(_, r)| private && r.func == name))
+        .or_else(|| UNARY.iter().find(|(n, _)| private && *n == name))
         .map(|(_, r)| r)
 }
 
@@ -813,7 +820,7 @@ const INTERNAL: &[&str] = &[
 /// Elementwise functions callable both as `relu(&x)` and as methods of the table.
 pub fn elementwise_function(name: &str) -> Option<&'static Rule> {
     match name {
-        "relu" | "sigmoid" | "softplus" => method(name),
+        "relu" | "sigmoid" | "softplus" | "tanh" => method(name),
         _ => None,
     }
 }

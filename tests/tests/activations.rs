@@ -74,6 +74,7 @@ activation_cases! {
     hard_swish: "hard_silu", |x| nn::hard_swish(x);
     soft_sign: "soft_sign", |x| nn::soft_sign(x);
     tanh: "tanh", |x| x.tanh();
+    nn_tanh: "tanh", |x| nn::tanh(x);
     mish: "mish", |x| nn::mish(x);
 }
 

@@ -330,11 +330,14 @@ impl Tangent<'_> {
                         consts,
                         native,
                     } => {
-                        let primal = self.native(native, operands, consts)?;
+                        let moves = (self.varied)(*dst)
+                            && operands.iter().any(|a| self.dot(&a.atom).is_some());
+                        let primal = match self.kernel(rule, native, operands) {
+                            Some(kernel) if moves => kernel,
+                            _ => self.native(native, operands, consts)?,
+                        };
                         let mut out = quote!(let #name = #primal;);
-                        if (self.varied)(*dst)
-                            && operands.iter().any(|a| self.dot(&a.atom).is_some())
-                        {
+                        if moves {
                             let scalar = self.scalar[dst.0 as usize];
                             let d = match native {
                                 Native::Variadic(path) => self.variadic(path, operands, consts),

@@ -67,6 +67,36 @@ impl Tangent<'_> {
         })
     }
 
+    /// An elementwise method of a value that moves (`h.tanh()`) as the rule's own
+    /// function (`__private::tanh(&h)`), as reverse mode's primal computes it: the
+    /// runtime's vectorising kernels where it has them, and the same value forward
+    /// and reverse mode give. `None` for the other operations, and for a method
+    /// that is not the rule's (`x.abs()` of an integer never moves).
+    pub(super) fn kernel(
+        &self,
+        rule: &ops::Rule,
+        native: &Native,
+        operands: &[Arg],
+    ) -> Option<TokenStream> {
+        let Native::Method { name, suffix } = native else {
+            return None;
+        };
+        if !suffix.is_empty()
+            || !ops::unary(&name.to_string()).is_some_and(|r| std::ptr::eq(r, rule))
+        {
+            return None;
+        }
+        let func = format_ident!("{}", rule.func);
+        let x = match &operands[0].atom {
+            Atom::Var(v) if self.refs.contains(v) => self.atom(&operands[0].atom),
+            other => {
+                let x = self.atom(other);
+                quote!(&#x)
+            }
+        };
+        Some(quote!(::adjoint::__private::#func(#x)))
+    }
+
     /// The tangent of `concatenate`/`stack` (`path`): the same of the operands'
     /// tangents (a zero for a constant one).
     pub(super) fn variadic(

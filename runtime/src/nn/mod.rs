@@ -44,7 +44,7 @@ pub use crate::rules::activation::{
     log_sigmoid, mish, relu6, selu, silu, soft_sign, swish,
 };
 pub use crate::rules::conv::Padding;
-pub use crate::rules::elementwise::{relu, sigmoid, softplus};
+pub use crate::rules::elementwise::{relu, sigmoid, softplus, tanh};
 pub use crate::rules::gather::one_hot;
 pub use crate::rules::linalg::batch_matmul;
 pub use crate::rules::nn::{log_softmax, logsumexp, softmax, where_};

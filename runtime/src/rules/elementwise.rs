@@ -223,7 +223,14 @@ unary! {
     sinh / sinh_reusing, sinh_pb(x) = |g, x| g * x.cosh();
     /// Hyperbolic cosine.
     cosh / cosh_reusing, cosh_pb(x) = |g, x| g * x.sinh();
-    /// Hyperbolic tangent.
+    /// Hyperbolic tangent, by a vectorising kernel (within 6e-16 of libm's, which
+    /// ndarray's `.tanh()` maps): Flax's `nn.tanh`.
+    ///
+    /// ```
+    /// use adjoint::prelude::*;
+    /// let h = nn::tanh(&ndarray::array![0.0, 1.0, -3.0]);
+    /// assert!((h[1] - 1f64.tanh()).abs() < 1e-15);
+    /// ```
     tanh / tanh_reusing, tanh_pb(y) = |g, y| g * (Elem::<X>::one() - y * y);
     /// Absolute value (derivative 0 at 0, as in JAX).
     abs / abs_reusing, abs_pb(x) = |g, x| g * sign(x);
