@@ -692,6 +692,35 @@ static DERIVATIVES: &[(&str, Rule)] = &[
         "log10",
         rule!("log10_d1", 1, [pb!("log10_d1_pb"[Operand(0)])]).elementwise(),
     ),
+    (
+        "square",
+        rule!("square_d1", 1, [pb!("square_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "ln_1p",
+        rule!("ln_1p_d1", 1, [pb!("ln_1p_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "atan",
+        rule!("atan_d1", 1, [pb!("atan_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "powi",
+        rule!("powi_d1", 1, [pb!("powi_d1_pb"[Operand(0), Const(0)])]).elementwise(),
+    ),
+    // Of the output (see `forward::rules`).
+    (
+        "exp_m1",
+        rule!("exp_m1_d1", 1, [pb!("exp_m1_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "sqrt",
+        rule!("sqrt_d1", 1, [pb!("sqrt_d1_pb"[Operand(0)])]).elementwise(),
+    ),
+    (
+        "tan",
+        rule!("tan_d1", 1, [pb!("tan_d1_pb"[Operand(0)])]).elementwise(),
+    ),
 ];
 
 /// The derivative rule forward mode writes for activation `name` (`gelu_d1`).

@@ -845,6 +845,41 @@ fn third_order_through_activations() {
     );
 }
 
+/// Third order through the functions whose tangents forward mode writes with
+/// derivative rules (`square_d1`, `sqrt_d1`, `tan_d1`, `atan_d1`, `exp_m1_d1`,
+/// `ln_1p_d1`, `powi_d1`), on arrays and on scalars.
+#[differentiable(jvp = 2)]
+fn elementary(x: &Array1<f64>) -> f64 {
+    let p = x * 0.4 + 1.2;
+    let arrays = (&p * &p).sum() + p.sqrt().sum() + (x * 0.3).tan().sum() + x.atan().sum();
+    arrays + (x * 0.5).exp_m1().sum() + p.ln_1p().sum() + x.powi(3).sum()
+}
+
+#[differentiable(jvp = 2)]
+fn elementary_scalars(x: &Array1<f64>) -> f64 {
+    let s = x[1] * 0.4 + 1.2;
+    s * s + s.sqrt() + s.tan() + s.atan() + s.exp_m1() + s.ln_1p() + s.powi(4)
+}
+
+#[differentiable(jvp)]
+fn elementary_slope(x: &Array1<f64>) -> f64 {
+    let v = array![0.7, -0.4, 0.2];
+    let ((_, d), (_, e)) = (jvp!(elementary)(x, &v), jvp!(elementary_scalars)(x, &v));
+    d + e
+}
+
+#[test]
+fn third_order_through_derivative_rules() {
+    check_jvp_and_hessian(
+        elementary_slope,
+        jvp!(elementary_slope),
+        grad!(elementary_slope),
+        hessian!(elementary_slope),
+        &array![0.3, -0.2, 1.1],
+        &array![0.4, 0.9, -0.7],
+    );
+}
+
 /// Third order through `softmax`, `log_softmax` and pooling: `jvp = 2` differentiates
 /// the tangents forward mode writes for them.
 #[differentiable(jvp = 2)]

@@ -965,7 +965,9 @@ fn second_order_through_a_child_of_many_constructs() {
 
 /// A child whose submodules take arguments that are not differentiated: an `Embed`
 /// of token ids and self-attention without a mask (`None`); its forward mode passes
-/// them no tangent (`NoTangent`).
+/// them no tangent (`NoTangent`). The embedding's element type is inferred only at
+/// the end (from the `f64` the body returns): forward mode's tangents must not need
+/// it sooner (a square's `2 a da` once did, through a literal of that type).
 struct Tokens {
     ids: ndarray::Array1<usize>,
 }
@@ -973,7 +975,7 @@ struct Tokens {
 #[differentiable]
 impl Tokens {
     fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
-        let e: Array2<f64> = adjoint::nn::Embed::new(5, 3).call(cx, &self.ids);
+        let e = adjoint::nn::Embed::new(5, 3).call(cx, &self.ids);
         let h = (&e * x).tanh().insert_axis(ndarray::Axis(0)).to_owned();
         let attn = adjoint::nn::MultiHeadDotProductAttention::new(1);
         let a = attn.call(cx, &h, &h, &h, None);

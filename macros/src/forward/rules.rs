@@ -149,7 +149,14 @@ impl Tangent<'_> {
         // (a bare `2.0` is `f64`); `no_grad` keeps them constants when this is lowered
         // again.
         let one = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, 1.0)));
-        let two = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, 2.0)));
+        // A product of two owned values of the result's type.
+        let times = |a: TokenStream, b: TokenStream| {
+            if scalar {
+                quote!((#a * #b))
+            } else {
+                quote!((#a * &#b))
+            }
+        };
         match func {
             "add" | "sub" => {
                 let b = &operands[1].atom;
@@ -284,17 +291,40 @@ impl Tangent<'_> {
                 let t = &cs[0];
                 quote!((#d as #t))
             }),
-            "square" => da.map(|d| quote!((#d * #ar * #two))),
             "exp" => unary(quote!(#y_name)),
-            "exp_m1" => unary(quote!(#yv + #one)),
+            // Derivatives in terms of the output (its rules' pullbacks are the
+            // derivatives in `y`): one pass each, and a type rustc knows where the
+            // element type is not yet inferred (a literal's `y + 1` would leave an
+            // array plus an unknown scalar, whose sum's type it cannot pick).
+            "exp_m1" | "sqrt" | "tan" => {
+                let d1 = format_ident!("{}_d1", func);
+                unary(quote!(::adjoint::__private::#d1(#y)))
+            }
             "ln" => unary(quote!(#an.recip())),
-            "ln_1p" => unary(quote!((#ar + #one).recip())),
-            "sqrt" => unary(quote!((#yv * #two).recip())),
+            // The tangents of those derivative rules (third order), in rules that
+            // have pullbacks: `(2x)' = 2`, `(y + 1)' = 1`, `(1 / 2y)' = -1 / 2y^2`,
+            // `(1 + y^2)' = 2y`, `(1 / (1 + x))' = -(1 / (1 + x))^2`, `(1 / (1 + x^2))'
+            // = -2x (1 / (1 + x^2))^2`, `(n x^(n - 1))' = n (n - 1) x^(n - 2)`.
+            "square_d1" => da.map(|d| quote!(::adjoint::__private::square_d1(&(#d)))),
+            "exp_m1_d1" => da.map(|d| quote!((#d).to_owned())),
+            "sqrt_d1" => unary(times(
+                quote!(-::adjoint::__private::sqrt_d1(&#an)),
+                quote!(#an.recip()),
+            )),
+            "tan_d1" => unary(quote!(::adjoint::__private::square_d1(&#an))),
+            "ln_1p_d1" => unary(quote!(-::adjoint::__private::ln_1p_d1(&#an).powi(2))),
+            "atan_d1" => unary(times(
+                quote!(-::adjoint::__private::square_d1(&#an)),
+                quote!(::adjoint::__private::atan_d1(&#an).powi(2)),
+            )),
+            "powi_d1" => {
+                let n = &cs[0];
+                let nf = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, (#n) as f64)));
+                unary(quote!((::adjoint::__private::powi_d1(&#an, #n - 1) * #nf)))
+            }
             "recip" => unary(quote!(-(#yv * #yv))),
             "sin" => unary(quote!(#an.cos())),
             "cos" => unary(quote!(-#an.sin())),
-            "tan" => unary(quote!(#yv * #yv + #one)),
-            "atan" => unary(quote!((#ar * #ar + #one).recip())),
             "sinh" => unary(quote!(#an.cosh())),
             "cosh" => unary(quote!(#an.sinh())),
             // One fused operation each, with its own pullbacks.
@@ -327,24 +357,10 @@ impl Tangent<'_> {
             "sigmoid" => da.map(|d| quote!(::adjoint::__private::sigmoid_tangent(#y, &(#d)))),
             // `n x^(n - 1)`: a literal exponent as literals, another as the integer
             // expression it is (`lit` converts it to the element type).
+            // `n x^(n - 1)`, a rule of its own (`powi_d1`), the exponent constant.
             "powi" => {
-                let (m, nf) = match consts.first()? {
-                    Atom::Lit(n) => {
-                        let n: i64 = syn::parse2::<syn::LitInt>(n.clone())
-                            .ok()?
-                            .base10_parse()
-                            .ok()?;
-                        let m = (n - 1) as i32;
-                        let nf = syn::LitFloat::new(&format!("{n}.0"), proc_macro2::Span::call_site());
-                        (quote!(#m), quote!(#nf))
-                    }
-                    Atom::Var(_) => {
-                        let n = &cs[0];
-                        (quote!((#n - 1)), quote!(((#n) as f64)))
-                    }
-                };
-                let nf = quote!(::adjoint::no_grad(::adjoint::__private::lit(#y, #nf)));
-                unary(quote!(#an.powi(#m) * #nf))
+                let n = &cs[0];
+                unary(quote!(::adjoint::__private::powi_d1(&#an, #n)))
             }
             // `array![..]` of the elements' tangents.
             "from_elems" => {
@@ -535,7 +551,8 @@ impl Tangent<'_> {
                 let f = format_ident!("{}_tangent", func);
                 quote!(::adjoint::__private::#f(#ar, &(#d) #(, #cs)*))
             }),
-            // An activation: the tangent times its derivative rule (`gelu_d1`).
+            // An activation or a function with a derivative rule (`square`, `atan`):
+            // the tangent times that rule (`gelu_d1`, `square_d1`).
             _ => {
                 let d1 = Ident::new(
                     ops::activation_derivative(func)?,

@@ -249,6 +249,21 @@ unary! {
 // derivative, so that second order goes through forward mode.
 crate::rules::activation::derivatives! {
     abs: abs_d1, abs_d1_pb (): |v| d1 = sign(v), d2 = Elem::<X>::zero();
+    square: square_d1, square_d1_pb (): |v| d1 = two::<Elem<X>>() * v, d2 = two::<Elem<X>>();
+    ln_1p: ln_1p_d1, ln_1p_d1_pb ():
+        |v| d1 = (Elem::<X>::one() + v).recip(),
+        d2 = { let q = Elem::<X>::one() + v; -(q * q).recip() };
+    atan: atan_d1, atan_d1_pb ():
+        |v| d1 = (Elem::<X>::one() + v * v).recip(),
+        d2 = { let q = Elem::<X>::one() + v * v; -(two::<Elem<X>>() * v) / (q * q) };
+    // These three in terms of the output `y`, which forward mode has at hand
+    // (`exp_m1' = y + 1`, `sqrt' = 1 / 2y`, `tan' = 1 + y^2`), their pullbacks the
+    // derivatives in `y`.
+    exp_m1: exp_m1_d1, exp_m1_d1_pb (): |v| d1 = v + Elem::<X>::one(), d2 = Elem::<X>::one();
+    sqrt: sqrt_d1, sqrt_d1_pb ():
+        |v| d1 = (two::<Elem<X>>() * v).recip(),
+        d2 = -(two::<Elem<X>>() * v * v).recip();
+    tan: tan_d1, tan_d1_pb (): |v| d1 = Elem::<X>::one() + v * v, d2 = two::<Elem<X>>() * v;
     cbrt: cbrt_d1, cbrt_d1_pb ():
         |v| d1 = { let c = v.cbrt(); (Elem::<X>::lit(3.0) * c * c).recip() },
         d2 = { let c = v.cbrt(); Elem::<X>::lit(-2.0 / 9.0) / (v * c * c) };
@@ -412,6 +427,27 @@ where
 {
     let nf = Elem::<X>::lit(n as f64);
     x.primal().pull(ct, |g, v| g * nf * v.powi(n - 1))
+}
+
+/// The derivative of [`powi`], `n x^(n - 1)` (what forward mode multiplies a tangent
+/// by).
+#[inline]
+pub fn powi_d1<X: Value>(x: &X, n: i32) -> Owned<X>
+where
+    X::Primal: Elementwise,
+{
+    let nf = Elem::<X>::lit(n as f64);
+    x.primal().map(|v| v.powi(n - 1) * nf)
+}
+
+/// Pullback of [`powi_d1`]: the second derivative, `n (n - 1) x^(n - 2)`.
+#[inline]
+pub fn powi_d1_pb<X: Value>(x: &X, n: i32, ct: Owned<X>) -> Owned<X>
+where
+    X::Primal: Elementwise,
+{
+    let nf = Elem::<X>::lit(n as f64 * (n as f64 - 1.0));
+    x.primal().pull(ct, |g, v| g * nf * v.powi(n - 2))
 }
 
 /// `x^p` for a scalar `p`.
