@@ -334,7 +334,10 @@ static METHODS: &[(&str, Rule)] = &[
         ),
     ),
     ("only", rule!("only", 1, [pb!("only_pb"[Const(0)])])),
-    ("reversed_axes", rule!("t", 1, [pb!("t_pb" [])]).view()),
+    (
+        "reversed_axes",
+        rule!("reversed_axes", 1, [pb!("t_pb" [])]).view(),
+    ),
     ("sum", rule!("sum", 1, [pb!("sum_pb"[Shape(0)])])),
     (
         "sum_axis",
@@ -425,8 +428,21 @@ static FUNCTIONS: &[(&str, Rule)] = &[
         )
         .joint(pb!("dot_last_pb_both" [Operand(0), Operand(1)])),
     ),
-    // What forward mode writes for reshapes (the tangent, then the shape) and
-    // permutations (the tangent, then the axes).
+    // What forward mode writes for reshapes (the tangent, then the shape),
+    // permutations (the tangent, then the axes) and new axes.
+    (
+        "insert_axis",
+        rule!(
+            "insert_axis",
+            1,
+            [pb!("insert_axis_pb" [Shape(0), Const(0)])]
+        )
+        .view(),
+    ),
+    (
+        "reversed_axes",
+        rule!("reversed_axes", 1, [pb!("t_pb" [])]).view(),
+    ),
     (
         "permuted_axes",
         rule!("permuted_axes", 1, [pb!("permuted_axes_pb"[Const(0)])])
@@ -835,6 +851,8 @@ pub fn is_rule_name(name: &str) -> bool {
 const INTERNAL: &[&str] = &[
     "operand",
     "permuted_axes",
+    "insert_axis",
+    "reversed_axes",
     "dup",
     "field",
     "widen",

@@ -493,6 +493,42 @@ fn forward_mode_through_views_and_axis_means() {
     check_vjp(|x: &ndarray::Array2<f64>| grad!(axes)(x), &x, &v, &hv, tol).unwrap();
 }
 
+/// ndarray's axis methods that take the array by value (`insert_axis`,
+/// `reversed_axes`, `permuted_axes`) give an owned array for an owned one, as the
+/// function as written does: here a result of the type the signature names, and an
+/// argument of a function that takes owned arrays.
+#[differentiable(jvp)]
+fn restrided(x: &Array2<f64>) -> ndarray::Array3<f64> {
+    let t = (x * 2.0).reversed_axes();
+    let p = (&t + 1.0).permuted_axes([1, 0]);
+    (&p * &t.t()).insert_axis(Axis(0))
+}
+
+#[differentiable(jvp)]
+fn restrided_loss(x: &Array2<f64>) -> f64 {
+    let z = restrided(x);
+    (&z * &z.sin()).sum()
+}
+
+#[test]
+fn axis_methods_by_value_keep_owned_arrays_owned() {
+    let x = array![[0.3, -0.7, 1.1], [0.4, 0.2, -0.5]];
+    let v = array![[1.0, 0.5, -2.0], [0.25, -1.0, 0.75]];
+    let (y, dy) = jvp!(restrided_loss)(&x, &v);
+    assert_value(y, restrided_loss(&x));
+    let along = (&grad!(restrided_loss)(&x) * &v).sum();
+    assert!((dy - along).abs() < 1e-12 * along.abs(), "{dy} vs {along}");
+    let tol = Tolerance {
+        step: 1e-6,
+        rtol: 1e-6,
+        atol: 1e-8,
+    };
+    let g = grad!(restrided_loss)(&x);
+    adjoint::check::check_grad(restrided_loss, &x, &g, tol).unwrap();
+    let hv = hvp!(restrided_loss)(&x, &v);
+    check_vjp(|x: &Array2<f64>| grad!(restrided_loss)(x), &x, &v, &hv, tol).unwrap();
+}
+
 /// The rules whose tangent is a derivative rule of its own (`abs_d1`, `cbrt_d1`, ..):
 /// the JVP against central differences of the function, the Hessian (reverse over
 /// forward, through each rule's second derivative) against central differences of

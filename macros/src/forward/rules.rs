@@ -380,10 +380,14 @@ impl Tangent<'_> {
                 let m = Ident::new(func, proc_macro2::Span::call_site());
                 quote!((#d).#m(#(#cs),*))
             }),
-            // `insert_axis` takes its array by value: a view of the tangent.
+            // ndarray's `insert_axis` and `reversed_axes` take the array by value: the
+            // rules' functions give the tangent the primal's kind of array.
             "insert_axis" => self
                 .dot_ref(a)
-                .map(|d| quote!((#d).view().insert_axis(#(#cs),*))),
+                .map(|d| quote!(::adjoint::__private::insert_axis(#d, #(#cs),*))),
+            "reversed_axes" => self
+                .dot_ref(a)
+                .map(|d| quote!(::adjoint::__private::reversed_axes(#d))),
             "mean_axis" => da.map(|d| {
                 let ax = &cs[0];
                 quote!((#d).mean_axis(#ax).unwrap())

@@ -18,19 +18,107 @@ fn into_dim<A, E: Dimension, D: Dimension>(a: Array<A, E>) -> Array<A, D> {
         .expect("adjoint: a pullback restores its operand's rank by construction")
 }
 
-/// `x.insert_axis(axis)`, a view.
+/// `x.insert_axis(axis)`, with ndarray's types: an owned array for an owned one
+/// (copied here since `x` is borrowed), a view for a view (see [`Restride`]).
 #[inline]
-pub fn insert_axis<
-    'a,
-    X: Value<Primal = ArrayBase<S, D>>,
-    A: Real,
-    S: Data<Elem = A> + 'a,
-    D: Dimension + 'a,
->(
-    x: &'a X,
-    axis: Axis,
-) -> ArrayView<'a, A, D::Larger> {
-    x.primal().view().insert_axis(axis)
+pub fn insert_axis<'a, X: Value>(x: &'a X, axis: Axis) -> Restrided<'a, X, Larger<'a, X>>
+where
+    X::Primal: Restride<'a>,
+{
+    x.primal().restride(|v| v.insert_axis(axis))
+}
+
+/// `x.reversed_axes()`, with ndarray's types (see [`insert_axis`]).
+#[inline]
+pub fn reversed_axes<'a, X: Value>(x: &'a X) -> Restrided<'a, X, <X::Primal as Restride<'a>>::Dim>
+where
+    X::Primal: Restride<'a>,
+{
+    x.primal().restride(|v| v.reversed_axes())
+}
+
+/// The array [`Restride`] gives for `X` with dimension `E`.
+pub type Restrided<'a, X, E> = <<X as Value>::Primal as Restride<'a>>::Out<E>;
+type Larger<'a, X> = <<<X as Value>::Primal as Restride<'a>>::Dim as Dimension>::Larger;
+
+/// How a new view of the same elements (`insert_axis`, `permuted_axes`,
+/// `reversed_axes`: ndarray's methods that take the array by value) applies to each
+/// kind of array: an owned array gives an owned one, copied since the rule borrows
+/// it; a shared one shares; a view gives a view, free.
+pub trait Restride<'a> {
+    /// The element type.
+    type Elem: 'a;
+    /// The dimension.
+    type Dim: Dimension;
+    /// The result's container for dimension `E`.
+    type Out<E: Dimension>
+    where
+        Self: 'a;
+    /// The array `f` makes of a view of `self`, in `self`'s kind of container.
+    fn restride<E: Dimension>(
+        &'a self,
+        f: impl FnOnce(ArrayView<'a, Self::Elem, Self::Dim>) -> ArrayView<'a, Self::Elem, E>,
+    ) -> Self::Out<E>;
+}
+
+impl<'a, A: Clone + 'a, D: Dimension> Restride<'a> for Array<A, D> {
+    type Elem = A;
+    type Dim = D;
+    type Out<E: Dimension>
+        = Array<A, E>
+    where
+        Self: 'a;
+    fn restride<E: Dimension>(
+        &'a self,
+        f: impl FnOnce(ArrayView<'a, A, D>) -> ArrayView<'a, A, E>,
+    ) -> Array<A, E> {
+        f(self.view()).to_owned()
+    }
+}
+
+impl<'a, A: Clone + 'a, D: Dimension> Restride<'a> for ArcArray<A, D> {
+    type Elem = A;
+    type Dim = D;
+    type Out<E: Dimension>
+        = ArcArray<A, E>
+    where
+        Self: 'a;
+    fn restride<E: Dimension>(
+        &'a self,
+        f: impl FnOnce(ArrayView<'a, A, D>) -> ArrayView<'a, A, E>,
+    ) -> ArcArray<A, E> {
+        f(self.view()).to_shared()
+    }
+}
+
+impl<'a, 'b, A: 'a, D: Dimension> Restride<'a> for ArrayView<'b, A, D> {
+    type Elem = A;
+    type Dim = D;
+    type Out<E: Dimension>
+        = ArrayView<'a, A, E>
+    where
+        Self: 'a;
+    fn restride<E: Dimension>(
+        &'a self,
+        f: impl FnOnce(ArrayView<'a, A, D>) -> ArrayView<'a, A, E>,
+    ) -> ArrayView<'a, A, E> {
+        f(self.view())
+    }
+}
+
+impl<'a, 'b, A: Clone + 'a, D: Dimension> Restride<'a> for CowArray<'b, A, D> {
+    type Elem = A;
+    type Dim = D;
+    type Out<E: Dimension>
+        = ArrayView<'a, A, E>
+    where
+        Self: 'a;
+    fn restride<E: Dimension>(
+        &'a self,
+        f: impl FnOnce(ArrayView<'a, A, D>) -> ArrayView<'a, A, E>,
+    ) -> ArrayView<'a, A, E> {
+        f(self.view())
+    }
 }
 
 /// Pullback of [`insert_axis`] (given the operand's shape).
@@ -134,11 +222,12 @@ impl<'a, 'b, A: Clone + 'a, D: Dimension, E: Dimension> IntoShape<'a, E> for Cow
 pub fn permuted_axes<'a, X: Value, T: IntoDimension + Clone>(
     x: &'a X,
     axes: &T,
-) -> <X::Primal as Permute<'a, T::Dim>>::Output
+) -> Restrided<'a, X, <X::Primal as Restride<'a>>::Dim>
 where
-    X::Primal: Permute<'a, T::Dim>,
+    X::Primal: Restride<'a, Dim = T::Dim>,
 {
-    x.primal().permuted(axes.clone().into_dimension())
+    x.primal()
+        .restride(|v| v.permuted_axes(axes.clone().into_dimension()))
 }
 
 /// Pullback of [`permuted_axes`]: the cotangent permuted back.
@@ -153,42 +242,6 @@ pub fn permuted_axes_pb<A: Real, D: Dimension, T: IntoDimension<Dim = D> + Clone
         inverse[a] = i;
     }
     ct.permuted_axes(inverse)
-}
-
-/// How `permuted_axes` permutes each kind of array (see [`permuted_axes`]).
-pub trait Permute<'a, D: Dimension> {
-    /// The permuted array.
-    type Output;
-    /// `self` with its axes in the order `axes`.
-    fn permuted(&'a self, axes: D) -> Self::Output;
-}
-
-impl<'a, A: Clone + 'a, D: Dimension> Permute<'a, D> for Array<A, D> {
-    type Output = Array<A, D>;
-    fn permuted(&'a self, axes: D) -> Array<A, D> {
-        self.clone().permuted_axes(axes)
-    }
-}
-
-impl<'a, A: Clone + 'a, D: Dimension> Permute<'a, D> for ArcArray<A, D> {
-    type Output = ArcArray<A, D>;
-    fn permuted(&'a self, axes: D) -> ArcArray<A, D> {
-        self.clone().permuted_axes(axes)
-    }
-}
-
-impl<'a, 'b, A: 'a, D: Dimension> Permute<'a, D> for ArrayView<'b, A, D> {
-    type Output = ArrayView<'a, A, D>;
-    fn permuted(&'a self, axes: D) -> ArrayView<'a, A, D> {
-        self.view().permuted_axes(axes)
-    }
-}
-
-impl<'a, 'b, A: Clone + 'a, D: Dimension> Permute<'a, D> for CowArray<'b, A, D> {
-    type Output = ArrayView<'a, A, D>;
-    fn permuted(&'a self, axes: D) -> ArrayView<'a, A, D> {
-        self.view().permuted_axes(axes)
-    }
 }
 
 /// Pullback of [`reshape`] (given the operand's shape): the cotangent reshaped back.
