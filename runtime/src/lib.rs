@@ -500,6 +500,44 @@ pub mod __private {
         x.own()
     }
 
+    /// A value a pattern bound (`Some(m) => ..`), as a branch's record keeps it for
+    /// the pullback: `(&&Keep(&m)).keep()` copies what [`Own`] covers (a mask
+    /// borrowed from an `Option<&Array>` argument becomes an array the pullback
+    /// owns) and clones anything else (an integer, an `Axis`).
+    pub struct Keep<'a, T: ?Sized>(pub &'a T);
+
+    /// [`Keep`] of a value [`Own`] covers: its owned copy.
+    pub trait KeepOwned {
+        /// The copy.
+        type Out;
+        /// The copy.
+        fn keep(&self) -> Self::Out;
+    }
+
+    impl<T: Own + ?Sized> KeepOwned for &Keep<'_, T> {
+        type Out = T::Owned;
+        #[inline(always)]
+        fn keep(&self) -> T::Owned {
+            self.0.own()
+        }
+    }
+
+    /// [`Keep`] of any other value: a clone.
+    pub trait KeepCloned {
+        /// The clone.
+        type Out;
+        /// The clone.
+        fn keep(&self) -> Self::Out;
+    }
+
+    impl<T: Clone> KeepCloned for Keep<'_, T> {
+        type Out = T;
+        #[inline(always)]
+        fn keep(&self) -> T {
+            self.0.clone()
+        }
+    }
+
     /// A copy of a module for a second-order pullback, which may not borrow `self`.
     #[inline(always)]
     pub fn keep_module<M: KeepModule>(m: &M) -> M {

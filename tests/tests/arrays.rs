@@ -498,3 +498,50 @@ fn mapv_captures_differentiated_values() {
     )
     .unwrap();
 }
+
+/// Values a pattern binds from constant arguments, which the pullback reads: a mask
+/// matched out of an `Option<&Array>`, rows of a slice of arrays in a loop. The
+/// records keep copies, so the owning pullback (a call from another differentiated
+/// function) borrows nothing.
+#[differentiable]
+fn masked(x: &Array1<f64>, #[no_grad] mask: Option<&Array1<f64>>) -> Array1<f64> {
+    match mask {
+        Some(m) => (x * m).sin(),
+        None => x.sin(),
+    }
+}
+
+#[differentiable]
+fn weighted(x: &Array1<f64>, #[no_grad] ws: &[Array1<f64>]) -> f64 {
+    let mut acc = 0.0;
+    for w in ws.iter() {
+        acc = acc + (x * w).sin().sum();
+    }
+    acc
+}
+
+#[differentiable]
+fn masks_and_rows(
+    x: &Array1<f64>,
+    #[no_grad] m: &Array1<f64>,
+    #[no_grad] ws: &[Array1<f64>],
+) -> f64 {
+    let a = masked(x, Some(m));
+    let b = masked(x, None);
+    (&a * &b).sum() + weighted(&a, ws)
+}
+
+#[test]
+fn pattern_bound_constants_the_pullback_reads() {
+    let x = pattern(ndarray::Ix1(4), 3);
+    let m = array![1.0, 0.0, 2.0, -1.0];
+    let ws = vec![pattern(ndarray::Ix1(4), 5), pattern(ndarray::Ix1(4), 6)];
+    let f = |x: &Array1<f64>| masks_and_rows(x, &m, &ws);
+    check_grad(
+        f,
+        &x,
+        &grad!(|x: &Array1<f64>| masks_and_rows(x, &m, &ws))(&x),
+        tol(),
+    )
+    .unwrap();
+}

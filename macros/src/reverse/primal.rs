@@ -346,7 +346,11 @@ impl<'a> Gen<'a> {
         let mut arm_exprs = Vec::new();
         for (i, arm) in br.arms.iter().enumerate() {
             let record = recorded.then_some((n, i));
-            arm_exprs.push(self.arm_expr(arm, n_payload, payload, record));
+            let bound: &[Var] = match &br.kind {
+                BranchKind::Match { binds, .. } => &binds[i],
+                BranchKind::If { .. } => &[],
+            };
+            arm_exprs.push(self.arm_expr(arm, n_payload, payload, record, bound));
         }
         let names: Vec<Ident> = (0..n_payload)
             .map(|_| {
@@ -373,13 +377,15 @@ impl<'a> Gen<'a> {
         )
     }
 
-    /// An arm as a block expression: its statements, then `(payload.., record)`.
+    /// An arm as a block expression: its statements, then `(payload.., record)`,
+    /// what its pattern bound (`bound`) copied into the record.
     pub(super) fn arm_expr(
         &mut self,
         b: &'a Block,
         n_payload: usize,
         payload: Payload,
         record: Option<(usize, usize)>,
+        bound: &[Var],
     ) -> TokenStream {
         let stmts = self.primal_stmts(&b.stmts);
         let slots = self
@@ -407,13 +413,30 @@ impl<'a> Gen<'a> {
             }
         };
         let rec = record.map(|(n, i)| {
-            let names: Vec<TokenStream> = slots.iter().map(|s| self.slot_name(*s)).collect();
+            let names: Vec<TokenStream> = slots
+                .iter()
+                .map(|s| self.recorded_value(*s, bound))
+                .collect();
             let enum_name = format_ident!("Branch{}", n);
             let variant = format_ident!("Arm{}", i);
             quote!(::adjoint::__private::#enum_name::#variant((#(#names,)*)))
         });
         let rec = rec.iter();
         quote!({ #stmts #pre (#(#values,)* #(#rec,)*) })
+    }
+
+    /// Slot `s` as a record holds it: what a pattern bound (`bound`) as a copy,
+    /// since it may borrow from an argument (`Some(m)` of an `Option<&Array>`, `w`
+    /// of `for w in ws.iter()`), which an owning pullback may not; the rest moved.
+    fn recorded_value(&self, s: Slot, bound: &[Var]) -> TokenStream {
+        let name = self.slot_name(s);
+        match s {
+            Slot::Var(v) if bound.contains(&v) => quote!({
+                use ::adjoint::__private::{KeepCloned as _, KeepOwned as _};
+                (&&::adjoint::__private::Keep(&#name)).keep()
+            }),
+            _ => name,
+        }
     }
 
     pub(super) fn primal_loop(&mut self, lp: &'a Loop) -> TokenStream {
@@ -442,9 +465,14 @@ impl<'a> Gen<'a> {
             .cloned()
             .unwrap_or_default();
         let has_value = lp.value.is_some();
+        let bound: &[Var] = match &lp.kind {
+            LoopKind::For { binds, .. } => binds,
+            LoopKind::Loop => &[],
+        };
         // The leaf: save the record, pass the carries on, leave if it breaks.
         let leaf_code = |g: &Gen, nexts: Vec<TokenStream>, exit: TokenStream| -> TokenStream {
-            let names: Vec<TokenStream> = record.iter().map(|s| g.slot_name(*s)).collect();
+            let names: Vec<TokenStream> =
+                record.iter().map(|s| g.recorded_value(*s, bound)).collect();
             let push = if taped {
                 quote!(#tape.push((#(#names,)*));)
             } else {
