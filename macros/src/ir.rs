@@ -457,8 +457,9 @@ pub enum Native {
     Square,
     /// `x[idx]`.
     Index,
-    /// `x as T`.
-    Cast(TokenStream),
+    /// `x as T`, or `*x as T` where the user dereferenced `x` (a count from a
+    /// loop over references: lowering reads `*x` as `x`).
+    Cast { ty: TokenStream, deref: bool },
     /// `path(operands.., consts..)`.
     Function(TokenStream),
     /// `path(const0, &[operands..]).unwrap()` (`concatenate`, `stack`).

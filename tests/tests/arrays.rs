@@ -500,9 +500,9 @@ fn mapv_captures_differentiated_values() {
 }
 
 /// Values a pattern binds from constant arguments, which the pullback reads: a mask
-/// matched out of an `Option<&Array>`, rows of a slice of arrays in a loop. The
-/// records keep copies, so the owning pullback (a call from another differentiated
-/// function) borrows nothing.
+/// matched out of an `Option<&Array>`, the pairs of a slice in a loop (the count
+/// dereferenced in a cast). The records keep copies, so the owning pullback (a call
+/// from another differentiated function) borrows nothing.
 #[differentiable]
 fn masked(x: &Array1<f64>, #[no_grad] mask: Option<&Array1<f64>>) -> Array1<f64> {
     match mask {
@@ -512,10 +512,10 @@ fn masked(x: &Array1<f64>, #[no_grad] mask: Option<&Array1<f64>>) -> Array1<f64>
 }
 
 #[differentiable]
-fn weighted(x: &Array1<f64>, #[no_grad] ws: &[Array1<f64>]) -> f64 {
+fn weighted(x: &Array1<f64>, #[no_grad] ws: &[(usize, Array1<f64>)]) -> f64 {
     let mut acc = 0.0;
-    for w in ws.iter() {
-        acc = acc + (x * w).sin().sum();
+    for (k, w) in ws.iter() {
+        acc = acc + (x * w).sin().sum() * (*k as f64);
     }
     acc
 }
@@ -524,7 +524,7 @@ fn weighted(x: &Array1<f64>, #[no_grad] ws: &[Array1<f64>]) -> f64 {
 fn masks_and_rows(
     x: &Array1<f64>,
     #[no_grad] m: &Array1<f64>,
-    #[no_grad] ws: &[Array1<f64>],
+    #[no_grad] ws: &[(usize, Array1<f64>)],
 ) -> f64 {
     let a = masked(x, Some(m));
     let b = masked(x, None);
@@ -535,7 +535,10 @@ fn masks_and_rows(
 fn pattern_bound_constants_the_pullback_reads() {
     let x = pattern(ndarray::Ix1(4), 3);
     let m = array![1.0, 0.0, 2.0, -1.0];
-    let ws = vec![pattern(ndarray::Ix1(4), 5), pattern(ndarray::Ix1(4), 6)];
+    let ws = vec![
+        (2, pattern(ndarray::Ix1(4), 5)),
+        (3, pattern(ndarray::Ix1(4), 6)),
+    ];
     let f = |x: &Array1<f64>| masks_and_rows(x, &m, &ws);
     check_grad(
         f,

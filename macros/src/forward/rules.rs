@@ -50,9 +50,9 @@ impl Tangent<'_> {
                 let items = operands.iter().map(|a| self.atom(&a.atom));
                 quote!((#(#items,)*))
             }
-            Native::Cast(t) => {
-                let a = self.atom(&operands[0].atom);
-                quote!((#a as #t))
+            Native::Cast { ty, deref } => {
+                let (a, star) = (self.atom(&operands[0].atom), deref.then(|| quote!(*)));
+                quote!((#star #a as #ty))
             }
             // `concatenate(axis, &[a.view(), ..]).unwrap()`, `stack(..)`.
             Native::Variadic(path) => {

@@ -114,12 +114,17 @@ impl Lowerer<'_> {
                 if (ty == "f32" || ty == "f64") && self.mentions_local(c.expr.to_token_stream()) {
                     let x = self.operand(out, &c.expr);
                     let t = c.ty.to_token_stream();
+                    let mut inner = &*c.expr;
+                    while let Expr::Paren(p) = inner {
+                        inner = &p.expr;
+                    }
+                    let deref = matches!(inner, Expr::Unary(u) if matches!(u.op, UnOp::Deref(_)));
                     Val::Atom(self.prim(
                         out,
                         &ops::CAST,
                         vec![x],
                         vec![Atom::Lit(t.clone())],
-                        Native::Cast(t),
+                        Native::Cast { ty: t, deref },
                         span,
                     ))
                 } else {

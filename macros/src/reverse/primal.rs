@@ -624,9 +624,9 @@ impl<'a> Gen<'a> {
                 let i = &cs[0];
                 quote!(#a[#i])
             }
-            Native::Cast(t) => {
-                let a = &ops[0];
-                quote!((#a as #t))
+            Native::Cast { ty, deref } => {
+                let (a, star) = (&ops[0], deref.then(|| quote!(*)));
+                quote!((#star #a as #ty))
             }
             Native::Function(path) => quote!(#path(#(#ops,)* #(#cs),*)),
             Native::Rule => unreachable!("a rule's own function is called as when active"),
