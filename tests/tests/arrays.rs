@@ -131,6 +131,18 @@ fn mapv_with_a_differentiable_closure() {
     check_grad(f, &(x, 1.3), &(gx, gk), tol()).unwrap();
 }
 
+/// `mapv` of an elementwise method (`f64::ln`) is that method's rule.
+#[differentiable]
+fn mapped_methods(x: &Array1<f64>) -> f64 {
+    (x.mapv(f64::exp).mapv(f64::ln_1p) * x.mapv(f64::tanh)).sum()
+}
+
+#[test]
+fn mapv_of_an_elementwise_method() {
+    let x = pattern(ndarray::Ix1(6), 4);
+    check_grad(mapped_methods, &x, &grad!(mapped_methods)(&x), tol()).unwrap();
+}
+
 #[differentiable]
 fn dots(m: &Array2<f64>, n: &Array2<f64>, u: &Array1<f64>, v: &Array1<f64>) -> f64 {
     let mm = m.dot(n); // (3, 4) . (4, 2)

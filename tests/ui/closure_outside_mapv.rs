@@ -32,3 +32,13 @@ fn main() {}
 fn mapped(x: &ndarray::Array1<f64>) -> f64 {
     x.map(|v| v * 2.0).sum()
 }
+
+// `mapv` of a function: only an elementwise method of the rules (`f64::ln`) is known.
+fn double(v: f64) -> f64 {
+    2.0 * v
+}
+
+#[differentiable]
+fn mapped_fn(x: &ndarray::Array1<f64>) -> f64 {
+    x.mapv(double).sum() + x.mapv(f64::ln).sum()
+}

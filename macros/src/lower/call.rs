@@ -521,10 +521,20 @@ impl Lowerer<'_> {
 
     pub(super) fn mapv(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
         let span = m.method.span();
+        // `x.mapv(f64::ln)` is `x.ln()`: the elementwise rule of that name.
+        if let Some(Expr::Path(p)) = m.args.first()
+            && p.path.segments.len() > 1
+            && let Some(f) = p.path.segments.last()
+            && ops::unary(&f.ident.to_string()).is_some()
+        {
+            let (recv, method) = (&m.receiver, &f.ident);
+            let call: syn::ExprMethodCall = syn::parse_quote_spanned!(span=> #recv.#method());
+            return self.method_call(out, &call);
+        }
         let Some(Expr::Closure(cl)) = m.args.first() else {
             self.cx.error_at(
                 m,
-                "`mapv` is differentiated with a closure argument: `x.mapv(|v| ..)`",
+                "`mapv` is differentiated with a closure argument, `x.mapv(|v| ..)`, or an elementwise method, `x.mapv(f64::ln)`",
             );
             return poison();
         };
