@@ -220,6 +220,32 @@ pub struct Lifted {
     /// `Option<&[&str]>` expressions.
     pub visible: TokenStream,
     pub rngs: TokenStream,
+    /// A `grad!`'s closure that is more than `mdl.call(cx, x..)`, with the code of its
+    /// JVP-VJP (see [`Rerun`]).
+    pub closure: Option<Box<Rerun>>,
+}
+
+/// The closure of a lifted `grad!` or `value_and_grad!` that is more than
+/// `mdl.call(cx, x..)` (`mdl.call(cx, x).sum()`): its second-order pullback runs the
+/// closure's own JVP-VJP along the primals, written inline (its arguments' types are
+/// not known). Lowering keeps the closure; `expand` writes the code (`None` where
+/// forward mode does not cover the body: then the pullback reports
+/// `SecondOrderUnsupported`), which the reverse sweep places.
+#[derive(Clone)]
+pub struct Rerun {
+    pub closure: syn::ExprClosure,
+    pub code: Option<RerunCode>,
+}
+
+/// The JVP-VJP of a closure `|mdl, cx, x..|` along its primals, inline: `primal`
+/// (reading the closure's parameter names and the tangents `__d_x..`) computes
+/// `output`, `(value, tangent)`; `reverse` reads the cotangent `__ct` and gives
+/// `(variables' cotangents, (), (), primals' cotangents.., tangents' cotangents..)`.
+#[derive(Clone)]
+pub struct RerunCode {
+    pub primal: TokenStream,
+    pub output: TokenStream,
+    pub reverse: TokenStream,
 }
 
 /// Which lifted transform.

@@ -585,6 +585,10 @@ impl<'v> Scope<'v> {
                 self.returns.push(Some(self.path.clone()));
                 self.last_child = Some(self.path());
             }
+            ChildName::Again => {
+                self.returns.push(Some(self.path.clone()));
+                self.begin_call();
+            }
         }
     }
 
@@ -618,7 +622,7 @@ impl<'v> Scope<'v> {
         let name = match module.child_name(None) {
             ChildName::Auto(type_name) => self.auto_name(type_name),
             ChildName::Field(name) | ChildName::Bound(name) => name.to_string(),
-            ChildName::Here => {
+            ChildName::Here | ChildName::Again => {
                 return Bound {
                     shared: std::sync::Arc::new(module),
                     at: self.path(),
@@ -1153,8 +1157,13 @@ pub enum ChildName<'a> {
     Field(&'a str),
     Auto(&'static str),
     Bound(&'a str),
-    /// The current scope: a lifted transform's module, already entered.
+    /// The current scope: the module itself (`self.call(cx, ..)` from another of its
+    /// methods), or a lifted transform over `self`.
     Here,
+    /// The current scope, which a lifted transform entered for its module: each call
+    /// through the closure's `mdl` begins again there (its auto names restart, as a
+    /// call of a Flax compact method does: `mdl(x) + mdl(2 * x)` shares parameters).
+    Again,
 }
 
 /// A module bound to the scope that created it ([`Scope::bind`]), as Flax names a
@@ -1282,12 +1291,44 @@ impl<M> Child for Bound<M> {
     }
 }
 
-/// The module of a lifted transform (`mdl` in `grad!(cx, |mdl, cx, x| .., Module, x)`),
-/// whose scope the transform entered: calls through it run in that scope, and it
-/// derefs to the module.
+/// The module of a lifted transform over `self` (`mdl` in `grad!(cx, |mdl, cx, x|
+/// .., self, x)`), or `self` called from another of its methods: calls through it
+/// run in the current scope, and it derefs to the module.
 #[derive(Debug)]
 #[doc(hidden)]
 pub struct Here<'a, M>(pub &'a M);
+
+/// The module of a lifted transform over a child (`mdl` in `grad!(cx, |mdl, cx, x|
+/// .., Module, x)`), whose scope the transform entered: each call through it begins
+/// again in that scope ([`ChildName::Again`]), and it derefs to the module.
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct Entered<'a, M>(pub &'a M);
+
+impl<M> Clone for Entered<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for Entered<'_, M> {}
+
+impl<M> std::ops::Deref for Entered<'_, M> {
+    type Target = M;
+    fn deref(&self) -> &M {
+        self.0
+    }
+}
+
+impl<M> Child for Entered<'_, M> {
+    type Module = M;
+    fn module(&self) -> &M {
+        self.0
+    }
+    fn child_name<'a>(&'a self, _field: Option<&'a str>) -> ChildName<'a> {
+        ChildName::Again
+    }
+}
 
 impl<M> Clone for Here<'_, M> {
     fn clone(&self) -> Self {

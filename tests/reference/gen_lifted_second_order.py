@@ -32,6 +32,11 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
   the variables of another field in the loss.
 - `jacobian_penalty`: second order through a lifted Jacobian: `sum(J^2) + sum(y^2)` of
   the same child, its gradient in the child's parameters.
+- `closure_body`: closures that are more than `mdl(x)` (the PINN idiom for a field
+  with one value per point, `lambda mdl, x: jnp.sum(mdl(x))`): a loss on the
+  gradients of a closure that calls the module twice (sharing its parameters) and
+  takes a second primal, and on `nn.value_and_grad` of a sum; gradients in the
+  parameters and the input.
 - `lifted_hessian`: `jax.hessian` of a scalar child (a loop and a branch) in its
   first input, the second held, for one input and a batch (shape `input ++ input`),
   and the Hessian-vector products in both inputs (`jax.jvp` of `jax.grad`), what the
@@ -459,6 +464,56 @@ class VjpParamsLoss(nn.Module):
 
 
 OUT["vjp_params"] = case_loss(VjpParamsLoss(), "Field2_0", 52)
+
+
+# 11. Closures that are more than `mdl(x)`: a field with one value per point, its
+# output summed in the closure; the module called twice (its parameters shared, as a
+# compact method's are), a second primal; and `nn.value_and_grad` of a sum.
+class PointField(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(6)(x))
+        return nn.Dense(1)(h)
+
+
+class ClosureLoss(nn.Module):
+    @nn.compact
+    def __call__(self, x, t):
+        gx, gt = nn.grad(
+            lambda mdl, x, t: jnp.sum((mdl(x) - t) ** 2) + jnp.mean(nn.softplus(mdl(2.0 * x))),
+            PointField(),
+            x,
+            t,
+        )
+        v, (g,) = nn.value_and_grad(lambda mdl, x: jnp.sum(mdl(x)), PointField(), x)
+        return jnp.sum(gx * gx) + jnp.sum(gt * gt) + v + jnp.sum(jnp.cos(x) * g)
+
+
+def case_closure_body():
+    x, t = arr(5, 2, seed=53), arr(5, 1, seed=54, scale=0.5)
+
+    def field(seed):
+        return {
+            "Dense_0": {"kernel": arr(2, 6, seed=seed, scale=0.9), "bias": arr(6, seed=seed + 1, scale=0.2)},
+            "Dense_1": {"kernel": arr(6, 1, seed=seed + 2, scale=0.7), "bias": arr(1, seed=seed + 3, scale=0.1)},
+        }
+
+    variables = {"params": {"PointField_0": field(55), "PointField_1": field(59)}}
+    shapes = jax.tree_util.tree_map(jnp.shape, ClosureLoss().init(jax.random.PRNGKey(0), x, t))
+    assert shapes == jax.tree_util.tree_map(jnp.shape, variables), shapes
+    loss, grads = jax.value_and_grad(lambda v: ClosureLoss().apply(v, x, t))(variables)
+    gx = jax.grad(lambda x: ClosureLoss().apply(variables, x, t))(x)
+    return {
+        "x": x.tolist(),
+        "t": t.tolist(),
+        "variables": tolist(variables),
+        "loss": float(loss),
+        "grads": tolist(grads),
+        "grad_x": gx.tolist(),
+    }
+
+
+OUT["closure_body"] = case_closure_body()
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

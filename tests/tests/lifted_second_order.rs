@@ -834,6 +834,93 @@ fn second_order_through_a_lifted_vjps_variable_cotangents() {
     );
 }
 
+// ----- closures that are more than `mdl.call(cx, x..)` -----
+
+/// A field with one value per point, as most are.
+struct PointField;
+
+#[differentiable]
+impl PointField {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let h = Dense::new(6).call(cx, x).tanh();
+        Dense::new(1).call(cx, &h)
+    }
+}
+
+/// The closure sums the field (`jnp.sum(mdl(x))`), calls it twice (the calls share
+/// its parameters, as a Flax compact method's do) and takes a second primal; then
+/// `value_and_grad!` of a sum.
+struct ClosureLoss;
+
+#[differentiable]
+impl ClosureLoss {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, t: &Array2<f64>) -> f64 {
+        let (gx, gt) = grad!(
+            cx,
+            |mdl, cx, x, t| {
+                let d = &mdl.call(cx, x) - t;
+                (&d * &d).sum() + nn::softplus(&mdl.call(cx, &(x * 2.0))).mean().unwrap()
+            },
+            PointField,
+            x,
+            t
+        );
+        let (v, (g,)) = value_and_grad!(cx, |mdl, cx, x| mdl.call(cx, x).sum(), PointField, x);
+        (&gx * &gx).sum() + (&gt * &gt).sum() + v + (&x.cos() * &g).sum()
+    }
+}
+
+#[test]
+fn second_order_through_closures_that_are_more_than_a_call() {
+    let case = reference("lifted_second_order.json", "closure_body");
+    let (x, t) = (matrix(&case["x"]), matrix(&case["t"]));
+    let vars = variables(&case["variables"]);
+    assert_eq!(vars.shapes(), ClosureLoss.init(0, &x, &t).unwrap().shapes());
+    let (loss, grads) =
+        value_and_grad!(|v: &Variables| ClosureLoss.apply(v, &x, &t).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("closure loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("closure grads", &grads, &case["grads"], RTOL);
+    println!("closures: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| ClosureLoss.apply(&vars, x, &t).unwrap())(&x);
+    assert_close(
+        "closure grad_x",
+        &gx.into_dyn(),
+        &array(&case["grad_x"]),
+        RTOL,
+    );
+}
+
+/// A closure that calls a function forward mode does not follow (not `(jvp)`):
+/// second order through it is reported, never a silent zero.
+#[differentiable]
+fn summed(y: &Array2<f64>) -> f64 {
+    y.sum()
+}
+
+struct UncoveredClosure;
+
+#[differentiable]
+impl UncoveredClosure {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (g,) = grad!(cx, |mdl, cx, x| summed(&mdl.call(cx, x)), PointField, x);
+        (&g * &g).sum()
+    }
+}
+
+#[test]
+fn second_order_through_a_closure_forward_mode_does_not_cover_is_reported() {
+    let x = Array2::from_shape_fn((3, 2), |(i, j)| (i + 2 * j) as f64 * 0.3 - 0.5);
+    let vars = UncoveredClosure.init(0, &x).unwrap();
+    let (_, grads) = value_and_grad!(|v: &Variables| UncoveredClosure.apply(v, &x).unwrap())(&vars);
+    assert_eq!(
+        grads.error(),
+        Some(adjoint::scope::ScopeError::SecondOrderUnsupported)
+    );
+    let gx = grad!(|x: &Array2<f64>| UncoveredClosure.apply(&vars, x).unwrap())(&x);
+    assert!(gx.iter().all(|g| g.is_nan()), "{gx}");
+}
+
 // ----- a child with many constructs, against central differences -----
 
 /// `softplus` with its own forward rule (`custom_jvp`).

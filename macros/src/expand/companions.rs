@@ -69,6 +69,7 @@ pub(crate) fn generate(
         body
     };
     let mut func = lower::lower(cx, &specs, body);
+    super::rerun::write_reruns(&mut func.body);
     func.aux = aux;
     func.params_active = params_active;
     func.local_pullback = local_pullback;

@@ -2,12 +2,14 @@
 //! impl, and what the transform macros expand to. `companions` writes a function's
 //! reverse-mode companions (`f::vjp`, `f::grad`, ..), `jacobian` its forward-mode
 //! ones (`f::jvp`, `f::hvp`, `f::jacfwd`, ..), `module` what a Flax-style module gets,
-//! `transform` the transforms' closure and lifted forms, `vmap` the vectorising map.
+//! `transform` the transforms' closure and lifted forms (`rerun` the second-order
+//! rerun of a lifted closure), `vmap` the vectorising map.
 
 mod apply;
 pub mod companions;
 mod jacobian;
 pub mod module;
+mod rerun;
 pub mod sequential;
 pub mod transform;
 pub mod vmap;

@@ -510,7 +510,7 @@ pub(crate) fn lifted_module(
         quote! {
             let __module = &(#module);
             #cxn.enter_child(::adjoint::scope::Child::child_name(__module, #field));
-            let #mdl = ::adjoint::scope::Here(::adjoint::scope::Child::module(__module));
+            let #mdl = ::adjoint::scope::Entered(::adjoint::scope::Child::module(__module));
         },
         quote!(#cxn.exit();),
     )

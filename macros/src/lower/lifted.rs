@@ -36,7 +36,7 @@ impl Lowerer<'_> {
         // `has_aux` is covered: the aux is one more output of the child's forward mode.
         let has_aux = std::mem::take(&mut input.has_aux);
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(&mut input, n, true).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let value = m
             .mac
@@ -77,7 +77,7 @@ impl Lowerer<'_> {
             return None;
         }
         let var_tangents = self.verbatim(input.positional[5].to_token_stream());
-        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(&mut input, n, false).filter(|c| !c.jvp)?;
         let mut args = self.operands(out, &primals);
         args.extend(self.operands(out, &tangents));
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jvp { var_tangents }, 2, args);
@@ -96,7 +96,7 @@ impl Lowerer<'_> {
         // The aux is one more output of the child's reverse and forward modes.
         let aux = std::mem::take(&mut input.has_aux).then(|| self.temp(e.span()));
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(&mut input, n, false).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let reads: Vec<Atom> = args.iter().map(|a| a.atom.clone()).collect();
         let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp { aux }, 2, args);
@@ -116,7 +116,7 @@ impl Lowerer<'_> {
     fn lifted_jacobian(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(&mut input, n, false).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jacobian, 1, args);
         Some(Val::Atom(Atom::Var(dsts[0])))
@@ -134,7 +134,7 @@ impl Lowerer<'_> {
         let mut input = TransformInput::positional(vmap.positional);
         // Forward mode's JVP of a `vmap!` maps the child's JVP: the output and its
         // tangent.
-        let child = self.lifted_child(&mut input, n)?;
+        let child = self.lifted_child(&mut input, n, false)?;
         let jvp = child.jvp;
         let args = self.operands(out, &input.positional[3..]);
         let kind = LiftedKind::Vmap {
@@ -178,6 +178,12 @@ impl Lowerer<'_> {
             args,
             visible: child.visible,
             rngs: child.rngs,
+            closure: child.closure.map(|closure| {
+                Box::new(Rerun {
+                    closure,
+                    code: None,
+                })
+            }),
         }));
         dsts
     }
@@ -203,10 +209,17 @@ impl Lowerer<'_> {
 
     /// What a lifted transform over `n` primals must be for second order to go through
     /// it: the closure exactly `|mdl, cx, a..| mdl.call(cx, a..)` (or the child's JVP
-    /// forward mode writes for a `vmap!`, `jvp`: see [`child_call`]), the module an
-    /// expression of constants or a local bound module (`let learner = Learner;`),
-    /// no options but `variables` and `rngs` (taken: the rerun restricts alike).
-    fn lifted_child(&mut self, input: &mut TransformInput, n: usize) -> Option<LiftedChild> {
+    /// forward mode writes for a `vmap!`, `jvp`: see [`child_call`]), or with `any`
+    /// any closure `|mdl, cx, a..| body` whose body reads nothing of the enclosing
+    /// code (see [`Rerun`]); the module an expression of constants or a local bound
+    /// module (`let learner = Learner;`), no options but `variables` and `rngs`
+    /// (taken: the rerun restricts alike).
+    fn lifted_child(
+        &mut self,
+        input: &mut TransformInput,
+        n: usize,
+        any: bool,
+    ) -> Option<LiftedChild> {
         let (visible, rngs) = (
             names_option(&std::mem::take(&mut input.variables)),
             names_option(&std::mem::take(&mut input.rngs)),
@@ -218,10 +231,12 @@ impl Lowerer<'_> {
         let Expr::Closure(c) = &items[1] else {
             return None;
         };
-        let (form, primals) = child_call(c)?;
-        if primals != n {
-            return None;
-        }
+        let (form, closure) = match child_call(c) {
+            Some((form, primals)) if primals == n => (form, None),
+            Some(_) => return None,
+            None if any && self.closes_over_nothing(c, n) => (ChildCall::Call, Some(c.clone())),
+            None => return None,
+        };
         let local = self.mentions_local(items[2].to_token_stream());
         let bound = matches!(&items[2], Expr::Path(p) if p.path.get_ident().is_some());
         if local && !bound {
@@ -247,7 +262,40 @@ impl Lowerer<'_> {
             scope,
             visible,
             rngs,
+            closure,
         })
+    }
+
+    /// Whether `c` is `|mdl, cx, a..|` with `n` primals, its parameters plain names,
+    /// and its body reads no variable of the enclosing code (nor `self`): what its
+    /// JVP-VJP, written inline, can run on its arguments alone.
+    fn closes_over_nothing(&mut self, c: &syn::ExprClosure, n: usize) -> bool {
+        let mut params = Vec::new();
+        for p in &c.inputs {
+            match p {
+                syn::Pat::Ident(i) => params.push(i.ident.to_string()),
+                syn::Pat::Type(t) => match &*t.pat {
+                    syn::Pat::Ident(i) => params.push(i.ident.to_string()),
+                    _ => return false,
+                },
+                _ => return false,
+            }
+        }
+        fn idents(t: TokenStream, out: &mut Vec<String>) {
+            for tt in t {
+                match tt {
+                    proc_macro2::TokenTree::Ident(i) => out.push(i.to_string()),
+                    proc_macro2::TokenTree::Group(g) => idents(g.stream(), out),
+                    _ => {}
+                }
+            }
+        }
+        let mut read = Vec::new();
+        idents(c.body.to_token_stream(), &mut read);
+        params.len() == n + 2
+            && read
+                .iter()
+                .all(|r| r != "self" && (params.contains(r) || self.lookup(r).is_none()))
     }
 }
 
@@ -269,6 +317,8 @@ struct LiftedChild {
     scope: Atom,
     visible: TokenStream,
     rngs: TokenStream,
+    /// A closure that is more than `mdl.call(cx, a..)` (see [`Rerun`]).
+    closure: Option<syn::ExprClosure>,
 }
 
 /// Each variable as a value, in a tuple.

@@ -96,6 +96,12 @@ impl Gen<'_> {
         } else {
             l.args.iter().map(|_| quote!(_)).collect()
         };
+        // A closure that is more than `mdl.call(cx, x..)`: its own JVP-VJP, inline,
+        // or (where forward mode does not cover it) the report that second order
+        // does not go through it.
+        if let Some(closure) = &l.closure {
+            return self.rev_lifted_closure(r, l, closure, &seeds, &primals, &tangents);
+        }
         // The variables' tangents a `jvp!` was given, if any were nonzero.
         let rerun = |along: Option<TokenStream>| {
             let (companion, set, split) = forward_rerun(along);
@@ -133,6 +139,88 @@ impl Gen<'_> {
                 let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
                 __cx2.restrict(#visible, #rngs);
                 #run
+                #merge
+                (#(#cots,)*)
+            };
+        });
+        for (a, c) in l.args.iter().zip(&cots) {
+            self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// The pullback of a lifted `grad!` over a closure that is more than
+    /// `mdl.call(cx, x..)` (see [`Rerun`]): the closure's JVP-VJP along the gradients'
+    /// cotangents, its parameters bound as the closure's are (the module, the scope
+    /// in the child, the primals, their tangents), run on the scope's state before
+    /// the transform.
+    fn rev_lifted_closure(
+        &mut self,
+        r: &mut Rev,
+        l: &Lifted,
+        closure: &Rerun,
+        seeds: &TokenStream,
+        primals: &[TokenStream],
+        tangents: &[TokenStream],
+    ) {
+        let cots: Vec<Ident> = (0..l.args.len())
+            .map(|i| format_ident!("__c{}", i))
+            .collect();
+        let Some(code) = &closure.code else {
+            if self.f.params_active {
+                r.code
+                    .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
+            }
+            for a in &l.args {
+                if self.act.is_active(&a.atom) {
+                    let x = self.read_atom(r, &a.atom);
+                    self.contribute(
+                        r,
+                        &a.atom,
+                        quote!(::adjoint::__private::unsupported_cot(&#x)),
+                    );
+                }
+            }
+            return;
+        };
+        let names: Vec<Ident> = closure
+            .closure
+            .inputs
+            .iter()
+            .filter_map(|p| match p {
+                syn::Pat::Ident(i) => Some(i.ident.clone()),
+                syn::Pat::Type(t) => match &*t.pat {
+                    syn::Pat::Ident(i) => Some(i.ident.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        let (mdl, cxn, xs) = (&names[0], &names[1], &names[2..]);
+        let dots: Vec<Ident> = xs.iter().map(crate::names::dot_name).collect();
+        let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
+        let kept = self.kept_pattern(&l.args);
+        let skip = l.args.iter().map(|_| quote!(_));
+        let (primal, output, reverse) = (&code.primal, &code.output, &code.reverse);
+        let merge = self.merge_rerun();
+        let (visible, rngs) = (&l.visible, &l.rngs);
+        r.code.push(quote! {
+            let (#(#cots,)*) = {
+                let (__rerun, __child, __module, _, (#(#kept,)*)) = &#snap;
+                let mut __snapshot = __rerun.variables();
+                let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
+                __cx2.restrict(#visible, #rngs);
+                let (__cv, #(#cots,)*) = {
+                    let #mdl = ::adjoint::scope::Entered(::adjoint::scope::Child::module(__module));
+                    let #cxn: &mut ::adjoint::Scope = &mut __cx2;
+                    #(let #xs = #primals;)*
+                    #(let #dots = #tangents;)*
+                    #primal
+                    let __o = #output;
+                    let __ct = #seeds;
+                    let (__cv, _, _, #(#cots,)* #(#skip,)*) = { #reverse };
+                    (__cv, #(#cots,)*)
+                };
+                let mut __cv = __cv;
                 #merge
                 (#(#cots,)*)
             };

@@ -1,0 +1,69 @@
+//! The second-order rerun of a lifted `grad!` or `value_and_grad!` whose closure is
+//! more than `mdl.call(cx, x..)` (see [`Rerun`]): the closure's forward mode along its
+//! primals, written as the body of a closure that takes the tangents too, and that
+//! differentiated again, its parameters' cotangents included; inline, since the
+//! closure's argument types are not known.
+
+use super::companions::{Options, generate};
+use super::transform::lifted_closure;
+use crate::ctxt::Ctxt;
+use crate::ir::{Block, Rerun, RerunCode, Stmt, Tail};
+use crate::parse::signature::ParamInfo;
+use quote::quote;
+
+/// Writes the code of every general closure's rerun in `b` (see [`Rerun`]).
+pub(crate) fn write_reruns(b: &mut Block) {
+    for s in &mut b.stmts {
+        match s {
+            Stmt::LetLifted(l) => {
+                if let Some(r) = &mut l.closure {
+                    write(r);
+                }
+            }
+            Stmt::If { branch, .. } => branch.arms.iter_mut().for_each(write_reruns),
+            Stmt::Loop(lp) => write_reruns(&mut lp.body),
+            Stmt::Let { .. } | Stmt::LetTuple { .. } => {}
+        }
+    }
+    if let Tail::Branch(br) = &mut b.tail {
+        br.arms.iter_mut().for_each(write_reruns);
+    }
+}
+
+/// The JVP-VJP of `r`'s closure, or none where forward mode does not cover its body
+/// (a call of a function: then the pullback reports `SecondOrderUnsupported`). Its
+/// errors are not the user's: the closure compiled as written already.
+fn write(r: &mut Rerun) {
+    let quiet = Ctxt::default();
+    r.code = (|| {
+        let (_, infos, body) = lifted_closure(&quiet, &r.closure)?;
+        let specs: Vec<crate::lower::ParamSpec> = infos.iter().map(ParamInfo::spec).collect();
+        let func = crate::lower::lower(&quiet, &specs, &body);
+        let act = crate::activity::analyze(&quiet, &func);
+        if quiet.has_errors() {
+            return None;
+        }
+        let refs = vec![false; specs.len()];
+        let jvp = crate::forward::jvp_body(
+            &func,
+            &|v| act.varied(v),
+            &refs,
+            crate::forward::Mode::Inputs,
+            false,
+        )?;
+        let mut params = infos.clone();
+        params.extend(infos[2..].iter().map(ParamInfo::tangent));
+        let block: syn::Block = syn::parse2(quote!({ #jvp })).ok()?;
+        let options = Options {
+            has_aux: false,
+            params_active: true,
+            local_pullback: true,
+        };
+        let (_, g) = generate(&quiet, &params, &block, options)?;
+        Some(RerunCode {
+            primal: g.primal,
+            output: g.output,
+            reverse: g.reverse,
+        })
+    })();
+}
