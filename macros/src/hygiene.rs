@@ -180,7 +180,7 @@ fn mentions_prefixed(tokens: &TokenStream) -> bool {
 
 /// Renames the identifiers in `renames` where they name a local: not after `.`
 /// (a field or method) and not next to `::` or before `!` (a path or a macro).
-fn rename(tokens: TokenStream, renames: &HashMap<String, String>) -> TokenStream {
+pub fn rename(tokens: TokenStream, renames: &HashMap<String, String>) -> TokenStream {
     let trees: Vec<TokenTree> = tokens.into_iter().collect();
     let punct =
         |i: usize, c: char| matches!(trees.get(i), Some(TokenTree::Punct(p)) if p.as_char() == c);

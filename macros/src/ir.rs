@@ -238,11 +238,13 @@ pub struct Rerun {
 }
 
 /// The JVP-VJP of a closure `|mdl, cx, x..|` along its primals, inline: `primal`
-/// (reading the closure's parameter names and the tangents `__d_x..`) computes
+/// (reading `params`: the closure's parameters, then the tangents) computes
 /// `output`, `(value, tangent)`; `reverse` reads the cotangent `__ct` and gives
 /// `(variables' cotangents, (), (), primals' cotangents.., tangents' cotangents..)`.
+/// Its locals are renamed apart from the enclosing body's, among which it runs.
 #[derive(Clone)]
 pub struct RerunCode {
+    pub params: Vec<syn::Ident>,
     pub primal: TokenStream,
     pub output: TokenStream,
     pub reverse: TokenStream,

@@ -37,6 +37,8 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
   gradients of a closure that calls the module twice (sharing its parameters) and
   takes a second primal, and on `nn.value_and_grad` of a sum; gradients in the
   parameters and the input.
+- `jvp_closure`: second order through `nn.jvp` of such a closure (zero variable
+  tangents).
 - `lifted_hessian`: `jax.hessian` of a scalar child (a loop and a branch) in its
   first input, the second held, for one input and a batch (shape `input ++ input`),
   and the Hessian-vector products in both inputs (`jax.jvp` of `jax.grad`), what the
@@ -514,6 +516,37 @@ def case_closure_body():
 
 
 OUT["closure_body"] = case_closure_body()
+
+
+# 12. `nn.jvp` of a closure that is more than `mdl(x)` (zero variable tangents): the
+# field's output squared and summed, its tangent along `v` in the loss.
+class JvpClosureLoss(nn.Module):
+    @nn.compact
+    def __call__(self, x, v):
+        y, dy = nn.jvp(lambda mdl, x: jnp.sum(mdl(x) ** 2), PointField(), (x,), (v,), {})
+        return dy * dy + jnp.sin(y)
+
+
+def case_jvp_closure():
+    x, v = arr(5, 2, seed=63), arr(5, 2, seed=64)
+    field = {
+        "Dense_0": {"kernel": arr(2, 6, seed=65, scale=0.9), "bias": arr(6, seed=66, scale=0.2)},
+        "Dense_1": {"kernel": arr(6, 1, seed=67, scale=0.7), "bias": arr(1, seed=68, scale=0.1)},
+    }
+    variables = {"params": {"PointField_0": field}}
+    loss, grads = jax.value_and_grad(lambda vs: JvpClosureLoss().apply(vs, x, v))(variables)
+    gx = jax.grad(lambda x: JvpClosureLoss().apply(variables, x, v))(x)
+    return {
+        "x": x.tolist(),
+        "v": v.tolist(),
+        "variables": tolist(variables),
+        "loss": float(loss),
+        "grads": tolist(grads),
+        "grad_x": gx.tolist(),
+    }
+
+
+OUT["jvp_closure"] = case_jvp_closure()
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

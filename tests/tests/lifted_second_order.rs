@@ -891,6 +891,49 @@ fn second_order_through_closures_that_are_more_than_a_call() {
     );
 }
 
+/// `jvp!` of a closure that is more than `mdl.call(cx, x)`: the field's output squared
+/// and summed, its tangent in the loss.
+struct JvpClosureLoss;
+
+#[differentiable]
+impl JvpClosureLoss {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, v: &Array2<f64>) -> f64 {
+        let none = no_grad(Variables::new());
+        let (y, dy) = jvp!(
+            cx,
+            |mdl, cx, x| {
+                let f = mdl.call(cx, x);
+                (&f * &f).sum()
+            },
+            PointField,
+            (x,),
+            (v,),
+            none
+        );
+        dy * dy + y.sin()
+    }
+}
+
+#[test]
+fn second_order_through_a_jvp_of_a_closure() {
+    let case = reference("lifted_second_order.json", "jvp_closure");
+    let (x, v) = (matrix(&case["x"]), matrix(&case["v"]));
+    let vars = variables(&case["variables"]);
+    let (loss, grads) =
+        value_and_grad!(|vs: &Variables| JvpClosureLoss.apply(vs, &x, &v).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("jvp closure loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("jvp closure grads", &grads, &case["grads"], RTOL);
+    println!("jvp! of a closure: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| JvpClosureLoss.apply(&vars, x, &v).unwrap())(&x);
+    assert_close(
+        "jvp closure grad_x",
+        &gx.into_dyn(),
+        &array(&case["grad_x"]),
+        RTOL,
+    );
+}
+
 /// A closure that calls a function forward mode does not follow (not `(jvp)`):
 /// second order through it is reported, never a silent zero.
 #[differentiable]
@@ -908,8 +951,46 @@ impl UncoveredClosure {
     }
 }
 
+/// `jvp!` of a closure with nonzero variable tangents: the closure's forward mode
+/// written is along its primals only, so second order reports it.
+struct JvpClosureAlongVariables {
+    tangents: Variables,
+}
+
+#[differentiable]
+impl JvpClosureAlongVariables {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let along = no_grad(self.tangents.clone());
+        let (_, dy) = jvp!(
+            cx,
+            |mdl, cx, x| mdl.call(cx, x).sum(),
+            PointField,
+            (x,),
+            (x,),
+            along
+        );
+        dy * dy
+    }
+}
+
 #[test]
 fn second_order_through_a_closure_forward_mode_does_not_cover_is_reported() {
+    let x = Array2::from_shape_fn((3, 2), |(i, j)| (i + 2 * j) as f64 * 0.3 - 0.5);
+    let vars = JvpClosureAlongVariables {
+        tangents: Variables::new(),
+    }
+    .init(0, &x)
+    .unwrap();
+    let tangents = vars
+        .map(|w| w * 0.5)
+        .only(&["params"])
+        .subtree("PointField_0");
+    let m = JvpClosureAlongVariables { tangents };
+    let (_, grads) = value_and_grad!(|v: &Variables| m.apply(v, &x).unwrap())(&vars);
+    assert_eq!(
+        grads.error(),
+        Some(adjoint::scope::ScopeError::SecondOrderUnsupported)
+    );
     let x = Array2::from_shape_fn((3, 2), |(i, j)| (i + 2 * j) as f64 * 0.3 - 0.5);
     let vars = UncoveredClosure.init(0, &x).unwrap();
     let (_, grads) = value_and_grad!(|v: &Variables| UncoveredClosure.apply(v, &x).unwrap())(&vars);

@@ -7,9 +7,11 @@
 use super::companions::{Options, generate};
 use super::transform::lifted_closure;
 use crate::ctxt::Ctxt;
+use crate::hygiene::rename;
 use crate::ir::{Block, Rerun, RerunCode, Stmt, Tail};
-use crate::parse::signature::ParamInfo;
-use quote::quote;
+use crate::parse::signature::{ParamInfo, param_name};
+use quote::{format_ident, quote};
+use std::collections::HashMap;
 
 /// Writes the code of every general closure's rerun in `b` (see [`Rerun`]).
 pub(crate) fn write_reruns(b: &mut Block) {
@@ -60,10 +62,42 @@ fn write(r: &mut Rerun) {
             local_pullback: true,
         };
         let (_, g) = generate(&quiet, &params, &block, options)?;
+        // Its locals renamed apart: the pullback runs it among the enclosing body's
+        // own names (the seeds it reads after the primal).
+        let mut names: Vec<String> = params
+            .iter()
+            .map(|p| param_name(&p.pat).to_string())
+            .collect();
+        let primal = &g.primal;
+        let primal_block: syn::Block = syn::parse2(quote!({ #primal })).ok()?;
+        names.extend(bound_names(&primal_block));
+        let renames: HashMap<String, String> = names
+            .iter()
+            .map(|n| (n.clone(), format!("{n}_rr")))
+            .collect();
+        let params = params
+            .iter()
+            .map(|p| format_ident!("{}_rr", param_name(&p.pat).to_string()))
+            .collect();
         Some(RerunCode {
-            primal: g.primal,
-            output: g.output,
-            reverse: g.reverse,
+            params,
+            primal: rename(g.primal, &renames),
+            output: rename(g.output, &renames),
+            reverse: rename(g.reverse, &renames),
         })
     })();
+}
+
+/// The names `b`'s statements bind (`let` patterns, at any depth).
+fn bound_names(b: &syn::Block) -> Vec<String> {
+    struct Names(Vec<String>);
+    impl<'ast> syn::visit::Visit<'ast> for Names {
+        fn visit_pat_ident(&mut self, p: &'ast syn::PatIdent) {
+            self.0.push(p.ident.to_string());
+            syn::visit::visit_pat_ident(self, p);
+        }
+    }
+    let mut v = Names(Vec::new());
+    syn::visit::Visit::visit_block(&mut v, b);
+    v.0
 }

@@ -182,34 +182,29 @@ impl Gen<'_> {
             }
             return;
         };
-        let names: Vec<Ident> = closure
-            .closure
-            .inputs
-            .iter()
-            .filter_map(|p| match p {
-                syn::Pat::Ident(i) => Some(i.ident.clone()),
-                syn::Pat::Type(t) => match &*t.pat {
-                    syn::Pat::Ident(i) => Some(i.ident.clone()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
-        let (mdl, cxn, xs) = (&names[0], &names[1], &names[2..]);
-        let dots: Vec<Ident> = xs.iter().map(crate::names::dot_name).collect();
+        // The closure's parameters, then the tangents, as the rerun names them.
+        let n = (code.params.len() - 2) / 2;
+        let (mdl, cxn) = (&code.params[0], &code.params[1]);
+        let (xs, dots) = (&code.params[2..2 + n], &code.params[2 + n..]);
         let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
         let kept = self.kept_pattern(&l.args);
-        let skip = l.args.iter().map(|_| quote!(_));
+        // A `jvp!`'s tangents are its arguments too (their cotangents wanted); a
+        // `grad!`'s are the gradients' cotangents.
+        let jvp = matches!(l.kind, LiftedKind::Jvp { .. });
+        let skip = xs.iter().filter(|_| !jvp).map(|_| quote!(_));
         let (primal, output, reverse) = (&code.primal, &code.output, &code.reverse);
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
+        // The forward mode written is along the primals: with variable tangents
+        // (`jvp!`), second order is reported.
+        let args = primals.iter().chain(tangents.iter().filter(|_| jvp));
         r.code.push(quote! {
             let (#(#cots,)*) = {
-                let (__rerun, __child, __module, _, (#(#kept,)*)) = &#snap;
+                let (__rerun, __child, __module, __tangents, (#(#kept,)*)) = &#snap;
                 let mut __snapshot = __rerun.variables();
                 let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
                 __cx2.restrict(#visible, #rngs);
-                let (__cv, #(#cots,)*) = {
+                let (__cv, #(#cots,)*) = if __tangents.is_none() {
                     let #mdl = ::adjoint::scope::Entered(::adjoint::scope::Child::module(__module));
                     let #cxn: &mut ::adjoint::Scope = &mut __cx2;
                     #(let #xs = #primals;)*
@@ -219,6 +214,10 @@ impl Gen<'_> {
                     let __ct = #seeds;
                     let (__cv, _, _, #(#cots,)* #(#skip,)*) = { #reverse };
                     (__cv, #(#cots,)*)
+                } else {
+                    let mut __cv = ::adjoint::Variables::new();
+                    ::adjoint::__private::second_order(&mut __cv);
+                    (__cv, #(::adjoint::__private::unsupported_cot(&(#args)),)*)
                 };
                 let mut __cv = __cv;
                 #merge
