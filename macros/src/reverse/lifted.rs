@@ -130,19 +130,8 @@ impl Gen<'_> {
         } else {
             quote!(#along_inputs let mut __cv = __cv;)
         };
-        let merge = self.merge_rerun();
-        let (visible, rngs) = (&l.visible, &l.rngs);
-        r.code.push(quote! {
-            let (#(#cots,)*) = {
-                let (__rerun, __child, __module, __tangents, (#(#kept,)*)) = &#snap;
-                let mut __snapshot = __rerun.variables();
-                let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
-                __cx2.restrict(#visible, #rngs);
-                #run
-                #merge
-                (#(#cots,)*)
-            };
-        });
+        r.code
+            .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
         }
@@ -193,18 +182,11 @@ impl Gen<'_> {
         let jvp = matches!(l.kind, LiftedKind::Jvp { .. });
         let skip = xs.iter().filter(|_| !jvp).map(|_| quote!(_));
         let (primal, output, reverse) = (&code.primal, &code.output, &code.reverse);
-        let merge = self.merge_rerun();
-        let (visible, rngs) = (&l.visible, &l.rngs);
         // The forward mode written is along the primals: with variable tangents
         // (`jvp!`), second order is reported.
         let args = primals.iter().chain(tangents.iter().filter(|_| jvp));
-        r.code.push(quote! {
-            let (#(#cots,)*) = {
-                let (__rerun, __child, __module, __tangents, (#(#kept,)*)) = &#snap;
-                let mut __snapshot = __rerun.variables();
-                let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
-                __cx2.restrict(#visible, #rngs);
-                let (__cv, #(#cots,)*) = if __tangents.is_none() {
+        let run = quote! {
+                let (mut __cv, #(#cots,)*) = if __tangents.is_none() {
                     let #mdl = ::adjoint::scope::Entered(::adjoint::scope::Child::module(__module));
                     let #cxn: &mut ::adjoint::Scope = &mut __cx2;
                     #(let #xs = #primals;)*
@@ -219,11 +201,9 @@ impl Gen<'_> {
                     ::adjoint::__private::second_order(&mut __cv);
                     (__cv, #(::adjoint::__private::unsupported_cot(&(#args)),)*)
                 };
-                let mut __cv = __cv;
-                #merge
-                (#(#cots,)*)
-            };
-        });
+        };
+        r.code
+            .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
         }
@@ -257,21 +237,13 @@ impl Gen<'_> {
             primals.push(self.rerun_arg(r, a, a, k));
         }
         let companion = companion_ident(&format_ident!("__call_body"), "vjp_params");
-        let merge = self.merge_rerun();
-        let (visible, rngs) = (&l.visible, &l.rngs);
-        r.code.push(quote! {
-            let (#(#cots,)*) = {
-                let (__rerun, __child, __module, _, (#(#kept,)*)) = &#snap;
-                let mut __snapshot = __rerun.variables();
-                let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
-                __cx2.restrict(#visible, #rngs);
-                let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
-                    .#companion(&mut __cx2, #(#primals,)*);
-                let (mut __cv, _, #(#cots,)*) = __pb2(#ybar);
-                #merge
-                (#(#cots,)*)
-            };
-        });
+        let run = quote! {
+            let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
+                .#companion(&mut __cx2, #(#primals,)*);
+            let (mut __cv, _, #(#cots,)*) = __pb2(#ybar);
+        };
+        r.code
+            .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
         }
@@ -431,25 +403,18 @@ impl Gen<'_> {
         };
         let skip = (0..n).map(|_| quote!(_));
         let (companion, set, split) = forward_rerun(along_variables.map(|bar| quote!(&#bar)));
-        let merge = self.merge_rerun();
-        let (visible, rngs) = (&l.visible, &l.rngs);
-        r.code.push(quote! {
-            let (__ct_bar, #(#cots,)*) = {
-                let (__rerun, __child, __module, _, (#(#kept,)*)) = &#snap;
-                let mut __snapshot = __rerun.variables();
-                let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
-                __cx2.restrict(#visible, #rngs);
-                #set
-                let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
-                    .#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
-                let __seed = #ctv;
-                let (__cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
-                #split
-                let mut __cv = __cv;
-                #merge
-                (#ct_bar, #(#cots,)*)
-            };
-        });
+        let run = quote! {
+            #set
+            let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
+                .#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
+            let __seed = #ctv;
+            let (__cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
+            #split
+            let mut __cv = __cv;
+            let __ct_bar = #ct_bar;
+        };
+        let outs = quote!((__ct_bar, #(#cots,)*));
+        r.code.push(self.in_rerun_scope(l, &snap, &kept, outs, run));
         self.contribute(r, &ct.atom, quote!(__ct_bar));
         for (a, c) in primal_args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
@@ -540,6 +505,34 @@ impl Gen<'_> {
 
     /// With parameters differentiated, what a rerun gives the parameters (`__cv`,
     /// poisoned if the rerun failed) added into theirs.
+    /// `let outs = { .. };` running `run` in the child's scope as it was before the
+    /// transform (its snapshot `snap`: the variables, the random streams, the child's
+    /// path, the module, the variables' tangents, the kept arguments), then merging
+    /// the variables' cotangents `run` leaves in `__cv`; `outs` the tuple of names
+    /// `run` binds (`(__c0, ..)`).
+    fn in_rerun_scope(
+        &self,
+        l: &Lifted,
+        snap: &TokenStream,
+        kept: &[TokenStream],
+        outs: TokenStream,
+        run: TokenStream,
+    ) -> TokenStream {
+        let merge = self.merge_rerun();
+        let (visible, rngs) = (&l.visible, &l.rngs);
+        quote! {
+            let #outs = {
+                let (__rerun, __child, __module, __tangents, (#(#kept,)*)) = &#snap;
+                let mut __snapshot = __rerun.variables();
+                let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
+                __cx2.restrict(#visible, #rngs);
+                #run
+                #merge
+                #outs
+            };
+        }
+    }
+
     fn merge_rerun(&self) -> Option<TokenStream> {
         self.f.params_active.then(|| {
             quote! {
