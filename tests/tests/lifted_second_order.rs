@@ -934,6 +934,41 @@ fn second_order_through_a_jvp_of_a_closure() {
     );
 }
 
+/// A lifted Jacobian of a closure that is more than `mdl.call(cx, x)`: a contractive
+/// penalty `|J|^2` on the field's output passed through `tanh`.
+struct Bend;
+
+#[differentiable]
+impl Bend {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+        let h = Dense::new(4).call(cx, x).tanh();
+        Dense::new(2).call(cx, &h)
+    }
+}
+
+struct ClosureJacobianPenalty;
+
+#[differentiable]
+impl ClosureJacobianPenalty {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let j = jacrev!(cx, |mdl, cx, x| mdl.call(cx, x).tanh() * 2.0, Bend, x);
+        let jf = jacfwd!(cx, |mdl, cx, x| (mdl.call(cx, x) * x.sum()).sin(), Bend, x);
+        (&j * &j).sum() + (&jf * &jf).sum()
+    }
+}
+
+#[test]
+fn second_order_through_jacobians_of_closures() {
+    let x = ndarray::array![0.4, -0.8, 1.2];
+    let vars = ClosureJacobianPenalty.init(1, &x).unwrap();
+    let loss = |v: &Variables, x: &Array1<f64>| ClosureJacobianPenalty.apply(v, x).unwrap();
+    let (_, grads) =
+        value_and_grad!(|v: &Variables| ClosureJacobianPenalty.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    let gx = grad!(|x: &Array1<f64>| ClosureJacobianPenalty.apply(&vars, x).unwrap())(&x);
+    check_against_differences("closure jacobians", loss, &grads, &gx, &vars, &x);
+}
+
 /// A closure that calls a function forward mode does not follow (not `(jvp)`):
 /// second order through it is reported, never a silent zero.
 #[differentiable]

@@ -116,7 +116,7 @@ impl Lowerer<'_> {
     fn lifted_jacobian(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n, false).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(&mut input, n, true).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jacobian, 1, args);
         Some(Val::Atom(Atom::Var(dsts[0])))

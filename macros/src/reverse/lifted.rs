@@ -151,61 +151,51 @@ impl Gen<'_> {
         primals: &[TokenStream],
         tangents: &[TokenStream],
     ) {
+        let Some(code) = &closure.code else {
+            return self.second_order_unsupported(r, l);
+        };
         let cots: Vec<Ident> = (0..l.args.len())
             .map(|i| format_ident!("__c{}", i))
             .collect();
-        let Some(code) = &closure.code else {
-            if self.f.params_active {
-                r.code
-                    .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
-            }
-            for a in &l.args {
-                if self.act.is_active(&a.atom) {
-                    let x = self.read_atom(r, &a.atom);
-                    self.contribute(
-                        r,
-                        &a.atom,
-                        quote!(::adjoint::__private::unsupported_cot(&#x)),
-                    );
-                }
-            }
-            return;
-        };
-        // The closure's parameters, then the tangents, as the rerun names them.
-        let n = (code.params.len() - 2) / 2;
-        let (mdl, cxn) = (&code.params[0], &code.params[1]);
-        let (xs, dots) = (&code.params[2..2 + n], &code.params[2 + n..]);
         let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
         let kept = self.kept_pattern(&l.args);
         // A `jvp!`'s tangents are its arguments too (their cotangents wanted); a
         // `grad!`'s are the gradients' cotangents.
         let jvp = matches!(l.kind, LiftedKind::Jvp { .. });
-        let skip = xs.iter().filter(|_| !jvp).map(|_| quote!(_));
-        let (primal, output, reverse) = (&code.primal, &code.output, &code.reverse);
+        let inline = closure_jvp_vjp(code, primals, tangents, seeds, &cots, jvp);
         // The forward mode written is along the primals: with variable tangents
         // (`jvp!`), second order is reported.
         let args = primals.iter().chain(tangents.iter().filter(|_| jvp));
         let run = quote! {
-                let (mut __cv, #(#cots,)*) = if __tangents.is_none() {
-                    let #mdl = ::adjoint::scope::Entered(::adjoint::scope::Child::module(__module));
-                    let #cxn: &mut ::adjoint::Scope = &mut __cx2;
-                    #(let #xs = #primals;)*
-                    #(let #dots = #tangents;)*
-                    #primal
-                    let __o = #output;
-                    let __ct = #seeds;
-                    let (__cv, _, _, #(#cots,)* #(#skip,)*) = { #reverse };
-                    (__cv, #(#cots,)*)
-                } else {
-                    let mut __cv = ::adjoint::Variables::new();
-                    ::adjoint::__private::second_order(&mut __cv);
-                    (__cv, #(::adjoint::__private::unsupported_cot(&(#args)),)*)
-                };
+            let (mut __cv, #(#cots,)*) = if __tangents.is_none() {
+                #inline
+                (__cv, #(#cots,)*)
+            } else {
+                let mut __cv = ::adjoint::Variables::new();
+                ::adjoint::__private::second_order(&mut __cv);
+                (__cv, #(::adjoint::__private::unsupported_cot(&(#args)),)*)
+            };
         };
         r.code
             .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// Second order does not go through `l` (a closure forward mode does not cover):
+    /// the parameters' gradients say so, and its arguments' cotangents are NaN.
+    fn second_order_unsupported(&mut self, r: &mut Rev, l: &Lifted) {
+        if self.f.params_active {
+            r.code
+                .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
+        }
+        for a in &l.args {
+            if self.act.is_active(&a.atom) {
+                let x = self.read_atom(r, &a.atom);
+                let nan = quote!(::adjoint::__private::unsupported_cot(&#x));
+                self.contribute(r, &a.atom, nan);
+            }
         }
     }
 
@@ -455,6 +445,18 @@ impl Gen<'_> {
         }
         let skip = (0..n).map(|_| quote!(_));
         let companion = companion_ident(&format_ident!("__call_body_jvp"), "vjp_params");
+        let column = quote!(::adjoint::__private::jacobian_column(&#cj, &__o.1, __i, __n));
+        let seeds = quote!((::adjoint::__private::zeros(&__o.0), #column));
+        // The child's JVP-VJP along the unit tangent, or a closure's, inline.
+        let run = match l.closure.as_deref().map(|c| &c.code) {
+            None => quote! {
+                let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
+                    .#companion(&mut __cx2, #(#pass,)* #(#tangents,)*);
+                let (mut __cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
+            },
+            Some(Some(code)) => closure_jvp_vjp(code, &pass, &tangents, &seeds, &cots, false),
+            Some(None) => return self.second_order_unsupported(r, l),
+        };
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
         let first = &refs[0];
@@ -468,11 +470,7 @@ impl Gen<'_> {
                     let mut __snapshot = __rerun.variables();
                     let mut __cx2 = __rerun.scope(&mut __snapshot, __child);
                     __cx2.restrict(#visible, #rngs);
-                    let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
-                        .#companion(&mut __cx2, #(#pass,)* #(#tangents,)*);
-                    let __column = ::adjoint::__private::jacobian_column(&#cj, &__o.1, __i, __n);
-                    let (mut __cv, _, #(#cots,)* #(#skip,)*) =
-                        __pb2((::adjoint::__private::zeros(&__o.0), __column));
+                    #run
                     #merge
                     #(::adjoint::__private::Accumulate::accumulate(&mut #accs, #cots);)*
                 }
@@ -615,6 +613,35 @@ impl Gen<'_> {
 /// for the tangents are dropped: the transform's variable tangents are constants).
 /// Its VJP's name, what goes before the call, and what follows the pullback's result
 /// bound to `__cv`.
+/// A closure's JVP-VJP (see [`Rerun`]) run inline in the rerun scope `__cx2`: its
+/// parameters bound (the module, the scope, `primals`, `tangents`), its forward
+/// mode, then its reverse seeded with `seeds` (which read its output as `__o`),
+/// binding `mut __cv` and `cots`, one per primal (and with `jvp`, per tangent).
+fn closure_jvp_vjp(
+    code: &RerunCode,
+    primals: &[TokenStream],
+    tangents: &[TokenStream],
+    seeds: &TokenStream,
+    cots: &[Ident],
+    jvp: bool,
+) -> TokenStream {
+    let n = (code.params.len() - 2) / 2;
+    let (mdl, cxn) = (&code.params[0], &code.params[1]);
+    let (xs, dots) = (&code.params[2..2 + n], &code.params[2 + n..]);
+    let skip = xs.iter().filter(|_| !jvp).map(|_| quote!(_));
+    let (primal, output, reverse) = (&code.primal, &code.output, &code.reverse);
+    quote! {
+        let #mdl = ::adjoint::scope::Entered(::adjoint::scope::Child::module(__module));
+        let #cxn: &mut ::adjoint::Scope = &mut __cx2;
+        #(let #xs = #primals;)*
+        #(let #dots = #tangents;)*
+        #primal
+        let __o = #output;
+        let __ct = #seeds;
+        let (mut __cv, _, _, #(#cots,)* #(#skip,)*) = { #reverse };
+    }
+}
+
 fn forward_rerun(tangents: Option<TokenStream>) -> (Ident, TokenStream, TokenStream) {
     match tangents {
         None => (
