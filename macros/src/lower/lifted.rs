@@ -266,9 +266,9 @@ impl Lowerer<'_> {
         })
     }
 
-    /// Whether `c` is `|mdl, cx, a..|` with `n` primals, its parameters plain names,
-    /// and its body reads no variable of the enclosing code (nor `self`): what its
-    /// JVP-VJP, written inline, can run on its arguments alone.
+    /// Whether `c` is `|mdl, cx, a..|` with `n` primals (at least one), its parameters
+    /// plain names, and its body reads no variable of the enclosing code (nor
+    /// `self`): what its JVP-VJP, written inline, can run on its arguments alone.
     fn closes_over_nothing(&mut self, c: &syn::ExprClosure, n: usize) -> bool {
         let mut params = Vec::new();
         for p in &c.inputs {
@@ -292,7 +292,8 @@ impl Lowerer<'_> {
         }
         let mut read = Vec::new();
         idents(c.body.to_token_stream(), &mut read);
-        params.len() == n + 2
+        n > 0
+            && params.len() == n + 2
             && read
                 .iter()
                 .all(|r| r != "self" && (params.contains(r) || self.lookup(r).is_none()))
