@@ -572,6 +572,7 @@ impl<'v> Scope<'v> {
     pub fn enter_child(&mut self, child: ChildName<'_>) {
         match child {
             ChildName::Field(name) => self.enter(name),
+            ChildName::Indexed(name, i) => self.enter(&format!("{name}_{i}")),
             ChildName::Auto(type_name) => self.enter_auto(type_name),
             ChildName::Bound(path) => {
                 let inner = path.split('/').filter(|p| !p.is_empty()).map(String::from);
@@ -622,6 +623,7 @@ impl<'v> Scope<'v> {
         let name = match module.child_name(None) {
             ChildName::Auto(type_name) => self.auto_name(type_name),
             ChildName::Field(name) | ChildName::Bound(name) => name.to_string(),
+            ChildName::Indexed(name, i) => format!("{name}_{i}"),
             ChildName::Here | ChildName::Again => {
                 return Bound {
                     shared: std::sync::Arc::new(module),
@@ -1155,6 +1157,9 @@ impl Rerun {
 #[doc(hidden)]
 pub enum ChildName<'a> {
     Field(&'a str),
+    /// Element `i` of a field holding modules (`self.layers[i]`, or `layer` of `for
+    /// layer in self.layers.iter()`): `layers_i`, as Flax names a list attribute's.
+    Indexed(&'a str, usize),
     Auto(&'static str),
     Bound(&'a str),
     /// The current scope: the module itself (`self.call(cx, ..)` from another of its

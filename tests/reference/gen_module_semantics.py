@@ -11,7 +11,8 @@ the same output and gradients of `loss = sum(sin(output))`.
   and `block/Dense_1`, one set for both calls;
 - methods share their module's scope: a helper method called from `__call__`
   continues its auto names, `self(x)` from another method runs in the module's own
-  scope, and a submodule's method runs in the submodule's scope.
+  scope, and a submodule's method runs in the submodule's scope;
+- a list attribute of modules names them `layers_0`, `layers_1`, iterated or indexed.
 Run:  python gen_module_semantics.py > module_semantics.json
 """
 import json
@@ -170,5 +171,21 @@ OUT["methods_share_scope"] = case(
     Model(), [arr(2, 2, seed=44)], 500,
     init_kwargs={"method": Model.loss}, apply_kwargs={"method": Model.loss})
 OUT["submodule_methods"] = case(UsesModel(), [arr(2, 2, seed=45)], 600)
+
+
+
+class ListOfLayers(nn.Module):
+    """A list attribute of modules: `layers_0`, `layers_1` (iterated, then indexed)."""
+    def setup(self):
+        self.layers = [nn.Dense(3), nn.Dense(3)]
+
+    def __call__(self, x):
+        h = x
+        for layer in self.layers:
+            h = jnp.tanh(layer(h))
+        return self.layers[0](h)
+
+
+OUT["list_attribute"] = case(ListOfLayers(), [arr(2, 3, seed=46)], 700)
 
 print(json.dumps(OUT))

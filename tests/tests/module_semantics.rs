@@ -303,3 +303,42 @@ fn a_submodule_method_runs_in_the_submodule_scope() {
         },
     );
 }
+
+/// A field holding modules (Flax's list attribute): `layers_0`, `layers_1`, whether
+/// iterated (`for layer in self.layers.iter()`) or indexed (`self.layers[0]`).
+struct ListOfLayers {
+    layers: Vec<Dense>,
+}
+
+#[differentiable]
+impl ListOfLayers {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let mut h = x.to_owned();
+        for layer in self.layers.iter() {
+            h = layer.call(cx, &h).tanh();
+        }
+        self.layers[0].call(cx, &h)
+    }
+}
+
+#[test]
+fn a_field_of_modules_names_its_elements_as_flax() {
+    let name = "list_attribute";
+    let case = reference("module_semantics.json", name);
+    let x: Array2<f64> = array(&case["inputs"][0]).into_dimensionality().unwrap();
+    let m = ListOfLayers {
+        layers: vec![Dense::new(3), Dense::new(3)],
+    };
+    check_case(
+        name,
+        x,
+        |x| m.init(0, x).unwrap(),
+        |v, x| m.apply(v, x).unwrap().into_dyn(),
+        |v, x| {
+            let (l, (gv, gx)) = value_and_grad!(|v: &Variables, x: &Array2<f64>| {
+                m.apply(v, x).unwrap().sin().sum()
+            })(v, x);
+            (l, gv, gx.into_dyn())
+        },
+    );
+}

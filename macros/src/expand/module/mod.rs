@@ -411,7 +411,11 @@ pub(crate) fn route_module_calls(scopes: &[String], block: &mut syn::Block) {
         }
         .visit_block_mut(block);
     }
-    ModuleCalls { scopes }.visit_block_mut(block);
+    ModuleCalls {
+        scopes,
+        elements: Vec::new(),
+    }
+    .visit_block_mut(block);
 }
 
 /// Whether `args` starts with one of the scope parameters (a module call's `cx`).
@@ -519,6 +523,9 @@ impl VisitMut for LocalModules<'_> {
 struct ModuleCalls<'a> {
     /// The names of the scope parameters.
     scopes: &'a [String],
+    /// The loops over a field of modules being visited: the loop variable, the
+    /// field's name and the element's index (see `visit_expr_for_loop_mut`).
+    elements: Vec<(String, syn::LitStr, TokenStream)>,
 }
 
 impl VisitMut for ModuleCalls<'_> {
@@ -549,6 +556,33 @@ impl VisitMut for ModuleCalls<'_> {
                     self.__call_in(#scope, ::adjoint::no_grad(::adjoint::scope::ChildName::Here), #(#rest),*)
                 );
             }
+            return;
+        }
+        // An element of a field holding modules, by index or as a loop over the
+        // field goes: `layers_i`, as Flax names a list attribute's.
+        let element = match recv {
+            syn::Expr::Index(ix) => self_field(&ix.expr).map(|f| {
+                let i = &ix.index;
+                (f, quote!((#i) as usize))
+            }),
+            syn::Expr::Path(p) => p.path.get_ident().and_then(|id| {
+                let id = id.to_string();
+                self.elements
+                    .iter()
+                    .rev()
+                    .find(|(v, _, _)| *v == id)
+                    .map(|(_, f, i)| (f.clone(), i.clone()))
+            }),
+            _ => None,
+        };
+        if let Some((f, i)) = element {
+            *e = syn::parse_quote_spanned!(span=>
+                ::adjoint::scope::Child::module(&#recv).#named(
+                    #scope,
+                    ::adjoint::no_grad(::adjoint::scope::ChildName::Indexed(#f, #i)),
+                    #(#rest),*
+                )
+            );
             return;
         }
         let field = match recv {
@@ -587,8 +621,75 @@ impl VisitMut for ModuleCalls<'_> {
         );
     }
 
+    /// `for layer in self.layers.iter()` (or `&self.layers`, or `for (i, layer) in
+    /// self.layers.iter().enumerate()`): calls of `layer` in the body are element
+    /// `i` of the field, counted by `enumerate` (added where the loop has none).
+    fn visit_expr_for_loop_mut(&mut self, f: &mut syn::ExprForLoop) {
+        let found = match (&*f.pat, over_field(&f.expr)) {
+            (syn::Pat::Ident(v), Some((field, false))) => {
+                // One counter per enclosing loop: an outer loop's element may be
+                // called inside an inner one.
+                let counter = format_ident!("__element{}", self.elements.len());
+                let v = v.ident.clone();
+                let iter = &f.expr;
+                *f.pat = syn::parse_quote!((#counter, #v));
+                *f.expr =
+                    syn::parse_quote!(::core::iter::IntoIterator::into_iter(#iter).enumerate());
+                Some((v.to_string(), field, quote!(#counter)))
+            }
+            (syn::Pat::Tuple(t), Some((field, true))) if t.elems.len() == 2 => {
+                match (&t.elems[0], &t.elems[1]) {
+                    (syn::Pat::Ident(i), syn::Pat::Ident(v)) => {
+                        let i = &i.ident;
+                        Some((v.ident.to_string(), field, quote!(#i)))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let pushed = found.is_some();
+        if let Some(element) = found {
+            self.elements.push(element);
+        }
+        syn::visit_mut::visit_expr_for_loop_mut(self, f);
+        if pushed {
+            self.elements.pop();
+        }
+    }
+
     // A closure or item inside the body has its own scopes.
     fn visit_item_mut(&mut self, _: &mut syn::Item) {}
+}
+
+/// `self.name`: the field's name as a literal.
+fn self_field(e: &syn::Expr) -> Option<syn::LitStr> {
+    match e {
+        syn::Expr::Field(f) if matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self")) => {
+            match &f.member {
+                syn::Member::Named(n) => Some(syn::LitStr::new(&n.to_string(), n.span())),
+                syn::Member::Unnamed(_) => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A loop's iterable over a field of `self`: `self.f.iter()` or `&self.f` (false),
+/// `self.f.iter().enumerate()` (true), with the field's name.
+fn over_field(e: &syn::Expr) -> Option<(syn::LitStr, bool)> {
+    match e {
+        syn::Expr::Reference(r) => self_field(&r.expr).map(|f| (f, false)),
+        syn::Expr::MethodCall(m) if m.method == "iter" && m.args.is_empty() => {
+            self_field(&m.receiver).map(|f| (f, false))
+        }
+        syn::Expr::MethodCall(m) if m.method == "enumerate" && m.args.is_empty() => {
+            over_field(&m.receiver)
+                .filter(|(_, e)| !e)
+                .map(|(f, _)| (f, true))
+        }
+        _ => None,
+    }
 }
 
 /// The names of the scope parameters (`cx: &mut Scope`) of a signature.
