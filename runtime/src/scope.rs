@@ -1284,6 +1284,14 @@ pub trait Child {
     fn module(&self) -> &Self::Module;
     /// Its scope's name when called from a field named `field`, or from elsewhere.
     fn child_name<'a>(&'a self, field: Option<&'a str>) -> ChildName<'a>;
+    /// Its scope's name as element `i` of a field named `field` (`layers_i`); a
+    /// bound module keeps its path.
+    fn element_name<'a>(&'a self, field: &'a str, i: usize) -> ChildName<'a> {
+        match self.child_name(Some(field)) {
+            ChildName::Field(f) => ChildName::Indexed(f, i),
+            other => other,
+        }
+    }
 }
 
 impl<M> Child for Bound<M> {

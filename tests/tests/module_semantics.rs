@@ -342,3 +342,43 @@ fn a_field_of_modules_names_its_elements_as_flax() {
         },
     );
 }
+
+/// Bound modules in such a field keep the path they were bound at: both elements
+/// here are the parent's one `Dense_0`, shared.
+struct BoundLayers {
+    layers: Vec<Bound<Dense>>,
+}
+
+#[differentiable]
+impl BoundLayers {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let mut h = x.to_owned();
+        for layer in self.layers.iter() {
+            h = layer.call(cx, &h).tanh();
+        }
+        h
+    }
+}
+
+struct SharesBound;
+
+#[differentiable]
+impl SharesBound {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> Array2<f64> {
+        let d = cx.bind(Dense::new(2));
+        let holder = BoundLayers {
+            layers: vec![d.clone(), d],
+        };
+        holder.call(cx, x)
+    }
+}
+
+#[test]
+fn bound_modules_in_a_field_of_modules_keep_their_path() {
+    let x = Array2::from_shape_fn((3, 2), |(i, j)| (i + j) as f64 * 0.1);
+    let vars = SharesBound.init(0, &x).unwrap();
+    assert_eq!(
+        vars.shapes(),
+        r#"{"params": {"Dense_0": {"bias": [2], "kernel": [2, 2]}}}"#
+    );
+}

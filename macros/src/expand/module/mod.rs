@@ -579,7 +579,7 @@ impl VisitMut for ModuleCalls<'_> {
             *e = syn::parse_quote_spanned!(span=>
                 ::adjoint::scope::Child::module(&#recv).#named(
                     #scope,
-                    ::adjoint::no_grad(::adjoint::scope::ChildName::Indexed(#f, #i)),
+                    ::adjoint::no_grad(::adjoint::scope::Child::element_name(&#recv, #f, #i)),
                     #(#rest),*
                 )
             );
