@@ -560,3 +560,28 @@ fn pattern_bound_constants_the_pullback_reads() {
     )
     .unwrap();
 }
+
+/// `if let` (a `match` with a wildcard arm), in statement and tail position.
+#[differentiable]
+fn masked_if_let(x: &Array1<f64>, #[no_grad] mask: Option<&Array1<f64>>) -> f64 {
+    let h = if let Some(m) = mask {
+        x * m
+    } else {
+        x.to_owned()
+    };
+    if let Some(m) = mask {
+        (&h * m).sin().sum()
+    } else {
+        h.sin().sum()
+    }
+}
+
+#[test]
+fn if_let_is_a_match() {
+    let x = pattern(ndarray::Ix1(4), 7);
+    let m = array![1.0, 0.0, 2.0, -1.0];
+    for mask in [Some(&m), None] {
+        let g = grad!(masked_if_let)(&x, mask);
+        check_grad(|x: &Array1<f64>| masked_if_let(x, mask), &x, &g, tol()).unwrap();
+    }
+}

@@ -37,6 +37,7 @@ pub fn lower(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block) -> Func {
 }
 
 fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEnv) -> Func {
+    let body = &if_let_as_match(body);
     let mut taken = HashSet::new();
     collect_idents(body.to_token_stream(), &mut taken);
     for (_, names) in outer.values() {
@@ -83,6 +84,32 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         local_pullback: false,
         items: l.items,
     }
+}
+
+/// `body` with every `if let P = e { a } else { b }` written as `match e { P => a, _
+/// => b }` (the `else` an empty block where there is none), which lowering follows.
+fn if_let_as_match(body: &syn::Block) -> syn::Block {
+    struct IfLet;
+    impl syn::visit_mut::VisitMut for IfLet {
+        fn visit_expr_mut(&mut self, e: &mut Expr) {
+            syn::visit_mut::visit_expr_mut(self, e);
+            let Expr::If(i) = e else { return };
+            let Expr::Let(l) = &*i.cond else { return };
+            let (pat, scrutinee, then) = (&l.pat, &l.expr, &i.then_branch);
+            let other = match &i.else_branch {
+                Some((_, b)) => quote!(#b),
+                None => quote!({}),
+            };
+            *e = syn::parse_quote_spanned!(i.if_token.span=>
+                match #scrutinee { #pat => #then, _ => #other }
+            );
+        }
+        // A nested item is not this body's.
+        fn visit_item_mut(&mut self, _: &mut syn::Item) {}
+    }
+    let mut body = body.clone();
+    syn::visit_mut::VisitMut::visit_block_mut(&mut IfLet, &mut body);
+    body
 }
 
 /// A region's carried variables: the outer variables its leaves report, named by

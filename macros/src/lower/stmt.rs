@@ -165,10 +165,21 @@ impl Lowerer<'_> {
     }
 
     pub(super) fn condition(&mut self, cond: &Expr) -> TokenStream {
-        if let Expr::Let(l) = cond {
+        // `if let` alone is a `match` by now (see `if_let_as_match`); a chain of
+        // `let`s with other conditions is not.
+        struct Lets(Option<syn::ExprLet>);
+        impl<'ast> syn::visit::Visit<'ast> for Lets {
+            fn visit_expr_let(&mut self, l: &'ast syn::ExprLet) {
+                self.0.get_or_insert_with(|| l.clone());
+            }
+        }
+        let mut lets = Lets(None);
+        syn::visit::Visit::visit_expr(&mut lets, cond);
+        // (`while let` is reported where the loop is lowered.)
+        if let (Expr::Binary(_), Some(l)) = (cond, lets.0) {
             self.cx.error_at(
-                l,
-                "`if let` is not supported in a #[differentiable] body; use `match`",
+                &l,
+                "a chain of `let` with other conditions is not supported in a #[differentiable] body; use `match` (with a guard: `Some(n) if n > 2 =>`)",
             );
         }
         self.verbatim(cond.to_token_stream())
