@@ -17,6 +17,10 @@ pub struct VarInfo {
     pub ty: Option<syn::Type>,
     /// Declared `let mut` (a constant the code mutates through `&mut`).
     pub mutable: bool,
+    /// A value lowering reused for a later occurrence of the same computation (its
+    /// memo): read where the user's code had two values, so an operator that takes
+    /// it by value gets a clone.
+    pub shared: bool,
 }
 
 /// An operand: a variable or a literal written inline.

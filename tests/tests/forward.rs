@@ -1302,3 +1302,22 @@ fn forward_mode_of_a_sum_with_a_held_operand_broadcasts() {
         }
     }
 }
+
+/// Forward mode writes `a.sin()` in `cos`'s tangent and the primal's `sin(a)` again;
+/// lowered again, the two are one value (its memo), which the negation `-a.sin()`
+/// took by value where nothing is differentiated (the output does not depend on `a`):
+/// it is cloned there now (a random program found it).
+#[differentiable(jvp)]
+fn unused_trigonometry(x: f64, a: &Array1<f64>) -> f64 {
+    let s3 = a.cos().sum();
+    let _s4 = a.sin().sum() * s3;
+    x * x
+}
+
+#[test]
+fn a_value_lowering_reuses_is_not_moved() {
+    let a = array![0.3, -0.7];
+    let (hx, ha) = hvp!(unused_trigonometry)(1.5, &a, 1.0, &array![1.0, 1.0]);
+    assert_eq!(hx, 2.0);
+    assert_eq!(ha, array![0.0, 0.0]);
+}

@@ -482,8 +482,9 @@ impl Lowerer<'_> {
             let cs: Vec<String> = consts.iter().map(atom_key).collect();
             format!("{}({})[{}]", rule.func, ops.join(","), cs.join(","))
         };
-        if let Some(v) = self.memo.iter().rev().find_map(|m| m.get(&key)) {
-            return Atom::Var(*v);
+        if let Some(v) = self.memo.iter().rev().find_map(|m| m.get(&key)).copied() {
+            self.vars[v.0 as usize].shared = true;
+            return Atom::Var(v);
         }
         let atom = self.emit(
             out,

@@ -208,6 +208,7 @@ impl Lowerer<'_> {
             name: crate::hygiene::ident(&name, ident_span),
             ty: None,
             mutable: false,
+            shared: false,
         });
         id
     }
@@ -242,6 +243,7 @@ impl Lowerer<'_> {
                 name: ident,
                 ty: None,
                 mutable: false,
+                shared: false,
             });
             self.free.push((id, outer_var));
             map.insert(outer_var, id);

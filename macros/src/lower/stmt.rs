@@ -217,6 +217,7 @@ impl Lowerer<'_> {
                     name: n.clone(),
                     ty: None,
                     mutable: false,
+                    shared: false,
                 });
                 self.taken.insert(n.to_string());
                 self.bind(n.to_string(), Val::Atom(Atom::Var(id)));

@@ -5,8 +5,9 @@
 use super::*;
 
 impl<'a> Gen<'a> {
-    /// An atom used by value: a variable the reverse sweep also reads, or one that
-    /// belongs to an enclosing block, is cloned (free for `Copy` scalars).
+    /// An atom used by value: a variable the reverse sweep also reads, one that
+    /// belongs to an enclosing block, or one lowering reused for a later occurrence of
+    /// its computation, is cloned (free for `Copy` scalars).
     pub(super) fn by_value(&self, a: &Atom, outer: bool, also_moved: &[Slot]) -> TokenStream {
         match a {
             Atom::Var(v) => {
@@ -14,6 +15,7 @@ impl<'a> Gen<'a> {
                 if outer
                     || also_moved.contains(&Slot::Var(*v))
                     || self.reads_all.contains(&Slot::Var(*v))
+                    || self.f.vars[v.0 as usize].shared
                 {
                     quote!(::core::clone::Clone::clone(&#name))
                 } else {
