@@ -5,6 +5,7 @@
 //! closure's argument types are not known.
 
 use super::companions::{Options, generate};
+use super::module::forward::forward_body;
 use super::transform::lifted_closure;
 use crate::ctxt::Ctxt;
 use crate::hygiene::rename;
@@ -33,59 +34,49 @@ pub(crate) fn write_reruns(b: &mut Block) {
 }
 
 /// The JVP-VJP of `r`'s closure, or none where forward mode does not cover its body
-/// (a call of a function: then the pullback reports `SecondOrderUnsupported`). Its
-/// errors are not the user's: the closure compiled as written already.
+/// (a call of a function: then the pullback reports `SecondOrderUnsupported`).
 fn write(r: &mut Rerun) {
+    r.code = jvp_vjp(&r.closure);
+}
+
+/// The JVP-VJP of closure `c` (see [`RerunCode`]). Its errors are not the user's: the
+/// closure compiled as written already.
+fn jvp_vjp(c: &syn::ExprClosure) -> Option<RerunCode> {
     let quiet = Ctxt::default();
-    r.code = (|| {
-        let (_, infos, body) = lifted_closure(&quiet, &r.closure)?;
-        let specs: Vec<crate::lower::ParamSpec> = infos.iter().map(ParamInfo::spec).collect();
-        let func = crate::lower::lower(&quiet, &specs, &body);
-        let act = crate::activity::analyze(&quiet, &func);
-        if quiet.has_errors() {
-            return None;
-        }
-        let refs = vec![false; specs.len()];
-        let jvp = crate::forward::jvp_body(
-            &func,
-            &|v| act.varied(v),
-            &refs,
-            crate::forward::Mode::Inputs,
-            false,
-        )?;
-        let mut params = infos.clone();
-        params.extend(infos[2..].iter().map(ParamInfo::tangent));
-        let block: syn::Block = syn::parse2(quote!({ #jvp })).ok()?;
-        let options = Options {
-            has_aux: false,
-            params_active: true,
-            local_pullback: true,
-        };
-        let (_, g) = generate(&quiet, &params, &block, options)?;
-        // Its locals renamed apart: the pullback runs it among the enclosing body's
-        // own names (the seeds it reads after the primal).
-        let mut names: Vec<String> = params
-            .iter()
-            .map(|p| param_name(&p.pat).to_string())
-            .collect();
-        let primal = &g.primal;
-        let primal_block: syn::Block = syn::parse2(quote!({ #primal })).ok()?;
-        names.extend(bound_names(&primal_block));
-        let renames: HashMap<String, String> = names
-            .iter()
-            .map(|n| (n.clone(), format!("{n}_rr")))
-            .collect();
-        let params = params
-            .iter()
-            .map(|p| format_ident!("{}_rr", param_name(&p.pat).to_string()))
-            .collect();
-        Some(RerunCode {
-            params,
-            primal: rename(g.primal, &renames),
-            output: rename(g.output, &renames),
-            reverse: rename(g.reverse, &renames),
-        })
-    })();
+    let (_, infos, body) = lifted_closure(&quiet, c)?;
+    let jvp = forward_body(&infos, &body, crate::forward::Mode::Inputs, false)?;
+    let mut params = infos.clone();
+    params.extend(infos[2..].iter().map(ParamInfo::tangent));
+    let block: syn::Block = syn::parse2(quote!({ #jvp })).ok()?;
+    let options = Options {
+        has_aux: false,
+        params_active: true,
+        local_pullback: true,
+    };
+    let (_, g) = generate(&quiet, &params, &block, options)?;
+    // Its locals renamed apart: the pullback runs it among the enclosing body's
+    // own names (the seeds it reads after the primal).
+    let mut names: Vec<String> = params
+        .iter()
+        .map(|p| param_name(&p.pat).to_string())
+        .collect();
+    let primal = &g.primal;
+    let primal_block: syn::Block = syn::parse2(quote!({ #primal })).ok()?;
+    names.extend(bound_names(&primal_block));
+    let renames: HashMap<String, String> = names
+        .iter()
+        .map(|n| (n.clone(), format!("{n}_rr")))
+        .collect();
+    let params = params
+        .iter()
+        .map(|p| format_ident!("{}_rr", param_name(&p.pat).to_string()))
+        .collect();
+    Some(RerunCode {
+        params,
+        primal: rename(g.primal, &renames),
+        output: rename(g.output, &renames),
+        reverse: rename(g.reverse, &renames),
+    })
 }
 
 /// The names `b`'s statements bind (`let` patterns, at any depth).

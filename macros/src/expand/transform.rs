@@ -496,15 +496,9 @@ pub(crate) fn lifted_module(
             TokenStream::new(),
         );
     }
-    let field = match module {
-        syn::Expr::Field(f) => match (&*f.base, &f.member) {
-            (syn::Expr::Path(p), syn::Member::Named(n)) if p.path.is_ident("self") => {
-                let lit = syn::LitStr::new(&n.to_string(), n.span());
-                quote!(::core::option::Option::Some(#lit))
-            }
-            _ => quote!(::core::option::Option::None),
-        },
-        _ => quote!(::core::option::Option::None),
+    let field = match crate::expand::module::self_field(module) {
+        Some(lit) => quote!(::core::option::Option::Some(#lit)),
+        None => quote!(::core::option::Option::None),
     };
     (
         quote! {

@@ -152,7 +152,7 @@ impl Gen<'_> {
         tangents: &[TokenStream],
     ) {
         let Some(code) = &closure.code else {
-            return self.second_order_unsupported(r, l);
+            return self.second_order_unsupported(r, l.args.iter().map(|a| &a.atom));
         };
         let cots: Vec<Ident> = (0..l.args.len())
             .map(|i| format_ident!("__c{}", i))
@@ -180,22 +180,6 @@ impl Gen<'_> {
             .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
-        }
-    }
-
-    /// Second order does not go through `l` (a closure forward mode does not cover):
-    /// the parameters' gradients say so, and its arguments' cotangents are NaN.
-    fn second_order_unsupported(&mut self, r: &mut Rev, l: &Lifted) {
-        if self.f.params_active {
-            r.code
-                .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
-        }
-        for a in &l.args {
-            if self.act.is_active(&a.atom) {
-                let x = self.read_atom(r, &a.atom);
-                let nan = quote!(::adjoint::__private::unsupported_cot(&#x));
-                self.contribute(r, &a.atom, nan);
-            }
         }
     }
 
@@ -455,7 +439,9 @@ impl Gen<'_> {
                 let (mut __cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
             },
             Some(Some(code)) => closure_jvp_vjp(code, &pass, &tangents, &seeds, &cots, false),
-            Some(None) => return self.second_order_unsupported(r, l),
+            Some(None) => {
+                return self.second_order_unsupported(r, l.args.iter().map(|a| &a.atom));
+            }
         };
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);

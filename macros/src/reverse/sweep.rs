@@ -239,24 +239,7 @@ impl<'a> Gen<'a> {
                             }
                         }
                     }
-                    // Not differentiated: the parameter gradients say so, and the
-                    // cotangents of what it read are NaN (never a silent zero).
-                    Op::Lifted { reads, .. } => {
-                        if self.f.params_active {
-                            r.code
-                                .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
-                        }
-                        for a in reads {
-                            if self.act.is_active(a) {
-                                let x = self.read_atom(r, a);
-                                self.contribute(
-                                    r,
-                                    a,
-                                    quote!(::adjoint::__private::unsupported_cot(&#x)),
-                                );
-                            }
-                        }
-                    }
+                    Op::Lifted { reads, .. } => self.second_order_unsupported(r, reads),
                     Op::Const(_) | Op::Build { .. } => {}
                 }
             }
@@ -303,6 +286,26 @@ impl<'a> Gen<'a> {
     }
 
     /// Whether `atom` is a parameter whose type is a reference (`&T`).
+    /// A computation second order does not go through (an opaque lifted transform,
+    /// a closure forward mode does not cover): the parameters' gradients say so, and
+    /// the cotangents of what it read are NaN (never a silent zero).
+    pub(super) fn second_order_unsupported<'x>(
+        &mut self,
+        r: &mut Rev,
+        read: impl IntoIterator<Item = &'x Atom>,
+    ) {
+        if self.f.params_active {
+            r.code
+                .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
+        }
+        for a in read {
+            if self.act.is_active(a) {
+                let x = self.read_atom(r, a);
+                self.contribute(r, a, quote!(::adjoint::__private::unsupported_cot(&#x)));
+            }
+        }
+    }
+
     pub(super) fn is_reference_param(&self, atom: &Atom) -> bool {
         atom.var()
             .is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference))

@@ -14,8 +14,9 @@ use quote::{format_ident, quote};
 use syn::{Signature, Type};
 
 /// A module body in forward mode (see [`crate::forward`]), or `None` where forward
-/// mode does not reach it. Along the variables, parameter reads vary too.
-fn forward_body(
+/// mode does not reach it (its errors are not the user's: the body compiled as
+/// written). Along the variables, parameter reads vary too.
+pub(crate) fn forward_body(
     params: &[ParamInfo],
     body: &syn::Block,
     mode: crate::forward::Mode,

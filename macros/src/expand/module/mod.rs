@@ -5,7 +5,7 @@
 //! a submodule held in a field), the body moves to `__call_body`, and the module
 //! gets `init`, `apply` and `apply_with`, plus the companions the transforms call.
 
-mod forward;
+pub(crate) mod forward;
 
 use crate::ctxt::Ctxt;
 use crate::expand::companions::{Companions, Flavor, Owner, companion_items, companions};
@@ -586,14 +586,11 @@ impl VisitMut for ModuleCalls<'_> {
             return;
         }
         let field = match recv {
-            syn::Expr::Field(f) if matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self")) => {
-                match &f.member {
-                    syn::Member::Named(n) => {
-                        let lit = syn::LitStr::new(&n.to_string(), n.span());
-                        quote!(::core::option::Option::Some(#lit))
-                    }
-                    syn::Member::Unnamed(_) => return,
-                }
+            syn::Expr::Field(f) if matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self")) =>
+            {
+                // A tuple field (`self.0`) is left as written.
+                let Some(lit) = self_field(recv) else { return };
+                quote!(::core::option::Option::Some(#lit))
             }
             syn::Expr::Path(p) if p.path.get_ident().is_some() => {
                 quote!(::core::option::Option::None)
@@ -663,7 +660,7 @@ impl VisitMut for ModuleCalls<'_> {
 }
 
 /// `self.name`: the field's name as a literal.
-fn self_field(e: &syn::Expr) -> Option<syn::LitStr> {
+pub(crate) fn self_field(e: &syn::Expr) -> Option<syn::LitStr> {
     match e {
         syn::Expr::Field(f) if matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self")) => {
             match &f.member {
