@@ -391,6 +391,64 @@ fn gradient_of_a_function_that_takes_a_value_and_gradient() {
     check_free_second_order("value_and_grad_loss", value_grad_loss::value_and_grad);
 }
 
+/// A loss with an optional mask, as Flax ports write attention masks: a
+/// `#[no_grad]` argument holding a reference, matched in the body.
+#[differentiable(jvp)]
+fn masked(x: &Array1<f64>, #[no_grad] mask: Option<&Array1<f64>>) -> f64 {
+    let h = x.tanh();
+    let h = match mask {
+        Some(m) => &h * m,
+        None => h,
+    };
+    (&h * &h).sum()
+}
+
+/// The squared input gradient of `masked`, masked or not.
+#[differentiable]
+fn masked_penalty(x: &Array1<f64>, #[no_grad] mask: Option<&Array1<f64>>) -> f64 {
+    let g = grad!(masked)(x, mask);
+    (&g * &g).sum()
+}
+
+/// Second order through a `grad!` of a function taking an optional mask (its
+/// pullback keeps a copy of the mask), and `hvp!` of it, against central
+/// differences of the first-order values.
+#[test]
+fn second_order_through_an_optional_mask() {
+    let x = Array1::from(vec![0.3, -1.2, 0.7, 2.0]);
+    let m = Array1::from(vec![1.0, 0.0, 0.5, 1.0]);
+    let h = 1e-6;
+    let bump = |i: usize, by: f64| {
+        let mut y = x.clone();
+        y[i] += by;
+        y
+    };
+    for mask in [Some(&m), None] {
+        let g = grad!(masked_penalty)(&x, mask);
+        let d = Array1::from(vec![1.0, -0.5, 0.25, 2.0]);
+        let hv = hvp!(masked)(&x, mask, &d);
+        for i in 0..x.len() {
+            let want = (masked_penalty(&bump(i, h), mask) - masked_penalty(&bump(i, -h), mask))
+                / (2.0 * h);
+            assert!(
+                (g[i] - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{i}: {} against {want}",
+                g[i]
+            );
+            let gp = grad!(masked)(&(&x + &(&d * h)), mask);
+            let gm = grad!(masked)(&(&x - &(&d * h)), mask);
+            let want = (gp[i] - gm[i]) / (2.0 * h);
+            assert!(
+                (hv[i] - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "hvp {i}: {} against {want}",
+                hv[i]
+            );
+        }
+    }
+    // The mask reaches the second order: where it is zero, nothing moves.
+    assert_eq!(grad!(masked_penalty)(&x, Some(&m))[1], 0.0);
+}
+
 // ----- Hessian-vector products in a model's parameters -----
 
 /// A shared parameter applied in a loop and a branch on the data, between two

@@ -413,20 +413,10 @@ fn grad_fn_items(f: &ItemFn, params: &[ParamInfo], grad: &TokenStream) -> TokenS
         .map(|i| format_ident!("__k{}", i))
         .collect();
     let keep = params.iter().zip(&kept).map(|(p, k)| {
-        let n = param_name(&p.pat);
-        if reference(p) {
-            quote!(let #k = ::adjoint::__private::own(#n);)
-        } else {
-            quote!(let #k = ::core::clone::Clone::clone(&#n);)
-        }
+        let copy = p.kept();
+        quote!(let #k = #copy;)
     });
-    let kept_pass = params.iter().zip(&kept).map(|(p, k)| {
-        if reference(p) {
-            quote!(&#k)
-        } else {
-            quote!(#k)
-        }
-    });
+    let kept_pass = params.iter().zip(&kept).map(|(p, k)| p.lent(k));
     // The cotangent's parts (one per differentiated parameter), each passed as its
     // parameter is; the Hessian's parts likewise; `()` for the others.
     let active: Vec<&ParamInfo> = params.iter().filter(|p| p.active).collect();

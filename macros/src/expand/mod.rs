@@ -257,26 +257,13 @@ fn transposed_rule(f: &ItemFn, params: &[ParamInfo], rule: &syn::Path) -> TokenS
         return TokenStream::new();
     };
     let ret_cot = cot_type(ret);
-    let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
     let reference = |p: &ParamInfo| matches!(p.ty, syn::Type::Reference(_));
     let owned: Vec<Ident> = (0..params.len())
         .map(|i| quote::format_ident!("__arg{}", i))
         .collect();
     // Owned copies of the arguments, which the pullback keeps.
-    let copies = params.iter().zip(&names).map(|(p, n)| {
-        if reference(p) {
-            quote!(::adjoint::__private::own(#n))
-        } else {
-            quote!(::core::clone::Clone::clone(&#n))
-        }
-    });
-    let pass = params.iter().zip(&owned).map(|(p, o)| {
-        if reference(p) {
-            quote!(&#o)
-        } else {
-            quote!(::core::clone::Clone::clone(&#o))
-        }
-    });
+    let copies = params.iter().map(ParamInfo::kept);
+    let pass = params.iter().zip(&owned).map(|(p, o)| p.lent(o));
     let zeros = params
         .iter()
         .zip(&owned)

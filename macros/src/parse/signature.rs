@@ -103,6 +103,32 @@ impl ParamInfo {
         }
     }
 
+    /// A copy of it that a pullback keeps, so that the pullback borrows nothing
+    /// from its caller: a reference's referent owned (`own`), an optional
+    /// reference's likewise (a mask, `Option<&Array2<f64>>`), anything else cloned.
+    pub(crate) fn kept(&self) -> TokenStream {
+        let n = param_name(&self.pat);
+        match keeping(&self.ty) {
+            Keeping::Reference => quote!(::adjoint::__private::own(#n)),
+            Keeping::OptionalReference => {
+                quote!(::core::option::Option::map(#n, ::adjoint::__private::own))
+            }
+            Keeping::Clone => quote!(::core::clone::Clone::clone(&#n)),
+        }
+    }
+
+    /// Its kept copy `k` (see [`ParamInfo::kept`]) passed as the parameter is.
+    pub(crate) fn lent(&self, k: &Ident) -> TokenStream {
+        match keeping(&self.ty) {
+            Keeping::Reference => quote!(&#k),
+            Keeping::OptionalReference => quote!(::core::option::Option::map(
+                ::core::option::Option::as_ref(&#k),
+                ::core::borrow::Borrow::borrow
+            )),
+            Keeping::Clone => quote!(::core::clone::Clone::clone(&#k)),
+        }
+    }
+
     /// What lowering needs to know of it.
     pub(crate) fn spec(&self) -> ParamSpec<'_> {
         ParamSpec {
@@ -288,6 +314,36 @@ pub(crate) fn is_float_scalar(ty: &Type) -> bool {
 }
 
 /// Whether a parameter type borrows (`&T`, a view): the owning companion copies it.
+/// How a pullback keeps a parameter of type `ty` (see [`ParamInfo::kept`]).
+enum Keeping {
+    Reference,
+    OptionalReference,
+    Clone,
+}
+
+fn keeping(ty: &Type) -> Keeping {
+    match ty {
+        Type::Reference(_) => Keeping::Reference,
+        Type::Path(p) => {
+            let Some(last) = p.path.segments.last() else {
+                return Keeping::Clone;
+            };
+            let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+                return Keeping::Clone;
+            };
+            match args.args.first() {
+                Some(syn::GenericArgument::Type(Type::Reference(_)))
+                    if last.ident == "Option" && args.args.len() == 1 =>
+                {
+                    Keeping::OptionalReference
+                }
+                _ => Keeping::Clone,
+            }
+        }
+        _ => Keeping::Clone,
+    }
+}
+
 pub(crate) fn is_borrowed_type(ty: &Type) -> bool {
     match ty {
         Type::Reference(_) => true,
