@@ -687,6 +687,54 @@ fn third_derivative_of_a_scalar_function() {
     }
 }
 
+/// A body long enough that its third-order code is cut into pieces (blocks of
+/// over 512 statements, see the macro's `chunk.rs`): forward mode's borrows of a
+/// piece's values (`operand(&t)`) are taken again after it.
+#[differentiable(jvp = 2)]
+fn harmonics(x: &Array1<f64>) -> f64 {
+    (x * 1.0).sin().sum()
+        + (x * 2.0).sin().sum()
+        + (x * 3.0).sin().sum()
+        + (x * 4.0).sin().sum()
+        + (x * 5.0).sin().sum()
+        + (x * 6.0).sin().sum()
+        + (x * 7.0).sin().sum()
+        + (x * 8.0).sin().sum()
+        + (x * 9.0).sin().sum()
+        + (x * 10.0).sin().sum()
+        + (x * 11.0).sin().sum()
+        + (x * 12.0).sin().sum()
+}
+
+#[differentiable(jvp)]
+fn harmonics_slope(x: &Array1<f64>) -> f64 {
+    let ones = no_grad(Array1::ones(x.len()));
+    let (_, d) = jvp!(harmonics)(x, &ones);
+    d
+}
+
+#[test]
+fn third_order_of_a_long_body() {
+    let x = Array1::from(vec![0.3, -1.1, 2.0]);
+    let h = hessian!(harmonics_slope)(&x);
+    for i in 0..3 {
+        for j in 0..3 {
+            let want = if i == j {
+                (1..=12)
+                    .map(|k| -f64::powi(k as f64, 3) * (k as f64 * x[i]).cos())
+                    .sum()
+            } else {
+                0.0
+            };
+            assert!(
+                (h[[i, j]] - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                "{i},{j}: {} against {want}",
+                h[[i, j]]
+            );
+        }
+    }
+}
+
 /// The binary scalar rules and `powf` in forward mode and second order.
 #[differentiable(jvp)]
 fn binary_rules(x: &Array1<f64>) -> f64 {
