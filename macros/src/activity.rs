@@ -54,7 +54,7 @@ pub fn analyze(cx: &Ctxt, f: &Func) -> Activity {
         varied,
         useful,
     };
-    check(cx, &f.body, &act);
+    check(cx, &f.body, &act, &f.vars);
     act
 }
 
@@ -89,6 +89,26 @@ fn inputs(op: &Op) -> Vec<&Atom> {
         Op::Const(_) | Op::Build { .. } => Vec::new(),
         Op::MapV { recv, captured, .. } => std::iter::once(recv).chain(captured).collect(),
     }
+}
+
+/// What else an operation's value depends on, though no derivative flows back to
+/// it: a method's receiver (`x.iter()`), what a call given a closure reads. A
+/// differentiated value here makes the result varied, so that a use of it that
+/// needs a derivative is reported (see `check`) rather than dropped.
+fn depends(op: &Op) -> impl Iterator<Item = Var> + '_ {
+    let (receiver, reads): (Option<&Atom>, &[Var]) = match op {
+        Op::Call(Call {
+            callee: Callee::Method { receiver, .. },
+            scoped: Scoped::No,
+            ..
+        }) => (Some(&receiver.atom), &[]),
+        Op::Build { reads, .. } => (None, reads),
+        _ => (None, &[]),
+    };
+    receiver
+        .and_then(Atom::var)
+        .into_iter()
+        .chain(reads.iter().copied())
 }
 
 fn call_inputs(c: &Call) -> Vec<&Atom> {
@@ -128,7 +148,10 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
                 let from_params = params
                     && (matches!(op, Op::Lifted { .. })
                         || matches!(op, Op::Call(c) if matches!(c.scoped, Scoped::Param | Scoped::Module)));
-                if from_params || inputs(op).iter().any(|a| is(varied, a)) {
+                if from_params
+                    || inputs(op).iter().any(|a| is(varied, a))
+                    || depends(op).any(|v| varied[v.0 as usize])
+                {
                     changed |= set(varied, *dst);
                 }
             }
@@ -308,9 +331,41 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
     changed
 }
 
-fn check(cx: &Ctxt, b: &Block, act: &Activity) {
+fn check(cx: &Ctxt, b: &Block, act: &Activity, vars: &[VarInfo]) {
     for s in &b.stmts {
         match s {
+            Stmt::Let { dst, op, span } if vars[dst.0 as usize].discarded => {
+                // A call or closure call made for its effect (`parts.push(x);`,
+                // `h.mapv_inplace(..);`): what it changes would hold a derivative
+                // that nothing carries.
+                let (what, reads): (String, Vec<Var>) = match op {
+                    Op::Call(c) if c.scoped == Scoped::No => {
+                        let mut atoms: Vec<&Atom> = call_inputs(c);
+                        if let Callee::Method { receiver, .. } = &c.callee {
+                            atoms.push(&receiver.atom);
+                        }
+                        (
+                            format!("`{}`", c.callee.name()),
+                            atoms.into_iter().filter_map(Atom::var).collect(),
+                        )
+                    }
+                    Op::Build {
+                        tokens,
+                        reads,
+                        what: Built::ClosureCall { captured },
+                    } => (
+                        match syn::parse2::<syn::Expr>(tokens.clone()) {
+                            Ok(syn::Expr::MethodCall(m)) => format!("`{}`", m.method),
+                            _ => "this call".to_string(),
+                        },
+                        reads.iter().chain(captured).copied().collect(),
+                    ),
+                    _ => continue,
+                };
+                if reads.iter().any(|v| act.varied(*v)) {
+                    cx.error(*span, format!("{what} is given a differentiated value and its result is dropped: a call made for its effect (`push`, `assign`, `fill`, `mapv_inplace`) changes a value the derivative cannot follow; compute a new value instead (`let y = ..`, `stack`/`concatenate` for lists of arrays), or wrap the value in `no_grad(..)` if it is meant to be constant"));
+                }
+            }
             Stmt::Let { dst, op, span } => match op {
                 // A derivative the rules cannot give, flowing into a used result.
                 Op::Prim {
@@ -350,12 +405,16 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity) {
                     }
                 }
                 Op::Build { reads, what, .. } => {
-                    if act.is_useful(*dst) && reads.iter().any(|v| act.varied(*v)) {
+                    let captured = match what {
+                        Built::ClosureCall { captured } => captured.as_slice(),
+                        _ => &[],
+                    };
+                    if act.is_useful(*dst) && reads.iter().chain(captured).any(|v| act.varied(*v)) {
                         let msg = match what {
                             Built::Literal => "arrays and structs of differentiated values are not supported; use ndarray arrays or tuples".to_string(),
                             Built::Macro(m) if m == "vec" => "a `vec!` of differentiated values is not differentiated; build an array with `ndarray::array![..]`, or use a tuple".to_string(),
                             Built::Field => "field access on a differentiated value is not supported; take tuples apart with `let (a, b) = ..`".to_string(),
-                            Built::ClosureCall => "a call given a closure is not differentiated, and this one reads a differentiated value: only `mapv`'s closures are differentiated; use `mapv`, or wrap the value in `no_grad(..)` if it is meant to be constant".to_string(),
+                            Built::ClosureCall { .. } => "a call given a closure is not differentiated, and this one reads a differentiated value: only `mapv`'s closures are differentiated; use `mapv`, or wrap the value in `no_grad(..)` if it is meant to be constant".to_string(),
                             Built::Macro(m) => format!("the macro `{m}!` is given a differentiated value, and its result would be a constant: only `dbg!` and `array!` are differentiated; compute the value outside the macro, or wrap it in `no_grad(..)` if it is meant to be constant"),
                         };
                         cx.error(*span, msg);
@@ -377,9 +436,20 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity) {
                 }
             }
             Stmt::LetLifted(_) => {}
-            Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| check(cx, a, act)),
+            Stmt::If { branch, .. } => branch.arms.iter().for_each(|a| check(cx, a, act, vars)),
             Stmt::Loop(lp) => {
-                check(cx, &lp.body, act);
+                check(cx, &lp.body, act, vars);
+                if let LoopKind::For {
+                    binds,
+                    sources,
+                    iter_span,
+                    ..
+                } = &lp.kind
+                    && sources.iter().any(|v| act.varied(*v))
+                    && binds.iter().any(|v| act.is_useful(*v))
+                {
+                    cx.error(*iter_span, "a loop over the elements of a differentiated value: its loop variables are constants, so the derivative would be lost; loop over the indices (`for i in 0..x.len()`, reading `x[i]`) or use array operations, or wrap the value in `no_grad(..)` if it is meant to be constant");
+                }
                 if let Some(v) = lp.value
                     && act.active[v.0 as usize]
                 {
@@ -389,6 +459,6 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity) {
         }
     }
     if let Tail::Branch(br) = &b.tail {
-        br.arms.iter().for_each(|a| check(cx, a, act));
+        br.arms.iter().for_each(|a| check(cx, a, act, vars));
     }
 }

@@ -21,6 +21,9 @@ pub struct VarInfo {
     /// memo): read where the user's code had two values, so an operator that takes
     /// it by value gets a clone.
     pub shared: bool,
+    /// The value of a statement whose result the code drops (`parts.push(x);`):
+    /// made for an effect, which the derivative cannot follow.
+    pub discarded: bool,
 }
 
 /// An operand: a variable or a literal written inline.
@@ -304,6 +307,11 @@ pub enum LoopKind {
         pat: TokenStream,
         iter: TokenStream,
         binds: Vec<Var>,
+        /// The variables whose elements the loop goes over (`x` of `x.iter()`, none
+        /// of `0..x.len()`): if one is differentiated, the loop variables would
+        /// drop its derivative.
+        sources: Vec<Var>,
+        iter_span: Span,
     },
     /// `loop` (and `while`, lowered to `loop { if !cond { break } .. }`).
     Loop,
@@ -342,7 +350,7 @@ pub enum Op {
     Const(TokenStream),
     /// A struct or array literal or a macro call, emitted as written: a constant, and
     /// an error if it holds a differentiated value (`reads` are the variables it
-    /// mentions).
+    /// is made of).
     Build {
         tokens: TokenStream,
         reads: Vec<Var>,
@@ -376,8 +384,9 @@ pub enum Built {
     Literal,
     /// A macro call (`format!`, a user's macro): it may have effects.
     Macro(Ident),
-    /// A call given a closure (`ids.map(|i| ..)`), other than `mapv`.
-    ClosureCall,
+    /// A call given a closure (`ids.map(|i| ..)`), other than `mapv`, and what its
+    /// closures read (the [`Op::Build`]'s `reads` are its other operands).
+    ClosureCall { captured: Vec<Var> },
     /// A field of a local (`plan.rows`).
     Field,
 }

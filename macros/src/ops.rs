@@ -788,7 +788,6 @@ pub static CONSTANT_METHODS: &[&str] = &[
     "fract",
     "is_standard_layout",
     "argmax",
-    "iter",
     "partial_cmp",
     "total_cmp",
 ];

@@ -144,17 +144,46 @@ impl Lowerer<'_> {
         }
     }
 
+    /// The variables whose elements an iterator over `e` yields: the locals at the
+    /// root of its method chain and in its arguments (`x` of `x.iter()`, `x` and
+    /// `y` of `x.iter().zip(y)`, what a closure in the chain reads), none of a range
+    /// (`0..x.len()`), a field of `self` or a literal.
+    fn item_sources(&mut self, e: &Expr) -> Vec<Var> {
+        match e {
+            Expr::Paren(p) => self.item_sources(&p.expr),
+            Expr::Group(g) => self.item_sources(&g.expr),
+            Expr::Reference(r) => self.item_sources(&r.expr),
+            Expr::Index(i) => self.item_sources(&i.expr),
+            Expr::Field(f) => self.item_sources(&f.base),
+            Expr::Path(_) | Expr::Closure(_) => self.mentioned_vars(e.to_token_stream()),
+            Expr::MethodCall(m) => {
+                let mut vars = self.item_sources(&m.receiver);
+                for a in &m.args {
+                    vars.extend(self.item_sources(a));
+                }
+                vars
+            }
+            Expr::Call(c) => c.args.iter().flat_map(|a| self.item_sources(a)).collect(),
+            Expr::Tuple(t) => t.elems.iter().flat_map(|a| self.item_sources(a)).collect(),
+            Expr::Array(a) => a.elems.iter().flat_map(|a| self.item_sources(a)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub(super) fn loop_stmt(&mut self, out: &mut Stmts, e: &Expr) -> Val {
         let span = e.span();
         let (kind, body_stmts, label): (LoopKind, Vec<syn::Stmt>, _) = match e {
             Expr::ForLoop(f) => {
                 let pat = f.pat.to_token_stream();
                 let iter = self.verbatim(f.expr.to_token_stream());
+                let sources = self.item_sources(&f.expr);
                 (
                     LoopKind::For {
                         pat,
                         iter,
                         binds: Vec::new(),
+                        sources,
+                        iter_span: f.expr.span(),
                     },
                     f.body.stmts.clone(),
                     &f.label,

@@ -267,6 +267,17 @@ impl Lowerer<'_> {
         }
     }
 
+    /// An expression whose value the code drops (`parts.push(x);`): its variable, if
+    /// it makes one, is marked (see `VarInfo::discarded`).
+    pub(super) fn discarded_expr(&mut self, out: &mut Stmts, e: &Expr) {
+        let before = self.vars.len();
+        if let Val::Atom(Atom::Var(v)) = self.expr(out, e)
+            && v.0 as usize >= before
+        {
+            self.vars[v.0 as usize].discarded = true;
+        }
+    }
+
     /// A block whose statements join the current list (its scope ends after it).
     pub(super) fn inline_block(&mut self, out: &mut Stmts, stmts: &[syn::Stmt]) -> Val {
         self.push_scope();
@@ -281,9 +292,10 @@ impl Lowerer<'_> {
                         self.cx.error_at(e, "`return`, `break` and `continue` inside a block expression are not supported; move them into an `if` of their own");
                         continue;
                     }
-                    let v = self.expr(out, e);
                     if i + 1 == stmts.len() && semi.is_none() {
-                        value = v;
+                        value = self.expr(out, e);
+                    } else {
+                        self.discarded_expr(out, e);
                     }
                 }
                 syn::Stmt::Macro(m) => {

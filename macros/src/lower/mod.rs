@@ -209,6 +209,7 @@ impl Lowerer<'_> {
             ty: None,
             mutable: false,
             shared: false,
+            discarded: false,
         });
         id
     }
@@ -244,6 +245,7 @@ impl Lowerer<'_> {
                 ty: None,
                 mutable: false,
                 shared: false,
+                discarded: false,
             });
             self.free.push((id, outer_var));
             map.insert(outer_var, id);
@@ -442,7 +444,7 @@ impl Lowerer<'_> {
     /// (so that `x.len()` reads no differentiated value), the closure as written,
     /// reading the locals it captures.
     fn closure_call(&mut self, out: &mut Stmts, e: &Expr) -> Val {
-        let mut reads = Vec::new();
+        let (mut reads, mut captured) = (Vec::new(), Vec::new());
         // A closure bound with `let` or a nested `fn` is inlined where it is called:
         // it does not exist for a closure written as is to call.
         let inlined = self.visible_fns();
@@ -457,7 +459,7 @@ impl Lowerer<'_> {
         }
         let mut operand = |this: &mut Self, out: &mut Stmts, a: &Expr| -> TokenStream {
             if is_closure(a) {
-                reads.extend(this.mentioned_vars(a.to_token_stream()));
+                captured.extend(this.mentioned_vars(a.to_token_stream()));
                 return this.verbatim(a.to_token_stream());
             }
             let arg = this.args(out, [a.clone()]).remove(0);
@@ -485,7 +487,7 @@ impl Lowerer<'_> {
         let op = Op::Build {
             tokens,
             reads,
-            what: Built::ClosureCall,
+            what: Built::ClosureCall { captured },
         };
         Val::Atom(self.emit(out, op, e.span()))
     }

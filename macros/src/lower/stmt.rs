@@ -70,7 +70,7 @@ impl Lowerer<'_> {
                         }
                         return self.leaf(end, Some(value), region);
                     }
-                    self.expr(out, e);
+                    self.discarded_expr(out, e);
                 }
             }
         }
@@ -218,6 +218,7 @@ impl Lowerer<'_> {
                     ty: None,
                     mutable: false,
                     shared: false,
+                    discarded: false,
                 });
                 self.taken.insert(n.to_string());
                 self.bind(n.to_string(), Val::Atom(Atom::Var(id)));

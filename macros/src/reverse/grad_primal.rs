@@ -137,7 +137,12 @@ impl<'a> Gen<'a> {
                 }
                 Op::Call(c) => self.reads_of_call(c, live),
                 Op::Const(t) | Op::Lifted { tokens: t, .. } => self.reads_of_tokens(t, live),
-                Op::Build { reads, .. } => live.extend(reads.iter().copied()),
+                Op::Build { reads, what, .. } => {
+                    live.extend(reads.iter().copied());
+                    if let Built::ClosureCall { captured } = what {
+                        live.extend(captured.iter().copied());
+                    }
+                }
                 Op::MapV { recv, closure, .. } => {
                     atom(recv, live);
                     live.extend(closure.free.iter().map(|(_, outer)| *outer));

@@ -681,7 +681,9 @@ impl<'a> Gen<'a> {
         // A `for` over a range that runs every iteration (no `break`) is walked
         // backwards: its variables need no record.
         let range = match &lp.kind {
-            LoopKind::For { pat, iter, binds } if is_range(iter) && !breaks(&lp.body) => {
+            LoopKind::For {
+                pat, iter, binds, ..
+            } if is_range(iter) && !breaks(&lp.body) => {
                 record.retain(|s| !matches!(s, Slot::Var(v) if binds.contains(v)));
                 self.reversed.insert(id);
                 Some(pat)
