@@ -157,7 +157,10 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
             }
             Stmt::LetLifted(l) => {
                 // Gradients of the child depend on its parameters and on the primals.
-                if params || l.args.iter().any(|a| is(varied, &a.atom)) {
+                if params
+                    || l.args.iter().any(|a| is(varied, &a.atom))
+                    || l.captured().iter().any(|v| varied[v.0 as usize])
+                {
                     for d in l.defined() {
                         changed |= set(varied, d);
                     }
@@ -263,6 +266,9 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
                         if let Some(v) = a.atom.var() {
                             changed |= set(useful, v);
                         }
+                    }
+                    for v in l.captured() {
+                        changed |= set(useful, *v);
                     }
                 }
             }

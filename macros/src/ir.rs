@@ -241,6 +241,10 @@ pub struct Lifted {
 #[derive(Clone)]
 pub struct Rerun {
     pub closure: syn::ExprClosure,
+    /// The variables of the enclosing code the closure reads (by their names): the
+    /// rerun reads them as they were; where one is differentiated, second order
+    /// through it is reported instead.
+    pub captured: Vec<Var>,
     pub code: Option<RerunCode>,
 }
 
@@ -528,6 +532,11 @@ impl Lifted {
             .chain(&self.dsts)
             .copied()
             .collect()
+    }
+
+    /// The variables of the enclosing code its closure reads (see [`Rerun`]).
+    pub fn captured(&self) -> &[Var] {
+        self.closure.as_ref().map_or(&[], |r| &r.captured)
     }
 }
 

@@ -39,6 +39,9 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
   parameters and the input.
 - `jvp_closure`: second order through `nn.jvp` of such a closure (zero variable
   tangents).
+- `closure_captures`: a closure that reads values of the enclosing method (a
+  constant weight `stop_gradient(cos x)`, a number, the target input `t`) besides
+  its arguments.
 - `lifted_hessian`: `jax.hessian` of a scalar child (a loop and a branch) in its
   first input, the second held, for one input and a batch (shape `input ++ input`),
   and the Hessian-vector products in both inputs (`jax.jvp` of `jax.grad`), what the
@@ -547,6 +550,42 @@ def case_jvp_closure():
 
 
 OUT["jvp_closure"] = case_jvp_closure()
+
+# 13. A closure that reads values of the enclosing method besides its arguments: a
+# constant weight, a number and the target input (none differentiated).
+class CapturingLoss(nn.Module):
+    @nn.compact
+    def __call__(self, x, t):
+        w = jax.lax.stop_gradient(jnp.cos(x))
+        k = 0.5
+        (g,) = nn.grad(
+            lambda mdl, x: jnp.sum(w * mdl(x)) * k + jnp.sum((mdl(x) - t) ** 2),
+            PointField(),
+            x,
+        )
+        return jnp.sum(g * g) + jnp.sum(jnp.sin(x) * g)
+
+
+def case_closure_captures():
+    x, t = arr(5, 2, seed=71), arr(5, 2, seed=72, scale=0.5)
+    field = {
+        "Dense_0": {"kernel": arr(2, 6, seed=73, scale=0.9), "bias": arr(6, seed=74, scale=0.2)},
+        "Dense_1": {"kernel": arr(6, 1, seed=75, scale=0.7), "bias": arr(1, seed=76, scale=0.1)},
+    }
+    variables = {"params": {"PointField_0": field}}
+    loss, grads = jax.value_and_grad(lambda vs: CapturingLoss().apply(vs, x, t))(variables)
+    gx = jax.grad(lambda x: CapturingLoss().apply(variables, x, t))(x)
+    return {
+        "x": x.tolist(),
+        "t": t.tolist(),
+        "variables": tolist(variables),
+        "loss": float(loss),
+        "grads": tolist(grads),
+        "grad_x": gx.tolist(),
+    }
+
+
+OUT["closure_captures"] = case_closure_captures()
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

@@ -891,6 +891,74 @@ fn second_order_through_closures_that_are_more_than_a_call() {
     );
 }
 
+/// A closure that reads values of the enclosing method besides its arguments: a
+/// constant weight, a number and the target (`CapturingLoss` of the generator).
+struct CapturingLoss;
+
+#[differentiable]
+impl CapturingLoss {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, #[no_grad] t: &Array2<f64>) -> f64 {
+        let w = no_grad(x.cos());
+        let k = 0.5;
+        let (g,) = grad!(
+            cx,
+            |mdl, cx, x| {
+                let d = mdl.call(cx, x) - t;
+                (&w * &mdl.call(cx, x)).sum() * k + (&d * &d).sum()
+            },
+            PointField,
+            x
+        );
+        (&g * &g).sum() + (&x.sin() * &g).sum() + (&w * 0.0).sum()
+    }
+}
+
+#[test]
+fn second_order_through_a_closure_reading_the_enclosing_values() {
+    let case = reference("lifted_second_order.json", "closure_captures");
+    let (x, t) = (matrix(&case["x"]), matrix(&case["t"]));
+    let vars = variables(&case["variables"]);
+    assert_eq!(
+        vars.shapes(),
+        CapturingLoss.init(0, &x, &t).unwrap().shapes()
+    );
+    let (loss, grads) =
+        value_and_grad!(|v: &Variables| CapturingLoss.apply(v, &x, &t).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("capturing loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("capturing grads", &grads, &case["grads"], RTOL);
+    println!("captures: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| CapturingLoss.apply(&vars, x, &t).unwrap())(&x);
+    assert_close(
+        "capturing grad_x",
+        &gx.into_dyn(),
+        &array(&case["grad_x"]),
+        RTOL,
+    );
+}
+
+/// A closure that reads a differentiated value of the enclosing method (a parameter):
+/// second order through it is reported, never silently dropped.
+struct DifferentiatedCapture;
+
+#[differentiable]
+impl DifferentiatedCapture {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let s: f64 = cx.param("s", init::ones, ());
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x).sum() * s, PointField, x);
+        (&g * &g).sum()
+    }
+}
+
+#[test]
+fn second_order_through_a_differentiated_capture_is_reported() {
+    let x = Array2::from_shape_fn((3, 2), |(i, j)| (i + 2 * j) as f64 * 0.3 - 0.5);
+    let vars = DifferentiatedCapture.init(0, &x).unwrap();
+    let (_, grads) =
+        value_and_grad!(|v: &Variables| DifferentiatedCapture.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), Some(ScopeError::SecondOrderUnsupported));
+}
+
 /// `jvp!` of a closure that is more than `mdl.call(cx, x)`: the field's output squared
 /// and summed, its tangent in the loss.
 struct JvpClosureLoss;
@@ -952,7 +1020,14 @@ struct ClosureJacobianPenalty;
 impl ClosureJacobianPenalty {
     fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
         let j = jacrev!(cx, |mdl, cx, x| mdl.call(cx, x).tanh() * 2.0, Bend, x);
-        let jf = jacfwd!(cx, |mdl, cx, x| (mdl.call(cx, x) * x.sum()).sin(), Bend, x);
+        // A constant of the enclosing code the closure reads.
+        let scale = no_grad(ndarray::array![2.0, -0.5]);
+        let jf = jacfwd!(
+            cx,
+            |mdl, cx, x| (mdl.call(cx, x) * x.sum()).sin() * &scale,
+            Bend,
+            x
+        );
         (&j * &j).sum() + (&jf * &jf).sum()
     }
 }

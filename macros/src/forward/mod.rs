@@ -189,6 +189,12 @@ impl Tangent<'_> {
                 let n = self.f.name(*v);
                 quote!(::adjoint::__private::operand(&#n))
             }
+            // A constant named by a path (a value a lifted closure reads from the
+            // enclosing code, a `const`): borrowed likewise, as the closure may run
+            // again (a `jacfwd!` column per input element).
+            Atom::Lit(t) if syn::parse2::<syn::ExprPath>(t.clone()).is_ok() => {
+                quote!(::adjoint::__private::operand(&#t))
+            }
             Atom::Lit(t) => t.clone(),
         }
     }

@@ -178,9 +178,10 @@ impl Lowerer<'_> {
             args,
             visible: child.visible,
             rngs: child.rngs,
-            closure: child.closure.map(|closure| {
+            closure: child.closure.map(|(closure, captured)| {
                 Box::new(Rerun {
                     closure,
+                    captured,
                     code: None,
                 })
             }),
@@ -234,7 +235,10 @@ impl Lowerer<'_> {
         let (form, closure) = match child_call(c) {
             Some((form, primals)) if primals == n => (form, None),
             Some(_) => return None,
-            None if any && self.closes_over_nothing(c, n) => (ChildCall::Call, Some(c.clone())),
+            None if any => match self.closure_captures(c, n) {
+                Some(closure) => (ChildCall::Call, Some(closure)),
+                None => return None,
+            },
             None => return None,
         };
         let local = self.mentions_local(items[2].to_token_stream());
@@ -266,20 +270,29 @@ impl Lowerer<'_> {
         })
     }
 
-    /// Whether `c` is `|mdl, cx, a..|` with `n` primals (at least one), its parameters
-    /// plain names, and its body reads no variable of the enclosing code (nor
-    /// `self`): what its JVP-VJP, written inline, can run on its arguments alone.
-    fn closes_over_nothing(&mut self, c: &syn::ExprClosure, n: usize) -> bool {
+    /// `c` as its rerun runs it, if it is `|mdl, cx, a..|` with `n` primals (at least
+    /// one), its parameters plain names, and its body reads no `self` and of the
+    /// enclosing code only variables holding one value (`c` of `(mdl.call(cx, x) -
+    /// &c)`): those it reads are named as lowering names them, and listed (see
+    /// [`Rerun::captured`]).
+    fn closure_captures(
+        &mut self,
+        c: &syn::ExprClosure,
+        n: usize,
+    ) -> Option<(syn::ExprClosure, Vec<Var>)> {
         let mut params = Vec::new();
         for p in &c.inputs {
             match p {
                 syn::Pat::Ident(i) => params.push(i.ident.to_string()),
                 syn::Pat::Type(t) => match &*t.pat {
                     syn::Pat::Ident(i) => params.push(i.ident.to_string()),
-                    _ => return false,
+                    _ => return None,
                 },
-                _ => return false,
+                _ => return None,
             }
+        }
+        if n == 0 || params.len() != n + 2 {
+            return None;
         }
         fn idents(t: TokenStream, out: &mut Vec<String>) {
             for tt in t {
@@ -292,11 +305,40 @@ impl Lowerer<'_> {
         }
         let mut read = Vec::new();
         idents(c.body.to_token_stream(), &mut read);
-        n > 0
-            && params.len() == n + 2
-            && read
-                .iter()
-                .all(|r| r != "self" && (params.contains(r) || self.lookup(r).is_none()))
+        let (mut captured, mut literals) = (Vec::new(), Vec::new());
+        let mut renames = HashMap::new();
+        for r in read {
+            if r == "self" {
+                return None;
+            }
+            if params.contains(&r) || !self.is_local(&r) {
+                continue;
+            }
+            match self.lookup(&r) {
+                Some(Val::Atom(Atom::Var(v))) => {
+                    if !captured.contains(&v) {
+                        captured.push(v);
+                    }
+                    let lowered = self.vars[v.0 as usize].name.to_string();
+                    if lowered != r {
+                        renames.insert(r, lowered);
+                    }
+                }
+                // A local lowering wrote as its literal (`let k = 0.5;`): bound again.
+                Some(Val::Atom(Atom::Lit(t))) => {
+                    let name = syn::Ident::new(&r, Span::call_site());
+                    if !literals.iter().any(|(n, _)| n == &name) {
+                        literals.push((name, t));
+                    }
+                }
+                _ => return None,
+            }
+        }
+        let body = crate::hygiene::rename(c.body.to_token_stream(), &renames);
+        let (names, values): (Vec<_>, Vec<_>) = literals.into_iter().unzip();
+        let mut closure = c.clone();
+        closure.body = Box::new(syn::parse2(quote!({ #(let #names = #values;)* #body })).ok()?);
+        Some((closure, captured))
     }
 }
 
@@ -318,8 +360,9 @@ struct LiftedChild {
     scope: Atom,
     visible: TokenStream,
     rngs: TokenStream,
-    /// A closure that is more than `mdl.call(cx, a..)` (see [`Rerun`]).
-    closure: Option<syn::ExprClosure>,
+    /// A closure that is more than `mdl.call(cx, a..)`, and the variables of the
+    /// enclosing code it reads (see [`Rerun`]).
+    closure: Option<(syn::ExprClosure, Vec<Var>)>,
 }
 
 /// Each variable as a value, in a tuple.

@@ -151,8 +151,8 @@ impl Gen<'_> {
         primals: &[TokenStream],
         tangents: &[TokenStream],
     ) {
-        let Some(code) = &closure.code else {
-            return self.second_order_unsupported(r, l.args.iter().map(|a| &a.atom));
+        let Some(code) = self.closure_rerun(r, l, closure) else {
+            return;
         };
         let cots: Vec<Ident> = (0..l.args.len())
             .map(|i| format_ident!("__c{}", i))
@@ -180,6 +180,32 @@ impl Gen<'_> {
             .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
+        }
+    }
+
+    /// The code of the rerun of `l`'s closure, the values of the enclosing code it
+    /// reads made available by their names; `None`, reported, where second order does
+    /// not go through it: forward mode does not cover its body, or it reads a
+    /// differentiated value of the enclosing code.
+    fn closure_rerun<'c>(
+        &mut self,
+        r: &mut Rev,
+        l: &Lifted,
+        closure: &'c Rerun,
+    ) -> Option<&'c RerunCode> {
+        let differentiated = closure.captured.iter().any(|v| self.act.varied(*v));
+        match &closure.code {
+            Some(code) if !differentiated => {
+                for v in &closure.captured {
+                    self.read_var(r, *v);
+                }
+                Some(code)
+            }
+            _ => {
+                let captured: Vec<Atom> = closure.captured.iter().map(|v| Atom::Var(*v)).collect();
+                self.second_order_unsupported(r, l.args.iter().map(|a| &a.atom).chain(&captured));
+                None
+            }
         }
     }
 
@@ -432,16 +458,16 @@ impl Gen<'_> {
         let column = quote!(::adjoint::__private::jacobian_column(&#cj, &__o.1, __i, __n));
         let seeds = quote!((::adjoint::__private::zeros(&__o.0), #column));
         // The child's JVP-VJP along the unit tangent, or a closure's, inline.
-        let run = match l.closure.as_deref().map(|c| &c.code) {
+        let run = match l.closure.as_deref() {
             None => quote! {
                 let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
                     .#companion(&mut __cx2, #(#pass,)* #(#tangents,)*);
                 let (mut __cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
             },
-            Some(Some(code)) => closure_jvp_vjp(code, &pass, &tangents, &seeds, &cots, false),
-            Some(None) => {
-                return self.second_order_unsupported(r, l.args.iter().map(|a| &a.atom));
-            }
+            Some(closure) => match self.closure_rerun(r, l, closure) {
+                Some(code) => closure_jvp_vjp(code, &pass, &tangents, &seeds, &cots, false),
+                None => return,
+            },
         };
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
