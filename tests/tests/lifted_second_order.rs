@@ -1019,16 +1019,16 @@ struct ClosureJacobianPenalty;
 #[differentiable]
 impl ClosureJacobianPenalty {
     fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
-        let j = jacrev!(cx, |mdl, cx, x| mdl.call(cx, x).tanh() * 2.0, Bend, x);
-        // A constant of the enclosing code the closure reads.
+        // A constant of the enclosing code the closures read.
         let scale = no_grad(ndarray::array![2.0, -0.5]);
+        let j = jacrev!(cx, |mdl, cx, x| mdl.call(cx, x).tanh() * &scale, Bend, x);
         let jf = jacfwd!(
             cx,
             |mdl, cx, x| (mdl.call(cx, x) * x.sum()).sin() * &scale,
             Bend,
             x
         );
-        (&j * &j).sum() + (&jf * &jf).sum()
+        (&j * &j).sum() + (&jf * &jf).sum() + scale.sum()
     }
 }
 

@@ -356,6 +356,33 @@ fn vjp_params() {
     assert_close("y_grad", &y_grad.into_dyn(), &array(&case["y_grad"]), RTOL);
 }
 
+/// A `vjp!` whose closure reads a value of the enclosing code (`w`), which stays the
+/// caller's: the pullback of `Bar(x, y) * w` at ones is `Bar`'s at `w`.
+struct WeightedVjp;
+
+type Cotangents = (Variables, Array1<f64>, Array1<f64>);
+
+#[differentiable]
+impl WeightedVjp {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>, y: &Array1<f64>) -> (Cotangents, Cotangents) {
+        let w = no_grad(x.mapv(|v| v + 2.0));
+        let (z, bwd) = vjp!(cx, |mdl, cx, x, y| mdl.call(cx, x, y) * &w, Bar, x, y);
+        let weighted = no_grad(bwd(Array1::ones(z.len())));
+        let (_, bwd) = vjp!(cx, |mdl, cx, x, y| mdl.call(cx, x, y), Bar, x, y);
+        (weighted, no_grad(bwd(w)))
+    }
+}
+
+#[test]
+fn vjp_of_a_closure_reading_the_enclosing_code() {
+    let x = ndarray::array![0.5, -1.0, 2.0];
+    let y = ndarray::array![1.5, 0.25, -0.5];
+    let vars = WeightedVjp.init(0, &x, &y).unwrap();
+    let ((v1, x1, y1), (v2, x2, y2)) = WeightedVjp.apply(&vars, &x, &y).unwrap();
+    assert_eq!(v1.to_string(), v2.to_string());
+    assert_eq!((x1, y1), (x2, y2));
+}
+
 // ----- training: parameter gradients of apply, shaped like the params tree -----
 
 use adjoint::nn::Dense;

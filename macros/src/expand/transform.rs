@@ -407,10 +407,19 @@ pub(crate) fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInp
             ),
             None => (TokenStream::new(), vars_out),
         };
+        // The pullback takes copies of the enclosing code's values it reads, so that
+        // the transform may run again (a `jacrev!` row each) and the values stay the
+        // caller's.
+        let reverse_idents = idents_of(reverse);
+        let copied: Vec<Ident> = free_locals(&body, &names)
+            .into_iter()
+            .filter(|n| reverse_idents.contains(&n.to_string()))
+            .collect();
         quote! {
             #reduce_check
             #primal
             let #out = #output;
+            #(let #copied = ::core::clone::Clone::clone(&#copied);)*
             let __pb = move |__ct| {
                 let (__vars_bar, _, _, #(#grads,)*) = { #reverse };
                 (#vars_out, #(#grads,)*)
@@ -441,6 +450,75 @@ pub(crate) fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInp
         #exit
         __result
     })
+}
+
+/// The local variables of the enclosing code a closure's `body` reads: names used as
+/// values (`w` of `&w * y`) that the body and `params` do not bind; not a callee,
+/// nor a capitalised name (a constant, a unit struct).
+fn free_locals(body: &syn::Block, params: &[Ident]) -> Vec<Ident> {
+    #[derive(Default)]
+    struct Names {
+        used: Vec<Ident>,
+        bound: Vec<String>,
+    }
+    impl<'ast> syn::visit::Visit<'ast> for Names {
+        fn visit_expr_path(&mut self, p: &'ast syn::ExprPath) {
+            if let Some(id) = p.path.get_ident()
+                && p.qself.is_none()
+                && !id.to_string().starts_with(|c: char| c.is_ascii_uppercase())
+                && id != "self"
+                && !self.used.contains(id)
+            {
+                self.used.push(id.clone());
+            }
+        }
+        fn visit_expr_call(&mut self, c: &'ast syn::ExprCall) {
+            if !matches!(&*c.func, syn::Expr::Path(_)) {
+                self.visit_expr(&c.func);
+            }
+            c.args.iter().for_each(|a| self.visit_expr(a));
+        }
+        fn visit_pat_ident(&mut self, p: &'ast syn::PatIdent) {
+            self.bound.push(p.ident.to_string());
+            syn::visit::visit_pat_ident(self, p);
+        }
+        fn visit_macro(&mut self, m: &'ast syn::Macro) {
+            // Its tokens may name values too (`dbg!(w)`).
+            if let Ok(args) = m.parse_body_with(
+                syn::punctuated::Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
+            ) {
+                args.iter().for_each(|a| self.visit_expr(a));
+            }
+        }
+    }
+    let mut names = Names::default();
+    syn::visit::Visit::visit_block(&mut names, body);
+    names
+        .used
+        .into_iter()
+        .filter(|n| {
+            let s = n.to_string();
+            !names.bound.contains(&s) && !params.iter().any(|p| p == n)
+        })
+        .collect()
+}
+
+/// Every identifier in `t`, as text.
+fn idents_of(t: &TokenStream) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    fn walk(t: TokenStream, out: &mut std::collections::HashSet<String>) {
+        for tt in t {
+            match tt {
+                proc_macro2::TokenTree::Ident(i) => {
+                    out.insert(i.to_string());
+                }
+                proc_macro2::TokenTree::Group(g) => walk(g.stream(), out),
+                _ => {}
+            }
+        }
+    }
+    walk(t.clone(), &mut out);
+    out
 }
 
 /// The closure of a lifted transform, `|mdl, cx, primals..| body`: its parameter
