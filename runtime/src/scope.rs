@@ -108,6 +108,13 @@ pub enum ScopeError {
         "these gradients flow through a lifted transform inside a module (second order) that adjoint does not differentiate yet: a vmap! whose closure is more than `mdl.call(cx, ..)`, a grad!, vjp!, jvp!, jacfwd! or jacrev! whose closure is more than `mdl.call(cx, ..)`, or a child whose body forward mode does not cover"
     )]
     SecondOrderUnsupported,
+    /// A name taken twice in one call of a module: two parameters (or two variables
+    /// of one collection) of the same name, or a submodule named as one of them or as
+    /// another submodule (Flax's `NameInUseError`).
+    #[error(
+        "`{path}` is created twice: in one call of a module a name holds one parameter, one variable per collection, or one submodule (Flax's NameInUseError)"
+    )]
+    NameInUse { path: String },
     /// A layer given an input it cannot take (a convolution's rank or features, an
     /// embedding's ids, attention's heads or mask).
     #[error("{message}{}", at_path(.path))]
@@ -169,6 +176,9 @@ pub struct Scope<'v> {
     path: Vec<String>,
     /// The next auto name's number, by module path and child type.
     counters: HashMap<String, HashMap<String, usize>>,
+    /// The names taken in each module's current call, by module path: each with the
+    /// collections it holds a variable of (`None` for a submodule).
+    reserved: Reserved,
     initializing: bool,
     mutable: Mutable,
     rngs: BTreeMap<String, u64>,
@@ -289,6 +299,7 @@ impl<'v> Scope<'v> {
             vars,
             path: Vec::new(),
             counters: HashMap::new(),
+            reserved: HashMap::new(),
             initializing,
             mutable,
             rngs,
@@ -441,6 +452,7 @@ impl<'v> Scope<'v> {
             .or_insert(0);
         let name = format!("{type_name}_{k}");
         *k += 1;
+        self.reserve(&name, None);
         name
     }
 
@@ -556,7 +568,31 @@ impl<'v> Scope<'v> {
     fn begin_call(&mut self) {
         let here = self.path();
         self.counters.remove(&here);
+        self.reserved.remove(&here);
         self.last_child = Some(here);
+    }
+
+    /// Takes `name` in the current module's call for a variable of `collection`, or
+    /// for a submodule (`None`); records [`ScopeError::NameInUse`] and returns
+    /// `false` if it is taken.
+    fn reserve(&mut self, name: &str, collection: Option<&str>) -> bool {
+        let taken = self
+            .reserved
+            .entry(self.path())
+            .or_default()
+            .entry(name.to_string())
+            .or_default();
+        let clash = match collection {
+            None => !taken.is_empty(),
+            Some(c) => taken.iter().any(|t| t.as_deref().is_none_or(|t| t == c)),
+        };
+        if clash {
+            let path = self.path_to(name);
+            self.fail(ScopeError::NameInUse { path });
+            return false;
+        }
+        taken.push(collection.map(String::from));
+        true
     }
 
     /// Enters the next auto-named child of type `type_name`.
@@ -581,9 +617,11 @@ impl<'v> Scope<'v> {
                 self.begin_call();
             }
             // The same module (`self.call(cx, ..)` from another of its methods): the
-            // call goes on in its scope, as a recurrent call does in Flax.
+            // call goes on in its scope, as a recurrent call does in Flax, its names
+            // taken again.
             ChildName::Here => {
                 self.returns.push(Some(self.path.clone()));
+                self.reserved.remove(&self.path());
                 self.last_child = Some(self.path());
             }
             ChildName::Again => {
@@ -621,7 +659,10 @@ impl<'v> Scope<'v> {
     /// ```
     pub fn bind<M: Child<Module = M>>(&mut self, module: M) -> Bound<M> {
         let name = match module.child_name(None) {
-            ChildName::Auto(type_name) => self.auto_name(type_name),
+            ChildName::Auto(type_name) => {
+                let name = self.auto_name(type_name);
+                return self.bound_at(&name, module);
+            }
             ChildName::Field(name) | ChildName::Bound(name) => name.to_string(),
             ChildName::Indexed(name, i) => format!("{name}_{i}"),
             ChildName::Here | ChildName::Again => {
@@ -653,6 +694,12 @@ impl<'v> Scope<'v> {
     /// assert_eq!(head.features, 2); // it derefs to the module
     /// ```
     pub fn bind_as<M>(&mut self, name: &str, module: M) -> Bound<M> {
+        self.reserve(name, None);
+        self.bound_at(name, module)
+    }
+
+    /// `module` bound at the current module's child `name`.
+    fn bound_at<M>(&self, name: &str, module: M) -> Bound<M> {
         Bound {
             shared: std::sync::Arc::new(module),
             at: self.path_to(name),
@@ -696,6 +743,9 @@ impl<'v> Scope<'v> {
             collection: "params",
             path: path.clone(),
         };
+        if !self.reserve(name, Some("params")) {
+            return (placeholder(&shape), at);
+        }
         if !self.sees("params") {
             self.fail(ScopeError::CollectionNotFound {
                 collection: "params".into(),
@@ -790,6 +840,9 @@ impl<'v> Scope<'v> {
         init: impl FnOnce() -> T,
     ) -> T {
         let path = self.path_to(name);
+        if !self.reserve(name, Some(collection)) {
+            return init();
+        }
         if !self.sees(collection) {
             self.fail(ScopeError::CollectionNotFound {
                 collection: collection.into(),
@@ -1054,7 +1107,11 @@ impl ApplyOptions {
 #[doc(hidden)]
 pub struct ScopeMark {
     counters: HashMap<String, HashMap<String, usize>>,
+    reserved: Reserved,
 }
+
+/// The names taken in each module's call (see `Scope::reserve`).
+type Reserved = HashMap<String, HashMap<String, Vec<Option<String>>>>;
 
 impl Scope<'_> {
     /// The current naming counters.
@@ -1062,6 +1119,7 @@ impl Scope<'_> {
     pub fn mark(&self) -> ScopeMark {
         ScopeMark {
             counters: self.counters.clone(),
+            reserved: self.reserved.clone(),
         }
     }
 
@@ -1070,6 +1128,7 @@ impl Scope<'_> {
     #[doc(hidden)]
     pub fn reset_names_to(&mut self, mark: &ScopeMark) {
         self.counters = mark.counters.clone();
+        self.reserved = mark.reserved.clone();
     }
 
     /// What a second-order pullback needs to run a lifted transform's child again as

@@ -12,7 +12,10 @@ the same output and gradients of `loss = sum(sin(output))`.
 - methods share their module's scope: a helper method called from `__call__`
   continues its auto names, `self(x)` from another method runs in the module's own
   scope, and a submodule's method runs in the submodule's scope;
-- a list attribute of modules names them `layers_0`, `layers_1`, iterated or indexed.
+- a list attribute of modules names them `layers_0`, `layers_1`, iterated or indexed;
+- `names_in_use`: in one call of a compact module a name holds one parameter, one
+  variable per collection, or one submodule; for each program, `init`'s variables'
+  shapes or the name of the error it raises.
 Run:  python gen_module_semantics.py > module_semantics.json
 """
 import json
@@ -187,5 +190,57 @@ class ListOfLayers(nn.Module):
 
 
 OUT["list_attribute"] = case(ListOfLayers(), [arr(2, 3, seed=46)], 700)
+
+
+
+def names_in_use():
+    x = arr(1, 2, seed=47)
+
+    class ParamTwice(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            a = self.param("w", nn.initializers.ones, ())
+            b = self.param("w", nn.initializers.zeros, ())
+            return jnp.sum(x * a) + b
+
+    class VariableTwice(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            self.variable("state", "count", lambda: 0.0)
+            self.variable("state", "count", lambda: 1.0)
+            return jnp.sum(x)
+
+    class ParamAndVariable(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            self.variable("state", "w", lambda: 0.0)
+            self.variable("stats", "w", lambda: 0.0)
+            return jnp.sum(x * self.param("w", nn.initializers.ones, ()))
+
+    class ParamNamedLikeAChild(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            a = self.param("Dense_0", nn.initializers.ones, ())
+            return jnp.sum(nn.Dense(1)(x)) * a
+
+    class ChildrenNamedAlike(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(2, name="out")(x)
+            return jnp.sum(nn.Dense(1, name="out")(h))
+
+    out = {}
+    for name, model in [("param_twice", ParamTwice()), ("variable_twice", VariableTwice()),
+                        ("param_and_variables", ParamAndVariable()),
+                        ("param_named_like_a_child", ParamNamedLikeAChild()),
+                        ("children_named_alike", ChildrenNamedAlike())]:
+        try:
+            out[name] = {"shapes": shapes(model.init(jax.random.key(0), x))}
+        except Exception as e:
+            out[name] = {"error": type(e).__name__}
+    return {"x": x.tolist(), "programs": out}
+
+
+OUT["names_in_use"] = names_in_use()
 
 print(json.dumps(OUT))

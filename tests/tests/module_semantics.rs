@@ -382,3 +382,93 @@ fn bound_modules_in_a_field_of_modules_keep_their_path() {
         r#"{"params": {"Dense_0": {"bias": [2], "kernel": [2, 2]}}}"#
     );
 }
+
+// ----- names in use: one parameter, one variable per collection, or one submodule -----
+
+struct ParamTwice;
+
+#[differentiable]
+impl ParamTwice {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let a: f64 = cx.param("w", init::ones, ());
+        let b: f64 = cx.param("w", init::zeros, ());
+        (x * a).sum() + b
+    }
+}
+
+struct VariableTwice;
+
+#[differentiable]
+impl VariableTwice {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let _a: f64 = cx.variable("state", "count", || 0.0);
+        let _b: f64 = cx.variable("state", "count", || 1.0);
+        x.sum()
+    }
+}
+
+struct ParamAndVariables;
+
+#[differentiable]
+impl ParamAndVariables {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let _s: f64 = cx.variable("state", "w", || 0.0);
+        let _t: f64 = cx.variable("stats", "w", || 0.0);
+        let w: f64 = cx.param("w", init::ones, ());
+        (x * w).sum()
+    }
+}
+
+struct ParamNamedLikeAChild;
+
+#[differentiable]
+impl ParamNamedLikeAChild {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let a: f64 = cx.param("Dense_0", init::ones, ());
+        Dense::new(1).call(cx, x).sum() * a
+    }
+}
+
+struct ChildrenNamedAlike;
+
+#[differentiable]
+impl ChildrenNamedAlike {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let first = cx.bind_as("out", Dense::new(2));
+        let second = cx.bind_as("out", Dense::new(1));
+        let h = first.call(cx, x);
+        second.call(cx, &h).sum()
+    }
+}
+
+/// Flax's reservations (`names_in_use`): `init` builds the same tree where Flax does,
+/// and fails naming the path where Flax raises `NameInUseError`.
+#[test]
+fn a_name_holds_one_parameter_one_variable_per_collection_or_one_submodule() {
+    let case = reference("module_semantics.json", "names_in_use");
+    let x = adjoint_tests::matrix(&case["x"]);
+    let runs: [(&str, Result<Variables, ScopeError>); 5] = [
+        ("param_twice", ParamTwice.init(0, &x)),
+        ("variable_twice", VariableTwice.init(0, &x)),
+        ("param_and_variables", ParamAndVariables.init(0, &x)),
+        ("param_named_like_a_child", ParamNamedLikeAChild.init(0, &x)),
+        ("children_named_alike", ChildrenNamedAlike.init(0, &x)),
+    ];
+    let paths = [
+        ("param_twice", "w"),
+        ("variable_twice", "count"),
+        ("param_named_like_a_child", "Dense_0"),
+        ("children_named_alike", "out"),
+    ];
+    for (name, got) in runs {
+        let want = &case["programs"][name];
+        match got {
+            Ok(vars) => assert_eq!(vars.shapes(), tree_text(&want["shapes"]), "{name}"),
+            Err(e) => {
+                assert_eq!(want["error"], "NameInUseError", "{name}: {e}");
+                let path = paths.iter().find(|(n, _)| *n == name).unwrap().1;
+                assert_eq!(e, ScopeError::NameInUse { path: path.into() }, "{name}");
+            }
+        }
+    }
+}
