@@ -9,6 +9,7 @@
 //! `let d = operand(&t);`, a view `t.view()`): such a statement is written again
 //! after the piece, which hands out what it borrows instead (see [`Piece::lend`]).
 
+use crate::hygiene::idents;
 use proc_macro2::{TokenStream, TokenTree};
 use quote::{ToTokens, quote};
 use std::collections::{HashMap, HashSet};
@@ -67,10 +68,10 @@ fn chunk(stmts: Vec<syn::Stmt>) -> Vec<syn::Stmt> {
     };
     // The names each statement mentions, and those of everything after it.
     let mentioned: Vec<HashSet<String>> =
-        stmts.iter().map(|s| idents(s.to_token_stream())).collect();
+        stmts.iter().map(|s| idents(&s.to_token_stream())).collect();
     let mut after: Vec<HashSet<String>> = vec![HashSet::new(); stmts.len() + 1];
     if let Some(t) = &tail {
-        after[stmts.len()] = idents(t.to_token_stream());
+        after[stmts.len()] = idents(&t.to_token_stream());
     }
     for i in (0..stmts.len()).rev() {
         let mut set = after[i + 1].clone();
@@ -191,7 +192,7 @@ impl<'a> Piece<'a> {
         if !is_borrow(&init.expr) {
             return None;
         }
-        let reads: Vec<String> = idents(init.expr.to_token_stream())
+        let reads: Vec<String> = idents(&init.expr.to_token_stream())
             .into_iter()
             .filter(|n| self.last_binding.contains_key(n))
             .collect();
@@ -241,21 +242,4 @@ fn bindings(p: &syn::Pat, out: &mut Vec<(syn::Ident, bool)>) {
         syn::Pat::Paren(p) => bindings(&p.pat, out),
         _ => {}
     }
-}
-
-fn idents(tokens: TokenStream) -> HashSet<String> {
-    let mut out = HashSet::new();
-    fn walk(t: TokenStream, out: &mut HashSet<String>) {
-        for tt in t {
-            match tt {
-                TokenTree::Ident(i) => {
-                    out.insert(i.to_string());
-                }
-                TokenTree::Group(g) => walk(g.stream(), out),
-                _ => {}
-            }
-        }
-    }
-    walk(tokens, &mut out);
-    out
 }

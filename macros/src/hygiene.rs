@@ -48,8 +48,7 @@ pub fn plain(name: &syn::Ident) -> String {
 /// `_ct_1` if that is taken), and the `__…` names it still mentions (paths,
 /// items, temporaries of an enclosing expansion), which [`respan`] leaves alone.
 pub fn rename_locals(input: TokenStream) -> (TokenStream, HashSet<String>) {
-    let mut all = HashSet::new();
-    idents(&input, &mut all);
+    let mut all = idents(&input);
     let bound = bound_locals(&input);
     let mut renames = HashMap::new();
     for name in bound {
@@ -119,16 +118,22 @@ fn free_names(tokens: &TokenStream, out: &mut HashSet<String>) {
     }
 }
 
-fn idents(tokens: &TokenStream, out: &mut HashSet<String>) {
-    for tt in tokens.clone() {
-        match tt {
-            TokenTree::Ident(i) => {
-                out.insert(i.to_string());
+/// Every identifier in `tokens` (at any depth), as text.
+pub(crate) fn idents(tokens: &TokenStream) -> HashSet<String> {
+    fn walk(tokens: &TokenStream, out: &mut HashSet<String>) {
+        for tt in tokens.clone() {
+            match tt {
+                TokenTree::Ident(i) => {
+                    out.insert(i.to_string());
+                }
+                TokenTree::Group(g) => walk(&g.stream(), out),
+                _ => {}
             }
-            TokenTree::Group(g) => idents(&g.stream(), out),
-            _ => {}
         }
     }
+    let mut out = HashSet::new();
+    walk(tokens, &mut out);
+    out
 }
 
 /// The names starting with `__` that the input binds as locals: parameters, `let`,

@@ -410,7 +410,7 @@ pub(crate) fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInp
         // The pullback takes copies of the enclosing code's values it reads, so that
         // the transform may run again (a `jacrev!` row each) and the values stay the
         // caller's.
-        let reverse_idents = idents_of(reverse);
+        let reverse_idents = crate::hygiene::idents(reverse);
         let copied: Vec<Ident> = free_locals(&body, &names)
             .into_iter()
             .filter(|n| reverse_idents.contains(&n.to_string()))
@@ -501,24 +501,6 @@ fn free_locals(body: &syn::Block, params: &[Ident]) -> Vec<Ident> {
             !names.bound.contains(&s) && !params.iter().any(|p| p == n)
         })
         .collect()
-}
-
-/// Every identifier in `t`, as text.
-fn idents_of(t: &TokenStream) -> std::collections::HashSet<String> {
-    let mut out = std::collections::HashSet::new();
-    fn walk(t: TokenStream, out: &mut std::collections::HashSet<String>) {
-        for tt in t {
-            match tt {
-                proc_macro2::TokenTree::Ident(i) => {
-                    out.insert(i.to_string());
-                }
-                proc_macro2::TokenTree::Group(g) => walk(g.stream(), out),
-                _ => {}
-            }
-        }
-    }
-    walk(t.clone(), &mut out);
-    out
 }
 
 /// The closure of a lifted transform, `|mdl, cx, primals..| body`: its parameter

@@ -294,17 +294,7 @@ impl Lowerer<'_> {
         if n == 0 || params.len() != n + 2 {
             return None;
         }
-        fn idents(t: TokenStream, out: &mut Vec<String>) {
-            for tt in t {
-                match tt {
-                    proc_macro2::TokenTree::Ident(i) => out.push(i.to_string()),
-                    proc_macro2::TokenTree::Group(g) => idents(g.stream(), out),
-                    _ => {}
-                }
-            }
-        }
-        let mut read = Vec::new();
-        idents(c.body.to_token_stream(), &mut read);
+        let read = crate::hygiene::idents(&c.body.to_token_stream());
         let (mut captured, mut literals) = (Vec::new(), Vec::new());
         let mut renames = HashMap::new();
         for r in read {
@@ -334,6 +324,10 @@ impl Lowerer<'_> {
                 _ => return None,
             }
         }
+        // (In the order of the variables and names, not of a set's iteration: the
+        // expansion must not vary between builds.)
+        captured.sort_by_key(|v| v.0);
+        literals.sort_by_key(|(n, _)| n.to_string());
         let body = crate::hygiene::rename(c.body.to_token_stream(), &renames);
         let (names, values): (Vec<_>, Vec<_>) = literals.into_iter().unzip();
         let mut closure = c.clone();

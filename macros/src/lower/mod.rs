@@ -38,8 +38,7 @@ pub fn lower(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block) -> Func {
 
 fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEnv) -> Func {
     let body = &if_let_as_match(body);
-    let mut taken = HashSet::new();
-    collect_idents(body.to_token_stream(), &mut taken);
+    let mut taken = crate::hygiene::idents(&body.to_token_stream());
     for (_, names) in outer.values() {
         taken.extend(names.iter().map(|(_, n)| n.to_string()));
     }
@@ -425,8 +424,7 @@ impl Lowerer<'_> {
 
     /// The variables `tokens` mention.
     fn mentioned_vars(&mut self, tokens: TokenStream) -> Vec<Var> {
-        let mut idents = HashSet::new();
-        collect_idents(tokens, &mut idents);
+        let idents = crate::hygiene::idents(&tokens);
         let mut vars = Vec::new();
         for name in idents {
             if self.is_local(&name)
@@ -448,8 +446,7 @@ impl Lowerer<'_> {
         // A closure bound with `let` or a nested `fn` is inlined where it is called:
         // it does not exist for a closure written as is to call.
         let inlined = self.visible_fns();
-        let mut idents = HashSet::new();
-        collect_idents(e.to_token_stream(), &mut idents);
+        let idents = crate::hygiene::idents(&e.to_token_stream());
         if let Some(name) = idents.iter().find(|n| inlined.contains_key(*n)) {
             self.cx.error_at(
                 e,
@@ -648,18 +645,6 @@ fn pattern_names(p: &Pat, out: &mut Vec<Ident>) {
 }
 
 /// Every identifier in `tokens`, so generated names avoid the user's.
-fn collect_idents(tokens: TokenStream, out: &mut HashSet<String>) {
-    for tt in tokens {
-        match tt {
-            TokenTree::Ident(i) => {
-                out.insert(i.to_string());
-            }
-            TokenTree::Group(g) => collect_idents(g.stream(), out),
-            _ => {}
-        }
-    }
-}
-
 /// Names assigned with `=` or `op=` in `tokens` (conservatively: `name =`,
 /// `name +=`, ...), outside closures' own bindings.
 fn assigned_names(tokens: TokenStream, out: &mut Vec<String>) {

@@ -292,8 +292,7 @@ impl Lowerer<'_> {
             self.cx.error_at(c, "a closure with `return` is not differentiated: give it one value at its end, or write it as a #[differentiable] function");
             return;
         }
-        let mut names = HashSet::new();
-        collect_idents(c.body.to_token_stream(), &mut names);
+        let names = crate::hygiene::idents(&c.body.to_token_stream());
         let mut env = HashMap::new();
         let mut env_refs = HashSet::new();
         for name in names {
