@@ -424,7 +424,9 @@ impl Lowerer<'_> {
 
     /// The variables `tokens` mention.
     fn mentioned_vars(&mut self, tokens: TokenStream) -> Vec<Var> {
-        let idents = crate::hygiene::idents(&tokens);
+        // Sorted: lookups may make variables, in an order that must not vary.
+        let mut idents: Vec<String> = crate::hygiene::idents(&tokens).into_iter().collect();
+        idents.sort();
         let mut vars = Vec::new();
         for name in idents {
             if self.is_local(&name)
