@@ -73,6 +73,8 @@ impl Val {
 pub struct Func {
     pub vars: Vec<VarInfo>,
     pub params: Vec<Param>,
+    /// The module's scope parameter (`cx`), if it has one.
+    pub scope: Option<Var>,
     pub body: Block,
     /// For a closure: the enclosing body's variables it reads, as (here, there).
     pub free: Vec<(Var, Var)>,

@@ -103,11 +103,13 @@ pub enum ScopeError {
     #[error("invalid variables: {reason}")]
     InvalidVariables { reason: String },
     /// Gradients that would flow through a lifted transform (`grad!` inside a module
-    /// differentiated with respect to its parameters: second order).
+    /// differentiated with respect to its parameters: second order) that adjoint does
+    /// not differentiate; `path` is the transform's child, or the module holding it.
     #[error(
-        "these gradients flow through a lifted transform inside a module (second order) that adjoint does not differentiate yet: a vmap! whose closure is more than `mdl.call(cx, ..)`, a grad!, vjp!, jvp!, jacfwd! or jacrev! whose closure is more than `mdl.call(cx, ..)`, or a child whose body forward mode does not cover"
+        "these gradients flow through a lifted transform inside a module (second order){} that adjoint does not differentiate yet: a vmap! whose closure is more than `mdl.call(cx, ..)`, a vjp! whose closure is more than that, a grad!, jvp!, jacfwd! or jacrev! whose closure reads a differentiated value of the enclosing code or calls a function that is not `(jvp)`, or a child whose body forward mode does not cover (see the README's \"Not yet\")",
+        at_path(.path)
     )]
-    SecondOrderUnsupported,
+    SecondOrderUnsupported { path: String },
     /// A name taken twice in one call of a module: two parameters (or two variables
     /// of one collection) of the same name, or a submodule named as one of them or as
     /// another submodule (Flax's `NameInUseError`).

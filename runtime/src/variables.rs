@@ -1192,10 +1192,11 @@ pub fn add_param(acc: &mut Variables, at: &VarPath, ct: impl ParamCot) {
     }
 }
 
-/// Marks parameter gradients that would flow through a lifted transform.
+/// Marks parameter gradients that would flow through a lifted transform at `path`
+/// (its child, or the module holding it).
 #[doc(hidden)]
-pub fn second_order(acc: &mut Variables) {
-    acc.poison(ScopeError::SecondOrderUnsupported);
+pub fn second_order(acc: &mut Variables, path: &str) {
+    acc.poison(ScopeError::SecondOrderUnsupported { path: path.into() });
 }
 
 /// The cotangent of a value read by a lifted computation that is not differentiated
@@ -1233,7 +1234,9 @@ impl NotDifferentiated for () {
 
 impl NotDifferentiated for Variables {
     fn not_differentiated(mut self) -> Variables {
-        self.poison(ScopeError::SecondOrderUnsupported);
+        self.poison(ScopeError::SecondOrderUnsupported {
+            path: String::new(),
+        });
         self
     }
 }

@@ -74,6 +74,7 @@ fn lower_with(cx: &Ctxt, params: &[ParamSpec], body: &syn::Block, outer: OuterEn
         .collect();
     let body_ir = l.block(&body.stmts, &Region::default(), LeafKind::Return);
     Func {
+        scope: l.scopes_vars.first().copied(),
         vars: l.vars,
         params,
         body: body_ir,

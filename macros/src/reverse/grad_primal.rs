@@ -55,7 +55,7 @@ impl<'a> Gen<'a> {
                 Slot::Var(v) | Slot::Shape(v) | Slot::Pb(v) => {
                     live.insert(*v);
                 }
-                Slot::Tape(_) | Slot::Br(_) | Slot::Range(_) => {}
+                Slot::Tape(_) | Slot::Br(_) | Slot::Range(_) | Slot::Here => {}
             }
         }
         if let Tail::Branch(br) = &self.f.body.tail {

@@ -172,7 +172,7 @@ impl Gen<'_> {
                 (__cv, #(#cots,)*)
             } else {
                 let mut __cv = ::adjoint::Variables::new();
-                ::adjoint::__private::second_order(&mut __cv);
+                ::adjoint::__private::second_order(&mut __cv, __child);
                 (__cv, #(::adjoint::__private::unsupported_cot(&(#args)),)*)
             };
         };
@@ -202,8 +202,11 @@ impl Gen<'_> {
                 Some(code)
             }
             _ => {
+                // Named by the child's path, which the snapshot holds.
+                let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
                 let captured: Vec<Atom> = closure.captured.iter().map(|v| Atom::Var(*v)).collect();
-                self.second_order_unsupported(r, l.args.iter().map(|a| &a.atom).chain(&captured));
+                let reads = l.args.iter().map(|a| &a.atom).chain(&captured);
+                self.second_order_unsupported(r, Some(quote!(&#snap.1)), reads);
                 None
             }
         }

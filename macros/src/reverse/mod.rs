@@ -41,6 +41,8 @@ enum Slot {
     Shape(Var),
     /// The range loop `k` iterates over, which its reverse sweep walks backwards.
     Range(usize),
+    /// The module's path (where a report of second order names it).
+    Here,
 }
 
 /// The generated code of one body.
@@ -222,6 +224,7 @@ impl<'a> Gen<'a> {
                     .to_token_stream()
             }
             Slot::Range(k) => format_ident!("__range{}", k).to_token_stream(),
+            Slot::Here => format_ident!("__here").to_token_stream(),
         }
     }
 
@@ -349,6 +352,10 @@ impl<'a> Gen<'a> {
         let params: Vec<Var> = f.params.iter().map(|p| p.var).collect();
         let items = &f.items;
         let mut primal = quote!(#(#items)*);
+        if let (true, Some(scope)) = (self.reads_all.contains(&Slot::Here), f.scope) {
+            let (here, scope) = (self.slot_name(Slot::Here), self.name(scope));
+            primal.extend(quote!(let #here = #scope.path();));
+        }
         primal.extend(self.shapes_of(&params));
         primal.extend(self.primal_stmts(&f.body.stmts));
         let output_atoms: Vec<TokenStream> = match &f.body.tail {
@@ -514,6 +521,8 @@ fn slot_local(s: &Slot, local: &HashSet<Var>) -> bool {
     match s {
         Slot::Var(v) | Slot::Pb(v) | Slot::Shape(v) => local.contains(v),
         Slot::Tape(_) | Slot::Br(_) | Slot::Range(_) => true,
+        // Bound once, before the body.
+        Slot::Here => false,
     }
 }
 

@@ -239,7 +239,7 @@ impl<'a> Gen<'a> {
                             }
                         }
                     }
-                    Op::Lifted { reads, .. } => self.second_order_unsupported(r, reads),
+                    Op::Lifted { reads, .. } => self.second_order_unsupported(r, None, reads),
                     Op::Const(_) | Op::Build { .. } => {}
                 }
             }
@@ -292,11 +292,20 @@ impl<'a> Gen<'a> {
     pub(super) fn second_order_unsupported<'x>(
         &mut self,
         r: &mut Rev,
+        at: Option<TokenStream>,
         read: impl IntoIterator<Item = &'x Atom>,
     ) {
         if self.f.params_active {
+            // Where: the transform's child (`at`), else the module holding it.
+            let at = at.unwrap_or_else(|| match self.f.scope {
+                Some(_) => {
+                    let here = self.read_slot(r, Slot::Here);
+                    quote!(&#here)
+                }
+                None => quote!(""),
+            });
             r.code
-                .push(quote!(::adjoint::__private::second_order(&mut __vars_bar);));
+                .push(quote!(::adjoint::__private::second_order(&mut __vars_bar, #at);));
         }
         for a in read {
             if self.act.is_active(a) {

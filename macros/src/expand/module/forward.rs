@@ -267,12 +267,21 @@ fn forward_vjp(
         let zn: Vec<proc_macro2::Ident> = (0..zeros.len())
             .map(|i| format_ident!("__z{}", i))
             .collect();
+        // Named by this module's path.
+        let here = match params.iter().find(|p| p.scope) {
+            Some(p) => {
+                let cx = param_name(&p.pat);
+                quote!(#cx.path())
+            }
+            None => quote!(::std::string::String::new()),
+        };
         let body = quote! {
             let (#(#zn,)*) = (#(#zeros,)*);
+            let __here = #here;
             #run
             ((__y, __dy), move |_| {
                 let mut __v = ::adjoint::Variables::new();
-                ::adjoint::__private::second_order(&mut __v);
+                ::adjoint::__private::second_order(&mut __v, &__here);
                 (__v, #(#zn,)*)
             })
         };
