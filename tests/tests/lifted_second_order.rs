@@ -1066,6 +1066,43 @@ impl UncoveredClosure {
     }
 }
 
+/// A `vjp!` whose closure is more than `mdl.call(cx, x)`, in a child: second order
+/// does not go through it, and the report names the module holding it.
+struct HoldsVjp;
+
+#[differentiable]
+impl HoldsVjp {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (y, pb) = vjp!(cx, |mdl, cx, x| mdl.call(cx, x).sum() * 2.0, PointField, x);
+        let (_, gx) = pb(1.0);
+        y + (&gx * &gx).sum()
+    }
+}
+
+struct OuterOfVjp;
+
+#[differentiable]
+impl OuterOfVjp {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        HoldsVjp.call(cx, x)
+    }
+}
+
+#[test]
+fn second_order_through_a_vjp_of_a_closure_names_the_module_holding_it() {
+    let x = Array2::from_shape_fn((3, 2), |(i, j)| (i + 2 * j) as f64 * 0.3 - 0.5);
+    let vars = OuterOfVjp.init(0, &x).unwrap();
+    let (_, grads) = value_and_grad!(|v: &Variables| OuterOfVjp.apply(v, &x).unwrap())(&vars);
+    assert_eq!(
+        grads.error(),
+        Some(ScopeError::SecondOrderUnsupported {
+            path: "HoldsVjp_0".into()
+        })
+    );
+    let gx = grad!(|x: &Array2<f64>| OuterOfVjp.apply(&vars, x).unwrap())(&x);
+    assert!(gx.iter().all(|g| g.is_nan()), "{gx}");
+}
+
 /// `jvp!` of a closure with nonzero variable tangents: the closure's forward mode
 /// written is along its primals only, so second order reports it.
 struct JvpClosureAlongVariables {
