@@ -42,6 +42,8 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
 - `closure_captures`: a closure that reads values of the enclosing method (a
   constant weight `stop_gradient(cos x)`, a number, the target input `t`) besides
   its arguments.
+- `vjp_closure_value`: first order through the output (and the aux) of `nn.vjp`
+  of a closure that is more than `mdl(x)`; its pullback's results held constant.
 - `lifted_hessian`: `jax.hessian` of a scalar child (a loop and a branch) in its
   first input, the second held, for one input and a batch (shape `input ++ input`),
   and the Hessian-vector products in both inputs (`jax.jvp` of `jax.grad`), what the
@@ -586,6 +588,42 @@ def case_closure_captures():
 
 
 OUT["closure_captures"] = case_closure_captures()
+
+# 14. First order through the output and aux of `nn.vjp` of a closure that is more
+# than `mdl(x)`; the pullback's results are used under `stop_gradient`.
+class VjpClosureValue(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        w = jax.lax.stop_gradient(jnp.cos(x))
+
+        def f(mdl, x):
+            y = mdl(x)
+            return jnp.sum(y * w) * 2.0, jnp.tanh(y)
+
+        v, bwd, aux = nn.vjp(f, PointField(), x, has_aux=True)
+        _, gx = bwd(jnp.ones_like(v))
+        return v * v + jnp.sum(aux ** 2) + jnp.sum(jax.lax.stop_gradient(gx) * x)
+
+
+def case_vjp_closure_value():
+    x = arr(5, 2, seed=81)
+    field = {
+        "Dense_0": {"kernel": arr(2, 6, seed=83, scale=0.9), "bias": arr(6, seed=84, scale=0.2)},
+        "Dense_1": {"kernel": arr(6, 1, seed=85, scale=0.7), "bias": arr(1, seed=86, scale=0.1)},
+    }
+    variables = {"params": {"PointField_0": field}}
+    loss, grads = jax.value_and_grad(lambda vs: VjpClosureValue().apply(vs, x))(variables)
+    gx = jax.grad(lambda x: VjpClosureValue().apply(variables, x))(x)
+    return {
+        "x": x.tolist(),
+        "variables": tolist(variables),
+        "loss": float(loss),
+        "grads": tolist(grads),
+        "grad_x": gx.tolist(),
+    }
+
+
+OUT["vjp_closure_value"] = case_vjp_closure_value()
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

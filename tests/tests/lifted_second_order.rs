@@ -1067,7 +1067,8 @@ impl UncoveredClosure {
 }
 
 /// A `vjp!` whose closure is more than `mdl.call(cx, x)`, in a child: second order
-/// does not go through it, and the report names the module holding it.
+/// through its pullback does not go through the closure, and the report names the
+/// transform's child.
 struct HoldsVjp;
 
 #[differentiable]
@@ -1088,19 +1089,55 @@ impl OuterOfVjp {
     }
 }
 
+/// A `vmap!` whose closure is more than `mdl.call(cx, x)`, in a child: not
+/// differentiated, and the report names the module holding the transform.
+struct HoldsVmap;
+
+#[differentiable]
+impl HoldsVmap {
+    fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
+        let ys = vmap!(
+            cx,
+            |mdl, cx, x| mdl.call(cx, &x.to_owned()).sum(),
+            Bend,
+            xs,
+            in_axes = [0]
+        );
+        ys.sum()
+    }
+}
+
+struct OuterOfVmap;
+
+#[differentiable]
+impl OuterOfVmap {
+    fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
+        HoldsVmap.call(cx, xs)
+    }
+}
+
 #[test]
-fn second_order_through_a_vjp_of_a_closure_names_the_module_holding_it() {
+fn what_derivatives_do_not_go_through_names_where() {
     let x = Array2::from_shape_fn((3, 2), |(i, j)| (i + 2 * j) as f64 * 0.3 - 0.5);
     let vars = OuterOfVjp.init(0, &x).unwrap();
     let (_, grads) = value_and_grad!(|v: &Variables| OuterOfVjp.apply(v, &x).unwrap())(&vars);
     assert_eq!(
         grads.error(),
         Some(ScopeError::SecondOrderUnsupported {
-            path: "HoldsVjp_0".into()
+            path: "HoldsVjp_0/PointField_0".into()
         })
     );
     let gx = grad!(|x: &Array2<f64>| OuterOfVjp.apply(&vars, x).unwrap())(&x);
     assert!(gx.iter().all(|g| g.is_nan()), "{gx}");
+    let xs = Array2::from_shape_fn((4, 3), |(i, j)| (i + 2 * j) as f64 * 0.2 - 0.5);
+    let vars = OuterOfVmap.init(0, &xs).unwrap();
+    let (_, grads) = value_and_grad!(|v: &Variables| OuterOfVmap.apply(v, &xs).unwrap())(&vars);
+    assert_eq!(
+        grads.error(),
+        Some(ScopeError::SecondOrderUnsupported {
+            path: "HoldsVmap_0".into()
+        })
+    );
 }
 
 /// `jvp!` of a closure with nonzero variable tangents: the closure's forward mode
@@ -1372,6 +1409,53 @@ fn third_order_through_nested_lifted_grads_is_a_typed_error() {
     );
     let gx = grad!(|x: &Array1<f64>| ThirdOrder.apply(&vars, x).unwrap())(&x);
     assert!(gx.iter().all(|g| g.is_nan()), "{gx}");
+}
+
+// ----- through the output of a lifted vjp! of a closure -----
+
+/// `nn.vjp` of a closure that is more than `mdl.call(cx, x)`, with an aux: the output
+/// and the aux are differentiated (the closure's reverse mode run again); the
+/// pullback's results are held constant (`VjpClosureValue` of the generator).
+struct VjpClosureValue;
+
+#[differentiable]
+impl VjpClosureValue {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let w = no_grad(x.cos());
+        let (v, pb, aux) = vjp!(
+            cx,
+            |mdl, cx, x| {
+                let y = mdl.call(cx, x);
+                ((&y * &w).sum() * 2.0, y.tanh())
+            },
+            PointField,
+            x,
+            has_aux
+        );
+        let (_, gx) = no_grad(pb(1.0));
+        v * v + (&aux * &aux).sum() + (&gx * x).sum()
+    }
+}
+
+#[test]
+fn first_order_through_the_output_of_a_vjp_of_a_closure() {
+    let case = reference("lifted_second_order.json", "vjp_closure_value");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    assert_eq!(vars.shapes(), VjpClosureValue.init(0, &x).unwrap().shapes());
+    let (loss, grads) =
+        value_and_grad!(|v: &Variables| VjpClosureValue.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("vjp closure loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("vjp closure grads", &grads, &case["grads"], RTOL);
+    println!("vjp closure: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| VjpClosureValue.apply(&vars, x).unwrap())(&x);
+    assert_close(
+        "vjp closure grad_x",
+        &gx.into_dyn(),
+        &array(&case["grad_x"]),
+        RTOL,
+    );
 }
 
 // ----- through a lifted vjp! with has_aux -----

@@ -1,26 +1,32 @@
-//! The second-order rerun of a lifted `grad!` or `value_and_grad!` whose closure is
-//! more than `mdl.call(cx, x..)` (see [`Rerun`]): the closure's forward mode along its
-//! primals, written as the body of a closure that takes the tangents too, and that
-//! differentiated again, its parameters' cotangents included; inline, since the
-//! closure's argument types are not known.
+//! The rerun of a lifted transform whose closure is more than `mdl.call(cx, x..)`
+//! (see [`Rerun`]): for a `grad!` (and the other transforms second order goes
+//! through) the closure's forward mode along its primals, written as the body of a
+//! closure that takes the tangents too, and that differentiated again; for a
+//! `vjp!`'s output, the closure's reverse mode. Its parameters' cotangents included;
+//! inline, since the closure's argument types are not known.
 
 use super::companions::{Options, generate};
 use super::module::forward::forward_body;
 use super::transform::lifted_closure;
 use crate::ctxt::Ctxt;
 use crate::hygiene::rename;
-use crate::ir::{Block, Rerun, RerunCode, Stmt, Tail};
+use crate::ir::{Block, LiftedKind, RerunCode, Stmt, Tail};
 use crate::parse::signature::{ParamInfo, param_name};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
 
-/// Writes the code of every general closure's rerun in `b` (see [`Rerun`]).
+/// Writes the code of every general closure's rerun in `b` (see [`Rerun`](crate::ir::Rerun)).
 pub(crate) fn write_reruns(b: &mut Block) {
     for s in &mut b.stmts {
         match s {
             Stmt::LetLifted(l) => {
                 if let Some(r) = &mut l.closure {
-                    write(r);
+                    r.code = match l.kind {
+                        LiftedKind::Vjp { .. } => vjp(&r.closure),
+                        // Second order through a `vjp!`'s pullback: not covered.
+                        LiftedKind::Pull { .. } => None,
+                        _ => jvp_vjp(&r.closure),
+                    };
                 }
             }
             Stmt::If { branch, .. } => branch.arms.iter_mut().for_each(write_reruns),
@@ -31,12 +37,6 @@ pub(crate) fn write_reruns(b: &mut Block) {
     if let Tail::Branch(br) = &mut b.tail {
         br.arms.iter_mut().for_each(write_reruns);
     }
-}
-
-/// The JVP-VJP of `r`'s closure, or none where forward mode does not cover its body
-/// (a call of a function: then the pullback reports `SecondOrderUnsupported`).
-fn write(r: &mut Rerun) {
-    r.code = jvp_vjp(&r.closure);
 }
 
 /// The JVP-VJP of closure `c` (see [`RerunCode`]). Its errors are not the user's: the
@@ -54,15 +54,35 @@ fn jvp_vjp(c: &syn::ExprClosure) -> Option<RerunCode> {
         local_pullback: true,
     };
     let (_, g) = generate(&quiet, &params, &block, options)?;
-    // Its locals renamed apart: the pullback runs it among the enclosing body's
-    // own names (the seeds it reads after the primal).
+    Some(renamed_apart(&params, g))
+}
+
+/// The VJP of closure `c` (see [`RerunCode`]), its parameters' cotangents included:
+/// what a `vjp!`'s output differentiates (with `has_aux`, the aux too: the code
+/// after the transform may differentiate it).
+fn vjp(c: &syn::ExprClosure) -> Option<RerunCode> {
+    let quiet = Ctxt::default();
+    let (_, params, body) = lifted_closure(&quiet, c)?;
+    let options = Options {
+        has_aux: false,
+        params_active: true,
+        local_pullback: true,
+    };
+    let (_, g) = generate(&quiet, &params, &body, options)?;
+    Some(renamed_apart(&params, g))
+}
+
+/// `g` as a rerun's code: its locals renamed apart (`x_rr`), since the pullback runs
+/// it among the enclosing body's own names (the seeds it reads after the primal).
+fn renamed_apart(params: &[ParamInfo], g: crate::reverse::Generated) -> RerunCode {
     let mut names: Vec<String> = params
         .iter()
         .map(|p| param_name(&p.pat).to_string())
         .collect();
     let primal = &g.primal;
-    let primal_block: syn::Block = syn::parse2(quote!({ #primal })).ok()?;
-    names.extend(bound_names(&primal_block));
+    if let Ok(primal_block) = syn::parse2::<syn::Block>(quote!({ #primal })) {
+        names.extend(bound_names(&primal_block));
+    }
     let renames: HashMap<String, String> = names
         .iter()
         .map(|n| (n.clone(), format!("{n}_rr")))
@@ -71,12 +91,12 @@ fn jvp_vjp(c: &syn::ExprClosure) -> Option<RerunCode> {
         .iter()
         .map(|p| format_ident!("{}_rr", param_name(&p.pat).to_string()))
         .collect();
-    Some(RerunCode {
+    RerunCode {
         params,
         primal: rename(g.primal, &renames),
         output: rename(g.output, &renames),
         reverse: rename(g.reverse, &renames),
-    })
+    }
 }
 
 /// The names `b`'s statements bind (`let` patterns, at any depth).

@@ -420,10 +420,10 @@ pub(crate) fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInp
             #primal
             let #out = #output;
             #(let #copied = ::core::clone::Clone::clone(&#copied);)*
-            let __pb = move |__ct| {
+            let __pb = ::adjoint::__private::pullback_of(&__value, move |__ct| {
                 let (__vars_bar, _, _, #(#grads,)*) = { #reverse };
                 (#vars_out, #(#grads,)*)
-            };
+            });
             #ret
         }
     } else {

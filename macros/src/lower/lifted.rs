@@ -85,10 +85,11 @@ impl Lowerer<'_> {
     }
 
     /// `vjp!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args..)` (`vjp_variables`
-    /// and `has_aux` allowed): `(y, pb)` or `(y, pb, aux)`, the output and the aux
-    /// differentiated through the child (its reverse mode run again), calls of the
-    /// pullback statements of their own (see [`LiftedKind::Pull`]). With
-    /// `reduce_axes` it stays opaque.
+    /// and `has_aux` allowed), or of a closure that is more than that: `(y, pb)` or
+    /// `(y, pb, aux)`, the output and the aux differentiated through the child (its
+    /// reverse mode, or the closure's, run again), calls of the pullback statements
+    /// of their own (see [`LiftedKind::Pull`]; second order through a closure's is
+    /// reported). With `reduce_axes` it stays opaque.
     fn lifted_vjp(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         // Which variables' cotangents the pullback returns does not change `y`.
@@ -96,7 +97,7 @@ impl Lowerer<'_> {
         // The aux is one more output of the child's reverse and forward modes.
         let aux = std::mem::take(&mut input.has_aux).then(|| self.temp(e.span()));
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n, false).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(&mut input, n, true).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let reads: Vec<Atom> = args.iter().map(|a| a.atom.clone()).collect();
         let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp { aux }, 2, args);

@@ -239,11 +239,21 @@ impl Gen<'_> {
         for (k, a) in l.args.iter().enumerate() {
             primals.push(self.rerun_arg(r, a, a, k));
         }
-        let companion = companion_ident(&format_ident!("__call_body"), "vjp_params");
-        let run = quote! {
-            let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
-                .#companion(&mut __cx2, #(#primals,)*);
-            let (mut __cv, _, #(#cots,)*) = __pb2(#ybar);
+        let run = match l.closure.as_deref() {
+            None => {
+                let companion = companion_ident(&format_ident!("__call_body"), "vjp_params");
+                quote! {
+                    let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
+                        .#companion(&mut __cx2, #(#primals,)*);
+                    let (mut __cv, _, #(#cots,)*) = __pb2(#ybar);
+                }
+            }
+            // A closure that is more than `mdl.call(cx, x..)`: its own reverse mode,
+            // inline.
+            Some(closure) => match self.closure_rerun(r, l, closure) {
+                Some(code) => closure_vjp(code, &primals, &ybar, &cots),
+                None => return,
+            },
         };
         r.code
             .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));
@@ -366,6 +376,14 @@ impl Gen<'_> {
         let has_bar = |d: &Var| self.active(*d) && r.init.contains(d);
         if !l.dsts.iter().any(has_bar) {
             return;
+        }
+        // Through a closure that is more than `mdl.call(cx, x..)`: second order along
+        // its variables is not written; reported, naming the child.
+        if l.closure.is_some() {
+            let snap = self.read_slot(r, Slot::Pb(y));
+            let captured: Vec<Atom> = l.captured().iter().map(|v| Atom::Var(*v)).collect();
+            let reads = l.args.iter().map(|a| &a.atom).chain(&captured);
+            return self.second_order_unsupported(r, Some(quote!(&#snap.1)), reads);
         }
         let along_variables = has_bar(&l.dsts[0]).then(|| self.bar(l.dsts[0]).clone());
         let snap = self.read_slot(r, Slot::Pb(y));
@@ -654,6 +672,28 @@ fn closure_jvp_vjp(
         let __o = #output;
         let __ct = #seeds;
         let (mut __cv, _, _, #(#cots,)* #(#skip,)*) = { #reverse };
+    }
+}
+
+/// A `vjp!` closure's reverse mode (see [`Rerun`]) run inline in the rerun scope
+/// `__cx2` on `primals`, seeded with `seed`: the variables' cotangents (`__cv`) and
+/// the primals' (`cots`).
+fn closure_vjp(
+    code: &RerunCode,
+    primals: &[TokenStream],
+    seed: &TokenStream,
+    cots: &[Ident],
+) -> TokenStream {
+    let (mdl, cxn, xs) = (&code.params[0], &code.params[1], &code.params[2..]);
+    let (primal, output, reverse) = (&code.primal, &code.output, &code.reverse);
+    quote! {
+        let #mdl = ::adjoint::scope::Entered(::adjoint::scope::Child::module(__module));
+        let #cxn: &mut ::adjoint::Scope = &mut __cx2;
+        #(let #xs = #primals;)*
+        #primal
+        let __o = #output;
+        let __ct = #seed;
+        let (mut __cv, _, _, #(#cots,)*) = { #reverse };
     }
 }
 
