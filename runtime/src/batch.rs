@@ -440,6 +440,47 @@ pub fn example<T: Unstack>(batch: &T::Stacked, i: usize) -> T {
     T::example(batch, i)
 }
 
+/// Example `i` of the batched cotangent of outputs like `y` (a `vmap!` closure's,
+/// whose type only its value tells): `(&&ExampleOf(&y)).example(batch, i)` is
+/// `Some` where the cotangent can be taken apart ([`Unstack`]), `None` for other
+/// outputs (a tree of per-example gradients), whose pullback then reports that it
+/// does not go through.
+#[doc(hidden)]
+pub struct ExampleOf<'a, Y: ?Sized>(pub &'a Y);
+
+/// See [`ExampleOf`]: an output whose cotangent is [`Unstack`].
+#[doc(hidden)]
+pub trait ExampleUnstacked {
+    type Cot;
+    type Stacked;
+    fn example(&self, batch: &Self::Stacked, i: usize) -> Option<Self::Cot>;
+}
+
+impl<Y: crate::value::Value> ExampleUnstacked for &ExampleOf<'_, Y>
+where
+    Y::Cot: Unstack,
+{
+    type Cot = Y::Cot;
+    type Stacked = <Y::Cot as Stack>::Stacked;
+    fn example(&self, batch: &Self::Stacked, i: usize) -> Option<Y::Cot> {
+        Some(<Y::Cot as Unstack>::example(batch, i))
+    }
+}
+
+/// See [`ExampleOf`]: any other output.
+#[doc(hidden)]
+pub trait ExampleNone {
+    type Cot;
+    fn example<B>(&self, batch: &B, i: usize) -> Option<Self::Cot>;
+}
+
+impl<Y: crate::value::Value> ExampleNone for ExampleOf<'_, Y> {
+    type Cot = Y::Cot;
+    fn example<B>(&self, _batch: &B, _i: usize) -> Option<Y::Cot> {
+        None
+    }
+}
+
 /// Gathers a batch's outputs: `vmap!` calls [`Batch::push`] with each example's
 /// output, in order, and [`Batch::finish`] at the end.
 pub struct Batch<T: Stack> {

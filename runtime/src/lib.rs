@@ -465,7 +465,8 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::batch::{
-        Batch, Reduced, add_example, batch_len, common_len, example, probe, unbatch,
+        Batch, ExampleNone, ExampleOf, ExampleUnstacked, Reduced, add_example, batch_len,
+        common_len, example, probe, unbatch,
     };
     pub use crate::control::*;
     pub use crate::jacobian::{

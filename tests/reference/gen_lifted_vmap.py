@@ -18,6 +18,10 @@ computed with Flax linen and JAX (float64), as the Rust tests write them
   scores each row of its input through `nn.vmap` and sums the scores; the loss is the
   sum of the squared input gradients (`nn.grad` of the critic), differentiated in the
   parameters.
+- `closure_per_example`: `nn.vmap` of a closure that is more than `mdl(x)` (it calls
+  the module twice and weights the output by a constant of the enclosing method);
+  the loss is the sum of the squared per-example values; gradients in the
+  parameters and the input.
 
 Variables are given explicitly (no random generator must match). Each case lists its
 inputs, the variables, the loss and `grads` (same tree as the variables).
@@ -206,6 +210,46 @@ def case_grad_of_vmap():
 
 
 OUT["grad_of_vmap"] = case_grad_of_vmap()
+
+
+# 4. nn.vmap of a closure that is more than `mdl(x)`.
+class Bend(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(4)(x))
+        return nn.Dense(2)(h)
+
+
+class ClosurePerExample(nn.Module):
+    @nn.compact
+    def __call__(self, xs):
+        w = jax.lax.stop_gradient(jnp.array([1.5, -0.5]))
+
+        def per_example(mdl, x):
+            y = mdl(x)
+            return jnp.sum(y * y * w) + jnp.sum(mdl(x))
+
+        ys = broadcast_vmap(per_example, (0,))(Bend(), xs)
+        return jnp.sum(ys * ys)
+
+
+def case_closure_per_example():
+    x = arr(4, 3, seed=21)
+    variables = {
+        "params": {
+            "Bend_0": {
+                "Dense_0": {"kernel": arr(3, 4, seed=22, scale=0.8), "bias": arr(4, seed=23, scale=0.2)},
+                "Dense_1": {"kernel": arr(4, 2, seed=24, scale=0.9), "bias": arr(2, seed=25, scale=0.1)},
+            }
+        }
+    }
+    loss, grads = jax.value_and_grad(lambda v: ClosurePerExample().apply(v, x))(variables)
+    gx = jax.grad(lambda x: ClosurePerExample().apply(variables, x))(x)
+    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss),
+            "grads": tolist(grads), "grad_x": gx.tolist()}
+
+
+OUT["closure_per_example"] = case_closure_per_example()
 
 
 if __name__ == "__main__":

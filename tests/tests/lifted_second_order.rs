@@ -1089,16 +1089,18 @@ impl OuterOfVjp {
     }
 }
 
-/// A `vmap!` whose closure is more than `mdl.call(cx, x)`, in a child: not
+/// A `vmap!` whose closure reads `self` (which its rerun could not), in a child: not
 /// differentiated, and the report names the module holding the transform.
-struct HoldsVmap;
+struct HoldsVmap {
+    scale: f64,
+}
 
 #[differentiable]
 impl HoldsVmap {
     fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
         let ys = vmap!(
             cx,
-            |mdl, cx, x| mdl.call(cx, &x.to_owned()).sum(),
+            |mdl, cx, x| mdl.call(cx, &x.to_owned()).sum() * self.scale,
             Bend,
             xs,
             in_axes = [0]
@@ -1112,7 +1114,7 @@ struct OuterOfVmap;
 #[differentiable]
 impl OuterOfVmap {
     fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
-        HoldsVmap.call(cx, xs)
+        HoldsVmap { scale: 2.0 }.call(cx, xs)
     }
 }
 

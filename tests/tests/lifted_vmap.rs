@@ -463,3 +463,67 @@ fn broadcast_references_and_other_axes_get_their_cotangents() {
     };
     near("scale".into(), gs[[]], (at(h) - at(-h)) / (2.0 * h));
 }
+
+// ----- a closure that is more than mdl.call, per example -----
+
+struct Bend;
+
+#[differentiable]
+impl Bend {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+        let h = Dense::new(4).call(cx, x).tanh();
+        Dense::new(2).call(cx, &h)
+    }
+}
+
+/// `nn.vmap` of a closure that calls the child twice and weights its output by a
+/// constant of the enclosing method (`ClosurePerExample` of the generator).
+struct ClosurePerExample;
+
+#[differentiable]
+impl ClosurePerExample {
+    fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
+        let w = no_grad(ndarray::array![1.5, -0.5]);
+        let ys = vmap!(
+            cx,
+            |mdl, cx, x| {
+                let y = mdl.call(cx, &x.to_owned());
+                (&y * &y * &w).sum() + mdl.call(cx, &x.to_owned()).sum()
+            },
+            Bend,
+            xs,
+            in_axes = [0]
+        );
+        (&ys * &ys).sum()
+    }
+}
+
+/// First order through a `vmap!` of a closure: the closure's reverse mode runs again
+/// per example.
+#[test]
+fn trained_through_a_vmap_of_a_closure() {
+    let case = reference("lifted_vmap.json", "closure_per_example");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    assert_eq!(
+        vars.shapes(),
+        ClosurePerExample.init(0, &x).unwrap().shapes()
+    );
+    let (loss, grads) =
+        value_and_grad!(|v: &Variables| ClosurePerExample.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close(
+        "closure per example loss",
+        loss,
+        case["loss"].as_f64().unwrap(),
+    );
+    let err = assert_tree_close("closure per example grads", &grads, &case["grads"], RTOL);
+    println!("vmap closure: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| ClosurePerExample.apply(&vars, x).unwrap())(&x);
+    let want = matrix(&case["grad_x"]);
+    let diff = (&gx - &want).mapv(|d| d * d).sum().sqrt();
+    assert!(
+        diff <= RTOL * want.mapv(|d| d * d).sum().sqrt(),
+        "grad_x: {gx} against {want}"
+    );
+}

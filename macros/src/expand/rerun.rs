@@ -22,7 +22,7 @@ pub(crate) fn write_reruns(b: &mut Block) {
             Stmt::LetLifted(l) => {
                 if let Some(r) = &mut l.closure {
                     r.code = match l.kind {
-                        LiftedKind::Vjp { .. } => vjp(&r.closure),
+                        LiftedKind::Vjp { .. } | LiftedKind::Vmap { .. } => vjp(&r.closure),
                         // Second order through a `vjp!`'s pullback: not covered.
                         LiftedKind::Pull { .. } => None,
                         _ => jvp_vjp(&r.closure),

@@ -24,7 +24,8 @@ impl Tangent<'_> {
         if !(self.varied)(l.dsts[0]) {
             return Some(quote!(let #y = #tokens;));
         }
-        if self.mode != Mode::Inputs {
+        // A closure that is more than `mdl.call(cx, x..)`: not covered.
+        if self.mode != Mode::Inputs || l.closure.is_some() {
             return None;
         }
         let dy = dot_name(&y);

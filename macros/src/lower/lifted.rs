@@ -124,8 +124,9 @@ impl Lowerer<'_> {
     }
 
     /// `vmap!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, args.., in_axes = [..])`
-    /// (`axis_name` allowed): the batched output, differentiated through the child
-    /// (its reverse mode run again per example). Other forms stay opaque.
+    /// (`axis_name` allowed), or of a closure that is more than that: the batched
+    /// output, differentiated through the child (its reverse mode, or the closure's,
+    /// run again per example). Other forms stay opaque.
     fn lifted_vmap(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let vmap: VmapInput = m.mac.parse_body().ok()?;
         let n = vmap.positional.len().checked_sub(3)?;
@@ -134,8 +135,9 @@ impl Lowerer<'_> {
         }
         let mut input = TransformInput::positional(vmap.positional);
         // Forward mode's JVP of a `vmap!` maps the child's JVP: the output and its
-        // tangent.
-        let child = self.lifted_child(&mut input, n, false)?;
+        // tangent. A closure that is more than `mdl.call(cx, a..)` has its own reverse
+        // mode run per example.
+        let child = self.lifted_child(&mut input, n, true)?;
         let jvp = child.jvp;
         let args = self.operands(out, &input.positional[3..]);
         let kind = LiftedKind::Vmap {
@@ -292,7 +294,9 @@ impl Lowerer<'_> {
                 _ => return None,
             }
         }
-        if n == 0 || params.len() != n + 2 {
+        // A lifted transform inside (per-example gradients in a `vmap!`) stays opaque:
+        // its rerun would differentiate a transform of a transform.
+        if n == 0 || params.len() != n + 2 || has_lifted_transform(&c.body.to_token_stream()) {
             return None;
         }
         let read = crate::hygiene::idents(&c.body.to_token_stream());
@@ -335,6 +339,30 @@ impl Lowerer<'_> {
         closure.body = Box::new(syn::parse2(quote!({ #(let #names = #values;)* #body })).ok()?);
         Some((closure, captured))
     }
+}
+
+/// Whether `t` invokes a lifted transform (`vjp!(..)`, `grad!(..)`, ..).
+fn has_lifted_transform(t: &TokenStream) -> bool {
+    const TRANSFORMS: [&str; 9] = [
+        "grad",
+        "value_and_grad",
+        "vjp",
+        "jvp",
+        "vmap",
+        "jacfwd",
+        "jacrev",
+        "hessian",
+        "hvp",
+    ];
+    let trees: Vec<proc_macro2::TokenTree> = t.clone().into_iter().collect();
+    trees.iter().enumerate().any(|(i, tt)| match tt {
+        proc_macro2::TokenTree::Ident(id) => {
+            TRANSFORMS.iter().any(|n| id == n)
+                && matches!(trees.get(i + 1), Some(proc_macro2::TokenTree::Punct(p)) if p.as_char() == '!')
+        }
+        proc_macro2::TokenTree::Group(g) => has_lifted_transform(&g.stream()),
+        _ => false,
+    })
 }
 
 /// Whether `t` mentions `self`.

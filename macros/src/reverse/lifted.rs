@@ -251,7 +251,7 @@ impl Gen<'_> {
             // A closure that is more than `mdl.call(cx, x..)`: its own reverse mode,
             // inline.
             Some(closure) => match self.closure_rerun(r, l, closure) {
-                Some(code) => closure_vjp(code, &primals, &ybar, &cots),
+                Some(code) => closure_vjp(code, &primals, &ybar, &cots, None),
                 None => return,
             },
         };
@@ -332,6 +332,35 @@ impl Gen<'_> {
         } else {
             companion_ident(&format_ident!("__call_body"), "vjp_params")
         };
+        // Each example through the child's reverse mode, or a closure's, inline.
+        let example = match l.closure.as_deref() {
+            None => quote! {
+                let (_, __pb2) = ::adjoint::scope::Child::module(__module)
+                    .#companion(&mut __cx2, #(#items,)*);
+                let (mut __cv, _, #(#cots,)*) = __pb2(#seed);
+            },
+            // Its output's type is known from its value (`__o`): where its cotangent
+            // cannot be taken apart per example (a tree of per-example gradients),
+            // the rerun reports that it does not go through.
+            Some(closure) => match self.closure_rerun(r, l, closure) {
+                Some(code) => {
+                    let seed = quote!({
+                        use ::adjoint::__private::{ExampleNone as _, ExampleUnstacked as _};
+                        (&&::adjoint::__private::ExampleOf(&__o)).example(__ct0, __i)
+                    });
+                    let nans = items
+                        .iter()
+                        .map(|x| quote!(::adjoint::__private::unsupported_cot(&#x)));
+                    let fallback = quote! {{
+                        let mut __cv = ::adjoint::Variables::new();
+                        ::adjoint::__private::second_order(&mut __cv, __child);
+                        (__cv, (), (), #(#nans,)*)
+                    }};
+                    closure_vjp(code, &items, &seed, &cots, Some(fallback))
+                }
+                None => return,
+            },
+        };
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
         r.code.push(quote! {
@@ -348,9 +377,7 @@ impl Gen<'_> {
                 let __mark = __cx2.mark();
                 for __i in 0..__n {
                     __cx2.reset_names_to(&__mark);
-                    let (_, __pb2) = ::adjoint::scope::Child::module(__module)
-                        .#companion(&mut __cx2, #(#items,)*);
-                    let (mut __cv, _, #(#cots,)*) = __pb2(#seed);
+                    #example
                     #merge
                     #(#adds)*
                 }
@@ -675,25 +702,35 @@ fn closure_jvp_vjp(
     }
 }
 
-/// A `vjp!` closure's reverse mode (see [`Rerun`]) run inline in the rerun scope
-/// `__cx2` on `primals`, seeded with `seed`: the variables' cotangents (`__cv`) and
-/// the primals' (`cots`).
-fn closure_vjp(
+/// A closure's reverse mode (see [`Rerun`]; a `vjp!`'s or a `vmap!`'s) run inline in
+/// the rerun scope `__cx2` on `primals`, seeded with `seed`: the variables'
+/// cotangents (`__cv`) and the primals' (`cots`). With a `fallback`, `seed` is an
+/// `Option` and the fallback gives the same results where it is `None`.
+fn closure_vjp<C: quote::ToTokens>(
     code: &RerunCode,
     primals: &[TokenStream],
     seed: &TokenStream,
-    cots: &[Ident],
+    cots: &[C],
+    fallback: Option<TokenStream>,
 ) -> TokenStream {
     let (mdl, cxn, xs) = (&code.params[0], &code.params[1], &code.params[2..]);
     let (primal, output, reverse) = (&code.primal, &code.output, &code.reverse);
+    let run = match fallback {
+        None => quote!({ let __ct = #seed; #reverse }),
+        Some(fallback) => quote! {
+            match #seed {
+                ::core::option::Option::Some(__ct) => { #reverse }
+                ::core::option::Option::None => #fallback,
+            }
+        },
+    };
     quote! {
         let #mdl = ::adjoint::scope::Entered(::adjoint::scope::Child::module(__module));
         let #cxn: &mut ::adjoint::Scope = &mut __cx2;
         #(let #xs = #primals;)*
         #primal
         let __o = #output;
-        let __ct = #seed;
-        let (mut __cv, _, _, #(#cots,)*) = { #reverse };
+        let (mut __cv, _, _, #(#cots,)*) = #run;
     }
 }
 
