@@ -202,14 +202,20 @@ impl Gen<'_> {
                 Some(code)
             }
             _ => {
-                // Named by the child's path, which the snapshot holds.
-                let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
-                let captured: Vec<Atom> = closure.captured.iter().map(|v| Atom::Var(*v)).collect();
-                let reads = l.args.iter().map(|a| &a.atom).chain(&captured);
-                self.second_order_unsupported(r, Some(quote!(&#snap.1)), reads);
+                self.closure_unsupported(r, l, l.dsts[0]);
                 None
             }
         }
+    }
+
+    /// Reports that a derivative does not go through `l`'s closure, naming the
+    /// transform's child (which the snapshot of the transform defining `at` holds);
+    /// what the closure read gets NaN cotangents.
+    fn closure_unsupported(&mut self, r: &mut Rev, l: &Lifted, at: Var) {
+        let snap = self.read_slot(r, Slot::Pb(at));
+        let captured: Vec<Atom> = l.captured().iter().map(|v| Atom::Var(*v)).collect();
+        let reads = l.args.iter().map(|a| &a.atom).chain(&captured);
+        self.second_order_unsupported(r, Some(quote!(&#snap.1)), reads);
     }
 
     /// The pullback of a lifted `vjp!`'s output `y` and aux (first order through the
@@ -407,10 +413,7 @@ impl Gen<'_> {
         // Through a closure that is more than `mdl.call(cx, x..)`: second order along
         // its variables is not written; reported, naming the child.
         if l.closure.is_some() {
-            let snap = self.read_slot(r, Slot::Pb(y));
-            let captured: Vec<Atom> = l.captured().iter().map(|v| Atom::Var(*v)).collect();
-            let reads = l.args.iter().map(|a| &a.atom).chain(&captured);
-            return self.second_order_unsupported(r, Some(quote!(&#snap.1)), reads);
+            return self.closure_unsupported(r, l, y);
         }
         let along_variables = has_bar(&l.dsts[0]).then(|| self.bar(l.dsts[0]).clone());
         let snap = self.read_slot(r, Slot::Pb(y));
