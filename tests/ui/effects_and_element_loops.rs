@@ -24,7 +24,7 @@ fn in_place(x: &Array1<f64>) -> f64 {
 #[differentiable]
 fn collected(x: &Array1<f64>) -> f64 {
     let v: Vec<f64> = x.iter().map(|t| t * t).collect();
-    v[0] + v[1]
+    v[0] + v[1] + x.iter().sum::<f64>()
 }
 
 #[differentiable]
