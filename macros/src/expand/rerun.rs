@@ -42,34 +42,32 @@ pub(crate) fn write_reruns(b: &mut Block) {
 /// The JVP-VJP of closure `c` (see [`RerunCode`]). Its errors are not the user's: the
 /// closure compiled as written already.
 fn jvp_vjp(c: &syn::ExprClosure) -> Option<RerunCode> {
-    let quiet = Ctxt::default();
-    let (_, infos, body) = lifted_closure(&quiet, c)?;
+    let (_, infos, body) = lifted_closure(&Ctxt::default(), c)?;
     let jvp = forward_body(&infos, &body, crate::forward::Mode::Inputs, false)?;
     let mut params = infos.clone();
     params.extend(infos[2..].iter().map(ParamInfo::tangent));
     let block: syn::Block = syn::parse2(quote!({ #jvp })).ok()?;
-    let options = Options {
-        has_aux: false,
-        params_active: true,
-        local_pullback: true,
-    };
-    let (_, g) = generate(&quiet, &params, &block, options)?;
-    Some(renamed_apart(&params, g))
+    rerun_code(&params, &block)
 }
 
 /// The VJP of closure `c` (see [`RerunCode`]), its parameters' cotangents included:
 /// what a `vjp!`'s output differentiates (with `has_aux`, the aux too: the code
 /// after the transform may differentiate it).
 fn vjp(c: &syn::ExprClosure) -> Option<RerunCode> {
-    let quiet = Ctxt::default();
-    let (_, params, body) = lifted_closure(&quiet, c)?;
+    let (_, params, body) = lifted_closure(&Ctxt::default(), c)?;
+    rerun_code(&params, &body)
+}
+
+/// The reverse mode of `body` over `params`, the variables' cotangents included, as a
+/// rerun's code.
+fn rerun_code(params: &[ParamInfo], body: &syn::Block) -> Option<RerunCode> {
     let options = Options {
         has_aux: false,
         params_active: true,
         local_pullback: true,
     };
-    let (_, g) = generate(&quiet, &params, &body, options)?;
-    Some(renamed_apart(&params, g))
+    let (_, g) = generate(&Ctxt::default(), params, body, options)?;
+    Some(renamed_apart(params, g))
 }
 
 /// `g` as a rerun's code: its locals renamed apart (`x_rr`), since the pullback runs

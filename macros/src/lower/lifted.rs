@@ -343,21 +343,10 @@ impl Lowerer<'_> {
 
 /// Whether `t` invokes a lifted transform (`vjp!(..)`, `grad!(..)`, ..).
 fn has_lifted_transform(t: &TokenStream) -> bool {
-    const TRANSFORMS: [&str; 9] = [
-        "grad",
-        "value_and_grad",
-        "vjp",
-        "jvp",
-        "vmap",
-        "jacfwd",
-        "jacrev",
-        "hessian",
-        "hvp",
-    ];
     let trees: Vec<proc_macro2::TokenTree> = t.clone().into_iter().collect();
     trees.iter().enumerate().any(|(i, tt)| match tt {
         proc_macro2::TokenTree::Ident(id) => {
-            TRANSFORMS.iter().any(|n| id == n)
+            crate::parse::transform::LIFTED.iter().any(|n| id == n)
                 && matches!(trees.get(i + 1), Some(proc_macro2::TokenTree::Punct(p)) if p.as_char() == '!')
         }
         proc_macro2::TokenTree::Group(g) => has_lifted_transform(&g.stream()),
