@@ -13,6 +13,10 @@ pub struct Activity {
     pub active: Vec<bool>,
     varied: Vec<bool>,
     useful: Vec<bool>,
+    /// Varied, or computed from a varied value by something that carries no
+    /// derivative (an iterator over it, a method on it, a call given a closure
+    /// reading it): what the checks report where it feeds a derivative.
+    tainted: Vec<bool>,
 }
 
 impl Activity {
@@ -25,10 +29,20 @@ impl Activity {
         self.varied[v.0 as usize]
     }
 
-    /// Whether `a` depends on a differentiated input (whether or not the output
-    /// depends on it).
+    /// Whether `a` depends on a differentiated input, through anything (see
+    /// `tainted`), whether or not the output depends on it.
+    fn is_tainted(&self, a: &Atom) -> bool {
+        a.var().is_some_and(|v| self.tainted(v))
+    }
+
+    /// Whether `a` depends on a differentiated input through rules (a derivative
+    /// that flows).
     fn is_varied(&self, a: &Atom) -> bool {
         a.var().is_some_and(|v| self.varied[v.0 as usize])
+    }
+
+    fn tainted(&self, v: Var) -> bool {
+        self.tainted[v.0 as usize]
     }
 
     fn is_useful(&self, v: Var) -> bool {
@@ -44,7 +58,9 @@ pub fn analyze(cx: &Ctxt, f: &Func) -> Activity {
     for p in &f.params {
         varied[p.var.0 as usize] = p.active;
     }
-    while forward(&f.body, f.params_active, &mut varied) {}
+    while forward(&f.body, f.params_active, false, &mut varied) {}
+    let mut tainted = varied.clone();
+    while forward(&f.body, f.params_active, true, &mut tainted) {}
     let mut useful = vec![false; n];
     mark_output(&f.body, f.aux, &mut useful);
     while backward(&f.body, &mut useful) {}
@@ -53,6 +69,7 @@ pub fn analyze(cx: &Ctxt, f: &Func) -> Activity {
         active,
         varied,
         useful,
+        tainted,
     };
     check(cx, &f.body, &act, &f.vars);
     act
@@ -138,7 +155,9 @@ fn each_leaf(b: &Block, f: &mut dyn FnMut(&Leaf)) {
     }
 }
 
-fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
+/// One pass of variedness over `b`; with `taint`, also through what carries no
+/// derivative (see [`depends`]).
+fn forward(b: &Block, params: bool, taint: bool, varied: &mut Vec<bool>) -> bool {
     let mut changed = false;
     for s in &b.stmts {
         match s {
@@ -150,7 +169,7 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
                         || matches!(op, Op::Call(c) if matches!(c.scoped, Scoped::Param | Scoped::Module)));
                 if from_params
                     || inputs(op).iter().any(|a| is(varied, a))
-                    || depends(op).any(|v| varied[v.0 as usize])
+                    || (taint && depends(op).any(|v| varied[v.0 as usize]))
                 {
                     changed |= set(varied, *dst);
                 }
@@ -177,7 +196,7 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
             }
             Stmt::If { branch, phis } => {
                 for arm in &branch.arms {
-                    changed |= forward(arm, params, varied);
+                    changed |= forward(arm, params, taint, varied);
                     each_leaf(arm, &mut |l| {
                         for (phi, a) in phis.iter().zip(leaf_atoms(l)) {
                             if is(varied, &a) {
@@ -193,7 +212,7 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
                         changed |= set(varied, c.inner);
                     }
                 }
-                changed |= forward(&lp.body, params, varied);
+                changed |= forward(&lp.body, params, taint, varied);
                 each_leaf(&lp.body, &mut |l| {
                     for (c, a) in lp.carries.iter().zip(&l.carries) {
                         if is(varied, a) {
@@ -218,7 +237,7 @@ fn forward(b: &Block, params: bool, varied: &mut Vec<bool>) -> bool {
     }
     if let Tail::Branch(br) = &b.tail {
         for arm in &br.arms {
-            changed |= forward(arm, params, varied);
+            changed |= forward(arm, params, taint, varied);
         }
     }
     changed
@@ -368,7 +387,7 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity, vars: &[VarInfo]) {
                     ),
                     _ => continue,
                 };
-                if reads.iter().any(|v| act.varied(*v)) {
+                if reads.iter().any(|v| act.tainted(*v)) {
                     cx.error(*span, format!("{what} is given a differentiated value and its result is dropped: a call made for its effect (`push`, `assign`, `fill`, `mapv_inplace`) changes a value the derivative cannot follow; compute a new value instead (`let y = ..`, `stack`/`concatenate` for lists of arrays), or wrap the value in `no_grad(..)` if it is meant to be constant"));
                 }
             }
@@ -394,7 +413,13 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity, vars: &[VarInfo]) {
                         act.is_varied(&a.atom)
                             && rule.pullbacks.get(*i).is_some_and(|p| p.is_none())
                     });
-                    let varied_consts = consts.iter().enumerate().filter(|(_, c)| act.is_varied(c));
+                    // Of the constants, only an elementwise rule's may carry a derivative
+                    // (`elu`'s `alpha`); the others are positions, axes, shapes and
+                    // masks (`x[i]` with `i` found among `x`'s elements), which have none.
+                    let varied_consts = consts
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| rule.elementwise && act.is_varied(c));
                     for i in without_pullback
                         .map(|(i, _)| i)
                         .chain(varied_consts.map(|(j, _)| operands.len() + j))
@@ -405,7 +430,7 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity, vars: &[VarInfo]) {
                 Op::Call(c) => {
                     if let Callee::Method { receiver, name, .. } = &c.callee
                         && act.is_useful(*dst)
-                        && act.is_varied(&receiver.atom)
+                        && act.is_tainted(&receiver.atom)
                     {
                         cx.error(c.span, format!("no derivative rule for the method `{name}` on a differentiated value; use a supported operation, a #[differentiable] function, or `no_grad(..)`"));
                     }
@@ -415,11 +440,13 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity, vars: &[VarInfo]) {
                         Built::ClosureCall { captured } => captured.as_slice(),
                         _ => &[],
                     };
-                    if act.is_useful(*dst) && reads.iter().chain(captured).any(|v| act.varied(*v)) {
+                    if act.is_useful(*dst) && reads.iter().chain(captured).any(|v| act.tainted(*v))
+                    {
                         let msg = match what {
                             Built::Literal => "arrays and structs of differentiated values are not supported; use ndarray arrays or tuples".to_string(),
                             Built::Macro(m) if m == "vec" => "a `vec!` of differentiated values is not differentiated; build an array with `ndarray::array![..]`, or use a tuple".to_string(),
                             Built::Field => "field access on a differentiated value is not supported; take tuples apart with `let (a, b) = ..`".to_string(),
+                            Built::Iter => "an iterator over a differentiated array's elements is not differentiated: use the array's own operations (`x.sum()`, `x.mapv(..)`, `x.dot(..)`), or index it in a loop over `0..x.len()`; wrap it in `no_grad(..)` if it is meant to be constant".to_string(),
                             Built::ClosureCall { .. } => "a call given a closure is not differentiated, and this one reads a differentiated value: only `mapv`'s closures are differentiated; use `mapv`, or wrap the value in `no_grad(..)` if it is meant to be constant".to_string(),
                             Built::Macro(m) => format!("the macro `{m}!` is given a differentiated value, and its result would be a constant: only `dbg!` and `array!` are differentiated; compute the value outside the macro, or wrap it in `no_grad(..)` if it is meant to be constant"),
                         };
@@ -431,7 +458,7 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity, vars: &[VarInfo]) {
             Stmt::LetTuple { dsts, call, .. } => {
                 if let Callee::Method { receiver, name, .. } = &call.callee
                     && dsts.iter().any(|d| act.is_useful(*d))
-                    && act.is_varied(&receiver.atom)
+                    && act.is_tainted(&receiver.atom)
                 {
                     cx.error(
                         call.span,
@@ -451,7 +478,7 @@ fn check(cx: &Ctxt, b: &Block, act: &Activity, vars: &[VarInfo]) {
                     iter_span,
                     ..
                 } = &lp.kind
-                    && sources.iter().any(|v| act.varied(*v))
+                    && sources.iter().any(|v| act.tainted(*v))
                     && binds.iter().any(|v| act.is_useful(*v))
                 {
                     cx.error(*iter_span, "a loop over the elements of a differentiated value: its loop variables are constants, so the derivative would be lost; loop over the indices (`for i in 0..x.len()`, reading `x[i]`) or use array operations, or wrap the value in `no_grad(..)` if it is meant to be constant");

@@ -395,6 +395,8 @@ pub enum Built {
     ClosureCall { captured: Vec<Var> },
     /// A field of a local (`plan.rows`).
     Field,
+    /// An iterator over a local's elements (`x.iter()`).
+    Iter,
 }
 
 /// A call to a function or method that may be `#[differentiable]`.

@@ -585,3 +585,30 @@ fn if_let_is_a_match() {
         check_grad(|x: &Array1<f64>| masked_if_let(x, mask), &x, &g, tol()).unwrap();
     }
 }
+
+/// Iterators over a differentiated array where no derivative is asked of them: an
+/// index found among its elements, a test in a condition (the derivative flows
+/// through `x[i]` alone).
+#[differentiable(jvp)]
+fn pick_first_above(x: &Array1<f64>, #[no_grad] level: f64) -> f64 {
+    let i = x.iter().position(|v| *v > level).unwrap_or(0);
+    if x.iter().any(|v| v.is_nan()) {
+        return 0.0;
+    }
+    x[i] * x[i]
+}
+
+#[test]
+fn iterators_over_a_differentiated_array_in_indices_and_conditions() {
+    let x = ndarray::array![0.3, 0.5, 0.9];
+    assert_eq!(
+        grad!(pick_first_above)(&x, 0.4).to_vec(),
+        vec![0.0, 1.0, 0.0]
+    );
+    let (_, d) = jvp!(pick_first_above)(&x, 0.4, &ndarray::array![1.0, 2.0, 3.0]);
+    assert_eq!(d, 2.0 * 0.5 * 2.0);
+    assert_eq!(
+        hvp!(pick_first_above)(&x, 0.4, &ndarray::array![1.0, 1.0, 1.0]).to_vec(),
+        vec![0.0, 2.0, 0.0]
+    );
+}

@@ -68,6 +68,9 @@ impl Lowerer<'_> {
         if ops::CONSTANT_METHODS.contains(&name.as_str()) {
             return Val::Atom(self.constant(out, &Expr::MethodCall(m.clone())));
         }
+        if name == "iter" && m.args.is_empty() {
+            return self.iterator(out, m);
+        }
         if name == "mapv" {
             return self.mapv(out, m);
         }
@@ -80,6 +83,26 @@ impl Lowerer<'_> {
             return self.method_prim(out, m, rule, TokenStream::new());
         }
         self.method_companion(out, m)
+    }
+
+    /// `x.iter()`: an iterator, emitted as written (`let mut`: its adaptors take it by
+    /// `&mut`, `x.iter().position(..)`); where it feeds a derivative of a
+    /// differentiated `x`, an error (see `Built::Iter`), never a silent constant.
+    fn iterator(&mut self, out: &mut Stmts, m: &syn::ExprMethodCall) -> Val {
+        let receiver = self.expr(out, &m.receiver);
+        let mut reads = Vec::new();
+        receiver.flatten(&mut reads);
+        let base = self.val_tokens(&receiver);
+        let op = Op::Build {
+            tokens: quote!(#base.iter()),
+            reads: reads.iter().filter_map(Atom::var).collect(),
+            what: Built::Iter,
+        };
+        let value = self.emit(out, op, m.span());
+        if let Atom::Var(v) = value {
+            self.vars[v.0 as usize].mutable = true;
+        }
+        Val::Atom(value)
     }
 
     pub(super) fn method_prim(
