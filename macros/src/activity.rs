@@ -109,9 +109,10 @@ fn inputs(op: &Op) -> Vec<&Atom> {
 }
 
 /// What else an operation's value depends on, though no derivative flows back to
-/// it: a method's receiver (`x.iter()`), what a call given a closure reads. A
-/// differentiated value here makes the result varied, so that a use of it that
-/// needs a derivative is reported (see `check`) rather than dropped.
+/// it: a method's receiver (`x.y()`), what an iterator (`x.iter()`) or a call given
+/// a closure reads. A differentiated value here makes the result tainted (not
+/// varied: code generation asks nothing of it), so that a use of it that needs a
+/// derivative is reported (see `check`) rather than dropped.
 fn depends(op: &Op) -> impl Iterator<Item = Var> + '_ {
     let (receiver, reads): (Option<&Atom>, &[Var]) = match op {
         Op::Call(Call {
