@@ -36,7 +36,7 @@ impl Lowerer<'_> {
         // `has_aux` is covered: the aux is one more output of the child's forward mode.
         let has_aux = std::mem::take(&mut input.has_aux);
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n, true).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let value = m
             .mac
@@ -77,7 +77,7 @@ impl Lowerer<'_> {
             return None;
         }
         let var_tangents = self.verbatim(input.positional[5].to_token_stream());
-        let child = self.lifted_child(&mut input, n, true).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
         let mut args = self.operands(out, &primals);
         args.extend(self.operands(out, &tangents));
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jvp { var_tangents }, 2, args);
@@ -97,7 +97,7 @@ impl Lowerer<'_> {
         // The aux is one more output of the child's reverse and forward modes.
         let aux = std::mem::take(&mut input.has_aux).then(|| self.temp(e.span()));
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n, true).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let reads: Vec<Atom> = args.iter().map(|a| a.atom.clone()).collect();
         let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp { aux }, 2, args);
@@ -117,7 +117,7 @@ impl Lowerer<'_> {
     fn lifted_jacobian(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n, true).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jacobian, 1, args);
         Some(Val::Atom(Atom::Var(dsts[0])))
@@ -137,7 +137,7 @@ impl Lowerer<'_> {
         // Forward mode's JVP of a `vmap!` maps the child's JVP: the output and its
         // tangent. A closure that is more than `mdl.call(cx, a..)` has its own reverse
         // mode run per example.
-        let child = self.lifted_child(&mut input, n, true)?;
+        let child = self.lifted_child(&mut input, n)?;
         let jvp = child.jvp;
         let args = self.operands(out, &input.positional[3..]);
         let kind = LiftedKind::Vmap {
@@ -211,19 +211,14 @@ impl Lowerer<'_> {
         self.emit(out, Op::Lifted { tokens, reads }, span)
     }
 
-    /// What a lifted transform over `n` primals must be for second order to go through
+    /// What a lifted transform over `n` primals must be for a derivative to go through
     /// it: the closure exactly `|mdl, cx, a..| mdl.call(cx, a..)` (or the child's JVP
-    /// forward mode writes for a `vmap!`, `jvp`: see [`child_call`]), or with `any`
-    /// any closure `|mdl, cx, a..| body` whose body reads nothing of the enclosing
-    /// code (see [`Rerun`]); the module an expression of constants or a local bound
-    /// module (`let learner = Learner;`), no options but `variables` and `rngs`
-    /// (taken: the rerun restricts alike).
-    fn lifted_child(
-        &mut self,
-        input: &mut TransformInput,
-        n: usize,
-        any: bool,
-    ) -> Option<LiftedChild> {
+    /// forward mode writes for a `vmap!`, `jvp`: see [`child_call`]), or a closure
+    /// `|mdl, cx, a..| body` whose rerun can run it (see [`Self::closure_captures`]);
+    /// the module an expression of constants or a local bound module (`let learner
+    /// = Learner;`), no options but `variables` and `rngs` (taken: the rerun
+    /// restricts alike).
+    fn lifted_child(&mut self, input: &mut TransformInput, n: usize) -> Option<LiftedChild> {
         let (visible, rngs) = (
             names_option(&std::mem::take(&mut input.variables)),
             names_option(&std::mem::take(&mut input.rngs)),
@@ -238,11 +233,7 @@ impl Lowerer<'_> {
         let (form, closure) = match child_call(c) {
             Some((form, primals)) if primals == n => (form, None),
             Some(_) => return None,
-            None if any => match self.closure_captures(c, n) {
-                Some(closure) => (ChildCall::Call, Some(closure)),
-                None => return None,
-            },
-            None => return None,
+            None => (ChildCall::Call, Some(self.closure_captures(c, n)?)),
         };
         let local = self.mentions_local(items[2].to_token_stream());
         let bound = matches!(&items[2], Expr::Path(p) if p.path.get_ident().is_some());

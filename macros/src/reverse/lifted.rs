@@ -96,85 +96,59 @@ impl Gen<'_> {
         } else {
             l.args.iter().map(|_| quote!(_)).collect()
         };
-        // A closure that is more than `mdl.call(cx, x..)`: its own JVP-VJP, inline,
-        // or (where forward mode does not cover it) the report that second order
-        // does not go through it.
-        if let Some(closure) = &l.closure {
-            return self.rev_lifted_closure(r, l, closure, &seeds, &primals, &tangents);
-        }
-        // The variables' tangents a `jvp!` was given, if any were nonzero.
-        let rerun = |along: Option<TokenStream>| {
-            let (companion, set, split) = forward_rerun(along);
-            quote! {
-                #set
-                let (__o, __pb2) = ::adjoint::scope::Child::module(__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
-                let (__cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
-                #split
-            }
-        };
-        let along_inputs = rerun(None);
-        let run = if jvp {
-            let along_variables = rerun(Some(quote!(__t)));
-            quote! {
-                let (mut __cv, #(#cots,)*) = match __tangents {
-                    ::core::option::Option::None => {
-                        #along_inputs
-                        (__cv, #(#cots,)*)
-                    }
-                    ::core::option::Option::Some(__t) => {
-                        #along_variables
-                        (__cv, #(#cots,)*)
+        let run = match l.closure.as_deref() {
+            None => {
+                // The variables' tangents a `jvp!` was given, if any were nonzero.
+                let rerun = |along: Option<TokenStream>| {
+                    let (companion, set, split) = forward_rerun(along);
+                    quote! {
+                        #set
+                        let (__o, __pb2) = ::adjoint::scope::Child::module(__module).#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
+                        let (__cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
+                        #split
                     }
                 };
+                let along_inputs = rerun(None);
+                if jvp {
+                    let along_variables = rerun(Some(quote!(__t)));
+                    quote! {
+                        let (mut __cv, #(#cots,)*) = match __tangents {
+                            ::core::option::Option::None => {
+                                #along_inputs
+                                (__cv, #(#cots,)*)
+                            }
+                            ::core::option::Option::Some(__t) => {
+                                #along_variables
+                                (__cv, #(#cots,)*)
+                            }
+                        };
+                    }
+                } else {
+                    quote!(#along_inputs let mut __cv = __cv;)
+                }
             }
-        } else {
-            quote!(#along_inputs let mut __cv = __cv;)
-        };
-        r.code
-            .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));
-        for (a, c) in l.args.iter().zip(&cots) {
-            self.contribute(r, &a.atom, c.to_token_stream());
-        }
-    }
-
-    /// The pullback of a lifted `grad!` over a closure that is more than
-    /// `mdl.call(cx, x..)` (see [`Rerun`]): the closure's JVP-VJP along the gradients'
-    /// cotangents, its parameters bound as the closure's are (the module, the scope
-    /// in the child, the primals, their tangents), run on the scope's state before
-    /// the transform.
-    fn rev_lifted_closure(
-        &mut self,
-        r: &mut Rev,
-        l: &Lifted,
-        closure: &Rerun,
-        seeds: &TokenStream,
-        primals: &[TokenStream],
-        tangents: &[TokenStream],
-    ) {
-        let Some(code) = self.closure_rerun(r, l, closure) else {
-            return;
-        };
-        let cots: Vec<Ident> = (0..l.args.len())
-            .map(|i| format_ident!("__c{}", i))
-            .collect();
-        let snap = self.read_slot(r, Slot::Pb(l.dsts[0]));
-        let kept = self.kept_pattern(&l.args);
-        // A `jvp!`'s tangents are its arguments too (their cotangents wanted); a
-        // `grad!`'s are the gradients' cotangents.
-        let jvp = matches!(l.kind, LiftedKind::Jvp { .. });
-        let inline = closure_jvp_vjp(code, primals, tangents, seeds, &cots, jvp);
-        // The forward mode written is along the primals: with variable tangents
-        // (`jvp!`), second order is reported.
-        let args = primals.iter().chain(tangents.iter().filter(|_| jvp));
-        let run = quote! {
-            let (mut __cv, #(#cots,)*) = if __tangents.is_none() {
-                #inline
-                (__cv, #(#cots,)*)
-            } else {
-                let mut __cv = ::adjoint::Variables::new();
-                ::adjoint::__private::second_order(&mut __cv, __child);
-                (__cv, #(::adjoint::__private::unsupported_cot(&(#args)),)*)
-            };
+            // A closure that is more than `mdl.call(cx, x..)`: its own JVP-VJP,
+            // inline, or (where forward mode does not cover it) the report that
+            // second order does not go through it.
+            Some(closure) => {
+                let Some(code) = self.closure_rerun(r, l, closure) else {
+                    return;
+                };
+                let inline = closure_jvp_vjp(code, &primals, &tangents, &seeds, &cots, jvp);
+                // The forward mode written is along the primals: with variable
+                // tangents (`jvp!`), second order is reported.
+                let args = primals.iter().chain(tangents.iter().filter(|_| jvp));
+                quote! {
+                    let (mut __cv, #(#cots,)*) = if __tangents.is_none() {
+                        #inline
+                        (__cv, #(#cots,)*)
+                    } else {
+                        let mut __cv = ::adjoint::Variables::new();
+                        ::adjoint::__private::second_order(&mut __cv, __child);
+                        (__cv, #(::adjoint::__private::unsupported_cot(&(#args)),)*)
+                    };
+                }
+            }
         };
         r.code
             .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));

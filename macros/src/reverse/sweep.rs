@@ -285,7 +285,6 @@ impl<'a> Gen<'a> {
         }
     }
 
-    /// Whether `atom` is a parameter whose type is a reference (`&T`).
     /// A computation second order does not go through (an opaque lifted transform,
     /// a closure forward mode does not cover): the parameters' gradients say so, and
     /// the cotangents of what it read are NaN (never a silent zero).
@@ -315,6 +314,7 @@ impl<'a> Gen<'a> {
         }
     }
 
+    /// Whether `atom` is a parameter whose type is a reference (`&T`).
     pub(super) fn is_reference_param(&self, atom: &Atom) -> bool {
         atom.var()
             .is_some_and(|v| self.f.params.iter().any(|p| p.var == v && p.reference))
