@@ -702,6 +702,35 @@ impl Variables {
         }
     }
 
+    /// Adds a zero for each float parameter of `variables` this cotangent tree lacks:
+    /// a gradient holds every parameter, as JAX's does, also those the output does
+    /// not depend on (a bias whose second derivative is zero, a parameter read and
+    /// not used).
+    ///
+    /// ```
+    /// use adjoint::Variables;
+    /// let vars = Variables::new()
+    ///     .with("params", "w", ndarray::arr1(&[1.0, 2.0]).into_shared())
+    ///     .and_then(|v| v.with("params", "b", ndarray::arr1(&[3.0]).into_shared()))
+    ///     .unwrap();
+    /// let mut grads = Variables::new().with("params", "w", ndarray::arr1(&[0.5, 0.5]).into_shared()).unwrap();
+    /// grads.complete_params(&vars);
+    /// assert_eq!(grads.read::<ndarray::ArrayD<f64>>("params", "b").unwrap(), ndarray::arr1(&[0.0]).into_dyn());
+    /// assert_eq!(grads.leaf_count(), 2);
+    /// ```
+    #[doc(hidden)]
+    pub fn complete_params(&mut self, variables: &Variables) {
+        let Some(params) = variables.collections.get("params") else {
+            return;
+        };
+        let mine = self.collections.entry("params".to_string()).or_default();
+        for (k, v) in params {
+            if !matches!(v, Leaf::I64(_)) && !mine.contains_key(k) {
+                mine.insert(k.clone(), v.zeros_like());
+            }
+        }
+    }
+
     /// The same tree with every leaf zero.
     ///
     /// ```
@@ -1255,6 +1284,14 @@ not_differentiated_tuple!(A 0);
 not_differentiated_tuple!(A 0, B 1);
 not_differentiated_tuple!(A 0, B 1, C 2);
 not_differentiated_tuple!(A 0, B 1, C 2, E 3);
+not_differentiated_tuple!(A 0, B 1, C 2, E 3, F 4);
+not_differentiated_tuple!(A 0, B 1, C 2, E 3, F 4, G 5);
+not_differentiated_tuple!(A 0, B 1, C 2, E 3, F 4, G 5, H 6);
+not_differentiated_tuple!(A 0, B 1, C 2, E 3, F 4, G 5, H 6, I 7);
+not_differentiated_tuple!(A 0, B 1, C 2, E 3, F 4, G 5, H 6, I 7, J 8);
+not_differentiated_tuple!(A 0, B 1, C 2, E 3, F 4, G 5, H 6, I 7, J 8, K 9);
+not_differentiated_tuple!(A 0, B 1, C 2, E 3, F 4, G 5, H 6, I 7, J 8, K 9, L 10);
+not_differentiated_tuple!(A 0, B 1, C 2, E 3, F 4, G 5, H 6, I 7, J 8, K 9, L 10, M 11);
 
 /// Marks parameter gradients computed by running a child again (second order) if
 /// that run failed, which it does only if the variables changed shape in between.

@@ -1672,3 +1672,34 @@ fn second_order_through_a_child_forward_mode_does_not_cover_is_never_silent() {
     let gx = grad!(|x: f64| SlopeOfCalling.apply(&vars, x).unwrap())(2.0);
     assert!(gx.is_nan(), "{gx}");
 }
+
+// ----- a gradient holds every parameter, as JAX's does -----
+
+struct ReadsUnused;
+
+#[differentiable]
+impl ReadsUnused {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let w: Array1<f64> = cx.param("w", init::ones, 3);
+        let _unused: Array1<f64> = cx.param("unused", init::ones, 3);
+        (&w * x).sum()
+    }
+}
+
+#[test]
+fn a_gradient_holds_the_parameters_the_output_does_not_depend_on() {
+    // `jax.grad` of a loss over a parameter tree gives a tree of the same structure:
+    // zeros where the output does not depend on a parameter.
+    let x = Array1::from_vec(vec![1.0, 2.0, 3.0]);
+    let vars = ReadsUnused.init(0, &x).unwrap();
+    let (_, g) = value_and_grad!(|v: &Variables| ReadsUnused.apply(v, &x).unwrap())(&vars);
+    assert_eq!(g.leaf_count(), 2);
+    assert_eq!(
+        g.read::<ndarray::ArrayD<f64>>("params", "unused").unwrap(),
+        ndarray::ArrayD::<f64>::zeros(ndarray::IxDyn(&[3]))
+    );
+    assert_eq!(
+        g.read::<ndarray::ArrayD<f64>>("params", "w").unwrap(),
+        x.clone().into_dyn()
+    );
+}

@@ -46,7 +46,8 @@ pub(crate) fn apply_items(
             let (__out, __pb) = self.#body_vjp_params(&mut __cx, #(#rest),*);
             #finish
             (__out, move |__ct| {
-                let (__v, _, #(#cs,)*) = __pb(__ct);
+                let (mut __v, _, #(#cs,)*) = __pb(__ct);
+                __v.complete_params(&__vars);
                 (__v, #(#cs,)*)
             })
         },
@@ -77,7 +78,8 @@ pub(crate) fn apply_items(
             #finish
             let __mutated = #options.mutated(&__vars);
             ((__out, __mutated), move |(__ct, _)| {
-                let (__v, _, #(#cs,)*) = __pb(__ct);
+                let (mut __v, _, #(#cs,)*) = __pb(__ct);
+                __v.complete_params(&__vars);
                 (__v, (), #(#cs,)*)
             })
         },
@@ -195,6 +197,8 @@ fn forward_items(
                 (#wrap, move |#ct_pat| {
                     let (__v, _, #(#cs,)* #(#ts,)*) = __pb((__ct, __dct));
                     #split
+                    let mut __v = __v;
+                    __v.complete_params(&__vars);
                     (__v, #dv #extra #(#cs,)* #(#ts,)*)
                 })
             },
