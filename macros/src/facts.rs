@@ -227,7 +227,13 @@ pub(crate) fn collect_defs<'a>(b: &'a Block, defs: &mut HashMap<Var, &'a Op>) {
 
 /// The variables a block defines at its own level (not inside nested blocks).
 pub(crate) fn block_defs(b: &Block, out: &mut HashSet<Var>) {
-    for s in &b.stmts {
+    out.extend(stmt_defs(&b.stmts));
+}
+
+/// The variables `stmts` define at their level.
+pub(crate) fn stmt_defs(stmts: &[Stmt]) -> HashSet<Var> {
+    let mut out = HashSet::new();
+    for s in stmts {
         match s {
             Stmt::Let { dst, .. } => {
                 out.insert(*dst);
@@ -241,6 +247,7 @@ pub(crate) fn block_defs(b: &Block, out: &mut HashSet<Var>) {
             }
         }
     }
+    out
 }
 
 /// The part of an output that is differentiated: all of it, or with `has_aux`

@@ -229,6 +229,8 @@ pub struct Lifted {
     /// `Option<&[&str]>` expressions.
     pub visible: TokenStream,
     pub rngs: TokenStream,
+    /// It was given `variables` or `rngs`.
+    pub restricted: bool,
     /// A `grad!`'s closure that is more than `mdl.call(cx, x..)`, with the code of its
     /// JVP-VJP (see [`Rerun`]).
     pub closure: Option<Box<Rerun>>,
@@ -536,6 +538,23 @@ impl Lifted {
             .chain(&self.dsts)
             .copied()
             .collect()
+    }
+
+    /// A plain `grad!(cx, |mdl, cx, a..| mdl.call(cx, a..), Child, a..)` over a
+    /// module that is not `self` or a field of it (its scope auto-named or bound),
+    /// without options: differentiated again, it runs the
+    /// child's input gradient (`__call_body_vjpx`), written back as source where the
+    /// child's body allows (reverse over reverse), when the scope is pure.
+    pub fn input_gradient(&self) -> bool {
+        matches!(
+            self.kind,
+            LiftedKind::Grad {
+                value: None,
+                aux: None
+            }
+        ) && self.closure.is_none()
+            && !self.restricted
+            && !crate::hygiene::idents(&self.module).contains("self")
     }
 
     /// The variables of the enclosing code its closure reads (see [`Rerun`]).

@@ -33,6 +33,7 @@ mod parse;
 mod reverse;
 #[cfg(test)]
 mod tests;
+mod transpose;
 
 use proc_macro::TokenStream;
 

@@ -611,6 +611,17 @@ static FUNCTIONS: &[(&str, Rule)] = &[
         "widen",
         rule!("widen", 2, [pb!("add_pb_lhs"[Shape(0)]), None]).elementwise(),
     ),
+    // What the input gradient written back as source (`crate::transpose`) writes for
+    // an operand of a broadcasting operation (the cotangent summed to its shape) and
+    // for a sum (the cotangent at every element of the operand's shape).
+    (
+        "sum_to",
+        rule!("sum_to", 1, [pb!("sum_to_pb" [Operand(0), Const(0)])]).consts_by_ref(),
+    ),
+    (
+        "broadcast_to",
+        rule!("broadcast_to", 1, [pb!("broadcast_to_pb"[Const(0)])]).consts_by_ref(),
+    ),
     // What forward mode writes for `tanh` and `sigmoid` (`y`, `dx`): differentiated
     // again by second order.
     (
@@ -855,6 +866,8 @@ const INTERNAL: &[&str] = &[
     "dup",
     "field",
     "widen",
+    "sum_to",
+    "broadcast_to",
     "tanh_tangent",
     "sigmoid_tangent",
     "softmax_tangent",

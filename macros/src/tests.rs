@@ -81,6 +81,27 @@ fn scalar_loop_rosenbrock() {
     expect_test::expect_file!["../snapshots/rosenbrock.rs"].assert_eq(&out);
 }
 
+#[test]
+fn module_input_gradient_written_back() {
+    // A physics-informed field: its input gradient as source (the submodules' own
+    // input gradients called at the paths their forward calls ran at), which
+    // `#[differentiable]` differentiates again for a lifted `grad!`'s second order.
+    let out = expand(quote! {
+        impl Field {
+            fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+                let h1 = Dense::new(32).call(cx, x).tanh();
+                let h2 = Dense::new(32).call(cx, &h1).tanh();
+                Dense::new(1).call(cx, &h2).sum()
+            }
+        }
+    });
+    let start = out
+        .find("    pub fn __call_body_vjpx")
+        .expect("the input gradient");
+    let len = out[start..].find("\n    }\n").expect("its end") + "\n    }\n".len();
+    expect_test::expect_file!["../snapshots/field_vjpx.rs"].assert_eq(&out[start..start + len]);
+}
+
 /// The expansion time of a function of `n` statements (for BENCHMARKS.md:
 /// `cargo test --release -p adjoint-macros expansion_time -- --ignored --nocapture`).
 #[test]

@@ -502,6 +502,13 @@ pub mod __private {
         pb
     }
 
+    /// One, of the type the callee's parameter asks for: the seed of a lifted
+    /// `grad!`'s input gradient written back as source (`__call_vjpx`).
+    #[inline(always)]
+    pub fn unit_seed<A: crate::value::Real>() -> A {
+        A::lit(1.0)
+    }
+
     /// An owned copy of `x` (see [`Own`]).
     #[inline(always)]
     pub fn own<T: Own + ?Sized>(x: &T) -> T::Owned {

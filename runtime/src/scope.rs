@@ -200,6 +200,9 @@ pub struct Scope<'v> {
     visible_rngs: Option<BTreeSet<String>>,
     /// Whether the `init`/`apply` this one runs inside had failed (restored on drop).
     outer_failed: bool,
+    /// A module's input gradient ran its first-order reverse mode, whose own
+    /// derivative the scope cannot give (see [`Scope::vjpx_fallback`]).
+    vjpx_fell_back: bool,
 }
 
 thread_local! {
@@ -314,6 +317,7 @@ impl<'v> Scope<'v> {
             last_child: None,
             visible: None,
             visible_rngs: None,
+            vjpx_fell_back: false,
         }
     }
 
@@ -1152,6 +1156,34 @@ impl Scope<'_> {
             visible: self.visible.clone(),
             visible_rngs: self.visible_rngs.clone(),
         }
+    }
+
+    /// Whether running a module again changes nothing and draws nothing: no
+    /// collection is mutable, no random stream is given, no variable is created, no
+    /// tangent is set. A lifted `grad!` differentiated again runs its child's input
+    /// gradient written as source (reverse over reverse) only then: that code calls
+    /// some submodules twice (their forward pass, then their input gradient).
+    #[doc(hidden)]
+    pub fn is_pure(&self) -> bool {
+        !self.initializing
+            && self.rngs.is_empty()
+            && self.tangents.is_none()
+            && matches!(&self.mutable, Mutable::Only(c) if c.is_empty())
+    }
+
+    /// Records that a module's input gradient (`__call_vjpx`) was computed by its
+    /// first-order reverse mode, whose pullback cannot differentiate it: the lifted
+    /// `grad!` that asked for it differentiates by running its child's JVP-VJP again
+    /// instead (see [`Scope::take_vjpx_fallback`]).
+    #[doc(hidden)]
+    pub fn vjpx_fallback(&mut self) {
+        self.vjpx_fell_back = true;
+    }
+
+    /// Whether a [`Scope::vjpx_fallback`] was recorded since the last call; clears it.
+    #[doc(hidden)]
+    pub fn take_vjpx_fallback(&mut self) -> bool {
+        std::mem::take(&mut self.vjpx_fell_back)
     }
 
     /// Moves the cursor to the absolute path `path` (`/`-joined).

@@ -393,6 +393,11 @@ impl<A: Real, S: Data<Elem = A>, D: Dimension> ShapeOf for ArrayBase<S, D> {
 }
 
 impl<A: Real, D: Dimension> ArrayShape<A, D> {
+    /// The shape `dim`.
+    pub fn new(dim: D) -> Self {
+        ArrayShape(dim, std::marker::PhantomData)
+    }
+
     /// The number of elements.
     pub fn size(&self) -> usize {
         self.0.size()

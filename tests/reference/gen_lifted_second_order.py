@@ -10,6 +10,11 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
   arm of the branch), and three steps of SGD at learning rate 0.01 (the loss before each step).
 - `pinn_loop`: a physics-informed loss, `mean((du/dx - cos x)^2)`, of a field whose
   network applies a shared residual layer in a loop.
+- `pinn_mlp`: the same loss of a field of `Dense` layers with `tanh`, `sigmoid`, products,
+  quotients, `exp`, sums and means, which the child's input gradient written back as
+  source differentiates again (reverse over reverse).
+- `pinn_nested`: the same loss of a field whose own submodule loops (that submodule's input
+  gradient is its reverse mode; second order runs the field's JVP-VJP again).
 - `gradient_penalty_dropout`: WGAN-GP's penalty `mean((|grad_x D(x_i)| - 1)^2)` of a
   critic with a deterministic Dropout between its layers.
 - `maml_inner`: MAML: a loop of inner SGD steps on fast weights, each a `nn.grad`
@@ -624,6 +629,84 @@ def case_vjp_closure_value():
 
 
 OUT["vjp_closure_value"] = case_vjp_closure_value()
+
+# A PINN of plain layers: what reverse over reverse covers.
+class MlpField(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h1 = jnp.tanh(nn.Dense(6)(x))
+        h2 = nn.sigmoid(nn.Dense(6)(h1)) * h1 - 0.3 * h1
+        h3 = h2 / (1.5 + h1 * h1) + jnp.exp(-h2)
+        return jnp.sum(nn.Dense(1)(h3)) + jnp.mean(h2 * h2)
+
+
+class MlpPinn(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        (du,) = nn.grad(lambda mdl, x: mdl(x), MlpField(), x)
+        res = du - jnp.cos(x)
+        return jnp.mean(res * res)
+
+
+def case_pinn_mlp():
+    x = arr(5, 2, seed=91, scale=1.5)
+    variables = {
+        "params": {
+            "MlpField_0": {
+                "Dense_0": {"kernel": arr(2, 6, seed=92, scale=0.9), "bias": arr(6, seed=93, scale=0.2)},
+                "Dense_1": {"kernel": arr(6, 6, seed=94, scale=0.6), "bias": arr(6, seed=95, scale=0.2)},
+                "Dense_2": {"kernel": arr(6, 1, seed=96, scale=0.7), "bias": arr(1, seed=97, scale=0.1)},
+            }
+        }
+    }
+    loss, grads = jax.value_and_grad(lambda v: MlpPinn().apply(v, x))(variables)
+    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads)}
+
+
+OUT["pinn_mlp"] = case_pinn_mlp()
+
+
+# A PINN whose field holds a submodule that loops.
+class Residual(nn.Module):
+    @nn.compact
+    def __call__(self, h):
+        r = self.param("r", nn.initializers.zeros, (6, 6))
+        for _ in range(2):
+            h = h + jnp.tanh(h @ r)
+        return h
+
+
+class NestedField(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(6)(x))
+        return jnp.sum(nn.Dense(1)(Residual()(h)))
+
+
+class NestedPinn(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        (du,) = nn.grad(lambda mdl, x: mdl(x), NestedField(), x)
+        res = du - jnp.cos(x)
+        return jnp.mean(res * res)
+
+
+def case_pinn_nested():
+    x = arr(5, 2, seed=101, scale=1.5)
+    variables = {
+        "params": {
+            "NestedField_0": {
+                "Dense_0": {"kernel": arr(2, 6, seed=102, scale=0.9), "bias": arr(6, seed=103, scale=0.2)},
+                "Residual_0": {"r": arr(6, 6, seed=104, scale=0.4)},
+                "Dense_1": {"kernel": arr(6, 1, seed=105, scale=0.7), "bias": arr(1, seed=106, scale=0.1)},
+            }
+        }
+    }
+    loss, grads = jax.value_and_grad(lambda v: NestedPinn().apply(v, x))(variables)
+    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads)}
+
+
+OUT["pinn_nested"] = case_pinn_nested()
 
 with open("lifted_second_order.json", "w") as f:
     json.dump(OUT, f, indent=1)

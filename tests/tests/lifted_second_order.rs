@@ -206,6 +206,97 @@ fn pinn_with_a_loop_in_the_network() {
     println!("pinn gradient: normwise relative error {err:.1e}");
 }
 
+// ----- a PINN of plain layers: its field's input gradient differentiated again -----
+
+struct MlpField;
+
+#[differentiable]
+impl MlpField {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let h1 = Dense::new(6).call(cx, x).tanh();
+        let h2 = &nn::sigmoid(&Dense::new(6).call(cx, &h1)) * &h1 - 0.3 * &h1;
+        let h3 = &h2 / &(1.5 + &h1 * &h1) + (-&h2).exp();
+        Dense::new(1).call(cx, &h3).sum() + (&h2 * &h2).mean().unwrap()
+    }
+}
+
+struct MlpPinn;
+
+#[differentiable]
+impl MlpPinn {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (du,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), MlpField, x);
+        let res = &du - &no_grad(x.cos());
+        (&res * &res).mean().unwrap()
+    }
+}
+
+#[test]
+fn pinn_of_plain_layers_reverse_over_reverse() {
+    // The field's body is written back as source: its input gradient's own reverse
+    // mode gives the second order (the primal keeps its values).
+    let case = reference("lifted_second_order.json", "pinn_mlp");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    let (loss, grads) = value_and_grad!(|v: &Variables| MlpPinn.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("pinn_mlp loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("pinn_mlp grads", &grads, &case["grads"], RTOL);
+    println!("pinn_mlp gradient: normwise relative error {err:.1e}");
+}
+
+// ----- a PINN whose field holds a looping submodule (second order reruns) -----
+
+struct Residual;
+
+#[differentiable]
+impl Residual {
+    fn call(&self, cx: &mut Scope, h: &Array2<f64>) -> Array2<f64> {
+        let r: Array2<f64> = cx.param("r", init::zeros, (6, 6));
+        let mut h = h.clone();
+        for _ in 0..2 {
+            h = &h + &h.dot(&r).tanh();
+        }
+        h
+    }
+}
+
+struct NestedField;
+
+#[differentiable]
+impl NestedField {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let h = Dense::new(6).call(cx, x).tanh();
+        let h = Residual.call(cx, &h);
+        Dense::new(1).call(cx, &h).sum()
+    }
+}
+
+struct NestedPinn;
+
+#[differentiable]
+impl NestedPinn {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let (du,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), NestedField, x);
+        let res = &du - &no_grad(x.cos());
+        (&res * &res).mean().unwrap()
+    }
+}
+
+#[test]
+fn pinn_whose_field_holds_a_looping_submodule() {
+    // The field's input gradient is written back as source, its submodule's is not
+    // (it loops): second order runs the field's JVP-VJP again.
+    let case = reference("lifted_second_order.json", "pinn_nested");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    let (loss, grads) = value_and_grad!(|v: &Variables| NestedPinn.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("pinn_nested loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("pinn_nested grads", &grads, &case["grads"], RTOL);
+    println!("pinn_nested gradient: normwise relative error {err:.1e}");
+}
+
 // ----- WGAN-GP's gradient penalty through a critic with a deterministic Dropout -----
 
 struct Critic;

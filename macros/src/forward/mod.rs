@@ -55,31 +55,7 @@ pub fn jvp_body(
     mode: Mode,
     calls: bool,
 ) -> Option<TokenStream> {
-    let refs: HashSet<Var> = f
-        .params
-        .iter()
-        .zip(reference_params)
-        .filter(|(_, r)| **r)
-        .map(|(p, _)| p.var)
-        .collect();
-    let mut defs = std::collections::HashMap::new();
-    crate::facts::collect_defs(&f.body, &mut defs);
-    let mut scalar = crate::facts::scalars(f, &defs);
-    // Integers are `Copy` too, and written by value like float scalars.
-    for (s, i) in scalar.iter_mut().zip(crate::facts::integers(f, &defs)) {
-        *s |= i;
-    }
-    let mut t = Tangent {
-        f,
-        varied,
-        has_dot: HashSet::new(),
-        refs,
-        scalar,
-        mode,
-        loops: 0,
-        in_loop_tail: false,
-        calls,
-    };
+    let mut t = Tangent::new(f, varied, reference_params, mode, calls);
     for p in &f.params {
         if p.active {
             t.has_dot.insert(p.var);
@@ -166,6 +142,92 @@ struct Tangent<'a> {
     /// The tail being written ends a loop's body: `break` and `continue` leaves are
     /// the loop's (a function's `return` inside a loop is not covered).
     in_loop_tail: bool,
+}
+
+impl<'a> Tangent<'a> {
+    fn new(
+        f: &'a Func,
+        varied: &'a dyn Fn(Var) -> bool,
+        reference_params: &[bool],
+        mode: Mode,
+        calls: bool,
+    ) -> Self {
+        let refs: HashSet<Var> = f
+            .params
+            .iter()
+            .zip(reference_params)
+            .filter(|(_, r)| **r)
+            .map(|(p, _)| p.var)
+            .collect();
+        let mut defs = std::collections::HashMap::new();
+        crate::facts::collect_defs(&f.body, &mut defs);
+        let mut scalar = crate::facts::scalars(f, &defs);
+        // Integers are `Copy` too, and written by value like float scalars.
+        for (s, i) in scalar.iter_mut().zip(crate::facts::integers(f, &defs)) {
+            *s |= i;
+        }
+        Tangent {
+            f,
+            varied,
+            has_dot: HashSet::new(),
+            refs,
+            scalar,
+            mode,
+            loops: 0,
+            in_loop_tail: false,
+            calls,
+        }
+    }
+}
+
+/// A body's statements written back as the user wrote them, nothing differentiated,
+/// and its values as operands: what the input gradient written back as source
+/// ([`crate::transpose`]) starts from.
+pub(crate) struct Primal<'a>(Tangent<'a>);
+
+impl<'a> Primal<'a> {
+    pub(crate) fn new(f: &'a Func, reference_params: &[bool]) -> Self {
+        fn never(_: Var) -> bool {
+            false
+        }
+        Primal(Tangent::new(
+            f,
+            &never,
+            reference_params,
+            Mode::Inputs,
+            false,
+        ))
+    }
+
+    /// `let x = ..;` as written (`None` for what forward mode would not write).
+    pub(crate) fn stmt(&mut self, s: &Stmt) -> Option<TokenStream> {
+        self.0.stmt(s)
+    }
+
+    /// The value itself (a variable's name, a literal).
+    pub(crate) fn atom(&self, a: &Atom) -> TokenStream {
+        self.0.atom(a)
+    }
+
+    /// A reference to an array, a scalar by value (see [`Tangent::r`]).
+    pub(crate) fn r(&self, a: &Atom) -> TokenStream {
+        self.0.r(a)
+    }
+
+    /// A call's argument as the user passed it.
+    pub(crate) fn arg(&self, a: &Arg) -> TokenStream {
+        self.0.arg(a)
+    }
+
+    /// Whether `v` is a scalar (or an integer): used by value.
+    pub(crate) fn scalar(&self, v: Var) -> bool {
+        self.0.scalar[v.0 as usize]
+    }
+
+    /// Whether `v` is a parameter of reference type.
+    pub(crate) fn is_ref(&self, v: Var) -> bool {
+        self.0.refs.contains(&v)
+    }
 }
 
 impl Tangent<'_> {

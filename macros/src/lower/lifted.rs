@@ -181,6 +181,7 @@ impl Lowerer<'_> {
             args,
             visible: child.visible,
             rngs: child.rngs,
+            restricted: child.restricted,
             closure: child.closure.map(|(closure, captured)| {
                 Box::new(Rerun {
                     closure,
@@ -219,6 +220,7 @@ impl Lowerer<'_> {
     /// = Learner;`), no options but `variables` and `rngs` (taken: the rerun
     /// restricts alike).
     fn lifted_child(&mut self, input: &mut TransformInput, n: usize) -> Option<LiftedChild> {
+        let restricted = input.variables.is_some() || input.rngs.is_some();
         let (visible, rngs) = (
             names_option(&std::mem::take(&mut input.variables)),
             names_option(&std::mem::take(&mut input.rngs)),
@@ -260,6 +262,7 @@ impl Lowerer<'_> {
             scope,
             visible,
             rngs,
+            restricted,
             closure,
         })
     }
@@ -363,6 +366,7 @@ struct LiftedChild {
     scope: Atom,
     visible: TokenStream,
     rngs: TokenStream,
+    restricted: bool,
     /// A closure that is more than `mdl.call(cx, a..)`, and the variables of the
     /// enclosing code it reads (see [`Rerun`]).
     closure: Option<(syn::ExprClosure, Vec<Var>)>,

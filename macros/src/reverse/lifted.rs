@@ -150,8 +150,32 @@ impl Gen<'_> {
                 }
             }
         };
-        r.code
-            .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));
+        let outs = quote!((#(#cots,)*));
+        if l.input_gradient() {
+            // The primal kept the child's input gradient's pullback where it could:
+            // reverse over reverse; else the rerun.
+            let grads: Vec<TokenStream> = l.dsts.iter().map(|d| self.cot_or_zero(r, *d)).collect();
+            let merge = self.f.params_active.then(
+                || quote!(::adjoint::__private::Accumulate::accumulate(&mut __vars_bar, __cv);),
+            );
+            let rerun = self.in_rerun_scope(l, &quote!(__rec), &kept, outs.clone(), run);
+            r.code.push(quote! {
+                let (__rec, __fast) = #snap;
+                let #outs = match __fast {
+                    ::core::option::Option::Some(__pb) => {
+                        let (__cv, _, #(#cots,)* _) = __pb((#(#grads,)*));
+                        #merge
+                        #outs
+                    }
+                    ::core::option::Option::None => {
+                        #rerun
+                        #outs
+                    }
+                };
+            });
+        } else {
+            r.code.push(self.in_rerun_scope(l, &snap, &kept, outs, run));
+        }
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
         }

@@ -324,11 +324,44 @@ impl<'a> Gen<'a> {
                         quote!(::adjoint::__private::own(&#x))
                     }
                 });
+                if !l.input_gradient() {
+                    return quote! {
+                        let #snap = #scope.rerun_point();
+                        let __args = (#(#args,)*);
+                        let #pat = #tokens;
+                        let #snap = (#snap, #scope.last_child_path(), #module, #tangents, __args);
+                    };
+                }
+                // In a pure scope, the child's input gradient and its VJP (reverse over
+                // reverse where the child's body is written back as source: see
+                // `__call_body_vjpx`); the rerun stays for where it is not.
+                let passed: Vec<TokenStream> = l
+                    .args
+                    .iter()
+                    .map(|a| {
+                        let x = self.atom(&a.atom);
+                        if a.by_ref { quote!(&#x) } else { quote!(#x) }
+                    })
+                    .collect();
+                let child = &l.module;
                 quote! {
                     let #snap = #scope.rerun_point();
                     let __args = (#(#args,)*);
-                    let #pat = #tokens;
-                    let #snap = (#snap, #scope.last_child_path(), #module, #tangents, __args);
+                    let (#pat, __fast) = if #scope.is_pure() {
+                        let __module = &(#child);
+                        #scope.enter_child(::adjoint::scope::Child::child_name(
+                            __module,
+                            ::core::option::Option::None,
+                        ));
+                        let (__o, __pb) = ::adjoint::scope::Child::module(__module)
+                            .____call_body_vjpx_vjp_params(#scope, #(#passed,)* &::adjoint::__private::unit_seed());
+                        #scope.exit();
+                        let __pb = (!#scope.take_vjpx_fallback()).then_some(__pb);
+                        (__o, __pb)
+                    } else {
+                        (#tokens, ::core::option::Option::None)
+                    };
+                    let #snap = ((#snap, #scope.last_child_path(), #module, #tangents, __args), __fast);
                 }
             }
         }

@@ -6,7 +6,7 @@
 
 use crate::rules::kernels::{self, Kernel};
 use crate::rules::reuse::Reusable;
-use crate::value::{Real, Unbroadcast, Value};
+use crate::value::{Own, Real, Unbroadcast, Value};
 
 // Pullbacks of `+`, `-` and one side of `*` and `/` take the operand's shape (see
 // `crate::value::ShapeOf`), not the operand: only the shape is needed.
@@ -695,6 +695,38 @@ arith_fwd! {
     /// assert_eq!(widen(&3.0, &d), ndarray::array![3.0, 3.0]);
     /// ```
     widen;
+}
+
+/// `g` summed down to `shape`: the transpose of broadcasting to `g`'s shape, what
+/// the input gradient of a module written back as source (reverse over reverse)
+/// gives an operand of a sum or a product.
+///
+/// ```
+/// use adjoint::__private::shape_of;
+/// use adjoint::rules::elementwise::sum_to;
+/// let g = ndarray::array![[1.0, 2.0], [3.0, 4.0]];
+/// assert_eq!(sum_to(&g, &shape_of(&ndarray::array![0.0, 0.0])), ndarray::array![4.0, 6.0]);
+/// assert_eq!(sum_to(&g, &shape_of(&g)), g);
+/// assert_eq!(sum_to(&g, &shape_of(&0.0)), 10.0);
+/// ```
+#[inline]
+pub fn sum_to<G: Own, S: Unbroadcast<G::Owned>>(g: &G, shape: &S) -> UnbCot<S, G::Owned> {
+    shape.unbroadcast(g.own())
+}
+
+/// Pullback of [`sum_to`] for `g`: the cotangent broadcast back to `g`'s shape.
+///
+/// ```
+/// use adjoint::rules::elementwise::sum_to_pb;
+/// let g = ndarray::Array2::<f64>::zeros((2, 2));
+/// assert_eq!(sum_to_pb(&g, (), ndarray::array![1.0, 2.0]), ndarray::array![[1.0, 2.0], [1.0, 2.0]]);
+/// ```
+#[inline]
+pub fn sum_to_pb<G: Value, S, C: Value>(g: &G, _shape: S, ct: C) -> ArithOut<C, G>
+where
+    C::Primal: Arith<G::Primal>,
+{
+    ct.primal().widen(g.primal())
 }
 
 /// Pullback of [`add`] for the left operand, given its shape.

@@ -1,7 +1,7 @@
 //! Linear algebra: `dot` between 1-D and 2-D arrays in every combination, and the
 //! transpose. Matrix-matrix products run on [`matmul`].
 
-use crate::value::{Accumulate, Real, Value};
+use crate::value::{Accumulate, ArrayShape, Real, Value};
 use ndarray::{
     Array, Array1, Array2, ArrayBase, ArrayView, Axis, CowArray, Data, DataMut, Dimension, Ix1, Ix2,
 };
@@ -383,6 +383,31 @@ where
         return crate::rules::conv::zeros_with_last(x.raw_dim(), w.ncols());
     }
     times_last(x, w)
+}
+
+/// The shape of [`dot_last`]`(x, w)`, without computing it: `x`'s, its last axis
+/// `w`'s columns.
+///
+/// ```
+/// use adjoint::__private::shape_of;
+/// use adjoint::rules::linalg::{dot_last, dot_last_shape};
+/// let (x, w) = (ndarray::Array3::<f64>::ones((2, 3, 4)), ndarray::Array2::<f64>::ones((4, 5)));
+/// assert_eq!(dot_last_shape(&x, &w), shape_of(&dot_last(&x, &w)));
+/// ```
+pub fn dot_last_shape<X, W, A, S, D, S2>(x: &X, w: &W) -> ArrayShape<A, D>
+where
+    X: Value<Primal = ArrayBase<S, D>>,
+    W: Value<Primal = ArrayBase<S2, Ix2>>,
+    A: Real,
+    S: Data<Elem = A>,
+    S2: Data<Elem = A>,
+    D: Dimension,
+{
+    let mut dim = x.primal().raw_dim();
+    if let Some(last) = dim.slice_mut().last_mut() {
+        *last = w.primal().ncols();
+    }
+    ArrayShape::new(dim)
 }
 
 /// Pullback of [`dot_last`] for `x`: `ct · wᵀ` (`x` itself is not read).

@@ -18,6 +18,28 @@ pub fn sum_pb<A: Real, D: Dimension>(x: &ArrayShape<A, D>, ct: A) -> Array<A, D>
     Array::from_elem(x.0.clone(), ct)
 }
 
+/// `g` at every element of an array of `shape`: [`sum`]'s transpose, what the input
+/// gradient of a module written back as source (reverse over reverse) gives a sum.
+///
+/// ```
+/// use adjoint::__private::shape_of;
+/// use adjoint::rules::reduce::broadcast_to;
+/// assert_eq!(broadcast_to(&2.0, &shape_of(&ndarray::Array1::<f64>::zeros(3))), ndarray::array![2.0, 2.0, 2.0]);
+/// ```
+#[inline]
+pub fn broadcast_to<G: Value<Primal = A>, A: Real, D: Dimension>(
+    g: &G,
+    shape: &ArrayShape<A, D>,
+) -> Array<A, D> {
+    Array::from_elem(shape.0.clone(), *g.primal())
+}
+
+/// Pullback of [`broadcast_to`]: the sum of the cotangent.
+#[inline]
+pub fn broadcast_to_pb<S, A: Real, D: Dimension>(_shape: S, ct: Array<A, D>) -> A {
+    ct.sum()
+}
+
 /// The mean of all elements (`x.mean().unwrap()`); NaN for an empty array, as in JAX.
 #[inline]
 pub fn mean<X: Value<Primal = ArrayBase<S, D>>, A: Real, S: Data<Elem = A>, D: Dimension>(

@@ -22,16 +22,29 @@ pub(crate) fn forward_body(
     mode: crate::forward::Mode,
     calls: bool,
 ) -> Option<TokenStream> {
+    let params_active = mode != crate::forward::Mode::Inputs;
+    let (func, act, reference) = lowered(params, body, params_active)?;
+    crate::forward::jvp_body(&func, &|v| act.varied(v), &reference, mode, calls)
+}
+
+/// A module body lowered and analysed again for code written from it (its errors
+/// are not the user's: the body compiled as written), with which parameters are
+/// references; `None` if it has errors.
+pub(super) fn lowered(
+    params: &[ParamInfo],
+    body: &syn::Block,
+    params_active: bool,
+) -> Option<(crate::ir::Func, crate::activity::Activity, Vec<bool>)> {
     let quiet = Ctxt::default();
     let specs: Vec<crate::lower::ParamSpec> = params.iter().map(ParamInfo::spec).collect();
     let mut func = crate::lower::lower(&quiet, &specs, body);
-    func.params_active = mode != crate::forward::Mode::Inputs;
+    func.params_active = params_active;
     let act = crate::activity::analyze(&quiet, &func);
     let reference: Vec<bool> = specs.iter().map(|s| s.reference).collect();
     if quiet.has_errors() {
         return None;
     }
-    crate::forward::jvp_body(&func, &|v| act.varied(v), &reference, mode, calls)
+    Some((func, act, reference))
 }
 
 /// A module's forward-mode companions: along its inputs (`__call_body_jvp` and its
@@ -79,11 +92,13 @@ pub(super) fn forward_items(
         None => unsupported.clone(),
     };
     let mut out = primal_entries(&jvp_sig, &fparams, block, type_name, "jvp");
+    let pair = quote!((__y, __dy));
     out.extend(forward_vjp(
         &jvp_sig,
         &fparams,
         jvp.clone(),
         &run,
+        &pair,
         type_name,
     ));
 
@@ -107,14 +122,16 @@ pub(super) fn forward_items(
     ));
     out.extend(any_tangent_entries(sig, params, &tjvp_sig.output));
     let run = quote!(let (__y, __dy) = self.__call_body_tjvp(#(#all),*););
-    out.extend(forward_vjp(&tjvp_sig, &fparams, tangent, &run, type_name));
+    out.extend(forward_vjp(
+        &tjvp_sig, &fparams, tangent, &run, &pair, type_name,
+    ));
     out
 }
 
 /// A module body's forward mode `sig` (`__call_body_jvp`, `__call_body_tjvp`) with
 /// body `block`, and its wrappers `__call_{which}` and `__call_in_{which}` that run it
 /// in the module's auto-named and named scope.
-fn primal_entries(
+pub(super) fn primal_entries(
     sig: &Signature,
     params: &[ParamInfo],
     block: TokenStream,
@@ -246,11 +263,12 @@ fn forward_sig(sig: &Signature, name: &str, params: &[ParamInfo], ret: &Type) ->
 /// stub running `run` (which binds `__y` and `__dy`), whose pullback marks parameter
 /// gradients unusable (`SecondOrderUnsupported`) and inputs' NaN: a parent
 /// differentiating through it still compiles, and never gets a silent zero.
-fn forward_vjp(
+pub(super) fn forward_vjp(
     sig: &Signature,
     params: &[ParamInfo],
     source: Option<TokenStream>,
     run: &TokenStream,
+    output: &TokenStream,
     type_name: &str,
 ) -> TokenStream {
     let quiet = Ctxt::default();
@@ -279,7 +297,7 @@ fn forward_vjp(
             let (#(#zn,)*) = (#(#zeros,)*);
             let __here = #here;
             #run
-            ((__y, __dy), move |_| {
+            (#output, move |_| {
                 let mut __v = ::adjoint::Variables::new();
                 ::adjoint::__private::second_order(&mut __v, &__here);
                 (__v, #(#zn,)*)

@@ -6,6 +6,7 @@
 //! gets `init`, `apply` and `apply_with`, plus the companions the transforms call.
 
 pub(crate) mod forward;
+mod vjpx;
 
 use crate::ctxt::Ctxt;
 use crate::expand::companions::{Companions, Flavor, Owner, companion_items, companions};
@@ -133,6 +134,9 @@ pub fn module_items(
     // Forward mode, along the inputs and along the variables, with its VJPs.
     let forward_items = forward::forward_items(&m.sig, params, &body, &ret, &type_name, calls);
 
+    // The input gradient, with its VJP (second order through a lifted `grad!`).
+    let vjpx_items = vjpx::vjpx_items(&m.sig, params, &body, &ret, &type_name);
+
     // `apply` and `apply_with` inside transforms, and `apply` in forward mode.
     let apply_items =
         super::apply::apply_items(&m.sig, params, &ret, &variables, &options, &body_vjp_params);
@@ -158,6 +162,7 @@ pub fn module_items(
         #body_inputs_vjp
         #body_params_vjp
         #forward_items
+        #vjpx_items
         #wrappers
         #apply_items
 
