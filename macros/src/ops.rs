@@ -616,7 +616,7 @@ static FUNCTIONS: &[(&str, Rule)] = &[
     // for a sum (the cotangent at every element of the operand's shape).
     (
         "sum_to",
-        rule!("sum_to", 1, [pb!("sum_to_pb" [Operand(0), Const(0)])]).consts_by_ref(),
+        rule!("sum_to", 1, [pb!("sum_to_pb" [Shape(0), Const(0)])]).consts_by_ref(),
     ),
     (
         "broadcast_to",

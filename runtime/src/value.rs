@@ -444,6 +444,51 @@ impl<A: Real, D: Dimension> Unbroadcast<A> for ArrayShape<A, D> {
     }
 }
 
+/// A cotangent broadcast back up to a shape: the transpose of [`Unbroadcast`] (a
+/// cotangent that has the shape already is returned as it is, not copied).
+pub trait Broadcast<Ct> {
+    /// The cotangent at this shape.
+    type Out;
+    /// Broadcasts `ct` to this shape.
+    fn broadcast(&self, ct: Ct) -> Self::Out;
+}
+
+impl<A: Real> Broadcast<A> for ScalarShape<A> {
+    type Out = A;
+    #[inline(always)]
+    fn broadcast(&self, ct: A) -> A {
+        ct
+    }
+}
+
+impl<A: Real, D: Dimension> Broadcast<A> for ArrayShape<A, D> {
+    type Out = Array<A, D>;
+    #[inline]
+    fn broadcast(&self, ct: A) -> Array<A, D> {
+        Array::from_elem(self.0.clone(), ct)
+    }
+}
+
+impl<A: Real, D: Dimension, E: Dimension> Broadcast<Array<A, E>> for ArrayShape<A, D> {
+    type Out = Array<A, D>;
+    fn broadcast(&self, ct: Array<A, E>) -> Array<A, D> {
+        // The same shape (only the dimension type may differ): no copy.
+        let ct = if ct.shape() == self.0.slice() {
+            match ct.into_dimensionality::<D>() {
+                Ok(same) => return same,
+                Err(_) => return Array::from_elem(self.0.clone(), A::nan()),
+            }
+        } else {
+            ct
+        };
+        match ct.broadcast(self.0.clone()) {
+            Some(view) => view.to_owned(),
+            // Shapes that do not broadcast (a transpose's operand is never one).
+            None => Array::from_elem(self.0.clone(), A::nan()),
+        }
+    }
+}
+
 /// [`unbroadcast_to`] from a reference: the first reduction reads a view, so the full
 /// cotangent is not copied (unless no reduction is needed).
 pub(crate) fn unbroadcast_ref<A: Real, E: Dimension, D: Dimension>(

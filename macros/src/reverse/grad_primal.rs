@@ -20,6 +20,7 @@ impl<'a> Gen<'a> {
         let items = &self.f.items;
         let mut out = quote!(#(#items)*);
         out.extend(self.shapes_of(&params));
+        out.extend(self.zeros.clone());
         for s in stmts {
             if !dead.contains(&(s as *const Stmt)) {
                 out.extend(self.primal_stmts(std::slice::from_ref(s)));

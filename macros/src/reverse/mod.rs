@@ -94,6 +94,9 @@ struct Gen<'a> {
     scalar: Vec<bool>,
     next_id: usize,
     payloads: usize,
+    /// The zero cotangents of the parameters no cotangent reached, made in the primal
+    /// (see `generate`).
+    zeros: TokenStream,
 }
 
 /// The state of one block's reverse sweep.
@@ -193,6 +196,7 @@ impl<'a> Gen<'a> {
             scalar,
             next_id: 0,
             payloads: 0,
+            zeros: TokenStream::new(),
         }
     }
 
@@ -310,21 +314,29 @@ impl<'a> Gen<'a> {
                 .collect()
         };
         self.rev_block(&mut rev, &f.body, &seeds);
+        // A parameter no cotangent reached gets a zero, made in the primal unless the
+        // pullback keeps the parameter anyway (no copy of it for its shape).
+        let mut zeros = TokenStream::new();
         let cots: Vec<TokenStream> = f
             .params
             .iter()
             .map(|p| {
+                let x = self.name(p.var);
                 if !p.active {
                     quote!(())
                 } else if rev.init.contains(&p.var) {
                     self.bar(p.var).to_token_stream()
-                } else {
-                    let x = self.name(p.var);
-                    rev.reads.insert(Slot::Var(p.var));
+                } else if rev.reads.contains(&Slot::Var(p.var)) {
                     quote!(::adjoint::__private::zeros(&#x))
+                } else {
+                    let zero =
+                        crate::hygiene::generated(&format!("{}_zero", crate::hygiene::plain(x)));
+                    zeros.extend(quote!(let #zero = ::adjoint::__private::zeros(&#x);));
+                    zero.to_token_stream()
                 }
             })
             .collect();
+        self.zeros = zeros;
         self.reads_all.extend(rev.reads.iter().copied());
         let code = &rev.code;
         let ct_pat = match &ct_shape {
@@ -357,6 +369,7 @@ impl<'a> Gen<'a> {
             primal.extend(quote!(let #here = #scope.path();));
         }
         primal.extend(self.shapes_of(&params));
+        primal.extend(self.zeros.clone());
         primal.extend(self.primal_stmts(&f.body.stmts));
         let output_atoms: Vec<TokenStream> = match &f.body.tail {
             Tail::Leaf(l) => {

@@ -719,15 +719,10 @@ impl<'a> Gen<'a> {
         }
     }
 
-    /// A call nothing is differentiated through, as written; `apply`'s result
-    /// unwrapped; and a submodule's call in a body whose parameters are differentiated
-    /// through its companion, the pullback dropped (a module body's JVP, `__call_jvp`,
-    /// exists only as companions).
+    /// A call nothing is differentiated through, as written (a submodule's too: its
+    /// parameters get no cotangent through it, so its value is all it gives); `apply`'s
+    /// result unwrapped.
     fn inactive_call(&self, call: &Call, args: &[TokenStream]) -> TokenStream {
-        if call.scoped == Scoped::Module && self.f.params_active {
-            let f = self.companion(&call.callee, "vjp_params");
-            return quote!(#f(#(#args),*).0);
-        }
         let f = self.plain(&call.callee);
         let unwrap = call.unwraps().then(|| quote!(.unwrap()));
         quote!(#f(#(#args),*) #unwrap)

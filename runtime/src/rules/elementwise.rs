@@ -6,7 +6,7 @@
 
 use crate::rules::kernels::{self, Kernel};
 use crate::rules::reuse::Reusable;
-use crate::value::{Own, Real, Unbroadcast, Value};
+use crate::value::{Broadcast, Own, Real, Unbroadcast, Value};
 
 // Pullbacks of `+`, `-` and one side of `*` and `/` take the operand's shape (see
 // `crate::value::ShapeOf`), not the operand: only the shape is needed.
@@ -714,19 +714,18 @@ pub fn sum_to<G: Own, S: Unbroadcast<G::Owned>>(g: &G, shape: &S) -> UnbCot<S, G
     shape.unbroadcast(g.own())
 }
 
-/// Pullback of [`sum_to`] for `g`: the cotangent broadcast back to `g`'s shape.
+/// Pullback of [`sum_to`] for `g` (given its shape): the cotangent broadcast back
+/// to it.
 ///
 /// ```
+/// use adjoint::__private::shape_of;
 /// use adjoint::rules::elementwise::sum_to_pb;
 /// let g = ndarray::Array2::<f64>::zeros((2, 2));
-/// assert_eq!(sum_to_pb(&g, (), ndarray::array![1.0, 2.0]), ndarray::array![[1.0, 2.0], [1.0, 2.0]]);
+/// assert_eq!(sum_to_pb(&shape_of(&g), (), ndarray::array![1.0, 2.0]), ndarray::array![[1.0, 2.0], [1.0, 2.0]]);
 /// ```
 #[inline]
-pub fn sum_to_pb<G: Value, S, C: Value>(g: &G, _shape: S, ct: C) -> ArithOut<C, G>
-where
-    C::Primal: Arith<G::Primal>,
-{
-    ct.primal().widen(g.primal())
+pub fn sum_to_pb<S: Broadcast<C>, T, C>(g: &S, _shape: T, ct: C) -> S::Out {
+    g.broadcast(ct)
 }
 
 /// Pullback of [`add`] for the left operand, given its shape.
