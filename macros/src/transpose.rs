@@ -166,9 +166,9 @@ impl<'a> Writer<'a> {
     }
 
     /// The cotangent of `v`: its one term, or their sum bound to a new name.
-    fn sum_terms(&mut self, v: Var, mut terms: Vec<Bar>, out: &mut TokenStream) -> Bar {
-        if terms.len() == 1 {
-            return terms.pop().expect("one term");
+    fn sum_terms(&mut self, v: Var, terms: Vec<Bar>, out: &mut TokenStream) -> Bar {
+        if let [one] = terms.as_slice() {
+            return one.clone();
         }
         let scalar = self.p.scalar(v);
         let parts: Vec<TokenStream> = terms.iter().map(|t| self.operand(t, scalar)).collect();
@@ -302,6 +302,10 @@ impl<'a> Writer<'a> {
             "__call_in" => 2,
             _ => return None,
         };
+        // The scope first, as a module's `call` takes it.
+        if call.args.len() < skip || call.args[0].atom.var() != self.f.scope {
+            return None;
+        }
         let mut cots = Vec::new();
         for a in &call.args[skip..] {
             if let Some(v) = a.atom.var() {

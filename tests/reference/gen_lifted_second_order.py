@@ -163,26 +163,31 @@ class Field(nn.Module):
 
 
 class Pinn(nn.Module):
+    """The residual loss of `u' = cos x`, `u` the field `field()` builds."""
+
+    field: type = Field
+
     @nn.compact
     def __call__(self, x):
-        (du,) = nn.grad(lambda mdl, x: mdl(x), Field(), x)
+        (du,) = nn.grad(lambda mdl, x: mdl(x), self.field(), x)
         res = du - jnp.cos(x)
         return jnp.mean(res * res)
 
 
-def case_pinn():
-    x = arr(5, 2, seed=4, scale=1.5)
-    variables = {
-        "params": {
-            "Field_0": {
-                "Dense_0": {"kernel": arr(2, 6, seed=5, scale=0.9), "bias": arr(6, seed=6, scale=0.2)},
-                "r": arr(6, 6, seed=7, scale=0.4),
-                "Dense_1": {"kernel": arr(6, 1, seed=8, scale=0.7), "bias": arr(1, seed=9, scale=0.1)},
-            }
-        }
-    }
-    loss, grads = jax.value_and_grad(lambda v: Pinn().apply(v, x))(variables)
+def pinn_case(field, params, x):
+    """The loss of `Pinn(field)` and its gradient in the field's parameters `params`."""
+    variables = {"params": {f"{field.__name__}_0": params}}
+    loss, grads = jax.value_and_grad(lambda v: Pinn(field).apply(v, x))(variables)
     return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads)}
+
+
+def case_pinn():
+    params = {
+        "Dense_0": {"kernel": arr(2, 6, seed=5, scale=0.9), "bias": arr(6, seed=6, scale=0.2)},
+        "r": arr(6, 6, seed=7, scale=0.4),
+        "Dense_1": {"kernel": arr(6, 1, seed=8, scale=0.7), "bias": arr(1, seed=9, scale=0.1)},
+    }
+    return pinn_case(Field, params, arr(5, 2, seed=4, scale=1.5))
 
 
 OUT["pinn_loop"] = case_pinn()
@@ -640,27 +645,13 @@ class MlpField(nn.Module):
         return jnp.sum(nn.Dense(1)(h3)) + jnp.mean(h2 * h2)
 
 
-class MlpPinn(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        (du,) = nn.grad(lambda mdl, x: mdl(x), MlpField(), x)
-        res = du - jnp.cos(x)
-        return jnp.mean(res * res)
-
-
 def case_pinn_mlp():
-    x = arr(5, 2, seed=91, scale=1.5)
-    variables = {
-        "params": {
-            "MlpField_0": {
-                "Dense_0": {"kernel": arr(2, 6, seed=92, scale=0.9), "bias": arr(6, seed=93, scale=0.2)},
-                "Dense_1": {"kernel": arr(6, 6, seed=94, scale=0.6), "bias": arr(6, seed=95, scale=0.2)},
-                "Dense_2": {"kernel": arr(6, 1, seed=96, scale=0.7), "bias": arr(1, seed=97, scale=0.1)},
-            }
-        }
+    params = {
+        "Dense_0": {"kernel": arr(2, 6, seed=92, scale=0.9), "bias": arr(6, seed=93, scale=0.2)},
+        "Dense_1": {"kernel": arr(6, 6, seed=94, scale=0.6), "bias": arr(6, seed=95, scale=0.2)},
+        "Dense_2": {"kernel": arr(6, 1, seed=96, scale=0.7), "bias": arr(1, seed=97, scale=0.1)},
     }
-    loss, grads = jax.value_and_grad(lambda v: MlpPinn().apply(v, x))(variables)
-    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads)}
+    return pinn_case(MlpField, params, arr(5, 2, seed=91, scale=1.5))
 
 
 OUT["pinn_mlp"] = case_pinn_mlp()
@@ -683,27 +674,13 @@ class NestedField(nn.Module):
         return jnp.sum(nn.Dense(1)(Residual()(h)))
 
 
-class NestedPinn(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        (du,) = nn.grad(lambda mdl, x: mdl(x), NestedField(), x)
-        res = du - jnp.cos(x)
-        return jnp.mean(res * res)
-
-
 def case_pinn_nested():
-    x = arr(5, 2, seed=101, scale=1.5)
-    variables = {
-        "params": {
-            "NestedField_0": {
-                "Dense_0": {"kernel": arr(2, 6, seed=102, scale=0.9), "bias": arr(6, seed=103, scale=0.2)},
-                "Residual_0": {"r": arr(6, 6, seed=104, scale=0.4)},
-                "Dense_1": {"kernel": arr(6, 1, seed=105, scale=0.7), "bias": arr(1, seed=106, scale=0.1)},
-            }
-        }
+    params = {
+        "Dense_0": {"kernel": arr(2, 6, seed=102, scale=0.9), "bias": arr(6, seed=103, scale=0.2)},
+        "Residual_0": {"r": arr(6, 6, seed=104, scale=0.4)},
+        "Dense_1": {"kernel": arr(6, 1, seed=105, scale=0.7), "bias": arr(1, seed=106, scale=0.1)},
     }
-    loss, grads = jax.value_and_grad(lambda v: NestedPinn().apply(v, x))(variables)
-    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss), "grads": tolist(grads)}
+    return pinn_case(NestedField, params, arr(5, 2, seed=101, scale=1.5))
 
 
 OUT["pinn_nested"] = case_pinn_nested()
