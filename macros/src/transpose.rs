@@ -570,6 +570,12 @@ impl<'a> Writer<'a> {
     /// reads, every constant statement, and of the varied ones those whose values
     /// (or shapes) the reverse reads; each branch's condition, once.
     fn forward_block(&mut self, b: &'a Block, needed: &mut HashSet<Var>) -> Option<TokenStream> {
+        // A branch ending the body tests values the statements compute.
+        if let Tail::Branch(br) = &b.tail
+            && let BranchKind::If { cond } = &br.kind
+        {
+            needed.extend(self.reads_of(&Op::Const(cond.clone())));
+        }
         let plan = self.plan(&b.stmts, needed, true)?;
         let body = self.write(&b.stmts, &plan)?;
         let mut out = TokenStream::new();
@@ -611,6 +617,8 @@ impl<'a> Writer<'a> {
         let BranchKind::If { cond } = &br.kind else {
             return None;
         };
+        // The test is evaluated where the branch was: what it reads first.
+        needed.extend(self.reads_of(&Op::Const(cond.clone())));
         let c = self.cond(br);
         let mut out = quote!(let #c = ::adjoint::no_grad(#cond););
         // A value kept (a constant one always), or only its shape.
@@ -653,7 +661,7 @@ impl<'a> Writer<'a> {
             }
             let plan = self.plan(&arm.stmts, &mut inner, true)?;
             outer.extend(inner);
-            let code = self.write(&arm.stmts, &plan)?;
+            let mut code = self.write(&arm.stmts, &plan)?;
             let mut items = Vec::new();
             for (a, (v, s)) in atoms.iter().zip(values.iter().zip(&shapes)) {
                 let x = self.p.atom(a);
@@ -669,13 +677,16 @@ impl<'a> Writer<'a> {
                 if *s {
                     items.push(match a.var() {
                         Some(u) if !*v => shape_name(self.f, u).to_token_stream(),
-                        _ => {
+                        // Taken before the tuple moves the value.
+                        Some(u) => {
+                            let (xs, r) = (shape_name(self.f, u), self.p.r(a));
+                            let r = if self.p.scalar(u) { quote!(&#r) } else { r };
+                            code.extend(quote!(let #xs = ::adjoint::no_grad(::adjoint::__private::shape_of(#r));));
+                            xs.to_token_stream()
+                        }
+                        None => {
                             let r = self.p.r(a);
-                            let r = match a.var() {
-                                Some(u) if !self.p.scalar(u) => r,
-                                _ => quote!(&#r),
-                            };
-                            quote!(::adjoint::no_grad(::adjoint::__private::shape_of(#r)))
+                            quote!(::adjoint::no_grad(::adjoint::__private::shape_of(&#r)))
                         }
                     });
                 }

@@ -1590,3 +1590,54 @@ fn second_order_through_a_lifted_vjp_with_aux() {
         |v, x| grad!(|x: &Array2<f64>| VjpAuxLoss.apply(v, x).unwrap())(x),
     );
 }
+
+/// A child whose branches test values computed from the input, which the reverse
+/// reads nothing of (the test's operands are still computed for the test): its
+/// input gradient written back as source, differentiated again, in each arm.
+struct Tested;
+
+#[differentiable]
+impl Tested {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let w: Array1<f64> = cx.param("w", init::ones, 3);
+        let s = (&w * x).sum();
+        let y = if s > 0.0 {
+            (&w * x).tanh()
+        } else {
+            &w * x * 0.5
+        };
+        let m = x.sum();
+        if m > 1.0 {
+            (&y * &y).sum()
+        } else {
+            y.sum() * 2.0
+        }
+    }
+}
+
+struct TestedLoss;
+
+#[differentiable]
+impl TestedLoss {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), Tested, x);
+        (&g * &g).sum()
+    }
+}
+
+#[test]
+fn second_order_through_branches_on_computed_tests() {
+    for x in [
+        ndarray::array![0.4, -0.8, 1.2],
+        ndarray::array![-0.5, -0.2, 0.1],
+        ndarray::array![0.9, 0.6, -0.1],
+    ] {
+        let vars = TestedLoss.init(3, &x).unwrap();
+        let vars = vars.map(|v| v * 0.7 + 0.1);
+        let loss = |v: &Variables, x: &Array1<f64>| TestedLoss.apply(v, x).unwrap();
+        let (_, grads) = value_and_grad!(|v: &Variables| TestedLoss.apply(v, &x).unwrap())(&vars);
+        assert_eq!(grads.error(), None);
+        let gx = grad!(|x: &Array1<f64>| TestedLoss.apply(&vars, x).unwrap())(&x);
+        check_against_differences("tested", loss, &grads, &gx, &vars, &x);
+    }
+}
