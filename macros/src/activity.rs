@@ -140,15 +140,6 @@ fn leaves(b: &Block, out: &mut Vec<*const Leaf>) {
     }
 }
 
-fn leaf_atoms(l: &Leaf) -> Vec<Atom> {
-    let mut atoms = Vec::new();
-    if let Some(v) = &l.value {
-        v.flatten(&mut atoms);
-    }
-    atoms.extend(l.carries.iter().cloned());
-    atoms
-}
-
 fn each_leaf(b: &Block, f: &mut dyn FnMut(&Leaf)) {
     match &b.tail {
         Tail::Leaf(l) => f(l),
@@ -199,7 +190,7 @@ fn forward(b: &Block, params: bool, taint: bool, varied: &mut Vec<bool>) -> bool
                 for arm in &branch.arms {
                     changed |= forward(arm, params, taint, varied);
                     each_leaf(arm, &mut |l| {
-                        for (phi, a) in phis.iter().zip(leaf_atoms(l)) {
+                        for (phi, a) in phis.iter().zip(l.atoms()) {
                             if is(varied, &a) {
                                 changed |= set(varied, *phi);
                             }
@@ -304,7 +295,7 @@ fn backward(b: &Block, useful: &mut Vec<bool>) -> bool {
             Stmt::If { branch, phis } => {
                 for arm in &branch.arms {
                     each_leaf(arm, &mut |l| {
-                        for (phi, a) in phis.iter().zip(leaf_atoms(l)) {
+                        for (phi, a) in phis.iter().zip(l.atoms()) {
                             if useful[phi.0 as usize]
                                 && let Some(v) = a.var()
                             {

@@ -126,6 +126,19 @@ pub struct Leaf {
     pub carries: Vec<Atom>,
 }
 
+impl Leaf {
+    /// The values it carries, in the order of the branch's or loop's variables: its
+    /// value's atoms (depth first), then the carried ones.
+    pub fn atoms(&self) -> Vec<Atom> {
+        let mut atoms = Vec::new();
+        if let Some(v) = &self.value {
+            v.flatten(&mut atoms);
+        }
+        atoms.extend(self.carries.iter().cloned());
+        atoms
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeafKind {
     /// The end of the block: its value flows out (function return, `if` value, next iteration).

@@ -215,11 +215,7 @@ impl<'a> Writer<'a> {
                 if ends_body && !matches!(leaf.value, Some(Val::Atom(_))) {
                     return None;
                 }
-                let mut atoms = Vec::new();
-                if let Some(v) = &leaf.value {
-                    v.flatten(&mut atoms);
-                }
-                atoms.extend(leaf.carries.iter().cloned());
+                let atoms = leaf.atoms();
                 for (a, g) in atoms.iter().zip(outs) {
                     if let (Some(v), Some(g)) = (self.varied(a), g) {
                         bars.entry(v).or_default().push(g.clone());
@@ -639,11 +635,7 @@ impl<'a> Writer<'a> {
             let Tail::Leaf(leaf) = &arm.tail else {
                 return None;
             };
-            let mut atoms = Vec::new();
-            if let Some(v) = &leaf.value {
-                v.flatten(&mut atoms);
-            }
-            atoms.extend(leaf.carries.iter().cloned());
+            let atoms = leaf.atoms();
             let local: HashSet<Var> = crate::facts::stmt_defs(&arm.stmts);
             let mut inner: HashSet<Var> = HashSet::new();
             for (a, (v, s)) in atoms.iter().zip(values.iter().zip(&shapes)) {

@@ -425,11 +425,7 @@ impl Tangent<'_> {
             Stmt::If { branch, phis } => {
                 let varied: Vec<bool> = phis.iter().map(|p| (self.varied)(*p)).collect();
                 let expr = self.branching(branch, false, &mut |t, leaf| {
-                    let mut atoms = Vec::new();
-                    if let Some(v) = &leaf.value {
-                        v.flatten(&mut atoms);
-                    }
-                    atoms.extend(leaf.carries.iter().cloned());
+                    let atoms = leaf.atoms();
                     // The tangents first: a zero one borrows its primal, which the
                     // tuple then moves.
                     let (mut lets, mut items) = (TokenStream::new(), Vec::new());
