@@ -36,9 +36,7 @@
         );
         let __t13 = __t11.__call_in(cx, __t12, &h2);
         let __xp___t13 = ::adjoint::no_grad(cx.last_child_path());
-        let __xs___t13 = ::adjoint::no_grad(
-            ::adjoint::__private::shape_of(::adjoint::__private::operand(&__t13)),
-        );
+        let __xs___t13 = ::adjoint::no_grad(::adjoint::__private::shape_of(&__t13));
         let __xb1 = ::adjoint::__private::broadcast_to(__xct, &__xs___t13);
         let (__xb2,) = __t11
             .__call_in_vjpx(

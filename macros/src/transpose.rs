@@ -537,13 +537,7 @@ impl<'a> Writer<'a> {
                         );
                     }
                 }
-                Write::Shape(v) => {
-                    let (xs, x) = (shape_name(self.f, v), self.p.r(&Atom::Var(v)));
-                    let x = if self.p.scalar(v) { quote!(&#x) } else { x };
-                    out.extend(
-                        quote!(let #xs = ::adjoint::no_grad(::adjoint::__private::shape_of(#x));),
-                    );
-                }
+                Write::Shape(v) => out.extend(self.take_shape(v)),
                 Write::ProductShape(i) => {
                     let Stmt::Let {
                         dst,
@@ -562,6 +556,18 @@ impl<'a> Writer<'a> {
         Some(out)
     }
 
+    /// `let __xs_v = shape_of(&v);`: the shape of `v`, borrowed whatever its type
+    /// (a scalar temporary's type is not known here).
+    fn take_shape(&self, v: Var) -> TokenStream {
+        let (xs, x) = (shape_name(self.f, v), self.f.name(v));
+        let x = if self.p.is_ref(v) {
+            quote!(#x)
+        } else {
+            quote!(&#x)
+        };
+        quote!(let #xs = ::adjoint::no_grad(::adjoint::__private::shape_of(#x));)
+    }
+
     /// The forward pass of the body `b`: the shapes of the parameters the reverse
     /// reads, every constant statement, and of the varied ones those whose values
     /// (or shapes) the reverse reads; each branch's condition, once.
@@ -577,16 +583,7 @@ impl<'a> Writer<'a> {
         let mut out = TokenStream::new();
         for p in &self.f.params {
             if self.shapes.contains(&p.var) {
-                let xs = shape_name(self.f, p.var);
-                let x = self.f.name(p.var);
-                let x = if self.p.is_ref(p.var) {
-                    quote!(#x)
-                } else {
-                    quote!(&#x)
-                };
-                out.extend(
-                    quote!(let #xs = ::adjoint::no_grad(::adjoint::__private::shape_of(#x));),
-                );
+                out.extend(self.take_shape(p.var));
             }
         }
         out.extend(body);
@@ -671,10 +668,8 @@ impl<'a> Writer<'a> {
                         Some(u) if !*v => shape_name(self.f, u).to_token_stream(),
                         // Taken before the tuple moves the value.
                         Some(u) => {
-                            let (xs, r) = (shape_name(self.f, u), self.p.r(a));
-                            let r = if self.p.scalar(u) { quote!(&#r) } else { r };
-                            code.extend(quote!(let #xs = ::adjoint::no_grad(::adjoint::__private::shape_of(#r));));
-                            xs.to_token_stream()
+                            code.extend(self.take_shape(u));
+                            shape_name(self.f, u).to_token_stream()
                         }
                         None => {
                             let r = self.p.r(a);

@@ -1641,3 +1641,42 @@ fn second_order_through_branches_on_computed_tests() {
         check_against_differences("tested", loss, &grads, &gx, &vars, &x);
     }
 }
+
+/// A child whose branch gives a scalar computed in the arm (a temporary whose type
+/// the transposer does not know) and whose shape the reverse reads: the shape is
+/// taken of a borrow (the random module programs found `shape_of` given the scalar
+/// by value, which did not compile).
+struct ScalarArm;
+
+#[differentiable]
+impl ScalarArm {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let p: f64 = cx.param("p", init::constant(0.8), ());
+        let w: Array1<f64> = cx.param("w", init::constant(0.6), 3);
+        let s1 = if p > 0.0731 { w.dot(&w) } else { p };
+        let m = x.sum();
+        let s2 = if p > 0.0731 { -(m.cos() * s1) } else { 1.0 };
+        (&w * s2 + x).tanh().sum()
+    }
+}
+
+struct ScalarArmLoss;
+
+#[differentiable]
+impl ScalarArmLoss {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), ScalarArm, x);
+        (&g * &g).sum()
+    }
+}
+
+#[test]
+fn second_order_through_a_scalar_computed_in_a_branch() {
+    let x = ndarray::array![0.4, -0.8, 1.2];
+    let vars = ScalarArmLoss.init(3, &x).unwrap();
+    let loss = |v: &Variables, x: &Array1<f64>| ScalarArmLoss.apply(v, x).unwrap();
+    let (_, grads) = value_and_grad!(|v: &Variables| ScalarArmLoss.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    let gx = grad!(|x: &Array1<f64>| ScalarArmLoss.apply(&vars, x).unwrap())(&x);
+    check_against_differences("scalar arm", loss, &grads, &gx, &vars, &x);
+}
