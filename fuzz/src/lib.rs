@@ -3,7 +3,10 @@
 //! maths, reductions, `dot`, indexing, `mapv` closures reading enclosing values,
 //! `for` loops carrying values, branches, calls of helpers), and a harness that
 //! checks each one's `grad!` against central differences and, where forward mode
-//! covers it, against its `jvp!`.
+//! covers it, against its `jvp!`. Module programs (`module_program`) put a random
+//! body in a module whose lifted `grad!` a parent differentiates again: reverse over
+//! reverse (the transposer's input gradient, written back as source) is checked
+//! against the rerun's and against central differences.
 //!
 //! `tests/build.rs` writes a few dozen into the test suite (`cargo test`); `cargo run
 //! -p adjoint-fuzz --release -- --programs 3000` generates, compiles and runs
@@ -237,6 +240,216 @@ impl Gen<'_> {
     }
 }
 
+/// What a module body may call besides `Dense`: the submodule `Inner` (only in
+/// `Field`'s body).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Calls {
+    Dense,
+    DenseAndInner,
+}
+
+impl Gen<'_> {
+    /// A scalar expression of a module body: mostly what the transposer writes
+    /// back as source (sums, products, quotients, squares, negation, `tanh`, `sin`,
+    /// `cos`, `exp`, `ln`, `sum`, `mean`), now and then what it does not (indexing,
+    /// `dot`, `powi`), whose module then falls back to its first-order reverse mode.
+    fn module_scalar(&mut self, calls: Calls) -> String {
+        self.depth += 1;
+        let leaf = self.depth > 3;
+        let pick = if leaf {
+            self.rng.below(2)
+        } else if self.rng.chance(8) {
+            13 + self.rng.below(3)
+        } else {
+            self.rng.below(13)
+        };
+        let e = match pick {
+            0 => self.scalar_var(),
+            1 => format!("{} * {}", self.scalar_var(), self.rng.lit()),
+            2 => format!(
+                "({} + {})",
+                self.module_scalar(calls),
+                self.module_scalar(calls)
+            ),
+            3 => format!(
+                "({} - {})",
+                self.module_scalar(calls),
+                self.module_scalar(calls)
+            ),
+            4 => format!(
+                "({} * {})",
+                self.module_scalar(calls),
+                self.module_scalar(calls)
+            ),
+            5 => {
+                let v = self.scalar_var();
+                format!("({} / (1.0 + {v} * {v}))", self.module_scalar(calls))
+            }
+            6 => {
+                let f = self.rng.pick(SMOOTH);
+                format!("({}).{f}()", self.module_scalar(calls))
+            }
+            7 => format!("({}).sum()", self.module_array(calls)),
+            8 => format!("({}).mean().unwrap()", self.module_array(calls)),
+            9 => format!("({}).tanh().exp()", self.module_scalar(calls)),
+            10 => {
+                let v = self.scalar_var();
+                format!("(1.0 + {v} * {v}).ln()")
+            }
+            11 => {
+                let v = self.scalar_var();
+                format!("{v} * {v}")
+            }
+            12 => format!("-({})", self.module_scalar(calls)),
+            13 => format!("{}[{}]", self.array_var(), self.rng.below(LEN)),
+            14 => {
+                let (a, b) = (self.array_var(), self.array_ref());
+                format!("{a}.dot({b})")
+            }
+            _ => format!("({}).powi(2)", self.module_scalar(calls)),
+        };
+        self.depth -= 1;
+        e
+    }
+
+    /// An array expression of a module body (see [`Gen::module_scalar`]), with
+    /// `Dense` layers and, in `Field`, the submodule `Inner`.
+    fn module_array(&mut self, calls: Calls) -> String {
+        self.depth += 1;
+        let leaf = self.depth > 3;
+        let pick = if leaf {
+            0
+        } else if self.rng.chance(8) {
+            20
+        } else {
+            self.rng.below(10)
+        };
+        let e = match pick {
+            0 => format!("({} * {})", self.array_ref(), self.rng.lit()),
+            1 => format!("({} + {})", self.array_ref(), self.array_ref()),
+            2 => format!("({} * {})", self.array_ref(), self.array_ref()),
+            3 => format!("({} - {})", self.array_ref(), self.module_scalar(calls)),
+            4 => format!("({} * {})", self.module_scalar(calls), self.array_ref()),
+            5 => {
+                let f = self.rng.pick(SMOOTH);
+                format!("{}.{f}()", self.array_var())
+            }
+            6 => format!("sigmoid({})", self.array_ref()),
+            7 => {
+                let b = self.array_ref();
+                format!("({} / ({b} * {b} + 1.0))", self.array_ref())
+            }
+            8 => format!("Dense::new({LEN}).call(cx, {})", self.array_ref()),
+            9 if calls == Calls::DenseAndInner => {
+                let s = self.module_scalar(calls);
+                format!("Inner.call(cx, {s}, {})", self.array_ref())
+            }
+            9 => format!("-({})", self.array_ref()),
+            _ => format!("{}.mapv(|v| v * v + {})", self.array_var(), self.rng.lit()),
+        };
+        self.depth -= 1;
+        e
+    }
+
+    /// One statement of a module body: a value, a branch (its test a value computed
+    /// from the inputs), now and then a loop.
+    fn module_stmt(&mut self, out: &mut String, calls: Calls) {
+        match self.rng.below(10) {
+            0..=3 => {
+                let v = self.fresh("s");
+                self.depth = 0;
+                let e = self.module_scalar(calls);
+                let _ = writeln!(out, "            let {v} = {e};");
+                self.scalars.push(v);
+            }
+            4..=6 => {
+                let v = self.fresh("a");
+                self.depth = 0;
+                let e = self.module_array(calls);
+                let _ = writeln!(out, "            let {v} = {e};");
+                self.arrays.push(v);
+            }
+            7 | 8 => {
+                let v = self.fresh("s");
+                let c = self.scalar_var();
+                self.depth = 0;
+                let t = self.module_scalar(calls);
+                self.depth = 0;
+                let e = self.module_scalar(calls);
+                let _ = writeln!(
+                    out,
+                    "            let {v} = if {c} > 0.0731 {{ {t} }} else {{ {e} }};"
+                );
+                self.scalars.push(v);
+            }
+            _ => {
+                let (s, k) = (self.fresh("s"), self.fresh("k"));
+                let s0 = self.scalar_var();
+                let a = self.array_var();
+                let _ = writeln!(out, "            let mut {s} = {s0};");
+                let _ = writeln!(out, "            for {k} in 0..2 {{");
+                let _ = writeln!(out, "                {s} = ({s} * 0.5 + {a}[{k}]).tanh();");
+                let _ = writeln!(out, "            }}");
+                self.scalars.push(s);
+            }
+        }
+    }
+}
+
+/// A module's `call` of `x: f64, a: &Array1<f64>` with parameters `p` (a scalar)
+/// and `w` (an array) and `stmts` random statements, returning the last scalar and
+/// the last array mixed (`scalar_out`) or the last array (else).
+fn module_call(rng: &mut Rng, stmts: usize, calls: Calls, scalar_out: bool) -> String {
+    let mut g = Gen {
+        rng,
+        scalars: vec!["x".into(), "p".into()],
+        arrays: vec!["a".into(), "w".into()],
+        next: 0,
+        forward: true,
+        depth: 0,
+    };
+    let mut body = String::new();
+    for _ in 0..stmts {
+        g.module_stmt(&mut body, calls);
+    }
+    let s = g.scalars.last().cloned().unwrap_or_default();
+    let a = g.arrays.last().cloned().unwrap_or_default();
+    let (ret, out) = if scalar_out {
+        ("f64", format!("{s} + ({a}).sum() * 0.5"))
+    } else {
+        let a = if a == "a" { a } else { format!("&{a}") };
+        ("Array1<f64>", format!("{a} * {s} + a"))
+    };
+    format!(
+        "        pub fn call(&self, cx: &mut Scope, x: f64, a: &Array1<f64>) -> {ret} {{\n\
+         \x20           let p: f64 = cx.param(\"p\", init::normal(0.5), ());\n\
+         \x20           let w: Array1<f64> = cx.param(\"w\", init::normal(0.5), {LEN});\n\
+         {body}            {out}\n        }}\n"
+    )
+}
+
+/// A module program, `mod {name}`: `Loss` differentiates, through a lifted
+/// `grad!`, the random body of `Field`, which calls `Dense` layers and the random
+/// module `Inner`: the lifted `grad!` is differentiated again (reverse over reverse
+/// where the transposer writes `Field`'s input gradient back, else the rerun).
+pub fn module_program(rng: &mut Rng, name: &str) -> String {
+    let stmts = 1 + rng.below(3);
+    let inner = module_call(rng, stmts, Calls::Dense, false);
+    let stmts = 1 + rng.below(6);
+    let field = module_call(rng, stmts, Calls::DenseAndInner, true);
+    let (c1, c2) = (rng.lit(), rng.lit());
+    format!(
+        "mod {name} {{\n    use super::*;\n\n    pub struct Inner;\n\n    #[differentiable]\n    impl Inner {{\n{inner}    }}\n\n\
+         \x20   pub struct Field;\n\n    #[differentiable]\n    impl Field {{\n{field}    }}\n\n\
+         \x20   pub struct Loss;\n\n    #[differentiable]\n    impl Loss {{\n\
+         \x20       pub fn call(&self, cx: &mut Scope, x: f64, a: &Array1<f64>) -> f64 {{\n\
+         \x20           let v: Array1<f64> = cx.param(\"v\", init::normal(0.5), {LEN});\n\
+         \x20           let (gx, ga) = grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);\n\
+         \x20           gx * gx * {c1} + (&ga * &ga).sum() + (&v * &ga).sum() + (gx * ga.sum() * {c2}).sin()\n\
+         \x20       }}\n    }}\n}}\n"
+    )
+}
+
 /// A random function `name(x: f64, y: f64, a: &Array1<f64>, b: &Array1<f64>) -> f64`
 /// with `stmts` statements, and whether forward mode covers it.
 pub fn function(rng: &mut Rng, name: &str, stmts: usize, helpers: &[bool]) -> (String, bool) {
@@ -264,10 +477,12 @@ pub fn function(rng: &mut Rng, name: &str, stmts: usize, helpers: &[bool]) -> (S
     (src, forward)
 }
 
-/// A source file of `n` random programs and a test per program (`fn main` when
-/// `as_main`, else one `#[test]`), checking `grad!` against central differences and,
-/// where forward mode covers the program, `jvp!` against `grad!`.
-pub fn program_file(seed: u64, n: usize, as_main: bool) -> String {
+/// A source file of `n` random programs, the last `modules` of them module
+/// programs, and a test per program (`fn main` when `as_main`, else one `#[test]`),
+/// checking `grad!` against central differences and, where forward mode covers the
+/// program, `jvp!` against `grad!`; a module program's second-order gradient
+/// against central differences and against the rerun's.
+pub fn program_file(seed: u64, n: usize, modules: usize, as_main: bool) -> String {
     let mut rng = Rng::new(seed);
     let mut src = String::new();
     src.push_str(
@@ -288,7 +503,7 @@ pub fn program_file(seed: u64, n: usize, as_main: bool) -> String {
         helpers.push(forward);
     }
     let mut checks = String::new();
-    for i in 0..n {
+    for i in 0..n - modules.min(n) {
         let name = format!("program{i}");
         let stmts = 1 + rng.below(6);
         let (f, forward) = function(&mut rng, &name, stmts, &helpers);
@@ -317,6 +532,16 @@ pub fn program_file(seed: u64, n: usize, as_main: bool) -> String {
             "    guard(\"{name}\", &mut report, |r| {{ check(\"{name}\", |(x, y, a, b)| {name}(*x, *y, a, b), |(x, y, a, b)| grad!({name})(*x, *y, a, b), {inputs}, r);{jvp} }});"
         );
     }
+    for i in n - modules.min(n)..n {
+        let name = format!("program{i}");
+        let _ = writeln!(src, "// {name}");
+        src.push_str(&module_program(&mut rng, &name));
+        let (x, a) = (rng.lit(), [rng.lit(), rng.lit(), rng.lit()].join(", "));
+        let _ = writeln!(
+            checks,
+            "    guard(\"{name}\", &mut report, |r| {{ use {name}::Loss; let (x, a) = ({x}, array![{a}]); let vars = Loss.init({i}, x, &a).unwrap(); check_module(\"{name}\", |v, (x, a)| Loss.apply(v, *x, a).unwrap(), &vars, &(x, a.clone()), grad!(|v: &Variables| Loss.apply(v, x, &a).unwrap())(&vars), grad!(|v: &Variables| Loss.apply_with(v, &impure(), x, &a).unwrap().0)(&vars), grad!(|x: f64, a: &Array1<f64>| Loss.apply(&vars, x, a).unwrap())(x, &a), r); }});"
+        );
+    }
     let harness = r#"
 type Point = (f64, f64, Array1<f64>, Array1<f64>);
 
@@ -336,8 +561,53 @@ fn guard(name: &str, report: &mut Vec<String>, body: impl FnOnce(&mut Vec<String
 
 /// Central differences against the claimed gradient; a failure is recorded.
 fn check(name: &str, f: impl Fn(&Point) -> f64, g: impl Fn(&Point) -> Point, at: Point, report: &mut Vec<String>) {
-    let grad = g(&at);
-    let value = f(&at);
+    differences(name, f, &at, &g(&at), report);
+}
+
+/// A scope in which a lifted `grad!` differentiated again runs its child's JVP-VJP
+/// again (a random stream makes it impure), not the input gradient written back.
+fn impure() -> adjoint::scope::ApplyOptions {
+    adjoint::scope::ApplyOptions::new().rng("unused", 0)
+}
+
+/// A module program's gradients: along the variables, by reverse over reverse (in a
+/// pure scope) against the rerun's (in an impure one) and against central
+/// differences; along the inputs against central differences.
+fn check_module(
+    name: &str,
+    loss: impl Fn(&Variables, &(f64, Array1<f64>)) -> f64,
+    vars: &Variables,
+    at: &(f64, Array1<f64>),
+    grads: Variables,
+    rerun: Variables,
+    input_grads: (f64, Array1<f64>),
+    report: &mut Vec<String>,
+) {
+    for g in [&grads, &rerun] {
+        if let Some(e) = g.error() {
+            report.push(format!("{name}: {e}"));
+            return;
+        }
+    }
+    let pairs: Vec<_> = grads.leaves().zip(rerun.leaves()).collect();
+    if pairs.len() != rerun.leaf_count() || pairs.len() != grads.leaf_count() {
+        report.push(format!("{name}: gradient {} but rerun {}", grads.shapes(), rerun.shapes()));
+        return;
+    }
+    for ((c, p, l), (_, q, m)) in pairs {
+        let (l, m) = (l.to_f64_vec(), m.to_f64_vec());
+        let close = l.len() == m.len() && l.iter().zip(&m).all(|(u, v)| (u - v).abs() <= 1e-9 * (1.0 + v.abs()));
+        if p != q || !close {
+            report.push(format!("{name}: {c}/{p} {l:?} by reverse over reverse, {q} {m:?} by the rerun"));
+        }
+    }
+    differences(name, |v: &Variables| loss(v, at), vars, &grads, report);
+    differences(name, |p: &(f64, Array1<f64>)| loss(vars, p), at, &input_grads, report);
+}
+
+/// Central differences of `f` at `at` against `grad`; a failure is recorded.
+fn differences<P: adjoint::check::Params>(name: &str, f: impl Fn(&P) -> f64, at: &P, grad: &P, report: &mut Vec<String>) {
+    let value = f(at);
     if !value.is_finite() {
         return;
     }
@@ -350,7 +620,7 @@ fn check(name: &str, f: impl Fn(&Point) -> f64, g: impl Fn(&Point) -> Point, at:
     for step in [1e-6, 1e-8, 1e-10] {
         let atol = 1e-6_f64.max(4.0 * f64::EPSILON * value.abs() / step);
         let tol = adjoint::check::Tolerance { step, rtol: 1e-5, atol };
-        match adjoint::check::check_grad(&f, &at, &grad, tol) {
+        match adjoint::check::check_grad(&f, at, grad, tol) {
             Ok(()) => return,
             Err(e) => {
                 first.get_or_insert(e);

@@ -18,14 +18,16 @@ const BATCH: usize = 100;
 fn main() {
     let mut programs = 1000;
     let mut seed = 1u64;
+    let mut modules = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let value = args.next().and_then(|v| v.parse::<u64>().ok());
         match (a.as_str(), value) {
             ("--programs", Some(v)) => programs = v as usize,
             ("--seed", Some(v)) => seed = v,
+            ("--modules", Some(v)) => modules = Some(v as usize),
             _ => {
-                eprintln!("usage: adjoint-fuzz [--programs N] [--seed S]");
+                eprintln!("usage: adjoint-fuzz [--programs N] [--modules M] [--seed S]");
                 std::process::exit(2);
             }
         }
@@ -34,18 +36,22 @@ fn main() {
     let dir = root.join("target").join("fuzz-run");
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut examples: Vec<String> = Vec::new();
+    // A quarter of the programs are module programs unless told.
+    let modules = modules.unwrap_or(programs / 4).min(programs);
     let batches = programs.div_ceil(BATCH);
     for b in 0..batches {
         let n = BATCH.min(programs - b * BATCH);
         let batch_seed = seed.wrapping_mul(1_000_003).wrapping_add(b as u64);
-        let outcome = run_batch(&root, &dir, batch_seed, n);
+        // The module programs spread over the batches as the programs do.
+        let m = modules * (b * BATCH + n) / programs - modules * (b * BATCH) / programs;
+        let outcome = run_batch(&root, &dir, batch_seed, n, m);
         for (k, v) in outcome.counts {
             *counts.entry(k).or_default() += v;
         }
         examples.extend(outcome.examples);
         eprintln!("batch {}/{batches}: {counts:?}", b + 1);
     }
-    println!("programs: {programs} (seed {seed})");
+    println!("programs: {programs}, {modules} of them module programs (seed {seed})");
     for (k, v) in &counts {
         println!("{k}: {v}");
     }
@@ -65,12 +71,16 @@ struct Outcome {
 
 /// One batch: compile, drop the programs that do not compile (classifying why),
 /// compile again, run, count.
-fn run_batch(root: &Path, dir: &Path, seed: u64, n: usize) -> Outcome {
+fn run_batch(root: &Path, dir: &Path, seed: u64, n: usize, modules: usize) -> Outcome {
     let mut counts = BTreeMap::new();
     let mut examples = Vec::new();
-    let src = adjoint_fuzz::program_file(seed, n, true);
+    let src = adjoint_fuzz::program_file(seed, n, modules, true);
     let mut excluded = std::collections::BTreeSet::new();
+    // The last batch's program must not run for this one when this one does not
+    // build.
+    let binary = dir.join("target/release/fuzz-run");
     for _attempt in 0..3 {
+        let _ = std::fs::remove_file(&binary);
         let text = exclude(&src, &excluded);
         write_crate(root, dir, &text);
         let errors = build(dir);
@@ -94,7 +104,17 @@ fn run_batch(root: &Path, dir: &Path, seed: u64, n: usize) -> Outcome {
             }
         }
     }
-    let output = Command::new(dir.join("target/release/fuzz-run"))
+    if !binary.exists() {
+        // Not built, and no error in the programs to blame: the runtime or the
+        // harness does not compile (a bug, the whole batch's).
+        *counts.entry("generated code error").or_default() += n - excluded.len();
+        examples.push(format!(
+            "(seed {seed}) the batch does not build; see {}",
+            dir.display()
+        ));
+        return Outcome { counts, examples };
+    }
+    let output = Command::new(&binary)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();

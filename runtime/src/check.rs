@@ -2,6 +2,7 @@
 //! `check_vjp`, for testing generated gradients and users' `#[custom_vjp]` rules.
 
 use crate::value::Real;
+use crate::variables::Leaf;
 use ndarray::{Array, Dimension};
 
 /// Values that flatten to a list of `f64`s: scalars, owned arrays, and tuples of them.
@@ -66,6 +67,61 @@ tuple_params!(A 0, B 1, C 2);
 tuple_params!(A 0, B 1, C 2, D 3);
 tuple_params!(A 0, B 1, C 2, D 3, E 4);
 tuple_params!(A 0, B 1, C 2, D 3, E 4, F 5);
+
+/// A module's variables (and their gradients) as parameters to check: every float
+/// leaf in [`Variables::leaves`] order; integer leaves (step counters) are neither
+/// perturbed nor compared. A gradient from `grad!` holds `params` only: compare it
+/// against `vars.only(&["params"])` when the module has other collections.
+///
+/// ```
+/// use adjoint::check::{check_grad, Tolerance};
+/// use adjoint::Variables;
+/// let vars = Variables::new()
+///     .with("params", "w", ndarray::arr1(&[0.5, -1.0]).into_shared()).unwrap()
+///     .with("params", "b", 0.25).unwrap();
+/// let loss = |v: &Variables| {
+///     let w: ndarray::Array1<f64> = v.read("params", "w").unwrap();
+///     let b: f64 = v.read("params", "b").unwrap();
+///     (&w * &w).sum() * b
+/// };
+/// // d/dw = 2 w b, d/db = |w|^2
+/// let grads = Variables::new()
+///     .with("params", "w", ndarray::arr1(&[0.25, -0.5]).into_shared()).unwrap()
+///     .with("params", "b", 1.25).unwrap();
+/// check_grad(loss, &vars, &grads, Tolerance::default()).unwrap();
+/// ```
+impl Params for crate::Variables {
+    fn flatten(&self, out: &mut Vec<f64>) {
+        for (_, _, leaf) in self.leaves() {
+            if leaf.kind() != "integer" {
+                out.extend(leaf.to_f64_vec());
+            }
+        }
+    }
+    fn unflatten(&self, flat: &mut dyn Iterator<Item = f64>) -> Self {
+        self.map_leaves(|_, _, leaf| {
+            if leaf.kind() == "integer" {
+                return leaf.clone();
+            }
+            let mut values: Vec<f64> = (&mut *flat).take(leaf.len()).collect();
+            values.resize(leaf.len(), 0.0);
+            let shape = ndarray::IxDyn(leaf.shape());
+            let array = ndarray::ArrayD::from_shape_vec(shape, values)
+                .expect("as many values as the leaf's elements, in row-major order");
+            match leaf {
+                Leaf::F32(_) => Leaf::F32(array.mapv(|v| v as f32).into_shared()),
+                _ => Leaf::F64(array.into_shared()),
+            }
+        })
+    }
+    fn shapes(&self, out: &mut Vec<Vec<usize>>) {
+        for (_, _, leaf) in self.leaves() {
+            if leaf.kind() != "integer" {
+                out.push(leaf.shape().to_vec());
+            }
+        }
+    }
+}
 
 /// Tolerances of [`check_vjp`] and [`check_grad`].
 ///
