@@ -1703,3 +1703,32 @@ fn a_gradient_holds_the_parameters_the_output_does_not_depend_on() {
         x.clone().into_dyn()
     );
 }
+
+// ----- references in parentheses -----
+
+/// `-(&w)` borrows `w`, read again after: the random module programs found the
+/// negation of a parameter moving it where its value is a constant (the input
+/// gradient, which holds the variables).
+struct NegatedBorrow;
+
+#[differentiable]
+impl NegatedBorrow {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let w: Array1<f64> = cx.param("w", init::constant(0.5), 3);
+        let s = (-(&w)).mean().unwrap();
+        (&w * s + x).tanh().sum()
+    }
+}
+
+#[test]
+fn negation_of_a_borrow_in_parentheses() {
+    let x = Array1::from_vec(vec![0.3, -0.5, 0.9]);
+    let vars = NegatedBorrow.init(0, &x).unwrap();
+    let loss = |v: &Variables| NegatedBorrow.apply(v, &x).unwrap();
+    let g = grad!(|v: &Variables| NegatedBorrow.apply(v, &x).unwrap())(&vars);
+    let tol = adjoint::check::Tolerance::default();
+    adjoint::check::check_grad(loss, &vars, &g, tol).unwrap();
+    let gx = grad!(|x: &Array1<f64>| NegatedBorrow.apply(&vars, x).unwrap())(&x);
+    let f = |x: &Array1<f64>| NegatedBorrow.apply(&vars, x).unwrap();
+    adjoint::check::check_grad(f, &x, &gx, tol).unwrap();
+}

@@ -455,6 +455,13 @@ impl Lowerer<'_> {
 
     /// Whether `e` is passed by reference: written `&x`, or a name bound to one.
     pub(super) fn by_ref(&self, e: &Expr) -> bool {
+        // `-(&w)`: a reference in parentheses is one.
+        let mut e = e;
+        while let Expr::Paren(syn::ExprParen { expr, .. })
+        | Expr::Group(syn::ExprGroup { expr, .. }) = e
+        {
+            e = expr;
+        }
         if matches!(e, Expr::Reference(_)) {
             return true;
         }
