@@ -428,24 +428,43 @@ fn module_call(rng: &mut Rng, stmts: usize, calls: Calls, scalar_out: bool) -> S
     )
 }
 
-/// A module program, `mod {name}`: `Loss` differentiates, through a lifted
-/// `grad!`, the random body of `Field`, which calls `Dense` layers and the random
-/// module `Inner`: the lifted `grad!` is differentiated again (reverse over reverse
-/// where the transposer writes `Field`'s input gradient back, else the rerun).
+/// How `Loss` differentiates `Field` (each differentiated again by the parent's
+/// gradient): a plain lifted `grad!` (reverse over reverse), `value_and_grad!`, a
+/// closure that is more than the call, `vjp!` and its pullback, `jvp!` (reverse
+/// over forward, the rerun).
+const LIFTED: &[&str] = &[
+    "let (gx, ga) = grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);\n            let val = 0.0;",
+    "let (val, (gx, ga)) = value_and_grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);",
+    "let (gx, ga) = grad!(cx, |mdl, cx, x, a| (mdl.call(cx, x, a) * 0.5).sin(), Field, x, a);\n            let val = 0.0;",
+    "let (val, pb) = vjp!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);\n            let (_, gx, ga) = pb(val.cos());",
+    "let none = no_grad(Variables::new());\n            let (dx, da) = (no_grad(0.3), no_grad(array![0.5, -0.2, 0.9]));\n            let (val, gx) = jvp!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, (x, a), (dx, &da), none);\n            let ga = a * gx;",
+];
+
+/// A module program, `mod {name}`: `Loss` differentiates the random body of
+/// `Field`, which calls `Dense` layers and the random module `Inner`, through a
+/// lifted transform (one of [`LIFTED`]), which the parent's gradient differentiates
+/// again.
 pub fn module_program(rng: &mut Rng, name: &str) -> String {
     let stmts = 1 + rng.below(3);
     let inner = module_call(rng, stmts, Calls::Dense, false);
     let stmts = 1 + rng.below(6);
     let field = module_call(rng, stmts, Calls::DenseAndInner, true);
     let (c1, c2) = (rng.lit(), rng.lit());
+    // Half the programs take the plain `grad!`, whose second order is the
+    // transposer's.
+    let lifted = if rng.chance(50) {
+        LIFTED[0]
+    } else {
+        rng.pick(LIFTED)
+    };
     format!(
         "mod {name} {{\n    use super::*;\n\n    pub struct Inner;\n\n    #[differentiable]\n    impl Inner {{\n{inner}    }}\n\n\
          \x20   pub struct Field;\n\n    #[differentiable]\n    impl Field {{\n{field}    }}\n\n\
          \x20   pub struct Loss;\n\n    #[differentiable]\n    impl Loss {{\n\
          \x20       pub fn call(&self, cx: &mut Scope, x: f64, a: &Array1<f64>) -> f64 {{\n\
          \x20           let v: Array1<f64> = cx.param(\"v\", init::normal(0.5), {LEN});\n\
-         \x20           let (gx, ga) = grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);\n\
-         \x20           gx * gx * {c1} + (&ga * &ga).sum() + (&v * &ga).sum() + (gx * ga.sum() * {c2}).sin()\n\
+         \x20           {lifted}\n\
+         \x20           gx * gx * {c1} + (&ga * &ga).sum() + (&v * &ga).sum() + (gx * ga.sum() * {c2}).sin() + val * 0.5\n\
          \x20       }}\n    }}\n}}\n"
     )
 }

@@ -79,7 +79,8 @@ fn run_batch(root: &Path, dir: &Path, seed: u64, n: usize, modules: usize) -> Ou
     // The last batch's program must not run for this one when this one does not
     // build.
     let binary = dir.join("target/release/fuzz-run");
-    for _attempt in 0..3 {
+    // Type errors first, then borrow errors: a few rounds.
+    for _attempt in 0..6 {
         let _ = std::fs::remove_file(&binary);
         let text = exclude(&src, &excluded);
         write_crate(root, dir, &text);
