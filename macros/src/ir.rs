@@ -259,9 +259,12 @@ pub struct Lifted {
 pub struct Rerun {
     pub closure: syn::ExprClosure,
     /// The variables of the enclosing code the closure reads (by their names): the
-    /// rerun reads them as they were; where one is differentiated, second order
-    /// through it is reported instead.
+    /// rerun reads them as they were.
     pub captured: Vec<Var>,
+    /// Those of them that are differentiated: the rerun's code takes them as
+    /// parameters after the closure's own (`|mdl, cx, x.., c..|`), with zero
+    /// tangents, and gives their cotangents.
+    pub passed: Vec<Var>,
     pub code: Option<RerunCode>,
 }
 

@@ -47,6 +47,9 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
 - `closure_captures`: a closure that reads values of the enclosing method (a
   constant weight `stop_gradient(cos x)`, a number, the target input `t`) besides
   its arguments.
+- `closure_differentiated_captures`: a closure that reads differentiated values of the
+  enclosing method: a parameter `s` of the enclosing module and a weight computed
+  from the input and `s`; their cotangents come out of the closure's rerun.
 - `vjp_closure_value`: first order through the output (and the aux) of `nn.vjp`
   of a closure that is more than `mdl(x)`; its pullback's results held constant.
 - `lifted_hessian`: `jax.hessian` of a scalar child (a loop and a branch) in its
@@ -598,6 +601,42 @@ def case_closure_captures():
 
 
 OUT["closure_captures"] = case_closure_captures()
+
+# 13b. A closure that reads differentiated values of the enclosing method: its
+# parameter `s` and a weight computed from the input and `s`.
+class DiffCapturingLoss(nn.Module):
+    @nn.compact
+    def __call__(self, x, t):
+        s = self.param("s", nn.initializers.ones, ())
+        w = jnp.cos(x) * s
+        (g,) = nn.grad(
+            lambda mdl, x: jnp.sum(w * mdl(x)) * s + jnp.sum((mdl(x) - t) ** 2),
+            PointField(),
+            x,
+        )
+        return jnp.sum(g * g) + jnp.sum(jnp.sin(x) * g) * s
+
+
+def case_closure_differentiated_captures():
+    x, t = arr(5, 2, seed=91), arr(5, 2, seed=92, scale=0.5)
+    field = {
+        "Dense_0": {"kernel": arr(2, 6, seed=93, scale=0.9), "bias": arr(6, seed=94, scale=0.2)},
+        "Dense_1": {"kernel": arr(6, 1, seed=95, scale=0.7), "bias": arr(1, seed=96, scale=0.1)},
+    }
+    variables = {"params": {"s": jnp.asarray(0.8), "PointField_0": field}}
+    loss, grads = jax.value_and_grad(lambda vs: DiffCapturingLoss().apply(vs, x, t))(variables)
+    gx = jax.grad(lambda x: DiffCapturingLoss().apply(variables, x, t))(x)
+    return {
+        "x": x.tolist(),
+        "t": t.tolist(),
+        "variables": tolist(variables),
+        "loss": float(loss),
+        "grads": tolist(grads),
+        "grad_x": gx.tolist(),
+    }
+
+
+OUT["closure_differentiated_captures"] = case_closure_differentiated_captures()
 
 # 14. First order through the output and aux of `nn.vjp` of a closure that is more
 # than `mdl(x)`; the pullback's results are used under `stop_gradient`.

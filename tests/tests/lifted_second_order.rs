@@ -1028,30 +1028,63 @@ fn second_order_through_a_closure_reading_the_enclosing_values() {
     );
 }
 
-/// A closure that reads a differentiated value of the enclosing method (a parameter):
-/// second order through it is reported, never silently dropped.
-struct DifferentiatedCapture;
+/// A closure that reads differentiated values of the enclosing method: its parameter
+/// `s` and a weight computed from the input and `s` (`DiffCapturingLoss` of the
+/// generator). The closure's rerun takes them as parameters, with zero tangents, and
+/// gives their cotangents.
+struct DiffCapturingLoss;
 
 #[differentiable]
-impl DifferentiatedCapture {
-    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+impl DiffCapturingLoss {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>, #[no_grad] t: &Array2<f64>) -> f64 {
         let s: f64 = cx.param("s", init::ones, ());
-        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x).sum() * s, PointField, x);
-        (&g * &g).sum()
+        let w = x.cos() * s;
+        let (g,) = grad!(
+            cx,
+            |mdl, cx, x| {
+                let d = mdl.call(cx, x) - t;
+                (&w * &mdl.call(cx, x)).sum() * s + (&d * &d).sum()
+            },
+            PointField,
+            x
+        );
+        (&g * &g).sum() + (&x.sin() * &g).sum() * s
     }
 }
 
 #[test]
-fn second_order_through_a_differentiated_capture_is_reported() {
-    let x = Array2::from_shape_fn((3, 2), |(i, j)| (i + 2 * j) as f64 * 0.3 - 0.5);
-    let vars = DifferentiatedCapture.init(0, &x).unwrap();
-    let (_, grads) =
-        value_and_grad!(|v: &Variables| DifferentiatedCapture.apply(v, &x).unwrap())(&vars);
+fn second_order_through_a_closure_reading_differentiated_values() {
+    let case = reference(
+        "lifted_second_order.json",
+        "closure_differentiated_captures",
+    );
+    let (x, t) = (matrix(&case["x"]), matrix(&case["t"]));
+    let vars = variables(&case["variables"]);
     assert_eq!(
-        grads.error(),
-        Some(ScopeError::SecondOrderUnsupported {
-            path: "PointField_0".into()
-        })
+        vars.shapes(),
+        DiffCapturingLoss.init(0, &x, &t).unwrap().shapes()
+    );
+    let (loss, grads) =
+        value_and_grad!(|v: &Variables| DiffCapturingLoss.apply(v, &x, &t).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close(
+        "differentiated captures loss",
+        loss,
+        case["loss"].as_f64().unwrap(),
+    );
+    let err = assert_tree_close(
+        "differentiated captures grads",
+        &grads,
+        &case["grads"],
+        RTOL,
+    );
+    println!("differentiated captures: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| DiffCapturingLoss.apply(&vars, x, &t).unwrap())(&x);
+    assert_close(
+        "differentiated captures grad_x",
+        &gx.into_dyn(),
+        &array(&case["grad_x"]),
+        RTOL,
     );
 }
 
@@ -1679,4 +1712,90 @@ fn second_order_through_a_scalar_computed_in_a_branch() {
     assert_eq!(grads.error(), None);
     let gx = grad!(|x: &Array1<f64>| ScalarArmLoss.apply(&vars, x).unwrap())(&x);
     check_against_differences("scalar arm", loss, &grads, &gx, &vars, &x);
+}
+
+// ----- closures reading differentiated values, through each lifted form -----
+
+/// A child of one input, for the closures below.
+struct Bump;
+
+#[differentiable]
+impl Bump {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> Array1<f64> {
+        let w: Array1<f64> = cx.param("w", init::constant(0.7), 3);
+        (&w * x).tanh() + x * 0.3
+    }
+}
+
+/// Each lifted form of a closure reading `s` (a parameter of the enclosing module)
+/// and `c` (a value computed from the input and `s`): `grad!`, `jvp!`, `jacrev!`
+/// (second order) and `vjp!`'s output, `vmap!` (first order through the closure).
+struct Captures {
+    form: usize,
+}
+
+#[differentiable]
+impl Captures {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let s: f64 = cx.param("s", init::constant(0.9), ());
+        let c = x.sum() * s;
+        let form = self.form;
+        if form == 0 {
+            let (g,) = grad!(cx, |mdl, cx, x| (mdl.call(cx, x) * s).sum() * c, Bump, x);
+            (&g * &g).sum()
+        } else if form == 1 {
+            let none = no_grad(Variables::new());
+            let (y, dy) = jvp!(
+                cx,
+                |mdl, cx, x| (mdl.call(cx, x) * s).sum() + c * c,
+                Bump,
+                (x,),
+                (x,),
+                none
+            );
+            dy * dy + y
+        } else if form == 2 {
+            let j = jacrev!(cx, |mdl, cx, x| mdl.call(cx, x) * (s * c), Bump, x);
+            (&j * &j).sum()
+        } else if form == 3 {
+            let (y, _pb) = vjp!(cx, |mdl, cx, x| mdl.call(cx, x) * s + c, Bump, x);
+            (&y * &y).sum()
+        } else {
+            // The examples constant: what goes through the closure is `s` and `c`.
+            let xs = no_grad(ndarray::array![[0.1, 0.2, 0.3], [-0.4, 0.5, 0.6]]);
+            let ys = vmap!(
+                cx,
+                |mdl, cx, x| (mdl.call(cx, &x.to_owned()) * s).sum() + c,
+                Bump,
+                xs,
+                in_axes = [0]
+            );
+            (&ys * &ys).sum()
+        }
+    }
+}
+
+/// The values the closures read are differentiated through them, in every form:
+/// against central differences (in the variables, with `check::Params` for
+/// `Variables`, and in the input).
+#[test]
+fn closures_reading_differentiated_values_through_every_lifted_form() {
+    use adjoint::check::{Tolerance, check_grad};
+    let x = ndarray::array![0.4, -0.8, 1.2];
+    let tol = Tolerance {
+        rtol: 1e-6,
+        atol: 1e-8,
+        ..Tolerance::default()
+    };
+    for form in 0..5 {
+        let model = Captures { form };
+        let vars = model.init(0, &x).unwrap();
+        let loss = |v: &Variables| model.apply(v, &x).unwrap();
+        let grads = grad!(|v: &Variables| model.apply(v, &x).unwrap())(&vars);
+        assert_eq!(grads.error(), None, "form {form}");
+        check_grad(loss, &vars, &grads, tol).unwrap_or_else(|e| panic!("form {form}: {e}"));
+        let gx = grad!(|x: &Array1<f64>| model.apply(&vars, x).unwrap())(&x);
+        let f = |x: &Array1<f64>| model.apply(&vars, x).unwrap();
+        check_grad(f, &x, &gx, tol).unwrap_or_else(|e| panic!("form {form}, input: {e}"));
+    }
 }

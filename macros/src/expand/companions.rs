@@ -69,7 +69,6 @@ pub(crate) fn generate(
         body
     };
     let mut func = lower::lower(cx, &specs, body);
-    super::rerun::write_reruns(&mut func.body);
     func.aux = aux;
     func.params_active = params_active;
     func.local_pullback = local_pullback;
@@ -87,6 +86,7 @@ pub(crate) fn generate(
     if cx.has_errors() {
         return None;
     }
+    super::rerun::write_reruns(&mut func.body, &func.vars, &|v| act.varied(v));
     let generated = reverse::generate(&func, &act);
     Some((func, generated))
 }

@@ -10,32 +10,41 @@ use super::module::forward::forward_body;
 use super::transform::lifted_closure;
 use crate::ctxt::Ctxt;
 use crate::hygiene::rename;
-use crate::ir::{Block, LiftedKind, RerunCode, Stmt, Tail};
+use crate::ir::{Block, LiftedKind, RerunCode, Stmt, Tail, Var, VarInfo};
 use crate::parse::signature::{ParamInfo, param_name};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
 
-/// Writes the code of every general closure's rerun in `b` (see [`Rerun`](crate::ir::Rerun)).
-pub(crate) fn write_reruns(b: &mut Block) {
+/// Writes the code of every general closure's rerun in `b` (see [`Rerun`](crate::ir::Rerun)):
+/// the values of the enclosing code it reads that are `varied` (named in `vars`)
+/// become its parameters after its own, so that the rerun differentiates them too.
+pub(crate) fn write_reruns(b: &mut Block, vars: &[VarInfo], varied: &dyn Fn(Var) -> bool) {
+    let mut inner = |b: &mut Block| write_reruns(b, vars, varied);
     for s in &mut b.stmts {
         match s {
             Stmt::LetLifted(l) => {
                 if let Some(r) = &mut l.closure {
+                    r.passed = r.captured.iter().copied().filter(|v| varied(*v)).collect();
+                    let mut closure = r.closure.clone();
+                    for v in &r.passed {
+                        let name = &vars[v.0 as usize].name;
+                        closure.inputs.push(syn::parse_quote!(#name));
+                    }
                     r.code = match l.kind {
-                        LiftedKind::Vjp { .. } | LiftedKind::Vmap { .. } => vjp(&r.closure),
+                        LiftedKind::Vjp { .. } | LiftedKind::Vmap { .. } => vjp(&closure),
                         // Second order through a `vjp!`'s pullback: not covered.
                         LiftedKind::Pull { .. } => None,
-                        _ => jvp_vjp(&r.closure),
+                        _ => jvp_vjp(&closure),
                     };
                 }
             }
-            Stmt::If { branch, .. } => branch.arms.iter_mut().for_each(write_reruns),
-            Stmt::Loop(lp) => write_reruns(&mut lp.body),
+            Stmt::If { branch, .. } => branch.arms.iter_mut().for_each(&mut inner),
+            Stmt::Loop(lp) => inner(&mut lp.body),
             Stmt::Let { .. } | Stmt::LetTuple { .. } => {}
         }
     }
     if let Tail::Branch(br) = &mut b.tail {
-        br.arms.iter_mut().for_each(write_reruns);
+        br.arms.iter_mut().for_each(inner);
     }
 }
 

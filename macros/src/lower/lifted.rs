@@ -186,6 +186,7 @@ impl Lowerer<'_> {
                 Box::new(Rerun {
                     closure,
                     captured,
+                    passed: Vec::new(),
                     code: None,
                 })
             }),

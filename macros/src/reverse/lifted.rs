@@ -96,6 +96,8 @@ impl Gen<'_> {
         } else {
             l.args.iter().map(|_| quote!(_)).collect()
         };
+        // The cotangents of the values of the enclosing code a closure reads.
+        let mut contributions = Vec::new();
         let run = match l.closure.as_deref() {
             None => {
                 // The variables' tangents a `jvp!` was given, if any were nonzero.
@@ -131,17 +133,33 @@ impl Gen<'_> {
             // inline, or (where forward mode does not cover it) the report that
             // second order does not go through it.
             Some(closure) => {
-                let Some(code) = self.closure_rerun(r, l, closure) else {
+                let Some((code, captured)) = self.closure_rerun(r, l, closure) else {
                     return;
                 };
-                let inline = closure_jvp_vjp(code, &primals, &tangents, &seeds, &cots, jvp);
+                let (primal_cots, tangent_cots) = cots.split_at(n);
+                let tangent_cots = jvp.then_some(tangent_cots);
+                let inline = closure_jvp_vjp(
+                    code,
+                    &primals,
+                    &tangents,
+                    &seeds,
+                    primal_cots,
+                    tangent_cots,
+                    &captured,
+                );
                 // The forward mode written is along the primals: with variable
                 // tangents (`jvp!`), second order is reported.
-                let args = primals.iter().chain(tangents.iter().filter(|_| jvp));
+                let args = primals
+                    .iter()
+                    .chain(tangents.iter().filter(|_| jvp))
+                    .chain(&captured.primals);
+                let outs = cots.iter().chain(&captured.cots);
+                let all = outs.clone();
+                contributions.extend(captured.contributions(closure));
                 quote! {
-                    let (mut __cv, #(#cots,)*) = if __tangents.is_none() {
+                    let (mut __cv, #(#outs,)*) = if __tangents.is_none() {
                         #inline
-                        (__cv, #(#cots,)*)
+                        (__cv, #(#all,)*)
                     } else {
                         let mut __cv = ::adjoint::Variables::new();
                         ::adjoint::__private::second_order(&mut __cv, __child);
@@ -150,6 +168,10 @@ impl Gen<'_> {
                 }
             }
         };
+        let cots: Vec<Ident> = cots
+            .into_iter()
+            .chain(contributions.iter().map(|(_, c)| c.clone()))
+            .collect();
         let outs = quote!((#(#cots,)*));
         if l.input_gradient() {
             // The primal kept the child's input gradient's pullback where it could:
@@ -179,27 +201,51 @@ impl Gen<'_> {
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
         }
+        for (v, c) in contributions {
+            self.contribute(r, &Atom::Var(v), c.to_token_stream());
+        }
     }
 
-    /// The code of the rerun of `l`'s closure, the values of the enclosing code it
-    /// reads made available by their names; `None`, reported, where second order does
-    /// not go through it: forward mode does not cover its body, or it reads a
-    /// differentiated value of the enclosing code.
+    /// The code of the rerun of `l`'s closure and the values of the enclosing code it
+    /// reads, passed to it (see [`Captured`]); `None`, reported, where forward mode
+    /// does not cover its body.
     fn closure_rerun<'c>(
         &mut self,
         r: &mut Rev,
         l: &Lifted,
         closure: &'c Rerun,
-    ) -> Option<&'c RerunCode> {
-        let differentiated = closure.captured.iter().any(|v| self.act.varied(*v));
+    ) -> Option<(&'c RerunCode, Captured)> {
         match &closure.code {
-            Some(code) if !differentiated => {
+            Some(code) => {
                 for v in &closure.captured {
                     self.read_var(r, *v);
                 }
-                Some(code)
+                let mut captured = Captured::default();
+                for (j, v) in closure.passed.iter().enumerate() {
+                    let x = self.read_var(r, *v);
+                    let x = if self.is_reference_param(&Atom::Var(*v)) {
+                        captured.primals.push(x.clone());
+                        x
+                    } else {
+                        captured
+                            .primals
+                            .push(quote!(::core::clone::Clone::clone(&#x)));
+                        quote!(&#x)
+                    };
+                    let zero = quote!(::adjoint::__private::zeros(#x));
+                    captured
+                        .zeros
+                        .push(if self.is_reference_param(&Atom::Var(*v)) {
+                            quote!(&#zero)
+                        } else {
+                            zero.clone()
+                        });
+                    captured.owned_zeros.push(zero);
+                    captured.cots.push(format_ident!("__k{}", j));
+                }
+                Some((code, captured))
             }
-            _ => {
+            None => {
                 self.closure_unsupported(r, l, l.dsts[0]);
                 None
             }
@@ -243,6 +289,7 @@ impl Gen<'_> {
         for (k, a) in l.args.iter().enumerate() {
             primals.push(self.rerun_arg(r, a, a, k));
         }
+        let mut contributions = Vec::new();
         let run = match l.closure.as_deref() {
             None => {
                 let companion = companion_ident(&format_ident!("__call_body"), "vjp_params");
@@ -255,14 +302,21 @@ impl Gen<'_> {
             // A closure that is more than `mdl.call(cx, x..)`: its own reverse mode,
             // inline.
             Some(closure) => match self.closure_rerun(r, l, closure) {
-                Some(code) => closure_vjp(code, &primals, &ybar, &cots, None),
+                Some((code, captured)) => {
+                    contributions = captured.contributions(closure);
+                    closure_vjp(code, &primals, &ybar, &cots, &captured, None)
+                }
                 None => return,
             },
         };
+        let outs = cots.iter().chain(contributions.iter().map(|(_, c)| c));
         r.code
-            .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#cots,)*)), run));
+            .push(self.in_rerun_scope(l, &snap, &kept, quote!((#(#outs,)*)), run));
         for (a, c) in l.args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
+        }
+        for (v, c) in contributions {
+            self.contribute(r, &Atom::Var(v), c.to_token_stream());
         }
     }
 
@@ -326,6 +380,24 @@ impl Gen<'_> {
             cots.push(c.to_token_stream());
             accs.push((a.atom.clone(), acc));
         }
+        // A closure's rerun; the differentiated values of the enclosing code it reads
+        // gather the examples' cotangents as broadcast arguments do.
+        let rerun = match l.closure.as_deref() {
+            Some(closure) => {
+                let Some((code, captured)) = self.closure_rerun(r, l, closure) else {
+                    return;
+                };
+                let pairs = captured.contributions(closure).into_iter();
+                for ((v, k), zero) in pairs.zip(&captured.owned_zeros) {
+                    let acc = format_ident!("{}_acc", k);
+                    zeros.push(zero.clone());
+                    adds.push(quote!(::adjoint::__private::Accumulate::accumulate(&mut #acc, #k);));
+                    accs.push((Atom::Var(v), acc));
+                }
+                Some((code, captured))
+            }
+            None => None,
+        };
         let acc_names: Vec<&Ident> = accs.iter().map(|(_, acc)| acc).collect();
         let (push, pop) = match axis_name {
             Some(name) => (quote!(__cx2.push_axis(#name);), quote!(__cx2.pop_axis();)),
@@ -337,7 +409,7 @@ impl Gen<'_> {
             companion_ident(&format_ident!("__call_body"), "vjp_params")
         };
         // Each example through the child's reverse mode, or a closure's, inline.
-        let example = match l.closure.as_deref() {
+        let example = match rerun {
             None => quote! {
                 let (_, __pb2) = ::adjoint::scope::Child::module(__module)
                     .#companion(&mut __cx2, #(#items,)*);
@@ -346,24 +418,22 @@ impl Gen<'_> {
             // Its output's type is known from its value (`__o`): where its cotangent
             // cannot be taken apart per example (a tree of per-example gradients),
             // the rerun reports that it does not go through.
-            Some(closure) => match self.closure_rerun(r, l, closure) {
-                Some(code) => {
-                    let seed = quote!({
-                        use ::adjoint::__private::{ExampleNone as _, ExampleUnstacked as _};
-                        (&&::adjoint::__private::ExampleOf(&__o)).example(__ct0, __i)
-                    });
-                    let nans = items
-                        .iter()
-                        .map(|x| quote!(::adjoint::__private::unsupported_cot(&#x)));
-                    let fallback = quote! {{
-                        let mut __cv = ::adjoint::Variables::new();
-                        ::adjoint::__private::second_order(&mut __cv, __child);
-                        (__cv, (), (), #(#nans,)*)
-                    }};
-                    closure_vjp(code, &items, &seed, &cots, Some(fallback))
-                }
-                None => return,
-            },
+            Some((code, captured)) => {
+                let seed = quote!({
+                    use ::adjoint::__private::{ExampleNone as _, ExampleUnstacked as _};
+                    (&&::adjoint::__private::ExampleOf(&__o)).example(__ct0, __i)
+                });
+                let nans = items
+                    .iter()
+                    .chain(&captured.primals)
+                    .map(|x| quote!(::adjoint::__private::unsupported_cot(&#x)));
+                let fallback = quote! {{
+                    let mut __cv = ::adjoint::Variables::new();
+                    ::adjoint::__private::second_order(&mut __cv, __child);
+                    (__cv, (), (), #(#nans,)*)
+                }};
+                closure_vjp(code, &items, &seed, &cots, &captured, Some(fallback))
+            }
         };
         let merge = self.merge_rerun();
         let (visible, rngs) = (&l.visible, &l.rngs);
@@ -507,6 +577,14 @@ impl Gen<'_> {
         let column = quote!(::adjoint::__private::jacobian_column(&#cj, &__o.1, __i, __n));
         let seeds = quote!((::adjoint::__private::zeros(&__o.0), #column));
         // The child's JVP-VJP along the unit tangent, or a closure's, inline.
+        // The differentiated values of the enclosing code a closure reads: each
+        // column's cotangents summed, as the arguments'.
+        let mut zeros: Vec<TokenStream> = refs
+            .iter()
+            .map(|x| quote!(::adjoint::__private::zeros(#x)))
+            .collect();
+        let mut contributions = Vec::new();
+        let (mut accs, mut cots) = (accs, cots);
         let run = match l.closure.as_deref() {
             None => quote! {
                 let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
@@ -514,7 +592,22 @@ impl Gen<'_> {
                 let (mut __cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
             },
             Some(closure) => match self.closure_rerun(r, l, closure) {
-                Some(code) => closure_jvp_vjp(code, &pass, &tangents, &seeds, &cots, false),
+                Some((code, captured)) => {
+                    let run =
+                        closure_jvp_vjp(code, &pass, &tangents, &seeds, &cots, None, &captured);
+                    for ((v, k), zero) in captured
+                        .contributions(closure)
+                        .into_iter()
+                        .zip(captured.owned_zeros)
+                    {
+                        let acc = format_ident!("{}_acc", k);
+                        zeros.push(zero);
+                        cots.push(k);
+                        contributions.push((v, acc.clone()));
+                        accs.push(acc);
+                    }
+                    run
+                }
                 None => return,
             },
         };
@@ -525,7 +618,7 @@ impl Gen<'_> {
             let (#(#accs,)*) = {
                 let (__rerun, __child, __module, _, (#(#kept,)*)) = &#snap;
                 #(#bind)*
-                let (#(mut #accs,)*) = (#(::adjoint::__private::zeros(#refs),)*);
+                let (#(mut #accs,)*) = (#(#zeros,)*);
                 let __n = ::adjoint::__private::basis_len(#first);
                 for __i in 0..__n {
                     let mut __snapshot = __rerun.variables();
@@ -540,6 +633,9 @@ impl Gen<'_> {
         });
         for (a, c) in l.args.iter().zip(&accs) {
             self.contribute(r, &a.atom, c.to_token_stream());
+        }
+        for (v, c) in contributions {
+            self.contribute(r, &Atom::Var(v), c.to_token_stream());
         }
     }
 
@@ -674,47 +770,83 @@ impl Gen<'_> {
 /// for the tangents are dropped: the transform's variable tangents are constants).
 /// Its VJP's name, what goes before the call, and what follows the pullback's result
 /// bound to `__cv`.
+/// The values of the enclosing code a closure reads, as its rerun is given them
+/// after its arguments (see [`Rerun::closure`]): each as it was (a reference passed
+/// on, a copy of any other: a rerun may run more than once), a zero tangent of its
+/// type, and the name its cotangent is bound to (`__k{j}`).
+#[derive(Default)]
+struct Captured {
+    primals: Vec<TokenStream>,
+    zeros: Vec<TokenStream>,
+    /// Owned zeros of each (a cotangent's), for sums over reruns.
+    owned_zeros: Vec<TokenStream>,
+    cots: Vec<Ident>,
+}
+
+impl Captured {
+    /// Each variable passed with its cotangent's name.
+    fn contributions(&self, closure: &Rerun) -> Vec<(Var, Ident)> {
+        closure
+            .passed
+            .iter()
+            .copied()
+            .zip(self.cots.iter().cloned())
+            .collect()
+    }
+}
+
 /// A closure's JVP-VJP (see [`Rerun`]) run inline in the rerun scope `__cx2`: its
-/// parameters bound (the module, the scope, `primals`, `tangents`), its forward
-/// mode, then its reverse seeded with `seeds` (which read its output as `__o`),
-/// binding `mut __cv` and `cots`, one per primal (and with `jvp`, per tangent).
+/// parameters bound (the module, the scope, `primals` and the `captured` values,
+/// `tangents` and their zero tangents), its forward mode, then its reverse seeded
+/// with `seeds` (which read its output as `__o`), binding `mut __cv`, `cots` (one
+/// per primal), the captured values' cotangents and, given `tangent_cots`, one per
+/// tangent.
 fn closure_jvp_vjp(
     code: &RerunCode,
     primals: &[TokenStream],
     tangents: &[TokenStream],
     seeds: &TokenStream,
     cots: &[Ident],
-    jvp: bool,
+    tangent_cots: Option<&[Ident]>,
+    captured: &Captured,
 ) -> TokenStream {
     let n = (code.params.len() - 2) / 2;
     let (mdl, cxn) = (&code.params[0], &code.params[1]);
     let (xs, dots) = (&code.params[2..2 + n], &code.params[2 + n..]);
-    let skip = xs.iter().filter(|_| !jvp).map(|_| quote!(_));
+    let tangent_cots: Vec<TokenStream> = match tangent_cots {
+        Some(t) => t.iter().map(ToTokens::to_token_stream).collect(),
+        None => primals.iter().map(|_| quote!(_)).collect(),
+    };
+    let skip = captured.cots.iter().map(|_| quote!(_));
+    let (kcots, kprimals, kzeros) = (&captured.cots, &captured.primals, &captured.zeros);
     let (primal, output, reverse) = (&code.primal, &code.output, &code.reverse);
     quote! {
         let #mdl = ::adjoint::scope::Entered(::adjoint::scope::Child::module(__module));
         let #cxn: &mut ::adjoint::Scope = &mut __cx2;
-        #(let #xs = #primals;)*
-        #(let #dots = #tangents;)*
+        let (#(#xs,)*) = (#(#primals,)* #(#kprimals,)*);
+        let (#(#dots,)*) = (#(#tangents,)* #(#kzeros,)*);
         #primal
         let __o = #output;
         let __ct = #seeds;
-        let (mut __cv, _, _, #(#cots,)* #(#skip,)*) = { #reverse };
+        let (mut __cv, _, _, #(#cots,)* #(#kcots,)* #(#tangent_cots,)* #(#skip,)*) = { #reverse };
     }
 }
 
 /// A closure's reverse mode (see [`Rerun`]; a `vjp!`'s or a `vmap!`'s) run inline in
-/// the rerun scope `__cx2` on `primals`, seeded with `seed`: the variables'
-/// cotangents (`__cv`) and the primals' (`cots`). With a `fallback`, `seed` is an
-/// `Option` and the fallback gives the same results where it is `None`.
+/// the rerun scope `__cx2` on `primals` and the `captured` values, seeded with
+/// `seed`: the variables' cotangents (`__cv`), the primals' (`cots`) and the captured
+/// values'. With a `fallback`, `seed` is an `Option` and the fallback gives the same
+/// results where it is `None`.
 fn closure_vjp<C: quote::ToTokens>(
     code: &RerunCode,
     primals: &[TokenStream],
     seed: &TokenStream,
     cots: &[C],
+    captured: &Captured,
     fallback: Option<TokenStream>,
 ) -> TokenStream {
     let (mdl, cxn, xs) = (&code.params[0], &code.params[1], &code.params[2..]);
+    let (kcots, kprimals) = (&captured.cots, &captured.primals);
     let (primal, output, reverse) = (&code.primal, &code.output, &code.reverse);
     let run = match fallback {
         None => quote!({ let __ct = #seed; #reverse }),
@@ -728,10 +860,10 @@ fn closure_vjp<C: quote::ToTokens>(
     quote! {
         let #mdl = ::adjoint::scope::Entered(::adjoint::scope::Child::module(__module));
         let #cxn: &mut ::adjoint::Scope = &mut __cx2;
-        #(let #xs = #primals;)*
+        let (#(#xs,)*) = (#(#primals,)* #(#kprimals,)*);
         #primal
         let __o = #output;
-        let (mut __cv, _, _, #(#cots,)*) = #run;
+        let (mut __cv, _, _, #(#cots,)* #(#kcots,)*) = #run;
     }
 }
 
