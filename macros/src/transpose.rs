@@ -656,9 +656,12 @@ impl<'a> Writer<'a> {
                 let x = self.p.atom(a);
                 if *v {
                     // A value of the enclosing code is copied: the reverse may read it.
+                    // (As a method the macro differentiates: `clone` is a rule.)
                     items.push(match a.var() {
-                        Some(u) if !local.contains(&u) && !self.p.scalar(u) => {
-                            quote!(::core::clone::Clone::clone(&#x))
+                        Some(u)
+                            if !local.contains(&u) && !self.p.scalar(u) && !self.p.is_ref(u) =>
+                        {
+                            quote!(#x.clone())
                         }
                         _ => x.clone(),
                     });

@@ -1799,3 +1799,47 @@ fn closures_reading_differentiated_values_through_every_lifted_form() {
         check_grad(f, &x, &gx, tol).unwrap_or_else(|e| panic!("form {form}, input: {e}"));
     }
 }
+
+/// A child whose branches give a value of the enclosing code as it is (`{ h }`, an
+/// array, and `{ s }`, a scalar whose type the transposer does not know): the input
+/// gradient written back copies it with `.clone()`, which the macro differentiates
+/// (it wrote `Clone::clone(&h)`, a call it took for a function's: valid code did not
+/// compile; found by the random module programs).
+struct BareArms;
+
+#[differentiable]
+impl BareArms {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let w: Array1<f64> = cx.param("w", init::constant(0.6), 3);
+        let h = (&w * x).sin();
+        let s = (&h * &h).sum().tanh();
+        let p = w.sum();
+        let y = if p > 0.0731 { h } else { h.tanh() };
+        let t = if p > 0.0731 { s } else { s * s };
+        (&y * t).sum()
+    }
+}
+
+struct BareArmsLoss;
+
+#[differentiable]
+impl BareArmsLoss {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), BareArms, x);
+        (&g * &g).sum()
+    }
+}
+
+#[test]
+fn second_order_through_branches_giving_values_as_they_are() {
+    let x = ndarray::array![0.4, -0.8, 1.2];
+    let init = BareArmsLoss.init(3, &x).unwrap();
+    // Both arms: the parameters' sum positive, then negative.
+    for vars in [init.clone(), init.map(|v| -v)] {
+        let loss = |v: &Variables, x: &Array1<f64>| BareArmsLoss.apply(v, x).unwrap();
+        let (_, grads) = value_and_grad!(|v: &Variables| BareArmsLoss.apply(v, &x).unwrap())(&vars);
+        assert_eq!(grads.error(), None);
+        let gx = grad!(|x: &Array1<f64>| BareArmsLoss.apply(&vars, x).unwrap())(&x);
+        check_against_differences("bare arms", loss, &grads, &gx, &vars, &x);
+    }
+}
