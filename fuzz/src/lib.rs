@@ -240,10 +240,12 @@ impl Gen<'_> {
     }
 }
 
-/// What a module body may call besides `Dense`: the submodule `Inner` (only in
-/// `Field`'s body).
+/// Which modules an expression of a module body may call: `Dense`, and the
+/// submodule `Inner` in `Field`'s body; none in a module call's arguments (`cx` is
+/// borrowed by the call).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Calls {
+    None,
     Dense,
     DenseAndInner,
 }
@@ -339,11 +341,14 @@ impl Gen<'_> {
                 let b = self.array_ref();
                 format!("({} / ({b} * {b} + 1.0))", self.array_ref())
             }
-            8 => format!("Dense::new({LEN}).call(cx, {})", self.array_ref()),
+            8 if calls != Calls::None => {
+                format!("Dense::new({LEN}).call(cx, {})", self.array_ref())
+            }
             9 if calls == Calls::DenseAndInner => {
-                let s = self.module_scalar(calls);
+                let s = self.module_scalar(Calls::None);
                 format!("Inner.call(cx, {s}, {})", self.array_ref())
             }
+            8 => format!("({} * 0.5)", self.array_ref()),
             9 => format!("-({})", self.array_ref()),
             _ => format!("{}.mapv(|v| v * v + {})", self.array_var(), self.rng.lit()),
         };
@@ -430,13 +435,16 @@ fn module_call(rng: &mut Rng, stmts: usize, calls: Calls, scalar_out: bool) -> S
 
 /// How `Loss` differentiates `Field` (each differentiated again by the parent's
 /// gradient): a plain lifted `grad!` (reverse over reverse), `value_and_grad!`, a
-/// closure that is more than the call, `vjp!` and its pullback, `jvp!` (reverse
+/// closure that is more than the call, one reading `Loss`'s parameter and a value
+/// computed from it, `vjp!` and its pullback, `vjp!`'s output alone, `jvp!` (reverse
 /// over forward, the rerun).
 const LIFTED: &[&str] = &[
     "let (gx, ga) = grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);\n            let val = 0.0;",
     "let (val, (gx, ga)) = value_and_grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);",
     "let (gx, ga) = grad!(cx, |mdl, cx, x, a| (mdl.call(cx, x, a) * 0.5).sin(), Field, x, a);\n            let val = 0.0;",
     "let (val, pb) = vjp!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);\n            let (_, gx, ga) = pb(val.cos());",
+    "let k = (&v * a).sum().tanh();\n            let (gx, ga) = grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a) * k + (&v * a).sum() * x, Field, x, a);\n            let val = 0.0;",
+    "let k = (&v * a).sum().tanh();\n            let (val, _pb) = vjp!(cx, |mdl, cx, x, a| mdl.call(cx, x, a) * k, Field, x, a);\n            let (gx, ga) = (x * val, a * val);",
     "let none = no_grad(Variables::new());\n            let (dx, da) = (no_grad(0.3), no_grad(array![0.5, -0.2, 0.9]));\n            let (val, gx) = jvp!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, (x, a), (dx, &da), none);\n            let ga = a * gx;",
 ];
 
