@@ -50,6 +50,9 @@ gives, as the Rust tests write them (`tests/tests/lifted_second_order.rs`).
 - `closure_differentiated_captures`: a closure that reads differentiated values of the
   enclosing method: a parameter `s` of the enclosing module and a weight computed
   from the input and `s`; their cotangents come out of the closure's rerun.
+- `vjp_closure_pullback`: second order through the pullback of `nn.vjp` of a closure
+  that is more than `mdl(x)` and reads a parameter `s` of the enclosing module,
+  applied to a cotangent that depends on the output.
 - `vjp_closure_value`: first order through the output (and the aux) of `nn.vjp`
   of a closure that is more than `mdl(x)`; its pullback's results held constant.
 - `lifted_hessian`: `jax.hessian` of a scalar child (a loop and a branch) in its
@@ -673,6 +676,37 @@ def case_vjp_closure_value():
 
 
 OUT["vjp_closure_value"] = case_vjp_closure_value()
+
+# 14b. Second order through the pullback of `nn.vjp` of a closure that is more than
+# `mdl(x)` and reads a parameter of the enclosing module.
+class VjpClosurePull(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        s = self.param("s", nn.initializers.ones, ())
+        y, bwd = nn.vjp(lambda mdl, x: jnp.tanh(mdl(x) * s), PointField(), x)
+        _, gx = bwd(jnp.cos(y))
+        return jnp.sum(gx * gx) + jnp.sum(y) * s
+
+
+def case_vjp_closure_pullback():
+    x = arr(5, 2, seed=101)
+    field = {
+        "Dense_0": {"kernel": arr(2, 6, seed=103, scale=0.9), "bias": arr(6, seed=104, scale=0.2)},
+        "Dense_1": {"kernel": arr(6, 1, seed=105, scale=0.7), "bias": arr(1, seed=106, scale=0.1)},
+    }
+    variables = {"params": {"s": jnp.asarray(0.7), "PointField_0": field}}
+    loss, grads = jax.value_and_grad(lambda vs: VjpClosurePull().apply(vs, x))(variables)
+    gx = jax.grad(lambda x: VjpClosurePull().apply(variables, x))(x)
+    return {
+        "x": x.tolist(),
+        "variables": tolist(variables),
+        "loss": float(loss),
+        "grads": tolist(grads),
+        "grad_x": gx.tolist(),
+    }
+
+
+OUT["vjp_closure_pullback"] = case_vjp_closure_pullback()
 
 # A PINN of plain layers: what reverse over reverse covers.
 class MlpField(nn.Module):

@@ -1190,17 +1190,19 @@ impl UncoveredClosure {
     }
 }
 
-/// A `vjp!` whose closure is more than `mdl.call(cx, x)`, in a child: second order
-/// through its pullback does not go through the closure, and the report names the
-/// transform's child.
+/// A `vjp!` whose closure is more than `mdl.call(cx, x)`, in a child, the variables'
+/// cotangents its pullback returns differentiated: the closure's forward mode is
+/// written along its primals only, so second order along its variables does not go
+/// through, and the report names the transform's child.
 struct HoldsVjp;
 
 #[differentiable]
 impl HoldsVjp {
     fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
         let (y, pb) = vjp!(cx, |mdl, cx, x| mdl.call(cx, x).sum() * 2.0, PointField, x);
-        let (_, gx) = pb(1.0);
-        y + (&gx * &gx).sum()
+        let (params_ct, gx) = pb(1.0);
+        let probe = PointField.apply(&params_ct, x).unwrap();
+        y + (&gx * &gx).sum() + probe.sum()
     }
 }
 
@@ -1842,4 +1844,29 @@ fn second_order_through_branches_giving_values_as_they_are() {
         let gx = grad!(|x: &Array1<f64>| BareArmsLoss.apply(&vars, x).unwrap())(&x);
         check_against_differences("bare arms", loss, &grads, &gx, &vars, &x);
     }
+}
+
+/// Second order through the pullback of a `vjp!` whose closure is more than the call
+/// and reads a parameter of the enclosing module (`VjpClosurePull` of the
+/// generator): the closure's own JVP-VJP along the gradients' cotangents.
+struct VjpClosurePull;
+
+#[differentiable]
+impl VjpClosurePull {
+    fn call(&self, cx: &mut Scope, x: &Array2<f64>) -> f64 {
+        let s: f64 = cx.param("s", init::ones, ());
+        let (y, pb) = vjp!(cx, |mdl, cx, x| (mdl.call(cx, x) * s).tanh(), PointField, x);
+        let (_, gx) = pb(y.cos());
+        (&gx * &gx).sum() + y.sum() * s
+    }
+}
+
+#[test]
+fn second_order_through_the_pullback_of_a_vjp_of_a_closure() {
+    assert_loss_case(
+        "vjp_closure_pullback",
+        "second order through the pullback of vjp! of a closure",
+        |v, x| value_and_grad!(|v: &Variables| VjpClosurePull.apply(v, x).unwrap())(v),
+        |v, x| grad!(|x: &Array2<f64>| VjpClosurePull.apply(v, x).unwrap())(x),
+    );
 }

@@ -32,8 +32,7 @@ pub(crate) fn write_reruns(b: &mut Block, vars: &[VarInfo], varied: &dyn Fn(Var)
                     }
                     r.code = match l.kind {
                         LiftedKind::Vjp { .. } | LiftedKind::Vmap { .. } => vjp(&closure),
-                        // Second order through a `vjp!`'s pullback: not covered.
-                        LiftedKind::Pull { .. } => None,
+                        // `grad!`, `jvp!`, Jacobians, a `vjp!`'s pullback.
                         _ => jvp_vjp(&closure),
                     };
                 }

@@ -478,12 +478,14 @@ impl Gen<'_> {
         if !l.dsts.iter().any(has_bar) {
             return;
         }
-        // Through a closure that is more than `mdl.call(cx, x..)`: second order along
-        // its variables is not written; reported, naming the child.
-        if l.closure.is_some() {
+        let along_variables = has_bar(&l.dsts[0]).then(|| self.bar(l.dsts[0]).clone());
+        // Through a closure that is more than `mdl.call(cx, x..)`: its forward mode is
+        // written along its primals only; second order along its variables (the
+        // variables' cotangents the pullback returns, differentiated) is reported,
+        // naming the child.
+        if l.closure.is_some() && along_variables.is_some() {
             return self.closure_unsupported(r, l, y);
         }
-        let along_variables = has_bar(&l.dsts[0]).then(|| self.bar(l.dsts[0]).clone());
         let snap = self.read_slot(r, Slot::Pb(y));
         let kept = self.kept_pattern(primal_args);
         let cots: Vec<Ident> = (0..n).map(|k| format_ident!("__c{}", k)).collect();
@@ -521,22 +523,46 @@ impl Gen<'_> {
             )
         };
         let skip = (0..n).map(|_| quote!(_));
-        let (companion, set, split) = forward_rerun(along_variables.map(|bar| quote!(&#bar)));
-        let run = quote! {
-            #set
-            let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
-                .#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
-            let __seed = #ctv;
-            let (__cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
-            #split
-            let mut __cv = __cv;
-            let __ct_bar = #ct_bar;
+        let mut contributions = Vec::new();
+        let run = match l.closure.as_deref() {
+            None => {
+                let (companion, set, split) =
+                    forward_rerun(along_variables.map(|bar| quote!(&#bar)));
+                quote! {
+                    #set
+                    let (__o, __pb2) = ::adjoint::scope::Child::module(__module)
+                        .#companion(&mut __cx2, #(#primals,)* #(#tangents,)*);
+                    let __seed = #ctv;
+                    let (__cv, _, #(#cots,)* #(#skip,)*) = __pb2(#seeds);
+                    #split
+                    let mut __cv = __cv;
+                    let __ct_bar = #ct_bar;
+                }
+            }
+            // The closure's own JVP-VJP along `gbar`, inline.
+            Some(closure) => {
+                let Some((code, captured)) = self.closure_rerun(r, l, closure) else {
+                    return;
+                };
+                let inline =
+                    closure_jvp_vjp(code, &primals, &tangents, &seeds, &cots, None, &captured);
+                contributions = captured.contributions(closure);
+                quote! {
+                    let __seed = #ctv;
+                    #inline
+                    let __ct_bar = #ct_bar;
+                }
+            }
         };
-        let outs = quote!((__ct_bar, #(#cots,)*));
+        let captured_cots = contributions.iter().map(|(_, c)| c);
+        let outs = quote!((__ct_bar, #(#cots,)* #(#captured_cots,)*));
         r.code.push(self.in_rerun_scope(l, &snap, &kept, outs, run));
         self.contribute(r, &ct.atom, quote!(__ct_bar));
         for (a, c) in primal_args.iter().zip(&cots) {
             self.contribute(r, &a.atom, c.to_token_stream());
+        }
+        for (v, c) in contributions {
+            self.contribute(r, &Atom::Var(v), c.to_token_stream());
         }
     }
 
