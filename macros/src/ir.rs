@@ -266,6 +266,11 @@ pub struct Rerun {
     /// tangents, and gives their cotangents.
     pub passed: Vec<Var>,
     pub code: Option<RerunCode>,
+    /// For a `vmap!`, its closure's forward mode, as the closure `|mdl, cx, x.., c..,
+    /// dx.., dc..| (y, dy)` (`c` the `passed` values): what the enclosing body's
+    /// forward mode maps (written with that forward mode; `None` where it does not
+    /// cover the closure).
+    pub forward: Option<TokenStream>,
 }
 
 /// The JVP-VJP of a closure `|mdl, cx, x..|` along its primals, inline: `primal`

@@ -22,6 +22,10 @@ computed with Flax linen and JAX (float64), as the Rust tests write them
   the module twice and weights the output by a constant of the enclosing method);
   the loss is the sum of the squared per-example values; gradients in the
   parameters and the input.
+- `closure_penalty`: second order through `nn.vmap` of a closure that is more than
+  `mdl(x)` and reads a parameter `s` of the enclosing module: the gradient penalty of
+  a critic mapping its rows through it, differentiated in the parameters and the
+  input.
 
 Variables are given explicitly (no random generator must match). Each case lists its
 inputs, the variables, the loss and `grads` (same tree as the variables).
@@ -250,6 +254,50 @@ def case_closure_per_example():
 
 
 OUT["closure_per_example"] = case_closure_per_example()
+
+
+
+# 5. Second order through nn.vmap of a closure reading a parameter of the enclosing
+# module.
+class ClosureCritic(nn.Module):
+    @nn.compact
+    def __call__(self, xs):
+        s = self.param("s", nn.initializers.ones, ())
+
+        def per_example(mdl, x):
+            return jnp.sum(jnp.tanh(mdl(x) * s))
+
+        scores = broadcast_vmap(per_example, (0,))(Bend(), xs)
+        return jnp.sum(scores * scores)
+
+
+class ClosurePenalty(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        (g,) = nn.grad(lambda mdl, x: mdl(x), ClosureCritic(), x)
+        return jnp.sum(g * g)
+
+
+def case_closure_penalty():
+    x = arr(4, 3, seed=31)
+    variables = {
+        "params": {
+            "ClosureCritic_0": {
+                "s": jnp.asarray(0.8),
+                "Bend_0": {
+                    "Dense_0": {"kernel": arr(3, 4, seed=32, scale=0.8), "bias": arr(4, seed=33, scale=0.2)},
+                    "Dense_1": {"kernel": arr(4, 2, seed=34, scale=0.9), "bias": arr(2, seed=35, scale=0.1)},
+                },
+            }
+        }
+    }
+    loss, grads = jax.value_and_grad(lambda v: ClosurePenalty().apply(v, x))(variables)
+    gx = jax.grad(lambda x: ClosurePenalty().apply(variables, x))(x)
+    return {"x": x.tolist(), "variables": tolist(variables), "loss": float(loss),
+            "grads": tolist(grads), "grad_x": gx.tolist()}
+
+
+OUT["closure_penalty"] = case_closure_penalty()
 
 
 if __name__ == "__main__":

@@ -1870,3 +1870,61 @@ fn second_order_through_the_pullback_of_a_vjp_of_a_closure() {
         |v, x| grad!(|x: &Array2<f64>| VjpClosurePull.apply(v, x).unwrap())(x),
     );
 }
+
+// ----- second order through a vmap! of a closure -----
+
+/// A critic that maps its rows through a closure that is more than the call and
+/// reads a parameter of its own (`s`) and a value computed from the input (`c`).
+struct RowCritic;
+
+#[differentiable]
+impl RowCritic {
+    fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
+        let s: f64 = cx.param("s", init::constant(0.8), ());
+        let c = xs.sum() * 0.1;
+        let ys = vmap!(
+            cx,
+            |mdl, cx, x| (mdl.call(cx, &x.to_owned()) * s).tanh().sum() + c * s,
+            Bump,
+            xs,
+            in_axes = [0]
+        );
+        (&ys * &ys).sum()
+    }
+}
+
+/// A gradient penalty over it: second order through the `vmap!`, whose forward mode
+/// maps the closure's.
+struct RowPenalty;
+
+#[differentiable]
+impl RowPenalty {
+    fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
+        let (g,) = grad!(cx, |mdl, cx, xs| mdl.call(cx, xs), RowCritic, xs);
+        (&g * &g).sum()
+    }
+}
+
+#[test]
+fn second_order_through_a_vmap_of_a_closure() {
+    use adjoint::check::{Tolerance, check_grad};
+    let xs = Array2::from_shape_fn((4, 3), |(i, j)| (i + 2 * j) as f64 * 0.2 - 0.5);
+    let vars = RowPenalty.init(0, &xs).unwrap();
+    let tol = Tolerance {
+        rtol: 1e-6,
+        atol: 1e-8,
+        ..Tolerance::default()
+    };
+    let grads = grad!(|v: &Variables| RowPenalty.apply(v, &xs).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    check_grad(
+        |v: &Variables| RowPenalty.apply(v, &xs).unwrap(),
+        &vars,
+        &grads,
+        tol,
+    )
+    .unwrap();
+    let gx = grad!(|xs: &Array2<f64>| RowPenalty.apply(&vars, xs).unwrap())(&xs);
+    let f = |xs: &Array2<f64>| RowPenalty.apply(&vars, xs).unwrap();
+    check_grad(f, &xs, &gx, tol).unwrap();
+}

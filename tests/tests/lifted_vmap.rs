@@ -527,3 +527,56 @@ fn trained_through_a_vmap_of_a_closure() {
         "grad_x: {gx} against {want}"
     );
 }
+
+/// A critic that maps its rows through a closure that is more than the call and
+/// reads a parameter of its own (`ClosureCritic` of the generator).
+struct ClosureCritic;
+
+#[differentiable]
+impl ClosureCritic {
+    fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
+        let s: f64 = cx.param("s", init::ones, ());
+        let ys = vmap!(
+            cx,
+            |mdl, cx, x| (mdl.call(cx, &x.to_owned()) * s).tanh().sum(),
+            Bend,
+            xs,
+            in_axes = [0]
+        );
+        (&ys * &ys).sum()
+    }
+}
+
+struct ClosurePenalty;
+
+#[differentiable]
+impl ClosurePenalty {
+    fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
+        let (g,) = grad!(cx, |mdl, cx, xs| mdl.call(cx, xs), ClosureCritic, xs);
+        (&g * &g).sum()
+    }
+}
+
+/// Second order through a `vmap!` of a closure: the critic's forward mode maps the
+/// closure's (`Rerun::forward`), and its JVP-VJP runs that closure's reverse mode
+/// per example.
+#[test]
+fn second_order_through_a_vmap_of_a_closure() {
+    let case = reference("lifted_vmap.json", "closure_penalty");
+    let x = matrix(&case["x"]);
+    let vars = variables(&case["variables"]);
+    assert_eq!(vars.shapes(), ClosurePenalty.init(0, &x).unwrap().shapes());
+    let (loss, grads) =
+        value_and_grad!(|v: &Variables| ClosurePenalty.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    close("closure penalty loss", loss, case["loss"].as_f64().unwrap());
+    let err = assert_tree_close("closure penalty grads", &grads, &case["grads"], RTOL);
+    println!("closure penalty: normwise relative error {err:.1e}");
+    let gx = grad!(|x: &Array2<f64>| ClosurePenalty.apply(&vars, x).unwrap())(&x);
+    let want = matrix(&case["grad_x"]);
+    let diff = (&gx - &want).mapv(|d| d * d).sum().sqrt();
+    assert!(
+        diff <= RTOL * want.mapv(|d| d * d).sum().sqrt(),
+        "grad_x: {gx} against {want}"
+    );
+}

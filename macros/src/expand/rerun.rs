@@ -10,8 +10,9 @@ use super::module::forward::forward_body;
 use super::transform::lifted_closure;
 use crate::ctxt::Ctxt;
 use crate::hygiene::rename;
-use crate::ir::{Block, LiftedKind, RerunCode, Stmt, Tail, Var, VarInfo};
+use crate::ir::{Block, LiftedKind, Rerun, RerunCode, Stmt, Tail, Var, VarInfo};
 use crate::parse::signature::{ParamInfo, param_name};
+use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use std::collections::HashMap;
 
@@ -19,32 +20,80 @@ use std::collections::HashMap;
 /// the values of the enclosing code it reads that are `varied` (named in `vars`)
 /// become its parameters after its own, so that the rerun differentiates them too.
 pub(crate) fn write_reruns(b: &mut Block, vars: &[VarInfo], varied: &dyn Fn(Var) -> bool) {
-    let mut inner = |b: &mut Block| write_reruns(b, vars, varied);
+    for_each_closure(b, &mut |kind, r| {
+        let closure = with_passed(r, vars, varied);
+        r.code = match kind {
+            LiftedKind::Vjp { .. } | LiftedKind::Vmap { .. } => vjp(&closure),
+            // `grad!`, `jvp!`, Jacobians, a `vjp!`'s pullback.
+            _ => jvp_vjp(&closure),
+        };
+    });
+}
+
+/// Writes the forward mode of every `vmap!`'s closure in `b` (see
+/// [`Rerun::forward`](crate::ir::Rerun)), for the enclosing body's forward mode.
+pub(crate) fn write_forward_closures(
+    b: &mut Block,
+    vars: &[VarInfo],
+    varied: &dyn Fn(Var) -> bool,
+) {
+    for_each_closure(b, &mut |kind, r| {
+        if let LiftedKind::Vmap { jvp: false, .. } = kind {
+            r.forward = jvp_closure(&with_passed(r, vars, varied));
+        }
+    });
+}
+
+/// `f` on every lifted transform's closure in `b`, at any depth.
+fn for_each_closure(b: &mut Block, f: &mut dyn FnMut(&LiftedKind, &mut Rerun)) {
     for s in &mut b.stmts {
         match s {
             Stmt::LetLifted(l) => {
                 if let Some(r) = &mut l.closure {
-                    r.passed = r.captured.iter().copied().filter(|v| varied(*v)).collect();
-                    let mut closure = r.closure.clone();
-                    for v in &r.passed {
-                        let name = &vars[v.0 as usize].name;
-                        closure.inputs.push(syn::parse_quote!(#name));
-                    }
-                    r.code = match l.kind {
-                        LiftedKind::Vjp { .. } | LiftedKind::Vmap { .. } => vjp(&closure),
-                        // `grad!`, `jvp!`, Jacobians, a `vjp!`'s pullback.
-                        _ => jvp_vjp(&closure),
-                    };
+                    f(&l.kind, r);
                 }
             }
-            Stmt::If { branch, .. } => branch.arms.iter_mut().for_each(&mut inner),
-            Stmt::Loop(lp) => inner(&mut lp.body),
+            Stmt::If { branch, .. } => branch.arms.iter_mut().for_each(|a| for_each_closure(a, f)),
+            Stmt::Loop(lp) => for_each_closure(&mut lp.body, f),
             Stmt::Let { .. } | Stmt::LetTuple { .. } => {}
         }
     }
     if let Tail::Branch(br) = &mut b.tail {
-        br.arms.iter_mut().for_each(inner);
+        br.arms.iter_mut().for_each(|a| for_each_closure(a, f));
     }
+}
+
+/// Sets which captured values are `varied` (passed to the rerun) and returns the
+/// closure with them as parameters after its own.
+fn with_passed(r: &mut Rerun, vars: &[VarInfo], varied: &dyn Fn(Var) -> bool) -> syn::ExprClosure {
+    r.passed = r.captured.iter().copied().filter(|v| varied(*v)).collect();
+    let mut closure = r.closure.clone();
+    for v in &r.passed {
+        let name = &vars[v.0 as usize].name;
+        closure.inputs.push(syn::parse_quote!(#name));
+    }
+    closure
+}
+
+/// The forward mode of closure `c` along every parameter but the module and the
+/// scope, as a closure taking the tangents after them and giving `(y, dy)`.
+///
+/// Its `__` names (the tangents, the temporaries) are renamed apart (`__d_x_fw`):
+/// the `vmap!` is passed the enclosing code's own (`__d_x`), and renames every
+/// `__` name its input binds, wherever it appears.
+fn jvp_closure(c: &syn::ExprClosure) -> Option<TokenStream> {
+    let (names, infos, body) = lifted_closure(&Ctxt::default(), c)?;
+    let jvp = forward_body(&infos, &body, crate::forward::Mode::Inputs, false)?;
+    let dots: Vec<syn::Pat> = infos[2..].iter().map(|p| p.tangent().pat).collect();
+    let closure = quote!(|#(#names,)* #(#dots),*| { #jvp });
+    let block: syn::Block = syn::parse2(quote!({ #jvp })).ok()?;
+    let renames: HashMap<String, String> = bound_names(&block)
+        .into_iter()
+        .chain(dots.iter().map(|d| param_name(d).to_string()))
+        .filter(|n| n.starts_with("__"))
+        .map(|n| (n.clone(), format!("{n}_fw")))
+        .collect();
+    Some(rename(closure, &renames))
 }
 
 /// The JVP-VJP of closure `c` (see [`RerunCode`]). Its errors are not the user's: the

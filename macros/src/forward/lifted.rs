@@ -1,4 +1,5 @@
-//! Forward mode of lifted transforms: a `vmap!` of `mdl.call` maps the child's JVP.
+//! Forward mode of lifted transforms: a `vmap!` maps the child's JVP, or its
+//! closure's.
 
 use super::*;
 
@@ -24,8 +25,7 @@ impl Tangent<'_> {
         if !(self.varied)(l.dsts[0]) {
             return Some(quote!(let #y = #tokens;));
         }
-        // A closure that is more than `mdl.call(cx, x..)`: not covered.
-        if self.mode != Mode::Inputs || l.closure.is_some() {
+        if self.mode != Mode::Inputs {
             return None;
         }
         let dy = dot_name(&y);
@@ -43,22 +43,48 @@ impl Tangent<'_> {
             zeros.extend(quote!(let #z = ::adjoint::no_grad(::adjoint::__private::zeros(&#x));));
             tangents.push(if a.by_ref { quote!(&#z) } else { quote!(#z) });
         }
-        let params: Vec<Ident> = (0..2 * l.args.len())
-            .map(|k| format_ident!("__p{}", k))
+        let mut axes: Vec<TokenStream> = in_axes
+            .iter()
+            .map(|a| match a {
+                Some(k) => k.to_token_stream(),
+                None => quote!(None),
+            })
             .collect();
-        let companion = crate::names::child_jvp();
+        let mapped = match l.closure.as_deref() {
+            None => {
+                let params: Vec<Ident> = (0..2 * l.args.len())
+                    .map(|k| format_ident!("__p{}", k))
+                    .collect();
+                let companion = crate::names::child_jvp();
+                quote!(|__mdl, __cx, #(#params),*| ::adjoint::scope::Child::module(&__mdl).#companion(&mut *__cx, #(#params),*).0)
+            }
+            // A closure that is more than `mdl.call(cx, x..)`: its own forward mode
+            // (see `Rerun::forward`), the differentiated values of the enclosing code
+            // it reads passed after the arguments, broadcast, with their tangents:
+            // by reference (every example reads them), a scalar by value.
+            Some(closure) => {
+                let forward = closure.forward.clone()?;
+                for v in &closure.passed {
+                    let a = Arg {
+                        atom: Atom::Var(*v),
+                        by_ref: !self.scalar[v.0 as usize] && !self.refs.contains(v),
+                    };
+                    primals.push(self.arg(&a));
+                    tangents.push(self.call_tangent(&a));
+                    axes.push(quote!(None));
+                }
+                forward
+            }
+        };
+        let axes = axes.iter().chain(&axes);
         let (scope, module) = (self.atom(&l.scope), &l.module);
-        let axes = in_axes.iter().chain(in_axes).map(|a| match a {
-            Some(k) => k.to_token_stream(),
-            None => quote!(None),
-        });
         let name = axis_name.as_ref().map(|n| quote!(, axis_name = #n));
         self.has_dot.insert(l.dsts[0]);
         Some(quote! {
             #zeros
             let (#y, #dy) = vmap!(
                 #scope,
-                |__mdl, __cx, #(#params),*| ::adjoint::scope::Child::module(&__mdl).#companion(&mut *__cx, #(#params),*).0,
+                #mapped,
                 #module,
                 #(#primals,)*
                 #(#tangents,)*

@@ -188,6 +188,7 @@ impl Lowerer<'_> {
                     captured,
                     passed: Vec::new(),
                     code: None,
+                    forward: None,
                 })
             }),
         }));

@@ -40,6 +40,7 @@ pub(super) fn lowered(
     let mut func = crate::lower::lower(&quiet, &specs, body);
     func.params_active = params_active;
     let act = crate::activity::analyze(&quiet, &func);
+    crate::expand::rerun::write_forward_closures(&mut func.body, &func.vars, &|v| act.varied(v));
     let reference: Vec<bool> = specs.iter().map(|s| s.reference).collect();
     if quiet.has_errors() {
         return None;

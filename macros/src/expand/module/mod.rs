@@ -441,7 +441,11 @@ struct Receivers<'a> {
 
 impl<'ast> syn::visit::Visit<'ast> for Receivers<'_> {
     fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
+        // (A generated companion's call, `__call_in_jvp`, was routed already: code
+        // written from a routed body, as a `vmap!`'s closure's forward mode, is
+        // routed again.)
         if takes_scope(&m.args, self.scopes)
+            && !m.method.to_string().starts_with("__")
             && let syn::Expr::Path(p) = &*m.receiver
             && let Some(id) = p.path.get_ident()
             && id != "self"
@@ -537,7 +541,8 @@ impl VisitMut for ModuleCalls<'_> {
     fn visit_expr_mut(&mut self, e: &mut syn::Expr) {
         syn::visit_mut::visit_expr_mut(self, e);
         let syn::Expr::MethodCall(m) = e else { return };
-        if !takes_scope(&m.args, self.scopes) {
+        // A generated companion's call was routed already (see `Receivers`).
+        if !takes_scope(&m.args, self.scopes) || m.method.to_string().starts_with("__") {
             return;
         }
         let recv = &*m.receiver;
