@@ -6,7 +6,8 @@ use super::*;
 impl Tangent<'_> {
     /// `y = vmap!(cx, |mdl, cx, x..| mdl.call(cx, x..), Child, x.., in_axes = [..])`:
     /// as written where nothing varies; else its JVP, a `vmap!` of the child's JVP
-    /// over the arguments and their tangents (each mapped as its primal), giving the
+    /// (or of a closure's own forward mode, `Rerun::forward`) over the arguments and
+    /// their tangents (each mapped as its primal), giving the
     /// output and its tangent stacked. The JVP-VJP differentiates that `vmap!` again
     /// (see `LiftedKind::Vmap`). The scope goes to the child as `&mut *cx`, a reborrow
     /// that module-call routing leaves alone (the `vmap!` entered the child's scope
