@@ -182,14 +182,13 @@ impl Gen<'_> {
             );
             let rerun = self.in_rerun_scope(l, &quote!(__rec), &kept, outs.clone(), run);
             r.code.push(quote! {
-                let (__rec, __fast) = #snap;
-                let #outs = match __fast {
-                    ::core::option::Option::Some(__pb) => {
+                let #outs = match #snap {
+                    ::core::result::Result::Ok(__pb) => {
                         let (__cv, _, #(#cots,)* _) = __pb((#(#grads,)*));
                         #merge
                         #outs
                     }
-                    ::core::option::Option::None => {
+                    ::core::result::Result::Err(__rec) => {
                         #rerun
                         #outs
                     }

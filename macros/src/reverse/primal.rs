@@ -343,11 +343,13 @@ impl<'a> Gen<'a> {
                         if a.by_ref { quote!(&#x) } else { quote!(#x) }
                     })
                     .collect();
+                // The record is `Ok(pullback)` or `Err(rerun)`. In a pure scope the
+                // child's run changes nothing but names, which a rerun sets itself: the
+                // rerun point is taken after it, and only where a submodule fell back.
                 let child = &l.module;
                 quote! {
-                    let #snap = #scope.rerun_point();
                     let __args = (#(#args,)*);
-                    let (#pat, __fast) = if #scope.is_pure() {
+                    let (#pat, #snap) = if #scope.is_pure() {
                         let __module = &(#child);
                         #scope.enter_child(::adjoint::scope::Child::child_name(
                             __module,
@@ -356,12 +358,17 @@ impl<'a> Gen<'a> {
                         let (__o, __pb) = ::adjoint::scope::Child::module(__module)
                             .____call_body_vjpx_vjp_params(#scope, #(#passed,)* &::adjoint::__private::unit_seed());
                         #scope.exit();
-                        let __pb = (!#scope.take_vjpx_fallback()).then_some(__pb);
-                        (__o, __pb)
+                        if #scope.take_vjpx_fallback() {
+                            let __point = #scope.rerun_point();
+                            (__o, ::core::result::Result::Err((__point, #scope.last_child_path(), #module, #tangents, __args)))
+                        } else {
+                            (__o, ::core::result::Result::Ok(__pb))
+                        }
                     } else {
-                        (#tokens, ::core::option::Option::None)
+                        let __point = #scope.rerun_point();
+                        let __o = #tokens;
+                        (__o, ::core::result::Result::Err((__point, #scope.last_child_path(), #module, #tangents, __args)))
                     };
-                    let #snap = ((#snap, #scope.last_child_path(), #module, #tangents, __args), __fast);
                 }
             }
         }
