@@ -223,6 +223,8 @@ impl Gen<'_> {
                 for (j, v) in closure.passed.iter().enumerate() {
                     let x = self.read_var(r, *v);
                     let x = if self.is_reference_param(&Atom::Var(*v)) {
+                        // The owning companion holds its own copy: borrowed either way.
+                        let x = quote!(::adjoint::__private::Value::primal(&#x));
                         captured.primals.push(x.clone());
                         x
                     } else {
