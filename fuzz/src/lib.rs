@@ -436,8 +436,8 @@ fn module_call(rng: &mut Rng, stmts: usize, calls: Calls, scalar_out: bool) -> S
 /// How `Loss` differentiates `Field` (each differentiated again by the parent's
 /// gradient): a plain lifted `grad!` (reverse over reverse), `value_and_grad!`, a
 /// closure that is more than the call, one reading `Loss`'s parameter and a value
-/// computed from it, `vjp!` and its pullback, `vjp!`'s output alone, `jvp!` (reverse
-/// over forward, the rerun).
+/// computed from it, `vjp!` and its pullback, `vjp!`'s output alone, `grad!` of
+/// [`MAPPED`] (a `vmap!` of a closure), `jvp!` (reverse over forward, the rerun).
 const LIFTED: &[&str] = &[
     "let (gx, ga) = grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);\n            let val = 0.0;",
     "let (val, (gx, ga)) = value_and_grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);",
@@ -445,8 +445,25 @@ const LIFTED: &[&str] = &[
     "let (val, pb) = vjp!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, x, a);\n            let (_, gx, ga) = pb(val.cos());",
     "let k = (&v * a).sum().tanh();\n            let (gx, ga) = grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a) * k + (&v * a).sum() * x, Field, x, a);\n            let val = 0.0;",
     "let k = (&v * a).sum().tanh();\n            let (val, _pb) = vjp!(cx, |mdl, cx, x, a| mdl.call(cx, x, a) * k, Field, x, a);\n            let (gx, ga) = (x * val, a * val);",
+    "let (gx, ga) = grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Mapped, x, a);\n            let val = 0.0;",
     "let none = no_grad(Variables::new());\n            let (dx, da) = (no_grad(0.3), no_grad(array![0.5, -0.2, 0.9]));\n            let (val, gx) = jvp!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Field, (x, a), (dx, &da), none);\n            let ga = a * gx;",
 ];
+
+/// A module mapping `Field` over constant rows through a closure that reads the
+/// enclosing method's arguments (a scalar and a reference) and a parameter.
+const MAPPED: &str = "    pub struct Mapped;
+
+    #[differentiable]
+    impl Mapped {
+        pub fn call(&self, cx: &mut Scope, x: f64, a: &Array1<f64>) -> f64 {
+            let k: f64 = cx.param(\"k\", init::normal(0.5), ());
+            let rs = no_grad(array![[0.5, 1.0], [-1.0, 0.25]]);
+            let ys = vmap!(cx, |mdl, cx, r| mdl.call(cx, x * r.sum(), a) * k, Field, rs, in_axes = [0]);
+            ys.sum() + (&ys * &ys).sum() * 0.5
+        }
+    }
+
+";
 
 /// A module program, `mod {name}`: `Loss` differentiates the random body of
 /// `Field`, which calls `Dense` layers and the random module `Inner`, through a
@@ -465,8 +482,9 @@ pub fn module_program(rng: &mut Rng, name: &str) -> String {
     } else {
         rng.pick(LIFTED)
     };
+    let mapped = if lifted.contains("Mapped") { MAPPED } else { "" };
     format!(
-        "mod {name} {{\n    use super::*;\n\n    pub struct Inner;\n\n    #[differentiable]\n    impl Inner {{\n{inner}    }}\n\n\
+        "mod {name} {{\n    use super::*;\n\n{mapped}    pub struct Inner;\n\n    #[differentiable]\n    impl Inner {{\n{inner}    }}\n\n\
          \x20   pub struct Field;\n\n    #[differentiable]\n    impl Field {{\n{field}    }}\n\n\
          \x20   pub struct Loss;\n\n    #[differentiable]\n    impl Loss {{\n\
          \x20       pub fn call(&self, cx: &mut Scope, x: f64, a: &Array1<f64>) -> f64 {{\n\
