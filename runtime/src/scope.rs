@@ -106,7 +106,7 @@ pub enum ScopeError {
     /// differentiated with respect to its parameters: second order) that adjoint does
     /// not differentiate; `path` is the transform's child, or the module holding it.
     #[error(
-        "these gradients flow through a lifted transform inside a module (second order){} that adjoint does not differentiate yet: the variables' cotangents of the pullback of a vjp! whose closure is more than `mdl.call(cx, ..)`, a grad!, jvp!, jacfwd! or jacrev! whose closure calls a function, or a child whose body forward mode does not cover (see the README's \"Not yet\")",
+        "these gradients flow through a lifted transform inside a module (second order){} that adjoint does not differentiate yet: the variables' cotangents of the pullback of a vjp! whose closure is more than `mdl.call(cx, ..)`, a lifted closure calling a function in an impl that is not #[differentiable(jvp)], or a child whose body forward mode does not cover (see the README's \"Not yet\")",
         at_path(.path)
     )]
     SecondOrderUnsupported { path: String },

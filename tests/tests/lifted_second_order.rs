@@ -1928,3 +1928,79 @@ fn second_order_through_a_vmap_of_a_closure() {
     let f = |xs: &Array2<f64>| RowPenalty.apply(&vars, xs).unwrap();
     check_grad(f, &xs, &gx, tol).unwrap();
 }
+
+// ----- closures calling functions, in a `(jvp)` impl -----
+
+/// A `(jvp)` function for the closures below.
+#[differentiable(jvp)]
+fn soft_norm(y: &Array1<f64>) -> f64 {
+    ((y * y).sum() + 1.0).sqrt()
+}
+
+/// Closures that call a function, in an impl that is `#[differentiable(jvp)]` (so
+/// the functions it calls are `(jvp)`): the closures' forward mode calls theirs.
+/// A `grad!` of such a closure, and a `vmap!` of one under a `grad!`.
+struct CallsInClosures;
+
+#[differentiable(jvp)]
+impl CallsInClosures {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let (g,) = grad!(cx, |mdl, cx, x| soft_norm(&mdl.call(cx, x)), Bump, x);
+        (&g * &g).sum() + MapsCalls.call(cx, x)
+    }
+}
+
+struct MapsCalls;
+
+#[differentiable(jvp)]
+impl MapsCalls {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let rs = no_grad(ndarray::array![[0.5, 1.0, -0.5], [-1.0, 0.25, 2.0]]);
+        let (g,) = grad!(cx, |mdl, cx, x| mdl.call(cx, x), MappedNorm, x);
+        let ys = vmap!(
+            cx,
+            |mdl, cx, r| soft_norm(&mdl.call(cx, &(&r * x))),
+            Bump,
+            rs,
+            in_axes = [0]
+        );
+        (&g * &g).sum() + ys.sum()
+    }
+}
+
+struct MappedNorm;
+
+#[differentiable(jvp)]
+impl MappedNorm {
+    fn call(&self, cx: &mut Scope, x: &Array1<f64>) -> f64 {
+        let rs = no_grad(ndarray::array![[0.5, 1.0, -0.5], [-1.0, 0.25, 2.0]]);
+        let ys = vmap!(
+            cx,
+            |mdl, cx, r| soft_norm(&mdl.call(cx, &(&r * x))),
+            Bump,
+            rs,
+            in_axes = [0]
+        );
+        (&ys * &ys).sum()
+    }
+}
+
+#[test]
+fn second_order_through_closures_calling_functions_in_a_jvp_impl() {
+    use adjoint::check::{Tolerance, check_grad};
+    let x = ndarray::array![0.4, -0.8, 1.2];
+    let tol = Tolerance::default();
+    let vars = CallsInClosures.init(0, &x).unwrap();
+    let grads = grad!(|v: &Variables| CallsInClosures.apply(v, &x).unwrap())(&vars);
+    assert_eq!(grads.error(), None);
+    check_grad(
+        |v: &Variables| CallsInClosures.apply(v, &x).unwrap(),
+        &vars,
+        &grads,
+        tol,
+    )
+    .unwrap();
+    let gx = grad!(|x: &Array1<f64>| CallsInClosures.apply(&vars, x).unwrap())(&x);
+    let f = |x: &Array1<f64>| CallsInClosures.apply(&vars, x).unwrap();
+    check_grad(f, &x, &gx, tol).unwrap();
+}

@@ -46,6 +46,10 @@ pub(crate) struct Options {
     /// The pullback runs where the primal does (`grad!`, `value_and_grad!` of a
     /// closure): nested calls may borrow this body's locals.
     pub(crate) local_pullback: bool,
+    /// Forward mode written from the body (a lifted closure's rerun) may call
+    /// functions and methods, through their forward-mode companions: the enclosing
+    /// function or impl is `#[differentiable(jvp)]`, so theirs must be too.
+    pub(crate) calls: bool,
 }
 
 pub(crate) fn generate(
@@ -58,6 +62,7 @@ pub(crate) fn generate(
         has_aux: aux,
         params_active,
         local_pullback,
+        calls,
     } = options;
     let specs: Vec<ParamSpec> = params.iter().map(ParamInfo::spec).collect();
     // With `has_aux` the body returns a pair, perhaps from a call: take it apart.
@@ -86,7 +91,7 @@ pub(crate) fn generate(
     if cx.has_errors() {
         return None;
     }
-    super::rerun::write_reruns(&mut func.body, &func.vars, &|v| act.varied(v));
+    super::rerun::write_reruns(&mut func.body, &func.vars, &|v| act.varied(v), calls);
     let generated = reverse::generate(&func, &act);
     Some((func, generated))
 }
@@ -101,7 +106,8 @@ pub(crate) fn output_shape(f: &Func) -> Option<Val> {
     first(&f.body)
 }
 
-/// The companions of one function or method.
+/// The companions of one function or method; `calls` as [`Options::calls`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn companions(
     cx: &Ctxt,
     vis: &syn::Visibility,
@@ -110,10 +116,12 @@ pub(crate) fn companions(
     body: &syn::Block,
     owner: Owner,
     which: Companions,
+    calls: bool,
 ) -> Option<TokenStream> {
     let params_active = which == Companions::Params;
     let options = Options {
         params_active,
+        calls,
         ..Options::default()
     };
     let (_, g) = generate(cx, params, body, options)?;

@@ -109,6 +109,7 @@ fn expand_fn(cx: &Ctxt, mut f: ItemFn, depth: u32) -> TokenStream {
             &f.block,
             Owner::Function,
             *which,
+            depth > 0,
         ));
     }
     let jvp = if depth > 0 && !cx.has_errors() {
@@ -432,6 +433,7 @@ fn expand_impl(cx: &Ctxt, mut item: ItemImpl, jvp: bool) -> TokenStream {
                     Owner::Associated
                 },
                 *which,
+                jvp,
             ) {
                 extra.push(c);
             }

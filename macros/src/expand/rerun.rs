@@ -19,13 +19,18 @@ use std::collections::HashMap;
 /// Writes the code of every general closure's rerun in `b` (see [`Rerun`](crate::ir::Rerun)):
 /// the values of the enclosing code it reads that are `varied` (named in `vars`)
 /// become its parameters after its own, so that the rerun differentiates them too.
-pub(crate) fn write_reruns(b: &mut Block, vars: &[VarInfo], varied: &dyn Fn(Var) -> bool) {
+pub(crate) fn write_reruns(
+    b: &mut Block,
+    vars: &[VarInfo],
+    varied: &dyn Fn(Var) -> bool,
+    calls: bool,
+) {
     for_each_closure(b, &mut |kind, r| {
         let closure = with_passed(r, vars, varied);
         r.code = match kind {
             LiftedKind::Vjp { .. } | LiftedKind::Vmap { .. } => vjp(&closure),
             // `grad!`, `jvp!`, Jacobians, a `vjp!`'s pullback.
-            _ => jvp_vjp(&closure),
+            _ => jvp_vjp(&closure, calls),
         };
     });
 }
@@ -36,10 +41,11 @@ pub(crate) fn write_forward_closures(
     b: &mut Block,
     vars: &[VarInfo],
     varied: &dyn Fn(Var) -> bool,
+    calls: bool,
 ) {
     for_each_closure(b, &mut |kind, r| {
         if let LiftedKind::Vmap { jvp: false, .. } = kind {
-            r.forward = jvp_closure(&with_passed(r, vars, varied));
+            r.forward = jvp_closure(&with_passed(r, vars, varied), calls);
         }
     });
 }
@@ -81,9 +87,9 @@ fn with_passed(r: &mut Rerun, vars: &[VarInfo], varied: &dyn Fn(Var) -> bool) ->
 /// Its `__` names (the tangents, the temporaries) are renamed apart (`__d_x_fw`):
 /// the `vmap!` is passed the enclosing code's own (`__d_x`), and renames every
 /// `__` name its input binds, wherever it appears.
-fn jvp_closure(c: &syn::ExprClosure) -> Option<TokenStream> {
+fn jvp_closure(c: &syn::ExprClosure, calls: bool) -> Option<TokenStream> {
     let (names, infos, body) = lifted_closure(&Ctxt::default(), c)?;
-    let jvp = forward_body(&infos, &body, crate::forward::Mode::Inputs, false)?;
+    let jvp = forward_body(&infos, &body, crate::forward::Mode::Inputs, calls)?;
     let dots: Vec<syn::Pat> = infos[2..].iter().map(|p| p.tangent().pat).collect();
     let closure = quote!(|#(#names,)* #(#dots),*| { #jvp });
     let block: syn::Block = syn::parse2(quote!({ #jvp })).ok()?;
@@ -98,9 +104,9 @@ fn jvp_closure(c: &syn::ExprClosure) -> Option<TokenStream> {
 
 /// The JVP-VJP of closure `c` (see [`RerunCode`]). Its errors are not the user's: the
 /// closure compiled as written already.
-fn jvp_vjp(c: &syn::ExprClosure) -> Option<RerunCode> {
+fn jvp_vjp(c: &syn::ExprClosure, calls: bool) -> Option<RerunCode> {
     let (_, infos, body) = lifted_closure(&Ctxt::default(), c)?;
-    let jvp = forward_body(&infos, &body, crate::forward::Mode::Inputs, false)?;
+    let jvp = forward_body(&infos, &body, crate::forward::Mode::Inputs, calls)?;
     let mut params = infos.clone();
     params.extend(infos[2..].iter().map(ParamInfo::tangent));
     let block: syn::Block = syn::parse2(quote!({ #jvp })).ok()?;
@@ -122,6 +128,7 @@ fn rerun_code(params: &[ParamInfo], body: &syn::Block) -> Option<RerunCode> {
         has_aux: false,
         params_active: true,
         local_pullback: true,
+        calls: false,
     };
     let (_, g) = generate(&Ctxt::default(), params, body, options)?;
     Some(renamed_apart(params, g))

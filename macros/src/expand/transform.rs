@@ -367,6 +367,7 @@ pub(crate) fn lifted_transform(cx: &Ctxt, which: Transform, input: &TransformInp
         has_aux: input.has_aux,
         params_active,
         local_pullback: which != Transform::Vjp,
+        calls: false,
     };
     let Some((_, g)) = generate(cx, &infos, &body, options) else {
         return TokenStream::new();
@@ -697,6 +698,7 @@ pub(crate) fn closure_transform(
         has_aux: input.has_aux,
         params_active: false,
         local_pullback: which != Transform::Vjp,
+        calls: false,
     };
     let Some((_, g)) = generate(cx, &infos, &body, options) else {
         return TokenStream::new();

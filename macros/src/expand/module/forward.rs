@@ -23,7 +23,7 @@ pub(crate) fn forward_body(
     calls: bool,
 ) -> Option<TokenStream> {
     let params_active = mode != crate::forward::Mode::Inputs;
-    let (func, act, reference) = lowered(params, body, params_active)?;
+    let (func, act, reference) = lowered(params, body, params_active, calls)?;
     crate::forward::jvp_body(&func, &|v| act.varied(v), &reference, mode, calls)
 }
 
@@ -34,13 +34,19 @@ pub(super) fn lowered(
     params: &[ParamInfo],
     body: &syn::Block,
     params_active: bool,
+    calls: bool,
 ) -> Option<(crate::ir::Func, crate::activity::Activity, Vec<bool>)> {
     let quiet = Ctxt::default();
     let specs: Vec<crate::lower::ParamSpec> = params.iter().map(ParamInfo::spec).collect();
     let mut func = crate::lower::lower(&quiet, &specs, body);
     func.params_active = params_active;
     let act = crate::activity::analyze(&quiet, &func);
-    crate::expand::rerun::write_forward_closures(&mut func.body, &func.vars, &|v| act.varied(v));
+    crate::expand::rerun::write_forward_closures(
+        &mut func.body,
+        &func.vars,
+        &|v| act.varied(v),
+        calls,
+    );
     let reference: Vec<bool> = specs.iter().map(|s| s.reference).collect();
     if quiet.has_errors() {
         return None;
@@ -101,6 +107,7 @@ pub(super) fn forward_items(
         &run,
         &pair,
         type_name,
+        calls,
     ));
 
     // Along the variables too.
@@ -124,7 +131,7 @@ pub(super) fn forward_items(
     out.extend(any_tangent_entries(sig, params, &tjvp_sig.output));
     let run = quote!(let (__y, __dy) = self.__call_body_tjvp(#(#all),*););
     out.extend(forward_vjp(
-        &tjvp_sig, &fparams, tangent, &run, &pair, type_name,
+        &tjvp_sig, &fparams, tangent, &run, &pair, type_name, calls,
     ));
     out
 }
@@ -271,6 +278,7 @@ pub(super) fn forward_vjp(
     run: &TokenStream,
     output: &TokenStream,
     type_name: &str,
+    calls: bool,
 ) -> TokenStream {
     let quiet = Ctxt::default();
     let public: syn::Visibility = syn::parse_quote!(pub);
@@ -319,6 +327,7 @@ pub(super) fn forward_vjp(
                 &block,
                 Owner::Hidden,
                 Companions::Params,
+                calls,
             )
         })
         .unwrap_or_else(stub);

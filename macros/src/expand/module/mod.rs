@@ -85,6 +85,7 @@ pub fn module_items(
         &body,
         Owner::Method,
         Companions::Owned,
+        calls,
     ) else {
         return TokenStream::new();
     };
@@ -96,6 +97,7 @@ pub fn module_items(
         &body,
         Owner::Method,
         Companions::Params,
+        calls,
     ) else {
         return TokenStream::new();
     };

@@ -21,7 +21,7 @@ pub(super) fn vjpx_items(
     ret: &Type,
     type_name: &str,
 ) -> TokenStream {
-    let source = lowered(params, body, false).and_then(|(func, act, reference)| {
+    let source = lowered(params, body, false, false).and_then(|(func, act, reference)| {
         crate::transpose::vjp_body(&func, &|v| act.varied(v), &reference)
     });
     let names: Vec<TokenStream> = params.iter().map(|p| param_name(&p.pat)).collect();
@@ -62,6 +62,7 @@ pub(super) fn vjpx_items(
         &run,
         &quote!(__out),
         type_name,
+        false,
     ));
     out
 }
