@@ -482,7 +482,11 @@ pub fn module_program(rng: &mut Rng, name: &str) -> String {
     } else {
         rng.pick(LIFTED)
     };
-    let mapped = if lifted.contains("Mapped") { MAPPED } else { "" };
+    let mapped = if lifted.contains("Mapped") {
+        MAPPED
+    } else {
+        ""
+    };
     format!(
         "mod {name} {{\n    use super::*;\n\n{mapped}    pub struct Inner;\n\n    #[differentiable]\n    impl Inner {{\n{inner}    }}\n\n\
          \x20   pub struct Field;\n\n    #[differentiable]\n    impl Field {{\n{field}    }}\n\n\
