@@ -1215,8 +1215,9 @@ impl OuterOfVjp {
     }
 }
 
-/// A `vmap!` whose closure reads `self` (which its rerun could not), in a child: not
-/// differentiated, and the report names the module holding the transform.
+/// A `vmap!` whose closure calls a method of `self` (which its rerun, running where
+/// `self` is not the module's, could not), in a child: not differentiated, and the
+/// report names the module holding the transform.
 struct HoldsVmap {
     scale: f64,
 }
@@ -1226,12 +1227,16 @@ impl HoldsVmap {
     fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
         let ys = vmap!(
             cx,
-            |mdl, cx, x| mdl.call(cx, &x.to_owned()).sum() * self.scale,
+            |mdl, cx, x| self.weigh(&mdl.call(cx, &x.to_owned())),
             Bend,
             xs,
             in_axes = [0]
         );
         ys.sum()
+    }
+
+    fn weigh(&self, y: &Array1<f64>) -> f64 {
+        y.sum() * self.scale
     }
 }
 
@@ -2003,4 +2008,70 @@ fn second_order_through_closures_calling_functions_in_a_jvp_impl() {
     let gx = grad!(|x: &Array1<f64>| CallsInClosures.apply(&vars, x).unwrap())(&x);
     let f = |x: &Array1<f64>| CallsInClosures.apply(&vars, x).unwrap();
     check_grad(f, &x, &gx, tol).unwrap();
+}
+
+// ----- closures reading fields of `self` -----
+
+/// Closures reading a field of `self` (`self.scale`): copied where the transform
+/// is, into a constant the rerun reads; a `vmap!` (first order through it), and a
+/// `grad!` of it (second order, its forward mode mapping the closure's).
+struct ScaledRows {
+    scale: f64,
+}
+
+#[differentiable]
+impl ScaledRows {
+    fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
+        let ys = vmap!(
+            cx,
+            |mdl, cx, x| mdl.call(cx, &x.to_owned()).sum() * self.scale,
+            Bend,
+            xs,
+            in_axes = [0]
+        );
+        (&ys * &ys).sum()
+    }
+}
+
+struct ScaledPenalty {
+    scale: f64,
+}
+
+#[differentiable]
+impl ScaledPenalty {
+    fn call(&self, cx: &mut Scope, xs: &Array2<f64>) -> f64 {
+        let rows = ScaledRows { scale: 1.5 };
+        let (g,) = grad!(cx, |mdl, cx, xs| mdl.call(cx, xs) * self.scale, rows, xs);
+        (&g * &g).sum()
+    }
+}
+
+#[test]
+fn closures_reading_fields_of_self() {
+    use adjoint::check::{Tolerance, check_grad};
+    let xs = Array2::from_shape_fn((3, 2), |(i, j)| (i + 2 * j) as f64 * 0.3 - 0.5);
+    let tol = Tolerance::default();
+    let rows = ScaledRows { scale: 1.5 };
+    let vars = rows.init(0, &xs).unwrap();
+    let g = grad!(|v: &Variables| rows.apply(v, &xs).unwrap())(&vars);
+    check_grad(|v: &Variables| rows.apply(v, &xs).unwrap(), &vars, &g, tol).unwrap();
+    let penalty = ScaledPenalty { scale: 0.7 };
+    let vars = penalty.init(0, &xs).unwrap();
+    let g = grad!(|v: &Variables| penalty.apply(v, &xs).unwrap())(&vars);
+    assert_eq!(g.error(), None);
+    check_grad(
+        |v: &Variables| penalty.apply(v, &xs).unwrap(),
+        &vars,
+        &g,
+        tol,
+    )
+    .unwrap();
+    let gx = grad!(|xs: &Array2<f64>| penalty.apply(&vars, xs).unwrap())(&xs);
+    check_grad(
+        |xs: &Array2<f64>| penalty.apply(&vars, xs).unwrap(),
+        &xs,
+        &gx,
+        tol,
+    )
+    .unwrap();
 }

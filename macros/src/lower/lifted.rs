@@ -36,7 +36,7 @@ impl Lowerer<'_> {
         // `has_aux` is covered: the aux is one more output of the child's forward mode.
         let has_aux = std::mem::take(&mut input.has_aux);
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(out, &mut input, n).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let value = m
             .mac
@@ -77,7 +77,7 @@ impl Lowerer<'_> {
             return None;
         }
         let var_tangents = self.verbatim(input.positional[5].to_token_stream());
-        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(out, &mut input, n).filter(|c| !c.jvp)?;
         let mut args = self.operands(out, &primals);
         args.extend(self.operands(out, &tangents));
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jvp { var_tangents }, 2, args);
@@ -97,7 +97,7 @@ impl Lowerer<'_> {
         // The aux is one more output of the child's reverse and forward modes.
         let aux = std::mem::take(&mut input.has_aux).then(|| self.temp(e.span()));
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(out, &mut input, n).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let reads: Vec<Atom> = args.iter().map(|a| a.atom.clone()).collect();
         let dsts = self.push_lifted(out, e, child, LiftedKind::Vjp { aux }, 2, args);
@@ -117,7 +117,7 @@ impl Lowerer<'_> {
     fn lifted_jacobian(&mut self, out: &mut Stmts, e: &Expr, m: &syn::ExprMacro) -> Option<Val> {
         let mut input: TransformInput = m.mac.parse_body().ok()?;
         let n = input.positional.len().checked_sub(3)?;
-        let child = self.lifted_child(&mut input, n).filter(|c| !c.jvp)?;
+        let child = self.lifted_child(out, &mut input, n).filter(|c| !c.jvp)?;
         let args = self.operands(out, &input.positional[3..]);
         let dsts = self.push_lifted(out, e, child, LiftedKind::Jacobian, 1, args);
         Some(Val::Atom(Atom::Var(dsts[0])))
@@ -137,7 +137,7 @@ impl Lowerer<'_> {
         // Forward mode's JVP of a `vmap!` maps the child's JVP: the output and its
         // tangent. A closure that is more than `mdl.call(cx, a..)` has its own reverse
         // mode run per example.
-        let child = self.lifted_child(&mut input, n)?;
+        let child = self.lifted_child(out, &mut input, n)?;
         let jvp = child.jvp;
         let args = self.operands(out, &input.positional[3..]);
         let kind = LiftedKind::Vmap {
@@ -221,7 +221,12 @@ impl Lowerer<'_> {
     /// the module an expression of constants or a local bound module (`let learner
     /// = Learner;`), no options but `variables` and `rngs` (taken: the rerun
     /// restricts alike).
-    fn lifted_child(&mut self, input: &mut TransformInput, n: usize) -> Option<LiftedChild> {
+    fn lifted_child(
+        &mut self,
+        out: &mut Stmts,
+        input: &mut TransformInput,
+        n: usize,
+    ) -> Option<LiftedChild> {
         let restricted = input.variables.is_some() || input.rngs.is_some();
         let (visible, rngs) = (
             names_option(&std::mem::take(&mut input.variables)),
@@ -234,10 +239,10 @@ impl Lowerer<'_> {
         let Expr::Closure(c) = &items[1] else {
             return None;
         };
-        let (form, closure) = match child_call(c) {
-            Some((form, primals)) if primals == n => (form, None),
+        let form = match child_call(c) {
+            Some((form, primals)) if primals == n => Some(form),
             Some(_) => return None,
-            None => (ChildCall::Call, Some(self.closure_captures(c, n)?)),
+            None => None,
         };
         let local = self.mentions_local(items[2].to_token_stream());
         let bound = matches!(&items[2], Expr::Path(p) if p.path.get_ident().is_some());
@@ -250,6 +255,10 @@ impl Lowerer<'_> {
         let scope = match self.lookup(&sp.path.get_ident()?.to_string())? {
             Val::Atom(a) => a,
             Val::Tuple(_) => return None,
+        };
+        let (form, closure) = match form {
+            Some(form) => (form, None),
+            None => (ChildCall::Call, Some(self.closure_captures(out, c, n)?)),
         };
         let module = if local {
             self.verbatim(items[2].to_token_stream())
@@ -270,12 +279,13 @@ impl Lowerer<'_> {
     }
 
     /// `c` as its rerun runs it, if it is `|mdl, cx, a..|` with `n` primals (at least
-    /// one), its parameters plain names, and its body reads no `self` and of the
-    /// enclosing code only variables holding one value (`c` of `(mdl.call(cx, x) -
-    /// &c)`): those it reads are named as lowering names them, and listed (see
-    /// [`Rerun::captured`]).
+    /// one), its parameters plain names, and its body reads of `self` only fields
+    /// (copied into constants here, in `out`) and of the enclosing code only
+    /// variables holding one value (`c` of `(mdl.call(cx, x) - &c)`): those it reads
+    /// are named as lowering names them, and listed (see [`Rerun::captured`]).
     fn closure_captures(
         &mut self,
+        out: &mut Stmts,
         c: &syn::ExprClosure,
         n: usize,
     ) -> Option<(syn::ExprClosure, Vec<Var>)> {
@@ -295,13 +305,36 @@ impl Lowerer<'_> {
         if n == 0 || params.len() != n + 2 || has_lifted_transform(&c.body.to_token_stream()) {
             return None;
         }
-        let read = crate::hygiene::idents(&c.body.to_token_stream());
+        // The fields of `self` it reads (`self.scale`) are copied where the transform
+        // is, into constants the rerun reads by their names (it runs where `self` is
+        // not the module's); any other use of `self` stays opaque.
+        let mut fields = SelfFields {
+            scope: &params[1],
+            read: Vec::new(),
+            other: false,
+        };
+        let mut body = (*c.body).clone();
+        syn::visit_mut::VisitMut::visit_expr_mut(&mut fields, &mut body);
+        if fields.other {
+            return None;
+        }
         let (mut captured, mut literals) = (Vec::new(), Vec::new());
+        let mut copies = HashMap::new();
+        for member in fields.read {
+            let copy: Expr = syn::parse_quote!(::core::clone::Clone::clone(&self.#member));
+            let Atom::Var(v) = self.constant(out, &copy) else {
+                return None;
+            };
+            copies.insert(
+                self_field_name(&member),
+                self.vars[v.0 as usize].name.to_string(),
+            );
+            captured.push(v);
+        }
+        let body = crate::hygiene::rename(body.to_token_stream(), &copies);
+        let read = crate::hygiene::idents(&body);
         let mut renames = HashMap::new();
         for r in read {
-            if r == "self" {
-                return None;
-            }
             if params.contains(&r) || !self.is_local(&r) {
                 continue;
             }
@@ -329,11 +362,66 @@ impl Lowerer<'_> {
         // expansion must not vary between builds.)
         captured.sort_by_key(|v| v.0);
         literals.sort_by_key(|(n, _)| n.to_string());
-        let body = crate::hygiene::rename(c.body.to_token_stream(), &renames);
+        let body = crate::hygiene::rename(body, &renames);
         let (names, values): (Vec<_>, Vec<_>) = literals.into_iter().unzip();
         let mut closure = c.clone();
         closure.body = Box::new(syn::parse2(quote!({ #(let #names = #values;)* #body })).ok()?);
         Some((closure, captured))
+    }
+}
+
+/// Replaces each `self.member` a closure body reads by a name of its own
+/// (`__self_member`), listing the members; notes any other use of `self` (a method
+/// of `self`, `self` passed on, a field called as a module with the scope).
+struct SelfFields<'a> {
+    scope: &'a str,
+    read: Vec<syn::Member>,
+    other: bool,
+}
+
+/// The name [`SelfFields`] gives `self.member`.
+fn self_field_name(member: &syn::Member) -> String {
+    match member {
+        syn::Member::Named(id) => format!("__self_{id}"),
+        syn::Member::Unnamed(i) => format!("__self_{}", i.index),
+    }
+}
+
+fn is_self(e: &Expr) -> bool {
+    matches!(e, Expr::Path(p) if p.path.is_ident("self"))
+}
+
+impl syn::visit_mut::VisitMut for SelfFields<'_> {
+    fn visit_expr_mut(&mut self, e: &mut Expr) {
+        match e {
+            Expr::Field(f) if is_self(&f.base) => {
+                if !self.read.contains(&f.member) {
+                    self.read.push(f.member.clone());
+                }
+                let name = syn::Ident::new(&self_field_name(&f.member), f.member.span());
+                *e = syn::parse_quote!(#name);
+            }
+            // A field called as a module (`self.net.call(cx, x)`) is a child, not a
+            // value.
+            Expr::MethodCall(m)
+                if matches!(&*m.receiver, Expr::Field(f) if is_self(&f.base))
+                    && matches!(m.args.first(), Some(Expr::Path(p)) if p.path.is_ident(self.scope)) =>
+            {
+                self.other = true;
+            }
+            _ if is_self(e) => self.other = true,
+            _ => syn::visit_mut::visit_expr_mut(self, e),
+        }
+    }
+
+    fn visit_macro_mut(&mut self, m: &mut syn::Macro) {
+        // Tokens of a macro are not expressions to rewrite: `self` in them is opaque.
+        if crate::hygiene::idents(&m.tokens)
+            .iter()
+            .any(|i| i == "self")
+        {
+            self.other = true;
+        }
     }
 }
 
