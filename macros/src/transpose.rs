@@ -70,13 +70,30 @@ pub fn vjp_body(
         });
     }
     let items = &f.items;
-    Some(quote! {
+    let body = quote! {
         #(#items)*
         #forward
         #back
         #out
         (#(#cots,)*)
-    })
+    };
+    Some(apart_from_temporaries(body))
+}
+
+/// `body` with the first lowering's temporaries (`__t45`) renamed `__v45`: lowering
+/// this source again takes a `__t` name for a temporary of its own (one it may name
+/// after the user's binding, or reuse), and a value the source names so would then
+/// not be bound where a constant of the source (`shape_of(&__t45)`) reads it.
+fn apart_from_temporaries(body: TokenStream) -> TokenStream {
+    let renames: HashMap<String, String> = crate::hygiene::idents(&body)
+        .into_iter()
+        .filter_map(|n| {
+            let rest = n.strip_prefix("__t")?;
+            rest.starts_with(|c: char| c.is_ascii_digit())
+                .then(|| (n.clone(), format!("__v{rest}")))
+        })
+        .collect();
+    crate::hygiene::rename(body, &renames)
 }
 
 /// A cotangent's name, and whether it is a reference (the seed) rather than owned.

@@ -2075,3 +2075,64 @@ fn closures_reading_fields_of_self() {
     )
     .unwrap();
 }
+
+// ----- a body the random module programs found -----
+
+/// The same product (`x * x`) in both arms of branches and after them, its shape
+/// read by the reverse: the input gradient written back named its values as the
+/// first lowering did (`__t45`), which the second lowering took for temporaries of
+/// its own (a constant of the source then read a name nothing bound: valid code did
+/// not compile). Written back, they are named apart (`__v45`).
+struct Repeats;
+
+#[differentiable]
+impl Repeats {
+    fn call(&self, cx: &mut Scope, x: f64, a: &Array1<f64>) -> f64 {
+        let p: f64 = cx.param("p", init::constant(0.3), ());
+        let w: Array1<f64> = cx.param("w", init::constant(-0.4), 3);
+        let s1 = if x > 0.0731 {
+            (1.0 + x * x).ln() / (1.0 + p * p)
+        } else {
+            (&w * &w).sum() - (p * -0.6 * (p - x))
+        };
+        let a2 = a + &w;
+        let s4 = if p > 0.0731 {
+            ((x * x * -0.8) + (s1 * -1.4 * s1 * 0.1)).tanh().exp()
+        } else {
+            ((1.0 + x * x).ln()).cos().tanh().exp()
+        };
+        let s5 = ((s4 / (1.0 + s4 * s4)) - (1.0 + s1 * s1).ln()) / (1.0 + x * x);
+        s5 + (&a2 * &a2).sum() * 0.5
+    }
+}
+
+struct RepeatsLoss;
+
+#[differentiable]
+impl RepeatsLoss {
+    fn call(&self, cx: &mut Scope, x: f64, a: &Array1<f64>) -> f64 {
+        let (gx, ga) = grad!(cx, |mdl, cx, x, a| mdl.call(cx, x, a), Repeats, x, a);
+        gx * gx + (&ga * &ga).sum()
+    }
+}
+
+#[test]
+fn second_order_through_a_product_repeated_across_branches() {
+    use adjoint::check::{Tolerance, check_grad};
+    let a = ndarray::array![0.5, -0.2, 0.9];
+    let tol = Tolerance::default();
+    for x in [0.6, -0.4] {
+        let init = RepeatsLoss.init(0, x, &a).unwrap();
+        for vars in [init.clone(), init.map(|v| -v)] {
+            let g = grad!(|v: &Variables| RepeatsLoss.apply(v, x, &a).unwrap())(&vars);
+            assert_eq!(g.error(), None);
+            check_grad(
+                |v: &Variables| RepeatsLoss.apply(v, x, &a).unwrap(),
+                &vars,
+                &g,
+                tol,
+            )
+            .unwrap();
+        }
+    }
+}
