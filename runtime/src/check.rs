@@ -69,9 +69,10 @@ tuple_params!(A 0, B 1, C 2, D 3, E 4);
 tuple_params!(A 0, B 1, C 2, D 3, E 4, F 5);
 
 /// A module's variables (and their gradients) as parameters to check: every float
-/// leaf in [`Variables::leaves`] order; integer leaves (step counters) are neither
-/// perturbed nor compared. A gradient from `grad!` holds `params` only: compare it
-/// against `vars.only(&["params"])` when the module has other collections.
+/// leaf in [`leaves`](crate::Variables::leaves) order; integer leaves (step
+/// counters) are neither perturbed nor compared. A gradient from `grad!` holds
+/// `params` only: compare it against `vars.only(&["params"])` when the module has
+/// other collections.
 ///
 /// ```
 /// use adjoint::check::{check_grad, Tolerance};
