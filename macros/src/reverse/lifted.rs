@@ -222,25 +222,18 @@ impl Gen<'_> {
                 let mut captured = Captured::default();
                 for (j, v) in closure.passed.iter().enumerate() {
                     let x = self.read_var(r, *v);
-                    let x = if self.is_reference_param(&Atom::Var(*v)) {
-                        // The owning companion holds its own copy: borrowed either way.
+                    // A reference argument is borrowed from the owning companion's
+                    // copy; any other value is copied (a rerun may run again).
+                    let (primal, tangent, zero) = if self.is_reference_param(&Atom::Var(*v)) {
                         let x = quote!(::adjoint::__private::Value::primal(&#x));
-                        captured.primals.push(x.clone());
-                        x
+                        let zero = quote!(::adjoint::__private::zeros(#x));
+                        (x, quote!(&#zero), zero)
                     } else {
-                        captured
-                            .primals
-                            .push(quote!(::core::clone::Clone::clone(&#x)));
-                        quote!(&#x)
+                        let zero = quote!(::adjoint::__private::zeros(&#x));
+                        (quote!(::core::clone::Clone::clone(&#x)), zero.clone(), zero)
                     };
-                    let zero = quote!(::adjoint::__private::zeros(#x));
-                    captured
-                        .zeros
-                        .push(if self.is_reference_param(&Atom::Var(*v)) {
-                            quote!(&#zero)
-                        } else {
-                            zero.clone()
-                        });
+                    captured.primals.push(primal);
+                    captured.zeros.push(tangent);
                     captured.owned_zeros.push(zero);
                     captured.cots.push(format_ident!("__k{}", j));
                 }
