@@ -196,14 +196,9 @@ impl Pinn {
 
 #[test]
 fn pinn_with_a_loop_in_the_network() {
-    let case = reference("lifted_second_order.json", "pinn_loop");
-    let x = matrix(&case["x"]);
-    let vars = variables(&case["variables"]);
-    let (loss, grads) = value_and_grad!(|v: &Variables| Pinn.apply(v, &x).unwrap())(&vars);
-    assert_eq!(grads.error(), None);
-    close("pinn loss", loss, case["loss"].as_f64().unwrap());
-    let err = assert_tree_close("pinn grads", &grads, &case["grads"], RTOL);
-    println!("pinn gradient: normwise relative error {err:.1e}");
+    assert_loss_and_grads("pinn_loop", "pinn", |v, x| {
+        value_and_grad!(|v: &Variables| Pinn.apply(v, x).unwrap())(v)
+    });
 }
 
 // ----- a PINN of plain layers: its field's input gradient differentiated again -----
@@ -235,14 +230,9 @@ impl MlpPinn {
 fn pinn_of_plain_layers_reverse_over_reverse() {
     // The field's body is written back as source: its input gradient's own reverse
     // mode gives the second order (the primal keeps its values).
-    let case = reference("lifted_second_order.json", "pinn_mlp");
-    let x = matrix(&case["x"]);
-    let vars = variables(&case["variables"]);
-    let (loss, grads) = value_and_grad!(|v: &Variables| MlpPinn.apply(v, &x).unwrap())(&vars);
-    assert_eq!(grads.error(), None);
-    close("pinn_mlp loss", loss, case["loss"].as_f64().unwrap());
-    let err = assert_tree_close("pinn_mlp grads", &grads, &case["grads"], RTOL);
-    println!("pinn_mlp gradient: normwise relative error {err:.1e}");
+    assert_loss_and_grads("pinn_mlp", "pinn_mlp", |v, x| {
+        value_and_grad!(|v: &Variables| MlpPinn.apply(v, x).unwrap())(v)
+    });
 }
 
 // ----- a PINN whose field holds a looping submodule (second order reruns) -----
@@ -287,14 +277,9 @@ impl NestedPinn {
 fn pinn_whose_field_holds_a_looping_submodule() {
     // The field's input gradient is written back as source, its submodule's is not
     // (it loops): second order runs the field's JVP-VJP again.
-    let case = reference("lifted_second_order.json", "pinn_nested");
-    let x = matrix(&case["x"]);
-    let vars = variables(&case["variables"]);
-    let (loss, grads) = value_and_grad!(|v: &Variables| NestedPinn.apply(v, &x).unwrap())(&vars);
-    assert_eq!(grads.error(), None);
-    close("pinn_nested loss", loss, case["loss"].as_f64().unwrap());
-    let err = assert_tree_close("pinn_nested grads", &grads, &case["grads"], RTOL);
-    println!("pinn_nested gradient: normwise relative error {err:.1e}");
+    assert_loss_and_grads("pinn_nested", "pinn_nested", |v, x| {
+        value_and_grad!(|v: &Variables| NestedPinn.apply(v, x).unwrap())(v)
+    });
 }
 
 // ----- WGAN-GP's gradient penalty through a critic with a deterministic Dropout -----
@@ -883,6 +868,19 @@ fn assert_loss_case(
     value_and_grad: impl Fn(&Variables, &Array2<f64>) -> (f64, Variables),
     grad_x: impl Fn(&Variables, &Array2<f64>) -> Array2<f64>,
 ) {
+    let (case, vars, x) = assert_loss_and_grads(case, what, value_and_grad);
+    let gx = grad_x(&vars, &x);
+    let want = array(&case["grad_x"]);
+    adjoint_tests::assert_close(&format!("{what}: grad_x"), &gx.into_dyn(), &want, RTOL);
+}
+
+/// A reference case's loss and gradient in the variables, to `RTOL`; the case, its
+/// variables and its input, for more checks.
+fn assert_loss_and_grads(
+    case: &str,
+    what: &str,
+    value_and_grad: impl Fn(&Variables, &Array2<f64>) -> (f64, Variables),
+) -> (serde_json::Value, Variables, Array2<f64>) {
     let case = reference("lifted_second_order.json", case);
     let x = matrix(&case["x"]);
     let vars = variables(&case["variables"]);
@@ -895,9 +893,7 @@ fn assert_loss_case(
     );
     let err = assert_tree_close(&format!("{what}: grads"), &grads, &case["grads"], RTOL);
     println!("{what}: normwise relative error {err:.1e}");
-    let gx = grad_x(&vars, &x);
-    let want = array(&case["grad_x"]);
-    adjoint_tests::assert_close(&format!("{what}: grad_x"), &gx.into_dyn(), &want, RTOL);
+    (case, vars, x)
 }
 
 /// Through the variables' cotangents the pullback returns, applied as the variables

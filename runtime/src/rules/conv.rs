@@ -516,11 +516,16 @@ fn geometry<const N: usize>(
 }
 
 /// Zeros shaped like `dim` with `last` features.
-pub(crate) fn zeros_with_last<A: Real, D: Dimension>(mut dim: D, last: usize) -> Array<A, D> {
+pub(crate) fn zeros_with_last<A: Real, D: Dimension>(dim: D, last: usize) -> Array<A, D> {
+    Array::zeros(with_last(dim, last))
+}
+
+/// `dim` with its last axis `last` long (a 0-dimensional `dim` as it is).
+pub(crate) fn with_last<D: Dimension>(mut dim: D, last: usize) -> D {
     if let Some(l) = dim.slice_mut().last_mut() {
         *l = last;
     }
-    Array::zeros(dim)
+    dim
 }
 
 /// The kernel as a `(window taps x in_features / groups, out_features)` matrix.

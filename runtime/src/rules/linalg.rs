@@ -403,11 +403,10 @@ where
     S2: Data<Elem = A>,
     D: Dimension,
 {
-    let mut dim = x.primal().raw_dim();
-    if let Some(last) = dim.slice_mut().last_mut() {
-        *last = w.primal().ncols();
-    }
-    ArrayShape::new(dim)
+    ArrayShape::new(crate::rules::conv::with_last(
+        x.primal().raw_dim(),
+        w.primal().ncols(),
+    ))
 }
 
 /// Pullback of [`dot_last`] for `x`: `ct · wᵀ` (`x` itself is not read).
@@ -524,11 +523,7 @@ fn times_last<A: Real, S: Data<Elem = A>, S2: Data<Elem = A>, D: Dimension>(
     w: &ArrayBase<S2, Ix2>,
 ) -> Array<A, D> {
     let y = matmul(&rows_of(x), w);
-    let mut dim = x.raw_dim();
-    if let Some(last) = dim.slice_mut().last_mut() {
-        *last = w.ncols();
-    }
-    y.into_shape_with_order(dim)
+    y.into_shape_with_order(crate::rules::conv::with_last(x.raw_dim(), w.ncols()))
         .unwrap_or_else(|_| unreachable!("adjoint: a product over the last axis keeps the others"))
 }
 
